@@ -1,0 +1,57 @@
+"""The `sdqkd` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _gen(args: argparse.Namespace) -> int:
+    from codegen.cli import run
+
+    return run(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from runtime import bench
+
+    if not args.name:
+        print("benchmarks:", ", ".join(bench.available()))
+        return 0
+    return bench.run(args.name, args.rest)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from runtime.demo import main
+
+    return main(seconds=args.seconds)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from codegen.cli import add_arguments
+
+    p = argparse.ArgumentParser(prog="sdqkd", description="Software-defined QKD networks driven by standard models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    g = sub.add_parser("gen", help="regenerate generated/ from models/")
+    add_arguments(g)
+    g.set_defaults(func=_gen)
+    b = sub.add_parser("bench", help="run a benchmark (sdqkd bench NAME [--json])")
+    b.add_argument("name", nargs="?", help="benchmark name; none lists them")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=_bench)
+    d = sub.add_parser("demo", help="the main job on the embedded default")
+    d.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
