@@ -62,7 +62,13 @@ def _header(text: str, comment: str = "#") -> str:
 
 
 def emit_bindings(loaded: Loaded) -> dict[str, str]:
+    import importlib
+
     from pyangbind.plugin import pybind
+
+    # pyangbind keeps its type map in module globals; a second run in one process would see
+    # the first run's typedefs as duplicates, so start from a fresh module each time.
+    pybind = importlib.reload(pybind)
 
     buf = io.StringIO()
     with redirect_stdout(io.StringIO()):  # pyangbind prints INFO lines for tolerated warnings

@@ -145,14 +145,16 @@ def _ranges(arg: str, base: str) -> list[list[Any]]:
         bounds = [b.strip() for b in part.split("..")]
         lo, hi = bounds[0], bounds[-1]
 
-        def num(v: str, d: Any) -> Any:
+        def num(v: str) -> Any:
+            if base not in INT_RANGES:  # decimal64 bounds stay exact decimal text
+                return v
             if v == "min":
-                return lo_d if d is None else lo_d
+                return lo_d
             if v == "max":
                 return hi_d
-            return int(v) if re.fullmatch(r"[+-]?\d+", v) else str(v)
+            return int(v)
 
-        out.append([num(lo, lo_d), num(hi, hi_d)])
+        out.append([num(lo), num(hi)])
     return out
 
 
@@ -216,7 +218,13 @@ def _when(stmt: Any) -> dict[str, str] | None:
     m = _WHEN_EQ.match(w.arg)
     if not m:
         return {"xpath": w.arg}
-    return {"xpath": w.arg, "leaf": m.group(1), "equals": m.group(3)}
+    value = m.group(3)
+    if ":" in value:  # prefix -> module name, the RFC 7951 form of an identity
+        pfx, name = value.split(":", 1)
+        mod = getattr(stmt.i_module, "i_prefixes", {}).get(pfx)
+        if mod is not None:
+            value = f"{mod[0]}:{name}"
+    return {"xpath": w.arg, "leaf": m.group(1), "equals": value}
 
 
 def build_schema(ctx: Any, modules: list[Any], files: dict[str, str]) -> Schema:

@@ -13,7 +13,7 @@ import grpc
 
 from .proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
-_ELEM = re.compile(r"((?:[^/\[\\]|\\.)+)((?:\[(?:[^\]\\]|\\.)*\])*)")
+_ELEM = re.compile(r"((?:[^/\[\]\\]|\\.)+)((?:\[(?:[^\]\\]|\\.)*\])*)")
 _KEY = re.compile(r"\[((?:[^=\]\\]|\\.)+)=((?:[^\]\\]|\\.)*)\]")
 
 
@@ -33,10 +33,11 @@ def parse_path(text: str, origin: str = "") -> gnmi_pb2.Path:
     """'/a/b[k=v]/c' -> gnmi.Path. Raises ValueError naming the bad part."""
     if not isinstance(text, str):
         raise ValueError(f"path must be a string, got {type(text).__name__}")
-    body = text.strip()
+    body = text
     if ":" in body.split("/", 1)[0] and not body.startswith("/"):
         origin, body = body.split(":", 1)
-    body = body.strip("/")
+    body = body[1:] if body.startswith("/") else body
+    body = body[:-1] if body.endswith("/") and not body.endswith("\\/") else body
     path = gnmi_pb2.Path(origin=origin)
     pos = 0
     while pos < len(body):
