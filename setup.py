@@ -33,7 +33,7 @@ def _extensions() -> list[Extension]:
     for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
         if only and folder.name not in only:
             continue
-        sources = sorted(str((CSRC / folder.name / f.name)) for f in folder.iterdir() if f.suffix == ".c")
+        sources = sorted(str(CSRC / folder.name / f.name) for f in folder.iterdir() if f.suffix == ".c")
         if sources:
             exts.append(
                 Extension(
