@@ -1,5 +1,5 @@
-"""Golden files pin every emitter on a small test model (tests/codegen/fixtures/tiny).
-After an intended change of an emitter: SDQKD_UPDATE_GOLDEN=1 pytest tests/codegen/test_golden.py"""
+"""Golden files pin every emitter on a small test model (tests/generator/fixtures/tiny).
+After an intended change of an emitter: SDQKD_UPDATE_GOLDEN=1 pytest tests/generator/test_golden.py"""
 
 from __future__ import annotations
 
