@@ -40,6 +40,26 @@ HOOKS: dict[str, str] = {
     "/qkd_node/qkd_links/qkd_link/sdqkd-link": "on_sdqkd_link",
 }
 
+# schema path -> [(list name, key name, hook keyword)] of the entry and its enclosing lists
+HOOK_KEYS: dict[str, list[tuple[str, str, str]]] = {
+    "/qkd_node": [],
+    "/qkd_node/qkdn_capabilities": [],
+    "/qkd_node/qkd_applications": [],
+    "/qkd_node/qkd_applications/qkd_app": [("qkd_app", "app_id", "app_id")],
+    "/qkd_node/qkd_applications/qkd_app/app_statistics": [("qkd_app", "app_id", "app_id")],
+    "/qkd_node/qkd_applications/qkd_app/app_qos": [("qkd_app", "app_id", "app_id")],
+    "/qkd_node/qkd_interfaces": [],
+    "/qkd_node/qkd_interfaces/qkd_interface": [("qkd_interface", "qkdi_id", "qkdi_id")],
+    "/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point": [("qkd_interface", "qkdi_id", "qkdi_id")],
+    "/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities": [("qkd_interface", "qkdi_id", "qkdi_id")],
+    "/qkd_node/qkd_links": [],
+    "/qkd_node/qkd_links/qkd_link": [("qkd_link", "qkdl_id", "qkdl_id")],
+    "/qkd_node/qkd_links/qkd_link/qkdl_local": [("qkd_link", "qkdl_id", "qkdl_id")],
+    "/qkd_node/qkd_links/qkd_link/qkdl_remote": [("qkd_link", "qkdl_id", "qkdl_id")],
+    "/qkd_node/qkd_links/qkd_link/qkdl_performance": [("qkd_link", "qkdl_id", "qkdl_id")],
+    "/qkd_node/qkd_links/qkd_link/sdqkd-link": [("qkd_link", "qkdl_id", "qkdl_id")],
+}
+
 # notification name -> (defining module, Subscribe path)
 NOTIFICATIONS: dict[str, tuple[str, str]] = {
     "sdqkdn_application_new": ("etsi-qkd-sdn-node", "/sdqkdn_application_new"),
@@ -67,6 +87,7 @@ class AgentSkeleton(gnmi_pb2_grpc.gNMIServicer):
 
     MODELS = MODELS
     HOOKS = HOOKS
+    HOOK_KEYS = HOOK_KEYS
     NOTIFICATIONS = NOTIFICATIONS
 
     async def on_qkd_node(

@@ -27,6 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
     return main(seconds=args.seconds)
 
 
+def _node(args: argparse.Namespace) -> int:
+    from runtime.node import main
+
+    return main(args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from codegen.cli import add_arguments
 
@@ -39,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", nargs="?", help="benchmark name; none lists them")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=_bench)
+    n = sub.add_parser("node", help="run one SD-QKD node (gNMI agent; LKMS and engine as they land)")
+    n.add_argument("--config", required=True, help="node config YAML")
+    n.set_defaults(func=_node)
     d = sub.add_parser("demo", help="the main job on the embedded default")
     d.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
     d.set_defaults(func=_demo)

@@ -1,0 +1,416 @@
+"""The node's data tree and the operations Get, Set and Subscribe need on it: JSON decode with
+validation, JSON / JSON_IETF encode with CONFIG/STATE filtering, wildcard lookup, merge,
+replace, delete, leaf flattening for change detection, and whole-tree checks (mandatory,
+`when`). Pure functions over plain dicts; the transaction and locking live in the server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .model import (
+    NODES,
+    ROOTS,
+    Elem,
+    PathError,
+    ValueError_,
+    canonical_text,
+    child_path,
+    decode_scalar,
+    elems_text,
+    encode_scalar,
+    strip_prefix,
+)
+
+ALL, CONFIG, STATE = "ALL", "CONFIG", "STATE"
+
+
+def _member(name: str, node: dict[str, Any], parent_module: str | None, ietf: bool) -> str:
+    if ietf and node["module"] != parent_module:
+        return f"{node['module']}:{name}"
+    return name
+
+
+# ------------------------------------------------------------------ decode
+
+
+def decode(spath: str, raw: Any, where: str, *, config_only: bool) -> Any:
+    """JSON value for the schema node `spath` -> internal value. Raises ValueError_/PathError."""
+    node = NODES[spath] if spath != "/" else {"kind": "container", "children": ROOTS, "config": True}
+    if config_only and not node["config"]:
+        raise PathError(f"{where}: config false (state) data cannot be written")
+    kind = node["kind"]
+    if kind == "leaf":
+        return decode_scalar(node.get("type", {}), raw, where)
+    if kind == "leaf-list":
+        if not isinstance(raw, list):
+            raise ValueError_(f"{where}: expected a JSON array for leaf-list, got {type(raw).__name__}")
+        vals = [decode_scalar(node.get("type", {}), v, f"{where}[{i}]") for i, v in enumerate(raw)]
+        if len(set(map(str, vals))) != len(vals):
+            raise ValueError_(f"{where}: duplicate values in leaf-list")
+        return vals
+    if kind == "list":
+        if not isinstance(raw, list):
+            raise ValueError_(f"{where}: expected a JSON array of entries for list, got {type(raw).__name__}")
+        out: dict[tuple[str, ...], Any] = {}
+        for i, entry in enumerate(raw):
+            key, value = decode_entry(spath, entry, f"{where}[{i}]", config_only=config_only)
+            if key in out:
+                raise ValueError_(f"{where}: duplicate entry for key {dict(zip(node['keys'], key))}")
+            out[key] = value
+        return out
+    if kind in ("container", "notification"):
+        if not isinstance(raw, dict):
+            raise ValueError_(f"{where}: expected a JSON object for {kind}, got {type(raw).__name__}")
+        out_c: dict[str, Any] = {}
+        for member, v in raw.items():
+            if not isinstance(member, str):
+                raise ValueError_(f"{where}: member names must be strings")
+            try:
+                name = strip_prefix(member)
+            except PathError as e:
+                raise PathError(f"{where}: {e}") from None
+            cp = child_path(spath, name)
+            if cp not in NODES:
+                raise PathError(f"{where}: unknown member {member!r}")
+            if name in out_c:
+                raise ValueError_(f"{where}: member {name!r} given twice")
+            out_c[name] = decode(cp, v, f"{where}/{name}", config_only=config_only)
+        return out_c
+    raise PathError(f"{where}: cannot hold data ({kind})")
+
+
+def decode_entry(spath: str, raw: Any, where: str, *, config_only: bool,
+                 path_keys: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, ...], dict[str, Any]]:
+    node = NODES[spath]
+    if not isinstance(raw, dict):
+        raise ValueError_(f"{where}: expected a JSON object for a list entry, got {type(raw).__name__}")
+    entry = _decode_members(spath, raw, where, config_only)
+    given = dict(path_keys)
+    key = []
+    for k in node["keys"]:
+        leaf = NODES[child_path(spath, k)]
+        in_path = given.get(k, "*")
+        if k in entry:
+            text = canonical_text(leaf, entry[k])
+            if in_path not in ("*", text):
+                raise ValueError_(f"{where}: key {k}={text!r} in the value conflicts with {k}={in_path!r} in the path")
+        elif in_path != "*":
+            entry[k] = _from_key_text(leaf, in_path, where)
+            text = in_path
+        else:
+            raise ValueError_(f"{where}: list entry lacks its key {k!r}")
+        key.append(text)
+    return tuple(key), entry
+
+
+def _from_key_text(leaf: dict[str, Any], text: str, where: str) -> Any:
+    from .model import decode_leaf
+
+    return decode_leaf(leaf, text, f"{where}/{leaf['name']}", lenient_strings=True)
+
+
+def _decode_members(spath: str, raw: dict[str, Any], where: str, config_only: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for member, v in raw.items():
+        try:
+            name = strip_prefix(member)
+        except PathError as e:
+            raise PathError(f"{where}: {e}") from None
+        cp = child_path(spath, name)
+        if cp not in NODES:
+            raise PathError(f"{where}: unknown member {member!r}")
+        if name in out:
+            raise ValueError_(f"{where}: member {name!r} given twice")
+        out[name] = decode(cp, v, f"{where}/{name}", config_only=config_only)
+    return out
+
+
+# ------------------------------------------------------------------ encode
+
+
+def _keep(node: dict[str, Any], filt: str) -> bool:
+    return filt == ALL or (filt == CONFIG and node["config"]) or (filt == STATE and not node["config"])
+
+
+def encode(spath: str, value: Any, *, ietf: bool, filt: str = ALL, parent_module: str | None = None) -> Any:
+    """Internal value of schema node `spath` -> JSON; None when the filter leaves nothing."""
+    node = NODES[spath] if spath != "/" else None
+    if node is None:  # the root: module-qualified top-level members
+        out: dict[str, Any] = {}
+        for name, v in value.items():
+            cp = child_path("/", name)
+            j = encode(cp, v, ietf=ietf, filt=filt, parent_module=None)
+            if j is not None:
+                out[_member(name, NODES[cp], None, True if ietf else False)] = j
+        return out
+    kind = node["kind"]
+    if kind == "leaf":
+        return encode_scalar(node, value, ietf) if _keep(node, filt) else None
+    if kind == "leaf-list":
+        return [encode_scalar(node, v, ietf) for v in value] if _keep(node, filt) else None
+    if kind == "list":
+        entries = [e for e in (encode_entry(spath, ent, ietf=ietf, filt=filt) for ent in value.values()) if e]
+        return entries or None
+    out = {}
+    for name, v in value.items():
+        cp = child_path(spath, name)
+        j = encode(cp, v, ietf=ietf, filt=filt, parent_module=node["module"])
+        if j is not None:
+            out[_member(name, NODES[cp], node["module"], ietf)] = j
+    if not out and filt != ALL:
+        return None
+    return out
+
+
+def encode_entry(spath: str, entry: dict[str, Any], *, ietf: bool, filt: str = ALL) -> dict[str, Any] | None:
+    node = NODES[spath]
+    out: dict[str, Any] = {}
+    for name, v in entry.items():
+        cp = child_path(spath, name)
+        child = NODES[cp]
+        j = encode(cp, v, ietf=ietf, filt=filt, parent_module=node["module"])
+        if j is not None and not (name in node["keys"] and filt == STATE):
+            out[_member(name, child, node["module"], ietf)] = j
+    if filt == STATE and not out:
+        return None
+    if filt == STATE:  # keys identify the entry even in state-only output
+        for k in node["keys"]:
+            out = {_member(k, NODES[child_path(spath, k)], node["module"], ietf):
+                   encode_scalar(NODES[child_path(spath, k)], entry[k], ietf), **out}
+    return out or None
+
+
+# ------------------------------------------------------------------ lookup
+
+
+def find(root: dict[str, Any], elems: tuple[Elem, ...], descendants: bool = False
+         ) -> Iterator[tuple[tuple[Elem, ...], str, Any]]:
+    """(concrete elems, schema path, value) of every node matching `elems` ('*' keys)."""
+
+    def walk(i: int, cur: Any, spath: str, done: tuple[Elem, ...]) -> Iterator[tuple[tuple[Elem, ...], str, Any]]:
+        if i == len(elems):
+            yield done, spath, cur
+            return
+        name, keys = elems[i]
+        if not isinstance(cur, dict) or name not in cur:
+            return
+        cp = child_path(spath, name)
+        v = cur[name]
+        node = NODES[cp]
+        if node["kind"] == "list":
+            for ktuple, entry in v.items():
+                if all(want == "*" or want == have for (_k, want), have in zip(keys, ktuple)):
+                    yield from walk(i + 1, entry, cp, done + ((name, tuple(zip(node["keys"], ktuple))),))
+        else:
+            yield from walk(i + 1, v, cp, done + ((name, ()),))
+
+    yield from walk(0, root, "/", ())
+
+
+def leaves(elems: tuple[Elem, ...], spath: str, value: Any) -> Iterator[tuple[tuple[Elem, ...], str, Any]]:
+    """Flatten a subtree into (elems, schema path, value) per leaf and leaf-list."""
+    node = NODES.get(spath)
+    kind = node["kind"] if node else "container"
+    if kind in ("leaf", "leaf-list"):
+        yield elems, spath, value
+        return
+    if kind == "list" and elems and elems[-1][0] == node["name"] and elems[-1][1] and all(
+            v != "*" for _k, v in elems[-1][1]):
+        items: Any = value.items()  # value is one entry
+        for name, v in items:
+            yield from leaves(elems + ((name, ()),), child_path(spath, name), v)
+        return
+    if kind == "list":
+        for ktuple, entry in value.items():
+            e = elems[:-1] + ((node["name"], tuple(zip(node["keys"], ktuple))),)
+            for name, v in entry.items():
+                yield from leaves(e + ((name, ()),), child_path(spath, name), v)
+        return
+    for name, v in value.items():
+        cp = child_path(spath, name)
+        if NODES[cp]["kind"] == "list":
+            for ktuple, entry in v.items():
+                e = elems + ((name, tuple(zip(NODES[cp]["keys"], ktuple))),)
+                for n2, v2 in entry.items():
+                    yield from leaves(e + ((n2, ()),), child_path(cp, n2), v2)
+        else:
+            yield from leaves(elems + ((name, ()),), cp, v)
+
+
+def flat(root: dict[str, Any]) -> dict[tuple[Elem, ...], Any]:
+    """Every leaf of the tree by concrete path; leaf-lists as tuples (comparable)."""
+    return {e: tuple(v) if isinstance(v, list) else v for e, _s, v in leaves((), "/", root)}
+
+
+# ------------------------------------------------------------------ change
+
+
+def _container_at(root: dict[str, Any], elems: tuple[Elem, ...], create: bool) -> Any:
+    """The dict holding elems[-1] (a container dict or a list entry), created when asked."""
+    cur: Any = root
+    spath = "/"
+    for name, keys in elems[:-1]:
+        cp = child_path(spath, name)
+        node = NODES[cp]
+        if name not in cur:
+            if not create:
+                return None
+            cur[name] = {}
+        cur = cur[name]
+        if node["kind"] == "list":
+            k = tuple(v for _k, v in keys)
+            if k not in cur:
+                if not create:
+                    return None
+                cur[k] = {kn: _key_value(cp, kn, kv) for kn, kv in keys}
+            cur = cur[k]
+        spath = cp
+    return cur
+
+
+def _key_value(list_spath: str, key: str, text: str) -> Any:
+    return _from_key_text(NODES[child_path(list_spath, key)], text, list_spath)
+
+
+def merge_values(spath: str, old: Any, new: Any) -> Any:
+    node = NODES.get(spath) if spath != "/" else None
+    kind = node["kind"] if node else "container"
+    if kind in ("leaf", "leaf-list") or old is None:
+        return new
+    if kind == "list":
+        out = dict(old)
+        for k, entry in new.items():
+            out[k] = merge_entry(spath, out.get(k), entry)
+        return out
+    out = dict(old)
+    for name, v in new.items():
+        out[name] = merge_values(child_path(spath, name), out.get(name), v)
+    return out
+
+
+def merge_entry(spath: str, old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    if old is None:
+        return new
+    out = dict(old)
+    for name, v in new.items():
+        out[name] = merge_values(child_path(spath, name), out.get(name), v)
+    return out
+
+
+def put(root: dict[str, Any], elems: tuple[Elem, ...], spath: str, value: Any, *, merge: bool) -> None:
+    """Write `value` (internal) at concrete `elems`; merge or replace."""
+    if not elems:  # the root
+        if merge:
+            for name, v in value.items():
+                root[name] = merge_values(child_path("/", name), root.get(name), v)
+        else:
+            root.clear()
+            root.update(value)
+        return
+    holder = _container_at(root, elems, create=True)
+    name, keys = elems[-1]
+    node = NODES[spath]
+    if node["kind"] == "list" and keys:
+        lst = holder.setdefault(name, {})
+        k = tuple(v for _k, v in keys)
+        lst[k] = merge_entry(spath, lst.get(k), value) if merge else value
+    elif merge:
+        holder[name] = merge_values(spath, holder.get(name), value)
+    else:
+        holder[name] = value
+
+
+def remove(root: dict[str, Any], elems: tuple[Elem, ...]) -> bool:
+    """Delete the node at concrete `elems`; False when it was not there."""
+    if not elems:
+        had = bool(root)
+        root.clear()
+        return had
+    holder = _container_at(root, elems, create=False)
+    if holder is None:
+        return False
+    name, keys = elems[-1]
+    if name not in holder:
+        return False
+    if keys:
+        k = tuple(v for _k, v in keys)
+        if k not in holder[name]:
+            return False
+        del holder[name][k]
+        if not holder[name]:
+            del holder[name]
+        return True
+    del holder[name]
+    return True
+
+
+def prune_empty(root: dict[str, Any]) -> None:
+    """Drop non-presence containers left empty by deletes (they carry no data)."""
+
+    def walk(spath: str, cur: dict[str, Any]) -> None:
+        for name in list(cur):
+            cp = child_path(spath, name)
+            node = NODES[cp]
+            v = cur[name]
+            if node["kind"] == "container":
+                walk(cp, v)
+                if not v and not node.get("presence"):
+                    del cur[name]
+            elif node["kind"] == "list":
+                for entry in v.values():
+                    walk(cp, entry)
+                if not v:
+                    del cur[name]
+
+    walk("/", root)
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check_tree(root: dict[str, Any]) -> list[str]:
+    """Model constraints over the whole tree: mandatory leaves and `when` conditions."""
+    problems: list[str] = []
+
+    def leaf_at(ctx_elems: tuple[Elem, ...], ctx_value: list[Any], rel: str) -> Any:
+        # ctx_value: stack of (dict) values from root to the context node
+        stack = list(ctx_value)
+        for step in rel.split("/"):
+            step = strip_prefix(step) if step not in ("..", ".", "") else step
+            if step == "..":
+                stack.pop()
+            elif step not in (".", ""):
+                cur = stack[-1]
+                if not isinstance(cur, dict) or step not in cur:
+                    return None
+                stack.append(cur[step])
+        return stack[-1]
+
+    def walk(spath: str, cur: dict[str, Any], elems: tuple[Elem, ...], stack: list[Any]) -> None:
+        children = NODES[spath].get("children", []) if spath != "/" else ROOTS
+        for cp in children:
+            node = NODES[cp]
+            if node["kind"] == "notification":
+                continue
+            name = node["name"]
+            present = name in cur
+            if node.get("mandatory") and not present and spath != "/":
+                problems.append(f"{elems_text(elems)}: mandatory leaf {name!r} missing")
+            if not present:
+                continue
+            when = node.get("when")
+            if when and "leaf" in when:
+                got = leaf_at(elems, stack, when["leaf"])
+                if got is None or str(got) != when["equals"]:
+                    problems.append(f"{elems_text(elems + ((name, ()),))}: present but its condition "
+                                    f"`{when['xpath']}` is false")
+            v = cur[name]
+            if node["kind"] == "container":
+                walk(cp, v, elems + ((name, ()),), stack + [v])
+            elif node["kind"] == "list":
+                for k, entry in v.items():
+                    walk(cp, entry, elems + ((name, tuple(zip(node["keys"], k))),), stack + [entry])
+
+    walk("/", root, (), [root])
+    return problems

@@ -1,0 +1,163 @@
+"""`sdqkd node --config FILE`: one SD-QKD node process. The config (YAML) is checked whole
+before anything starts; every problem is reported as `FILE: key: what is wrong`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.lkms.pki import TlsFiles
+
+log = logging.getLogger("sdqkd.node")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class NodeConfig:
+    id: str
+    name: str
+    gnmi_listen: str
+    etsi014_listen: str
+    etsi004_listen: str
+    data_dir: Path
+    tls: TlsFiles | None
+    saes: list[dict[str, Any]]
+    location: str = ""
+    users: dict[str, str] = field(default_factory=dict)
+    gnmi_mutual_tls: bool = True
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _listen(v: Any, key: str, problems: list[str]) -> str:
+    if not isinstance(v, str) or ":" not in v or not v.rsplit(":", 1)[1].isdigit():
+        problems.append(f"{key}: expected host:port, got {v!r}")
+        return ""
+    port = int(v.rsplit(":", 1)[1])
+    if not 0 <= port <= 65535:
+        problems.append(f"{key}: port {port} out of range 0..65535")
+    return v
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Parse and check a node config file; ConfigError lists every problem."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    problems: list[str] = []
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "kms", "classical", "data_dir", "tls",
+             "saes", "users", "engine"}
+    for k in sorted(set(raw) - known):
+        problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
+    node_id = raw.get("id")
+    try:
+        node_id = str(uuid.UUID(str(node_id)))
+    except ValueError:
+        problems.append(f"id: expected a UUID, got {node_id!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("name: required, a non-empty string")
+
+    def section(key: str) -> dict[str, Any]:
+        v = raw.get(key)
+        if not isinstance(v, dict) or "listen" not in v:
+            problems.append(f"{key}: required, a mapping with `listen: host:port`")
+            return {}
+        return v
+
+    gnmi, e14, e04 = section("gnmi"), section("etsi014"), section("etsi004")
+    tls_raw = raw.get("tls")
+    tls = None
+    if tls_raw is not None:
+        if not isinstance(tls_raw, dict) or not {"ca", "cert", "key"} <= set(tls_raw):
+            problems.append("tls: expected a mapping with ca, cert and key file paths")
+        else:
+            base = p.parent
+            files = {k: (base / str(tls_raw[k])) for k in ("ca", "cert", "key")}
+            for k, f in files.items():
+                if not f.is_file():
+                    problems.append(f"tls.{k}: no such file {f}")
+            tls = TlsFiles(files["ca"], files["cert"], files["key"])
+    listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04)) if s}
+    if tls is None:
+        from runtime.agent.serve import is_loopback
+
+        for k, v in listens.items():
+            if v and not is_loopback(v):
+                problems.append(f"{k}.listen: {v} is not a loopback address; without `tls` a node serves loopback only")
+    saes = raw.get("saes", [])
+    if not isinstance(saes, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str) for s in saes):
+        problems.append("saes: expected a list of mappings with an `id`")
+        saes = []
+    users = raw.get("users", gnmi.get("users", {})) or {}
+    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
+        problems.append("users: expected a mapping username: password")
+        users = {}
+    data_dir = raw.get("data_dir")
+    if not isinstance(data_dir, str) or not data_dir:
+        problems.append("data_dir: required, a directory path")
+    if problems:
+        raise ConfigError(f"{p}: " + f"\n{p}: ".join(problems))
+    return NodeConfig(
+        id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
+        etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
+        location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
+        raw=raw,
+    )
+
+
+async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
+    from runtime.agent.serve import start_gnmi
+    from runtime.agent.server import NodeAgent
+
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    agent = NodeAgent(cfg.id, target=cfg.name, location=cfg.location)
+    server, port = await start_gnmi(agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
+                                    users=cfg.users or None)
+    log.info("node %s (%s): gNMI on port %d", cfg.name, cfg.id, port)
+    print(f"sdqkd node {cfg.name}: gNMI on {cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(1.0)
+
+
+def main(config: str) -> int:
+    import sys
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(cfg, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as e:
+        print(f"{config}: {e}", file=sys.stderr)
+        return 1
+    return 0
