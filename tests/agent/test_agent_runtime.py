@@ -1,0 +1,181 @@
+"""The agent's runtime side: state feed, notifications, hooks that veto, 64-bit JSON_IETF,
+1000 open streams, loopback-only plain text; all through a real grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+
+from generated.agent_skeleton import NOTIFICATIONS, HookVeto
+from generated.gnmi_support import parse_path as P
+from generated.gnmi_support import path_str
+from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from runtime.agent.serve import start_gnmi
+from runtime.agent.server import NodeAgent
+
+LINKS = "/qkd_node/qkd_links/qkd_link"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def serve(agent: NodeAgent):
+    server, port = await start_gnmi(agent, "127.0.0.1:0")
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return server, ch, gnmi_pb2_grpc.gNMIStub(ch)
+
+
+def link_body(agent: NodeAgent, lid: str, **kw: Any) -> dict[str, Any]:
+    return {"qkdl_id": lid, "qkdl_enable": True, "qkdl_local": {"qkdn_id": agent.node_id},
+            "qkdl_type": "etsi-qkd-node-types:PHYS", **kw}
+
+
+def upd(path: str, obj: Any) -> gnmi_pb2.Update:
+    return gnmi_pb2.Update(path=P(path), val=gnmi_pb2.TypedValue(json_ietf_val=json.dumps(obj).encode()))
+
+
+def sub_req(*paths: str, **kw: Any):
+    async def gen():
+        yield gnmi_pb2.SubscribeRequest(subscribe=gnmi_pb2.SubscriptionList(
+            mode=gnmi_pb2.SubscriptionList.STREAM, encoding=gnmi_pb2.JSON_IETF,
+            subscription=[gnmi_pb2.Subscription(path=P(p), mode=gnmi_pb2.ON_CHANGE) for p in paths], **kw))
+        await asyncio.Event().wait()  # keep the request side open
+    return gen()
+
+
+async def next_update(call) -> gnmi_pb2.Notification:
+    while True:
+        r = await asyncio.wait_for(call.read(), 10)
+        if r.HasField("update"):
+            return r.update
+
+
+def test_state_feed_reaches_get_and_subscribers_with_64bit_strings():
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        call = stub.Subscribe(sub_req("/qkd_node/sdqkd-key-store"))
+        assert (await call.read()).sync_response  # nothing there yet
+        agent.state.update({"/qkd_node/sdqkd-key-store/stored-bits": 2**40, "/qkd_node/sdqkd-key-store/stored-keys": 7})
+        n = await next_update(call)
+        got = {path_str(u.path): json.loads(u.val.json_ietf_val) for u in n.update}
+        assert got == {"/qkd_node/sdqkd-key-store/stored-bits": str(2**40), "/qkd_node/sdqkd-key-store/stored-keys": "7"}
+        r = await stub.Get(gnmi_pb2.GetRequest(path=[P("/qkd_node/sdqkd-key-store/stored-bits")], encoding=gnmi_pb2.JSON))
+        assert json.loads(r.notification[0].update[0].val.json_val) == 2**40  # JSON: a number
+        with pytest.raises(ValueError, match="stored-bits"):
+            agent.state.update({"/qkd_node/sdqkd-key-store/stored-bits": -1})
+        with pytest.raises(ValueError, match="nope"):
+            agent.state.update({"/qkd_node/nope": 1})
+        call.cancel()
+        await ch.close()
+        await server.stop(None)
+
+    run(main())
+
+
+def test_all_eleven_notifications_are_delivered():
+    assert len(NOTIFICATIONS) == 11
+
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        call = stub.Subscribe(sub_req(*[f"/{n}" for n in NOTIFICATIONS]))
+        assert (await call.read()).sync_response
+        lid = str(uuid.uuid4())
+        samples = {
+            "sdqkdn_link_down": {"qkd_link": {"qkdl_id": lid, "reason": "fibre cut"}},
+            "alarm": {"link": {"qkdl_id": lid, "message": "QBER 31 %", "severity": "etsi-qkd-node-types:MAJOR"}},
+        }
+        for name in NOTIFICATIONS:
+            agent.state.notify(name, samples.get(name, {}))
+        seen = {}
+        while len(seen) < 11:
+            n = await next_update(call)
+            for u in n.update:
+                seen[path_str(u.path).strip("/")] = json.loads(u.val.json_ietf_val)
+        assert seen["sdqkdn_link_down"] == samples["sdqkdn_link_down"]
+        assert seen["alarm"]["link"]["severity"] == "etsi-qkd-node-types:MAJOR"
+        with pytest.raises(ValueError, match="unknown notification"):
+            agent.state.notify("no_such", {})
+        with pytest.raises(ValueError, match="qkdl_id"):
+            agent.state.notify("sdqkdn_link_down", {"qkd_link": {"qkdl_id": "not-a-uuid"}})
+        call.cancel()
+        await ch.close()
+        await server.stop(None)
+
+    run(main())
+
+
+class VetoingAgent(NodeAgent):
+    def __init__(self, node_id: str):
+        super().__init__(node_id)
+        self.calls: list[tuple[Any, Any, dict[str, Any]]] = []
+
+    async def on_qkd_link(self, txn, old, new, *, qkdl_id):
+        self.calls.append((old, new, {"qkdl_id": qkdl_id}))
+        if new is not None and new.get("qkdl_enable") is False and old is not None:
+            raise HookVeto("the engine cannot stop this link now")
+
+
+def test_hooks_see_each_change_and_can_veto():
+    async def main():
+        agent = VetoingAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        lid = str(uuid.uuid4())
+        p = f"{LINKS}[qkdl_id={lid}]"
+        await stub.Set(gnmi_pb2.SetRequest(update=[upd(p, link_body(agent, lid))]))
+        old, new, keys = agent.calls[-1]
+        assert old is None and new["qkdl_id"] == lid and keys == {"qkdl_id": lid}
+        call = stub.Subscribe(sub_req(p, updates_only=True))
+        assert (await call.read()).sync_response
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.Set(gnmi_pb2.SetRequest(update=[upd(f"{p}/qkdl_enable", False)]))
+        assert e.value.code() == grpc.StatusCode.ABORTED and "cannot stop this link" in e.value.details()
+        assert lid in e.value.details()
+        r = await stub.Get(gnmi_pb2.GetRequest(path=[P(f"{p}/qkdl_enable")], encoding=gnmi_pb2.JSON_IETF))
+        assert json.loads(r.notification[0].update[0].val.json_ietf_val) is True
+        await stub.Set(gnmi_pb2.SetRequest(delete=[P(p)]))
+        assert agent.calls[-1][1] is None and agent.calls[-1][0]["qkdl_id"] == lid
+        n = await next_update(call)  # the vetoed Set was never seen; the delete is
+        assert [path_str(d) for d in n.delete] == [p] and not n.update
+        call.cancel()
+        await ch.close()
+        await server.stop(None)
+
+    run(main())
+
+
+def test_thousand_open_streams_do_not_block_get_and_set():
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        calls = [stub.Subscribe(sub_req(f"{LINKS}/qkdl_enable")) for _ in range(1000)]
+        for c in calls:
+            assert (await c.read()).sync_response
+        assert agent.open_streams == 1000
+        r = await stub.Get(gnmi_pb2.GetRequest(path=[P("/qkd_node/qkdn_id")], encoding=gnmi_pb2.JSON_IETF))
+        assert json.loads(r.notification[0].update[0].val.json_ietf_val) == agent.node_id
+        lid = str(uuid.uuid4())
+        await stub.Set(gnmi_pb2.SetRequest(update=[upd(f"{LINKS}[qkdl_id={lid}]", link_body(agent, lid))]))
+        got = await asyncio.gather(*(next_update(c) for c in calls))
+        assert all(path_str(n.update[0].path) == f"{LINKS}[qkdl_id={lid}]/qkdl_enable" for n in got)
+        for c in calls:
+            c.cancel()
+        await ch.close()
+        await server.stop(None)
+
+    run(main())
+
+
+def test_plain_text_only_on_loopback():
+    async def main():
+        with pytest.raises(ValueError, match="loopback"):
+            await start_gnmi(NodeAgent(str(uuid.uuid4())), "0.0.0.0:0")
+
+    run(main())
