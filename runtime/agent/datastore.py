@@ -345,32 +345,88 @@ def remove(root: dict[str, Any], elems: tuple[Elem, ...]) -> bool:
     return True
 
 
-def prune_empty(root: dict[str, Any]) -> None:
-    """Drop non-presence containers left empty by deletes (they carry no data)."""
-
-    def walk(spath: str, cur: dict[str, Any]) -> None:
-        for name in list(cur):
-            cp = child_path(spath, name)
-            node = NODES[cp]
-            v = cur[name]
-            if node["kind"] == "container":
-                walk(cp, v)
-                if not v and not node.get("presence"):
-                    del cur[name]
-            elif node["kind"] == "list":
-                for entry in v.values():
-                    walk(cp, entry)
+def prune_empty(root: dict[str, Any], deleted: list[tuple[Elem, ...]]) -> None:
+    """Drop non-presence containers and lists that deletes left empty (they carry no data),
+    walking up from each deleted path."""
+    for elems in deleted:
+        for depth in range(len(elems) - 1, 0, -1):
+            holder = _container_at(root, elems[:depth], create=False)
+            if holder is None:
+                continue
+            name, keys = elems[depth - 1]
+            spath = "/" + "/".join(n for n, _k in elems[:depth])
+            node = NODES[spath]
+            v = holder.get(name)
+            if node["kind"] == "list" and keys:
+                k = tuple(x for _n, x in keys)
+                if k in v and not any(c for c in v[k] if c not in node["keys"]):
+                    continue  # an entry with only its keys is still an entry
                 if not v:
-                    del cur[name]
+                    del holder[name]
+            elif isinstance(v, dict) and not v and not node.get("presence"):
+                del holder[name]
 
-    walk("/", root)
+
+def cow_copy(root: dict[str, Any], paths: list[tuple[Elem, ...]]) -> dict[str, Any]:
+    """A copy of `root` in which every dict on or under `paths` is new and the rest shared:
+    a Set writes only there, so it need not copy the whole tree."""
+    import copy
+
+    new = dict(root)
+    for elems in paths:
+        cur_old: Any = root
+        cur_new: Any = new
+        spath = "/"
+        for i, (name, keys) in enumerate(elems):
+            if not isinstance(cur_old, dict) or name not in cur_old:
+                break
+            spath = child_path(spath, name)
+            node = NODES[spath]
+            last = i == len(elems) - 1
+            if node["kind"] == "list":
+                if cur_new[name] is cur_old[name]:
+                    cur_new[name] = dict(cur_old[name])
+                lst_old, lst_new = cur_old[name], cur_new[name]
+                k = tuple(v for _n, v in keys)
+                if not keys or k not in lst_old:
+                    if not keys and last:
+                        cur_new[name] = copy.deepcopy(lst_old)
+                    break
+                if lst_new[k] is lst_old[k]:
+                    lst_new[k] = copy.deepcopy(lst_old[k]) if last else dict(lst_old[k])
+                cur_old, cur_new = lst_old[k], lst_new[k]
+            else:
+                if cur_new[name] is cur_old[name]:
+                    cur_new[name] = copy.deepcopy(cur_old[name]) if last else (
+                        dict(cur_old[name]) if isinstance(cur_old[name], dict) else cur_old[name])
+                cur_old, cur_new = cur_old[name], cur_new[name]
+        else:
+            if not elems:
+                return copy.deepcopy(root)
+    return new
+
+
+def strip_lists(spath: str, value: Any) -> Any:
+    """A subtree without the entries of the lists below it (they have hooks of their own)."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for name, v in value.items():
+        cp = child_path(spath, name)
+        node = NODES[cp]
+        if node["kind"] == "list":
+            continue
+        out[name] = strip_lists(cp, v) if node["kind"] == "container" else v
+    return out
 
 
 # ------------------------------------------------------------------ checks
 
 
-def check_tree(root: dict[str, Any]) -> list[str]:
-    """Model constraints over the whole tree: mandatory leaves and `when` conditions."""
+def check_tree(root: dict[str, Any], under: list[tuple[Elem, ...]] | None = None) -> list[str]:
+    """Model constraints (mandatory leaves, `when` conditions) over the whole tree, or over
+    the subtrees holding the given paths (from their parents down: siblings' `when`s and the
+    parent's mandatory leaves depend on what changed)."""
     problems: list[str] = []
 
     def leaf_at(ctx_elems: tuple[Elem, ...], ctx_value: list[Any], rel: str) -> Any:
@@ -412,5 +468,32 @@ def check_tree(root: dict[str, Any]) -> list[str]:
                 for k, entry in v.items():
                     walk(cp, entry, elems + ((name, tuple(zip(node["keys"], k))),), stack + [entry])
 
-    walk("/", root, (), [root])
+    if under is None:
+        walk("/", root, (), [root])
+        return problems
+    starts = sorted({e[:-1] for e in under}, key=len)
+    done: list[tuple[Elem, ...]] = []
+    for start in starts:
+        if any(start[: len(d)] == d for d in done):
+            continue
+        done.append(start)
+        stack: list[Any] = [root]
+        cur: Any = root
+        spath = "/"
+        ok = True
+        for name, keys in start:
+            spath = child_path(spath, name)
+            if not isinstance(cur, dict) or name not in cur:
+                ok = False
+                break
+            cur = cur[name]
+            if keys:
+                k = tuple(v for _n, v in keys)
+                if k not in cur:
+                    ok = False
+                    break
+                cur = cur[k]
+            stack.append(cur)
+        if ok and isinstance(cur, dict):
+            walk(spath, cur, start, stack)
     return problems

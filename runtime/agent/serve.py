@@ -77,7 +77,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start_gnmi(agent: NodeAgent, listen: str, *, tls: TlsFiles | None = None, mutual: bool = True,
-                     users: dict[str, str] | None = None) -> tuple[grpc.aio.Server, int]:
+                     users: dict[str, str] | None = None,
+                     extra_handlers: tuple[grpc.GenericRpcHandler, ...] = ()) -> tuple[grpc.aio.Server, int]:
     """Start the agent's gNMI server; returns it and the bound port (listen may use port 0).
     With `tls`, clients must present a certificate of its CA unless `mutual` is False."""
     if tls is None and not is_loopback(listen):
@@ -87,6 +88,8 @@ async def start_gnmi(agent: NodeAgent, listen: str, *, tls: TlsFiles | None = No
         ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.max_concurrent_streams", 4096)])
     gnmi_pb2_grpc.add_gNMIServicer_to_server(agent, server)
+    if extra_handlers:  # other services of the node process on the same port
+        server.add_generic_rpc_handlers(extra_handlers)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([GNMI_SERVICE, reflection.SERVICE_NAME, "grpc.health.v1.Health"], server)

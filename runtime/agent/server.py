@@ -6,11 +6,11 @@ SAMPLE / ON_CHANGE / TARGET_DEFINED). Runtime components feed state through `Age
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
+from copy import deepcopy as _deepcopy
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -24,7 +24,7 @@ from generated.proto.gnmi import gnmi_pb2
 
 from . import datastore as ds
 from .model import NODES, Elem, PathError, Resolved, ValueError_, child_path, elems_text, resolve
-from .subscriptions import Change, Hub, StreamSub
+from .subscriptions import Change, Hub, StreamSub, covers
 
 log = logging.getLogger("sdqkd.agent")
 
@@ -59,9 +59,15 @@ def to_path(elems: tuple[Elem, ...]) -> gnmi_pb2.Path:
     return gnmi_pb2.Path(elem=[gnmi_pb2.PathElem(name=n, key=dict(k)) for n, k in elems])
 
 
-@lru_cache(maxsize=4096)
-def _to_path_cached(elems: tuple[Elem, ...]) -> bytes:
-    return to_path(elems).SerializeToString()
+@lru_cache(maxsize=8192)
+def _resolve_text(text: str) -> Resolved:
+    """State feeds name the same few paths over and over: parse and check each once."""
+    return resolve(_elems_of(parse_path(text)), allow_wildcards=False)
+
+
+@lru_cache(maxsize=8192)
+def _path_cached(elems: tuple[Elem, ...]) -> gnmi_pb2.Path:
+    return to_path(elems)  # read-only use: protobuf copies it into each Update
 
 
 def typed(value: Any, ietf: bool) -> gnmi_pb2.TypedValue:
@@ -124,7 +130,7 @@ class AgentState:
             else:
                 val = ds.decode(r.schema_path, raw, text, config_only=False)
             for root in self._agent._roots():
-                ds.put(root, r.elems, r.schema_path, copy.deepcopy(val) if root is not self._agent.root else val,
+                ds.put(root, r.elems, r.schema_path, _deepcopy(val) if root is not self._agent.root else val,
                        merge=True)
             changes.extend(ds.leaves(r.elems, r.schema_path, val))
         self._agent.hub.publish(changes)
@@ -171,7 +177,7 @@ class NodeAgent(AgentSkeleton):
         return [self.root] if self._work is None else [self.root, self._work]
 
     def resolve_text(self, text: str) -> Resolved:
-        return resolve(_elems_of(parse_path(text)), allow_wildcards=False)
+        return _resolve_text(text)
 
     def _check_target(self, prefix: gnmi_pb2.Path) -> None:
         if prefix.target and self.target and prefix.target != self.target:
@@ -285,24 +291,36 @@ class NodeAgent(AgentSkeleton):
         if request.union_replace:
             raise GnmiError(grpc.StatusCode.UNIMPLEMENTED, "union_replace is not supported")
         async with self._lock:
-            work = copy.deepcopy(self.root)
+            touched = self._touched(prefix, request)
+            work = ds.cow_copy(self.root, touched)
             self._work = work
             try:
                 results = self._apply(work, prefix, request)
-                ds.prune_empty(work)
-                problems = ds.check_tree(work) + self.check_references(work)
+                ds.prune_empty(work, [r.elems for r in self._last_resolved[: len(request.delete)]])
+                problems = ds.check_tree(work, touched) + self.check_references(work)
                 if problems:
                     raise GnmiError(grpc.StatusCode.ABORTED, "Set rejected, nothing changed: " + "; ".join(problems))
-                await self._run_hooks(self.root, work)
+                await self._run_hooks(self.root, work, touched)
             finally:
                 self._work = None
             old, self.root = self.root, work
-        self.hub.publish(self._diff(old, work))
+        self.hub.publish(self._diff(old, work, touched))
         return gnmi_pb2.SetResponse(prefix=self._prefix_out(prefix), response=results, timestamp=_now())
+
+    def _touched(self, prefix: gnmi_pb2.Path | None, request: gnmi_pb2.SetRequest) -> list[tuple[Elem, ...]]:
+        """Concrete element paths of every operation that resolves (the others fail in _apply)."""
+        out = []
+        for p in list(request.delete) + [u.path for u in request.replace] + [u.path for u in request.update]:
+            try:
+                out.append(resolve(_full(prefix, p), allow_wildcards=False).elems)
+            except (PathError, ValueError_):
+                pass
+        return out
 
     def _apply(self, work: dict[str, Any], prefix: gnmi_pb2.Path | None, request: gnmi_pb2.SetRequest
                ) -> list[gnmi_pb2.UpdateResult]:
         results = []
+        self._last_resolved: list[Resolved] = []
         ops: list[tuple[str, int, Any]] = (
             [("delete", i, d) for i, d in enumerate(request.delete)]
             + [("replace", i, u) for i, u in enumerate(request.replace)]
@@ -317,6 +335,7 @@ class NodeAgent(AgentSkeleton):
             where = f"{op}[{i}] {text}"
             try:
                 r = resolve(full, allow_wildcards=False)
+                self._last_resolved.append(r)
                 if r.notification:
                     raise PathError("a notification is not data")
                 if op == "delete":
@@ -356,27 +375,27 @@ class NodeAgent(AgentSkeleton):
                                 f"{local} is not this node")
         return problems
 
-    async def _run_hooks(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def _run_hooks(self, old: dict[str, Any], new: dict[str, Any], touched: list[tuple[Elem, ...]]) -> None:
+        """Call the hook of every list entry and container whose own data (its subtree without
+        the entries of lists below it) the Set created, changed or deleted."""
         txn = Transaction(self, old, new)
         events = []
         for spath, method in self.HOOKS.items():
             pattern = _wildcard_elems(spath)
             node = NODES[spath]
-
-            def instances(root: dict[str, Any], spath: str = spath, pattern: tuple = pattern,
-                          node: dict = node) -> dict[tuple[Elem, ...], Any]:
-                out = {}
-                for elems, _s, value in ds.find(root, pattern):
-                    j = (ds.encode_entry(spath, value, ietf=True, filt=ds.CONFIG) if node["kind"] == "list"
-                         else ds.encode(spath, value, ietf=True, filt=ds.CONFIG))
-                    out[elems] = j
-                return out
-
-            before, after = instances(old), instances(new)
-            for elems in sorted(set(before) | set(after), key=lambda e: elems_text(e)):
-                b, a = before.get(elems), after.get(elems)
-                if b != a:
-                    events.append((len(elems), a is None, spath, method, elems, b, a))
+            scopes = {_narrow(pattern, t) for t in touched if covers(pattern, t)}
+            for scope in scopes:
+                before = {e: v for e, _s, v in ds.find(old, scope)}
+                after = {e: v for e, _s, v in ds.find(new, scope)}
+                for elems in sorted(set(before) | set(after), key=elems_text):
+                    b, a = before.get(elems), after.get(elems)
+                    if b is not None and a is not None and ds.strip_lists(spath, b) == ds.strip_lists(spath, a):
+                        continue
+                    enc = ds.encode_entry if node["kind"] == "list" else ds.encode
+                    bj = enc(spath, b, ietf=True, filt=ds.CONFIG) if b is not None else None
+                    aj = enc(spath, a, ietf=True, filt=ds.CONFIG) if a is not None else None
+                    if bj != aj:
+                        events.append((len(elems), a is None, spath, method, elems, bj, aj))
         # deletions deepest first, then creations/changes shallowest first
         events.sort(key=lambda e: (not e[1], -e[0] if e[1] else e[0]))
         for _depth, _deleted, spath, method, elems, b, a in events:
@@ -391,12 +410,12 @@ class NodeAgent(AgentSkeleton):
                 raise GnmiError(grpc.StatusCode.ABORTED,
                                 f"Set rejected, nothing changed: {elems_text(elems)}: {e}") from None
 
-    def _diff(self, old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
-        fo, fn = ds.flat(old), ds.flat(new)
+    def _diff(self, old: dict[str, Any], new: dict[str, Any], touched: list[tuple[Elem, ...]]) -> list[Change]:
+        """Leaf changes between two trees, looking only under the paths a Set wrote."""
+        fo, fn = self._flat_under(old, touched), self._flat_under(new, touched)
         changes: list[Change] = []
-        spath_of = {}
-        for e, s, _v in ds.leaves((), "/", new):
-            spath_of[e] = s
+        spath_of = {e: s for t in _shortest(touched) for e0, s0, v0 in ds.find(new, t)
+                    for e, s, _v in ds.leaves(e0, s0, v0)}
         for e, v in fn.items():
             if fo.get(e, _MISSING) != v:
                 changes.append((e, spath_of[e], list(v) if isinstance(v, tuple) else v))
@@ -413,6 +432,15 @@ class NodeAgent(AgentSkeleton):
             else:
                 changes.append((e, "", None))
         return changes
+
+    @staticmethod
+    def _flat_under(root: dict[str, Any], touched: list[tuple[Elem, ...]]) -> dict[tuple[Elem, ...], Any]:
+        out: dict[tuple[Elem, ...], Any] = {}
+        for t in _shortest(touched):
+            for e0, s0, v0 in ds.find(root, t):
+                for e, _s, v in ds.leaves(e0, s0, v0):
+                    out[e] = tuple(v) if isinstance(v, list) else v
+        return out
 
     # ---------------------------------------------------------------- Subscribe
 
@@ -546,7 +574,7 @@ class NodeAgent(AgentSkeleton):
                     ups.append(gnmi_pb2.Update(path=to_path(elems), val=typed(value[1], ietf)))
                 else:
                     j = ds.encode(spath, value, ietf=ietf)
-                    ups.append(gnmi_pb2.Update(path=to_path(elems), val=typed(j, ietf)))
+                    ups.append(gnmi_pb2.Update(path=_path_cached(elems), val=typed(j, ietf)))
             await out.put(gnmi_pb2.SubscribeResponse(update=gnmi_pb2.Notification(
                 timestamp=_now(), prefix=self._prefix_out(prefix), update=ups, delete=dels)))
 
@@ -581,3 +609,23 @@ class NodeAgent(AgentSkeleton):
 
 
 _MISSING = object()
+
+
+def _narrow(pattern: tuple[Elem, ...], touched: tuple[Elem, ...]) -> tuple[Elem, ...]:
+    """The hook pattern with the keys the touched path fixes (pattern and path overlap)."""
+    out = []
+    for i, (name, keys) in enumerate(pattern):
+        if i < len(touched) and touched[i][1]:
+            out.append((name, touched[i][1]))
+        else:
+            out.append((name, keys))
+    return tuple(out)
+
+
+def _shortest(paths: list[tuple[Elem, ...]]) -> list[tuple[Elem, ...]]:
+    """The paths none of the others lie under (so each subtree is walked once)."""
+    out: list[tuple[Elem, ...]] = []
+    for p in sorted(set(paths), key=len):
+        if not any(p[: len(q)] == q for q in out):
+            out.append(p)
+    return out

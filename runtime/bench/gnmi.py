@@ -1,0 +1,144 @@
+"""`sdqkd bench gnmi`: the agent against a bare grpc.aio unary echo, measured in one run on
+this machine. Get of one leaf and of the whole tree (p50, p99), Set of one link, ON_CHANGE
+updates per second on one stream, and Get p99 while 1000 streams are open.
+Targets: Get leaf <= 2x echo latency; >= 20,000 ON_CHANGE updates/s; Get p99 <= 10 ms with 1000 streams."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from generated.gnmi_support import parse_path as P
+from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+
+
+def _spawn(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.bench._gnmi_target", *args],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split() if proc.stdout else []
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"bench target {args} did not start")
+    return proc, line
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def _lat(fn: Any, n: int, warm: int = 200) -> list[float]:
+    for _ in range(warm):
+        await fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - t) * 1e6)
+    return out
+
+
+def _fig(xs: list[float]) -> dict[str, float]:
+    return {"p50_us": round(statistics.median(xs), 1), "p99_us": round(_pct(xs, 0.99), 1)}
+
+
+async def _run(n: int, links: int, streams: int, feed: int) -> dict[str, Any]:
+    echo_p, (echo_port,) = _spawn("echo")
+    agent_p, (agent_port, lid) = _spawn("agent", "--links", str(links))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as ech, \
+                grpc.aio.insecure_channel(f"127.0.0.1:{agent_port}") as ach:
+            get_leaf_req = gnmi_pb2.GetRequest(path=[P(f"/qkd_node/qkd_links/qkd_link[qkdl_id={lid}]/qkdl_enable")],
+                                               encoding=gnmi_pb2.JSON_IETF)
+            echo = ech.unary_unary("/bench.Echo/Call", request_serializer=None, response_deserializer=None)
+            payload = get_leaf_req.SerializeToString()
+            stub = gnmi_pb2_grpc.gNMIStub(ach)
+            res: dict[str, Any] = {"links_in_tree": links}
+            res["echo"] = _fig(await _lat(lambda: echo(payload), n))
+            res["get_leaf"] = _fig(await _lat(lambda: stub.Get(get_leaf_req), n))
+            whole = gnmi_pb2.GetRequest(path=[P("/")], encoding=gnmi_pb2.JSON_IETF)
+            res["get_tree"] = _fig(await _lat(lambda: stub.Get(whole), max(50, n // 10), warm=20))
+            node_id = json.loads((await stub.Get(gnmi_pb2.GetRequest(path=[P("/qkd_node/qkdn_id")],
+                                                                      encoding=gnmi_pb2.JSON_IETF)))
+                                 .notification[0].update[0].val.json_ietf_val)
+
+            async def set_link() -> None:
+                new = str(uuid.uuid4())
+                body = {"qkdl_id": new, "qkdl_enable": True, "qkdl_local": {"qkdn_id": node_id},
+                        "qkdl_type": "etsi-qkd-node-types:PHYS"}
+                await stub.Set(gnmi_pb2.SetRequest(update=[gnmi_pb2.Update(
+                    path=P(f"/qkd_node/qkd_links/qkd_link[qkdl_id={new}]"),
+                    val=gnmi_pb2.TypedValue(json_ietf_val=json.dumps(body).encode()))]))
+                await stub.Set(gnmi_pb2.SetRequest(delete=[P(f"/qkd_node/qkd_links/qkd_link[qkdl_id={new}]")]))
+
+            res["set_link_create_and_delete"] = _fig(await _lat(set_link, max(100, n // 10), warm=20))
+
+            # ON_CHANGE throughput on one stream
+            async def reqs(path: str):
+                yield gnmi_pb2.SubscribeRequest(subscribe=gnmi_pb2.SubscriptionList(
+                    mode=gnmi_pb2.SubscriptionList.STREAM, encoding=gnmi_pb2.JSON_IETF, updates_only=True,
+                    subscription=[gnmi_pb2.Subscription(path=P(path), mode=gnmi_pb2.ON_CHANGE)]))
+                await asyncio.Event().wait()
+
+            call = stub.Subscribe(reqs(f"/qkd_node/qkd_links/qkd_link[qkdl_id={lid}]/qkdl_performance/skr"))
+            assert (await call.read()).sync_response
+            control = ach.unary_unary("/bench.Control/Feed")
+            fed = asyncio.ensure_future(control(str(feed).encode()))
+            got, t0 = 0, None
+            while got < feed:
+                r = await call.read()
+                if t0 is None:
+                    t0 = time.perf_counter()
+                got += len(r.update.update)
+            dt = time.perf_counter() - t0
+            await fed
+            call.cancel()
+            res["on_change_updates_per_s"] = round(got / dt)
+
+            # Get p99 while `streams` subscriptions are open
+            calls = [stub.Subscribe(reqs("/qkd_node/qkd_links/qkd_link/qkdl_enable")) for _ in range(streams)]
+            for c in calls:
+                assert (await c.read()).sync_response
+            res["open_streams"] = streams
+            res["get_leaf_with_streams"] = _fig(await _lat(lambda: stub.Get(get_leaf_req), n))
+            for c in calls:
+                c.cancel()
+    finally:
+        for p in (echo_p, agent_p):
+            p.terminate()
+            p.wait(10)
+    res["get_leaf_over_echo_p50"] = round(res["get_leaf"]["p50_us"] / res["echo"]["p50_us"], 2)
+    res["targets"] = {"get_leaf_over_echo": 2.0, "on_change_updates_per_s": 20000, "get_p99_with_streams_ms": 10}
+    res["ok"] = (res["get_leaf_over_echo_p50"] <= 2.0 and res["on_change_updates_per_s"] >= 20000
+                 and res["get_leaf_with_streams"]["p99_us"] <= 10_000)
+    return res
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="sdqkd bench gnmi")
+    ap.add_argument("--n", type=int, default=2000, help="calls per latency figure")
+    ap.add_argument("--links", type=int, default=50, help="links in the agent's tree")
+    ap.add_argument("--streams", type=int, default=1000)
+    ap.add_argument("--feed", type=int, default=100_000, help="ON_CHANGE updates to stream")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    res = asyncio.run(_run(a.n, a.links, a.streams, a.feed))
+    if a.json:
+        print(json.dumps(res))
+    else:
+        for k in ("echo", "get_leaf", "get_tree", "set_link_create_and_delete", "get_leaf_with_streams"):
+            print(f"{k:28s} p50 {res[k]['p50_us']:9.1f} us   p99 {res[k]['p99_us']:9.1f} us")
+        print(f"{'get leaf / echo (p50)':28s} {res['get_leaf_over_echo_p50']:.2f}x   target <= 2x")
+        print(f"{'ON_CHANGE updates/s':28s} {res['on_change_updates_per_s']}   target >= 20000")
+        print(f"{'Get p99, ' + str(res['open_streams']) + ' streams open':28s} "
+              f"{res['get_leaf_with_streams']['p99_us'] / 1000:.2f} ms   target <= 10 ms")
+    return 0 if res["ok"] else 1
