@@ -89,7 +89,7 @@ def resolve(elems: list[tuple[str, dict[str, str]]], allow_wildcards: bool = Tru
             return Resolved(tuple(out), spath, True, notification)
         name = strip_prefix(raw)
         if name == "*":
-            raise PathError(f"wildcard '*' as an element name is not supported (after {elems_text(tuple(out))})")
+            raise PathError(f"wildcard '*' not allowed here (after {elems_text(tuple(out)) if out else '/'})")
         cp = child_path(spath, name)
         node = NODES.get(cp)
         if node is None:
@@ -116,6 +116,42 @@ def resolve(elems: list[tuple[str, dict[str, str]]], allow_wildcards: bool = Tru
         out.append((name, ktuple))
         spath = cp
     return Resolved(tuple(out), spath, False, notification)
+
+
+def resolve_all(elems: list[tuple[str, dict[str, str]]]) -> list[Resolved]:
+    """Like resolve, with `*` allowed as an element name: one Resolved per schema node it
+    stands for (data nodes only). An error if nothing the model has matches."""
+    if not any(name == "*" for name, _k in elems):
+        return [resolve(elems)]
+
+    def expand(i: int, spath: str, acc: list[tuple[str, dict[str, str]]]):
+        if i == len(elems):
+            yield list(acc)
+            return
+        name, keys = elems[i]
+        if name == "*":
+            kids = NODES[spath].get("children", []) if spath != "/" else ROOTS
+            for cp in kids:
+                if NODES[cp]["kind"] != "notification":
+                    yield from expand(i + 1, cp, acc + [(NODES[cp]["name"], keys)])
+        elif name == "...":
+            yield acc + list(elems[i:])
+        else:
+            cp = child_path(spath, strip_prefix(name))
+            if cp not in NODES:
+                yield acc + list(elems[i:])  # resolve() names the problem
+            else:
+                yield from expand(i + 1, cp, acc + [(name, keys)])
+
+    out, first_error = [], None
+    for concrete in expand(0, "/", []):
+        try:
+            out.append(resolve(concrete))
+        except (PathError, ValueError_) as e:
+            first_error = first_error or e
+    if not out:
+        raise first_error or PathError(f"{elems_text(tuple((n, ()) for n, _k in elems))}: the wildcard matches nothing")
+    return out
 
 
 def key_text(leaf: dict[str, Any], text: str, where: str) -> str:

@@ -23,7 +23,7 @@ from generated.gnmi_support import parse_path, path_str
 from generated.proto.gnmi import gnmi_pb2
 
 from . import datastore as ds
-from .model import NODES, Elem, PathError, Resolved, ValueError_, child_path, elems_text, resolve
+from .model import NODES, Elem, PathError, Resolved, ValueError_, child_path, elems_text, resolve, resolve_all
 from .subscriptions import Change, Hub, StreamSub, covers
 
 log = logging.getLogger("sdqkd.agent")
@@ -245,18 +245,20 @@ class NodeAgent(AgentSkeleton):
             full = _full(prefix, p)
             text = path_str(gnmi_pb2.Path(elem=[gnmi_pb2.PathElem(name=n, key=k) for n, k in full]))
             try:
-                r = resolve(full)
+                rs = resolve_all(full)
             except (PathError, ValueError_) as e:
                 raise GnmiError(grpc.StatusCode.INVALID_ARGUMENT, f"Get {text}: {e}") from None
-            if r.notification:
+            if any(r.notification for r in rs):
                 raise GnmiError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"Get {text}: notifications are delivered through Subscribe")
             if not full:  # the root: one update, module-qualified members
                 val = ds.encode("/", self.root, ietf=True if ietf else False, filt=filt)
                 ups = [gnmi_pb2.Update(path=gnmi_pb2.Path(), val=typed(val, ietf))]
             else:
-                ups = self.updates_for(r, ietf, filt)
-                if not ups and not r.wildcard and not any(True for _ in ds.find(self.root, r.elems)):
+                ups = [u for r in rs for u in self.updates_for(r, ietf, filt)]
+                r = rs[0]
+                if (not ups and len(rs) == 1 and not r.wildcard
+                        and not any(True for _ in ds.find(self.root, r.elems))):
                     raise GnmiError(grpc.StatusCode.NOT_FOUND, f"Get {text}: no data at this path")
             notifications.append(gnmi_pb2.Notification(timestamp=_now(), prefix=self._prefix_out(prefix), update=ups))
         return gnmi_pb2.GetResponse(notification=notifications)
@@ -465,7 +467,7 @@ class NodeAgent(AgentSkeleton):
         for i, s in enumerate(sl.subscription):
             full = _full(prefix, s.path)
             try:
-                out.append((resolve(full), s))
+                out.extend((r, s) for r in resolve_all(full))
             except (PathError, ValueError_) as e:
                 raise GnmiError(grpc.StatusCode.INVALID_ARGUMENT, f"subscription[{i}]: {e}") from None
         return out

@@ -179,3 +179,30 @@ def test_plain_text_only_on_loopback():
             await start_gnmi(NodeAgent(str(uuid.uuid4())), "0.0.0.0:0")
 
     run(main())
+
+
+def test_server_only_tls_and_mutual_tls(tmp_path):
+    from runtime.lkms.pki import write_ca, write_identity
+
+    ca, ca_path = write_ca(tmp_path)
+    srv = write_identity(ca, ca_path, tmp_path, "node", server=True)
+    cli = write_identity(ca, ca_path, tmp_path, "ctl", server=False)
+
+    async def main():
+        for mutual in (False, True):
+            agent = NodeAgent(str(uuid.uuid4()))
+            server, port = await start_gnmi(agent, "127.0.0.1:0", tls=srv, mutual=mutual)
+            bare = grpc.ssl_channel_credentials(ca_path.read_bytes())
+            full = grpc.ssl_channel_credentials(ca_path.read_bytes(), cli.key.read_bytes(), cli.cert.read_bytes())
+            for creds, should_work in ((bare, not mutual), (full, True)):
+                async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+                    call = gnmi_pb2_grpc.gNMIStub(ch).Capabilities(gnmi_pb2.CapabilityRequest(), timeout=5)
+                    if should_work:
+                        assert (await call).gNMI_version == "0.10.0"
+                    else:
+                        with pytest.raises(grpc.aio.AioRpcError) as e:
+                            await call
+                        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            await server.stop(None)
+
+    run(main())

@@ -78,6 +78,19 @@ def test_get_list_entry_and_wildcards(g: G, link):
     assert f"{LINKS}[qkdl_id={lid}]/qkdl_remote/qkdn_id" in leaf_paths
 
 
+def test_get_with_wildcard_element_names(g: G, link):
+    lid, body = link
+    r = g.get(f"{LINKS}[qkdl_id={lid}]/*/qkdn_id")  # qkdl_local and qkdl_remote
+    got = {path_str(u.path): val(u.val) for u in r.notification[0].update}
+    assert got[f"{LINKS}[qkdl_id={lid}]/qkdl_local/qkdn_id"] == body["qkdl_local"]["qkdn_id"]
+    assert got[f"{LINKS}[qkdl_id={lid}]/qkdl_remote/qkdn_id"] == body["qkdl_remote"]["qkdn_id"]
+    s = Stream(g, sub_list(f"{LINKS}[qkdl_id={lid}]/*/qkdi_id", updates_only=True))
+    s.until_sync()
+    g.set(update=[(f"{LINKS}[qkdl_id={lid}]/qkdl_remote/qkdi_id", 9)])
+    assert s.updates_until(lambda got: got) == [(f"{LINKS}[qkdl_id={lid}]/qkdl_remote/qkdi_id", 9)]
+    s.close()
+
+
 def test_get_with_prefix_and_target_echo(g: G, link):
     lid, _ = link
     prefix = P(f"{LINKS}[qkdl_id={lid}]")
