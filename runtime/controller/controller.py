@@ -1,0 +1,352 @@
+"""The SDN controller: holds the topology, talks to every node only through the generated gNMI
+client (no back door), turns PHYS links up on both ends, registers applications, computes
+key-relay paths and installs VIRT links along them, watches every node with STREAM
+subscriptions and reroutes virtual links when a link or node goes down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from generated.client import ModelClient
+from runtime.lkms.pki import TlsFiles
+
+from .routing import LinkState, Router
+from .topology import NAMESPACE, Topology
+
+log = logging.getLogger("sdqkd.controller")
+
+T = "etsi-qkd-node-types:"
+EXT = "sdqkd-node-ext:"
+
+
+@dataclass(frozen=True)
+class NodeEndpoint:
+    """How the controller and peers reach one node."""
+
+    name: str
+    id: str
+    gnmi: str
+    peer: str  # inter-node endpoint: engine classical channel and LKMS key sync
+
+
+@dataclass
+class AppRoute:
+    app_id: str
+    master: str  # SAE names
+    slave: str
+    rate_bps: float
+    path: list[str]  # node names, master's node first
+    qkdl_id: str  # the PHYS link (direct) or the VIRT link serving the pair
+    virtual: bool
+
+
+@dataclass
+class NodeView:
+    up: bool = False
+    seen: bool = False  # answered at least once (a later answer after a loss = came back)
+    client: ModelClient | None = None
+    channel: grpc.aio.Channel | None = None
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # qkdl_id -> latest performance/state
+    store: dict[str, Any] = field(default_factory=dict)
+
+
+class Controller:
+    def __init__(self, topo: Topology, endpoints: dict[str, NodeEndpoint], *, tls: TlsFiles | None = None,
+                 credentials: tuple[str, str] | None = None, horizon_s: float = 60.0):
+        missing = sorted(set(topo.nodes) - set(endpoints))
+        if missing:
+            raise ValueError(f"no endpoint for node(s) {missing}")
+        self.topo = topo
+        self.endpoints = endpoints
+        self.tls = tls
+        self.credentials = credentials
+        self.router = Router(horizon_s)
+        for link in topo.links:
+            self.router.add(LinkState(id=link.id, a=link.a, b=link.b, up=False))
+        self.nodes = {name: NodeView() for name in topo.nodes}
+        self.apps: dict[str, AppRoute] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._lock = asyncio.Lock()  # provisioning steps run one at a time
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    # ------------------------------------------------------------------ connections
+
+    def _channel(self, ep: NodeEndpoint) -> grpc.aio.Channel:
+        opts = [("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
+                ("grpc.keepalive_permit_without_calls", 1)]
+        if self.tls is None:
+            return grpc.aio.insecure_channel(ep.gnmi, options=opts)
+        ca, cert, key = self.tls.read()
+        return grpc.aio.secure_channel(ep.gnmi, grpc.ssl_channel_credentials(ca, key, cert), options=opts)
+
+    def _client(self, name: str) -> ModelClient:
+        view = self.nodes[name]
+        if view.client is None:
+            ep = self.endpoints[name]
+            view.channel = self._channel(ep)
+            user, pw = self.credentials or (None, None)
+            view.client = ModelClient(view.channel, username=user, password=pw)
+        return view.client
+
+    async def start(self, provision: bool = True) -> None:
+        for name in self.topo.nodes:
+            self._tasks.append(asyncio.create_task(self._watch(name), name=f"watch-{name}"))
+        if provision:
+            await asyncio.gather(*(self._wait_node(n) for n in self.topo.nodes))
+            await self.provision_links()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for view in self.nodes.values():
+            if view.channel is not None:
+                await view.channel.close()
+
+    async def _wait_node(self, name: str, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not self.nodes[name].up:
+            if loop.time() > end:
+                raise TimeoutError(f"node {name} ({self.endpoints[name].gnmi}) did not answer in {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ provisioning
+
+    def _phys_entry(self, link: Any, local: str, remote: str, role: str) -> dict[str, Any]:
+        return {
+            "qkdl_id": link.id, "qkdl_enable": True, "qkdl_type": f"{T}PHYS",
+            "qkdl_local": {"qkdn_id": self.topo.nodes[local].id},
+            "qkdl_remote": {"qkdn_id": self.topo.nodes[remote].id},
+            "phys_channel_att": f"{link.loss_db:.3f}", "phys_qkd_role": f"{T}{role}",
+            f"{EXT}sdqkd-link": {
+                "classical-endpoint": self.endpoints[remote].peer,
+                "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
+                "device-profile": link.profile,
+            },
+        }
+
+    async def provision_link(self, link: Any) -> None:
+        """The same qkdl_id on both ends, local/remote swapped; a is the transmitter."""
+        await asyncio.gather(
+            self._client(link.a).create_qkd_link(self._phys_entry(link, link.a, link.b, "TRANSMITTER")),
+            self._client(link.b).create_qkd_link(self._phys_entry(link, link.b, link.a, "RECEIVER")),
+        )
+
+    async def provision_links(self, only_node: str | None = None) -> None:
+        async with self._lock:
+            links = [ln for ln in self.topo.links if only_node is None or only_node in ln.ends]
+            await asyncio.gather(*(self.provision_link(ln) for ln in links
+                                   if self.nodes[ln.a].up and self.nodes[ln.b].up))
+
+    def _sae_uri(self, sae: str) -> str:
+        return f"urn:sdqkd:sae:{sae}"
+
+    async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0) -> AppRoute:
+        """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`."""
+        for sae in (master, slave):
+            if sae not in self.topo.saes:
+                raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
+        if master == slave:
+            raise ValueError("master and slave SAE must differ")
+        if rate_bps < 0:
+            raise ValueError(f"rate must be >= 0 bit/s, got {rate_bps}")
+        src, dst = self.topo.saes[master].node, self.topo.saes[slave].node
+        if src == dst:
+            raise ValueError(f"SAEs {master} and {slave} sit on the same node {src}; no QKD link is involved")
+        async with self._lock:
+            route = self._route(master, slave, src, dst, rate_bps)
+            await self._install(route)
+            self.apps[route.app_id] = route
+            return route
+
+    def _route(self, master: str, slave: str, src: str, dst: str, rate_bps: float) -> AppRoute:
+        app_id = str(uuid.uuid5(NAMESPACE, f"app:{master}|{slave}"))
+        direct = self.topo.link_between(src, dst)
+        if direct is not None and self.router.links[direct.id].up:
+            return AppRoute(app_id, master, slave, rate_bps, [src, dst], direct.id, virtual=False)
+        path = self.router.path(src, dst, rate_bps)
+        if path is None:
+            raise RuntimeError(f"no key-relay path from {src} to {dst} can carry {rate_bps:.0f} bit/s now")
+        virt = str(uuid.uuid5(NAMESPACE, f"virt:{src}|{dst}"))
+        return AppRoute(app_id, master, slave, rate_bps, path, virt, virtual=len(path) > 2)
+
+    def _virt_entry(self, route: AppRoute, node: str) -> dict[str, Any]:
+        path = route.path
+        i = path.index(node)
+        ids = self.topo.nodes
+        entry: dict[str, Any] = {
+            "qkdl_id": route.qkdl_id, "qkdl_enable": True, "qkdl_type": f"{T}VIRT",
+            "qkdl_local": {"qkdn_id": ids[node].id},
+            "qkdl_remote": {"qkdn_id": ids[path[-1] if i < len(path) - 1 else path[0]].id},
+            "virt_bandwidth": int(route.rate_bps),
+            f"{EXT}sdqkd-link": {"classical-endpoint": self.endpoints[path[-1] if i == 0 else path[0]].peer},
+        }
+        if i > 0:
+            entry["virt_prev_hop"] = ids[path[i - 1]].id
+        if i < len(path) - 1:
+            entry["virt_next_hop"] = [ids[path[i + 1]].id]
+        return entry
+
+    def _app_entry(self, route: AppRoute, local: str, remote: str) -> dict[str, Any]:
+        return {
+            "app_id": route.app_id, "app_type": f"{T}CLIENT",
+            "server_app_id": self._sae_uri(route.master), "client_app_id": [self._sae_uri(route.slave)],
+            "backing_qkdl_id": [route.qkdl_id],
+            "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
+            "app_qos": {"min_bandwidth": int(route.rate_bps)},
+        }
+
+    async def _install(self, route: AppRoute) -> None:
+        if route.virtual:
+            await asyncio.gather(*(self._client(n).replace_qkd_link(route.qkdl_id, self._virt_entry(route, n))
+                                   for n in route.path))
+        src, dst = route.path[0], route.path[-1]
+        await asyncio.gather(
+            self._client(src).replace_qkd_app(route.app_id, self._app_entry(route, src, dst)),
+            self._client(dst).replace_qkd_app(route.app_id, self._app_entry(route, dst, src)),
+        )
+
+    async def _reroute(self, reason: str) -> None:
+        """Move every application whose path uses a link that is down onto a new path."""
+        async with self._lock:
+            for route in list(self.apps.values()):
+                hops = list(zip(route.path, route.path[1:]))
+                broken = [h for h in hops if not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up]
+                if not broken:
+                    continue
+                src, dst = route.path[0], route.path[-1]
+                try:
+                    new = self._route(route.master, route.slave, src, dst, route.rate_bps)
+                except RuntimeError as e:
+                    log.warning("app %s: %s (%s)", route.app_id, e, reason)
+                    await self.events.put(("unroutable", route.app_id))
+                    continue
+                stale = [n for n in route.path if n not in new.path and self.nodes[n].up]
+                for n in stale:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._client(n).delete_qkd_link(route.qkdl_id)
+                try:
+                    await self._install(new)
+                except grpc.aio.AioRpcError as e:
+                    log.warning("app %s: reinstall failed: %s", route.app_id, e.details())
+                    continue
+                self.apps[route.app_id] = new
+                log.info("app %s rerouted %s -> %s (%s)", route.app_id, route.path, new.path, reason)
+                await self.events.put(("rerouted", route.app_id))
+
+    # ------------------------------------------------------------------ monitoring
+
+    async def _watch(self, name: str) -> None:
+        """Keep a STREAM subscription on the node; on loss mark it down, on return re-provision."""
+        view = self.nodes[name]
+        backoff = 0.2
+        while True:
+            client = self._client(name)
+            try:
+                paths = ["/qkd_node/qkd_links/qkd_link/qkdl_performance", "/qkd_node/qkd_links/qkd_link/qkdl_status",
+                         "/qkd_node/sdqkd-key-store/pool", "/sdqkdn_link_down", "/alarm"]
+                async for resp in client.subscribe(paths, mode="ON_CHANGE"):
+                    if resp.sync_response:
+                        came_back = view.seen and not view.up
+                        view.up = view.seen = True
+                        backoff = 0.2
+                        await self.events.put(("node-up", name))
+                        if came_back:
+                            self._tasks.append(asyncio.create_task(self._node_back(name)))
+                    elif resp.HasField("update"):
+                        self._absorb(name, resp.update)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                log.info("node %s: stream ended (%s)", name, e.code().name)
+            if view.up:
+                view.up = False
+                await self._node_lost(name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _absorb(self, name: str, n: Any) -> None:
+        from generated.gnmi_support import decode_value, join, path_str
+
+        view = self.nodes[name]
+        for u in n.update:
+            p = path_str(join(n.prefix, u.path))
+            v = decode_value(u.val)
+            if p.startswith("/qkd_node/qkd_links/qkd_link["):
+                lid = p.split("qkdl_id=", 1)[1].split("]", 1)[0]
+                leaf = p.rsplit("/", 1)[1]
+                view.links.setdefault(lid, {})[leaf if "phys_perf" not in p else "qber"] = v
+                if lid in self.router.links:
+                    self._update_router(lid)
+            elif p.startswith("/qkd_node/sdqkd-key-store/pool["):
+                lid = p.split("qkdl-id=", 1)[1].split("]", 1)[0]
+                view.store.setdefault(lid, {})[p.rsplit("/", 1)[1]] = v
+                if lid in self.router.links:
+                    self._update_router(lid)
+            elif p.startswith("/sdqkdn_link_down") or p.startswith("/alarm"):
+                self.events.put_nowait((p.strip("/"), v))
+
+    def _update_router(self, lid: str) -> None:
+        ls = self.router.links[lid]
+        a, b = self.nodes[ls.a], self.nodes[ls.b]
+        la, lb = a.links.get(lid, {}), b.links.get(lid, {})
+        status_ok = all(x.get("qkdl_status", f"{T}ACTIVE") == f"{T}ACTIVE" for x in (la, lb))
+        was = ls.up
+        ls.up = a.up and b.up and status_ok and ("eskr" in la or "skr" in la)
+        ls.eskr = float(la.get("eskr", la.get("skr", 0)) or 0)
+        ls.consumption = float(la.get("expected_consumption", 0) or 0)
+        stored = [float(v.store.get(lid, {}).get("stored-bits", 0) or 0) for v in (a, b)]
+        ls.stored_bits = min(stored)
+        if was and not ls.up:
+            asyncio.get_running_loop().create_task(self._reroute(f"link {ls.a}-{ls.b} down"))
+
+    async def _node_lost(self, name: str) -> None:
+        log.warning("node %s lost", name)
+        await self.events.put(("node-down", name))
+        for link in self.topo.links:
+            if name in link.ends:
+                self.router.links[link.id].up = False
+                peer = link.b if link.a == name else link.a
+                if self.nodes[peer].up:  # ETSI 015 status on the surviving end
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._client(peer).update_qkd_link(link.id, {"qkdl_status": f"{T}OFF"})
+        await self._reroute(f"node {name} down")
+
+    async def _node_back(self, name: str) -> None:
+        log.info("node %s back: provisioning its links", name)
+        await self.provision_links(only_node=name)
+        for link in self.topo.links:
+            if name in link.ends:
+                for end in link.ends:
+                    if self.nodes[end].up:
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await self._client(end).update_qkd_link(link.id, {"qkdl_status": f"{T}PENDING"})
+        async with self._lock:
+            for route in self.apps.values():
+                if name in route.path:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._install(route)
+
+    # ------------------------------------------------------------------ views
+
+    def link_table(self) -> list[dict[str, Any]]:
+        rows = []
+        for link in self.topo.links:
+            a = self.nodes[link.a].links.get(link.id, {})
+            st = [self.nodes[n].store.get(link.id, {}) for n in link.ends]
+            rows.append({
+                "link": f"{link.a}-{link.b}", "km": link.km, "db": link.loss_db, "up": self.router.links[link.id].up,
+                "qber": a.get("qber"), "skr": a.get("skr"), "eskr": a.get("eskr"),
+                "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),
+            })
+        return rows

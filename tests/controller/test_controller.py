@@ -1,0 +1,128 @@
+"""The controller against real gNMI agents (in-process grpc.aio servers): PHYS links on both
+ends, VIRT links along a computed relay path, applications on both end nodes, link and node
+failure with reroute and recovery. Engines are stood in for by feeding performance state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from runtime.agent.serve import start_gnmi
+from runtime.agent.server import NodeAgent
+from runtime.controller.controller import Controller, NodeEndpoint
+from runtime.controller.topology import parse
+
+TOPO = {
+    "nodes": [{"name": n} for n in "ABCD"],
+    "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10},
+              {"a": "A", "b": "D", "km": 30}, {"a": "D", "b": "C", "km": 30}],
+    "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-c", "node": "C"}, {"name": "sae-b", "node": "B"}],
+}
+T = "etsi-qkd-node-types:"
+
+
+class Net:
+    def __init__(self) -> None:
+        self.topo = parse(TOPO)
+        self.agents: dict[str, NodeAgent] = {}
+        self.servers: dict[str, object] = {}
+        self.ports: dict[str, int] = {}
+
+    async def start_node(self, name: str, port: int = 0) -> None:
+        agent = NodeAgent(self.topo.nodes[name].id, target=name)
+        server, p = await start_gnmi(agent, f"127.0.0.1:{port}")
+        self.agents[name], self.servers[name], self.ports[name] = agent, server, p
+
+    async def stop_node(self, name: str) -> None:
+        await self.servers[name].stop(None)
+
+    def feed(self, eskr: dict[str, int]) -> None:
+        """What engines would report: performance on both ends of each named link."""
+        for link in self.topo.links:
+            key = f"{link.a}{link.b}"
+            if key not in eskr:
+                continue
+            for end in link.ends:
+                if end in self.agents:
+                    self.agents[end].state.update({
+                        f"/qkd_node/qkd_links/qkd_link[qkdl_id={link.id}]/qkdl_performance/skr": eskr[key],
+                        f"/qkd_node/qkd_links/qkd_link[qkdl_id={link.id}]/qkdl_performance/eskr": eskr[key],
+                    })
+
+
+async def until(cond, timeout: float = 10.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+def test_controller_provisions_relays_and_reroutes():
+    async def main():
+        net = Net()
+        for n in "ABCD":
+            await net.start_node(n)
+        eps = {n: NodeEndpoint(n, net.topo.nodes[n].id, f"127.0.0.1:{net.ports[n]}", f"127.0.0.1:{9000 + i}")
+               for i, n in enumerate("ABCD")}
+        ctl = Controller(net.topo, eps)
+        await ctl.start()
+        try:
+            # PHYS links on both ends, local/remote swapped, a is the transmitter
+            ab = net.topo.link_between("A", "B")
+            ea = net.agents["A"].root["qkd_node"]["qkd_links"]["qkd_link"][(ab.id,)]
+            eb = net.agents["B"].root["qkd_node"]["qkd_links"]["qkd_link"][(ab.id,)]
+            assert ea["qkdl_local"]["qkdn_id"] == eb["qkdl_remote"]["qkdn_id"] == net.topo.nodes["A"].id
+            assert ea["phys_qkd_role"] == f"{T}TRANSMITTER" and eb["phys_qkd_role"] == f"{T}RECEIVER"
+            assert ea["sdqkd-link"]["classical-endpoint"] == eps["B"].peer
+            assert ea["sdqkd-link"]["fibre-length-km"] == "10.000"
+
+            net.feed({"AB": 500_000, "BC": 400_000, "AD": 50_000, "DC": 50_000})
+            await until(lambda: all(ls.up for ls in ctl.router.links.values()))
+            with pytest.raises(ValueError, match="unknown SAE"):
+                await ctl.request_keys("sae-a", "nobody")
+            route = await ctl.request_keys("sae-a", "sae-c", 1000)
+            assert route.virtual and route.path == ["A", "B", "C"]
+            ids = {n: net.topo.nodes[n].id for n in "ABCD"}
+            virt = {n: net.agents[n].root["qkd_node"]["qkd_links"]["qkd_link"][(route.qkdl_id,)] for n in "ABC"}
+            assert virt["A"]["virt_next_hop"] == [ids["B"]] and "virt_prev_hop" not in virt["A"]
+            assert virt["B"]["virt_prev_hop"] == ids["A"] and virt["B"]["virt_next_hop"] == [ids["C"]]
+            assert virt["C"]["virt_prev_hop"] == ids["A"] or virt["C"]["virt_prev_hop"] == ids["B"]
+            assert virt["C"]["qkdl_type"] == f"{T}VIRT"
+            for end in "AC":
+                app = net.agents[end].root["qkd_node"]["qkd_applications"]["qkd_app"][(route.app_id,)]
+                assert app["backing_qkdl_id"] == [route.qkdl_id] and app["server_app_id"].endswith("sae-a")
+            direct = await ctl.request_keys("sae-a", "sae-b")
+            assert not direct.virtual and direct.qkdl_id == ab.id
+
+            # a link goes down: its status on one end turns OFF -> reroute through D
+            bc = net.topo.link_between("B", "C")
+            net.agents["C"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={bc.id}]/qkdl_status": f"{T}OFF"})
+            await until(lambda: ctl.apps[route.app_id].path == ["A", "D", "C"])
+            assert (route.qkdl_id,) in net.agents["D"].root["qkd_node"]["qkd_links"]["qkd_link"]
+            assert (route.qkdl_id,) not in net.agents["B"].root["qkd_node"]["qkd_links"].get("qkd_link", {})
+            net.agents["C"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={bc.id}]/qkdl_status": f"{T}ACTIVE"})
+
+            # node D dies: its links are marked OFF on the surviving ends, the app moves back to B
+            await until(lambda: ctl.router.links[bc.id].up)
+            port_d = net.ports["D"]
+            await net.stop_node("D")
+            await until(lambda: not ctl.nodes["D"].up)
+            ad = net.topo.link_between("A", "D")
+            await until(lambda: net.agents["A"].root["qkd_node"]["qkd_links"]["qkd_link"][(ad.id,)].get(
+                "qkdl_status") == f"{T}OFF")
+            await until(lambda: ctl.apps[route.app_id].path == ["A", "B", "C"])
+
+            # D returns (empty tree, same ID and port): the controller provisions its links again
+            await net.start_node("D", port_d)
+            await until(lambda: ctl.nodes["D"].up)
+            await until(lambda: (ad.id,) in net.agents["D"].root["qkd_node"].get("qkd_links", {}).get("qkd_link", {}))
+        finally:
+            await ctl.stop()
+            for s in net.servers.values():
+                with contextlib.suppress(Exception):
+                    await s.stop(None)
+
+    asyncio.run(main())
