@@ -33,6 +33,35 @@ def _node(args: argparse.Namespace) -> int:
     return main(args.config)
 
 
+def _controller(args: argparse.Namespace) -> int:
+    from runtime.controller.service import main
+
+    return main(args.state_dir)
+
+
+def _net(args: argparse.Namespace) -> int:
+    import json
+
+    from runtime.controller.topology import TopologyError
+    from runtime.harness import network
+
+    try:
+        if args.action == "up":
+            if not args.topology:
+                print("sdqkd net up: TOPOLOGY file required", file=sys.stderr)
+                return 2
+            eps = network.up(args.topology, args.state_dir, timeout=args.timeout)
+            print(json.dumps(eps, indent=2))
+            print(f"network up; endpoints in {args.state_dir}/endpoints.json", file=sys.stderr)
+        else:
+            stopped = network.down(args.state_dir)
+            print(f"stopped {len(stopped)} process(es): {', '.join(stopped)}")
+    except (TopologyError, network.HarnessError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from codegen.cli import add_arguments
 
@@ -48,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("node", help="run one SD-QKD node (gNMI agent; LKMS and engine as they land)")
     n.add_argument("--config", required=True, help="node config YAML")
     n.set_defaults(func=_node)
+    c = sub.add_parser("controller", help="run the SDN controller of a harness network")
+    c.add_argument("--state-dir", required=True)
+    c.set_defaults(func=_controller)
+    nt = sub.add_parser("net", help="start or stop a whole network (one process per node + controller)")
+    nt.add_argument("action", choices=["up", "down"])
+    nt.add_argument("topology", nargs="?", help="topology YAML (for up)")
+    nt.add_argument("--state-dir", required=True)
+    nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
+    nt.set_defaults(func=_net)
     d = sub.add_parser("demo", help="the main job on the embedded default")
     d.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
     d.set_defaults(func=_demo)

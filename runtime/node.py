@@ -60,8 +60,8 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "kms", "classical", "data_dir", "tls",
-             "saes", "users", "engine"}
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
+             "saes", "users", "engine", "bootstrap"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -131,11 +131,23 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
     server, port = await start_gnmi(agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                     users=cfg.users or None)
     log.info("node %s (%s): gNMI on port %d", cfg.name, cfg.id, port)
-    print(f"sdqkd node {cfg.name}: gNMI on {cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    gnmi_addr = f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}"
+    _write_ready(cfg, {"gnmi": gnmi_addr})
+    print(f"sdqkd node {cfg.name}: gNMI on {gnmi_addr}", flush=True)
     try:
         await stop.wait()
     finally:
         await server.stop(1.0)
+
+
+def _write_ready(cfg: NodeConfig, addresses: dict[str, str]) -> None:
+    """data_dir/ready.json: the addresses actually bound (listen may say port 0), written last."""
+    import json
+    import os
+
+    tmp = cfg.data_dir / "ready.json.tmp"
+    tmp.write_text(json.dumps({"id": cfg.id, "name": cfg.name, "pid": os.getpid(), **addresses}))
+    tmp.replace(cfg.data_dir / "ready.json")
 
 
 def main(config: str) -> int:

@@ -1,0 +1,102 @@
+"""`sdqkd controller --state-dir DIR`: the controller as a process of a harness network, with a
+small northbound HTTP API on loopback (aiohttp):
+
+    GET  /status                      links (km, dB, QBER, rates, stored keys) and applications
+    POST /apps {master, slave, rate}  give SAE `master` keys shared with SAE `slave` at `rate` bit/s
+
+and DIR/controller-status.json refreshed every second for tools that only read files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from runtime.lkms.pki import TlsFiles
+
+from .controller import Controller, NodeEndpoint
+from .topology import parse
+
+log = logging.getLogger("sdqkd.controller")
+
+
+def build(state_dir: Path) -> Controller:
+    desc = json.loads((state_dir / "network.json").read_text())
+    topo = parse(desc["topology_data"], desc["topology"])
+    eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"]) for name, nd in desc["nodes"].items()}
+    c = desc["controller"]
+    tls = TlsFiles(Path(desc["ca"]), Path(c["cert"]), Path(c["key"]))
+    return Controller(topo, eps, tls=tls, credentials=(c["username"], Path(c["password_file"]).read_text()))
+
+
+def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
+    return {"provisioned": provisioned, "links": ctl.link_table(),
+            "nodes": {n: v.up for n, v in ctl.nodes.items()},
+            "apps": [asdict(a) for a in ctl.apps.values()]}
+
+
+async def run(state_dir: Path, stop: asyncio.Event) -> None:
+    ctl = build(state_dir)
+    provisioned = False
+
+    async def get_status(request: web.Request) -> web.Response:
+        return web.json_response(status(ctl, provisioned))
+
+    async def post_app(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            route = await ctl.request_keys(str(body["master"]), str(body["slave"]), float(body.get("rate", 0)))
+        except (ValueError, KeyError, TypeError) as e:
+            return web.json_response({"message": f"bad request: {e}"}, status=400)
+        except RuntimeError as e:
+            return web.json_response({"message": str(e)}, status=503)
+        return web.json_response(asdict(route))
+
+    app = web.Application()
+    app.add_routes([web.get("/status", get_status), web.post("/apps", post_app)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    status_file = state_dir / "controller-status.json"
+
+    async def publish() -> None:
+        while True:
+            st = status(ctl, provisioned)
+            st["api"] = f"127.0.0.1:{port}"
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st, indent=1))
+            tmp.replace(status_file)
+            await asyncio.sleep(1.0)
+
+    pub = asyncio.create_task(publish())
+    try:
+        await ctl.start()
+        provisioned = True
+        log.info("controller: links provisioned; API on 127.0.0.1:%d", port)
+        await stop.wait()
+    finally:
+        pub.cancel()
+        await ctl.stop()
+        await runner.cleanup()
+
+
+def main(state_dir: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(Path(state_dir).resolve(), stop)
+
+    asyncio.run(go())
+    return 0

@@ -1,0 +1,279 @@
+"""`sdqkd net up TOPOLOGY --state-dir DIR` / `sdqkd net down --state-dir DIR`: a whole network
+as OS processes on this machine — one `sdqkd node` per node plus one controller — with a PKI
+made for it (CA, node certificates, one client certificate per SAE, one for the controller),
+mutual TLS everywhere, and DIR/endpoints.json written only when every link produces key."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.controller.topology import Topology, TopologyError
+from runtime.lkms.pki import write_ca, write_identity
+
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+@dataclass
+class Layout:
+    """Where everything of one network lives under its state dir."""
+
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    def node_dir(self, name: str) -> Path:
+        return self.root / "nodes" / name
+
+    @property
+    def network(self) -> Path:
+        return self.root / "network.json"
+
+    @property
+    def endpoints(self) -> Path:
+        return self.root / "endpoints.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids.json"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def plan_ports(topo: Topology, host: str = "127.0.0.1") -> dict[str, dict[str, str]]:
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
+    node order) and each is checked free before anything starts; otherwise port 0 (the OS picks)."""
+    base = topo.extra.get("settings", {}).get("base_port") if isinstance(topo.extra.get("settings"), dict) else None
+    out: dict[str, dict[str, str]] = {}
+    busy = []
+    for i, name in enumerate(topo.nodes):
+        ports = {}
+        for k, svc in enumerate(SERVICES):
+            port = 0 if base is None else int(base) + 4 * i + k
+            if port and not _port_free(host, port):
+                busy.append(f"{name}.{svc} port {port}")
+            ports[svc] = f"{host}:{port}"
+        out[name] = ports
+    if busy:
+        raise HarnessError(f"{topo.source}: port(s) in use: {', '.join(busy)}")
+    return out
+
+
+def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[str, Any]:
+    """Write the PKI and every node's config; return the network description (network.json)."""
+    lay = Layout(state_dir)
+    if lay.pids.exists():
+        raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
+    ports = plan_ports(topo, host)
+    ca, ca_path = write_ca(lay.pki)
+    password = secrets.token_urlsafe(18)
+    pw_file = lay.pki / "gnmi-password"
+    pw_file.write_text(password)
+    pw_file.chmod(0o600)
+    controller = write_identity(ca, ca_path, lay.pki / "controller", "sdqkd-controller", server=False)
+    saes = {s: write_identity(ca, ca_path, lay.pki / "saes", s, server=False) for s in topo.saes}
+    desc: dict[str, Any] = {"topology": topo.source, "topology_data": topology_data(topo), "ca": str(ca_path),
+                            "nodes": {}, "saes": {},
+                            "controller": {"cert": str(controller.cert), "key": str(controller.key),
+                                           "username": "sdqkd", "password_file": str(pw_file)}}
+    for sae, files in saes.items():
+        desc["saes"][sae] = {"node": topo.saes[sae].node, "cert": str(files.cert), "key": str(files.key)}
+    for name, node in topo.nodes.items():
+        nd = lay.node_dir(name)
+        nd.mkdir(parents=True, exist_ok=True)
+        ident = write_identity(ca, ca_path, nd / "tls", f"node-{name}", server=True, sans=(host, "localhost"))
+        cfg = {
+            "id": node.id, "name": name, "location": node.location,
+            "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
+            "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
+            "data_dir": str(nd / "data"),
+            "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
+            "users": {"sdqkd": password},
+            "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
+        }
+        (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
+    lay.network.write_text(json.dumps(desc, indent=2))
+    return desc
+
+
+def topology_data(topo: Topology) -> dict[str, Any]:
+    """The topology in its file form, with IDs and losses explicit (parse() gives it back)."""
+    return {
+        "nodes": [{"name": n.name, "id": n.id, "location": n.location} for n in topo.nodes.values()],
+        "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
+                  for ln in topo.links],
+        "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
+    }
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        for name, p in procs.items():
+            if p.poll() is not None:
+                raise HarnessError(f"{name} exited with {p.returncode} while waiting for {what}; see {logs}/{name}.log")
+        if time.monotonic() > end:
+            raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {logs}")
+        time.sleep(0.1)
+
+
+def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0) -> dict[str, Any]:
+    """Start the network; return the endpoints (also written to state_dir/endpoints.json)."""
+    from runtime.controller import topology as tp
+
+    topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    lay = Layout(state)
+    desc = prepare(topo, state)
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name, nd in desc["nodes"].items():
+            procs[f"node-{name}"] = _spawn(["node", "--config", nd["config"]], logs / f"node-{name}.log")
+        _write_pids(lay, procs)
+        ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
+        for name, r in ready.items():
+            desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
+        lay.network.write_text(json.dumps(desc, indent=2))
+        procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
+        _write_pids(lay, procs)
+        status_file = state / "controller-status.json"
+        _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs)
+    except BaseException:
+        _stop(procs)
+        lay.pids.unlink(missing_ok=True)
+        raise
+    endpoints = endpoints_of(desc)
+    tmp = lay.endpoints.with_suffix(".tmp")
+    tmp.write_text(json.dumps(endpoints, indent=2))
+    tmp.replace(lay.endpoints)
+    return endpoints
+
+
+def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
+    """endpoints.json (DESIGN §4): per node its id, addresses and the TLS material clients need."""
+    out: dict[str, Any] = {}
+    for name, nd in desc["nodes"].items():
+        out[name] = {
+            "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
+            "ca": desc["ca"],
+            "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
+            "management": desc["controller"],
+        }
+    return out
+
+
+def _all_ready(desc: dict[str, Any]) -> dict[str, Any] | None:
+    out = {}
+    for name, nd in desc["nodes"].items():
+        p = Path(nd["ready"])
+        if not p.exists():
+            return None
+        out[name] = json.loads(p.read_text())
+    return out
+
+
+def _links_producing(status_file: Path) -> bool:
+    if not status_file.exists():
+        return False
+    try:
+        st = json.loads(status_file.read_text())
+    except ValueError:
+        return False
+    return bool(st.get("provisioned")) and all(row["up"] and row.get("stored_keys", 0) > 0 for row in st["links"])
+
+
+def _write_pids(lay: Layout, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    lay.pids.write_text(json.dumps({name: p.pid for name, p in procs.items()}))
+
+
+def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in procs.values():
+        try:
+            p.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
+    """Stop every process of the network under state_dir; returns what was stopped."""
+    lay = Layout(Path(state_dir).resolve())
+    if not lay.pids.exists():
+        raise HarnessError(f"{state_dir}: no network runs here (no pids.json)")
+    pids: dict[str, int] = json.loads(lay.pids.read_text())
+    stopped = []
+    for name, pid in pids.items():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace
+    for _name, pid in pids.items():
+        while time.monotonic() < end and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    lay.pids.unlink()
+    lay.endpoints.unlink(missing_ok=True)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # reap if it is our child (a zombie still answers kill 0)
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of"]
