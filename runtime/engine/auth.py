@@ -131,7 +131,9 @@ class Authenticator:
 
     def open(self, frame: bytes) -> bytes:
         """The payload of a frame from the peer; AuthenticationError if it is not authentic.
-        A deferred frame is only checked by the next tagged one (last_tagged is False)."""
+        A deferred frame is only checked by the next tagged one (last_tagged is False).
+        Key is drawn in frame order, so a frame lost in transit desynchronises the two ends:
+        the session must then be abandoned and both ends restart from an agreed key position."""
         if not isinstance(frame, (bytes, bytearray)) or len(frame) < _HEADER.size:
             raise AuthenticationError("message too short to carry a header")
         frame = bytes(frame)
@@ -147,10 +149,11 @@ class Authenticator:
             self._pending.append(self._digest(header, payload))
             self.last_tagged = False
             return payload
-        if len(frame) < _HEADER.size + TAG_BYTES:
-            raise AuthenticationError("message too short to carry a tag")
         payload, tag = frame[_HEADER.size : -TAG_BYTES], frame[-TAG_BYTES:]
-        ok_tag = hmac.compare_digest(self._tag(header, payload), tag)  # pad consumed either way
+        # the pad is consumed whatever the outcome, so both ends stay at the same key position
+        ok_tag = (
+            hmac.compare_digest(self._tag(header, payload), tag) and len(frame) >= _HEADER.size + TAG_BYTES
+        )
         if not (counter_ok and ok_tag):
             raise AuthenticationError(f"message {self._counter - 1} failed authentication")
         self.last_tagged = True

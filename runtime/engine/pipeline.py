@@ -76,9 +76,9 @@ class BlockConfig:
     def __post_init__(self) -> None:
         profiles.get(self.profile)
         keyrate.check_loss(self.loss_db)
-        for name, v, hi in (("n_pulses", self.n_pulses, 2**62), ("seed", self.seed, sim.U64)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v + (name == "seed") <= hi:
-                raise ValueError(f"{name} must be an integer in [{int(name != 'seed')}, {hi}), got {v!r}")
+        for name, v, lo, hi in (("n_pulses", self.n_pulses, 1, 2**62), ("seed", self.seed, 0, sim.U64)):
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}), got {v!r}")
         for name, v, lo, hi in (
             ("qber_abort", self.qber_abort, 0.0, 0.5),
             ("sample_fraction", self.sample_fraction, 0.0, 1.0),
@@ -110,7 +110,7 @@ class BlockResult:
     status: str = "running"  # running | ok | aborted | discarded
     reason: str = ""
     alarm: bool = False  # QBER above threshold: possible eavesdropper or broken fibre
-    key: bytes | None = None
+    key: bytes | None = field(default=None, repr=False)  # never in logs (DESIGN §6)
     key_bits: int = 0
     duration_s: float = 0.0
     detections: int = 0
@@ -338,6 +338,7 @@ class AliceBlock(_Party):
 
     def _on_cascade(self, payload: bytes) -> bytes:
         reply = self._reconcile(self._cascade.handle, payload)
+        self.result.channel_uses += 1
         self._lap("cascade")
         self._expect = frozenset({CASCADE, VERIFY})  # Bob continues Cascade or moves on
         return self._frame(CASCADE, reply)
@@ -349,7 +350,6 @@ class AliceBlock(_Party):
             raise ProtocolError("VERIFY has the wrong field sizes")
         r = self.result
         r.leak_ec = max(int(self._cascade.leaked_bits), int(leak_bob))
-        r.channel_uses = int(getattr(self._cascade, "channel_uses", 0))
         ok = verify.same(verify.tag(hash_key, self._key.bits, self._key.n), tag)
         self._lap("verify")
         if not ok:

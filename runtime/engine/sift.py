@@ -8,7 +8,7 @@ estimation and removed from the key.  The messages themselves are framed in pipe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.engine import _sift
 from runtime.engine.estimate import Tally
@@ -19,9 +19,9 @@ class Sifted:
     """n events: bits and bases packed MSB-first, intensity class one byte each."""
 
     n: int
-    bits: bytes
-    bases: bytes
-    classes: bytes
+    bits: bytes = field(repr=False)  # raw key material: kept out of reprs and logs
+    bases: bytes = field(repr=False)
+    classes: bytes = field(repr=False)
 
     def tally(self, diff: bytes | None = None) -> Tally:
         """Counts per basis and class; with diff (packed), errors where diff has a 1."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from runtime.engine import _sim, keyrate, profiles
 from runtime.engine.profiles import Profile
@@ -78,9 +78,9 @@ class BobView:
     n_pulses: int
     n_det: int
     rice_k: int
-    slot_code: bytes
-    bases: bytes
-    bits: bytes
+    slot_code: bytes = field(repr=False)
+    bases: bytes = field(repr=False)
+    bits: bytes = field(repr=False)  # raw key material: kept out of reprs and logs
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,9 @@ class AliceView:
     """Alice's bits, bases (packed) and intensity classes (one byte each) at Bob's detections."""
 
     n_det: int
-    bits: bytes
-    bases: bytes
-    classes: bytes
+    bits: bytes = field(repr=False)  # raw key material: kept out of reprs and logs
+    bases: bytes = field(repr=False)
+    classes: bytes = field(repr=False)
 
 
 def bob_view(link: LinkParams, seed: int, n_pulses: int, eve: float = 0.0) -> BobView:

@@ -128,3 +128,14 @@ def test_stripping_a_tag_is_caught():
     b.open(bytes(frame[:-16]))
     with pytest.raises(AuthenticationError):
         a.open(b.seal(b"next"))
+
+
+def test_ends_stay_in_step_after_a_rejected_frame():
+    """A rejected frame still uses its pad at both ends, so the failing end can send an
+    authenticated abort that the peer accepts."""
+    a, b = pair()
+    frame = a.seal(b"sample bits")
+    with pytest.raises(AuthenticationError):
+        b.open(frame[:12])
+    assert a.open(b.seal(b"abort: authentication failure")) == b"abort: authentication failure"
+    assert a.consumed_bits == b.consumed_bits

@@ -221,3 +221,10 @@ def test_authentication_key_use(defer):
         assert alice.auth_bits == bob.auth_bits <= 128 * 10
     else:  # one pad per frame
         assert alice.auth_bits == bob.auth_bits == 128 * (a.messages + 1)
+
+
+def test_key_material_stays_out_of_reprs():
+    alice, bob = run(BlockConfig("commercial", 8.0, 300_000_000, seed=21))
+    assert alice.status == "ok" and alice.key
+    for text in (repr(alice), repr(bob), str(alice)):
+        assert alice.key.hex()[:16] not in text and repr(alice.key)[:20] not in text

@@ -9,7 +9,13 @@
  *  - Each party keeps, per pass, the permuted key plus a "parity pyramid" (level l+1 holds the parity
  *    of every word of level l): any range parity costs O(levels), a bit flip costs O(levels).
  *  - Bob batches every parity question of one round into one message; Alice answers statelessly
- *    apart from a round counter. */
+ *    apart from a round counter.
+ *
+ * Wire format (varint = unsigned LEB128, every message ends with a 4-byte little-endian checksum):
+ *   request: C5 51 varint(round) [round 0: u32 parameter digest] varint(#sections)
+ *            {varint(pass) varint(first block) varint(count)}* varint(#queries)
+ *            {varint(zigzag delta of pass<<32|start) varint(length)}*
+ *   reply:   C5 52 varint(round) varint(#parities) parities packed MSB-first */
 #include "cascade_core.h"
 
 #include <math.h>
