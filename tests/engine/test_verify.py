@@ -88,3 +88,12 @@ def test_eps_cor_feasibility():
 def test_bad_input(args, msg):
     with pytest.raises(ValueError, match=msg):
         _hash.poly_hash(*args)
+
+
+@pytest.mark.usefixtures("kernel")
+@pytest.mark.parametrize("n_bytes, n_bits", [(16, 121), (32, 255), (48, 377), (17, 129), (15, 113)])
+def test_partial_last_byte_at_a_block_boundary_is_masked(n_bytes, n_bits):
+    """Regression: a partial last byte that ends a 16-byte block was hashed unmasked."""
+    rng = random.Random(n_bits)
+    key, data = rng.randbytes(16), rng.randbytes(n_bytes)
+    assert verify.tag(key, data, n_bits) == model_hash(key, data, n_bits)

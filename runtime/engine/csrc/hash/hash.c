@@ -68,15 +68,18 @@ static gmul_fn gmul = gmul_soft;
 static g128 poly_hash(g128 k, const uint8_t *buf, u64 nbits) {
     g128 y = {0, 0};
     u64 nbytes = (nbits + 7) / 8, full = nbytes / 16;
+    /* a partial last byte must go through the masked tail, even when it ends a 16-byte block */
+    if ((nbits & 7) && nbytes % 16 == 0) full -= 1;
+    u64 tail = nbytes - 16 * full;
     for (u64 i = 0; i < full; i++) {
         y.lo ^= ld64(buf + 16 * i);
         y.hi ^= ld64(buf + 16 * i + 8);
         y = gmul(y, k);
     }
-    if (nbytes % 16) {
+    if (tail) {
         uint8_t last[16] = {0};
-        memcpy(last, buf + 16 * full, nbytes % 16);
-        if (nbits & 7) last[(nbytes - 1) % 16] &= (uint8_t)(0xFF00u >> (nbits & 7));
+        memcpy(last, buf + 16 * full, tail);
+        if (nbits & 7) last[tail - 1] &= (uint8_t)(0xFF00u >> (nbits & 7));
         y.lo ^= ld64(last);
         y.hi ^= ld64(last + 8);
         y = gmul(y, k);
