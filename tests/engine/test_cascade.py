@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing as mp
 import random
 
 import pytest
@@ -334,34 +333,64 @@ def test_random_small_keys(
 # --------------------------------------------------------------------------- two processes
 
 
-def _alice_process(conn, alice: bytes, n: int, q: float, variant: str, seed: int) -> None:
-    a = CascadeAlice(alice, n, q, variant, seed)
-    while True:
-        msg = conn.recv_bytes()
-        if not msg:
-            break
-        conn.send_bytes(a.handle(msg))
-    conn.send(a.leaked_bits)
+ALICE_SCRIPT = """
+import struct, sys
+from runtime.engine.cascade import CascadeAlice
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+def read():
+    n = struct.unpack(">I", inp.read(4))[0]
+    return inp.read(n)
+alice, n, q = read(), int(read()), float(read())
+a = CascadeAlice(alice, n, q, "optimized", 5)
+while True:
+    msg = read()
+    if not msg:
+        break
+    r = a.handle(msg)
+    out.write(struct.pack(">I", len(r)) + r); out.flush()
+r = str(a.leaked_bits).encode()
+out.write(struct.pack(">I", len(r)) + r); out.flush()
+"""
 
 
 def test_separate_processes_match_reconcile() -> None:
+    """Alice in another interpreter, talking over pipes (as the network does over gRPC)."""
+    import struct
+    import subprocess
+    import sys
+
     rng = random.Random(12)
     n, q = 50_000, 0.03
     alice, bob = make_pair(rng, n, round(n * q))
-    ctx = mp.get_context("spawn")
-    here, there = ctx.Pipe()
-    proc = ctx.Process(target=_alice_process, args=(there, alice, n, q, "optimized", 5))
-    proc.start()
+    import tempfile
+
+    # cwd outside the source tree: the child imports the installed engine, as the parent does
+    proc = subprocess.Popen([sys.executable, "-c", ALICE_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=tempfile.gettempdir())
+
+    def send(b: bytes) -> None:
+        proc.stdin.write(struct.pack(">I", len(b)) + b)
+        proc.stdin.flush()
+
+    def recv() -> bytes:
+        head = proc.stdout.read(4)
+        assert len(head) == 4, "Alice's process ended"
+        return proc.stdout.read(struct.unpack(">I", head)[0])
+
     try:
+        send(alice)
+        send(str(n).encode())
+        send(str(q).encode())
         b = CascadeBob(bob, n, q, "optimized", 5)
         req = b.start()
         while req is not None:
-            here.send_bytes(req)
-            req = b.handle(here.recv_bytes())
-        here.send_bytes(b"")
-        alice_leaked = here.recv()
+            send(req)
+            req = b.handle(recv())
+        send(b"")
+        alice_leaked = int(recv())
     finally:
-        proc.join(timeout=30)
+        proc.stdin.close()
+        proc.wait(timeout=30)
     res = reconcile(alice, bob, n, q, "optimized", 5)
     assert b.corrected == res.corrected == alice
     assert b.leaked_bits == alice_leaked == res.leaked_bits
