@@ -194,7 +194,9 @@ class Controller:
         if i > 0:
             entry["virt_prev_hop"] = ids[path[i - 1]].id
         if i < len(path) - 1:
-            entry["virt_next_hop"] = [ids[path[i + 1]].id]
+            # the rest of the path, adjacent node first and far end last: what each trusted
+            # node needs to forward a relayed key (ETSI leaves the list's order to the user)
+            entry["virt_next_hop"] = [ids[n].id for n in path[i + 1:]]
         return entry
 
     def _app_entry(self, route: AppRoute, local: str, remote: str) -> dict[str, Any]:

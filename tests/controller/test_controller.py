@@ -87,7 +87,7 @@ def test_controller_provisions_relays_and_reroutes():
             assert route.virtual and route.path == ["A", "B", "C"]
             ids = {n: net.topo.nodes[n].id for n in "ABCD"}
             virt = {n: net.agents[n].root["qkd_node"]["qkd_links"]["qkd_link"][(route.qkdl_id,)] for n in "ABC"}
-            assert virt["A"]["virt_next_hop"] == [ids["B"]] and "virt_prev_hop" not in virt["A"]
+            assert virt["A"]["virt_next_hop"] == [ids["B"], ids["C"]] and "virt_prev_hop" not in virt["A"]
             assert virt["B"]["virt_prev_hop"] == ids["A"] and virt["B"]["virt_next_hop"] == [ids["C"]]
             assert virt["C"]["virt_prev_hop"] == ids["A"] or virt["C"]["virt_prev_hop"] == ids["B"]
             assert virt["C"]["qkdl_type"] == f"{T}VIRT"
