@@ -1,11 +1,8 @@
-"""`sdqkd node --config FILE`: one SD-QKD node process. The config (YAML) is checked whole
-before anything starts; every problem is reported as `FILE: key: what is wrong`."""
+"""Node configuration (YAML), checked whole before anything starts; every problem is reported
+as `FILE: key: what is wrong`."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +11,6 @@ from typing import Any
 import yaml
 
 from runtime.lkms.pki import TlsFiles
-
-log = logging.getLogger("sdqkd.node")
 
 
 class ConfigError(ValueError):
@@ -35,6 +30,9 @@ class NodeConfig:
     location: str = ""
     users: dict[str, str] = field(default_factory=dict)
     gnmi_mutual_tls: bool = True
+    peer_listen: str = "127.0.0.1:0"
+    bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
+    engine: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,8 +91,12 @@ def load_config(path: str | Path) -> NodeConfig:
                 if not f.is_file():
                     problems.append(f"tls.{k}: no such file {f}")
             tls = TlsFiles(files["ca"], files["cert"], files["key"])
+    peer = raw.get("peer", {"listen": "127.0.0.1:0"})
+    if not isinstance(peer, dict) or "listen" not in peer:
+        problems.append("peer: expected a mapping with `listen: host:port`")
+        peer = {}
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04)) if s}
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
@@ -109,6 +111,16 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
         problems.append("users: expected a mapping username: password")
         users = {}
+    bootstrap: dict[str, Path] = {}
+    for peer_id, f in (raw.get("bootstrap") or {}).items():
+        bf = p.parent / str(f)
+        if not bf.is_file():
+            problems.append(f"bootstrap.{peer_id}: no such file {bf}")
+        bootstrap[str(peer_id)] = bf
+    engine = raw.get("engine") or {}
+    if not isinstance(engine, dict):
+        problems.append("engine: expected a mapping")
+        engine = {}
     data_dir = raw.get("data_dir")
     if not isinstance(data_dir, str) or not data_dir:
         problems.append("data_dir: required, a directory path")
@@ -118,58 +130,5 @@ def load_config(path: str | Path) -> NodeConfig:
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        raw=raw,
+        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
     )
-
-
-async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
-    from runtime.agent.serve import start_gnmi
-    from runtime.agent.server import NodeAgent
-
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    agent = NodeAgent(cfg.id, target=cfg.name, location=cfg.location)
-    server, port = await start_gnmi(agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
-                                    users=cfg.users or None)
-    log.info("node %s (%s): gNMI on port %d", cfg.name, cfg.id, port)
-    gnmi_addr = f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}"
-    _write_ready(cfg, {"gnmi": gnmi_addr})
-    print(f"sdqkd node {cfg.name}: gNMI on {gnmi_addr}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop(1.0)
-
-
-def _write_ready(cfg: NodeConfig, addresses: dict[str, str]) -> None:
-    """data_dir/ready.json: the addresses actually bound (listen may say port 0), written last."""
-    import json
-    import os
-
-    tmp = cfg.data_dir / "ready.json.tmp"
-    tmp.write_text(json.dumps({"id": cfg.id, "name": cfg.name, "pid": os.getpid(), **addresses}))
-    tmp.replace(cfg.data_dir / "ready.json")
-
-
-def main(config: str) -> int:
-    import sys
-
-    try:
-        cfg = load_config(config)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, stop)
-
-    try:
-        asyncio.run(run())
-    except OSError as e:
-        print(f"{config}: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -74,7 +74,7 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     line = proc.stdout.readline() if proc.stdout else ""
-    m = re.search(r"gNMI on (\S+)", line)
+    m = re.search(r"gNMI on ([^\s,]+)", line)
     if not m:
         proc.kill()
         raise RuntimeError(f"sdqkd node did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")

@@ -1,0 +1,126 @@
+"""State shared by the parts of one LKMS (store, registry, peer clients, limits), so each part
+(ETSI 014, ETSI 004, KeySync, relay) can be a small module that takes one `Core`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Any
+
+from runtime.lkms.peers import PeerClients
+from runtime.lkms.registry import App, Link, Registry
+from runtime.lkms.store_api import KeyStore
+
+
+@dataclass
+class Limits:
+    """Tunables; the ETSI 014 ones are reported by the status call under the standard's names."""
+
+    key_size: int = 256  # bits, default size of an ETSI 014 key
+    min_key_size: int = 64
+    max_key_size: int = 8192
+    max_key_per_request: int = 128
+    max_sae_id_count: int = 4  # additional_slave_SAE_IDs per request
+    max_key_count: int = 100_000  # per pool (ETSI 014 max_key_count); the engine pauses when full
+    relay_key_bits: int = 256  # size of keys relayed into virtual-link pools
+    relay_target_keys: int = 32  # a relay source keeps this many keys ready in each VIRT pool
+    relay_parallel: int = 8
+    unconfirmed_ttl_s: float = 600.0  # RESERVED_IN keys never confirmed are erased after this
+    chunk_default: int = 32  # ETSI 004 key_chunk_size when the application asks for 0, bytes
+    chunk_max: int = 65536
+    stream_ttl_default_s: int = 600
+    stream_prefetch_max: int = 1024  # chunks a stream owner assigns ahead at most
+    rpc_timeout_s: float = 5.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Limits:
+        names = {f.name for f in fields(cls)}
+        bad = set(d or {}) - names
+        if bad:
+            raise ValueError(f"unknown LKMS limits: {', '.join(sorted(bad))}")
+        return cls(**(d or {}))
+
+
+class RateMeter:
+    """Bits added to a pool per second over the last `window` seconds (for ETSI 004 min_bps)."""
+
+    def __init__(self, window: float = 30.0) -> None:
+        self.window = window
+        self._ev: deque[tuple[float, int]] = deque()
+
+    def add(self, bits: int) -> None:
+        now = time.monotonic()
+        self._ev.append((now, bits))
+        while self._ev and self._ev[0][0] < now - self.window:
+            self._ev.popleft()
+
+    def rate(self) -> float | None:
+        """None while unknown (fewer than two events)."""
+        if len(self._ev) < 2:
+            return None
+        span = max(time.monotonic() - self._ev[0][0], 1.0)
+        return sum(b for _, b in self._ev) / span
+
+
+class Core:
+    def __init__(self, node_id: str, registry: Registry, store: KeyStore, peers: PeerClients, limits: Limits,
+                 tls: bool, fault: str | None = None) -> None:
+        self.node_id = node_id
+        self.registry = registry
+        self.store = store
+        self.peers = peers
+        self.limits = limits
+        self.tls = tls
+        self.fault = fault
+        self.rates: dict[str, RateMeter] = {}
+        self.outbox_wakeup = asyncio.Event()
+        self.pool_changed: dict[str, asyncio.Event] = {}
+
+    def from_back(self, link: Link) -> bool:
+        """The two ends of a pool pick keys from opposite ends so their picks rarely collide."""
+        return self.node_id > link.peer_node_id
+
+    def rate(self, qkdl_id: str) -> RateMeter:
+        m = self.rates.get(qkdl_id)
+        if m is None:
+            m = self.rates[qkdl_id] = RateMeter()
+        return m
+
+    def charge(self, app: App | None, bits: int, keys: int) -> None:
+        if app is not None:
+            app.consumed_bits += bits
+            app.consumed_keys += keys
+
+    def changed_event(self, qkdl_id: str) -> asyncio.Event:
+        ev = self.pool_changed.get(qkdl_id)
+        if ev is None:
+            ev = self.pool_changed[qkdl_id] = asyncio.Event()
+        return ev
+
+    def notify(self, qkdl_ids: set[str]) -> None:
+        for q in qkdl_ids:
+            ev = self.pool_changed.pop(q, None)
+            if ev is not None:
+                ev.set()
+
+    async def wait_changed(self, qkdl_id: str, timeout: float) -> bool:
+        """Wait until the pool changes (keys added or taken) or `timeout` seconds pass."""
+        try:
+            await asyncio.wait_for(self.changed_event(qkdl_id).wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def pick_link(self, app: App) -> Link | None:
+        """The backing link of `app` that is up and holds most available bits."""
+        best: tuple[int, Link] | None = None
+        for link in self.registry.backing_links(app):
+            if not link.up:
+                continue
+            st = self.store.pool_stats(link.qkdl_id)
+            bits = st.available_bits if st else 0
+            if best is None or bits > best[0]:
+                best = (bits, link)
+        return best[1] if best else None

@@ -1,0 +1,250 @@
+"""ETSI GS QKD 014 V1.1.1 REST API of the LKMS (the "KME"), served by aiohttp over HTTPS.
+
+Why aiohttp: it is asyncio-native, so the REST server, the gRPC servers (grpc.aio) and the key
+store's completions share one event loop without threads or an ASGI layer; it gives handlers the
+TLS transport (the verified client certificate) directly; and it is the fastest mature
+pure-asyncio HTTP/1.1 server available to us (keep-alive, no per-request thread hop).
+
+Endpoints (field names exactly as the standard spells them):
+  GET  /api/v1/keys/{slave_SAE_ID}/status                     -> Status
+  GET  /api/v1/keys/{slave_SAE_ID}/enc_keys?number=&size=     -> Key container
+  POST /api/v1/keys/{slave_SAE_ID}/enc_keys   Key request     -> Key container
+  GET  /api/v1/keys/{master_SAE_ID}/dec_keys?key_ID=          -> Key container
+  POST /api/v1/keys/{master_SAE_ID}/dec_keys  Key IDs         -> Key container
+The caller is the SAE named by the CN of its client certificate (without TLS, for loopback
+development only, the `X-SAE-ID` header); it must be attached to this node, else 401.
+Errors: 400 (bad request, unknown pair, unknown key), 401 (no/unknown SAE), 503 (no link up,
+not enough key, peer KMS unreachable), each with an Error body {message, details}.
+
+Key sizes. `size` must be a multiple of 8 within [min_key_size, max_key_size]. A key of a size
+other than the pool's native key size is built from whole link keys: enough consecutive link
+keys are concatenated and cut to `size` bits (e.g. size 512 from two 256-bit keys, size 128
+from one 256-bit key whose other half is discarded). Its key_ID is the ID of its first link
+key; both KMEs group the same link keys the same way, so dec_keys returns the same bytes.
+Discarded remainders are erased with the key, never reused.
+
+Multicast: additional_slave_SAE_IDs (at most max_SAE_ID_count) must belong to the same
+registered application and hence the same remote node; each slave can fetch each key once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from runtime.lkms.core import Core
+from runtime.lkms.dispenser import Dispensers, KeyUnavailable
+from runtime.lkms.keys import AppKey, is_uuid
+from runtime.lkms.tlsctx import peercert_cn
+
+log = logging.getLogger(__name__)
+
+SAE_HEADER = "X-SAE-ID"
+_KEY_ERROR = "key not found"  # same for unknown keys and other pairs' keys (no oracle)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, details or []
+
+
+def _error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
+    body: dict[str, Any] = {"message": message}
+    if details:
+        body["details"] = details
+    return web.json_response(body, status=status)
+
+
+def _keys_body(keys: list[AppKey]) -> web.Response:
+    return web.json_response({"keys": [{"key_ID": k.key_id, "key": base64.b64encode(k.material).decode()}
+                                       for k in keys]})
+
+
+def _strict_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ApiError(400, f"{name} must be an integer")
+    return v
+
+
+def _query_int(q: Any, name: str) -> int | None:
+    vals = q.getall(name, [])
+    if not vals:
+        return None
+    if len(vals) > 1:
+        raise ApiError(400, f"{name} given more than once")
+    v = vals[0]
+    if not v.isascii() or not v.isdigit() or len(v) > 9:
+        raise ApiError(400, f"{name} must be a non-negative integer")
+    return int(v)
+
+
+class Etsi014:
+    def __init__(self, core: Core, dispensers: Dispensers) -> None:
+        self.core, self.dispensers = core, dispensers
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._errors], client_max_size=256 * 1024)
+        app.router.add_get("/api/v1/keys/{sae}/status", self.status)
+        app.router.add_route("GET", "/api/v1/keys/{sae}/enc_keys", self.enc_keys)
+        app.router.add_route("POST", "/api/v1/keys/{sae}/enc_keys", self.enc_keys)
+        app.router.add_route("GET", "/api/v1/keys/{sae}/dec_keys", self.dec_keys)
+        app.router.add_route("POST", "/api/v1/keys/{sae}/dec_keys", self.dec_keys)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return _error(e.status, e.message, e.details)
+        except web.HTTPException as e:  # 404/405 from routing, 413 body too large
+            return _error(e.status, e.reason)
+        except KeyUnavailable as e:
+            return _error(503, str(e))
+        except Exception as e:  # never a 500 with a traceback (which could carry anything)
+            log.error("ETSI 014 %s %s failed: %s", request.method, request.path, type(e).__name__)
+            return _error(503, "internal error")
+
+    # --- helpers -------------------------------------------------------------------------
+    def _caller(self, request: web.Request) -> str:
+        if self.core.tls:
+            tr = request.transport
+            sae = peercert_cn(tr.get_extra_info("peercert")) if tr is not None else None
+        else:
+            sae = request.headers.get(SAE_HEADER)
+        if not sae or not self.core.registry.is_local(sae):
+            raise ApiError(401, "unauthorized: client certificate does not identify an SAE of this KME")
+        return sae
+
+    async def _json(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "malformed JSON body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    # --- status --------------------------------------------------------------------------
+    async def status(self, request: web.Request) -> web.Response:
+        master = self._caller(request)
+        slave = request.match_info["sae"]
+        core, lim = self.core, self.core.limits
+        app = core.registry.app_for(master, slave)
+        if app is None:
+            raise ApiError(400, "no application registered for this master/slave SAE pair")
+        link = core.pick_link(app)
+        if link is None:
+            raise ApiError(503, "no key association link up for this SAE pair")
+        st = core.store.pool_stats(link.qkdl_id)
+        return web.json_response({
+            "source_KME_ID": core.node_id, "target_KME_ID": link.peer_node_id,
+            "master_SAE_ID": master, "slave_SAE_ID": slave, "key_size": lim.key_size,
+            "stored_key_count": (st.available_bits // lim.key_size) if st else 0,
+            "max_key_count": core.store.max_key_count, "max_key_per_request": lim.max_key_per_request,
+            "max_key_size": lim.max_key_size, "min_key_size": lim.min_key_size,
+            "max_SAE_ID_count": lim.max_sae_id_count})
+
+    # --- enc_keys ------------------------------------------------------------------------
+    def _key_request(self, number: int | None, size: int | None) -> tuple[int, int]:
+        lim = self.core.limits
+        number = 1 if number is None else number
+        size = lim.key_size if size is None else size
+        if not 1 <= number <= lim.max_key_per_request:
+            raise ApiError(400, f"number must be between 1 and {lim.max_key_per_request}")
+        if size % 8 or not lim.min_key_size <= size <= lim.max_key_size:
+            raise ApiError(400, f"size must be a multiple of 8 between {lim.min_key_size} and {lim.max_key_size}")
+        return number, size
+
+    async def enc_keys(self, request: web.Request) -> web.Response:
+        master = self._caller(request)
+        slave = request.match_info["sae"]
+        extra: list[str] = []
+        if request.method == "POST":
+            body = await self._json(request)
+            number = _strict_int(body["number"], "number") if "number" in body else None
+            size = _strict_int(body["size"], "size") if "size" in body else None
+            extra = self._extra_slaves(body.get("additional_slave_SAE_IDs"), master, slave)
+            self._extensions(body)
+        else:
+            number, size = _query_int(request.query, "number"), _query_int(request.query, "size")
+        number, size = self._key_request(number, size)
+        slaves = [slave, *extra]
+        core = self.core
+        app = core.registry.app_for_group(master, slaves)
+        if app is None:
+            raise ApiError(400, "no application registered for this master/slave SAE pair")
+        link = core.pick_link(app)
+        if link is None:
+            raise ApiError(503, "no key association link up for this SAE pair")
+        keys = await self.dispensers.get(link, master, slaves, size, number)
+        core.charge(app, number * size, number)
+        return _keys_body(keys)
+
+    def _extra_slaves(self, v: Any, master: str, slave: str) -> list[str]:
+        if v is None:
+            return []
+        lim = self.core.limits
+        if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+            raise ApiError(400, "additional_slave_SAE_IDs must be a list of SAE IDs")
+        if len(v) > lim.max_sae_id_count:
+            raise ApiError(400, f"at most {lim.max_sae_id_count} additional_slave_SAE_IDs")
+        if len(set(v)) != len(v) or slave in v or master in v:
+            raise ApiError(400, "additional_slave_SAE_IDs must be distinct from each other and the pair")
+        return list(v)
+
+    @staticmethod
+    def _extensions(body: dict[str, Any]) -> None:
+        for name in ("extension_mandatory", "extension_optional"):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, list) or not all(isinstance(e, dict) for e in v)):
+                raise ApiError(400, f"{name} must be a list of objects")
+        mandatory = body.get("extension_mandatory") or []
+        if any(mandatory):
+            names = sorted({k for e in mandatory for k in e})
+            raise ApiError(400, "mandatory extension not supported", [{"extension_mandatory": names}])
+
+    # --- dec_keys ------------------------------------------------------------------------
+    async def dec_keys(self, request: web.Request) -> web.Response:
+        slave = self._caller(request)
+        master = request.match_info["sae"]
+        lim = self.core.limits
+        if request.method == "POST":
+            body = await self._json(request)
+            items = body.get("key_IDs")
+            if not isinstance(items, list) or not items:
+                raise ApiError(400, "key_IDs must be a non-empty list")
+            ids = []
+            for it in items:
+                if not isinstance(it, dict) or not isinstance(it.get("key_ID"), str):
+                    raise ApiError(400, "each key_IDs entry must be an object with a key_ID string")
+                ids.append(it["key_ID"])
+            self._extensions(body)
+        else:
+            ids = request.query.getall("key_ID", [])
+            if len(ids) != 1:
+                raise ApiError(400, "exactly one key_ID query parameter is required")
+        if len(ids) > lim.max_key_per_request:
+            raise ApiError(400, f"at most {lim.max_key_per_request} key_IDs per request")
+        if not all(is_uuid(k) for k in ids):
+            raise ApiError(400, "key_ID must be a UUID")
+        if len(set(ids)) != len(ids):
+            raise ApiError(400, "duplicate key_ID")
+        app = self.core.registry.app_for(master, slave)
+        if app is None:
+            raise ApiError(400, "no application registered for this master/slave SAE pair")
+        keys = await self.core.store.take_in(master, slave, ids)
+        if keys is None:
+            raise ApiError(400, _KEY_ERROR, [{"key_IDs": "unknown, or not keys of this SAE pair"}])
+        self.core.charge(app, sum(k.bits for k in keys), len(keys))
+        return _keys_body(keys)

@@ -1,0 +1,79 @@
+"""Value types of the key plane and the deterministic key-ID derivation both link ends share.
+
+Key material only ever sits in fields declared ``repr=False``, so a stray ``repr``/log of
+one of these objects never prints key bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+
+
+def derive_key_ids(qkdl_id: str, block_id: str, count: int) -> list[str]:
+    """The IDs of the `count` keys cut from block `block_id` of link `qkdl_id`: identical at both
+    ends because both engines pass the same (qkdl_id, block_id).
+
+    RFC 9562 UUIDv8: the first 80 bits are SHA-256("sdqkd-key-id/<qkdl_id>/<block_id>"), the last
+    48 bits the key's index in the block (version and variant bits overwrite 6 hash bits). Keys
+    of one block thus get consecutive IDs: one insertion point per block in the store's key-ID
+    index instead of one random page per key (which made adds 2x slower at 10^6 stored keys).
+    """
+    if count >= 1 << 48:
+        raise ValueError("block too large")
+    h = bytearray(hashlib.sha256(f"sdqkd-key-id/{qkdl_id}/{block_id}".encode()).digest()[:10])
+    h[6] = (h[6] & 0x0F) | 0x80  # version 8
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 9562 variant
+    prefix = bytes(h)
+    return [str(uuid.UUID(bytes=prefix + i.to_bytes(6, "big"))) for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkKey:
+    """One key of a link pool, as cut by add_block (or stored by a relay)."""
+
+    key_id: str
+    bits: int
+    material: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AppKey:
+    """One key handed to an application: `bits` long, made of one or more link keys (`parts`,
+    in order; their concatenation truncated to `bits`). Its ID is the ID of its first part."""
+
+    key_id: str
+    bits: int
+    parts: tuple[tuple[str, int], ...]
+    material: bytes = field(repr=False)
+
+
+def group_parts(part_bits: list[int], bits: int) -> list[int]:
+    """Greedy grouping of link keys (sizes in order) into application keys of `bits` each:
+    returns the number of parts of each complete group. Both ends run the same function on
+    the same sizes, so they agree on the grouping without sending it."""
+    groups: list[int] = []
+    acc = n = 0
+    for b in part_bits:
+        acc += b
+        n += 1
+        if acc >= bits:
+            groups.append(n)
+            acc = n = 0
+    return groups
+
+
+def join_parts(materials: list[bytes], bits: int) -> bytes:
+    """Concatenate link keys and keep the first `bits` bits (a multiple of 8). The leftover
+    tail of the last part is discarded at both ends, never reused."""
+    return b"".join(materials)[: bits // 8]
+
+
+def is_uuid(s: object) -> bool:
+    if not isinstance(s, str) or len(s) != 36:
+        return False
+    try:
+        return str(uuid.UUID(s)) == s.lower()
+    except ValueError:
+        return False

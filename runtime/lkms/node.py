@@ -1,0 +1,302 @@
+"""`Lkms`: the local key management system of one node, and the API the agent and the engine
+call. It runs three servers on one asyncio loop:
+
+- ETSI GS QKD 014 REST over HTTPS (etsi014.py) for SAEs,
+- ETSI GS QKD 004 `KeyDelivery` over gRPC (etsi004.py, streams.py) for SAEs,
+- inter-LKMS `KeySync` over gRPC with mutual TLS (keysync.py) for peer nodes,
+over one durable key store (store.py).
+
+Registration API (the agent calls these from its ETSI 015 hooks; all idempotent):
+
+    await lkms.set_link(qkdl_id, peer_node_id, peer_kms_address, kind="PHYS"|"VIRT",
+                        prev_hop=None, next_hops=(), up=True)
+        A key association link, on both of its end nodes (and, for VIRT, on every node of the
+        path). PHYS: the peer is the node at the other end. VIRT: `peer_node_id` and
+        `peer_kms_address` name the far end of the virtual link; `prev_hop` is the adjacent
+        node towards the source (None at the source) and `next_hops` *all* nodes after this one
+        along the path, adjacent first, far end last (empty at the far end). The source keeps
+        the VIRT pool filled by relaying. Addresses are "host:port" of the peer's KeySync server.
+    await lkms.set_link_status(qkdl_id, up)       link up/down (down: no new deliveries)
+    await lkms.remove_link(qkdl_id, erase=True)  forget it (and erase its pool)
+    lkms.register_app(app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id,
+                      backing_qkdl_ids)
+        An ETSI 015 qkd_app (server_app_id -> master, client_app_id -> slaves), registered on
+        both nodes. Keys for (master, slave) - either direction - come from the first backing
+        link that is up here (most available key first).
+    lkms.unregister_app(app_id)
+    lkms.app_stats(app_id) -> {"app_status", "creation_time", "consumed_bits", "consumed_keys",
+                               "statistics": [{"start_time", "end_time", "consumed_bits"}]}
+    lkms.add_local_sae(sae_id) / remove_local_sae(sae_id)   SAEs attached here (config `saes`)
+
+Engine API:
+    await lkms.add_block(qkdl_id, material, key_size_bits, block_id) -> list[str]
+        Call on BOTH ends with identical material: cut into keys, IDs = uuid5 of
+        (qkdl_id, block_id, index). A repeated block_id is ignored.
+    lkms.has_room(qkdl_id) -> bool;  await lkms.wait_for_room(qkdl_id)
+        Back-pressure: pause key production while the pool holds max_key_count keys.
+        add_block itself never refuses material (refusing at one end only would desynchronise
+        the pair); the engine must honour the flag.
+
+State for the agent: lkms.key_store_stats() (the sdqkd-key-store tree), lkms.addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from runtime.lkms.core import Core, Limits
+from runtime.lkms.dispenser import Dispensers
+from runtime.lkms.etsi004 import KeyDeliveryService
+from runtime.lkms.etsi014 import Etsi014
+from runtime.lkms.keysync import KeySyncService
+from runtime.lkms.outbox import OutboxSender
+from runtime.lkms.peers import PeerClients
+from runtime.lkms.pki import TlsFiles
+from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
+from runtime.lkms.relay import Relay
+from runtime.lkms.store import SqliteKeyStore
+from runtime.lkms.store_api import KeyStore
+from runtime.lkms.streams import StreamManager
+from runtime.lkms.tlsctx import grpc_server_credentials, https_server_context
+
+log = logging.getLogger(__name__)
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Lkms:
+    def __init__(self, node_id: str, data_dir: Path | str, tls: TlsFiles | None, *,
+                 saes: Iterable[str] = (), etsi014_listen: str = "127.0.0.1:0",
+                 etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
+                 limits: Limits | None = None, store: KeyStore | None = None, fault: str | None = None,
+                 peer_servicers: Iterable[Any] = ()) -> None:
+        self.node_id = node_id
+        self.data_dir = Path(data_dir)
+        self.tls = tls
+        self.limits = limits or Limits()
+        self.store: KeyStore = store or SqliteKeyStore(self.data_dir / "keys.sqlite", self.limits.max_key_count)
+        self.registry = Registry(node_id, saes)
+        self.peers = PeerClients(tls)
+        self._listen = {"etsi014": etsi014_listen, "etsi004": etsi004_listen, "keysync": keysync_listen}
+        self._fault = fault
+        # other node-to-node services (the engine's classical channel) share the KeySync port
+        self._peer_servicers = list(peer_servicers)
+        self.addresses: dict[str, str] = {}
+        self._started = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._room: dict[str, asyncio.Event] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.store.open()
+        self.core = core = Core(self.node_id, self.registry, self.store, self.peers, self.limits,
+                                tls=self.tls is not None, fault=self._fault)
+        self.store.on_change(self._on_change)
+        self.relay = Relay(core)
+        self.streams = StreamManager(core)
+        self.dispensers = Dispensers(core, self.relay)
+        self.outbox = OutboxSender(core)
+
+        self._web = web.AppRunner(Etsi014(core, self.dispensers).app(), access_log=None,
+                                  handle_signals=False, shutdown_timeout=1.0)
+        await self._web.setup()
+        host, port = _split(self._listen["etsi014"])
+        site = web.TCPSite(self._web, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
+                           backlog=512)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
+        self.addresses["etsi014"] = f"{host}:{sock.getsockname()[1]}"
+
+        self._g004 = grpc.aio.server()
+        etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, core.tls), self._g004)
+        self.addresses["etsi004"] = self._add_port(self._g004, self._listen["etsi004"])
+        # classical-channel frames of large key blocks exceed gRPC's 4 MB default
+        self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                                               ("grpc.max_send_message_length", 256 * 1024 * 1024)])
+        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.relay), self._gsync)
+        for add in self._peer_servicers:
+            add(self._gsync)
+        self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
+        await self._g004.start()
+        await self._gsync.start()
+
+        self.streams.start()
+        self.outbox.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._expire_loop()))
+        for link in self.registry.links.values():
+            self.relay.start(link)
+        self._started = True
+        log.info("LKMS %s up: %s", self.node_id, self.addresses)
+
+    def _add_port(self, server: grpc.aio.Server, listen: str) -> str:
+        host, port = _split(listen)
+        addr = f"{host}:{port}"
+        bound = (server.add_secure_port(addr, grpc_server_credentials(self.tls)) if self.tls
+                 else server.add_insecure_port(addr))
+        if bound == 0:
+            raise OSError(f"cannot listen on {addr}")
+        return f"{host}:{bound}"
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.relay.close()
+        await self.outbox.close()
+        await self.dispensers.close()
+        await self.streams.close()
+        await self._g004.stop(0.5)
+        await self._gsync.stop(0.5)
+        await self._web.cleanup()
+        await self.peers.close()
+        await self.store.close()
+        log.info("LKMS %s stopped", self.node_id)
+
+    async def __aenter__(self) -> Lkms:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self.limits.unconfirmed_ttl_s / 4))
+            n = await self.store.expire(time.time() - self.limits.unconfirmed_ttl_s)
+            if n:
+                log.warning("erased %d reserved keys whose reservation was never confirmed", n)
+
+    def _on_change(self, qkdl_ids: set[str]) -> None:
+        if self._started:
+            self.core.notify(qkdl_ids)
+        for q in qkdl_ids:
+            ev = self._room.get(q)
+            if ev is not None and self.store.has_room(q):
+                ev.set()
+
+    # --- links ---------------------------------------------------------------------------
+    async def set_link(self, qkdl_id: str, peer_node_id: str, peer_kms_address: str, kind: str = PHYS,
+                       prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True) -> None:
+        if kind not in (PHYS, VIRT):
+            raise ValueError("kind must be PHYS or VIRT")
+        if kind == VIRT and next_hops and next_hops[-1] != peer_node_id:
+            raise ValueError("next_hops must end with the far end of the virtual link (peer_node_id)")
+        old = self.registry.links.get(qkdl_id)
+        link = Link(qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, tuple(next_hops), up)
+        if old is not None and old.peer_kms_address != peer_kms_address and self._started:
+            self.dispensers.drop_link(qkdl_id)
+        self.registry.links[qkdl_id] = link
+        if link.is_endpoint:
+            await self.store.ensure_pool(qkdl_id, kind)
+        if self._started:
+            self.relay.stop(qkdl_id)
+            self.relay.start(link)
+        log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
+
+    async def set_link_status(self, qkdl_id: str, up: bool) -> None:
+        link = self.registry.links.get(qkdl_id)
+        if link is None:
+            raise KeyError(qkdl_id)
+        link.up = up
+        if self._started:
+            self.core.notify({qkdl_id})
+
+    async def remove_link(self, qkdl_id: str, erase: bool = True) -> None:
+        link = self.registry.links.pop(qkdl_id, None)
+        if link is None:
+            return
+        if self._started:
+            self.relay.stop(qkdl_id)
+            self.dispensers.drop_link(qkdl_id)
+            self.streams.drop_link(qkdl_id)
+        if erase:
+            n = await self.store.drop_pool(qkdl_id)
+            log.info("link %s removed, %d keys erased", qkdl_id, n)
+
+    # --- applications ------------------------------------------------------------------------
+    def register_app(self, app_id: str, master_sae_id: str, slave_sae_ids: Sequence[str], local_node_id: str,
+                     remote_node_id: str, backing_qkdl_ids: Sequence[str]) -> None:
+        if not slave_sae_ids:
+            raise ValueError("an application needs at least one slave SAE")
+        old = self.registry.apps.get(app_id)
+        app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
+                  tuple(backing_qkdl_ids))
+        if old is not None:  # re-registration keeps the history
+            app.created, app.consumed_bits, app.consumed_keys = old.created, old.consumed_bits, old.consumed_keys
+        self.registry.add_app(app)
+
+    def unregister_app(self, app_id: str) -> None:
+        self.registry.remove_app(app_id)
+
+    def app_stats(self, app_id: str) -> dict[str, Any]:
+        app = self.registry.apps.get(app_id)
+        if app is None:
+            raise KeyError(app_id)
+        up = any(link.up for link in self.registry.backing_links(app))
+        created = dt.datetime.fromtimestamp(app.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"app_status": "ON" if up else "DISCONNECTED", "creation_time": created,
+                "consumed_bits": app.consumed_bits, "consumed_keys": app.consumed_keys,
+                # One statistics period: since registration (counters live in memory).
+                "statistics": [{"start_time": created, "end_time": now, "consumed_bits": app.consumed_bits}]}
+
+    def add_local_sae(self, sae_id: str) -> None:
+        self.registry.local_saes.add(sae_id)
+
+    def remove_local_sae(self, sae_id: str) -> None:
+        self.registry.local_saes.discard(sae_id)
+
+    # --- engine ------------------------------------------------------------------------
+    async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
+        link = self.registry.links.get(qkdl_id)
+        if link is None or link.kind != PHYS:
+            raise KeyError(f"no physical link {qkdl_id}")
+        ids = await self.store.add_block(qkdl_id, material, key_size_bits, block_id)
+        if self._started:
+            self.core.rate(qkdl_id).add(len(ids) * key_size_bits)
+        return ids
+
+    def has_room(self, qkdl_id: str) -> bool:
+        return self.store.has_room(qkdl_id)
+
+    async def wait_for_room(self, qkdl_id: str) -> None:
+        while not self.store.has_room(qkdl_id):
+            ev = self._room.setdefault(qkdl_id, asyncio.Event())
+            ev.clear()
+            await ev.wait()
+
+    # --- state -------------------------------------------------------------------------
+    def key_store_stats(self) -> dict[str, Any]:
+        """The sdqkd-key-store container (YANG leaf names)."""
+        pools = []
+        tk = tb = dk = 0
+        for q in self.store.pools():
+            st = self.store.pool_stats(q)
+            if st is None:
+                continue
+            pools.append({"qkdl-id": q, "stored-keys": st.stored_keys, "stored-bits": st.stored_bits,
+                          "delivered-keys": st.delivered_keys})
+            tk += st.stored_keys
+            tb += st.stored_bits
+            dk += st.delivered_keys
+        return {"max-key-count": self.store.max_key_count, "stored-keys": tk, "stored-bits": tb,
+                "delivered-keys": dk, "pool": pools}

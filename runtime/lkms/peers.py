@@ -1,0 +1,40 @@
+"""KeySync client side: one gRPC channel per peer LKMS address, mutual TLS with the node's
+certificate (or plaintext on loopback development without TLS)."""
+
+from __future__ import annotations
+
+import grpc
+
+from generated.proto.sdqkd import kms_pb2_grpc
+from runtime.lkms.pki import TlsFiles
+from runtime.lkms.tlsctx import grpc_channel_credentials
+
+_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.http2.max_pings_without_data", 0)]
+
+
+class PeerClients:
+    def __init__(self, tls: TlsFiles | None) -> None:
+        self._creds = grpc_channel_credentials(tls) if tls else None
+        self._stubs: dict[str, kms_pb2_grpc.KeySyncStub] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> kms_pb2_grpc.KeySyncStub:
+        st = self._stubs.get(address)
+        if st is None:
+            if self._creds is not None:
+                ch = grpc.aio.secure_channel(address, self._creds, options=_OPTIONS)
+            else:
+                ch = grpc.aio.insecure_channel(address, options=_OPTIONS)
+            self._channels[address] = ch
+            st = self._stubs[address] = kms_pb2_grpc.KeySyncStub(ch)
+        return st
+
+    async def forget(self, address: str) -> None:
+        ch = self._channels.pop(address, None)
+        self._stubs.pop(address, None)
+        if ch is not None:
+            await ch.close()
+
+    async def close(self) -> None:
+        for addr in list(self._channels):
+            await self.forget(addr)

@@ -1,0 +1,729 @@
+"""SQLite key store: the embedded default `KeyStore` (see store_api.py for the model).
+
+Durability: WAL journal with synchronous=FULL (every commit is fsynced before the awaitable
+returns) and secure_delete=ON (deleted rows are overwritten with zeros in the pages SQLite
+writes). The WAL file is truncated at each checkpoint so old page images do not linger there.
+
+Speed: one writer thread owns the connection and commits *groups* of queued operations in one
+transaction (one fsync for everything that arrived meanwhile); each operation runs in its own
+SAVEPOINT so one failure never spoils its neighbours. Counts per pool are kept in memory
+(loaded once at open), so status calls never scan. Key IDs are stored as 16-byte blobs; the
+index (pool, state, seq) serves "next available key" from either end in O(log n).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
+from runtime.lkms.store_api import KeyState, OutboxItem, PoolStats, ReserveResult, StoreError
+
+log = logging.getLogger(__name__)
+
+AVAILABLE, OUT, IN = int(KeyState.AVAILABLE), int(KeyState.RESERVED_OUT), int(KeyState.RESERVED_IN)
+_SEP = "\x1f"  # separates pending slave SAE IDs (IDs are URIs/UUIDs, never contain it)
+_MAX_GROUP = 512  # operations committed together at most
+_WAL_MAX = 16 << 20  # checkpoint when the WAL grows beyond this
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pools(
+  pid INTEGER PRIMARY KEY, qkdl_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+  added_keys INTEGER NOT NULL DEFAULT 0, added_bits INTEGER NOT NULL DEFAULT 0,
+  delivered_keys INTEGER NOT NULL DEFAULT 0, delivered_bits INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS keys(
+  seq INTEGER PRIMARY KEY,          -- insertion order
+  pid INTEGER NOT NULL,
+  kid BLOB NOT NULL UNIQUE,         -- 16-byte UUID, same at both ends
+  bits INTEGER NOT NULL,
+  state INTEGER NOT NULL,
+  material BLOB NOT NULL,
+  created REAL NOT NULL,
+  txn TEXT, master TEXT, pending TEXT, reserved_at REAL, confirmed INTEGER,
+  grp BLOB, grp_pos INTEGER, grp_bits INTEGER);
+CREATE INDEX IF NOT EXISTS keys_pick ON keys(pid, state, seq);
+CREATE INDEX IF NOT EXISTS keys_txn ON keys(txn) WHERE txn IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keys_grp ON keys(grp, grp_pos) WHERE grp IS NOT NULL;
+CREATE INDEX IF NOT EXISTS keys_unconfirmed ON keys(reserved_at) WHERE state = 2 AND confirmed = 0;
+CREATE TABLE IF NOT EXISTS blocks(pid INTEGER NOT NULL, block_id TEXT NOT NULL, PRIMARY KEY(pid, block_id));
+CREATE TABLE IF NOT EXISTS outbox(txn TEXT NOT NULL, kind TEXT NOT NULL, qkdl_id TEXT NOT NULL,
+  created REAL NOT NULL, PRIMARY KEY(txn, kind));
+CREATE TABLE IF NOT EXISTS tombstones(txn TEXT PRIMARY KEY, t REAL NOT NULL);
+"""
+
+
+def _b(key_id: str) -> bytes:
+    return uuid.UUID(key_id).bytes
+
+
+def _s(kid: bytes) -> str:
+    return str(uuid.UUID(bytes=kid))
+
+
+class _Counts:
+    __slots__ = ("pid", "qkdl_id", "kind", "av_k", "av_b", "rs_k", "rs_b", "dl_k", "dl_b", "ad_k", "ad_b")
+
+    def __init__(self, pid: int, qkdl_id: str, kind: str) -> None:
+        self.pid, self.qkdl_id, self.kind = pid, qkdl_id, kind
+        self.av_k = self.av_b = self.rs_k = self.rs_b = 0
+        self.dl_k = self.dl_b = self.ad_k = self.ad_b = 0
+
+
+class _Tx:
+    """What one operation sees: the connection and a list of count changes, applied to the
+    in-memory counts only if the group commits."""
+
+    __slots__ = ("conn", "deltas", "changed", "store", "after")
+
+    def __init__(self, store: SqliteKeyStore, conn: sqlite3.Connection) -> None:
+        self.store, self.conn = store, conn
+        self.deltas: list[tuple[int, str, int]] = []
+        self.changed: set[str] = set()
+        self.after: list[Callable[[], None]] = []  # run after the commit, before the deltas
+
+    def d(self, pid: int, **kw: int) -> None:
+        for k, v in kw.items():
+            if v:
+                self.deltas.append((pid, k, v))
+
+    def pid(self, qkdl_id: str) -> int:
+        c = self.store._by_id.get(qkdl_id)
+        if c is not None:
+            return c.pid
+        row = self.conn.execute("SELECT pid FROM pools WHERE qkdl_id=?", (qkdl_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no pool for link {qkdl_id}")
+        return int(row[0])
+
+
+class SqliteKeyStore:
+    """`KeyStore` on one SQLite file (`<data_dir>/keys.sqlite`)."""
+
+    def __init__(self, path: Path | str, max_key_count: int = 100_000) -> None:
+        self.path = Path(path)
+        self._wal = f"{self.path}-wal"
+        self.max_key_count = max_key_count
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._by_id: dict[str, _Counts] = {}
+        self._by_pid: dict[int, _Counts] = {}
+        self._callbacks: list[Callable[[set[str]], None]] = []
+        self._ops_since_ckpt = 0
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the pick index of 10^6 keys fits
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # we checkpoint (and truncate) ourselves
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _run(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            group = [item]
+            stop = False
+            while len(group) < _MAX_GROUP:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                group.append(nxt)
+            self._run_group(conn, group)
+            if stop:
+                break
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[Any]) -> None:
+        done: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None, _Tx | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, args, fut, loop in group:
+                tx = _Tx(self, conn)
+                conn.execute("SAVEPOINT op")
+                try:
+                    res = fn(tx, *args)
+                    conn.execute("RELEASE op")
+                    done.append((fut, loop, res, None, tx))
+                except Exception as e:  # handed to the awaiting task
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    done.append((fut, loop, None, e, None))
+            conn.execute("COMMIT")
+        except Exception as e:  # the commit failed: nothing of the group happened
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("key store commit failed: %s", type(e).__name__)
+            err = StoreError(f"commit failed: {type(e).__name__}")
+            done = [(fut, loop, None, err, None) for _fn, _args, fut, loop in group]
+        changed: set[str] = set()
+        for _fut, _loop, _res, _exc, tx in done:
+            if tx is None:
+                continue
+            for action in tx.after:
+                action()
+            for pid, k, v in tx.deltas:
+                c = self._by_pid.get(pid)
+                if c is not None:
+                    setattr(c, k, getattr(c, k) + v)
+            changed |= tx.changed
+        for fut, loop, res, exc, _tx in done:
+            loop.call_soon_threadsafe(_resolve, fut, res, exc)
+        if changed and self._callbacks:
+            loop = group[0][3]
+            for cb in self._callbacks:
+                loop.call_soon_threadsafe(cb, changed)
+        self._ops_since_ckpt += len(group)
+        if self._ops_since_ckpt >= 1000 or self._wal_bytes() > _WAL_MAX:
+            # Checkpoint and truncate the WAL: old page images (key material) leave it soon, and
+            # readers never wade through a long WAL (a 10^6-key fill would make every op slower).
+            self._ops_since_ckpt = 0
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self._wal).st_size
+        except OSError:
+            return 0
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._thread is None:
+            raise StoreError("key store is not open")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put((fn, args, fut, loop))
+        return fut
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        self._conn = await asyncio.to_thread(self._connect)
+        self._thread = threading.Thread(target=self._run, name=f"keystore:{self.path.name}", daemon=True)
+        self._thread.start()
+        await self._submit(self._load)
+        erased = await self._submit(self._recover)
+        if erased:
+            log.warning("key store recovery: erased %d keys of interrupted reservations", erased)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._q.put(None)
+        t, self._thread = self._thread, None
+        await asyncio.to_thread(t.join)
+        self._conn = None
+
+    def on_change(self, callback: Callable[[set[str]], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _load(self, tx: _Tx) -> None:
+        self._by_id.clear()
+        self._by_pid.clear()
+        for pid, qkdl_id, kind, ak, ab, dk, db in tx.conn.execute(
+                "SELECT pid, qkdl_id, kind, added_keys, added_bits, delivered_keys, delivered_bits FROM pools"):
+            c = _Counts(pid, qkdl_id, kind)
+            c.ad_k, c.ad_b, c.dl_k, c.dl_b = ak, ab, dk, db
+            self._by_id[qkdl_id] = self._by_pid[pid] = c
+        for pid, state, n, bits in tx.conn.execute(
+                "SELECT pid, state, COUNT(*), TOTAL(bits) FROM keys GROUP BY pid, state"):
+            c = self._by_pid.get(pid)
+            if c is None:
+                continue
+            if state == AVAILABLE:
+                c.av_k, c.av_b = n, int(bits)
+            else:
+                c.rs_k += n
+                c.rs_b += int(bits)
+
+    def _recover(self, tx: _Tx) -> int:
+        # RESERVED_OUT keys were never handed out (delivery erases them in the same commit).
+        rows = tx.conn.execute(
+            "SELECT DISTINCT txn, pid FROM keys WHERE state=? AND txn IS NOT NULL", (OUT,)).fetchall()
+        erased = 0
+        for txn, pid in rows:
+            c = self._by_pid.get(pid)
+            erased += self._erase_txn(tx, txn, OUT)
+            if c is not None:
+                tx.conn.execute("INSERT OR IGNORE INTO outbox VALUES(?,?,?,?)", (txn, "release", c.qkdl_id, time.time()))
+        return erased
+
+    # --- pools -----------------------------------------------------------------------
+    async def ensure_pool(self, qkdl_id: str, kind: str) -> None:
+        if qkdl_id not in self._by_id:
+            await self._submit(self._ensure_pool, qkdl_id, kind)
+
+    def _ensure_pool(self, tx: _Tx, qkdl_id: str, kind: str) -> None:
+        if qkdl_id in self._by_id:
+            return
+        tx.conn.execute("INSERT OR IGNORE INTO pools(qkdl_id, kind) VALUES(?,?)", (qkdl_id, kind))
+        pid = tx.conn.execute("SELECT pid FROM pools WHERE qkdl_id=?", (qkdl_id,)).fetchone()[0]
+
+        def register() -> None:
+            c = _Counts(pid, qkdl_id, kind)
+            self._by_id[qkdl_id] = self._by_pid[pid] = c
+
+        tx.after.append(register)
+
+    async def drop_pool(self, qkdl_id: str) -> int:
+        if qkdl_id not in self._by_id:
+            return 0
+        return int(await self._submit(self._drop_pool, qkdl_id))
+
+    def _drop_pool(self, tx: _Tx, qkdl_id: str) -> int:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return 0
+        n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount
+        tx.conn.execute("DELETE FROM blocks WHERE pid=?", (c.pid,))
+        tx.conn.execute("DELETE FROM pools WHERE pid=?", (c.pid,))
+
+        def unregister() -> None:
+            self._by_id.pop(qkdl_id, None)
+            self._by_pid.pop(c.pid, None)
+
+        tx.after.append(unregister)
+        tx.changed.add(qkdl_id)
+        return n
+
+    def pools(self) -> list[str]:
+        return list(self._by_id)
+
+    def pool_stats(self, qkdl_id: str) -> PoolStats | None:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return None
+        return PoolStats(c.qkdl_id, c.kind, c.av_k, c.av_b, c.rs_k, c.rs_b, c.dl_k, c.dl_b, c.ad_k, c.ad_b)
+
+    def has_room(self, qkdl_id: str) -> bool:
+        c = self._by_id.get(qkdl_id)
+        return c is None or c.av_k + c.rs_k < self.max_key_count
+
+    # --- filling ---------------------------------------------------------------------
+    async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
+        if key_size_bits <= 0 or key_size_bits % 8:
+            raise StoreError("key_size_bits must be a positive multiple of 8")
+        if not block_id:
+            raise StoreError("block_id must not be empty")
+        size = key_size_bits // 8
+        count = len(material) // size
+        ids = derive_key_ids(qkdl_id, block_id, count)
+        await self._submit(self._add_block, qkdl_id, bytes(material), size, block_id, ids)
+        return ids
+
+    def _add_block(self, tx: _Tx, qkdl_id: str, material: bytes, size: int, block_id: str, ids: list[str]) -> None:
+        pid = tx.pid(qkdl_id)
+        cur = tx.conn.execute("INSERT OR IGNORE INTO blocks VALUES(?,?)", (pid, block_id))
+        if cur.rowcount == 0:
+            return  # seen before: never resurrect keys that may have been delivered and erased
+        now = time.time()
+        bits = size * 8
+        tx.conn.executemany(
+            "INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)",
+            [(pid, _b(k), bits, material[i * size:(i + 1) * size], now) for i, k in enumerate(ids)])
+        n = len(ids)
+        tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
+                        (n, n * bits, pid))
+        tx.d(pid, av_k=n, av_b=n * bits, ad_k=n, ad_b=n * bits)
+        tx.changed.add(qkdl_id)
+
+    async def put_key(self, qkdl_id: str, key_id: str, material: bytes, bits: int) -> None:
+        if bits <= 0 or bits % 8 or len(material) * 8 != bits:
+            raise StoreError("bad key size")
+        await self._submit(self._put_key, qkdl_id, key_id, bytes(material), bits)
+
+    def _put_key(self, tx: _Tx, qkdl_id: str, key_id: str, material: bytes, bits: int) -> None:
+        pid = tx.pid(qkdl_id)
+        try:
+            tx.conn.execute("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)",
+                            (pid, _b(key_id), bits, material, time.time()))
+        except sqlite3.IntegrityError:
+            raise StoreError("key ID already stored") from None
+        tx.conn.execute("UPDATE pools SET added_keys=added_keys+1, added_bits=added_bits+? WHERE pid=?", (bits, pid))
+        tx.d(pid, av_k=1, av_b=bits, ad_k=1, ad_b=bits)
+        tx.changed.add(qkdl_id)
+
+    # --- master side -------------------------------------------------------------------
+    async def reserve_out(self, qkdl_id: str, txn: str, counts: Sequence[int], bits: int,
+                          from_back: bool) -> list[list[AppKey] | None]:
+        if bits <= 0 or bits % 8:
+            raise StoreError("bits must be a positive multiple of 8")
+        return await self._submit(self._reserve_out, qkdl_id, txn, list(counts), bits, from_back)
+
+    def _reserve_out(self, tx: _Tx, qkdl_id: str, txn: str, counts: list[int], bits: int,
+                     from_back: bool) -> list[list[AppKey] | None]:
+        pid = tx.pid(qkdl_id)
+        order = "DESC" if from_back else "ASC"
+        cur = tx.conn.execute(
+            f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 ORDER BY seq {order}", (pid,))
+        out: list[list[AppKey] | None] = []
+        updates: list[tuple[str, float, bytes, int, int, int]] = []
+        now = time.time()
+        exhausted = False
+        taken_k = taken_b = 0
+        for n in counts:
+            if exhausted or n <= 0:
+                out.append(None if n > 0 else [])
+                continue
+            got: list[AppKey] = []
+            pend: list[tuple[str, float, bytes, int, int, int]] = []
+            tb = tk = 0
+            for _ in range(n):
+                parts: list[tuple[int, bytes, int, bytes]] = []
+                acc = 0
+                while acc < bits:
+                    row = cur.fetchone()
+                    if row is None:
+                        exhausted = True
+                        break
+                    parts.append(row)
+                    acc += row[2]
+                if exhausted:
+                    break
+                grp = parts[0][1]
+                for pos, (seq, _kid, pb, _m) in enumerate(parts):
+                    pend.append((txn, now, grp, pos, bits, seq))
+                    tb += pb
+                    tk += 1
+                got.append(AppKey(_s(grp), bits, tuple((_s(p[1]), p[2]) for p in parts),
+                                  join_parts([p[3] for p in parts], bits)))
+            if exhausted:
+                out.append(None)
+                continue
+            out.append(got)
+            updates.extend(pend)
+            taken_k += tk
+            taken_b += tb
+        cur.close()
+        if updates:
+            tx.conn.executemany(
+                "UPDATE keys SET state=1, txn=?, reserved_at=?, grp=?, grp_pos=?, grp_bits=? WHERE seq=?", updates)
+            tx.d(pid, av_k=-taken_k, av_b=-taken_b, rs_k=taken_k, rs_b=taken_b)
+            tx.changed.add(qkdl_id)
+        return out
+
+    async def commit_out(self, txn: str, confirm: bool = True) -> int:
+        return int(await self._submit(self._commit_out, txn, confirm))
+
+    def _commit_out(self, tx: _Tx, txn: str, confirm: bool) -> int:
+        rows = tx.conn.execute("DELETE FROM keys WHERE txn=? AND state=1 RETURNING pid, bits", (txn,)).fetchall()
+        self._count_delivered(tx, rows, reserved=True)
+        if rows and confirm:
+            c = self._by_pid.get(rows[0][0])
+            if c is not None:
+                tx.conn.execute("INSERT OR IGNORE INTO outbox VALUES(?,?,?,?)", (txn, "confirm", c.qkdl_id, time.time()))
+        return len(rows)
+
+    def _count_delivered(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
+        per: dict[int, list[int]] = {}
+        for pid, bits in rows:
+            a = per.setdefault(pid, [0, 0])
+            a[0] += 1
+            a[1] += bits
+        for pid, (k, b) in per.items():
+            tx.conn.execute("UPDATE pools SET delivered_keys=delivered_keys+?, delivered_bits=delivered_bits+? "
+                            "WHERE pid=?", (k, b, pid))
+            if reserved:
+                tx.d(pid, rs_k=-k, rs_b=-b, dl_k=k, dl_b=b)
+            else:
+                tx.d(pid, av_k=-k, av_b=-b, dl_k=k, dl_b=b)
+            c = self._by_pid.get(pid)
+            if c is not None:
+                tx.changed.add(c.qkdl_id)
+
+    def _count_erased(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
+        per: dict[int, list[int]] = {}
+        for pid, bits in rows:
+            a = per.setdefault(pid, [0, 0])
+            a[0] += 1
+            a[1] += bits
+        for pid, (k, b) in per.items():
+            if reserved:
+                tx.d(pid, rs_k=-k, rs_b=-b)
+            else:
+                tx.d(pid, av_k=-k, av_b=-b)
+            c = self._by_pid.get(pid)
+            if c is not None:
+                tx.changed.add(c.qkdl_id)
+
+    def _erase_txn(self, tx: _Tx, txn: str, state: int | None = None) -> int:
+        if state is None:
+            rows = tx.conn.execute("DELETE FROM keys WHERE txn=? RETURNING pid, bits", (txn,)).fetchall()
+        else:
+            rows = tx.conn.execute("DELETE FROM keys WHERE txn=? AND state=? RETURNING pid, bits",
+                                   (txn, state)).fetchall()
+        self._count_erased(tx, rows, reserved=True)
+        return len(rows)
+
+    async def abort_out(self, txn: str, *, erase: Sequence[str] = (), erase_all: bool = False,
+                        release: bool = False) -> None:
+        await self._submit(self._abort_out, txn, list(erase), erase_all, release)
+
+    def _abort_out(self, tx: _Tx, txn: str, erase: list[str], erase_all: bool, release: bool) -> None:
+        row = tx.conn.execute("SELECT pid FROM keys WHERE txn=? LIMIT 1", (txn,)).fetchone()
+        if release and row is not None:
+            c = self._by_pid.get(row[0])
+            if c is not None:
+                tx.conn.execute("INSERT OR IGNORE INTO outbox VALUES(?,?,?,?)", (txn, "release", c.qkdl_id, time.time()))
+        if erase_all:
+            self._erase_txn(tx, txn, OUT)
+            return
+        if erase:
+            rows = []
+            for k in erase:
+                rows += tx.conn.execute("DELETE FROM keys WHERE kid=? AND txn=? AND state=1 RETURNING pid, bits",
+                                        (_b(k), txn)).fetchall()
+            self._count_erased(tx, rows, reserved=True)
+        back = tx.conn.execute(
+            "UPDATE keys SET state=0, txn=NULL, reserved_at=NULL, grp=NULL, grp_pos=NULL, grp_bits=NULL "
+            "WHERE txn=? AND state=1 RETURNING pid, bits", (txn,)).fetchall()
+        per: dict[int, list[int]] = {}
+        for pid, bits in back:
+            a = per.setdefault(pid, [0, 0])
+            a[0] += 1
+            a[1] += bits
+        for pid, (k, b) in per.items():
+            tx.d(pid, rs_k=-k, rs_b=-b, av_k=k, av_b=b)
+            c = self._by_pid.get(pid)
+            if c is not None:
+                tx.changed.add(c.qkdl_id)
+
+    # --- peer side -----------------------------------------------------------------------
+    async def reserve_in(self, qkdl_id: str, txn: str, parts: Sequence[tuple[str, int]], bits: int,
+                         master: str, slaves: Sequence[str]) -> ReserveResult:
+        if bits <= 0 or bits % 8 or not parts or not slaves:
+            return ReserveResult(False, reason="bad reservation")
+        try:
+            blobs = [(_b(k), int(b)) for k, b in parts]
+        except (ValueError, TypeError):
+            return ReserveResult(False, reason="malformed key ID")
+        return await self._submit(self._reserve_in, qkdl_id, txn, blobs, bits, master, list(slaves))
+
+    def _reserve_in(self, tx: _Tx, qkdl_id: str, txn: str, parts: list[tuple[bytes, int]], bits: int,
+                    master: str, slaves: list[str]) -> ReserveResult:
+        if qkdl_id not in self._by_id:
+            return ReserveResult(False, reason="unknown link")
+        if tx.conn.execute("SELECT 1 FROM tombstones WHERE txn=?", (txn,)).fetchone():
+            return ReserveResult(False, reason="transaction released")
+        if tx.conn.execute("SELECT 1 FROM keys WHERE txn=? LIMIT 1", (txn,)).fetchone():
+            return ReserveResult(False, reason="transaction exists")
+        pid = self._by_id[qkdl_id].pid
+        unknown: list[str] = []
+        busy: list[str] = []
+        seqs: list[int] = []
+        seen: set[bytes] = set()
+        for kid, b in parts:
+            row = tx.conn.execute("SELECT seq, pid, bits, state FROM keys WHERE kid=?", (kid,)).fetchone()
+            if row is None or row[1] != pid or kid in seen:
+                unknown.append(_s(kid))
+            elif row[3] != AVAILABLE or row[2] != b:
+                busy.append(_s(kid))
+            else:
+                seqs.append(row[0])
+            seen.add(kid)
+        if unknown or busy:
+            return ReserveResult(False, tuple(unknown), tuple(busy), "keys not available")
+        sizes = [b for _, b in parts]
+        groups = group_parts(sizes, bits)
+        if sum(groups) != len(parts):
+            return ReserveResult(False, reason="parts do not form whole keys")
+        now = time.time()
+        pending = _SEP.join(dict.fromkeys(slaves))
+        upd = []
+        i = 0
+        for g in groups:
+            grp = parts[i][0]
+            for pos in range(g):
+                upd.append((txn, master, pending, now, grp, pos, bits, seqs[i]))
+                i += 1
+        tx.conn.executemany("UPDATE keys SET state=2, txn=?, master=?, pending=?, reserved_at=?, confirmed=0, "
+                            "grp=?, grp_pos=?, grp_bits=? WHERE seq=?", upd)
+        tb = sum(sizes)
+        tx.d(pid, av_k=-len(parts), av_b=-tb, rs_k=len(parts), rs_b=tb)
+        tx.changed.add(qkdl_id)
+        return ReserveResult(True)
+
+    async def take_in(self, master: str, slave: str, key_ids: Sequence[str]) -> list[AppKey] | None:
+        try:
+            blobs = [_b(k) for k in key_ids]
+        except (ValueError, TypeError):
+            return None
+        if len(set(blobs)) != len(blobs):
+            return None
+        return await self._submit(self._take_in, master, slave, blobs)
+
+    def _take_in(self, tx: _Tx, master: str, slave: str, blobs: list[bytes]) -> list[AppKey] | None:
+        found = []
+        for grp in blobs:
+            rows = tx.conn.execute(
+                "SELECT seq, pid, kid, bits, material, pending, grp_bits FROM keys "
+                "WHERE grp=? AND state=2 AND master=? ORDER BY grp_pos", (grp, master)).fetchall()
+            if not rows or slave not in rows[0][5].split(_SEP):
+                return None  # unknown or another pair's: the caller cannot tell which
+            found.append((grp, rows))
+        out: list[AppKey] = []
+        erased: list[tuple[int, int]] = []
+        for grp, rows in found:
+            bits = rows[0][6]
+            out.append(AppKey(_s(grp), bits, tuple((_s(r[2]), r[3]) for r in rows),
+                              join_parts([r[4] for r in rows], bits)))
+            left = [s for s in rows[0][5].split(_SEP) if s != slave]
+            if left:
+                tx.conn.executemany("UPDATE keys SET pending=? WHERE seq=?",
+                                    [(_SEP.join(left), r[0]) for r in rows])
+            else:
+                tx.conn.executemany("DELETE FROM keys WHERE seq=?", [(r[0],) for r in rows])
+                erased += [(r[1], r[3]) for r in rows]
+        self._count_delivered(tx, erased, reserved=True)
+        return out
+
+    async def release(self, txn: str) -> int:
+        return int(await self._submit(self._release, txn))
+
+    def _release(self, tx: _Tx, txn: str) -> int:
+        tx.conn.execute("INSERT OR REPLACE INTO tombstones VALUES(?,?)", (txn, time.time()))
+        return self._erase_txn(tx, txn)
+
+    async def confirm(self, txn: str) -> int:
+        return int(await self._submit(self._confirm, txn))
+
+    def _confirm(self, tx: _Tx, txn: str) -> int:
+        return tx.conn.execute("UPDATE keys SET confirmed=1 WHERE txn=? AND state=2", (txn,)).rowcount
+
+    async def expire(self, unconfirmed_before: float) -> int:
+        return int(await self._submit(self._expire, unconfirmed_before))
+
+    def _expire(self, tx: _Tx, before: float) -> int:
+        rows = tx.conn.execute("DELETE FROM keys WHERE state=2 AND confirmed=0 AND reserved_at<? "
+                               "RETURNING pid, bits", (before,)).fetchall()
+        self._count_erased(tx, rows, reserved=True)
+        # Tombstones only need to outlive any Reserve still in flight.
+        tx.conn.execute("DELETE FROM tombstones WHERE t<?", (before - 86400,))
+        return len(rows)
+
+    # --- raw link keys --------------------------------------------------------------------
+    async def take_next(self, qkdl_id: str, n: int, from_back: bool) -> list[LinkKey]:
+        return await self._submit(self._take_next, qkdl_id, n, from_back)
+
+    def _take_next(self, tx: _Tx, qkdl_id: str, n: int, from_back: bool) -> list[LinkKey]:
+        pid = tx.pid(qkdl_id)
+        order = "DESC" if from_back else "ASC"
+        rows = tx.conn.execute(f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 "
+                               f"ORDER BY seq {order} LIMIT ?", (pid, n)).fetchall()
+        if len(rows) < n:
+            return []
+        tx.conn.executemany("DELETE FROM keys WHERE seq=?", [(r[0],) for r in rows])
+        self._count_erased(tx, [(pid, r[2]) for r in rows], reserved=False)
+        return [LinkKey(_s(r[1]), r[2], r[3]) for r in rows]
+
+    async def take_keys(self, qkdl_id: str, key_ids: Sequence[str], delivered: bool = False) -> list[LinkKey] | None:
+        try:
+            blobs = [_b(k) for k in key_ids]
+        except (ValueError, TypeError):
+            return None
+        if len(set(blobs)) != len(blobs):
+            return None
+        return await self._submit(self._take_keys, qkdl_id, blobs, delivered)
+
+    def _take_keys(self, tx: _Tx, qkdl_id: str, blobs: list[bytes], delivered: bool) -> list[LinkKey] | None:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return None
+        rows = []
+        for kid in blobs:
+            r = tx.conn.execute("SELECT seq, bits, material FROM keys WHERE kid=? AND pid=? AND state=0",
+                                (kid, c.pid)).fetchone()
+            if r is None:
+                return None
+            rows.append((kid, *r))
+        tx.conn.executemany("DELETE FROM keys WHERE seq=?", [(r[1],) for r in rows])
+        counted = [(c.pid, r[2]) for r in rows]
+        if delivered:
+            self._count_delivered(tx, counted, reserved=False)
+        else:
+            self._count_erased(tx, counted, reserved=False)
+        return [LinkKey(_s(r[0]), r[2], r[3]) for r in rows]
+
+    async def missing(self, qkdl_id: str, key_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        return await self._submit(self._missing, qkdl_id, list(key_ids))
+
+    def _missing(self, tx: _Tx, qkdl_id: str, key_ids: list[str]) -> tuple[list[str], list[str]]:
+        c = self._by_id.get(qkdl_id)
+        unknown: list[str] = []
+        busy: list[str] = []
+        for k in key_ids:
+            try:
+                kid = _b(k)
+            except ValueError:
+                unknown.append(k)
+                continue
+            r = tx.conn.execute("SELECT pid, state FROM keys WHERE kid=?", (kid,)).fetchone()
+            if r is None or c is None or r[0] != c.pid:
+                unknown.append(k)
+            elif r[1] != AVAILABLE:
+                busy.append(k)
+        return unknown, busy
+
+    async def txn_link(self, txn: str) -> str | None:
+        return await self._submit(self._txn_link, txn)
+
+    def _txn_link(self, tx: _Tx, txn: str) -> str | None:
+        r = tx.conn.execute("SELECT pid FROM keys WHERE txn=? LIMIT 1", (txn,)).fetchone()
+        c = self._by_pid.get(r[0]) if r else None
+        return c.qkdl_id if c else None
+
+    # --- outbox ------------------------------------------------------------------------
+    async def outbox(self) -> list[OutboxItem]:
+        return await self._submit(self._outbox)
+
+    def _outbox(self, tx: _Tx) -> list[OutboxItem]:
+        return [OutboxItem(t, q, k) for t, k, q in
+                tx.conn.execute("SELECT txn, kind, qkdl_id FROM outbox ORDER BY created")]
+
+    async def outbox_done(self, txn: str, kind: str) -> None:
+        await self._submit(self._outbox_done, txn, kind)
+
+    def _outbox_done(self, tx: _Tx, txn: str, kind: str) -> None:
+        tx.conn.execute("DELETE FROM outbox WHERE txn=? AND kind=?", (txn, kind))
+
+    # --- inspection ---------------------------------------------------------------------
+    async def key_states(self, qkdl_id: str) -> dict[str, KeyState]:
+        return await self._submit(self._key_states, qkdl_id)
+
+    def _key_states(self, tx: _Tx, qkdl_id: str) -> dict[str, KeyState]:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return {}
+        return {_s(k): KeyState(s) for k, s in tx.conn.execute("SELECT kid, state FROM keys WHERE pid=?", (c.pid,))}
+
+
+def _resolve(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(res)

@@ -1,0 +1,426 @@
+"""ETSI GS QKD 004 key streams: OPEN_CONNECT / GET_KEY / CLOSE semantics, shared by the two
+peer applications through their LKMSs.
+
+A stream is *owned* by the node whose application opened it first (it picks the key stream ID
+and announces it to the peer node with KeySync OpenStream). The peer application joins by
+calling OPEN_CONNECT on its own node with that ID; its node tells the owner (OpenStream with the
+same ID). Chunk `i` of a stream is the same `key_chunk_size` bytes at both ends: only the owner
+assigns chunks, in batches, by reserving link keys, sending their IDs to the peer node
+(AssignStream) and erasing its own pool copies; the peer node erases the same keys from its
+pool. Assigned chunks live in memory (a stream does not survive a restart; its keys are gone
+at both ends, never reused). Each side delivers chunk `i` to its application once; unused
+chunks are erased after the stream's ttl.
+
+Status codes (clause 6, numbered as in the standard):
+ OPEN_CONNECT: 0 joined a stream the peer opened; 1 opened, peer application not connected yet;
+   4 no link/app serves the pair or the peer KMS is unreachable; 5 key stream ID in use;
+   7 QoS not satisfiable (the response carries the counter-proposal).
+ GET_KEY: 0; 2 the chunk is gone (delivered/expired) or not enough key with timeout 0;
+   3 peer application not connected; 4 unknown stream or peer KMS unreachable;
+   6 timeout (no key within qos.timeout ms, or max_bps pacing would exceed it);
+   8 metadata room too small (metadata.size returns the size needed; nothing consumed).
+ CLOSE: 0; 4 unknown stream.
+QoS: key_chunk_size (0 -> default), ttl, timeout, max_bps (delivery paced), min_bps (refused with
+7 when above the link's measured key rate), metadata_mimetype ("" or application/json).
+jitter and priority are accepted and echoed but not enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+
+from generated.proto.sdqkd import etsi004_pb2 as pb
+from generated.proto.sdqkd import kms_pb2
+from runtime.lkms.core import Core
+from runtime.lkms.keys import group_parts, is_uuid, join_parts
+from runtime.lkms.registry import App, Link
+from runtime.lkms.syncmsg import key_refs, parse_refusal, refusal
+
+log = logging.getLogger(__name__)
+
+S = pb.Status
+JSON = "application/json"
+
+
+class CallerRefused(Exception):
+    """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
+
+
+@dataclass(eq=False)
+class Stream:
+    ksid: str
+    local_sae: str
+    remote_sae: str
+    qkdl_id: str
+    owner: bool
+    qos: pb.QoS
+    app: App | None
+    local_connected: bool = False
+    peer_connected: bool = False
+    chunks: dict[int, tuple[bytearray, float]] = field(default_factory=dict, repr=False)
+    assigned: int = 0  # chunks 0..assigned-1 have been assigned (delivered, waiting or expired)
+    cursor: int = 0
+    prefetch: int = 8
+    last_alloc: float = 0.0
+    next_send: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def chunk_bits(self) -> int:
+        return self.qos.key_chunk_size * 8
+
+    def wake(self) -> None:
+        ev, self.arrived = self.arrived, asyncio.Event()
+        ev.set()
+
+    def wipe(self) -> None:
+        for buf, _ in self.chunks.values():
+            buf[:] = bytes(len(buf))
+        self.chunks.clear()
+
+
+class StreamManager:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.streams: dict[str, Stream] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for s in self.streams.values():
+            s.wipe()
+            s.wake()
+        self.streams.clear()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for s in list(self.streams.values()):
+                ttl = s.qos.ttl or self.core.limits.stream_ttl_default_s
+                old = [i for i, (_, t) in s.chunks.items() if now - t > ttl]
+                for i in old:
+                    buf, _ = s.chunks.pop(i)
+                    buf[:] = bytes(len(buf))
+                if old:
+                    log.debug("stream %s: %d chunks expired", s.ksid, len(old))
+
+    def drop_link(self, qkdl_id: str) -> None:
+        for k, s in list(self.streams.items()):
+            if s.qkdl_id == qkdl_id:
+                s.wipe()
+                s.local_connected = s.peer_connected = False
+                s.wake()
+                del self.streams[k]
+
+    # --- QoS -----------------------------------------------------------------------------
+    def _grant(self, want: pb.QoS, link: Link) -> tuple[pb.QoS, bool]:
+        lim = self.core.limits
+        g = pb.QoS()
+        g.CopyFrom(want)
+        ok = True
+        if g.key_chunk_size == 0:
+            g.key_chunk_size = lim.chunk_default
+        if g.key_chunk_size > lim.chunk_max:
+            g.key_chunk_size, ok = lim.chunk_max, False
+        if g.ttl == 0:
+            g.ttl = lim.stream_ttl_default_s
+        if g.max_bps and g.min_bps > g.max_bps:
+            g.min_bps, ok = g.max_bps, False
+        rate = self.core.rate(link.qkdl_id).rate()
+        if g.min_bps and rate is not None and g.min_bps > rate:
+            g.min_bps, ok = int(rate), False
+        if g.metadata_mimetype not in ("", JSON):
+            g.metadata_mimetype, ok = JSON, False
+        return g, ok
+
+    # --- OPEN_CONNECT ----------------------------------------------------------------------
+    def _authorise(self, sae: str, caller: str | None) -> None:
+        if self.core.tls and caller != sae:
+            raise CallerRefused("source is not the SAE of the client certificate")
+        if not self.core.registry.is_local(sae):
+            raise CallerRefused("source is not an SAE attached to this node")
+
+    async def open_connect(self, req: pb.OpenConnectRequest, caller: str | None) -> pb.OpenConnectResponse:
+        core = self.core
+        self._authorise(req.source, caller)
+        app = core.registry.app_for(req.source, req.destination)
+        link = core.pick_link(app) if app else None
+        if link is None:
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        ksid = req.key_stream_id
+        if ksid and not is_uuid(ksid):
+            raise ValueError("key_stream_id must be a UUID")
+        granted, ok = self._grant(req.qos, link)
+        s = self.streams.get(ksid) if ksid else None
+        if s is not None:
+            return await self._join(s, req, granted, ok)
+        if not ok:
+            return pb.OpenConnectResponse(status=S.OPEN_CONNECT_QOS_NOT_SATISFIED, qos=granted)
+        ksid = ksid or str(uuid.uuid4())
+        s = Stream(ksid, req.source, req.destination, link.qkdl_id, owner=True, qos=granted, app=app,
+                   local_connected=True)
+        self.streams[ksid] = s
+        announce = kms_pb2.StreamRequest(key_stream_id=ksid, source=req.source, destination=req.destination,
+                                         qkdl_id=link.qkdl_id, key_chunk_size=granted.key_chunk_size,
+                                         ttl=granted.ttl)
+        try:
+            resp = await core.peers.stub(link.peer_kms_address).OpenStream(announce, timeout=core.limits.rpc_timeout_s)
+        except grpc.aio.AioRpcError:
+            self.streams.pop(ksid, None)
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        if not resp.ok:
+            self.streams.pop(ksid, None)
+            in_use = "in use" in resp.reason
+            return pb.OpenConnectResponse(status=S.OPEN_CONNECT_KSID_ALREADY_IN_USE if in_use
+                                          else S.NO_QKD_CONNECTION_AVAILABLE)
+        log.info("key stream %s opened by %s towards %s", ksid, req.source, req.destination)
+        return pb.OpenConnectResponse(status=S.PEER_NOT_CONNECTED, key_stream_id=ksid, qos=granted)
+
+    async def _join(self, s: Stream, req: pb.OpenConnectRequest, granted: pb.QoS, ok: bool) -> pb.OpenConnectResponse:
+        """The peer application joins a stream the other side opened and announced."""
+        if s.owner or s.local_connected or s.local_sae != req.source or s.remote_sae != req.destination:
+            return pb.OpenConnectResponse(status=S.OPEN_CONNECT_KSID_ALREADY_IN_USE)
+        # Chunk size and ttl are the stream's; the rest (timeout, max_bps, metadata) is per side.
+        if req.qos.key_chunk_size not in (0, s.qos.key_chunk_size):
+            ok = False
+        granted.key_chunk_size, granted.ttl = s.qos.key_chunk_size, s.qos.ttl
+        if not ok:
+            return pb.OpenConnectResponse(status=S.OPEN_CONNECT_QOS_NOT_SATISFIED, key_stream_id=s.ksid, qos=granted)
+        link = self.core.registry.links.get(s.qkdl_id)
+        if link is None:
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        join = kms_pb2.StreamRequest(key_stream_id=s.ksid, source=req.source, destination=req.destination,
+                                     qkdl_id=s.qkdl_id, key_chunk_size=s.qos.key_chunk_size, ttl=s.qos.ttl)
+        try:
+            resp = await self.core.peers.stub(link.peer_kms_address).OpenStream(
+                join, timeout=self.core.limits.rpc_timeout_s)
+        except grpc.aio.AioRpcError:
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        if not resp.ok:
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        s.qos = granted
+        s.local_connected = True
+        log.info("key stream %s joined by %s", s.ksid, req.source)
+        return pb.OpenConnectResponse(status=S.SUCCESSFUL, key_stream_id=s.ksid, qos=granted)
+
+    def peer_open(self, req: kms_pb2.StreamRequest, link: Link) -> kms_pb2.TxnResponse:
+        """OpenStream from the peer node: an announcement of a new stream, or (at the owner)
+        the news that the peer application joined."""
+        reg = self.core.registry
+        s = self.streams.get(req.key_stream_id)
+        if s is None:
+            if not is_uuid(req.key_stream_id) or not reg.is_local(req.destination):
+                return kms_pb2.TxnResponse(ok=False, reason="destination SAE not attached here")
+            app = reg.app_for(req.source, req.destination)
+            if app is None or link.qkdl_id not in app.backing_qkdl_ids:
+                return kms_pb2.TxnResponse(ok=False, reason="SAE pair not registered for this link here")
+            if not 0 < req.key_chunk_size <= self.core.limits.chunk_max:
+                return kms_pb2.TxnResponse(ok=False, reason="bad chunk size")
+            qos = pb.QoS(key_chunk_size=req.key_chunk_size, ttl=req.ttl)
+            self.streams[req.key_stream_id] = Stream(req.key_stream_id, req.destination, req.source, link.qkdl_id,
+                                                     owner=False, qos=qos, app=app, peer_connected=True)
+            return kms_pb2.TxnResponse(ok=True)
+        if (s.owner and not s.peer_connected and s.qkdl_id == link.qkdl_id
+                and s.remote_sae == req.source and s.local_sae == req.destination):
+            s.peer_connected = True
+            s.wake()
+            return kms_pb2.TxnResponse(ok=True)
+        return kms_pb2.TxnResponse(ok=False, reason="key stream ID in use")
+
+    # --- chunk assignment ------------------------------------------------------------------
+    async def _allocate(self, s: Stream, index: int) -> str:
+        """Owner: make sure chunks up to `index` are assigned. "ok" | "short" | "peer"."""
+        core = self.core
+        link = core.registry.links.get(s.qkdl_id)
+        if link is None or not link.up:
+            return "peer"
+        async with s.lock:
+            for _attempt in range(3):
+                if index < s.assigned:
+                    return "ok"
+                need = index + 1 - s.assigned
+                now = time.monotonic()
+                # Assign ahead while the application keeps asking (doubling, bounded).
+                s.prefetch = min(core.limits.stream_prefetch_max, s.prefetch * 2) if now - s.last_alloc < 1.0 else 8
+                s.last_alloc = now
+                txn = f"stream-{uuid.uuid4()}"
+                got = await core.store.reserve_out(s.qkdl_id, txn, [need, s.prefetch], s.chunk_bits,
+                                                   core.from_back(link))
+                if got[0] is None:
+                    return "short"
+                keys = got[0] + (got[1] or [])
+                msg = kms_pb2.StreamAssign(key_stream_id=s.ksid, index=s.assigned, keys=key_refs(keys))
+                try:
+                    resp = await core.peers.stub(link.peer_kms_address).AssignStream(
+                        msg, timeout=core.limits.rpc_timeout_s)
+                except grpc.aio.AioRpcError:
+                    await core.store.abort_out(txn, erase_all=True)
+                    return "peer"
+                if not resp.ok:
+                    unknown, busy = parse_refusal(resp.reason)
+                    await core.store.abort_out(txn, erase=unknown)
+                    if unknown or busy:
+                        continue
+                    return "peer"
+                await core.store.commit_out(txn, confirm=False)
+                t = time.monotonic()
+                for i, k in enumerate(keys):
+                    s.chunks[s.assigned + i] = (bytearray(k.material), t)
+                s.assigned += len(keys)
+                s.wake()
+                return "ok"
+            return "short"
+
+    async def _request(self, s: Stream, index: int) -> str:
+        """Peer side: ask the owner to assign chunks up to `index`."""
+        link = self.core.registry.links.get(s.qkdl_id)
+        if link is None or not link.up:
+            return "peer"
+        msg = kms_pb2.StreamAssign(key_stream_id=s.ksid, index=index)
+        try:
+            resp = await self.core.peers.stub(link.peer_kms_address).AssignStream(
+                msg, timeout=self.core.limits.rpc_timeout_s * 2)
+        except grpc.aio.AioRpcError:
+            return "peer"
+        return "ok" if resp.ok else (resp.reason if resp.reason in ("short", "peer") else "peer")
+
+    async def peer_assign(self, s: Stream, req: kms_pb2.StreamAssign) -> kms_pb2.TxnResponse:
+        if not req.keys:  # a request from the peer node to assign up to req.index
+            if not s.owner:
+                return kms_pb2.TxnResponse(ok=False, reason="peer")
+            r = await self._allocate(s, req.index)
+            return kms_pb2.TxnResponse(ok=r == "ok", reason=r)
+        if s.owner or req.index != s.assigned:
+            return kms_pb2.TxnResponse(ok=False, reason="assignment out of order")
+        ids = [k.key_id for k in req.keys]
+        taken = await self.core.store.take_keys(s.qkdl_id, ids, delivered=True)
+        if taken is None:
+            unknown, busy = await self.core.store.missing(s.qkdl_id, ids)
+            return kms_pb2.TxnResponse(ok=False, reason=refusal(unknown, busy))
+        sizes = [k.bits for k in taken]
+        groups = group_parts(sizes, s.chunk_bits)
+        t = time.monotonic()
+        i = 0
+        for n, g in enumerate(groups):
+            s.chunks[s.assigned + n] = (bytearray(join_parts([k.material for k in taken[i:i + g]], s.chunk_bits)), t)
+            i += g
+        s.assigned += len(groups)
+        s.wake()
+        return kms_pb2.TxnResponse(ok=True)
+
+    # --- GET_KEY -----------------------------------------------------------------------
+    def _metadata(self, s: Stream, index: int) -> bytes:
+        if s.qos.metadata_mimetype != JSON:
+            return b""
+        return json.dumps({"key_stream_id": s.ksid, "index": index}, separators=(",", ":")).encode()
+
+    async def get_key(self, req: pb.GetKeyRequest, caller: str | None) -> pb.GetKeyResponse:
+        s = self.streams.get(req.key_stream_id)
+        if s is None or not s.local_connected:
+            return pb.GetKeyResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        if self.core.tls and caller != s.local_sae:
+            raise CallerRefused("key stream belongs to another SAE")
+        if not s.peer_connected:
+            return pb.GetKeyResponse(status=S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED)
+        idx = req.index if req.HasField("index") else s.cursor
+        md = self._metadata(s, idx)
+        if md and req.metadata.size < len(md):
+            return pb.GetKeyResponse(status=S.GET_KEY_METADATA_INSUFFICIENT_SIZE, index=idx,
+                                     metadata=pb.Metadata(size=len(md)))
+        if idx not in s.chunks:
+            if idx < s.assigned:  # delivered or expired
+                return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
+            st = await self._obtain(s, idx)
+            if st != S.SUCCESSFUL:
+                return pb.GetKeyResponse(status=st, index=idx)
+        if s.qos.max_bps:
+            st = await self._pace(s)
+            if st != S.SUCCESSFUL:
+                return pb.GetKeyResponse(status=st, index=idx)
+        got = s.chunks.pop(idx, None)
+        if got is None:  # delivered by a concurrent call, or expired meanwhile
+            return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
+        buf = got[0]
+        data = bytes(buf)
+        buf[:] = bytes(len(buf))
+        if idx >= s.cursor:
+            s.cursor = idx + 1
+        self.core.charge(s.app, len(data) * 8, 1)
+        return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
+                                 metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
+
+    async def _obtain(self, s: Stream, idx: int) -> int:
+        """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
+        loop = asyncio.get_running_loop()
+        timeout = s.qos.timeout / 1000.0
+        deadline = loop.time() + timeout
+        while True:
+            r = await (self._allocate(s, idx) if s.owner else self._request(s, idx))
+            if idx in s.chunks:
+                return S.SUCCESSFUL
+            if not s.peer_connected or not s.local_connected:
+                return S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+            if r == "peer":
+                return S.NO_QKD_CONNECTION_AVAILABLE
+            if r == "ok":  # assigned (the peer's AssignStream lands before its reply) but gone
+                return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+            left = deadline - loop.time()
+            if timeout <= 0:
+                return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+            if left <= 0:
+                return S.TIMEOUT_ERROR
+            await self.core.wait_changed(s.qkdl_id, left)
+
+    async def _pace(self, s: Stream) -> int:
+        """max_bps: deliver at most that rate; if the wait exceeds the timeout, TIMEOUT_ERROR."""
+        now = time.monotonic()
+        wait = s.next_send - now
+        if wait > 0 and s.qos.timeout and wait > s.qos.timeout / 1000.0:
+            return S.TIMEOUT_ERROR
+        s.next_send = max(now, s.next_send) + s.chunk_bits / s.qos.max_bps
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return S.SUCCESSFUL
+
+    # --- CLOSE -------------------------------------------------------------------------
+    async def close_stream(self, req: pb.CloseRequest, caller: str | None) -> pb.CloseResponse:
+        s = self.streams.get(req.key_stream_id)
+        if s is None or not s.local_connected:
+            return pb.CloseResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        if self.core.tls and caller != s.local_sae:
+            raise CallerRefused("key stream belongs to another SAE")
+        s.local_connected = False
+        s.wipe()
+        s.wake()
+        self.streams.pop(s.ksid, None)
+        link = self.core.registry.links.get(s.qkdl_id)
+        if link is not None:
+            msg = kms_pb2.StreamRequest(key_stream_id=s.ksid, source=s.local_sae, destination=s.remote_sae,
+                                        qkdl_id=s.qkdl_id)
+            try:
+                await self.core.peers.stub(link.peer_kms_address).CloseStream(msg, timeout=self.core.limits.rpc_timeout_s)
+            except grpc.aio.AioRpcError:
+                log.info("key stream %s: peer not told of close (unreachable)", s.ksid)
+        log.info("key stream %s closed by %s", s.ksid, s.local_sae)
+        return pb.CloseResponse(status=S.SUCCESSFUL)
+
+    def peer_close(self, s: Stream) -> None:
+        s.peer_connected = False
+        s.wipe()
+        s.wake()
+        if not s.local_connected:
+            self.streams.pop(s.ksid, None)

@@ -1,0 +1,154 @@
+"""ETSI GS QKD 004 (gRPC KeyDelivery) between two real LKMS nodes, mutual TLS with SAE certs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from lkmsnet import Net
+
+from generated.proto.sdqkd import etsi004_pb2 as pb
+
+S = pb.Status
+
+
+def open_pair(net: Net, qos: pb.QoS | None = None, a: str = "a1", b: str = "b1",
+              peer_qos: pb.QoS | None = None) -> tuple[str, object, object]:
+    ka, kb = net.kd("A", a), net.kd("B", b)
+    r = ka.OpenConnect(pb.OpenConnectRequest(source=a, destination=b, qos=qos or pb.QoS()))
+    assert r.status == S.PEER_NOT_CONNECTED and r.key_stream_id
+    ksid = r.key_stream_id
+    # Before the peer application joins, GET_KEY says so.
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+    j = kb.OpenConnect(pb.OpenConnectRequest(source=b, destination=a, key_stream_id=ksid, qos=peer_qos or pb.QoS()))
+    assert j.status == S.SUCCESSFUL and j.key_stream_id == ksid
+    return ksid, ka, kb
+
+
+def test_get_key_matches_both_ends(net2: Net) -> None:
+    ksid, ka, kb = open_pair(net2, pb.QoS(key_chunk_size=48))
+    ra = [ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)) for _ in range(3)]
+    rb = [kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid)) for _ in range(3)]
+    assert [r.status for r in ra + rb] == [S.SUCCESSFUL] * 6
+    assert [r.index for r in ra] == [r.index for r in rb] == [0, 1, 2]
+    assert [r.key_buffer for r in ra] == [r.key_buffer for r in rb]
+    assert all(len(r.key_buffer) == 48 for r in ra) and len({r.key_buffer for r in ra}) == 3
+    # The peer side may run ahead of the owner (it asks the owner to assign).
+    b9 = kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=9))
+    a9 = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=9))
+    assert (a9.status, b9.status, a9.index) == (S.SUCCESSFUL, S.SUCCESSFUL, 9) and a9.key_buffer == b9.key_buffer
+    # An index already delivered to this side is gone.
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=1)).status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+    assert ka.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
+    assert kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+    assert kb.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
+    assert ka.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.NO_QKD_CONNECTION_AVAILABLE
+
+
+def test_get_key_stream_pipelined(net2: Net) -> None:
+    ksid, ka, kb = open_pair(net2, pb.QoS(key_chunk_size=32))
+
+    def reqs(n: int) -> Iterator[pb.GetKeyRequest]:
+        for _ in range(n):
+            yield pb.GetKeyRequest(key_stream_id=ksid)
+
+    ra = list(ka.GetKeyStream(reqs(100)))
+    rb = list(kb.GetKeyStream(reqs(100)))
+    assert {r.status for r in ra + rb} == {S.SUCCESSFUL}
+    assert [r.index for r in ra] == list(range(100))
+    assert [r.key_buffer for r in ra] == [r.key_buffer for r in rb]
+    ka.Close(pb.CloseRequest(key_stream_id=ksid))
+
+
+def test_open_connect_refusals(net2: Net) -> None:
+    ka = net2.kd("A", "a1")
+    # No application/link for the pair.
+    assert ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="nobody")).status == \
+        S.NO_QKD_CONNECTION_AVAILABLE
+    # QoS that cannot be met: a counter-proposal comes back.
+    r = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(key_chunk_size=1 << 20)))
+    assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED and r.qos.key_chunk_size == 65536
+    r = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(metadata_mimetype="text/x")))
+    assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED and r.qos.metadata_mimetype == "application/json"
+    r = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(min_bps=10, max_bps=5)))
+    assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED
+    # Key stream ID in use: asking again for one this side already opened.
+    ksid, _, kb = open_pair(net2)
+    assert ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", key_stream_id=ksid)).status == \
+        S.OPEN_CONNECT_KSID_ALREADY_IN_USE
+    assert kb.OpenConnect(pb.OpenConnectRequest(source="b1", destination="a1", key_stream_id=ksid)).status == \
+        S.OPEN_CONNECT_KSID_ALREADY_IN_USE
+    # A chosen ID the peer node already uses is refused as in use too.
+    kb2 = net2.kd("B", "b1")
+    own = str(uuid.uuid4())
+    assert kb2.OpenConnect(pb.OpenConnectRequest(source="b1", destination="a1", key_stream_id=own)).status == \
+        S.PEER_NOT_CONNECTED
+    assert net2.kd("A", "a2").OpenConnect(pb.OpenConnectRequest(source="a2", destination="b1", key_stream_id=own)
+                                         ).status == S.OPEN_CONNECT_KSID_ALREADY_IN_USE
+    # A joining side asking for another chunk size gets the stream's as counter-proposal.
+    ksid2 = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(key_chunk_size=32))
+                           ).key_stream_id
+    r = kb.OpenConnect(pb.OpenConnectRequest(source="b1", destination="a1", key_stream_id=ksid2,
+                                             qos=pb.QoS(key_chunk_size=64)))
+    assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED and r.qos.key_chunk_size == 32
+    for k in (ksid, ksid2):
+        ka.Close(pb.CloseRequest(key_stream_id=k))
+    kb2.Close(pb.CloseRequest(key_stream_id=own))
+
+
+def test_min_bps_above_link_rate(net2: Net) -> None:
+    net2.feed("A", "B", 64)  # the second fill: the pool's key rate becomes known
+    r = net2.kd("A", "a1").OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1",
+                                                             qos=pb.QoS(min_bps=4_000_000_000)))
+    assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED and 0 < r.qos.min_bps < 4_000_000_000
+
+
+def test_metadata_too_small_then_ok(net2: Net) -> None:
+    ksid, ka, kb = open_pair(net2, pb.QoS(metadata_mimetype="application/json"))
+    r = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid))
+    assert r.status == S.GET_KEY_METADATA_INSUFFICIENT_SIZE and r.metadata.size > 0 and not r.key_buffer
+    r2 = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, metadata=pb.Metadata(size=r.metadata.size)))
+    assert r2.status == S.SUCCESSFUL and r2.index == 0
+    assert json.loads(r2.metadata.buffer) == {"key_stream_id": ksid, "index": 0}
+    ka.Close(pb.CloseRequest(key_stream_id=ksid))
+
+
+def test_timeout_and_insufficient_key(net2: Net) -> None:
+    """A second link with no key at all: GET_KEY with a timeout -> TIMEOUT_ERROR, without -> 2."""
+    q = net2.phys("A", "B")
+    try:
+        net2.app("app-empty", ("a2", "A"), [("b2", "B")], q)
+        ksid, ka, kb = open_pair(net2, pb.QoS(timeout=150), a="a2", b="b2", peer_qos=pb.QoS(timeout=0))
+        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
+        assert kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+    finally:
+        for n in net2.nodes.values():
+            n.unregister_app("app-empty")
+            net2.run(n.remove_link(q))
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.NO_QKD_CONNECTION_AVAILABLE
+
+
+def test_max_bps_pacing_beyond_timeout(net2: Net) -> None:
+    # 8 bit/s with 32-byte chunks: the second chunk would be due in 32 s, far past the 100 ms timeout.
+    ksid, ka, _ = open_pair(net2, pb.QoS(max_bps=8, timeout=100))
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
+    ka.Close(pb.CloseRequest(key_stream_id=ksid))
+
+
+def test_caller_identity_enforced(net2: Net) -> None:
+    ksid, ka, _ = open_pair(net2)
+    with pytest.raises(grpc.RpcError) as e:
+        net2.kd("A", "a1").OpenConnect(pb.OpenConnectRequest(source="a2", destination="b1"))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as e:
+        net2.kd("A", "a2").GetKey(pb.GetKeyRequest(key_stream_id=ksid))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as e:
+        net2.kd("A", "a1").OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", key_stream_id="nope"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ka.GetKey(pb.GetKeyRequest(key_stream_id=str(uuid.uuid4()))).status == S.NO_QKD_CONNECTION_AVAILABLE
+    ka.Close(pb.CloseRequest(key_stream_id=ksid))

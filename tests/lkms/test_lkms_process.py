@@ -1,0 +1,156 @@
+"""LKMS nodes as separate OS processes (`python -m runtime.lkms.serve`): a key exchange, and a
+node killed with SIGKILL between reservation and delivery leaves both stores consistent."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from lkmsnet import Pki
+
+from runtime.lkms.tlsctx import https_client_context
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Poll `cond` (a safety net against hangs, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.02)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Node:
+    def __init__(self, tmp: Path, name: str, cfg: dict[str, Any]) -> None:
+        self.name, self.cfg = name, cfg
+        self.cfg_path = tmp / f"{name}.yaml"
+        self.log = tmp / f"{name}.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, **extra: Any) -> None:
+        self.cfg_path.write_text(yaml.safe_dump({**self.cfg, **extra}))
+        with self.log.open("a") as logf:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runtime.lkms.serve", "--config", str(self.cfg_path), "--log-level", "DEBUG"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=logf, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # blocks until READY (or the process dies)
+        assert line.startswith("READY "), f"{self.name} did not start: {self.log.read_text()[-2000:]}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+        self.proc = None
+
+    def db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.cfg['data_dir']}/keys.sqlite?mode=ro", uri=True)
+
+    def keys(self) -> dict[str, int]:
+        with self.db() as c:
+            return {str(uuid.UUID(bytes=k)): s for k, s in c.execute("SELECT kid, state FROM keys")}
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path, tpki: Pki) -> Any:
+    ids = {"A": str(uuid.uuid4()), "B": str(uuid.uuid4())}
+    q = str(uuid.uuid4())
+    ports = {n: {k: _port() for k in ("etsi014", "etsi004", "keysync")} for n in ids}
+    peer = {"A": "B", "B": "A"}
+    saes = {"A": "pa1", "B": "pb1"}
+    nodes = {}
+    for n, nid in ids.items():
+        tls = tpki.node(nid)
+        p = peer[n]
+        nodes[n] = Node(tmp_path, n, {
+            "id": nid, "name": n, "data_dir": str(tmp_path / n),
+            "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+            **{k: {"listen": f"127.0.0.1:{v}"} for k, v in ports[n].items()},
+            "saes": [{"id": saes[n]}],
+            "links": [{"qkdl_id": q, "peer_node_id": ids[p], "peer_kms_address": f"127.0.0.1:{ports[p]['keysync']}"}],
+            "apps": [{"app_id": "papp", "master_sae_id": "pa1", "slave_sae_ids": ["pb1"], "local_node_id": nid,
+                      "remote_node_id": ids[p], "backing_qkdl_ids": [q]}],
+            "dev_key_feed": [{"qkdl_id": q, "seed": "s1", "blocks": 2, "block_keys": 256, "key_bits": 256}],
+        })
+    for n in nodes.values():
+        n.start()
+    try:
+        yield nodes, ports
+    finally:
+        for n in nodes.values():
+            n.stop(signal.SIGKILL)
+
+
+def test_separate_processes_and_sigkill_between_reserve_and_delivery(two_processes: Any, tpki: Pki) -> None:
+    nodes, ports = two_processes
+    A, B = nodes["A"], nodes["B"]
+    ca = httpx.Client(verify=https_client_context(tpki.sae("pa1")), timeout=20)
+    cb = httpx.Client(verify=https_client_context(tpki.sae("pb1")), timeout=20)
+    url_a = f"https://127.0.0.1:{ports['A']['etsi014']}/api/v1/keys"
+    url_b = f"https://127.0.0.1:{ports['B']['etsi014']}/api/v1/keys"
+
+    def exchange() -> None:
+        r = ca.post(url_a + "/pb1/enc_keys", json={"number": 3})
+        assert r.status_code == 200, r.text
+        r2 = cb.post(url_b + "/pa1/dec_keys", json={"key_IDs": [{"key_ID": k["key_ID"]} for k in r.json()["keys"]]})
+        assert r2.status_code == 200 and r2.json() == r.json()
+
+    exchange()
+
+    # Restart A with the fault point armed; the request hangs after the peer reserved.
+    A.stop()
+    A.start(fault="pause_after_reserve")
+    outcome: list[object] = []
+
+    def hanging() -> None:
+        try:
+            outcome.append(ca.post(url_a + "/pb1/enc_keys", json={"number": 2}).status_code)
+        except httpx.HTTPError as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=hanging)
+    t.start()
+    pat = re.compile(r"paused after Reserve txn (\S+) keys (\S+)")
+    wait_until(lambda: pat.search(A.log.read_text()), "the fault point")
+    m = pat.search(A.log.read_text())
+    assert m is not None
+    kids = m.group(2).split(",")
+    assert {B.keys()[k] for k in kids} == {2}  # RESERVED_IN at the peer
+    A.stop(signal.SIGKILL)
+    t.join(20)
+    assert outcome and not isinstance(outcome[0], int)  # the SAE never got those keys
+
+    A.start()  # recovery erases A's reserved copies and sends Release to B
+    wait_until(lambda: not set(kids) & set(B.keys()), "the Release to reach B")
+    assert not set(kids) & set(A.keys())
+    r = cb.get(url_b + "/pa1/dec_keys", params={"key_ID": kids[0]})
+    assert r.status_code == 400
+    exchange()  # business as usual
+
+    for n in (A, B):
+        n.stop()
+    ka, kb = A.keys(), B.keys()
+    assert ka == kb and set(ka.values()) == {0}
+    ca.close()
+    cb.close()
+    assert os.path.exists(A.cfg["data_dir"])

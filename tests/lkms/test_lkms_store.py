@@ -1,0 +1,178 @@
+"""The SQLite key store on its own: deterministic cutting, reservation protocol, recovery,
+durability settings and erasure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+from runtime.lkms.keys import derive_key_ids
+from runtime.lkms.store import SqliteKeyStore
+from runtime.lkms.store_api import KeyState
+
+Q = str(uuid.uuid4())
+
+
+async def _pair(tmp: Path, nkeys: int = 64, bits: int = 256, **kw: int) -> tuple[SqliteKeyStore, SqliteKeyStore, bytes]:
+    a, b = SqliteKeyStore(tmp / "a.sqlite", **kw), SqliteKeyStore(tmp / "b.sqlite", **kw)
+    mat = os.urandom(nkeys * bits // 8)
+    for s in (a, b):
+        await s.open()
+        await s.ensure_pool(Q, "PHYS")
+        await s.add_block(Q, mat, bits, "blk-0")
+    return a, b, mat
+
+
+def test_add_block_cuts_identically_and_ignores_repeats(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, mat = await _pair(tmp_path, nkeys=10)
+        assert await a.key_states(Q) == await b.key_states(Q)
+        ids = derive_key_ids(Q, "blk-0", 10)
+        assert set(await a.key_states(Q)) == set(ids)
+        # A trailing partial key is dropped; a repeated block ID adds nothing.
+        assert len(await a.add_block(Q, os.urandom(32 * 3 + 5), 256, "blk-1")) == 3
+        assert await a.add_block(Q, mat, 256, "blk-0") == ids
+        st = a.pool_stats(Q)
+        assert st is not None and st.available_keys == 13 and st.available_bits == 13 * 256
+        # Keys taken (delivered, erased) never come back by re-adding their block.
+        taken = await a.take_next(Q, 10, from_back=False)
+        assert [k.key_id for k in taken] == ids and taken[0].material == mat[:32]
+        await a.add_block(Q, mat, 256, "blk-0")
+        assert not set(ids) & set(await a.key_states(Q))
+        assert "material" not in repr(taken[0]) and mat[:32].hex() not in repr(taken[0])
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_reservation_roundtrip_with_composite_sizes(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, _ = await _pair(tmp_path)
+        for bits, nparts in ((256, 1), (512, 2), (128, 1), (264, 2)):
+            txn = str(uuid.uuid4())
+            got = await a.reserve_out(Q, txn, [2], bits, from_back=False)
+            keys = got[0]
+            assert keys is not None and all(len(k.parts) == nparts and len(k.material) * 8 == bits for k in keys)
+            parts = [p for k in keys for p in k.parts]
+            assert (await b.reserve_in(Q, txn, parts, bits, "m", ["s"])).ok
+            assert await a.commit_out(txn) == 2 * nparts
+            back = await b.take_in("m", "s", [k.key_id for k in keys])
+            assert back is not None and [k.material for k in back] == [k.material for k in keys]
+            assert await b.take_in("m", "s", [keys[0].key_id]) is None  # once
+        assert await a.key_states(Q) == await b.key_states(Q)
+        st_a, st_b = a.pool_stats(Q), b.pool_stats(Q)
+        assert st_a == st_b and st_a is not None and st_a.delivered_keys == 12 and st_a.reserved_keys == 0
+        assert [o.kind for o in await a.outbox()] == ["confirm"] * 4
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_multicast_pending_and_other_pairs(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, _ = await _pair(tmp_path, nkeys=4)
+        txn = str(uuid.uuid4())
+        keys = (await a.reserve_out(Q, txn, [1], 256, from_back=True))[0]
+        assert keys is not None
+        kid = keys[0].key_id
+        assert (await b.reserve_in(Q, txn, keys[0].parts, 256, "m", ["s1", "s2"])).ok
+        assert await b.take_in("m", "x", [kid]) is None  # not a slave of this key
+        assert await b.take_in("x", "s1", [kid]) is None  # another master
+        assert await b.take_in("m", "s1", [kid, str(uuid.uuid4())]) is None  # all or nothing
+        assert (await b.take_in("m", "s1", [kid]))[0].material == keys[0].material  # type: ignore[index]
+        assert await b.take_in("m", "s1", [kid]) is None
+        assert (await b.take_in("m", "s2", [kid]))[0].material == keys[0].material  # type: ignore[index]
+        assert kid not in await b.key_states(Q)
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_refusal_release_and_tombstone(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, _ = await _pair(tmp_path, nkeys=8)
+        t1 = str(uuid.uuid4())
+        k1 = (await a.reserve_out(Q, t1, [2], 256, from_back=False))[0]
+        assert k1 is not None
+        # The peer took one of them itself meanwhile: refused, nothing reserved there.
+        t0 = str(uuid.uuid4())
+        assert (await b.reserve_in(Q, t0, [k1[0].parts[0]], 256, "m", ["s"])).ok
+        res = await b.reserve_in(Q, t1, [p for k in k1 for p in k.parts], 256, "m", ["s"])
+        assert not res.ok and res.busy == (k1[0].key_id,) and not res.unknown
+        await a.abort_out(t1, erase=[])
+        assert all(s == KeyState.AVAILABLE for s in (await a.key_states(Q)).values())
+        # Release erases the peer's reservation and forbids a late Reserve of the same txn.
+        assert await b.release(t0) == 1
+        assert not (await b.reserve_in(Q, t0, [k1[1].parts[0]], 256, "m", ["s"])).ok
+        # Unknown key IDs are named as such.
+        res = await b.reserve_in(Q, str(uuid.uuid4()), [(str(uuid.uuid4()), 256)], 256, "m", ["s"])
+        assert not res.ok and len(res.unknown) == 1
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_recovery_erases_interrupted_reservations(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, _ = await _pair(tmp_path, nkeys=8)
+        txn = str(uuid.uuid4())
+        keys = (await a.reserve_out(Q, txn, [3], 256, from_back=False))[0]
+        assert keys is not None
+        await a.close()  # as after a crash: the reservation is on disk, delivery never happened
+        a2 = SqliteKeyStore(tmp_path / "a.sqlite")
+        await a2.open()
+        assert not {k.key_id for k in keys} & set(await a2.key_states(Q))
+        assert [(o.txn, o.kind) for o in await a2.outbox()] == [(txn, "release")]
+        st = a2.pool_stats(Q)
+        assert st is not None and st.available_keys == 5 and st.reserved_keys == 0
+        await a2.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
+def test_durability_settings_and_erasure_on_disk(tmp_path: Path) -> None:
+    async def go() -> None:
+        s = SqliteKeyStore(tmp_path / "k.sqlite", max_key_count=16)
+        await s.open()
+        await s.ensure_pool(Q, "PHYS")
+        mat = os.urandom(16 * 32)
+        await s.add_block(Q, mat, 256, "b")
+        assert not s.has_room(Q)  # back-pressure flag at max_key_count
+        conn = s._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+        await s.take_next(Q, 16, from_back=False)
+        assert s.has_room(Q)
+        await s.close()  # checkpoints and truncates the WAL
+        raw = (tmp_path / "k.sqlite").read_bytes()
+        wal = tmp_path / "k.sqlite-wal"
+        raw += wal.read_bytes() if wal.exists() else b""
+        assert all(mat[i:i + 32] not in raw for i in range(0, len(mat), 32))
+        with sqlite3.connect(tmp_path / "k.sqlite") as c:
+            assert c.execute("SELECT COUNT(*) FROM keys").fetchone()[0] == 0
+
+    asyncio.run(go())
+
+
+def test_ends_pick_from_opposite_ends(tmp_path: Path) -> None:
+    async def go() -> None:
+        a, b, _ = await _pair(tmp_path, nkeys=4)
+        ids = derive_key_ids(Q, "blk-0", 4)
+        assert [k.key_id for k in await a.take_next(Q, 1, from_back=False)] == ids[:1]
+        assert [k.key_id for k in await a.take_next(Q, 1, from_back=True)] == ids[3:]
+        assert await a.take_next(Q, 3, from_back=True) == []  # fewer than asked: nothing taken
+        assert len(await a.key_states(Q)) == 2
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
