@@ -86,6 +86,8 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1") -> dict[str, dict[str, s
 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
+    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -103,10 +105,21 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[st
                                            "username": "sdqkd", "password_file": str(pw_file)}}
     for sae, files in saes.items():
         desc["saes"][sae] = {"node": topo.saes[sae].node, "cert": str(files.cert), "key": str(files.key)}
+    # one pre-shared secret per fibre link: it authenticates the link's first key block
+    boot: dict[str, dict[str, str]] = {n: {} for n in topo.nodes}
+    for link in topo.links:
+        secret = secrets.token_bytes(32)
+        for me, peer in ((link.a, link.b), (link.b, link.a)):
+            f = lay.node_dir(me) / "bootstrap" / f"{topo.nodes[peer].id}.key"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(secret)
+            f.chmod(0o600)
+            boot[me][topo.nodes[peer].id] = str(f)
     for name, node in topo.nodes.items():
         nd = lay.node_dir(name)
         nd.mkdir(parents=True, exist_ok=True)
-        ident = write_identity(ca, ca_path, nd / "tls", f"node-{name}", server=True, sans=(host, "localhost"))
+        # node certificates carry the node ID as CN: peers authorise KeySync calls by it
+        ident = write_identity(ca, ca_path, nd / "tls", node.id, server=True, sans=(host, "localhost"))
         cfg = {
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
@@ -114,6 +127,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[st
             "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": password},
+            "bootstrap": boot[name],
+            "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
         }
         (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
