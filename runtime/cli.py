@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
     nt.set_defaults(func=_net)
     d = sub.add_parser("demo", help="the main job on the embedded default")
-    d.add_argument("--seconds", type=float, default=20.0, help="stop after this long (default 20)")
+    d.add_argument("--seconds", type=float, default=60.0, help="stop after this long (default 60)")
     d.set_defaults(func=_demo)
     return p
 

@@ -153,12 +153,15 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
-def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path) -> Any:
+def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path,
+          progress: Any = None) -> Any:
     end = time.monotonic() + timeout
     while True:
         got = cond()
         if got:
             return got
+        if progress is not None:
+            progress()
         for name, p in procs.items():
             if p.poll() is not None:
                 raise HarnessError(f"{name} exited with {p.returncode} while waiting for {what}; see {logs}/{name}.log")
@@ -167,8 +170,10 @@ def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Pope
         time.sleep(0.1)
 
 
-def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0) -> dict[str, Any]:
-    """Start the network; return the endpoints (also written to state_dir/endpoints.json)."""
+def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0,
+       progress: Any = None) -> dict[str, Any]:
+    """Start the network; return the endpoints (also written to state_dir/endpoints.json).
+    `progress()` is called while waiting (the demo prints the live table from it)."""
     from runtime.controller import topology as tp
 
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
@@ -190,7 +195,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
         status_file = state / "controller-status.json"
-        _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs)
+        _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs, progress)
     except BaseException:
         _stop(procs)
         lay.pids.unlink(missing_ok=True)

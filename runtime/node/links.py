@@ -190,7 +190,7 @@ class EngineLink:
                 await self._wait_room(self.p.qkdl_id)
                 t0 = time.monotonic()
                 result, auth_key = await asyncio.to_thread(self._block, transport, session, n, auth_key)
-                await self._finish(result, session, n)
+                await self._finish(result, session, n, time.monotonic() - t0)
                 n += 1
                 # never faster than the link's own clock: the simulated block took this long
                 wait = result.duration_s / self.p.clock_scale - (time.monotonic() - t0)
@@ -222,11 +222,12 @@ class EngineLink:
             raise RuntimeError("authentication key for the next block ran low; starting a new session")
         return result, rest
 
-    async def _finish(self, result: pipeline.BlockResult, session: str, n: int) -> None:
+    async def _finish(self, result: pipeline.BlockResult, session: str, n: int, wall_s: float) -> None:
         s = self.stats
         if not math.isnan(result.qber):
             s.qber = result.qber
-        duration = max(result.duration_s / self.p.clock_scale, 1e-9)
+        # the rate this node really achieves: the link's clock, or the CPU when that is slower
+        duration = max(result.duration_s / self.p.clock_scale, wall_s, 1e-9)
         if result.status == "ok" and result.key:
             usable = (result.key_bits // 256) * 256
             if usable:
