@@ -1,0 +1,108 @@
+"""The whole system as processes: `sdqkd net up` on a 3-node line, an application pair with no
+direct link, ETSI 014 at both ends with a real HTTPS client (httpx, client certificates),
+`sdqkd net down` leaves nothing running; and `sdqkd demo` itself."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+TOPO = "nodes: [{name: A}, {name: B}, {name: C}]\nlinks: [{a: A, b: B, km: 10}, {a: B, b: C, km: 15}]\n" \
+       "saes: [{name: sae-a, node: A}, {name: sae-c, node: C}]\n"
+
+
+def sdqkd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ctx(ca: str, files: dict[str, str]):
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(files["cert"], files["key"])
+    return ctx
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_net_up_relay_keys_match_and_down(tmp_path: Path):
+    topo = tmp_path / "t.yaml"
+    topo.write_text(TOPO)
+    state = tmp_path / "state"
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(state), "--timeout", "120")
+    assert r.returncode == 0, r.stderr[-3000:]
+    pids = json.loads((state / "pids.json").read_text())
+    try:
+        eps = json.loads((state / "endpoints.json").read_text())
+        assert set(eps) == {"A", "B", "C"} and set(eps["A"]) >= {"id", "gnmi", "etsi014", "etsi004", "ca", "saes"}
+        api = json.loads((state / "controller-status.json").read_text())["api"]
+        route = httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c", "rate": 1000}).json()
+        assert route["path"] == ["A", "B", "C"] and route["virtual"]
+        a, c = eps["A"], eps["C"]
+        with httpx.Client(verify=_ctx(a["ca"], a["saes"]["sae-a"])) as ha:
+            for _ in range(100):
+                resp = ha.post(f"https://{a['etsi014']}/api/v1/keys/sae-c/enc_keys", json={"number": 2, "size": 256})
+                if resp.status_code != 503:
+                    break
+                time.sleep(0.3)
+            assert resp.status_code == 200, resp.text
+            keys = resp.json()["keys"]
+        with httpx.Client(verify=_ctx(c["ca"], c["saes"]["sae-c"])) as hc:
+            back = hc.post(f"https://{c['etsi014']}/api/v1/keys/sae-a/dec_keys",
+                           json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]}).json()["keys"]
+            assert [(k["key_ID"], base64.b64decode(k["key"])) for k in back] == \
+                   [(k["key_ID"], base64.b64decode(k["key"])) for k in keys]
+            again = hc.post(f"https://{c['etsi014']}/api/v1/keys/sae-a/dec_keys",
+                            json={"key_IDs": [{"key_ID": keys[0]["key_ID"]}]})
+            assert again.status_code == 400  # delivered once, then gone
+    finally:
+        d = sdqkd("net", "down", "--state-dir", str(state))
+        assert d.returncode == 0, d.stderr
+    time.sleep(0.5)
+    assert not any(_alive(p) for p in pids.values())
+
+
+def test_topology_errors_stop_before_anything_starts(tmp_path: Path):
+    topo = tmp_path / "bad.yaml"
+    topo.write_text("nodes: [{name: A}, {name: A}]\nlinks: [{a: A, b: Z, km: -1}]\n")
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 2
+    assert "duplicate node name 'A'" in r.stderr and "unknown node 'Z'" in r.stderr
+    assert not (tmp_path / "s" / "pids.json").exists()
+
+
+def test_port_in_use_is_refused_before_start(tmp_path: Path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    topo = tmp_path / "t.yaml"
+    topo.write_text(TOPO + f"settings: {{base_port: {port}}}\n")
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(tmp_path / "s"))
+    s.close()
+    assert r.returncode == 2 and f"port {port}" in r.stderr and "in use" in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_and_keys_match():
+    r = sdqkd("demo", "--seconds", "40", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "the two ends hold the same key" in r.stdout
+    assert "Quijote - Concepcion" in r.stdout and "leaves nothing running" in r.stdout
