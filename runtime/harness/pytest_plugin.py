@@ -38,8 +38,8 @@ class _Running:
 
 def _inprocess(topology: Any, state: Path, timeout: float) -> _Running:
     """The in-process network runs its own event loop in a thread, so sync tests can use it."""
-    from runtime.harness.inprocess import start_network
     from runtime.controller import topology as tp
+    from runtime.harness.inprocess import start_network
 
     topo = tp.load(topology) if isinstance(topology, (str, Path)) else tp.parse(topology)
     loop = asyncio.new_event_loop()
