@@ -18,6 +18,7 @@ import queue
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from runtime.engine.auth import Authenticator, BufferKeySource
 
 log = logging.getLogger("sdqkd.engine")
 
-AUTH_RESERVE_BYTES = 4096  # taken from each block's key for the next block's tags
+AUTH_RESERVE_BYTES = 1024  # taken from each block's key for the next block's tags (a block uses ~1 kbit)
 SESSION_AUTH_BYTES = 64 * 1024
 HELLO = "hello"
 
@@ -109,6 +110,7 @@ class EngineLink:
         self._channel_factory = channel_factory
         self._on_key, self._on_stats, self._wait_room = on_key, on_stats, wait_room
         self._task: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"link-{params.qkdl_id[:8]}")
         self._incoming: asyncio.Queue[tuple[Any, asyncio.Queue[bytes | None]]] = asyncio.Queue()
         self._stopped = asyncio.Event()
 
@@ -121,6 +123,7 @@ class EngineLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self._thread.shutdown(wait=False, cancel_futures=True)
 
     # ---------------------------------------------------------------- sessions
 
@@ -189,7 +192,10 @@ class EngineLink:
             while not self._stopped.is_set():
                 await self._wait_room(self.p.qkdl_id)
                 t0 = time.monotonic()
-                result, auth_key = await asyncio.to_thread(self._block, transport, session, n, auth_key)
+                # a thread of the link's own: a block waits on its peer, so a shared, bounded pool
+                # would deadlock once more link ends wait than it has workers
+                result, auth_key = await loop.run_in_executor(self._thread, self._block, transport, session, n,
+                                                              auth_key)
                 await self._finish(result, session, n, time.monotonic() - t0)
                 n += 1
                 # never faster than the link's own clock: the simulated block took this long
@@ -218,7 +224,7 @@ class EngineLink:
             rest = rest + result.key[:AUTH_RESERVE_BYTES]
             result.key = result.key[AUTH_RESERVE_BYTES:]
             result.key_bits -= 8 * AUTH_RESERVE_BYTES
-        if len(rest) < 8 * 1024:
+        if len(rest) < 2 * 1024:
             raise RuntimeError("authentication key for the next block ran low; starting a new session")
         return result, rest
 
