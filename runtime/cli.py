@@ -62,6 +62,22 @@ def _net(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from runtime import plots
+
+    out = Path(args.out or f"{args.what}.png")
+    if args.what == "keyrate":
+        rows = plots.plot_keyrate(out, args.profile)
+        print(f"wrote {out}; simulated points: " + ", ".join(f"{r['km']:.0f} km {r['simulated_bps']:.3g} b/s"
+                                                             for r in rows))
+    else:
+        plots.plot_topology(out, args.topology, args.state_dir)
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from codegen.cli import add_arguments
 
@@ -86,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--state-dir", required=True)
     nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
     nt.set_defaults(func=_net)
+    pl = sub.add_parser("plot", help="draw keyrate-vs-distance or the network as a PNG")
+    pl.add_argument("what", choices=["keyrate", "topology"])
+    pl.add_argument("--out", help="PNG file (default: WHAT.png)")
+    pl.add_argument("--profile", default="commercial")
+    pl.add_argument("--topology", help="topology file (topology plot; default: the demo network)")
+    pl.add_argument("--state-dir", help="a running harness network: live rates (topology plot)")
+    pl.set_defaults(func=_plot)
     d = sub.add_parser("demo", help="the main job on the embedded default")
     d.add_argument("--seconds", type=float, default=60.0, help="stop after this long (default 60)")
     d.set_defaults(func=_demo)
