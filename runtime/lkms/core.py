@@ -108,7 +108,8 @@ class Core:
     async def wait_changed(self, qkdl_id: str, timeout: float) -> bool:
         """Wait until the pool changes (keys added or taken) or `timeout` seconds pass."""
         try:
-            await asyncio.wait_for(self.changed_event(qkdl_id).wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it may swallow cancellation (3.11)
+                await self.changed_event(qkdl_id).wait()
             return True
         except TimeoutError:
             return False

@@ -55,6 +55,12 @@ class _Pair:
         self.inflight = 0
 
     def kick(self) -> None:
+        if self.owner.closed:
+            while self.pending:
+                _, fut = self.pending.popleft()
+                if not fut.done():
+                    fut.set_exception(KeyUnavailable("key management system shutting down"))
+            return
         while self.inflight < MAX_INFLIGHT and self.pending:
             batch: list[tuple[int, asyncio.Future[list[AppKey]]]] = []
             n = 0
@@ -80,11 +86,11 @@ class _Pair:
     async def _cycle(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:
         try:
             await self._serve(batch)
-        except Exception as e:
+        except BaseException:  # also on cancellation (shutdown): nobody may wait forever
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(KeyUnavailable("key reservation failed"))
-            raise e
+            raise
 
     async def _serve(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:
         core, link = self.owner.core, self.link
@@ -153,6 +159,7 @@ class Dispensers:
         self.core = core
         self.relay = relay
         self.tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
         self._pairs: dict[tuple[str, str, tuple[str, ...], int], _Pair] = {}
 
     async def get(self, link: Link, master: str, slaves: Sequence[str], bits: int, count: int) -> list[AppKey]:
@@ -175,6 +182,9 @@ class Dispensers:
                     fut.set_exception(KeyUnavailable("key association link removed"))
 
     async def close(self) -> None:
+        self.closed = True
+        for p in self._pairs.values():
+            p.kick()  # fails what is still queued
         for t in list(self.tasks):
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -6,7 +6,8 @@ call. It runs three servers on one asyncio loop:
 - inter-LKMS `KeySync` over gRPC with mutual TLS (keysync.py) for peer nodes,
 over one durable key store (store.py).
 
-Registration API (the agent calls these from its ETSI 015 hooks; all idempotent):
+Registration API (the agent calls these from its ETSI 015 hooks; all idempotent; they may be
+called before or after `await lkms.start()`):
 
     await lkms.set_link(qkdl_id, peer_node_id, peer_kms_address, kind="PHYS"|"VIRT",
                         prev_hop=None, next_hops=(), up=True)
@@ -139,6 +140,8 @@ class Lkms:
         self.outbox.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_loop()))
         for link in self.registry.links.values():
+            if link.is_endpoint:
+                await self.store.ensure_pool(link.qkdl_id, link.kind)
             self.relay.start(link)
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
@@ -205,7 +208,7 @@ class Lkms:
         if old is not None and old.peer_kms_address != peer_kms_address and self._started:
             self.dispensers.drop_link(qkdl_id)
         self.registry.links[qkdl_id] = link
-        if link.is_endpoint:
+        if link.is_endpoint and self._started:  # before start(), start() creates the pool
             await self.store.ensure_pool(qkdl_id, kind)
         if self._started:
             self.relay.stop(qkdl_id)
@@ -228,7 +231,7 @@ class Lkms:
             self.relay.stop(qkdl_id)
             self.dispensers.drop_link(qkdl_id)
             self.streams.drop_link(qkdl_id)
-        if erase:
+        if erase and self._started:
             n = await self.store.drop_pool(qkdl_id)
             log.info("link %s removed, %d keys erased", qkdl_id, n)
 
@@ -267,12 +270,13 @@ class Lkms:
 
     # --- engine ------------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
+        if not self._started:
+            raise RuntimeError("LKMS not started")
         link = self.registry.links.get(qkdl_id)
         if link is None or link.kind != PHYS:
             raise KeyError(f"no physical link {qkdl_id}")
         ids = await self.store.add_block(qkdl_id, material, key_size_bits, block_id)
-        if self._started:
-            self.core.rate(qkdl_id).add(len(ids) * key_size_bits)
+        self.core.rate(qkdl_id).add(len(ids) * key_size_bits)
         return ids
 
     def has_room(self, qkdl_id: str) -> bool:

@@ -20,12 +20,14 @@ class OutboxSender:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self.core.outbox_wakeup.set()  # recovery may have left Releases to send
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -33,9 +35,12 @@ class OutboxSender:
     async def _run(self) -> None:
         core = self.core
         backoff = 0.5
-        while True:
+        while not self._closed:
             try:
-                await asyncio.wait_for(core.outbox_wakeup.wait(), backoff)
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a
+                # cancellation that races with the event being set (the loop then never ends).
+                async with asyncio.timeout(backoff):
+                    await core.outbox_wakeup.wait()
             except TimeoutError:
                 pass
             core.outbox_wakeup.clear()

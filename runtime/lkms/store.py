@@ -34,6 +34,15 @@ AVAILABLE, OUT, IN = int(KeyState.AVAILABLE), int(KeyState.RESERVED_OUT), int(Ke
 _SEP = "\x1f"  # separates pending slave SAE IDs (IDs are URIs/UUIDs, never contain it)
 _MAX_GROUP = 512  # operations committed together at most
 _WAL_MAX = 16 << 20  # checkpoint when the WAL grows beyond this
+_IN_BATCH = 500  # key IDs per "IN (...)" (SQLite allows 32766 parameters)
+
+
+class _Rollback(Exception):
+    """Raised by an operation to undo its changes and still answer `value`."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("rollback")
+        self.value = value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools(
@@ -168,6 +177,10 @@ class SqliteKeyStore:
                     res = fn(tx, *args)
                     conn.execute("RELEASE op")
                     done.append((fut, loop, res, None, tx))
+                except _Rollback as r:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    done.append((fut, loop, r.value, None, None))
                 except Exception as e:  # handed to the awaiting task
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
@@ -380,8 +393,7 @@ class SqliteKeyStore:
         cur = tx.conn.execute(
             f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 ORDER BY seq {order}", (pid,))
         out: list[list[AppKey] | None] = []
-        updates: list[tuple[str, float, bytes, int, int, int]] = []
-        now = time.time()
+        updates: list[tuple[int]] = []
         exhausted = False
         taken_k = taken_b = 0
         for n in counts:
@@ -389,8 +401,8 @@ class SqliteKeyStore:
                 out.append(None if n > 0 else [])
                 continue
             got: list[AppKey] = []
-            pend: list[tuple[str, float, bytes, int, int, int]] = []
-            tb = tk = 0
+            pend: list[tuple[int]] = []
+            tb = 0
             for _ in range(n):
                 parts: list[tuple[int, bytes, int, bytes]] = []
                 acc = 0
@@ -403,24 +415,24 @@ class SqliteKeyStore:
                     acc += row[2]
                 if exhausted:
                     break
-                grp = parts[0][1]
-                for pos, (seq, _kid, pb, _m) in enumerate(parts):
-                    pend.append((txn, now, grp, pos, bits, seq))
+                for seq, _kid, pb, _m in parts:
+                    pend.append((seq,))
                     tb += pb
-                    tk += 1
-                got.append(AppKey(_s(grp), bits, tuple((_s(p[1]), p[2]) for p in parts),
+                got.append(AppKey(_s(parts[0][1]), bits, tuple((_s(p[1]), p[2]) for p in parts),
                                   join_parts([p[3] for p in parts], bits)))
             if exhausted:
                 out.append(None)
                 continue
             out.append(got)
             updates.extend(pend)
-            taken_k += tk
+            taken_k += len(pend)
             taken_b += tb
         cur.close()
         if updates:
-            tx.conn.executemany(
-                "UPDATE keys SET state=1, txn=?, reserved_at=?, grp=?, grp_pos=?, grp_bits=? WHERE seq=?", updates)
+            # The master side needs no group columns: it erases by txn and knows the grouping.
+            now = time.time()
+            tx.conn.executemany("UPDATE keys SET state=1, txn=?, reserved_at=? WHERE seq=?",
+                                [(txn, now, seq) for (seq,) in updates])
             tx.d(pid, av_k=-taken_k, av_b=-taken_b, rs_k=taken_k, rs_b=taken_b)
             tx.changed.add(qkdl_id)
         return out
@@ -437,24 +449,9 @@ class SqliteKeyStore:
                 tx.conn.execute("INSERT OR IGNORE INTO outbox VALUES(?,?,?,?)", (txn, "confirm", c.qkdl_id, time.time()))
         return len(rows)
 
-    def _count_delivered(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
-        per: dict[int, list[int]] = {}
-        for pid, bits in rows:
-            a = per.setdefault(pid, [0, 0])
-            a[0] += 1
-            a[1] += bits
-        for pid, (k, b) in per.items():
-            tx.conn.execute("UPDATE pools SET delivered_keys=delivered_keys+?, delivered_bits=delivered_bits+? "
-                            "WHERE pid=?", (k, b, pid))
-            if reserved:
-                tx.d(pid, rs_k=-k, rs_b=-b, dl_k=k, dl_b=b)
-            else:
-                tx.d(pid, av_k=-k, av_b=-b, dl_k=k, dl_b=b)
-            c = self._by_pid.get(pid)
-            if c is not None:
-                tx.changed.add(c.qkdl_id)
-
-    def _count_erased(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
+    def _count(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool, delivered: bool) -> None:
+        """Count erased rows (pid, bits) out of the reserved or available figures; `delivered`
+        also counts them as delivered to applications (in memory and in the pools table)."""
         per: dict[int, list[int]] = {}
         for pid, bits in rows:
             a = per.setdefault(pid, [0, 0])
@@ -465,9 +462,19 @@ class SqliteKeyStore:
                 tx.d(pid, rs_k=-k, rs_b=-b)
             else:
                 tx.d(pid, av_k=-k, av_b=-b)
+            if delivered:
+                tx.conn.execute("UPDATE pools SET delivered_keys=delivered_keys+?, delivered_bits=delivered_bits+? "
+                                "WHERE pid=?", (k, b, pid))
+                tx.d(pid, dl_k=k, dl_b=b)
             c = self._by_pid.get(pid)
             if c is not None:
                 tx.changed.add(c.qkdl_id)
+
+    def _count_delivered(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
+        self._count(tx, rows, reserved, delivered=True)
+
+    def _count_erased(self, tx: _Tx, rows: list[tuple[int, int]], reserved: bool) -> None:
+        self._count(tx, rows, reserved, delivered=False)
 
     def _erase_txn(self, tx: _Tx, txn: str, state: int | None = None) -> int:
         if state is None:
@@ -652,20 +659,22 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return None
-        rows = []
-        for kid in blobs:
-            r = tx.conn.execute("SELECT seq, bits, material FROM keys WHERE kid=? AND pid=? AND state=0",
-                                (kid, c.pid)).fetchone()
-            if r is None:
-                return None
-            rows.append((kid, *r))
-        tx.conn.executemany("DELETE FROM keys WHERE seq=?", [(r[1],) for r in rows])
-        counted = [(c.pid, r[2]) for r in rows]
+        found: dict[bytes, tuple[int, bytes]] = {}
+        for i in range(0, len(blobs), _IN_BATCH):  # one DELETE ... RETURNING per batch of IDs
+            part = blobs[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            for kid, bits, material in tx.conn.execute(
+                    f"DELETE FROM keys WHERE kid IN ({marks}) AND +pid=? AND +state=0 RETURNING kid, bits, material",
+                    (*part, c.pid)):
+                found[kid] = (bits, material)
+        if len(found) != len(blobs):
+            raise _Rollback(None)  # some key is missing: undo the deletes, take nothing
+        counted = [(c.pid, b) for b, _ in found.values()]
         if delivered:
             self._count_delivered(tx, counted, reserved=False)
         else:
             self._count_erased(tx, counted, reserved=False)
-        return [LinkKey(_s(r[0]), r[2], r[3]) for r in rows]
+        return [LinkKey(_s(k), *found[k]) for k in blobs]
 
     async def missing(self, qkdl_id: str, key_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         return await self._submit(self._missing, qkdl_id, list(key_ids))

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 S = pb.Status
 JSON = "application/json"
+_MAX_ASSIGN_KEYS = 16384  # link keys per AssignStream
 
 
 class CallerRefused(Exception):
@@ -92,14 +93,16 @@ class StreamManager:
         self.core = core
         self.streams: dict[str, Stream] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[str]] = set()
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        tasks = [*self._bg, *([self._sweeper] if self._sweeper else [])]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for s in self.streams.values():
             s.wipe()
             s.wake()
@@ -242,6 +245,20 @@ class StreamManager:
         return kms_pb2.TxnResponse(ok=False, reason="key stream ID in use")
 
     # --- chunk assignment ------------------------------------------------------------------
+    def _max_ahead(self, s: Stream) -> int:
+        """Chunks assigned ahead at most: the limit, and at most _MAX_ASSIGN_KEYS link keys per
+        AssignStream (stays far below gRPC's 4 MiB message limit)."""
+        parts = max(1, -(-s.chunk_bits // 256))
+        return max(1, min(self.core.limits.stream_prefetch_max, _MAX_ASSIGN_KEYS // parts))
+
+    def _read_ahead(self, s: Stream, delivered: int) -> None:
+        """Owner: assign the next batch in the background while the application still has half
+        a batch left, so a busy stream rarely waits for an assignment round trip."""
+        if s.owner and not s.lock.locked() and s.assigned - delivered <= s.prefetch // 2:
+            task = asyncio.get_running_loop().create_task(self._allocate(s, s.assigned))
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
+
     async def _allocate(self, s: Stream, index: int) -> str:
         """Owner: make sure chunks up to `index` are assigned. "ok" | "short" | "peer"."""
         core = self.core
@@ -255,10 +272,11 @@ class StreamManager:
                 need = index + 1 - s.assigned
                 now = time.monotonic()
                 # Assign ahead while the application keeps asking (doubling, bounded).
-                s.prefetch = min(core.limits.stream_prefetch_max, s.prefetch * 2) if now - s.last_alloc < 1.0 else 8
+                s.prefetch = min(self._max_ahead(s), s.prefetch * 2) if now - s.last_alloc < 1.0 else 8
                 s.last_alloc = now
                 txn = f"stream-{uuid.uuid4()}"
-                got = await core.store.reserve_out(s.qkdl_id, txn, [need, s.prefetch], s.chunk_bits,
+                extra = max(0, s.prefetch - need)
+                got = await core.store.reserve_out(s.qkdl_id, txn, [need, extra], s.chunk_bits,
                                                    core.from_back(link))
                 if got[0] is None:
                     return "short"
@@ -360,6 +378,7 @@ class StreamManager:
         if idx >= s.cursor:
             s.cursor = idx + 1
         self.core.charge(s.app, len(data) * 8, 1)
+        self._read_ahead(s, idx + 1)
         return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
                                  metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
 

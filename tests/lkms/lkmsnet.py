@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import threading
 import time
@@ -22,6 +23,9 @@ from runtime.lkms import pki
 from runtime.lkms.core import Limits
 from runtime.lkms.node import Lkms
 from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context
+
+# Anything in a log that looks like 16+ bytes of hex or base64 (UUIDs are split by dashes).
+LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")
 
 
 class LoopThread:

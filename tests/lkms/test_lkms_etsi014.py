@@ -13,7 +13,7 @@ import uuid
 
 import httpx
 import pytest
-from lkmsnet import Net, Pki
+from lkmsnet import LONG_BLOB, Net, Pki
 
 from runtime.lkms import pki
 from runtime.lkms.tlsctx import https_client_context
@@ -227,3 +227,4 @@ def test_no_key_bytes_in_logs(net2: Net, caplog: pytest.LogCaptureFixture) -> No
         raw = base64.b64decode(k["key"])
         for needle in (k["key"], raw.hex(), raw.hex().upper(), base64.b64encode(raw[:12]).decode(), raw[:12].hex()):
             assert needle not in text
+    assert not LONG_BLOB.search(text)

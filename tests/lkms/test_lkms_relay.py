@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import uuid
 
-from lkmsnet import Net
+import pytest
+from lkmsnet import LONG_BLOB, Net
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import kms_pb2
@@ -28,7 +31,23 @@ def settle(net: Net) -> None:
     net.run(wait(), timeout=20)
 
 
-def test_relayed_keys_via_014_and_004(net3: Net) -> None:
+def test_relayed_keys_via_014_and_004(net3: Net, caplog: pytest.LogCaptureFixture) -> None:
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            delivered = _exchange(net3)
+    finally:
+        root.setLevel(old)
+    text = "\n".join(r.getMessage() + " " + repr(r.args) for r in caplog.records)
+    assert caplog.records and not LONG_BLOB.search(text)
+    for raw in delivered:
+        assert raw.hex() not in text and base64.b64encode(raw).decode() not in text
+
+
+def _exchange(net3: Net) -> list[bytes]:
+    """Keys over the virtual link both ways with ETSI 014 and with ETSI 004; the key bytes."""
     a, c = net3.client("a"), net3.client("c")
     r = a.post(net3.url("A") + "/c/enc_keys", json={"number": 40, "size": 512})  # more than the fill level
     assert r.status_code == 200, r.text
@@ -51,6 +70,7 @@ def test_relayed_keys_via_014_and_004(net3: Net) -> None:
     gc = kc.GetKey(pb.GetKeyRequest(key_stream_id=o.key_stream_id))
     assert ga.status == gc.status == pb.Status.SUCCESSFUL and ga.key_buffer == gc.key_buffer
     ka.Close(pb.CloseRequest(key_stream_id=o.key_stream_id))
+    return [base64.b64decode(k["key"]) for k in keys + r.json()["keys"]] + [ga.key_buffer]
 
 
 def test_pools_stay_consistent_and_pads_are_used_once(net3: Net) -> None:

@@ -1,0 +1,70 @@
+"""The registration and engine API of `Lkms` (what the agent and the engine call)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from lkmsnet import LoopThread, Net, Pki
+
+from runtime.lkms.core import Limits
+
+
+@pytest.fixture(scope="module")
+def small(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    net = Net(lt, tpki, tmp_path_factory.mktemp("small"), {"A": ["sa"], "B": ["sb"]},
+              limits=Limits(max_key_count=64))
+    q = net.phys("A", "B")
+    net.app("appS", ("sa", "A"), [("sb", "B")], q)
+    yield net
+    net.close()
+
+
+def test_back_pressure_and_stats(small: Net) -> None:
+    a = small.nodes["A"]
+    q = small.links[frozenset(("A", "B"))]
+    assert a.has_room(q)
+    small.feed("A", "B", 64)
+    assert not a.has_room(q)
+
+    async def wait_room() -> bool:
+        waiter = asyncio.ensure_future(a.wait_for_room(q))
+        await asyncio.sleep(0)
+        return waiter.done()
+
+    assert small.run(wait_room()) is False
+    waiter = asyncio.run_coroutine_threadsafe(a.wait_for_room(q), small.lt.loop)
+    r = small.client("sa").post(small.url("A") + "/sb/enc_keys", json={"number": 2})
+    assert r.status_code == 200
+    waiter.result(10)  # released by the delivery (no timing assumption: it just has to happen)
+    st = a.key_store_stats()
+    assert st["max-key-count"] == 64 and st["stored-keys"] == 62 and st["stored-bits"] == 62 * 256
+    assert st["pool"] == [{"qkdl-id": q, "stored-keys": 62, "stored-bits": 62 * 256, "delivered-keys": 2}]
+    stats = a.app_stats("appS")
+    assert stats["app_status"] == "ON" and stats["consumed_bits"] == 512 and stats["consumed_keys"] == 2
+    assert stats["creation_time"].endswith("Z") and stats["statistics"][0]["consumed_bits"] == 512
+
+
+def test_unregister_and_remove_link(small: Net) -> None:
+    q = small.links[frozenset(("A", "B"))]
+    for n in small.nodes.values():
+        n.unregister_app("appS")
+    assert small.client("sa").get(small.url("A") + "/sb/enc_keys").status_code == 400
+    with pytest.raises(KeyError):
+        small.nodes["A"].app_stats("appS")
+    for n in small.nodes.values():
+        small.run(n.remove_link(q))
+        assert n.store.pool_stats(q) is None and small.states("A", q) == {}
+    with pytest.raises(KeyError):
+        small.run(small.nodes["A"].add_block(q, bytes(32), 256, "late"))
+
+
+def test_link_arguments_are_checked(small: Net) -> None:
+    a = small.nodes["A"]
+    with pytest.raises(ValueError):
+        small.run(a.set_link("x", "far", "127.0.0.1:1", kind="VIRT", next_hops=["mid", "elsewhere"]))
+    with pytest.raises(ValueError):
+        small.run(a.set_link("x", "far", "127.0.0.1:1", kind="OTHER"))
+    with pytest.raises(ValueError):
+        a.register_app("bad", "sa", [], a.node_id, "far", ["x"])
