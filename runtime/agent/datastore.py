@@ -62,21 +62,7 @@ def decode(spath: str, raw: Any, where: str, *, config_only: bool) -> Any:
     if kind in ("container", "notification"):
         if not isinstance(raw, dict):
             raise ValueError_(f"{where}: expected a JSON object for {kind}, got {type(raw).__name__}")
-        out_c: dict[str, Any] = {}
-        for member, v in raw.items():
-            if not isinstance(member, str):
-                raise ValueError_(f"{where}: member names must be strings")
-            try:
-                name = strip_prefix(member)
-            except PathError as e:
-                raise PathError(f"{where}: {e}") from None
-            cp = child_path(spath, name)
-            if cp not in NODES:
-                raise PathError(f"{where}: unknown member {member!r}")
-            if name in out_c:
-                raise ValueError_(f"{where}: member {name!r} given twice")
-            out_c[name] = decode(cp, v, f"{where}/{name}", config_only=config_only)
-        return out_c
+        return _decode_members(spath, raw, where, config_only)
     raise PathError(f"{where}: cannot hold data ({kind})")
 
 
@@ -113,6 +99,8 @@ def _from_key_text(leaf: dict[str, Any], text: str, where: str) -> Any:
 def _decode_members(spath: str, raw: dict[str, Any], where: str, config_only: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for member, v in raw.items():
+        if not isinstance(member, str):
+            raise ValueError_(f"{where}: member names must be strings")
         try:
             name = strip_prefix(member)
         except PathError as e:
