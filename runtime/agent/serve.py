@@ -14,7 +14,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 from .server import NodeAgent
 

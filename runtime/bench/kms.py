@@ -46,7 +46,7 @@ def _cpu_s(pid: int) -> float:
 # --- two LKMS node processes ---------------------------------------------------------------
 class _Nodes:
     def __init__(self, tmp: Path, keys: int) -> None:
-        from runtime.lkms import pki
+        from runtime import pki
 
         self.tmp = tmp
         ca, ca_path = pki.write_ca(tmp / "pki")
@@ -237,7 +237,7 @@ def bench_004(tmp: Path, runs: int, n: int) -> dict[str, Any]:
 
 
 async def _relay_chain(tmp: Path, hops: int, n: int) -> float:
-    from runtime.lkms import pki
+    from runtime import pki
     from runtime.lkms.core import Limits
     from runtime.lkms.node import Lkms
 

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from generated.client import ModelClient
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology

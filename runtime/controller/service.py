@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 from .controller import Controller, NodeEndpoint
 from .topology import parse

@@ -13,9 +13,9 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
-from runtime.lkms.pki import write_ca, write_identity
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
+from runtime.pki import write_ca, write_identity
 
 
 @dataclass

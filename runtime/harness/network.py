@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
-from runtime.lkms.pki import write_ca, write_identity
+from runtime.pki import write_ca, write_identity
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
 

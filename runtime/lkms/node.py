@@ -62,13 +62,13 @@ from runtime.lkms.etsi014 import Etsi014
 from runtime.lkms.keysync import KeySyncService
 from runtime.lkms.outbox import OutboxSender
 from runtime.lkms.peers import PeerClients
-from runtime.lkms.pki import TlsFiles
 from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
 from runtime.lkms.relay import Relay
 from runtime.lkms.store import SqliteKeyStore
 from runtime.lkms.store_api import KeyStore
 from runtime.lkms.streams import StreamManager
 from runtime.lkms.tlsctx import grpc_server_credentials, https_server_context
+from runtime.pki import TlsFiles
 
 log = logging.getLogger(__name__)
 

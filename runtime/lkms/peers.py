@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 
 from generated.proto.sdqkd import kms_pb2_grpc
-from runtime.lkms.pki import TlsFiles
 from runtime.lkms.tlsctx import grpc_channel_credentials
+from runtime.pki import TlsFiles
 
 _OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.http2.max_pings_without_data", 0)]
 

@@ -31,7 +31,7 @@ import yaml
 
 from runtime.lkms.core import Limits
 from runtime.lkms.node import Lkms
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 
 def dev_block(seed: str, qkdl_id: str, index: int, nbytes: int) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 
 def https_server_context(tls: TlsFiles) -> ssl.SSLContext:

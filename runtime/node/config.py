@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from runtime.lkms.pki import TlsFiles
+from runtime.pki import TlsFiles
 
 
 class ConfigError(ValueError):

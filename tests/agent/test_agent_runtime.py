@@ -182,7 +182,7 @@ def test_plain_text_only_on_loopback():
 
 
 def test_server_only_tls_and_mutual_tls(tmp_path):
-    from runtime.lkms.pki import write_ca, write_identity
+    from runtime.pki import write_ca, write_identity
 
     ca, ca_path = write_ca(tmp_path)
     srv = write_identity(ca, ca_path, tmp_path, "node", server=True)

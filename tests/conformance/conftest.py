@@ -58,7 +58,7 @@ class Target:
 
 
 def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
-    from runtime.lkms.pki import write_ca, write_identity
+    from runtime.pki import write_ca, write_identity
 
     ca, ca_path = write_ca(tmp / "pki")
     server = write_identity(ca, ca_path, tmp / "pki", "node-a", server=True)

@@ -19,7 +19,7 @@ import grpc
 import httpx
 
 from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime.lkms import pki
+from runtime import pki
 from runtime.lkms.core import Limits
 from runtime.lkms.node import Lkms
 from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from lkmsnet import LONG_BLOB, Net, Pki
 
-from runtime.lkms import pki
+from runtime import pki
 from runtime.lkms.tlsctx import https_client_context
 
 STATUS_FIELDS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size", "stored_key_count",

@@ -1,9 +1,9 @@
-"""A tiny PKI for sdqkd: one CA, node certificates (server and client auth, SAN 127.0.0.1 and
-localhost, CN = node ID) and SAE client certificates (CN = SAE ID), made with `cryptography`.
+"""A tiny PKI for sdqkd networks, shared by the agent, the LKMS, the harness and the tests: one
+CA, node certificates (server and client auth, SAN 127.0.0.1 and localhost, CN = node ID) and
+SAE client certificates (CN = SAE ID), made with `cryptography`.
 
 ECDSA P-256 keys: handshakes are several times cheaper than RSA-2048, which matters for the
-ETSI 014 benchmark and for test start-up. Used by the LKMS tests now and by the harness later;
-nothing here is LKMS-specific, so it can move to runtime/common unchanged.
+ETSI 014 benchmark and for start-up of test networks.
 """
 
 from __future__ import annotations
