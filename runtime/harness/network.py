@@ -191,6 +191,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
         for name, r in ready.items():
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
+            _pin_ports(Path(desc["nodes"][name]["config"]), r)
         lay.network.write_text(json.dumps(desc, indent=2))
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
@@ -205,6 +206,16 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     tmp.write_text(json.dumps(endpoints, indent=2))
     tmp.replace(lay.endpoints)
     return endpoints
+
+
+def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
+    """Write the ports a node actually bound back into its config, so that a node restarted
+    with `sdqkd node --config` comes back where the controller and its peers expect it."""
+    cfg = yaml.safe_load(config.read_text())
+    for svc in SERVICES:
+        if svc in ready:
+            cfg[svc]["listen"] = ready[svc]
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
