@@ -50,7 +50,7 @@ def _net(args: argparse.Namespace) -> int:
             if not args.topology:
                 print("sdqkd net up: TOPOLOGY file required", file=sys.stderr)
                 return 2
-            eps = network.up(args.topology, args.state_dir, timeout=args.timeout)
+            eps = network.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
             print(json.dumps(eps, indent=2))
             print(f"network up; endpoints in {args.state_dir}/endpoints.json", file=sys.stderr)
         else:
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("topology", nargs="?", help="topology YAML (for up)")
     nt.add_argument("--state-dir", required=True)
     nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
+    nt.add_argument("--netns", action="store_true", help="each node in its own network namespace (root)")
     nt.set_defaults(func=_net)
     pl = sub.add_parser("plot", help="draw keyrate-vs-distance or the network as a PNG")
     pl.add_argument("what", choices=["keyrate", "topology"])

@@ -65,9 +65,13 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def plan_ports(topo: Topology, host: str = "127.0.0.1") -> dict[str, dict[str, str]]:
+def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
+               ) -> dict[str, dict[str, str]]:
     """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
-    node order) and each is checked free before anything starts; otherwise port 0 (the OS picks)."""
+    node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
+    With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
+    if hosts:
+        return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
     base = topo.extra.get("settings", {}).get("base_port") if isinstance(topo.extra.get("settings"), dict) else None
     out: dict[str, dict[str, str]] = {}
     busy = []
@@ -84,14 +88,15 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1") -> dict[str, dict[str, s
     return out
 
 
-def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[str, Any]:
+def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
+            hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
     settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
     engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
-    ports = plan_ports(topo, host)
+    ports = plan_ports(topo, host, hosts)
     ca, ca_path = write_ca(lay.pki)
     password = secrets.token_urlsafe(18)
     pw_file = lay.pki / "gnmi-password"
@@ -119,7 +124,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1") -> dict[st
         nd = lay.node_dir(name)
         nd.mkdir(parents=True, exist_ok=True)
         # node certificates carry the node ID as CN: peers authorise KeySync calls by it
-        ident = write_identity(ca, ca_path, nd / "tls", node.id, server=True, sans=(host, "localhost"))
+        ident = write_identity(ca, ca_path, nd / "tls", node.id, server=True,
+                               sans=((hosts or {}).get(name, host), "localhost"))
         cfg = {
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
@@ -147,9 +153,10 @@ def topology_data(topo: Topology) -> dict[str, Any]:
     }
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+    wrap = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.Popen([*wrap, sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -171,7 +178,7 @@ def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Pope
 
 
 def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0,
-       progress: Any = None) -> dict[str, Any]:
+       progress: Any = None, netns: bool = False) -> dict[str, Any]:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
     `progress()` is called while waiting (the demo prints the live table from it)."""
     from runtime.controller import topology as tp
@@ -180,13 +187,23 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     lay = Layout(state)
-    desc = prepare(topo, state)
+    ns_hosts: dict[str, dict[str, str]] = {}
+    if netns:
+        from runtime.harness import netns as nsmod
+
+        ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
+    try:
+        desc = prepare(topo, state, hosts={n: h["ip"] for n, h in ns_hosts.items()} or None)
+    except BaseException:
+        _destroy_netns(state)
+        raise
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, nd in desc["nodes"].items():
-            procs[f"node-{name}"] = _spawn(["node", "--config", nd["config"]], logs / f"node-{name}.log")
+            procs[f"node-{name}"] = _spawn(["node", "--config", nd["config"]], logs / f"node-{name}.log",
+                                           ns_hosts.get(name, {}).get("netns"))
         _write_pids(lay, procs)
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
         for name, r in ready.items():
@@ -200,6 +217,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     except BaseException:
         _stop(procs)
         lay.pids.unlink(missing_ok=True)
+        _destroy_netns(state)
         raise
     endpoints = endpoints_of(desc)
     tmp = lay.endpoints.with_suffix(".tmp")
@@ -292,7 +310,15 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
                 pass
     lay.pids.unlink()
     lay.endpoints.unlink(missing_ok=True)
+    _destroy_netns(lay.root)
     return stopped
+
+
+def _destroy_netns(state: Path) -> None:
+    if (state / "netns.json").exists():
+        from runtime.harness import netns as nsmod
+
+        nsmod.destroy(state / "netns.json")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,71 @@
+"""Multi-host networks on one machine: each node in a network namespace of its own, joined to
+the host by a veth pair on one bridge (`ip netns`, `ip link`, from iproute2; needs root).
+The nodes then talk over real, separate network stacks; the controller stays on the host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+BRIDGE = "sdqkdbr0"
+PREFIX = "10.77.0"  # a private /24 that only these test hosts use
+HOST_IP = f"{PREFIX}.1"
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)}: {r.stderr.strip() or r.returncode}")
+
+
+def available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    try:
+        _ip("netns", "add", "sdqkdprobe")
+        _ip("netns", "del", "sdqkdprobe")
+    except (NetnsError, FileNotFoundError) as e:
+        return f"network namespaces unavailable: {e}"
+    return None
+
+
+def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
+    """One namespace per node name; returns {name: {netns, ip}} and records it for teardown."""
+    hosts: dict[str, dict[str, str]] = {}
+    made: dict[str, object] = {"bridge": BRIDGE, "netns": [], "veth": []}
+    try:
+        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
+        _ip("link", "set", BRIDGE, "up")
+        for i, name in enumerate(names):
+            ns, veth, addr = f"sdqkd{i}", f"vsdqkd{i}", f"{PREFIX}.{10 + i}"
+            _ip("netns", "add", ns)
+            made["netns"].append(ns)  # type: ignore[union-attr]
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            made["veth"].append(veth)  # type: ignore[union-attr]
+            _ip("link", "set", veth, "master", BRIDGE)
+            _ip("link", "set", veth, "up")
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            hosts[name] = {"netns": ns, "ip": addr}
+    finally:
+        record.write_text(json.dumps(made))
+    return hosts
+
+
+def destroy(record: Path) -> None:
+    """Remove what `create` made (namespaces first: their veth ends go with them)."""
+    if not record.exists():
+        return
+    made = json.loads(record.read_text())
+    for ns in made.get("netns", []):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    for veth in made.get("veth", []):
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+    subprocess.run(["ip", "link", "del", made.get("bridge", BRIDGE)], capture_output=True)
+    record.unlink()
