@@ -10,8 +10,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 # Namespace for IDs derived from names, so a topology without explicit IDs is reproducible.
 NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
 
@@ -192,11 +190,6 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
 
 
 def load(path: str | Path) -> Topology:
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise TopologyError(f"{p}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise TopologyError(f"{p}: not valid YAML ({e})") from None
-    return parse(data, str(p))
+    from runtime.yamlfile import read_yaml
+
+    return parse(read_yaml(path, TopologyError), str(Path(path)))

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runtime.pki import TlsFiles
+from runtime.yamlfile import read_yaml
 
 
 class ConfigError(ValueError):
@@ -49,12 +48,7 @@ def _listen(v: Any, key: str, problems: list[str]) -> str:
 def load_config(path: str | Path) -> NodeConfig:
     """Parse and check a node config file; ConfigError lists every problem."""
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    raw = read_yaml(p, ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []

@@ -33,16 +33,12 @@
 #define CLONES
 #endif
 
+#include "bitorder.h"
+
 typedef uint64_t u64;
 
 /* ---- byte-order and bit-order conversion ---------------------------------------------- */
 
-static inline u64 rev_bits_in_bytes(u64 x) {
-    x = ((x >> 1) & 0x5555555555555555ULL) | ((x & 0x5555555555555555ULL) << 1);
-    x = ((x >> 2) & 0x3333333333333333ULL) | ((x & 0x3333333333333333ULL) << 2);
-    x = ((x >> 4) & 0x0F0F0F0F0F0F0F0FULL) | ((x & 0x0F0F0F0F0F0F0F0FULL) << 4);
-    return x;
-}
 
 static inline u64 load_le64(const uint8_t *p) {
     u64 v;

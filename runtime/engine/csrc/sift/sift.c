@@ -13,14 +13,10 @@
 #define HAVE_X86 1
 #endif
 
+#include "bitorder.h"
+
 typedef uint64_t u64;
 
-static inline u64 rev_bits_in_bytes(u64 x) {
-    x = ((x >> 1) & 0x5555555555555555ULL) | ((x & 0x5555555555555555ULL) << 1);
-    x = ((x >> 2) & 0x3333333333333333ULL) | ((x & 0x3333333333333333ULL) << 2);
-    x = ((x >> 4) & 0x0F0F0F0F0F0F0F0FULL) | ((x & 0x0F0F0F0F0F0F0F0FULL) << 4);
-    return x;
-}
 /* 64 bits [64w, 64w + 64) of a packed MSB-first buffer as an LSB-first word (bit i at i). */
 static inline u64 load_block(const uint8_t *buf, size_t nbytes, size_t w) {
     u64 v = 0;
