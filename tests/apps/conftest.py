@@ -1,0 +1,28 @@
+"""One in-process QKD network shared by the application adapter tests (starting one costs a few
+seconds): a line A - B - C of 10 km links, so pairs across A and C go over a relay path.
+SAEs: sae-a1..a4 on A, sae-b1..b2 on B, sae-c1..c4 on C. Tests call `apps_net.request_keys(m, s)`
+to have the controller set up key delivery for the pair they use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.harness.pytest_plugin import _inprocess
+
+TOPOLOGY = {
+    "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
+    "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],
+    "saes": [{"name": f"sae-{n.lower()}{i}", "node": n} for n, k in (("A", 4), ("B", 2), ("C", 4))
+             for i in range(1, k + 1)],
+}
+
+
+@pytest.fixture(scope="session")
+def apps_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    net = _inprocess(TOPOLOGY, tmp_path_factory.mktemp("apps-net"), timeout=120.0)
+    try:
+        yield net
+    finally:
+        net.stop()
