@@ -1,6 +1,6 @@
 """One in-process QKD network shared by the application adapter tests (starting one costs a few
 seconds): a line A - B - C of 10 km links, so pairs across A and C go over a relay path.
-SAEs: sae-a1..a4 on A, sae-b1..b2 on B, sae-c1..c4 on C. Tests call `apps_net.request_keys(m, s)`
+SAEs: sae-a1..a5 on A, sae-b1..b4 on B, sae-c1..c5 on C (each test module uses its own pairs). Tests call `apps_net.request_keys(m, s)`
 to have the controller set up key delivery for the pair they use."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from runtime.harness.pytest_plugin import _inprocess
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
     "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],
-    "saes": [{"name": f"sae-{n.lower()}{i}", "node": n} for n, k in (("A", 4), ("B", 2), ("C", 4))
+    "saes": [{"name": f"sae-{n.lower()}{i}", "node": n} for n, k in (("A", 5), ("B", 4), ("C", 5))
              for i in range(1, k + 1)],
 }
 
