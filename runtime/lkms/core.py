@@ -31,7 +31,8 @@ class Limits:
     chunk_default: int = 32  # ETSI 004 key_chunk_size when the application asks for 0, bytes
     chunk_max: int = 65536
     stream_ttl_default_s: int = 600
-    stream_prefetch_max: int = 1024  # chunks a stream owner assigns ahead at most
+    stream_prefetch_max: int = 1024  # chunks a stream owner assigns per batch at most (up to 2 batches ahead)
+    etsi004_server: str = "h2"  # "h2" (h2grpc.py, fast pipelined GetKeyStream) or "grpcio"
     rpc_timeout_s: float = 5.0
 
     @classmethod

@@ -57,7 +57,7 @@ from aiohttp import web
 from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
 from runtime.lkms.core import Core, Limits
 from runtime.lkms.dispenser import Dispensers
-from runtime.lkms.etsi004 import KeyDeliveryService
+from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
 from runtime.lkms.etsi014 import Etsi014
 from runtime.lkms.keysync import KeySyncService
 from runtime.lkms.outbox import OutboxSender
@@ -67,7 +67,7 @@ from runtime.lkms.relay import Relay
 from runtime.lkms.store import SqliteKeyStore
 from runtime.lkms.store_api import KeyStore
 from runtime.lkms.streams import StreamManager
-from runtime.lkms.tlsctx import grpc_server_credentials, https_server_context
+from runtime.lkms.tlsctx import grpc_h2_server_context, grpc_server_credentials, https_server_context
 from runtime.pki import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,9 @@ class Lkms:
         sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
         self.addresses["etsi014"] = f"{host}:{sock.getsockname()[1]}"
 
-        self._g004 = grpc.aio.server()
-        etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, core.tls), self._g004)
-        self.addresses["etsi004"] = self._add_port(self._g004, self._listen["etsi004"])
+        self._g004: grpc.aio.Server | None = None
+        self._h004: Any = None  # h2grpc.GrpcServer
+        await self._start_004()
         # classical-channel frames of large key blocks exceed gRPC's 4 MB default
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                                                ("grpc.max_send_message_length", 256 * 1024 * 1024)])
@@ -133,7 +133,8 @@ class Lkms:
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
-        await self._g004.start()
+        if self._g004 is not None:
+            await self._g004.start()
         await self._gsync.start()
 
         self.streams.start()
@@ -145,6 +146,28 @@ class Lkms:
             self.relay.start(link)
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
+
+    async def _start_004(self) -> None:
+        """The ETSI 004 server: h2grpc's (default) or grpcio's (Limits.etsi004_server)."""
+        kind = self.limits.etsi004_server
+        if kind not in ("h2", "grpcio"):
+            raise ValueError(f"etsi004_server must be h2 or grpcio, not {kind!r}")
+        if kind == "h2":
+            try:
+                from runtime.lkms import h2grpc
+            except ImportError:  # the h2 package is missing: still serve, more slowly
+                log.warning("ETSI 004: the h2 package is not installed; using the grpcio server")
+                kind = "grpcio"
+        if kind == "h2":
+            host, port = _split(self._listen["etsi004"])
+            self._h004 = h2grpc.GrpcServer(h2_handlers(self.streams),
+                                           grpc_h2_server_context(self.tls) if self.tls else None)
+            self.addresses["etsi004"] = f"{host}:{await self._h004.start(host, port)}"
+        else:
+            self._g004 = grpc.aio.server()
+            etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, self.core.tls),
+                                                               self._g004)
+            self.addresses["etsi004"] = self._add_port(self._g004, self._listen["etsi004"])
 
     def _add_port(self, server: grpc.aio.Server, listen: str) -> str:
         host, port = _split(listen)
@@ -167,7 +190,10 @@ class Lkms:
         await self.outbox.close()
         await self.dispensers.close()
         await self.streams.close()
-        await self._g004.stop(0.5)
+        if self._g004 is not None:
+            await self._g004.stop(0.5)
+        if self._h004 is not None:
+            await self._h004.stop(0.5)
         await self._gsync.stop(0.5)
         await self._web.cleanup()
         await self.peers.close()

@@ -69,6 +69,7 @@ class Stream:
     assigned: int = 0  # chunks 0..assigned-1 have been assigned (delivered, waiting or expired)
     cursor: int = 0
     prefetch: int = 8
+    reading_ahead: bool = False  # a background assignment (_read_ahead) is scheduled or running
     last_alloc: float = 0.0
     next_send: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -252,12 +253,20 @@ class StreamManager:
         return max(1, min(self.core.limits.stream_prefetch_max, _MAX_ASSIGN_KEYS // parts))
 
     def _read_ahead(self, s: Stream, delivered: int) -> None:
-        """Owner: assign the next batch in the background while the application still has half
-        a batch left, so a busy stream rarely waits for an assignment round trip."""
-        if s.owner and not s.lock.locked() and s.assigned - delivered <= s.prefetch // 2:
-            task = asyncio.get_running_loop().create_task(self._allocate(s, s.assigned))
+        """Owner: assign the next batch in the background while the application still has a
+        batch left, so a busy stream does not wait for the assignment round trip (which takes
+        about as long as a fast application needs to use half a batch)."""
+        if s.owner and not s.reading_ahead and not s.lock.locked() and s.assigned - delivered <= s.prefetch:
+            s.reading_ahead = True  # one at a time: a batch of GET_KEYs must not spawn one each
+            task = asyncio.get_running_loop().create_task(self._allocate_ahead(s))
             self._bg.add(task)
             task.add_done_callback(self._bg.discard)
+
+    async def _allocate_ahead(self, s: Stream) -> str:
+        try:
+            return await self._allocate(s, s.assigned)
+        finally:
+            s.reading_ahead = False
 
     async def _allocate(self, s: Stream, index: int) -> str:
         """Owner: make sure chunks up to `index` are assigned. "ok" | "short" | "peer"."""
@@ -294,12 +303,20 @@ class StreamManager:
                     if unknown or busy:
                         continue
                     return "peer"
-                await core.store.commit_out(txn, confirm=False)
+                # The peer holds the chunks now: deliverable here at once; erasing our reserved
+                # copies (commit_out, one more fsync) need not hold the application up. A crash
+                # before that commit cannot return them to the pool: recovery erases every
+                # RESERVED_OUT key.
                 t = time.monotonic()
                 for i, k in enumerate(keys):
                     s.chunks[s.assigned + i] = (bytearray(k.material), t)
                 s.assigned += len(keys)
                 s.wake()
+                if core.fault == "pause_before_stream_commit":
+                    log.warning("fault injection: paused before stream commit txn %s keys %s", txn,
+                                ",".join(p for k in keys for p, _ in k.parts))
+                    await asyncio.Event().wait()
+                await core.store.commit_out(txn, confirm=False)
                 return "ok"
             return "short"
 
@@ -346,7 +363,8 @@ class StreamManager:
             return b""
         return json.dumps({"key_stream_id": s.ksid, "index": index}, separators=(",", ":")).encode()
 
-    async def get_key(self, req: pb.GetKeyRequest, caller: str | None) -> pb.GetKeyResponse:
+    def _check(self, req: pb.GetKeyRequest, caller: str | None) -> tuple[Stream, int, bytes] | pb.GetKeyResponse:
+        """GET_KEY checks that need no waiting: (stream, index, metadata) or the final answer."""
         s = self.streams.get(req.key_stream_id)
         if s is None or not s.local_connected:
             return pb.GetKeyResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
@@ -359,6 +377,32 @@ class StreamManager:
         if md and req.metadata.size < len(md):
             return pb.GetKeyResponse(status=S.GET_KEY_METADATA_INSUFFICIENT_SIZE, index=idx,
                                      metadata=pb.Metadata(size=len(md)))
+        return s, idx, md
+
+    def get_key_now(self, req: pb.GetKeyRequest, caller: str | None) -> pb.GetKeyResponse | None:
+        """GET_KEY if it can be answered without waiting (the chunk is assigned and pacing does
+        not hold it back), else None: then `get_key` answers it. The pipelined GetKeyStream
+        answers a whole batch of requests this way in one go."""
+        c = self._check(req, caller)
+        if not isinstance(c, tuple):
+            return c
+        s, idx, md = c
+        if idx not in s.chunks:
+            if idx < s.assigned:  # delivered or expired
+                return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
+            return None
+        if s.qos.max_bps:
+            now = time.monotonic()
+            if s.next_send > now:
+                return None
+            s.next_send = now + s.chunk_bits / s.qos.max_bps
+        return self._deliver(s, idx, md)
+
+    async def get_key(self, req: pb.GetKeyRequest, caller: str | None) -> pb.GetKeyResponse:
+        c = self._check(req, caller)
+        if not isinstance(c, tuple):
+            return c
+        s, idx, md = c
         if idx not in s.chunks:
             if idx < s.assigned:  # delivered or expired
                 return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
@@ -369,6 +413,10 @@ class StreamManager:
             st = await self._pace(s)
             if st != S.SUCCESSFUL:
                 return pb.GetKeyResponse(status=st, index=idx)
+        return self._deliver(s, idx, md)
+
+    def _deliver(self, s: Stream, idx: int, md: bytes) -> pb.GetKeyResponse:
+        """Hand chunk `idx` to the application (once): the response, the chunk wiped."""
         got = s.chunks.pop(idx, None)
         if got is None:  # delivered by a concurrent call, or expired meanwhile
             return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)

@@ -57,3 +57,14 @@ def grpc_caller_cn(context: grpc.aio.ServicerContext) -> str | None:
     ac = context.auth_context()
     cns = ac.get("x509_common_name") if ac else None
     return cns[0].decode() if cns else None
+
+
+def grpc_h2_server_context(tls: TlsFiles) -> ssl.SSLContext:
+    """TLS for the h2-based gRPC server (h2grpc.py), as grpcio's would be: our certificate,
+    client certificates required and verified against the CA, ALPN h2 (gRPC clients insist)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    return ctx

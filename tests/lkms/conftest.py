@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from lkmsnet import LoopThread, Net, Pki
+from lkmsnet import LoopThread, Net, Pki, net_ab
 
 
 @pytest.fixture(scope="session")
@@ -22,12 +22,7 @@ def tpki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def net2(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     """A -- B, SAE a1 (and a2) at A, b1, b2, b3 at B; app1: a1 -> b1, app2 multicast a1 -> b2, b3;
     app3: a2 -> b1 (another pair, same link). 2000 keys of 256 bits fed."""
-    net = Net(lt, tpki, tmp_path_factory.mktemp("net2"), {"A": ["a1", "a2"], "B": ["b1", "b2", "b3"]})
-    q = net.phys("A", "B")
-    net.app("app1", ("a1", "A"), [("b1", "B")], q)
-    net.app("app2", ("a1", "A"), [("b2", "B"), ("b3", "B")], q)
-    net.app("app3", ("a2", "A"), [("b1", "B")], q)
-    net.feed("A", "B", 2000)
+    net = net_ab(lt, tpki, tmp_path_factory.mktemp("net2"))
     yield net
     net.close()
 

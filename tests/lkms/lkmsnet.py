@@ -175,3 +175,15 @@ class Net:
             ch.close()
         for n in self.nodes.values():
             self.lt.run(n.stop())
+
+
+def net_ab(lt: LoopThread, p: Pki, tmp: Path, limits: Limits | None = None, keys: int = 2000) -> Net:
+    """A -- B, SAE a1 (and a2) at A, b1, b2, b3 at B; app1: a1 -> b1, app2 multicast a1 -> b2, b3;
+    app3: a2 -> b1 (another pair, same link). `keys` keys of 256 bits fed."""
+    net = Net(lt, p, tmp, {"A": ["a1", "a2"], "B": ["b1", "b2", "b3"]}, limits=limits)
+    q = net.phys("A", "B")
+    net.app("app1", ("a1", "A"), [("b1", "B")], q)
+    net.app("app2", ("a1", "A"), [("b2", "B"), ("b3", "B")], q)
+    net.app("app3", ("a2", "A"), [("b1", "B")], q)
+    net.feed("A", "B", keys)
+    return net

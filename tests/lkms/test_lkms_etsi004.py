@@ -1,4 +1,5 @@
-"""ETSI GS QKD 004 (gRPC KeyDelivery) between two real LKMS nodes, mutual TLS with SAE certs."""
+"""ETSI GS QKD 004 (gRPC KeyDelivery) between two real LKMS nodes, mutual TLS with SAE certs;
+every test against both 004 servers (the h2-based default and grpcio's)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from lkmsnet import Net
+from lkmsnet import LoopThread, Net, Pki, net_ab
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
+from runtime.lkms.core import Limits
 
 S = pb.Status
+
+
+@pytest.fixture(scope="module", params=["h2", "grpcio"])
+def net2(request: pytest.FixtureRequest, lt: LoopThread, tpki: Pki,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    net = net_ab(lt, tpki, tmp_path_factory.mktemp(f"net2-{request.param}"),
+                 limits=Limits(etsi004_server=request.param))
+    yield net
+    net.close()
 
 
 def open_pair(net: Net, qos: pb.QoS | None = None, a: str = "a1", b: str = "b1",

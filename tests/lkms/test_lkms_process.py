@@ -154,3 +154,54 @@ def test_separate_processes_and_sigkill_between_reserve_and_delivery(two_process
     ca.close()
     cb.close()
     assert os.path.exists(A.cfg["data_dir"])
+
+
+def test_sigkill_with_assigned_stream_window_loses_and_duplicates_nothing(two_processes: Any, tpki: Pki) -> None:
+    """ETSI 004: the owner assigns a window of chunks ahead (reserve, AssignStream: the peer
+    takes them) and makes them deliverable *before* erasing its reserved copies. Killed in
+    between, it must not get any of them back after the restart: they were (or may have been)
+    delivered. Both stores stay equal."""
+    import grpc
+
+    from generated.proto.sdqkd import etsi004_pb2 as pb
+    from generated.proto.sdqkd import etsi004_pb2_grpc as pg
+    from runtime.lkms.tlsctx import grpc_channel_credentials
+
+    nodes, ports = two_processes
+    A, B = nodes["A"], nodes["B"]
+    A.stop()
+    A.start(fault="pause_before_stream_commit")
+    cha = grpc.secure_channel(f"127.0.0.1:{ports['A']['etsi004']}", grpc_channel_credentials(tpki.sae("pa1")))
+    chb = grpc.secure_channel(f"127.0.0.1:{ports['B']['etsi004']}", grpc_channel_credentials(tpki.sae("pb1")))
+    ka, kb = pg.KeyDeliveryStub(cha), pg.KeyDeliveryStub(chb)
+    o = ka.OpenConnect(pb.OpenConnectRequest(source="pa1", destination="pb1", qos=pb.QoS(timeout=2000)))
+    assert o.status == pb.PEER_NOT_CONNECTED
+    ksid = o.key_stream_id
+    assert kb.OpenConnect(pb.OpenConnectRequest(source="pb1", destination="pa1", key_stream_id=ksid)
+                          ).status == pb.SUCCESSFUL
+    first = ka.GetKey.future(pb.GetKeyRequest(key_stream_id=ksid))  # assigns a window, then pauses
+    pat = re.compile(r"paused before stream commit txn (\S+) keys (\S+)")
+    wait_until(lambda: pat.search(A.log.read_text()), "the fault point")
+    m = pat.search(A.log.read_text())
+    assert m is not None
+    kids = m.group(2).split(",")
+    assert len(kids) > 1
+    # The window is deliverable meanwhile, the same bytes at both ends.
+    r0 = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid))
+    b0 = kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=0))
+    assert (r0.status, r0.index, b0.status) == (pb.SUCCESSFUL, 0, pb.SUCCESSFUL) and r0.key_buffer == b0.key_buffer
+    assert {A.keys()[k] for k in kids} == {1}  # still RESERVED_OUT at the owner
+    assert not set(kids) & set(B.keys())  # taken at the peer
+    A.stop(signal.SIGKILL)
+    with pytest.raises(grpc.RpcError):
+        first.result(20)
+    cha.close()
+    chb.close()
+
+    A.start()  # recovery erases the reserved copies: nothing of the window comes back
+    assert not set(kids) & set(A.keys())
+    assert not set(kids) & set(B.keys())
+    for n in (A, B):
+        n.stop()
+    ka_keys, kb_keys = A.keys(), B.keys()
+    assert ka_keys == kb_keys and set(ka_keys.values()) == {0}

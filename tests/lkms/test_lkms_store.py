@@ -176,3 +176,47 @@ def test_ends_pick_from_opposite_ends(tmp_path: Path) -> None:
         await b.close()
 
     asyncio.run(go())
+
+
+def test_key_id_conversions_match_uuid() -> None:
+    from runtime.lkms.store import _b, _s
+
+    for _ in range(2000):
+        raw = os.urandom(16)
+        u = uuid.UUID(bytes=raw)
+        assert _s(raw) == str(u) and _b(str(u)) == raw and _b(str(u).upper()) == raw
+    for s in ("{12345678-1234-1234-1234-123456789abc}", "12345678123412341234123456789abc",
+              "urn:uuid:12345678-1234-1234-1234-123456789abc"):
+        assert _b(s) == uuid.UUID(s).bytes  # other spellings uuid accepts still work
+    for bad in ("x" * 36, "12345678-1234-1234-1234-12345678 abc", "12345678-1234-1234-1234-123456789ab-", ""):
+        try:
+            _b(bad)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+
+
+def test_reserve_out_marks_exactly_the_run_taken(tmp_path: Path) -> None:
+    """reserve_out marks the keys it took with one range UPDATE: exactly those, from either end,
+    also with keys missing in between (taken earlier) and with a request that runs dry."""
+    async def go() -> None:
+        a, _b_store, _ = await _pair(tmp_path, nkeys=40)
+        ids = derive_key_ids(Q, "blk-0", 40)
+        await a.take_keys(Q, [ids[3], ids[5], ids[36]])  # holes at both ends
+        got = await a.reserve_out(Q, "t1", [4, 2], 256, from_back=False)
+        first = [k.key_id for ks in got for k in ks or []]
+        assert first == [ids[i] for i in (0, 1, 2, 4, 6, 7)]
+        got = await a.reserve_out(Q, "t2", [3], 256, from_back=True)
+        back = [k.key_id for k in got[0] or []]
+        assert back == [ids[i] for i in (39, 38, 37)]
+        got = await a.reserve_out(Q, "t3", [2, 1000], 256, from_back=True)  # the second runs dry
+        assert got[1] is None and [k.key_id for k in got[0] or []] == [ids[35], ids[34]]
+        st = await a.key_states(Q)
+        reserved = {k for k, s in st.items() if s == KeyState.RESERVED_OUT}
+        assert reserved == set(first) | set(back) | {ids[35], ids[34]}
+        assert a.pool_stats(Q).reserved_keys == len(reserved)  # type: ignore[union-attr]
+        await a.close()
+        await _b_store.close()
+
+    asyncio.run(go())
