@@ -28,6 +28,7 @@ from runtime.engine import _hash
 
 TAG_BYTES = 16
 _HEADER = struct.Struct(">BQ")  # flags (bit 0 direction, bit 1 tagged), message counter
+HEADER_BYTES = _HEADER.size  # a frame is header || payload [|| tag]
 _TAGGED = 2
 
 

@@ -30,7 +30,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from runtime.engine import estimate, keyrate, pa, profiles, sift, sim, verify
-from runtime.engine.auth import AuthenticationError, Authenticator
+from runtime.engine.auth import HEADER_BYTES, AuthenticationError, Authenticator
 from runtime.engine.estimate import Estimate, Tally
 
 
@@ -505,6 +505,14 @@ def run_local(
             break
         msg = bob.handle(reply)
     return alice.result, bob.result
+
+
+def light(frame: bytes) -> bool:
+    """Whether a frame (as sent, before authentication) is a Cascade message. Handling one is a
+    few bisection steps in C, cheap enough for an event loop thread; every other step
+    (simulation, sifting, estimation, privacy amplification) can take tens of milliseconds.
+    Only a scheduling hint: the frame is authenticated and checked as usual when handled."""
+    return len(frame) > HEADER_BYTES and frame[HEADER_BYTES] == CASCADE
 
 
 class Transport(Protocol):

@@ -1,11 +1,20 @@
 """A whole network inside one asyncio loop: every node's runtime (agent, LKMS, engine links)
 and the controller as objects, still talking over real gRPC, HTTPS and mutual TLS on loopback.
-Fast to start, for tests and for scale runs; `network.py` is the same network as processes."""
+Fast to start, for tests and for scale runs; `network.py` is the same network as processes.
+
+With `workers=N` the nodes are shared out over N worker processes (runtime/harness/worker.py),
+each running its nodes in its own event loop, with the controller in this one: a large network
+then uses every core rather than one interpreter's GIL. Still not one OS process per node, and
+`nodes` then holds no runtime objects (`addresses` has every node's endpoints either way)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import pickle
 import secrets
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +34,11 @@ class InProcessNetwork:
     nodes: dict[str, NodeRuntime] = field(default_factory=dict)
     controller: Controller | None = None
     endpoints: dict[str, Any] = field(default_factory=dict)
+    addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> gnmi, etsi014, etsi004, peer
+    workers: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
-                    timeout: float = 120.0) -> dict[str, Any]:
+                    timeout: float = 120.0, workers: int = 0) -> dict[str, Any]:
         ca, ca_path = write_ca(self.state / "pki")
         boot: dict[str, dict[str, Path]] = {n: {} for n in self.topo.nodes}
         for link in self.topo.links:
@@ -37,28 +48,67 @@ class InProcessNetwork:
                 f.parent.mkdir(parents=True, exist_ok=True)
                 f.write_bytes(secret)
                 boot[me][self.topo.nodes[peer].id] = f
+        configs: dict[str, NodeConfig] = {}
         for name, node in self.topo.nodes.items():
             ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
-            cfg = NodeConfig(id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
-                             etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
-                             saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                             bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
-            self.nodes[name] = NodeRuntime(cfg)
-        await asyncio.gather(*(n.start() for n in self.nodes.values()))
+            configs[name] = NodeConfig(
+                id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
+                etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
+                saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
+                bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
+        if workers > 0:
+            await self._start_workers(configs, workers, timeout)
+        else:
+            self.nodes = {name: NodeRuntime(cfg) for name, cfg in configs.items()}
+            await asyncio.gather(*(n.start() for n in self.nodes.values()))
+            self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
         ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
-        eps = {n: NodeEndpoint(n, rt.cfg.id, rt.addresses["gnmi"], rt.addresses["peer"]) for n, rt in self.nodes.items()}
+        eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
         self.controller = Controller(self.topo, eps, tls=ctl_id)
         await self.controller.start()
         saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
-        for name, rt in self.nodes.items():
+        for name, addr in self.addresses.items():
             self.endpoints[name] = {
-                "id": rt.cfg.id, **{k: rt.addresses[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": str(ca_path),
+                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": str(ca_path),
                 "saes": {s: {"cert": str(f.cert), "key": str(f.key)} for s, f in saes.items()
                          if self.topo.saes[s].node == name},
             }
         if wait_keys:
             await self.wait_all_links(timeout)
         return self.endpoints
+
+    async def _start_workers(self, configs: dict[str, NodeConfig], workers: int, timeout: float) -> None:
+        """Shares the nodes out over worker processes (balanced by link ends) and waits for them."""
+        degree = {n: 0 for n in configs}
+        for link in self.topo.links:
+            degree[link.a] += 1
+            degree[link.b] += 1
+        shares: list[list[str]] = [[] for _ in range(min(workers, len(configs)))]
+        load = [0] * len(shares)
+        for name in sorted(configs, key=lambda n: -degree[n]):
+            i = load.index(min(load))
+            shares[i].append(name)
+            load[i] += degree[name] + 1
+        wdir = self.state / "workers"
+        wdir.mkdir(parents=True, exist_ok=True)
+        for i, share in enumerate(shares):
+            f = wdir / f"worker-{i}.pickle"
+            f.write_bytes(pickle.dumps([configs[n] for n in share]))
+            self.workers.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "runtime.harness.worker", str(f),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
+
+        async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:
+            assert proc.stdout is not None
+            line = await proc.stdout.readline()
+            msg = json.loads(line) if line.strip() else {"error": f"exited with {await proc.wait()}"}
+            if "ready" not in msg:
+                raise RuntimeError(f"in-process harness worker {proc.pid} failed: {msg.get('error')}")
+            return msg["ready"]
+
+        for got in await asyncio.wait_for(asyncio.gather(*(ready(p) for p in self.workers)), timeout):
+            self.addresses.update(got)
+        self.addresses = {n: self.addresses[n] for n in configs}  # topology order
 
     async def wait_all_links(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -73,7 +123,20 @@ class InProcessNetwork:
     async def stop(self) -> None:
         if self.controller is not None:
             await self.controller.stop()
-        await asyncio.gather(*(n.stop() for n in self.nodes.values()), return_exceptions=True)
+        await asyncio.gather(*(n.stop() for n in self.nodes.values()), *(self._stop_worker(p) for p in self.workers),
+                             return_exceptions=True)
+
+    @staticmethod
+    async def _stop_worker(proc: asyncio.subprocess.Process, grace: float = 15.0) -> None:
+        """End of its stdin tells a worker to stop its nodes and exit; it is killed if it does not."""
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 async def start_network(topology: dict[str, Any] | Topology, state_dir: Path | None = None,

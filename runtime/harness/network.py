@@ -92,7 +92,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
     settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits") if k in settings}
+    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")

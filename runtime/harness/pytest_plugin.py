@@ -3,6 +3,7 @@ endpoints.
 
     def test_my_app(sdqkd_network):
         net = sdqkd_network({"nodes": [...], "links": [...], "saes": [...]})           # in-process
+        net = sdqkd_network(topology, workers=2)       # in-process, nodes shared out over 2 processes
         net = sdqkd_network("topology.yaml", mode="processes")                      # one process per node
         net.endpoints["A"]["etsi014"], net.endpoints["A"]["saes"]["sae-a"]["cert"], ...
         net.request_keys("sae-a", "sae-c", rate=1000)
@@ -36,7 +37,7 @@ class _Running:
             self._stop = None
 
 
-def _inprocess(topology: Any, state: Path, timeout: float) -> _Running:
+def _inprocess(topology: Any, state: Path, timeout: float, workers: int = 0) -> _Running:
     """The in-process network runs its own event loop in a thread, so sync tests can use it."""
     from runtime.controller import topology as tp
     from runtime.harness.inprocess import start_network
@@ -45,7 +46,8 @@ def _inprocess(topology: Any, state: Path, timeout: float) -> _Running:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    net = asyncio.run_coroutine_threadsafe(start_network(topo, state, timeout=timeout), loop).result(timeout + 30)
+    net = asyncio.run_coroutine_threadsafe(start_network(topo, state, timeout=timeout, workers=workers),
+                                           loop).result(timeout + 30)
 
     def stop() -> None:
         asyncio.run_coroutine_threadsafe(net.stop(), loop).result(60)
@@ -81,11 +83,16 @@ def _processes(topology: Any, state: Path, timeout: float) -> _Running:
 def sdqkd_network(tmp_path_factory: pytest.TempPathFactory):
     started: list[_Running] = []
 
-    def start(topology: Any, mode: str = "inprocess", timeout: float = 120.0) -> _Running:
+    def start(topology: Any, mode: str = "inprocess", timeout: float = 120.0, workers: int = 0) -> _Running:
         if mode not in ("inprocess", "processes"):
             raise ValueError(f"mode must be 'inprocess' or 'processes', got {mode!r}")
+        if workers and mode != "inprocess":
+            raise ValueError("workers= shares an in-process network's nodes out; mode='processes' has one per node")
         state = tmp_path_factory.mktemp("sdqkd-net")
-        net = (_inprocess if mode == "inprocess" else _processes)(topology, state, timeout)
+        if mode == "inprocess":
+            net = _inprocess(topology, state, timeout, workers)
+        else:
+            net = _processes(topology, state, timeout)
         started.append(net)
         return net
 

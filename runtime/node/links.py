@@ -1,7 +1,12 @@
 """Engine links of a node: each PHYS link runs key blocks with its peer over the classical
 channel (gRPC `ClassicalChannel.Connect`, mutual TLS). The transmitter (Alice) dials the
-receiver's peer endpoint; blocks run back to back, each in a worker thread (the C code does
-the heavy lifting), paced so that a link never produces faster than its simulated clock.
+receiver's peer endpoint; blocks run back to back, paced so that a link never produces faster
+than its simulated clock. A block's state machine is driven from the node's event loop: the
+hundreds of Cascade round trips of a block are handled inline (a few microseconds of C each,
+where a hop to a thread and back would cost more than the step), the heavy steps (simulation,
+sifting, privacy amplification: C that releases the GIL) go to a small pool of threads shared
+by all links. What a block costs is then mostly its gRPC messages (~0.1-0.3 ms of CPU per
+round trip on loopback with TLS).
 
 Authentication: every session starts from the link's bootstrap secret (HKDF with the session
 ID, so no pad repeats across sessions); each successful block then sets aside the start of its
@@ -14,10 +19,10 @@ import contextlib
 import hashlib
 import logging
 import math
-import queue
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,8 @@ log = logging.getLogger("sdqkd.engine")
 
 AUTH_RESERVE_BYTES = 1024  # taken from each block's key for the next block's tags (a block uses ~1 kbit)
 SESSION_AUTH_BYTES = 64 * 1024
+RECV_TIMEOUT = 120.0  # seconds a block waits for its peer's next message
+WATCHDOG_S = 2.0  # how often a session checks that timeout
 HELLO = "hello"
 
 
@@ -63,25 +70,86 @@ class LinkStats:
     status: str = "PENDING"
 
 
-class BridgeTransport:
-    """pipeline.Transport for a worker thread, over the asyncio side of a gRPC stream."""
+class FramePipe:
+    """One end of a link's classical-channel stream, for the session coroutine: the gRPC call at
+    the transmitter, the server context at the receiver (the reader/writer API of grpc.aio, so
+    no request-iterator or queue task stands between a Cascade message and the socket).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[bytes | None]):
-        self._loop = loop
-        self._out = out
-        self.inbox: queue.Queue[bytes | None] = queue.Queue()
+    A block exchanges hundreds of messages, so a receive timeout is not a timer per message: recv
+    notes a deadline and a watchdog, waking every WATCHDOG_S, ends the session once it has passed."""
 
-    def send(self, data: bytes) -> None:
-        self._loop.call_soon_threadsafe(self._out.put_nowait, bytes(data))
+    def __init__(self, stream: Any):
+        self._stream = stream  # grpc.aio.StreamStreamCall or ServicerContext: read() / write()
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self._task: asyncio.Future[None] | None = None
+        self._deadline = math.inf
+        self._why = ""
 
-    def recv(self, timeout: float | None = None) -> bytes:
-        try:
-            item = self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError("no message from the peer") from None
-        if item is None:
+    async def send(self, data: bytes) -> None:
+        await self._stream.write(classical_pb2.Frame(kind="data", payload=data))
+
+    async def recv(self, timeout: float) -> bytes:
+        self._deadline = self._loop.time() + timeout
+        frame = await self._stream.read()
+        self._deadline = math.inf
+        if frame is grpc.aio.EOF:
             raise ConnectionError("classical channel closed")
-        return item
+        return frame.payload
+
+    async def run(self, session: Coroutine[Any, Any, None]) -> None:
+        """Runs a session on this stream. TimeoutError if the peer stays silent past a recv's
+        timeout, ConnectionError if the stream is lost meanwhile."""
+        if self.closed.done():
+            session.close()
+            raise ConnectionError("classical channel closed before its session started")
+        self._task = asyncio.ensure_future(session)
+        watchdog = asyncio.create_task(self._watch())
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # the link itself stops
+                raise
+            if self._why == "timeout":
+                raise TimeoutError("no message from the peer") from None
+            raise ConnectionError("classical channel lost") from None
+        finally:
+            watchdog.cancel()
+            self.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            if self._loop.time() > self._deadline:
+                self._end("timeout")
+
+    def _end(self, why: str) -> None:
+        if self._task is not None and not self._task.done():
+            self._why = why
+            self._task.cancel()
+
+    def lost(self) -> None:
+        """The RPC ended under the session (peer gone, cancelled): stop the session on it."""
+        self._end("lost")
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The threads every link of this process shares for the heavy steps of a block (simulation,
+    sifting, privacy amplification: C that releases the GIL). They never wait on a peer, so a
+    small pool is enough and cannot deadlock; Cascade steps (a few bisections in C) run inline."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="engine")
+    return _POOL
 
 
 def session_auth_key(bootstrap: bytes, qkdl_id: str, session: str) -> bytes:
@@ -110,8 +178,7 @@ class EngineLink:
         self._channel_factory = channel_factory
         self._on_key, self._on_stats, self._wait_room = on_key, on_stats, wait_room
         self._task: asyncio.Task[None] | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"link-{params.qkdl_id[:8]}")
-        self._incoming: asyncio.Queue[tuple[Any, asyncio.Queue[bytes | None]]] = asyncio.Queue()
+        self._incoming: asyncio.Queue[tuple[FramePipe, str]] = asyncio.Queue()
         self._stopped = asyncio.Event()
 
     def start(self) -> None:
@@ -123,7 +190,8 @@ class EngineLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        while not self._incoming.empty():  # streams that arrived but never ran: let them end
+            self._incoming.get_nowait()[0].close()
 
     # ---------------------------------------------------------------- sessions
 
@@ -134,8 +202,8 @@ class EngineLink:
                 if self.p.role == "alice":
                     await self._dial()
                 else:
-                    requests, out = await self._incoming.get()
-                    await self._session(requests, out, session=None)
+                    pipe, session = await self._incoming.get()
+                    await pipe.run(self._session(pipe, session))
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
@@ -148,76 +216,67 @@ class EngineLink:
 
     async def _dial(self) -> None:
         ch = self._channel_factory(self.p.peer_address)
-        out: asyncio.Queue[bytes | None] = asyncio.Queue()
         session = str(uuid.uuid4())
-        hello = classical_pb2.Frame(qkdl_id=self.p.qkdl_id, kind=HELLO, payload=session.encode())
-
-        async def frames() -> AsyncIterator[classical_pb2.Frame]:
-            yield hello
-            while True:
-                data = await out.get()
-                if data is None:
-                    return
-                yield classical_pb2.Frame(qkdl_id=self.p.qkdl_id, kind="data", payload=data)
-
         try:
-            call = classical_pb2_grpc.ClassicalChannelStub(ch).Connect(frames())
-            await self._session(call, out, session=session)
+            call = classical_pb2_grpc.ClassicalChannelStub(ch).Connect()
+            await call.write(classical_pb2.Frame(qkdl_id=self.p.qkdl_id, kind=HELLO, payload=session.encode()))
+            pipe = FramePipe(call)
+            try:
+                await pipe.run(self._session(pipe, session))
+            finally:
+                call.cancel()
         finally:
-            out.put_nowait(None)
             await ch.close()
 
-    def attach(self, requests: Any, out: asyncio.Queue[bytes | None]) -> None:
+    def attach(self, pipe: FramePipe, session: str) -> None:
         """The receiver side: an incoming Connect stream for this link."""
-        self._incoming.put_nowait((requests, out))
+        self._incoming.put_nowait((pipe, session))
 
-    async def _session(self, incoming: Any, out: asyncio.Queue[bytes | None], session: str | None) -> None:
-        loop = asyncio.get_running_loop()
-        transport = BridgeTransport(loop, out)
-        if session is None:  # receiver: the session ID came in the hello
-            first = await incoming.__anext__() if hasattr(incoming, "__anext__") else await incoming.read()
-            session = first.payload.decode()
-
-        async def pump() -> None:
-            try:
-                async for frame in incoming:
-                    transport.inbox.put(frame.payload)
-            finally:
-                transport.inbox.put(None)
-
-        reader = asyncio.create_task(pump())
+    async def _session(self, pipe: FramePipe, session: str) -> None:
         auth_key = session_auth_key(self.bootstrap, self.p.qkdl_id, session)
         n = 0
-        try:
-            while not self._stopped.is_set():
-                await self._wait_room(self.p.qkdl_id)
-                t0 = time.monotonic()
-                # a thread of the link's own: a block waits on its peer, so a shared, bounded pool
-                # would deadlock once more link ends wait than it has workers
-                result, auth_key = await loop.run_in_executor(self._thread, self._block, transport, session, n,
-                                                              auth_key)
-                await self._finish(result, session, n, time.monotonic() - t0)
-                n += 1
-                # never faster than the link's own clock: the simulated block took this long
-                wait = result.duration_s / self.p.clock_scale - (time.monotonic() - t0)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-        finally:
-            reader.cancel()
-            out.put_nowait(None)  # ends the gRPC stream of this session
+        while not self._stopped.is_set():
+            await self._wait_room(self.p.qkdl_id)
+            t0 = time.monotonic()
+            result, auth_key = await self._block(pipe, session, n, auth_key)
+            await self._finish(result, session, n, time.monotonic() - t0)
+            n += 1
+            # never faster than the link's own clock: the simulated block took this long
+            wait = result.duration_s / self.p.clock_scale - (time.monotonic() - t0)
+            if wait > 0:
+                await asyncio.sleep(wait)
 
-    def _block(self, transport: BridgeTransport, session: str, n: int, auth_key: bytes
-               ) -> tuple[pipeline.BlockResult, bytes]:
+    async def _block(self, pipe: FramePipe, session: str, n: int, auth_key: bytes
+                     ) -> tuple[pipeline.BlockResult, bytes]:
+        """One block: the party's state machine driven from this event loop. Cascade messages
+        (hundreds per block, a few microseconds of C each) are handled inline; the heavy steps
+        go to the shared engine threads."""
         cfg = pipeline.BlockConfig(
             profile=self.p.profile, loss_db=self.p.loss_db,
             n_pulses=pipeline.pulses_for(self.p.profile, self.p.loss_db, self.p.target_sifted_bits),
             seed=block_seed(self.p.qkdl_id, session, n), cascade_variant=self.p.variant)
         source = BufferKeySource(auth_key)
         auth = Authenticator(source, self.p.role, context=f"{self.p.qkdl_id}|{session}|{n}".encode())
+        loop = asyncio.get_running_loop()
+        party: pipeline.AliceBlock | pipeline.BobBlock
+        # the peer may pace a whole simulated block before its first message of the next one
+        first_wait = RECV_TIMEOUT + cfg.duration_s / self.p.clock_scale
         if self.p.role == "alice":
-            result = pipeline.serve_alice(pipeline.AliceBlock(cfg, auth), transport, timeout=120)
+            party = pipeline.AliceBlock(cfg, auth)
         else:
-            result = pipeline.drive_bob(pipeline.BobBlock(cfg, auth, eve=self.p.eve), transport, timeout=120)
+            party = pipeline.BobBlock(cfg, auth, eve=self.p.eve)
+            await pipe.send(await loop.run_in_executor(_pool(), party.start))
+        timeout = first_wait
+        while not party.finished:
+            frame = await pipe.recv(timeout)
+            timeout = RECV_TIMEOUT
+            if pipeline.light(frame):
+                reply = party.handle(frame)
+            else:
+                reply = await loop.run_in_executor(_pool(), party.handle, frame)
+            if reply is not None:
+                await pipe.send(reply)
+        result = party.result
         rest = auth_key[auth.consumed_bits // 8:]
         if result.status == "ok" and result.key and len(result.key) > AUTH_RESERVE_BYTES:
             # the next block's tags come from this block's key (both ends cut the same bytes)
@@ -257,22 +316,15 @@ class ClassicalChannelService(classical_pb2_grpc.ClassicalChannelServicer):
     def __init__(self, links: dict[str, EngineLink]):
         self._links = links
 
-    async def Connect(self, request_iterator: AsyncIterator[classical_pb2.Frame], context: Any
-                      ) -> AsyncIterator[classical_pb2.Frame]:
-        first = await request_iterator.__anext__()
-        link = self._links.get(first.qkdl_id)
-        if first.kind != HELLO or link is None or link.p.role != "bob":
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no receiving link {first.qkdl_id!r} here")
-        out: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-        async def with_hello() -> AsyncIterator[classical_pb2.Frame]:
-            yield first
-            async for f in request_iterator:
-                yield f
-
-        link.attach(with_hello(), out)
-        while True:
-            data = await out.get()
-            if data is None:
-                return
-            yield classical_pb2.Frame(qkdl_id=first.qkdl_id, kind="data", payload=data)
+    async def Connect(self, request_iterator: AsyncIterator[classical_pb2.Frame], context: Any) -> None:
+        first = await context.read()
+        link = self._links.get(first.qkdl_id) if first is not grpc.aio.EOF else None
+        if link is None or first.kind != HELLO or link.p.role != "bob":
+            qkdl_id = getattr(first, "qkdl_id", "")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no receiving link {qkdl_id!r} here")
+        pipe = FramePipe(context)
+        link.attach(pipe, first.payload.decode())
+        try:
+            await asyncio.shield(pipe.closed)  # the link's session runs on this stream until it ends
+        finally:
+            pipe.lost()

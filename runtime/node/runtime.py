@@ -115,7 +115,7 @@ class NodeRuntime:
         return hashlib.sha256(f.read_bytes() + qkdl_id.encode()).digest()
 
     async def link_changed(self, qkdl_id: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        from runtime.engine import profiles
+        from runtime.engine import cascade, profiles
 
         assert self.lkms is not None
         if new is None:
@@ -147,8 +147,12 @@ class NodeRuntime:
         km = float(ext.get("fibre-length-km", 0) or 0)
         loss = float(ext.get("fibre-loss-db") or new.get("phys_channel_att") or km * prof.alpha_db_per_km)
         role = "alice" if new.get("phys_qkd_role", f"{T}TRANSMITTER").endswith("TRANSMITTER") else "bob"
+        # the link's own leaf, else this node's engine default (both ends of a link must agree)
+        variant = ext.get("cascade-variant") or self.cfg.engine.get("cascade_variant", "optimized")
+        if variant not in cascade.VARIANTS:
+            raise HookVeto(f"unknown Cascade variant {variant!r}; valid variants: {', '.join(cascade.VARIANTS)}")
         params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
-                            variant=ext.get("cascade-variant", "optimized"), eve=float(ext.get("eve-fraction", 0) or 0),
+                            variant=variant, eve=float(ext.get("eve-fraction", 0) or 0),
                             enabled=enabled, clock_scale=float(self.cfg.engine.get("clock_scale", 1.0)),
                             target_sifted_bits=float(self.cfg.engine.get("block_sifted_bits", 1e6)))
         bootstrap = self._bootstrap(peer_id, qkdl_id)

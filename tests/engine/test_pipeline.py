@@ -167,6 +167,27 @@ def test_parties_over_a_loopback_transport_in_threads():
     assert box["a"].status == rb.status == "ok" and box["a"].key == rb.key
 
 
+def test_light_marks_exactly_the_cascade_frames():
+    """The scheduling hint a network driver uses to run Cascade steps inline and the rest in threads."""
+    cfg = BlockConfig("commercial", 8.0, 200_000_000, seed=19)
+    a, b = auths()
+    alice = pipeline.AliceBlock(cfg, a, reconciler=_reconciler())
+    bob = pipeline.BobBlock(cfg, b, reconciler=_reconciler())
+    kinds: list[tuple[bool, int]] = []
+    msg = bob.start()
+    while msg is not None:
+        kinds.append((pipeline.light(msg), msg[9]))
+        reply = alice.handle(msg)
+        if reply is None:
+            break
+        kinds.append((pipeline.light(reply), reply[9]))
+        msg = bob.handle(reply)
+    assert alice.result.status == bob.result.status == "ok"
+    assert {k for light, k in kinds if light} == {pipeline.CASCADE}
+    assert pipeline.CASCADE not in {k for light, k in kinds if not light}
+    assert not pipeline.light(b"") and not pipeline.light(b"\0" * 9)
+
+
 def test_message_after_the_end_is_refused():
     cfg = BlockConfig("commercial", 8.0, 50_000_000, seed=18)
     a, b = auths()

@@ -4,6 +4,7 @@ at both ends, and the LKMS key store seen through gNMI."""
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
 
@@ -22,8 +23,9 @@ def _stub(ep: dict, sae: str) -> tuple[grpc.Channel, etsi004_pb2_grpc.KeyDeliver
     return ch, etsi004_pb2_grpc.KeyDeliveryStub(ch)
 
 
-def test_inprocess_network_relayed_key_through_etsi004(sdqkd_network):
-    net = sdqkd_network(TOPO)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_inprocess_network_relayed_key_through_etsi004(sdqkd_network, workers):
+    net = sdqkd_network(TOPO, workers=workers)
     route = net.request_keys("sae-a", "sae-c", rate=1000)
     assert route["path"] == ["A", "B", "C"]
     cha, a = _stub(net.endpoints["A"], "sae-a")
