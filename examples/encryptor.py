@@ -36,7 +36,7 @@ from runtime.apps.encryptor import (  # noqa: E402
     read_link_skr,
 )
 from runtime.apps.keyclient import Etsi004Client, SaeIdentity  # noqa: E402
-from runtime.harness.pytest_plugin import _inprocess  # noqa: E402
+from runtime.harness.sync import start_inprocess  # noqa: E402
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}],
@@ -87,7 +87,7 @@ def main() -> int:
     args = ap.parse_args()
     state = Path(tempfile.mkdtemp(prefix="sdqkd-encryptor-"))
     print("starting an in-process QKD network A - B (10 km) ...", flush=True)
-    net = _inprocess(TOPOLOGY, state, timeout=120.0)
+    net = start_inprocess(TOPOLOGY, state, timeout=120.0)
     try:
         route = net.request_keys("sae-a", "sae-b", rate=1000)
         ep = net.endpoints["A"]

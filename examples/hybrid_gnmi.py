@@ -35,7 +35,7 @@ from runtime.apps import hybrid as hy  # noqa: E402
 from runtime.apps.keyclient import SaeIdentity  # noqa: E402
 from runtime.controller.controller import Controller, NodeEndpoint  # noqa: E402
 from runtime.controller.topology import parse  # noqa: E402
-from runtime.harness.pytest_plugin import _inprocess  # noqa: E402
+from runtime.harness.sync import start_inprocess  # noqa: E402
 from runtime.pki import TlsFiles  # noqa: E402
 
 TOPOLOGY = {
@@ -119,7 +119,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = _inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-hybrid-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-hybrid-")), timeout=120.0)
     try:
         route = net.request_keys("sae-ctl", "sae-mgmt-b", rate=1000)
         print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-ctl <-> sae-mgmt-b over {' - '.join(route['path'])}")

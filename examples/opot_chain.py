@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
 from runtime.apps.opot import OpotNode, run_chain  # noqa: E402
 from runtime.controller.opot import OpotProvisioner  # noqa: E402
-from runtime.harness.pytest_plugin import _inprocess  # noqa: E402
+from runtime.harness.sync import start_inprocess  # noqa: E402
 
 NODES = ["A", "B", "C", "D"]
 TOPOLOGY = {
@@ -38,7 +38,7 @@ PACKETS = 10000
 def main() -> int:
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C - D ...", flush=True)
-    net = _inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-opot-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-opot-")), timeout=120.0)
     clients = [Etsi014Client(SaeIdentity.from_endpoints(net.endpoints, f"sf-{n.lower()}")) for n in NODES]
     try:
         chain = [OpotNode(c.me.sae_id, c) for c in clients]

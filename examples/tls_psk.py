@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
 from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer  # noqa: E402
-from runtime.harness.pytest_plugin import _inprocess  # noqa: E402
+from runtime.harness.sync import start_inprocess  # noqa: E402
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -42,7 +42,7 @@ def echo_server(server: PskTlsServer, listener: socket.socket, sessions: int, lo
 def main() -> int:
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = _inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-tls-psk-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-tls-psk-")), timeout=120.0)
     try:
         route = net.request_keys("sae-a", "sae-c", rate=1000)
         print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-a <-> sae-c over {' - '.join(route['path'])} "

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.harness.pytest_plugin import _inprocess
+from runtime.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -21,7 +21,7 @@ TOPOLOGY = {
 
 @pytest.fixture(scope="session")
 def apps_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    net = _inprocess(TOPOLOGY, tmp_path_factory.mktemp("apps-net"), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, tmp_path_factory.mktemp("apps-net"), timeout=120.0)
     try:
         yield net
     finally:
