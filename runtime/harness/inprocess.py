@@ -14,6 +14,7 @@ import contextlib
 import json
 import pickle
 import secrets
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class InProcessNetwork:
     endpoints: dict[str, Any] = field(default_factory=dict)
     addresses: dict[str, dict[str, str]] = field(default_factory=dict)  # node -> gnmi, etsi014, etsi004, peer
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)
+    owns_state_dir: bool = False  # made by start_network: removed at stop
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
                     timeout: float = 120.0, workers: int = 0) -> dict[str, Any]:
@@ -125,6 +127,8 @@ class InProcessNetwork:
             await self.controller.stop()
         await asyncio.gather(*(n.stop() for n in self.nodes.values()), *(self._stop_worker(p) for p in self.workers),
                              return_exceptions=True)
+        if self.owns_state_dir:  # a temporary directory start_network made: nothing in it outlives the network
+            shutil.rmtree(self.state, ignore_errors=True)
 
     @staticmethod
     async def _stop_worker(proc: asyncio.subprocess.Process, grace: float = 15.0) -> None:
@@ -142,7 +146,7 @@ class InProcessNetwork:
 async def start_network(topology: dict[str, Any] | Topology, state_dir: Path | None = None,
                         **kw: Any) -> InProcessNetwork:
     topo = topology if isinstance(topology, Topology) else parse(topology)
-    net = InProcessNetwork(topo, Path(state_dir or tempfile.mkdtemp(prefix="sdqkd-net-")))
+    net = InProcessNetwork(topo, Path(state_dir or tempfile.mkdtemp(prefix="sdqkd-net-")), owns_state_dir=state_dir is None)
     try:
         await net.start(**kw)
     except BaseException:
