@@ -82,6 +82,15 @@ def _b(key_id: str) -> bytes:
     return uuid.UUID(key_id).bytes
 
 
+def _distinct_ids(key_ids: Sequence[str]) -> list[bytes] | None:
+    """Key IDs as stored (16-byte blobs), or None if one is malformed or repeated."""
+    try:
+        blobs = [_b(k) for k in key_ids]
+    except (ValueError, TypeError):
+        return None
+    return blobs if len(set(blobs)) == len(blobs) else None
+
+
 def _s(kid: bytes) -> str:
     """Canonical string of a 16-byte key ID (as str(uuid.UUID(bytes=kid)), 3x faster)."""
     if len(kid) != 16:
@@ -605,11 +614,8 @@ class SqliteKeyStore:
         return ReserveResult(True)
 
     async def take_in(self, master: str, slave: str, key_ids: Sequence[str]) -> list[AppKey] | None:
-        try:
-            blobs = [_b(k) for k in key_ids]
-        except (ValueError, TypeError):
-            return None
-        if len(set(blobs)) != len(blobs):
+        blobs = _distinct_ids(key_ids)
+        if blobs is None:
             return None
         return await self._submit(self._take_in, master, slave, blobs)
 
@@ -678,11 +684,8 @@ class SqliteKeyStore:
         return [LinkKey(_s(r[1]), r[2], r[3]) for r in rows]
 
     async def take_keys(self, qkdl_id: str, key_ids: Sequence[str], delivered: bool = False) -> list[LinkKey] | None:
-        try:
-            blobs = [_b(k) for k in key_ids]
-        except (ValueError, TypeError):
-            return None
-        if len(set(blobs)) != len(blobs):
+        blobs = _distinct_ids(key_ids)
+        if blobs is None:
             return None
         return await self._submit(self._take_keys, qkdl_id, blobs, delivered)
 

@@ -364,7 +364,8 @@ class StreamManager:
         return json.dumps({"key_stream_id": s.ksid, "index": index}, separators=(",", ":")).encode()
 
     def _check(self, req: pb.GetKeyRequest, caller: str | None) -> tuple[Stream, int, bytes] | pb.GetKeyResponse:
-        """GET_KEY checks that need no waiting: (stream, index, metadata) or the final answer."""
+        """GET_KEY checks that need no waiting: (stream, index, metadata) or the final answer
+        (including a chunk already delivered or expired)."""
         s = self.streams.get(req.key_stream_id)
         if s is None or not s.local_connected:
             return pb.GetKeyResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
@@ -377,6 +378,8 @@ class StreamManager:
         if md and req.metadata.size < len(md):
             return pb.GetKeyResponse(status=S.GET_KEY_METADATA_INSUFFICIENT_SIZE, index=idx,
                                      metadata=pb.Metadata(size=len(md)))
+        if idx not in s.chunks and idx < s.assigned:  # delivered or expired
+            return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
         return s, idx, md
 
     def get_key_now(self, req: pb.GetKeyRequest, caller: str | None) -> pb.GetKeyResponse | None:
@@ -388,8 +391,6 @@ class StreamManager:
             return c
         s, idx, md = c
         if idx not in s.chunks:
-            if idx < s.assigned:  # delivered or expired
-                return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
             return None
         if s.qos.max_bps:
             now = time.monotonic()
@@ -404,8 +405,6 @@ class StreamManager:
             return c
         s, idx, md = c
         if idx not in s.chunks:
-            if idx < s.assigned:  # delivered or expired
-                return pb.GetKeyResponse(status=S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE, index=idx)
             st = await self._obtain(s, idx)
             if st != S.SUCCESSFUL:
                 return pb.GetKeyResponse(status=st, index=idx)
