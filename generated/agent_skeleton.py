@@ -17,7 +17,7 @@ GNMI_VERSION = "0.10.0"
 MODELS: list[tuple[str, str, str]] = [
     ("etsi-qkd-node-types", "ETSI ISG QKD", "2022-01-30"),
     ("etsi-qkd-sdn-node", "ETSI ISG QKD", "2022-01-30"),
-    ("sdqkd-node-ext", "sdqkd", "2026-11-22"),
+    ("sdqkd-node-ext", "sdqkd", "2026-12-05"),
 ]
 
 # schema path -> hook method name
@@ -32,6 +32,7 @@ HOOKS: dict[str, str] = {
     "/qkd_node/qkd_interfaces/qkd_interface": "on_qkd_interface",
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point": "on_qkdi_att_point",
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities": "on_qkdi_capabilities",
+    "/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface": "on_sdqkd_interface",
     "/qkd_node/qkd_links": "on_qkd_links",
     "/qkd_node/qkd_links/qkd_link": "on_qkd_link",
     "/qkd_node/qkd_links/qkd_link/qkdl_local": "on_qkdl_local",
@@ -52,6 +53,7 @@ HOOK_KEYS: dict[str, list[tuple[str, str, str]]] = {
     "/qkd_node/qkd_interfaces/qkd_interface": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities": [("qkd_interface", "qkdi_id", "qkdi_id")],
+    "/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_links": [],
     "/qkd_node/qkd_links/qkd_link": [("qkd_link", "qkdl_id", "qkdl_id")],
     "/qkd_node/qkd_links/qkd_link/qkdl_local": [("qkd_link", "qkdl_id", "qkdl_id")],
@@ -139,6 +141,11 @@ class AgentSkeleton(gnmi_pb2_grpc.gNMIServicer):
         self, txn: Any, old: t.QkdiCapabilities | None, new: t.QkdiCapabilities | None, *, qkdi_id: int
     ) -> None:
         """container /qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities changed."""
+
+    async def on_sdqkd_interface(
+        self, txn: Any, old: t.SdqkdInterface | None, new: t.SdqkdInterface | None, *, qkdi_id: int
+    ) -> None:
+        """container /qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface changed."""
 
     async def on_qkd_links(
         self, txn: Any, old: t.QkdLinks | None, new: t.QkdLinks | None

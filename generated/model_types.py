@@ -18,6 +18,7 @@ __all__ = [
     "QkdInterface",
     "QkdiAttPoint",
     "QkdiCapabilities",
+    "SdqkdInterface",
     "QkdLinks",
     "QkdLink",
     "QkdlLocal",
@@ -28,6 +29,7 @@ __all__ = [
     "EngineState",
     "SdqkdKeyStore",
     "Pool",
+    "SdqkdRestconf",
     "SdqkdnApplicationNew",
     "SdqkdnApplicationQosUpdate",
     "SdqkdnApplicationDisconnected",
@@ -40,6 +42,19 @@ __all__ = [
     "Alarm",
     "Event",
 ]
+
+# /qkd_node/sdqkd-restconf
+SdqkdRestconf = TypedDict(
+    "SdqkdRestconf",
+    {
+        "requests": int,
+        "refused-requests": int,
+        "compat-requests": int,
+        "refused-compat-requests": int,
+        "last-refusal": str,
+    },
+    total=False,
+)
 
 # /qkd_node/sdqkd-key-store/pool
 Pool = TypedDict(
@@ -88,6 +103,8 @@ SdqkdLink = TypedDict(
         "fibre-loss-db": float,
         "device-profile": str,
         "cascade-variant": str,
+        "key-association-id": str,
+        "derived-from": str,
         "eve-fraction": float,
         "engine-state": "EngineState",
     },
@@ -168,6 +185,20 @@ QkdLinks = TypedDict(
     total=False,
 )
 
+# /qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface
+SdqkdInterface = TypedDict(
+    "SdqkdInterface",
+    {
+        "peer-node-id": str,
+        "peer-qkdi-id": int,
+        "classical-endpoint": str,
+        "fibre-length-km": float,
+        "fibre-loss-db": float,
+        "device-profile": str,
+    },
+    total=False,
+)
+
 # /qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities
 QkdiCapabilities = TypedDict(
     "QkdiCapabilities",
@@ -199,6 +230,7 @@ QkdInterface = TypedDict(
         "qkdi_att_point": "QkdiAttPoint",
         "qkdi_capabilities": "QkdiCapabilities",
         "qkdi_status": str,
+        "sdqkd-node-ext:sdqkd-interface": "SdqkdInterface",
     },
     total=False,
 )
@@ -300,6 +332,7 @@ QkdNode = TypedDict(
         "qkd_interfaces": "QkdInterfaces",
         "qkd_links": "QkdLinks",
         "sdqkd-node-ext:sdqkd-key-store": "SdqkdKeyStore",
+        "sdqkd-node-ext:sdqkd-restconf": "SdqkdRestconf",
     },
     total=False,
 )
