@@ -298,7 +298,6 @@ class RestconfServer:
             return self._send(request, {}, q)  # FreeCONF answers an empty container with {}
         if not matches:
             raise not_found(target.instance_id(), "the list has no entries" if target.keyless else "no data at this path")
-        kind = NODES[target.spath]["kind"]
         entry = kind == "list"
         values = []
         for _e, _s, internal in matches:
