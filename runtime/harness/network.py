@@ -22,7 +22,7 @@ import yaml
 from runtime.controller.topology import Topology, TopologyError
 from runtime.pki import write_ca, write_identity
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "restconf")
 
 
 class HarnessError(RuntimeError):
@@ -67,8 +67,8 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
-    node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per
+    service of SERVICES, in node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
         return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
@@ -78,7 +78,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
     for i, name in enumerate(topo.nodes):
         ports = {}
         for k, svc in enumerate(SERVICES):
-            port = 0 if base is None else int(base) + 4 * i + k
+            port = 0 if base is None else int(base) + len(SERVICES) * i + k
             if port and not _port_free(host, port):
                 busy.append(f"{name}.{svc} port {port}")
             ports[svc] = f"{host}:{port}"
@@ -130,6 +130,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
+            "restconf": {"listen": ports[name]["restconf"]},
+            "interfaces": interfaces_of(topo, name, ports),
             "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": password},
@@ -141,6 +143,34 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
         desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
     lay.network.write_text(json.dumps(desc, indent=2))
     return desc
+
+
+def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """One QKD interface per fibre end of node `name` (numbered 1.. in link order at each node),
+    attached to the peer's interface (qkdi_att_point device = peer name, port = its interface),
+    with the peer and the fibre behind it; the peer's classical endpoint when its port is fixed."""
+    number: dict[tuple[str, int], int] = {}
+    count: dict[str, int] = {n: 0 for n in topo.nodes}
+    for i, link in enumerate(topo.links):
+        for end in (link.a, link.b):
+            count[end] += 1
+            number[(end, i)] = count[end]
+    out = []
+    for i, link in enumerate(topo.links):
+        if name not in (link.a, link.b):
+            continue
+        peer = link.b if name == link.a else link.a
+        peer_if = number[(peer, i)]
+        endpoint = ports[peer]["peer"]
+        itf: dict[str, Any] = {
+            "id": number[(name, i)], "att_point": {"device": peer, "port": peer_if},
+            "peer": {"node": topo.nodes[peer].id, "interface": peer_if},
+            "fibre": {"km": link.km, "loss_db": link.loss_db, "profile": link.profile},
+        }
+        if not endpoint.endswith(":0"):
+            itf["peer"]["endpoint"] = endpoint
+        out.append(itf)
+    return out
 
 
 def topology_data(topo: Topology) -> dict[str, Any]:
@@ -232,7 +262,7 @@ def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
     cfg = yaml.safe_load(config.read_text())
     for svc in SERVICES:
         if svc in ready:
-            cfg[svc]["listen"] = ready[svc]
+            cfg.setdefault(svc, {})["listen"] = ready[svc]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -242,7 +272,7 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "ca": desc["ca"],
+            "restconf": nd.get("restconf"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }

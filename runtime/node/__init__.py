@@ -1,4 +1,5 @@
-"""`sdqkd node --config FILE`: one SD-QKD node process (agent + LKMS + engine links)."""
+"""`sdqkd node --config FILE`: one SD-QKD node process (gNMI and RESTCONF agent + LKMS + engine
+links)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
     try:
         addrs = await node.start()
         print(f"sdqkd node {cfg.name}: gNMI on {addrs['gnmi']}, ETSI 014 on {addrs['etsi014']}, "
-              f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}", flush=True)
+              f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}, RESTCONF on {addrs['restconf']}", flush=True)
         await stop.wait()
     finally:
         await node.stop()

@@ -33,6 +33,14 @@ class NodeConfig:
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    # RESTCONF northbound: listen address, TLS mode (mutual | server | none), bearer tokens
+    restconf_listen: str = "127.0.0.1:0"
+    restconf_tls: str = "mutual"
+    restconf_tokens: list[str] = field(default_factory=list)
+    restconf_plain_outside_loopback: bool = False
+    # QKD interfaces and the fibre behind each: [{id, att_point: {device, port}, peer: {node,
+    # interface, endpoint}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
+    interfaces: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _listen(v: Any, key: str, problems: list[str]) -> str:
@@ -53,7 +61,7 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
     known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap"}
+             "saes", "users", "engine", "bootstrap", "restconf", "interfaces"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -89,12 +97,15 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(peer, dict) or "listen" not in peer:
         problems.append("peer: expected a mapping with `listen: host:port`")
         peer = {}
+    restconf = _restconf_section(raw.get("restconf"), gnmi, tls is not None, problems)
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer)) if s}
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("restconf", restconf)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
         for k, v in listens.items():
+            if k == "restconf" and restconf.get("plain_http_outside_loopback"):
+                continue
             if v and not is_loopback(v):
                 problems.append(f"{k}.listen: {v} is not a loopback address; without `tls` a node serves loopback only")
     saes = raw.get("saes", [])
@@ -115,6 +126,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(engine, dict):
         problems.append("engine: expected a mapping")
         engine = {}
+    interfaces = _interfaces(raw.get("interfaces"), problems)
     data_dir = raw.get("data_dir")
     if not isinstance(data_dir, str) or not data_dir:
         problems.append("data_dir: required, a directory path")
@@ -125,4 +137,62 @@ def load_config(path: str | Path) -> NodeConfig:
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
         peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
+        restconf_listen=listens.get("restconf", "127.0.0.1:0"), restconf_tls=restconf.get("tls", "none"),
+        restconf_tokens=list(restconf.get("bearer_tokens", [])),
+        restconf_plain_outside_loopback=bool(restconf.get("plain_http_outside_loopback", False)),
+        interfaces=interfaces,
     )
+
+
+def _restconf_section(v: Any, gnmi: dict[str, Any], has_tls: bool, problems: list[str]) -> dict[str, Any]:
+    """`restconf: {listen, tls: mutual|server|none, bearer_tokens: [..], plain_http_outside_loopback}`;
+    absent: the gNMI host, port 0, mutual TLS when the node has TLS."""
+    host = str(gnmi.get("listen", "127.0.0.1:0")).rsplit(":", 1)[0] or "127.0.0.1"
+    out: dict[str, Any] = {"listen": f"{host}:0", "tls": "mutual" if has_tls else "none"}
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        problems.append("restconf: expected a mapping (listen, tls, bearer_tokens)")
+        return out
+    for k in sorted(set(v) - {"listen", "tls", "bearer_tokens", "plain_http_outside_loopback"}):
+        problems.append(f"restconf.{k}: unknown key (known: bearer_tokens, listen, plain_http_outside_loopback, tls)")
+    out.update(v)
+    if out["tls"] not in ("mutual", "server", "none"):
+        problems.append(f"restconf.tls: expected mutual, server or none, got {out['tls']!r}")
+    elif out["tls"] != "none" and not has_tls:
+        problems.append(f"restconf.tls: {out['tls']} needs the node's `tls` files")
+    tokens = out.get("bearer_tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
+        problems.append("restconf.bearer_tokens: expected a list of strings of at least 16 characters")
+        out["bearer_tokens"] = []
+    return out
+
+
+def _interfaces(v: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """`interfaces: [{id, att_point: {device, port}, peer: {node, interface, endpoint},
+    fibre: {km, loss_db, profile}}]`, checked for shape here and by the model when seeded."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        problems.append("interfaces: expected a list of mappings")
+        return []
+    seen: set[int] = set()
+    out = []
+    for i, itf in enumerate(v):
+        where = f"interfaces[{i}]"
+        if not isinstance(itf, dict) or not isinstance(itf.get("id"), int) or not 1 <= itf["id"] < 2**32:
+            problems.append(f"{where}.id: required, an integer 1..4294967295")
+            continue
+        if itf["id"] in seen:
+            problems.append(f"{where}.id: {itf['id']} given twice")
+        seen.add(itf["id"])
+        for k in sorted(set(itf) - {"id", "att_point", "peer", "fibre"}):
+            problems.append(f"{where}.{k}: unknown key (known: att_point, fibre, id, peer)")
+        peer = itf.get("peer") or {}
+        if peer:
+            try:
+                uuid.UUID(str(peer.get("node")))
+            except ValueError:
+                problems.append(f"{where}.peer.node: expected the peer's node UUID, got {peer.get('node')!r}")
+        out.append(itf)
+    return out

@@ -1,7 +1,11 @@
-"""One SD-QKD node: the gNMI agent, the LKMS and the engine links, wired together. The agent's
-typed hooks (generated skeleton) turn ETSI 015 changes into engine and LKMS actions inside the
-Set transaction; the engine's blocks go to the LKMS key store; telemetry and key-store figures
-go back into the agent's state tree."""
+"""One SD-QKD node: the gNMI agent with its RESTCONF northbound, the LKMS and the engine links,
+wired together. The agent's typed hooks (generated skeleton) turn ETSI 015 changes into engine
+and LKMS actions inside the Set transaction; the engine's blocks go to the LKMS key store;
+telemetry and key-store figures go back into the agent's state tree.
+
+A link's engine session, bootstrap key and key pool are named by its key association ID:
+`sdqkd-link/key-association-id` when set (the two ends name the link differently, as
+TeraFlowSDN does), else its qkdl_id."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.lkms.node import Lkms
+from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
+from runtime.restconf.adapter import MERGE, Edit, EditRefused
 
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
@@ -44,7 +50,7 @@ class NodeAgentWithRuntime(NodeAgent):
 
     async def on_qkd_app(self, txn: Any, old: dict[str, Any] | None, new: dict[str, Any] | None, *,
                          app_id: str) -> None:
-        self.node.app_changed(app_id, new)
+        self.node.app_changed(app_id, new, created=old is None)
 
 
 def _ext(entry: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +64,12 @@ class NodeRuntime:
         self.agent = NodeAgentWithRuntime(self)
         self.lkms: Lkms | None = None
         self._gnmi: grpc.aio.Server | None = None
+        self._restconf: Any = None
+        self.adapter = ModelAdapter(self.agent)
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
+        self._engine_of: dict[str, str] = {}  # qkdl_id -> key association ID (engine, LKMS)
+        self._tree_of: dict[str, str] = {}  # key association ID -> qkdl_id
 
     # ---------------------------------------------------------------- life cycle
 
@@ -73,11 +83,19 @@ class NodeRuntime:
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
         await self.lkms.start()
+        await self._seed_interfaces()
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
+        ctx = None
+        if cfg.tls is not None and cfg.restconf_tls != "none":
+            ctx = tls_context(str(cfg.tls.ca), str(cfg.tls.cert), str(cfg.tls.key), mutual=cfg.restconf_tls == "mutual")
+        self._restconf, rport, _server = await start_restconf(
+            self.adapter, cfg.restconf_listen, ssl_context=ctx, credentials=Credentials(cfg.users, cfg.restconf_tokens),
+            allow_plain_outside_loopback=cfg.restconf_plain_outside_loopback)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"]}
+                          "peer": self.lkms.addresses["keysync"],
+                          "restconf": f"{cfg.restconf_listen.rsplit(':', 1)[0]}:{rport}"}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses
@@ -87,10 +105,37 @@ class NodeRuntime:
             t.cancel()
         for link in list(self.links.values()):
             await link.stop()
+        if self._restconf is not None:
+            await self._restconf.cleanup()
         if self._gnmi is not None:
             await self._gnmi.stop(0.5)
         if self.lkms is not None:
             await self.lkms.stop()
+
+    async def _seed_interfaces(self) -> None:
+        """The node config's interfaces (and the fibre behind each) into qkd_interfaces."""
+        edits = []
+        for itf in self.cfg.interfaces:
+            entry: dict[str, Any] = {"qkdi_id": itf["id"]}
+            if itf.get("att_point"):
+                entry["qkdi_att_point"] = itf["att_point"]
+            peer, fibre = itf.get("peer") or {}, itf.get("fibre") or {}
+            ext = {"peer-node-id": peer.get("node"), "peer-qkdi-id": peer.get("interface"),
+                   "classical-endpoint": peer.get("endpoint"), "device-profile": fibre.get("profile"),
+                   "fibre-length-km": _dec(fibre.get("km")), "fibre-loss-db": _dec(fibre.get("loss_db"))}
+            ext = {k: v for k, v in ext.items() if v is not None}
+            if ext:
+                entry[f"{EXT}sdqkd-interface"] = ext
+            elems = (("qkd_node", ()), ("qkd_interfaces", ()), ("qkd_interface", (("qkdi_id", str(itf["id"])),)))
+            edits.append(Edit(MERGE, elems, entry))
+        if not edits:
+            return
+        try:
+            await self.adapter.commit(edits)
+        except EditRefused as e:
+            raise ValueError(f"interfaces: {e.message}") from None
+        self.agent.state.update({f"/qkd_node/qkd_interfaces/qkd_interface[qkdi_id={itf['id']}]/qkdi_status":
+                                 f"{T}ENABLED" for itf in self.cfg.interfaces})
 
     def _write_ready(self) -> None:
         tmp = self.cfg.data_dir / "ready.json.tmp"
@@ -118,12 +163,18 @@ class NodeRuntime:
         from runtime.engine import cascade, profiles
 
         assert self.lkms is not None
-        if new is None:
-            link = self.links.pop(qkdl_id, None)
+        old_eid = self._engine_of.get(qkdl_id, qkdl_id)
+        eid = (_ext(new).get("key-association-id") or qkdl_id) if new is not None else old_eid
+        if new is None or eid != old_eid:
+            link = self.links.pop(old_eid, None)
             if link:
                 await link.stop()
-            await self.lkms.remove_link(qkdl_id, erase=False)
-            return
+            await self.lkms.remove_link(old_eid, erase=False)
+            self._tree_of.pop(old_eid, None)
+            if new is None:
+                self._engine_of.pop(qkdl_id, None)
+                return
+        self._engine_of[qkdl_id], self._tree_of[eid] = eid, qkdl_id
         kind = new.get("qkdl_type", f"{T}PHYS").split(":")[-1]
         ext = _ext(new)
         peer_id = new.get("qkdl_remote", {}).get("qkdn_id")
@@ -131,12 +182,12 @@ class NodeRuntime:
         enabled = bool(new.get("qkdl_enable", True))
         if not peer_id or not peer_addr:
             # configured but not runnable yet (ETSI allows it): the engine starts once both are set
-            link = self.links.pop(qkdl_id, None)
+            link = self.links.pop(eid, None)
             if link:
                 await link.stop()
             return
         if kind == "VIRT":
-            await self.lkms.set_link(qkdl_id, peer_id, peer_addr, kind="VIRT", prev_hop=new.get("virt_prev_hop"),
+            await self.lkms.set_link(eid, peer_id, peer_addr, kind="VIRT", prev_hop=new.get("virt_prev_hop"),
                                      next_hops=tuple(new.get("virt_next_hop", [])), up=enabled)
             return
         profile = ext.get("device-profile", "commercial")
@@ -151,28 +202,28 @@ class NodeRuntime:
         variant = ext.get("cascade-variant") or self.cfg.engine.get("cascade_variant", "optimized")
         if variant not in cascade.VARIANTS:
             raise HookVeto(f"unknown Cascade variant {variant!r}; valid variants: {', '.join(cascade.VARIANTS)}")
-        params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
+        params = LinkParams(qkdl_id=eid, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
                             variant=variant, eve=float(ext.get("eve-fraction", 0) or 0),
                             enabled=enabled, clock_scale=float(self.cfg.engine.get("clock_scale", 1.0)),
                             target_sifted_bits=float(self.cfg.engine.get("block_sifted_bits", 1e6)))
-        bootstrap = self._bootstrap(peer_id, qkdl_id)
+        bootstrap = self._bootstrap(peer_id, eid)
         if bootstrap is None:
             log.warning("link %s: no bootstrap secret for peer %s; not started", qkdl_id, peer_id)
             return
-        await self.lkms.set_link(qkdl_id, peer_id, peer_addr, kind="PHYS", up=enabled)
-        current = self.links.get(qkdl_id)
+        await self.lkms.set_link(eid, peer_id, peer_addr, kind="PHYS", up=enabled)
+        current = self.links.get(eid)
         if current is not None and current.p == params:
             return
         if current is not None:
             await current.stop()
-            del self.links[qkdl_id]
+            del self.links[eid]
         if enabled:
             link = EngineLink(params, bootstrap, self._channel, self._store_block, self._link_stats,
                               self.lkms.wait_for_room)
-            self.links[qkdl_id] = link
+            self.links[eid] = link
             link.start()
 
-    def app_changed(self, app_id: str, new: dict[str, Any] | None) -> None:
+    def app_changed(self, app_id: str, new: dict[str, Any] | None, created: bool = False) -> None:
         assert self.lkms is not None
         if new is None:
             self.lkms.unregister_app(app_id)
@@ -181,12 +232,15 @@ class NodeRuntime:
         self.lkms.register_app(app_id, sae(new.get("server_app_id", "")),
                                [sae(c) for c in new.get("client_app_id", [])],
                                new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
-                               new.get("backing_qkdl_id", []))
+                               [self._engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
         self.agent.state.update({
             f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_status": f"{T}ON",
             f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/creation_time":
                 dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         })
+        if created:  # ETSI 015: a new application was registered at this node
+            app = {k: new[k] for k in ("app_type", "server_app_id", "client_app_id", "local_qkdn_id") if k in new}
+            self.agent.state.notify("sdqkdn_application_new", {"qkd_application": app})
 
     # ---------------------------------------------------------------- engine -> LKMS, agent
 
@@ -195,8 +249,9 @@ class NodeRuntime:
         await self.lkms.add_block(qkdl_id, material, key_size_bits, block_id)
 
     def _link_stats(self, p: LinkParams, s: LinkStats, result: Any) -> None:
-        base = f"{LINK}[qkdl_id={p.qkdl_id}]"
-        if (p.qkdl_id,) not in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
+        tree_id = self._tree_of.get(p.qkdl_id, p.qkdl_id)
+        base = f"{LINK}[qkdl_id={tree_id}]"
+        if (tree_id,) not in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
             return  # the link was removed meanwhile
         vals: dict[str, Any] = {
             f"{base}/qkdl_status": f"{T}{s.status}",
@@ -213,11 +268,11 @@ class NodeRuntime:
         self.agent.state.update(vals)
         if result is not None and getattr(result, "alarm", False):
             self.agent.state.notify("alarm", {"link": {
-                "qkdl_id": p.qkdl_id, "qkdl_status": f"{T}PASSIVE", "severity": f"{T}MAJOR",
+                "qkdl_id": tree_id, "qkdl_status": f"{T}PASSIVE", "severity": f"{T}MAJOR",
                 "message": f"key block discarded: {result.reason}"}})
         if result is not None and result.status == "ok":
             self.agent.state.notify("sdqkdn_link_perf_update", {"qkd_link": {
-                "qkdl_id": p.qkdl_id, "performance": {"skr": min(int(s.skr), 2**32 - 1)}}})
+                "qkdl_id": tree_id, "performance": {"skr": min(int(s.skr), 2**32 - 1)}}})
 
     async def _publish_store(self) -> None:
         """Key-store figures into the augmentation, and app statistics, once a second."""
@@ -236,3 +291,8 @@ class NodeRuntime:
                 if vals:
                     self.agent.state.update(vals)
             await asyncio.sleep(1.0)
+
+
+def _dec(v: Any) -> str | None:
+    """A config number as decimal64 text (3 fraction digits, the augmentation's)."""
+    return None if v is None else f"{float(v):.3f}"

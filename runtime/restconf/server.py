@@ -254,7 +254,7 @@ class RestconfServer:
             return web.Response(status=200, headers={"Allow": _DATA_METHODS, "Accept-Patch": YANG_JSON})
         strict = not request["compat"]
         self._check_accept(request)
-        q = query.parse(request.query, list(request.query.keys()), method)
+        q = query.parse(request.query, [k for k, _v in request.query.items()], method)
         lib = library.lookup(raw, self._base_url(request)) if raw.strip("/") else None
         if lib is not None:
             if method not in ("GET", "HEAD"):

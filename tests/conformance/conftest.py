@@ -31,6 +31,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gnmi-password", default=None)
     g.addoption("--gnmi-insecure", action="store_true", help="plain-text gRPC (loopback targets)")
     g.addoption("--gnmi-name", default=None, help="target name to put in prefix.target")
+    r = parser.getgroup("restconf conformance")
+    r.addoption("--restconf-target", default=None,
+                help="base URL of a RESTCONF server, e.g. https://host:port (default: the sdqkd node started)")
+    r.addoption("--restconf-ca", default=None)
+    r.addoption("--restconf-cert", default=None)
+    r.addoption("--restconf-key", default=None)
+    r.addoption("--restconf-user", default=None)
+    r.addoption("--restconf-password", default=None)
+    r.addoption("--restconf-token", default=None, help="bearer token instead of user/password")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Target:
     insecure: bool
     ours: bool  # the sdqkd node the suite started (its own-only checks may run)
     name: str | None = None
+    restconf: str | None = None  # host:port of the same node's RESTCONF server
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("username", self.user), ("password", self.password or "")) if self.user else ()
@@ -75,11 +85,12 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     line = proc.stdout.readline() if proc.stdout else ""
     m = re.search(r"gNMI on ([^\s,]+)", line)
+    rc = re.search(r"RESTCONF on ([^\s,]+)", line)
     if not m:
         proc.kill()
         raise RuntimeError(f"sdqkd node did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc, Target(m.group(1), str(client.ca), str(client.cert), str(client.key), "admin", "s3cret-pw",
-                        insecure=False, ours=True, name="node-a")
+                        insecure=False, ours=True, name="node-a", restconf=rc.group(1) if rc else None)
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +110,23 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def restconf_target(request: pytest.FixtureRequest):
+    """The RESTCONF server under test: --restconf-target, else the node the gNMI suite started."""
+    from restconfutil import RestconfTarget
+
+    opt = request.config.getoption
+    if opt("--restconf-target"):
+        return RestconfTarget(opt("--restconf-target").rstrip("/"), opt("--restconf-ca"), opt("--restconf-cert"),
+                              opt("--restconf-key"), opt("--restconf-user"), opt("--restconf-password"),
+                              opt("--restconf-token"), ours=False)
+    target: Target = request.getfixturevalue("target")
+    if not target.ours or not target.restconf:
+        pytest.skip("no RESTCONF target: give --restconf-target")
+    return RestconfTarget(f"https://{target.restconf}", target.ca, target.cert, target.key, target.user,
+                          target.password, None, ours=True)
 
 
 @pytest.fixture(scope="session")
