@@ -23,6 +23,7 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
+from runtime.harness.network import interfaces_of
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
@@ -40,7 +41,11 @@ class InProcessNetwork:
     owns_state_dir: bool = False  # made by start_network: removed at stop
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
-                    timeout: float = 120.0, workers: int = 0) -> dict[str, Any]:
+                    timeout: float = 120.0, workers: int = 0, controller: bool = True,
+                    restconf_tls: str = "mutual") -> dict[str, Any]:
+        """Start every node, then (with `controller`) the controller, which provisions every
+        link. Without it the nodes carry no links: another manager (TeraFlowSDN over RESTCONF)
+        creates them from the interfaces each node has, one per fibre end of the topology."""
         ca, ca_path = write_ca(self.state / "pki")
         boot: dict[str, dict[str, Path]] = {n: {} for n in self.topo.nodes}
         for link in self.topo.links:
@@ -51,23 +56,27 @@ class InProcessNetwork:
                 f.write_bytes(secret)
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
+        unbound = {n: {"peer": "127.0.0.1:0"} for n in self.topo.nodes}
         for name, node in self.topo.nodes.items():
             ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
             configs[name] = NodeConfig(
                 id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
+                bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
+                restconf_tls=restconf_tls, interfaces=interfaces_of(self.topo, name, unbound))
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:
             self.nodes = {name: NodeRuntime(cfg) for name, cfg in configs.items()}
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
-        ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
-        eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
-        self.controller = Controller(self.topo, eps, tls=ctl_id)
-        await self.controller.start()
+            await self._wire_interfaces()
+        if controller:
+            ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
+            eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
+            self.controller = Controller(self.topo, eps, tls=ctl_id)
+            await self.controller.start()
         saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
@@ -76,9 +85,23 @@ class InProcessNetwork:
                 "saes": {s: {"cert": str(f.cert), "key": str(f.key)} for s, f in saes.items()
                          if self.topo.saes[s].node == name},
             }
-        if wait_keys:
+        if wait_keys and controller:
             await self.wait_all_links(timeout)
         return self.endpoints
+
+    async def _wire_interfaces(self) -> None:
+        """Now that every node listens: each interface learns its peer's classical endpoint."""
+        from runtime.restconf.adapter import MERGE, Edit
+
+        for rt in self.nodes.values():
+            edits = []
+            for itf in rt.cfg.interfaces:
+                peer = itf["att_point"]["device"]
+                elems = (("qkd_node", ()), ("qkd_interfaces", ()), ("qkd_interface", (("qkdi_id", str(itf["id"])),)),
+                         ("sdqkd-interface", ()), ("classical-endpoint", ()))
+                edits.append(Edit(MERGE, elems, self.addresses[peer]["peer"]))
+            if edits:
+                await rt.adapter.commit(edits)
 
     async def _start_workers(self, configs: dict[str, NodeConfig], workers: int, timeout: float) -> None:
         """Shares the nodes out over worker processes (balanced by link ends) and waits for them."""

@@ -229,10 +229,13 @@ class NodeRuntime:
             self.lkms.unregister_app(app_id)
             return
         sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id> or a bare ID
-        self.lkms.register_app(app_id, sae(new.get("server_app_id", "")),
-                               [sae(c) for c in new.get("client_app_id", [])],
-                               new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
-                               [self._engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
+        try:
+            self.lkms.register_app(app_id, sae(new.get("server_app_id", "")),
+                                   [sae(c) for c in new.get("client_app_id", [])],
+                                   new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
+                                   [self._engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
+        except ValueError as e:  # the LKMS cannot serve it: the Set fails with this reason
+            raise HookVeto(str(e)) from None
         self.agent.state.update({
             f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_status": f"{T}ON",
             f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/creation_time":

@@ -86,11 +86,13 @@ class LinkCompleter:
         kind = str(_local(entry, "qkdl_type") or f"{T}PHYS").rpartition(":")[2]
         local = _local(entry, "qkdl_local") or {}
         remote = _local(entry, "qkdl_remote") or {}
+        if kind == "VIRT" and _local(entry, "sdqkd-link") is None:
+            return self._virt(entry, local, where)
         if local.get("qkdn_id") not in (None, self.node_id):
             raise RestconfError("invalid-value", f"{where}: qkdl_local/qkdn_id {local.get('qkdn_id')} is not this "
                                 f"node ({self.node_id})", path=where)
         if kind != "PHYS" or _local(entry, "sdqkd-link") is not None:
-            return entry, None  # VIRT links and complete PHYS links go to the model as they are
+            return entry, None  # complete links go to the model as they are
         peer = remote.get("qkdn_id")
         if not peer:
             raise RestconfError("invalid-value", f"{where}: a PHYS link needs qkdl_remote/qkdn_id", path=where)
@@ -127,6 +129,32 @@ class LinkCompleter:
         derived = (f"compat request: interface {iface} faces node {peer} interface {peer_if}; "
                    f"key association {assoc}; role {role} (the lower node ID transmits)")
         return out, derived
+
+    def _virt(self, entry: dict[str, Any], local: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+        """TFS gives every node of a path the service's source as qkdl_local and the rest of
+        the path, far end last, as virt_next_hop: this node becomes local, the far end remote."""
+        hops = _local(entry, "virt_next_hop") or []
+        if not isinstance(hops, list) or not hops:
+            raise RestconfError("invalid-value", f"{where}: a VIRT link needs virt_next_hop (the rest of the path, "
+                                "far end last)", path=where)
+        far = str(hops[-1])
+        if far == self.node_id:
+            raise RestconfError("invalid-value", f"{where}: virt_next_hop ends at this node", path=where)
+        out = {k: v for k, v in entry.items() if k.rpartition(":")[2] not in ("qkdl_local", "qkdl_remote")}
+        out["qkdl_local"] = {"qkdn_id": self.node_id}
+        out["qkdl_remote"] = {"qkdn_id": far}
+        endpoint = next((f.get("classical-endpoint") for f in self.fibres.values()
+                         if f.get("peer-node-id") == far and f.get("classical-endpoint")), None)
+        note = ""
+        if local.get("qkdn_id") not in (None, self.node_id):
+            note = f"qkdl_local {local.get('qkdn_id')} (the service's source) read as this node; "
+        if endpoint:
+            out[f"{EXT}sdqkd-link"] = {"classical-endpoint": endpoint}
+            state = f"far end {far} is a fibre peer: relaying through {endpoint}"
+        else:
+            state = (f"far end {far} is not a fibre peer of this node: its key-relay endpoint is unknown, so the "
+                     "link waits for sdqkd-link/classical-endpoint")
+        return out, f"compat VIRT request: {note}remote = far end {far}; {state}"
 
     def _interface(self, given: Any, peer: str, where: str) -> int:
         qkdi = _int(given)

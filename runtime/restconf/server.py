@@ -50,6 +50,7 @@ MAX_BODY = 4 * 1024 * 1024  # as gNMI's message limit
 DATA_PREFIX = "/restconf/data"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DATA_METHODS = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
+COMPAT = web.RequestKey("compat", bool)  # the request speaks the compatibility dialect
 
 
 @dataclass
@@ -144,6 +145,7 @@ class RestconfServer:
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
+        self._flush()  # the figures exist from the start
         self._flusher = asyncio.create_task(self._flush_loop())
 
     async def _on_cleanup(self, _app: web.Application) -> None:
@@ -155,7 +157,7 @@ class RestconfServer:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         compat_req = compat.wants_compat(request.headers.get("Accept", ""), request.headers.get("Content-Type", ""))
-        request["compat"] = compat_req
+        request[COMPAT] = compat_req
         self.figures.requests += 1
         self.figures.compat += compat_req
         try:
@@ -179,14 +181,14 @@ class RestconfServer:
     def _refuse(self, request: web.Request, e: RestconfError) -> web.Response:
         f = self.figures
         f.refused += 1
-        f.refused_compat += bool(request.get("compat"))
+        f.refused_compat += bool(request.get(COMPAT))
         f.last_refusal = f"{request.method} {request.path}: {e.status} {e.tag}: {e.message}"[:1000]
         self._flush()
-        if request.get("compat"):
+        if request.get(COMPAT):
             log.info("RESTCONF refused (compat) %s", f.last_refusal)
         headers = dict(e.headers)
         return web.Response(status=e.status, body=_json(e.body()), headers=headers,
-                            content_type=YANG_JSON if not request.get("compat") else "application/json")
+                            content_type=YANG_JSON if not request.get(COMPAT) else "application/json")
 
     # ---------------------------------------------------------------- figures -> state
 
@@ -217,7 +219,7 @@ class RestconfServer:
     def _answer(self, request: web.Request, body: Any, status: int = 200) -> web.Response:
         data = _json(body)
         return web.Response(status=status, body=data, headers={"Cache-Control": "no-cache"},
-                            content_type="application/json" if request["compat"] else YANG_JSON)
+                            content_type="application/json" if request[COMPAT] else YANG_JSON)
 
     async def api_root(self, request: web.Request) -> web.Response:
         self._check_accept(request)
@@ -239,7 +241,7 @@ class RestconfServer:
     @staticmethod
     def _check_accept(request: web.Request) -> None:
         accept = request.headers.get("Accept", "")
-        if request["compat"] or not accept:
+        if request[COMPAT] or not accept:
             return
         if YANG_JSON not in accept and "*/*" not in accept and "application/*" not in accept:
             raise protocol("invalid-value", f"cannot answer in {accept!r}; this server speaks {YANG_JSON}",
@@ -252,7 +254,7 @@ class RestconfServer:
         method = request.method
         if method == "OPTIONS":
             return web.Response(status=200, headers={"Allow": _DATA_METHODS, "Accept-Patch": YANG_JSON})
-        strict = not request["compat"]
+        strict = not request[COMPAT]
         self._check_accept(request)
         q = query.parse(request.query, [k for k, _v in request.query.items()], method)
         lib = library.lookup(raw, self._base_url(request)) if raw.strip("/") else None
@@ -355,7 +357,7 @@ class RestconfServer:
             if since is not None and int(modified) <= since:
                 return web.Response(status=304, headers=headers)
         return web.Response(status=200, body=data, headers=headers,
-                            content_type="application/json" if request["compat"] else YANG_JSON)
+                            content_type="application/json" if request[COMPAT] else YANG_JSON)
 
     # -- write helpers
 
