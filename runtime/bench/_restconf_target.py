@@ -22,8 +22,7 @@ async def bare_server() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    assert site._server is not None  # noqa: SLF001 - the bound port
-    print(site._server.sockets[0].getsockname()[1], flush=True)  # noqa: SLF001
+    print(runner.addresses[0][1], flush=True)
     await asyncio.Event().wait()
 
 

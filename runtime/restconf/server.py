@@ -641,6 +641,5 @@ async def start_restconf(adapter: ModelAdapter, listen: str, *, ssl_context: ssl
     except OSError:
         await runner.cleanup()
         raise
-    server_obj = site._server  # noqa: SLF001 - aiohttp exposes the bound sockets only here
-    bound = server_obj.sockets[0].getsockname()[1] if server_obj is not None and server_obj.sockets else int(port)
+    bound = int(runner.addresses[0][1])  # the port the OS picked for port 0
     return runner, bound, server
