@@ -238,7 +238,8 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
         for name, r in ready.items():
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
-            _pin_ports(Path(desc["nodes"][name]["config"]), r)
+            _pin_ports(Path(desc["nodes"][name]["config"]), r, ready)
+        _wire_interfaces(desc, ready)
         lay.network.write_text(json.dumps(desc, indent=2))
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
@@ -256,14 +257,46 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     return endpoints
 
 
-def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
+def _pin_ports(config: Path, ready: dict[str, Any], every: dict[str, Any] | None = None) -> None:
     """Write the ports a node actually bound back into its config, so that a node restarted
-    with `sdqkd node --config` comes back where the controller and its peers expect it."""
+    with `sdqkd node --config` comes back where the controller and its peers expect it; and
+    the peers' classical endpoints into its interfaces (`every`: each node's ready.json)."""
     cfg = yaml.safe_load(config.read_text())
     for svc in SERVICES:
         if svc in ready:
             cfg.setdefault(svc, {})["listen"] = ready[svc]
+    for itf in cfg.get("interfaces") or []:
+        peer = (every or {}).get(itf.get("att_point", {}).get("device"), {})
+        if "peer" in peer:
+            itf.setdefault("peer", {})["endpoint"] = peer["peer"]
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _wire_interfaces(desc: dict[str, Any], ready: dict[str, Any]) -> None:
+    """Tell each running node's interfaces where their peers' classical channels listen (known
+    only now when the OS picked the ports), over its RESTCONF with the controller's identity."""
+    import ssl
+
+    import httpx
+
+    ctl = desc["controller"]
+    ctx = ssl.create_default_context(cafile=desc["ca"])
+    ctx.load_cert_chain(ctl["cert"], ctl["key"])
+    auth = httpx.BasicAuth(ctl["username"], Path(ctl["password_file"]).read_text())
+    h = {"Accept": "application/yang-data+json", "Content-Type": "application/yang-data+json"}
+    for name, nd in desc["nodes"].items():
+        cfg = yaml.safe_load(Path(nd["config"]).read_text())
+        itfs = [i for i in cfg.get("interfaces") or [] if i.get("peer", {}).get("endpoint")]
+        if not itfs or "restconf" not in ready[name]:
+            continue
+        with httpx.Client(base_url=f"https://{ready[name]['restconf']}", verify=ctx, auth=auth, timeout=30) as c:
+            for itf in itfs:
+                r = c.patch(f"/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface={itf['id']}"
+                            "/sdqkd-node-ext:sdqkd-interface", headers=h,
+                            json={"sdqkd-node-ext:sdqkd-interface": {"classical-endpoint": itf["peer"]["endpoint"]}})
+                if r.status_code != 204:
+                    raise HarnessError(f"node {name}: interface {itf['id']}: RESTCONF answered {r.status_code}: "
+                                       f"{r.text[:300]}")
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:

@@ -362,9 +362,9 @@ def test_restconf_and_gnmi_see_each_other(c: httpx.Client, node_id: str, restcon
     gl = "/qkd_node/qkd_links/qkd_link"
     s = Stream(g, sub_list(f"{gl}[qkdl_id={lid}]/qkdl_enable", updates_only=True))
     try:
-        s.until_sync()
+        s.until_sync(timeout=30)
         assert c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry]}).status_code == 201
-        seen = s.updates_until(lambda xs: any(p.endswith("qkdl_enable") for p, _v in xs))
+        seen = s.updates_until(lambda xs: any(p.endswith("qkdl_enable") for p, _v in xs), timeout=30)
         assert (f"{gl}[qkdl_id={lid}]/qkdl_enable", True) in seen
         g.set(update=[(f"{gl}[qkdl_id={lid}]/qkdl_enable", False)])
         assert c.get(f"{LINKS}/qkd_link={lid}/qkdl_enable", headers=H).json() == {"etsi-qkd-sdn-node:qkdl_enable": False}
