@@ -124,6 +124,7 @@ class RestconfServer:
         self.credentials = credentials or Credentials()
         self.figures = Figures()
         self._flusher: asyncio.Task[None] | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
         self.app = self._build()
 
     # ---------------------------------------------------------------- app
@@ -141,12 +142,17 @@ class RestconfServer:
         r.add_route("*", DATA_PREFIX, self.data)
         r.add_route("*", DATA_PREFIX + "/{tail:.*}", self.data)
         app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self._flush()  # the figures exist from the start
         self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        for task in list(self._streams):  # open event streams end with the server
+            task.cancel()
 
     async def _on_cleanup(self, _app: web.Application) -> None:
         if self._flusher is not None:
@@ -453,10 +459,12 @@ class RestconfServer:
         if target.spath == "/":
             if not isinstance(body, dict):
                 raise protocol("malformed-message", "the datastore is a JSON object")
+            check_member_names("/", body, "/")
             await self._commit([Edit(REPLACE, (), body)], "/")
             return web.Response(status=204)
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
+        check_member_names(target.spath, value, target.instance_id())
         if NODES[target.spath]["kind"] == "list":
             value = self._entry(value, target)
         existed = self.adapter.exists(target.elems)
@@ -476,6 +484,7 @@ class RestconfServer:
         if not res.config:
             raise RestconfError("invalid-value", f"{name} is state data; it cannot be created",
                                 path=target.instance_id())
+        check_member_names(child, value, target.instance_id())
         keys: dict[str, str] = {}
         if res.kind == "list":
             value = self._entry(value, target)
@@ -503,10 +512,12 @@ class RestconfServer:
         if target.spath == "/":
             if not isinstance(body, dict):
                 raise protocol("malformed-message", "the datastore is a JSON object")
+            check_member_names("/", body, "/")
             await self._commit([Edit(MERGE, (), body)], "/")
             return web.Response(status=204)
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
+        check_member_names(target.spath, value, target.instance_id())
         if NODES[target.spath]["kind"] == "list":
             value = self._entry(value, target)
         await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
@@ -559,6 +570,9 @@ class RestconfServer:
             raise protocol("invalid-value", f"stream parameters {sorted(request.query)} are not supported "
                            "(no replay, no filter)")
         sub = self.adapter.subscribe([((name, ()),) for name in rc.NOTIFICATIONS])
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
@@ -573,6 +587,8 @@ class RestconfServer:
             pass
         finally:
             self.adapter.unsubscribe(sub)
+            if task is not None:
+                self._streams.discard(task)
         return resp
 
     def _notification(self, spath: str, content: dict[str, Any]) -> dict[str, Any]:
@@ -581,6 +597,34 @@ class RestconfServer:
         body = ds.encode(spath, internal, ietf=True) or {}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e6) % 1_000_000:06d}Z"
         return {"ietf-restconf:notification": {"eventTime": stamp, f"{rc.NOTIFICATIONS[name]}:{name}": body}}
+
+
+def check_member_names(spath: str, value: Any, where: str) -> None:
+    """RFC 7951 §4 in a strict body: a member is module-qualified exactly where its module
+    differs from its parent's (every member at the top of the datastore)."""
+    if isinstance(value, list):
+        for entry in value:
+            check_member_names(spath, entry, where)
+        return
+    if not isinstance(value, dict):
+        return
+    parent = rc.RESOURCES[spath].module if spath in rc.RESOURCES else None
+    for member, v in value.items():
+        module, colon, name = member.rpartition(":")
+        child = rc.CHILDREN.get(spath, {}).get(name)
+        if child is None:
+            continue  # the model's decoder names unknown members
+        res = rc.RESOURCES[child]
+        if colon and module != res.module:
+            raise RestconfError("unknown-namespace", f"member {member!r}: {name} is defined in {res.module}",
+                                path=where, error_type="protocol")
+        if res.module != parent and not colon:
+            raise RestconfError("invalid-value", f"member {member!r} must be written {res.module}:{name} (RFC 7951 "
+                                "§4: its module differs from its parent's)", path=where, error_type="protocol")
+        if res.module == parent and colon:
+            raise RestconfError("invalid-value", f"member {member!r} must be written {name} (RFC 7951 §4: same "
+                                "module as its parent)", path=where, error_type="protocol")
+        check_member_names(child, v, where)
 
 
 def _q(v: str) -> str:

@@ -263,6 +263,16 @@ def test_bad_bodies_and_media_types(c: httpx.Client, node_id: str):
     assert malformed.status_code == 400 and errors(malformed)[0]["error-tag"] == "malformed-message"
     unqualified = c.post(LINKS, headers=HW, json={"qkd_link": [entry]})
     assert unqualified.status_code == 400
+    # RFC 7951 §4 inside a body: qualified exactly where the module changes
+    lid2, entry2 = new_link(node_id)
+    entry2["sdqkd-link"] = {"device-profile": "commercial"}
+    r = c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry2]})
+    assert r.status_code == 400 and "sdqkd-node-ext:sdqkd-link" in errors(r)[0]["error-message"]
+    entry2.pop("sdqkd-link")
+    entry2["etsi-qkd-sdn-node:qkdl_enable"] = entry2.pop("qkdl_enable")
+    r = c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry2]})
+    assert r.status_code == 400 and "must be written qkdl_enable" in errors(r)[0]["error-message"]
+    assert c.get(f"{LINKS}/qkd_link={lid2}", headers=H).status_code == 404
     wrong_type = c.post(LINKS, headers={**H, "Content-Type": "application/yang-data+xml"}, content=b"<x/>")
     assert wrong_type.status_code == 415
     patch = c.patch(NODE, headers={**H, "Content-Type": "application/yang-patch+json"}, content=b"{}")
