@@ -439,6 +439,14 @@ class RestconfServer:
                                 f"{res.module}:{target.name}", path=target.instance_id(), error_type="protocol")
 
     @staticmethod
+    def _check_value(spath: str, value: Any, where: str) -> None:
+        res = rc.RESOURCES[spath]
+        if res.kind in ("leaf", "leaf-list"):
+            _check_leaf_json(res, value, where)
+        else:
+            check_member_names(spath, value, where)
+
+    @staticmethod
     def _entry(value: Any, target: uri.Target) -> Any:
         if not isinstance(value, list) or len(value) != 1:
             raise RestconfError("invalid-value", "a list instance is written as a JSON array of exactly one entry",
@@ -464,7 +472,7 @@ class RestconfServer:
             return web.Response(status=204)
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
-        check_member_names(target.spath, value, target.instance_id())
+        self._check_value(target.spath, value, target.instance_id())
         if NODES[target.spath]["kind"] == "list":
             value = self._entry(value, target)
         existed = self.adapter.exists(target.elems)
@@ -484,7 +492,7 @@ class RestconfServer:
         if not res.config:
             raise RestconfError("invalid-value", f"{name} is state data; it cannot be created",
                                 path=target.instance_id())
-        check_member_names(child, value, target.instance_id())
+        self._check_value(child, value, target.instance_id())
         keys: dict[str, str] = {}
         if res.kind == "list":
             value = self._entry(value, target)
@@ -517,7 +525,7 @@ class RestconfServer:
             return web.Response(status=204)
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
-        check_member_names(target.spath, value, target.instance_id())
+        self._check_value(target.spath, value, target.instance_id())
         if NODES[target.spath]["kind"] == "list":
             value = self._entry(value, target)
         await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
@@ -599,9 +607,35 @@ class RestconfServer:
         return {"ietf-restconf:notification": {"eventTime": stamp, f"{rc.NOTIFICATIONS[name]}:{name}": body}}
 
 
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "number": (int,), "int64": (str,), "decimal64": (str,), "boolean": (bool,), "string": (str,),
+    "identityref": (str,), "enumeration": (str,)}
+
+
+def _check_leaf_json(res: rc.Resource, value: Any, where: str) -> None:
+    """RFC 7951 §6: 8- to 32-bit integers are JSON numbers, 64-bit integers and decimal64 JSON
+    strings, booleans true / false, empty [null]; the generated codec of the leaf says which."""
+    values = value if res.kind == "leaf-list" and isinstance(value, list) else [value]
+    kinds = _JSON_KINDS.get(res.codec)
+    for v in values:
+        if res.codec == "empty":
+            ok = v == [None]
+        elif kinds is None:  # union: any member's form
+            ok = True
+        else:
+            ok = isinstance(v, kinds) and not (res.codec == "number" and isinstance(v, bool))
+        if not ok:
+            form = {"number": "a JSON number", "int64": "a JSON string (64-bit integer)",
+                    "decimal64": "a JSON string (decimal64)", "boolean": "true or false", "empty": "[null]"}.get(
+                res.codec, "a JSON string")
+            raise RestconfError("invalid-value", f"{res.path.rsplit('/', 1)[1]}: {v!r} must be {form} "
+                                "(RFC 7951 §6)", path=where, error_type="protocol")
+
+
 def check_member_names(spath: str, value: Any, where: str) -> None:
-    """RFC 7951 §4 in a strict body: a member is module-qualified exactly where its module
-    differs from its parent's (every member at the top of the datastore)."""
+    """RFC 7951 in a strict body: a member is module-qualified exactly where its module differs
+    from its parent's (every member at the top of the datastore, §4), and every leaf value has
+    its type's JSON form (§6)."""
     if isinstance(value, list):
         for entry in value:
             check_member_names(spath, entry, where)
@@ -624,7 +658,10 @@ def check_member_names(spath: str, value: Any, where: str) -> None:
         if res.module == parent and colon:
             raise RestconfError("invalid-value", f"member {member!r} must be written {name} (RFC 7951 §4: same "
                                 "module as its parent)", path=where, error_type="protocol")
-        check_member_names(child, v, where)
+        if res.kind in ("leaf", "leaf-list"):
+            _check_leaf_json(res, v, where)
+        else:
+            check_member_names(child, v, where)
 
 
 def _q(v: str) -> str:

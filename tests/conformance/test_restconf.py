@@ -272,6 +272,15 @@ def test_bad_bodies_and_media_types(c: httpx.Client, node_id: str):
     entry2["etsi-qkd-sdn-node:qkdl_enable"] = entry2.pop("qkdl_enable")
     r = c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry2]})
     assert r.status_code == 400 and "must be written qkdl_enable" in errors(r)[0]["error-message"]
+    # RFC 7951 §6: 64-bit integers and decimal64 as strings, 32-bit integers as numbers
+    entry2["qkdl_enable"] = entry2.pop("etsi-qkd-sdn-node:qkdl_enable")
+    entry2["sdqkd-node-ext:sdqkd-link"] = {"fibre-length-km": 20}
+    r = c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry2]})
+    assert r.status_code == 400 and "decimal64" in errors(r)[0]["error-message"]
+    entry2["sdqkd-node-ext:sdqkd-link"] = {"fibre-length-km": "20"}
+    entry2["virt_bandwidth"] = "100"
+    r = c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry2]})
+    assert r.status_code == 400 and "JSON number" in errors(r)[0]["error-message"]
     assert c.get(f"{LINKS}/qkd_link={lid2}", headers=H).status_code == 404
     wrong_type = c.post(LINKS, headers={**H, "Content-Type": "application/yang-data+xml"}, content=b"<x/>")
     assert wrong_type.status_code == 415
