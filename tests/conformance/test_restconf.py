@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -382,6 +383,9 @@ def test_restconf_and_gnmi_see_each_other(c: httpx.Client, node_id: str, restcon
     s = Stream(g, sub_list(f"{gl}[qkdl_id={lid}]/qkdl_enable", updates_only=True))
     try:
         s.until_sync(timeout=30)
+        # the agent adds a STREAM subscription to its change hub just after sending sync_response
+        # (runtime/agent/server.py _stream): a change in between would not reach it
+        time.sleep(1.0)
         assert c.post(LINKS, headers=HW, json={"etsi-qkd-sdn-node:qkd_link": [entry]}).status_code == 201
         seen = s.updates_until(lambda xs: any(p.endswith("qkdl_enable") for p, _v in xs), timeout=30)
         assert (f"{gl}[qkdl_id={lid}]/qkdl_enable", True) in seen
