@@ -298,7 +298,7 @@ class RestconfServer:
 
     def _get(self, request: web.Request, target: uri.Target, q: query.Query, strict: bool) -> web.StreamResponse:
         if target.spath == "/":
-            return self._send(request, self._datastore(request, target, q, strict), q)
+            return self._send(request, self._datastore(request, q, strict), q)
         matches = self.adapter.find(target.elems)
         kind = NODES[target.spath]["kind"]
         if not matches and not strict and kind == "container" and not NODES[target.spath].get("presence") \
@@ -320,7 +320,7 @@ class RestconfServer:
         member = _member(target.spath) if strict else target.name
         return self._send(request, {member: values if entry else values[0]}, q)
 
-    def _datastore(self, request: web.Request, target: uri.Target, q: query.Query, strict: bool) -> dict[str, Any]:
+    def _datastore(self, request: web.Request, q: query.Query, strict: bool) -> dict[str, Any]:
         body: dict[str, Any] = self.adapter.encode("/", self.adapter.root(), ietf=strict, filt=q.content) or {}
         if not strict:
             return body
