@@ -207,7 +207,7 @@ def emit_restconf(schema: Schema, loaded: Loaded) -> dict[str, str]:
             "path": n.path, "api": api, "kind": n.kind, "module": n.module, "qualified": qualified,
             "keys": n.keys, "config": n.config, "codec": _codec(n.type) if leafy else "",
             "default": None if n.default is None else str(n.default).lower() if isinstance(n.default, bool)
-            else str(n.default), "conditional": n.when is not None,
+            else str(n.default), "conditional": n.when is not None, "presence": n.presence,
         })
         kids.setdefault(n.parent_path, []).append((n.name, n.path))
     modules = [{"name": m.name, "revision": m.revision, "namespace": m.namespace} for m in schema.modules]

@@ -28,11 +28,24 @@ import grpc
 
 from generated.proto.gnmi import gnmi_pb2
 from runtime.agent import datastore as ds
-from runtime.agent.model import NODES, Elem
+from runtime.agent.model import NODES, Elem, PathError, ValueError_, resolve
 from runtime.agent.server import GnmiError, NodeAgent, to_path
 from runtime.agent.subscriptions import StreamSub
 
 MERGE, REPLACE, DELETE = "merge", "replace", "delete"
+ALL, CONFIG, STATE = ds.ALL, ds.CONFIG, ds.STATE  # read filters (RESTCONF content=all|config|nonconfig)
+ModelError = PathError  # the agent's error for what the model does not have (RestconfError's base)
+__all__ = ["ALL", "CONFIG", "DELETE", "MERGE", "REPLACE", "STATE", "Edit", "EditRefused", "Elem", "ModelAdapter",
+           "ModelError", "resolve_path"]
+
+
+def resolve_path(elems: list[tuple[str, dict[str, str]]], keyless_last: bool) -> tuple[Elem, ...]:
+    """(name, {key: text}) elements checked against the model, keys canonical and in schema
+    order ('*' for a last list named without keys). ValueError naming the problem."""
+    try:
+        return resolve(elems, allow_wildcards=keyless_last).elems
+    except (PathError, ValueError_) as e:
+        raise ValueError(str(e)) from None
 
 
 class EditRefused(ValueError):
@@ -132,6 +145,11 @@ class ModelAdapter:
             self._modified = time.time()
 
     # ---------------------------------------------------------------- state and events
+
+    @staticmethod
+    def notification_json(spath: str, content: dict[str, Any]) -> dict[str, Any]:
+        """An ETSI notification's content (as the runtime emitted it) in RFC 7951."""
+        return ds.encode(spath, ds.decode(spath, content, spath, config_only=False), ietf=True) or {}
 
     def feed_state(self, values: dict[str, Any]) -> None:
         """State leaves the RESTCONF server owns (its figures), through the agent's state door."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.agent.model import PathError
+from .adapter import ModelError
 
 # error-tag -> HTTP status (RFC 8040 §7; where it allows several, the one this server uses)
 STATUS = {
@@ -18,7 +18,7 @@ STATUS = {
 }
 
 
-class RestconfError(PathError):
+class RestconfError(ModelError):
     """A request refused with nothing applied. `status` overrides the tag's default where
     RFC 8040 names another (404 for a missing instance, 405, 406, 412, 415, 401)."""
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generated import restconf as rc
-from runtime.agent import datastore as ds
 
+from .adapter import ALL, CONFIG, STATE
 from .errors import protocol
 
-CONTENT = {"all": ds.ALL, "config": ds.CONFIG, "nonconfig": ds.STATE}
+CONTENT = {"all": ALL, "config": CONFIG, "nonconfig": STATE}
 WITH_DEFAULTS = ("report-all", "report-all-tagged", "trim", "explicit")
 DEFAULT_TAG = "ietf-netconf-with-defaults:default"
 _RETRIEVAL = {"content", "depth", "fields", "with-defaults"}
@@ -27,7 +27,7 @@ Fields = dict[str, "Fields | None"]  # local name -> narrower selection, None = 
 
 @dataclass
 class Query:
-    content: str = ds.ALL
+    content: str = ALL
     depth: int | None = None
     fields: Fields | None = None
     with_defaults: str = "explicit"
@@ -220,4 +220,4 @@ def apply_defaults(spath: str, value: Any, mode: str, filt: str, ietf: bool,
 
 
 def _kept(config: bool, filt: str) -> bool:
-    return filt == ds.ALL or (filt == ds.CONFIG) == config
+    return filt == ALL or (filt == CONFIG) == config

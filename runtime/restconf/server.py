@@ -36,11 +36,9 @@ from urllib.parse import quote
 from aiohttp import web
 
 from generated import restconf as rc
-from runtime.agent import datastore as ds
-from runtime.agent.model import NODES
 
 from . import compat, library, query, uri
-from .adapter import DELETE, MERGE, REPLACE, Edit, EditRefused, ModelAdapter
+from .adapter import CONFIG, DELETE, MERGE, REPLACE, Edit, EditRefused, ModelAdapter
 from .errors import RestconfError, not_found, protocol
 
 log = logging.getLogger("sdqkd.restconf")
@@ -300,8 +298,8 @@ class RestconfServer:
         if target.spath == "/":
             return self._send(request, self._datastore(request, q, strict), q)
         matches = self.adapter.find(target.elems)
-        kind = NODES[target.spath]["kind"]
-        if not matches and not strict and kind == "container" and not NODES[target.spath].get("presence") \
+        kind = rc.RESOURCES[target.spath].kind
+        if not matches and not strict and kind == "container" and not rc.RESOURCES[target.spath].presence \
                 and (len(target.elems) == 1 or self.adapter.exists(target.elems[:-1])):
             return self._send(request, {}, q)  # FreeCONF answers an empty container with {}
         if not matches:
@@ -311,7 +309,7 @@ class RestconfServer:
         for _e, _s, internal in matches:
             v = self.adapter.encode(target.spath, internal, ietf=strict, filt=q.content, entry=entry)
             if v is None and kind in ("leaf", "leaf-list"):
-                raise not_found(target.instance_id(), f"no {'config' if q.content == ds.CONFIG else 'state'} "
+                raise not_found(target.instance_id(), f"no {'config' if q.content == CONFIG else 'state'} "
                                 "data at this path")
             if v is not None or not target.keyless:
                 values.append(self._shape(target.spath, v if v is not None else {}, q, strict))
@@ -325,7 +323,7 @@ class RestconfServer:
         if not strict:
             return body
         body = {m: self._shape("/" + m.rpartition(":")[2], v, q, strict, top=False) for m, v in body.items()}
-        if q.content != ds.CONFIG:
+        if q.content != CONFIG:
             body.update(library.top_level(self._base_url(request)))
         if q.fields is not None:
             body = query.select("/", body, q.fields)
@@ -398,7 +396,7 @@ class RestconfServer:
             m = self.adapter.find(target.elems)
             if not m:
                 return None
-            kind = NODES[target.spath]["kind"]
+            kind = rc.RESOURCES[target.spath].kind
             v = self.adapter.encode(target.spath, m[0][2], ietf=True, entry=kind == "list")
             body = {_member(target.spath): [v] if kind == "list" else v}
         return _etag(_json(body))
@@ -473,7 +471,7 @@ class RestconfServer:
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
         self._check_value(target.spath, value, target.instance_id())
-        if NODES[target.spath]["kind"] == "list":
+        if rc.RESOURCES[target.spath].kind == "list":
             value = self._entry(value, target)
         existed = self.adapter.exists(target.elems)
         await self._commit([Edit(REPLACE, target.elems, value)], target.instance_id())
@@ -526,7 +524,7 @@ class RestconfServer:
         module, name, value = self._single_member(body, target.instance_id())
         self._check_member(target, module, name)
         self._check_value(target.spath, value, target.instance_id())
-        if NODES[target.spath]["kind"] == "list":
+        if rc.RESOURCES[target.spath].kind == "list":
             value = self._entry(value, target)
         await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
         return web.Response(status=204)
@@ -549,7 +547,7 @@ class RestconfServer:
             await self._commit([Edit(op, (), body)], "/")
             return web.Response(status=204)
         value = compat.unwrap(body, target.name)
-        kind = NODES[target.spath]["kind"]
+        kind = rc.RESOURCES[target.spath].kind
         if kind == "list" and isinstance(value, list) and len(value) == 1 and not target.keyless:
             value = value[0]
         if target.keyless:
@@ -601,8 +599,7 @@ class RestconfServer:
 
     def _notification(self, spath: str, content: dict[str, Any]) -> dict[str, Any]:
         name = spath.strip("/")
-        internal = ds.decode(spath, content, spath, config_only=False)
-        body = ds.encode(spath, internal, ietf=True) or {}
+        body = self.adapter.notification_json(spath, content)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1e6) % 1_000_000:06d}Z"
         return {"ietf-restconf:notification": {"eventTime": stamp, f"{rc.NOTIFICATIONS[name]}:{name}": body}}
 

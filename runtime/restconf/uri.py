@@ -20,8 +20,8 @@ from functools import lru_cache
 from urllib.parse import quote, unquote
 
 from generated import restconf as rc
-from runtime.agent.model import Elem, PathError, Resolved, ValueError_, resolve
 
+from .adapter import Elem, resolve_path
 from .errors import RestconfError
 
 
@@ -133,7 +133,7 @@ def parse(raw: str, strict: bool) -> Target:
         elems.append((name, keys))
         spath = child
     try:
-        r: Resolved = resolve(elems, allow_wildcards=keyless)
-    except (PathError, ValueError_) as e:
+        resolved = resolve_path(elems, keyless)
+    except ValueError as e:
         raise _bad(str(e), raw) from None
-    return Target(r.elems, spath, keyless=keyless)
+    return Target(resolved, spath, keyless=keyless)

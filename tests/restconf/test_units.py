@@ -83,3 +83,18 @@ def test_credentials():
     assert not c.check(_basic("admin", "nope")) and not c.check(_basic("nobody", "pw"))
     assert not c.check("Bearer " + "u" * 20) and not c.check("") and not c.check("Basic !!!notbase64")
     assert not Credentials().required
+
+
+def test_the_adapter_is_the_only_door_into_the_agent():
+    """runtime/restconf reaches the agent's model and transaction through adapter.py alone (so
+    the protocol-neutral transaction replaces one module); serve.is_loopback is a socket helper."""
+    from pathlib import Path
+
+    import runtime.restconf as pkg
+
+    for f in Path(pkg.__file__).parent.glob("*.py"):
+        lines = [ln.strip() for ln in f.read_text().splitlines() if "runtime.agent" in ln and "import" in ln]
+        if f.name == "adapter.py":
+            assert lines, "the adapter is where the agent is imported"
+            continue
+        assert lines in ([], ["from runtime.agent.serve import is_loopback"]), (f.name, lines)
