@@ -109,7 +109,7 @@ class LinkCompleter:
                                 f"{peer}; set sdqkd-interface/classical-endpoint", path=where)
         assoc = fibre_association((self.node_id, iface), (peer, peer_if))
         for other, link in self.links.items():
-            if other != lid and (link.get("sdqkd-link", {}).get("key-association-id") == assoc or other == assoc):
+            if other != lid and self._on_fibre(link, assoc, iface, peer):
                 raise RestconfError("invalid-value", f"{where}: the fibre of interface {iface} already carries "
                                     f"link {other}", path=where)
         role = "TRANSMITTER" if (self.node_id, iface) < (peer, peer_if) else "RECEIVER"
@@ -155,6 +155,20 @@ class LinkCompleter:
             state = (f"far end {far} is not a fibre peer of this node: its key-relay endpoint is unknown, so the "
                      "link waits for sdqkd-link/classical-endpoint")
         return out, f"compat VIRT request: {note}remote = far end {far}; {state}"
+
+    def _on_fibre(self, link: dict[str, Any], assoc: str, iface: int, peer: str) -> bool:
+        """Does this existing link run on the fibre of `iface` (by its key association, or as
+        a PHYS link to the same peer over that interface, or over the only one facing it)?"""
+        ext = link.get("sdqkd-link", {})
+        if ext.get("key-association-id") == assoc or link.get("qkdl_id") == assoc:
+            return True
+        if ext.get("key-association-id") or not str(link.get("qkdl_type", "PHYS")).endswith("PHYS"):
+            return False
+        if link.get("qkdl_remote", {}).get("qkdn_id") != peer:
+            return False
+        local_if = link.get("qkdl_local", {}).get("qkdi_id")
+        facing = [i for i, f in self.fibres.items() if f.get("peer-node-id") == peer]
+        return local_if == iface or (local_if is None and facing == [iface])
 
     def _interface(self, given: Any, peer: str, where: str) -> int:
         qkdi = _int(given)

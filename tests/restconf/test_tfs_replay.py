@@ -194,6 +194,17 @@ def test_nothing_tfs_sends_crashes_or_half_applies(net: InProcessNetwork, device
     assert last.startswith("POST") and ("413" in last or "400" in last)
 
 
+def test_freeconf_style_patches(devices: list[TfsDevice]):
+    """The edits TFS's mock-node README shows: PATCH at the module root and at the node."""
+    dev = devices[2]
+    r = dev.http.patch("/restconf/data/etsi-qkd-sdn-node:", json={"qkd_node": {"qkdn_location_id": "new-loc"}})
+    assert r.status_code == 204, r.text
+    assert dev.http.get("/restconf/data/etsi-qkd-sdn-node:").json()["qkd_node"]["qkdn_location_id"] == "new-loc"
+    r = dev.http.patch(ROOT, json={"qkdn_location_id": "new-loc-2"})
+    assert r.status_code == 204, r.text
+    assert dev.http.get(f"{ROOT}/qkdn_location_id").json() == {"qkdn_location_id": "new-loc-2"}
+
+
 def test_strict_clients_still_get_rfc8040(devices: list[TfsDevice]):
     r = devices[1].http.get(f"{ROOT}/qkd_interfaces", headers=STRICT)
     ifaces = r.json()["etsi-qkd-sdn-node:qkd_interfaces"]["qkd_interface"]
@@ -202,3 +213,29 @@ def test_strict_clients_still_get_rfc8040(devices: list[TfsDevice]):
     with httpx.Client() as c:
         bad = c.get(str(devices[1].http.base_url) + f"{ROOT}/qkd_interfaces/", headers=STRICT)
         assert bad.status_code == 400  # a trailing slash is the compatibility dialect's only
+
+
+def test_fibre_already_provisioned_by_sdqkd_controller(tmp_path: Path):
+    """On a network sdqkd's own controller provisions, a TFS link on an already used fibre is
+    refused (no second engine session on it) and counted."""
+    pair = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 5}]}
+
+    def tfs(network: InProcessNetwork) -> None:  # blocking HTTP: off the nodes' event loop
+        dev = TfsDevice("A", network.addresses["A"]["restconf"])
+        try:
+            dev.onboard()
+            before = _count(dev)
+            r = dev.create_link(str(uuid.uuid4()), dev.qkdn_id, 0, network.endpoints["B"]["id"], 0)
+            assert r.status_code == 400 and "already carries link" in r.text, r.text
+            assert _count(dev) == before + 1
+        finally:
+            dev.close()
+
+    async def main() -> None:
+        network = await start_network(pair, tmp_path, engine=ENGINE, restconf_tls="none", timeout=60)
+        try:
+            await asyncio.to_thread(tfs, network)
+        finally:
+            await network.stop()
+
+    asyncio.run(main())
