@@ -3,6 +3,8 @@ transaction (adapter.py is its only door into them), generated resource map
 (generated/restconf.py), and the compatibility dialect ETSI TeraFlowSDN speaks (compat.py)."""
 
 from .adapter import ModelAdapter
-from .server import Credentials, RestconfServer, start_restconf, tls_context
+from .auth import Credentials
+from .serve import start_restconf, tls_context
+from .server import RestconfServer
 
 __all__ = ["Credentials", "ModelAdapter", "RestconfServer", "start_restconf", "tls_context"]

@@ -19,17 +19,14 @@ the node's `sdqkd-restconf` state; no request can take the server down (500, cou
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import email.utils
 import hashlib
-import hmac
 import json
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -37,53 +34,19 @@ from aiohttp import web
 
 from generated import restconf as rc
 
-from . import compat, library, query, uri
+from . import bodies, compat, library, query, uri
 from .adapter import CONFIG, DELETE, MERGE, REPLACE, Edit, EditRefused, ModelAdapter
+from .auth import Credentials
 from .errors import RestconfError, not_found, protocol
 
 log = logging.getLogger("sdqkd.restconf")
 
-YANG_JSON = "application/yang-data+json"
+YANG_JSON = bodies.YANG_JSON
 MAX_BODY = 4 * 1024 * 1024  # as gNMI's message limit
 DATA_PREFIX = "/restconf/data"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DATA_METHODS = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"
 COMPAT = web.RequestKey("compat", bool)  # the request speaks the compatibility dialect
-
-
-@dataclass
-class Credentials:
-    """Who may call: `users` (HTTP Basic) and `tokens` (bearer). Both empty: no check."""
-
-    users: dict[str, str] = field(default_factory=dict)
-    tokens: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._users = {u.encode(): p.encode() for u, p in self.users.items()}
-        self._tokens = [t.encode() for t in self.tokens]
-
-    @property
-    def required(self) -> bool:
-        return bool(self._users or self._tokens)
-
-    def check(self, header: str) -> bool:
-        scheme, _, cred = header.partition(" ")
-        scheme = scheme.lower()
-        if scheme == "basic":
-            try:
-                user, _, pw = base64.b64decode(cred.strip(), validate=True).partition(b":")
-            except ValueError:
-                return False
-            want = self._users.get(user)
-            # compare with a dummy when the user is unknown, so timing says nothing
-            return hmac.compare_digest(pw, want if want is not None else b"\0" * 32) and want is not None
-        if scheme == "bearer":
-            token = cred.strip().encode()
-            ok = False
-            for t in self._tokens:  # every token compared: the time does not depend on which matched
-                ok = hmac.compare_digest(token, t) | ok
-            return ok
-        return False
 
 
 @dataclass
@@ -279,7 +242,7 @@ class RestconfServer:
         await self._preconditions(request, target)
         if method == "DELETE":
             return await self._delete(target)
-        body = await self._body(request, strict)
+        body = await bodies.read_body(request, strict)
         if not strict:
             return await self._compat_write(request, target, body)
         if method == "PUT":
@@ -401,61 +364,11 @@ class RestconfServer:
             body = {_member(target.spath): [v] if kind == "list" else v}
         return _etag(_json(body))
 
-    @staticmethod
-    async def _body(request: web.Request, strict: bool) -> Any:
-        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if strict and ctype != YANG_JSON:
-            what = "YANG Patch (RFC 8072) is not supported" if "yang-patch" in ctype else \
-                f"Content-Type {ctype or 'none'} not supported"
-            raise protocol("invalid-value", f"{what}; send {YANG_JSON}", status=415)
-        raw = await request.read()
-        if not raw.strip():
-            raise protocol("malformed-message", "the request needs a body")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise protocol("malformed-message", f"the body is not JSON: {e}") from None
-
-    @staticmethod
-    def _single_member(body: Any, where: str) -> tuple[str, str, Any]:
-        """(module, local name, value) of a body's one top-level member (RFC 7951: qualified)."""
-        if not isinstance(body, dict) or len(body) != 1:
-            raise RestconfError("malformed-message", "the body must be a JSON object with exactly one member",
-                                path=where, error_type="protocol")
-        (member, value), = body.items()
-        module, colon, name = member.rpartition(":")
-        if not colon:
-            raise RestconfError("malformed-message", f"top-level member {member!r} must be module-qualified "
-                                "(RFC 7951 §4)", path=where, error_type="protocol")
-        return module, name, value
-
-    def _check_member(self, target: uri.Target, module: str, name: str) -> None:
-        res = target.resource
-        assert res is not None
-        if name != target.name or module != res.module:
-            raise RestconfError("invalid-value", f"the body's member {module}:{name} is not the target "
-                                f"{res.module}:{target.name}", path=target.instance_id(), error_type="protocol")
-
-    @staticmethod
-    def _check_value(spath: str, value: Any, where: str) -> None:
-        res = rc.RESOURCES[spath]
-        if res.kind in ("leaf", "leaf-list"):
-            _check_leaf_json(res, value, where)
-        else:
-            check_member_names(spath, value, where)
-
-    @staticmethod
-    def _entry(value: Any, target: uri.Target) -> Any:
-        if not isinstance(value, list) or len(value) != 1:
-            raise RestconfError("invalid-value", "a list instance is written as a JSON array of exactly one entry",
-                                path=target.instance_id(), error_type="protocol")
-        return value[0]
-
     async def _commit(self, edits: list[Edit], where: str, **kw: Any) -> None:
         try:
             await self.adapter.commit(edits, **kw)
         except EditRefused as e:
-            raise _refusal(e, where) from None
+            raise bodies.refusal(e, where) from None
 
     # -- PUT / POST / PATCH / DELETE (strict)
 
@@ -465,14 +378,14 @@ class RestconfServer:
         if target.spath == "/":
             if not isinstance(body, dict):
                 raise protocol("malformed-message", "the datastore is a JSON object")
-            check_member_names("/", body, "/")
+            bodies.check_member_names("/", body, "/")
             await self._commit([Edit(REPLACE, (), body)], "/")
             return web.Response(status=204)
-        module, name, value = self._single_member(body, target.instance_id())
-        self._check_member(target, module, name)
-        self._check_value(target.spath, value, target.instance_id())
+        module, name, value = bodies.single_member(body, target.instance_id())
+        bodies.check_target_member(target, module, name)
+        bodies.check_value(target.spath, value, target.instance_id())
         if rc.RESOURCES[target.spath].kind == "list":
-            value = self._entry(value, target)
+            value = bodies.list_entry(value, target)
         existed = self.adapter.exists(target.elems)
         await self._commit([Edit(REPLACE, target.elems, value)], target.instance_id())
         return web.Response(status=204 if existed else 201)
@@ -481,7 +394,7 @@ class RestconfServer:
         if target.keyless:
             raise protocol("invalid-value", "POST creates a child of the resource it names: post list entries to the "
                            "list's parent")
-        module, name, value = self._single_member(body, target.instance_id())
+        module, name, value = bodies.single_member(body, target.instance_id())
         child = rc.CHILDREN.get(target.spath, {}).get(name)
         if child is None or rc.RESOURCES[child].module != module:
             raise RestconfError("unknown-element", f"{target.instance_id()} has no child {module}:{name}",
@@ -490,10 +403,10 @@ class RestconfServer:
         if not res.config:
             raise RestconfError("invalid-value", f"{name} is state data; it cannot be created",
                                 path=target.instance_id())
-        self._check_value(child, value, target.instance_id())
+        bodies.check_value(child, value, target.instance_id())
         keys: dict[str, str] = {}
         if res.kind == "list":
-            value = self._entry(value, target)
+            value = bodies.list_entry(value, target)
             if not isinstance(value, dict):
                 raise protocol("invalid-value", "a list entry is a JSON object")
             for k in res.keys:
@@ -518,14 +431,14 @@ class RestconfServer:
         if target.spath == "/":
             if not isinstance(body, dict):
                 raise protocol("malformed-message", "the datastore is a JSON object")
-            check_member_names("/", body, "/")
+            bodies.check_member_names("/", body, "/")
             await self._commit([Edit(MERGE, (), body)], "/")
             return web.Response(status=204)
-        module, name, value = self._single_member(body, target.instance_id())
-        self._check_member(target, module, name)
-        self._check_value(target.spath, value, target.instance_id())
+        module, name, value = bodies.single_member(body, target.instance_id())
+        bodies.check_target_member(target, module, name)
+        bodies.check_value(target.spath, value, target.instance_id())
         if rc.RESOURCES[target.spath].kind == "list":
-            value = self._entry(value, target)
+            value = bodies.list_entry(value, target)
         await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
         return web.Response(status=204)
 
@@ -604,63 +517,6 @@ class RestconfServer:
         return {"ietf-restconf:notification": {"eventTime": stamp, f"{rc.NOTIFICATIONS[name]}:{name}": body}}
 
 
-_JSON_KINDS: dict[str, tuple[type, ...]] = {
-    "number": (int,), "int64": (str,), "decimal64": (str,), "boolean": (bool,), "string": (str,),
-    "identityref": (str,), "enumeration": (str,)}
-
-
-def _check_leaf_json(res: rc.Resource, value: Any, where: str) -> None:
-    """RFC 7951 §6: 8- to 32-bit integers are JSON numbers, 64-bit integers and decimal64 JSON
-    strings, booleans true / false, empty [null]; the generated codec of the leaf says which."""
-    values = value if res.kind == "leaf-list" and isinstance(value, list) else [value]
-    kinds = _JSON_KINDS.get(res.codec)
-    for v in values:
-        if res.codec == "empty":
-            ok = v == [None]
-        elif kinds is None:  # union: any member's form
-            ok = True
-        else:
-            ok = isinstance(v, kinds) and not (res.codec == "number" and isinstance(v, bool))
-        if not ok:
-            form = {"number": "a JSON number", "int64": "a JSON string (64-bit integer)",
-                    "decimal64": "a JSON string (decimal64)", "boolean": "true or false", "empty": "[null]"}.get(
-                res.codec, "a JSON string")
-            raise RestconfError("invalid-value", f"{res.path.rsplit('/', 1)[1]}: {v!r} must be {form} "
-                                "(RFC 7951 §6)", path=where, error_type="protocol")
-
-
-def check_member_names(spath: str, value: Any, where: str) -> None:
-    """RFC 7951 in a strict body: a member is module-qualified exactly where its module differs
-    from its parent's (every member at the top of the datastore, §4), and every leaf value has
-    its type's JSON form (§6)."""
-    if isinstance(value, list):
-        for entry in value:
-            check_member_names(spath, entry, where)
-        return
-    if not isinstance(value, dict):
-        return
-    parent = rc.RESOURCES[spath].module if spath in rc.RESOURCES else None
-    for member, v in value.items():
-        module, colon, name = member.rpartition(":")
-        child = rc.CHILDREN.get(spath, {}).get(name)
-        if child is None:
-            continue  # the model's decoder names unknown members
-        res = rc.RESOURCES[child]
-        if colon and module != res.module:
-            raise RestconfError("unknown-namespace", f"member {member!r}: {name} is defined in {res.module}",
-                                path=where, error_type="protocol")
-        if res.module != parent and not colon:
-            raise RestconfError("invalid-value", f"member {member!r} must be written {res.module}:{name} (RFC 7951 "
-                                "§4: its module differs from its parent's)", path=where, error_type="protocol")
-        if res.module == parent and colon:
-            raise RestconfError("invalid-value", f"member {member!r} must be written {name} (RFC 7951 §4: same "
-                                "module as its parent)", path=where, error_type="protocol")
-        if res.kind in ("leaf", "leaf-list"):
-            _check_leaf_json(res, v, where)
-        else:
-            check_member_names(child, v, where)
-
-
 def _q(v: str) -> str:
     return quote(v, safe="")
 
@@ -673,51 +529,3 @@ def _valid_date(text: str) -> bool:
     return True
 
 
-def _refusal(e: EditRefused, where: str) -> RestconfError:
-    if e.kind == "exists":
-        return RestconfError("data-exists", "the resource already exists; PUT replaces, PATCH merges", path=where)
-    if e.kind == "missing":
-        return RestconfError("data-missing", "the resource does not exist", path=where, status=404)
-    if e.kind == "too-big":
-        return RestconfError("too-big", e.message, path=where)
-    if e.kind == "unsupported":
-        return RestconfError("operation-not-supported", e.message, path=where)
-    tag = "unknown-element" if "unknown member" in e.message or "unknown path" in e.message else "invalid-value"
-    return RestconfError(tag, e.message, path=where)
-
-
-# -------------------------------------------------------------------- serving
-
-
-def tls_context(ca: str, cert: str, key: str, mutual: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if mutual:
-        ctx.load_verify_locations(ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-async def start_restconf(adapter: ModelAdapter, listen: str, *, ssl_context: ssl.SSLContext | None = None,
-                         credentials: Credentials | None = None, allow_plain_outside_loopback: bool = False
-                         ) -> tuple[web.AppRunner, int, RestconfServer]:
-    """Serve RESTCONF on `listen` (port 0: the OS picks); returns the runner, the bound port
-    and the server. Without TLS only loopback addresses, unless explicitly allowed."""
-    from runtime.agent.serve import is_loopback
-
-    if ssl_context is None and not is_loopback(listen) and not allow_plain_outside_loopback:
-        raise ValueError(f"restconf.listen {listen!r}: without TLS RESTCONF binds loopback addresses only")
-    server = RestconfServer(adapter, credentials)
-    runner = web.AppRunner(server.app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, port = listen.rsplit(":", 1)
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context, reuse_address=False)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    bound = int(runner.addresses[0][1])  # the port the OS picked for port 0
-    return runner, bound, server

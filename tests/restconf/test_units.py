@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from runtime.restconf import query, uri
+from runtime.restconf.auth import Credentials
 from runtime.restconf.errors import RestconfError
-from runtime.restconf.server import Credentials
 
 LID = str(uuid.uuid4())
 LINK = "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link"
