@@ -86,6 +86,8 @@ class LinkCompleter:
         kind = str(_local(entry, "qkdl_type") or f"{T}PHYS").rpartition(":")[2]
         local = _local(entry, "qkdl_local") or {}
         remote = _local(entry, "qkdl_remote") or {}
+        if not isinstance(local, dict) or not isinstance(remote, dict):
+            raise RestconfError("invalid-value", f"{where}: qkdl_local and qkdl_remote are JSON objects", path=where)
         if kind == "VIRT" and _local(entry, "sdqkd-link") is None:
             return self._virt(entry, local, where)
         if local.get("qkdn_id") not in (None, self.node_id):
@@ -118,7 +120,8 @@ class LinkCompleter:
         for k in ("fibre-length-km", "fibre-loss-db"):
             if fibre.get(k) is not None:
                 ext[k] = fibre[k]
-        out = {k: v for k, v in entry.items()}
+        derived_members = ("qkdl_type", "qkdl_local", "qkdl_remote", "phys_qkd_role", "sdqkd-link")
+        out = {k: v for k, v in entry.items() if k.rpartition(":")[2] not in derived_members}
         out.update({
             "qkdl_type": f"{T}PHYS", "qkdl_local": {"qkdn_id": self.node_id, "qkdi_id": iface},
             "qkdl_remote": {"qkdn_id": peer, "qkdi_id": peer_if}, "phys_qkd_role": f"{T}{role}",

@@ -167,6 +167,8 @@ def test_nothing_tfs_sends_crashes_or_half_applies(net: InProcessNetwork, device
         ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, virt_next_hop=[me])]}}),
         ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, qkdl_type="etsi-qkd-node-types:PHYS",
                                                                         qkdl_local={"qkdn_id": 7})]}}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, qkdl_type="etsi-qkd-node-types:PHYS",
+                                                                        qkdl_local=7)]}}),
         ("POST", f"{ROOT}/qkd_applications/", {"qkd_applications": {"qkd_app": [{"app_id": str(uuid.uuid4())}]}}),
         ("PUT", f"{ROOT}/qkdn_id", {"qkdn_id": str(uuid.uuid4())}),
         ("PATCH", f"{ROOT}/qkd_links/qkd_link={uuid.uuid4()}/", {"qkdl_enable": False}),
