@@ -1,5 +1,6 @@
-"""Property: whatever a compatibility-dialect client (TeraFlowSDN) sends, the node answers 2xx or
-4xx, never 5xx, and a refused request leaves the configuration exactly as it was."""
+"""Property: whatever a client sends, in the compatibility dialect (TeraFlowSDN) or strict RFC
+8040, the node answers 2xx or 4xx, never 5xx, and a refused request leaves the configuration
+exactly as it was."""
 
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**33), st.sampled
 JSON = st.recursive(SCALARS, lambda kids: st.one_of(
     st.lists(kids, max_size=3), st.dictionaries(st.sampled_from(NAMES), kids, max_size=4)), max_leaves=12)
 PATHS = st.sampled_from([f"{ROOT}/qkd_links/", f"{ROOT}/", f"{ROOT}/qkd_applications/", f"{ROOT}/qkd_interfaces/",
-                         f"{ROOT}/qkd_links/qkd_link={uuid.uuid4()}/", "/restconf/data/etsi-qkd-sdn-node:"])
+                         f"{ROOT}/qkd_links/qkd_link={uuid.uuid4()}/", "/restconf/data/etsi-qkd-sdn-node:",
+                         f"{ROOT}/qkd_links", ROOT, f"{ROOT}/qkd_links/qkd_link={uuid.uuid4()}", "/restconf/data"])
+DIALECTS = st.sampled_from([{"Accept": "*/*"}, {"Accept": "application/yang-data+json",
+                                                "Content-Type": "application/yang-data+json"}])
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +57,15 @@ def node() -> Iterator[tuple[str, NodeAgent]]:
     thread.join(10)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(["POST", "PUT", "PATCH"]), path=PATHS, body=JSON)
-def test_compat_requests_never_fail_the_node(node: tuple[str, NodeAgent], method: str, path: str, body: Any):
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["POST", "PUT", "PATCH", "DELETE"]), path=PATHS, body=JSON, headers=DIALECTS)
+def test_requests_never_fail_the_node(node: tuple[str, NodeAgent], method: str, path: str, body: Any,
+                                      headers: dict[str, str]):
     address, agent = node
     strict = {"Accept": "application/yang-data+json"}
     with httpx.Client(base_url=f"http://{address}", timeout=30) as c:
         before = c.get(f"{ROOT}?content=config", headers=strict).json()
-        r = c.request(method, path, json=body, headers={"Accept": "*/*"})
+        r = c.request(method, path, json=body, headers=headers)
         assert r.status_code < 500, (method, path, body, r.text)
         if r.status_code >= 400:
             assert "ietf-restconf:errors" in r.json()
