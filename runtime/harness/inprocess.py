@@ -23,6 +23,8 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
+from runtime.harness.network import sae_nodes
+from runtime.node.apps import Settings
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
@@ -57,7 +59,8 @@ class InProcessNetwork:
                 id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
+                bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
+                applications=Settings(sae_nodes=sae_nodes(self.topo)))
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:

@@ -136,6 +136,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "bootstrap": boot[name],
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
+            "applications": {"sae_nodes": sae_nodes(topo)},
         }
         (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
@@ -150,7 +151,13 @@ def topology_data(topo: Topology) -> dict[str, Any]:
         "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
                   for ln in topo.links],
         "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
+        "apps": [{"master": a.master, "slave": a.slave, "rate": a.rate, "priority": a.priority} for a in topo.apps],
     }
+
+
+def sae_nodes(topo: Topology) -> dict[str, str]:
+    """Every SAE of the network and its node's ID (node config `applications.sae_nodes`)."""
+    return {s.name: topo.nodes[s.node].id for s in topo.saes.values()}
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
