@@ -136,7 +136,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "bootstrap": boot[name],
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
-            "applications": {"sae_nodes": sae_nodes(topo)},
+            "applications": applications_config(topo),
         }
         (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
@@ -155,9 +155,15 @@ def topology_data(topo: Topology) -> dict[str, Any]:
     }
 
 
-def sae_nodes(topo: Topology) -> dict[str, str]:
-    """Every SAE of the network and its node's ID (node config `applications.sae_nodes`)."""
-    return {s.name: topo.nodes[s.node].id for s in topo.saes.values()}
+def applications_config(topo: Topology) -> dict[str, Any]:
+    """Every node's `applications` config: the network's SAEs with their node IDs, and the
+    topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
+    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
+    for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
+        if key in settings:
+            out[name] = settings[key]
+    return out
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
