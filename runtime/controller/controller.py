@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from generated.client import ModelClient
+from generated.model_types import QkdApp
 from runtime.lkms.registry import app_id_for
 from runtime.pki import TlsFiles
 
@@ -215,7 +216,7 @@ class Controller:
             entry["virt_next_hop"] = [ids[n].id for n in path[i + 1:]]
         return entry
 
-    def _app_entry(self, route: AppRoute, local: str, remote: str) -> dict[str, Any]:
+    def _app_entry(self, route: AppRoute, local: str, remote: str) -> QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
             "server_app_id": self._sae_uri(route.master), "client_app_id": [self._sae_uri(route.slave)],
@@ -266,9 +267,9 @@ class Controller:
             log.warning("application %s: provisioning failed: %s", app_id, e.details())
             return
         # a qkd_app without backing link: the node answers its SAE with the reason
-        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": self._sae_uri(master),
-                                 "client_app_id": [self._sae_uri(s) for s in slaves],
-                                 "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
+        entry: QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": self._sae_uri(master),
+                         "client_app_id": [self._sae_uri(s) for s in slaves],
+                         "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
         if remote is not None:
             entry["remote_qkdn_id"] = remote
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -388,8 +389,8 @@ class Controller:
             elif p.startswith("/sdqkdn_application_new"):
                 self._spawn(self._application_new(name, v))
             elif p.startswith("/sdqkdn_application_disconnected"):
-                app = next((x for k, x in v.items() if k.endswith("qkd_application")), {})
-                self._spawn(self._application_disconnected(name, str(app.get("app_id", ""))))
+                gone: dict[str, Any] = next((x for k, x in v.items() if k.endswith("qkd_application")), {})
+                self._spawn(self._application_disconnected(name, str(gone.get("app_id", ""))))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
