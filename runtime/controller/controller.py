@@ -279,7 +279,11 @@ class Controller:
         """Release what the application held: its other end and the path's unused VIRT links."""
         async with self._lock:
             route = self.apps.pop(app_id, None)
-            if route is None:
+            if route is None:  # provisioned before this controller (re)started: its ends are unknown
+                for n, view in self.nodes.items():
+                    if n != node and view.up:  # deleting an absent entry is accepted (gNMI 3.4.6)
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await self._client(n).delete_qkd_app(app_id)
                 return
             for n in dict.fromkeys((route.path[0], route.path[-1])):
                 if n != node and self.nodes[n].up:

@@ -9,7 +9,7 @@ controller gives it too):
       master, client_app_id = slaves, local_qkdn_id, default QoS) goes into the node's tree and
       `sdqkdn_application_new` is emitted. Requests wait, at most `first_request_wait_s`.
       No subscriber to that notification (controller down or unreachable): 503 at once. A
-      request after 1 s emits it again (a controller that restarted meanwhile hears it).
+      request 2 s later emits it again (a controller that restarted meanwhile hears it).
   REGISTERED --controller Set: qkd_app with backing_qkdl_id--> ON: requests are served.
   REGISTERED --controller Set: qkd_app without backing link--> NO_PATH: 503 naming why.
   ON --idle for `idle_timeout_s`, or its last ETSI 004 stream closed--> gone:
@@ -53,7 +53,7 @@ log = logging.getLogger("sdqkd.node.apps")
 T = "etsi-qkd-node-types:"
 APP = "/qkd_node/qkd_applications/qkd_app"
 NEW = (("sdqkdn_application_new", ()),)
-RENOTIFY_S = 1.0
+RENOTIFY_S = 2.0  # a waiting pair's notification is repeated at most this often
 REQUEST, CONTROLLER = "request", "controller"  # who created a registration (only the former idle out)
 CONFIG_LEAVES = ("app_id", "app_type", "server_app_id", "client_app_id", "app_priority", "app_qos",
                  "backing_qkdl_id", "local_qkdn_id", "remote_qkdn_id", "expiration_time")

@@ -176,6 +176,19 @@ def test_etsi004_close_disconnects(net: Loop) -> None:
     net.run(gone(), timeout=10)
 
 
+def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None:
+    import uuid
+
+    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=str(uuid.uuid4())))
+    assert r.status_code == 400 and r.json()["message"] == "key not found", r.text  # not "no application"
+    ctl = net.net.controller
+    app_id = app_id_for("sae-a", ["sae-b"])
+    assert ctl is not None and ctl.apps[app_id].path == ["A", "B"]
+    k = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-b/enc_keys")).json()["keys"][0]
+    back = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"]))
+    assert back.json()["keys"] == [k]
+
+
 def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None:
     # sae-c -> sae-b: provisioned now; then the controller stops; sae-c2 -> sae-b stays new
     assert net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-b/enc_keys")).status_code == 200
