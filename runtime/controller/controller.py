@@ -57,6 +57,7 @@ class AppRoute:
     qkdl_id: str  # the PHYS link (direct) or the VIRT link serving the pair; "" on one node
     virtual: bool
     priority: int = 0
+    more_slaves: list[str] = field(default_factory=list)  # further slaves of a multicast application
 
 
 @dataclass
@@ -166,20 +167,24 @@ class Controller:
         return f"urn:sdqkd:sae:{sae}"
 
     async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0, *, priority: int = 0,
-                           first: str | None = None) -> AppRoute:
+                           first: str | None = None, more_slaves: tuple[str, ...] = ()) -> AppRoute:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
-        `first`: the node to install the app on last (the one whose SAE waits for it)."""
-        for sae in (master, slave):
+        `first`: the node to install the app on last (the one whose SAE waits for it);
+        `more_slaves`: further slaves of a multicast application (on the slave's node)."""
+        for sae in (master, slave, *more_slaves):
             if sae not in self.topo.saes:
                 raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
-        if master == slave:
-            raise ValueError("master and slave SAE must differ")
+        if len({master, slave, *more_slaves}) != 2 + len(more_slaves):
+            raise ValueError("master and slave SAEs must all differ")
         if rate_bps < 0:
             raise ValueError(f"rate must be >= 0 bit/s, got {rate_bps}")
         src, dst = self.topo.saes[master].node, self.topo.saes[slave].node
+        if any(self.topo.saes[s].node != dst for s in more_slaves):
+            raise ValueError("the slave SAEs of one application must sit on one node")
         async with self._lock:
             route = self._route(master, slave, src, dst, rate_bps)
-            route.priority = priority
+            route.priority, route.more_slaves = priority, list(more_slaves)
+            route.app_id = app_id_for(master, [slave, *more_slaves])
             await self._install(route, first)
             self.apps[route.app_id] = route
             return route
@@ -219,7 +224,8 @@ class Controller:
     def _app_entry(self, route: AppRoute, local: str, remote: str) -> QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
-            "server_app_id": self._sae_uri(route.master), "client_app_id": [self._sae_uri(route.slave)],
+            "server_app_id": self._sae_uri(route.master),
+            "client_app_id": [self._sae_uri(s) for s in (route.slave, *route.more_slaves)],
             "backing_qkdl_id": [route.qkdl_id] if route.qkdl_id else [],
             "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
             "app_qos": {"min_bandwidth": int(route.rate_bps)}, "app_priority": route.priority,
@@ -250,9 +256,10 @@ class Controller:
         app_id = app_id_for(master, slaves)
         remote: str | None = None
         try:
-            if len(slaves) != 1:
-                raise ValueError("one slave SAE per registered application")
-            route = await self.request_keys(master, slaves[0], rate, first=node)
+            if not slaves:
+                raise ValueError("no slave SAE")
+            route = await self.request_keys(master, slaves[0], rate, first=node, priority=int(app.get("app_priority", 0)),
+                                            more_slaves=tuple(slaves[1:]))
             log.info("application %s registered by node %s: %s -> %s over %s", app_id, node, master, slaves[0],
                      route.path)
             await self.events.put(("app-registered", app_id))
@@ -321,6 +328,7 @@ class Controller:
                 src, dst = route.path[0], route.path[-1]
                 try:
                     new = self._route(route.master, route.slave, src, dst, route.rate_bps)
+                    new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
                 except RuntimeError as e:
                     log.warning("app %s: %s (%s)", route.app_id, e, reason)
                     await self.events.put(("unroutable", route.app_id))

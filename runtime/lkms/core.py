@@ -66,9 +66,10 @@ class UnknownPair(ValueError):
 class Registrar(Protocol):
     """The node's application-registration workflow (ETSI GS QKD 015 clause 5.2)."""
 
-    async def ensure(self, master: str, slaves: Sequence[str]) -> App:
+    async def ensure(self, master: str, slaves: Sequence[str], qos: dict[str, int] | None = None) -> App:
         """The app serving master -> slaves with a usable link (or a local app), registering
-        the pair and waiting for its provisioning if needed; NotReady / UnknownPair otherwise."""
+        the pair (with the request's ETSI 015 app_qos, if it has any) and waiting for its
+        provisioning if needed; NotReady / UnknownPair otherwise."""
 
     def stream_closed(self, app: App, still_open: int) -> None:
         """An ETSI 004 stream of `app` was closed; `still_open` streams of it remain."""
@@ -129,7 +130,8 @@ class Core:
     def usable(self, app: App | None) -> bool:
         return app is not None and (app.is_local or self.pick_link(app) is not None)
 
-    async def app_for_request(self, master: str, slaves: Sequence[str], need_link: bool = True) -> App:
+    async def app_for_request(self, master: str, slaves: Sequence[str], need_link: bool = True,
+                              qos: dict[str, int] | None = None) -> App:
         """The application serving a key request of `master` for `slaves` (see the module doc).
         `need_link=False` (dec_keys: the keys are already reserved here) takes any registered app."""
         app = self.registry.app_for_group(master, list(slaves))
@@ -137,7 +139,7 @@ class Core:
             assert app is not None
             return app
         if self.registrar is not None:
-            return await self.registrar.ensure(master, slaves)
+            return await self.registrar.ensure(master, slaves, qos)
         if app is None:
             raise UnknownPair("no application registered for this master/slave SAE pair")
         raise NotReady("no key association link up for this SAE pair")

@@ -50,6 +50,12 @@ JSON = "application/json"
 _MAX_ASSIGN_KEYS = 16384  # link keys per AssignStream
 
 
+def _app_qos(q: pb.QoS) -> dict[str, int]:
+    """An OPEN_CONNECT's QoS as ETSI 015 app_qos (what a first request registers)."""
+    pairs = (("max_bandwidth", q.max_bps), ("min_bandwidth", q.min_bps), ("jitter", q.jitter), ("ttl", q.ttl))
+    return {k: int(v) for k, v in pairs if v}
+
+
 class CallerRefused(Exception):
     """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
 
@@ -162,7 +168,7 @@ class StreamManager:
         core = self.core
         self._authorise(req.source, caller)
         try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
-            app: App | None = await core.app_for_request(req.source, [req.destination])
+            app: App | None = await core.app_for_request(req.source, [req.destination], qos=_app_qos(req.qos))
         except (NotReady, UnknownPair) as e:
             log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
             app = None

@@ -6,7 +6,8 @@ it. States of a pair at this node (keyed by its app_id, `app_id_for(master, slav
 controller gives it too):
 
   (none) --first request--> REGISTERED: a qkd_app entry (app_type CLIENT, server_app_id =
-      master, client_app_id = slaves, local_qkdn_id, default QoS) goes into the node's tree and
+      master, client_app_id = slaves, local_qkdn_id, app_qos from an OPEN_CONNECT's QoS else
+      min_bandwidth 0) goes into the node's tree and
       `sdqkdn_application_new` is emitted. Requests wait, at most `first_request_wait_s`.
       No subscriber to that notification (controller down or unreachable): 503 at once. A
       request 2 s later emits it again (a controller that restarted meanwhile hears it).
@@ -142,7 +143,7 @@ class Registrar:
 
     # ---------------------------------------------------------------- the LKMS asks
 
-    async def ensure(self, master: str, slaves: Sequence[str]) -> App:
+    async def ensure(self, master: str, slaves: Sequence[str], qos: dict[str, int] | None = None) -> App:
         slaves = list(slaves)
         if master in slaves or len(set(slaves)) != len(slaves):
             raise UnknownPair("master and slave SAEs must all differ")
@@ -154,7 +155,7 @@ class Registrar:
         app_id = existing.app_id if existing is not None else app_id_for(master, slaves)
         reg = self.regs.get(app_id)
         if reg is None:
-            reg = self._register(app_id, master, slaves)
+            reg = self._register(app_id, master, slaves, qos or {})
         return await self._wait(reg, master, slaves)
 
     def stream_closed(self, app: App, still_open: int) -> None:
@@ -197,16 +198,17 @@ class Registrar:
         if len(remote) > 1:
             raise UnknownPair("the SAEs of one request must sit on at most two nodes")
 
-    def _entry(self, app_id: str, master: str, slaves: list[str], remote: str | None) -> dict[str, Any]:
+    def _entry(self, app_id: str, master: str, slaves: list[str], remote: str | None,
+               qos: dict[str, int] | None = None) -> dict[str, Any]:
         entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": sae_uri(master),
                                  "client_app_id": [sae_uri(s) for s in slaves], "local_qkdn_id": self.node_id,
-                                 "app_priority": 0, "app_qos": {"min_bandwidth": 0}}
+                                 "app_priority": 0, "app_qos": {"min_bandwidth": 0, **(qos or {})}}
         if remote is not None:
             entry["remote_qkdn_id"] = remote
         return entry
 
-    def _register(self, app_id: str, master: str, slaves: list[str]) -> Registration:
-        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, None), REQUEST)
+    def _register(self, app_id: str, master: str, slaves: list[str], qos: dict[str, int]) -> Registration:
+        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, None, qos), REQUEST)
         self._publish(reg, status=None)
         self._save()
         log.info("application %s registered on first request: %s -> %s", app_id, master, ",".join(slaves))
@@ -260,7 +262,7 @@ class Registrar:
     def _no_path_reason(reg: Registration) -> str:
         remote = reg.entry.get("remote_qkdn_id")
         if not remote:
-            return "the controller does not know this SAE pair"
+            return "the controller refused to set up this SAE pair (an SAE it does not know?)"
         return f"no key-relay path from this node to node {remote} (the other SAE's) can carry keys at the moment"
 
     def _slow_reason(self, reg: Registration, app: App | None) -> str:

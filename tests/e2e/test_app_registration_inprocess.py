@@ -25,7 +25,8 @@ TOPO = {
     "nodes": [{"name": n} for n in "ABCD"],
     "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],
     "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-a2", "node": "A"}, {"name": "sae-c", "node": "C"},
-             {"name": "sae-c2", "node": "C"}, {"name": "sae-b", "node": "B"}, {"name": "sae-d", "node": "D"}],
+             {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-b", "node": "B"},
+             {"name": "sae-d", "node": "D"}],
     "settings": {"app_idle_timeout_s": 1.0},
 }
 
@@ -187,6 +188,22 @@ def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None
     k = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-b/enc_keys")).json()["keys"][0]
     back = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"]))
     assert back.json()["keys"] == [k]
+
+
+def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> None:
+    async def go() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with client(net, "A", "sae-a2") as c:
+            r = await c.post("/api/v1/keys/sae-c/enc_keys", json={"number": 1, "additional_slave_SAE_IDs": ["sae-c3"]})
+        assert r.status_code == 200, r.text
+        kid = r.json()["keys"][0]["key_ID"]
+        return (r, await _get(net, "C", "sae-c", "/api/v1/keys/sae-a2/dec_keys", key_ID=kid),
+                await _get(net, "C", "sae-c3", "/api/v1/keys/sae-a2/dec_keys", key_ID=kid))
+
+    r, c1, c3 = net.run(go())
+    assert c1.json()["keys"] == c3.json()["keys"] == r.json()["keys"]
+    ctl = net.net.controller
+    route = ctl.apps[app_id_for("sae-a2", ["sae-c", "sae-c3"])]  # type: ignore[union-attr]
+    assert route.more_slaves == ["sae-c3"] and route.path == ["A", "B", "C"]
 
 
 def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None:
