@@ -104,6 +104,7 @@ class Registration:
     origin: str
     state: str = "REGISTERED"  # REGISTERED | ON | NO_PATH
     notified: float = -1e9  # monotonic time of the last sdqkdn_application_new
+    since: float = field(default_factory=time.monotonic)  # registered (or restored) at
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -127,10 +128,14 @@ class Registrar:
             return
         for app_id, rec in saved.items():
             reg = Registration(app_id, rec["entry"], rec.get("origin", CONTROLLER))
+            try:
+                self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id") else None)
+                self._register_lkms(reg.entry)
+            except (ValueError, KeyError, TypeError) as e:  # a damaged record: skip it, keep the others
+                log.error("%s: application %s not restored: %s", self.file, app_id, e)
+                continue
             self.regs[app_id] = reg
-            self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id") else None)
-            self._register_lkms(reg.entry)
-        log.info("restored %d application registration(s)", len(saved))
+        log.info("restored %d application registration(s)", len(self.regs))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._idle_loop())
@@ -289,7 +294,8 @@ class Registrar:
             now = time.monotonic()
             for app_id, reg in list(self.regs.items()):
                 app = self.lkms.registry.apps.get(app_id)
-                if reg.origin != REQUEST or app is None or now - app.last_used < idle or self._streaming(app):
+                last = app.last_used if app is not None else reg.since  # (never provisioned: since registered)
+                if reg.origin != REQUEST or now - last < idle or (app is not None and self._streaming(app)):
                     continue
                 self.disconnect(app_id, f"idle for {idle:.0f} s")
 
