@@ -116,8 +116,11 @@ def test_readme_first_key_is_a_relayed_key_the_peer_gets_too(net: Net) -> None:
     assert len(base64.b64decode(k["key"])) == 32
     back = net.dec("sae-distrito", "sae-quijote", k["key_ID"])
     assert back.status_code == 200 and back.json()["keys"] == [k]
-    status = json.loads((net.state / "controller-status.json").read_text())
-    route = next(a for a in status["apps"] if a["master"] == "sae-quijote")
+    def route() -> dict[str, Any] | None:  # (the controller rewrites its status file each second)
+        status = json.loads((net.state / "controller-status.json").read_text())
+        return next((a for a in status["apps"] if a["master"] == "sae-quijote"), None)
+
+    route = until(route, 10, "the controller's status to show the README's pair")
     assert route["virtual"] and len(route["path"]) == 4  # three hops, registered by that first request
 
 
@@ -224,9 +227,9 @@ def test_fifty_concurrent_first_requests_register_one_app(net: Net) -> None:
     mine = [a for a, rec in saved.items() if rec["entry"]["server_app_id"].endswith(":sae-almagro")
             and rec["entry"]["client_app_id"] == ["urn:sdqkd:sae:sae-quijote"]]
     assert len(mine) == 1
+    time.sleep(1.5)  # the controller rewrites its status file each second
     status = json.loads((net.state / "controller-status.json").read_text())
-    assert [a["master"] for a in status["apps"]].count("sae-almagro") <= 2  # sae-norte and sae-quijote
-    assert sum(1 for a in status["apps"] if (a["master"], a["slave"]) == ("sae-almagro", "sae-quijote")) <= 1
+    assert sum(1 for a in status["apps"] if (a["master"], a["slave"]) == ("sae-almagro", "sae-quijote")) == 1
 
 
 def test_controller_killed_then_restarted(net: Net) -> None:
