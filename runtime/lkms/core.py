@@ -130,16 +130,31 @@ class Core:
     def usable(self, app: App | None) -> bool:
         return app is not None and (app.is_local or self.pick_link(app) is not None)
 
+    def served(self, master: str, slaves: Sequence[str]) -> tuple[App, Link | None] | None:
+        """The pair's app and the link to take keys from (None: a local app), when it can be
+        served right now; the synchronous fast path of every request of a registered pair."""
+        app = self.registry.app_for_group(master, slaves)
+        if app is None:
+            return None
+        if app.is_local:
+            return app, None
+        link = self.pick_link(app)
+        return None if link is None else (app, link)
+
     async def app_for_request(self, master: str, slaves: Sequence[str], need_link: bool = True,
-                              qos: dict[str, int] | None = None) -> App:
-        """The application serving a key request of `master` for `slaves` (see the module doc).
+                              qos: dict[str, int] | None = None) -> tuple[App, Link | None]:
+        """`served`, else: the application serving a key request of `master` for `slaves`,
+        registered and waited for through the registrar (see the module doc), and its link.
         `need_link=False` (dec_keys: the keys are already reserved here) takes any registered app."""
-        app = self.registry.app_for_group(master, list(slaves))
-        if app is not None and (not need_link or self.usable(app)):
-            assert app is not None
-            return app
+        got = self.served(master, slaves)
+        if got is not None:
+            return got
+        app = self.registry.app_for_group(master, slaves)
+        if app is not None and not need_link:
+            return app, None
         if self.registrar is not None:
-            return await self.registrar.ensure(master, slaves, qos)
+            app = await self.registrar.ensure(master, slaves, qos)
+            return app, None if app.is_local else self.pick_link(app)
         if app is None:
             raise UnknownPair("no application registered for this master/slave SAE pair")
         raise NotReady("no key association link up for this SAE pair")

@@ -154,8 +154,7 @@ class Etsi014:
         master = self._caller(request)
         slave = request.match_info["sae"]
         core, lim = self.core, self.core.limits
-        app = await core.app_for_request(master, [slave])
-        link = None if app.is_local else core.pick_link(app)
+        app, link = core.served(master, (slave,)) or await core.app_for_request(master, (slave,))
         if link is None and not app.is_local:
             raise NotReady("no key association link up for this SAE pair")
         # a local pair draws fresh random keys on demand: as many as one may hold
@@ -195,13 +194,12 @@ class Etsi014:
         number, size = self._key_request(number, size)
         slaves = [slave, *extra]
         core = self.core
-        app = await core.app_for_request(master, slaves)
+        app, link = core.served(master, slaves) or await core.app_for_request(master, slaves)
         if app.is_local:
             keys = await local_keys(core.store, core.node_id, master, slaves, size, number)
+        elif link is None:
+            raise NotReady("no key association link up for this SAE pair")
         else:
-            link = core.pick_link(app)
-            if link is None:
-                raise NotReady("no key association link up for this SAE pair")
             keys = await self.dispensers.get(link, master, slaves, size, number)
         core.charge(app, number * size, number)
         return _keys_body(keys)
@@ -255,7 +253,8 @@ class Etsi014:
             raise ApiError(400, "key_ID must be a UUID")
         if len(set(ids)) != len(ids):
             raise ApiError(400, "duplicate key_ID")
-        app = await self.core.app_for_request(master, [slave], need_link=False)
+        app = self.core.registry.app_for(master, slave) or (
+            await self.core.app_for_request(master, (slave,), need_link=False))[0]
         keys = await self.core.store.take_in(master, slave, ids)
         if keys is None:
             raise ApiError(400, _KEY_ERROR, [{"key_IDs": "unknown, or not keys of this SAE pair"}])

@@ -116,7 +116,7 @@ class Registry:
     def app_for(self, master: str, slave: str) -> App | None:
         return self._pairs.get((master, slave))
 
-    def app_for_group(self, master: str, slaves: list[str]) -> App | None:
+    def app_for_group(self, master: str, slaves: Sequence[str]) -> App | None:
         """The app serving master -> every slave (multicast needs one app and one pool)."""
         first = self.app_for(master, slaves[0]) if slaves else None
         if first is None:

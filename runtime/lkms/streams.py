@@ -168,11 +168,11 @@ class StreamManager:
         core = self.core
         self._authorise(req.source, caller)
         try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
-            app: App | None = await core.app_for_request(req.source, [req.destination], qos=_app_qos(req.qos))
+            _app, link = await core.app_for_request(req.source, (req.destination,), qos=_app_qos(req.qos))
+            app: App | None = _app
         except (NotReady, UnknownPair) as e:
             log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
-            app = None
-        link = core.pick_link(app) if app is not None and not app.is_local else None
+            app, link = None, None
         if link is None:  # (a pair on one node has no link to stream over: 014 serves it)
             return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         ksid = req.key_stream_id
