@@ -28,6 +28,7 @@ TOPO = {
              {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-b", "node": "B"},
              {"name": "sae-d", "node": "D"}],
     "settings": {"app_idle_timeout_s": 1.0},
+    "apps": [{"master": "sae-b", "slave": "sae-a2", "rate": 0, "priority": 3}],  # explicit registration
 }
 
 
@@ -72,7 +73,6 @@ async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx
 def test_same_node_pair_served_without_link_or_controller(net: Loop) -> None:
     ctl = net.net.controller
     assert ctl is not None
-    apps_before = dict(ctl.apps)
     r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/enc_keys", number=3, size=512))
     assert r.status_code == 200, r.text
     keys = r.json()["keys"]
@@ -84,9 +84,28 @@ def test_same_node_pair_served_without_link_or_controller(net: Loop) -> None:
     assert again.status_code == 400  # each key once
     st = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/status"))
     assert st.status_code == 200 and st.json()["source_KME_ID"] == st.json()["target_KME_ID"]
-    assert ctl.apps == apps_before  # the controller was not needed
+    assert app_id_for("sae-a", ["sae-a2"]) not in ctl.apps  # the controller was not needed
     app = net.net.nodes["A"].lkms.registry.apps[app_id_for("sae-a", ["sae-a2"])]  # type: ignore[union-attr]
     assert app.is_local and app.backing_qkdl_ids == ()
+
+
+def test_topology_app_registered_at_start_and_never_idles_out(net: Loop) -> None:
+    ctl = net.net.controller
+    assert ctl is not None
+    app_id = app_id_for("sae-b", ["sae-a2"])
+
+    async def registered() -> None:
+        while app_id not in ctl.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(registered(), timeout=30)
+    assert ctl.apps[app_id].priority == 3 and ctl.apps[app_id].path == ["B", "A"]
+    net.run(asyncio.sleep(2.0))  # twice the idle timeout of this topology
+    assert app_id in net.net.nodes["B"].lkms.registry.apps  # type: ignore[union-attr]
+    entry = net.net.nodes["A"].agent.root["qkd_node"]["qkd_applications"]["qkd_app"][(app_id,)]
+    assert entry["app_priority"] == 3
+    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a2/enc_keys"))
+    assert r.status_code == 200, r.text
 
 
 def test_errors_stay_400_401(net: Loop) -> None:
