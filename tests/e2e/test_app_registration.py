@@ -14,11 +14,13 @@ import asyncio
 import base64
 import json
 import os
+import queue
 import re
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,12 +189,14 @@ def test_pygnmi_sees_sdqkdn_application_new(net: Net) -> None:
     spec = net.gnmi_spec("Concepcion", ["/sdqkdn_application_new"])
     p = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pygnmi_notify.py")), json.dumps(spec)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert p.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()  # type: ignore[union-attr]
     try:
-        assert p.stdout is not None
-        assert p.stdout.readline().strip() == "SYNC", p.stderr.read() if p.poll() is not None else ""
+        assert lines.get(timeout=60).strip() == "SYNC"
         r = net.enc("sae-concepcion", "sae-norte")  # new pair, direct link
         assert r.status_code == 200, r.text
-        msg = json.loads(p.stdout.readline())
+        msg = json.loads(lines.get(timeout=30))
     finally:
         p.kill()
         p.wait(10)
