@@ -304,6 +304,40 @@ class Controller:
         log.info("application %s disconnected at node %s: released", app_id, node)
         await self.events.put(("app-released", app_id))
 
+    async def _adopt_apps(self, name: str) -> None:
+        """Applications a previous controller provisioned (this one restarted since): their
+        routes, read back from the master's node (its qkd_app, and the VIRT link's next hops),
+        so that they are rerouted and released like the ones this controller provisions."""
+        client = self._client(name)
+        try:
+            apps, links = await asyncio.gather(client.list_qkd_app(), client.list_qkd_link())
+        except grpc.aio.AioRpcError as e:
+            log.info("node %s: applications not read back: %s", name, e.details())
+            return
+        by_id = {n.id: n.name for n in self.topo.nodes.values()}
+        virt = {ln["qkdl_id"]: ln for ln in links if str(ln.get("qkdl_type", "")).endswith("VIRT")}
+        sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id>
+        async with self._lock:
+            for a in apps:
+                master, slaves = sae(a.get("server_app_id", "")), [sae(c) for c in a.get("client_app_id", [])]
+                app_id, remote = a.get("app_id", ""), by_id.get(str(a.get("remote_qkdn_id", "")))
+                if (app_id in self.apps or not slaves or master not in self.topo.saes
+                        or self.topo.saes[master].node != name or remote is None):
+                    continue
+                backing = list(a.get("backing_qkdl_id", []))
+                if remote == name:
+                    path, qkdl = [name], ""
+                elif backing and backing[0] in virt:
+                    path, qkdl = [name, *(by_id.get(str(h), "?") for h in virt[backing[0]].get("virt_next_hop", []))], backing[0]
+                elif backing:
+                    path, qkdl = [name, remote], backing[0]
+                else:
+                    continue
+                rate = float((a.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
+                self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, path, qkdl, virtual=len(path) > 2,
+                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:])
+                log.info("app %s adopted from node %s: path %s", app_id, name, path)
+
     async def register_topology_apps(self) -> None:
         """The topology's `apps:` (explicit registration), retried until each has a path."""
         pending = list(self.topo.apps)
@@ -361,11 +395,14 @@ class Controller:
                 async for resp in client.subscribe(paths, mode="ON_CHANGE"):
                     if resp.sync_response:
                         came_back = view.seen and not view.up
+                        first = not view.seen
                         view.up = view.seen = True
                         backoff = 0.2
                         await self.events.put(("node-up", name))
                         if came_back:
                             self._tasks.append(asyncio.create_task(self._node_back(name)))
+                        if first:
+                            self._spawn(self._adopt_apps(name))
                     elif resp.HasField("update"):
                         self._absorb(name, resp.update)
             except asyncio.CancelledError:

@@ -25,10 +25,11 @@ TOPO = {
     "nodes": [{"name": n} for n in "ABCD"],
     "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],
     "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-a2", "node": "A"}, {"name": "sae-c", "node": "C"},
-             {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-b", "node": "B"},
+             {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-c4", "node": "C"},
+             {"name": "sae-b", "node": "B"},
              {"name": "sae-d", "node": "D"}],
     "settings": {"app_idle_timeout_s": 1.0},
-    "apps": [{"master": "sae-b", "slave": "sae-a2", "rate": 0, "priority": 3}],  # explicit registration
+    "apps": [{"master": "sae-c4", "slave": "sae-a2", "rate": 0, "priority": 3}],  # explicit registration
 }
 
 
@@ -92,19 +93,19 @@ def test_same_node_pair_served_without_link_or_controller(net: Loop) -> None:
 def test_topology_app_registered_at_start_and_never_idles_out(net: Loop) -> None:
     ctl = net.net.controller
     assert ctl is not None
-    app_id = app_id_for("sae-b", ["sae-a2"])
+    app_id = app_id_for("sae-c4", ["sae-a2"])
 
     async def registered() -> None:
         while app_id not in ctl.apps:
             await asyncio.sleep(0.05)
 
     net.run(registered(), timeout=30)
-    assert ctl.apps[app_id].priority == 3 and ctl.apps[app_id].path == ["B", "A"]
+    assert ctl.apps[app_id].priority == 3 and ctl.apps[app_id].path == ["C", "B", "A"]
     net.run(asyncio.sleep(2.0))  # twice the idle timeout of this topology
-    assert app_id in net.net.nodes["B"].lkms.registry.apps  # type: ignore[union-attr]
+    assert app_id in net.net.nodes["C"].lkms.registry.apps  # type: ignore[union-attr]
     entry = net.net.nodes["A"].agent.root["qkd_node"]["qkd_applications"]["qkd_app"][(app_id,)]
     assert entry["app_priority"] == 3
-    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a2/enc_keys"))
+    r = net.run(_get(net, "C", "sae-c4", "/api/v1/keys/sae-a2/enc_keys"))
     assert r.status_code == 200, r.text
 
 
@@ -242,3 +243,28 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
     r = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys"))
     assert r.status_code == 503 and "controller" in r.json()["message"] and r.headers["Retry-After"] == "5"
     assert net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/enc_keys")).status_code == 200  # local
+
+    # a new controller: adopts what the old one provisioned, and serves the waiting pair
+    from runtime.controller.controller import Controller
+
+    ctl2 = Controller(ctl.topo, ctl.endpoints, tls=ctl.tls)
+    net.net.controller = ctl2  # stopped with the network
+    net.run(ctl2.start())
+    topo_app = app_id_for("sae-c4", ["sae-a2"])
+
+    async def adopted() -> None:
+        while topo_app not in ctl2.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(adopted(), timeout=30)
+    route = ctl2.apps[topo_app]
+    assert route.path == ["C", "B", "A"] and route.virtual and route.priority == 3
+    assert route.qkdl_id == ctl.apps[topo_app].qkdl_id
+
+    async def served() -> int:
+        while (r := await _get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys")).status_code != 200:
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            await asyncio.sleep(0.5)
+        return r.status_code
+
+    assert net.run(served(), timeout=30) == 200
