@@ -25,7 +25,7 @@ import grpc
 
 from generated.client import ModelClient
 from generated.model_types import QkdApp
-from runtime.lkms.registry import app_id_for
+from runtime.lkms.registry import app_id_for, sae_of, sae_uri
 from runtime.pki import TlsFiles
 
 from .routing import LinkState, Router
@@ -163,9 +163,6 @@ class Controller:
             await asyncio.gather(*(self.provision_link(ln) for ln in links
                                    if self.nodes[ln.a].up and self.nodes[ln.b].up))
 
-    def _sae_uri(self, sae: str) -> str:
-        return f"urn:sdqkd:sae:{sae}"
-
     async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0, *, priority: int = 0,
                            first: str | None = None, more_slaves: tuple[str, ...] = ()) -> AppRoute:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
@@ -224,8 +221,8 @@ class Controller:
     def _app_entry(self, route: AppRoute, local: str, remote: str) -> QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
-            "server_app_id": self._sae_uri(route.master),
-            "client_app_id": [self._sae_uri(s) for s in (route.slave, *route.more_slaves)],
+            "server_app_id": sae_uri(route.master),
+            "client_app_id": [sae_uri(s) for s in (route.slave, *route.more_slaves)],
             "backing_qkdl_id": [route.qkdl_id] if route.qkdl_id else [],
             "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
             "app_qos": {"min_bandwidth": int(route.rate_bps)}, "app_priority": route.priority,
@@ -249,9 +246,8 @@ class Controller:
     async def _application_new(self, node: str, content: dict[str, Any]) -> None:
         """`sdqkdn_application_new` from `node`: provision the pair, or say why not."""
         app = next((v for k, v in content.items() if k.endswith("qkd_application")), content)
-        sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id>
-        master = sae(app.get("server_app_id", ""))
-        slaves = [sae(c) for c in app.get("client_app_id", [])]
+        master = sae_of(app.get("server_app_id", ""))
+        slaves = [sae_of(c) for c in app.get("client_app_id", [])]
         rate = float((app.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
         app_id = app_id_for(master, slaves)
         remote: str | None = None
@@ -274,8 +270,8 @@ class Controller:
             log.warning("application %s: provisioning failed: %s", app_id, e.details())
             return
         # a qkd_app without backing link: the node answers its SAE with the reason
-        entry: QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": self._sae_uri(master),
-                         "client_app_id": [self._sae_uri(s) for s in slaves],
+        entry: QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": sae_uri(master),
+                         "client_app_id": [sae_uri(s) for s in slaves],
                          "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
         if remote is not None:
             entry["remote_qkdn_id"] = remote
@@ -316,10 +312,9 @@ class Controller:
             return
         by_id = {n.id: n.name for n in self.topo.nodes.values()}
         virt = {ln["qkdl_id"]: ln for ln in links if str(ln.get("qkdl_type", "")).endswith("VIRT")}
-        sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id>
         async with self._lock:
             for a in apps:
-                master, slaves = sae(a.get("server_app_id", "")), [sae(c) for c in a.get("client_app_id", [])]
+                master, slaves = sae_of(a.get("server_app_id", "")), [sae_of(c) for c in a.get("client_app_id", [])]
                 app_id, remote = a.get("app_id", ""), by_id.get(str(a.get("remote_qkdn_id", "")))
                 if (app_id in self.apps or not slaves or master not in self.topo.saes
                         or self.topo.saes[master].node != name or remote is None):

@@ -19,6 +19,16 @@ def app_id_for(master: str, slaves: Sequence[str]) -> str:
     return str(uuid.uuid5(NAMESPACE, f"app:{master}|{','.join(slaves)}"))
 
 
+def sae_uri(sae: str) -> str:
+    """An SAE ID as a qkd_app's server_app_id / client_app_id (ETSI 015 wants an inet:uri)."""
+    return f"urn:sdqkd:sae:{sae}"
+
+
+def sae_of(uri: object) -> str:
+    """The SAE ID of `urn:sdqkd:sae:<id>` (or of a bare ID)."""
+    return str(uri).rsplit(":", 1)[-1]
+
+
 def local_pool_id(node_id: str) -> str:
     """The key pool of SAE pairs whose both SAEs sit on this node (no link involved)."""
     return str(uuid.uuid5(NAMESPACE, f"local-pool:{node_id}"))

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.lkms.core import NotReady, UnknownPair
-from runtime.lkms.registry import App, app_id_for
+from runtime.lkms.registry import App, app_id_for, sae_of, sae_uri
 
 if TYPE_CHECKING:
     from runtime.agent.server import NodeAgent
@@ -58,15 +58,6 @@ RENOTIFY_S = 2.0  # a waiting pair's notification is repeated at most this often
 REQUEST, CONTROLLER = "request", "controller"  # who created a registration (only the former idle out)
 CONFIG_LEAVES = ("app_id", "app_type", "server_app_id", "client_app_id", "app_priority", "app_qos",
                  "backing_qkdl_id", "local_qkdn_id", "remote_qkdn_id", "expiration_time")
-
-
-def sae_uri(sae: str) -> str:
-    return f"urn:sdqkd:sae:{sae}"
-
-
-def sae_of(uri: Any) -> str:
-    """urn:sdqkd:sae:<id> or a bare ID."""
-    return str(uri).rsplit(":", 1)[-1]
 
 
 @dataclass

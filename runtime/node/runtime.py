@@ -21,8 +21,9 @@ from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.lkms.node import Lkms
+from runtime.lkms.registry import sae_of
 
-from .apps import Registrar, sae_of
+from .apps import Registrar
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
 
