@@ -226,6 +226,24 @@ def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> 
     assert route.more_slaves == ["sae-c3"] and route.path == ["A", "B", "C"]
 
 
+def test_wait_is_bounded_then_503_being_set_up(net: Loop) -> None:
+    settings = net.net.nodes["A"].registrar.settings  # type: ignore[union-attr]
+    saved = settings.first_request_wait_s
+    settings.first_request_wait_s = 1e-6  # no time for the controller: the answer must not wait
+    try:
+        r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-c2/enc_keys"))
+    finally:
+        settings.first_request_wait_s = saved
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert "being set up" in r.json()["message"]
+
+    async def served() -> None:
+        while (await _get(net, "A", "sae-a", "/api/v1/keys/sae-c2/enc_keys")).status_code != 200:
+            await asyncio.sleep(0.2)
+
+    net.run(served(), timeout=30)
+
+
 def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None:
     # sae-c -> sae-b: provisioned now; then the controller stops; sae-c2 -> sae-b stays new
     assert net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-b/enc_keys")).status_code == 200
