@@ -171,38 +171,61 @@ def test_qkdsec_doctor_fails_only_the_single_kme_round_trip(net: Net) -> None:
     assert failed <= {"dec_keys_roundtrip"}, r.stdout
 
 
-def test_etsi004_open_connect_registers_the_pair(net: Net) -> None:
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+class Notifications:
+    """pygnmi (its own interpreter) subscribed at one node; lines read on a thread."""
 
-    with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-norte")) as n, \
-            Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d:
-        ksid = n.open("sae-distrito")  # first request of the pair (Norte - Distrito, direct)
-        assert d.open("sae-norte", ksid) == ksid
-        got = [(n.get_key(ksid, i)[1], d.get_key(ksid, i)[1]) for i in range(3)]
-        assert all(a == b and len(a) == 32 for a, b in got) and len({a for a, _ in got}) == 3
-        SEEN_KEYS.extend(base64.b64encode(a).decode() for a, _ in got)
-        n.close_stream(ksid)
-        d.close_stream(ksid)
+    def __init__(self, net: Net, node: str, paths: list[str]) -> None:
+        spec = net.gnmi_spec(node, paths)
+        self.p = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pygnmi_notify.py")), json.dumps(spec)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        out = self.p.stdout
+        assert out is not None
+        threading.Thread(target=lambda: [self.lines.put(x) for x in out], daemon=True).start()
+        assert self.lines.get(timeout=60).strip() == "SYNC"
+
+    def next(self, timeout: float = 30) -> tuple[str, dict[str, Any]]:
+        (upd,) = json.loads(self.lines.get(timeout=timeout))["update"]["update"]
+        return upd["path"], next(v for k, v in upd["val"].items() if k.endswith("qkd_application"))
+
+    def close(self) -> None:
+        self.p.kill()
+        self.p.wait(10)
+
+
+def test_etsi004_open_connect_registers_and_close_disconnects(net: Net) -> None:
+    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from runtime.lkms.registry import app_id_for
+
+    notes = Notifications(net, "Norte", ["/sdqkdn_application_new", "/sdqkdn_application_disconnected"])
+    try:
+        with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-norte")) as n, \
+                Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d:
+            ksid = n.open("sae-distrito")  # first request of the pair (Norte - Distrito, direct)
+            assert d.open("sae-norte", ksid) == ksid
+            got = [(n.get_key(ksid, i)[1], d.get_key(ksid, i)[1]) for i in range(3)]
+            assert all(a == b and len(a) == 32 for a, b in got) and len({a for a, _ in got}) == 3
+            SEEN_KEYS.extend(base64.b64encode(a).decode() for a, _ in got)
+            n.close_stream(ksid)
+            d.close_stream(ksid)
+        path, app = notes.next()
+        assert path == "sdqkdn_application_new" and app["server_app_id"] == "urn:sdqkd:sae:sae-norte"
+        path, app = notes.next()
+        assert path == "sdqkdn_application_disconnected"
+        assert app == {"app_id": app_id_for("sae-norte", ["sae-distrito"])}
+    finally:
+        notes.close()
 
 
 def test_pygnmi_sees_sdqkdn_application_new(net: Net) -> None:
-    spec = net.gnmi_spec("Concepcion", ["/sdqkdn_application_new"])
-    p = subprocess.Popen([sys.executable, str(Path(__file__).with_name("pygnmi_notify.py")), json.dumps(spec)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    assert p.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x) for x in p.stdout], daemon=True).start()  # type: ignore[union-attr]
+    notes = Notifications(net, "Concepcion", ["/sdqkdn_application_new"])
     try:
-        assert lines.get(timeout=60).strip() == "SYNC"
         r = net.enc("sae-concepcion", "sae-norte")  # new pair, direct link
         assert r.status_code == 200, r.text
-        msg = json.loads(lines.get(timeout=30))
+        path, app = notes.next()
     finally:
-        p.kill()
-        p.wait(10)
-    (upd,) = msg["update"]["update"]
-    assert upd["path"] == "sdqkdn_application_new"
-    app = next(v for k, v in upd["val"].items() if k.endswith("qkd_application"))
+        notes.close()
+    assert path == "sdqkdn_application_new"
     assert app["server_app_id"] == "urn:sdqkd:sae:sae-concepcion"
     assert app["client_app_id"] == ["urn:sdqkd:sae:sae-norte"]
     assert app["local_qkdn_id"] == net.eps["Concepcion"]["id"]
