@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import ssl
 import tempfile
 import time
@@ -151,4 +152,5 @@ def main(seconds: float = 60.0) -> int:
             print(f"\nstopped {len(stopped)} processes; the demo leaves nothing running")
         except network.HarnessError:
             pass
+        shutil.rmtree(state, ignore_errors=True)  # its PKI (private keys) and key stores: nothing left in /tmp
     return code
