@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -111,6 +112,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         if (cwd / "net" / "pids.json").exists():
             subprocess.run([sys.executable, "-m", "runtime.cli", "net", "down", "--state-dir", str(cwd / "net")],
                            env=ENV, capture_output=True, timeout=60)
+        shutil.rmtree(cwd, ignore_errors=True)  # the network's PKI and key stores: nothing left behind
 
 
 def test_readme_first_key_is_a_relayed_key_the_peer_gets_too(net: Net) -> None:

@@ -39,6 +39,7 @@ class Loop:
     def __init__(self, tmp: Path) -> None:
         self.loop = asyncio.new_event_loop()
         self.net: InProcessNetwork = self.run(start_network(TOPO, tmp, timeout=120.0))
+        self.net.owns_state_dir = True  # removed at stop: its PKI and key stores leave nothing behind
 
     def run(self, coro: Any, timeout: float = 120.0) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
