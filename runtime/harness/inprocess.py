@@ -23,7 +23,8 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
-from runtime.harness.network import interfaces_of
+from runtime.harness.network import applications_config, interfaces_of
+from runtime.node.apps import Settings
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
@@ -57,6 +58,10 @@ class InProcessNetwork:
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
         unbound = {n: {"peer": "127.0.0.1:0"} for n in self.topo.nodes}
+        problems: list[str] = []
+        apps_settings = Settings.from_dict(applications_config(self.topo), "settings", problems)
+        if problems:
+            raise ValueError(f"{self.topo.source}: " + "; ".join(problems))
         for name, node in self.topo.nodes.items():
             ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
             configs[name] = NodeConfig(
@@ -64,7 +69,8 @@ class InProcessNetwork:
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
                 bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
-                restconf_tls=restconf_tls, interfaces=interfaces_of(self.topo, name, unbound))
+                applications=apps_settings, restconf_tls=restconf_tls,
+                interfaces=interfaces_of(self.topo, name, unbound))
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:

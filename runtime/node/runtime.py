@@ -25,9 +25,11 @@ from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.lkms.node import Lkms
+from runtime.lkms.registry import sae_of
 from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
 from runtime.restconf.adapter import MERGE, Edit, EditRefused
 
+from .apps import Registrar
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
 
@@ -50,7 +52,7 @@ class NodeAgentWithRuntime(NodeAgent):
 
     async def on_qkd_app(self, txn: Any, old: dict[str, Any] | None, new: dict[str, Any] | None, *,
                          app_id: str) -> None:
-        self.node.app_changed(app_id, new, created=old is None)
+        self.node.app_changed(app_id, new)
 
 
 def _ext(entry: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +65,7 @@ class NodeRuntime:
         self.links: dict[str, EngineLink] = {}
         self.agent = NodeAgentWithRuntime(self)
         self.lkms: Lkms | None = None
+        self.registrar: Registrar | None = None
         self._gnmi: grpc.aio.Server | None = None
         self._restconf: Any = None
         self.adapter = ModelAdapter(self.agent)
@@ -82,8 +85,12 @@ class NodeRuntime:
                          keysync_listen=cfg.peer_listen,
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
+        self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
+        self.lkms.registrar = self.registrar
         await self.lkms.start()
         await self._seed_interfaces()
+        self.registrar.restore()
+        self.registrar.start()
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
         ctx = None
@@ -103,6 +110,8 @@ class NodeRuntime:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.registrar is not None:
+            await self.registrar.stop()
         for link in list(self.links.values()):
             await link.stop()
         if self._restconf is not None:
@@ -160,6 +169,13 @@ class NodeRuntime:
         return hashlib.sha256(f.read_bytes() + qkdl_id.encode()).digest()
 
     async def link_changed(self, qkdl_id: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        try:
+            await self._link_changed(qkdl_id, new)
+        finally:
+            if self.registrar is not None:  # requests waiting for a link look again
+                self.registrar.poke()
+
+    async def _link_changed(self, qkdl_id: str, new: dict[str, Any] | None) -> None:
         from runtime.engine import cascade, profiles
 
         assert self.lkms is not None
@@ -223,27 +239,25 @@ class NodeRuntime:
             self.links[eid] = link
             link.start()
 
-    def app_changed(self, app_id: str, new: dict[str, Any] | None, created: bool = False) -> None:
+    def app_changed(self, app_id: str, new: dict[str, Any] | None) -> None:
         assert self.lkms is not None
         if new is None:
             self.lkms.unregister_app(app_id)
-            return
-        sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id> or a bare ID
-        try:
-            self.lkms.register_app(app_id, sae(new.get("server_app_id", "")),
-                                   [sae(c) for c in new.get("client_app_id", [])],
-                                   new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
-                                   [self._engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
-        except ValueError as e:  # the LKMS cannot serve it: the Set fails with this reason
-            raise HookVeto(str(e)) from None
-        self.agent.state.update({
-            f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_status": f"{T}ON",
-            f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/creation_time":
-                dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
-        if created:  # ETSI 015: a new application was registered at this node
-            app = {k: new[k] for k in ("app_type", "server_app_id", "client_app_id", "local_qkdn_id") if k in new}
-            self.agent.state.notify("sdqkdn_application_new", {"qkd_application": app})
+        else:
+            try:
+                self.lkms.register_app(app_id, sae_of(new.get("server_app_id", "")),
+                                       [sae_of(c) for c in new.get("client_app_id", [])],
+                                       new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
+                                       [self._engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
+            except ValueError as e:  # the LKMS cannot serve it: the Set fails with this reason
+                raise HookVeto(str(e)) from None
+            base = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]"
+            vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.cfg.id:
+                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            self.agent.state.update(vals)
+        if self.registrar is not None:
+            self.registrar.installed(app_id, new)
 
     # ---------------------------------------------------------------- engine -> LKMS, agent
 

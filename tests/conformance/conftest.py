@@ -54,6 +54,8 @@ class Target:
     ours: bool  # the sdqkd node the suite started (its own-only checks may run)
     name: str | None = None
     restconf: str | None = None  # host:port of the same node's RESTCONF server
+    etsi014: str | None = None  # host:port of its ETSI 014 server (an SAE's first request raises a notification)
+    sae: tuple[str, str] | None = None  # (cert, key) of the SAE `sae-m` attached to it
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("username", self.user), ("password", self.password or "")) if self.user else ()
@@ -73,12 +75,13 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     ca, ca_path = write_ca(tmp / "pki")
     server = write_identity(ca, ca_path, tmp / "pki", "node-a", server=True)
     client = write_identity(ca, ca_path, tmp / "pki", "controller", server=False)
+    sae = write_identity(ca, ca_path, tmp / "pki", "sae-m", server=False)
     cfg = tmp / "node.yaml"
     cfg.write_text(
         f"id: {uuid.uuid4()}\nname: node-a\n"
         "gnmi: {listen: '127.0.0.1:0'}\netsi014: {listen: '127.0.0.1:0'}\netsi004: {listen: '127.0.0.1:0'}\n"
         f"data_dir: data\ntls: {{ca: {server.ca}, cert: {server.cert}, key: {server.key}}}\n"
-        "users: {admin: 's3cret-pw'}\nsaes: []\n"
+        "users: {admin: 's3cret-pw'}\nsaes: [{id: sae-m}]\n"
     )
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -86,11 +89,13 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     line = proc.stdout.readline() if proc.stdout else ""
     m = re.search(r"gNMI on ([^\s,]+)", line)
     rc = re.search(r"RESTCONF on ([^\s,]+)", line)
+    e14 = re.search(r"ETSI 014 on ([^\s,]+)", line)
     if not m:
         proc.kill()
         raise RuntimeError(f"sdqkd node did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc, Target(m.group(1), str(client.ca), str(client.cert), str(client.key), "admin", "s3cret-pw",
-                        insecure=False, ours=True, name="node-a", restconf=rc.group(1) if rc else None)
+                        insecure=False, ours=True, name="node-a", restconf=rc.group(1) if rc else None,
+                        etsi014=e14.group(1) if e14 else None, sae=(str(sae.cert), str(sae.key)))
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +131,7 @@ def restconf_target(request: pytest.FixtureRequest):
     if not target.ours or not target.restconf:
         pytest.skip("no RESTCONF target: give --restconf-target")
     return RestconfTarget(f"https://{target.restconf}", target.ca, target.cert, target.key, target.user,
-                          target.password, None, ours=True)
+                          target.password, None, ours=True, etsi014=target.etsi014, sae=target.sae)
 
 
 @pytest.fixture(scope="session")

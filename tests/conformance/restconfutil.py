@@ -29,6 +29,8 @@ class RestconfTarget:
     password: str | None
     token: str | None
     ours: bool
+    etsi014: str | None = None  # ours: its ETSI 014 server and an SAE attached to it
+    sae: tuple[str, str] | None = None
 
     def client(self, *, with_cert: bool = True, auth: bool = True) -> httpx.Client:
         verify: Any = True

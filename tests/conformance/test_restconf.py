@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import queue
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -333,7 +333,7 @@ def test_client_certificate_required(restconf_target: RestconfTarget):
 # ---------------------------------------------------------------- event stream
 
 
-def test_event_stream_carries_etsi_notifications(c: httpx.Client, node_id: str, restconf_target: RestconfTarget):
+def test_event_stream_carries_etsi_notifications(node_id: str, restconf_target: RestconfTarget, c: httpx.Client):
     state = c.get(f"{DATA}/ietf-restconf-monitoring:restconf-state/streams", headers=H).json()
     stream = state["ietf-restconf-monitoring:streams"]["stream"][0]
     location = stream["access"][0]["location"]
@@ -353,20 +353,20 @@ def test_event_stream_carries_etsi_notifications(c: httpx.Client, node_id: str, 
     t.start()
     kind, status, ctype = events.get(timeout=10)
     assert status == 200 and ctype.startswith("text/event-stream")
-    if not restconf_target.ours:
+    if not restconf_target.ours or not restconf_target.etsi014 or not restconf_target.sae:
         return  # what raises a notification on another target is not known here
-    app_id = str(uuid.uuid4())
-    app = {"app_id": app_id, "app_type": "etsi-qkd-node-types:CLIENT", "server_app_id": "urn:sdqkd:sae:m",
-           "client_app_id": ["urn:sdqkd:sae:s"], "local_qkdn_id": node_id}
-    url = f"{NODE}/qkd_applications"
-    try:
-        assert c.post(url, headers=HW, json={"etsi-qkd-sdn-node:qkd_app": [app]}).status_code == 201
-        kind, ev = events.get(timeout=10)
-        note = ev["ietf-restconf:notification"]
-        assert note["eventTime"].endswith("Z")
-        assert note["etsi-qkd-sdn-node:sdqkdn_application_new"]["qkd_application"]["server_app_id"] == "urn:sdqkd:sae:m"
-    finally:
-        c.delete(f"{url}/qkd_app={quote(app_id)}", headers=H)
+    # ETSI 015 §5.2: an SAE's first key request for an unknown pair makes the node register it and
+    # emit sdqkdn_application_new (the stream is a listener; no controller answers, so 503 after a wait)
+    ctx = ssl.create_default_context(cafile=restconf_target.ca)
+    ctx.load_cert_chain(*restconf_target.sae)
+    with httpx.Client(verify=ctx, timeout=30) as kms:
+        r = kms.get(f"https://{restconf_target.etsi014}/api/v1/keys/sae-unknown-{uuid.uuid4().hex[:8]}/status")
+    assert r.status_code == 503
+    kind, ev = events.get(timeout=10)
+    note = ev["ietf-restconf:notification"]
+    assert note["eventTime"].endswith("Z")
+    app = note["etsi-qkd-sdn-node:sdqkdn_application_new"]["qkd_application"]
+    assert app["server_app_id"] == "urn:sdqkd:sae:sae-m" and app["local_qkdn_id"] == node_id
 
 
 # ---------------------------------------------------------------- one transaction with gNMI
