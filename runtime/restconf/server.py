@@ -483,7 +483,8 @@ class RestconfServer:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """RFC 8040 §6.4: server-sent events, one `ietf-restconf:notification` per event."""
-        if "text/event-stream" not in request.headers.get("Accept", "text/event-stream"):
+        accept = request.headers.get("Accept", "*/*")
+        if "text/event-stream" not in accept and "*/*" not in accept:
             raise protocol("invalid-value", "an event stream is served as text/event-stream", status=406)
         if request.query:
             raise protocol("invalid-value", f"stream parameters {sorted(request.query)} are not supported "
