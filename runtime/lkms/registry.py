@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 PHYS, VIRT = "PHYS", "VIRT"
+EXT = "EXT"  # another vendor's KMS reached with ETSI 020 (external.py)
 
 
 @dataclass
