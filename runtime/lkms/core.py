@@ -80,6 +80,7 @@ class Core:
         self.rates: dict[str, RateMeter] = {}
         self.outbox_wakeup = asyncio.Event()
         self.pool_changed: dict[str, asyncio.Event] = {}
+        self.etsi020_address = ""  # host:port of our ETSI 020 server (KeySync Describe)
 
     def from_back(self, link: Link) -> bool:
         """The two ends of a pool pick keys from opposite ends so their picks rarely collide."""

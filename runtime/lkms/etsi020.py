@@ -78,8 +78,10 @@ class _Awaited:
 class Kms020:
     """Shared 020 state of one LKMS."""
 
-    def __init__(self, node_id: str, client: Etsi020Client, tls: bool) -> None:
+    def __init__(self, node_id: str, client: Etsi020Client, tls: bool,
+                 is_peer_node: Callable[[str], bool] = lambda _: False) -> None:
         self.node_id = node_id
+        self.is_peer_node = is_peer_node  # a node we share a link with (its address may be unknown)
         self.client = client
         self.tls = tls
         self.base_url = ""  # ours, set when the server listens
@@ -96,6 +98,13 @@ class Kms020:
 
     def node(self, node_id: str) -> PeerKms | None:
         return self.nodes.get(node_id)
+
+    def caller(self, identity: str) -> PeerKms | None:
+        """A calling sdqkd node: its known 020 server, or (address not known yet) its identity."""
+        p = self.nodes.get(identity)
+        if p is None and self.is_peer_node(identity):
+            p = PeerKms("", identity)
+        return p
 
     # --- acknowledgements ------------------------------------------------------------------
     def expect(self, peer: PeerKms, key_ids: list[str]) -> list[asyncio.Future[AckContainer]]:
@@ -144,6 +153,10 @@ class Kms020:
             port = u.port or 443
         except ValueError:
             port = -1
+        if not caller.url and u.hostname and port > 0:
+            # an sdqkd node whose address we did not know: its identity is still checked before
+            # anything is sent there, so a URL elsewhere reaches nobody
+            return PeerKms(f"{u.scheme}://{u.hostname}:{port}", caller.identity)
         if (u.hostname, port) != caller.hostport:
             raise Bad("bad request format", "bad_request_format",
                       "ack_callback_url: must be on the calling KMS's own ETSI 020 server")
@@ -220,7 +233,7 @@ class Etsi020Server:
             h = request.headers.get(KMS_ID_HEADER)
             ids = {h} if h else set()
         for i in sorted(ids):
-            p = self.kms.node(i) or self.external.peer_by_identity(i)
+            p = self.kms.caller(i) or self.external.peer_by_identity(i)
             if p is not None:
                 return p
         raise Bad("unauthorized", "unauthorized", "User-supplied certificate is invalid.", status=401)
@@ -247,7 +260,7 @@ class Etsi020Server:
         raw = await self._json(request)
         req = parse_ext_key_container(raw)
         if req.ack_callback_url is not None:
-            self.kms.callback_peer(req.ack_callback_url, caller)
+            caller = self.kms.callback_peer(req.ack_callback_url, caller)
         unknown = set(req.extension_mandatory) - {"sdqkd_hop"}
         if unknown:
             raise Bad("bad request format", "extension_not_supported",
@@ -263,7 +276,7 @@ class Etsi020Server:
             raise Bad("void request not understood", "key_voiding_error", "all_confirmation: true or false")
         req = parse_void_container(await self._json(request), flag == "true")
         if req.ack_callback_url is not None:
-            self.kms.callback_peer(req.ack_callback_url, caller)
+            caller = self.kms.callback_peer(req.ack_callback_url, caller)
         if "sdqkd_hop" in req.extension:
             return self._reply(await self.relay.on_void(caller, req, self.spawn))
         return self._reply(await self.external.on_void(caller, req, self.spawn))

@@ -1,7 +1,7 @@
 """KeySync server: what a peer LKMS may ask of this one (kms.proto), over mutual TLS: key-ID
 reservation (Reserve/Confirm/Release) and ETSI 004 key-stream agreement, which ETSI GS QKD 020
 does not cover. The key relay moved to ETSI 020 (relay.py); the `Relay` RPC of kms.proto is no
-longer served (UNIMPLEMENTED).
+longer served (UNIMPLEMENTED); `Describe` tells a peer where our 020 server listens.
 
 Every call names a link; with TLS the caller's certificate CN must be the node at the other end
 of that link (a node can only touch the pools it shares with us). Refusals carry a reason,
@@ -112,3 +112,7 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
             return kms_pb2.TxnResponse(ok=True)
         self.streams.peer_close(s)
         return kms_pb2.TxnResponse(ok=True)
+
+    async def Describe(self, request: kms_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+                       ) -> kms_pb2.DescribeResponse:
+        return kms_pb2.DescribeResponse(etsi020_address=self.core.etsi020_address)

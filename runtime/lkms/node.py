@@ -128,7 +128,8 @@ class Lkms:
         tls = self.tls
         self.kms020 = Kms020(self.node_id, Etsi020Client(
             self.node_id, str(tls.cert) if tls else None, str(tls.key) if tls else None, str(tls.ca) if tls else None,
-            timeout=self.limits.rpc_timeout_s), tls is not None)
+            timeout=self.limits.rpc_timeout_s), tls is not None,
+            is_peer_node=lambda n: any(ln.peer_node_id == n for ln in self.registry.links.values()))
         for nid, addr in self._etsi020_peers.items():
             self.kms020.set_node(nid, addr)
         self.relay = Relay(core, self.kms020)
@@ -187,6 +188,7 @@ class Lkms:
         sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
         self.addresses["etsi020"] = f"{host}:{sock.getsockname()[1]}"
         self.kms020.base_url = f"{'https' if self.tls else 'http'}://{self.addresses['etsi020']}"
+        self.core.etsi020_address = self.addresses["etsi020"]
 
     async def _add_external(self, peer: ExternalPeer) -> None:
         if self._ctx020 is not None and peer.kms.ca:

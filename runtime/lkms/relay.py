@@ -47,6 +47,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
+from generated.proto.sdqkd import kms_pb2
 from runtime.lkms.core import Core
 from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
 from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
@@ -178,10 +181,23 @@ class Relay:
                 return app.slave_sae_ids[0], [app.master_sae_id]
         return self.core.node_id, [link.peer_node_id]
 
-    def _peer(self, phys: Link) -> PeerKms:
+    async def _peer(self, phys: Link) -> PeerKms:
+        """The next hop's ETSI 020 server: configured, or asked once over KeySync (Describe)."""
         p = self.kms.node(phys.peer_node_id)
         if p is None:
-            raise RelayError(f"no ETSI 020 address for node {phys.peer_node_id}")
+            try:
+                r = await self.core.peers.stub(phys.peer_kms_address).Describe(
+                    kms_pb2.DescribeRequest(), timeout=self.core.limits.rpc_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                raise RelayError(f"no ETSI 020 address for node {phys.peer_node_id}: {e.code().name}") from None
+            host, _, port = r.etsi020_address.rpartition(":")
+            if not port.isdigit():
+                raise RelayError(f"node {phys.peer_node_id} serves no ETSI 020")
+            if host in ("", "0.0.0.0", "::", "[::]"):
+                host = phys.peer_kms_address.rpartition(":")[0]
+            self.kms.set_node(phys.peer_node_id, f"{host}:{port}")
+            p = self.kms.node(phys.peer_node_id)
+            assert p is not None
         return p
 
     # --- sending one hop -------------------------------------------------------------------
@@ -189,7 +205,7 @@ class Relay:
                         hop_index: int, relay_id: str, saes: tuple[str, list[str]],
                         ack_url: str | None) -> tuple[int, Any]:
         core = self.core
-        peer = self._peer(phys)
+        peer = await self._peer(phys)
         bits = len(keys[0][1]) * 8
         txn = f"relay/{relay_id}/{hop_index}"
         got = (await core.store.reserve_out(phys.qkdl_id, txn, [len(keys) + 1], bits, core.from_back(phys)))[0]
@@ -272,7 +288,7 @@ class Relay:
                 raise RelayError(f"relay refused ({status}): {_message(resp)}")
             relayed = _relayed(resp, ids)
         else:
-            peer = self._peer(first)
+            peer = await self._peer(first)
             futs = self.kms.expect(peer, ids)
             try:
                 status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes,
@@ -314,7 +330,7 @@ class Relay:
         body = void_container(ids, saes[0], saes[1], None,
                               {HOP: {"virt_qkdl_id": link.qkdl_id, "path": path, "hop_index": 0}})
         try:
-            status, resp = await self.kms.client.post(self._peer(first), "ext_keys/void", body,
+            status, resp = await self.kms.client.post(await self._peer(first), "ext_keys/void", body,
                                                       self.core.limits.rpc_timeout_s * 2)
         except Etsi020Error as e:
             raise RelayError(f"void not delivered: {e}") from None
@@ -505,7 +521,7 @@ class Relay:
                 return 200, resp
             return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
                            status=400 if 400 <= status < 500 else 503)
-        peer = self._peer(nxt)
+        peer = await self._peer(nxt)
         ids = [k for k, _ in keys]
         futs = self.kms.expect(peer, ids)
         try:
@@ -559,7 +575,7 @@ class Relay:
             body = void_container(list(req.key_ids), req.initiator_sae_id, list(req.target_sae_ids), None,
                                   {HOP: {"virt_qkdl_id": virt_id, "path": path, "hop_index": i + 1}})
             try:
-                status, resp = await self.kms.client.post(self._peer(nxt), "ext_keys/void", body,
+                status, resp = await self.kms.client.post(await self._peer(nxt), "ext_keys/void", body,
                                                           core.limits.rpc_timeout_s)
             except Etsi020Error:
                 raise Bad("timeout", "timeout", "No response received from the next KME in sufficient time.",

@@ -99,10 +99,6 @@ class Net:
         self._channels: list[grpc.Channel] = []
         for n in self.nodes.values():
             lt.run(n.start())
-        for n in self.nodes.values():  # every node knows where the others serve ETSI 020
-            for m in self.nodes.values():
-                if m is not n:
-                    n.set_etsi020_peer(m.node_id, m.addresses["etsi020"])
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
         return self.lt.run(coro, timeout)
