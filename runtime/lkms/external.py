@@ -27,6 +27,7 @@ import secrets
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from runtime.lkms.core import Core
 from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
@@ -65,6 +66,13 @@ class ExternalPeer:
     @staticmethod
     def link_id(node_id: str, name: str) -> str:
         return str(uuid.uuid5(_NS, f"sdqkd-ext/{node_id}/{name}"))
+
+
+def external_peer(node_id: str, cfg: dict[str, Any]) -> ExternalPeer:
+    """An ExternalPeer from a checked config entry (runtime.node.config: etsi020.external_peers)."""
+    return ExternalPeer(str(cfg["name"]), PeerKms(str(cfg["url"]).rstrip("/"), str(cfg["identity"]), cfg.get("ca")),
+                        tuple(cfg["saes"]), str(cfg.get("qkdl_id") or ExternalPeer.link_id(node_id, str(cfg["name"]))),
+                        str(cfg.get("mode", "sync")), cfg.get("rate_bps"))
 
 
 class ExternalPeers:

@@ -44,6 +44,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,9 @@ _RECEIVED = 200_000  # relayed key IDs remembered at a far end (void: delivered 
 
 class RelayError(Exception):
     pass
+
+
+Late = Callable[[int, Any], Awaitable[set[str]]]  # the answer to a hop whose outcome was unknown
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -163,7 +167,8 @@ class Relay:
         self.core, self.kms = core, kms
         self._fillers: dict[str, asyncio.Task[None]] = {}
         self._replies: OrderedDict[str, Reply | asyncio.Future[Reply]] = OrderedDict()
-        self._received: OrderedDict[str, None] = OrderedDict()
+        self._received: OrderedDict[str, None] = OrderedDict()  # far end: key IDs stored by relay
+        self._voided: OrderedDict[str, None] = OrderedDict()  # far end: voided before they arrived
         self._reconciling: set[asyncio.Task[None]] = set()
 
     # --- configuration -------------------------------------------------------------------
@@ -202,8 +207,8 @@ class Relay:
 
     # --- sending one hop -------------------------------------------------------------------
     async def _send_hop(self, phys: Link, virt_qkdl_id: str, keys: list[tuple[str, bytes]], path: list[str],
-                        hop_index: int, relay_id: str, saes: tuple[str, list[str]],
-                        ack_url: str | None) -> tuple[int, Any]:
+                        hop_index: int, relay_id: str, saes: tuple[str, list[str]], ack_url: str | None,
+                        late: Late | None = None) -> tuple[int, Any]:
         core = self.core
         peer = await self._peer(phys)
         bits = len(keys[0][1]) * 8
@@ -218,10 +223,11 @@ class Relay:
         body = ext_key_container([(kid, _xor(k, p.material)) for (kid, k), p in zip(keys, pads, strict=True)],
                                  saes[0], saes[1], ack_url, {HOP: hop})
         hop["tag"] = hop_tag(mk.material, body)
-        return await self._deliver(peer, body, txn)
+        return await self._deliver(peer, body, txn, late)
 
-    async def _deliver(self, peer: PeerKms, body: JsonObj, txn: str) -> tuple[int, Any]:
-        """Send until the hop's answer says what became of the pads; settle them accordingly."""
+    async def _deliver(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> tuple[int, Any]:
+        """Send until the hop's answer says what became of the pads; settle them accordingly.
+        Still no answer: reconcile in the background (`late` then gets the answer)."""
         delay = 0.05
         for _attempt in range(4):
             try:
@@ -235,7 +241,7 @@ class Relay:
                 return status, resp
             await asyncio.sleep(delay)
             delay *= 4
-        task = asyncio.get_running_loop().create_task(self._reconcile(peer, body, txn))
+        task = asyncio.get_running_loop().create_task(self._reconcile(peer, body, txn, late))
         self._reconciling.add(task)
         task.add_done_callback(self._reconciling.discard)
         raise RelayError(f"hop to {peer.identity}: outcome unknown, reconciling")
@@ -251,7 +257,7 @@ class Relay:
             return True
         return False
 
-    async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str) -> None:
+    async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
         """Keep the pads reserved and ask again until the hop answers (or the reservation would
         expire anyway): both ends then agree on what was consumed."""
         deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
@@ -265,6 +271,8 @@ class Relay:
                 continue
             if await self._settle(status, resp, txn):
                 log.info("relay hop to %s reconciled (%d)", peer.identity, status)
+                if late is not None:
+                    await late(status, resp)
                 return
 
     # --- source --------------------------------------------------------------------------
@@ -282,29 +290,27 @@ class Relay:
         ids = [k for k, _ in keys]
         relay_id = str(uuid.uuid4())
         saes = self._sae_ids(link)
+        src = _Source(self, link, first, path, saes, keys)
         if not self.async_mode:
-            status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes, None)
-            if status != 200:
-                raise RelayError(f"relay refused ({status}): {_message(resp)}")
-            relayed = _relayed(resp, ids)
+            status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes, None,
+                                                src.resolve)
+            relayed = await src.resolve(status, resp)
         else:
             peer = await self._peer(first)
             futs = self.kms.expect(peer, ids)
             try:
                 status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes,
-                                                    self.kms.ack_url)
+                                                    self.kms.ack_url, src.resolve)
             except BaseException:
                 self.kms.forget(ids)
                 raise
             if status != 202:
                 self.kms.forget(ids)
-                raise RelayError(f"relay refused ({status}): {_message(resp)}")
-            relayed = await self._await_acks(link, first, path, saes, ids, futs)
-        for kid, key in keys:
-            if kid in relayed:
-                await core.store.put_key(link.qkdl_id, kid, key, len(key) * 8)
-        core.rate(link.qkdl_id).add(len(relayed) * nbytes * 8)
-        log.debug("relayed %d keys over %d hops into %s", len(relayed), len(path) - 1, link.qkdl_id)
+                relayed = await src.resolve(status, resp)
+            else:
+                relayed = await self._await_acks(src, futs)
+        if len(relayed) < len(ids) and not relayed:
+            raise RelayError(f"relay refused ({status}): {_message(resp)}")
         return [k for k in ids if k in relayed]
 
     async def relay_one(self, link: Link) -> str:
@@ -313,36 +319,35 @@ class Relay:
             raise RelayError("key not relayed")
         return ids[0]
 
-    async def _await_acks(self, link: Link, first: Link, path: list[str], saes: tuple[str, list[str]],
-                          ids: list[str], futs: list[asyncio.Future[AckContainer]]) -> set[str]:
+    async def _await_acks(self, src: _Source, futs: list[asyncio.Future[AckContainer]]) -> set[str]:
         done, _ = await asyncio.wait(futs, timeout=self.core.limits.ack_timeout_s)
         relayed = {f.result().key_ids[0] for f in done if f.result().ack_status == "relayed"}
-        missing = [k for k, f in zip(ids, futs, strict=True) if f not in done]
+        missing = [k for (k, _), f in zip(src.keys, futs, strict=True) if f not in done]
         if missing:
             self.kms.forget(missing)
-            log.warning("relay into %s: no ack for %d keys; voiding them along the path", link.qkdl_id, len(missing))
-            relayed |= await self._void_path(link, first, path, saes, missing)
+            log.warning("relay into %s: no ack for %d keys; voiding them along the path", src.link.qkdl_id,
+                        len(missing))
+            relayed |= await self._void_path(src, missing)
+        await src.store(relayed)
         return relayed
 
-    async def _void_path(self, link: Link, first: Link, path: list[str], saes: tuple[str, list[str]],
-                         ids: list[str]) -> set[str]:
-        """Void keys whose fate is unknown; returns those the far end has already used (kept)."""
-        body = void_container(ids, saes[0], saes[1], None,
-                              {HOP: {"virt_qkdl_id": link.qkdl_id, "path": path, "hop_index": 0}})
+    async def _void_path(self, src: _Source, ids: list[str]) -> set[str]:
+        """Void keys whose fate is unknown; returns those the far end has already used (the
+        source keeps them). The far end remembers voided IDs, so a late copy is refused."""
+        body = void_container(ids, src.saes[0], src.saes[1], None,
+                              {HOP: {"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}})
         try:
-            status, resp = await self.kms.client.post(await self._peer(first), "ext_keys/void", body,
+            status, resp = await self.kms.client.post(await self._peer(src.first), "ext_keys/void", body,
                                                       self.core.limits.rpc_timeout_s * 2)
-        except Etsi020Error as e:
-            raise RelayError(f"void not delivered: {e}") from None
+        except (Etsi020Error, RelayError) as e:
+            log.warning("void along %s not delivered: %s", src.link.qkdl_id, e)
+            return set()
         if status != 200 or not isinstance(resp, dict):
-            raise RelayError(f"void refused ({status})")
+            log.warning("void along %s refused (%d)", src.link.qkdl_id, status)
+            return set()
         if resp.get("status") == "success":
             return set()
-        kept: set[str] = set()
-        for a in resp.get("ack_containers") or []:
-            if isinstance(a, dict) and a.get("ack_status") == "failed":
-                kept |= {x.get("key_id") if isinstance(x, dict) else x for x in a.get("key_ids") or []}
-        return kept & set(ids)
+        return _acked(resp.get("ack_containers"), "failed") & set(ids)
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""
@@ -487,6 +492,8 @@ class Relay:
                              ) -> list[AckContainer]:
         relayed: list[str] = []
         for kid, key in keys:
+            if kid in self._voided:
+                continue  # voided by the source before this copy arrived: never stored
             try:
                 await self.core.store.put_key(virt.qkdl_id, kid, key, len(key) * 8)
             except StoreError:
@@ -597,6 +604,10 @@ class Relay:
         # delivered (or being delivered) keys cannot be voided; IDs never relayed here are not present
         failed = [k for k in ids if k in set(busy) or (k in set(unknown) and k in self._received)]
         absent = [k for k in unknown if k not in self._received]
+        for k in absent:  # a copy still on its way must not be stored after this void
+            self._voided[k] = None
+        while len(self._voided) > _RECEIVED:
+            self._voided.popitem(last=False)
         out: list[AckContainer] = []
         for status, keys in (("voided", voided), ("failed", failed), ("key not present", absent)):
             if keys:
@@ -604,17 +615,48 @@ class Relay:
         return out
 
 
-def _relayed(resp: Any, ids: list[str]) -> set[str]:
-    """Keys a synchronous 200 answer reports relayed (all of them on success)."""
-    if not isinstance(resp, dict):
-        return set()
-    if resp.get("status") == "success":
-        return set(ids)
+@dataclass
+class _Source:
+    """One batch at the source: decides, from the first hop's answer, which keys the source
+    stores (only those the far end has), voiding along the path whatever is uncertain."""
+
+    relay: Relay
+    link: Link
+    first: Link
+    path: list[str]
+    saes: tuple[str, list[str]]
+    keys: list[tuple[str, bytes]]
+
+    async def resolve(self, status: int, resp: Any) -> set[str]:
+        ids = [k for k, _ in self.keys]
+        if status == 200 and isinstance(resp, dict):
+            relayed = set(ids) if resp.get("status") == "success" else _acked(resp.get("ack_containers"), "relayed")
+            rest = [k for k in ids if k not in relayed]
+            if rest and not _pads_state(resp)[0] == "untouched":
+                relayed |= await self.relay._void_path(self, rest)
+        elif _pads_state(resp)[0] == "untouched":
+            relayed = set()  # refused before anything moved
+        else:  # consumed on the first hop, fate further on unknown (or a late 202): void it all
+            relayed = await self.relay._void_path(self, ids)
+        await self.store(relayed & set(ids))
+        return relayed & set(ids)
+
+    async def store(self, relayed: set[str]) -> None:
+        core = self.relay.core
+        for kid, key in self.keys:
+            if kid in relayed:
+                await core.store.put_key(self.link.qkdl_id, kid, key, len(key) * 8)
+        core.rate(self.link.qkdl_id).add(len(relayed) * core.limits.relay_key_bits)
+        if relayed:
+            log.debug("relayed %d keys over %d hops into %s", len(relayed), len(self.path) - 1, self.link.qkdl_id)
+
+
+def _acked(acks: Any, status: str) -> set[str]:
     out: set[str] = set()
-    for a in resp.get("ack_containers") or []:
-        if isinstance(a, dict) and a.get("ack_status") == "relayed":
+    for a in acks or []:
+        if isinstance(a, dict) and a.get("ack_status") == status:
             out |= {x.get("key_id") if isinstance(x, dict) else x for x in a.get("key_ids") or []}
-    return out & set(ids)
+    return out
 
 
 def _message(resp: Any) -> str:
