@@ -5,6 +5,7 @@ Real servers, real mutual TLS with two separate PKIs, real ETSI 014 clients."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lkmsnet import LoopThread, Net, Pki
 from peer020 import PeerKms as VendorKms
 
@@ -227,3 +230,43 @@ def test_https_client_context_still_works(setup: Setup) -> None:
     r = c.get(setup.net.url("A") + "/bx1/status")
     assert r.status_code == 200
     c.close()
+
+
+# --- fuzzing: any body gets 200/202/400 with the standard's error body, never a 500 -----------
+FIELDS = ["keys", "key_id", "value", "initiator_sae_id", "target_sae_ids", "ack_callback_url", "key_ids",
+          "ack_status", "target_sae_id", "extension_mandatory", "extension_optional", "extension", "sdqkd_hop",
+          "relay_id", "path", "hop_index", "pad_key_ids", "mac_key_ids", "tag", "message"]
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                     st.text(max_size=30), st.sampled_from(["a1", "bx1", "relayed", "voided", "AAAA", "====",
+                                                            str(uuid.UUID(int=7)), "https://127.0.0.1:1/x"]))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), inner, max_size=4),
+                       max_leaves=14)
+_bodies = st.one_of(st.binary(max_size=64),
+                    st.dictionaries(st.sampled_from(FIELDS), _values, max_size=6).map(lambda d: json.dumps(d).encode()),
+                    _values.map(lambda v: json.dumps(v).encode()))
+
+
+@pytest.fixture(scope="module")
+def vendor_http(setup: Setup) -> Iterator[httpx.Client]:
+    import ssl
+
+    f = setup.vpki.node(VENDOR_ID)
+    ctx = ssl.create_default_context(cafile=str(setup.net.pki.ca_path))
+    ctx.load_cert_chain(str(f.cert), str(f.key))
+    c = httpx.Client(verify=ctx, timeout=20)
+    yield c
+    c.close()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(op=st.sampled_from(["ext_keys", "ext_keys/void", "ext_keys/ack", "ext_keys/void?all_confirmation=true",
+                           "ext_keys/void?all_confirmation=maybe"]), body=_bodies)
+def test_fuzzed_bodies_get_400_never_500(setup: Setup, vendor_http: httpx.Client, op: str, body: bytes) -> None:
+    r = vendor_http.post(f"{setup.a_url}/kmapi/v1/{op}", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code in (200, 202, 400), r.text
+    if r.status_code == 400:
+        data = r.json()
+        assert isinstance(data["message"], str) and data["message"]
+        assert isinstance(data["details"], list) and all(isinstance(d, dict) for d in data["details"])
