@@ -490,21 +490,19 @@ class Relay:
 
     async def _store_far_end(self, virt: Link, keys: list[tuple[str, bytes]], req: ExtKeyContainer
                              ) -> list[AckContainer]:
+        fresh = [(kid, key) for kid, key in keys if kid not in self._voided]  # voided first: never stored
+        res = await put_all(self.core, virt.qkdl_id, fresh)
         relayed: list[str] = []
-        for kid, key in keys:
-            if kid in self._voided:
-                continue  # voided by the source before this copy arrived: never stored
-            try:
-                await self.core.store.put_key(virt.qkdl_id, kid, key, len(key) * 8)
-            except StoreError:
-                if kid not in self._received:
-                    continue  # an ID we never received by relay: refuse silently (failed)
-            relayed.append(kid)
+        for (kid, _), stored in zip(fresh, res, strict=True):
+            if not stored and kid not in self._received:
+                continue  # an ID we never received by relay: refused (failed)
+            relayed.append(kid)  # stored now, or stored by an earlier copy of this request
             self._received[kid] = None
-            if len(self._received) > _RECEIVED:
-                self._received.popitem(last=False)
-        self.core.rate(virt.qkdl_id).add(sum(len(k) * 8 for kid, k in keys if kid in set(relayed)))
-        failed = [k for k, _ in keys if k not in set(relayed)]
+        while len(self._received) > _RECEIVED:
+            self._received.popitem(last=False)
+        done = set(relayed)
+        self.core.rate(virt.qkdl_id).add(sum(len(k) * 8 for kid, k in keys if kid in done))
+        failed = [k for k, _ in keys if k not in done]
         acks = [AckContainer(tuple(relayed), "relayed", req.initiator_sae_id, t) for t in req.target_sae_ids
                 if relayed]
         acks += [AckContainer(tuple(failed), "failed", req.initiator_sae_id, t, "cannot store")
@@ -643,12 +641,15 @@ class _Source:
 
     async def store(self, relayed: set[str]) -> None:
         core = self.relay.core
-        for kid, key in self.keys:
-            if kid in relayed:
-                await core.store.put_key(self.link.qkdl_id, kid, key, len(key) * 8)
+        await put_all(core, self.link.qkdl_id, [(k, v) for k, v in self.keys if k in relayed])
         core.rate(self.link.qkdl_id).add(len(relayed) * core.limits.relay_key_bits)
         if relayed:
             log.debug("relayed %d keys over %d hops into %s", len(relayed), len(self.path) - 1, self.link.qkdl_id)
+
+
+async def put_all(core: Core, qkdl_id: str, keys: list[tuple[str, bytes]]) -> list[bool]:
+    """Store keys under their IDs in one commit; per key True if stored, False if already there."""
+    return await core.store.put_keys(qkdl_id, keys) if keys else []
 
 
 def _acked(acks: Any, status: str) -> set[str]:
