@@ -17,6 +17,7 @@ import grpc
 from generated.client import ModelClient
 from runtime.pki import TlsFiles
 
+from .external import ExternalPeers
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology
 
@@ -70,6 +71,7 @@ class Controller:
         self.router = Router(horizon_s)
         for link in topo.links:
             self.router.add(LinkState(id=link.id, a=link.a, b=link.b, up=False))
+        self.external = ExternalPeers(topo, self.router)  # other vendors' KMSs (ETSI 020)
         self.nodes = {name: NodeView() for name in topo.nodes}
         self.apps: dict[str, AppRoute] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -153,6 +155,11 @@ class Controller:
 
     async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0) -> AppRoute:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`."""
+        if self.external.involves(master, slave) and master != slave and rate_bps >= 0:
+            async with self._lock:
+                route = await self.external.request(self, master, slave, rate_bps)
+                self.apps[route.app_id] = route
+                return route
         for sae in (master, slave):
             if sae not in self.topo.saes:
                 raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
@@ -222,6 +229,8 @@ class Controller:
         """Move every application whose path uses a link that is down onto a new path."""
         async with self._lock:
             for route in list(self.apps.values()):
+                if self.external.owns(route):
+                    continue  # nothing to reroute: the peer is reached from its gateway only
                 hops = list(zip(route.path, route.path[1:]))
                 broken = [h for h in hops if not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up]
                 if not broken:
@@ -337,7 +346,10 @@ class Controller:
             for route in self.apps.values():
                 if name in route.path:
                     with contextlib.suppress(grpc.aio.AioRpcError):
-                        await self._install(route)
+                        if self.external.owns(route):
+                            await self.external.request(self, route.master, route.slave, route.rate_bps)
+                        else:
+                            await self._install(route)
 
     # ------------------------------------------------------------------ views
 
