@@ -250,7 +250,8 @@ class Relay:
         """True once the pads of `txn` are settled (erased or put back) by the hop's answer."""
         state, unknown = _pads_state(resp)
         if status in (200, 202) or state == "consumed":
-            await self.core.store.commit_out(txn, confirm=False)
+            # erased as used internally (not "delivered" to an application), no Confirm owed
+            await self.core.store.abort_out(txn, erase_all=True)
             return True
         if state == "untouched":
             await self.core.store.abort_out(txn, erase=unknown)

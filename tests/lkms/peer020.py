@@ -68,6 +68,7 @@ class PeerKms:
         self.requests = 0
         self.never_ack = False
         self.ack_twice = False
+        self.supported = ["v1"]
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,7 +117,7 @@ class PeerKms:
     async def versions(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return _err(401, "unauthorized", "unauthorized", "User-supplied certificate is invalid.")
-        return web.json_response({"versions": ["v1"]})
+        return web.json_response({"versions": self.supported})
 
     async def _body(self, request: web.Request) -> Any:
         try:

@@ -141,6 +141,20 @@ def test_wrong_peer_identity_gets_nothing(setup: Setup) -> None:
         setup.configure("sync")
 
 
+def test_no_common_version_no_transfer(setup: Setup) -> None:
+    setup.configure("sync")
+    setup.a.kms020.client._versions.clear()  # negotiate afresh
+    setup.vendor.supported = ["v2"]
+    before = setup.vendor.requests
+    try:
+        assert setup.enc(1).status_code == 503
+        assert setup.vendor.requests == before  # nothing sent to a peer we share no version with
+    finally:
+        setup.vendor.supported = ["v1"]
+        setup.a.kms020.client._versions.clear()
+    assert setup.enc(1).status_code == 200
+
+
 def test_ack_never_arrives_keys_are_voided(setup: Setup) -> None:
     setup.configure("async")
     setup.vendor.never_ack = True
