@@ -24,12 +24,14 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
 
 if TYPE_CHECKING:
+    from generated.model_types import QkdApp
+
     from .controller import AppRoute, Controller
 
 _EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = runtime.lkms.external._NS
@@ -127,9 +129,9 @@ class ExternalPeers:
             raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")
         app_id = str(uuid.uuid5(NAMESPACE, f"app:{master}|{slave}"))
         route = AppRoute(app_id, master, slave, rate_bps, [ext.node, ext.vertex], ext.qkdl_id, virtual=False)
-        entry = {"app_id": app_id, "app_type": f"{T}CLIENT",
+        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
                  "server_app_id": ctl._sae_uri(master), "client_app_id": [ctl._sae_uri(slave)],
                  "backing_qkdl_id": [ext.qkdl_id], "local_qkdn_id": self.topo.nodes[ext.node].id,
                  "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
-        await ctl._client(ext.node).replace_qkd_app(app_id, entry)
+        await ctl._client(ext.node).replace_qkd_app(app_id, cast("QkdApp", entry))
         return route

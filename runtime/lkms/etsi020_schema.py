@@ -282,6 +282,18 @@ def parse_ack_containers(body: Any) -> list[AckContainer]:
     return out
 
 
+def acked_ids(acks: Any, status: str) -> set[str]:
+    """Key IDs that a list of ack_container objects (as received) gives `status`."""
+    out: set[str] = set()
+    for a in acks if isinstance(acks, list) else []:
+        if isinstance(a, dict) and a.get("ack_status") == status:
+            for x in a.get("key_ids") or []:
+                kid = x.get("key_id") if isinstance(x, dict) else x
+                if isinstance(kid, str):
+                    out.add(kid)
+    return out
+
+
 def parse_versions(body: Any) -> tuple[str, ...]:
     b = _obj(body, "version_container")
     v = b.get("versions")

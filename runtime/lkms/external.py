@@ -37,6 +37,7 @@ from runtime.lkms.etsi020_schema import (
     Bad,
     ExtKeyContainer,
     VoidContainer,
+    acked_ids,
     ext_key_container,
     void_container,
 )
@@ -139,7 +140,7 @@ class ExternalPeers:
                 return set()
             if resp.get("status") == "success":
                 return set(ids)
-            return _statuses(resp.get("ack_containers"), "relayed") & set(ids)
+            return acked_ids(resp.get("ack_containers"), "relayed") & set(ids)
         futs = self.kms.expect(peer.kms, ids)
         try:
             status, _ = await self.kms.client.post(peer.kms, "ext_keys",
@@ -275,12 +276,3 @@ class ExternalPeers:
             return sync_reply(acks, len(ids))
         spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
         return 202, {}
-
-
-def _statuses(acks: object, status: str) -> set[str]:
-    out: set[str] = set()
-    if isinstance(acks, list):
-        for a in acks:
-            if isinstance(a, dict) and a.get("ack_status") == status:
-                out |= {x.get("key_id") if isinstance(x, dict) else x for x in a.get("key_ids") or []}
-    return out

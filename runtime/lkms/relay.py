@@ -60,6 +60,7 @@ from runtime.lkms.etsi020_schema import (
     ExtKeyContainer,
     JsonObj,
     VoidContainer,
+    acked_ids,
     ext_key_container,
     message_data,
     void_container,
@@ -348,7 +349,7 @@ class Relay:
             return set()
         if resp.get("status") == "success":
             return set()
-        return _acked(resp.get("ack_containers"), "failed") & set(ids)
+        return acked_ids(resp.get("ack_containers"), "failed") & set(ids)
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""
@@ -629,7 +630,7 @@ class _Source:
     async def resolve(self, status: int, resp: Any) -> set[str]:
         ids = [k for k, _ in self.keys]
         if status == 200 and isinstance(resp, dict):
-            relayed = set(ids) if resp.get("status") == "success" else _acked(resp.get("ack_containers"), "relayed")
+            relayed = set(ids) if resp.get("status") == "success" else acked_ids(resp.get("ack_containers"), "relayed")
             rest = [k for k in ids if k not in relayed]
             if rest and not _pads_state(resp)[0] == "untouched":
                 relayed |= await self.relay._void_path(self, rest)
@@ -651,14 +652,6 @@ class _Source:
 async def put_all(core: Core, qkdl_id: str, keys: list[tuple[str, bytes]]) -> list[bool]:
     """Store keys under their IDs in one commit; per key True if stored, False if already there."""
     return await core.store.put_keys(qkdl_id, keys) if keys else []
-
-
-def _acked(acks: Any, status: str) -> set[str]:
-    out: set[str] = set()
-    for a in acks or []:
-        if isinstance(a, dict) and a.get("ack_status") == status:
-            out |= {x.get("key_id") if isinstance(x, dict) else x for x in a.get("key_ids") or []}
-    return out
 
 
 def _message(resp: Any) -> str:
