@@ -86,6 +86,7 @@ class Kms020:
         self.tls = tls
         self.base_url = ""  # ours, set when the server listens
         self.nodes: dict[str, PeerKms] = {}  # sdqkd peers: node ID -> their 020 server
+        self.pinned: set[str] = set()  # addresses given by configuration (never unlearnt)
         self._awaited: dict[str, _Awaited] = {}  # key ID -> ack we wait for
         self._done: OrderedDict[str, str] = OrderedDict()  # key ID -> ack status received
 
@@ -98,6 +99,11 @@ class Kms020:
 
     def node(self, node_id: str) -> PeerKms | None:
         return self.nodes.get(node_id)
+
+    def unlearn(self, peer: PeerKms) -> None:
+        """Forget a node's address (learnt with Describe) after it stopped answering there."""
+        if self.nodes.get(peer.identity) == peer and peer.identity not in self.pinned:
+            del self.nodes[peer.identity]
 
     def caller(self, identity: str) -> PeerKms | None:
         """A calling sdqkd node: its known 020 server, or (address not known yet) its identity."""

@@ -132,6 +132,7 @@ class Lkms:
             is_peer_node=lambda n: any(ln.peer_node_id == n for ln in self.registry.links.values()))
         for nid, addr in self._etsi020_peers.items():
             self.kms020.set_node(nid, addr)
+            self.kms020.pinned.add(nid)
         self.relay = Relay(core, self.kms020)
         self.external = ExternalPeers(core, self.kms020)
         self.streams = StreamManager(core)
@@ -200,6 +201,7 @@ class Lkms:
         self._etsi020_peers[node_id] = address
         if self._started:
             self.kms020.set_node(node_id, address)
+            self.kms020.pinned.add(node_id)
 
     async def add_external_peer(self, peer: ExternalPeer) -> None:
         """Another vendor's KMS as the next hop for its SAEs (an EXT link, see external.py)."""

@@ -235,6 +235,7 @@ class Relay:
                 status, resp = await self.kms.client.post(peer, "ext_keys", body, self.core.limits.rpc_timeout_s)
             except Etsi020Error as e:
                 log.info("relay hop to %s: no answer (%s), sending again", peer.identity, e)
+                self.kms.unlearn(peer)  # it may have come back elsewhere: ask its peer port again
                 await asyncio.sleep(delay)
                 delay *= 4
                 continue
@@ -267,6 +268,7 @@ class Relay:
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+            peer = self.kms.node(peer.identity) or peer  # re-learnt by a later relay, if it moved
             try:
                 status, resp = await self.kms.client.post(peer, "ext_keys", body, self.core.limits.rpc_timeout_s)
             except Etsi020Error:
