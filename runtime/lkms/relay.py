@@ -44,7 +44,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,7 +170,8 @@ class Relay:
         self._replies: OrderedDict[str, Reply | asyncio.Future[Reply]] = OrderedDict()
         self._received: OrderedDict[str, None] = OrderedDict()  # far end: key IDs stored by relay
         self._voided: OrderedDict[str, None] = OrderedDict()  # far end: voided before they arrived
-        self._reconciling: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # reconciliation, pad erasure
+        self._erasing: dict[str, asyncio.Task[None]] = {}  # txn -> erase of its pads under way
 
     # --- configuration -------------------------------------------------------------------
     @property
@@ -213,7 +214,7 @@ class Relay:
         core = self.core
         peer = await self._peer(phys)
         bits = len(keys[0][1]) * 8
-        txn = f"relay/{relay_id}/{hop_index}"
+        txn = _txn(relay_id, hop_index)
         got = (await core.store.reserve_out(phys.qkdl_id, txn, [len(keys) + 1], bits, core.from_back(phys)))[0]
         if got is None:
             raise RelayError("no key on the hop link")
@@ -243,22 +244,34 @@ class Relay:
                 return status, resp
             await asyncio.sleep(delay)
             delay *= 4
-        task = asyncio.get_running_loop().create_task(self._reconcile(peer, body, txn, late))
-        self._reconciling.add(task)
-        task.add_done_callback(self._reconciling.discard)
+        self._background(self._reconcile(peer, body, txn, late))
         raise RelayError(f"hop to {peer.identity}: outcome unknown, reconciling")
 
     async def _settle(self, status: int, resp: Any, txn: str) -> bool:
         """True once the pads of `txn` are settled (erased or put back) by the hop's answer."""
         state, unknown = _pads_state(resp)
         if status in (200, 202) or state == "consumed":
-            # erased as used internally (not "delivered" to an application), no Confirm owed
-            await self.core.store.abort_out(txn, erase_all=True)
+            # Erased as used internally (not "delivered" to an application), no Confirm owed.
+            # Not awaited: the erase joins the source's next commit (the relayed keys) instead of
+            # costing a commit of its own; a crash before it lands erases RESERVED_OUT keys anyway.
+            self._erasing[txn] = self._background(self.core.store.abort_out(txn, erase_all=True))
             return True
         if state == "untouched":
             await self.core.store.abort_out(txn, erase=unknown)
             return True
         return False
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _erased(self, txn: str) -> None:
+        """Wait until the pads of `txn`, settled in the background, are erased (durably)."""
+        task = self._erasing.pop(txn, None)
+        if task is not None:
+            await task
 
     async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
         """Keep the pads reserved and ask again until the hop answers (or the reservation would
@@ -274,6 +287,7 @@ class Relay:
             except Etsi020Error:
                 continue
             if await self._settle(status, resp, txn):
+                await self._erased(txn)
                 log.info("relay hop to %s reconciled (%d)", peer.identity, status)
                 if late is not None:
                     await late(status, resp)
@@ -295,24 +309,27 @@ class Relay:
         relay_id = str(uuid.uuid4())
         saes = self._sae_ids(link)
         src = _Source(self, link, first, path, saes, keys)
-        if not self.async_mode:
-            status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes, None,
-                                                src.resolve)
-            relayed = await src.resolve(status, resp)
-        else:
-            peer = await self._peer(first)
-            futs = self.kms.expect(peer, ids)
-            try:
-                status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes,
-                                                    self.kms.ack_url, src.resolve)
-            except BaseException:
-                self.kms.forget(ids)
-                raise
-            if status != 202:
-                self.kms.forget(ids)
+        try:
+            if not self.async_mode:
+                status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes, None,
+                                                    src.resolve)
                 relayed = await src.resolve(status, resp)
             else:
-                relayed = await self._await_acks(src, futs)
+                peer = await self._peer(first)
+                futs = self.kms.expect(peer, ids)
+                try:
+                    status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes,
+                                                        self.kms.ack_url, src.resolve)
+                except BaseException:
+                    self.kms.forget(ids)
+                    raise
+                if status != 202:
+                    self.kms.forget(ids)
+                    relayed = await src.resolve(status, resp)
+                else:
+                    relayed = await self._await_acks(src, futs)
+        finally:
+            await self._erased(_txn(relay_id, 0))  # (submitted beside the keys' commit)
         if len(relayed) < len(ids) and not relayed:
             raise RelayError(f"relay refused ({status}): {_message(resp)}")
         return [k for k in ids if k in relayed]
@@ -400,7 +417,7 @@ class Relay:
             await core.wait_changed(link.qkdl_id, 5.0)
 
     async def close(self) -> None:
-        tasks = [*self._fillers.values(), *self._reconciling]
+        tasks = [*self._fillers.values(), *self._tasks]
         self._fillers.clear()
         for t in tasks:
             t.cancel()
@@ -526,6 +543,7 @@ class Relay:
                                                     saes, None)
             except RelayError as e:
                 return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
+            await self._erased(_txn(h.relay_id, h.hop_index + 1))
             if status == 200 and isinstance(resp, dict):
                 return 200, resp
             return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
@@ -539,6 +557,7 @@ class Relay:
         except RelayError as e:
             self.kms.forget(ids)
             return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
+        await self._erased(_txn(h.relay_id, h.hop_index + 1))
         if status != 202:
             self.kms.forget(ids)
             return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
@@ -654,6 +673,10 @@ class _Source:
 async def put_all(core: Core, qkdl_id: str, keys: list[tuple[str, bytes]]) -> list[bool]:
     """Store keys under their IDs in one commit; per key True if stored, False if already there."""
     return await core.store.put_keys(qkdl_id, keys) if keys else []
+
+
+def _txn(relay_id: str, hop_index: int) -> str:
+    return f"relay/{relay_id}/{hop_index}"
 
 
 def _message(resp: Any) -> str:
