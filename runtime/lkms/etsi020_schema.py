@@ -23,8 +23,6 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.lkms.keys import is_uuid
-
 API_VERSIONS = ("v1",)  # GET /kmapi/versions; paths are /kmapi/<version>/...
 ACK_STATUSES = ("relayed", "voided", "failed", "key not present")
 MAX_KEYS = 100_000  # keys per ext_keys request we accept (bounds memory, not a standard limit)
@@ -84,8 +82,22 @@ def _sae_ids(v: Any, name: str) -> tuple[str, ...]:
     return ids
 
 
+def is_key_id(v: Any) -> bool:
+    """A UUID in canonical lower-case form (as keys.is_uuid, without building a uuid.UUID:
+    a relay request carries thousands of them)."""
+    if not isinstance(v, str) or len(v) != 36 or v[8] != "-" or v[13] != "-" or v[18] != "-" or v[23] != "-":
+        return False
+    h = v.replace("-", "")
+    if len(h) != 32 or h != h.lower():
+        return False
+    try:
+        return len(bytes.fromhex(h)) == 16  # (fromhex skips blanks: the length catches them)
+    except ValueError:
+        return False
+
+
 def _key_id(v: Any, name: str) -> str:
-    if not is_uuid(v):
+    if not is_key_id(v):
         raise _malformed(name, "expected a key ID in UUID format (lower case)")
     return str(v)
 
@@ -265,7 +277,7 @@ def parse_ack_containers(body: Any) -> list[AckContainer]:
         ids: list[str] = []
         for j, x in enumerate(ids_v):
             kid = x.get("key_id") if isinstance(x, dict) else x
-            if not is_uuid(kid):
+            if not is_key_id(kid):
                 raise _ack_not_understood(f"[{i}].key_ids[{j}]: expected a key ID in UUID format")
             ids.append(str(kid))
         if a["ack_status"] not in ACK_STATUSES:

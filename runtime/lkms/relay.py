@@ -62,10 +62,11 @@ from runtime.lkms.etsi020_schema import (
     VoidContainer,
     acked_ids,
     ext_key_container,
+    is_key_id,
     message_data,
     void_container,
 )
-from runtime.lkms.keys import is_uuid
+from runtime.lkms.keys import derive_key_ids
 from runtime.lkms.registry import PHYS, VIRT, Link
 from runtime.lkms.store_api import StoreError
 
@@ -125,7 +126,7 @@ def _pads_state(body: Any) -> tuple[str | None, list[str]]:
                 if isinstance(d.get("sdqkd_hop_pads"), str):
                     state = d["sdqkd_hop_pads"]
                 if isinstance(d.get("sdqkd_unknown_pad_ids"), list):
-                    unknown = [x for x in d["sdqkd_unknown_pad_ids"] if is_uuid(x)]
+                    unknown = [x for x in d["sdqkd_unknown_pad_ids"] if is_key_id(x)]
     return state, unknown
 
 
@@ -158,7 +159,7 @@ class _Hop:
                 isinstance(p, str) for p in h.path):
             raise bad("hop_index must be an integer, path an array of node IDs")
         ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
-        if not ids or not all(is_uuid(k) for k in ids) or len(set(ids)) != len(ids):
+        if not ids or not all(is_key_id(k) for k in ids) or len(set(ids)) != len(ids):
             raise bad("pad and MAC key IDs must be distinct UUIDs")
         return h
 
@@ -304,9 +305,12 @@ class Relay:
         if first is None or not first.up:
             raise RelayError("no physical link to the first hop")
         nbytes = core.limits.relay_key_bits // 8
-        keys = [(str(uuid.uuid4()), secrets.token_bytes(nbytes)) for _ in range(n)]
-        ids = [k for k, _ in keys]
         relay_id = str(uuid.uuid4())
+        # Consecutive IDs per batch (derived from the random relay ID): both stores insert them at
+        # one place of their key-ID index instead of one random page per key.
+        ids = derive_key_ids(link.qkdl_id, relay_id, n)
+        material = secrets.token_bytes(nbytes * n)
+        keys = [(k, material[i * nbytes:(i + 1) * nbytes]) for i, k in enumerate(ids)]
         saes = self._sae_ids(link)
         src = _Source(self, link, first, path, saes, keys)
         try:

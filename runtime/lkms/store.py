@@ -412,15 +412,21 @@ class SqliteKeyStore:
     def _put_keys(self, tx: _Tx, qkdl_id: str, rows: list[tuple[bytes, bytes]]) -> list[bool]:
         pid = tx.pid(qkdl_id)
         now = time.time()
+        taken: set[bytes] = set()  # IDs stored already (a repeated relay): one query per batch, not per key
+        for i in range(0, len(rows), _IN_BATCH):
+            part = [kid for kid, _ in rows[i:i + _IN_BATCH]]
+            taken.update(k for (k,) in tx.conn.execute(
+                f"SELECT kid FROM keys WHERE kid IN ({','.join('?' * len(part))})", part))
         out: list[bool] = []
-        n = bits = 0
+        new: list[tuple[int, bytes, int, bytes, float]] = []
         for kid, material in rows:
-            cur = tx.conn.execute("INSERT OR IGNORE INTO keys(pid, kid, bits, state, material, created) "
-                                  "VALUES(?,?,?,0,?,?)", (pid, kid, len(material) * 8, material, now))
-            out.append(cur.rowcount == 1)
-            if cur.rowcount == 1:
-                n += 1
-                bits += len(material) * 8
+            fresh = kid not in taken
+            out.append(fresh)
+            if fresh:
+                taken.add(kid)
+                new.append((pid, kid, len(material) * 8, material, now))
+        tx.conn.executemany("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)", new)
+        n, bits = len(new), sum(r[2] for r in new)
         if n:
             tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
                             (n, bits, pid))
