@@ -548,6 +548,9 @@ class Relay:
             except RelayError as e:
                 return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
             await self._erased(_txn(h.relay_id, h.hop_index + 1))
+            if core.fault == "pause_before_020_reply":  # crash tests: die between forwarding and answering
+                log.warning("fault injection: paused before answering relay %s", h.relay_id)
+                await asyncio.Event().wait()
             if status == 200 and isinstance(resp, dict):
                 return 200, resp
             return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
@@ -659,8 +662,9 @@ class _Source:
             rest = [k for k in ids if k not in relayed]
             if rest and not _pads_state(resp)[0] == "untouched":
                 relayed |= await self.relay._void_path(self, rest)
-        elif _pads_state(resp)[0] == "untouched":
+        elif _pads_state(resp) == ("untouched", []):
             relayed = set()  # refused before anything moved
+        # (untouched but our pads unknown there: an earlier copy consumed them, its answer was lost)
         else:  # consumed on the first hop, fate further on unknown (or a late 202): void it all
             relayed = await self.relay._void_path(self, ids)
         await self.store(relayed & set(ids))

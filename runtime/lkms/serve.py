@@ -10,7 +10,7 @@ config's keys (id, data_dir, etsi014/etsi004 {listen}, tls {ca, cert, key}, saes
     apps:  [{app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id, backing_qkdl_ids}]
     dev_key_feed: [{qkdl_id, seed, blocks, block_keys, key_bits}]   # no engine: both ends derive
         the same blocks from the same seed (development and tests only; never for real keys)
-    fault: pause_after_reserve | pause_before_stream_commit   # fault injection for crash tests
+    fault: pause_after_reserve | pause_before_stream_commit | pause_before_020_reply   # fault injection for crash tests
 
 When all servers listen it prints one line `READY {"etsi014": ..., "etsi004": ..., "keysync": ..., "etsi020": ...}`
 on stdout. SIGTERM/SIGINT stop it cleanly.
