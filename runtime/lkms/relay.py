@@ -66,7 +66,7 @@ from runtime.lkms.etsi020_schema import (
     message_data,
     void_container,
 )
-from runtime.lkms.keys import derive_key_ids
+from runtime.lkms.keys import AppKey, derive_key_ids
 from runtime.lkms.registry import PHYS, VIRT, Link
 from runtime.lkms.store_api import StoreError
 
@@ -211,12 +211,19 @@ class Relay:
     # --- sending one hop -------------------------------------------------------------------
     async def _send_hop(self, phys: Link, virt_qkdl_id: str, keys: list[tuple[str, bytes]], path: list[str],
                         hop_index: int, relay_id: str, saes: tuple[str, list[str]], ack_url: str | None,
-                        late: Late | None = None) -> tuple[int, Any]:
+                        late: Late | None = None, reserved: list[AppKey] | None = None) -> tuple[int, Any]:
+        """One hop; `reserved`: the pads, already reserved under this hop's txn (see _receive)."""
         core = self.core
-        peer = await self._peer(phys)
-        bits = len(keys[0][1]) * 8
         txn = _txn(relay_id, hop_index)
-        got = (await core.store.reserve_out(phys.qkdl_id, txn, [len(keys) + 1], bits, core.from_back(phys)))[0]
+        try:
+            peer = await self._peer(phys)
+        except RelayError:
+            if reserved is not None:
+                await core.store.abort_out(txn)
+            raise
+        bits = len(keys[0][1]) * 8
+        got = reserved if reserved is not None else (
+            await core.store.reserve_out(phys.qkdl_id, txn, [len(keys) + 1], bits, core.from_back(phys)))[0]
         if got is None:
             raise RelayError("no key on the hop link")
         pads, mk = got[:-1], got[-1]
@@ -480,7 +487,6 @@ class Relay:
         return reply
 
     async def _receive(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, spawn: Spawn) -> Reply:
-        core = self.core
         chk = self._check(h, caller)
         if not isinstance(chk, tuple) or not isinstance(chk[0], Link):
             return chk  # type: ignore[return-value]
@@ -488,6 +494,50 @@ class Relay:
         if len(h.pad_key_ids) != len(req.keys):
             return _refuse("bad request format", "bad_request_format", "one pad per key", "untouched")
         ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
+        pre = None if end else self._prereserve(h, req)
+        handed = [False]  # set once the reserved pads belong to the next hop's send (and its reconciliation)
+        try:
+            reply = await self._open(caller, raw, req, h, hop, virt, end, ids, pre, spawn, handed)
+        except BaseException:
+            if not handed[0]:
+                await self._unreserve(h, pre)
+            raise
+        if not handed[0]:
+            await self._unreserve(h, pre)
+        return reply
+
+    def _prereserve(self, h: _Hop, req: ExtKeyContainer) -> asyncio.Task[list[AppKey] | None] | None:
+        """At a trusted node: reserve the next hop's pads while the incoming ones are taken, so
+        the two store operations share one commit (one fsync less per hop)."""
+        core = self.core
+        nxt = core.registry.phys_link_to(h.path[h.hop_index + 2]) if h.hop_index + 2 < len(h.path) else None
+        sizes = {len(k.value) for k in req.keys}
+        if nxt is None or not nxt.up or len(sizes) != 1:
+            return None
+        bits = sizes.pop() * 8
+
+        async def reserve() -> list[AppKey] | None:
+            assert nxt is not None
+            return (await core.store.reserve_out(nxt.qkdl_id, _txn(h.relay_id, h.hop_index + 1), [len(req.keys) + 1],
+                                                 bits, core.from_back(nxt)))[0]
+
+        return asyncio.get_running_loop().create_task(reserve())
+
+    async def _unreserve(self, h: _Hop, pre: asyncio.Task[list[AppKey] | None] | None) -> None:
+        """Put back next-hop pads reserved for a request that did not go on (if still reserved)."""
+        if pre is None:
+            return
+        try:
+            await pre
+        except Exception:
+            return
+        await self.core.store.abort_out(_txn(h.relay_id, h.hop_index + 1))
+
+    async def _open(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, hop: Link, virt: Link,
+                    end: bool, ids: list[str], pre: asyncio.Task[list[AppKey] | None] | None,
+                    spawn: Spawn, handed: list[bool]) -> Reply:
+        """Take the pads, check the tag, recover the keys; store them (far end) or pass them on."""
+        core = self.core
         taken = await core.store.take_keys(hop.qkdl_id, ids)
         if taken is None:
             unknown, busy = await core.store.missing(hop.qkdl_id, ids)
@@ -511,7 +561,12 @@ class Relay:
                 return sync_reply(acks, len(keys))
             spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
             return 202, {}
-        return await self._forward(caller, req, h, keys, spawn)
+        reserved = await pre if pre is not None else None
+        if pre is not None and reserved is None:
+            return _refuse("insufficient key material", "insufficient_key_material",
+                           "no key on the next hop's link", "consumed")
+        handed[0] = reserved is not None
+        return await self._forward(caller, req, h, keys, spawn, reserved)
 
     async def _store_far_end(self, virt: Link, keys: list[tuple[str, bytes]], req: ExtKeyContainer
                              ) -> list[AckContainer]:
@@ -535,16 +590,18 @@ class Relay:
         return acks
 
     async def _forward(self, caller: PeerKms, req: ExtKeyContainer, h: _Hop, keys: list[tuple[str, bytes]],
-                       spawn: Spawn) -> Reply:
+                       spawn: Spawn, reserved: list[AppKey] | None) -> Reply:
         core = self.core
         nxt = core.registry.phys_link_to(h.path[h.hop_index + 2])
         if nxt is None or not nxt.up:
+            if reserved is not None:
+                await core.store.abort_out(_txn(h.relay_id, h.hop_index + 1))
             return _refuse("key routing error", "no_known_route", "no physical link to the next hop", "consumed")
         saes = (req.initiator_sae_id, list(req.target_sae_ids))
         if req.ack_callback_url is None:
             try:
                 status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
-                                                    saes, None)
+                                                    saes, None, reserved=reserved)
             except RelayError as e:
                 return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
             await self._erased(_txn(h.relay_id, h.hop_index + 1))
@@ -560,7 +617,7 @@ class Relay:
         futs = self.kms.expect(peer, ids)
         try:
             status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
-                                                saes, self.kms.ack_url)
+                                                saes, self.kms.ack_url, reserved=reserved)
         except RelayError as e:
             self.kms.forget(ids)
             return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
