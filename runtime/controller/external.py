@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from runtime.lkms.registry import app_id_for, sae_uri
+
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
 
@@ -127,10 +129,10 @@ class ExternalPeers:
         link = ctl.router.links[ext.qkdl_id]
         if link.capacity(ctl.router.horizon_s) < rate_bps:
             raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")
-        app_id = str(uuid.uuid5(NAMESPACE, f"app:{master}|{slave}"))
+        app_id = app_id_for(master, [slave])
         route = AppRoute(app_id, master, slave, rate_bps, [ext.node, ext.vertex], ext.qkdl_id, virtual=False)
         entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
-                 "server_app_id": ctl._sae_uri(master), "client_app_id": [ctl._sae_uri(slave)],
+                 "server_app_id": sae_uri(master), "client_app_id": [sae_uri(slave)],
                  "backing_qkdl_id": [ext.qkdl_id], "local_qkdn_id": self.topo.nodes[ext.node].id,
                  "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
         await ctl._client(ext.node).replace_qkd_app(app_id, cast("QkdApp", entry))
