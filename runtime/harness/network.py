@@ -22,7 +22,7 @@ import yaml
 from runtime.controller.topology import Topology, TopologyError
 from runtime.pki import write_ca, write_identity
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "restconf")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "restconf")
 
 
 class HarnessError(RuntimeError):
@@ -130,6 +130,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
+            "etsi020": {"listen": ports[name]["etsi020"]},
             "restconf": {"listen": ports[name]["restconf"]},
             "interfaces": interfaces_of(topo, name, ports),
             "data_dir": str(nd / "data"),
@@ -318,7 +319,7 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "restconf": nd.get("restconf"), "ca": desc["ca"],
+            "etsi020": nd.get("etsi020"), "restconf": nd.get("restconf"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }
