@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -136,8 +137,8 @@ def decode_value(tv: gnmi_pb2.TypedValue) -> Any:
         return json.loads(getattr(tv, kind))
     if kind == "leaflist_val":
         return [decode_value(e) for e in tv.leaflist_val.element]
-    if kind == "decimal_val":
-        return tv.decimal_val.digits / (10 ** tv.decimal_val.precision)
+    if kind == "decimal_val":  # decimal64 as its exact text, like JSON_IETF (RFC 7951 §6.1)
+        return str(Decimal(tv.decimal_val.digits).scaleb(-tv.decimal_val.precision))
     if kind is None:
         return None
     return getattr(tv, kind)
@@ -175,11 +176,10 @@ class GnmiClient:
 
     async def get(self, paths: Sequence[PathLike] | PathLike, data_type: str = "ALL") -> list[tuple[str, Any]]:
         """[(path text, decoded value)] for every update of every notification."""
-        if not isinstance(paths, (list, tuple)):
-            paths = [paths]
+        wanted = [paths] if isinstance(paths, (str, gnmi_pb2.Path, PathNode)) else list(paths)
         req = gnmi_pb2.GetRequest(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
-            path=[as_path(p) for p in paths], type=gnmi_pb2.GetRequest.DataType.Value(data_type),
+            path=[as_path(p) for p in wanted], type=gnmi_pb2.GetRequest.DataType.Value(data_type),
             encoding=self.encoding,
         )
         resp = await self._stub.Get(req, metadata=self._md)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from generated import schema as gs
+from runtime.errors import SdqkdError
 
 NODES = gs.NODES
 ROOTS = gs.ROOTS
@@ -25,11 +26,11 @@ INT64 = {"int64", "uint64"}
 _INT_BASES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 
 
-class PathError(ValueError):
+class PathError(SdqkdError, ValueError):
     """A path the model does not have, or a malformed one (gRPC INVALID_ARGUMENT)."""
 
 
-class ValueError_(ValueError):
+class ValueError_(SdqkdError, ValueError):
     """A value that does not fit its leaf's type (gRPC INVALID_ARGUMENT)."""
 
 

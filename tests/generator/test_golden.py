@@ -54,9 +54,10 @@ assert schema.NODES['/box-opened']['kind'] == 'notification'
 p = paths.box().item(item_id=3).in_
 assert [e.name for e in p.elem] == ['box', 'item', 'in'] and dict(p.elem[1].key) == {'item-id': '3'}
 assert str(paths.box().item()) == '/box/item[item-id=*]'
-assert agent_skeleton.HOOKS == {'/box': 'on_box', '/box/item': 'on_item'}
+assert agent_skeleton.HOOKS == {'/box': 'box', '/box/item': 'item'}
 assert agent_skeleton.NOTIFICATIONS == {'box-opened': ('tiny', '/box-opened')}
-assert model_types.Item.__annotations__['weight'] is float or model_types.Item.__annotations__['weight'] == 'float'
+assert model_types.Item.__annotations__['weight'] is str  # decimal64: exact text, as in JSON_IETF
+assert model_types.BoxOpenedDetailStep.__annotations__['n'] is int and 'BoxOpenedDetail' in model_types.__all__
 print('ok')
 """
     r = run_py(tiny, code)
