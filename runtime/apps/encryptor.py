@@ -336,13 +336,14 @@ def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout
 
     import grpc
 
-    from generated.gnmi_support import decode_value, parse_path
+    from generated import paths
+    from generated.gnmi_support import decode_value
     from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
     creds = grpc.ssl_channel_credentials(Path(ca).read_bytes(), Path(key).read_bytes(), Path(cert).read_bytes())
     with grpc.secure_channel(gnmi, creds) as channel:
-        req = gnmi_pb2.GetRequest(path=[parse_path(f"/qkd_node/qkd_links/qkd_link[qkdl_id={qkdl_id}]"
-                                                   "/qkdl_performance/skr")],
+        skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr
+        req = gnmi_pb2.GetRequest(path=[skr],
                                   type=gnmi_pb2.GetRequest.STATE, encoding=gnmi_pb2.JSON_IETF)
         resp = gnmi_pb2_grpc.gNMIStub(channel).Get(req, timeout=timeout)
     for n in resp.notification:

@@ -14,16 +14,25 @@ from typing import Any
 
 import grpc
 
+from generated import model_types as t
+from generated import paths
 from generated.client import ModelClient
+from generated.gnmi_support import decode_value, join
+from generated.proto.gnmi import gnmi_pb2
 from runtime.pki import TlsFiles
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology
+from .topology import Link as TopoLink
 
 log = logging.getLogger("sdqkd.controller")
 
 T = "etsi-qkd-node-types:"
-EXT = "sdqkd-node-ext:"
+_LINK = paths.qkd_node().qkd_links().qkd_link()
+_POOL = paths.qkd_node().sdqkd_key_store().pool()
+# what the controller watches on every node (one STREAM subscription)
+WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status, _POOL.path(),
+                                paths.sdqkdn_link_down(), paths.alarm()]
 
 
 @dataclass(frozen=True)
@@ -103,11 +112,11 @@ class Controller:
             await self.provision_links()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                await task
         for view in self.nodes.values():
             if view.channel is not None:
                 await view.channel.close()
@@ -122,20 +131,21 @@ class Controller:
 
     # ------------------------------------------------------------------ provisioning
 
-    def _phys_entry(self, link: Any, local: str, remote: str, role: str) -> dict[str, Any]:
+    def _phys_entry(self, link: TopoLink, local: str, remote: str, role: str) -> t.QkdLink:
+        ext: t.SdqkdLink = {
+            "classical-endpoint": self.endpoints[remote].peer,
+            "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
+            "device-profile": link.profile,
+        }
         return {
             "qkdl_id": link.id, "qkdl_enable": True, "qkdl_type": f"{T}PHYS",
             "qkdl_local": {"qkdn_id": self.topo.nodes[local].id},
             "qkdl_remote": {"qkdn_id": self.topo.nodes[remote].id},
             "phys_channel_att": f"{link.loss_db:.3f}", "phys_qkd_role": f"{T}{role}",
-            f"{EXT}sdqkd-link": {
-                "classical-endpoint": self.endpoints[remote].peer,
-                "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
-                "device-profile": link.profile,
-            },
+            "sdqkd-node-ext:sdqkd-link": ext,
         }
 
-    async def provision_link(self, link: Any) -> None:
+    async def provision_link(self, link: TopoLink) -> None:
         """The same qkdl_id on both ends, local/remote swapped; a is the transmitter."""
         await asyncio.gather(
             self._client(link.a).create_qkd_link(self._phys_entry(link, link.a, link.b, "TRANSMITTER")),
@@ -180,16 +190,16 @@ class Controller:
         virt = str(uuid.uuid5(NAMESPACE, f"virt:{src}|{dst}"))
         return AppRoute(app_id, master, slave, rate_bps, path, virt, virtual=len(path) > 2)
 
-    def _virt_entry(self, route: AppRoute, node: str) -> dict[str, Any]:
+    def _virt_entry(self, route: AppRoute, node: str) -> t.QkdLink:
         path = route.path
         i = path.index(node)
         ids = self.topo.nodes
-        entry: dict[str, Any] = {
+        entry: t.QkdLink = {
             "qkdl_id": route.qkdl_id, "qkdl_enable": True, "qkdl_type": f"{T}VIRT",
             "qkdl_local": {"qkdn_id": ids[node].id},
             "qkdl_remote": {"qkdn_id": ids[path[-1] if i < len(path) - 1 else path[0]].id},
             "virt_bandwidth": int(route.rate_bps),
-            f"{EXT}sdqkd-link": {"classical-endpoint": self.endpoints[path[-1] if i == 0 else path[0]].peer},
+            "sdqkd-node-ext:sdqkd-link": {"classical-endpoint": self.endpoints[path[-1] if i == 0 else path[0]].peer},
         }
         if i > 0:
             entry["virt_prev_hop"] = ids[path[i - 1]].id
@@ -199,7 +209,7 @@ class Controller:
             entry["virt_next_hop"] = [ids[n].id for n in path[i + 1:]]
         return entry
 
-    def _app_entry(self, route: AppRoute, local: str, remote: str) -> dict[str, Any]:
+    def _app_entry(self, route: AppRoute, local: str, remote: str) -> t.QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
             "server_app_id": self._sae_uri(route.master), "client_app_id": [self._sae_uri(route.slave)],
@@ -255,9 +265,7 @@ class Controller:
         while True:
             client = self._client(name)
             try:
-                paths = ["/qkd_node/qkd_links/qkd_link/qkdl_performance", "/qkd_node/qkd_links/qkd_link/qkdl_status",
-                         "/qkd_node/sdqkd-key-store/pool", "/sdqkdn_link_down", "/alarm"]
-                async for resp in client.subscribe(paths, mode="ON_CHANGE"):
+                async for resp in client.subscribe(WATCHED, mode="ON_CHANGE"):
                     if resp.sync_response:
                         came_back = view.seen and not view.up
                         view.up = view.seen = True
@@ -277,26 +285,25 @@ class Controller:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _absorb(self, name: str, n: Any) -> None:
-        from generated.gnmi_support import decode_value, join, path_str
-
+    def _absorb(self, name: str, n: gnmi_pb2.Notification) -> None:
+        """Fold one notification of the watch stream into the node's view (by path elements)."""
         view = self.nodes[name]
         for u in n.update:
-            p = path_str(join(n.prefix, u.path))
+            elems = join(n.prefix, u.path).elem
+            names = [e.name.split(":")[-1] for e in elems]
             v = decode_value(u.val)
-            if p.startswith("/qkd_node/qkd_links/qkd_link["):
-                lid = p.split("qkdl_id=", 1)[1].split("]", 1)[0]
-                leaf = p.rsplit("/", 1)[1]
-                view.links.setdefault(lid, {})[leaf if "phys_perf" not in p else "qber"] = v
+            if names[:3] == ["qkd_node", "qkd_links", "qkd_link"] and len(names) > 3:
+                lid = elems[2].key["qkdl_id"]
+                view.links.setdefault(lid, {})["qber" if "phys_perf" in names else names[-1]] = v
                 if lid in self.router.links:
                     self._update_router(lid)
-            elif p.startswith("/qkd_node/sdqkd-key-store/pool["):
-                lid = p.split("qkdl-id=", 1)[1].split("]", 1)[0]
-                view.store.setdefault(lid, {})[p.rsplit("/", 1)[1]] = v
+            elif names[:3] == ["qkd_node", "sdqkd-key-store", "pool"] and len(names) > 3:
+                lid = elems[2].key["qkdl-id"]
+                view.store.setdefault(lid, {})[names[-1]] = v
                 if lid in self.router.links:
                     self._update_router(lid)
-            elif p.startswith("/sdqkdn_link_down") or p.startswith("/alarm"):
-                self.events.put_nowait((p.strip("/"), v))
+            elif names and names[0] in ("sdqkdn_link_down", "alarm"):
+                self.events.put_nowait((names[0], v))
 
     def _update_router(self, lid: str) -> None:
         ls = self.router.links[lid]

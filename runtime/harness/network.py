@@ -189,7 +189,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -316,7 +316,7 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
 

@@ -83,16 +83,16 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     HookVeto when the entry names what this node cannot run."""
     from runtime.engine import profiles
 
-    ext: t.SdqkdLink = entry.get(EXT, {})
+    ext: t.SdqkdLink = entry[EXT]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
     peer_addr = ext.get("classical-endpoint")
-    enabled = entry.get("qkdl_enable", True)
+    enabled = entry["qkdl_enable"]
     if not peer_id or not peer_addr:
         return None
     if entry.get("qkdl_type", f"{T}PHYS") == f"{T}VIRT":
         return VirtPlan(peer_id, peer_addr, entry.get("virt_prev_hop"), tuple(entry.get("virt_next_hop", [])),
                         enabled)
-    profile = ext.get("device-profile", "")
+    profile = ext["device-profile"]
     try:
         prof = profiles.get(profile)
     except ValueError as e:
@@ -101,7 +101,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
     role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
     params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
-                        variant=ext.get("cascade-variant", ""), eve=float(ext.get("eve-fraction", "0")),
+                        variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
                         enabled=enabled, clock_scale=float(engine.get("clock_scale", 1.0)),
                         target_sifted_bits=float(engine.get("block_sifted_bits", 1e6)))
     return PhysPlan(peer_id, peer_addr, params)
