@@ -169,7 +169,8 @@ class GnmiClient:
         if username is not None:
             self._md = (("username", username), ("password", password or ""))
         self.target = target
-        self.encoding = gnmi_pb2.Encoding.Value(encoding)
+        gnmi_pb2.Encoding.Value(encoding)  # an unknown name fails here, not at the first call
+        self.encoding = encoding  # enum fields take their names (the typed stubs say so)
 
     async def capabilities(self) -> gnmi_pb2.CapabilityResponse:
         return await self._stub.Capabilities(gnmi_pb2.CapabilityRequest(), metadata=self._md)
@@ -179,7 +180,7 @@ class GnmiClient:
         wanted = [paths] if isinstance(paths, (str, gnmi_pb2.Path, PathNode)) else list(paths)
         req = gnmi_pb2.GetRequest(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
-            path=[as_path(p) for p in wanted], type=gnmi_pb2.GetRequest.DataType.Value(data_type),
+            path=[as_path(p) for p in wanted], type=data_type,
             encoding=self.encoding,
         )
         resp = await self._stub.Get(req, metadata=self._md)
@@ -196,7 +197,7 @@ class GnmiClient:
 
     async def set(self, *, update: Iterable[tuple[PathLike, Any]] = (), replace: Iterable[tuple[PathLike, Any]] = (),
                   delete: Iterable[PathLike] = ()) -> gnmi_pb2.SetResponse:
-        ietf = self.encoding == gnmi_pb2.Encoding.JSON_IETF
+        ietf = self.encoding == "JSON_IETF"
         req = gnmi_pb2.SetRequest(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
             delete=[as_path(p) for p in delete],
@@ -211,9 +212,9 @@ class GnmiClient:
         """Raw SubscribeResponses of one subscription list (ONCE, POLL or STREAM)."""
         sl = gnmi_pb2.SubscriptionList(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
-            mode=gnmi_pb2.SubscriptionList.Mode.Value(list_mode), encoding=self.encoding, updates_only=updates_only,
+            mode=list_mode, encoding=self.encoding, updates_only=updates_only,
             subscription=[
-                gnmi_pb2.Subscription(path=as_path(p), mode=gnmi_pb2.SubscriptionMode.Value(mode),
+                gnmi_pb2.Subscription(path=as_path(p), mode=mode,
                                       sample_interval=sample_interval_ns, heartbeat_interval=heartbeat_interval_ns,
                                       suppress_redundant=suppress_redundant)
                 for p in paths

@@ -39,7 +39,9 @@ def available() -> str | None:
 def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
     """One namespace per node name; returns {name: {netns, ip}} and records it for teardown."""
     hosts: dict[str, dict[str, str]] = {}
-    made: dict[str, object] = {"bridge": BRIDGE, "netns": [], "veth": []}
+    made_ns: list[str] = []
+    made_veth: list[str] = []
+    made: dict[str, object] = {"bridge": BRIDGE, "netns": made_ns, "veth": made_veth}
     try:
         _ip("link", "add", BRIDGE, "type", "bridge")
         _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
@@ -47,9 +49,9 @@ def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
         for i, name in enumerate(names):
             ns, veth, addr = f"sdqkd{i}", f"vsdqkd{i}", f"{PREFIX}.{10 + i}"
             _ip("netns", "add", ns)
-            made["netns"].append(ns)  # type: ignore[union-attr]
+            made_ns.append(ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            made["veth"].append(veth)  # type: ignore[union-attr]
+            made_veth.append(veth)
             _ip("link", "set", veth, "master", BRIDGE)
             _ip("link", "set", veth, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")

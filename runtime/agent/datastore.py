@@ -38,7 +38,7 @@ def _member(name: str, node: dict[str, Any], parent_module: str | None, ietf: bo
 
 def decode(spath: str, raw: Any, where: str, *, config_only: bool) -> Any:
     """JSON value for the schema node `spath` -> internal value. Raises ValueError_/PathError."""
-    node = NODES[spath] if spath != "/" else {"kind": "container", "children": ROOTS, "config": True}
+    node: dict[str, Any] = NODES[spath] if spath != "/" else {"kind": "container", "children": ROOTS, "config": True}
     if config_only and not node["config"]:
         raise PathError(f"{where}: config false (state) data cannot be written")
     kind = node["kind"]
@@ -200,8 +200,8 @@ def find(root: dict[str, Any], elems: tuple[Elem, ...], descendants: bool = Fals
 
 def leaves(elems: tuple[Elem, ...], spath: str, value: Any) -> Iterator[tuple[tuple[Elem, ...], str, Any]]:
     """Flatten a subtree into (elems, schema path, value) per leaf and leaf-list."""
-    node = NODES.get(spath)
-    kind = node["kind"] if node else "container"
+    node: dict[str, Any] = NODES.get(spath) or {"kind": "container", "name": ""}
+    kind = node["kind"]
     if kind in ("leaf", "leaf-list"):
         yield elems, spath, value
         return

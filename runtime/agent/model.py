@@ -10,6 +10,7 @@ strings/enums, "module:identity" for identityrefs); a leaf-list holds a list.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -125,7 +126,8 @@ def resolve_all(elems: list[tuple[str, dict[str, str]]]) -> list[Resolved]:
     if not any(name == "*" for name, _k in elems):
         return [resolve(elems)]
 
-    def expand(i: int, spath: str, acc: list[tuple[str, dict[str, str]]]):
+    def expand(i: int, spath: str, acc: list[tuple[str, dict[str, str]]]
+               ) -> Iterator[list[tuple[str, dict[str, str]]]]:
         if i == len(elems):
             yield list(acc)
             return

@@ -29,7 +29,7 @@ from .transaction import Datastore, Edit, EditOp, InvalidRequest, Rejected, Stat
 
 log = logging.getLogger("sdqkd.agent")
 
-ENCODINGS = {gnmi_pb2.JSON: False, gnmi_pb2.JSON_IETF: True}
+ENCODINGS: dict[int, bool] = {gnmi_pb2.JSON: False, gnmi_pb2.JSON_IETF: True}
 GET_TYPES = {gnmi_pb2.GetRequest.ALL: ds.ALL, gnmi_pb2.GetRequest.CONFIG: ds.CONFIG,
              gnmi_pb2.GetRequest.STATE: ds.STATE, gnmi_pb2.GetRequest.OPERATIONAL: ds.STATE}
 MIN_SAMPLE_NS = 10_000_000  # sample_interval 0 = "as fast as the target can": 10 ms here
@@ -162,6 +162,7 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
             return self.get(request)
         except GnmiError as e:
             await context.abort(e.code, e.message)
+            raise  # abort raises; the type checker cannot know it
 
     def get(self, request: gnmi_pb2.GetRequest) -> gnmi_pb2.GetResponse:
         ietf = self._encoding(request.encoding)
@@ -198,6 +199,7 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
             return await self.set(request)
         except GnmiError as e:
             await context.abort(e.code, e.message)
+            raise  # abort raises; the type checker cannot know it
 
     async def set(self, request: gnmi_pb2.SetRequest) -> gnmi_pb2.SetResponse:
         prefix = request.prefix if request.HasField("prefix") else None
@@ -222,11 +224,10 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
         """The Set's operations as datastore edits (delete, replace, update: gNMI 3.4.3 order)."""
         edits: list[Edit] = []
         results: list[gnmi_pb2.UpdateResult] = []
-        ops: list[tuple[EditOp, int, gnmi_pb2.Path, gnmi_pb2.TypedValue | None]] = (
-            [("delete", i, d, None) for i, d in enumerate(request.delete)]
-            + [("replace", i, u.path, u.val) for i, u in enumerate(request.replace)]
-            + [("update", i, u.path, u.val) for i, u in enumerate(request.update)]
-        )
+        ops: list[tuple[EditOp, int, gnmi_pb2.Path, gnmi_pb2.TypedValue | None]] = []
+        ops.extend(("delete", i, d, None) for i, d in enumerate(request.delete))
+        ops.extend(("replace", i, u.path, u.val) for i, u in enumerate(request.replace))
+        ops.extend(("update", i, u.path, u.val) for i, u in enumerate(request.update))
         for op, i, path, val in ops:
             full = _full(prefix, path)
             where = f"{op}[{i}] {path_str(gnmi_pb2.Path(elem=[gnmi_pb2.PathElem(name=n, key=k) for n, k in full]))}"
@@ -250,6 +251,7 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
                 yield resp
         except GnmiError as e:
             await context.abort(e.code, e.message)
+            raise  # abort raises; the type checker cannot know it
         finally:
             self.open_streams -= 1
 
@@ -259,7 +261,7 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
             self._check_target(prefix)
         if not sl.subscription:
             raise GnmiError(grpc.StatusCode.INVALID_ARGUMENT, "SubscriptionList has no subscription")
-        out = []
+        out: list[tuple[Resolved, gnmi_pb2.Subscription]] = []
         for i, s in enumerate(sl.subscription):
             full = _full(prefix, s.path)
             try:
@@ -337,10 +339,10 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
         tasks.append(asyncio.create_task(self._drain(requests, out)))
         try:
             while True:
-                resp = await out.get()
-                if resp is None:
+                queued = await out.get()
+                if queued is None:
                     return
-                yield resp
+                yield queued
         finally:
             self.hub.discard(stream_sub)
             for t in tasks:

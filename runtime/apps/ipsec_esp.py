@@ -163,7 +163,7 @@ class UserspaceEsp:
     """The data plane of one namespace: TUN in, ESP out, and back (tunnel mode)."""
 
     kind = "userspace"
-    modes = ("tunnel",)
+    modes: tuple[str, ...] = ("tunnel",)
 
     def __init__(self, netns: str, outer: str, inner: str | None) -> None:
         if not inner:

@@ -64,7 +64,7 @@ def run_in(ns: str, fn: Callable[..., T], *args: Any) -> T:
     t.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return box["value"]
 
 
 def socket_in(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:

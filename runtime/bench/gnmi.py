@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -83,7 +84,7 @@ async def _run(n: int, links: int, streams: int, feed: int) -> dict[str, Any]:
             res["set_link_create_and_delete"] = _fig(await _lat(set_link, max(100, n // 10), warm=20))
 
             # ON_CHANGE throughput on one stream
-            async def reqs(path: str):
+            async def reqs(path: str) -> AsyncIterator[gnmi_pb2.SubscribeRequest]:
                 yield gnmi_pb2.SubscribeRequest(subscribe=gnmi_pb2.SubscriptionList(
                     mode=gnmi_pb2.SubscriptionList.STREAM, encoding=gnmi_pb2.JSON_IETF, updates_only=True,
                     subscription=[gnmi_pb2.Subscription(path=P(path), mode=gnmi_pb2.ON_CHANGE)]))
@@ -93,10 +94,10 @@ async def _run(n: int, links: int, streams: int, feed: int) -> dict[str, Any]:
             assert (await call.read()).sync_response
             control = ach.unary_unary("/bench.Control/Feed")
             fed = asyncio.ensure_future(control(str(feed).encode()))
-            got, t0 = 0, None
+            got, t0 = 0, 0.0
             while got < feed:
                 r = await call.read()
-                if t0 is None:
+                if not got:
                     t0 = time.perf_counter()
                 got += len(r.update.update)
             dt = time.perf_counter() - t0

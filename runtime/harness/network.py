@@ -91,7 +91,8 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    raw_settings = topo.extra.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():

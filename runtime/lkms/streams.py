@@ -429,7 +429,7 @@ class StreamManager:
         return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
                                  metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
 
-    async def _obtain(self, s: Stream, idx: int) -> int:
+    async def _obtain(self, s: Stream, idx: int) -> pb.Status:
         """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
         loop = asyncio.get_running_loop()
         timeout = s.qos.timeout / 1000.0
@@ -451,7 +451,7 @@ class StreamManager:
                 return S.TIMEOUT_ERROR
             await self.core.wait_changed(s.qkdl_id, left)
 
-    async def _pace(self, s: Stream) -> int:
+    async def _pace(self, s: Stream) -> pb.Status:
         """max_bps: deliver at most that rate; if the wait exceeds the timeout, TIMEOUT_ERROR."""
         now = time.monotonic()
         wait = s.next_send - now

@@ -83,7 +83,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     HookVeto when the entry names what this node cannot run."""
     from runtime.engine import profiles
 
-    ext: t.SdqkdLink = entry[EXT]  # present: its leaves have defaults
+    ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
     peer_addr = ext.get("classical-endpoint")
     enabled = entry["qkdl_enable"]
