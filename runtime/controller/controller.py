@@ -20,6 +20,7 @@ from generated.client import ModelClient
 from generated.gnmi_support import decode_value, join
 from generated.proto.gnmi import gnmi_pb2
 from runtime.pki import TlsFiles
+from runtime.tls import aio_channel
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology
@@ -90,10 +91,7 @@ class Controller:
     def _channel(self, ep: NodeEndpoint) -> grpc.aio.Channel:
         opts = [("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                 ("grpc.keepalive_permit_without_calls", 1)]
-        if self.tls is None:
-            return grpc.aio.insecure_channel(ep.gnmi, options=opts)
-        ca, cert, key = self.tls.read()
-        return grpc.aio.secure_channel(ep.gnmi, grpc.ssl_channel_credentials(ca, key, cert), options=opts)
+        return aio_channel(ep.gnmi, self.tls, opts)
 
     def _client(self, name: str) -> ModelClient:
         view = self.nodes[name]

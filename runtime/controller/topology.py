@@ -10,11 +10,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import SdqkdError
+
 # Namespace for IDs derived from names, so a topology without explicit IDs is reproducible.
 NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
 
 
-class TopologyError(ValueError):
+class TopologyError(SdqkdError, ValueError):
     pass
 
 

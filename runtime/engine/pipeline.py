@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from runtime.engine import estimate, keyrate, pa, profiles, sift, sim, verify
 from runtime.engine.auth import HEADER_BYTES, AuthenticationError, Authenticator
 from runtime.engine.estimate import Estimate, Tally
+from runtime.errors import SdqkdError
 
 
 class Msg(IntEnum):
@@ -54,7 +55,7 @@ _U64 = struct.Struct(">Q")
 Rng = Callable[[int], bytes]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(SdqkdError, ValueError):
     """A message that is malformed or arrives out of order."""
 
 

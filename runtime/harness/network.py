@@ -20,12 +20,13 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
+from runtime.errors import SdqkdError
 from runtime.pki import write_ca, write_identity
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
 
 
-class HarnessError(RuntimeError):
+class HarnessError(SdqkdError, RuntimeError):
     pass
 
 

@@ -28,13 +28,14 @@ import uuid
 import grpc
 
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.registry import PHYS, VIRT, Link
 
 log = logging.getLogger(__name__)
 
 
-class RelayError(Exception):
+class RelayError(SdqkdError):
     pass
 
 

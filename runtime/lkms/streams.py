@@ -38,6 +38,7 @@ import grpc
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.keys import group_parts, is_uuid, join_parts
 from runtime.lkms.registry import App, Link
@@ -50,7 +51,7 @@ JSON = "application/json"
 _MAX_ASSIGN_KEYS = 16384  # link keys per AssignStream
 
 
-class CallerRefused(Exception):
+class CallerRefused(SdqkdError):
     """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
 
 

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import SdqkdError
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(SdqkdError, ValueError):
     pass
 
 

@@ -19,6 +19,7 @@ from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.agent.transaction import Datastore
 from runtime.lkms.node import Lkms
+from runtime.tls import aio_channel
 
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
@@ -88,10 +89,7 @@ class NodeRuntime:
         """A channel to a peer node's classical-channel port (mutual TLS when configured)."""
         opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
                 ("grpc.max_send_message_length", 256 * 1024 * 1024)]
-        if self.cfg.tls is None:
-            return grpc.aio.insecure_channel(address, options=opts)
-        ca, cert, key = self.cfg.tls.read()
-        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert), options=opts)
+        return aio_channel(address, self.cfg.tls, opts)
 
     # ---------------------------------------------------------------- engine -> LKMS, agent
 
