@@ -426,6 +426,11 @@ class Defaults:
             if node is None or node["kind"] != "leaf":
                 raise PathError(f"{spath}: the model has no leaf there to give a default")
             self._local[spath] = decode_leaf(node, raw, spath, lenient_strings=True)
+        # schema paths at or above a leaf with a default: the only subtrees apply() walks
+        self._reach = {p for p in NODES if _has_default(p)}
+        for spath in self._local:
+            parts = spath.split("/")
+            self._reach.update("/".join(parts[:i]) for i in range(2, len(parts) + 1))
 
     def value(self, spath: str) -> Any:
         """The default of a leaf (canonical value), None when it has none."""
@@ -456,7 +461,7 @@ class Defaults:
         return out
 
     def _reaches_default(self, spath: str) -> bool:
-        return spath in self._local or any(p.startswith(spath + "/") for p in self._local) or _has_default(spath)
+        return spath in self._reach
 
 
 @lru_cache(maxsize=2048)

@@ -169,6 +169,8 @@ class Datastore:
         self.node_id = node_id
         self.root = root
         self.hooks = hooks if hooks is not None else ModelHooks()
+        # only nodes whose hooks the runtime overrides cost anything per change
+        self._hooked = [spath for spath, name in self.hooks.HOOKS.items() if _overrides(self.hooks, name)]
         self.hub = Hub()
         self.state = StateFeed(self)
         self.defaults = ds.Defaults(local_defaults or {})
@@ -315,7 +317,7 @@ class Datastore:
         """Every list entry and container whose own data (its subtree without the entries of
         lists below it) the change created, modified or deleted, in hook order."""
         events: list[HookEvent] = []
-        for spath in self.hooks.HOOKS:
+        for spath in self._hooked:
             pattern = _wildcard_elems(spath)
             for scope in {_narrow(pattern, t) for t in touched if covers(pattern, t)}:
                 before = {e: v for e, _s, v in ds.find(old, scope)}
@@ -378,6 +380,12 @@ class Datastore:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _overrides(hooks: ModelHooks, name: str) -> bool:
+    cls = type(hooks)
+    return any(getattr(cls, f"{phase}_{name}") is not getattr(ModelHooks, f"{phase}_{name}")
+               for phase in ("validate", "apply"))
 
 
 def _at(where: str, e: Exception) -> str:
