@@ -193,7 +193,8 @@ class NodeProvisioning(ModelHooks):
         message = f"configuration not applied: {error}"
         state = self.node.agent.state
         if r.schema_path == LINK:
-            state.update({f"{where}/sdqkd-link/engine-state/last-abort-reason": message})
+            if self.node.datastore.exists(r):  # a failed removal must not bring the entry back
+                state.update({f"{where}/sdqkd-link/engine-state/last-abort-reason": message})
             state.notify("alarm", {"link": {"qkdl_id": keys["qkdl_id"], "qkdl_status": f"{T}OFF",
                                             "severity": f"{T}MAJOR", "message": message}})
         elif r.schema_path == APP:
