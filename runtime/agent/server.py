@@ -25,7 +25,7 @@ from runtime.errors import SdqkdError
 from . import datastore as ds
 from .model import Elem, PathError, Resolved, ValueError_, resolve_all
 from .subscriptions import Hub, StreamSub
-from .transaction import Datastore, Edit, EditOp, InvalidRequest, Rejected, StateFeed
+from .transaction import Datastore, Edit, EditOp, InvalidRequest, NotFound, Rejected, StateFeed
 
 log = logging.getLogger("sdqkd.agent")
 
@@ -188,9 +188,11 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
                 ups = [gnmi_pb2.Update(path=gnmi_pb2.Path(), val=typed(val, ietf))]
             else:
                 ups = [u for r in rs for u in self.updates_for(r, ietf, filt)]
-                r = rs[0]
-                if not ups and len(rs) == 1 and not r.wildcard and not self.datastore.exists(r):
-                    raise GnmiError(grpc.StatusCode.NOT_FOUND, f"Get {text}: no data at this path")
+                if not ups and len(rs) == 1:
+                    try:
+                        self.datastore.require(rs[0])
+                    except NotFound:
+                        raise GnmiError(grpc.StatusCode.NOT_FOUND, f"Get {text}: no data at this path") from None
             notifications.append(gnmi_pb2.Notification(timestamp=_now(), prefix=self._prefix_out(prefix), update=ups))
         return gnmi_pb2.GetResponse(notification=notifications)
 

@@ -227,6 +227,11 @@ class Datastore:
     def exists(self, r: Resolved) -> bool:
         return any(True for _ in ds.find(self.root, r.elems))
 
+    def require(self, r: Resolved) -> None:
+        """NotFound when a concrete path (no wildcard) names no data; a wildcard may match nothing."""
+        if not r.wildcard and not self.exists(r):
+            raise NotFound(f"{r.text()}: no data at this path")
+
     # ---------------------------------------------------------------- the change
 
     async def change(self, edits: Sequence[Edit]) -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from generated.gnmi_support import parse_path as P
 from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.agent.transaction import Datastore, Edit, InvalidPath, InvalidValue, Rejected
+from runtime.agent.model import resolve
+from runtime.agent.transaction import Datastore, Edit, InvalidPath, InvalidValue, NotFound, Rejected
 from runtime.node.config import NodeConfig
 from runtime.node.provisioning import CASCADE_VARIANTS
 from runtime.node.runtime import NodeRuntime
@@ -171,6 +172,10 @@ def test_datastore_errors_are_protocol_neutral() -> None:
             await store.change([Edit("update", [("qkd_node", {}), ("qkdn_location_id", {})], 5)])
         with pytest.raises(Rejected, match="qkdn_id"):
             await store.change([Edit("update", [("qkd_node", {}), ("qkdn_id", {})], str(uuid.uuid4()))])
+        link = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": str(uuid.uuid4())})]
+        with pytest.raises(NotFound, match="no data"):
+            store.require(resolve(link))
+        assert store.read(resolve(link), ietf=True) == [] and store.failed == {}
 
     asyncio.run(main())
 
