@@ -27,6 +27,7 @@ from generated import model_types as t
 from generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
 from runtime.agent.model import NODES, Resolved, elems_text
 from runtime.agent.transaction import resolve_text
+from runtime.lkms.registry import sae_of
 
 from .config import ConfigError
 from .links import EngineLink, LinkParams
@@ -122,6 +123,13 @@ class NodeProvisioning(ModelHooks):
 
     async def apply_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,
                              qkdl_id: str) -> None:
+        try:
+            await self._apply_link(qkdl_id, new)
+        finally:
+            if self.node.registrar is not None:  # requests waiting for a link look again
+                self.node.registrar.poke()
+
+    async def _apply_link(self, qkdl_id: str, new: t.QkdLink | None) -> None:
         lkms = self.node.require_lkms()
         plan = link_plan(qkdl_id, new, self.node.cfg.engine) if new is not None else None
         if not isinstance(plan, PhysPlan) or not plan.params.enabled:
@@ -171,19 +179,18 @@ class NodeProvisioning(ModelHooks):
         lkms = self.node.require_lkms()
         if new is None:
             lkms.unregister_app(app_id)
-            return
-
-        def sae(uri: str) -> str:
-            return uri.rsplit(":", 1)[-1]  # urn:sdqkd:sae:<id> or a bare ID
-
-        lkms.register_app(app_id, sae(new.get("server_app_id", "")), [sae(c) for c in new.get("client_app_id", [])],
-                          new.get("local_qkdn_id", self.node.cfg.id), new.get("remote_qkdn_id", ""),
-                          new.get("backing_qkdl_id", []))
-        base = f"{APP}[app_id={app_id}]"
-        self.node.agent.state.update({
-            f"{base}/app_status": f"{T}ON",
-            f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        else:
+            lkms.register_app(app_id, sae_of(new.get("server_app_id", "")),
+                              [sae_of(c) for c in new.get("client_app_id", [])],
+                              new.get("local_qkdn_id", self.node.cfg.id), new.get("remote_qkdn_id", ""),
+                              new.get("backing_qkdl_id", []))
+            base = f"{APP}[app_id={app_id}]"
+            vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id:
+                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            self.node.agent.state.update(vals)
+        if self.node.registrar is not None:
+            self.node.registrar.installed(app_id, new)
 
     # ---------------------------------------------------------------- failures
 

@@ -21,6 +21,7 @@ from runtime.agent.transaction import Datastore
 from runtime.lkms.node import Lkms
 from runtime.tls import aio_channel
 
+from .apps import Registrar
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
 from .provisioning import NodeProvisioning, engine_defaults
@@ -40,6 +41,7 @@ class NodeRuntime:
                                             local_defaults=engine_defaults(cfg.engine))
         self.agent = NodeAgent(cfg.id, target=cfg.name, datastore=self.datastore)
         self.lkms: Lkms | None = None
+        self.registrar: Registrar | None = None
         self._gnmi: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
@@ -55,7 +57,11 @@ class NodeRuntime:
                          keysync_listen=cfg.peer_listen,
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
+        self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
+        self.lkms.registrar = self.registrar
         await self.lkms.start()
+        self.registrar.restore()
+        self.registrar.start()
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
@@ -68,6 +74,8 @@ class NodeRuntime:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.registrar is not None:
+            await self.registrar.stop()
         for link in list(self.links.values()):
             await link.stop()
         if self._gnmi is not None:
