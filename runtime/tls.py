@@ -27,24 +27,27 @@ def tls_files(ca: str | Path, cert: str | Path, key: str | Path) -> TlsFiles:
 # ------------------------------------------------------------------ ssl (HTTPS, h2)
 
 
-def https_client_context(tls: TlsFiles, *, alpn: Sequence[str] = ()) -> ssl.SSLContext:
-    """Client side: verify the server against the CA, present our certificate."""
+def https_client_context(tls: TlsFiles, *, alpn: Sequence[str] = (),
+                         minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2, check_hostname: bool = True) -> ssl.SSLContext:
+    """Client side: verify the server against the CA (and its host name, unless the caller
+    checks the certificate's identity itself), present our certificate."""
     ctx = ssl.create_default_context(cafile=str(tls.ca))
+    ctx.check_hostname = check_hostname
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = minimum
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
-def https_server_context(tls: TlsFiles, *, require_client_cert: bool = False,
-                         alpn: Sequence[str] = ()) -> ssl.SSLContext:
+def https_server_context(tls: TlsFiles, *, require_client_cert: bool = False, alpn: Sequence[str] = (),
+                         minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
     """Server side: our certificate; client certificates verified against the CA, required or
     optional (an absent one is then the application's to refuse)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = minimum
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx

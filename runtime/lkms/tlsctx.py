@@ -53,3 +53,10 @@ def grpc_h2_server_context(tls: TlsFiles) -> ssl.SSLContext:
     """TLS for the h2-based gRPC server (h2grpc.py), as grpcio's would be: our certificate,
     client certificates required and verified against the CA, ALPN h2 (gRPC clients insist)."""
     return tls_build.https_server_context(tls, require_client_cert=True, alpn=["h2"])
+
+
+def etsi020_server_context(tls: TlsFiles) -> ssl.SSLContext:
+    """ETSI 020 server: client certificates required and verified (against our CA, plus the CA
+    of each external peer KMS, added with `load_verify_locations`), TLS 1.3 or later as the
+    standard asks."""
+    return tls_build.https_server_context(tls, require_client_cert=True, minimum=ssl.TLSVersion.TLSv1_3)
