@@ -239,6 +239,7 @@ class Lkms:
         if self._started:
             self.relay.stop(qkdl_id)
             self.relay.start(link)
+            self.core.outbox_wakeup.set()  # messages owed over this link may have been waiting for it
         log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:

@@ -334,6 +334,8 @@ class SqliteKeyStore:
         n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount
         tx.conn.execute("DELETE FROM blocks WHERE pid=?", (c.pid,))
         tx.conn.execute("DELETE FROM pools WHERE pid=?", (c.pid,))
+        # the link is gone for good: nothing of it is left to confirm or release
+        tx.conn.execute("DELETE FROM outbox WHERE qkdl_id=?", (qkdl_id,))
 
         def unregister() -> None:
             self._by_id.pop(qkdl_id, None)

@@ -103,6 +103,30 @@ class Net:
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
         return self.lt.run(coro, timeout)
 
+    def restart(self, name: str, provision: bool = True) -> Lkms:
+        """Stop node `name` and start a new `Lkms` on the same data dir and KeySync address, as a
+        process restart would: its registry starts empty; `provision` re-installs its links and
+        apps the way the controller does when the node comes back."""
+        old = self.nodes[name]
+        self.lt.run(old.stop())
+        new = Lkms(old.node_id, old.data_dir, old.tls, saes=old.registry.local_saes, limits=old.limits,
+                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"])
+        self.nodes[name] = new
+        self.lt.run(new.start())
+        if provision:
+            self.provision(name, old)
+        return new
+
+    def provision(self, name: str, old: Lkms) -> None:
+        """Install on node `name` the links and apps `old` had (the controller re-provisioning)."""
+        new = self.nodes[name]
+        for link in old.registry.links.values():
+            self.run(new.set_link(link.qkdl_id, link.peer_node_id, link.peer_kms_address, link.kind,
+                                  link.prev_hop, link.next_hops))
+        for app in old.registry.apps.values():
+            new.register_app(app.app_id, app.master_sae_id, app.slave_sae_ids, app.local_node_id,
+                             app.remote_node_id, app.backing_qkdl_ids)
+
     def phys(self, a: str, b: str) -> str:
         q = str(uuid.uuid4())
         na, nb = self.nodes[a], self.nodes[b]
