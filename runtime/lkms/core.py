@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,6 +35,10 @@ class Limits:
     stream_prefetch_max: int = 1024  # chunks a stream owner assigns per batch at most (up to 2 batches ahead)
     etsi004_server: str = "h2"  # "h2" (h2grpc.py, fast pipelined GetKeyStream) or "grpcio"
     rpc_timeout_s: float = 5.0
+    # pool reconciliation (reconcile.py): keys younger than the grace are never judged stale
+    reconcile_grace_s: float = 30.0
+    reconcile_min_gap_s: float = 5.0  # one pass per link at most this often
+    reconcile_interval_s: float = 300.0  # every link is reconciled this often anyway
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Limits:
@@ -78,6 +83,16 @@ class Core:
         self.rates: dict[str, RateMeter] = {}
         self.outbox_wakeup = asyncio.Event()
         self.pool_changed: dict[str, asyncio.Event] = {}
+        self._on_uncertain: Callable[[str], None] | None = None
+
+    def on_uncertain(self, callback: Callable[[str], None]) -> None:
+        self._on_uncertain = callback
+
+    def uncertain(self, qkdl_id: str) -> None:
+        """A key of this pool may now be held at one end only (an unknown outcome): have both
+        ends reconcile the pool (reconcile.py)."""
+        if self._on_uncertain is not None:
+            self._on_uncertain(qkdl_id)
 
     def from_back(self, link: Link) -> bool:
         """The two ends of a pool pick keys from opposite ends so their picks rarely collide."""

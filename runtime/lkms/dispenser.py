@@ -11,6 +11,8 @@ Protocol (per transaction `txn`, durable at every step):
 If the peer refuses, the keys go back to the pool (minus those the peer does not know, which
 are erased); if the outcome is unknown (timeout, peer down) the master erases its copies and
 queues a Release, so a key can never end up delivered at one end and reusable at the other.
+A peer that never recorded the transaction still holds those keys: the Release finds nothing
+there, so the link is also reconciled (reconcile.py) and the peer erases them.
 
 Speed: concurrent requests for the same (link, pair, size) are coalesced into one
 transaction (one Reserve RPC and two group commits for the lot), with two transactions in
@@ -122,6 +124,7 @@ class _Pair:
                 log.warning("Reserve txn %s to %s failed: %s", txn, link.peer_node_id, e.code().name)
                 await core.store.abort_out(txn, erase_all=True, release=True)
                 core.outbox_wakeup.set()
+                core.uncertain(link.qkdl_id)  # if the peer never recorded it, only a reconcile frees its copies
                 self._fail(served, "peer KMS unreachable")
                 return
             if not resp.ok:

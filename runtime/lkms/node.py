@@ -34,7 +34,9 @@ Engine API:
         Call on BOTH ends with identical material: cut into keys, IDs = uuid5 of
         (qkdl_id, block_id, index). A repeated block_id is ignored.
     lkms.has_room(qkdl_id) -> bool;  await lkms.wait_for_room(qkdl_id)
-        Back-pressure: pause key production while the pool holds max_key_count keys.
+        Back-pressure: pause key production while the pool holds max_key_count AVAILABLE keys.
+        While the engine waits, the pool is reconciled with the peer (reconcile.py): keys only
+        this end still holds are freed, so drift never halts a link.
         add_block itself never refuses material (refusing at one end only would desynchronise
         the pair); the engine must honour the flag.
 
@@ -62,6 +64,7 @@ from runtime.lkms.etsi014 import Etsi014
 from runtime.lkms.keysync import KeySyncService
 from runtime.lkms.outbox import OutboxSender
 from runtime.lkms.peers import PeerClients
+from runtime.lkms.reconcile import Reconciler
 from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
 from runtime.lkms.relay import Relay
 from runtime.lkms.store import SqliteKeyStore
@@ -112,6 +115,8 @@ class Lkms:
         self.streams = StreamManager(core)
         self.dispensers = Dispensers(core, self.relay)
         self.outbox = OutboxSender(core)
+        self.reconciler = Reconciler(core)
+        core.on_uncertain(self.reconciler.request)
 
         self._web = web.AppRunner(Etsi014(core, self.dispensers).app(), access_log=None,
                                   handle_signals=False, shutdown_timeout=1.0)
@@ -129,7 +134,7 @@ class Lkms:
         # classical-channel frames of large key blocks exceed gRPC's 4 MB default
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                                                ("grpc.max_send_message_length", 256 * 1024 * 1024)])
-        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.relay), self._gsync)
+        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.relay, self.reconciler), self._gsync)
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
@@ -139,11 +144,13 @@ class Lkms:
 
         self.streams.start()
         self.outbox.start()
+        self.reconciler.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_loop()))
         for link in self.registry.links.values():
             if link.is_endpoint:
                 await self.store.ensure_pool(link.qkdl_id, link.kind)
             self.relay.start(link)
+        self.reconciler.request_all()
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
 
@@ -187,6 +194,7 @@ class Lkms:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.relay.close()
+        await self.reconciler.close()
         await self.outbox.close()
         await self.dispensers.close()
         await self.streams.close()
@@ -240,6 +248,8 @@ class Lkms:
             self.relay.stop(qkdl_id)
             self.relay.start(link)
             self.core.outbox_wakeup.set()  # messages owed over this link may have been waiting for it
+            if link.is_endpoint:  # either end may have restarted: agree on the pool again
+                self.reconciler.request(qkdl_id)
         log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:
@@ -311,6 +321,8 @@ class Lkms:
 
     async def wait_for_room(self, qkdl_id: str) -> None:
         while not self.store.has_room(qkdl_id):
+            if self._started:  # stale keys (held here only) may be what fills it
+                self.reconciler.request(qkdl_id)
             ev = self._room.setdefault(qkdl_id, asyncio.Event())
             ev.clear()
             await ev.wait()

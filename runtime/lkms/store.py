@@ -356,7 +356,7 @@ class SqliteKeyStore:
 
     def has_room(self, qkdl_id: str) -> bool:
         c = self._by_id.get(qkdl_id)
-        return c is None or c.av_k + c.rs_k < self.max_key_count
+        return c is None or c.av_k < self.max_key_count
 
     # --- filling ---------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
@@ -731,6 +731,38 @@ class SqliteKeyStore:
             elif r[1] != AVAILABLE:
                 busy.append(k)
         return unknown, busy
+
+    # --- reconciliation --------------------------------------------------------------------
+    async def available_ids(self, qkdl_id: str, created_before: float, after: int, limit: int
+                            ) -> tuple[list[str], int]:
+        return await self._submit(self._available_ids, qkdl_id, created_before, after, limit)
+
+    def _available_ids(self, tx: _Tx, qkdl_id: str, before: float, after: int, limit: int) -> tuple[list[str], int]:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return [], after
+        rows = tx.conn.execute("SELECT seq, kid FROM keys WHERE pid=? AND state=0 AND seq>? AND created<? "
+                               "ORDER BY seq LIMIT ?", (c.pid, after, before, limit)).fetchall()
+        return [_s(r[1]) for r in rows], (rows[-1][0] if rows else after)
+
+    async def erase_available(self, qkdl_id: str, key_ids: Sequence[str]) -> int:
+        blobs = _distinct_ids(key_ids)
+        if blobs is None:
+            raise StoreError("malformed or repeated key ID")
+        return int(await self._submit(self._erase_available, qkdl_id, blobs))
+
+    def _erase_available(self, tx: _Tx, qkdl_id: str, blobs: list[bytes]) -> int:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return 0
+        rows: list[tuple[int, int]] = []
+        for i in range(0, len(blobs), _IN_BATCH):
+            part = blobs[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            rows += tx.conn.execute(f"DELETE FROM keys WHERE kid IN ({marks}) AND +pid=? AND +state=0 "
+                                    "RETURNING pid, bits", (*part, c.pid)).fetchall()
+        self._count_erased(tx, rows, reserved=False)
+        return len(rows)
 
     async def txn_link(self, txn: str) -> str | None:
         return await self._submit(self._txn_link, txn)
