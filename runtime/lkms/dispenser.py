@@ -34,6 +34,7 @@ from generated.proto.sdqkd import kms_pb2
 from runtime.lkms.core import Core
 from runtime.lkms.keys import AppKey
 from runtime.lkms.registry import Link
+from runtime.lkms.store_api import StoreUnavailable
 from runtime.lkms.syncmsg import KEY_BITS_MD, key_refs, parse_refusal
 
 if TYPE_CHECKING:
@@ -88,10 +89,14 @@ class _Pair:
     async def _cycle(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:
         try:
             await self._serve(batch)
-        except BaseException:  # also on cancellation (shutdown): nobody may wait forever
+        except BaseException as e:  # also on cancellation (shutdown): nobody may wait forever
+            # a store that cannot write says why (e.g. "disk is full: DIR"); that is safe to show
+            msg = str(e) if isinstance(e, StoreUnavailable) else "key reservation failed"
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(KeyUnavailable("key reservation failed"))
+                    fut.set_exception(KeyUnavailable(msg))
+            if isinstance(e, StoreUnavailable):
+                return  # answered (503); not a bug to report as one
             raise
 
     async def _serve(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:

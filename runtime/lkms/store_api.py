@@ -35,6 +35,12 @@ class StoreError(Exception):
     """A request the store refuses (bad arguments); the store is unchanged."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot write now (disk full, read-only, I/O error); the message names the cause
+    and the directory, e.g. "disk is full: /var/lib/sdqkd". Nothing of the request happened;
+    the same request succeeds once the cause is gone (no restart needed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     qkdl_id: str
