@@ -60,15 +60,9 @@ def _https(url: str, ca: str, cert: str, key: str, body: dict[str, Any] | None =
         return json.loads(resp.read())
 
 
-def _post(api: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(f"http://{api}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def main(seconds: float = 60.0) -> int:
     from runtime.harness import network
+    from runtime.harness.northbound import post_app
 
     t0 = time.monotonic()
     deadline = t0 + seconds
@@ -97,7 +91,7 @@ def main(seconds: float = 60.0) -> int:
         st = json.loads(status_file.read_text())
         print(f"\n[{time.monotonic() - t0:5.1f} s] every link produces key")
         print(table(st))
-        route = _post(st["api"], "/apps", {"master": MASTER, "slave": SLAVE, "rate": 1000})
+        route = post_app(state, MASTER, SLAVE, 1000)
         print(f"\ncontroller: {MASTER} <-> {SLAVE} over {' - '.join(route['path'])} "
               f"(virtual link {route['qkdl_id'][:8]}..., keys relayed hop by hop as one-time-pad ciphertext)")
         m_node = DEFAULT_TOPOLOGY["saes"][0]["node"]

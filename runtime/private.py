@@ -9,6 +9,7 @@ so readers never see a half-written file and nobody can open it in between with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,9 +18,14 @@ FILE_MODE = 0o600
 
 
 def private_dir(path: Path | str) -> Path:
-    """Create `path` (and missing parents) and make it 0700."""
+    """Create `path` and the parents it lacks, each 0700 (mkdir's `parents` would give them the
+    umask's mode), and make `path` itself 0700."""
     p = Path(path)
-    p.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    missing = [d for d in (p, *p.parents) if not d.exists()]
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=DIR_MODE)
+        os.chmod(d, DIR_MODE)
     os.chmod(p, DIR_MODE)
     return p
 
@@ -38,7 +44,8 @@ def private_file(path: Path | str) -> Path:
 def write_private(path: Path | str, data: bytes | str) -> Path:
     """Write `data` to `path` as a 0600 file (atomically: temporary file, then rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if not p.parent.exists():
+        private_dir(p.parent)
     raw = data.encode() if isinstance(data, str) else data
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
