@@ -32,9 +32,16 @@ class Limits:
     chunk_default: int = 32  # ETSI 004 key_chunk_size when the application asks for 0, bytes
     chunk_max: int = 65536
     stream_ttl_default_s: int = 600
+    stream_unused_s: float = 60.0  # a stream never used locally expires (or after its QoS timeout, if longer)
+    max_streams_per_sae: int = 16  # ETSI 004 streams per SAE at a node
     stream_prefetch_max: int = 1024  # chunks a stream owner assigns per batch at most (up to 2 batches ahead)
     etsi004_server: str = "h2"  # "h2" (h2grpc.py, fast pipelined GetKeyStream) or "grpcio"
     rpc_timeout_s: float = 5.0
+    # ETSI 014 server resources (connlimit.py): open connections at most, the time a connection
+    # may stay without a complete request (idle keep-alive or a slow request head), TLS handshake
+    etsi014_max_connections: int = 256
+    etsi014_idle_timeout_s: float = 15.0
+    etsi014_handshake_timeout_s: float = 10.0
     # pool reconciliation (reconcile.py): keys younger than the grace are never judged stale
     reconcile_grace_s: float = 30.0
     reconcile_min_gap_s: float = 5.0  # one pass per link at most this often

@@ -57,6 +57,7 @@ import grpc
 from aiohttp import web
 
 from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from runtime.lkms.connlimit import serve_capped
 from runtime.lkms.core import Core, Limits
 from runtime.lkms.dispenser import Dispensers
 from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
@@ -118,15 +119,7 @@ class Lkms:
         self.reconciler = Reconciler(core)
         core.on_uncertain(self.reconciler.request)
 
-        self._web = web.AppRunner(Etsi014(core, self.dispensers).app(), access_log=None,
-                                  handle_signals=False, shutdown_timeout=1.0)
-        await self._web.setup()
-        host, port = _split(self._listen["etsi014"])
-        site = web.TCPSite(self._web, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
-                           backlog=512)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
-        self.addresses["etsi014"] = f"{host}:{sock.getsockname()[1]}"
+        await self._start_014()
 
         self._g004: grpc.aio.Server | None = None
         self._h004: Any = None  # h2grpc.GrpcServer
@@ -153,6 +146,22 @@ class Lkms:
         self.reconciler.request_all()
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
+
+    async def _start_014(self) -> None:
+        """The ETSI 014 HTTPS server: aiohttp's handler behind a connection cap (connlimit.py);
+        aiohttp's keep-alive timer closes connections idle (or slow to send a request head)
+        for etsi014_idle_timeout_s."""
+        lim = self.limits
+        self._web = web.AppRunner(Etsi014(self.core, self.dispensers).app(), access_log=None,
+                                  handle_signals=False, shutdown_timeout=1.0,
+                                  keepalive_timeout=lim.etsi014_idle_timeout_s)
+        await self._web.setup()
+        host, port = _split(self._listen["etsi014"])
+        assert self._web.server is not None
+        self._web014, self.etsi014_connections = await serve_capped(
+            self._web.server, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
+            max_connections=lim.etsi014_max_connections, handshake_timeout_s=lim.etsi014_handshake_timeout_s)
+        self.addresses["etsi014"] = f"{host}:{self._web014.sockets[0].getsockname()[1]}"
 
     async def _start_004(self) -> None:
         """The ETSI 004 server: h2grpc's (default) or grpcio's (Limits.etsi004_server)."""
@@ -203,6 +212,7 @@ class Lkms:
         if self._h004 is not None:
             await self._h004.stop(0.5)
         await self._gsync.stop(0.5)
+        self._web014.close()  # no new connections; cleanup() below closes the open ones
         await self._web.cleanup()
         await self.peers.close()
         await self.store.close()
