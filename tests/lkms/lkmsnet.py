@@ -28,6 +28,14 @@ from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context
 LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")
 
 
+def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Poll `cond` (a safety net against hangs, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
 class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()

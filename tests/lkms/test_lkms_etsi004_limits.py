@@ -3,13 +3,12 @@ expire (at both nodes), and an SAE may hold at most `max_streams_per_sae` stream
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from lkmsnet import LoopThread, Net, Pki, net_ab
+from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from runtime.lkms.core import Limits
@@ -23,12 +22,6 @@ def net(lt: LoopThread, tpki: Pki, tmp_path: Path) -> Iterator[Net]:
     yield n
     n.close()
 
-
-def wait_until(cond: object, what: str, limit: float = 20.0) -> None:
-    end = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 def open_stream(net: Net, timeout_ms: int = 0) -> pb.OpenConnectResponse:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lkmsnet import LoopThread, Net, Pki, net_ab
+from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
 
 from runtime.lkms.core import Limits
 
@@ -46,12 +46,6 @@ def closed_by_server(s: socket.socket) -> bool:
     except OSError:
         return True
 
-
-def wait_until(cond: object, what: str, limit: float = 20.0) -> None:
-    end = time.monotonic() + limit
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_connection_cap_and_idle_timeout_under_a_bounded_flood(net: Net) -> None:

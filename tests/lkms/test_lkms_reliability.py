@@ -7,26 +7,17 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from lkmsnet import LoopThread, Pki, net_ab
+from lkmsnet import LoopThread, Pki, net_ab, wait_until
 
 from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
 from runtime.lkms.core import Limits
 from runtime.lkms.node import Lkms
 from runtime.lkms.tlsctx import grpc_channel_credentials
-
-
-def wait_until(cond: Callable[[], object], what: str, limit: float = 30.0) -> None:
-    """Poll `cond` (a safety net against hangs, not a timing assertion)."""
-    end = time.monotonic() + limit
-    while not cond():
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_durable_confirm_survives_a_restart_before_the_link_is_provisioned(lt: LoopThread, tpki: Pki,
