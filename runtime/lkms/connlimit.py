@@ -7,8 +7,10 @@ slow clients can exhaust the node. Three bounds together:
 - a TLS handshake must finish within `handshake_timeout_s` (asyncio's ssl_handshake_timeout),
   and a closing one waits no longer for the peer's close_notify;
 - a connection must deliver a complete request head within `idle_timeout_s` of being opened or
-  of its previous response, else it is closed: aiohttp's keep-alive timer, which runs from the
-  start of a connection and is not pushed back by partial data (slowloris);
+  of its previous response, else it is closed (idle clients and slowloris alike): for the first
+  request a timer here (cancelled when the bytes seen so far contain the head's blank line),
+  afterwards aiohttp's keep-alive timer (`keepalive_timeout`), which is not pushed back by
+  partial data either;
 - at most `max_connections` connections are open (handshaking ones included); one beyond the
   cap is closed as soon as it is accepted (after its handshake, with TLS), costing nothing
   further.
@@ -44,11 +46,14 @@ class _Counter:
 
 
 class _Counted(asyncio.Protocol):
-    """Forwards to the real protocol; gives the connection's slot back when it closes."""
+    """Forwards to the real protocol; gives the connection's slot back when it closes, and
+    closes it if no complete request head arrives within `first_head_s`."""
 
-    def __init__(self, inner: asyncio.Protocol, counter: _Counter) -> None:
-        self._inner, self._counter = inner, counter
+    def __init__(self, inner: asyncio.Protocol, counter: _Counter, first_head_s: float) -> None:
+        self._inner, self._counter, self._first_head_s = inner, counter, first_head_s
         self._released = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, so a blank line split across reads is found
 
     def _release(self) -> None:
         if not self._released:
@@ -56,13 +61,25 @@ class _Counted(asyncio.Protocol):
             self._counter.open -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline = asyncio.get_running_loop().call_later(self._first_head_s, transport.close)
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+        self._stop_deadline()
         self._inner.connection_lost(exc)
 
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
     def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            seen = self._tail + data[:65536]
+            if b"\r\n\r\n" in seen:
+                self._stop_deadline()
+            self._tail = seen[-3:]
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -88,7 +105,7 @@ class _Refused(asyncio.Protocol):
 
 
 async def serve_capped(factory: Callable[[], Any], host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                       max_connections: int, handshake_timeout_s: float, backlog: int = 512
+                       max_connections: int, handshake_timeout_s: float, first_head_s: float, backlog: int = 512
                        ) -> tuple[asyncio.Server, Callable[[], tuple[int, int]]]:
     """Listen on host:port with `factory` (e.g. an aiohttp `web.Server`) behind the cap; returns
     the server and a function giving (open connections, refused so far)."""
@@ -99,7 +116,7 @@ async def serve_capped(factory: Callable[[], Any], host: str, port: int, *, ssl_
             counter.refuse()
             return _Refused()
         counter.open += 1
-        return _Counted(factory(), counter)
+        return _Counted(factory(), counter, first_head_s)
 
     server = await asyncio.get_running_loop().create_server(
         make, host, port, ssl=ssl_context, backlog=backlog,

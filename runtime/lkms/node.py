@@ -160,7 +160,8 @@ class Lkms:
         assert self._web.server is not None
         self._web014, self.etsi014_connections = await serve_capped(
             self._web.server, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
-            max_connections=lim.etsi014_max_connections, handshake_timeout_s=lim.etsi014_handshake_timeout_s)
+            max_connections=lim.etsi014_max_connections, handshake_timeout_s=lim.etsi014_handshake_timeout_s,
+            first_head_s=lim.etsi014_idle_timeout_s)
         self.addresses["etsi014"] = f"{host}:{self._web014.sockets[0].getsockname()[1]}"
 
     async def _start_004(self) -> None:
