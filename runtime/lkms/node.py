@@ -148,9 +148,9 @@ class Lkms:
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
 
     async def _start_014(self) -> None:
-        """The ETSI 014 HTTPS server: aiohttp's handler behind a connection cap (connlimit.py);
-        aiohttp's keep-alive timer closes connections idle (or slow to send a request head)
-        for etsi014_idle_timeout_s."""
+        """The ETSI 014 HTTPS server: aiohttp's handler behind connlimit.py (connection cap, TLS
+        handshake timeout, first request head deadline); aiohttp's keep-alive timer closes
+        connections idle between requests for etsi014_idle_timeout_s."""
         lim = self.limits
         self._web = web.AppRunner(Etsi014(self.core, self.dispensers).app(), access_log=None,
                                   handle_signals=False, shutdown_timeout=1.0,
