@@ -16,7 +16,8 @@ slow clients can exhaust the node. Three bounds together:
   further.
 
 The cap counts at accept time: a counting protocol wraps aiohttp's request handler and
-forwards every protocol call to it.
+forwards every protocol call to it; a connection whose TLS handshake fails or times out never
+reaches it, so its slot is given back once the handshake timeout has passed.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Counted(asyncio.Protocol):
         self._released = False
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, so a blank line split across reads is found
+        self._made = False
 
     def _release(self) -> None:
         if not self._released:
@@ -61,8 +63,15 @@ class _Counted(asyncio.Protocol):
             self._counter.open -= 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._made = True
         self._deadline = asyncio.get_running_loop().call_later(self._first_head_s, transport.close)
         self._inner.connection_made(transport)
+
+    def handshake_over(self) -> None:
+        """Called once the TLS handshake timeout has passed: asyncio has aborted a handshake
+        still unfinished by then, and a failed one never reaches this protocol at all."""
+        if not self._made:
+            self._release()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
@@ -91,9 +100,6 @@ class _Counted(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._inner.resume_writing()
 
-    def __del__(self) -> None:  # a TLS handshake that failed never calls connection_lost
-        self._release()
-
 
 class _Refused(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,7 +122,10 @@ async def serve_capped(factory: Callable[[], Any], host: str, port: int, *, ssl_
             counter.refuse()
             return _Refused()
         counter.open += 1
-        return _Counted(factory(), counter, first_head_s)
+        proto = _Counted(factory(), counter, first_head_s)
+        if ssl_context is not None:  # a failed handshake gives no sign: free its slot after the timeout
+            asyncio.get_running_loop().call_later(handshake_timeout_s + 0.5, proto.handshake_over)
+        return proto
 
     server = await asyncio.get_running_loop().create_server(
         make, host, port, ssl=ssl_context, backlog=backlog,

@@ -87,6 +87,10 @@ def test_slow_request_head_and_missing_handshake_are_cut_off(net: Net) -> None:
             slow.setblocking(True)
         assert cut, "a request head trickling in byte by byte kept its connection"
         wait_until(lambda: closed_by_server(raw), "the connection without a handshake to close")
+        slow.close()
+        raw.close()
+        # neither keeps its slot (a failed handshake never reaches the application protocol)
+        wait_until(lambda: net.nodes["A"].etsi014_connections()[0] == 0, "both slots to be free again")
     finally:
         slow.close()
         raw.close()
