@@ -32,6 +32,7 @@ import grpc
 
 from generated.proto.sdqkd import kms_pb2
 from runtime.lkms.core import Core
+from runtime.lkms.registry import EXT, Link
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Reconciler:
 
     def request_all(self) -> None:
         for link in self.core.registry.links.values():
-            if link.is_endpoint:
+            if _reconcilable(link):
                 self.request(link.qkdl_id)
 
     async def _run(self) -> None:
@@ -84,14 +85,19 @@ class Reconciler:
                     continue  # ran a moment ago; stays due, runs after the gap
                 reverse = self._due.pop(qkdl_id)
                 self._last[qkdl_id] = time.monotonic()
-                if not await self._pass(qkdl_id, reverse):
+                try:
+                    done = await self._pass(qkdl_id, reverse)
+                except Exception as e:  # noqa: BLE001 - e.g. the store cannot write now: retry later
+                    log.warning("reconcile of link %s failed: %s: %s", qkdl_id, type(e).__name__, e)
+                    done = False
+                if not done:
                     self._due[qkdl_id] = self._due.get(qkdl_id, False) or reverse  # retry later
 
     async def _pass(self, qkdl_id: str, reverse: bool) -> bool:
         """One reconciliation of this end's copy of the pool; False if the peer did not answer."""
         core = self.core
         link = core.registry.links.get(qkdl_id)
-        if link is None or not link.is_endpoint or qkdl_id not in core.store.pools():
+        if link is None or not _reconcilable(link) or qkdl_id not in core.store.pools():
             return True  # nothing to reconcile (any more)
         stub = core.peers.stub(link.peer_kms_address)
         before = time.time() - core.limits.reconcile_grace_s
@@ -131,3 +137,9 @@ class Reconciler:
         if reverse:
             self.request(qkdl_id, reverse=False)
         return unknown
+
+
+def _reconcilable(link: Link) -> bool:
+    """Pools this node shares with a peer LKMS of ours (EXT links end at another vendor's KMS,
+    which speaks ETSI 020, not KeySync)."""
+    return link.is_endpoint and link.kind != EXT
