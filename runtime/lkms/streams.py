@@ -67,7 +67,7 @@ class CallerRefused(SdqkdError):
     """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
 
 
-class TooManyStreams(Exception):
+class TooManyStreams(SdqkdError):
     """The SAE already has max_streams_per_sae streams here (gRPC RESOURCE_EXHAUSTED)."""
 
 
