@@ -1,36 +1,32 @@
-"""The RESTCONF server's one door into the node's model: reads of the agent's data tree,
-RFC 7951 encoding, and edits committed through the agent's own Set transaction.
+"""The RESTCONF server's one door into the node's model: path resolution, reads of the
+datastore's tree, RFC 7951 encoding, and edits committed through the node's protocol-neutral
+transaction (runtime/agent/transaction.py).
 
 Narrow on purpose. Everything RESTCONF does to data goes through `ModelAdapter`:
 - `find` / `exists` read the committed tree (the same `datastore.find` gNMI Get uses);
 - `encode` is the JSON / JSON_IETF encoder of the gNMI path (RFC 7951 with `ietf=True`);
-- `commit` turns RESTCONF edits into one gNMI SetRequest and runs `NodeAgent.set`: the same
-  copy-on-write decode, validation, whole-tree checks, typed hooks, commit and publish as
-  gNMI, so a RESTCONF change shows in a gNMI Subscribe and a refused one changes nothing;
-- `subscribe` hands out a subscription on the agent's change hub (event streams).
+- `commit` turns RESTCONF edits into `Datastore.change` edits: the same decode, validation,
+  whole-tree checks, validate hooks, commit, publish and apply hooks as a gNMI Set, so a
+  RESTCONF change shows in a gNMI Subscribe and a refused one changes nothing;
+- `subscribe` hands out a subscription on the datastore's change hub (event streams).
 
-When the protocol-neutral transaction (runtime/agent/transaction.py) lands, `commit` calls it
-instead of building a SetRequest; nothing else in runtime/restconf needs to change.
-
-Known gap until then: the existence pre-checks of POST (must not exist) and DELETE/PATCH
-(must exist) run under this adapter's lock, not the agent's, so a gNMI Set landing between
-check and commit is not seen by the check (the commit itself stays all-or-nothing)."""
+Known gap: the existence pre-checks of POST (must not exist) and DELETE / PATCH (must exist)
+run under this adapter's lock, not the datastore's, so a gNMI Set landing between check and
+commit is not seen by the check (the commit itself stays all-or-nothing)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from generated.proto.gnmi import gnmi_pb2
 from runtime.agent import datastore as ds
-from runtime.agent.model import NODES, Elem, PathError, ValueError_, resolve
-from runtime.agent.server import GnmiError, NodeAgent, to_path
+from runtime.agent import transaction as tx
+from runtime.agent.model import NODES, Elem, PathError, ValueError_, elems_text, resolve
+from runtime.agent.server import NodeAgent
 from runtime.agent.subscriptions import StreamSub
+from runtime.errors import SdqkdError
 
 MERGE, REPLACE, DELETE = "merge", "replace", "delete"
 ALL, CONFIG, STATE = ds.ALL, ds.CONFIG, ds.STATE  # read filters (RESTCONF content=all|config|nonconfig)
@@ -48,7 +44,7 @@ def resolve_path(elems: list[tuple[str, dict[str, str]]], keyless_last: bool) ->
         raise ValueError(str(e)) from None
 
 
-class EditRefused(ValueError):
+class EditRefused(SdqkdError, ValueError):
     """The model or the node refused an edit; nothing changed. `kind`: malformed (bad path or
     value), rejected (breaks the model or a hook vetoed it), exists, missing, too-big,
     unsupported."""
@@ -66,9 +62,7 @@ class Edit:
     value: Any = None  # RFC 7951 JSON of the node at `elems` (merge, replace)
 
 
-_KINDS = {grpc.StatusCode.INVALID_ARGUMENT: "malformed", grpc.StatusCode.ABORTED: "rejected",
-          grpc.StatusCode.RESOURCE_EXHAUSTED: "too-big", grpc.StatusCode.UNIMPLEMENTED: "unsupported",
-          grpc.StatusCode.NOT_FOUND: "missing"}
+_OPS: dict[str, tx.EditOp] = {MERGE: "update", REPLACE: "replace", DELETE: "delete"}
 
 
 class ModelAdapter:
@@ -122,14 +116,8 @@ class ModelAdapter:
                      present: tuple[tuple[Elem, ...], ...] = ()) -> None:
         """Apply `edits` as one transaction; `absent`/`present`: paths that must not / must
         hold data first. Raises EditRefused; on success configuration changed."""
-        req = gnmi_pb2.SetRequest()
-        for e in edits:
-            if e.op == DELETE:
-                req.delete.append(to_path(e.elems))
-            else:
-                upd = gnmi_pb2.Update(path=to_path(e.elems), val=gnmi_pb2.TypedValue(
-                    json_ietf_val=json.dumps(e.value, separators=(",", ":")).encode()))
-                (req.replace if e.op == REPLACE else req.update).append(upd)
+        change = [tx.Edit(_OPS[e.op], [(n, dict(k)) for n, k in e.elems], e.value,
+                          label=f"{_OPS[e.op]} {elems_text(e.elems)}") for e in edits]
         async with self._lock:
             for elems in absent:
                 if self.exists(elems):
@@ -138,9 +126,13 @@ class ModelAdapter:
                 if not self.exists(elems):
                     raise EditRefused("missing", "the resource does not exist")
             try:
-                await self._agent.set(req)
-            except GnmiError as e:
-                raise EditRefused(_KINDS.get(e.code, "rejected"), e.message) from None
+                await self._agent.datastore.change(change)
+            except tx.InvalidRequest as e:
+                raise EditRefused("malformed", str(e)) from None
+            except tx.Rejected as e:
+                raise EditRefused("rejected", str(e)) from None
+            except tx.NotFound as e:
+                raise EditRefused("missing", str(e)) from None
             self._seen_root = self._agent.root
             self._modified = time.time()
 
