@@ -12,7 +12,7 @@ otherwise) -> parse the URI (uri.py) and query (query.py) -> GET reads the agent
 encodes RFC 7951, applies content / with-defaults / fields / depth, answers with ETag and
 Last-Modified (304 on If-None-Match / If-Modified-Since); PUT / POST / PATCH / DELETE check
 the method's preconditions (If-Match, If-Unmodified-Since: 412; existence: 404 / 409) and
-commit one edit through the adapter, i.e. the agent's own Set transaction. Every refusal is
+commit one edit through the adapter, i.e. the node's transaction (Datastore.change). Every refusal is
 an `ietf-restconf:errors` body with its RFC 8040 status, changes nothing, and is counted in
 the node's `sdqkd-restconf` state; no request can take the server down (500, counted)."""
 
