@@ -84,6 +84,7 @@ SdqkdLink = TypedDict(
     "SdqkdLink",
     {
         "classical-endpoint": str,
+        "channel-endpoint": str,
         "fibre-length-km": float,
         "fibre-loss-db": float,
         "device-profile": str,

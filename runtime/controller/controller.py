@@ -33,7 +33,8 @@ class NodeEndpoint:
     name: str
     id: str
     gnmi: str
-    peer: str  # inter-node endpoint: engine classical channel and LKMS key sync
+    peer: str  # inter-node endpoint: LKMS key sync (KeySync gRPC)
+    channel: str = ""  # the engines' classical channel (runtime/node/channel.py)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class Controller:
             "phys_channel_att": f"{link.loss_db:.3f}", "phys_qkd_role": f"{T}{role}",
             f"{EXT}sdqkd-link": {
                 "classical-endpoint": self.endpoints[remote].peer,
+                **({"channel-endpoint": self.endpoints[remote].channel} if self.endpoints[remote].channel else {}),
                 "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
                 "device-profile": link.profile,
             },

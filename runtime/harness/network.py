@@ -22,7 +22,7 @@ import yaml
 from runtime.controller.topology import Topology, TopologyError
 from runtime.pki import write_ca, write_identity
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "channel")
 
 
 class HarnessError(RuntimeError):
@@ -67,7 +67,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (5 per node, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
@@ -78,7 +78,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
     for i, name in enumerate(topo.nodes):
         ports = {}
         for k, svc in enumerate(SERVICES):
-            port = 0 if base is None else int(base) + 4 * i + k
+            port = 0 if base is None else int(base) + len(SERVICES) * i + k
             if port and not _port_free(host, port):
                 busy.append(f"{name}.{svc} port {port}")
             ports[svc] = f"{host}:{port}"
@@ -92,7 +92,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
     settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
+    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant", "blocks_in_flight")
+              if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -130,7 +131,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "data_dir": str(nd / "data"),
+            "channel": {"listen": ports[name]["channel"]}, "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": password},
             "bootstrap": boot[name],

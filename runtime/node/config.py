@@ -30,6 +30,7 @@ class NodeConfig:
     users: dict[str, str] = field(default_factory=dict)
     gnmi_mutual_tls: bool = True
     peer_listen: str = "127.0.0.1:0"
+    channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +53,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "channel", "data_dir", "tls",
              "saes", "users", "engine", "bootstrap"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
@@ -89,8 +90,12 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(peer, dict) or "listen" not in peer:
         problems.append("peer: expected a mapping with `listen: host:port`")
         peer = {}
+    channel = raw.get("channel", {"listen": "127.0.0.1:0"})
+    if not isinstance(channel, dict) or "listen" not in channel:
+        problems.append("channel: expected a mapping with `listen: host:port`")
+        channel = {}
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer)) if s}
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("channel", channel)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
@@ -124,5 +129,6 @@ def load_config(path: str | Path) -> NodeConfig:
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
+        peer_listen=listens.get("peer", "127.0.0.1:0"), channel_listen=listens.get("channel", "127.0.0.1:0"),
+        bootstrap=bootstrap, engine=engine, raw=raw,
     )

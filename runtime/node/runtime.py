@@ -17,13 +17,13 @@ from typing import Any
 import grpc
 
 from generated.agent_skeleton import HookVeto
-from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.lkms.node import Lkms
 
+from .channel import ChannelServer
 from .config import NodeConfig
-from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
+from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkDirectory, LinkParams, LinkStats
 
 log = logging.getLogger("sdqkd.node")
 T = "etsi-qkd-node-types:"
@@ -58,6 +58,7 @@ class NodeRuntime:
         self.agent = NodeAgentWithRuntime(self)
         self.lkms: Lkms | None = None
         self._gnmi: grpc.aio.Server | None = None
+        self._channel: ChannelServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
 
@@ -66,18 +67,17 @@ class NodeRuntime:
     async def start(self) -> dict[str, str]:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        service = ClassicalChannelService(self.links)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen,
-                         peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
-                             service, server)])
+                         keysync_listen=cfg.peer_listen)
         await self.lkms.start()
+        self._channel = LinkDirectory(self.links, cfg.tls).server()
+        channel_addr = await self._channel.start(cfg.channel_listen)
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"]}
+                          "peer": self.lkms.addresses["keysync"], "channel": channel_addr}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses
@@ -85,8 +85,9 @@ class NodeRuntime:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for link in list(self.links.values()):
-            await link.stop()
+        await asyncio.gather(*(link.stop() for link in list(self.links.values())))
+        if self._channel is not None:
+            await self._channel.stop()
         if self._gnmi is not None:
             await self._gnmi.stop(0.5)
         if self.lkms is not None:
@@ -98,14 +99,6 @@ class NodeRuntime:
         tmp.replace(self.cfg.data_dir / "ready.json")
 
     # ---------------------------------------------------------------- hooks
-
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024)]
-        if self.cfg.tls is None:
-            return grpc.aio.insecure_channel(address, options=opts)
-        ca, cert, key = self.cfg.tls.read()
-        return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert), options=opts)
 
     def _bootstrap(self, peer_id: str, qkdl_id: str) -> bytes | None:
         """The secret both ends share before any QKD key exists (config `bootstrap`)."""
@@ -128,6 +121,7 @@ class NodeRuntime:
         ext = _ext(new)
         peer_id = new.get("qkdl_remote", {}).get("qkdn_id")
         peer_addr = ext.get("classical-endpoint")
+        channel_addr = ext.get("channel-endpoint")
         enabled = bool(new.get("qkdl_enable", True))
         if not peer_id or not peer_addr:
             # configured but not runnable yet (ETSI allows it): the engine starts once both are set
@@ -151,10 +145,12 @@ class NodeRuntime:
         variant = ext.get("cascade-variant") or self.cfg.engine.get("cascade_variant", "optimized")
         if variant not in cascade.VARIANTS:
             raise HookVeto(f"unknown Cascade variant {variant!r}; valid variants: {', '.join(cascade.VARIANTS)}")
-        params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
-                            variant=variant, eve=float(ext.get("eve-fraction", 0) or 0),
-                            enabled=enabled, clock_scale=float(self.cfg.engine.get("clock_scale", 1.0)),
-                            target_sifted_bits=float(self.cfg.engine.get("block_sifted_bits", 1e6)))
+        eng = self.cfg.engine
+        params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=channel_addr or "", profile=profile,
+                            loss_db=loss, variant=variant, eve=float(ext.get("eve-fraction", 0) or 0),
+                            enabled=enabled, clock_scale=float(eng.get("clock_scale", 1.0)),
+                            target_sifted_bits=float(eng.get("block_sifted_bits", DEFAULT_BLOCK_BITS)),
+                            window=int(eng.get("blocks_in_flight", DEFAULT_WINDOW)), peer_id=peer_id)
         bootstrap = self._bootstrap(peer_id, qkdl_id)
         if bootstrap is None:
             log.warning("link %s: no bootstrap secret for peer %s; not started", qkdl_id, peer_id)
@@ -166,8 +162,10 @@ class NodeRuntime:
         if current is not None:
             await current.stop()
             del self.links[qkdl_id]
-        if enabled:
-            link = EngineLink(params, bootstrap, self._channel, self._store_block, self._link_stats,
+        if enabled and role == "alice" and not channel_addr:
+            log.warning("link %s: no channel-endpoint for the peer's classical channel; not started", qkdl_id)
+        elif enabled:
+            link = EngineLink(params, bootstrap, self.cfg.tls, self._store_block, self._link_stats,
                               self.lkms.wait_for_room)
             self.links[qkdl_id] = link
             link.start()
