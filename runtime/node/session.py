@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -56,6 +57,7 @@ AUTH_SLICE = 1024  # authentication key per block (a block tags ~8 messages: ~15
 FALLBACK_SLICES = 64  # session-key slices for blocks whose predecessor n - W failed
 RECV_TIMEOUT = 30.0  # seconds without any frame from the peer before the session ends
 PING_S = 2.0  # an idle end sends a PING this often
+CPU_BLOCKS = 2  # blocks in flight beyond those the channel's latency needs
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
 
 
@@ -87,6 +89,8 @@ class _Block:
     party: pipeline.AliceBlock | pipeline.BobBlock
     started: float
     busy: bool = False
+    sent_at: float = 0.0  # Bob: when the block's last frame left
+    rtt: float = math.inf  # Bob: the block's fastest request-reply time (the channel's round trip)
 
 
 class Session:
@@ -101,6 +105,9 @@ class Session:
         self._reserves: dict[int, bytes] = {}
         self._blocks: dict[int, _Block] = {}
         self._next = 0
+        self._trips = 0.0  # Bob: round trips per block (moving average)
+        self._rtt = 0.0  # Bob: the channel's round-trip time (moving average of per-block minima)
+        self._early: dict[int, Authenticator] = {}  # Alice: keys of blocks whose first frame is still to come
         self._tasks: set[asyncio.Task[None]] = set()  # block steps under way
         self._stores: set[asyncio.Task[None]] = set()  # key stores under way: never cancelled
         self._bob_done: dict[int, tuple[pipeline.BlockResult, float]] = {}
@@ -201,6 +208,8 @@ class Session:
     def _on_data(self, n: int, payload: bytes) -> None:
         block = self._blocks.get(n)
         first = block is None
+        if block is not None and block.sent_at:
+            block.rtt = min(block.rtt, time.monotonic() - block.sent_at)
         if block is None:
             if not self.alice:
                 raise ChannelError(f"frame for block {n}, which is not in flight here")
@@ -237,16 +246,26 @@ class Session:
     def _step(self, block: _Block, reply: bytes | None) -> None:
         if reply is not None:
             self.conn.send(Kind.DATA, block.n, reply)
+            block.sent_at = time.monotonic()
         if block.party.finished:
             self._ended(block)
 
     def _open_alice_block(self, n: int) -> _Block:
-        if n != self._next:
-            raise ChannelError(f"block {n} started out of order (expected {self._next})")
-        if n - self.window in self._blocks:
-            raise ChannelError(f"block {n} started while block {n - self.window} is still in flight")
-        party = pipeline.AliceBlock(self.link.block_config(self.sid, n), self._auth(n))
-        self._next += 1
+        """Bob starts blocks in order, but their first frames (DETECT, computed on the engine
+        threads) may overtake each other: authentication keys are assigned in block order up to
+        n, those of blocks not seen yet kept for their first frame."""
+        if n >= self._next + self.window:
+            raise ChannelError(f"block {n} started more than the window ahead of block {self._next}")
+        while self._next <= n:
+            m = self._next
+            if m - self.window in self._blocks or m - self.window in self._early:
+                raise ChannelError(f"block {m} started while block {m - self.window} is still in flight")
+            self._early[m] = self._auth(m)
+            self._next += 1
+        auth = self._early.pop(n, None)
+        if auth is None:
+            raise ChannelError(f"block {n} started twice")
+        party = pipeline.AliceBlock(self.link.block_config(self.sid, n), auth)
         block = self._blocks[n] = _Block(n, party, time.monotonic())
         return block
 
@@ -275,6 +294,8 @@ class Session:
         elif r.status == "ok":
             r.status, r.reason = "aborted", "block too short to leave key after the authentication reserve"
         wall = time.monotonic() - block.started
+        if not self.alice:
+            self._learn(block)
         if self.alice:
             del self._blocks[block.n]
             self._changed.set()
@@ -334,7 +355,8 @@ class Session:
         try:
             while not (self.draining or self.peer_bye):
                 n = self._next
-                while n - self.window in self._blocks:  # block n - W still in flight or unacknowledged
+                # block n - W still in flight or unacknowledged, or enough blocks to hide the latency
+                while n - self.window in self._blocks or len(self._blocks) >= self._wanted_in_flight():
                     self._changed.clear()
                     await self._changed.wait()
                     if self.draining or self.peer_bye:
@@ -353,6 +375,24 @@ class Session:
         except BaseException as e:
             self.fail(e)
             raise
+
+    def _wanted_in_flight(self) -> int:
+        """Blocks in flight that hide the channel: a block spends (its round trips x the round-trip
+        time) waiting on the network, during which the clock allows that many more blocks; two
+        more keep the CPU busy (one in a heavy step, one in Cascade). More would only queue for
+        the CPU, adding latency and memory but no key."""
+        if self._trips == 0:
+            return CPU_BLOCKS
+        d = self.link.block_config(self.sid, self._next).duration_s / self.link.p.clock_scale
+        return CPU_BLOCKS + math.ceil(self._trips * self._rtt / max(d, 1e-6))
+
+    def _learn(self, block: _Block) -> None:
+        """Bob, at a block's end: its round trips and the channel's round-trip time."""
+        trips = block.party.result.channel_uses
+        if trips and math.isfinite(block.rtt):
+            a = 0.3 if self._trips else 1.0
+            self._trips += a * (trips - self._trips)
+            self._rtt += a * (block.rtt - self._rtt)
 
     async def _bob_first(self, block: _Block) -> None:
         try:
