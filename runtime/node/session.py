@@ -58,6 +58,7 @@ FALLBACK_SLICES = 64  # session-key slices for blocks whose predecessor n - W fa
 RECV_TIMEOUT = 30.0  # seconds without any frame from the peer before the session ends
 PING_S = 2.0  # an idle end sends a PING this often
 CPU_BLOCKS = 2  # blocks in flight beyond those the channel's latency needs
+TYPICAL_ROUND_TRIPS = {"original": 100, "optimized": 2000}  # per block, until a block has ended
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
 
 
@@ -107,6 +108,7 @@ class Session:
         self._next = 0
         self._trips = 0.0  # Bob: round trips per block (moving average)
         self._rtt = 0.0  # Bob: the channel's round-trip time (moving average of per-block minima)
+        self._rtt_seen = math.inf  # Bob: the fastest reply of the session so far
         self._early: dict[int, Authenticator] = {}  # Alice: keys of blocks whose first frame is still to come
         self._tasks: set[asyncio.Task[None]] = set()  # block steps under way
         self._stores: set[asyncio.Task[None]] = set()  # key stores under way: never cancelled
@@ -210,6 +212,7 @@ class Session:
         first = block is None
         if block is not None and block.sent_at:
             block.rtt = min(block.rtt, time.monotonic() - block.sent_at)
+            self._rtt_seen = min(self._rtt_seen, block.rtt)
         if block is None:
             if not self.alice:
                 raise ChannelError(f"frame for block {n}, which is not in flight here")
@@ -376,15 +379,31 @@ class Session:
             self.fail(e)
             raise
 
+    @property
+    def in_flight(self) -> int:
+        """Blocks started and not yet ended (Bob: and not yet acknowledged) at this end."""
+        return len(self._blocks)
+
+    @property
+    def round_trips(self) -> float:
+        """Bob: request-reply exchanges per block (moving average; 0 before the first block)."""
+        return self._trips
+
+    @property
+    def rtt_s(self) -> float:
+        """Bob: the channel's round-trip time as the blocks see it (moving average of minima)."""
+        return self._rtt
+
     def _wanted_in_flight(self) -> int:
         """Blocks in flight that hide the channel: a block spends (its round trips x the round-trip
         time) waiting on the network, during which the clock allows that many more blocks; two
         more keep the CPU busy (one in a heavy step, one in Cascade). More would only queue for
-        the CPU, adding latency and memory but no key."""
-        if self._trips == 0:
-            return CPU_BLOCKS
+        the CPU, adding latency and memory but no key. Before a block has ended, the round
+        trips are a variant's typical count and the RTT the fastest reply seen so far."""
+        trips = self._trips or TYPICAL_ROUND_TRIPS.get(self.link.p.variant, 2000)
+        rtt = self._rtt if self._trips else (self._rtt_seen if math.isfinite(self._rtt_seen) else 0.0)
         d = self.link.block_config(self.sid, self._next).duration_s / self.link.p.clock_scale
-        return CPU_BLOCKS + math.ceil(self._trips * self._rtt / max(d, 1e-6))
+        return CPU_BLOCKS + math.ceil(trips * rtt / max(d, 1e-6))
 
     def _learn(self, block: _Block) -> None:
         """Bob, at a block's end: its round trips and the channel's round-trip time."""
