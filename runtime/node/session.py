@@ -82,6 +82,8 @@ class Carry:
     pending: dict[tuple[str, int], bytes] = field(default_factory=dict)  # Bob: (session, n) -> key
     session: str = ""  # Alice: her last session
     stored: deque[int] = field(default_factory=lambda: deque(maxlen=2 * 128))  # Alice: blocks stored in it
+    resolved: int = 0  # Bob: pending keys stored at a later HELLO
+    dropped: int = 0  # Bob: pending keys dropped at a later HELLO (Alice never stored them)
 
 
 @dataclass
@@ -213,9 +215,11 @@ class Session:
         if block is not None and block.sent_at:
             block.rtt = min(block.rtt, time.monotonic() - block.sent_at)
             self._rtt_seen = min(self._rtt_seen, block.rtt)
+        if block is None and n < self._next and n not in self._early:
+            return  # a block that already ended here (say, discarded after a bad frame): its peer catches up
         if block is None:
             if not self.alice:
-                raise ChannelError(f"frame for block {n}, which is not in flight here")
+                raise ChannelError(f"frame for block {n}, which was never started")
             block = self._open_alice_block(n)
         if block.busy:
             raise ChannelError(f"a second frame for block {n} while its previous one is still handled")
@@ -430,7 +434,10 @@ class Session:
 def resolve_pending(carry: Carry, prev_session: str, stored: tuple[int, ...]) -> list[tuple[str, int, bytes]]:
     """Bob at a new session: the pending keys Alice says she stored (to store now); the rest
     are dropped."""
-    keep = [(s, n, k) for (s, n), k in carry.pending.items() if s == prev_session and n in set(stored)]
+    done = set(stored)
+    keep = [(s, n, k) for (s, n), k in carry.pending.items() if s == prev_session and n in done]
+    carry.dropped += len(carry.pending) - len(keep)
+    carry.resolved += len(keep)
     carry.pending.clear()
     return keep
 
