@@ -71,7 +71,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> di
 
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
-                    relay_delay_ms: float = 0.0, clock_scale: float = 1.0) -> dict[str, Any]:
+                    relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0) -> dict[str, Any]:
     """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open)."""
     from runtime.harness.inprocess import start_network
 
@@ -96,7 +96,8 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             s0 = (time.monotonic(), time.process_time(), alice.stats.secret_bits, alice.stats.blocks_ok)
             in_flight = []
             end = s0[0] + seconds
-            while time.monotonic() < end:
+            # until_blocks: measure until that many blocks ended (`seconds` is then the time limit)
+            while time.monotonic() < end and not (until_blocks and alice.stats.blocks_ok - s0[3] >= until_blocks):
                 await asyncio.sleep(0.1)
                 in_flight.append(bob.session.in_flight if bob.session else 0)
             s1 = (time.monotonic(), time.process_time(), alice.stats.secret_bits, alice.stats.blocks_ok)
@@ -118,7 +119,8 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
-def _child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = None) -> dict[str, Any]:
+def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = None) -> dict[str, Any]:
+    """Runs one case in a child process (inside `netns` if given); its JSON result."""
     cmd = [sys.executable, "-m", "runtime.bench.link", "--child", json.dumps(case),
            "--km", str(args.km), "--block-bits", str(args.block_bits), "--cascade", args.cascade,
            "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
@@ -130,7 +132,20 @@ def _child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = N
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-def _netem_namespace(name: str, delay_ms: float) -> str | None:
+def delayed(args: argparse.Namespace, name: str, rtt_ms: float, extra: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """One case with the channel delayed to `rtt_ms`: netem in a namespace, else the relay."""
+    ns = netem_namespace(f"sdqkdlat{os.getpid()}", rtt_ms / 2)
+    try:
+        case = {"name": name, "delay": "netem" if ns else "relay", "rtt_ms": rtt_ms,
+                "relay_ms": 0.0 if ns else rtt_ms / 2, **(extra or {})}
+        return child(args, case, ns)
+    finally:
+        if ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def netem_namespace(name: str, delay_ms: float) -> str | None:
     """A namespace whose loopback delays by delay_ms, or None where namespaces/netem are missing."""
     def ip(*a: str) -> bool:
         return subprocess.run(list(a), capture_output=True).returncode == 0
@@ -150,15 +165,16 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8))
     rtt_ms = float(case.get("rtt_ms", 0.0))
     # a new session first runs a few blocks at the full latency (~2,000 round trips of optimized Cascade)
-    warmup = args.warmup + 2.5 * rtt_ms
+    warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
     res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
-                                warmup, relay_delay_ms=case.get("relay_ms", 0.0)))
+                                warmup, relay_delay_ms=case.get("relay_ms", 0.0),
+                                until_blocks=int(case.get("until_blocks", 0))))
     res["case"] = case["name"]
     res["delay"] = case.get("delay", "none")
     return res
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sdqkd bench link")
     ap.add_argument("--km", type=float, default=40.0)
     ap.add_argument("--block-bits", type=float, default=2e6, help="sifted bits per block (the network default)")
@@ -169,25 +185,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--memory", default="", help="block sizes (sifted bits) for peak memory, e.g. 5e5,1e6,2e6")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    a = parser().parse_args(argv)
     if a.child:
         print(json.dumps(run_child(a)))
         return 0
     load = os.getloadavg()
     res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in load], "cases": []}
-    res["cases"].append(_child(a, {"name": "pipeline"}))
-    res["cases"].append(_child(a, {"name": "rtt0"}))
+    res["cases"].append(child(a, {"name": "pipeline"}))
+    res["cases"].append(child(a, {"name": "rtt0"}))
     for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
-        ns = _netem_namespace(f"sdqkdlat{os.getpid()}", rtt / 2)
-        try:
-            case = {"name": f"rtt{rtt:g}", "delay": "netem" if ns else "relay", "rtt_ms": rtt,
-                    "relay_ms": 0.0 if ns else rtt / 2}
-            res["cases"].append(_child(a, case, ns))
-        finally:
-            if ns:
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
     for bits in [float(x) for x in a.memory.split(",") if x.strip()]:
-        res["cases"].append(_child(a, {"name": f"memory{bits:g}", "block_bits": bits}))
+        res["cases"].append(child(a, {"name": f"memory{bits:g}", "block_bits": bits}))
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res.update(_verdict(res["cases"]))
     print(json.dumps(res, indent=None if a.json else 1))

@@ -57,6 +57,7 @@ AUTH_SLICE = 1024  # authentication key per block (a block tags ~8 messages: ~15
 FALLBACK_SLICES = 64  # session-key slices for blocks whose predecessor n - W failed
 RECV_TIMEOUT = 30.0  # seconds without any frame from the peer before the session ends
 PING_S = 2.0  # an idle end sends a PING this often
+WINDOW_TICK_S = 0.1  # how often a full window looks again at the latency estimate
 CPU_BLOCKS = 2  # blocks in flight beyond those the channel's latency needs
 TYPICAL_ROUND_TRIPS = {"original": 100, "optimized": 2000}  # per block, until a block has ended
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
@@ -253,7 +254,9 @@ class Session:
     def _step(self, block: _Block, reply: bytes | None) -> None:
         if reply is not None:
             self.conn.send(Kind.DATA, block.n, reply)
-            block.sent_at = time.monotonic()
+            # Cascade replies are answered inline: their delay is the channel's, not the CPU's
+            cascade = len(reply) > HEADER_BYTES and reply[HEADER_BYTES] == pipeline.CASCADE
+            block.sent_at = time.monotonic() if cascade else 0.0
         if block.party.finished:
             self._ended(block)
 
@@ -365,7 +368,9 @@ class Session:
                 # block n - W still in flight or unacknowledged, or enough blocks to hide the latency
                 while n - self.window in self._blocks or len(self._blocks) >= self._wanted_in_flight():
                     self._changed.clear()
-                    await self._changed.wait()
+                    # a block's end wakes this at once; a new latency estimate within a tick
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), WINDOW_TICK_S)
                     if self.draining or self.peer_bye:
                         return
                 cfg = self.link.block_config(self.sid, n)
