@@ -47,7 +47,7 @@ DEFAULT_WINDOW = 48  # blocks in flight at most; the link's clock decides how ma
 # sifted bits per block: the finite-key penalty shrinks with larger blocks, memory grows linearly
 # (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
 DEFAULT_BLOCK_BITS = 2e6
-DRAIN_S = 10.0  # seconds a stopping link waits for its blocks in flight
+DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its blocks in flight finish
 READY_TIMEOUT = 10.0
 
 # per (role, bootstrap digest, link): keys awaiting the peer's word, across sessions and restarts of a link
