@@ -10,7 +10,9 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 3. `rtt1`, `rtt5`, `rtt20`: the same with the classical channel delayed to that round-trip time:
    in a network namespace with `tc netem delay` on its loopback where the kernel has netem, else
    through a relay process that delays every byte by RTT/2 each way (runtime/bench/_relay.py).
-4. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
+4. `--demo`: the 5-node demo network, each link's rate of stored key beside the analytic
+   asymptotic rate of its loss (the finite-key pipeline stays below it).
+5. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
 Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
 0.9x and at 20 ms >= 0.7x the zero-latency rate.
 """
@@ -119,6 +121,33 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
+async def demo_case(seconds: float, warmup: float, workers: int) -> dict[str, Any]:
+    """The 5-node demo network (in-process, nodes shared out over worker processes): each link's
+    rate of stored key beside the analytic asymptotic rate for its loss."""
+    from runtime.demo import DEFAULT_TOPOLOGY
+    from runtime.engine import keyrate, profiles
+    from runtime.harness.inprocess import start_network
+
+    with tempfile.TemporaryDirectory(prefix="sdqkd-bench-demo-") as tmp:
+        net = await start_network(DEFAULT_TOPOLOGY, Path(tmp), wait_keys=True, timeout=120, workers=workers)
+        try:
+            assert net.controller is not None
+            await asyncio.sleep(warmup)
+            t0, rows0 = time.monotonic(), {r["link"]: r for r in net.controller.link_table()}
+            await asyncio.sleep(seconds)
+            t1, rows1 = time.monotonic(), net.controller.link_table()
+        finally:
+            await net.stop()
+    clock = profiles.get(PROFILE).clock_hz
+    links = []
+    for r in rows1:
+        rate = (r["stored_keys"] - rows0[r["link"]]["stored_keys"]) * 256 / (t1 - t0)
+        model = keyrate.asymptotic(PROFILE, float(r["db"])) * clock
+        links.append({"link": r["link"], "km": r["km"], "db": r["db"], "rate_bps": round(rate),
+                      "model_asymptotic_bps": round(model), "of_model": round(rate / model, 3) if model else None})
+    return {"case": "demo", "seconds": round(t1 - t0, 1), "workers": workers, "links": links}
+
+
 def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = None) -> dict[str, Any]:
     """Runs one case in a child process (inside `netns` if given); its JSON result."""
     cmd = [sys.executable, "-m", "runtime.bench.link", "--child", json.dumps(case),
@@ -163,6 +192,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     case = json.loads(args.child)
     if case["name"] == "pipeline":
         return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8))
+    if case["name"] == "demo":
+        return asyncio.run(demo_case(args.seconds, args.warmup, int(case.get("workers", 2))))
     rtt_ms = float(case.get("rtt_ms", 0.0))
     # a new session first runs a few blocks at the full latency (~2,000 round trips of optimized Cascade)
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
@@ -182,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")
     ap.add_argument("--warmup", type=float, default=15.0, help="time before measuring (first keys, windows open)")
     ap.add_argument("--rtt", default="1,5,20", help="round-trip times in ms to measure besides 0")
+    ap.add_argument("--demo", action="store_true", help="also the 5-node demo network's per-link rates")
     ap.add_argument("--memory", default="", help="block sizes (sifted bits) for peak memory, e.g. 5e5,1e6,2e6")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -199,6 +231,8 @@ def main(argv: list[str]) -> int:
     res["cases"].append(child(a, {"name": "rtt0"}))
     for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
         res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
+    if a.demo:
+        res["cases"].append(child(a, {"name": "demo", "workers": os.cpu_count() or 2}))
     for bits in [float(x) for x in a.memory.split(",") if x.strip()]:
         res["cases"].append(child(a, {"name": f"memory{bits:g}", "block_bits": bits}))
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
