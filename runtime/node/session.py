@@ -95,6 +95,7 @@ class _Block:
     busy: bool = False
     sent_at: float = 0.0  # Bob: when the block's last frame left
     rtt: float = math.inf  # Bob: the block's fastest request-reply time (the channel's round trip)
+    on_network: bool = False  # Bob: past its heavy first steps, in Cascade (waiting on the channel)
 
 
 class Session:
@@ -257,6 +258,9 @@ class Session:
             # Cascade replies are answered inline: their delay is the channel's, not the CPU's
             cascade = len(reply) > HEADER_BYTES and reply[HEADER_BYTES] == pipeline.CASCADE
             block.sent_at = time.monotonic() if cascade else 0.0
+            if cascade and not block.on_network:
+                block.on_network = True
+                self._changed.set()
         if block.party.finished:
             self._ended(block)
 
@@ -365,8 +369,11 @@ class Session:
         try:
             while not (self.draining or self.peer_bye):
                 n = self._next
-                # block n - W still in flight or unacknowledged, or enough blocks to hide the latency
-                while n - self.window in self._blocks or len(self._blocks) >= self._wanted_in_flight():
+                # block n - W still in flight or unacknowledged, enough blocks to hide the latency,
+                # or enough in their heavy first steps to keep the CPU busy (more would share it
+                # out so that every block ends late: none would end while the CPU is short)
+                while (n - self.window in self._blocks or len(self._blocks) >= self._wanted_in_flight()
+                       or self._computing() >= CPU_BLOCKS):
                     self._changed.clear()
                     # a block's end wakes this at once; a new latency estimate within a tick
                     with contextlib.suppress(TimeoutError):
@@ -413,6 +420,10 @@ class Session:
         rtt = self._rtt if self._trips else (self._rtt_seen if math.isfinite(self._rtt_seen) else 0.0)
         d = self.link.block_config(self.sid, self._next).duration_s / self.link.p.clock_scale
         return CPU_BLOCKS + math.ceil(trips * rtt / max(d, 1e-6))
+
+    def _computing(self) -> int:
+        """Bob: blocks still in their heavy first steps (simulation, sifting, estimation)."""
+        return sum(1 for b in self._blocks.values() if not b.on_network and b.n not in self._bob_done)
 
     def _learn(self, block: _Block) -> None:
         """Bob, at a block's end: its round trips and the channel's round-trip time."""
