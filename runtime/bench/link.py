@@ -103,7 +103,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                 await asyncio.sleep(0.1)
                 in_flight.append(bob.session.in_flight if bob.session else 0)
             s1 = (time.monotonic(), time.process_time(), alice.stats.secret_bits, alice.stats.blocks_ok)
-            cfg = alice.block_config("x", 0)
+            cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
             sess = bob.session
             rtt, trips = (sess.rtt_s, sess.round_trips) if sess else (0.0, 0.0)
         finally:

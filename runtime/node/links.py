@@ -48,6 +48,8 @@ DEFAULT_WINDOW = 48  # blocks in flight at most; the link's clock decides how ma
 # (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
 DEFAULT_BLOCK_BITS = 2e6
 DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its blocks in flight finish
+SHUTDOWN_DRAIN_S = 1.0  # the same when the whole node stops (its process has ~5 s after SIGTERM)
+FIRST_BLOCK_BITS = 5e5  # a session's first block: small, so a link produces key soon after it starts
 READY_TIMEOUT = 10.0
 
 # per (role, bootstrap digest, link): keys awaiting the peer's word, across sessions and restarts of a link
@@ -124,9 +126,10 @@ class EngineLink:
 
     def block_config(self, session: str, n: int) -> pipeline.BlockConfig:
         p = self.p
+        bits = min(p.target_sifted_bits, FIRST_BLOCK_BITS) if n == 0 else p.target_sifted_bits
         return pipeline.BlockConfig(
             profile=p.profile, loss_db=p.loss_db,
-            n_pulses=pipeline.pulses_for(p.profile, p.loss_db, p.target_sifted_bits),
+            n_pulses=pipeline.pulses_for(p.profile, p.loss_db, bits),
             seed=block_seed(p.qkdl_id, session, n), cascade_variant=p.variant)
 
     async def store(self, block_id: str, key: bytes) -> None:
@@ -161,13 +164,13 @@ class EngineLink:
         if self.p.role == "alice":
             self._task = asyncio.create_task(self._dial_loop(), name=f"link-{self.p.qkdl_id}")
 
-    async def stop(self) -> None:
-        """Drain the blocks in flight (bounded by DRAIN_S), then end the session."""
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Let the blocks in flight finish (for up to drain_s), then end the session."""
         self._stopped.set()
         s = self.session
         if s is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(s.drain(DRAIN_S), DRAIN_S + 5)
+                await asyncio.wait_for(s.drain(drain_s), drain_s + 2)
             s.fail(ChannelError("link stopped"))
         if self._task:
             self._task.cancel()

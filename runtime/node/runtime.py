@@ -23,7 +23,15 @@ from runtime.lkms.node import Lkms
 
 from .channel import ChannelServer
 from .config import NodeConfig
-from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkDirectory, LinkParams, LinkStats
+from .links import (
+    DEFAULT_BLOCK_BITS,
+    DEFAULT_WINDOW,
+    SHUTDOWN_DRAIN_S,
+    EngineLink,
+    LinkDirectory,
+    LinkParams,
+    LinkStats,
+)
 
 log = logging.getLogger("sdqkd.node")
 T = "etsi-qkd-node-types:"
@@ -85,7 +93,7 @@ class NodeRuntime:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*(link.stop() for link in list(self.links.values())))
+        await asyncio.gather(*(link.stop(SHUTDOWN_DRAIN_S) for link in list(self.links.values())))
         if self._channel is not None:
             await self._channel.stop()
         if self._gnmi is not None:
