@@ -47,10 +47,11 @@ def _net(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "up":
-            if not args.topology:
-                print("sdqkd net up: TOPOLOGY file required", file=sys.stderr)
-                return 2
-            eps = network.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
+            from runtime.demo import DEFAULT_TOPOLOGY
+
+            # no TOPOLOGY: the demo's metro network (README's first key example)
+            eps = network.up(args.topology or DEFAULT_TOPOLOGY, args.state_dir, timeout=args.timeout,
+                             netns=args.netns)
             print(json.dumps(eps, indent=2))
             print(f"network up; endpoints in {args.state_dir}/endpoints.json", file=sys.stderr)
         else:
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_controller)
     nt = sub.add_parser("net", help="start or stop a whole network (one process per node + controller)")
     nt.add_argument("action", choices=["up", "down"])
-    nt.add_argument("topology", nargs="?", help="topology YAML (for up)")
+    nt.add_argument("topology", nargs="?", help="topology YAML (for up; default: the demo's metro network)")
     nt.add_argument("--state-dir", required=True)
     nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
     nt.add_argument("--netns", action="store_true", help="each node in its own network namespace (root)")

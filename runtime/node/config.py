@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml
 
@@ -33,6 +34,7 @@ class NodeConfig:
     channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
+    applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,7 +56,7 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
     known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "channel", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap"}
+             "saes", "users", "engine", "bootstrap", "applications"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -120,6 +122,11 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(engine, dict):
         problems.append("engine: expected a mapping")
         engine = {}
+    apps_raw = raw.get("applications") or {}
+    if not isinstance(apps_raw, dict):
+        problems.append("applications: expected a mapping")
+        apps_raw = {}
+    applications = Settings.from_dict(apps_raw, "applications", problems)
     data_dir = raw.get("data_dir")
     if not isinstance(data_dir, str) or not data_dir:
         problems.append("data_dir: required, a directory path")
@@ -130,5 +137,5 @@ def load_config(path: str | Path) -> NodeConfig:
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
         peer_listen=listens.get("peer", "127.0.0.1:0"), channel_listen=listens.get("channel", "127.0.0.1:0"),
-        bootstrap=bootstrap, engine=engine, raw=raw,
+        bootstrap=bootstrap, engine=engine, applications=applications, raw=raw,
     )
