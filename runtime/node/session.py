@@ -24,8 +24,11 @@ rest, so both stores hold the same keys and none twice (the store ignores a repe
 
 Ending. Lost connection, a peer silent for RECV_TIMEOUT (PINGs keep an idle channel alive), a
 frame that breaks this protocol: the session ends, every block in flight is discarded at both
-ends. `drain` (link disabled or deleted) starts no more blocks, says BYE, and waits for those in
-flight to finish before the connection closes."""
+ends. `drain` (link disabled or deleted, node stopping) starts no more blocks and says BYE; from
+then on (or from the peer's BYE) Bob answers every block's next message with ABORT instead of
+continuing it, so only blocks whose DONE has already left complete (their STORED is one round
+trip away), and the connection closes once none is left: a graceful stop leaves no key at one
+end only."""
 
 from __future__ import annotations
 
@@ -253,6 +256,10 @@ class Session:
             self.fail(e)
 
     def _step(self, block: _Block, reply: bytes | None) -> None:
+        if reply is not None and not self.alice and (self.draining or self.peer_bye):
+            # stopping: a block whose DONE has not left is abandoned at its next step (Alice then
+            # stores nothing); only those already DONE wait for STORED, one round trip
+            reply = block.party.abandon("link stopping")
         if reply is not None:
             self.conn.send(Kind.DATA, block.n, reply)
             # Cascade replies are answered inline: their delay is the channel's, not the CPU's
