@@ -22,7 +22,7 @@ import yaml
 from runtime.controller.topology import Topology, TopologyError
 from runtime.pki import write_ca, write_identity
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "channel")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel")
 
 
 class HarnessError(RuntimeError):
@@ -67,7 +67,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (5 per node, in
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per service, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
@@ -131,7 +131,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "channel": {"listen": ports[name]["channel"]}, "data_dir": str(nd / "data"),
+            "etsi020": {"listen": ports[name]["etsi020"]}, "channel": {"listen": ports[name]["channel"]},
+            "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": password},
             "bootstrap": boot[name],
@@ -256,7 +257,7 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "ca": desc["ca"],
+            "etsi020": nd.get("etsi020"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }

@@ -19,6 +19,7 @@ import grpc
 from generated.agent_skeleton import HookVeto
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
+from runtime.lkms.external import external_peer
 from runtime.lkms.node import Lkms
 from runtime.lkms.registry import sae_of
 
@@ -80,7 +81,9 @@ class NodeRuntime:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen)
+                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen)
+        for p in cfg.external_peers:
+            await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
         self.lkms.registrar = self.registrar
         await self.lkms.start()
@@ -92,7 +95,8 @@ class NodeRuntime:
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"], "channel": channel_addr}
+                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"],
+                          "channel": channel_addr}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses

@@ -156,7 +156,7 @@ def test_keysync_port_refuses_oversized_messages(tmp_path: Path):
                                                options=opts) as ch:
                 stub = kms_pb2_grpc.KeySyncStub(ch)
                 with pytest.raises(grpc.aio.AioRpcError) as e:
-                    await stub.Relay(kms_pb2.RelayRequest(ciphertext=b"\0" * (5 << 20)), timeout=20)
+                    await stub.Reserve(kms_pb2.ReserveRequest(txn_id="x" * (5 << 20)), timeout=20)
                 assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         finally:
             await n.net.stop()
