@@ -60,6 +60,9 @@ def _net(args: argparse.Namespace) -> int:
     except (TopologyError, network.HarnessError) as e:
         print(e, file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
+        print(f"sdqkd net {args.action}: {args.state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from runtime.private import write_private
+
 DEFAULT_SANS = ("127.0.0.1", "localhost")
 
 
@@ -109,10 +111,10 @@ def issue(ca: Ca, common_name: str, *, server: bool, client: bool = True,
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
+    if private:  # 0600 from the first byte, whatever the umask
+        return write_private(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
     return path
 
 

@@ -93,6 +93,8 @@ def raw_value(tv: gnmi_pb2.TypedValue, where: str) -> Any:
             return json.loads(getattr(tv, kind))
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError_(f"{where}: invalid JSON ({e})") from None
+        except RecursionError:  # the C decoder recurses per nesting level
+            raise ValueError_(f"{where}: invalid JSON (nested too deeply)") from None
     if kind in ("string_val", "int_val", "uint_val", "bool_val", "ascii_val"):
         return getattr(tv, kind)
     if kind in ("double_val", "float_val"):

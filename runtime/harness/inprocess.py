@@ -28,6 +28,7 @@ from runtime.node.apps import Settings
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
+from runtime.private import private_dir, write_private
 
 
 @dataclass
@@ -48,9 +49,8 @@ class InProcessNetwork:
         for link in self.topo.links:
             secret = secrets.token_bytes(32)
             for me, peer in ((link.a, link.b), (link.b, link.a)):
-                f = self.state / "nodes" / me / "bootstrap" / f"{self.topo.nodes[peer].id}.key"
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_bytes(secret)
+                f = write_private(private_dir(self.state / "nodes" / me / "bootstrap")
+                                  / f"{self.topo.nodes[peer].id}.key", secret)
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
         problems: list[str] = []

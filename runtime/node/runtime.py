@@ -78,7 +78,7 @@ class NodeRuntime:
 
     async def start(self) -> dict[str, str]:
         cfg = self.cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # the key store creates the data dir (0700) and refuses one it cannot write, saying why
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
                          keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen)
