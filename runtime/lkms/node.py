@@ -157,7 +157,7 @@ class Lkms:
         self._g004: grpc.aio.Server | None = None
         self._h004: Any = None  # h2grpc.GrpcServer
         await self._start_004()
-        # KeySync's largest message (a 64 KiB ETSI 004 chunk's key IDs, a reservation of 128 keys) is
+        # KeySync's largest message (a Reconcile page of 4,096 key IDs, a 64 KiB 004 chunk's IDs) is
         # far below 4 MiB; gRPC parses a message before the servicer can check the caller's CN, so
         # the limit is what bounds an unauthorised caller (key blocks travel on the engine channel)
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", KEYSYNC_MAX_MESSAGE),
