@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from runtime import pki
+from runtime.tls import https_client_context, tls_files
 
 APP_SAES = ("sae-a", "sae-b")
 _STALE = re.compile(r"erased (\d+) stale keys")
@@ -123,8 +124,7 @@ class Pair:
                                   "key_bits": 256}]})
 
     def client(self, sae: str) -> httpx.Client:
-        ctx = ssl.create_default_context(cafile=str(self.ca_path))
-        ctx.load_cert_chain(str(self.sae[sae].cert), str(self.sae[sae].key))
+        ctx = https_client_context(tls_files(self.ca_path, self.sae[sae].cert, self.sae[sae].key))
         return httpx.Client(verify=ctx, timeout=6)
 
     def start(self) -> None:
@@ -301,8 +301,7 @@ def idle_connections(work: Path, count: int, *, cap: int | None = None, idle_s: 
     assert node.proc is not None
     pid = node.proc.pid
     host, port = pair.url["A"].split("/")[2].split(":")
-    ctx = ssl.create_default_context(cafile=str(pair.ca_path))
-    ctx.load_cert_chain(str(pair.sae["sae-a"].cert), str(pair.sae["sae-a"].key))
+    ctx = https_client_context(tls_files(pair.ca_path, pair.sae["sae-a"].cert, pair.sae["sae-a"].key))
     socks: list[ssl.SSLSocket] = []
     refused = 0
     try:

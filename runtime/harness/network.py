@@ -26,13 +26,14 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
+from runtime.errors import SdqkdError
 from runtime.pki import write_ca, write_identity
 from runtime.private import open_private_append, private_dir, write_private
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel")
 
 
-class HarnessError(RuntimeError):
+class HarnessError(SdqkdError, RuntimeError):
     pass
 
 
@@ -98,9 +99,10 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant", "blocks_in_flight")
-              if k in settings}
+    raw_settings = topo.extra.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
+    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant",
+                                          "blocks_in_flight") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -163,7 +165,8 @@ def topology_data(topo: Topology) -> dict[str, Any]:
 def applications_config(topo: Topology) -> dict[str, Any]:
     """Every node's `applications` config: the network's SAEs with their node IDs, and the
     topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    raw_settings = topo.extra.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
     for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
         if key in settings:
@@ -206,7 +209,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -336,7 +339,7 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
 

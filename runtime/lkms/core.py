@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from runtime.errors import SdqkdError
 from runtime.lkms.peers import PeerClients
 from runtime.lkms.registry import App, Link, Registry
 from runtime.lkms.store_api import KeyStore
@@ -64,7 +65,7 @@ class Limits:
         return cls(**(d or {}))
 
 
-class NotReady(Exception):
+class NotReady(SdqkdError):
     """The pair cannot be served yet (ETSI 014: 503 with Retry-After). The message is for users."""
 
     def __init__(self, reason: str, retry_after_s: int = 1) -> None:
@@ -72,7 +73,7 @@ class NotReady(Exception):
         self.retry_after_s = retry_after_s
 
 
-class UnknownPair(ValueError):
+class UnknownPair(SdqkdError, ValueError):
     """The network knows no such SAE pair (ETSI 014: 400). The message is for users."""
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.keys import AppKey
 from runtime.lkms.registry import EXT, Link
@@ -48,7 +49,7 @@ MAX_INFLIGHT = 2
 ATTEMPTS = 3
 
 
-class KeyUnavailable(Exception):
+class KeyUnavailable(SdqkdError):
     """No keys for this request now (ETSI 014: 503). The message is safe to show."""
 
 

@@ -290,16 +290,16 @@ class SqliteKeyStore:
                 err = StoreError(f"commit failed: {type(e).__name__}")
             done = [(fut, loop, None, err, None) for _fn, _args, fut, loop in group]
         changed: set[str] = set()
-        for _fut, _loop, _res, _exc, tx in done:
-            if tx is None:
+        for _fut, _loop, _res, _exc, done_tx in done:
+            if done_tx is None:
                 continue
-            for action in tx.after:
+            for action in done_tx.after:
                 action()
-            for pid, k, v in tx.deltas:
+            for pid, k, v in done_tx.deltas:
                 c = self._by_pid.get(pid)
                 if c is not None:
                     setattr(c, k, getattr(c, k) + v)
-            changed |= tx.changed
+            changed |= done_tx.changed
         for fut, loop, res, exc, _tx in done:
             loop.call_soon_threadsafe(_resolve, fut, res, exc)
         if changed and self._callbacks:
@@ -362,14 +362,14 @@ class SqliteKeyStore:
             self._by_id[qkdl_id] = self._by_pid[pid] = c
         for pid, state, n, bits in tx.conn.execute(
                 "SELECT pid, state, COUNT(*), TOTAL(bits) FROM keys GROUP BY pid, state"):
-            c = self._by_pid.get(pid)
-            if c is None:
+            counts = self._by_pid.get(pid)
+            if counts is None:
                 continue
             if state == AVAILABLE:
-                c.av_k, c.av_b = n, int(bits)
+                counts.av_k, counts.av_b = n, int(bits)
             else:
-                c.rs_k += n
-                c.rs_b += int(bits)
+                counts.rs_k += n
+                counts.rs_b += int(bits)
 
     def _recover(self, tx: _Tx) -> int:
         # RESERVED_OUT keys were never handed out (delivery erases them in the same commit).
@@ -666,8 +666,8 @@ class SqliteKeyStore:
             a = per.setdefault(pid, [0, 0])
             a[0] += 1
             a[1] += bits
-        for pid, (k, b) in per.items():
-            tx.d(pid, rs_k=-k, rs_b=-b, av_k=k, av_b=b)
+        for pid, (nk, nb) in per.items():
+            tx.d(pid, rs_k=-nk, rs_b=-nb, av_k=nk, av_b=nb)
             c = self._by_pid.get(pid)
             if c is not None:
                 tx.changed.add(c.qkdl_id)

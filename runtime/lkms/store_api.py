@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from runtime.errors import SdqkdError
 from runtime.lkms.keys import AppKey, LinkKey
 
 
@@ -31,7 +32,7 @@ class KeyState(IntEnum):
     RESERVED_IN = 2
 
 
-class StoreError(Exception):
+class StoreError(SdqkdError):
     """A request the store refuses (bad arguments); the store is unchanged."""
 
 

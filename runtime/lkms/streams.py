@@ -44,6 +44,7 @@ import grpc
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core, NotReady, UnknownPair
 from runtime.lkms.keys import group_parts, is_uuid, join_parts
 from runtime.lkms.registry import App, Link
@@ -62,11 +63,11 @@ def _app_qos(q: pb.QoS) -> dict[str, int]:
     return {k: int(v) for k, v in pairs if v}
 
 
-class CallerRefused(Exception):
+class CallerRefused(SdqkdError):
     """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
 
 
-class TooManyStreams(Exception):
+class TooManyStreams(SdqkdError):
     """The SAE already has max_streams_per_sae streams here (gRPC RESOURCE_EXHAUSTED)."""
 
 
@@ -492,7 +493,7 @@ class StreamManager:
         return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
                                  metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
 
-    async def _obtain(self, s: Stream, idx: int) -> int:
+    async def _obtain(self, s: Stream, idx: int) -> pb.Status:
         """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
         loop = asyncio.get_running_loop()
         timeout = s.qos.timeout / 1000.0
@@ -514,7 +515,7 @@ class StreamManager:
                 return S.TIMEOUT_ERROR
             await self.core.wait_changed(s.qkdl_id, left)
 
-    async def _pace(self, s: Stream) -> int:
+    async def _pace(self, s: Stream) -> pb.Status:
         """max_bps: deliver at most that rate; if the wait exceeds the timeout, TIMEOUT_ERROR."""
         now = time.monotonic()
         wait = s.next_send - now

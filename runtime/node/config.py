@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import SdqkdError
 from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(SdqkdError, ValueError):
     pass
 
 
@@ -215,6 +216,7 @@ def load_config(path: str | Path) -> NodeConfig:
         problems.append("data_dir: required, a directory path")
     if problems:
         raise ConfigError(f"{p}: " + f"\n{p}: ".join(problems))
+    assert isinstance(node_id, str) and isinstance(name, str) and data_dir is not None  # checked above
     return NodeConfig(
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,

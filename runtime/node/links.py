@@ -63,7 +63,7 @@ class LinkParams:
     peer_address: str  # the peer's classical-channel endpoint
     profile: str
     loss_db: float
-    variant: str = "optimized"
+    variant: str  # a Cascade variant of the model's enum (its default comes from the datastore)
     eve: float = 0.0
     enabled: bool = True
     target_sifted_bits: float = 1e6

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.harness import netns, network
+from runtime import netns
+from runtime.harness import network
 
 WHY = netns.available()
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
