@@ -121,6 +121,7 @@ SdqkdLink = TypedDict(
     "SdqkdLink",
     {
         "classical-endpoint": str,
+        "channel-endpoint": str,
         "fibre-length-km": str,
         "fibre-loss-db": str,
         "device-profile": str,
@@ -214,6 +215,7 @@ SdqkdInterface = TypedDict(
         "peer-node-id": str,
         "peer-qkdi-id": int,
         "classical-endpoint": str,
+        "channel-endpoint": str,
         "fibre-length-km": str,
         "fibre-loss-db": str,
         "device-profile": str,

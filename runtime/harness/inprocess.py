@@ -57,7 +57,7 @@ class InProcessNetwork:
                                   / f"{self.topo.nodes[peer].id}.key", secret)
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
-        unbound = {n: {"peer": "127.0.0.1:0"} for n in self.topo.nodes}
+        unbound = {n: {"peer": "127.0.0.1:0", "channel": "127.0.0.1:0"} for n in self.topo.nodes}
         problems: list[str] = []
         apps_settings = Settings.from_dict(applications_config(self.topo), "settings", problems)
         if problems:
@@ -80,7 +80,8 @@ class InProcessNetwork:
             await self._wire_interfaces()
         if controller:
             ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
-            eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
+            eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"], a.get("channel", ""))
+                   for n, a in self.addresses.items()}
             self.controller = Controller(self.topo, eps, tls=ctl_id)
             await self.controller.start()
         saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
@@ -104,8 +105,11 @@ class InProcessNetwork:
             for itf in rt.cfg.interfaces:
                 peer = itf["att_point"]["device"]
                 elems = (("qkd_node", ()), ("qkd_interfaces", ()), ("qkd_interface", (("qkdi_id", str(itf["id"])),)),
-                         ("sdqkd-interface", ()), ("classical-endpoint", ()))
-                edits.append(Edit(MERGE, elems, self.addresses[peer]["peer"]))
+                         ("sdqkd-interface", ()))
+                wired = {"classical-endpoint": self.addresses[peer]["peer"]}
+                if self.addresses[peer].get("channel"):
+                    wired["channel-endpoint"] = self.addresses[peer]["channel"]
+                edits.append(Edit(MERGE, elems, wired))
             if edits:
                 await rt.adapter.commit(edits)
 

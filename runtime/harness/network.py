@@ -30,7 +30,7 @@ from runtime.errors import SdqkdError
 from runtime.pki import write_ca, write_identity
 from runtime.private import open_private_append, private_dir, write_private
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "restconf")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
 
 
 class HarnessError(SdqkdError, RuntimeError):
@@ -75,8 +75,8 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per
-    service of SERVICES, in node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per service, in
+    node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
         return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
@@ -101,7 +101,8 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
     """Write the PKI and every node's config; return the network description (network.json)."""
     raw_settings = topo.extra.get("settings")
     settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
+    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant",
+                                          "blocks_in_flight") if k in settings}
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -135,7 +136,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "etsi020": {"listen": ports[name]["etsi020"]},
+            "etsi020": {"listen": ports[name]["etsi020"]}, "channel": {"listen": ports[name]["channel"]},
             "restconf": {"listen": ports[name]["restconf"]},
             "interfaces": interfaces_of(topo, name, ports),
             "data_dir": str(nd / "data"),
@@ -168,7 +169,7 @@ def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -
             continue
         peer = link.b if name == link.a else link.a
         peer_if = number[(peer, i)]
-        endpoint = ports[peer]["peer"]
+        endpoint, channel = ports[peer]["peer"], ports[peer]["channel"]
         itf: dict[str, Any] = {
             "id": number[(name, i)], "att_point": {"device": peer, "port": peer_if},
             "peer": {"node": topo.nodes[peer].id, "interface": peer_if},
@@ -176,6 +177,8 @@ def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -
         }
         if not endpoint.endswith(":0"):
             itf["peer"]["endpoint"] = endpoint
+        if not channel.endswith(":0"):
+            itf["peer"]["channel"] = channel
         out.append(itf)
     return out
 
@@ -287,6 +290,8 @@ def _pin_ports(config: Path, ready: dict[str, Any], every: dict[str, Any] | None
         peer = (every or {}).get(itf.get("att_point", {}).get("device"), {})
         if "peer" in peer:
             itf.setdefault("peer", {})["endpoint"] = peer["peer"]
+        if "channel" in peer:
+            itf.setdefault("peer", {})["channel"] = peer["channel"]
     write_private(config, yaml.safe_dump(cfg, sort_keys=False))
 
 
@@ -311,7 +316,9 @@ def _wire_interfaces(desc: dict[str, Any], ready: dict[str, Any]) -> None:
             for itf in itfs:
                 r = c.patch(f"/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface={itf['id']}"
                             "/sdqkd-node-ext:sdqkd-interface", headers=h,
-                            json={"sdqkd-node-ext:sdqkd-interface": {"classical-endpoint": itf["peer"]["endpoint"]}})
+                            json={"sdqkd-node-ext:sdqkd-interface": {
+                                "classical-endpoint": itf["peer"]["endpoint"],
+                                **({"channel-endpoint": itf["peer"]["channel"]} if "channel" in itf["peer"] else {})}})
                 if r.status_code != 204:
                     raise HarnessError(f"node {name}: interface {itf['id']}: RESTCONF answered {r.status_code}: "
                                        f"{r.text[:300]}")

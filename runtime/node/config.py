@@ -32,6 +32,7 @@ class NodeConfig:
     users: dict[str, str] = field(default_factory=dict)
     gnmi_mutual_tls: bool = True
     peer_listen: str = "127.0.0.1:0"
+    channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     etsi020_listen: str = "127.0.0.1:0"
@@ -142,7 +143,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "data_dir", "tls",
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "channel", "data_dir", "tls",
              "saes", "users", "engine", "bootstrap", "applications", "restconf", "interfaces"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
@@ -179,6 +180,10 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(peer, dict) or "listen" not in peer:
         problems.append("peer: expected a mapping with `listen: host:port`")
         peer = {}
+    channel = raw.get("channel", {"listen": "127.0.0.1:0"})
+    if not isinstance(channel, dict) or "listen" not in channel:
+        problems.append("channel: expected a mapping with `listen: host:port`")
+        channel = {}
     e20 = raw.get("etsi020", {"listen": "127.0.0.1:0"})
     if not isinstance(e20, dict) or not set(e20) <= {"listen", "external_peers"}:
         problems.append("etsi020: expected a mapping with `listen: host:port` and optional `external_peers`")
@@ -188,7 +193,7 @@ def load_config(path: str | Path) -> NodeConfig:
     restconf = _restconf_section(raw.get("restconf"), gnmi, tls is not None, problems)
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
                (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("etsi020", e20),
-                ("restconf", restconf)) if s}
+                ("channel", channel), ("restconf", restconf)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
@@ -228,7 +233,8 @@ def load_config(path: str | Path) -> NodeConfig:
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine,
+        peer_listen=listens.get("peer", "127.0.0.1:0"), channel_listen=listens.get("channel", "127.0.0.1:0"),
+        bootstrap=bootstrap, engine=engine,
         etsi020_listen=listens.get("etsi020", "127.0.0.1:0"), external_peers=externals,
         applications=applications, raw=raw,
         restconf_listen=listens.get("restconf", "127.0.0.1:0"), restconf_tls=restconf.get("tls", "none"),
@@ -263,8 +269,9 @@ def _restconf_section(v: Any, gnmi: dict[str, Any], has_tls: bool, problems: lis
 
 
 def _interfaces(v: Any, problems: list[str]) -> list[dict[str, Any]]:
-    """`interfaces: [{id, att_point: {device, port}, peer: {node, interface, endpoint},
-    fibre: {km, loss_db, profile}}]`, checked for shape here and by the model when seeded."""
+    """`interfaces: [{id, att_point: {device, port}, peer: {node, interface, endpoint, channel},
+    fibre: {km, loss_db, profile}}]`, checked for shape here and by the model when seeded
+    (endpoint: the peer's key-relay port, channel: its engine channel port)."""
     if v is None:
         return []
     if not isinstance(v, list):

@@ -115,8 +115,15 @@ class LinkCompleter:
                 raise RestconfError("invalid-value", f"{where}: the fibre of interface {iface} already carries "
                                     f"link {other}", path=where)
         role = "TRANSMITTER" if (self.node_id, iface) < (peer, peer_if) else "RECEIVER"
+        channel = fibre.get("channel-endpoint")
+        if role == "TRANSMITTER" and not channel:
+            raise RestconfError("invalid-value", f"{where}: this end transmits, but interface {iface} has no "
+                                f"channel-endpoint for its peer {peer}; set sdqkd-interface/channel-endpoint",
+                                path=where)
         ext: dict[str, Any] = {"classical-endpoint": endpoint, "key-association-id": assoc,
                                "device-profile": fibre.get("device-profile", "commercial")}
+        if channel:
+            ext["channel-endpoint"] = channel
         for k in ("fibre-length-km", "fibre-loss-db"):
             if fibre.get(k) is not None:
                 ext[k] = fibre[k]
