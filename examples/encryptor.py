@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.encryptor import (  # noqa: E402
+from runtime.apps.encryptor import (
     Decryptor,
     Encryptor,
     KeyStarved,
@@ -35,8 +33,8 @@ from runtime.apps.encryptor import (  # noqa: E402
     parse_header,
     read_link_skr,
 )
-from runtime.apps.keyclient import Etsi004Client, SaeIdentity  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+from runtime.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}],

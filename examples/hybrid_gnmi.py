@@ -26,17 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grpc
 
-import grpc  # noqa: E402
-
-from generated.client import ModelClient  # noqa: E402
-from runtime.apps import hybrid as hy  # noqa: E402
-from runtime.apps.keyclient import SaeIdentity  # noqa: E402
-from runtime.controller.controller import Controller, NodeEndpoint  # noqa: E402
-from runtime.controller.topology import parse  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
-from runtime.pki import TlsFiles  # noqa: E402
+from generated.client import ModelClient
+from runtime.apps import hybrid as hy
+from runtime.apps.keyclient import SaeIdentity
+from runtime.controller.controller import Controller, NodeEndpoint
+from runtime.controller.topology import parse
+from runtime.harness.sync import start_inprocess
+from runtime.pki import TlsFiles
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],

@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
-from runtime.apps.opot import OpotNode, run_chain  # noqa: E402
-from runtime.controller.opot import OpotProvisioner  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi014Client, SaeIdentity
+from runtime.apps.opot import OpotNode, run_chain
+from runtime.controller.opot import OpotProvisioner
+from runtime.harness.sync import start_inprocess
 
 NODES = ["A", "B", "C", "D"]
 TOPOLOGY = {

@@ -18,11 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
-from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi014Client, SaeIdentity
+from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer
+from runtime.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
