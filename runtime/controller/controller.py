@@ -230,7 +230,7 @@ class Controller:
                 try:
                     new = self._route(route.master, route.slave, src, dst, route.rate_bps)
                 except RuntimeError as e:
-                    log.warning("app %s: %s (%s)", route.app_id, e, reason)
+                    log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
                     await self.events.put(("unroutable", route.app_id))
                     continue
                 stale = [n for n in route.path if n not in new.path and self.nodes[n].up]
@@ -240,10 +240,11 @@ class Controller:
                 try:
                     await self._install(new)
                 except grpc.aio.AioRpcError as e:
-                    log.warning("app %s: reinstall failed: %s", route.app_id, e.details())
+                    log.warning("app %s -> %s: reinstall failed: %s", route.master, route.slave, e.details())
                     continue
                 self.apps[route.app_id] = new
-                log.info("app %s rerouted %s -> %s (%s)", route.app_id, route.path, new.path, reason)
+                log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
+                         "-".join(new.path), reason)
                 await self.events.put(("rerouted", route.app_id))
 
     # ------------------------------------------------------------------ monitoring

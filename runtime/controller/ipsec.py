@@ -39,6 +39,7 @@ from runtime.apps.ipsec import (
     SpdEntry,
 )
 from runtime.apps.keyclient import SaeIdentity
+from runtime.logfmt import brief
 
 log = logging.getLogger("sdqkd.controller.ipsec")
 
@@ -231,7 +232,7 @@ class IkelessController:
                     self.rekey(name, reason)
                     done.append((name, reason))
                 except Exception as e:
-                    log.error("rekey of tunnel %s (%s) failed, will retry: %s", name, reason, e)
+                    log.error("rekey of tunnel %s (%s) failed, will retry: %s", name, reason, brief(e))
                     self._event(self.tunnels[name], f"rekey failed ({reason}): {e}")
         return done
 
@@ -259,7 +260,7 @@ class IkelessController:
                 try:
                     self.check()
                 except Exception as e:  # keep watching; the next round may succeed
-                    log.error("lifetime check failed: %s", e)
+                    log.error("lifetime check failed: %s", brief(e))
 
         th = threading.Thread(target=loop, name="ikeless-watch", daemon=True)
         th.start()
@@ -279,7 +280,7 @@ class IkelessController:
             try:
                 self.delete_tunnel(name)
             except Exception as e:
-                log.warning("deleting tunnel %s: %s", name, e)
+                log.warning("deleting tunnel %s: %s", name, brief(e))
 
     # ------------------------------------------------------------------ RFC 9061 view
     def ikeless_config(self, nsf: Nsf) -> dict[str, Any]:
@@ -360,7 +361,7 @@ class IkelessController:
                 try:
                     nsf.remove([m2s, s2m])
                 except Exception as e2:
-                    log.warning("rollback on NSF %s: %s", nsf.name, e2)
+                    log.warning("rollback on NSF %s: %s", nsf.name, brief(e2))
             self.spis.release(s.outer, spi_m2s)
             self.spis.release(m.outer, spi_s2m)
             raise IpsecError(f"tunnel {t.name} generation {g}: {step} failed: {e}") from e
@@ -382,6 +383,6 @@ class IkelessController:
             try:
                 nsf.remove([sa])
             except Exception as e:
-                log.warning("tunnel %s: removing old SA %s at %s failed: %s", t.name, sa, nsf.name, e)
+                log.warning("tunnel %s: removing old SA %s at %s failed: %s", t.name, sa, nsf.name, brief(e))
         self.spis.release(t.slave.outer, g.master[0].spi)
         self.spis.release(t.master.outer, g.master[1].spi)

@@ -1,14 +1,16 @@
-"""Topology files (DESIGN §4 contract): nodes, fibre links and SAEs, checked whole before
-anything starts. Every problem is reported as `FILE: where: what is wrong`."""
+"""Topology files (docs/topology.md): nodes, fibre links, SAEs and `settings:`, checked whole
+before anything starts. Every problem is reported as `FILE:LINE: where: what is wrong`."""
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from runtime import schemas
+from runtime.yamlfile import Lines, read_yaml_lines
 
 # Namespace for IDs derived from names, so a topology without explicit IDs is reproducible.
 NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
@@ -51,7 +53,12 @@ class Topology:
     links: list[Link]
     saes: dict[str, Sae]
     source: str = "<dict>"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # name, settings (as plain data)
+    settings: schemas.Settings = field(default_factory=schemas.Settings)
+
+    def peer_names(self, name: str) -> dict[str, str]:
+        """Node ID -> name of every other node (a node config's `peers`: relays reach any of them)."""
+        return {n.id: n.name for n in self.nodes.values() if n.name != name}
 
     def link_between(self, a: str, b: str) -> Link | None:
         for link in self.links:
@@ -86,110 +93,111 @@ def reach_db(profile: str) -> float:
     return lo
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def parse(data: Any, source: str = "<dict>") -> Topology:
-    from runtime.engine.profiles import PROFILES
-
-    problems: list[str] = []
+def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topology:
+    """Check a whole topology (docs/topology.md) against the schema (`runtime.schemas`) and its
+    cross-references (names, duplicates, reach); every problem is reported at once as
+    `FILE[:LINE]: place: what`. An entry the schema refuses is still checked for references, so
+    one run names every mistake."""
+    lines = lines or Lines(source)
+    model, problems = schemas.problems(schemas.TopologyFile, data, lines)
     if not isinstance(data, dict):
-        raise TopologyError(f"{source}: expected a mapping with nodes, links and saes")
-    for k in sorted(set(data) - {"nodes", "links", "saes", "name", "settings"}):
-        problems.append(f"{k}: unknown key (known: nodes, links, saes, name, settings)")
+        raise TopologyError("\n".join(problems))
+    names: set[str] = set()
+    nodes = _nodes(schemas.entries(schemas.NodeEntry, data.get("nodes")), names, lines, problems)
+    links = _links(schemas.entries(schemas.LinkEntry, data.get("links")), names, lines, problems)
+    saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
+    if model is not None and model.settings.base_port is not None:
+        base, n = model.settings.base_port, len(model.nodes)
+        if base + 4 * n - 1 > 65535:
+            problems.append(f"{lines.where(('settings', 'base_port'))}: settings.base_port: {base} leaves no room "
+                            f"for 4 ports per node ({n} nodes): at most {65536 - 4 * n}")
+    if problems or model is None:
+        raise TopologyError("\n".join(problems))
+    settings = model.settings.model_dump(exclude_none=True)
+    extra: dict[str, Any] = {"settings": settings} if settings else {}
+    if model.name is not None:
+        extra["name"] = model.name
+    return Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings)
+
+
+def _str(raw: dict[str, Any], key: str) -> str | None:
+    v = raw.get(key)
+    return v if isinstance(v, str) and v else None
+
+
+def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], names: set[str], lines: Lines,
+           problems: list[str]) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
     ids: set[str] = set()
-    raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        problems.append("nodes: required, a non-empty list")
-        raw_nodes = []
-    for i, n in enumerate(raw_nodes):
-        where = f"nodes[{i}]"
-        if not isinstance(n, dict) or not isinstance(n.get("name"), str) or not n["name"]:
-            problems.append(f"{where}: needs a non-empty `name`")
+    for i, raw, n in entries:
+        name = _str(raw, "name")
+        if name is None:
+            continue  # the schema named it
+        at = f"{lines.where(('nodes', i))}: nodes[{i}] ({name})"
+        if name in names:
+            problems.append(f"{at}: duplicate node name {name!r}")
             continue
-        name = n["name"]
-        if name in nodes:
-            problems.append(f"{where}: duplicate node name {name!r}")
+        names.add(name)
+        if n is None:
             continue
-        nid = n.get("id", node_id(name))
-        try:
-            nid = str(uuid.UUID(str(nid)))
-        except ValueError:
-            problems.append(f"{where} ({name}): id {nid!r} is not a UUID")
-            continue
+        nid = n.id or node_id(n.name)
         if nid in ids:
-            problems.append(f"{where} ({name}): duplicate node id {nid}")
+            problems.append(f"{at}: duplicate node id {nid}")
         ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=str(n.get("location", "")))
+        nodes[name] = Node(name=name, id=nid, location=n.location)
+    return nodes
+
+
+def _links(entries: list[tuple[int, dict[str, Any], schemas.LinkEntry | None]], names: set[str], lines: Lines,
+           problems: list[str]) -> list[Link]:
+    from runtime.engine.profiles import PROFILES
+
     links: list[Link] = []
     seen_pairs: set[frozenset[str]] = set()
-    for i, ln in enumerate(data.get("links") or []):
-        where = f"links[{i}]"
-        if not isinstance(ln, dict):
-            problems.append(f"{where}: expected a mapping {{a, b, km}}")
+    for i, raw, ln in entries:
+        a, b = _str(raw, "a"), _str(raw, "b")
+        at = f"{lines.where(('links', i))}: links[{i}] ({a}-{b})"
+        unknown = [end for end in (a, b) if end is not None and end not in names]
+        problems += [f"{at}: unknown node {end!r} (nodes: {', '.join(sorted(names))})" for end in unknown]
+        if unknown or a is None or b is None:
             continue
-        a, b = ln.get("a"), ln.get("b")
-        where = f"{where} ({a}-{b})"
-        bad = False
-        for end in (a, b):
-            if end not in nodes:
-                problems.append(f"{where}: unknown node {end!r}")
-                bad = True
-        if a == b and not bad:
-            problems.append(f"{where}: a link needs two different nodes")
-            bad = True
-        km = _num(ln.get("km"))
-        if km is None or not math.isfinite(km) or km < 0:
-            problems.append(f"{where}: km must be a number >= 0, got {ln.get('km')!r}")
-            bad = True
-        profile = ln.get("profile", "commercial")
-        if profile not in PROFILES:
-            problems.append(f"{where}: unknown profile {profile!r} (known: {', '.join(sorted(PROFILES))})")
-            bad = True
-        loss = ln.get("loss_db")
-        if loss is None and km is not None and profile in PROFILES:
-            loss = km * PROFILES[profile].alpha_db_per_km
-        loss = _num(loss)
-        if loss is None or not math.isfinite(loss) or loss < 0:
-            problems.append(f"{where}: loss_db must be a number >= 0, got {ln.get('loss_db')!r}")
-            bad = True
-        if bad:
+        if a == b:
+            problems.append(f"{at}: a link needs two different nodes")
             continue
         pair = frozenset((a, b))
         if pair in seen_pairs:
-            problems.append(f"{where}: duplicate link between {a} and {b}")
+            problems.append(f"{at}: duplicate link between {a} and {b}")
             continue
         seen_pairs.add(pair)
-        reach = reach_db(profile)
+        if ln is None:
+            continue
+        loss = ln.loss_db if ln.loss_db is not None else ln.km * PROFILES[ln.profile].alpha_db_per_km
+        reach = reach_db(ln.profile)
         if loss > reach:
-            problems.append(f"{where}: {loss:.1f} dB is beyond the reach of profile {profile!r} "
+            problems.append(f"{at}: {loss:.1f} dB is beyond the reach of profile {ln.profile!r} "
                             f"(no key above {reach:.1f} dB)")
             continue
-        links.append(Link(a=a, b=b, km=km, loss_db=round(loss, 3), profile=profile, id=link_id(a, b)))
+        links.append(Link(a=a, b=b, km=ln.km, loss_db=round(loss, 3), profile=ln.profile, id=link_id(a, b)))
+    return links
+
+
+def _saes(entries: list[tuple[int, dict[str, Any], schemas.SaeEntry | None]], names: set[str], lines: Lines,
+          problems: list[str]) -> dict[str, Sae]:
     saes: dict[str, Sae] = {}
-    for i, s in enumerate(data.get("saes") or []):
-        where = f"saes[{i}]"
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
-            problems.append(f"{where}: needs a non-empty `name`")
+    for i, raw, s in entries:
+        name, node = _str(raw, "name"), _str(raw, "node")
+        if name is None:
             continue
-        if s["name"] in saes:
-            problems.append(f"{where}: duplicate SAE name {s['name']!r}")
-            continue
-        if s.get("node") not in nodes:
-            problems.append(f"{where} ({s['name']}): unknown node {s.get('node')!r}")
-            continue
-        saes[s["name"]] = Sae(name=s["name"], node=s["node"])
-    if problems:
-        raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))
-    return Topology(nodes=nodes, links=links, saes=saes, source=source,
-                    extra={k: data[k] for k in ("name", "settings") if k in data})
+        at = f"{lines.where(('saes', i))}: saes[{i}] ({name})"
+        if name in saes:
+            problems.append(f"{at}: duplicate SAE name {name!r}")
+        elif node is not None and node not in names:
+            problems.append(f"{at}: unknown node {node!r} (nodes: {', '.join(sorted(names))})")
+        elif s is not None:
+            saes[name] = Sae(name=name, node=s.node)
+    return saes
 
 
 def load(path: str | Path) -> Topology:
-    from runtime.yamlfile import read_yaml
-
-    return parse(read_yaml(path, TopologyError), str(Path(path)))
+    data, lines = read_yaml_lines(path, TopologyError)
+    return parse(data, str(Path(path)), lines)

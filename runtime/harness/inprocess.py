@@ -57,7 +57,8 @@ class InProcessNetwork:
                 id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
+                bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
+                peers=self.topo.peer_names(name))
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:

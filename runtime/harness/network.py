@@ -21,6 +21,7 @@ import yaml
 
 from runtime.controller.topology import Topology, TopologyError
 from runtime.pki import write_ca, write_identity
+from runtime.schemas import EngineSettings
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
 
@@ -72,7 +73,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
         return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
-    base = topo.extra.get("settings", {}).get("base_port") if isinstance(topo.extra.get("settings"), dict) else None
+    base = topo.settings.base_port
     out: dict[str, dict[str, str]] = {}
     busy = []
     for i, name in enumerate(topo.nodes):
@@ -91,8 +92,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
+    engine = topo.settings.model_dump(exclude_none=True, include=set(EngineSettings.model_fields))
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -134,6 +134,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": password},
             "bootstrap": boot[name],
+            "peers": topo.peer_names(name),
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
         }

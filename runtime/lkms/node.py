@@ -68,6 +68,7 @@ from runtime.lkms.store import SqliteKeyStore
 from runtime.lkms.store_api import KeyStore
 from runtime.lkms.streams import StreamManager
 from runtime.lkms.tlsctx import grpc_h2_server_context, grpc_server_credentials, https_server_context
+from runtime.logfmt import link_label
 from runtime.pki import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ class Lkms:
                  saes: Iterable[str] = (), etsi014_listen: str = "127.0.0.1:0",
                  etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
                  limits: Limits | None = None, store: KeyStore | None = None, fault: str | None = None,
-                 peer_servicers: Iterable[Any] = ()) -> None:
+                 peer_servicers: Iterable[Any] = (), names: dict[str, str] | None = None) -> None:
         self.node_id = node_id
+        self.names = names or {}  # node ID -> name, for logs only
         self.data_dir = Path(data_dir)
         self.tls = tls
         self.limits = limits or Limits()
@@ -145,7 +147,7 @@ class Lkms:
                 await self.store.ensure_pool(link.qkdl_id, link.kind)
             self.relay.start(link)
         self._started = True
-        log.info("LKMS %s up: %s", self.node_id, self.addresses)
+        log.info("LKMS %s up: %s", self.names.get(self.node_id, self.node_id), self.addresses)
 
     async def _start_004(self) -> None:
         """The ETSI 004 server: h2grpc's (default) or grpcio's (Limits.etsi004_server)."""
@@ -198,7 +200,7 @@ class Lkms:
         await self._web.cleanup()
         await self.peers.close()
         await self.store.close()
-        log.info("LKMS %s stopped", self.node_id)
+        log.info("LKMS %s stopped", self.names.get(self.node_id, self.node_id))
 
     async def __aenter__(self) -> Lkms:
         await self.start()
@@ -239,7 +241,7 @@ class Lkms:
         if self._started:
             self.relay.stop(qkdl_id)
             self.relay.start(link)
-        log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
+        log.info("link %s (%s) set, %s", self._label(qkdl_id, peer_node_id), kind, "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:
         link = self.registry.links.get(qkdl_id)
@@ -259,7 +261,10 @@ class Lkms:
             self.streams.drop_link(qkdl_id)
         if erase and self._started:
             n = await self.store.drop_pool(qkdl_id)
-            log.info("link %s removed, %d keys erased", qkdl_id, n)
+            log.info("link %s removed, %d keys erased", self._label(qkdl_id, link.peer_node_id), n)
+
+    def _label(self, qkdl_id: str, peer_node_id: str) -> str:
+        return link_label(self.names, self.names.get(self.node_id, self.node_id), peer_node_id, qkdl_id)
 
     # --- applications ------------------------------------------------------------------------
     def register_app(self, app_id: str, master_sae_id: str, slave_sae_ids: Sequence[str], local_node_id: str,

@@ -1,15 +1,15 @@
-"""Node configuration (YAML), checked whole before anything starts; every problem is reported
-as `FILE: key: what is wrong`."""
+"""Node configuration (YAML, docs/node-config.md), checked whole before anything starts against
+the schema in `runtime.schemas`; every problem is reported as `FILE:LINE: key: what is wrong`."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime import schemas
 from runtime.pki import TlsFiles
-from runtime.yamlfile import read_yaml
+from runtime.yamlfile import read_yaml_lines
 
 
 class ConfigError(ValueError):
@@ -32,97 +32,43 @@ class NodeConfig:
     peer_listen: str = "127.0.0.1:0"
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
+    etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
+    peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _listen(v: Any, key: str, problems: list[str]) -> str:
-    if not isinstance(v, str) or ":" not in v or not v.rsplit(":", 1)[1].isdigit():
-        problems.append(f"{key}: expected host:port, got {v!r}")
-        return ""
-    port = int(v.rsplit(":", 1)[1])
-    if not 0 <= port <= 65535:
-        problems.append(f"{key}: port {port} out of range 0..65535")
-    return v
-
-
 def load_config(path: str | Path) -> NodeConfig:
-    """Parse and check a node config file; ConfigError lists every problem."""
+    """Parse and check a node config file (docs/node-config.md); ConfigError lists every problem
+    as `FILE:LINE: key: what is wrong`."""
     p = Path(path)
-    raw = read_yaml(p, ConfigError)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap"}
-    for k in sorted(set(raw) - known):
-        problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
-    node_id = raw.get("id")
-    try:
-        node_id = str(uuid.UUID(str(node_id)))
-    except ValueError:
-        problems.append(f"id: expected a UUID, got {node_id!r}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append("name: required, a non-empty string")
-
-    def section(key: str) -> dict[str, Any]:
-        v = raw.get(key)
-        if not isinstance(v, dict) or "listen" not in v:
-            problems.append(f"{key}: required, a mapping with `listen: host:port`")
-            return {}
-        return v
-
-    gnmi, e14, e04 = section("gnmi"), section("etsi014"), section("etsi004")
-    tls_raw = raw.get("tls")
+    raw, lines = read_yaml_lines(p, ConfigError)
+    model, problems = schemas.problems(schemas.NodeConfigFile, raw, lines)
+    if model is None:
+        raise ConfigError("\n".join(problems))
+    base = p.parent
     tls = None
-    if tls_raw is not None:
-        if not isinstance(tls_raw, dict) or not {"ca", "cert", "key"} <= set(tls_raw):
-            problems.append("tls: expected a mapping with ca, cert and key file paths")
-        else:
-            base = p.parent
-            files = {k: (base / str(tls_raw[k])) for k in ("ca", "cert", "key")}
-            for k, f in files.items():
-                if not f.is_file():
-                    problems.append(f"tls.{k}: no such file {f}")
-            tls = TlsFiles(files["ca"], files["cert"], files["key"])
-    peer = raw.get("peer", {"listen": "127.0.0.1:0"})
-    if not isinstance(peer, dict) or "listen" not in peer:
-        problems.append("peer: expected a mapping with `listen: host:port`")
-        peer = {}
-    listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer)) if s}
+    if model.tls is not None:
+        files = {k: base / getattr(model.tls, k) for k in ("ca", "cert", "key")}
+        problems += [f"{lines.where(('tls', k))}: tls.{k}: no such file {f}" for k, f in files.items() if not f.is_file()]
+        tls = TlsFiles(files["ca"], files["cert"], files["key"])
+    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer")}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
-        for k, v in listens.items():
-            if v and not is_loopback(v):
-                problems.append(f"{k}.listen: {v} is not a loopback address; without `tls` a node serves loopback only")
-    saes = raw.get("saes", [])
-    if not isinstance(saes, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str) for s in saes):
-        problems.append("saes: expected a list of mappings with an `id`")
-        saes = []
-    users = raw.get("users", gnmi.get("users", {})) or {}
-    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
-        problems.append("users: expected a mapping username: password")
-        users = {}
-    bootstrap: dict[str, Path] = {}
-    for peer_id, f in (raw.get("bootstrap") or {}).items():
-        bf = p.parent / str(f)
-        if not bf.is_file():
-            problems.append(f"bootstrap.{peer_id}: no such file {bf}")
-        bootstrap[str(peer_id)] = bf
-    engine = raw.get("engine") or {}
-    if not isinstance(engine, dict):
-        problems.append("engine: expected a mapping")
-        engine = {}
-    data_dir = raw.get("data_dir")
-    if not isinstance(data_dir, str) or not data_dir:
-        problems.append("data_dir: required, a directory path")
+        problems += [f"{lines.where((k, 'listen'))}: {k}.listen: {v} is not a loopback address; without `tls` "
+                     "a node serves loopback only" for k, v in listens.items() if not is_loopback(v)]
+    if model.users is not None and model.gnmi.users is not None:
+        problems.append(f"{lines.where(('gnmi', 'users'))}: gnmi.users: give users once (top level or under gnmi)")
+    bootstrap = {peer_id: base / f for peer_id, f in model.bootstrap.items()}
+    problems += [f"{lines.where(('bootstrap', k))}: bootstrap.{k}: no such file {f}"
+                 for k, f in bootstrap.items() if not f.is_file()]
     if problems:
-        raise ConfigError(f"{p}: " + f"\n{p}: ".join(problems))
+        raise ConfigError("\n".join(problems))
     return NodeConfig(
-        id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
-        etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
-        location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
+        id=model.id, name=model.name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
+        etsi004_listen=listens["etsi004"], data_dir=base / model.data_dir, tls=tls,
+        saes=[s.model_dump() for s in model.saes], location=model.location,
+        users=dict(model.users or model.gnmi.users or {}), gnmi_mutual_tls=model.gnmi.mutual_tls,
+        peer_listen=listens["peer"], bootstrap=bootstrap, engine=model.engine.model_dump(exclude_none=True),
+        etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers), raw=raw,
     )

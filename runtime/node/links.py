@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from generated.proto.sdqkd import classical_pb2, classical_pb2_grpc
 from runtime.engine import pipeline
 from runtime.engine.auth import Authenticator, BufferKeySource
+from runtime.logfmt import brief
 
 log = logging.getLogger("sdqkd.engine")
 
@@ -56,6 +57,7 @@ class LinkParams:
     enabled: bool = True
     target_sifted_bits: float = 1e6
     clock_scale: float = 1.0  # < 1: a slower simulated clock (large networks on few cores)
+    label: str = ""  # "A-B (1234abcd)" for logs
 
 
 @dataclass
@@ -208,7 +210,8 @@ class EngineLink:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a session fails; the link retries
-                log.info("link %s: session ended: %s", self.p.qkdl_id, e)
+                log.info("link %s: session ended: %s", self.p.label or self.p.qkdl_id, brief(e),
+                         exc_info=log.isEnabledFor(logging.DEBUG))
                 self.stats.status = "PASSIVE"
                 self._on_stats(self.p, self.stats, None)
             await asyncio.sleep(backoff)

@@ -20,7 +20,9 @@ from generated.agent_skeleton import HookVeto
 from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
+from runtime.lkms.core import Limits
 from runtime.lkms.node import Lkms
+from runtime.logfmt import link_label
 
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
@@ -69,7 +71,8 @@ class NodeRuntime:
         service = ClassicalChannelService(self.links)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen,
+                         keysync_listen=cfg.peer_listen, limits=Limits(etsi004_server=cfg.etsi004_server),
+                         names={cfg.id: cfg.name, **cfg.peers},
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
         await self.lkms.start()
@@ -154,10 +157,11 @@ class NodeRuntime:
         params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
                             variant=variant, eve=float(ext.get("eve-fraction", 0) or 0),
                             enabled=enabled, clock_scale=float(self.cfg.engine.get("clock_scale", 1.0)),
-                            target_sifted_bits=float(self.cfg.engine.get("block_sifted_bits", 1e6)))
+                            target_sifted_bits=float(self.cfg.engine.get("block_sifted_bits", 1e6)),
+                            label=link_label(self.cfg.peers, self.cfg.name, peer_id, qkdl_id))
         bootstrap = self._bootstrap(peer_id, qkdl_id)
         if bootstrap is None:
-            log.warning("link %s: no bootstrap secret for peer %s; not started", qkdl_id, peer_id)
+            log.warning("link %s: no bootstrap secret for peer %s; not started", params.label, peer_id)
             return
         await self.lkms.set_link(qkdl_id, peer_id, peer_addr, kind="PHYS", up=enabled)
         current = self.links.get(qkdl_id)
