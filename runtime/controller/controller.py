@@ -348,7 +348,8 @@ class Controller:
             a = self.nodes[link.a].links.get(link.id, {})
             st = [self.nodes[n].store.get(link.id, {}) for n in link.ends]
             rows.append({
-                "link": f"{link.a}-{link.b}", "km": link.km, "db": link.loss_db, "up": self.router.links[link.id].up,
+                "link": f"{link.a}-{link.b}", "qkdl_id": link.id, "km": link.km, "db": link.loss_db,
+                "up": self.router.links[link.id].up,
                 "qber": a.get("qber"), "skr": a.get("skr"), "eskr": a.get("eskr"),
                 "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),
             })

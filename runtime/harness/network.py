@@ -5,6 +5,7 @@ mutual TLS everywhere, and DIR/endpoints.json written only when every link produ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,11 +181,14 @@ def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Pope
 
 
 def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0,
-       progress: Any = None, netns: bool = False) -> dict[str, Any]:
+       progress: Callable[[], None] | None = None, netns: bool = False,
+       report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
-    `progress()` is called while waiting (the demo prints the live table from it)."""
+    `progress()` is called while waiting for the links (the demo prints its live table from it);
+    `report(text)` hears each step (PKI written, nodes listening, controller started)."""
     from runtime.controller import topology as tp
 
+    say = report or (lambda _text: None)
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -198,6 +203,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     except BaseException:
         _destroy_netns(state)
         raise
+    say(f"PKI and node configs written ({len(topo.nodes)} nodes, {len(topo.saes)} SAE certificates)")
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -207,12 +213,14 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
                                            ns_hosts.get(name, {}).get("netns"))
         _write_pids(lay, procs)
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
+        say(f"nodes listening: {', '.join(ready)}")
         for name, r in ready.items():
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
             _pin_ports(Path(desc["nodes"][name]["config"]), r)
         lay.network.write_text(json.dumps(desc, indent=2))
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
+        say(f"controller started; provisioning {len(topo.links)} link(s) on both ends")
         status_file = state / "controller-status.json"
         _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs, progress)
     except BaseException:
@@ -288,11 +296,14 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float = 5.0) -> None
 
 
 def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
-    """Stop every process of the network under state_dir; returns what was stopped."""
+    """Stop every process of the network under state_dir, including a node restarted by hand with
+    `sdqkd node --config DIR/nodes/NAME/node.yaml` (found by the pid in its ready.json and checked
+    against its command line); returns what was stopped."""
     lay = Layout(Path(state_dir).resolve())
     if not lay.pids.exists():
         raise HarnessError(f"{state_dir}: no network runs here (no pids.json)")
     pids: dict[str, int] = json.loads(lay.pids.read_text())
+    by_hand = _restarted_by_hand(lay, set(pids.values()))
     stopped = []
     for name, pid in pids.items():
         try:
@@ -300,19 +311,54 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
             stopped.append(name)
         except ProcessLookupError:
             pass
+    for name, pid in by_hand.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(f"{name} (restarted by hand, pid {pid})")
     end = time.monotonic() + grace
-    for _name, pid in pids.items():
+    for pid in [*pids.values(), *by_hand.values()]:
         while time.monotonic() < end and _alive(pid):
             time.sleep(0.05)
         if _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     lay.pids.unlink()
     lay.endpoints.unlink(missing_ok=True)
     _destroy_netns(lay.root)
     return stopped
+
+
+def _restarted_by_hand(lay: Layout, ours: set[int]) -> dict[str, int]:
+    """node-NAME -> pid of each node process not started by `net up` that runs this network's
+    node config (its ready.json names the pid; /proc/PID/cmdline must name the config)."""
+    out: dict[str, int] = {}
+    try:
+        desc = json.loads(lay.network.read_text())
+    except (OSError, ValueError):
+        return out
+    for name, nd in desc.get("nodes", {}).items():
+        try:
+            pid = int(json.loads(Path(nd["ready"]).read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid not in ours and _runs_config(pid, cmdline, Path(nd["config"]).resolve()):
+            out[f"node-{name}"] = pid
+    return out
+
+
+def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
+    """Whether the process's command line names `config` (relative paths from its own cwd)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    for arg in cmdline:
+        if arg:
+            p = Path(os.fsdecode(arg))
+            if (p if p.is_absolute() else cwd / p).resolve() == config:
+                return True
+    return False
 
 
 def _destroy_netns(state: Path) -> None:

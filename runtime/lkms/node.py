@@ -241,7 +241,7 @@ class Lkms:
         if self._started:
             self.relay.stop(qkdl_id)
             self.relay.start(link)
-        log.info("link %s (%s) set, %s", self._label(qkdl_id, peer_node_id), kind, "up" if up else "down")
+        log.info("%s link %s set, %s", kind, self._label(qkdl_id, peer_node_id), "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:
         link = self.registry.links.get(qkdl_id)
