@@ -46,6 +46,10 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
     state = tmp_path / "state"
     r = sdqkd("net", "up", str(topo), "--state-dir", str(state), "--timeout", "120")
     assert r.returncode == 0, r.stderr[-3000:]
+    # progress per step and per link, then where the controller is and what to do next
+    assert "nodes listening: A, B, C" in r.stderr
+    assert "link A-B (10 km, 2.0 dB): producing key" in r.stderr and "link B-C (15 km, 3.0 dB)" in r.stderr
+    assert "controller API  http://127.0.0.1:" in r.stdout and f"sdqkd net down --state-dir {state}" in r.stdout
     pids = json.loads((state / "pids.json").read_text())
     try:
         eps = json.loads((state / "endpoints.json").read_text())
