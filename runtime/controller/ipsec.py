@@ -6,7 +6,7 @@ lifetimes — and pushes SAD/SPD entries to the NSF agents (`runtime.apps.ipsec.
 
 Key bytes never pass through it. For each SA pair it asks the master NSF to fetch fresh keys
 from its KMS with ETSI 014 enc_keys (the master answers with key_IDs only), then gives those
-key_IDs to the slave NSF, which fetches the same keys with dec_keys — the key flow of DESIGN s3.3.
+key_IDs to the slave NSF, which fetches the same keys with dec_keys — the key flow of docs/key-delivery.md.
 
 Rekeying is make-before-break: new SPIs and new QKD keys; the new inbound SAs go in on both ends
 first, then the new outbound SAs (which senders prefer as the newest), then the old outbound SAs

@@ -246,7 +246,7 @@ def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
-    """endpoints.json (DESIGN §4): per node its id, addresses and the TLS material clients need."""
+    """endpoints.json (docs/endpoints.md): per node its id, addresses and the TLS material clients need."""
     out: dict[str, Any] = {}
     for name, nd in desc["nodes"].items():
         out[name] = {

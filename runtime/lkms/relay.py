@@ -1,4 +1,4 @@
-"""Trusted-node key relay along a virtual link (DESIGN flow 4).
+"""Trusted-node key relay along a virtual link (docs/controller-api.md, POST /apps).
 
 The source node of a VIRT link (prev_hop None) draws a fresh random key K (OS CSPRNG) and sends
 it hop by hop. On each hop the sender takes two fresh keys of that hop's *physical* link pool
