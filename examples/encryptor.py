@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from runtime.apps.encryptor import (
     Decryptor,
@@ -83,9 +81,9 @@ def main() -> int:
     ap.add_argument("--rekey-bytes", type=int, default=4096, help="plaintext bytes per AES-GCM key (N)")
     ap.add_argument("--frame", type=int, default=1024, help="plaintext bytes per frame")
     args = ap.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="sdqkd-encryptor-"))
     print("starting an in-process QKD network A - B (10 km) ...", flush=True)
-    net = start_inprocess(TOPOLOGY, state, timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)  # a temporary state dir, removed at stop
+    state = net.state
     try:
         route = net.request_keys("sae-a", "sae-b", rate=1000)
         ep = net.endpoints["A"]

@@ -22,9 +22,7 @@ import dataclasses
 import logging
 import socket
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 
@@ -117,7 +115,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-hybrid-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     try:
         route = net.request_keys("sae-ctl", "sae-mgmt-b", rate=1000)
         print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-ctl <-> sae-mgmt-b over {' - '.join(route['path'])}")

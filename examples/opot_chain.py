@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from runtime.apps.keyclient import Etsi014Client, SaeIdentity
 from runtime.apps.opot import OpotNode, run_chain
@@ -36,7 +34,7 @@ PACKETS = 10000
 def main() -> int:
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C - D ...", flush=True)
-    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-opot-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     clients = [Etsi014Client(SaeIdentity.from_endpoints(net.endpoints, f"sf-{n.lower()}")) for n in NODES]
     try:
         chain = [OpotNode(c.me.sae_id, c) for c in clients]
