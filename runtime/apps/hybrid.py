@@ -74,6 +74,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from runtime.logfmt import brief
+
 from .keyclient import Etsi014Client, Key, KeyDeliveryError, SaeIdentity
 
 log = logging.getLogger("sdqkd.apps.hybrid")
@@ -633,7 +635,7 @@ class _Tunnel:
             self.counters["refused"] += 1
         else:
             self.counters["handshake_failures"] += 1
-        log.warning("hybrid tunnel %s (%s): %s: %s", self.role, self.me.sae_id, what, e)
+        log.warning("hybrid tunnel %s (%s): %s: %s", self.role, self.me.sae_id, what, brief(e))
 
     async def _pump(self, session: HybridSession, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:
