@@ -55,6 +55,10 @@ def _profile(v: str) -> str:
 Uuid = Annotated[str, AfterValidator(_uuid)]
 Listen = Annotated[str, AfterValidator(_listen)]
 Name = Annotated[str, Field(min_length=1)]
+# Node and SAE names become file names (nodes/NAME/, pki/saes/NAME.pem), certificate CNs and
+# SAE IDs in URLs: letters, digits, '.', '_', '-', starting with a letter or digit.
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
 Km = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Profile = Annotated[str, AfterValidator(_profile)]
 
@@ -86,22 +90,22 @@ class Settings(EngineSettings):
 
 
 class NodeEntry(Strict):
-    name: Name
+    name: Ident
     id: Uuid | None = None
     location: str = ""
 
 
 class LinkEntry(Strict):
-    a: Name
-    b: Name
+    a: Ident
+    b: Ident
     km: Km
     loss_db: Km | None = None
     profile: Profile = "commercial"
 
 
 class SaeEntry(Strict):
-    name: Name
-    node: Name
+    name: Ident
+    node: Ident
 
 
 class TopologyFile(Strict):
@@ -195,6 +199,8 @@ def _what(err: Any, model: type[BaseModel]) -> str:
         return f"must be one of {ctx.get('expected')}, got {got!r}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
+    if kind == "string_pattern_mismatch":
+        return f"must be 1-64 letters, digits, '.', '_' or '-' (it names files and certificates), got {got!r}"
     if kind in ("too_short", "string_too_short"):
         return "must not be empty"
     if kind in ("string_type", "bool_type", "dict_type", "list_type", "model_type"):

@@ -54,6 +54,8 @@ def test_load_from_file(tmp_path):
     (lambda d: d["saes"].append({"name": "sae-x", "nod": "A"}), "saes[2] (sae-x).nod: unknown key (known: name, node)"),
     (lambda d: d["nodes"].append({"name": "D", "colour": "red"}), "nodes[3] (D).colour: unknown key"),
     (lambda d: d["links"].append({"a": "A", "b": "C", "km": "10"}), "links[2] (A-C).km: must be a number, got '10'"),
+    (lambda d: d["saes"].append({"name": "../etc", "node": "A"}), "saes[2] (../etc).name: must be 1-64 letters, digits"),
+    (lambda d: d["nodes"].append({"name": "node D"}), "nodes[3] (node D).name: must be 1-64 letters"),
 ])
 def test_bad_topology_is_refused_with_a_clear_error(change, words):
     import copy
