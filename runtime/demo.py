@@ -8,10 +8,13 @@ or on Ctrl-C), leaves no process behind and removes its state directory unless `
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import ssl
 import tempfile
 import time
@@ -108,6 +111,7 @@ def main(seconds: float = 60.0, keep: str | None = None) -> int:
         print(table(st), flush=True)
 
     code = 1
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
     try:
         code = _story(network, state, deadline, t0, progress)
     except KeyboardInterrupt:
@@ -115,11 +119,25 @@ def main(seconds: float = 60.0, keep: str | None = None) -> int:
         code = 130
     except network.HarnessError as e:
         print(f"\n{e}")
+        if not keep:  # the log is about to go with the state dir: show its end
+            _show_logs(str(e))
     finally:
         _finish(network, state, keep)
     if code == 0:
         print("\n" + _next_steps(keep))
     return code
+
+
+def _show_logs(message: str, lines: int = 15) -> None:
+    for log in re.findall(r"see (\S+\.log)", message):
+        with contextlib.suppress(OSError):
+            tail = Path(log).read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- last lines of {Path(log).name} (run with --keep DIR to keep the logs) ---")
+            print("\n".join(tail))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _story(network: Any, state: Path, deadline: float, t0: float, progress: Any) -> int:

@@ -22,7 +22,7 @@ from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.bench._gnmi_target", *args],
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "runtime.bench._gnmi_target", *args],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split() if proc.stdout else []
     if not line:

@@ -98,7 +98,7 @@ class InProcessNetwork:
             f = wdir / f"worker-{i}.pickle"
             f.write_bytes(pickle.dumps([configs[n] for n in share]))
             self.workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.harness.worker", str(f),
+                sys.executable, "-P", "-m", "runtime.harness.worker", str(f),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
 
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:

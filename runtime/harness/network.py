@@ -159,7 +159,9 @@ def topology_data(topo: Topology) -> dict[str, Any]:
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # noqa: SIM115 - the child owns it
     wrap = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.Popen([*wrap, sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+    # -P: import the installed package, never a source tree in the current directory (its C
+    # extensions may not be built there)
+    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
