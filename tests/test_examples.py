@@ -30,3 +30,18 @@ def test_an_example_runs_from_elsewhere_and_leaves_nothing(tmp_path: Path):
                        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp), "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert list(tmp.iterdir()) == []  # its network's state dir (PKI, key stores) was removed
+
+
+def test_network_processes_import_the_installed_package_not_the_current_directory(tmp_path: Path, monkeypatch):
+    """`sdqkd net up` / `sdqkd demo` run from a source checkout after `pip install .`: the node
+    processes must not import the checkout (its C extensions are not built there)."""
+    from runtime.harness import network
+
+    fake = tmp_path / "runtime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the source tree in the current directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "child.log"
+    proc = network._spawn(["--version"], log)
+    assert proc.wait(60) == 0, log.read_text()
+    assert log.read_text().startswith("sdqkd ")
