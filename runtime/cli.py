@@ -195,7 +195,7 @@ def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     pl = _parser(sub, "plot", "draw key rate vs distance, or a network, as a PNG",
                  "keyrate: the simulated link through the whole finite-key pipeline beside the analytic "
-                 "model and the PLOB bound\n(a few seconds; --accurate runs the README's larger blocks, "
+                 "model and the PLOB bound\n(about 10 s; --accurate runs the README's larger blocks, "
                  "about a minute).\ntopology: a network with per-link rates: the model's, or the live "
                  "rates of a running network (--state-dir).",
                  "sdqkd plot keyrate --out keyrate.png\nsdqkd plot keyrate --profile snspd --accurate\n"

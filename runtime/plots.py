@@ -40,7 +40,7 @@ def simulated_rate(profile: str, km: float, max_block_s: float = 300.0, seed: in
     return a.key_bits / cfg.duration_s if a.status == "ok" else 0.0
 
 
-# Simulated points: the default is quick (a few seconds: 1e6-bit blocks every 20 km, where
+# Simulated points: the default is quick (about 10 s on 2 busy cores: 1e6-bit blocks every 20 km, where
 # finite-key effects cost some rate and reach); --accurate draws the README figure (1e7-bit
 # blocks every 10 km, about a minute).
 FAST = {"sifted_bits": 1e6, "max_block_s": 30.0, "step_km": 20}
