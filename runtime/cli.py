@@ -123,12 +123,13 @@ def _net_status(args: argparse.Namespace) -> int:
 
 
 def _add_net_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = _parser(sub, "up", "start a network from a topology file",
+    p = _parser(sub, "up", "start a network from a topology file (default: the demo's metro network)",
                 "Check TOPOLOGY (docs/topology.md), write a PKI and node configs under DIR, start one "
                 "process per node and the controller,\nand return when every link produces key, "
-                "with DIR/endpoints.json written (docs/endpoints.md).",
-                "sdqkd net up lab.yaml --state-dir lab\nsudo sdqkd net up lab.yaml --state-dir lab --netns")
-    p.add_argument("topology", metavar="TOPOLOGY", help="topology YAML")
+                "with DIR/endpoints.json written (docs/endpoints.md). Without TOPOLOGY: the demo's network.",
+                "sdqkd net up lab.yaml --state-dir lab\nsdqkd net up --state-dir net          # the demo's metro network\n"
+                "sudo sdqkd net up lab.yaml --state-dir lab --netns")
+    p.add_argument("topology", metavar="TOPOLOGY", nargs="?", help="topology YAML (default: the demo's metro network)")
     p.add_argument("--state-dir", required=True, metavar="DIR", help="where the network's files live")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every link (default 120)")
     p.add_argument("--netns", action="store_true", help="each node in its own network namespace (needs root)")

@@ -34,7 +34,8 @@ DEFAULT_TOPOLOGY: dict[str, Any] = {
               {"a": "Norte", "b": "Distrito", "km": 14}, {"a": "Concepcion", "b": "Almagro", "km": 12},
               {"a": "Almagro", "b": "Norte", "km": 9}],
     "saes": [{"name": "sae-quijote", "node": "Quijote"}, {"name": "sae-distrito", "node": "Distrito"},
-             {"name": "sae-almagro", "node": "Almagro"}],
+             {"name": "sae-almagro", "node": "Almagro"}, {"name": "sae-concepcion", "node": "Concepcion"},
+             {"name": "sae-norte", "node": "Norte"}],
 }
 MASTER, SLAVE = "sae-quijote", "sae-distrito"
 
@@ -48,11 +49,15 @@ def _https(url: str, ca: str, cert: str, key: str, body: dict[str, Any] | None =
         return json.loads(resp.read())
 
 
-def _post(api: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(f"http://{api}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+def _route_of(status_file: Path, master: str, wait_s: float = 3.0) -> dict[str, Any] | None:
+    """The controller's route of `master`'s application (its status file is refreshed each second)."""
+    end = time.monotonic() + wait_s
+    while True:
+        apps = json.loads(status_file.read_text()).get("apps", [])
+        route = next((a for a in apps if a["master"] == master), None)
+        if route is not None or time.monotonic() > end:
+            return route
+        time.sleep(0.2)
 
 
 def _rates_note(status: dict[str, Any]) -> str:
@@ -147,9 +152,6 @@ def _story(network: Any, state: Path, deadline: float, t0: float, progress: Any)
     st = json.loads(status_file.read_text())
     print(f"\n[{time.monotonic() - t0:5.1f} s] every link produces key")
     print(table(st))
-    route = _post(st["api"], "/apps", {"master": MASTER, "slave": SLAVE, "rate": 1000})
-    print(f"\ncontroller: {MASTER} <-> {SLAVE} over {' - '.join(route['path'])} "
-          f"(virtual link {route['qkdl_id'][:8]}..., keys relayed hop by hop as one-time-pad ciphertext)")
     m_node = DEFAULT_TOPOLOGY["saes"][0]["node"]
     s_node = DEFAULT_TOPOLOGY["saes"][1]["node"]
     me, se = eps[m_node], eps[s_node]
@@ -166,6 +168,11 @@ def _story(network: Any, state: Path, deadline: float, t0: float, progress: Any)
     if got is None:
         print("no relayed key within the time given")
         return 1
+    # the first enc_keys registered the pair (ETSI 015 clause 5.2); the controller routed it
+    route = _route_of(status_file, MASTER)
+    print(f"\nfirst request registered {MASTER} <-> {SLAVE}; the controller routed it over "
+          f"{' - '.join(route['path'] if route else ['?'])} (a virtual link: keys relayed hop by hop "
+          "as one-time-pad ciphertext)")
     k = got["keys"][0]
     back = _https(f"https://{se['etsi014']}/api/v1/keys/{MASTER}/dec_keys", se["ca"],
                   se["saes"][SLAVE]["cert"], se["saes"][SLAVE]["key"], {"key_IDs": [{"key_ID": k["key_ID"]}]})

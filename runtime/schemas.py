@@ -83,10 +83,15 @@ class EngineSettings(Strict):
 # ------------------------------------------------------------------ topology files
 
 
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class Settings(EngineSettings):
     """`settings:` of a topology file."""
 
     base_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    first_request_wait_s: Seconds | None = None  # every node's applications.first_request_wait_s
+    app_idle_timeout_s: Seconds | None = None  # every node's applications.idle_timeout_s
 
 
 class NodeEntry(Strict):
@@ -108,11 +113,21 @@ class SaeEntry(Strict):
     node: Ident
 
 
+class AppEntry(Strict):
+    """An application registered up front (any other pair registers by its first key request)."""
+
+    master: Ident
+    slave: Ident
+    rate: Km = 0.0  # bit/s the path must carry (the app's min_bandwidth)
+    priority: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+
+
 class TopologyFile(Strict):
     name: str | None = None
     nodes: Annotated[list[NodeEntry], Field(min_length=1)]
     links: list[LinkEntry] = []
     saes: list[SaeEntry] = []
+    apps: list[AppEntry] = []
     settings: Settings = Settings()
 
 
@@ -138,6 +153,14 @@ class SaeConfig(Strict):
     id: Name
 
 
+class ApplicationsSection(Strict):
+    """Registration on first request (runtime/node/apps.py)."""
+
+    first_request_wait_s: Seconds = 3.0
+    idle_timeout_s: Seconds = 900.0
+    sae_nodes: dict[Name, Uuid] | None = None  # SAE ID -> node ID: an unknown SAE gets 400 at once
+
+
 class LkmsSection(Strict):
     etsi004_server: Etsi004Server = "h2"
 
@@ -156,6 +179,7 @@ class NodeConfigFile(Strict):
     users: dict[Name, str] | None = None
     engine: EngineSettings = EngineSettings()
     lkms: LkmsSection = LkmsSection()
+    applications: ApplicationsSection = ApplicationsSection()
     bootstrap: dict[Name, Name] = {}
     peers: dict[Uuid, Name] = {}  # peer node ID -> name, so logs can name links A-B
 

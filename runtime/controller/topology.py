@@ -1,5 +1,7 @@
-"""Topology files (docs/topology.md): nodes, fibre links, SAEs and `settings:`, checked whole
-before anything starts. Every problem is reported as `FILE:LINE: where: what is wrong`."""
+"""Topology files (docs/topology.md): nodes, fibre links, SAEs, optional explicitly registered
+applications (`apps:`; any other pair is registered by its first key request) and `settings:`,
+checked whole before anything starts. Every problem is reported as `FILE:LINE: where: what is
+wrong`."""
 
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import schemas
+from runtime.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
 from runtime.yamlfile import Lines, read_yaml_lines
-
-# Namespace for IDs derived from names, so a topology without explicit IDs is reproducible.
-NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
 
 
 class TopologyError(ValueError):
@@ -47,6 +47,16 @@ class Sae:
     node: str
 
 
+@dataclass(frozen=True)
+class AppSpec:
+    """An application registered up front: SAE `master` gets keys shared with SAE `slave`."""
+
+    master: str
+    slave: str
+    rate: float = 0.0  # bit/s the path must carry (the app's min_bandwidth)
+    priority: int = 0
+
+
 @dataclass
 class Topology:
     nodes: dict[str, Node]
@@ -55,6 +65,7 @@ class Topology:
     source: str = "<dict>"
     extra: dict[str, Any] = field(default_factory=dict)  # name, settings (as plain data)
     settings: schemas.Settings = field(default_factory=schemas.Settings)
+    apps: list[AppSpec] = field(default_factory=list)
 
     def peer_names(self, name: str) -> dict[str, str]:
         """Node ID -> name of every other node (a node config's `peers`: relays reach any of them)."""
@@ -106,6 +117,7 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     nodes = _nodes(schemas.entries(schemas.NodeEntry, data.get("nodes")), names, lines, problems)
     links = _links(schemas.entries(schemas.LinkEntry, data.get("links")), names, lines, problems)
     saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
+    apps = _apps(schemas.entries(schemas.AppEntry, data.get("apps")), saes, lines, problems)
     if model is not None and model.settings.base_port is not None:
         base, n = model.settings.base_port, len(model.nodes)
         if base + 4 * n - 1 > 65535:
@@ -117,7 +129,8 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     extra: dict[str, Any] = {"settings": settings} if settings else {}
     if model.name is not None:
         extra["name"] = model.name
-    return Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings)
+    return Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings,
+                    apps=apps)
 
 
 def _str(raw: dict[str, Any], key: str) -> str | None:
@@ -196,6 +209,26 @@ def _saes(entries: list[tuple[int, dict[str, Any], schemas.SaeEntry | None]], na
         elif s is not None:
             saes[name] = Sae(name=name, node=s.node)
     return saes
+
+
+def _apps(entries: list[tuple[int, dict[str, Any], schemas.AppEntry | None]], saes: dict[str, Sae], lines: Lines,
+          problems: list[str]) -> list[AppSpec]:
+    out: list[AppSpec] = []
+    for i, raw, a in entries:
+        at = f"{lines.where(('apps', i))}: apps[{i}]"
+        bad = False
+        for role in ("master", "slave"):
+            sae = _str(raw, role)
+            if sae is not None and sae not in saes:
+                problems.append(f"{at}.{role}: unknown SAE {sae!r} (SAEs: {', '.join(sorted(saes))})")
+                bad = True
+        if a is None or bad:
+            continue
+        if a.master == a.slave:
+            problems.append(f"{at}: master and slave must differ")
+            continue
+        out.append(AppSpec(a.master, a.slave, float(a.rate), a.priority))
+    return out
 
 
 def load(path: str | Path) -> Topology:

@@ -23,6 +23,8 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
+from runtime.harness.network import applications_config
+from runtime.node.apps import Settings
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
@@ -51,6 +53,10 @@ class InProcessNetwork:
                 f.write_bytes(secret)
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
+        problems: list[str] = []
+        apps_settings = Settings.from_dict(applications_config(self.topo), "settings", problems)
+        if problems:
+            raise ValueError(f"{self.topo.source}: " + "; ".join(problems))
         for name, node in self.topo.nodes.items():
             ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
             configs[name] = NodeConfig(
@@ -58,7 +64,7 @@ class InProcessNetwork:
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
                 bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
-                peers=self.topo.peer_names(name))
+                peers=self.topo.peer_names(name), applications=apps_settings)
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:

@@ -66,13 +66,16 @@ def say(t0: float, text: str) -> None:
     print(f"  [{time.monotonic() - t0:5.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-def up(topology: str, state_dir: str, *, timeout: float, netns: bool) -> int:
+def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> int:
+    """`topology` None: the demo's metro network (the README's first-key example)."""
+    from runtime.demo import DEFAULT_TOPOLOGY
+
     t0 = time.monotonic()
     state = Path(state_dir)
-    print(f"sdqkd net up {topology}: state in {state.resolve()}", file=sys.stderr, flush=True)
+    print(f"sdqkd net up {topology or '(the demo network)'}: state in {state.resolve()}", file=sys.stderr, flush=True)
     progress = LinkProgress(state.resolve(), t0)
     try:
-        eps = network.up(topology, state, timeout=timeout, netns=netns, progress=progress,
+        eps = network.up(topology or DEFAULT_TOPOLOGY, state, timeout=timeout, netns=netns, progress=progress,
                          report=lambda text: say(t0, text))
     except (TopologyError, network.HarnessError) as e:
         print(e, file=sys.stderr)

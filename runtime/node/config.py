@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import schemas
+from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml_lines
 
@@ -34,6 +35,7 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
+    applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,5 +72,9 @@ def load_config(path: str | Path) -> NodeConfig:
         saes=[s.model_dump() for s in model.saes], location=model.location,
         users=dict(model.users or model.gnmi.users or {}), gnmi_mutual_tls=model.gnmi.mutual_tls,
         peer_listen=listens["peer"], bootstrap=bootstrap, engine=model.engine.model_dump(exclude_none=True),
-        etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers), raw=raw,
+        etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
+        applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
+                              idle_timeout_s=model.applications.idle_timeout_s,
+                              sae_nodes=dict(model.applications.sae_nodes) if model.applications.sae_nodes else None),
+        raw=raw,
     )

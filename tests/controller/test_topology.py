@@ -24,6 +24,14 @@ def test_good_topology():
     assert t.link_between("C", "B") is bc and t.link_between("A", "C") is None
 
 
+def test_apps_are_parsed():
+    t = parse({**GOOD, "apps": [{"master": "sae-a", "slave": "sae-c", "rate": 1000, "priority": 2},
+                                {"master": "sae-c", "slave": "sae-a"}]})
+    assert [(a.master, a.slave, a.rate, a.priority) for a in t.apps] == [("sae-a", "sae-c", 1000.0, 2),
+                                                                          ("sae-c", "sae-a", 0.0, 0)]
+    assert parse(GOOD).apps == []
+
+
 def test_load_from_file(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("nodes: [{name: A}, {name: B}]\nlinks: [{a: A, b: B, km: 10}]\nsaes: []\n")
@@ -56,6 +64,12 @@ def test_load_from_file(tmp_path):
     (lambda d: d["links"].append({"a": "A", "b": "C", "km": "10"}), "links[2] (A-C).km: must be a number, got '10'"),
     (lambda d: d["saes"].append({"name": "../etc", "node": "A"}), "saes[2] (../etc).name: must be 1-64 letters, digits"),
     (lambda d: d["nodes"].append({"name": "node D"}), "nodes[3] (node D).name: must be 1-64 letters"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-q"}]), "apps[0].slave: unknown SAE 'sae-q'"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-a"}]), "apps[0]: master and slave must differ"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "rate": -1}]), "apps[0].rate: must be >= 0, got -1"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "priority": "hi"}]), "apps[0].priority"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "qos": 1}]), "apps[0].qos: unknown key"),
+    (lambda d: d.update(apps={"master": "sae-a"}), "apps: must be a list"),
 ])
 def test_bad_topology_is_refused_with_a_clear_error(change, words):
     import copy
@@ -88,7 +102,8 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert f"{f}:6: links[1] (A-Z): unknown node 'Z' (nodes: A, B)" in msg
     assert f"{f}:8: saes[0] (s).node: required" in msg
     assert f"{f}:8: saes[0] (s).nod: unknown key (known: name, node)" in msg
-    assert f"{f}:10: settings.base_prot: unknown key (known: clock_scale, block_sifted_bits, cascade_variant, base_port)" in msg
+    assert (f"{f}:10: settings.base_prot: unknown key (known: clock_scale, block_sifted_bits, cascade_variant, "
+            "base_port, first_request_wait_s, app_idle_timeout_s)") in msg
     f.write_text("nodes:\n  - name: A\n  - name: B\nlinks:\n  - {a: A, b: Z, km: 5}\n")
     with pytest.raises(TopologyError) as e:
         load(f)

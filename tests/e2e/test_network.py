@@ -111,6 +111,7 @@ def test_demo_runs_and_keys_match(tmp_path: Path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "the two ends hold the same key" in r.stdout
     assert "Quijote - Concepcion" in r.stdout and "leaves nothing running" in r.stdout
+    assert "first request registered sae-quijote <-> sae-distrito" in r.stdout
     assert "CPU-bound" in r.stdout and "what to try next" in r.stdout  # the story ends with a pointer
     assert f"state kept in {keep}" in r.stdout and (keep / "pki").is_dir() and not (keep / "pids.json").exists()
     # the kept state of a stopped network reads as such, never as live

@@ -50,7 +50,7 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     assert "same key at both ends" in r.stdout
     hashes = re.findall(r"^([0-9a-f]{64})  -$", r.stdout, flags=re.M)
     assert len(hashes) == 2 and hashes[0] == hashes[1]
-    assert '"path": ["A", "B", "C"]' in r.stdout and '"virtual": true' in r.stdout  # relayed through B
+    assert "app sae-a -> sae-c: path A - B - C (relayed)" in r.stdout  # registered by its first request
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
