@@ -122,12 +122,22 @@ class AppEntry(Strict):
     priority: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
 
 
+class ExternalPeerEntry(Strict):
+    """Another vendor's KMS reached over ETSI GS QKD 020 from a gateway node (runtime/controller/external.py)."""
+
+    name: Name
+    node: Ident
+    saes: Annotated[list[Name], Field(min_length=1)]
+    rate_bps: Km = 0.0
+
+
 class TopologyFile(Strict):
     name: str | None = None
     nodes: Annotated[list[NodeEntry], Field(min_length=1)]
     links: list[LinkEntry] = []
     saes: list[SaeEntry] = []
     apps: list[AppEntry] = []
+    external_peers: list[ExternalPeerEntry] = []
     settings: Settings = Settings()
 
 
@@ -153,6 +163,30 @@ class SaeConfig(Strict):
     id: Name
 
 
+def _url(v: str) -> str:
+    if not v.startswith(("https://", "http://")):
+        raise ValueError(f"expected https://host:port, got {v!r}")
+    return v
+
+
+class ExternalKms(Strict):
+    """One `etsi020.external_peers[]` entry of a node config (runtime/lkms/external.py, docs/etsi020.md)."""
+
+    name: Name
+    url: Annotated[str, AfterValidator(_url)]
+    identity: Name
+    saes: Annotated[list[Name], Field(min_length=1)]
+    ca: Name | None = None
+    qkdl_id: Uuid | None = None
+    mode: Literal["sync", "async"] = "sync"
+    rate_bps: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+
+
+class Etsi020Section(Strict):
+    listen: Listen = "127.0.0.1:0"
+    external_peers: list[ExternalKms] = []
+
+
 class ApplicationsSection(Strict):
     """Registration on first request (runtime/node/apps.py)."""
 
@@ -172,6 +206,7 @@ class NodeConfigFile(Strict):
     gnmi: GnmiSection
     etsi014: ListenSection
     etsi004: ListenSection
+    etsi020: Etsi020Section = Etsi020Section()
     peer: ListenSection = ListenSection(listen="127.0.0.1:0")
     data_dir: Name
     tls: TlsSection | None = None

@@ -119,18 +119,23 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
     apps = _apps(schemas.entries(schemas.AppEntry, data.get("apps")), saes, lines, problems)
     if model is not None and model.settings.base_port is not None:
-        base, n = model.settings.base_port, len(model.nodes)
-        if base + 4 * n - 1 > 65535:
+        from runtime.harness.network import SERVICES
+
+        base, n, per = model.settings.base_port, len(model.nodes), len(SERVICES)
+        if base + per * n - 1 > 65535:
             problems.append(f"{lines.where(('settings', 'base_port'))}: settings.base_port: {base} leaves no room "
-                            f"for 4 ports per node ({n} nodes): at most {65536 - 4 * n}")
+                            f"for {per} ports per node ({n} nodes): at most {65536 - per * n}")
     if problems or model is None:
         raise TopologyError("\n".join(problems))
     settings = model.settings.model_dump(exclude_none=True)
     extra: dict[str, Any] = {"settings": settings} if settings else {}
-    if model.name is not None:
-        extra["name"] = model.name
-    return Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings,
+    extra.update({k: data[k] for k in ("name", "external_peers") if k in data})
+    topo = Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings,
                     apps=apps)
+    from .external import parse_external_peers
+
+    parse_external_peers(topo, data.get("external_peers"), source)  # references checked here, used by the controller
+    return topo
 
 
 def _str(raw: dict[str, Any], key: str) -> str | None:

@@ -78,7 +78,7 @@ class InProcessNetwork:
         saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
-                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": str(ca_path),
+                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020")}, "ca": str(ca_path),
                 "saes": {s: {"cert": str(f.cert), "key": str(f.key)} for s, f in saes.items()
                          if self.topo.saes[s].node == name},
             }

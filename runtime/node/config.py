@@ -10,7 +10,7 @@ from typing import Any
 from runtime import schemas
 from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
-from runtime.yamlfile import read_yaml_lines
+from runtime.yamlfile import dotted, read_yaml_lines
 
 
 class ConfigError(ValueError):
@@ -35,25 +35,53 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
+    etsi020_listen: str = "127.0.0.1:0"
+    external_peers: list[dict[str, Any]] = field(default_factory=list)  # etsi020.external_peers, ca absolute
     applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
+def _files(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(place, relative path) of every file a config names, read from the raw document so that
+    missing files are reported together with the schema's problems."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if not isinstance(raw, dict):
+        return out
+    tls = raw.get("tls")
+    if isinstance(tls, dict):
+        out += [(("tls", k), tls[k]) for k in ("ca", "cert", "key") if isinstance(tls.get(k), str)]
+    boot = raw.get("bootstrap")
+    if isinstance(boot, dict):
+        out += [(("bootstrap", str(k)), v) for k, v in boot.items() if isinstance(v, str)]
+    e20 = raw.get("etsi020")
+    peers = e20.get("external_peers") if isinstance(e20, dict) else None
+    if isinstance(peers, list):
+        out += [(("etsi020", "external_peers", i, "ca"), q["ca"]) for i, q in enumerate(peers)
+                if isinstance(q, dict) and isinstance(q.get("ca"), str)]
+    return out
+
+
 def load_config(path: str | Path) -> NodeConfig:
     """Parse and check a node config file (docs/node-config.md); ConfigError lists every problem
-    as `FILE:LINE: key: what is wrong`."""
+    (schema, missing files, addresses) as `FILE:LINE: key: what is wrong`."""
     p = Path(path)
+    base = p.parent
     raw, lines = read_yaml_lines(p, ConfigError)
     model, problems = schemas.problems(schemas.NodeConfigFile, raw, lines)
+    problems += [f"{lines.where(loc)}: {dotted(loc)}: no such file {base / f}" for loc, f in _files(raw)
+                 if not (base / f).is_file()]
     if model is None:
         raise ConfigError("\n".join(problems))
-    base = p.parent
     tls = None
     if model.tls is not None:
-        files = {k: base / getattr(model.tls, k) for k in ("ca", "cert", "key")}
-        problems += [f"{lines.where(('tls', k))}: tls.{k}: no such file {f}" for k, f in files.items() if not f.is_file()]
-        tls = TlsFiles(files["ca"], files["cert"], files["key"])
-    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer")}
+        tls = TlsFiles(base / model.tls.ca, base / model.tls.cert, base / model.tls.key)
+    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer", "etsi020")}
+    externals = []
+    for peer in model.etsi020.external_peers:
+        q = peer.model_dump(exclude_unset=True)
+        if peer.ca is not None:
+            q["ca"] = str(base / peer.ca)
+        externals.append(q)
     if tls is None:
         from runtime.agent.serve import is_loopback
 
@@ -61,9 +89,6 @@ def load_config(path: str | Path) -> NodeConfig:
                      "a node serves loopback only" for k, v in listens.items() if not is_loopback(v)]
     if model.users is not None and model.gnmi.users is not None:
         problems.append(f"{lines.where(('gnmi', 'users'))}: gnmi.users: give users once (top level or under gnmi)")
-    bootstrap = {peer_id: base / f for peer_id, f in model.bootstrap.items()}
-    problems += [f"{lines.where(('bootstrap', k))}: bootstrap.{k}: no such file {f}"
-                 for k, f in bootstrap.items() if not f.is_file()]
     if problems:
         raise ConfigError("\n".join(problems))
     return NodeConfig(
@@ -71,8 +96,10 @@ def load_config(path: str | Path) -> NodeConfig:
         etsi004_listen=listens["etsi004"], data_dir=base / model.data_dir, tls=tls,
         saes=[s.model_dump() for s in model.saes], location=model.location,
         users=dict(model.users or model.gnmi.users or {}), gnmi_mutual_tls=model.gnmi.mutual_tls,
-        peer_listen=listens["peer"], bootstrap=bootstrap, engine=model.engine.model_dump(exclude_none=True),
+        peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
+        engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
+        etsi020_listen=listens["etsi020"], external_peers=externals,
         applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
                               idle_timeout_s=model.applications.idle_timeout_s,
                               sae_nodes=dict(model.applications.sae_nodes) if model.applications.sae_nodes else None),
