@@ -118,6 +118,8 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     links = _links(schemas.entries(schemas.LinkEntry, data.get("links")), names, lines, problems)
     saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
     apps = _apps(schemas.entries(schemas.AppEntry, data.get("apps")), saes, lines, problems)
+    _external_refs(schemas.entries(schemas.ExternalPeerEntry, data.get("external_peers")), names, saes, lines,
+                   problems)
     if model is not None and model.settings.base_port is not None:
         from runtime.harness.network import SERVICES
 
@@ -234,6 +236,24 @@ def _apps(entries: list[tuple[int, dict[str, Any], schemas.AppEntry | None]], sa
             continue
         out.append(AppSpec(a.master, a.slave, float(a.rate), a.priority))
     return out
+
+
+def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeerEntry | None]], names: set[str],
+                   saes: dict[str, Sae], lines: Lines, problems: list[str]) -> None:
+    """External peers' references (the controller's parse_external_peers builds them afterwards)."""
+    seen: set[str] = set()
+    for i, raw, _peer in entries:
+        name, node = _str(raw, "name"), _str(raw, "node")
+        at = f"{lines.where(('external_peers', i))}: external_peers[{i}]" + (f" ({name})" if name else "")
+        if name is not None and name in seen:
+            problems.append(f"{at}.name: duplicate external peer {name!r}")
+        seen.add(name or "")
+        if node is not None and node not in names:
+            problems.append(f"{at}.node: unknown node {node!r} (nodes: {', '.join(sorted(names))})")
+        peer_saes = raw.get("saes")
+        for sae in peer_saes if isinstance(peer_saes, list) else []:
+            if isinstance(sae, str) and sae in saes:
+                problems.append(f"{at}.saes: {sae!r} is already an SAE of node {saes[sae].node}")
 
 
 def load(path: str | Path) -> Topology:
