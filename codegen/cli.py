@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .pipeline import generate
-from .report import GenerationError
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming every out-of-date file")
@@ -16,6 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .pipeline import generate  # the generator's inputs (pyang, ...) load only for a run
+    from .report import GenerationError
+
     try:
         result = generate(args.root, check=args.check)
     except GenerationError as e:

@@ -33,8 +33,13 @@ def _parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
 
 def _gen(args: argparse.Namespace) -> int:
     from codegen.cli import run
+    from runtime.errors import MissingExtra
 
-    return run(args)
+    try:
+        return run(args)
+    except ModuleNotFoundError as e:
+        print(MissingExtra("sdqkd gen", "gen", e.name or str(e)), file=sys.stderr)
+        return 2
 
 
 def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -175,8 +180,14 @@ def _plot(args: argparse.Namespace) -> int:
 
     from runtime import plots
     from runtime.controller.topology import TopologyError
+    from runtime.errors import MissingExtra
 
     out = Path(args.out or f"{args.what}.png")
+    try:
+        plots.require()
+    except MissingExtra as e:
+        print(e, file=sys.stderr)
+        return 2
     if args.what == "topology":
         try:
             how = plots.plot_topology(out, args.topology, args.state_dir)

@@ -148,9 +148,16 @@ class ListenSection(Strict):
     listen: Listen
 
 
+class PasswordFile(Strict):
+    password_file: Name  # a file only its owner can read (checked by runtime/node/config.py)
+
+
+Password = str | PasswordFile  # inline (the config must then be 0600) or from a file
+
+
 class GnmiSection(ListenSection):
     mutual_tls: bool = True
-    users: dict[Name, str] | None = None
+    users: dict[Name, Password] | None = None
 
 
 class TlsSection(Strict):
@@ -211,7 +218,7 @@ class NodeConfigFile(Strict):
     data_dir: Name
     tls: TlsSection | None = None
     saes: list[SaeConfig] = []
-    users: dict[Name, str] | None = None
+    users: dict[Name, Password] | None = None
     engine: EngineSettings = EngineSettings()
     lkms: LkmsSection = LkmsSection()
     applications: ApplicationsSection = ApplicationsSection()

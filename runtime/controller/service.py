@@ -4,14 +4,23 @@ small northbound HTTP API on loopback (aiohttp):
     GET  /status                      links (km, dB, QBER, rates, stored keys) and applications
     POST /apps {master, slave, rate}  give SAE `master` keys shared with SAE `slave` at `rate` bit/s
 
-and DIR/controller-status.json refreshed every second for tools that only read files."""
+and DIR/controller-status.json refreshed every second for tools that only read files.
+
+Every API call carries `Authorization: Bearer TOKEN`, the token of the 0600 file the harness
+wrote (network.json: controller.token_file; runtime/harness/northbound.py is a client): loopback
+is not a boundary between the users of one machine. Anything else is 401. A bad request is 400
+naming the field: `rate` must be a finite number of bit/s within the ETSI 015 virt_bandwidth
+range (uint32), `master` and `slave` non-empty strings."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +44,47 @@ def build(state_dir: Path) -> Controller:
     return Controller(topo, eps, tls=tls, credentials=(c["username"], Path(c["password_file"]).read_text()))
 
 
+MAX_RATE_BPS = 2**32 - 1  # virt_bandwidth is a uint32 in ETSI 015
+
+
+def _app_request(raw: bytes) -> tuple[str, str, float]:
+    """(master, slave, rate) of a POST /apps body; ValueError naming the field otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("body: not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body: expected a JSON object")
+    names = {}
+    for k in ("master", "slave"):
+        v = body.get(k)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{k}: expected a non-empty SAE ID string")
+        names[k] = v
+    rate = body.get("rate", 0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ValueError("rate: expected a number of bit/s")
+    if not math.isfinite(rate) or not 0 <= rate <= MAX_RATE_BPS:
+        raise ValueError(f"rate: must be between 0 and {MAX_RATE_BPS} bit/s")
+    return names["master"], names["slave"], float(rate)
+
+
+def _bearer(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: every request must carry the token (compared in constant time)."""
+    want = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "").encode()
+        if not token or not hmac.compare_digest(got, want):
+            return web.json_response({"message": "unauthorized: missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
 def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
     return {"provisioned": provisioned, "links": ctl.link_table(),
             "nodes": {n: v.up for n, v in ctl.nodes.items()},
@@ -50,15 +100,16 @@ async def run(state_dir: Path, stop: asyncio.Event) -> None:
 
     async def post_app(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            route = await ctl.request_keys(str(body["master"]), str(body["slave"]), float(body.get("rate", 0)))
+            master, slave, rate = _app_request(await request.read())
+            route = await ctl.request_keys(master, slave, rate)
         except (ValueError, KeyError, TypeError) as e:
             return web.json_response({"message": f"bad request: {e}"}, status=400)
         except RuntimeError as e:
             return web.json_response({"message": str(e)}, status=503)
         return web.json_response(asdict(route))
 
-    app = web.Application()
+    token = Path(json.loads((state_dir / "network.json").read_text())["controller"]["token_file"]).read_text().strip()
+    app = web.Application(middlewares=[_bearer(token)])
     app.add_routes([web.get("/status", get_status), web.post("/apps", post_app)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime import schemas
+from runtime.errors import SdqkdError
 from runtime.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
 from runtime.yamlfile import Lines, read_yaml_lines
 
 
-class TopologyError(ValueError):
+class TopologyError(SdqkdError, ValueError):
     pass
 
 

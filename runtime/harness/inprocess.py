@@ -28,6 +28,7 @@ from runtime.node.apps import Settings
 from runtime.node.config import NodeConfig
 from runtime.node.runtime import NodeRuntime
 from runtime.pki import write_ca, write_identity
+from runtime.private import private_dir, write_private
 
 
 @dataclass
@@ -48,9 +49,8 @@ class InProcessNetwork:
         for link in self.topo.links:
             secret = secrets.token_bytes(32)
             for me, peer in ((link.a, link.b), (link.b, link.a)):
-                f = self.state / "nodes" / me / "bootstrap" / f"{self.topo.nodes[peer].id}.key"
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_bytes(secret)
+                f = write_private(private_dir(self.state / "nodes" / me / "bootstrap")
+                                  / f"{self.topo.nodes[peer].id}.key", secret)
                 boot[me][self.topo.nodes[peer].id] = f
         configs: dict[str, NodeConfig] = {}
         problems: list[str] = []
@@ -110,10 +110,11 @@ class InProcessNetwork:
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
-            msg = json.loads(line) if line.strip() else {"error": f"exited with {await proc.wait()}"}
+            msg: dict[str, Any] = json.loads(line) if line.strip() else {"error": f"exited with {await proc.wait()}"}
             if "ready" not in msg:
                 raise RuntimeError(f"in-process harness worker {proc.pid} failed: {msg.get('error')}")
-            return msg["ready"]
+            ready_addrs: dict[str, dict[str, str]] = msg["ready"]
+            return ready_addrs
 
         for got in await asyncio.wait_for(asyncio.gather(*(ready(p) for p in self.workers)), timeout):
             self.addresses.update(got)

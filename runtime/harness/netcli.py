@@ -80,6 +80,9 @@ def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> 
     except (TopologyError, network.HarnessError) as e:
         print(e, file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
+        print(f"sdqkd net up: {state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     progress(force=True)  # the links that came up after the last look
     st = json.loads((state / "controller-status.json").read_text())
     print(summary(state, eps, st, time.monotonic() - t0))
@@ -90,7 +93,7 @@ def summary(state: Path, eps: dict[str, Any], status: dict[str, Any], seconds: f
     d = str(state)
     return "\n".join([
         f"network up in {seconds:.1f} s: {len(eps)} nodes, {len(status['links'])} links producing key",
-        f"  controller API  http://{status['api']}   (GET /status, POST /apps: docs/controller-api.md)",
+        f"  controller API  http://{status['api']}   (bearer token in {d}/pki/northbound-token: docs/controller-api.md)",
         f"  endpoints       {d}/endpoints.json   (addresses, CA and SAE certificates: docs/endpoints.md)",
         f"  logs            {d}/logs/",
         "next:",
@@ -107,6 +110,9 @@ def down(state_dir: str) -> int:
     except network.HarnessError as e:
         print(e, file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"sdqkd net down: {state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"stopped {len(stopped)} process(es): {', '.join(stopped)}")
     return 0
 

@@ -1,7 +1,13 @@
 """`sdqkd net up TOPOLOGY --state-dir DIR` / `sdqkd net down --state-dir DIR`: a whole network
 as OS processes on this machine — one `sdqkd node` per node plus one controller — with a PKI
 made for it (CA, node certificates, one client certificate per SAE, one for the controller),
-mutual TLS everywhere, and DIR/endpoints.json written only when every link produces key."""
+mutual TLS everywhere, and DIR/endpoints.json written only when every link produces key.
+
+Files: DIR and every node directory are 0700; everything secret is a 0600 file (private keys,
+bootstrap secrets, the gNMI password file, the controller's northbound token, key stores, node
+configs, logs). Node configs hold no secret themselves: they name the password file.
+`net down` signals only processes that are still ours: the PID's command line must be an
+`sdqkd` (runtime.cli) process started for this state dir, so a reused PID is left alone."""
 
 from __future__ import annotations
 
@@ -22,13 +28,15 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
+from runtime.errors import SdqkdError
 from runtime.pki import write_ca, write_identity
+from runtime.private import open_private_append, private_dir, write_private
 from runtime.schemas import EngineSettings
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020")
 
 
-class HarnessError(RuntimeError):
+class HarnessError(SdqkdError, RuntimeError):
     pass
 
 
@@ -99,17 +107,17 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
     ports = plan_ports(topo, host, hosts)
-    ca, ca_path = write_ca(lay.pki)
-    password = secrets.token_urlsafe(18)
-    pw_file = lay.pki / "gnmi-password"
-    pw_file.write_text(password)
-    pw_file.chmod(0o600)
-    controller = write_identity(ca, ca_path, lay.pki / "controller", "sdqkd-controller", server=False)
-    saes = {s: write_identity(ca, ca_path, lay.pki / "saes", s, server=False) for s in topo.saes}
+    private_dir(lay.root)
+    ca, ca_path = write_ca(private_dir(lay.pki))
+    pw_file = write_private(lay.pki / "gnmi-password", secrets.token_urlsafe(18))
+    token_file = write_private(lay.pki / "northbound-token", secrets.token_urlsafe(32))
+    controller = write_identity(ca, ca_path, private_dir(lay.pki / "controller"), "sdqkd-controller", server=False)
+    saes = {s: write_identity(ca, ca_path, private_dir(lay.pki / "saes"), s, server=False) for s in topo.saes}
     desc: dict[str, Any] = {"topology": topo.source, "topology_data": topology_data(topo), "ca": str(ca_path),
                             "nodes": {}, "saes": {},
                             "controller": {"cert": str(controller.cert), "key": str(controller.key),
-                                           "username": "sdqkd", "password_file": str(pw_file)}}
+                                           "username": "sdqkd", "password_file": str(pw_file),
+                                           "token_file": str(token_file)}}
     for sae, files in saes.items():
         desc["saes"][sae] = {"node": topo.saes[sae].node, "cert": str(files.cert), "key": str(files.key)}
     # one pre-shared secret per fibre link: it authenticates the link's first key block
@@ -117,16 +125,12 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
     for link in topo.links:
         secret = secrets.token_bytes(32)
         for me, peer in ((link.a, link.b), (link.b, link.a)):
-            f = lay.node_dir(me) / "bootstrap" / f"{topo.nodes[peer].id}.key"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_bytes(secret)
-            f.chmod(0o600)
+            f = write_private(private_dir(lay.node_dir(me) / "bootstrap") / f"{topo.nodes[peer].id}.key", secret)
             boot[me][topo.nodes[peer].id] = str(f)
     for name, node in topo.nodes.items():
-        nd = lay.node_dir(name)
-        nd.mkdir(parents=True, exist_ok=True)
+        nd = private_dir(lay.node_dir(name))
         # node certificates carry the node ID as CN: peers authorise KeySync calls by it
-        ident = write_identity(ca, ca_path, nd / "tls", node.id, server=True,
+        ident = write_identity(ca, ca_path, private_dir(nd / "tls"), node.id, server=True,
                                sans=((hosts or {}).get(name, host), "localhost"))
         cfg = {
             "id": node.id, "name": name, "location": node.location,
@@ -135,14 +139,14 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "etsi020": {"listen": ports[name]["etsi020"]},
             "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
-            "users": {"sdqkd": password},
+            "users": {"sdqkd": {"password_file": str(pw_file)}},
             "bootstrap": boot[name],
             "peers": topo.peer_names(name),
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
             "applications": applications_config(topo),
         }
-        (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        write_private(nd / "node.yaml", yaml.safe_dump(cfg, sort_keys=False))
         desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
     lay.network.write_text(json.dumps(desc, indent=2))
     return desc
@@ -162,7 +166,8 @@ def topology_data(topo: Topology) -> dict[str, Any]:
 def applications_config(topo: Topology) -> dict[str, Any]:
     """Every node's `applications` config: the network's SAEs with their node IDs, and the
     topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    raw_settings = topo.extra.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
     for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
         if key in settings:
@@ -171,7 +176,7 @@ def applications_config(topo: Topology) -> dict[str, Any]:
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    out = os.fdopen(open_private_append(log), "ab")  # the child owns it
     wrap = ["ip", "netns", "exec", netns] if netns else []
     # -P: import the installed package, never a source tree in the current directory (its C
     # extensions may not be built there)
@@ -206,12 +211,11 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
 
     say = report or (lambda _text: None)
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
-    state = Path(state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state = private_dir(Path(state_dir).resolve())
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -220,8 +224,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         _destroy_netns(state)
         raise
     say(f"PKI and node configs written ({len(topo.nodes)} nodes, {len(topo.saes)} SAE certificates)")
-    logs = state / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = private_dir(state / "logs")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, nd in desc["nodes"].items():
@@ -258,7 +261,7 @@ def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
     for svc in SERVICES:
         if svc in ready:
             cfg[svc]["listen"] = ready[svc]
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_private(config, yaml.safe_dump(cfg, sort_keys=False))
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
@@ -318,8 +321,12 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
     lay = Layout(Path(state_dir).resolve())
     if not lay.pids.exists():
         raise HarnessError(f"{state_dir}: no network runs here (no pids.json)")
-    pids: dict[str, int] = json.loads(lay.pids.read_text())
-    by_hand = _restarted_by_hand(lay, set(pids.values()))
+    recorded: dict[str, int] = json.loads(lay.pids.read_text())
+    pids = {name: pid for name, pid in recorded.items() if _ours(pid, lay.root)}
+    for name in sorted(set(recorded) - set(pids)):
+        print(f"sdqkd net down: {name} (PID {recorded[name]}) is not running as part of this network any more; "
+              "left alone", file=sys.stderr)
+    by_hand = _restarted_by_hand(lay, set(recorded.values()))
     stopped = []
     for name, pid in pids.items():
         try:
@@ -335,9 +342,13 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
     for pid in [*pids.values(), *by_hand.values()]:
         while time.monotonic() < end and _alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        # checked again before SIGKILL: it may have exited and the PID gone to another process
+        if _alive(pid) and (_ours(pid, lay.root) or pid in by_hand.values() and _hand_started(lay, pid)):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                if pid in by_hand.values():
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
     lay.pids.unlink()
     lay.endpoints.unlink(missing_ok=True)
     _destroy_netns(lay.root)
@@ -363,6 +374,10 @@ def _restarted_by_hand(lay: Layout, ours: set[int]) -> dict[str, int]:
     return out
 
 
+def _hand_started(lay: Layout, pid: int) -> bool:
+    return pid in _restarted_by_hand(lay, set()).values()
+
+
 def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
     """Whether the process's command line names `config` (relative paths from its own cwd)."""
     try:
@@ -379,9 +394,21 @@ def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
+
+
+def _ours(pid: int, state: Path) -> bool:
+    """The PID is (still) an sdqkd process of the network under `state`: its command line runs
+    runtime.cli with an argument inside the state dir (a node's config or the controller's
+    --state-dir). A PID reused by anything else, or by another network, is not."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    root = str(state).encode()
+    return b"runtime.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
 
 
 def _alive(pid: int) -> bool:

@@ -40,9 +40,11 @@ def main(config: str) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, stop)
 
+    from runtime.lkms.store_api import StoreError
+
     try:
         asyncio.run(run())
-    except OSError as e:
+    except (OSError, StoreError) as e:  # e.g. "data directory is read-only: DIR": no traceback
         print(f"{config}: {e}", file=sys.stderr)
         return 1
     return 0

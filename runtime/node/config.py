@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime import schemas
+from runtime.errors import SdqkdError
 from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
-from runtime.yamlfile import dotted, read_yaml_lines
+from runtime.yamlfile import Lines, dotted, read_yaml_lines
 
 
-class ConfigError(ValueError):
+class ConfigError(SdqkdError, ValueError):
     pass
 
 
@@ -61,6 +62,34 @@ def _files(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
     return out
 
 
+def _readable_by_others(f: Path) -> bool:
+    return bool(f.stat().st_mode & 0o077)
+
+
+def _passwords(model: schemas.NodeConfigFile, p: Path, lines: Lines, problems: list[str]) -> dict[str, str]:
+    """`users: {name: password}` or `{name: {password_file: FILE}}` (top level or under gnmi). A
+    password never sits in a file other users can read: an inline one needs the config itself to
+    be 0600 (or 0400), a password file likewise."""
+    where = ("users",) if model.users is not None else ("gnmi", "users")
+    out: dict[str, str] = {}
+    for name, spec in (model.users or model.gnmi.users or {}).items():
+        at = f"{lines.where((*where, name))}: {dotted((*where, name))}"
+        if isinstance(spec, str):
+            if _readable_by_others(p):
+                problems.append(f"{at}: an inline password in a file other users can read; chmod 600 {p} "
+                                "or use password_file")
+            out[name] = spec
+            continue
+        f = p.parent / spec.password_file
+        if not f.is_file():
+            problems.append(f"{at}.password_file: no such file {f}")
+        elif _readable_by_others(f):
+            problems.append(f"{at}.password_file: {f} is readable by other users; chmod 600 it")
+        else:
+            out[name] = f.read_text().strip()
+    return out
+
+
 def load_config(path: str | Path) -> NodeConfig:
     """Parse and check a node config file (docs/node-config.md); ConfigError lists every problem
     (schema, missing files, addresses) as `FILE:LINE: key: what is wrong`."""
@@ -89,13 +118,14 @@ def load_config(path: str | Path) -> NodeConfig:
                      "a node serves loopback only" for k, v in listens.items() if not is_loopback(v)]
     if model.users is not None and model.gnmi.users is not None:
         problems.append(f"{lines.where(('gnmi', 'users'))}: gnmi.users: give users once (top level or under gnmi)")
+    users = _passwords(model, p, lines, problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return NodeConfig(
         id=model.id, name=model.name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=base / model.data_dir, tls=tls,
         saes=[s.model_dump() for s in model.saes], location=model.location,
-        users=dict(model.users or model.gnmi.users or {}), gnmi_mutual_tls=model.gnmi.mutual_tls,
+        users=users, gnmi_mutual_tls=model.gnmi.mutual_tls,
         peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
         engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),

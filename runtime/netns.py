@@ -1,6 +1,7 @@
 """Multi-host networks on one machine: each node in a network namespace of its own, joined to
 the host by a veth pair on one bridge (`ip netns`, `ip link`, from iproute2; needs root).
-The nodes then talk over real, separate network stacks; the controller stays on the host."""
+The nodes then talk over real, separate network stacks; the controller stays on the host.
+Shared by the harness (`sdqkd net up --netns`) and the IPsec adapter's namespace hosts."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import subprocess
 from pathlib import Path
 
+from runtime.errors import SdqkdError
+
 BRIDGE = "sdqkdbr0"
 PREFIX = "10.77.0"  # a private /24 that only these test hosts use
 HOST_IP = f"{PREFIX}.1"
 
 
-class NetnsError(RuntimeError):
+class NetnsError(SdqkdError, RuntimeError):
     pass
 
 
@@ -36,7 +39,9 @@ def available() -> str | None:
 def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
     """One namespace per node name; returns {name: {netns, ip}} and records it for teardown."""
     hosts: dict[str, dict[str, str]] = {}
-    made: dict[str, object] = {"bridge": BRIDGE, "netns": [], "veth": []}
+    made_ns: list[str] = []
+    made_veth: list[str] = []
+    made: dict[str, object] = {"bridge": BRIDGE, "netns": made_ns, "veth": made_veth}
     try:
         _ip("link", "add", BRIDGE, "type", "bridge")
         _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
@@ -44,9 +49,9 @@ def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
         for i, name in enumerate(names):
             ns, veth, addr = f"sdqkd{i}", f"vsdqkd{i}", f"{PREFIX}.{10 + i}"
             _ip("netns", "add", ns)
-            made["netns"].append(ns)  # type: ignore[union-attr]
+            made_ns.append(ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            made["veth"].append(veth)  # type: ignore[union-attr]
+            made_veth.append(veth)
             _ip("link", "set", veth, "master", BRIDGE)
             _ip("link", "set", veth, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
