@@ -3077,7 +3077,7 @@ class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(Py
 
   YANG Description: sdqkd engine side of the link.
   """
-  __slots__ = ('_path_helper', '_extmethods', '__classical_endpoint','__fibre_length_km','__fibre_loss_db','__device_profile','__cascade_variant','__eve_fraction','__engine_state',)
+  __slots__ = ('_path_helper', '_extmethods', '__classical_endpoint','__channel_endpoint','__fibre_length_km','__fibre_loss_db','__device_profile','__cascade_variant','__eve_fraction','__engine_state',)
 
   _yang_name = 'sdqkd-link'
   _yang_namespace = 'urn:etsi:qkd:yang:etsi-qkd-node'
@@ -3090,6 +3090,7 @@ class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(Py
 
     self._extmethods = False
     self.__classical_endpoint = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="classical-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)
+    self.__channel_endpoint = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="channel-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)
     self.__fibre_length_km = YANGDynClass(base=RestrictedClassType(base_type=Decimal, restriction_dict={'range': ['0..1000']}), is_leaf=True, yang_name="fibre-length-km", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='decimal64', is_config=True)
     self.__fibre_loss_db = YANGDynClass(base=RestrictedClassType(base_type=Decimal, restriction_dict={'range': ['0..100']}), is_leaf=True, yang_name="fibre-loss-db", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='decimal64', is_config=True)
     self.__device_profile = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '[a-z][a-z0-9-]*', 'length': ['1..64']}), default=str("commercial"), is_leaf=True, yang_name="device-profile", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='profile-name', is_config=True)
@@ -3128,9 +3129,8 @@ class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(Py
     """
     Getter method for classical_endpoint, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/classical_endpoint (host-port)
 
-    YANG Description: Endpoint of the peer node's classical channel (post-processing messages) for a
-PHYS link, or of the peer LKMS key-relay service for a VIRT link. The node with the
-TRANSMITTER role connects to it; the RECEIVER listens on its own gNMI-advertised one.
+    YANG Description: Endpoint of the peer node's LKMS key-synchronisation service (KeySync: key-ID
+reservation for a PHYS link, key relay for a VIRT link).
     """
     return self.__classical_endpoint
       
@@ -3142,9 +3142,8 @@ TRANSMITTER role connects to it; the RECEIVER listens on its own gNMI-advertised
     method. Backends looking to populate this variable should
     do so via calling thisObj._set_classical_endpoint() directly.
 
-    YANG Description: Endpoint of the peer node's classical channel (post-processing messages) for a
-PHYS link, or of the peer LKMS key-relay service for a VIRT link. The node with the
-TRANSMITTER role connects to it; the RECEIVER listens on its own gNMI-advertised one.
+    YANG Description: Endpoint of the peer node's LKMS key-synchronisation service (KeySync: key-ID
+reservation for a PHYS link, key relay for a VIRT link).
     """
     if hasattr(v, "_utype"):
       v = v._utype(v)
@@ -3163,6 +3162,47 @@ TRANSMITTER role connects to it; the RECEIVER listens on its own gNMI-advertised
 
   def _unset_classical_endpoint(self):
     self.__classical_endpoint = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="classical-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)
+
+
+  def _get_channel_endpoint(self):
+    """
+    Getter method for channel_endpoint, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/channel_endpoint (host-port)
+
+    YANG Description: Endpoint of the peer node's engine channel for a PHYS link: framed messages of the
+key-block post-processing over mutually authenticated TLS (the peer's certificate
+carries its node ID). The node with the TRANSMITTER role connects to it.
+    """
+    return self.__channel_endpoint
+      
+  def _set_channel_endpoint(self, v, load=False):
+    """
+    Setter method for channel_endpoint, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/channel_endpoint (host-port)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_channel_endpoint is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_channel_endpoint() directly.
+
+    YANG Description: Endpoint of the peer node's engine channel for a PHYS link: framed messages of the
+key-block post-processing over mutually authenticated TLS (the peer's certificate
+carries its node ID). The node with the TRANSMITTER role connects to it.
+    """
+    if hasattr(v, "_utype"):
+      v = v._utype(v)
+    try:
+      t = YANGDynClass(v,base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="channel-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)
+    except (TypeError, ValueError):
+      raise ValueError({
+          'error-string': """channel_endpoint must be of a type compatible with host-port""",
+          'defined-type': "sdqkd-node-ext:host-port",
+          'generated-type': """YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="channel-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)""",
+        })
+
+    self.__channel_endpoint = t
+    if hasattr(self, '_set'):
+      self._set()
+
+  def _unset_channel_endpoint(self):
+    self.__channel_endpoint = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}', 'length': ['3..261']}), is_leaf=True, yang_name="channel-endpoint", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='host-port', is_config=True)
 
 
   def _get_fibre_length_km(self):
@@ -3393,6 +3433,7 @@ raises the QBER by about 25 % of the fraction).
     self.__engine_state = YANGDynClass(base=yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_engine_state, is_container='container', presence=False, yang_name="engine-state", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='container', is_config=False)
 
   classical_endpoint = __builtin__.property(_get_classical_endpoint, _set_classical_endpoint)
+  channel_endpoint = __builtin__.property(_get_channel_endpoint, _set_channel_endpoint)
   fibre_length_km = __builtin__.property(_get_fibre_length_km, _set_fibre_length_km)
   fibre_loss_db = __builtin__.property(_get_fibre_loss_db, _set_fibre_loss_db)
   device_profile = __builtin__.property(_get_device_profile, _set_device_profile)
@@ -3401,7 +3442,7 @@ raises the QBER by about 25 % of the fraction).
   engine_state = __builtin__.property(_get_engine_state)
 
 
-  _pyangbind_elements = OrderedDict([('classical_endpoint', classical_endpoint), ('fibre_length_km', fibre_length_km), ('fibre_loss_db', fibre_loss_db), ('device_profile', device_profile), ('cascade_variant', cascade_variant), ('eve_fraction', eve_fraction), ('engine_state', engine_state), ])
+  _pyangbind_elements = OrderedDict([('classical_endpoint', classical_endpoint), ('channel_endpoint', channel_endpoint), ('fibre_length_km', fibre_length_km), ('fibre_loss_db', fibre_loss_db), ('device_profile', device_profile), ('cascade_variant', cascade_variant), ('eve_fraction', eve_fraction), ('engine_state', engine_state), ])
 
 
 class yc_qkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link(PybindBase):

@@ -106,6 +106,7 @@ SdqkdLink = TypedDict(
     "SdqkdLink",
     {
         "classical-endpoint": str,
+        "channel-endpoint": str,
         "fibre-length-km": str,
         "fibre-loss-db": str,
         "device-profile": str,

@@ -497,6 +497,11 @@ class SdqkdLinkPath(PathNode):
         return self._leaf("classical-endpoint")
 
     @property
+    def channel_endpoint(self) -> gnmi_pb2.Path:
+        """leaf channel-endpoint: string"""
+        return self._leaf("channel-endpoint")
+
+    @property
     def fibre_length_km(self) -> gnmi_pb2.Path:
         """leaf fibre-length-km: decimal64"""
         return self._leaf("fibre-length-km")

@@ -968,6 +968,7 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                              'module': 'sdqkd-node-ext',
                                              'config': True,
                                              'children': ['/qkd_node/qkd_links/qkd_link/sdqkd-link/classical-endpoint',
+                                                          '/qkd_node/qkd_links/qkd_link/sdqkd-link/channel-endpoint',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-length-km',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-loss-db',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/device-profile',
@@ -987,15 +988,28 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                          'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
                                                                 'pyname': 'classical_endpoint',
                                                                 'description': "Endpoint of the peer node's "
-                                                                               'classical channel '
-                                                                               '(post-processing messages) '
-                                                                               'for a PHYS link, or of the '
-                                                                               'peer LKMS key-relay service '
-                                                                               'for a VIRT link. The node '
-                                                                               'with the TRANSMITTER role '
-                                                                               'connects to it; the RECEIVER '
-                                                                               'listens on its own '
-                                                                               'gNMI-advertised one.'},
+                                                                               'LKMS key-synchronisation '
+                                                                               'service (KeySync: key-ID '
+                                                                               'reservation for a PHYS link, '
+                                                                               'key relay for a VIRT link).'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/channel-endpoint': {'kind': 'leaf',
+                                                              'name': 'channel-endpoint',
+                                                              'module': 'sdqkd-node-ext',
+                                                              'config': True,
+                                                              'type': {'typedef': 'sdqkd-node-ext:host-port',
+                                                                       'base': 'string',
+                                                                       'length': [[3, 261]],
+                                                                       'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
+                                                              'pyname': 'channel_endpoint',
+                                                              'description': "Endpoint of the peer node's "
+                                                                             'engine channel for a PHYS '
+                                                                             'link: framed messages of the '
+                                                                             'key-block post-processing over '
+                                                                             'mutually authenticated TLS '
+                                                                             "(the peer's certificate "
+                                                                             'carries its node ID). The node '
+                                                                             'with the TRANSMITTER role '
+                                                                             'connects to it.'},
  '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-length-km': {'kind': 'leaf',
                                                              'name': 'fibre-length-km',
                                                              'module': 'sdqkd-node-ext',

@@ -24,7 +24,7 @@ from runtime.yamlfile import Lines, Loc, dotted
 
 # Kept in step with runtime.engine.cascade.VARIANTS (asserted by the tests) without importing
 # the C engine just to read a file.
-CascadeVariant = Literal["original", "optimized", "yanetal"]
+CascadeVariant = Literal["original", "optimized"]
 Etsi004Server = Literal["h2", "grpcio"]
 
 
@@ -78,6 +78,7 @@ class EngineSettings(Strict):
     clock_scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     block_sifted_bits: Annotated[float, Field(ge=1e3, le=1e9, allow_inf_nan=False)] | None = None
     cascade_variant: CascadeVariant | None = None
+    blocks_in_flight: Annotated[int, Field(ge=1, le=128)] | None = None  # a link's window (runtime/node/session.py)
 
 
 # ------------------------------------------------------------------ topology files
@@ -215,6 +216,7 @@ class NodeConfigFile(Strict):
     etsi004: ListenSection
     etsi020: Etsi020Section = Etsi020Section()
     peer: ListenSection = ListenSection(listen="127.0.0.1:0")
+    channel: ListenSection = ListenSection(listen="127.0.0.1:0")  # the engines' classical channel
     data_dir: Name
     tls: TlsSection | None = None
     saes: list[SaeConfig] = []

@@ -38,7 +38,7 @@ log = logging.getLogger("sdqkd.controller")
 def build(state_dir: Path) -> Controller:
     desc = json.loads((state_dir / "network.json").read_text())
     topo = parse(desc["topology_data"], desc["topology"])
-    eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"]) for name, nd in desc["nodes"].items()}
+    eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"], nd.get("channel", "")) for name, nd in desc["nodes"].items()}
     c = desc["controller"]
     tls = TlsFiles(Path(desc["ca"]), Path(c["cert"]), Path(c["key"]))
     return Controller(topo, eps, tls=tls, credentials=(c["username"], Path(c["password_file"]).read_text()))

@@ -72,7 +72,7 @@ class InProcessNetwork:
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
         ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
-        eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
+        eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"], a.get("channel", "")) for n, a in self.addresses.items()}
         self.controller = Controller(self.topo, eps, tls=ctl_id)
         await self.controller.start()
         saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}

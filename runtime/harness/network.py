@@ -33,7 +33,7 @@ from runtime.pki import write_ca, write_identity
 from runtime.private import open_private_append, private_dir, write_private
 from runtime.schemas import EngineSettings
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel")
 
 
 class HarnessError(SdqkdError, RuntimeError):
@@ -78,7 +78,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (5 per node, in
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per service, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
@@ -136,7 +136,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "id": node.id, "name": name, "location": node.location,
             "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
             "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "etsi020": {"listen": ports[name]["etsi020"]},
+            "etsi020": {"listen": ports[name]["etsi020"]}, "channel": {"listen": ports[name]["channel"]},
             "data_dir": str(nd / "data"),
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": {"password_file": str(pw_file)}},

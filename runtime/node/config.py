@@ -32,6 +32,7 @@ class NodeConfig:
     users: dict[str, str] = field(default_factory=dict)
     gnmi_mutual_tls: bool = True
     peer_listen: str = "127.0.0.1:0"
+    channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
@@ -104,7 +105,7 @@ def load_config(path: str | Path) -> NodeConfig:
     tls = None
     if model.tls is not None:
         tls = TlsFiles(base / model.tls.ca, base / model.tls.cert, base / model.tls.key)
-    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer", "etsi020")}
+    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel")}
     externals = []
     for peer in model.etsi020.external_peers:
         q = peer.model_dump(exclude_unset=True)
@@ -129,7 +130,7 @@ def load_config(path: str | Path) -> NodeConfig:
         peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
         engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
-        etsi020_listen=listens["etsi020"], external_peers=externals,
+        etsi020_listen=listens["etsi020"], external_peers=externals, channel_listen=listens["channel"],
         applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
                               idle_timeout_s=model.applications.idle_timeout_s,
                               sae_nodes=dict(model.applications.sae_nodes) if model.applications.sae_nodes else None),

@@ -32,7 +32,7 @@ from runtime.lkms.registry import sae_of
 from runtime.logfmt import link_label
 
 from .config import ConfigError
-from .links import EngineLink, LinkParams
+from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
 
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
@@ -89,6 +89,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
     peer_addr = ext.get("classical-endpoint")
+    channel_addr = ext.get("channel-endpoint")
     enabled = entry["qkdl_enable"]
     if not peer_id or not peer_addr:
         return None
@@ -103,10 +104,11 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     km = float(ext.get("fibre-length-km", "0"))
     loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
     role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
-    params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
-                        variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
+    params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=channel_addr or "", profile=profile,
+                        loss_db=loss, variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
                         enabled=enabled, clock_scale=float(engine.get("clock_scale", 1.0)),
-                        target_sifted_bits=float(engine.get("block_sifted_bits", 1e6)))
+                        target_sifted_bits=float(engine.get("block_sifted_bits", DEFAULT_BLOCK_BITS)),
+                        window=int(engine.get("blocks_in_flight", DEFAULT_WINDOW)), peer_id=peer_id)
     return PhysPlan(peer_id, peer_addr, params)
 
 
@@ -158,8 +160,10 @@ class NodeProvisioning(ModelHooks):
         if current is not None and current.p == plan.params:
             return
         await self._stop_engine(qkdl_id)
-        if plan.params.enabled:
-            link = EngineLink(plan.params, bootstrap, self.node.peer_channel, self.node.store_block,
+        if plan.params.enabled and plan.params.role == "alice" and not plan.params.peer_address:
+            log.warning("link %s: no channel-endpoint for the peer's classical channel; not started", qkdl_id)
+        elif plan.params.enabled:
+            link = EngineLink(plan.params, bootstrap, self.node.cfg.tls, self.node.store_block,
                               self.node.link_stats, lkms.wait_for_room)
             self.node.links[qkdl_id] = link
             link.start()

@@ -14,18 +14,17 @@ from typing import Any
 
 import grpc
 
-from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.agent.transaction import Datastore
 from runtime.lkms.core import Limits
 from runtime.lkms.external import external_peer
 from runtime.lkms.node import Lkms
-from runtime.tls import aio_channel
 
 from .apps import Registrar
+from .channel import ChannelServer
 from .config import NodeConfig
-from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
+from .links import SHUTDOWN_DRAIN_S, EngineLink, LinkDirectory, LinkParams, LinkStats
 from .provisioning import NodeProvisioning, engine_defaults
 
 log = logging.getLogger("sdqkd.node")
@@ -45,6 +44,7 @@ class NodeRuntime:
         self.lkms: Lkms | None = None
         self.registrar: Registrar | None = None
         self._gnmi: grpc.aio.Server | None = None
+        self._channel: ChannelServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
 
@@ -53,13 +53,10 @@ class NodeRuntime:
     async def start(self) -> dict[str, str]:
         cfg = self.cfg
         # the key store creates the data dir (0700) and refuses one it cannot write, saying why
-        service = ClassicalChannelService(self.links)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
                          keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
-                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers},
-                         peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
-                             service, server)])
+                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers})
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
@@ -67,11 +64,14 @@ class NodeRuntime:
         await self.lkms.start()
         self.registrar.restore()
         self.registrar.start()
+        self._channel = LinkDirectory(self.links, cfg.tls).server()
+        channel_addr = await self._channel.start(cfg.channel_listen)
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"]}
+                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"],
+                          "channel": channel_addr}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses
@@ -81,8 +81,9 @@ class NodeRuntime:
             t.cancel()
         if self.registrar is not None:
             await self.registrar.stop()
-        for link in list(self.links.values()):
-            await link.stop()
+        await asyncio.gather(*(link.stop(SHUTDOWN_DRAIN_S) for link in list(self.links.values())))
+        if self._channel is not None:
+            await self._channel.stop()
         if self._gnmi is not None:
             await self._gnmi.stop(0.5)
         if self.lkms is not None:
@@ -97,12 +98,6 @@ class NodeRuntime:
         if self.lkms is None:
             raise RuntimeError("the node's LKMS is not started")
         return self.lkms
-
-    def peer_channel(self, address: str) -> grpc.aio.Channel:
-        """A channel to a peer node's classical-channel port (mutual TLS when configured)."""
-        opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024)]
-        return aio_channel(address, self.cfg.tls, opts)
 
     # ---------------------------------------------------------------- engine -> LKMS, agent
 
