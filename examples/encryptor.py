@@ -19,13 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.encryptor import (  # noqa: E402
+from runtime.apps.encryptor import (
     Decryptor,
     Encryptor,
     KeyStarved,
@@ -35,8 +31,8 @@ from runtime.apps.encryptor import (  # noqa: E402
     parse_header,
     read_link_skr,
 )
-from runtime.apps.keyclient import Etsi004Client, SaeIdentity  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+from runtime.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}],
@@ -85,9 +81,9 @@ def main() -> int:
     ap.add_argument("--rekey-bytes", type=int, default=4096, help="plaintext bytes per AES-GCM key (N)")
     ap.add_argument("--frame", type=int, default=1024, help="plaintext bytes per frame")
     args = ap.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="sdqkd-encryptor-"))
     print("starting an in-process QKD network A - B (10 km) ...", flush=True)
-    net = start_inprocess(TOPOLOGY, state, timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)  # a temporary state dir, removed at stop
+    state = net.state
     try:
         route = net.request_keys("sae-a", "sae-b", rate=1000)
         ep = net.endpoints["A"]

@@ -22,22 +22,18 @@ import dataclasses
 import logging
 import socket
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import grpc
 
-import grpc  # noqa: E402
-
-from generated.client import ModelClient  # noqa: E402
-from runtime.apps import hybrid as hy  # noqa: E402
-from runtime.apps.keyclient import SaeIdentity  # noqa: E402
-from runtime.controller.controller import Controller, NodeEndpoint  # noqa: E402
-from runtime.controller.topology import parse  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
-from runtime.pki import TlsFiles  # noqa: E402
-from runtime.tls import grpc_channel_credentials, tls_files  # noqa: E402
+from generated.client import ModelClient
+from runtime.apps import hybrid as hy
+from runtime.apps.keyclient import SaeIdentity
+from runtime.controller.controller import Controller, NodeEndpoint
+from runtime.controller.topology import parse
+from runtime.harness.sync import start_inprocess
+from runtime.pki import TlsFiles
+from runtime.tls import grpc_channel_credentials, tls_files
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -119,7 +115,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-hybrid-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     try:
         route = net.request_keys("sae-ctl", "sae-mgmt-b", rate=1000)
         print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-ctl <-> sae-mgmt-b over {' - '.join(route['path'])}")

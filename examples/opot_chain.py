@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
-from runtime.apps.opot import OpotNode, run_chain  # noqa: E402
-from runtime.controller.opot import OpotProvisioner  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi014Client, SaeIdentity
+from runtime.apps.opot import OpotNode, run_chain
+from runtime.controller.opot import OpotProvisioner
+from runtime.harness.sync import start_inprocess
 
 NODES = ["A", "B", "C", "D"]
 TOPOLOGY = {
@@ -38,7 +34,7 @@ PACKETS = 10000
 def main() -> int:
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C - D ...", flush=True)
-    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-opot-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     clients = [Etsi014Client(SaeIdentity.from_endpoints(net.endpoints, f"sf-{n.lower()}")) for n in NODES]
     try:
         chain = [OpotNode(c.me.sae_id, c) for c in clients]

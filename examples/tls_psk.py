@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import socket
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity  # noqa: E402
-from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer  # noqa: E402
-from runtime.harness.sync import start_inprocess  # noqa: E402
+from runtime.apps.keyclient import Etsi014Client, SaeIdentity
+from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer
+from runtime.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -42,7 +38,7 @@ def echo_server(server: PskTlsServer, listener: socket.socket, sessions: int, lo
 def main() -> int:
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = start_inprocess(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-tls-psk-")), timeout=120.0)
+    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     try:
         route = net.request_keys("sae-a", "sae-c", rate=1000)
         print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-a <-> sae-c over {' - '.join(route['path'])} "

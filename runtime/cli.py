@@ -1,9 +1,34 @@
-"""The `sdqkd` command line."""
+"""The `sdqkd` command line (reference: docs/cli.md).
+
+Each subcommand is one `_add_NAME(sub)` function that declares its parser (a description and an
+example in its help) and one `_NAME(args)` function that runs it; `build_parser` lists them.
+To add a subcommand, write both and add the first to `SUBCOMMANDS` (for a `net` action, to
+`NET_ACTIONS`). Errors users can cause exit 2 with a one-line message, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from importlib import metadata
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sdqkd")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str,
+            description: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its description and examples."""
+    return sub.add_parser(name, help=summary, description=description,
+                          epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# ------------------------------------------------------------------ gen
 
 
 def _gen(args: argparse.Namespace) -> int:
@@ -17,6 +42,20 @@ def _gen(args: argparse.Namespace) -> int:
         return 2
 
 
+def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from codegen.cli import add_arguments
+
+    g = _parser(sub, "gen", "regenerate generated/ from models/ (YANG and protobuf)",
+                "Compile models/yang and models/proto into generated/ (bindings, paths, agent skeleton, "
+                "client, stubs).\nDeterministic; a failed run leaves generated/ as it was.",
+                "sdqkd gen\nsdqkd gen --check          # exit 1 naming every out-of-date file")
+    add_arguments(g)
+    g.set_defaults(func=_gen)
+
+
+# ------------------------------------------------------------------ bench
+
+
 def _bench(args: argparse.Namespace) -> int:
     from runtime import bench
 
@@ -26,10 +65,16 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.run(args.name, args.rest)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from runtime.demo import main
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = _parser(sub, "bench", "run a benchmark and print its medians",
+                "Run one benchmark (codegen, engine, gnmi, kms, net, opot); figures are medians, "
+                "speed targets are checked here.", "sdqkd bench               # list them\nsdqkd bench kms --json")
+    b.add_argument("name", nargs="?", help="benchmark name; none lists them")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
+    b.set_defaults(func=_bench)
 
-    return main(seconds=args.seconds)
+
+# ------------------------------------------------------------------ node, controller
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -38,43 +83,103 @@ def _node(args: argparse.Namespace) -> int:
     return main(args.config)
 
 
+def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    n = _parser(sub, "node", "run one SD-QKD node (gNMI agent, LKMS with ETSI 014/004, QKD engine)",
+                "Run one node until SIGTERM or Ctrl-C. The config format is docs/node-config.md; it is "
+                "checked whole before anything starts.",
+                "sdqkd node --config lab/nodes/B/node.yaml   # restart a node of a `net up` network")
+    n.add_argument("--config", required=True, metavar="FILE", help="node config YAML")
+    n.set_defaults(func=_node)
+
+
 def _controller(args: argparse.Namespace) -> int:
     from runtime.controller.service import main
 
     return main(args.state_dir)
 
 
-def _net(args: argparse.Namespace) -> int:
-    import json
+def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = _parser(sub, "controller", "run the SDN controller of a network prepared by `net up`",
+                "Run the controller of DIR (normally started by `sdqkd net up`); its northbound API "
+                "is docs/controller-api.md.", "sdqkd controller --state-dir lab")
+    c.add_argument("--state-dir", required=True, metavar="DIR")
+    c.set_defaults(func=_controller)
 
-    from runtime.controller.topology import TopologyError
-    from runtime.harness import network
 
-    try:
-        if args.action == "up":
-            from runtime.demo import DEFAULT_TOPOLOGY
+# ------------------------------------------------------------------ net
 
-            # no TOPOLOGY: the demo's metro network (README's first key example)
-            eps = network.up(args.topology or DEFAULT_TOPOLOGY, args.state_dir, timeout=args.timeout,
-                             netns=args.netns)
-            print(json.dumps(eps, indent=2))
-            print(f"network up; endpoints in {args.state_dir}/endpoints.json", file=sys.stderr)
-        else:
-            stopped = network.down(args.state_dir)
-            print(f"stopped {len(stopped)} process(es): {', '.join(stopped)}")
-    except (TopologyError, network.HarnessError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
-        print(f"sdqkd net {args.action}: {args.state_dir}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0
+
+def _net_up(args: argparse.Namespace) -> int:
+    from runtime.harness import netcli
+
+    return netcli.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
+
+
+def _net_down(args: argparse.Namespace) -> int:
+    from runtime.harness import netcli
+
+    return netcli.down(args.state_dir)
+
+
+def _net_status(args: argparse.Namespace) -> int:
+    from runtime.harness import netcli
+
+    return netcli.status(args.state_dir)
+
+
+def _add_net_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _parser(sub, "up", "start a network from a topology file (default: the demo's metro network)",
+                "Check TOPOLOGY (docs/topology.md), write a PKI and node configs under DIR, start one "
+                "process per node and the controller,\nand return when every link produces key, "
+                "with DIR/endpoints.json written (docs/endpoints.md). Without TOPOLOGY: the demo's network.",
+                "sdqkd net up lab.yaml --state-dir lab\nsdqkd net up --state-dir net          # the demo's metro network\n"
+                "sudo sdqkd net up lab.yaml --state-dir lab --netns")
+    p.add_argument("topology", metavar="TOPOLOGY", nargs="?", help="topology YAML (default: the demo's metro network)")
+    p.add_argument("--state-dir", required=True, metavar="DIR", help="where the network's files live")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every link (default 120)")
+    p.add_argument("--netns", action="store_true", help="each node in its own network namespace (needs root)")
+    p.set_defaults(func=_net_up)
+
+
+def _add_net_down(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _parser(sub, "down", "stop every process of a network",
+                "Stop the nodes and the controller of DIR, including a node restarted by hand with "
+                "`sdqkd node --config DIR/nodes/NAME/node.yaml`.", "sdqkd net down --state-dir lab")
+    p.add_argument("--state-dir", required=True, metavar="DIR")
+    p.set_defaults(func=_net_down)
+
+
+def _add_net_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _parser(sub, "status", "print a network's links, nodes and applications",
+                "Print the controller's view of DIR: per link km, dB, QBER, secret key rate and stored "
+                "keys; per node up or down; the applications and their paths.",
+                "sdqkd net status --state-dir lab\nwatch -n 2 sdqkd net status --state-dir lab")
+    p.add_argument("--state-dir", required=True, metavar="DIR")
+    p.set_defaults(func=_net_status)
+
+
+NET_ACTIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_net_up, _add_net_down, _add_net_status]
+
+
+def _add_net(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    nt = _parser(sub, "net", "start, inspect or stop a whole network (one process per node + controller)",
+                 "A network of real processes on this machine: see docs/quickstart.md.",
+                 "sdqkd net up lab.yaml --state-dir lab\nsdqkd net status --state-dir lab\n"
+                 "sdqkd net down --state-dir lab")
+    actions = nt.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for add in NET_ACTIONS:
+        add(actions)
+
+
+# ------------------------------------------------------------------ plot, demo
 
 
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from runtime import plots
+    from runtime.controller.topology import TopologyError
     from runtime.errors import MissingExtra
 
     out = Path(args.out or f"{args.what}.png")
@@ -83,51 +188,71 @@ def _plot(args: argparse.Namespace) -> int:
     except MissingExtra as e:
         print(e, file=sys.stderr)
         return 2
-    if args.what == "keyrate":
-        rows = plots.plot_keyrate(out, args.profile)
+    if args.what == "topology":
+        try:
+            how = plots.plot_topology(out, args.topology, args.state_dir)
+        except TopologyError as e:
+            print(e, file=sys.stderr)
+            return 2
+        print(f"wrote {out} ({how})")
+    else:
+        rows = plots.plot_keyrate(out, args.profile, accurate=args.accurate, progress=plots.stderr_progress)
         print(f"wrote {out}; simulated points: " + ", ".join(f"{r['km']:.0f} km {r['simulated_bps']:.3g} b/s"
                                                              for r in rows))
-    else:
-        plots.plot_topology(out, args.topology, args.state_dir)
-        print(f"wrote {out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from codegen.cli import add_arguments
+def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from runtime.engine.profiles import PROFILES
 
-    p = argparse.ArgumentParser(prog="sdqkd", description="Software-defined QKD networks driven by standard models.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    g = sub.add_parser("gen", help="regenerate generated/ from models/")
-    add_arguments(g)
-    g.set_defaults(func=_gen)
-    b = sub.add_parser("bench", help="run a benchmark (sdqkd bench NAME [--json])")
-    b.add_argument("name", nargs="?", help="benchmark name; none lists them")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=_bench)
-    n = sub.add_parser("node", help="run one SD-QKD node (gNMI agent; LKMS and engine as they land)")
-    n.add_argument("--config", required=True, help="node config YAML")
-    n.set_defaults(func=_node)
-    c = sub.add_parser("controller", help="run the SDN controller of a harness network")
-    c.add_argument("--state-dir", required=True)
-    c.set_defaults(func=_controller)
-    nt = sub.add_parser("net", help="start or stop a whole network (one process per node + controller)")
-    nt.add_argument("action", choices=["up", "down"])
-    nt.add_argument("topology", nargs="?", help="topology YAML (for up; default: the demo's metro network)")
-    nt.add_argument("--state-dir", required=True)
-    nt.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for all links to produce key")
-    nt.add_argument("--netns", action="store_true", help="each node in its own network namespace (root)")
-    nt.set_defaults(func=_net)
-    pl = sub.add_parser("plot", help="draw keyrate-vs-distance or the network as a PNG")
+    pl = _parser(sub, "plot", "draw key rate vs distance, or a network, as a PNG",
+                 "keyrate: the simulated link through the whole finite-key pipeline beside the analytic "
+                 "model and the PLOB bound\n(about 10 s; --accurate runs the README's larger blocks, "
+                 "about a minute).\ntopology: a network with per-link rates: the model's, or the live "
+                 "rates of a running network (--state-dir).",
+                 "sdqkd plot keyrate --out keyrate.png\nsdqkd plot keyrate --profile snspd --accurate\n"
+                 "sdqkd plot topology --topology lab.yaml\nsdqkd plot topology --state-dir lab")
     pl.add_argument("what", choices=["keyrate", "topology"])
     pl.add_argument("--out", help="PNG file (default: WHAT.png)")
-    pl.add_argument("--profile", default="commercial")
-    pl.add_argument("--topology", help="topology file (topology plot; default: the demo network)")
-    pl.add_argument("--state-dir", help="a running harness network: live rates (topology plot)")
+    pl.add_argument("--profile", default="commercial", choices=sorted(PROFILES), help="device profile (keyrate)")
+    pl.add_argument("--accurate", action="store_true",
+                    help="keyrate: blocks up to 1e7 sifted bits (the README figure; about a minute)")
+    pl.add_argument("--topology", metavar="FILE", help="topology file (topology plot; default: the demo network)")
+    pl.add_argument("--state-dir", metavar="DIR", help="a harness network: its controller's rates (topology plot)")
     pl.set_defaults(func=_plot)
-    d = sub.add_parser("demo", help="the main job on the embedded default")
-    d.add_argument("--seconds", type=float, default=60.0, help="stop after this long (default 60)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from runtime.demo import main
+
+    return main(seconds=args.seconds, keep=args.keep)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = _parser(sub, "demo", "the main job: a metro QKD network, an end-to-end key over a relay",
+                "Start the embedded 5-node metro network as processes, show its links come up, fetch an "
+                "end-to-end key over a three-hop\nrelay with ETSI 014 at both ends, stop. Its state "
+                "directory is removed afterwards unless --keep DIR.",
+                "sdqkd demo\nsdqkd demo --keep demo-state     # then: sdqkd net status --state-dir demo-state")
+    d.add_argument("--seconds", type=float, default=60.0, help="give up after this long (default 60)")
+    d.add_argument("--keep", metavar="DIR", help="keep the network's state (PKI, keys, logs) in DIR")
     d.set_defaults(func=_demo)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_demo, _add_net, _add_node, _add_controller, _add_plot, _add_gen, _add_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdqkd", description="Software-defined QKD networks driven by standard models "
+        "(ETSI GS QKD 015 over gNMI, ETSI 014/004 key delivery).",
+        epilog="start here: sdqkd demo; then docs/quickstart.md. Each command has --help with examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"sdqkd {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

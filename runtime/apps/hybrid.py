@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
 from runtime.errors import SdqkdError
+from runtime.logfmt import brief
 
 from .keyclient import Etsi014Client, Key, KeyDeliveryError, SaeIdentity
 
@@ -635,7 +636,7 @@ class _Tunnel:
             self.counters["refused"] += 1
         else:
             self.counters["handshake_failures"] += 1
-        log.warning("hybrid tunnel %s (%s): %s: %s", self.role, self.me.sae_id, what, e)
+        log.warning("hybrid tunnel %s (%s): %s: %s", self.role, self.me.sae_id, what, brief(e))
 
     async def _pump(self, session: HybridSession, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
             lib.append(time.perf_counter() - t)
         for _ in range(args.runs):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "codegen", "-q", "--root", str(root)], check=True,
+            subprocess.run([sys.executable, "-P", "-m", "codegen", "-q", "--root", str(root)], check=True,
                            capture_output=True)
             cmd.append(time.perf_counter() - t)
         _import_seconds(root)  # first import writes __pycache__, as any installed package has

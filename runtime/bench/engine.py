@@ -201,7 +201,7 @@ def bench_memory(sizes: list[float]) -> list[dict[str, Any]]:
     rows = []
     for seconds in sizes:
         out = subprocess.run(
-            [sys.executable, "-m", "runtime.bench.engine", "--memory-child", str(seconds)],
+            [sys.executable, "-P", "-m", "runtime.bench.engine", "--memory-child", str(seconds)],
             capture_output=True,
             text=True,
             check=True,

@@ -24,7 +24,7 @@ from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 
 def _spawn(*args: str, python: str = sys.executable) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([python, "-m", "runtime.bench._gnmi_target", *args],
+    proc = subprocess.Popen([python, "-P", "-m", "runtime.bench._gnmi_target", *args],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split() if proc.stdout else []
     if not line:

@@ -78,7 +78,7 @@ class _Nodes:
                                      "key_bits": 256}]}
             path = tmp / f"{n}.json"
             path.write_text(json.dumps(cfg))  # JSON is YAML
-            self.procs[n] = subprocess.Popen([sys.executable, "-m", "runtime.lkms.serve", "--config", str(path),
+            self.procs[n] = subprocess.Popen([sys.executable, "-P", "-m", "runtime.lkms.serve", "--config", str(path),
                                               "--log-level", "WARNING"], stdout=subprocess.PIPE,
                                              stderr=(tmp / f"{n}.log").open("w"), text=True)
         for n, p in self.procs.items():
@@ -218,7 +218,7 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
 def _loadgen(kind: str, args: dict[str, Any], cpu_of: list[int]) -> tuple[dict[str, float], list[float]]:
     """Run a load generator in a separate process; also the CPU seconds the nodes used."""
     before = [_cpu_s(p) for p in cpu_of]
-    out = subprocess.run([sys.executable, "-m", "runtime.bench.kms", f"--{kind}", json.dumps(args)],
+    out = subprocess.run([sys.executable, "-P", "-m", "runtime.bench.kms", f"--{kind}", json.dumps(args)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")

@@ -379,7 +379,7 @@ class Controller:
                     new = self._route(route.master, route.slave, src, dst, route.rate_bps)
                     new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
                 except RuntimeError as e:
-                    log.warning("app %s: %s (%s)", route.app_id, e, reason)
+                    log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
                     await self.events.put(("unroutable", route.app_id))
                     continue
                 stale = [n for n in route.path if n not in new.path and self.nodes[n].up]
@@ -389,10 +389,11 @@ class Controller:
                 try:
                     await self._install(new)
                 except grpc.aio.AioRpcError as e:
-                    log.warning("app %s: reinstall failed: %s", route.app_id, e.details())
+                    log.warning("app %s -> %s: reinstall failed: %s", route.master, route.slave, e.details())
                     continue
                 self.apps[route.app_id] = new
-                log.info("app %s rerouted %s -> %s (%s)", route.app_id, route.path, new.path, reason)
+                log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
+                         "-".join(new.path), reason)
                 await self.events.put(("rerouted", route.app_id))
 
     # ------------------------------------------------------------------ monitoring
@@ -509,7 +510,8 @@ class Controller:
             a = self.nodes[link.a].links.get(link.id, {})
             st = [self.nodes[n].store.get(link.id, {}) for n in link.ends]
             rows.append({
-                "link": f"{link.a}-{link.b}", "km": link.km, "db": link.loss_db, "up": self.router.links[link.id].up,
+                "link": f"{link.a}-{link.b}", "qkdl_id": link.id, "km": link.km, "db": link.loss_db,
+                "up": self.router.links[link.id].up,
                 "qber": a.get("qber"), "skr": a.get("skr"), "eskr": a.get("eskr"),
                 "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),
             })

@@ -6,7 +6,7 @@ lifetimes — and pushes SAD/SPD entries to the NSF agents (`runtime.apps.ipsec.
 
 Key bytes never pass through it. For each SA pair it asks the master NSF to fetch fresh keys
 from its KMS with ETSI 014 enc_keys (the master answers with key_IDs only), then gives those
-key_IDs to the slave NSF, which fetches the same keys with dec_keys — the key flow of DESIGN s3.3.
+key_IDs to the slave NSF, which fetches the same keys with dec_keys — the key flow of docs/key-delivery.md.
 
 Rekeying is make-before-break: new SPIs and new QKD keys; the new inbound SAs go in on both ends
 first, then the new outbound SAs (which senders prefer as the newest), then the old outbound SAs
@@ -40,6 +40,7 @@ from runtime.apps.ipsec import (
     SpdEntry,
 )
 from runtime.apps.keyclient import SaeIdentity
+from runtime.logfmt import brief
 
 log = logging.getLogger("sdqkd.controller.ipsec")
 
@@ -232,7 +233,7 @@ class IkelessController:
                     self.rekey(name, reason)
                     done.append((name, reason))
                 except Exception as e:
-                    log.error("rekey of tunnel %s (%s) failed, will retry: %s", name, reason, e)
+                    log.error("rekey of tunnel %s (%s) failed, will retry: %s", name, reason, brief(e))
                     self._event(self.tunnels[name], f"rekey failed ({reason}): {e}")
         return done
 
@@ -260,7 +261,7 @@ class IkelessController:
                 try:
                     self.check()
                 except Exception as e:  # keep watching; the next round may succeed
-                    log.error("lifetime check failed: %s", e)
+                    log.error("lifetime check failed: %s", brief(e))
 
         th = threading.Thread(target=loop, name="ikeless-watch", daemon=True)
         th.start()
@@ -280,7 +281,7 @@ class IkelessController:
             try:
                 self.delete_tunnel(name)
             except Exception as e:
-                log.warning("deleting tunnel %s: %s", name, e)
+                log.warning("deleting tunnel %s: %s", name, brief(e))
 
     # ------------------------------------------------------------------ RFC 9061 view
     def ikeless_config(self, nsf: Nsf) -> dict[str, Any]:
@@ -362,7 +363,7 @@ class IkelessController:
                 try:
                     nsf.remove([m2s, s2m])
                 except Exception as e2:
-                    log.warning("rollback on NSF %s: %s", nsf.name, e2)
+                    log.warning("rollback on NSF %s: %s", nsf.name, brief(e2))
             self.spis.release(s.outer, spi_m2s)
             self.spis.release(m.outer, spi_s2m)
             raise IpsecError(f"tunnel {t.name} generation {g}: {step} failed: {e}") from e
@@ -384,6 +385,6 @@ class IkelessController:
             try:
                 nsf.remove([sa])
             except Exception as e:
-                log.warning("tunnel %s: removing old SA %s at %s failed: %s", t.name, sa, nsf.name, e)
+                log.warning("tunnel %s: removing old SA %s at %s failed: %s", t.name, sa, nsf.name, brief(e))
         self.spis.release(t.slave.outer, g.master[0].spi)
         self.spis.release(t.master.outer, g.master[1].spi)

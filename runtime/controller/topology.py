@@ -1,21 +1,20 @@
-"""Topology files (DESIGN §4 contract): nodes, fibre links, SAEs and optional explicitly
-registered applications (`apps: [{master, slave, rate, priority}]`; any other pair is registered
-by its first key request), checked whole before anything starts. Every problem is reported as
-`FILE: where: what is wrong`."""
+"""Topology files (docs/topology.md): nodes, fibre links, SAEs, optional explicitly registered
+applications (`apps:`; any other pair is registered by its first key request) and `settings:`,
+checked whole before anything starts. Every problem is reported as `FILE:LINE: where: what is
+wrong`."""
 
 from __future__ import annotations
 
-import math
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from runtime import schemas
 from runtime.errors import SdqkdError
-
-# IDs derived from names: a topology without explicit IDs is reproducible
-from runtime.lkms.registry import NAMESPACE
+from runtime.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
+from runtime.yamlfile import Lines, read_yaml_lines
 
 
 class TopologyError(SdqkdError, ValueError):
@@ -65,8 +64,13 @@ class Topology:
     links: list[Link]
     saes: dict[str, Sae]
     source: str = "<dict>"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # name, settings (as plain data)
+    settings: schemas.Settings = field(default_factory=schemas.Settings)
     apps: list[AppSpec] = field(default_factory=list)
+
+    def peer_names(self, name: str) -> dict[str, str]:
+        """Node ID -> name of every other node (a node config's `peers`: relays reach any of them)."""
+        return {n.id: n.name for n in self.nodes.values() if n.name != name}
 
     def link_between(self, a: str, b: str) -> Link | None:
         for link in self.links:
@@ -101,151 +105,158 @@ def reach_db(profile: str) -> float:
     return lo
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def parse(data: Any, source: str = "<dict>") -> Topology:
-    from runtime.engine.profiles import PROFILES
-
-    problems: list[str] = []
+def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topology:
+    """Check a whole topology (docs/topology.md) against the schema (`runtime.schemas`) and its
+    cross-references (names, duplicates, reach); every problem is reported at once as
+    `FILE[:LINE]: place: what`. An entry the schema refuses is still checked for references, so
+    one run names every mistake."""
+    lines = lines or Lines(source)
+    model, problems = schemas.problems(schemas.TopologyFile, data, lines)
     if not isinstance(data, dict):
-        raise TopologyError(f"{source}: expected a mapping with nodes, links and saes")
-    for k in sorted(set(data) - {"nodes", "links", "saes", "apps", "name", "settings", "external_peers"}):
-        problems.append(f"{k}: unknown key (known: nodes, links, saes, apps, name, settings, external_peers)")
-    nodes: dict[str, Node] = {}
-    ids: set[str] = set()
-    raw_nodes = data.get("nodes")
-    if not isinstance(raw_nodes, list) or not raw_nodes:
-        problems.append("nodes: required, a non-empty list")
-        raw_nodes = []
-    for i, n in enumerate(raw_nodes):
-        where = f"nodes[{i}]"
-        if not isinstance(n, dict) or not isinstance(n.get("name"), str) or not n["name"]:
-            problems.append(f"{where}: needs a non-empty `name`")
-            continue
-        name = n["name"]
-        if name in nodes:
-            problems.append(f"{where}: duplicate node name {name!r}")
-            continue
-        nid = n.get("id", node_id(name))
-        try:
-            nid = str(uuid.UUID(str(nid)))
-        except ValueError:
-            problems.append(f"{where} ({name}): id {nid!r} is not a UUID")
-            continue
-        if nid in ids:
-            problems.append(f"{where} ({name}): duplicate node id {nid}")
-        ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=str(n.get("location", "")))
-    links: list[Link] = []
-    seen_pairs: set[frozenset[str]] = set()
-    for i, ln in enumerate(data.get("links") or []):
-        where = f"links[{i}]"
-        if not isinstance(ln, dict):
-            problems.append(f"{where}: expected a mapping {{a, b, km}}")
-            continue
-        a, b = ln.get("a"), ln.get("b")
-        where = f"{where} ({a}-{b})"
-        bad = False
-        for end in (a, b):
-            if end not in nodes:
-                problems.append(f"{where}: unknown node {end!r}")
-                bad = True
-        if a == b and not bad:
-            problems.append(f"{where}: a link needs two different nodes")
-            bad = True
-        km = _num(ln.get("km"))
-        if km is None or not math.isfinite(km) or km < 0:
-            problems.append(f"{where}: km must be a number >= 0, got {ln.get('km')!r}")
-            bad = True
-        profile = ln.get("profile", "commercial")
-        if profile not in PROFILES:
-            problems.append(f"{where}: unknown profile {profile!r} (known: {', '.join(sorted(PROFILES))})")
-            bad = True
-        loss = ln.get("loss_db")
-        if loss is None and km is not None and profile in PROFILES:
-            loss = km * PROFILES[profile].alpha_db_per_km
-        loss = _num(loss)
-        if loss is None or not math.isfinite(loss) or loss < 0:
-            problems.append(f"{where}: loss_db must be a number >= 0, got {ln.get('loss_db')!r}")
-            bad = True
-        if bad or km is None or loss is None:
-            continue
-        a, b = str(a), str(b)  # both named nodes of the topology (checked above)
-        pair = frozenset((a, b))
-        if pair in seen_pairs:
-            problems.append(f"{where}: duplicate link between {a} and {b}")
-            continue
-        seen_pairs.add(pair)
-        reach = reach_db(profile)
-        if loss > reach:
-            problems.append(f"{where}: {loss:.1f} dB is beyond the reach of profile {profile!r} "
-                            f"(no key above {reach:.1f} dB)")
-            continue
-        links.append(Link(a=a, b=b, km=km, loss_db=round(loss, 3), profile=profile, id=link_id(a, b)))
-    saes: dict[str, Sae] = {}
-    for i, s in enumerate(data.get("saes") or []):
-        where = f"saes[{i}]"
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
-            problems.append(f"{where}: needs a non-empty `name`")
-            continue
-        if s["name"] in saes:
-            problems.append(f"{where}: duplicate SAE name {s['name']!r}")
-            continue
-        if s.get("node") not in nodes:
-            problems.append(f"{where} ({s['name']}): unknown node {s.get('node')!r}")
-            continue
-        saes[s["name"]] = Sae(name=s["name"], node=s["node"])
-    apps = _apps(data.get("apps"), saes, problems)
-    if problems:
-        raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))
-    topo = Topology(nodes=nodes, links=links, saes=saes, source=source,
-                    extra={k: data[k] for k in ("name", "settings", "external_peers") if k in data}, apps=apps)
+        raise TopologyError("\n".join(problems))
+    names: set[str] = set()
+    nodes = _nodes(schemas.entries(schemas.NodeEntry, data.get("nodes")), names, lines, problems)
+    links = _links(schemas.entries(schemas.LinkEntry, data.get("links")), names, lines, problems)
+    saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
+    apps = _apps(schemas.entries(schemas.AppEntry, data.get("apps")), saes, lines, problems)
+    _external_refs(schemas.entries(schemas.ExternalPeerEntry, data.get("external_peers")), names, saes, lines,
+                   problems)
+    if model is not None and model.settings.base_port is not None:
+        from runtime.harness.network import SERVICES
+
+        base, n, per = model.settings.base_port, len(model.nodes), len(SERVICES)
+        if base + per * n - 1 > 65535:
+            problems.append(f"{lines.where(('settings', 'base_port'))}: settings.base_port: {base} leaves no room "
+                            f"for {per} ports per node ({n} nodes): at most {65536 - per * n}")
+    if problems or model is None:
+        raise TopologyError("\n".join(problems))
+    settings = model.settings.model_dump(exclude_none=True)
+    extra: dict[str, Any] = {"settings": settings} if settings else {}
+    extra.update({k: data[k] for k in ("name", "external_peers") if k in data})
+    topo = Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings,
+                    apps=apps)
     from .external import parse_external_peers
 
-    parse_external_peers(topo, data.get("external_peers"), source)  # checked here, used by the controller
+    parse_external_peers(topo, data.get("external_peers"), source)  # references checked here, used by the controller
     return topo
 
 
-def _apps(raw: Any, saes: dict[str, Sae], problems: list[str]) -> list[AppSpec]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        problems.append("apps: expected a list of {master, slave, rate, priority}")
-        return []
-    out: list[AppSpec] = []
-    for i, a in enumerate(raw):
-        where = f"apps[{i}]"
-        if not isinstance(a, dict):
-            problems.append(f"{where}: expected a mapping {{master, slave, rate, priority}}")
+def _str(raw: dict[str, Any], key: str) -> str | None:
+    v = raw.get(key)
+    return v if isinstance(v, str) and v else None
+
+
+def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], names: set[str], lines: Lines,
+           problems: list[str]) -> dict[str, Node]:
+    nodes: dict[str, Node] = {}
+    ids: set[str] = set()
+    for i, raw, n in entries:
+        name = _str(raw, "name")
+        if name is None:
+            continue  # the schema named it
+        at = f"{lines.where(('nodes', i))}: nodes[{i}] ({name})"
+        if name in names:
+            problems.append(f"{at}: duplicate node name {name!r}")
             continue
-        for k in sorted(set(a) - {"master", "slave", "rate", "priority"}):
-            problems.append(f"{where}.{k}: unknown key (known: master, slave, rate, priority)")
+        names.add(name)
+        if n is None:
+            continue
+        nid = n.id or node_id(n.name)
+        if nid in ids:
+            problems.append(f"{at}: duplicate node id {nid}")
+        ids.add(nid)
+        nodes[name] = Node(name=name, id=nid, location=n.location)
+    return nodes
+
+
+def _links(entries: list[tuple[int, dict[str, Any], schemas.LinkEntry | None]], names: set[str], lines: Lines,
+           problems: list[str]) -> list[Link]:
+    from runtime.engine.profiles import PROFILES
+
+    links: list[Link] = []
+    seen_pairs: set[frozenset[str]] = set()
+    for i, raw, ln in entries:
+        a, b = _str(raw, "a"), _str(raw, "b")
+        at = f"{lines.where(('links', i))}: links[{i}] ({a}-{b})"
+        unknown = [end for end in (a, b) if end is not None and end not in names]
+        problems += [f"{at}: unknown node {end!r} (nodes: {', '.join(sorted(names))})" for end in unknown]
+        if unknown or a is None or b is None:
+            continue
+        if a == b:
+            problems.append(f"{at}: a link needs two different nodes")
+            continue
+        pair = frozenset((a, b))
+        if pair in seen_pairs:
+            problems.append(f"{at}: duplicate link between {a} and {b}")
+            continue
+        seen_pairs.add(pair)
+        if ln is None:
+            continue
+        loss = ln.loss_db if ln.loss_db is not None else ln.km * PROFILES[ln.profile].alpha_db_per_km
+        reach = reach_db(ln.profile)
+        if loss > reach:
+            problems.append(f"{at}: {loss:.1f} dB is beyond the reach of profile {ln.profile!r} "
+                            f"(no key above {reach:.1f} dB)")
+            continue
+        links.append(Link(a=a, b=b, km=ln.km, loss_db=round(loss, 3), profile=ln.profile, id=link_id(a, b)))
+    return links
+
+
+def _saes(entries: list[tuple[int, dict[str, Any], schemas.SaeEntry | None]], names: set[str], lines: Lines,
+          problems: list[str]) -> dict[str, Sae]:
+    saes: dict[str, Sae] = {}
+    for i, raw, s in entries:
+        name, node = _str(raw, "name"), _str(raw, "node")
+        if name is None:
+            continue
+        at = f"{lines.where(('saes', i))}: saes[{i}] ({name})"
+        if name in saes:
+            problems.append(f"{at}: duplicate SAE name {name!r}")
+        elif node is not None and node not in names:
+            problems.append(f"{at}: unknown node {node!r} (nodes: {', '.join(sorted(names))})")
+        elif s is not None:
+            saes[name] = Sae(name=name, node=s.node)
+    return saes
+
+
+def _apps(entries: list[tuple[int, dict[str, Any], schemas.AppEntry | None]], saes: dict[str, Sae], lines: Lines,
+          problems: list[str]) -> list[AppSpec]:
+    out: list[AppSpec] = []
+    for i, raw, a in entries:
+        at = f"{lines.where(('apps', i))}: apps[{i}]"
         bad = False
         for role in ("master", "slave"):
-            if a.get(role) not in saes:
-                problems.append(f"{where}.{role}: unknown SAE {a.get(role)!r}")
+            sae = _str(raw, role)
+            if sae is not None and sae not in saes:
+                problems.append(f"{at}.{role}: unknown SAE {sae!r} (SAEs: {', '.join(sorted(saes))})")
                 bad = True
-        if not bad and a["master"] == a["slave"]:
-            problems.append(f"{where}: master and slave must differ")
-            bad = True
-        rate = _num(a.get("rate", 0))
-        if rate is None or not math.isfinite(rate) or rate < 0:
-            problems.append(f"{where}.rate: expected bit/s >= 0, got {a.get('rate')!r}")
-            bad = True
-        prio = a.get("priority", 0)
-        if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio < 2**32:
-            problems.append(f"{where}.priority: expected an integer 0..4294967295, got {prio!r}")
-            bad = True
-        if not bad:
-            out.append(AppSpec(a["master"], a["slave"], float(rate or 0), int(prio)))
+        if a is None or bad:
+            continue
+        if a.master == a.slave:
+            problems.append(f"{at}: master and slave must differ")
+            continue
+        out.append(AppSpec(a.master, a.slave, float(a.rate), a.priority))
     return out
 
 
-def load(path: str | Path) -> Topology:
-    from runtime.yamlfile import read_yaml
+def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeerEntry | None]], names: set[str],
+                   saes: dict[str, Sae], lines: Lines, problems: list[str]) -> None:
+    """External peers' references (the controller's parse_external_peers builds them afterwards)."""
+    seen: set[str] = set()
+    for i, raw, _peer in entries:
+        name, node = _str(raw, "name"), _str(raw, "node")
+        at = f"{lines.where(('external_peers', i))}: external_peers[{i}]" + (f" ({name})" if name else "")
+        if name is not None and name in seen:
+            problems.append(f"{at}.name: duplicate external peer {name!r}")
+        seen.add(name or "")
+        if node is not None and node not in names:
+            problems.append(f"{at}.node: unknown node {node!r} (nodes: {', '.join(sorted(names))})")
+        peer_saes = raw.get("saes")
+        for sae in peer_saes if isinstance(peer_saes, list) else []:
+            if isinstance(sae, str) and sae in saes:
+                problems.append(f"{at}.saes: {sae!r} is already an SAE of node {saes[sae].node}")
 
-    return parse(read_yaml(path, TopologyError), str(Path(path)))
+
+def load(path: str | Path) -> Topology:
+    data, lines = read_yaml_lines(path, TopologyError)
+    return parse(data, str(Path(path)), lines)

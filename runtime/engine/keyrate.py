@@ -1,5 +1,5 @@
 """Analytic key rates: asymptotic decoy-state BB84 (GLLP with vacuum + weak decoy bounds,
-Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005)) and the repeaterless PLOB bound, exactly as DESIGN §5.
+Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005)) and the repeaterless PLOB bound, exactly as docs/physics.md states them.
 
 `asymptotic(profile, loss_db)` and `plob(loss_db)` are contracts (secret bits per pulse / per
 channel use).  `decoy_rate` is the same formula fed with measured gains, so the simulator can be
@@ -54,7 +54,7 @@ class Gains:
 
 
 def model_gains(profile: str | Profile, loss_db: float) -> Gains:
-    """The DESIGN §5 model: Q = Y0 + 1 - exp(-eta k), E Q = Y0/2 + e_d (1 - exp(-eta k))."""
+    """The model of docs/physics.md: Q = Y0 + 1 - exp(-eta k), E Q = Y0/2 + e_d (1 - exp(-eta k))."""
     p = profiles.get(profile)
     eta = transmittance(loss_db) * p.eta_det
     mu, nu, _ = p.intensities

@@ -111,7 +111,7 @@ class BlockResult:
     status: str = "running"  # running | ok | aborted | discarded
     reason: str = ""
     alarm: bool = False  # QBER above threshold: possible eavesdropper or broken fibre
-    key: bytes | None = field(default=None, repr=False)  # never in logs (DESIGN §6)
+    key: bytes | None = field(default=None, repr=False)  # never in logs, errors or state
     key_bits: int = 0
     duration_s: float = 0.0
     detections: int = 0

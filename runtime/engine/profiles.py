@@ -1,6 +1,6 @@
 """Named QKD device profiles: the transmitter/receiver figures a simulated link is built from.
 
-"commercial" follows DESIGN §5 (1 GHz clock, 10 % detector efficiency, Y0 1e-6, e_d 1 %,
+"commercial" follows docs/physics.md (1 GHz clock, 10 % detector efficiency, Y0 1e-6, e_d 1 %,
 f 1.16, q 1/2).  Signal/decoy/vacuum intensities 0.5/0.1/0 are the textbook vacuum+weak-decoy
 choice of Ma, Qi, Zhao and Lo, PRA 72, 012326 (2005) (mu near the optimum ~0.5 for these
 detectors, nu well below mu); the 70/20/10 % intensity probabilities are our own choice from a

@@ -69,7 +69,7 @@ class InProcessNetwork:
                 etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
                 saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
                 bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
-                applications=apps_settings, restconf_tls=restconf_tls,
+                peers=self.topo.peer_names(name), applications=apps_settings, restconf_tls=restconf_tls,
                 interfaces=interfaces_of(self.topo, name, unbound))
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
@@ -131,7 +131,7 @@ class InProcessNetwork:
             f = wdir / f"worker-{i}.pickle"
             f.write_bytes(pickle.dumps([configs[n] for n in share]))
             self.workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtime.harness.worker", str(f),
+                sys.executable, "-P", "-m", "runtime.harness.worker", str(f),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
 
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:

@@ -11,6 +11,7 @@ configs, logs). Node configs hold no secret themselves: they name the password f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from runtime.controller.topology import Topology, TopologyError
 from runtime.errors import SdqkdError
 from runtime.pki import write_ca, write_identity
 from runtime.private import open_private_append, private_dir, write_private
+from runtime.schemas import EngineSettings
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
 
@@ -80,7 +83,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
     With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
     if hosts:
         return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
-    base = topo.extra.get("settings", {}).get("base_port") if isinstance(topo.extra.get("settings"), dict) else None
+    base = topo.settings.base_port
     out: dict[str, dict[str, str]] = {}
     busy = []
     for i, name in enumerate(topo.nodes):
@@ -99,10 +102,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
     """Write the PKI and every node's config; return the network description (network.json)."""
-    raw_settings = topo.extra.get("settings")
-    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant",
-                                          "blocks_in_flight") if k in settings}
+    engine = topo.settings.model_dump(exclude_none=True, include=set(EngineSettings.model_fields))
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
@@ -143,6 +143,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
             "users": {"sdqkd": {"password_file": str(pw_file)}},
             "bootstrap": boot[name],
+            "peers": topo.peer_names(name),
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
             "applications": applications_config(topo),
@@ -209,7 +210,9 @@ def applications_config(topo: Topology) -> dict[str, Any]:
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
     out = os.fdopen(open_private_append(log), "ab")  # the child owns it
     wrap = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.Popen([*wrap, sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+    # -P: import the installed package, never a source tree in the current directory (its C
+    # extensions may not be built there)
+    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -231,11 +234,14 @@ def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Pope
 
 
 def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0,
-       progress: Any = None, netns: bool = False) -> dict[str, Any]:
+       progress: Callable[[], None] | None = None, netns: bool = False,
+       report: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
-    `progress()` is called while waiting (the demo prints the live table from it)."""
+    `progress()` is called while waiting for the links (the demo prints its live table from it);
+    `report(text)` hears each step (PKI written, nodes listening, controller started)."""
     from runtime.controller import topology as tp
 
+    say = report or (lambda _text: None)
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
     state = private_dir(Path(state_dir).resolve())
     lay = Layout(state)
@@ -249,6 +255,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     except BaseException:
         _destroy_netns(state)
         raise
+    say(f"PKI and node configs written ({len(topo.nodes)} nodes, {len(topo.saes)} SAE certificates)")
     logs = private_dir(state / "logs")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -257,6 +264,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
                                            ns_hosts.get(name, {}).get("netns"))
         _write_pids(lay, procs)
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
+        say(f"nodes listening: {', '.join(ready)}")
         for name, r in ready.items():
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
             _pin_ports(Path(desc["nodes"][name]["config"]), r, ready)
@@ -264,6 +272,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         lay.network.write_text(json.dumps(desc, indent=2))
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
+        say(f"controller started; provisioning {len(topo.links)} link(s) on both ends")
         status_file = state / "controller-status.json"
         _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs, progress)
     except BaseException:
@@ -325,7 +334,7 @@ def _wire_interfaces(desc: dict[str, Any], ready: dict[str, Any]) -> None:
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
-    """endpoints.json (DESIGN §4): per node its id, addresses and the TLS material clients need."""
+    """endpoints.json (docs/endpoints.md): per node its id, addresses and the TLS material clients need."""
     out: dict[str, Any] = {}
     for name, nd in desc["nodes"].items():
         out[name] = {
@@ -375,7 +384,9 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]], grace: float = 5.0) -> None
 
 
 def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
-    """Stop every process of the network under state_dir; returns what was stopped."""
+    """Stop every process of the network under state_dir, including a node restarted by hand with
+    `sdqkd node --config DIR/nodes/NAME/node.yaml` (found by the pid in its ready.json and checked
+    against its command line); returns what was stopped."""
     lay = Layout(Path(state_dir).resolve())
     if not lay.pids.exists():
         raise HarnessError(f"{state_dir}: no network runs here (no pids.json)")
@@ -384,6 +395,7 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
     for name in sorted(set(recorded) - set(pids)):
         print(f"sdqkd net down: {name} (PID {recorded[name]}) is not running as part of this network any more; "
               "left alone", file=sys.stderr)
+    by_hand = _restarted_by_hand(lay, set(recorded.values()))
     stopped = []
     for name, pid in pids.items():
         try:
@@ -391,19 +403,62 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
             stopped.append(name)
         except ProcessLookupError:
             pass
+    for name, pid in by_hand.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(f"{name} (restarted by hand, pid {pid})")
     end = time.monotonic() + grace
-    for _name, pid in pids.items():
+    for pid in [*pids.values(), *by_hand.values()]:
         while time.monotonic() < end and _alive(pid):
             time.sleep(0.05)
-        if _alive(pid) and _ours(pid, lay.root):  # checked again: it may have exited and the PID gone to another
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # checked again before SIGKILL: it may have exited and the PID gone to another process
+        if _alive(pid) and (_ours(pid, lay.root) or pid in by_hand.values() and _hand_started(lay, pid)):
+            with contextlib.suppress(ProcessLookupError):
+                if pid in by_hand.values():
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
     lay.pids.unlink()
     lay.endpoints.unlink(missing_ok=True)
     _destroy_netns(lay.root)
     return stopped
+
+
+def _restarted_by_hand(lay: Layout, ours: set[int]) -> dict[str, int]:
+    """node-NAME -> pid of each node process not started by `net up` that runs this network's
+    node config (its ready.json names the pid; /proc/PID/cmdline must name the config)."""
+    out: dict[str, int] = {}
+    try:
+        desc = json.loads(lay.network.read_text())
+    except (OSError, ValueError):
+        return out
+    for name, nd in desc.get("nodes", {}).items():
+        try:
+            pid = int(json.loads(Path(nd["ready"]).read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if pid not in ours and _runs_config(pid, cmdline, Path(nd["config"]).resolve()):
+            out[f"node-{name}"] = pid
+    return out
+
+
+def _hand_started(lay: Layout, pid: int) -> bool:
+    return pid in _restarted_by_hand(lay, set()).values()
+
+
+def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
+    """Whether the process's command line names `config` (relative paths from its own cwd)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return False
+    for arg in cmdline:
+        if arg:
+            p = Path(os.fsdecode(arg))
+            if (p if p.is_absolute() else cwd / p).resolve() == config:
+                return True
+    return False
 
 
 def _destroy_netns(state: Path) -> None:

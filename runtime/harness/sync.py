@@ -25,8 +25,10 @@ class RunningNetwork:
             self._stop = None
 
 
-def start_inprocess(topology: Any, state: Path, timeout: float, workers: int = 0) -> RunningNetwork:
-    """The in-process network runs its own event loop in a thread, so sync tests can use it."""
+def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: int = 0) -> RunningNetwork:
+    """The in-process network runs its own event loop in a thread, so sync tests can use it.
+    With `state` None it lives in a temporary directory removed when it stops (examples: no
+    private keys or key stores left behind)."""
     from runtime.controller import topology as tp
     from runtime.harness.inprocess import start_network
 
@@ -49,7 +51,7 @@ def start_inprocess(topology: Any, state: Path, timeout: float, workers: int = 0
         route = asyncio.run_coroutine_threadsafe(net.controller.request_keys(master, slave, rate), loop).result(60)
         return asdict(route)
 
-    return RunningNetwork("inprocess", net.endpoints, stop, request, state)
+    return RunningNetwork("inprocess", net.endpoints, stop, request, net.state)
 
 
 def start_processes(topology: Any, state: Path, timeout: float) -> RunningNetwork:

@@ -86,6 +86,7 @@ from runtime.lkms.tlsctx import (
     grpc_server_credentials,
     https_server_context,
 )
+from runtime.logfmt import link_label
 from runtime.pki import TlsFiles
 
 KEYSYNC_MAX_MESSAGE = 4 * 1024 * 1024
@@ -101,9 +102,11 @@ class Lkms:
     def __init__(self, node_id: str, data_dir: Path | str, tls: TlsFiles | None, *,
                  saes: Iterable[str] = (), etsi014_listen: str = "127.0.0.1:0",
                  etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
-                 etsi020_listen: str = "127.0.0.1:0", limits: Limits | None = None, store: KeyStore | None = None, fault: str | None = None,
-                 peer_servicers: Iterable[Any] = ()) -> None:
+                 etsi020_listen: str = "127.0.0.1:0", limits: Limits | None = None, store: KeyStore | None = None,
+                 fault: str | None = None, peer_servicers: Iterable[Any] = (),
+                 names: dict[str, str] | None = None) -> None:
         self.node_id = node_id
+        self.names = names or {}  # node ID -> name, for logs only
         self.data_dir = Path(data_dir)
         self.tls = tls
         self.limits = limits or Limits()
@@ -180,7 +183,7 @@ class Lkms:
             self.relay.start(link)
         self.reconciler.request_all()
         self._started = True
-        log.info("LKMS %s up: %s", self.node_id, self.addresses)
+        log.info("LKMS %s up: %s", self.names.get(self.node_id, self.node_id), self.addresses)
 
     async def _start_014(self) -> None:
         """The ETSI 014 HTTPS server: aiohttp's handler behind connlimit.py (connection cap, TLS
@@ -287,7 +290,7 @@ class Lkms:
         await self.kms020.client.close()
         await self.peers.close()
         await self.store.close()
-        log.info("LKMS %s stopped", self.node_id)
+        log.info("LKMS %s stopped", self.names.get(self.node_id, self.node_id))
 
     async def __aenter__(self) -> Lkms:
         await self.start()
@@ -330,7 +333,7 @@ class Lkms:
             self.relay.start(link)
             self.core.outbox_wakeup.set()  # messages owed over this link may have been waiting for it
             self.reconciler.request(qkdl_id)  # either end may have restarted: agree on the pool again
-        log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
+        log.info("%s link %s set, %s", kind, self._label(qkdl_id, peer_node_id), "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:
         link = self.registry.links.get(qkdl_id)
@@ -350,7 +353,10 @@ class Lkms:
             self.streams.drop_link(qkdl_id)
         if erase and self._started:
             n = await self.store.drop_pool(qkdl_id)
-            log.info("link %s removed, %d keys erased", qkdl_id, n)
+            log.info("link %s removed, %d keys erased", self._label(qkdl_id, link.peer_node_id), n)
+
+    def _label(self, qkdl_id: str, peer_node_id: str) -> str:
+        return link_label(self.names, self.names.get(self.node_id, self.node_id), peer_node_id, qkdl_id)
 
     # --- applications ------------------------------------------------------------------------
     def register_app(self, app_id: str, master_sae_id: str, slave_sae_ids: Sequence[str], local_node_id: str,

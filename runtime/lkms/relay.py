@@ -1,5 +1,5 @@
-"""Trusted-node key relay along a virtual link (DESIGN flow 4), carried hop by hop as ETSI GS
-QKD 020 `ext_keys` transfers.
+"""Trusted-node key relay along a virtual link (docs/controller-api.md), carried hop by hop as
+ETSI GS QKD 020 `ext_keys` transfers.
 
 The source node of a VIRT link (prev_hop None) draws fresh random keys K (OS CSPRNG) and sends
 them, a batch per request, to the next node of the path with `POST /kmapi/v1/ext_keys`. ETSI 020

@@ -1,17 +1,17 @@
-"""Node configuration (YAML), checked whole before anything starts; every problem is reported
-as `FILE: key: what is wrong`."""
+"""Node configuration (YAML, docs/node-config.md), checked whole before anything starts against
+the schema in `runtime.schemas`; every problem is reported as `FILE:LINE: key: what is wrong`."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime import schemas
 from runtime.errors import SdqkdError
 from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
-from runtime.yamlfile import read_yaml
+from runtime.yamlfile import Lines, dotted, read_yaml_lines
 
 
 class ConfigError(SdqkdError, ValueError):
@@ -35,8 +35,10 @@ class NodeConfig:
     channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
+    etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
+    peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
     etsi020_listen: str = "127.0.0.1:0"
-    external_peers: list[dict[str, Any]] = field(default_factory=list)  # checked by _external_peers
+    external_peers: list[dict[str, Any]] = field(default_factory=list)  # etsi020.external_peers, ca absolute
     applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
     # RESTCONF northbound: listen address, TLS mode (mutual | server | none), bearer tokens
@@ -45,255 +47,128 @@ class NodeConfig:
     restconf_tokens: list[str] = field(default_factory=list)
     restconf_plain_outside_loopback: bool = False
     # QKD interfaces and the fibre behind each: [{id, att_point: {device, port}, peer: {node,
-    # interface, endpoint}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
+    # interface, endpoint, channel}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
     interfaces: list[dict[str, Any]] = field(default_factory=list)
 
 
-_PEER_KEYS = {"name", "url", "ca", "identity", "saes", "qkdl_id", "mode", "rate_bps"}
-
-
-def _external_peers(v: Any, base: Path, problems: list[str]) -> list[dict[str, Any]]:
-    """etsi020.external_peers: other vendors' KMSs (runtime.lkms.external); paths made absolute."""
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        problems.append("etsi020.external_peers: expected a list of mappings")
-        return []
-    out: list[dict[str, Any]] = []
-    for i, p in enumerate(v):
-        key = f"etsi020.external_peers[{i}]"
-        if not isinstance(p, dict):
-            problems.append(f"{key}: expected a mapping")
-            continue
-        for k in sorted(set(p) - _PEER_KEYS):
-            problems.append(f"{key}.{k}: unknown key (known: {', '.join(sorted(_PEER_KEYS))})")
-        for k in ("name", "url", "identity"):
-            if not isinstance(p.get(k), str) or not p[k]:
-                problems.append(f"{key}.{k}: required, a non-empty string")
-        if isinstance(p.get("url"), str) and not p["url"].startswith(("https://", "http://")):
-            problems.append(f"{key}.url: expected https://host:port, got {p['url']!r}")
-        saes = p.get("saes")
-        if not isinstance(saes, list) or not saes or not all(isinstance(s, str) and s for s in saes):
-            problems.append(f"{key}.saes: required, a non-empty list of SAE IDs")
-        if p.get("mode", "sync") not in ("sync", "async"):
-            problems.append(f"{key}.mode: sync or async, got {p.get('mode')!r}")
-        rate = p.get("rate_bps")
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
-            problems.append(f"{key}.rate_bps: expected a positive number")
-        if p.get("qkdl_id") is not None:
-            try:
-                uuid.UUID(str(p["qkdl_id"]))
-            except ValueError:
-                problems.append(f"{key}.qkdl_id: expected a UUID")
-        q = dict(p)
-        if p.get("ca") is not None:
-            ca = base / str(p["ca"])
-            if not ca.is_file():
-                problems.append(f"{key}.ca: no such file {ca}")
-            q["ca"] = str(ca)
-        out.append(q)
+def _files(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(place, relative path) of every file a config names, read from the raw document so that
+    missing files are reported together with the schema's problems."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if not isinstance(raw, dict):
+        return out
+    tls = raw.get("tls")
+    if isinstance(tls, dict):
+        out += [(("tls", k), tls[k]) for k in ("ca", "cert", "key") if isinstance(tls.get(k), str)]
+    boot = raw.get("bootstrap")
+    if isinstance(boot, dict):
+        out += [(("bootstrap", str(k)), v) for k, v in boot.items() if isinstance(v, str)]
+    e20 = raw.get("etsi020")
+    peers = e20.get("external_peers") if isinstance(e20, dict) else None
+    if isinstance(peers, list):
+        out += [(("etsi020", "external_peers", i, "ca"), q["ca"]) for i, q in enumerate(peers)
+                if isinstance(q, dict) and isinstance(q.get("ca"), str)]
     return out
-
-
-def _listen(v: Any, key: str, problems: list[str]) -> str:
-    if not isinstance(v, str) or ":" not in v or not v.rsplit(":", 1)[1].isdigit():
-        problems.append(f"{key}: expected host:port, got {v!r}")
-        return ""
-    port = int(v.rsplit(":", 1)[1])
-    if not 0 <= port <= 65535:
-        problems.append(f"{key}: port {port} out of range 0..65535")
-    return v
 
 
 def _readable_by_others(f: Path) -> bool:
     return bool(f.stat().st_mode & 0o077)
 
 
-def _users(v: Any, p: Path, problems: list[str]) -> dict[str, str]:
-    """`users: {name: password}` or `{name: {password_file: FILE}}`. A password never sits in a
-    file other users can read: an inline one needs the config itself to be 0600 (or 0400), a
-    password file likewise."""
-    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-        problems.append("users: expected a mapping username: password or username: {password_file: FILE}")
-        return {}
+def _passwords(model: schemas.NodeConfigFile, p: Path, lines: Lines, problems: list[str]) -> dict[str, str]:
+    """`users: {name: password}` or `{name: {password_file: FILE}}` (top level or under gnmi). A
+    password never sits in a file other users can read: an inline one needs the config itself to
+    be 0600 (or 0400), a password file likewise."""
+    where = ("users",) if model.users is not None else ("gnmi", "users")
     out: dict[str, str] = {}
-    for name, spec in v.items():
+    for name, spec in (model.users or model.gnmi.users or {}).items():
+        at = f"{lines.where((*where, name))}: {dotted((*where, name))}"
         if isinstance(spec, str):
             if _readable_by_others(p):
-                problems.append(f"users.{name}: an inline password in a file other users can read; "
-                                f"chmod 600 {p} or use password_file")
+                problems.append(f"{at}: an inline password in a file other users can read; chmod 600 {p} "
+                                "or use password_file")
             out[name] = spec
-        elif isinstance(spec, dict) and set(spec) == {"password_file"} and isinstance(spec["password_file"], str):
-            f = p.parent / spec["password_file"]
-            if not f.is_file():
-                problems.append(f"users.{name}.password_file: no such file {f}")
-            elif _readable_by_others(f):
-                problems.append(f"users.{name}.password_file: {f} is readable by other users; chmod 600 it")
-            else:
-                out[name] = f.read_text().strip()
+            continue
+        f = p.parent / spec.password_file
+        if not f.is_file():
+            problems.append(f"{at}.password_file: no such file {f}")
+        elif _readable_by_others(f):
+            problems.append(f"{at}.password_file: {f} is readable by other users; chmod 600 it")
         else:
-            problems.append(f"users.{name}: expected a password string or {{password_file: FILE}}")
+            out[name] = f.read_text().strip()
     return out
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Parse and check a node config file; ConfigError lists every problem."""
+    """Parse and check a node config file (docs/node-config.md); ConfigError lists every problem
+    (schema, missing files, addresses) as `FILE:LINE: key: what is wrong`."""
     p = Path(path)
-    raw = read_yaml(p, ConfigError)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "channel", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap", "applications", "restconf", "interfaces"}
-    for k in sorted(set(raw) - known):
-        problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
-    node_id = raw.get("id")
-    try:
-        node_id = str(uuid.UUID(str(node_id)))
-    except ValueError:
-        problems.append(f"id: expected a UUID, got {node_id!r}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        problems.append("name: required, a non-empty string")
-
-    def section(key: str) -> dict[str, Any]:
-        v = raw.get(key)
-        if not isinstance(v, dict) or "listen" not in v:
-            problems.append(f"{key}: required, a mapping with `listen: host:port`")
-            return {}
-        return v
-
-    gnmi, e14, e04 = section("gnmi"), section("etsi014"), section("etsi004")
-    tls_raw = raw.get("tls")
+    base = p.parent
+    raw, lines = read_yaml_lines(p, ConfigError)
+    model, problems = schemas.problems(schemas.NodeConfigFile, raw, lines)
+    problems += [f"{lines.where(loc)}: {dotted(loc)}: no such file {base / f}" for loc, f in _files(raw)
+                 if not (base / f).is_file()]
+    if model is None:
+        raise ConfigError("\n".join(problems))
     tls = None
-    if tls_raw is not None:
-        if not isinstance(tls_raw, dict) or not {"ca", "cert", "key"} <= set(tls_raw):
-            problems.append("tls: expected a mapping with ca, cert and key file paths")
-        else:
-            base = p.parent
-            files = {k: (base / str(tls_raw[k])) for k in ("ca", "cert", "key")}
-            for k, f in files.items():
-                if not f.is_file():
-                    problems.append(f"tls.{k}: no such file {f}")
-            tls = TlsFiles(files["ca"], files["cert"], files["key"])
-    peer = raw.get("peer", {"listen": "127.0.0.1:0"})
-    if not isinstance(peer, dict) or "listen" not in peer:
-        problems.append("peer: expected a mapping with `listen: host:port`")
-        peer = {}
-    channel = raw.get("channel", {"listen": "127.0.0.1:0"})
-    if not isinstance(channel, dict) or "listen" not in channel:
-        problems.append("channel: expected a mapping with `listen: host:port`")
-        channel = {}
-    e20 = raw.get("etsi020", {"listen": "127.0.0.1:0"})
-    if not isinstance(e20, dict) or not set(e20) <= {"listen", "external_peers"}:
-        problems.append("etsi020: expected a mapping with `listen: host:port` and optional `external_peers`")
-        e20 = {}
-    e20.setdefault("listen", "127.0.0.1:0")
-    externals = _external_peers(e20.get("external_peers"), p.parent, problems)
-    restconf = _restconf_section(raw.get("restconf"), gnmi, tls is not None, problems)
-    listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("etsi020", e20),
-                ("channel", channel), ("restconf", restconf)) if s}
+    if model.tls is not None:
+        tls = TlsFiles(base / model.tls.ca, base / model.tls.cert, base / model.tls.key)
+    listens = {k: getattr(model, k).listen for k in ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel")}
+    externals = []
+    for peer in model.etsi020.external_peers:
+        q = peer.model_dump(exclude_unset=True)
+        if peer.ca is not None:
+            q["ca"] = str(base / peer.ca)
+        externals.append(q)
     if tls is None:
         from runtime.agent.serve import is_loopback
 
-        for k, v in listens.items():
-            if k == "restconf" and restconf.get("plain_http_outside_loopback"):
-                continue
-            if v and not is_loopback(v):
-                problems.append(f"{k}.listen: {v} is not a loopback address; without `tls` a node serves loopback only")
-    saes = raw.get("saes", [])
-    if not isinstance(saes, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str) for s in saes):
-        problems.append("saes: expected a list of mappings with an `id`")
-        saes = []
-    users = _users(raw.get("users", gnmi.get("users", {})) or {}, p, problems)
-    bootstrap: dict[str, Path] = {}
-    for peer_id, f in (raw.get("bootstrap") or {}).items():
-        bf = p.parent / str(f)
-        if not bf.is_file():
-            problems.append(f"bootstrap.{peer_id}: no such file {bf}")
-        bootstrap[str(peer_id)] = bf
-    engine = raw.get("engine") or {}
-    if not isinstance(engine, dict):
-        problems.append("engine: expected a mapping")
-        engine = {}
-    interfaces = _interfaces(raw.get("interfaces"), problems)
-    apps_raw = raw.get("applications") or {}
-    if not isinstance(apps_raw, dict):
-        problems.append("applications: expected a mapping")
-        apps_raw = {}
-    applications = Settings.from_dict(apps_raw, "applications", problems)
-    data_dir = raw.get("data_dir")
-    if not isinstance(data_dir, str) or not data_dir:
-        problems.append("data_dir: required, a directory path")
+        problems += [f"{lines.where((k, 'listen'))}: {k}.listen: {v} is not a loopback address; without `tls` "
+                     "a node serves loopback only" for k, v in listens.items() if not is_loopback(v)]
+    restconf = _restconf(model, tls is not None, lines, problems)
+    if tls is None and not restconf.plain_http_outside_loopback and restconf.listen is not None:
+        from runtime.agent.serve import is_loopback
+
+        if not is_loopback(restconf.listen):
+            problems.append(f"{lines.where(('restconf', 'listen'))}: restconf.listen: {restconf.listen} is not a "
+                            "loopback address; without `tls` a node serves loopback only")
+    seen: set[int] = set()
+    for i, itf in enumerate(model.interfaces):
+        if itf.id in seen:
+            problems.append(f"{lines.where(('interfaces', i, 'id'))}: interfaces[{i}].id: {itf.id} given twice")
+        seen.add(itf.id)
+    if model.users is not None and model.gnmi.users is not None:
+        problems.append(f"{lines.where(('gnmi', 'users'))}: gnmi.users: give users once (top level or under gnmi)")
+    users = _passwords(model, p, lines, problems)
     if problems:
-        raise ConfigError(f"{p}: " + f"\n{p}: ".join(problems))
-    assert isinstance(node_id, str) and isinstance(name, str) and data_dir is not None  # checked above
+        raise ConfigError("\n".join(problems))
     return NodeConfig(
-        id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
-        etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
-        location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), channel_listen=listens.get("channel", "127.0.0.1:0"),
-        bootstrap=bootstrap, engine=engine,
-        etsi020_listen=listens.get("etsi020", "127.0.0.1:0"), external_peers=externals,
-        applications=applications, raw=raw,
-        restconf_listen=listens.get("restconf", "127.0.0.1:0"), restconf_tls=restconf.get("tls", "none"),
-        restconf_tokens=list(restconf.get("bearer_tokens", [])),
-        restconf_plain_outside_loopback=bool(restconf.get("plain_http_outside_loopback", False)),
-        interfaces=interfaces,
+        id=model.id, name=model.name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
+        etsi004_listen=listens["etsi004"], data_dir=base / model.data_dir, tls=tls,
+        saes=[s.model_dump() for s in model.saes], location=model.location,
+        users=users, gnmi_mutual_tls=model.gnmi.mutual_tls,
+        peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
+        engine=model.engine.model_dump(exclude_none=True),
+        etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
+        etsi020_listen=listens["etsi020"], external_peers=externals, channel_listen=listens["channel"],
+        applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
+                              idle_timeout_s=model.applications.idle_timeout_s,
+                              sae_nodes=dict(model.applications.sae_nodes) if model.applications.sae_nodes else None),
+        raw=raw,
+        restconf_listen=restconf.listen or "127.0.0.1:0", restconf_tls=restconf.tls or "none",
+        restconf_tokens=list(restconf.bearer_tokens),
+        restconf_plain_outside_loopback=restconf.plain_http_outside_loopback,
+        interfaces=[i.model_dump(exclude_none=True) for i in model.interfaces],
     )
 
 
-def _restconf_section(v: Any, gnmi: dict[str, Any], has_tls: bool, problems: list[str]) -> dict[str, Any]:
-    """`restconf: {listen, tls: mutual|server|none, bearer_tokens: [..], plain_http_outside_loopback}`;
-    absent: the gNMI host, port 0, mutual TLS when the node has TLS."""
-    host = str(gnmi.get("listen", "127.0.0.1:0")).rsplit(":", 1)[0] or "127.0.0.1"
-    out: dict[str, Any] = {"listen": f"{host}:0", "tls": "mutual" if has_tls else "none"}
-    if v is None:
-        return out
-    if not isinstance(v, dict):
-        problems.append("restconf: expected a mapping (listen, tls, bearer_tokens)")
-        return out
-    for k in sorted(set(v) - {"listen", "tls", "bearer_tokens", "plain_http_outside_loopback"}):
-        problems.append(f"restconf.{k}: unknown key (known: bearer_tokens, listen, plain_http_outside_loopback, tls)")
-    out.update(v)
-    if out["tls"] not in ("mutual", "server", "none"):
-        problems.append(f"restconf.tls: expected mutual, server or none, got {out['tls']!r}")
-    elif out["tls"] != "none" and not has_tls:
-        problems.append(f"restconf.tls: {out['tls']} needs the node's `tls` files")
-    tokens = out.get("bearer_tokens", [])
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
-        problems.append("restconf.bearer_tokens: expected a list of strings of at least 16 characters")
-        out["bearer_tokens"] = []
-    return out
-
-
-def _interfaces(v: Any, problems: list[str]) -> list[dict[str, Any]]:
-    """`interfaces: [{id, att_point: {device, port}, peer: {node, interface, endpoint, channel},
-    fibre: {km, loss_db, profile}}]`, checked for shape here and by the model when seeded
-    (endpoint: the peer's key-relay port, channel: its engine channel port)."""
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        problems.append("interfaces: expected a list of mappings")
-        return []
-    seen: set[int] = set()
-    out = []
-    for i, itf in enumerate(v):
-        where = f"interfaces[{i}]"
-        if not isinstance(itf, dict) or not isinstance(itf.get("id"), int) or not 1 <= itf["id"] < 2**32:
-            problems.append(f"{where}.id: required, an integer 1..4294967295")
-            continue
-        if itf["id"] in seen:
-            problems.append(f"{where}.id: {itf['id']} given twice")
-        seen.add(itf["id"])
-        for k in sorted(set(itf) - {"id", "att_point", "peer", "fibre"}):
-            problems.append(f"{where}.{k}: unknown key (known: att_point, fibre, id, peer)")
-        peer = itf.get("peer") or {}
-        if peer:
-            try:
-                uuid.UUID(str(peer.get("node")))
-            except ValueError:
-                problems.append(f"{where}.peer.node: expected the peer's node UUID, got {peer.get('node')!r}")
-        out.append(itf)
-    return out
+def _restconf(model: schemas.NodeConfigFile, has_tls: bool, lines: Lines,
+              problems: list[str]) -> schemas.RestconfSection:
+    """`restconf:` with its defaults made explicit: the gNMI host with port 0, and mutual TLS
+    when the node has `tls` (plain HTTP otherwise, loopback only)."""
+    given = model.restconf or schemas.RestconfSection()
+    host = model.gnmi.listen.rsplit(":", 1)[0] or "127.0.0.1"
+    tls = given.tls or ("mutual" if has_tls else "none")
+    if tls != "none" and not has_tls:
+        problems.append(f"{lines.where(('restconf', 'tls'))}: restconf.tls: {tls} needs the node's `tls` files")
+    return given.model_copy(update={"listen": given.listen or f"{host}:0", "tls": tls})

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.engine import pipeline
+from runtime.logfmt import brief
 from runtime.pki import TlsFiles
 
 from .channel import (
@@ -70,6 +71,7 @@ class LinkParams:
     clock_scale: float = 1.0  # < 1: a slower simulated clock (large networks on few cores)
     window: int = DEFAULT_WINDOW
     peer_id: str = ""  # the peer node's ID: its certificate CN on the classical channel
+    label: str = ""  # "A-B (1234abcd)" for logs
 
 
 @dataclass
@@ -181,7 +183,8 @@ class EngineLink:
 
     def _session_ended(self, e: BaseException | None) -> None:
         if e is not None and not self._stopped.is_set():
-            log.info("link %s: session ended: %s", self.p.qkdl_id, e)
+            log.info("link %s: session ended: %s", self.p.label or self.p.qkdl_id, brief(e),
+                     exc_info=log.isEnabledFor(logging.DEBUG))
             self.stats.status = "PASSIVE"
             self._on_stats(self.p, self.stats, None)
 

@@ -16,6 +16,7 @@ link, `sdqkd-link/engine-state/last-abort-reason`; the datastore retries it late
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -28,6 +29,7 @@ from generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
 from runtime.agent.model import NODES, Resolved, elems_text
 from runtime.agent.transaction import resolve_text
 from runtime.lkms.registry import sae_of
+from runtime.logfmt import link_label
 
 from .config import ConfigError
 from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
@@ -163,9 +165,12 @@ class NodeProvisioning(ModelHooks):
 
     async def _apply_phys(self, qkdl_id: str, plan: PhysPlan) -> None:
         lkms = self.node.require_lkms()
+        cfg = self.node.cfg
+        plan = dataclasses.replace(plan, params=dataclasses.replace(
+            plan.params, label=link_label(cfg.peers, cfg.name, plan.peer_id, qkdl_id)))  # logs say "link A-B"
         bootstrap = self._bootstrap(plan.peer_id, qkdl_id)
         if bootstrap is None:
-            log.warning("link %s: no bootstrap secret for peer %s; not started", qkdl_id, plan.peer_id)
+            log.warning("link %s: no bootstrap secret for peer %s; not started", plan.params.label, plan.peer_id)
             return
         await lkms.set_link(qkdl_id, plan.peer_id, plan.peer_address, kind="PHYS", up=plan.params.enabled)
         current = self.node.links.get(qkdl_id)

@@ -22,6 +22,7 @@ import grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.agent.transaction import Datastore
+from runtime.lkms.core import Limits
 from runtime.lkms.external import external_peer
 from runtime.lkms.node import Lkms
 from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
@@ -65,7 +66,8 @@ class NodeRuntime:
         # the key store creates the data dir (0700) and refuses one it cannot write, saying why
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen)
+                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
+                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers})
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)

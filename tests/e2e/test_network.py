@@ -49,6 +49,10 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
     state = tmp_path / "state"
     r = sdqkd("net", "up", str(topo), "--state-dir", str(state), "--timeout", "120")
     assert r.returncode == 0, r.stderr[-3000:]
+    # progress per step and per link, then where the controller is and what to do next
+    assert "nodes listening: A, B, C" in r.stderr
+    assert "link A-B (10 km, 2.0 dB): producing key" in r.stderr and "link B-C (15 km, 3.0 dB)" in r.stderr
+    assert "controller API  http://127.0.0.1:" in r.stdout and f"sdqkd net down --state-dir {state}" in r.stdout
     pids = json.loads((state / "pids.json").read_text())
     try:
         eps = json.loads((state / "endpoints.json").read_text())
@@ -125,11 +129,40 @@ def test_port_in_use_is_refused_before_start(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_keys_match():
-    r = sdqkd("demo", "--seconds", "40", timeout=300)
+def test_demo_runs_and_keys_match(tmp_path: Path):
+    keep = tmp_path / "kept"
+    r = sdqkd("demo", "--seconds", "60", "--keep", str(keep), timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "the two ends hold the same key" in r.stdout
     assert "Quijote - Concepcion" in r.stdout and "leaves nothing running" in r.stdout
     assert "first request registered sae-quijote <-> sae-distrito" in r.stdout
-    state = r.stdout.split("state in ", 1)[1].split()[0]
-    assert not Path(state).exists()  # its PKI and key stores are gone with it
+    assert "CPU-bound" in r.stdout and "what to try next" in r.stdout  # the story ends with a pointer
+    assert f"state kept in {keep}" in r.stdout and (keep / "pki").is_dir() and not (keep / "pids.json").exists()
+    # the kept state of a stopped network reads as such, never as live
+    st = sdqkd("net", "status", "--state-dir", str(keep))
+    assert st.returncode == 0 and "stopped: last status from" in st.stdout and "Quijote-Concepcion" in st.stdout
+    pl = sdqkd("plot", "topology", "--state-dir", str(keep), "--out", str(tmp_path / "t.png"))
+    assert pl.returncode == 0 and "(last seen rates)" in pl.stdout, pl.stderr
+
+
+def test_demo_interrupted_removes_its_state(tmp_path: Path):
+    import signal
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert p.stdout is not None
+        head = p.stdout.readline()
+        assert "sdqkd demo" in head
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("sdqkd-demo-*/pids.json")):  # processes started
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.2)
+        p.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "interrupted" in out and "removed its state directory" in out, out
+    assert not list(tmp_path.glob("sdqkd-demo-*"))

@@ -1,4 +1,4 @@
-"""Analytic key-rate model (DESIGN §5) and its agreement with the simulated link."""
+"""Analytic key-rate model (docs/physics.md) and its agreement with the simulated link."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from runtime.engine import keyrate, profiles, sim
 
 
 def test_design_figures():
-    # DESIGN §5: about 2e-3 bits/pulse at 40 km (8 dB); ours with mu = 0.5 gives 1.75e-3
+    # docs/physics.md: about 2e-3 bits/pulse at 40 km (8 dB); ours with mu = 0.5 gives 1.75e-3
     assert keyrate.asymptotic("commercial", 8.0) == pytest.approx(1.749e-3, rel=1e-3)
     assert keyrate.asymptotic("commercial", 30.0) == pytest.approx(8.91e-6, rel=1e-2)
     assert keyrate.asymptotic("commercial", 40.0) == 0.0

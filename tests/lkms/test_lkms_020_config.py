@@ -39,8 +39,9 @@ def test_bad_section_names_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(p)
     msg = str(e.value)
-    for part in ("etsi020.listen: expected host:port", "external_peers[0].url: expected https://host:port",
-                 "external_peers[0].identity: required", "external_peers[0].saes: required",
-                 "external_peers[0].mode: sync or async", "external_peers[0].colour: unknown key",
-                 "external_peers[0].ca: no such file"):
+    # docs/node-config.md: FILE:LINE: place: what; list entries named by their `name`
+    for part in ("etsi020.listen: expected host:port", "external_peers[0] (vx).url: expected https://host:port",
+                 "external_peers[0] (vx).identity: required", "external_peers[0] (vx).saes: must not be empty",
+                 "external_peers[0] (vx).mode: must be one of 'sync' or 'async'",
+                 "external_peers[0] (vx).colour: unknown key", "external_peers[0].ca: no such file"):
         assert part in msg, (part, msg)

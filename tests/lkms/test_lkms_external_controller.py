@@ -37,8 +37,9 @@ def test_topology_checks_external_peers() -> None:
     with pytest.raises(TopologyError) as e:
         parse(bad)
     msg = str(e.value)
-    assert "external_peers[0].node: unknown node 'Z'" in msg
-    assert "external_peers[1].colour: unknown key" in msg and "'a1' is already an SAE of node A" in msg
+    # docs/topology.md: FILE[:LINE]: place: what, list entries named by their `name`
+    assert "external_peers[0] (v).node: unknown node 'Z'" in msg
+    assert "external_peers[1] (w).colour: unknown key" in msg and "'a1' is already an SAE of node A" in msg
     topo = parse(TOPO)
     (p,) = parse_external_peers(topo, topo.extra["external_peers"], "t")
     assert (p.node, p.saes, p.rate_bps) == ("A", ("bx1",), 5000.0)

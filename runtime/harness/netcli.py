@@ -1,0 +1,135 @@
+"""What `sdqkd net up|down|status` print: progress while a network starts (each step, then each
+link as it starts producing key), a summary with the controller's address and the next commands,
+and the link table (shared with the demo). The work itself is `runtime.harness.network`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime.controller.topology import TopologyError
+
+from . import network
+
+
+def fmt_rate(bps: Any) -> str:
+    if bps in (None, ""):
+        return "-"
+    v = float(bps)
+    return f"{v / 1e6:.2f} Mb/s" if v >= 1e6 else f"{v / 1e3:.1f} kb/s"
+
+
+def table(status: dict[str, Any]) -> str:
+    """The controller's view as a table: links, nodes that are down, applications."""
+    rows = [f"  {'link':22s} {'km':>5s} {'dB':>5s} {'QBER':>6s} {'secret key rate':>16s} {'stored keys':>12s}  state"]
+    for r in status.get("links", []):
+        q = f"{float(r['qber']) * 100:.1f}%" if r.get("qber") not in (None, "") else "-"
+        rows.append(f"  {r['link']:22s} {r['km']:5.0f} {r['db']:5.1f} {q:>6s} {fmt_rate(r.get('skr')):>16s} "
+                    f"{r.get('stored_keys', 0):>12d}  {'up' if r['up'] else 'coming up'}")
+    down = [n for n, up in status.get("nodes", {}).items() if not up]
+    if down:
+        rows.append(f"  nodes down: {', '.join(down)}")
+    for a in status.get("apps", []):
+        rows.append(f"  app {a['master']} -> {a['slave']}: path {' - '.join(a['path'])} "
+                    f"({'relayed' if a['virtual'] else 'direct'})")
+    return "\n".join(rows)
+
+
+class LinkProgress:
+    """Called while `net up` waits: prints each link once, when it first produces key."""
+
+    def __init__(self, state: Path, t0: float):
+        self.status_file = state / "controller-status.json"
+        self.t0 = t0
+        self.seen: set[str] = set()
+        self.last_read = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        if (not force and time.monotonic() - self.last_read < 0.5) or not self.status_file.exists():
+            return
+        self.last_read = time.monotonic()
+        try:
+            st = json.loads(self.status_file.read_text())
+        except ValueError:
+            return
+        for r in st.get("links", []):
+            if r["link"] not in self.seen and r["up"] and r.get("stored_keys", 0) > 0:
+                self.seen.add(r["link"])
+                say(self.t0, f"link {r['link']} ({r['km']:.0f} km, {r['db']:.1f} dB): producing key, "
+                             f"{fmt_rate(r.get('skr'))}  [{len(self.seen)}/{len(st['links'])}]")
+
+
+def say(t0: float, text: str) -> None:
+    print(f"  [{time.monotonic() - t0:5.1f} s] {text}", file=sys.stderr, flush=True)
+
+
+def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> int:
+    """`topology` None: the demo's metro network (the README's first-key example)."""
+    from runtime.demo import DEFAULT_TOPOLOGY
+
+    t0 = time.monotonic()
+    state = Path(state_dir)
+    print(f"sdqkd net up {topology or '(the demo network)'}: state in {state.resolve()}", file=sys.stderr, flush=True)
+    progress = LinkProgress(state.resolve(), t0)
+    try:
+        eps = network.up(topology or DEFAULT_TOPOLOGY, state, timeout=timeout, netns=netns, progress=progress,
+                         report=lambda text: say(t0, text))
+    except (TopologyError, network.HarnessError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
+        print(f"sdqkd net up: {state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    progress(force=True)  # the links that came up after the last look
+    st = json.loads((state / "controller-status.json").read_text())
+    print(summary(state, eps, st, time.monotonic() - t0))
+    return 0
+
+
+def summary(state: Path, eps: dict[str, Any], status: dict[str, Any], seconds: float) -> str:
+    d = str(state)
+    return "\n".join([
+        f"network up in {seconds:.1f} s: {len(eps)} nodes, {len(status['links'])} links producing key",
+        f"  controller API  http://{status['api']}   (bearer token in {d}/pki/northbound-token: docs/controller-api.md)",
+        f"  endpoints       {d}/endpoints.json   (addresses, CA and SAE certificates: docs/endpoints.md)",
+        f"  logs            {d}/logs/",
+        "next:",
+        f"  sdqkd net status --state-dir {d}",
+        f"  jq . {d}/endpoints.json",
+        "  docs/quickstart.md: a key with curl, gNMI Get/Subscribe with pygnmicli",
+        f"  sdqkd net down --state-dir {d}",
+    ])
+
+
+def down(state_dir: str) -> int:
+    try:
+        stopped = network.down(state_dir)
+    except network.HarnessError as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sdqkd net down: {state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"stopped {len(stopped)} process(es): {', '.join(stopped)}")
+    return 0
+
+
+def status(state_dir: str) -> int:
+    state = Path(state_dir)
+    f = state / "controller-status.json"
+    if not f.exists():
+        print(f"{state_dir}: no network status here (no controller-status.json)", file=sys.stderr)
+        return 2
+    st = json.loads(f.read_text())
+    running = (state / "pids.json").exists()
+    age = time.time() - f.stat().st_mtime
+    head = f"controller API http://{st.get('api', '-')}" if running else \
+        f"stopped: last status from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.stat().st_mtime))}"
+    if running and age > 5:
+        head += f" (status {age:.0f} s old: is the controller running? see {state_dir}/logs/controller.log)"
+    print(f"{state_dir}: {head}")
+    print(table(st))
+    return 0

@@ -1,0 +1,47 @@
+"""The examples run as a user runs them after `pip install .`: against the installed package
+(never by putting the source tree first on sys.path, whose extension modules may not be built),
+from any directory, leaving no state (private keys, key stores) behind."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_does_not_touch_sys_path(example: Path):
+    tree = ast.parse(example.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+            pytest.fail(f"{example.name}:{node.lineno}: uses sys.path; import the installed package instead")
+
+
+def test_an_example_runs_from_elsewhere_and_leaves_nothing(tmp_path: Path):
+    example = next(p for p in EXAMPLES if p.name == "tls_psk.py")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp), "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert list(tmp.iterdir()) == []  # its network's state dir (PKI, key stores) was removed
+
+
+def test_network_processes_import_the_installed_package_not_the_current_directory(tmp_path: Path, monkeypatch):
+    """`sdqkd net up` / `sdqkd demo` run from a source checkout after `pip install .`: the node
+    processes must not import the checkout (its C extensions are not built there)."""
+    from runtime.harness import network
+
+    fake = tmp_path / "runtime"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the source tree in the current directory was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / "child.log"
+    proc = network._spawn(["--version"], log)
+    assert proc.wait(60) == 0, log.read_text()
+    assert log.read_text().startswith("sdqkd ")
