@@ -217,13 +217,23 @@ class RestconfSection(Strict):
     plain_http_outside_loopback: bool = False
 
 
+class InterfacePeer(Strict):
+    """The node and interface at the far end of an interface's fibre; `endpoint` its key-relay
+    (peer) port, `channel` its engine channel port, where fixed."""
+
+    node: Uuid
+    interface: int | None = None
+    endpoint: str | None = None
+    channel: str | None = None
+
+
 class InterfaceEntry(Strict):
     """One QKD interface and the fibre behind it (seeded into qkd_interfaces; the model checks
     the inner members when it is seeded)."""
 
     id: Annotated[int, Field(ge=1, lt=2**32)]
     att_point: dict[str, Any] | None = None
-    peer: dict[str, Any] | None = None
+    peer: InterfacePeer | None = None
     fibre: dict[str, Any] | None = None
 
 

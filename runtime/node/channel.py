@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.errors import SdqkdError
 from runtime.lkms.tlsctx import peercert_cn
 from runtime.pki import TlsFiles
 
@@ -60,7 +61,7 @@ class Kind(enum.IntEnum):
     PING = 6
 
 
-class ChannelError(ConnectionError):
+class ChannelError(SdqkdError, ConnectionError):
     """The classical channel broke or the peer broke its protocol; the session ends."""
 
 

@@ -36,13 +36,13 @@ def test_sections_read(tmp_path: Path):
 
 @pytest.mark.parametrize("extra, words", [
     ("restconf: {tls: mutual}\n", "restconf.tls: mutual needs the node's `tls` files"),
-    ("restconf: {tls: maybe}\n", "restconf.tls: expected mutual, server or none"),
+    ("restconf: {tls: maybe}\n", "restconf.tls: must be one of 'mutual', 'server' or 'none'"),
     ("restconf: {listen: '10.1.2.3:8080'}\n", "restconf.listen: 10.1.2.3:8080 is not a loopback address"),
     ("restconf: {bearer_tokens: [short]}\n", "restconf.bearer_tokens"),
     ("restconf: {colour: red}\n", "restconf.colour: unknown key"),
     ("interfaces: [{id: 0}]\n", "interfaces[0].id"),
     ("interfaces: [{id: 1}, {id: 1}]\n", "interfaces[1].id: 1 given twice"),
-    ("interfaces: [{id: 1, peer: {node: x}}]\n", "interfaces[0].peer.node: expected the peer's node UUID"),
+    ("interfaces: [{id: 1, peer: {node: x}}]\n", "interfaces[0].peer.node: 'x' is not a UUID"),
 ])
 def test_problems_are_named(tmp_path: Path, extra: str, words: str):
     with pytest.raises(ConfigError) as e:
