@@ -125,7 +125,10 @@ def test_readme_first_key_is_a_relayed_key_the_peer_gets_too(net: Net) -> None:
         return next((a for a in status["apps"] if a["master"] == "sae-quijote"), None)
 
     route = until(route, 10, "the controller's status to show the README's pair")
-    assert route["virtual"] and len(route["path"]) == 4  # three hops, registered by that first request
+    # relayed, registered by that first request; the controller picks among the 3- and 4-hop paths
+    # by the links' measured key rates and stores, so the hop count is not fixed
+    assert route["virtual"] and len(route["path"]) >= 4
+    assert route["path"][0] == "Quijote" and route["path"][-1] == "Distrito"
 
 
 def _qkd014(net: Net, sae: str, *args: str) -> tuple[int, str]:
