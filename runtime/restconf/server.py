@@ -372,20 +372,27 @@ class RestconfServer:
 
     # -- PUT / POST / PATCH / DELETE (strict)
 
-    async def _put(self, target: uri.Target, body: Any) -> web.Response:
+    def _target_value(self, method: str, target: uri.Target, body: Any) -> Any:
+        """The checked value a PUT or PATCH writes at `target` (the whole datastore for `/`)."""
         if target.keyless:
-            raise protocol("invalid-value", "PUT needs a list instance (list=key), not the whole list")
+            raise protocol("invalid-value", f"{method} needs a list instance (list=key), not the whole list")
         if target.spath == "/":
             if not isinstance(body, dict):
                 raise protocol("malformed-message", "the datastore is a JSON object")
             bodies.check_member_names("/", body, "/")
-            await self._commit([Edit(REPLACE, (), body)], "/")
-            return web.Response(status=204)
+            return body
         module, name, value = bodies.single_member(body, target.instance_id())
         bodies.check_target_member(target, module, name)
         bodies.check_value(target.spath, value, target.instance_id())
         if rc.RESOURCES[target.spath].kind == "list":
             value = bodies.list_entry(value, target)
+        return value
+
+    async def _put(self, target: uri.Target, body: Any) -> web.Response:
+        value = self._target_value("PUT", target, body)
+        if target.spath == "/":
+            await self._commit([Edit(REPLACE, (), value)], "/")
+            return web.Response(status=204)
         existed = self.adapter.exists(target.elems)
         await self._commit([Edit(REPLACE, target.elems, value)], target.instance_id())
         return web.Response(status=204 if existed else 201)
@@ -426,19 +433,10 @@ class RestconfServer:
         return web.Response(status=201, headers={"Location": location})
 
     async def _patch(self, target: uri.Target, body: Any) -> web.Response:
-        if target.keyless:
-            raise protocol("invalid-value", "PATCH needs a list instance (list=key), not the whole list")
+        value = self._target_value("PATCH", target, body)
         if target.spath == "/":
-            if not isinstance(body, dict):
-                raise protocol("malformed-message", "the datastore is a JSON object")
-            bodies.check_member_names("/", body, "/")
-            await self._commit([Edit(MERGE, (), body)], "/")
+            await self._commit([Edit(MERGE, (), value)], "/")
             return web.Response(status=204)
-        module, name, value = bodies.single_member(body, target.instance_id())
-        bodies.check_target_member(target, module, name)
-        bodies.check_value(target.spath, value, target.instance_id())
-        if rc.RESOURCES[target.spath].kind == "list":
-            value = bodies.list_entry(value, target)
         await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
         return web.Response(status=204)
 
