@@ -12,7 +12,7 @@ from typing import Any
 
 from runtime.controller.topology import TopologyError
 
-from . import network
+from . import network, northbound
 
 
 def fmt_rate(bps: Any) -> str:
@@ -126,6 +126,11 @@ def status(state_dir: str) -> int:
     st = json.loads(f.read_text())
     running = (state / "pids.json").exists()
     age = time.time() - f.stat().st_mtime
+    if running:
+        try:  # the controller's view now; the file is refreshed only once a second
+            st, age = northbound.get_status(state), 0.0
+        except (OSError, ValueError, KeyError):
+            pass  # not answering: show the file, with its age
     head = f"controller API http://{st.get('api', '-')}" if running else \
         f"stopped: last status from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.stat().st_mtime))}"
     if running and age > 5:

@@ -17,6 +17,16 @@ def api_and_headers(state: Path) -> tuple[str, dict[str, str]]:
     return str(api), {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"}
 
 
+def get_status(state: Path, timeout: float = 5.0) -> dict[str, Any]:
+    """GET /status: the controller's view now (links, nodes, applications), with its address."""
+    api, headers = api_and_headers(state)
+    req = urllib.request.Request(f"http://{api}/status", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        st = dict(json.loads(resp.read()))
+    st["api"] = api
+    return st
+
+
 def post_app(state: Path, master: str, slave: str, rate: float = 0.0, timeout: float = 60.0) -> dict[str, Any]:
     """POST /apps: keys for SAE `master` shared with SAE `slave` at `rate` bit/s; the route."""
     api, headers = api_and_headers(state)
