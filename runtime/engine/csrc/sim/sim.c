@@ -52,7 +52,8 @@ static inline u64 xoshiro(u64 *s) {
     s[3] = rotl(s[3], 45);
     return r;
 }
-static inline double unit53(u64 x) { return (double)(x >> 11) * 0x1.0p-53; } /* [0, 1) */
+
+/* ---- link parameters --------------------------------------------------------------------- */
 
 static u64 prob_threshold(double p) { /* P[hash < thr] = p */
     if (!(p > 0)) return 0;
@@ -60,45 +61,87 @@ static u64 prob_threshold(double p) { /* P[hash < thr] = p */
     return (u64)ldexp(p, 64);
 }
 
-/* ---- link parameters --------------------------------------------------------------------- */
+/* P[(h >> 11) < thr] = p for 53 random bits: the same test as (h >> 11) * 2^-53 < p, in integers */
+static u64 prob_threshold53(double p) {
+    if (!(p > 0)) return 0;
+    if (p >= 1) return 1ULL << 53;
+    return (u64)ceil(ldexp(p, 53));
+}
 
 typedef struct {
     u64 seed, n_pulses, dead;
-    double p_det, perr[3], eve;
-    u64 thr0, thr1; /* class thresholds: class 0 if h < thr0, 1 if h < thr1, else 2 */
+    double p_det;
+    u64 cls0, cls1;  /* class thresholds on the hash's top 62 bits: class 0 below cls0, 1 below cls1 */
+    u64 perr[3];     /* error thresholds (53-bit) per class */
+    u64 eve;         /* intercept-resend threshold (53-bit); 0: no eavesdropper */
 } link_t;
 
-/* One hash gives Alice's bit (bit 0), basis (bit 1) and, from the other 62 bits, the class. */
-static inline int class_of(const link_t *L, u64 a) {
-    u64 h = a >> 2;
-    return h < (L->thr0 >> 2) ? 0 : (h < (L->thr1 >> 2) ? 1 : 2);
+static void set_classes(link_t *L, double c0, double c1) {
+    L->cls0 = prob_threshold(c0) >> 2;
+    L->cls1 = prob_threshold(c1) >> 2;
 }
 
-/* One detection event seen by both ends: which slot, class, Alice's bit/basis, Bob's. */
-typedef struct {
-    int cls, abit, abasis, bbasis, bbit;
-} event_t;
+/* One hash gives Alice's bit (bit 0), basis (bit 1) and, from the other 62 bits, the class
+ * (branch-free: cls0 <= cls1). */
+static inline int class_of(const link_t *L, u64 a) { return (int)((a >> 2) >= L->cls0) + (int)((a >> 2) >= L->cls1); }
 
-static inline void make_event(const keys_t *K, const link_t *L, u64 slot, event_t *e) {
-    u64 a = hsh(K->alice, slot);
-    e->cls = class_of(L, a);
-    e->abit = (int)(a & 1);
-    e->abasis = (int)((a >> 1) & 1);
-    u64 c = hsh(K->chan, slot);
-    e->bbasis = (int)(c & 1);
-    int rnd = (int)((c >> 1) & 1);
-    if (e->bbasis != e->abasis) { /* wrong basis: the photon lands at random */
-        e->bbit = rnd;
-        return;
-    }
-    if (L->eve > 0) { /* intercept-resend: Eve's wrong basis randomises Bob's outcome */
+/* Bob's bit for a click at `slot` given Alice's hash a and the channel hash c, without branches
+ * on random data (a basis mismatch is a coin flip, so a branch would mispredict half the time):
+ * wrong basis -> random bit; else Eve (if any, on her fraction of pulses, in the other basis)
+ * randomises it; else Alice's bit, flipped with the class's error probability. */
+static inline int bob_bit(const keys_t *K, const link_t *L, u64 slot, u64 a, u64 c, int cls) {
+    u64 random = ((a >> 1) ^ c) & 1; /* Alice's basis (bit 1) differs from Bob's (bit 0) */
+    if (L->eve) {
         u64 v = hsh(K->eve, slot);
-        if (unit53(v) < L->eve && (int)((v >> 1) & 1) != e->abasis) {
-            e->bbit = rnd;
-            return;
-        }
+        random |= (u64)((v >> 11) < L->eve) & ((v ^ a) >> 1 & 1);
     }
-    e->bbit = e->abit ^ (unit53(c) < L->perr[e->cls]);
+    int err = (c >> 11) < L->perr[cls];
+    int faithful = (int)(a & 1) ^ err;
+    int rnd = (int)(c >> 1 & 1);
+    return faithful ^ ((faithful ^ rnd) & (int)random); /* a select the compiler cannot turn into a branch */
+}
+
+/* ---- the sequential gap stream --------------------------------------------------------------- */
+
+/* ln(x) for x in [2^-52, 1], relative error < 1e-13: x = z 2^k with z in [sqrt(1/2), sqrt(2)) (the
+ * split of musl's log, in unsigned arithmetic), ln z = 2 atanh(s), s = (z - 1) / (z + 1), |s| < 0.172,
+ * by its odd series to s^17. Integer and floating-point operations only, no branches and no libm, so
+ * that a batch of them vectorises (glibc's log was a quarter of the simulator's time). */
+static inline double log_unit(double x) {
+    const u64 off = 0x3FE6A09E667F3BCDULL, bias = 0x400ULL << 52; /* bits of sqrt(1/2); keeps k >= 0 */
+    u64 ix;
+    memcpy(&ix, &x, sizeof ix);
+    u64 t = ix - off + bias;
+    u64 iz = ix - ((t & 0xFFF0000000000000ULL) - bias); /* x / 2^k */
+    u64 kbits = (t >> 52) | 0x4330000000000000ULL;      /* 2^52 + k + 0x400 */
+    double z, kd;
+    memcpy(&z, &iz, sizeof z);
+    memcpy(&kd, &kbits, sizeof kd);
+    double k = kd - (0x1.0p52 + 1024.0);
+    double s = (z - 1.0) / (z + 1.0), s2 = s * s;
+    double p = 1.0 / 17;
+    p = p * s2 + 1.0 / 15;
+    p = p * s2 + 1.0 / 13;
+    p = p * s2 + 1.0 / 11;
+    p = p * s2 + 1.0 / 9;
+    p = p * s2 + 1.0 / 7;
+    p = p * s2 + 1.0 / 5;
+    p = p * s2 + 1.0 / 3;
+    return k * 0x1.62e42fefa3800p-1 + (k * 0x1.ef35793c76730p-45 + 2.0 * s * (1.0 + s2 * p));
+}
+
+#define GAP_BATCH 64
+/* The next GAP_BATCH geometric gaps (as doubles, >= 0, not yet floored) of click probability P:
+ * inverse transform floor(ln u / ln(1 - P)) with u = 2 - [1, 2) in (0, 1] from xoshiro's top 52 bits. */
+static void fill_gaps(u64 *state, double inv, double *out) {
+    u64 r[GAP_BATCH];
+    for (int i = 0; i < GAP_BATCH; i++) r[i] = xoshiro(state);
+    for (int i = 0; i < GAP_BATCH; i++) {
+        u64 b = (r[i] >> 12) | 0x3FF0000000000000ULL;
+        double d;
+        memcpy(&d, &b, sizeof d);
+        out[i] = log_unit(2.0 - d) * inv;
+    }
 }
 
 /* Iterate over detections: calls visit(ctx, slot) in increasing slot order. */
@@ -107,10 +150,15 @@ typedef int (*visit_fn)(void *ctx, u64 slot);
 static inline __attribute__((always_inline)) int walk(keys_t *K, const link_t *L, visit_fn visit, void *ctx) {
     if (!(L->p_det > 0) || L->n_pulses == 0) return 0;
     double inv = L->p_det >= 1 ? 0.0 : 1.0 / log1p(-L->p_det);
+    double gaps[GAP_BATCH];
+    int used = GAP_BATCH;
     u64 next = 0; /* first slot at which the detector is armed */
     while (next < L->n_pulses) {
-        double u = ((double)(xoshiro(K->gap) >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
-        double g = floor(log(u) * inv);
+        if (used == GAP_BATCH) {
+            fill_gaps(K->gap, inv, gaps);
+            used = 0;
+        }
+        double g = gaps[used++]; /* >= 0: the floor below is the truncation */
         if (g >= (double)(L->n_pulses - next)) break;
         u64 slot = next + (u64)g;
         int rc = visit(ctx, slot);
@@ -121,16 +169,16 @@ static inline __attribute__((always_inline)) int walk(keys_t *K, const link_t *L
     return 0;
 }
 
-/* ---- growable packed bit writers (MSB first) ---------------------------------------------- */
+/* ---- growable packed bit writer (MSB first, whole 64-bit words) ------------------------------- */
 
 typedef struct {
     uint8_t *buf;
-    size_t cap, nbytes; /* bytes flushed */
-    u64 acc;            /* pending bits, right-aligned */
-    int nacc;
+    size_t cap, nbytes; /* bytes written */
+    u64 acc;            /* pending bits, MSB-aligned */
+    int nacc;           /* 0..63 */
 } bitbuf;
 
-static int bb_grow(bitbuf *b, size_t extra) {
+static int bb_reserve(bitbuf *b, size_t extra) { /* room for `extra` more bytes + a word */
     if (b->nbytes + extra + 16 <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->nbytes + extra + 16) cap *= 2;
@@ -140,32 +188,47 @@ static int bb_grow(bitbuf *b, size_t extra) {
     b->cap = cap;
     return 0;
 }
-static inline void bb_put(bitbuf *b, u64 v, int n) { /* n <= 56; caller reserved 8 bytes */
-    b->acc = (b->acc << n) | v;
-    b->nacc += n;
-    while (b->nacc >= 8) {
-        b->nacc -= 8;
-        b->buf[b->nbytes++] = (uint8_t)(b->acc >> b->nacc);
-    }
+static inline void store_be64(uint8_t *p, u64 w) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    memcpy(p, &w, sizeof w);
 }
-static size_t bb_finish(bitbuf *b) { /* pad with zeros, return bytes */
-    if (bb_grow(b, 8)) return (size_t)-1;
-    if (b->nacc) bb_put(b, 0, 8 - b->nacc);
+/* Appends the n low bits of v (1 <= n <= 64, v < 2^n); the caller reserved 8 bytes. */
+static inline void bb_put(bitbuf *b, u64 v, int n) {
+    int room = 64 - b->nacc;
+    if (n < room) {
+        b->acc |= v << (room - n);
+        b->nacc += n;
+        return;
+    }
+    store_be64(b->buf + b->nbytes, b->acc | (v >> (n - room)));
+    b->nbytes += 8;
+    b->nacc = n - room;
+    b->acc = b->nacc ? v << (64 - b->nacc) : 0;
+}
+static size_t bb_finish(bitbuf *b) { /* flush the pending bits zero-padded to a byte; bytes */
+    if (bb_reserve(b, 8)) return (size_t)-1;
+    for (int i = 0; i < b->nacc; i += 8) b->buf[b->nbytes++] = (uint8_t)(b->acc >> (56 - i));
+    b->nacc = 0;
     return b->nbytes;
 }
 
 /* Rice code of g: floor(g / 2^k) ones, a zero, then the k low bits. */
 static int rice_put(bitbuf *b, u64 g, int k) {
     u64 q = g >> k;
-    if (bb_grow(b, q / 8 + 16)) return -1;
-    while (q >= 32) {
-        bb_put(b, 0xFFFFFFFFULL, 32);
-        q -= 32;
+    if (bb_reserve(b, q / 8 + 24)) return -1;
+    if (q + 1 + (u64)k <= 64) { /* the usual case: one write */
+        u64 low = k ? g & ((1ULL << k) - 1) : 0;
+        u64 ones = q ? ((1ULL << q) - 1) << (k + 1) : 0; /* q <= 63 - k here */
+        bb_put(b, ones | low, (int)q + 1 + k);
+        return 0;
     }
+    for (; q >= 32; q -= 32) bb_put(b, 0xFFFFFFFFULL, 32);
     bb_put(b, ((1ULL << q) - 1) << 1, (int)q + 1);
-    if (k > 31) {
-        bb_put(b, (g >> 31) & ((1ULL << (k - 31)) - 1), k - 31);
-        bb_put(b, g & 0x7FFFFFFFULL, 31);
+    if (k > 32) {
+        bb_put(b, (g >> 32) & ((1ULL << (k - 32)) - 1), k - 32);
+        bb_put(b, g & 0xFFFFFFFFULL, 32);
     } else if (k) {
         bb_put(b, g & ((1ULL << k) - 1), k);
     }
@@ -196,11 +259,20 @@ static inline u64 peek64(const bitreader *r) { /* 64 bits from pos, zeros past t
 
 /* Returns 0 and the value, or -1 if the code runs past the end. */
 static int rice_get(bitreader *r, int k, u64 *out) {
+    u64 w = r->pos < r->nbits ? peek64(r) : ~0ULL;
+    int ones = w == ~0ULL ? 64 : __builtin_clzll(~w);
+    if (ones + 1 + k <= 64) { /* the usual case: unary part, its zero and the k bits in one word */
+        size_t len = (size_t)ones + 1 + (size_t)k;
+        if (r->pos + len > r->nbits) return -1;
+        r->pos += len;
+        *out = ((u64)ones << k) | (k ? (w << (ones + 1)) >> (64 - k) : 0);
+        return 0;
+    }
     u64 q = 0;
     for (;;) { /* unary part, up to 57 ones per peek */
         if (r->pos >= r->nbits) return -1;
-        u64 w = peek64(r);
-        int ones = w == ~0ULL ? 64 : __builtin_clzll(~w);
+        w = peek64(r);
+        ones = w == ~0ULL ? 64 : __builtin_clzll(~w);
         if (ones > 56) ones = 56;
         if (ones < 56 || (~w >> (63 - 56)) & 1) { /* the terminating zero is within reach */
             if (r->pos + (size_t)ones + 1 > r->nbits) return -1;
@@ -247,9 +319,13 @@ static int parse_link(PyObject *args, link_t *L, int with_eve) {
         PyErr_SetString(PyExc_ValueError, "class cumulative probabilities must be non-decreasing");
         return -1;
     }
-    *L = (link_t){.seed = seed, .n_pulses = n, .dead = dead, .p_det = p, .perr = {e0, e1, e2}, .eve = eve};
-    L->thr0 = prob_threshold(c0);
-    L->thr1 = prob_threshold(c1);
+    *L = (link_t){.seed = seed,
+                  .n_pulses = n,
+                  .dead = dead,
+                  .p_det = p,
+                  .perr = {prob_threshold53(e0), prob_threshold53(e1), prob_threshold53(e2)},
+                  .eve = prob_threshold53(eve)};
+    set_classes(L, c0, c1);
     return 0;
 }
 
@@ -259,21 +335,25 @@ typedef struct {
     keys_t *K;
     const link_t *L;
     bitbuf code, bases, bits;
-    u64 prev_end; /* first armed slot after the previous click */
+    u64 base_acc, bit_acc; /* the current 64 detections' bases and bits, MSB first */
+    u64 prev_end;          /* first armed slot after the previous click */
     int k;
     u64 n;
 } detect_ctx;
 
 static int detect_visit(void *vctx, u64 slot) {
     detect_ctx *c = vctx;
-    event_t e;
-    make_event(c->K, c->L, slot, &e);
+    const link_t *L = c->L;
+    u64 a = hsh(c->K->alice, slot), ch = hsh(c->K->chan, slot);
     if (rice_put(&c->code, slot - c->prev_end, c->k)) return -1;
-    if (bb_grow(&c->bases, 8) || bb_grow(&c->bits, 8)) return -1;
-    bb_put(&c->bases, (u64)e.bbasis, 1);
-    bb_put(&c->bits, (u64)e.bbit, 1);
-    c->prev_end = slot + 1 + c->L->dead;
-    c->n++;
+    c->base_acc = c->base_acc << 1 | (ch & 1);
+    c->bit_acc = c->bit_acc << 1 | (u64)bob_bit(c->K, L, slot, a, ch, class_of(L, a));
+    if ((++c->n & 63) == 0) { /* a whole word of bases and bits */
+        if (bb_reserve(&c->bases, 8) || bb_reserve(&c->bits, 8)) return -1;
+        bb_put(&c->bases, c->base_acc, 64);
+        bb_put(&c->bits, c->bit_acc, 64);
+    }
+    c->prev_end = slot + 1 + L->dead;
     return 0;
 }
 
@@ -285,9 +365,21 @@ static PyObject *py_detect(PyObject *self, PyObject *args) {
     keys_t K;
     derive_keys(&K, L.seed);
     detect_ctx c = {.K = &K, .L = &L, .k = rice_k_for(L.p_det)};
-    int rc;
-    Py_BEGIN_ALLOW_THREADS rc = walk(&K, &L, detect_visit, &c);
-    Py_END_ALLOW_THREADS PyObject *res = NULL;
+    /* sized for the expected clicks, so the buffers rarely grow */
+    double expect = L.p_det * (double)L.n_pulses * 1.01 + 4096;
+    int rc = bb_reserve(&c.code, (size_t)(expect * (c.k + 2.5) / 8)) || bb_reserve(&c.bases, (size_t)(expect / 8)) ||
+             bb_reserve(&c.bits, (size_t)(expect / 8));
+    if (!rc) {
+        Py_BEGIN_ALLOW_THREADS rc = walk(&K, &L, detect_visit, &c);
+        Py_END_ALLOW_THREADS
+    }
+    int tail = (int)(c.n & 63);
+    if (!rc && tail && !bb_reserve(&c.bases, 8) && !bb_reserve(&c.bits, 8)) {
+        u64 mask = (1ULL << tail) - 1;
+        bb_put(&c.bases, c.base_acc & mask, tail);
+        bb_put(&c.bits, c.bit_acc & mask, tail);
+    }
+    PyObject *res = NULL;
     size_t ncode = bb_finish(&c.code), nbase = bb_finish(&c.bases), nbit = bb_finish(&c.bits);
     if (rc || ncode == (size_t)-1 || nbase == (size_t)-1 || nbit == (size_t)-1) {
         PyErr_NoMemory();
@@ -311,12 +403,12 @@ typedef struct {
 
 static int tally_visit(void *vctx, u64 slot) {
     tally_ctx *c = vctx;
-    event_t e;
-    make_event(c->K, c->L, slot, &e);
-    c->det[e.cls]++;
-    if (e.abasis == e.bbasis) {
-        c->matched[e.cls]++;
-        c->err[e.cls] += (u64)(e.abit != e.bbit);
+    u64 a = hsh(c->K->alice, slot), ch = hsh(c->K->chan, slot);
+    int cls = class_of(c->L, a);
+    c->det[cls]++;
+    if (!(((a >> 1) ^ ch) & 1)) { /* bases match */
+        c->matched[cls]++;
+        c->err[cls] += (u64)((int)(a & 1) != bob_bit(c->K, c->L, slot, a, ch, cls));
     }
     c->n++;
     return 0;
@@ -360,14 +452,26 @@ typedef struct {
     keys_t *K;
     const link_t *L;
     uint8_t *bits, *bases, *cls;
+    u64 bit_acc, base_acc; /* the current 64 detections, MSB first */
 } alice_ctx;
 
 static void alice_each(void *vctx, u64 i, u64 slot) {
     alice_ctx *c = vctx;
     u64 a = hsh(c->K->alice, slot);
-    if (a & 1) c->bits[i >> 3] |= (uint8_t)(0x80u >> (i & 7));
-    if ((a >> 1) & 1) c->bases[i >> 3] |= (uint8_t)(0x80u >> (i & 7));
+    c->bit_acc = c->bit_acc << 1 | (a & 1);
+    c->base_acc = c->base_acc << 1 | (a >> 1 & 1);
     c->cls[i] = (uint8_t)class_of(c->L, a);
+    if ((i & 63) == 63) { /* a whole word: both outputs hold at least i + 1 bits, so 8 bytes fit */
+        store_be64(c->bits + (i >> 3) - 7, c->bit_acc);
+        store_be64(c->bases + (i >> 3) - 7, c->base_acc);
+    }
+}
+
+static void flush_tail(uint8_t *out, u64 n_det, u64 acc) { /* the last n_det % 64 bits, MSB first */
+    int tail = (int)(n_det & 63);
+    if (!tail) return;
+    acc <<= 64 - tail;
+    for (int j = 0; j < tail; j += 8) out[((n_det - (u64)tail) >> 3) + (u64)(j >> 3)] = (uint8_t)(acc >> (56 - j));
 }
 
 static int parse_view(PyObject *args, link_t *L, unsigned long long *n_det, int *k, Py_buffer *code) {
@@ -391,8 +495,7 @@ static int parse_view(PyObject *args, link_t *L, unsigned long long *n_det, int 
         return -1;
     }
     *L = (link_t){.seed = seed, .n_pulses = n, .dead = dead};
-    L->thr0 = prob_threshold(c0);
-    L->thr1 = prob_threshold(c1);
+    set_classes(L, c0, c1);
     return 0;
 }
 
@@ -417,15 +520,19 @@ static PyObject *py_alice(PyObject *self, PyObject *args) {
     PyObject *cls = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n_det);
     PyObject *res = NULL;
     if (bits && bases && cls) {
-        memset(PyBytes_AS_STRING(bits), 0, nb);
-        memset(PyBytes_AS_STRING(bases), 0, nb);
         alice_ctx c = {&K, &L, (uint8_t *)PyBytes_AS_STRING(bits), (uint8_t *)PyBytes_AS_STRING(bases),
-                       (uint8_t *)PyBytes_AS_STRING(cls)};
+                       (uint8_t *)PyBytes_AS_STRING(cls), 0, 0};
+        memset(c.bits, 0, nb);
+        memset(c.bases, 0, nb);
         int rc;
         Py_BEGIN_ALLOW_THREADS rc =
             decode_slots(code.buf, (size_t)code.len * 8, n_det, k, L.dead, L.n_pulses, NULL, alice_each, &c);
         Py_END_ALLOW_THREADS if (rc) decode_error(rc);
-        else res = PyTuple_Pack(3, bits, bases, cls);
+        else {
+            flush_tail(c.bits, n_det, c.bit_acc);
+            flush_tail(c.bases, n_det, c.base_acc);
+            res = PyTuple_Pack(3, bits, bases, cls);
+        }
     }
     Py_XDECREF(bits);
     Py_XDECREF(bases);
