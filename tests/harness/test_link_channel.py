@@ -133,7 +133,7 @@ def test_only_the_links_peer_node_may_open_a_session(tmp_path: Path):
 
             hello = channel.hello_payload(qkdl, "test-session", 4, "", [])
             await refused(sae_tls, lambda c: c.send(Kind.HELLO, 0, hello))
-            await refused(a_tls, lambda c: c._writer.write(channel.HEADER.pack(256 << 20, Kind.HELLO, 0)))
+            await refused(a_tls, lambda c: c.send_bytes(channel.HEADER.pack(256 << 20, Kind.HELLO, 0)))
             await refused(a_tls, lambda c: c.send(Kind.HELLO, 0, channel.hello_payload("no-such-link", "s", 4, "", [])))
             await refused(a_tls, lambda c: c.send(Kind.DATA, 0, b"x"))  # anything but HELLO first
             await n.keys_after(1)  # the real session was never disturbed
