@@ -84,6 +84,9 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                                   engine={"clock_scale": clock_scale, "block_sifted_bits": block_bits,
                                           "cascade_variant": cascade})
         try:
+            for node in net.nodes.values():  # nothing drains these stores: a full one would pause the link
+                if node.lkms is not None:
+                    node.lkms.store.max_key_count = 1 << 40
             alice = next(iter(net.nodes["A"].links.values()))
             bob = next(iter(net.nodes["B"].links.values()))
             if relay_delay_ms > 0:  # send the channel through the delaying relay and start afresh

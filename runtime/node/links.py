@@ -44,7 +44,7 @@ from .session import Carry, Session, block_seed, resolve_pending
 
 log = logging.getLogger("sdqkd.engine")
 
-DEFAULT_WINDOW = 48  # blocks in flight at most; the link's clock decides how many are really needed
+DEFAULT_WINDOW = 64  # blocks in flight at most (2e6-bit blocks at RTT 20 ms need ~62); the clock and the measured time on the network decide how many are really used
 # sifted bits per block: the finite-key penalty shrinks with larger blocks, memory grows linearly
 # (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
 DEFAULT_BLOCK_BITS = 2e6
