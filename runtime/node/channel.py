@@ -178,11 +178,14 @@ class FrameConnection:
     async def flush(self) -> None:
         """Back-pressure: wait while more than WRITE_HIGH bytes wait for the socket."""
         if self._backlog() > WRITE_HIGH and self._pending is not None and not self._closed:
+            await asyncio.shield(self._drain_future())
+
+    def _drain_future(self) -> asyncio.Future[None]:
+        """Done when the socket took everything: one future shared by every task that waits (a
+        future per waiter would leave all but the last one waiting forever)."""
+        if self._drained is None or self._drained.done():
             self._drained = self._loop.create_future()
-            try:
-                await self._drained
-            finally:
-                self._drained = None
+        return self._drained
 
     # ------------------------------------------------------------ receiving
 
@@ -281,9 +284,8 @@ class FrameConnection:
             return
         self._write_out()
         if self._pending is not None:
-            self._drained = self._loop.create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._drained), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._drain_future()), 2.0)
         self._fail("classical channel closed")
 
     def abort(self) -> None:
