@@ -3,7 +3,7 @@ flight, so that the link's rate does not fall with the channel's round-trip time
 
 Blocks. The receiver (Bob) starts block n (sends its DETECT) once (a) the link's simulated
 clock allows its batch: never before session start + m * block duration, m the batch's last block
-(batches 1-4, 5-8, ... after the lone block 0: their Cascade rounds share TLS records), (b) block n - W has ended at
+(batches 1-4, 5-8, ... after the lone block 0), (b) block n - W has ended at
 his end, its key stored on both sides (W = the session's window), (c) his key store has room.
 The transmitter (Alice) creates block n on its first frame; it must be the next number and block
 n - W must have ended at her end (on an ordered stream it has, in a correct peer). Each block
@@ -11,6 +11,8 @@ is one pipeline state machine (runtime/engine/pipeline.py); its DATA frames carr
 number, so frames of independent blocks interleave on the one connection and those written in
 the same event-loop turn leave together (their Cascade rounds batched into one TLS record).
 Cascade, DONE and ABORT messages are handled inline; the heavy steps go to the engine threads.
+Bob holds a block's first Cascade request until no other block is in its heavy steps, so the
+blocks of a batch run Cascade in step: each round's frames share one TLS record each way.
 
 Authentication keys. Block n is authenticated with 1 KiB set aside from the key of block
 n - W when that block succeeded, else with the next unused 1 KiB slice of the session key
@@ -135,6 +137,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()  # block steps under way
         self._stores: set[asyncio.Task[None]] = set()  # key stores under way: never cancelled
         self._bob_done: dict[int, tuple[pipeline.BlockResult, float]] = {}
+        self._parked: dict[int, bytes] = {}  # Bob: first Cascade requests waiting for their batch
         self._changed = asyncio.Event()  # a block ended or the peer said BYE
         self._failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.draining = False
@@ -171,6 +174,7 @@ class Session:
         """Start no more blocks, say BYE, wait for those in flight (and their stores), close."""
         self.draining = True
         with contextlib.suppress(ChannelError):
+            self._release_parked(force=True)
             self.conn.send(Kind.BYE)
         deadline = time.monotonic() + timeout
         while (self._blocks or self._stores) and not self._failure.done():
@@ -206,6 +210,7 @@ class Session:
                     self._on_stored(f.block)
                 elif f.kind == Kind.BYE:
                     self.peer_bye = True
+                    self._release_parked(force=True)
                     self._changed.set()
                 elif f.kind != Kind.PING:
                     raise ChannelError(f"unexpected {f.kind.name} frame in a running session")
@@ -271,21 +276,41 @@ class Session:
             self.fail(e)
 
     def _step(self, block: _Block, reply: bytes | None) -> None:
-        if reply is not None and not self.alice and (self.draining or self.peer_bye):
+        stopping = self.draining or self.peer_bye
+        if reply is not None and not self.alice and stopping:
             # stopping: a block whose DONE has not left is abandoned at its next step (Alice then
             # stores nothing); only those already DONE wait for STORED, one round trip
             reply = block.party.abandon("link stopping")
         if reply is not None:
-            self.conn.send(Kind.DATA, block.n, reply)
             # Cascade replies are answered inline: their delay is the channel's, not the CPU's
             cascade = len(reply) > HEADER_BYTES and reply[HEADER_BYTES] == pipeline.CASCADE
-            block.sent_at = time.monotonic() if cascade else 0.0
-            if cascade and not block.on_network:
-                block.on_network = True
-                block.net_since = time.monotonic()
-                self._changed.set()
+            if cascade and not block.on_network and not self.alice:
+                self._parked[block.n] = reply  # Bob's first Cascade request waits for its batch
+            else:
+                self.conn.send(Kind.DATA, block.n, reply)
+                block.sent_at = time.monotonic() if cascade else 0.0
         if block.party.finished:
             self._ended(block)
+        self._release_parked(force=stopping)
+
+    def _release_parked(self, force: bool = False) -> None:
+        """Bob: send the held first Cascade requests once no other block is still in its heavy
+        steps, so that the blocks started together run Cascade in step: each round's requests
+        (and Alice's replies) then leave in one TLS record, one system call."""
+        if not self._parked:
+            return
+        if not force and any(not b.on_network and b.n not in self._bob_done and b.n not in self._parked
+                             for b in self._blocks.values()):
+            return
+        now = time.monotonic()
+        for n in sorted(self._parked):
+            frame = self._parked.pop(n)
+            block = self._blocks.get(n)
+            if block is not None:
+                self.conn.send(Kind.DATA, n, frame)
+                block.sent_at = block.net_since = now
+                block.on_network = True
+        self._changed.set()
 
     def _open_alice_block(self, n: int) -> _Block:
         """Bob starts blocks in order, but their first frames (DETECT, computed on the engine
