@@ -5,9 +5,10 @@ Targets: all links producing key within 30 s with the optimised Cascade; path co
 
 The nodes are shared out over one worker process per core (each its own event loop; the
 controller in this one). A first block costs its simulation, sifting and privacy amplification
-(~0.1 s of CPU for both ends of a 5e5-bit block, two thirds of it the simulated link) and its
-Cascade messages: ~1,300-1,700 round trips for the optimised protocol, a few us of CPU each on the
-engines' framed TLS channel (runtime/node/channel.py; ~0.2 ms each when it was a gRPC stream)."""
+(~0.05 s of CPU for both ends of a 5e5-bit block, about half of it the simulated link, which was
+two thirds of ~0.1 s before its C loop was reworked) and its Cascade messages: ~1,300-1,700 round
+trips for the optimised protocol, tens of us of CPU each (both ends) on the engines' framed TLS
+channel (runtime/node/channel.py; ~0.2 ms each when it was a gRPC stream)."""
 
 from __future__ import annotations
 
