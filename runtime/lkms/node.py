@@ -363,11 +363,15 @@ class Lkms:
                      remote_node_id: str, backing_qkdl_ids: Sequence[str]) -> None:
         if not slave_sae_ids:
             raise ValueError("an application needs at least one slave SAE")
-        old = self.registry.apps.get(app_id)
-        app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
-                  tuple(backing_qkdl_ids))
-        if old is not None:  # re-registration keeps the history
-            app.created, app.consumed_bits, app.consumed_keys = old.created, old.consumed_bits, old.consumed_keys
+        app = self.registry.apps.get(app_id)
+        if app is None:
+            app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
+                      tuple(backing_qkdl_ids))
+        else:  # re-registration (a reroute, the controller confirming a registration) keeps the
+            # object, its history and its use: open ETSI 004 streams hold it and charge it
+            app.master_sae_id, app.slave_sae_ids = master_sae_id, tuple(slave_sae_ids)
+            app.local_node_id, app.remote_node_id = local_node_id, remote_node_id
+            app.backing_qkdl_ids = tuple(backing_qkdl_ids)
         self.registry.add_app(app)
 
     def unregister_app(self, app_id: str) -> None:
@@ -377,7 +381,7 @@ class Lkms:
         app = self.registry.apps.get(app_id)
         if app is None:
             raise KeyError(app_id)
-        up = any(link.up for link in self.registry.backing_links(app))
+        up = app.is_local or any(link.up for link in self.registry.backing_links(app))
         created = dt.datetime.fromtimestamp(app.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"app_status": "ON" if up else "DISCONNECTED", "creation_time": created,

@@ -231,8 +231,15 @@ def test_client_that_does_not_read_is_held_back(fast: Net) -> None:
 
 
 def test_plaintext_h2_server(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> None:
-    net = Net(lt, tpki, tmp_path_factory.mktemp("plain"), {"A": ["a1"], "B": ["b1"]}, tls=False)
+    net = Net(lt, tpki, tmp_path_factory.mktemp("plain"), {"A": ["a1", "a2"], "B": ["b1"]}, tls=False)
     try:
+        # two SAEs of one node share a stream ID: only certificates tell them apart, so no stream
+        a = net.nodes["A"]
+        a.register_app("app-aa", "a1", ["a2"], a.node_id, a.node_id, [])
+        with pytest.raises(grpc.RpcError) as e:
+            net.kd("A", "a1").OpenConnect(pb.OpenConnectRequest(source="a1", destination="a2"))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "TLS" in str(e.value.details())
+        assert not a.streams.streams
         q = net.phys("A", "B")
         net.app("app1", ("a1", "A"), [("b1", "B")], q)
         net.feed("A", "B", 500)
