@@ -317,8 +317,10 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
     from generated.proto.sdqkd import etsi004_pb2 as pb
     from runtime.apps.keyclient import Etsi004Client, KeyDeliveryError, SaeIdentity
 
-    eps, node = net.net.endpoints, net.net.nodes["C"]
+    eps, node, ctl = net.net.endpoints, net.net.nodes["C"], net.net.controller
+    assert ctl is not None
     app_id = app_id_for("sae-c2", ["sae-c3"])
+    routes = []
 
     def streams() -> tuple[list[bytes], list[bytes], list[int]]:
         with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c2")) as m, \
@@ -332,6 +334,7 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
             assert m.get_key(ksid, 7) == ahead
             time.sleep(2.0)  # twice the idle timeout: an open stream keeps the pair registered
             assert app_id in node.lkms.registry.apps  # type: ignore[union-attr]
+            routes.append(ctl.apps[app_id])  # the controller recorded it (sdqkdn_application_new)
             assert (m.get_key(ksid)[0], s.get_key(ksid)[0]) == (8, 8)  # each side's cursor: after its last
             with pytest.raises(KeyDeliveryError) as gone:
                 m.get_key(ksid, 1)  # each chunk once per application
@@ -361,6 +364,15 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
     assert note == {"qkd_application": {"app_id": app_id}}
     assert app_id not in node.lkms.registry.apps  # type: ignore[union-attr]
     assert (app_id,) not in node.agent.root["qkd_node"]["qkd_applications"]["qkd_app"]
+    assert routes[0].path == ["C"] and routes[0].qkdl_id == ""
+
+    async def released() -> None:  # the controller let go of it too (and set nothing back)
+        while app_id in ctl.apps:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+
+    net.run(released(), timeout=10)
+    assert app_id not in node.lkms.registry.apps  # type: ignore[union-attr]
 
 
 def test_etsi004_same_node_pair_idles_out_after_its_stream_expired(net: Loop) -> None:
@@ -388,3 +400,33 @@ def test_etsi004_same_node_pair_idles_out_after_its_stream_expired(net: Loop) ->
     finally:
         limits.stream_unused_s = saved
     assert not any(s.local_sae == "sae-c3" for s in node.lkms.streams.sides())  # type: ignore[union-attr]
+
+
+def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
+    """sae-a (node A) and sae-c3 (node C, two hops): the first OPEN_CONNECT registers the pair,
+    the controller relays it over B, and both applications get the same 120 chunks (more than a
+    relay source keeps ready, so the stream draws relayed key as it goes)."""
+    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+
+    eps = net.net.endpoints
+    app_id = app_id_for("sae-a", ["sae-c3"])
+
+    ctl = net.net.controller
+    assert ctl is not None and app_id not in ctl.apps
+    routes = []
+
+    def session() -> tuple[list[bytes], list[bytes]]:
+        with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-a")) as a, \
+                Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as c:
+            ksid = a.open("sae-c3")  # first request of the pair: registers it, waits for the path
+            routes.append(ctl.apps[app_id])  # (set before the OPEN_CONNECT was answered)
+            assert c.open("sae-a", ksid) == ksid
+            ka = [a.get_key(ksid)[1] for _ in range(120)]
+            kc = [c.get_key(ksid)[1] for _ in range(120)]
+            a.close_stream(ksid)
+            c.close_stream(ksid)
+            return ka, kc
+
+    ka, kc = net.run(asyncio.to_thread(session), timeout=120)
+    assert ka == kc and len(set(ka)) == 120 and all(len(k) == 32 for k in ka)
+    assert routes[0].path == ["A", "B", "C"] and routes[0].virtual
