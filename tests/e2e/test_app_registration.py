@@ -8,7 +8,8 @@ the controller killed and restarted; a node killed and restarted; no key bytes i
 Demo network: Quijote - Concepcion - Norte - Distrito, Concepcion - Almagro - Norte; one SAE
 per node (sae-quijote, sae-concepcion, sae-norte, sae-distrito, sae-almagro). Each test uses
 pairs no earlier test registered, so every request it makes first is a first request, except
-on the one node pair three hops apart (Quijote - Distrito), which the README's block registers."""
+ETSI 004 on the one node pair three hops apart (Quijote - Distrito): the README's block
+registers it; closing those streams releases it for the PyPI client's first request."""
 
 from __future__ import annotations
 
@@ -143,7 +144,44 @@ def _qkd014(net: Net, sae: str, *args: str) -> tuple[int, str]:
     return code, r.stdout
 
 
+def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
+    """ETSI 004 between sae-quijote and sae-distrito, three hops apart: the README's pair (the
+    demo network has one SAE per node and a single node pair three hops apart; the first
+    OPEN_CONNECT of a relayed pair is shown in test_app_registration_inprocess). Closing its
+    streams disconnects it at Quijote, where the README's request registered it, and the
+    controller releases it: the next test's request of the pair is a first request again."""
+    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+
+    with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
+            Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
+        ksid = d.open("sae-quijote")
+        assert q.open("sae-distrito", ksid) == ksid
+        kd = [d.get_key(ksid)[1] for _ in range(50)]
+        kq = [q.get_key(ksid)[1] for _ in range(50)]
+        d.close_stream(ksid)
+        q.close_stream(ksid)
+    SEEN_KEYS.extend(base64.b64encode(k).decode() for k in kd)
+    assert kd == kq and len(set(kd)) == 50 and all(len(k) == 32 for k in kd)
+
+    def released() -> bool:
+        status = json.loads((net.state / "controller-status.json").read_text())
+        held = [json.loads((net.state / "nodes" / n / "data" / "applications.json").read_text())
+                for n in ("Quijote", "Distrito")]
+        return not any({a["master"], a["slave"]} == {"sae-quijote", "sae-distrito"} for a in status["apps"]) \
+            and not any(k in h for h in held for k in _ids("sae-quijote", "sae-distrito"))
+
+    until(released, 15, "the README's pair disconnected and released at both ends")
+
+
+def _ids(a: str, b: str) -> set[str]:
+    from runtime.lkms.registry import app_id_for
+
+    return {app_id_for(a, [b]), app_id_for(b, [a])}
+
+
 def test_pypi_etsi014_client_direct_and_relayed_first_requests(net: Net) -> None:
+    from runtime.lkms.registry import app_id_for
+
     # direct (Almagro - Norte, 9 km): the first request of the pair, through the unmodified PyPI client
     code, out = _qkd014(net, "sae-almagro", "get_key", "sae-norte")
     assert code == 200, out
@@ -151,13 +189,17 @@ def test_pypi_etsi014_client_direct_and_relayed_first_requests(net: Net) -> None
     SEEN_KEYS.append(key)
     code, back = _qkd014(net, "sae-norte", "get_key_with_id", key_id, "sae-almagro")
     assert code == 200 and f"Key : {key}\n" in back
-    # relayed (Distrito -> Quijote, 3 hops): the reverse direction of the README's pair
+    # relayed (Distrito -> Quijote, 3 hops): the README's node pair, released by the previous test
+    distrito = net.state / "nodes" / "Distrito" / "data" / "applications.json"
+    assert not _ids("sae-quijote", "sae-distrito") & set(json.loads(distrito.read_text()))
     code, out = _qkd014(net, "sae-distrito", "get_status", "sae-quijote")
     assert code == 200 and "master_SAE_ID : sae-distrito" in out, out
     code, out = _qkd014(net, "sae-distrito", "get_key", "sae-quijote")
     assert code == 200, out
     key_id, key = re.search(r"Key id : (\S+)\nKey : (\S+)", out).groups()  # type: ignore[union-attr]
     SEEN_KEYS.append(key)
+    saved = json.loads(distrito.read_text())  # registered at Distrito by that first request
+    assert saved[app_id_for("sae-distrito", ["sae-quijote"])]["origin"] == "request"
     back = net.dec("sae-quijote", "sae-distrito", key_id)
     assert back.status_code == 200 and back.json()["keys"][0]["key"] == key
 
@@ -188,24 +230,6 @@ def test_curl_direct_pair_first_request(net: Net) -> None:
 
     r = until(route, 10, "the controller's status to show the pair")
     assert r["path"] == ["Almagro", "Concepcion"] and not r["virtual"]
-
-
-def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
-    """ETSI 004 between sae-distrito and sae-quijote, three hops apart. (The demo network has one
-    SAE per node and a single node pair three hops apart, which the README's first key registered
-    already; the first OPEN_CONNECT of a relayed pair is shown in test_app_registration_inprocess.)"""
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
-
-    with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
-            Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
-        ksid = d.open("sae-quijote")
-        assert q.open("sae-distrito", ksid) == ksid
-        kd = [d.get_key(ksid)[1] for _ in range(50)]
-        kq = [q.get_key(ksid)[1] for _ in range(50)]
-        d.close_stream(ksid)
-        q.close_stream(ksid)
-    SEEN_KEYS.extend(base64.b64encode(k).decode() for k in kd)
-    assert kd == kq and len(set(kd)) == 50 and all(len(k) == 32 for k in kd)
 
 
 def test_qkdsec_doctor_fails_only_the_single_kme_round_trip(net: Net) -> None:
