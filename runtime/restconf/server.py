@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -464,8 +464,9 @@ class RestconfServer:
         if target.keyless:
             raise protocol("invalid-value", f"write {target.name} entries through their parent container or as "
                            f"{target.name}=<key>")
-        completer = compat.LinkCompleter(self.adapter.node_id, self.adapter.root().get("qkd_node", {}))
-        value, derived = compat.complete_links(completer, target.spath, value, target.instance_id())
+        completer = compat.LinkCompleter(self.adapter.node_id, self.adapter.root().get("qkd_node", {}),
+                                         self._locate)
+        value, derived = await compat.complete_links(completer, target.spath, value, target.instance_id())
         existed = self.adapter.exists(target.elems)  # 201 or 204 only; PATCH's check is the transaction's
         op = REPLACE if request.method == "PUT" else MERGE
         await self._commit([Edit(op, target.elems, value, requires="present" if request.method == "PATCH" else "")],
@@ -475,6 +476,12 @@ class RestconfServer:
                                      for lid, why in derived.items()})
             log.info("compat link request completed: %s", "; ".join(f"{k}: {v}" for k, v in derived.items()))
         return web.Response(status=204 if existed else 201)
+
+    async def _locate(self, node_id: str, via: Sequence[str]) -> str:
+        try:
+            return await self.adapter.locate(node_id, via)
+        except EditRefused as e:
+            raise RestconfError("invalid-value", e.message) from None
 
     # ---------------------------------------------------------------- event stream
 
