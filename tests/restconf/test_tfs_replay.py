@@ -191,6 +191,13 @@ def test_virtual_link_service_relays_keys_end_to_end(net: InProcessNetwork, devi
     assert dec.status_code == 200, dec.text
     assert {k["key_ID"]: k["key"] for k in dec.json()["keys"]} == {k["key_ID"]: k["key"] for k in keys}
     assert len({k["key"] for k in keys}) == 3
+    # QKD2 holds one LKMS link for both TFS links: it stays until the last of them goes
+    trusted = net.nodes["QKD2"].require_lkms().registry.links
+    assert trusted[association].kind == "VIRT" and trusted[association].prev_hop == low
+    for gone, left in ((dst_src, True), (src_dst, False)):
+        r = devices[1].http.delete(f"{ROOT}/qkd_links/qkd_link={gone}", headers=STRICT)
+        assert r.status_code == 204, r.text
+        assert (association in trusted) is left
 
 
 def test_virtual_link_tfs_cannot_honour_is_refused(net: InProcessNetwork, devices: list[TfsDevice]):
