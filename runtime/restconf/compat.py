@@ -146,23 +146,9 @@ class LinkCompleter:
         lid = str(_local(entry, "qkdl_id"))
         part = relay_part(self.node_id, local.get("qkdn_id"), _local(entry, "virt_prev_hop"),
                           _local(entry, "virt_next_hop"), remote.get("qkdn_id"), where)
-        prev, nxt, far, endpoint, found = part.prev_hop, part.next_hops, part.far, "", ""
-        facing = {f.get("peer-node-id") for f in self.fibres.values()}
-        for name, hop in (("virt_prev_hop", prev), ("the next hop", (nxt or part.ask_via or (None,))[0])):
-            if hop is not None and hop not in facing:  # a relay hop crosses one of this node's fibres
-                raise RestconfError("invalid-value", f"{where}: {name} {hop} is no node an interface of this node "
-                                    "faces (sdqkd-interface/peer-node-id)", path=where)
-        for other, link in self.links.items():
-            known = known_part(link) if other != lid else None
-            if known is None or known[0] != part.association:
-                continue
-            k_prev, k_next, k_far, k_endpoint = known[1:]
-            if nxt is None and k_prev == prev:  # the other direction's link told the rest of the path
-                nxt, far, endpoint, found = k_next, k_far, k_endpoint, f"the rest of the path from link {other}"
-            if (k_prev, k_next, k_far) != (prev, nxt, far):
-                raise RestconfError("invalid-value", f"{where}: link {other} joins the same two ends "
-                                    f"({' and '.join(part.ends)}) by another path (previous hop {k_prev}, next "
-                                    f"{list(k_next)}): one virtual link per pair of ends", path=where)
+        prev = part.prev_hop
+        self._check_hops(prev, part.next_hops, where)
+        nxt, far, endpoint, found = self._with_known(lid, part, where)
         if nxt is None:
             raise RestconfError("invalid-value", f"{where}: this node cannot tell the path from node "
                                 f"{_local(entry, 'virt_prev_hop')} on to "
@@ -185,6 +171,33 @@ class LinkCompleter:
                      f"{' and '.join(part.ends)}, relayed from {part.ends[0]} (the lower node ID); this node is "
                      f"its {role} (previous hop {prev or '-'}, next {list(nxt) or '-'}); far end {far} at "
                      f"{endpoint} ({found})")
+
+    def _check_hops(self, prev: str | None, nxt: tuple[str, ...] | None, where: str) -> None:
+        """Each relay hop at this node crosses one of its fibres."""
+        facing = {f.get("peer-node-id") for f in self.fibres.values()}
+        for hop in (prev, nxt[0] if nxt else None):
+            if hop is not None and hop not in facing:
+                raise RestconfError("invalid-value", f"{where}: the path runs from this node to node {hop}, which no "
+                                    "interface of this node faces (sdqkd-interface/peer-node-id)", path=where)
+
+    def _with_known(self, lid: str, part: RelayPart, where: str
+                    ) -> tuple[tuple[str, ...] | None, str, str, str]:
+        """(next hops, far end, its endpoint, where they came from) of `part`, checked against
+        (and, where this entry cannot tell them, taken from) the node's other links of the same
+        virtual link."""
+        nxt, far, endpoint, found = part.next_hops, part.far, "", ""
+        for other, link in self.links.items():
+            known = known_part(link) if other != lid else None
+            if known is None or known[0] != part.association:
+                continue
+            k_prev, k_next, k_far, k_endpoint = known[1:]
+            if nxt is None and k_prev == part.prev_hop:  # the other direction's link told the rest
+                nxt, far, endpoint, found = k_next, k_far, k_endpoint, f"the rest of the path from link {other}"
+            if (k_prev, k_next, k_far) != (part.prev_hop, nxt, far):
+                raise RestconfError("invalid-value", f"{where}: link {other} joins the same two ends "
+                                    f"({' and '.join(part.ends)}) by another path (previous hop {k_prev}, next "
+                                    f"{list(k_next)}): one virtual link per pair of ends", path=where)
+        return nxt, far, endpoint, found
 
     async def _far_endpoint(self, far: str, part: RelayPart, where: str) -> tuple[str, str]:
         endpoint = next((f.get("classical-endpoint") for f in self.fibres.values()

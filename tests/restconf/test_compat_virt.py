@@ -99,7 +99,7 @@ def test_trusted_node_takes_the_rest_of_the_path_from_the_other_direction():
         assert done["sdqkd-node-ext:sdqkd-link"] == forwards["sdqkd-node-ext:sdqkd-link"]
         assert len(asked) == 1  # the address came with the other link
         # a hop over no fibre of this node
-        with pytest.raises(RestconfError, match=f"the next hop {D} is no node an interface"):
+        with pytest.raises(RestconfError, match=f"the path runs from this node to node {D}, which no interface"):
             await completer.complete(_entry("33333333-0000-4000-8000-000000000000", B, None, [D]), "here")
 
     asyncio.run(main())

@@ -210,7 +210,7 @@ def test_virtual_link_tfs_cannot_honour_is_refused(net: InProcessNetwork, device
         (0, dict(src=one, dst=stranger, virt_next_hops=[two, stranger]),
          f"the key-relay endpoint of node {stranger} is unknown: node {two} has no fibre to node {stranger}"),
         (0, dict(src=one, dst=three, virt_next_hops=[two, stranger, three]), "by another path"),
-        (0, dict(src=one, dst=three, virt_next_hops=[three]), f"the next hop {three} is no node an interface"),
+        (0, dict(src=one, dst=three, virt_next_hops=[three]), f"the path runs from this node to node {three}, which no interface"),
         (1, dict(src=stranger, dst=one, virt_prev_hop=three, virt_next_hops=[one]),
          f"cannot tell the path from node {three} on to the link's source {stranger}"),
     ]
