@@ -23,6 +23,7 @@ class Node:
     name: str
     id: str
     location: str = ""
+    host: str = ""  # host name or IP other hosts reach it by (`sdqkd net export`); "" = not given
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,11 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
         if nid in ids:
             problems.append(f"{where} ({name}): duplicate node id {nid}")
         ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=str(n.get("location", "")))
+        host = n.get("host", "")
+        if not isinstance(host, str):
+            problems.append(f"{where} ({name}): host must be a host name or IP address, got {host!r}")
+            host = ""
+        nodes[name] = Node(name=name, id=nid, location=str(n.get("location", "")), host=host)
     links: list[Link] = []
     seen_pairs: set[frozenset[str]] = set()
     for i, ln in enumerate(data.get("links") or []):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -20,9 +19,15 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
-from runtime.pki import write_ca, write_identity
-
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
+from runtime.harness.build import (
+    HARNESS_LAYOUT,
+    SERVICES,
+    NodePlan,
+    absolute_description,
+    build,
+    topology_data,
+    write_tree,
+)
 
 
 class HarnessError(RuntimeError):
@@ -90,67 +95,22 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write the PKI and every node's config; return the network description (network.json)."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
-    engine = {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
+    """Write the build of the network (runtime/harness/build.py: PKI, bootstrap secrets, every
+    node's config, network.json) into the state dir; return the network description with
+    absolute paths."""
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
     ports = plan_ports(topo, host, hosts)
-    ca, ca_path = write_ca(lay.pki)
-    password = secrets.token_urlsafe(18)
-    pw_file = lay.pki / "gnmi-password"
-    pw_file.write_text(password)
-    pw_file.chmod(0o600)
-    controller = write_identity(ca, ca_path, lay.pki / "controller", "sdqkd-controller", server=False)
-    saes = {s: write_identity(ca, ca_path, lay.pki / "saes", s, server=False) for s in topo.saes}
-    desc: dict[str, Any] = {"topology": topo.source, "topology_data": topology_data(topo), "ca": str(ca_path),
-                            "nodes": {}, "saes": {},
-                            "controller": {"cert": str(controller.cert), "key": str(controller.key),
-                                           "username": "sdqkd", "password_file": str(pw_file)}}
-    for sae, files in saes.items():
-        desc["saes"][sae] = {"node": topo.saes[sae].node, "cert": str(files.cert), "key": str(files.key)}
-    # one pre-shared secret per fibre link: it authenticates the link's first key block
-    boot: dict[str, dict[str, str]] = {n: {} for n in topo.nodes}
-    for link in topo.links:
-        secret = secrets.token_bytes(32)
-        for me, peer in ((link.a, link.b), (link.b, link.a)):
-            f = lay.node_dir(me) / "bootstrap" / f"{topo.nodes[peer].id}.key"
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_bytes(secret)
-            f.chmod(0o600)
-            boot[me][topo.nodes[peer].id] = str(f)
-    for name, node in topo.nodes.items():
-        nd = lay.node_dir(name)
-        nd.mkdir(parents=True, exist_ok=True)
-        # node certificates carry the node ID as CN: peers authorise KeySync calls by it
-        ident = write_identity(ca, ca_path, nd / "tls", node.id, server=True,
-                               sans=((hosts or {}).get(name, host), "localhost"))
-        cfg = {
-            "id": node.id, "name": name, "location": node.location,
-            "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
-            "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "data_dir": str(nd / "data"),
-            "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
-            "users": {"sdqkd": password},
-            "bootstrap": boot[name],
-            "engine": engine,
-            "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
-        }
-        (nd / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
+    plans = {}
+    for name in topo.nodes:
+        addr = (hosts or {}).get(name, host)
+        plans[name] = NodePlan(listen=ports[name], advertise=ports[name], sans=(addr, "localhost"))
+    net = build(topo, plans, HARNESS_LAYOUT)
+    write_tree(state_dir, net.files)
+    desc = absolute_description(net.desc, state_dir)
     lay.network.write_text(json.dumps(desc, indent=2))
     return desc
-
-
-def topology_data(topo: Topology) -> dict[str, Any]:
-    """The topology in its file form, with IDs and losses explicit (parse() gives it back)."""
-    return {
-        "nodes": [{"name": n.name, "id": n.id, "location": n.location} for n in topo.nodes.values()],
-        "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
-                  for ln in topo.links],
-        "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
-    }
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
@@ -333,4 +293,4 @@ def _alive(pid: int) -> bool:
         return True
 
 
-__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of"]
+__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of", "topology_data"]

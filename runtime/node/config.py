@@ -32,6 +32,8 @@ class NodeConfig:
     peer_listen: str = "127.0.0.1:0"
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
+    log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
+    log_level: str = "INFO"
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,7 +55,7 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
     known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap"}
+             "saes", "users", "engine", "bootstrap", "log"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -115,6 +117,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(engine, dict):
         problems.append("engine: expected a mapping")
         engine = {}
+    log_format, log_level = _log(raw.get("log"), problems)
     data_dir = raw.get("data_dir")
     if not isinstance(data_dir, str) or not data_dir:
         problems.append("data_dir: required, a directory path")
@@ -125,4 +128,25 @@ def load_config(path: str | Path) -> NodeConfig:
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
         peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
+        log_format=log_format, log_level=log_level,
     )
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log(v: Any, problems: list[str]) -> tuple[str, str]:
+    """The `log` section: {format: text|json, level: DEBUG|INFO|WARNING|ERROR}."""
+    from runtime.logsetup import FORMATS
+
+    if v is None:
+        return "text", "INFO"
+    if not isinstance(v, dict) or set(v) - {"format", "level"}:
+        problems.append("log: expected a mapping with `format` (text or json) and/or `level`")
+        return "text", "INFO"
+    fmt, level = v.get("format", "text"), v.get("level", "INFO")
+    if fmt not in FORMATS:
+        problems.append(f"log.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if level not in LOG_LEVELS:
+        problems.append(f"log.level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return str(fmt), str(level)
