@@ -33,6 +33,7 @@ from runtime.harness.build import BUNDLE_LAYOUT, FIXED_PORTS, File, NetworkBuild
 
 from . import containerlab, kubernetes
 from .plan import (
+    CONTROLLER_API,
     CONTROLLER_NAME,
     DNS_LABEL,
     IMAGE_UID,
@@ -140,7 +141,8 @@ def run_notes(net: NetworkBuild, fmt: str, lab: str, opts: ExportOptions, ns: st
         for name in topo.nodes:
             lines.append(f"    # on {net.desc['nodes'][name]['gnmi'].rpartition(':')[0]}:  sdqkd node --config nodes/{name}/node.yaml")
         lines += ["", "and on the controller's host (it must reach every node's gNMI and peer port):", "",
-                  "    sdqkd controller --config controller/network.json --state-dir controller-state",
+                  "    sdqkd controller --config controller/network.json --state-dir controller-state "
+                  f"--api {CONTROLLER_API}",
                   "", "Ports per node: " + ", ".join(f"{s} {p}" for s, p in FIXED_PORTS.items()) + "."]
     elif fmt == "containerlab":
         lines += ["    sudo chown -R 10001:10001 nodes controller   # done already when exported as root",

@@ -18,7 +18,7 @@ import yaml
 from runtime.controller.topology import Topology
 from runtime.harness.build import FIXED_PORTS, File, NetworkBuild
 
-from .plan import CONTROLLER_NAME, ExportOptions
+from .plan import CONTROLLER_API, CONTROLLER_NAME, ExportOptions
 
 
 def lab_file(net: NetworkBuild, lab: str, mgmt: dict[str, str], opts: ExportOptions) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def lab_file(net: NetworkBuild, lab: str, mgmt: dict[str, str], opts: ExportOpti
             "kind": "linux", "image": opts.image, "mgmt-ipv4": mgmt[CONTROLLER_NAME],
             "binds": [f"{net.layout.controller_dir}:/etc/sdqkd:ro"],
             "cmd": f"controller --config /etc/sdqkd/network.json --state-dir /var/lib/sdqkd "
-                   f"--log-format {opts.log_format}",
+                   f"--api {CONTROLLER_API} --log-format {opts.log_format}",
             "labels": {"sdqkd.role": "controller"},
         }
     }

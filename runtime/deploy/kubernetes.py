@@ -34,7 +34,7 @@ import yaml
 
 from runtime.harness.build import FIXED_PORTS, SERVICES, File, NetworkBuild
 
-from .plan import CONTAINER_DATA, CONTROLLER_NAME, IMAGE_UID, ExportOptions
+from .plan import CONTAINER_DATA, CONTROLLER_API, CONTROLLER_NAME, IMAGE_UID, ExportOptions
 from .sizing import controller_resources, node_resources
 
 APP = "sdqkd"
@@ -149,7 +149,7 @@ def controller_objects(net: NetworkBuild, ns: str, opts: ExportOptions) -> list[
     files = net.controller_files()
     pod_sec, _ = _security()
     args = ["controller", "--config", f"{CONFIG_DIR}/network.json", "--state-dir", CONTAINER_DATA,
-            "--api", "127.0.0.1:8080", "--log-format", opts.log_format]
+            "--api", CONTROLLER_API, "--log-format", opts.log_format]
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(CONTROLLER_NAME, ns, labels),
            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels},
                     "template": {"metadata": {"labels": labels}, "spec": {

@@ -31,6 +31,7 @@ MAX_K8S_NODE_NAME = 52
 CONTAINER_DATA = "/var/lib/sdqkd"  # the node image's writable data directory
 IMAGE_UID = 10001  # the node image's user (Containerfile); not root
 CONTROLLER_NAME = "controller"
+CONTROLLER_API = "127.0.0.1:8080"  # the controller's northbound API in exports: loopback, a known port
 
 
 class ExportError(HarnessError):
