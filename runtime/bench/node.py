@@ -93,16 +93,16 @@ def main(argv: list[str]) -> int:
     line = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
             "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 15}], "saes": [],
             "settings": settings}
-    res = {"no links": measure(lone, args.seconds), "line A-B-C": measure(line, args.seconds),
-           "load": os.getloadavg()[0], "settings": settings}
+    nets = {"no links": measure(lone, args.seconds), "line A-B-C": measure(line, args.seconds)}
+    load = os.getloadavg()[0]
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps({**nets, "load": load, "settings": settings}))
         return 0
     print(f"{'network':12} {'process':14} {'RSS MiB':>8} {'peak MiB':>9} {'CPU cores':>9}")
-    for net in ("no links", "line A-B-C"):
-        for proc, f in res[net].items():
+    for net, figures in nets.items():
+        for proc, f in figures.items():
             if "rss_mib" in f:
                 print(f"{net:12} {proc:14} {f['rss_mib']:8.1f} {f['peak_rss_mib']:9.1f} {f['cpu_cores']:9.3f}")
-        print(f"{net:12} health probe: {res[net]['health-probe']['cpu_seconds']:.3f} CPU s per run")
-    print(f"1-min load average: {res['load']:.2f}")
+        print(f"{net:12} health probe: {figures['health-probe']['cpu_seconds']:.3f} CPU s per run")
+    print(f"1-min load average: {load:.2f}")
     return 0

@@ -140,9 +140,12 @@ def _dedupe(items: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
-          log: Mapping[str, str] | None = None, ca: Ca | None = None) -> NetworkBuild:
+          log: Mapping[str, str] | None = None, ca: Ca | None = None,
+          engine: Mapping[str, Any] | None = None, gnmi_password: bool = True) -> NetworkBuild:
     """PKI, bootstrap secrets, node configs and the controller's network description for `topo`,
-    each node listening and advertised as `plans` says."""
+    each node listening and advertised as `plans` says. `engine` replaces the topology's engine
+    settings; without `gnmi_password` gNMI asks for the client certificate only (in-process
+    networks, whose tools connect with certificates alone)."""
     b = NetworkBuild(topo=topo, layout=layout)
     ca = ca or create_ca()
     ca_rel = posixpath.join(layout.ca_dir, "ca.pem")
@@ -167,7 +170,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
         b.files[sae_paths[sae] + ".pem"] = File(cert)
         b.files[sae_paths[sae] + ".key"] = File(key, secret=True)
     boot = _bootstrap(topo)
-    engine = engine_settings(topo)
+    engine = dict(engine) if engine is not None else engine_settings(topo)
     for name, node in topo.nodes.items():
         plan = plans[name]
         nd = layout.node_dir(name)
@@ -187,7 +190,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             **{svc: {"listen": plan.listen[svc]} for svc in SERVICES},
             "data_dir": plan.data_dir,
             "tls": {"ca": "tls/ca.pem", "cert": f"tls/{stem}.pem", "key": f"tls/{stem}.key"},
-            "users": {GNMI_USER: password},
+            "users": {GNMI_USER: password} if gnmi_password else {},
             "bootstrap": bootstrap,
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import pickle
-import secrets
 import shutil
 import sys
 import tempfile
@@ -23,9 +22,10 @@ from typing import Any
 
 from runtime.controller.controller import Controller, NodeEndpoint
 from runtime.controller.topology import Topology, parse
-from runtime.node.config import NodeConfig
+from runtime.harness.build import HARNESS_LAYOUT, SERVICES, NodePlan, absolute_description, build, write_tree
+from runtime.node.config import NodeConfig, load_config
 from runtime.node.runtime import NodeRuntime
-from runtime.pki import write_ca, write_identity
+from runtime.pki import TlsFiles
 
 
 @dataclass
@@ -41,38 +41,28 @@ class InProcessNetwork:
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
                     timeout: float = 120.0, workers: int = 0) -> dict[str, Any]:
-        ca, ca_path = write_ca(self.state / "pki")
-        boot: dict[str, dict[str, Path]] = {n: {} for n in self.topo.nodes}
-        for link in self.topo.links:
-            secret = secrets.token_bytes(32)
-            for me, peer in ((link.a, link.b), (link.b, link.a)):
-                f = self.state / "nodes" / me / "bootstrap" / f"{self.topo.nodes[peer].id}.key"
-                f.parent.mkdir(parents=True, exist_ok=True)
-                f.write_bytes(secret)
-                boot[me][self.topo.nodes[peer].id] = f
-        configs: dict[str, NodeConfig] = {}
-        for name, node in self.topo.nodes.items():
-            ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
-            configs[name] = NodeConfig(
-                id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
-                etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
-                saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                bootstrap=boot[name], engine=dict(engine or {}), location=node.location)
+        # the same build as `sdqkd net up` and `sdqkd net export` (runtime/harness/build.py)
+        loopback = {svc: "127.0.0.1:0" for svc in SERVICES}
+        plans = {n: NodePlan(listen=loopback, advertise=loopback, sans=("127.0.0.1", "localhost")) for n in self.topo.nodes}
+        net = build(self.topo, plans, HARNESS_LAYOUT, engine=engine or {}, gnmi_password=False)
+        write_tree(self.state, net.files)
+        desc = absolute_description(net.desc, self.state)
+        configs = {name: load_config(nd["config"]) for name, nd in desc["nodes"].items()}
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:
             self.nodes = {name: NodeRuntime(cfg) for name, cfg in configs.items()}
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
-        ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
+        ctl = desc["controller"]
+        ctl_id = TlsFiles(Path(desc["ca"]), Path(ctl["cert"]), Path(ctl["key"]))
         eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
         self.controller = Controller(self.topo, eps, tls=ctl_id)
         await self.controller.start()
-        saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
-                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": str(ca_path),
-                "saes": {s: {"cert": str(f.cert), "key": str(f.key)} for s, f in saes.items()
+                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": desc["ca"],
+                "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
             }
         if wait_keys:

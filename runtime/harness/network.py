@@ -20,6 +20,7 @@ import yaml
 
 from runtime.controller.topology import Topology, TopologyError
 from runtime.harness.build import (
+    FIXED_PORTS,
     HARNESS_LAYOUT,
     SERVICES,
     NodePlan,
@@ -74,9 +75,10 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
                ) -> dict[str, dict[str, str]]:
     """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
-    With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
+    With `hosts` (one address per node, each in its own network namespace) every node uses the
+    fixed ports of nodes with addresses of their own (build.FIXED_PORTS, as exports do)."""
     if hosts:
-        return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
+        return {n: {svc: f"{hosts[n]}:{FIXED_PORTS[svc]}" for svc in SERVICES} for n in topo.nodes}
     base = topo.extra.get("settings", {}).get("base_port") if isinstance(topo.extra.get("settings"), dict) else None
     out: dict[str, dict[str, str]] = {}
     busy = []

@@ -64,11 +64,11 @@ def _producing(status: Path) -> bool:
 
 @pytest.mark.skipif(WHY is not None, reason=WHY or "")
 def test_exported_bundle_runs_one_namespace_per_node(tmp_path: Path):
-    ns = netns.create([*NAMES, "controller"], tmp_path / "netns.json", tag="x17", prefix=PREFIX)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = tmp_path / "logs"
     logs.mkdir()
     try:
+        ns = netns.create([*NAMES, "controller"], tmp_path / "netns.json", tag="x17", prefix=PREFIX)
         topo = tmp_path / "topo.yaml"
         topo.write_text(yaml.safe_dump(TOPO))
         out = tmp_path / "bundle"
