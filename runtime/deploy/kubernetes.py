@@ -118,7 +118,7 @@ def node_objects(net: NetworkBuild, name: str, ns: str, opts: ExportOptions) -> 
            "spec": {"serviceName": name, "replicas": 1, "selector": {"matchLabels": labels},
                     "template": {"metadata": {"labels": labels}, "spec": {
                         "securityContext": pod_sec, "automountServiceAccountToken": False,
-                        "terminationGracePeriodSeconds": 30,
+                        "enableServiceLinks": False, "terminationGracePeriodSeconds": 30,
                         "containers": [_container("node", opts.image,
                                                   ["node", "--config", f"{CONFIG_DIR}/node.yaml"], ports,
                                                   node_resources(links, block),

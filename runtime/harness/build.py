@@ -200,7 +200,8 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
         b.configs[name] = cfg
         # the config holds the gNMI password: it is a secret file
         b.files[posixpath.join(nd, "node.yaml")] = File(yaml.safe_dump(cfg, sort_keys=False).encode(), secret=True)
-    b.desc = _description(b, plans, ctl_ca, pw_rel, ctl_rel, sae_paths)
+    # the controller's own copy when it has a directory of its own (exports), else the PKI's
+    b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths)
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
 

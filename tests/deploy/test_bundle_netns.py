@@ -88,7 +88,7 @@ def test_exported_bundle_runs_one_namespace_per_node(tmp_path: Path):
         procs["controller"] = subprocess.Popen(
             ["ip", "netns", "exec", ns["controller"]["netns"], *sdqkd_command(), "controller", "--config",
              str(hosts / "controller" / "sdqkd" / "network.json"), "--state-dir", str(state), "--api",
-             "127.0.0.1:8080"],
+             "127.0.0.1:8080", "--log-format", "json"],
             stdout=(logs / "controller.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         _wait(lambda: _producing(state / "controller-status.json"), 240, "every link to produce key", procs, logs)
 
@@ -121,6 +121,8 @@ def test_exported_bundle_runs_one_namespace_per_node(tmp_path: Path):
             records = [json.loads(line) for line in (logs / f"{n}.log").read_text().splitlines() if line.strip()]
             assert {"time", "level", "logger", "message"} <= set(records[0])
             assert any("gNMI on 0.0.0.0:57400" in r["message"] for r in records)
+        ctl_log = [json.loads(line) for line in (logs / "controller.log").read_text().splitlines() if line.strip()]
+        assert any("links provisioned" in r["message"] for r in ctl_log)
     finally:
         for p in procs.values():
             if p.poll() is None:
