@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .pipeline import generate
-from .report import GenerationError
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming every out-of-date file")
@@ -16,6 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here: every `sdqkd` command builds this parser, and only `gen` needs pyang and jinja
+    from .pipeline import generate
+    from .report import GenerationError
+
     try:
         result = generate(args.root, check=args.check)
     except GenerationError as e:

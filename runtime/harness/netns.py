@@ -41,7 +41,8 @@ def create(names: list[str], record: Path, *, tag: str = "", prefix: str = PREFI
     sdqkdbr<tag>, namespaces sdqkd<tag><i>, host address <prefix>.1, nodes <prefix>.10 on."""
     hosts: dict[str, dict[str, str]] = {}
     bridge = f"sdqkdbr{tag}" if tag else BRIDGE
-    made: dict[str, object] = {"bridge": bridge, "netns": [], "veth": []}
+    made_ns: list[str] = []
+    made_veth: list[str] = []
     try:
         _ip("link", "add", bridge, "type", "bridge")
         _ip("addr", "add", f"{prefix}.1/24", "dev", bridge)
@@ -49,9 +50,9 @@ def create(names: list[str], record: Path, *, tag: str = "", prefix: str = PREFI
         for i, name in enumerate(names):
             ns, veth, addr = f"sdqkd{tag}{i}", f"vsdqkd{tag}{i}", f"{prefix}.{10 + i}"
             _ip("netns", "add", ns)
-            made["netns"].append(ns)  # type: ignore[union-attr]
+            made_ns.append(ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            made["veth"].append(veth)  # type: ignore[union-attr]
+            made_veth.append(veth)
             _ip("link", "set", veth, "master", bridge)
             _ip("link", "set", veth, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
@@ -59,7 +60,7 @@ def create(names: list[str], record: Path, *, tag: str = "", prefix: str = PREFI
             _ip("-n", ns, "link", "set", "lo", "up")
             hosts[name] = {"netns": ns, "ip": addr}
     finally:
-        record.write_text(json.dumps(made))
+        record.write_text(json.dumps({"bridge": bridge, "netns": made_ns, "veth": made_veth}))
     return hosts
 
 
