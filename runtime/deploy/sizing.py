@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# `sdqkd bench node` on the dev machine (2 cores shared by 8 developers, load average 13.6),
-# default engine settings (1e6 sifted bits per block): a node without links 79.4 MiB; nodes with
-# one link 95.7 / 98.7 MiB (peaks 109.5 / 113.6), with two links 108.9 MiB (peak 130.4); CPU
-# 0.27-0.35 cores for one link, 0.57 for two; the controller 77 MiB and ~0.01 cores; one
-# `sdqkd health` probe 0.37-0.39 CPU seconds (probes every 15 s and 60 s: ~0.03 cores).
+# `sdqkd bench node`, two runs on the dev machine (2 cores shared by 8 developers, load average
+# 13.5-13.6), default engine settings (1e6 sifted bits per block): a node without links 79.4 MiB;
+# one link 95.3-98.7 MiB (peaks 102.5-113.6), two links 105.7-108.9 MiB (peaks 126.4-130.4);
+# CPU 0.17-0.35 cores for one link, 0.33-0.57 for two; the controller 77 MiB, ~0.01 cores; one
+# `sdqkd health` probe 0.37-0.41 CPU seconds (probes every 15 s and 60 s: ~0.03 cores).
 BASE_RSS_MIB = 80.0  # a node with no links
 LINK_RSS_MIB_PER_MBIT = 15.0  # per link, per 1e6 sifted bits of block size (median)
 LINK_PEAK_FACTOR = 1.7  # peak / median of what the links add
