@@ -7,8 +7,9 @@ Per QKD node NAME, in one Namespace:
   pod keeps its keys);
 - Secret NAME-secret: node.yaml (it holds the gNMI password), the node's private key and its
   bootstrap secrets; ConfigMap NAME-public: the CA certificate and the node's certificate only.
-  Both are projected into one read-only directory /etc/sdqkd, files mode 0440 readable through
-  the pod's fsGroup, never world-readable;
+  Both are projected into one directory (files 0440, readable through the pod's fsGroup, never
+  world-readable), which an init container copies into /etc/sdqkd, a memory-backed directory
+  of the pod's user with files 0600 (a node refuses private files others can read);
 - NetworkPolicy NAME: ingress only from the pods that need each port: gNMI from the controller,
   ETSI 014 / 004 from pods labelled `sdqkd.io/sae-of: NAME` (the node's applications), the peer
   port (engine classical channel, key sync and relay, which may come from any node on a relay
@@ -39,6 +40,7 @@ from .sizing import controller_resources, node_resources
 
 APP = "sdqkd"
 CONFIG_DIR = "/etc/sdqkd"
+SOURCE_DIR = "/etc/sdqkd-source"
 SAE_LABEL = "sdqkd.io/sae-of"
 
 
@@ -73,8 +75,30 @@ def _projection(secret: str, cm: str, files: dict[str, File]) -> dict[str, Any]:
     """One directory from a Secret (secret files) and a ConfigMap (public ones), paths kept."""
     sec = [{"key": _key(p), "path": p} for p, f in sorted(files.items()) if f.secret]
     pub = [{"key": _key(p), "path": p} for p, f in sorted(files.items()) if not f.secret]
-    return {"name": "config", "projected": {"defaultMode": 0o440, "sources": [
+    return {"name": "source", "projected": {"defaultMode": 0o440, "sources": [
         {"secret": {"name": secret, "items": sec}}, {"configMap": {"name": cm, "items": pub}}]}}
+
+
+def _private_copy(image: str, files: dict[str, File]) -> dict[str, Any]:
+    """An init container that copies the projected files into a memory-backed directory owned by
+    the pod's user, mode 0600 (0700 directories). Kubernetes shows Secret files to a non-root
+    user only group-readable (root:fsGroup 0440), and a node refuses private files that others
+    than its user can read; the copies never touch a disk."""
+    tops = sorted({p.split("/", 1)[0] for p in files})
+    script = (f"cp -RL {' '.join(f'{SOURCE_DIR}/{t}' for t in tops)} {CONFIG_DIR}/ && "
+              f"find {CONFIG_DIR} -mindepth 1 -exec chmod go= {{}} +")
+    _, sec = _security()
+    return {"name": "private-copy", "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script], "securityContext": sec,
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}},
+            "volumeMounts": [{"name": "source", "mountPath": SOURCE_DIR, "readOnly": True},
+                             {"name": "config", "mountPath": CONFIG_DIR}]}
+
+
+def _volumes(secret: str, cm: str, files: dict[str, File]) -> list[dict[str, Any]]:
+    return [_projection(secret, cm, files),
+            {"name": "config", "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]
 
 
 def _security() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -119,13 +143,13 @@ def node_objects(net: NetworkBuild, name: str, ns: str, opts: ExportOptions) -> 
                     "template": {"metadata": {"labels": labels}, "spec": {
                         "securityContext": pod_sec, "automountServiceAccountToken": False,
                         "enableServiceLinks": False, "terminationGracePeriodSeconds": 30,
+                        "initContainers": [_private_copy(opts.image, files)],
                         "containers": [_container("node", opts.image,
                                                   ["node", "--config", f"{CONFIG_DIR}/node.yaml"], ports,
                                                   node_resources(links, block),
                                                   {"readinessProbe": _probe(5, 15),
                                                    "livenessProbe": _probe(30, 60)})],
-                        "volumes": [_projection(f"{name}-secret", f"{name}-public", files),
-                                    {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]}},
+                        "volumes": _volumes(f"{name}-secret", f"{name}-public", files)}},
                     "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": labels}, "spec": {
                         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}
     return [_secret(f"{name}-secret", ns, labels, secret_files),
@@ -154,11 +178,11 @@ def controller_objects(net: NetworkBuild, ns: str, opts: ExportOptions) -> list[
            "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": labels},
                     "template": {"metadata": {"labels": labels}, "spec": {
                         "securityContext": pod_sec, "automountServiceAccountToken": False,
+                        "initContainers": [_private_copy(opts.image, files)],
                         "containers": [_container(CONTROLLER_NAME, opts.image, args, [], controller_resources(
                             len(net.topo.nodes)), {})],
-                        "volumes": [_projection(f"{CONTROLLER_NAME}-secret", f"{CONTROLLER_NAME}-public", files),
-                                    {"name": "data", "emptyDir": {}},
-                                    {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}]}}}}
+                        "volumes": [*_volumes(f"{CONTROLLER_NAME}-secret", f"{CONTROLLER_NAME}-public", files),
+                                    {"name": "data", "emptyDir": {}}]}}}}
     policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
               "metadata": _meta(CONTROLLER_NAME, ns, labels),
               "spec": {"podSelector": {"matchLabels": labels}, "policyTypes": ["Ingress"], "ingress": []}}

@@ -163,7 +163,7 @@ def test_kubernetes_manifests_validate_and_every_reference_resolves(tmp_path: Pa
         assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["runAsUser"] != 0
         claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
         vols = {v["name"]: v for v in spec["volumes"]} | {c: {} for c in claims}
-        for c in spec["containers"]:
+        for c in spec["containers"] + spec.get("initContainers", []):
             sc = c["securityContext"]
             assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
             assert c["resources"]["requests"]["memory"] and c["resources"]["requests"]["cpu"]
@@ -199,6 +199,44 @@ def test_kubernetes_manifests_validate_and_every_reference_resolves(tmp_path: Pa
     cert = by[("ConfigMap", "bob-public")]["data"][f"tls__{net['nodes']['bob']['id']}.pem"]
     assert "bob.metro.svc.cluster.local" in _cert_sans(cert.encode())
     assert not (out / "nodes").exists() and stat.S_IMODE((out / "kubernetes" / "10-secrets.yaml").stat().st_mode) == 0o600
+
+
+def test_kubernetes_init_copy_gives_the_node_private_files_it_accepts(tmp_path: Path):
+    """The init container's script, run on a directory laid out as kubelet projects Secrets and
+    ConfigMaps (timestamped dir, ..data link, top-level links, files 0440), yields a config
+    directory the node's own parser accepts, with nothing readable by others."""
+    from runtime.node.config import load_config
+
+    docs = _docs(_export(tmp_path, "kubernetes"))
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    pod = by[("StatefulSet", "relay")]["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert init["command"][:2] == ["sh", "-c"]
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    stamp = src / "..2026_01_01_00_00_00.1"
+    for v in pod["volumes"]:
+        for source in v.get("projected", {}).get("sources", []):
+            kind, ref = ("Secret", source["secret"]) if "secret" in source else ("ConfigMap", source["configMap"])
+            for item in ref["items"]:
+                raw = by[(kind, ref["name"])]["data"][item["key"]]
+                f = stamp / item["path"]
+                f.parent.mkdir(parents=True, exist_ok=True)
+                f.write_bytes(base64.b64decode(raw) if kind == "Secret" else raw.encode())
+                f.chmod(0o440)
+    (src / "..data").symlink_to(stamp.name)
+    for top in {p.relative_to(stamp).parts[0] for p in stamp.rglob("*")}:
+        (src / top).symlink_to(f"..data/{top}")
+    dst.mkdir()
+    script = init["command"][2].replace("/etc/sdqkd-source", str(src)).replace("/etc/sdqkd", str(dst))
+    subprocess.run(["sh", "-c", script], check=True)
+    assert not any(p.name.startswith("..") for p in dst.iterdir())
+    for p in dst.rglob("*"):
+        assert not p.is_symlink() and stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, p
+    cfg = load_config(dst / "node.yaml")
+    assert cfg.tls is not None and cfg.tls.key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY")
+    assert len(cfg.bootstrap) == 2 and all(len(f.read_bytes()) == 32 for f in cfg.bootstrap.values())
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["config"]["readOnly"] and {v["name"]: v for v in pod["volumes"]}["config"]["emptyDir"]["medium"] == "Memory"
 
 
 def test_kubernetes_network_policies_let_only_the_right_peers_in(tmp_path: Path):
