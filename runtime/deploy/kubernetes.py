@@ -9,7 +9,7 @@ Per QKD node NAME, in one Namespace:
   bootstrap secrets; ConfigMap NAME-public: the CA certificate and the node's certificate only.
   Both are projected into one directory (files 0440, readable through the pod's fsGroup, never
   world-readable), which an init container copies into /etc/sdqkd, a memory-backed directory
-  of the pod's user with files 0600 (a node refuses private files others can read);
+  of the pod's user with files 0600 (readable by nobody else);
 - NetworkPolicy NAME: ingress only from the pods that need each port: gNMI from the controller,
   ETSI 014 / 004 from pods labelled `sdqkd.io/sae-of: NAME` (the node's applications), the peer
   port (engine classical channel, key sync and relay, which may come from any node on a relay
@@ -82,8 +82,8 @@ def _projection(secret: str, cm: str, files: dict[str, File]) -> dict[str, Any]:
 def _private_copy(image: str, files: dict[str, File]) -> dict[str, Any]:
     """An init container that copies the projected files into a memory-backed directory owned by
     the pod's user, mode 0600 (0700 directories). Kubernetes shows Secret files to a non-root
-    user only group-readable (root:fsGroup 0440), and a node refuses private files that others
-    than its user can read; the copies never touch a disk."""
+    user only group-readable (root:fsGroup 0440), and a node's private files must be readable by
+    nobody but its user; the copies never touch a disk."""
     tops = sorted({p.split("/", 1)[0] for p in files})
     script = (f"cp -RL {' '.join(f'{SOURCE_DIR}/{t}' for t in tops)} {CONFIG_DIR}/ && "
               f"find {CONFIG_DIR} -mindepth 1 -exec chmod go= {{}} +")
