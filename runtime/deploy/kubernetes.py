@@ -156,13 +156,24 @@ def node_objects(net: NetworkBuild, name: str, ns: str, opts: ExportOptions) -> 
             _configmap(f"{name}-public", ns, labels, public_files), svc, sts, node_policy(net, name, ns)]
 
 
+# who connects to each service of a node: the controller (management), the node's own SAEs,
+# every node of the network (key sync and relay may join any two), or its fibre neighbours
+CLIENTS: dict[str, str] = {"gnmi": "controller", "restconf": "controller", "etsi014": "saes", "etsi004": "saes",
+                           "peer": "nodes", "etsi020": "nodes", "channel": "neighbours"}
+
+
 def node_policy(net: NetworkBuild, name: str, ns: str) -> dict[str, Any]:
     """Who may reach which port of node `name`."""
-    controller = {"podSelector": {"matchLabels": _labels("controller")}}
-    saes = {"podSelector": {"matchLabels": {SAE_LABEL: name}}}
-    nodes = {"podSelector": {"matchLabels": _labels("node")}}
-    allowed = {"gnmi": controller, "etsi014": saes, "etsi004": saes, "peer": nodes}
-    rules = [{"from": [allowed[svc]], "ports": [{"protocol": "TCP", "port": FIXED_PORTS[svc]}]} for svc in SERVICES]
+    neighbours = sorted({n for ln in net.topo.links if name in ln.ends for n in ln.ends} - {name})
+    selectors = {
+        "controller": {"podSelector": {"matchLabels": _labels("controller")}},
+        "saes": {"podSelector": {"matchLabels": {SAE_LABEL: name}}},
+        "nodes": {"podSelector": {"matchLabels": _labels("node")}},
+        "neighbours": {"podSelector": {"matchLabels": _labels("node"), "matchExpressions": [
+            {"key": "sdqkd.io/node", "operator": "In", "values": neighbours}]}},
+    }
+    rules = [{"from": [selectors[CLIENTS[svc]]], "ports": [{"protocol": "TCP", "port": FIXED_PORTS[svc]}]}
+             for svc in SERVICES if CLIENTS[svc] != "neighbours" or neighbours]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, _labels("node", name)),
             "spec": {"podSelector": {"matchLabels": _labels("node", name)}, "policyTypes": ["Ingress"],
                      "ingress": rules}}

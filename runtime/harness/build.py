@@ -39,7 +39,9 @@ SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
 # Ports of a node where each node has an address of its own (other hosts, namespaces, containers,
 # pods): gNMI on the port gNMI devices conventionally use (containerlab, OpenConfig), the rest
 # above 1024 so that a non-root process can bind them.
-FIXED_PORTS: dict[str, int] = {"gnmi": 57400, "etsi014": 8443, "etsi004": 50051, "peer": 50052}
+FIXED_PORTS: dict[str, int] = {"gnmi": 57400, "etsi014": 8443, "etsi004": 50051, "peer": 50052,
+                               # services other branches add (engine channel, RESTCONF, ETSI 020)
+                               "channel": 50053, "restconf": 8040, "etsi020": 7020}
 GNMI_USER = "sdqkd"
 CONTROLLER_CN = "sdqkd-controller"
 

@@ -257,7 +257,9 @@ def test_kubernetes_network_policies_let_only_the_right_peers_in(tmp_path: Path)
                 if ports and port not in ports:
                     continue
                 for peer in rule["from"]:
-                    if all(source.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items()):
+                    sel = peer["podSelector"]
+                    if all(source.get(k) == v for k, v in sel["matchLabels"].items()) and \
+                            all(source.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])):
                         return True
         return False
 
@@ -270,6 +272,16 @@ def test_kubernetes_network_policies_let_only_the_right_peers_in(tmp_path: Path)
     assert not admitted("alice", peer, pods["controller"]) and not admitted("alice", peer, app_of_alice)
     assert not any(admitted("controller", p, pods["alice"]) for p in (g, e14, peer, 8080))
     assert pols["default-deny-ingress"]["spec"]["podSelector"] == {}
+
+
+def test_every_service_has_a_fixed_port_and_a_policy():
+    """A service added to the node (SERVICES) must get a port and say who may reach it."""
+    from runtime.deploy.kubernetes import CLIENTS
+    from runtime.deploy.plan import CONTROLLER_API
+
+    assert set(SERVICES) <= set(FIXED_PORTS) and set(SERVICES) <= set(CLIENTS)
+    ports = [FIXED_PORTS[s] for s in SERVICES] + [int(CONTROLLER_API.rpartition(":")[2])]
+    assert len(set(ports)) == len(ports) and all(p > 1024 for p in ports)  # non-root binds them
 
 
 # ------------------------------------------------------------------ bad input
