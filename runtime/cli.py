@@ -99,6 +99,9 @@ def _export(args: argparse.Namespace) -> int:
     except (TopologyError, ExportError) as e:
         print(e, file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"sdqkd net export: cannot write {args.out}: {e}; nothing written", file=sys.stderr)
+        return 1
     print(summary)
     return 0
 

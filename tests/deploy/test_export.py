@@ -325,6 +325,21 @@ def test_output_dir_with_content_is_refused_and_left_alone(tmp_path: Path):
     assert (out / "nodes" / "alice" / "node.yaml").is_file()
 
 
+def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from runtime.harness import build as build_mod
+
+    real = build_mod.write_tree
+
+    def half(root: Path, files: dict[str, Any]) -> None:
+        real(root, dict(list(files.items())[:5]))  # some secrets already on disk
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build_mod, "write_tree", half)
+    with pytest.raises(OSError, match="No space left"):
+        _export(tmp_path, "bundle")
+    assert [p.name for p in tmp_path.iterdir()] == ["topo.yaml"]  # neither DIR nor the temporary one
+
+
 def test_cli_names_the_problem_and_exits_2(tmp_path: Path):
     topo = _topo(tmp_path, {**TOPO, "nodes": [{"name": "alice"}, {"name": "relay"}, {"name": "bob"}]})
     r = subprocess.run([sys.executable, "-m", "runtime.cli", "net", "export", str(topo), "--format", "bundle",
