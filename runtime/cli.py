@@ -55,13 +55,14 @@ def _net(args: argparse.Namespace) -> int:
         return _export(args)
     try:
         if args.action == "up":
-            if not args.topology:
-                print("sdqkd net up: TOPOLOGY file required", file=sys.stderr)
-                return 2
             if not args.state_dir:
                 print("sdqkd net up: --state-dir required", file=sys.stderr)
                 return 2
-            eps = network.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
+            from runtime.demo import DEFAULT_TOPOLOGY
+
+            # no TOPOLOGY: the demo's metro network (README's first key example)
+            eps = network.up(args.topology or DEFAULT_TOPOLOGY, args.state_dir, timeout=args.timeout,
+                             netns=args.netns)
             print(json.dumps(eps, indent=2))
             print(f"network up; endpoints in {args.state_dir}/endpoints.json", file=sys.stderr)
         else:
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_controller)
     nt = sub.add_parser("net", help="start, stop or export a whole network (one process per node + controller)")
     nt.add_argument("action", choices=["up", "down", "export"])
-    nt.add_argument("topology", nargs="?", help="topology YAML (for up and export)")
+    nt.add_argument("topology", nargs="?", help="topology YAML (up: default the demo's metro network; export)")
     nt.add_argument("--state-dir", help="state directory (up, down)")
     nt.add_argument("--format", choices=["bundle", "containerlab", "kubernetes"], help="export: what to write")
     nt.add_argument("--out", help="export: output directory (must not exist, or be empty)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import ssl
 import tempfile
 import time
@@ -27,7 +28,8 @@ DEFAULT_TOPOLOGY: dict[str, Any] = {
               {"a": "Norte", "b": "Distrito", "km": 14}, {"a": "Concepcion", "b": "Almagro", "km": 12},
               {"a": "Almagro", "b": "Norte", "km": 9}],
     "saes": [{"name": "sae-quijote", "node": "Quijote"}, {"name": "sae-distrito", "node": "Distrito"},
-             {"name": "sae-almagro", "node": "Almagro"}],
+             {"name": "sae-almagro", "node": "Almagro"}, {"name": "sae-concepcion", "node": "Concepcion"},
+             {"name": "sae-norte", "node": "Norte"}],
 }
 MASTER, SLAVE = "sae-quijote", "sae-distrito"
 
@@ -60,11 +62,15 @@ def _https(url: str, ca: str, cert: str, key: str, body: dict[str, Any] | None =
         return json.loads(resp.read())
 
 
-def _post(api: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(f"http://{api}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+def _route_of(status_file: Path, master: str, wait_s: float = 3.0) -> dict[str, Any] | None:
+    """The controller's route of `master`'s application (its status file is refreshed each second)."""
+    end = time.monotonic() + wait_s
+    while True:
+        apps = json.loads(status_file.read_text()).get("apps", [])
+        route = next((a for a in apps if a["master"] == master), None)
+        if route is not None or time.monotonic() > end:
+            return route
+        time.sleep(0.2)
 
 
 def main(seconds: float = 60.0) -> int:
@@ -97,9 +103,6 @@ def main(seconds: float = 60.0) -> int:
         st = json.loads(status_file.read_text())
         print(f"\n[{time.monotonic() - t0:5.1f} s] every link produces key")
         print(table(st))
-        route = _post(st["api"], "/apps", {"master": MASTER, "slave": SLAVE, "rate": 1000})
-        print(f"\ncontroller: {MASTER} <-> {SLAVE} over {' - '.join(route['path'])} "
-              f"(virtual link {route['qkdl_id'][:8]}..., keys relayed hop by hop as one-time-pad ciphertext)")
         m_node = DEFAULT_TOPOLOGY["saes"][0]["node"]
         s_node = DEFAULT_TOPOLOGY["saes"][1]["node"]
         me, se = eps[m_node], eps[s_node]
@@ -116,6 +119,11 @@ def main(seconds: float = 60.0) -> int:
         if got is None:
             print("no relayed key within the time given")
             return 1
+        # the first enc_keys registered the pair (ETSI 015 clause 5.2); the controller routed it
+        route = _route_of(status_file, MASTER)
+        print(f"\nfirst request registered {MASTER} <-> {SLAVE}; the controller routed it over "
+              f"{' - '.join(route['path'] if route else ['?'])} (a virtual link: keys relayed hop by hop "
+              "as one-time-pad ciphertext)")
         k = got["keys"][0]
         back = _https(f"https://{se['etsi014']}/api/v1/keys/{MASTER}/dec_keys", se["ca"],
                       se["saes"][SLAVE]["cert"], se["saes"][SLAVE]["key"], {"key_IDs": [{"key_ID": k["key_ID"]}]})
@@ -144,4 +152,5 @@ def main(seconds: float = 60.0) -> int:
             print(f"\nstopped {len(stopped)} processes; the demo leaves nothing running")
         except network.HarnessError:
             pass
+        shutil.rmtree(state, ignore_errors=True)  # its PKI (private keys) and key stores: nothing left in /tmp
     return code

@@ -58,6 +58,10 @@ class Hub:
     def __len__(self) -> int:
         return len(self._subs)
 
+    def listening(self, path: tuple[Elem, ...]) -> bool:
+        """Some open STREAM subscription would receive a change at `path` (e.g. a notification)."""
+        return any(sub.wants(path, False) for sub in self._subs)
+
     def publish(self, changes: Iterable[Change]) -> None:
         changes = list(changes)
         if not changes or not self._subs:

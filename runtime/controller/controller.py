@@ -1,7 +1,16 @@
 """The SDN controller: holds the topology, talks to every node only through the generated gNMI
 client (no back door), turns PHYS links up on both ends, registers applications, computes
 key-relay paths and installs VIRT links along them, watches every node with STREAM
-subscriptions and reroutes virtual links when a link or node goes down."""
+subscriptions and reroutes virtual links when a link or node goes down.
+
+Application registration (ETSI GS QKD 015 clause 5.2): a node emits `sdqkdn_application_new`
+when an SAE's first request names a pair it has no application for; the controller computes
+the path and installs the qkd_app on both end nodes (VIRT links first, the far end's app
+before the requesting node's, so the far end knows the pair before the first Reserve arrives).
+A pair it cannot serve gets a qkd_app without backing link at the requesting node (with
+remote_qkdn_id when the SAEs are known but no path exists), which that node reports as the
+reason of its 503. `sdqkdn_application_disconnected` removes the application at the other end
+and the path's VIRT links no other application uses."""
 
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ from typing import Any
 import grpc
 
 from generated.client import ModelClient
+from generated.model_types import QkdApp
+from runtime.lkms.registry import app_id_for, sae_of, sae_uri
 from runtime.pki import TlsFiles
 
 from .routing import LinkState, Router
@@ -43,8 +54,10 @@ class AppRoute:
     slave: str
     rate_bps: float
     path: list[str]  # node names, master's node first
-    qkdl_id: str  # the PHYS link (direct) or the VIRT link serving the pair
+    qkdl_id: str  # the PHYS link (direct) or the VIRT link serving the pair; "" on one node
     virtual: bool
+    priority: int = 0
+    more_slaves: list[str] = field(default_factory=list)  # further slaves of a multicast application
 
 
 @dataclass
@@ -101,6 +114,8 @@ class Controller:
         if provision:
             await asyncio.gather(*(self._wait_node(n) for n in self.topo.nodes))
             await self.provision_links()
+            if self.topo.apps:
+                self._spawn(self.register_topology_apps())
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -148,29 +163,33 @@ class Controller:
             await asyncio.gather(*(self.provision_link(ln) for ln in links
                                    if self.nodes[ln.a].up and self.nodes[ln.b].up))
 
-    def _sae_uri(self, sae: str) -> str:
-        return f"urn:sdqkd:sae:{sae}"
-
-    async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0) -> AppRoute:
-        """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`."""
-        for sae in (master, slave):
+    async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0, *, priority: int = 0,
+                           first: str | None = None, more_slaves: tuple[str, ...] = ()) -> AppRoute:
+        """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
+        `first`: the node to install the app on last (the one whose SAE waits for it);
+        `more_slaves`: further slaves of a multicast application (on the slave's node)."""
+        for sae in (master, slave, *more_slaves):
             if sae not in self.topo.saes:
                 raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
-        if master == slave:
-            raise ValueError("master and slave SAE must differ")
+        if len({master, slave, *more_slaves}) != 2 + len(more_slaves):
+            raise ValueError("master and slave SAEs must all differ")
         if rate_bps < 0:
             raise ValueError(f"rate must be >= 0 bit/s, got {rate_bps}")
         src, dst = self.topo.saes[master].node, self.topo.saes[slave].node
-        if src == dst:
-            raise ValueError(f"SAEs {master} and {slave} sit on the same node {src}; no QKD link is involved")
+        if any(self.topo.saes[s].node != dst for s in more_slaves):
+            raise ValueError("the slave SAEs of one application must sit on one node")
         async with self._lock:
             route = self._route(master, slave, src, dst, rate_bps)
-            await self._install(route)
+            route.priority, route.more_slaves = priority, list(more_slaves)
+            route.app_id = app_id_for(master, [slave, *more_slaves])
+            await self._install(route, first)
             self.apps[route.app_id] = route
             return route
 
     def _route(self, master: str, slave: str, src: str, dst: str, rate_bps: float) -> AppRoute:
-        app_id = str(uuid.uuid5(NAMESPACE, f"app:{master}|{slave}"))
+        app_id = app_id_for(master, [slave])
+        if src == dst:  # served by the node itself from its own random keys: no link, no path
+            return AppRoute(app_id, master, slave, rate_bps, [src], "", virtual=False)
         direct = self.topo.link_between(src, dst)
         if direct is not None and self.router.links[direct.id].up:
             return AppRoute(app_id, master, slave, rate_bps, [src, dst], direct.id, virtual=False)
@@ -199,24 +218,133 @@ class Controller:
             entry["virt_next_hop"] = [ids[n].id for n in path[i + 1:]]
         return entry
 
-    def _app_entry(self, route: AppRoute, local: str, remote: str) -> dict[str, Any]:
+    def _app_entry(self, route: AppRoute, local: str, remote: str) -> QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
-            "server_app_id": self._sae_uri(route.master), "client_app_id": [self._sae_uri(route.slave)],
-            "backing_qkdl_id": [route.qkdl_id],
+            "server_app_id": sae_uri(route.master),
+            "client_app_id": [sae_uri(s) for s in (route.slave, *route.more_slaves)],
+            "backing_qkdl_id": [route.qkdl_id] if route.qkdl_id else [],
             "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
-            "app_qos": {"min_bandwidth": int(route.rate_bps)},
+            "app_qos": {"min_bandwidth": int(route.rate_bps)}, "app_priority": route.priority,
         }
 
-    async def _install(self, route: AppRoute) -> None:
+    async def _install(self, route: AppRoute, first: str | None = None) -> None:
+        """VIRT links along the path, then the app at the far end, then at `first` (the node
+        whose SAE is waiting; default the master's)."""
         if route.virtual:
             await asyncio.gather(*(self._client(n).replace_qkd_link(route.qkdl_id, self._virt_entry(route, n))
                                    for n in route.path))
         src, dst = route.path[0], route.path[-1]
-        await asyncio.gather(
-            self._client(src).replace_qkd_app(route.app_id, self._app_entry(route, src, dst)),
-            self._client(dst).replace_qkd_app(route.app_id, self._app_entry(route, dst, src)),
-        )
+        near = first if first in (src, dst) else src
+        far = dst if near == src else src
+        if far != near:
+            await self._client(far).replace_qkd_app(route.app_id, self._app_entry(route, far, near))
+        await self._client(near).replace_qkd_app(route.app_id, self._app_entry(route, near, far))
+
+    # ------------------------------------------------------------------ registration workflow
+
+    async def _application_new(self, node: str, content: dict[str, Any]) -> None:
+        """`sdqkdn_application_new` from `node`: provision the pair, or say why not."""
+        app = next((v for k, v in content.items() if k.endswith("qkd_application")), content)
+        master = sae_of(app.get("server_app_id", ""))
+        slaves = [sae_of(c) for c in app.get("client_app_id", [])]
+        rate = float((app.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
+        app_id = app_id_for(master, slaves)
+        remote: str | None = None
+        try:
+            if not slaves:
+                raise ValueError("no slave SAE")
+            route = await self.request_keys(master, slaves[0], rate, first=node, priority=int(app.get("app_priority", 0)),
+                                            more_slaves=tuple(slaves[1:]))
+            log.info("application %s registered by node %s: %s -> %s over %s", app_id, node, master, slaves[0],
+                     route.path)
+            await self.events.put(("app-registered", app_id))
+            return
+        except ValueError as e:
+            log.warning("application %s from node %s refused: %s", app_id, node, e)
+        except RuntimeError as e:
+            log.warning("application %s from node %s: %s", app_id, node, e)
+            other = [self.topo.saes[s].node for s in (master, *slaves) if s in self.topo.saes]
+            remote = next((self.topo.nodes[n].id for n in other if n != node), None)
+        except grpc.aio.AioRpcError as e:
+            log.warning("application %s: provisioning failed: %s", app_id, e.details())
+            return
+        # a qkd_app without backing link: the node answers its SAE with the reason
+        entry: QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": sae_uri(master),
+                         "client_app_id": [sae_uri(s) for s in slaves],
+                         "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
+        if remote is not None:
+            entry["remote_qkdn_id"] = remote
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._client(node).replace_qkd_app(app_id, entry)
+
+    async def _application_disconnected(self, node: str, app_id: str) -> None:
+        """Release what the application held: its other end and the path's unused VIRT links."""
+        async with self._lock:
+            route = self.apps.pop(app_id, None)
+            if route is None:  # provisioned before this controller (re)started: its ends are unknown
+                for n, view in self.nodes.items():
+                    if n != node and view.up:  # deleting an absent entry is accepted (gNMI 3.4.6)
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await self._client(n).delete_qkd_app(app_id)
+                return
+            for n in dict.fromkeys((route.path[0], route.path[-1])):
+                if n != node and self.nodes[n].up:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._client(n).delete_qkd_app(app_id)
+            if route.virtual and not any(r.qkdl_id == route.qkdl_id for r in self.apps.values()):
+                for n in route.path:
+                    if self.nodes[n].up:
+                        with contextlib.suppress(grpc.aio.AioRpcError):
+                            await self._client(n).delete_qkd_link(route.qkdl_id)
+        log.info("application %s disconnected at node %s: released", app_id, node)
+        await self.events.put(("app-released", app_id))
+
+    async def _adopt_apps(self, name: str) -> None:
+        """Applications a previous controller provisioned (this one restarted since): their
+        routes, read back from the master's node (its qkd_app, and the VIRT link's next hops),
+        so that they are rerouted and released like the ones this controller provisions."""
+        client = self._client(name)
+        try:
+            apps, links = await asyncio.gather(client.list_qkd_app(), client.list_qkd_link())
+        except grpc.aio.AioRpcError as e:
+            log.info("node %s: applications not read back: %s", name, e.details())
+            return
+        by_id = {n.id: n.name for n in self.topo.nodes.values()}
+        virt = {ln["qkdl_id"]: ln for ln in links if str(ln.get("qkdl_type", "")).endswith("VIRT")}
+        async with self._lock:
+            for a in apps:
+                master, slaves = sae_of(a.get("server_app_id", "")), [sae_of(c) for c in a.get("client_app_id", [])]
+                app_id, remote = a.get("app_id", ""), by_id.get(str(a.get("remote_qkdn_id", "")))
+                if (app_id in self.apps or not slaves or master not in self.topo.saes
+                        or self.topo.saes[master].node != name or remote is None):
+                    continue
+                backing = list(a.get("backing_qkdl_id", []))
+                if remote == name:
+                    path, qkdl = [name], ""
+                elif backing and backing[0] in virt:
+                    path, qkdl = [name, *(by_id.get(str(h), "?") for h in virt[backing[0]].get("virt_next_hop", []))], backing[0]
+                elif backing:
+                    path, qkdl = [name, remote], backing[0]
+                else:
+                    continue
+                rate = float((a.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
+                self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, path, qkdl, virtual=len(path) > 2,
+                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:])
+                log.info("app %s adopted from node %s: path %s", app_id, name, path)
+
+    async def register_topology_apps(self) -> None:
+        """The topology's `apps:` (explicit registration), retried until each has a path."""
+        pending = list(self.topo.apps)
+        while pending:
+            for a in list(pending):
+                try:
+                    await self.request_keys(a.master, a.slave, a.rate, priority=a.priority)
+                    pending.remove(a)
+                except (RuntimeError, grpc.aio.AioRpcError) as e:
+                    log.info("topology app %s -> %s not yet: %s", a.master, a.slave, e)
+            if pending:
+                await asyncio.sleep(1.0)
 
     async def _reroute(self, reason: str) -> None:
         """Move every application whose path uses a link that is down onto a new path."""
@@ -229,6 +357,7 @@ class Controller:
                 src, dst = route.path[0], route.path[-1]
                 try:
                     new = self._route(route.master, route.slave, src, dst, route.rate_bps)
+                    new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
                 except RuntimeError as e:
                     log.warning("app %s: %s (%s)", route.app_id, e, reason)
                     await self.events.put(("unroutable", route.app_id))
@@ -256,15 +385,19 @@ class Controller:
             client = self._client(name)
             try:
                 paths = ["/qkd_node/qkd_links/qkd_link/qkdl_performance", "/qkd_node/qkd_links/qkd_link/qkdl_status",
-                         "/qkd_node/sdqkd-key-store/pool", "/sdqkdn_link_down", "/alarm"]
+                         "/qkd_node/sdqkd-key-store/pool", "/sdqkdn_link_down", "/alarm",
+                         "/sdqkdn_application_new", "/sdqkdn_application_disconnected"]
                 async for resp in client.subscribe(paths, mode="ON_CHANGE"):
                     if resp.sync_response:
                         came_back = view.seen and not view.up
+                        first = not view.seen
                         view.up = view.seen = True
                         backoff = 0.2
                         await self.events.put(("node-up", name))
                         if came_back:
                             self._tasks.append(asyncio.create_task(self._node_back(name)))
+                        if first:
+                            self._spawn(self._adopt_apps(name))
                     elif resp.HasField("update"):
                         self._absorb(name, resp.update)
             except asyncio.CancelledError:
@@ -297,6 +430,16 @@ class Controller:
                     self._update_router(lid)
             elif p.startswith("/sdqkdn_link_down") or p.startswith("/alarm"):
                 self.events.put_nowait((p.strip("/"), v))
+            elif p.startswith("/sdqkdn_application_new"):
+                self._spawn(self._application_new(name, v))
+            elif p.startswith("/sdqkdn_application_disconnected"):
+                gone: dict[str, Any] = next((x for k, x in v.items() if k.endswith("qkd_application")), {})
+                self._spawn(self._application_disconnected(name, str(gone.get("app_id", ""))))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
     def _update_router(self, lid: str) -> None:
         ls = self.router.links[lid]

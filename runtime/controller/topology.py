@@ -1,5 +1,7 @@
-"""Topology files (DESIGN §4 contract): nodes, fibre links and SAEs, checked whole before
-anything starts. Every problem is reported as `FILE: where: what is wrong`."""
+"""Topology files (DESIGN §4 contract): nodes, fibre links, SAEs and optional explicitly
+registered applications (`apps: [{master, slave, rate, priority}]`; any other pair is registered
+by its first key request), checked whole before anything starts. Every problem is reported as
+`FILE: where: what is wrong`."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# Namespace for IDs derived from names, so a topology without explicit IDs is reproducible.
-NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
+# IDs derived from names: a topology without explicit IDs is reproducible
+from runtime.lkms.registry import NAMESPACE
 
 
 class TopologyError(ValueError):
@@ -46,6 +48,16 @@ class Sae:
     node: str
 
 
+@dataclass(frozen=True)
+class AppSpec:
+    """An application registered up front: SAE `master` gets keys shared with SAE `slave`."""
+
+    master: str
+    slave: str
+    rate: float = 0.0  # bit/s the path must carry (the app's min_bandwidth)
+    priority: int = 0
+
+
 @dataclass
 class Topology:
     nodes: dict[str, Node]
@@ -53,6 +65,7 @@ class Topology:
     saes: dict[str, Sae]
     source: str = "<dict>"
     extra: dict[str, Any] = field(default_factory=dict)
+    apps: list[AppSpec] = field(default_factory=list)
 
     def link_between(self, a: str, b: str) -> Link | None:
         for link in self.links:
@@ -99,8 +112,8 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: expected a mapping with nodes, links and saes")
-    for k in sorted(set(data) - {"nodes", "links", "saes", "name", "settings"}):
-        problems.append(f"{k}: unknown key (known: nodes, links, saes, name, settings)")
+    for k in sorted(set(data) - {"nodes", "links", "saes", "apps", "name", "settings"}):
+        problems.append(f"{k}: unknown key (known: nodes, links, saes, apps, name, settings)")
     nodes: dict[str, Node] = {}
     ids: set[str] = set()
     raw_nodes = data.get("nodes")
@@ -188,10 +201,46 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
             problems.append(f"{where} ({s['name']}): unknown node {s.get('node')!r}")
             continue
         saes[s["name"]] = Sae(name=s["name"], node=s["node"])
+    apps = _apps(data.get("apps"), saes, problems)
     if problems:
         raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))
     return Topology(nodes=nodes, links=links, saes=saes, source=source,
-                    extra={k: data[k] for k in ("name", "settings") if k in data})
+                    extra={k: data[k] for k in ("name", "settings") if k in data}, apps=apps)
+
+
+def _apps(raw: Any, saes: dict[str, Sae], problems: list[str]) -> list[AppSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append("apps: expected a list of {master, slave, rate, priority}")
+        return []
+    out: list[AppSpec] = []
+    for i, a in enumerate(raw):
+        where = f"apps[{i}]"
+        if not isinstance(a, dict):
+            problems.append(f"{where}: expected a mapping {{master, slave, rate, priority}}")
+            continue
+        for k in sorted(set(a) - {"master", "slave", "rate", "priority"}):
+            problems.append(f"{where}.{k}: unknown key (known: master, slave, rate, priority)")
+        bad = False
+        for role in ("master", "slave"):
+            if a.get(role) not in saes:
+                problems.append(f"{where}.{role}: unknown SAE {a.get(role)!r}")
+                bad = True
+        if not bad and a["master"] == a["slave"]:
+            problems.append(f"{where}: master and slave must differ")
+            bad = True
+        rate = _num(a.get("rate", 0))
+        if rate is None or not math.isfinite(rate) or rate < 0:
+            problems.append(f"{where}.rate: expected bit/s >= 0, got {a.get('rate')!r}")
+            bad = True
+        prio = a.get("priority", 0)
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio < 2**32:
+            problems.append(f"{where}.priority: expected an integer 0..4294967295, got {prio!r}")
+            bad = True
+        if not bad:
+            out.append(AppSpec(a["master"], a["slave"], float(rate or 0), int(prio)))
+    return out
 
 
 def load(path: str | Path) -> Topology:

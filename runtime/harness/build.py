@@ -122,7 +122,19 @@ def topology_data(topo: Topology) -> dict[str, Any]:
         "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
                   for ln in topo.links],
         "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
+        "apps": [{"master": a.master, "slave": a.slave, "rate": a.rate, "priority": a.priority} for a in topo.apps],
     }
+
+
+def applications_config(topo: Topology) -> dict[str, Any]:
+    """Every node's `applications` config: the network's SAEs with their node IDs, and the
+    topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
+    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
+    for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
+        if key in settings:
+            out[name] = settings[key]
+    return out
 
 
 def engine_settings(topo: Topology) -> dict[str, Any]:
@@ -196,6 +208,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             "bootstrap": bootstrap,
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
+            "applications": applications_config(topo),
         }
         if log:
             cfg["log"] = dict(log)

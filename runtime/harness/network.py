@@ -25,6 +25,7 @@ from runtime.harness.build import (
     SERVICES,
     NodePlan,
     absolute_description,
+    applications_config,
     build,
     topology_data,
     write_tree,
@@ -295,4 +296,5 @@ def _alive(pid: int) -> bool:
         return True
 
 
-__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of", "topology_data"]
+__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of", "topology_data",
+           "applications_config"]

@@ -1,13 +1,20 @@
 """State shared by the parts of one LKMS (store, registry, peer clients, limits), so each part
-(ETSI 014, ETSI 004, KeySync, relay) can be a small module that takes one `Core`."""
+(ETSI 014, ETSI 004, KeySync, relay) can be a small module that takes one `Core`.
+
+Applications. A key request names an SAE pair; `Core.app_for_request` finds the registered
+application (qkd_app) serving it. When there is none, or none of its links is up yet, and a
+`Registrar` is plugged in (the node's ETSI 015 registration workflow, runtime/node/apps.py), the
+registrar registers the pair and waits, bounded, until the controller has provisioned it; it
+raises `NotReady` (ETSI 014: 503 + Retry-After, a reason in words) or `UnknownPair` (400)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.lkms.peers import PeerClients
 from runtime.lkms.registry import App, Link, Registry
@@ -44,6 +51,30 @@ class Limits:
         return cls(**(d or {}))
 
 
+class NotReady(Exception):
+    """The pair cannot be served yet (ETSI 014: 503 with Retry-After). The message is for users."""
+
+    def __init__(self, reason: str, retry_after_s: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+class UnknownPair(ValueError):
+    """The network knows no such SAE pair (ETSI 014: 400). The message is for users."""
+
+
+class Registrar(Protocol):
+    """The node's application-registration workflow (ETSI GS QKD 015 clause 5.2)."""
+
+    async def ensure(self, master: str, slaves: Sequence[str], qos: dict[str, int] | None = None) -> App:
+        """The app serving master -> slaves with a usable link (or a local app), registering
+        the pair (with the request's ETSI 015 app_qos, if it has any) and waiting for its
+        provisioning if needed; NotReady / UnknownPair otherwise."""
+
+    def stream_closed(self, app: App, still_open: int) -> None:
+        """An ETSI 004 stream of `app` was closed; `still_open` streams of it remain."""
+
+
 class RateMeter:
     """Bits added to a pool per second over the last `window` seconds (for ETSI 004 min_bps)."""
 
@@ -78,6 +109,7 @@ class Core:
         self.rates: dict[str, RateMeter] = {}
         self.outbox_wakeup = asyncio.Event()
         self.pool_changed: dict[str, asyncio.Event] = {}
+        self.registrar: Registrar | None = None
 
     def from_back(self, link: Link) -> bool:
         """The two ends of a pool pick keys from opposite ends so their picks rarely collide."""
@@ -93,6 +125,39 @@ class Core:
         if app is not None:
             app.consumed_bits += bits
             app.consumed_keys += keys
+            app.last_used = time.monotonic()
+
+    def usable(self, app: App | None) -> bool:
+        return app is not None and (app.is_local or self.pick_link(app) is not None)
+
+    def served(self, master: str, slaves: Sequence[str]) -> tuple[App, Link | None] | None:
+        """The pair's app and the link to take keys from (None: a local app), when it can be
+        served right now; the synchronous fast path of every request of a registered pair."""
+        app = self.registry.app_for_group(master, slaves)
+        if app is None:
+            return None
+        if app.is_local:
+            return app, None
+        link = self.pick_link(app)
+        return None if link is None else (app, link)
+
+    async def app_for_request(self, master: str, slaves: Sequence[str], need_link: bool = True,
+                              qos: dict[str, int] | None = None) -> tuple[App, Link | None]:
+        """`served`, else: the application serving a key request of `master` for `slaves`,
+        registered and waited for through the registrar (see the module doc), and its link.
+        `need_link=False` (dec_keys: the keys are already reserved here) takes any registered app."""
+        got = self.served(master, slaves)
+        if got is not None:
+            return got
+        app = self.registry.app_for_group(master, slaves)
+        if app is not None and not need_link:
+            return app, None
+        if self.registrar is not None:
+            app = await self.registrar.ensure(master, slaves, qos)
+            return app, None if app.is_local else self.pick_link(app)
+        if app is None:
+            raise UnknownPair("no application registered for this master/slave SAE pair")
+        raise NotReady("no key association link up for this SAE pair")
 
     def changed_event(self, qkdl_id: str) -> asyncio.Event:
         ev = self.pool_changed.get(qkdl_id)

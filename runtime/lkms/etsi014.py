@@ -14,7 +14,13 @@ Endpoints (field names exactly as the standard spells them):
 The caller is the SAE named by the CN of its client certificate (without TLS, for loopback
 development only, the `X-SAE-ID` header); it must be attached to this node, else 401.
 Errors: 400 (bad request, unknown pair, unknown key), 401 (no/unknown SAE), 503 (no link up,
-not enough key, peer KMS unreachable), each with an Error body {message, details}.
+not enough key, peer KMS unreachable, pair being set up, controller unreachable) with a
+`Retry-After` header, each with an Error body {message, details}.
+
+First request of a pair: status, enc_keys and dec_keys find the pair's application through
+`Core.app_for_request`, which registers a new pair at this node and waits (bounded) for the
+controller to provision it (ETSI GS QKD 015 clause 5.2; runtime/node/apps.py). A pair of two
+SAEs of this node is served from the node's own random keys (runtime/lkms/local.py).
 
 Key sizes. `size` must be a multiple of 8 within [min_key_size, max_key_size]. A key of a size
 other than the pool's native key size is built from whole link keys: enough consecutive link
@@ -37,9 +43,10 @@ from typing import Any
 
 from aiohttp import web
 
-from runtime.lkms.core import Core
+from runtime.lkms.core import Core, NotReady, UnknownPair
 from runtime.lkms.dispenser import Dispensers, KeyUnavailable
 from runtime.lkms.keys import AppKey, is_uuid
+from runtime.lkms.local import local_keys
 from runtime.lkms.tlsctx import peercert_cn
 
 log = logging.getLogger(__name__)
@@ -54,11 +61,14 @@ class ApiError(Exception):
         self.status, self.message, self.details = status, message, details or []
 
 
-def _error(status: int, message: str, details: list[dict[str, Any]] | None = None) -> web.Response:
+def _error(status: int, message: str, details: list[dict[str, Any]] | None = None,
+           retry_after_s: int = 1) -> web.Response:
     body: dict[str, Any] = {"message": message}
     if details:
         body["details"] = details
-    return web.json_response(body, status=status)
+    # every 503 here is transient (RFC 9110 15.6.4): tell the client when to come back
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _keys_body(keys: list[AppKey]) -> web.Response:
@@ -106,6 +116,10 @@ class Etsi014:
             return _error(e.status, e.message, e.details)
         except web.HTTPException as e:  # 404/405 from routing, 413 body too large
             return _error(e.status, e.reason)
+        except NotReady as e:
+            return _error(503, str(e), retry_after_s=e.retry_after_s)
+        except UnknownPair as e:
+            return _error(400, str(e))
         except KeyUnavailable as e:
             return _error(503, str(e))
         except Exception as e:  # never a 500 with a traceback (which could carry anything)
@@ -140,17 +154,16 @@ class Etsi014:
         master = self._caller(request)
         slave = request.match_info["sae"]
         core, lim = self.core, self.core.limits
-        app = core.registry.app_for(master, slave)
-        if app is None:
-            raise ApiError(400, "no application registered for this master/slave SAE pair")
-        link = core.pick_link(app)
-        if link is None:
-            raise ApiError(503, "no key association link up for this SAE pair")
-        st = core.store.pool_stats(link.qkdl_id)
+        app, link = core.served(master, (slave,)) or await core.app_for_request(master, (slave,))
+        if link is None and not app.is_local:
+            raise NotReady("no key association link up for this SAE pair")
+        # a local pair draws fresh random keys on demand: as many as one may hold
+        st = core.store.pool_stats(link.qkdl_id) if link is not None else None
+        stored = core.store.max_key_count if link is None else (st.available_bits // lim.key_size) if st else 0
         return web.json_response({
-            "source_KME_ID": core.node_id, "target_KME_ID": link.peer_node_id,
+            "source_KME_ID": core.node_id, "target_KME_ID": link.peer_node_id if link else core.node_id,
             "master_SAE_ID": master, "slave_SAE_ID": slave, "key_size": lim.key_size,
-            "stored_key_count": (st.available_bits // lim.key_size) if st else 0,
+            "stored_key_count": stored,
             "max_key_count": core.store.max_key_count, "max_key_per_request": lim.max_key_per_request,
             "max_key_size": lim.max_key_size, "min_key_size": lim.min_key_size,
             "max_SAE_ID_count": lim.max_sae_id_count})
@@ -181,13 +194,13 @@ class Etsi014:
         number, size = self._key_request(number, size)
         slaves = [slave, *extra]
         core = self.core
-        app = core.registry.app_for_group(master, slaves)
-        if app is None:
-            raise ApiError(400, "no application registered for this master/slave SAE pair")
-        link = core.pick_link(app)
-        if link is None:
-            raise ApiError(503, "no key association link up for this SAE pair")
-        keys = await self.dispensers.get(link, master, slaves, size, number)
+        app, link = core.served(master, slaves) or await core.app_for_request(master, slaves)
+        if app.is_local:
+            keys = await local_keys(core.store, core.node_id, master, slaves, size, number)
+        elif link is None:
+            raise NotReady("no key association link up for this SAE pair")
+        else:
+            keys = await self.dispensers.get(link, master, slaves, size, number)
         core.charge(app, number * size, number)
         return _keys_body(keys)
 
@@ -240,9 +253,8 @@ class Etsi014:
             raise ApiError(400, "key_ID must be a UUID")
         if len(set(ids)) != len(ids):
             raise ApiError(400, "duplicate key_ID")
-        app = self.core.registry.app_for(master, slave)
-        if app is None:
-            raise ApiError(400, "no application registered for this master/slave SAE pair")
+        app = self.core.registry.app_for(master, slave) or (
+            await self.core.app_for_request(master, (slave,), need_link=False))[0]
         keys = await self.core.store.take_in(master, slave, ids)
         if keys is None:
             raise ApiError(400, _KEY_ERROR, [{"key_IDs": "unknown, or not keys of this SAE pair"}])

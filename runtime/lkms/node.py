@@ -55,7 +55,7 @@ import grpc
 from aiohttp import web
 
 from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime.lkms.core import Core, Limits
+from runtime.lkms.core import Core, Limits, Registrar
 from runtime.lkms.dispenser import Dispensers
 from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
 from runtime.lkms.etsi014 import Etsi014
@@ -99,6 +99,7 @@ class Lkms:
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._room: dict[str, asyncio.Event] = {}
+        self.registrar: Registrar | None = None  # the node's ETSI 015 registration workflow, if any
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +108,7 @@ class Lkms:
         await self.store.open()
         self.core = core = Core(self.node_id, self.registry, self.store, self.peers, self.limits,
                                 tls=self.tls is not None, fault=self._fault)
+        core.registrar = self.registrar
         self.store.on_change(self._on_change)
         self.relay = Relay(core)
         self.streams = StreamManager(core)

@@ -4,10 +4,34 @@ applications (SAE pairs and the links that back them) and which SAEs are local."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 PHYS, VIRT = "PHYS", "VIRT"
+# IDs derived from names (the topology's namespace), so the node that registers an application
+# on a first request and the controller that provisions it name it alike.
+NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")
+
+
+def app_id_for(master: str, slaves: Sequence[str]) -> str:
+    """The qkd_app ID of the application of SAE `master` with `slaves` (order of slaves kept)."""
+    return str(uuid.uuid5(NAMESPACE, f"app:{master}|{','.join(slaves)}"))
+
+
+def sae_uri(sae: str) -> str:
+    """An SAE ID as a qkd_app's server_app_id / client_app_id (ETSI 015 wants an inet:uri)."""
+    return f"urn:sdqkd:sae:{sae}"
+
+
+def sae_of(uri: object) -> str:
+    """The SAE ID of `urn:sdqkd:sae:<id>` (or of a bare ID)."""
+    return str(uri).rsplit(":", 1)[-1]
+
+
+def local_pool_id(node_id: str) -> str:
+    """The key pool of SAE pairs whose both SAEs sit on this node (no link involved)."""
+    return str(uuid.uuid5(NAMESPACE, f"local-pool:{node_id}"))
 
 
 @dataclass
@@ -56,6 +80,12 @@ class App:
     created: float = field(default_factory=time.time)
     consumed_bits: int = 0
     consumed_keys: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def is_local(self) -> bool:
+        """Both SAEs on this node: keys come from the node itself, no link backs the app."""
+        return bool(self.local_node_id) and self.local_node_id == self.remote_node_id
 
 
 class Registry:
@@ -96,7 +126,7 @@ class Registry:
     def app_for(self, master: str, slave: str) -> App | None:
         return self._pairs.get((master, slave))
 
-    def app_for_group(self, master: str, slaves: list[str]) -> App | None:
+    def app_for_group(self, master: str, slaves: Sequence[str]) -> App | None:
         """The app serving master -> every slave (multicast needs one app and one pool)."""
         first = self.app_for(master, slaves[0]) if slaves else None
         if first is None:

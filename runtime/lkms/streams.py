@@ -38,7 +38,7 @@ import grpc
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import kms_pb2
-from runtime.lkms.core import Core
+from runtime.lkms.core import Core, NotReady, UnknownPair
 from runtime.lkms.keys import group_parts, is_uuid, join_parts
 from runtime.lkms.registry import App, Link
 from runtime.lkms.syncmsg import key_refs, parse_refusal, refusal
@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 S = pb.Status
 JSON = "application/json"
 _MAX_ASSIGN_KEYS = 16384  # link keys per AssignStream
+
+
+def _app_qos(q: pb.QoS) -> dict[str, int]:
+    """An OPEN_CONNECT's QoS as ETSI 015 app_qos (what a first request registers)."""
+    pairs = (("max_bandwidth", q.max_bps), ("min_bandwidth", q.min_bps), ("jitter", q.jitter), ("ttl", q.ttl))
+    return {k: int(v) for k, v in pairs if v}
 
 
 class CallerRefused(Exception):
@@ -161,9 +167,13 @@ class StreamManager:
     async def open_connect(self, req: pb.OpenConnectRequest, caller: str | None) -> pb.OpenConnectResponse:
         core = self.core
         self._authorise(req.source, caller)
-        app = core.registry.app_for(req.source, req.destination)
-        link = core.pick_link(app) if app else None
-        if link is None:
+        try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
+            _app, link = await core.app_for_request(req.source, (req.destination,), qos=_app_qos(req.qos))
+            app: App | None = _app
+        except (NotReady, UnknownPair) as e:
+            log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
+            app, link = None, None
+        if link is None:  # (a pair on one node has no link to stream over: 014 serves it)
             return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         ksid = req.key_stream_id
         if ksid and not is_uuid(ksid):
@@ -482,6 +492,9 @@ class StreamManager:
             except grpc.aio.AioRpcError:
                 log.info("key stream %s: peer not told of close (unreachable)", s.ksid)
         log.info("key stream %s closed by %s", s.ksid, s.local_sae)
+        if s.app is not None and self.core.registrar is not None:
+            still = sum(1 for o in self.streams.values() if o.app is s.app and o.local_connected)
+            self.core.registrar.stream_closed(s.app, still)
         return pb.CloseResponse(status=S.SUCCESSFUL)
 
     def peer_close(self, s: Stream) -> None:

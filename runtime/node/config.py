@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml
 
@@ -34,6 +35,7 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
     log_level: str = "INFO"
+    applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,7 +57,7 @@ def load_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
     known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap", "log"}
+             "saes", "users", "engine", "bootstrap", "applications", "log"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -118,6 +120,11 @@ def load_config(path: str | Path) -> NodeConfig:
         problems.append("engine: expected a mapping")
         engine = {}
     log_format, log_level = _log(raw.get("log"), problems)
+    apps_raw = raw.get("applications") or {}
+    if not isinstance(apps_raw, dict):
+        problems.append("applications: expected a mapping")
+        apps_raw = {}
+    applications = Settings.from_dict(apps_raw, "applications", problems)
     data_dir = raw.get("data_dir")
     if not isinstance(data_dir, str) or not data_dir:
         problems.append("data_dir: required, a directory path")
@@ -127,8 +134,8 @@ def load_config(path: str | Path) -> NodeConfig:
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine, raw=raw,
-        log_format=log_format, log_level=log_level,
+        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine,
+        applications=applications, raw=raw, log_format=log_format, log_level=log_level,
     )
 
 

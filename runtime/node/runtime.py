@@ -21,7 +21,9 @@ from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.lkms.node import Lkms
+from runtime.lkms.registry import sae_of
 
+from .apps import Registrar
 from .config import NodeConfig
 from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
 
@@ -57,6 +59,7 @@ class NodeRuntime:
         self.links: dict[str, EngineLink] = {}
         self.agent = NodeAgentWithRuntime(self)
         self.lkms: Lkms | None = None
+        self.registrar: Registrar | None = None
         self._gnmi: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
@@ -72,7 +75,11 @@ class NodeRuntime:
                          keysync_listen=cfg.peer_listen,
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
+        self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
+        self.lkms.registrar = self.registrar
         await self.lkms.start()
+        self.registrar.restore()
+        self.registrar.start()
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
@@ -85,6 +92,8 @@ class NodeRuntime:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.registrar is not None:
+            await self.registrar.stop()
         for link in list(self.links.values()):
             await link.stop()
         if self._gnmi is not None:
@@ -115,6 +124,13 @@ class NodeRuntime:
         return hashlib.sha256(f.read_bytes() + qkdl_id.encode()).digest()
 
     async def link_changed(self, qkdl_id: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        try:
+            await self._link_changed(qkdl_id, new)
+        finally:
+            if self.registrar is not None:  # requests waiting for a link look again
+                self.registrar.poke()
+
+    async def _link_changed(self, qkdl_id: str, new: dict[str, Any] | None) -> None:
         from runtime.engine import cascade, profiles
 
         assert self.lkms is not None
@@ -176,17 +192,18 @@ class NodeRuntime:
         assert self.lkms is not None
         if new is None:
             self.lkms.unregister_app(app_id)
-            return
-        sae = lambda uri: str(uri).rsplit(":", 1)[-1]  # noqa: E731 - urn:sdqkd:sae:<id> or a bare ID
-        self.lkms.register_app(app_id, sae(new.get("server_app_id", "")),
-                               [sae(c) for c in new.get("client_app_id", [])],
-                               new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
-                               new.get("backing_qkdl_id", []))
-        self.agent.state.update({
-            f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_status": f"{T}ON",
-            f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/creation_time":
-                dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        else:
+            self.lkms.register_app(app_id, sae_of(new.get("server_app_id", "")),
+                                   [sae_of(c) for c in new.get("client_app_id", [])],
+                                   new.get("local_qkdn_id", self.cfg.id), new.get("remote_qkdn_id", ""),
+                                   new.get("backing_qkdl_id", []))
+            base = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]"
+            vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.cfg.id:
+                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            self.agent.state.update(vals)
+        if self.registrar is not None:
+            self.registrar.installed(app_id, new)
 
     # ---------------------------------------------------------------- engine -> LKMS, agent
 

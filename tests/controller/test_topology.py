@@ -24,6 +24,14 @@ def test_good_topology():
     assert t.link_between("C", "B") is bc and t.link_between("A", "C") is None
 
 
+def test_apps_are_parsed():
+    t = parse({**GOOD, "apps": [{"master": "sae-a", "slave": "sae-c", "rate": 1000, "priority": 2},
+                                {"master": "sae-c", "slave": "sae-a"}]})
+    assert [(a.master, a.slave, a.rate, a.priority) for a in t.apps] == [("sae-a", "sae-c", 1000.0, 2),
+                                                                          ("sae-c", "sae-a", 0.0, 0)]
+    assert parse(GOOD).apps == []
+
+
 def test_load_from_file(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("nodes: [{name: A}, {name: B}]\nlinks: [{a: A, b: B, km: 10}]\nsaes: []\n")
@@ -47,6 +55,12 @@ def test_load_from_file(tmp_path):
     (lambda d: d["saes"].append({"name": "sae-x", "node": "Q"}), "unknown node 'Q'"),
     (lambda d: d.update(colour="blue"), "colour: unknown key"),
     (lambda d: d["nodes"].append({"name": "D", "id": "not-a-uuid"}), "is not a UUID"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-q"}]), "apps[0].slave: unknown SAE 'sae-q'"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-a"}]), "apps[0]: master and slave must differ"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "rate": -1}]), "apps[0].rate: expected bit/s"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "priority": "hi"}]), "apps[0].priority"),
+    (lambda d: d.update(apps=[{"master": "sae-a", "slave": "sae-c", "qos": 1}]), "apps[0].qos: unknown key"),
+    (lambda d: d.update(apps={"master": "sae-a"}), "apps: expected a list"),
 ])
 def test_bad_topology_is_refused_with_a_clear_error(change, words):
     import copy

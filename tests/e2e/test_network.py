@@ -106,3 +106,6 @@ def test_demo_runs_and_keys_match():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "the two ends hold the same key" in r.stdout
     assert "Quijote - Concepcion" in r.stdout and "leaves nothing running" in r.stdout
+    assert "first request registered sae-quijote <-> sae-distrito" in r.stdout
+    state = r.stdout.split("state in ", 1)[1].split()[0]
+    assert not Path(state).exists()  # its PKI and key stores are gone with it

@@ -1,0 +1,289 @@
+"""The ETSI 015 application-registration workflow on an in-process network (real gRPC, HTTPS,
+mutual TLS on loopback; nodes and controller as objects, so their state can be inspected):
+first requests register pairs, same-node pairs, unknown SAEs, no path, controller gone,
+idle and CLOSE disconnection with `sdqkdn_application_disconnected` and release at both ends.
+The process-level tests with third-party clients are in test_app_registration.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from generated.client import ModelClient
+from runtime.harness.inprocess import InProcessNetwork, start_network
+from runtime.lkms.registry import app_id_for
+
+# A - B - C line, and an island node D (no link): SAEs on A (two), C and D.
+TOPO = {
+    "nodes": [{"name": n} for n in "ABCD"],
+    "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],
+    "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-a2", "node": "A"}, {"name": "sae-c", "node": "C"},
+             {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-c4", "node": "C"},
+             {"name": "sae-b", "node": "B"},
+             {"name": "sae-d", "node": "D"}],
+    "settings": {"app_idle_timeout_s": 1.0},
+    "apps": [{"master": "sae-c4", "slave": "sae-a2", "rate": 0, "priority": 3}],  # explicit registration
+}
+
+
+class Loop:
+    """The network's event loop on the test's thread (each test drives it with run())."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.net: InProcessNetwork = self.run(start_network(TOPO, tmp, timeout=120.0))
+        self.net.owns_state_dir = True  # removed at stop: its PKI and key stores leave nothing behind
+
+    def run(self, coro: Any, timeout: float = 120.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def close(self) -> None:
+        self.run(self.net.stop())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    lp = Loop(tmp_path_factory.mktemp("appreg"))
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
+def client(lp: Loop, node: str, sae: str) -> httpx.AsyncClient:
+    """An HTTPS client of SAE `sae` (its own certificate, wherever it sits) to node `node`."""
+    e = lp.net.endpoints[node]
+    files = next(n["saes"][sae] for n in lp.net.endpoints.values() if sae in n["saes"])
+    ctx = ssl.create_default_context(cafile=e["ca"])
+    ctx.load_cert_chain(files["cert"], files["key"])
+    return httpx.AsyncClient(verify=ctx, base_url=f"https://{e['etsi014']}", timeout=30)
+
+
+async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx.Response:
+    async with client(lp, node, sae) as c:
+        return await c.get(path, params=params)
+
+
+def test_same_node_pair_served_without_link_or_controller(net: Loop) -> None:
+    ctl = net.net.controller
+    assert ctl is not None
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/enc_keys", number=3, size=512))
+    assert r.status_code == 200, r.text
+    keys = r.json()["keys"]
+    assert len(keys) == 3 and len({k["key_ID"] for k in keys}) == 3
+    assert all(len(base64.b64decode(k["key"])) == 64 for k in keys)
+    back = net.run(_get(net, "A", "sae-a2", "/api/v1/keys/sae-a/dec_keys", key_ID=keys[1]["key_ID"]))
+    assert back.status_code == 200 and back.json()["keys"] == [keys[1]]
+    again = net.run(_get(net, "A", "sae-a2", "/api/v1/keys/sae-a/dec_keys", key_ID=keys[1]["key_ID"]))
+    assert again.status_code == 400  # each key once
+    st = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/status"))
+    assert st.status_code == 200 and st.json()["source_KME_ID"] == st.json()["target_KME_ID"]
+    assert app_id_for("sae-a", ["sae-a2"]) not in ctl.apps  # the controller was not needed
+    app = net.net.nodes["A"].lkms.registry.apps[app_id_for("sae-a", ["sae-a2"])]  # type: ignore[union-attr]
+    assert app.is_local and app.backing_qkdl_ids == ()
+
+
+def test_topology_app_registered_at_start_and_never_idles_out(net: Loop) -> None:
+    ctl = net.net.controller
+    assert ctl is not None
+    app_id = app_id_for("sae-c4", ["sae-a2"])
+
+    async def registered() -> None:
+        while app_id not in ctl.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(registered(), timeout=30)
+    assert ctl.apps[app_id].priority == 3 and ctl.apps[app_id].path == ["C", "B", "A"]
+    net.run(asyncio.sleep(2.0))  # twice the idle timeout of this topology
+    assert app_id in net.net.nodes["C"].lkms.registry.apps  # type: ignore[union-attr]
+    entry = net.net.nodes["A"].agent.root["qkd_node"]["qkd_applications"]["qkd_app"][(app_id,)]
+    assert entry["app_priority"] == 3
+    r = net.run(_get(net, "C", "sae-c4", "/api/v1/keys/sae-a2/enc_keys"))
+    assert r.status_code == 200, r.text
+
+
+def test_errors_stay_400_401(net: Loop) -> None:
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-nobody/enc_keys"))
+    assert r.status_code == 400 and "sae-nobody" in r.json()["message"]
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a/enc_keys"))
+    assert r.status_code == 400
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-c/enc_keys", number="x"))
+    assert r.status_code == 400
+    r = net.run(_get(net, "A", "sae-c", "/api/v1/keys/sae-a/enc_keys"))  # sae-c's certificate at node A
+    assert r.status_code == 401
+    assert app_id_for("sae-a", ["sae-nobody"]) not in net.net.nodes["A"].registrar.regs  # type: ignore[union-attr]
+
+
+def test_first_request_relayed_then_idle_disconnect_releases_both_ends(net: Loop) -> None:
+    import grpc
+
+    app_id = app_id_for("sae-a", ["sae-c"])
+    ctl = net.net.controller
+    assert ctl is not None
+    e = net.net.endpoints["A"]
+    ident = net.net.state / "pki" / "controller"
+    creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                         (ident / "sdqkd-controller.pem").read_bytes())
+
+    async def scenario() -> tuple[dict[str, Any], str]:
+        async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
+            notes = ModelClient(ch).subscribe_sdqkdn_application_disconnected()
+            first = asyncio.ensure_future(anext(notes))
+            await asyncio.sleep(0.3)  # subscribed before the pair can idle out
+            r = await _get(net, "A", "sae-a", "/api/v1/keys/sae-c/enc_keys")
+            assert r.status_code == 200, r.text
+            k = r.json()["keys"][0]
+            back = await _get(net, "C", "sae-c", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"])
+            assert back.json()["keys"] == [k]
+            assert ctl.apps[app_id].path == ["A", "B", "C"] and ctl.apps[app_id].virtual
+            virt = ctl.apps[app_id].qkdl_id
+            note = await first
+            while app_id not in str(note):  # (other pairs of node A idle out too)
+                note = await anext(notes)
+            return dict(note), virt
+
+    note, virt = net.run(scenario(), timeout=60)  # idle timeout 1 s in this topology
+    assert note == {"qkd_application": {"app_id": app_id}}
+
+    async def released() -> None:
+        while app_id in ctl.apps or any(app_id in n.lkms.registry.apps for n in net.net.nodes.values()  # type: ignore[union-attr]
+                                        ) or any(virt in n.lkms.registry.links for n in net.net.nodes.values()):  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+
+    net.run(released(), timeout=15)
+    # and the pair registers again on its next request
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-c/enc_keys"))
+    assert r.status_code == 200, r.text
+
+
+def test_no_path_is_503_with_reason(net: Loop) -> None:
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-d/enc_keys"))
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+    assert "no key-relay path" in r.json()["message"], r.text
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-d/status"))
+    assert r.status_code == 503 and "Retry-After" in r.headers
+
+
+def test_etsi004_close_disconnects(net: Loop) -> None:
+    from generated.proto.sdqkd import etsi004_pb2 as pb
+    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+
+    eps = net.net.endpoints
+    app_id = app_id_for("sae-b", ["sae-c2"])
+
+    def session() -> tuple[bytes, bytes]:
+        with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-b")) as b, \
+                Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c2")) as c:
+            ksid = b.open("sae-c2")  # first OPEN_CONNECT of the pair: registers it
+            assert c.open("sae-b", ksid) == ksid
+            kb, kc = b.get_key(ksid, 0)[1], c.get_key(ksid, 0)[1]
+            assert b.close_stream(ksid) == pb.SUCCESSFUL and c.close_stream(ksid) == pb.SUCCESSFUL
+            return kb, kc
+
+    kb, kc = net.run(asyncio.to_thread(session))
+    assert kb == kc and len(kb) == 32
+
+    async def gone() -> None:
+        while app_id in net.net.nodes["B"].lkms.registry.apps:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+
+    net.run(gone(), timeout=10)
+
+
+def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None:
+    import uuid
+
+    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=str(uuid.uuid4())))
+    assert r.status_code == 400 and r.json()["message"] == "key not found", r.text  # not "no application"
+    ctl = net.net.controller
+    app_id = app_id_for("sae-a", ["sae-b"])
+    assert ctl is not None and ctl.apps[app_id].path == ["A", "B"]
+    k = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-b/enc_keys")).json()["keys"][0]
+    back = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"]))
+    assert back.json()["keys"] == [k]
+
+
+def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> None:
+    async def go() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with client(net, "A", "sae-a2") as c:
+            r = await c.post("/api/v1/keys/sae-c/enc_keys", json={"number": 1, "additional_slave_SAE_IDs": ["sae-c3"]})
+        assert r.status_code == 200, r.text
+        kid = r.json()["keys"][0]["key_ID"]
+        return (r, await _get(net, "C", "sae-c", "/api/v1/keys/sae-a2/dec_keys", key_ID=kid),
+                await _get(net, "C", "sae-c3", "/api/v1/keys/sae-a2/dec_keys", key_ID=kid))
+
+    r, c1, c3 = net.run(go())
+    assert c1.json()["keys"] == c3.json()["keys"] == r.json()["keys"]
+    ctl = net.net.controller
+    route = ctl.apps[app_id_for("sae-a2", ["sae-c", "sae-c3"])]  # type: ignore[union-attr]
+    assert route.more_slaves == ["sae-c3"] and route.path == ["A", "B", "C"]
+
+
+def test_wait_is_bounded_then_503_being_set_up(net: Loop) -> None:
+    settings = net.net.nodes["A"].registrar.settings  # type: ignore[union-attr]
+    saved = settings.first_request_wait_s
+    settings.first_request_wait_s = 1e-6  # no time for the controller: the answer must not wait
+    try:
+        r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-c2/enc_keys"))
+    finally:
+        settings.first_request_wait_s = saved
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+    assert "being set up" in r.json()["message"]
+
+    async def served() -> None:
+        while (await _get(net, "A", "sae-a", "/api/v1/keys/sae-c2/enc_keys")).status_code != 200:
+            await asyncio.sleep(0.2)
+
+    net.run(served(), timeout=30)
+
+
+def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None:
+    # sae-c -> sae-b: provisioned now; then the controller stops; sae-c2 -> sae-b stays new
+    assert net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-b/enc_keys")).status_code == 200
+    ctl = net.net.controller
+    assert ctl is not None
+    net.run(ctl.stop())
+
+    async def unsubscribed() -> None:
+        while net.net.nodes["C"].agent.hub.listening((("sdqkdn_application_new", ()),)):
+            await asyncio.sleep(0.05)
+
+    net.run(unsubscribed(), timeout=10)
+    r = net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-b/enc_keys"))
+    assert r.status_code == 200
+    r = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys"))
+    assert r.status_code == 503 and "controller" in r.json()["message"] and r.headers["Retry-After"] == "5"
+    assert net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/enc_keys")).status_code == 200  # local
+
+    # a new controller: adopts what the old one provisioned, and serves the waiting pair
+    from runtime.controller.controller import Controller
+
+    ctl2 = Controller(ctl.topo, ctl.endpoints, tls=ctl.tls)
+    net.net.controller = ctl2  # stopped with the network
+    net.run(ctl2.start())
+    topo_app = app_id_for("sae-c4", ["sae-a2"])
+
+    async def adopted() -> None:
+        while topo_app not in ctl2.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(adopted(), timeout=30)
+    route = ctl2.apps[topo_app]
+    assert route.path == ["C", "B", "A"] and route.virtual and route.priority == 3
+    assert route.qkdl_id == ctl.apps[topo_app].qkdl_id
+
+    async def served() -> int:
+        while (r := await _get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys")).status_code != 200:
+            assert r.status_code == 503 and "Retry-After" in r.headers
+            await asyncio.sleep(0.5)
+        return r.status_code
+
+    assert net.run(served(), timeout=30) == 200
