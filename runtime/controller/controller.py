@@ -28,6 +28,7 @@ from generated.model_types import QkdApp
 from runtime.lkms.registry import app_id_for, sae_of, sae_uri
 from runtime.pki import TlsFiles
 
+from .external import ExternalPeers
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology
 
@@ -83,6 +84,7 @@ class Controller:
         self.router = Router(horizon_s)
         for link in topo.links:
             self.router.add(LinkState(id=link.id, a=link.a, b=link.b, up=False))
+        self.external = ExternalPeers(topo, self.router)  # other vendors' KMSs (ETSI 020)
         self.nodes = {name: NodeView() for name in topo.nodes}
         self.apps: dict[str, AppRoute] = {}
         self._tasks: list[asyncio.Task[Any]] = []
@@ -168,6 +170,11 @@ class Controller:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
         `first`: the node to install the app on last (the one whose SAE waits for it);
         `more_slaves`: further slaves of a multicast application (on the slave's node)."""
+        if self.external.involves(master, slave) and not more_slaves:
+            async with self._lock:
+                route = await self.external.request(self, master, slave, rate_bps)
+                self.apps[route.app_id] = route
+                return route
         for sae in (master, slave, *more_slaves):
             if sae not in self.topo.saes:
                 raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
@@ -289,7 +296,7 @@ class Controller:
                             await self._client(n).delete_qkd_app(app_id)
                 return
             for n in dict.fromkeys((route.path[0], route.path[-1])):
-                if n != node and self.nodes[n].up:
+                if n != node and n in self.nodes and self.nodes[n].up:  # (not an external KMS's pseudo node)
                     with contextlib.suppress(grpc.aio.AioRpcError):
                         await self._client(n).delete_qkd_app(app_id)
             if route.virtual and not any(r.qkdl_id == route.qkdl_id for r in self.apps.values()):
@@ -350,6 +357,8 @@ class Controller:
         """Move every application whose path uses a link that is down onto a new path."""
         async with self._lock:
             for route in list(self.apps.values()):
+                if self.external.owns(route):
+                    continue  # nothing to reroute: the peer is reached from its gateway only
                 hops = list(zip(route.path, route.path[1:]))
                 broken = [h for h in hops if not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up]
                 if not broken:
@@ -480,7 +489,10 @@ class Controller:
             for route in self.apps.values():
                 if name in route.path:
                     with contextlib.suppress(grpc.aio.AioRpcError):
-                        await self._install(route)
+                        if self.external.owns(route):
+                            await self.external.request(self, route.master, route.slave, route.rate_bps)
+                        else:
+                            await self._install(route)
 
     # ------------------------------------------------------------------ views
 

@@ -112,8 +112,8 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
     problems: list[str] = []
     if not isinstance(data, dict):
         raise TopologyError(f"{source}: expected a mapping with nodes, links and saes")
-    for k in sorted(set(data) - {"nodes", "links", "saes", "apps", "name", "settings"}):
-        problems.append(f"{k}: unknown key (known: nodes, links, saes, apps, name, settings)")
+    for k in sorted(set(data) - {"nodes", "links", "saes", "apps", "name", "settings", "external_peers"}):
+        problems.append(f"{k}: unknown key (known: nodes, links, saes, apps, name, settings, external_peers)")
     nodes: dict[str, Node] = {}
     ids: set[str] = set()
     raw_nodes = data.get("nodes")
@@ -204,8 +204,12 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
     apps = _apps(data.get("apps"), saes, problems)
     if problems:
         raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))
-    return Topology(nodes=nodes, links=links, saes=saes, source=source,
-                    extra={k: data[k] for k in ("name", "settings") if k in data}, apps=apps)
+    topo = Topology(nodes=nodes, links=links, saes=saes, source=source,
+                    extra={k: data[k] for k in ("name", "settings", "external_peers") if k in data}, apps=apps)
+    from .external import parse_external_peers
+
+    parse_external_peers(topo, data.get("external_peers"), source)  # checked here, used by the controller
+    return topo
 
 
 def _apps(raw: Any, saes: dict[str, Sae], problems: list[str]) -> list[AppSpec]:

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from runtime.controller.topology import Topology, load
-from runtime.harness.build import BUNDLE_LAYOUT, FIXED_PORTS, File, NetworkBuild, build
+from runtime.harness.build import BUNDLE_LAYOUT, FIXED_PORTS, SERVICES, File, NetworkBuild, build
 
 from . import containerlab, kubernetes
 from .plan import (
@@ -126,7 +126,7 @@ def endpoints(net: NetworkBuild) -> dict[str, object]:
                 d = net.layout.sae_dir(s)
                 saes[s] = {"cert": posixpath.join(d, f"{s}.pem"), "key": posixpath.join(d, f"{s}.key"),
                            "ca": posixpath.join(d, "ca.pem")}
-        out[name] = {"id": node.id, "gnmi": nd["gnmi"], "etsi014": nd["etsi014"], "etsi004": nd["etsi004"],
+        out[name] = {"id": node.id, **{svc: nd[svc] for svc in SERVICES if svc != "peer"},
                      "ca": "ca/ca.pem", "saes": saes}
     return out
 

@@ -13,7 +13,7 @@ Per QKD node NAME, in one Namespace:
 - NetworkPolicy NAME: ingress only from the pods that need each port: gNMI from the controller,
   ETSI 014 / 004 from pods labelled `sdqkd.io/sae-of: NAME` (the node's applications), the peer
   port (engine classical channel, key sync and relay, which may come from any node on a relay
-  path) from this network's nodes.
+  path) and the ETSI 020 port (key relay between KMSs) from this network's nodes.
 The controller: Deployment `controller`, its Secret and ConfigMap, no ingress at all (its API
 stays on the pod's loopback: `kubectl port-forward` reaches it). One default-deny policy
 covers anything else in the namespace.

@@ -35,7 +35,7 @@ import yaml
 from runtime.controller.topology import Topology
 from runtime.pki import Ca, create_ca, issue
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020")
 # Ports of a node where each node has an address of its own (other hosts, namespaces, containers,
 # pods): gNMI on the port gNMI devices conventionally use (containerlab, OpenConfig), the rest
 # above 1024 so that a non-root process can bind them.

@@ -61,7 +61,7 @@ class InProcessNetwork:
         await self.controller.start()
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
-                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004")}, "ca": desc["ca"],
+                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020")}, "ca": desc["ca"],
                 "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
             }

@@ -74,7 +74,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (4 per node, in
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (5 per node, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) every node uses the
     fixed ports of nodes with addresses of their own (build.FIXED_PORTS, as exports do)."""
@@ -86,7 +86,7 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
     for i, name in enumerate(topo.nodes):
         ports = {}
         for k, svc in enumerate(SERVICES):
-            port = 0 if base is None else int(base) + 4 * i + k
+            port = 0 if base is None else int(base) + len(SERVICES) * i + k
             if port and not _port_free(host, port):
                 busy.append(f"{name}.{svc} port {port}")
             ports[svc] = f"{host}:{port}"
@@ -205,7 +205,7 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "ca": desc["ca"],
+            "etsi020": nd.get("etsi020"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }

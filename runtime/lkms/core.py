@@ -33,7 +33,9 @@ class Limits:
     max_key_count: int = 100_000  # per pool (ETSI 014 max_key_count); the engine pauses when full
     relay_key_bits: int = 256  # size of keys relayed into virtual-link pools
     relay_target_keys: int = 32  # a relay source keeps this many keys ready in each VIRT pool
-    relay_parallel: int = 8
+    relay_batch: int = 512  # keys relayed per ETSI 020 ext_keys request at most
+    relay_020_mode: str = "sync"  # "sync" (200 when the path is done) or "async" (202, then acks)
+    ack_timeout_s: float = 10.0  # an async ext_keys whose ack has not come by then is voided
     unconfirmed_ttl_s: float = 600.0  # RESERVED_IN keys never confirmed are erased after this
     chunk_default: int = 32  # ETSI 004 key_chunk_size when the application asks for 0, bytes
     chunk_max: int = 65536
@@ -109,6 +111,7 @@ class Core:
         self.rates: dict[str, RateMeter] = {}
         self.outbox_wakeup = asyncio.Event()
         self.pool_changed: dict[str, asyncio.Event] = {}
+        self.etsi020_address = ""  # host:port of our ETSI 020 server (KeySync Describe)
         self.registrar: Registrar | None = None
 
     def from_back(self, link: Link) -> bool:

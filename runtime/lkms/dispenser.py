@@ -31,10 +31,11 @@ import grpc
 from generated.proto.sdqkd import kms_pb2
 from runtime.lkms.core import Core
 from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import Link
+from runtime.lkms.registry import EXT, Link
 from runtime.lkms.syncmsg import KEY_BITS_MD, key_refs, parse_refusal
 
 if TYPE_CHECKING:
+    from runtime.lkms.external import ExternalPeers
     from runtime.lkms.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -158,12 +159,20 @@ class Dispensers:
     def __init__(self, core: Core, relay: Relay | None = None) -> None:
         self.core = core
         self.relay = relay
+        self.external: ExternalPeers | None = None  # EXT links: keys made on demand (external.py)
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         self._pairs: dict[tuple[str, str, tuple[str, ...], int], _Pair] = {}
 
     async def get(self, link: Link, master: str, slaves: Sequence[str], bits: int, count: int) -> list[AppKey]:
         """`count` keys of `bits` for master -> slaves from `link`'s pool, reserved at the peer."""
+        if link.kind == EXT and self.external is not None:
+            from runtime.lkms.external import PeerRefused
+
+            try:
+                return await self.external.dispense(link, master, tuple(slaves), bits, count)
+            except PeerRefused as e:
+                raise KeyUnavailable(str(e)) from None
         k = (link.qkdl_id, master, tuple(slaves), bits)
         p = self._pairs.get(k)
         if p is None or p.link is not link:

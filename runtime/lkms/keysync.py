@@ -1,4 +1,7 @@
-"""KeySync server: what a peer LKMS may ask of this one (kms.proto), over mutual TLS.
+"""KeySync server: what a peer LKMS may ask of this one (kms.proto), over mutual TLS: key-ID
+reservation (Reserve/Confirm/Release) and ETSI 004 key-stream agreement, which ETSI GS QKD 020
+does not cover. The key relay moved to ETSI 020 (relay.py); the `Relay` RPC of kms.proto is no
+longer served (UNIMPLEMENTED); `Describe` tells a peer where our 020 server listens.
 
 Every call names a link; with TLS the caller's certificate CN must be the node at the other end
 of that link (a node can only touch the pools it shares with us). Refusals carry a reason,
@@ -19,15 +22,14 @@ from runtime.lkms.syncmsg import metadata_bits, refusal
 from runtime.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
-    from runtime.lkms.relay import Relay
     from runtime.lkms.streams import StreamManager
 
 log = logging.getLogger(__name__)
 
 
 class KeySyncService(kms_pb2_grpc.KeySyncServicer):
-    def __init__(self, core: Core, streams: StreamManager, relay: Relay) -> None:
-        self.core, self.streams, self.relay = core, streams, relay
+    def __init__(self, core: Core, streams: StreamManager) -> None:
+        self.core, self.streams = core, streams
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str | None:
         return grpc_caller_cn(context) if self.core.tls else None
@@ -111,6 +113,6 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
         self.streams.peer_close(s)
         return kms_pb2.TxnResponse(ok=True)
 
-    async def Relay(self, request: kms_pb2.RelayRequest, context: grpc.aio.ServicerContext
-                    ) -> kms_pb2.RelayResponse:
-        return await self.relay.handle(request, self._caller(context))
+    async def Describe(self, request: kms_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+                       ) -> kms_pb2.DescribeResponse:
+        return kms_pb2.DescribeResponse(etsi020_address=self.core.etsi020_address)

@@ -3,7 +3,10 @@ call. It runs three servers on one asyncio loop:
 
 - ETSI GS QKD 014 REST over HTTPS (etsi014.py) for SAEs,
 - ETSI GS QKD 004 `KeyDelivery` over gRPC (etsi004.py, streams.py) for SAEs,
-- inter-LKMS `KeySync` over gRPC with mutual TLS (keysync.py) for peer nodes,
+- inter-LKMS `KeySync` over gRPC with mutual TLS (keysync.py) for peer nodes: key-ID
+  reservation before hand-out and ETSI 004 stream agreement (what ETSI 020 does not cover),
+- ETSI GS QKD 020 over HTTPS with mutual TLS 1.3 (etsi020.py) on its own port: the relay
+  along virtual links (relay.py) and key transfer with other vendors' KMSs (external.py),
 over one durable key store (store.py).
 
 Registration API (the agent calls these from its ETSI 015 hooks; all idempotent; they may be
@@ -17,6 +20,9 @@ called before or after `await lkms.start()`):
         node towards the source (None at the source) and `next_hops` *all* nodes after this one
         along the path, adjacent first, far end last (empty at the far end). The source keeps
         the VIRT pool filled by relaying. Addresses are "host:port" of the peer's KeySync server.
+    lkms.set_etsi020_peer(node_id, address)   "host:port" of a peer node's ETSI 020 server (the
+        relay reaches the next hop there)
+    await lkms.add_external_peer(ExternalPeer(...))   another vendor's KMS (external.py)
     await lkms.set_link_status(qkdl_id, up)       link up/down (down: no new deliveries)
     await lkms.remove_link(qkdl_id, erase=True)  forget it (and erase its pool)
     lkms.register_app(app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id,
@@ -59,6 +65,9 @@ from runtime.lkms.core import Core, Limits, Registrar
 from runtime.lkms.dispenser import Dispensers
 from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
 from runtime.lkms.etsi014 import Etsi014
+from runtime.lkms.etsi020 import Etsi020Server, Kms020
+from runtime.lkms.etsi020_client import Etsi020Client
+from runtime.lkms.external import ExternalPeer, ExternalPeers
 from runtime.lkms.keysync import KeySyncService
 from runtime.lkms.outbox import OutboxSender
 from runtime.lkms.peers import PeerClients
@@ -67,7 +76,12 @@ from runtime.lkms.relay import Relay
 from runtime.lkms.store import SqliteKeyStore
 from runtime.lkms.store_api import KeyStore
 from runtime.lkms.streams import StreamManager
-from runtime.lkms.tlsctx import grpc_h2_server_context, grpc_server_credentials, https_server_context
+from runtime.lkms.tlsctx import (
+    etsi020_server_context,
+    grpc_h2_server_context,
+    grpc_server_credentials,
+    https_server_context,
+)
 from runtime.pki import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -82,7 +96,7 @@ class Lkms:
     def __init__(self, node_id: str, data_dir: Path | str, tls: TlsFiles | None, *,
                  saes: Iterable[str] = (), etsi014_listen: str = "127.0.0.1:0",
                  etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
-                 limits: Limits | None = None, store: KeyStore | None = None, fault: str | None = None,
+                 etsi020_listen: str = "127.0.0.1:0", limits: Limits | None = None, store: KeyStore | None = None, fault: str | None = None,
                  peer_servicers: Iterable[Any] = ()) -> None:
         self.node_id = node_id
         self.data_dir = Path(data_dir)
@@ -91,7 +105,10 @@ class Lkms:
         self.store: KeyStore = store or SqliteKeyStore(self.data_dir / "keys.sqlite", self.limits.max_key_count)
         self.registry = Registry(node_id, saes)
         self.peers = PeerClients(tls)
-        self._listen = {"etsi014": etsi014_listen, "etsi004": etsi004_listen, "keysync": keysync_listen}
+        self._listen = {"etsi014": etsi014_listen, "etsi004": etsi004_listen, "keysync": keysync_listen,
+                        "etsi020": etsi020_listen}
+        self._etsi020_peers: dict[str, str] = {}
+        self._external: list[ExternalPeer] = []
         self._fault = fault
         # other node-to-node services (the engine's classical channel) share the KeySync port
         self._peer_servicers = list(peer_servicers)
@@ -110,10 +127,23 @@ class Lkms:
                                 tls=self.tls is not None, fault=self._fault)
         core.registrar = self.registrar
         self.store.on_change(self._on_change)
-        self.relay = Relay(core)
+        tls = self.tls
+        self.kms020 = Kms020(self.node_id, Etsi020Client(
+            self.node_id, str(tls.cert) if tls else None, str(tls.key) if tls else None, str(tls.ca) if tls else None,
+            timeout=self.limits.rpc_timeout_s), tls is not None,
+            is_peer_node=lambda n: any(ln.peer_node_id == n for ln in self.registry.links.values()))
+        for nid, addr in self._etsi020_peers.items():
+            self.kms020.set_node(nid, addr)
+            self.kms020.pinned.add(nid)
+        self.relay = Relay(core, self.kms020)
+        self.external = ExternalPeers(core, self.kms020)
         self.streams = StreamManager(core)
         self.dispensers = Dispensers(core, self.relay)
+        self.dispensers.external = self.external
         self.outbox = OutboxSender(core)
+        await self._start_020()
+        for peer in self._external:
+            await self._add_external(peer)
 
         self._web = web.AppRunner(Etsi014(core, self.dispensers).app(), access_log=None,
                                   handle_signals=False, shutdown_timeout=1.0)
@@ -131,7 +161,7 @@ class Lkms:
         # classical-channel frames of large key blocks exceed gRPC's 4 MB default
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                                                ("grpc.max_send_message_length", 256 * 1024 * 1024)])
-        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.relay), self._gsync)
+        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams), self._gsync)
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
@@ -148,6 +178,38 @@ class Lkms:
             self.relay.start(link)
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
+
+    async def _start_020(self) -> None:
+        self._ctx020 = etsi020_server_context(self.tls) if self.tls else None
+        self._server020 = Etsi020Server(self.kms020, self.relay, self.external)
+        self._web020 = web.AppRunner(self._server020.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=1.0)
+        await self._web020.setup()
+        host, port = _split(self._listen["etsi020"])
+        site = web.TCPSite(self._web020, host, port, ssl_context=self._ctx020, backlog=512)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
+        self.addresses["etsi020"] = f"{host}:{sock.getsockname()[1]}"
+        self.kms020.base_url = f"{'https' if self.tls else 'http'}://{self.addresses['etsi020']}"
+        self.core.etsi020_address = self.addresses["etsi020"]
+
+    async def _add_external(self, peer: ExternalPeer) -> None:
+        if self._ctx020 is not None and peer.kms.ca:
+            self._ctx020.load_verify_locations(cafile=peer.kms.ca)  # their client certificates
+        await self.external.add(peer)
+
+    def set_etsi020_peer(self, node_id: str, address: str) -> None:
+        """Where a peer node's ETSI 020 server listens ("host:port")."""
+        self._etsi020_peers[node_id] = address
+        if self._started:
+            self.kms020.set_node(node_id, address)
+            self.kms020.pinned.add(node_id)
+
+    async def add_external_peer(self, peer: ExternalPeer) -> None:
+        """Another vendor's KMS as the next hop for its SAEs (an EXT link, see external.py)."""
+        self._external = [p for p in self._external if p.name != peer.name] + [peer]
+        if self._started:
+            await self._add_external(peer)
 
     async def _start_004(self) -> None:
         """The ETSI 004 server: h2grpc's (default) or grpcio's (Limits.etsi004_server)."""
@@ -189,6 +251,7 @@ class Lkms:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.relay.close()
+        await self._server020.close()
         await self.outbox.close()
         await self.dispensers.close()
         await self.streams.close()
@@ -198,6 +261,8 @@ class Lkms:
             await self._h004.stop(0.5)
         await self._gsync.stop(0.5)
         await self._web.cleanup()
+        await self._web020.cleanup()
+        await self.kms020.client.close()
         await self.peers.close()
         await self.store.close()
         log.info("LKMS %s stopped", self.node_id)

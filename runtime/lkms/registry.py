@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 PHYS, VIRT = "PHYS", "VIRT"
+EXT = "EXT"  # another vendor's KMS reached with ETSI 020 (external.py)
 # IDs derived from names (the topology's namespace), so the node that registers an application
 # on a first request and the controller that provisions it name it alike.
 NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")

@@ -1,41 +1,87 @@
-"""Trusted-node key relay along a virtual link (DESIGN flow 4).
+"""Trusted-node key relay along a virtual link (DESIGN flow 4), carried hop by hop as ETSI GS
+QKD 020 `ext_keys` transfers.
 
-The source node of a VIRT link (prev_hop None) draws a fresh random key K (OS CSPRNG) and sends
-it hop by hop. On each hop the sender takes two fresh keys of that hop's *physical* link pool
-and erases them durably before sending: a pad P (ciphertext = K xor P, one-time pad) and a
-one-time MAC key M; the tag is HMAC-SHA256 keyed with M over every field of the message
-(computationally secure; an information-theoretic Wegman–Carter tag would need a polynomial
-hash over the message plus a pad - not done here). The receiver takes (erases) the same two
-keys, checks the tag in constant time, recovers K, and either re-encrypts it for its next hop
-or, at the far end, stores K under the relay's key ID in the VIRT pool. Only after the far
-end has stored it does the source store K too, under the same ID. Pads only ever come from
-PHYS pools, so a relayed key is never used as a pad.
+The source node of a VIRT link (prev_hop None) draws fresh random keys K (OS CSPRNG) and sends
+them, a batch per request, to the next node of the path with `POST /kmapi/v1/ext_keys`. ETSI 020
+protects a transfer with mutual TLS only (it is meant for KMSs inside one trusted node); a hop
+between two sdqkd nodes crosses a fibre, so each hop adds our own information-theoretic layer,
+carried in `extension_mandatory.sdqkd_hop` (a peer that does not understand it must refuse the
+request, as the standard says of mandatory extensions, rather than keep ciphertext as keys):
 
-Each node checks the path against the VIRT link installed on it (prev/next hops) and the
-caller's certificate against the hop link's peer. Latency per hop: one gRPC call plus one
-durable commit (the erase of the two in-keys, then of the two out-keys).
+- every key's `value` is K xor P, P a fresh key of the hop's *physical* link pool (one-time pad);
+- one more fresh key M of that pool keys HMAC-SHA256 over the whole request (canonical JSON,
+  tag excluded): a one-time MAC key (computationally secure, not Wegman-Carter);
+- `relay_id`, the VIRT link, the path and the hop index say where the keys go; the receiver checks
+  them against the VIRT link installed on it and the caller's certificate against the path.
+
+Pads are consumed only when both ends of the hop agree. The sender *reserves* P and M
+(RESERVED_OUT) and erases them once the receiver answered: a 200/202, or an error whose
+`details` say `{"sdqkd_hop_pads": "consumed"}`; an error saying `untouched` puts them back (minus
+IDs the receiver names as unknown, which are erased). With no answer (connection lost, timeout)
+the same body is sent again: the receiver answers a repeated `relay_id` from its record, and
+after its own restart finds the pads gone (answer: unknown -> erased here too) or still there
+(it processes the request now). So a failed send never leaves the two ends with different pools.
+
+Each node along the path takes P and M out of its pool (erased) when it checks the tag, recovers
+K, and either protects it again for its next hop or, at the far end, stores it under the key ID
+in the VIRT pool. The source stores its copy only once the far end has it: synchronous mode (no
+`ack_callback_url`) answers 200 when the whole path is done; asynchronous mode answers 202 and the
+far end's `relayed` ack travels back hop by hop to each sender's `ack_callback_url`. An ack that
+never arrives is resolved by `void`ing the keys along the path: `voided` or `key not present` ->
+the source drops them too; `failed` (already used at the far end) -> the source keeps them. Pads
+only ever come from PHYS pools, so a relayed key is never used as a pad.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 import logging
 import secrets
+import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from generated.proto.sdqkd import kms_pb2
 from runtime.lkms.core import Core
+from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
+from runtime.lkms.etsi020_schema import (
+    AckContainer,
+    Bad,
+    ExtKeyContainer,
+    JsonObj,
+    VoidContainer,
+    acked_ids,
+    ext_key_container,
+    is_key_id,
+    message_data,
+    void_container,
+)
+from runtime.lkms.keys import AppKey, derive_key_ids
 from runtime.lkms.registry import PHYS, VIRT, Link
+from runtime.lkms.store_api import StoreError
 
 log = logging.getLogger(__name__)
+
+HOP = "sdqkd_hop"
+_RECORD = 4096  # replies remembered per relay_id (answers a repeated request the same way)
+_RECEIVED = 200_000  # relayed key IDs remembered at a far end (void: delivered vs never seen)
 
 
 class RelayError(Exception):
     pass
+
+
+Late = Callable[[int, Any], Awaitable[set[str]]]  # the answer to a hop whose outcome was unknown
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -43,46 +89,221 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
 
 
-def _mac_input(r: kms_pb2.RelayRequest) -> bytes:
-    fields: list[bytes] = [r.relay_id.encode(), r.virt_qkdl_id.encode(), r.key_id.encode(),
-                           str(r.size).encode(), r.hop_qkdl_id.encode(), r.hop_key_id.encode(),
-                           r.mac_key_id.encode(), str(r.hop_index).encode(), str(len(r.path)).encode(),
-                           *(p.encode() for p in r.path), r.ciphertext]
-    return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+def canonical(body: JsonObj) -> bytes:
+    """The bytes the hop tag covers: the request without the tag, as canonical JSON."""
+    b = dict(body)
+    em = dict(b["extension_mandatory"])
+    hop = dict(em[HOP])
+    hop.pop("tag", None)
+    em[HOP] = hop
+    b["extension_mandatory"] = em
+    return json.dumps(b, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def relay_tag(mac_key: bytes, r: kms_pb2.RelayRequest) -> bytes:
-    return hmac.new(mac_key, _mac_input(r), hashlib.sha256).digest()
+def hop_tag(mac_key: bytes, body: JsonObj) -> str:
+    return base64.b64encode(hmac.new(mac_key, canonical(body), hashlib.sha256).digest()).decode()
+
+
+def _pads(state: str, unknown: list[str] | None = None) -> list[JsonObj]:
+    out: list[JsonObj] = [{"sdqkd_hop_pads": state}]
+    if unknown:
+        out.append({"sdqkd_unknown_pad_ids": unknown})
+    return out
+
+
+def _refuse(message: str, key: str, detail: str, pads: str, status: int = 400,
+            unknown: list[str] | None = None) -> Reply:
+    return status, message_data(message, {key: detail}, *_pads(pads, unknown))
+
+
+def _pads_state(body: Any) -> tuple[str | None, list[str]]:
+    """What a hop's error answer says about our pads: consumed/untouched (+ unknown IDs)."""
+    state: str | None = None
+    unknown: list[str] = []
+    if isinstance(body, dict) and isinstance(body.get("details"), list):
+        for d in body["details"]:
+            if isinstance(d, dict):
+                if isinstance(d.get("sdqkd_hop_pads"), str):
+                    state = d["sdqkd_hop_pads"]
+                if isinstance(d.get("sdqkd_unknown_pad_ids"), list):
+                    unknown = [x for x in d["sdqkd_unknown_pad_ids"] if is_key_id(x)]
+    return state, unknown
+
+
+@dataclass
+class _Hop:
+    relay_id: str
+    virt_qkdl_id: str
+    path: list[str]
+    hop_index: int
+    hop_qkdl_id: str
+    pad_key_ids: list[list[str]]
+    mac_key_ids: list[str]
+    tag: str
+
+    @classmethod
+    def parse(cls, v: Any) -> _Hop:
+        def bad(what: str) -> Bad:
+            return Bad("bad request format", "bad_request_format", f"extension_mandatory.{HOP}: {what}")
+
+        if not isinstance(v, dict):
+            raise bad("expected an object")
+        try:
+            h = cls(str(v["relay_id"]), str(v["virt_qkdl_id"]), list(v["path"]), v["hop_index"],
+                    str(v["hop_qkdl_id"]), [list(p) for p in v["pad_key_ids"]], list(v["mac_key_ids"]),
+                    str(v["tag"]))
+        except (KeyError, TypeError, ValueError):
+            raise bad("relay_id, virt_qkdl_id, path, hop_index, hop_qkdl_id, pad_key_ids, mac_key_ids, "
+                      "tag required") from None
+        if not isinstance(h.hop_index, int) or isinstance(h.hop_index, bool) or not all(
+                isinstance(p, str) for p in h.path):
+            raise bad("hop_index must be an integer, path an array of node IDs")
+        ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
+        if not ids or not all(is_key_id(k) for k in ids) or len(set(ids)) != len(ids):
+            raise bad("pad and MAC key IDs must be distinct UUIDs")
+        return h
 
 
 class Relay:
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, core: Core, kms: Kms020) -> None:
+        self.core, self.kms = core, kms
         self._fillers: dict[str, asyncio.Task[None]] = {}
+        self._replies: OrderedDict[str, Reply | asyncio.Future[Reply]] = OrderedDict()
+        self._received: OrderedDict[str, None] = OrderedDict()  # far end: key IDs stored by relay
+        self._voided: OrderedDict[str, None] = OrderedDict()  # far end: voided before they arrived
+        self._tasks: set[asyncio.Task[None]] = set()  # reconciliation, pad erasure
+        self._erasing: dict[str, asyncio.Task[None]] = {}  # txn -> erase of its pads under way
 
-    # --- sending ---------------------------------------------------------------------
-    async def _send_hop(self, phys: Link, virt_qkdl_id: str, key_id: str, key: bytes, path: list[str],
-                        hop_index: int, relay_id: str) -> kms_pb2.RelayResponse:
+    # --- configuration -------------------------------------------------------------------
+    @property
+    def async_mode(self) -> bool:
+        return self.core.limits.relay_020_mode == "async"
+
+    def _sae_ids(self, link: Link) -> tuple[str, list[str]]:
+        """initiator/target SAE IDs of the ext_keys of a VIRT link: those of an application it
+        backs; before any is registered, the node IDs of the two ends stand in."""
+        for app in self.core.registry.apps.values():
+            if link.qkdl_id in app.backing_qkdl_ids:
+                if self.core.registry.is_local(app.master_sae_id):
+                    return app.master_sae_id, list(app.slave_sae_ids)
+                return app.slave_sae_ids[0], [app.master_sae_id]
+        return self.core.node_id, [link.peer_node_id]
+
+    async def _peer(self, phys: Link) -> PeerKms:
+        """The next hop's ETSI 020 server: configured, or asked once over KeySync (Describe)."""
+        p = self.kms.node(phys.peer_node_id)
+        if p is None:
+            try:
+                r = await self.core.peers.stub(phys.peer_kms_address).Describe(
+                    kms_pb2.DescribeRequest(), timeout=self.core.limits.rpc_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                raise RelayError(f"no ETSI 020 address for node {phys.peer_node_id}: {e.code().name}") from None
+            host, _, port = r.etsi020_address.rpartition(":")
+            if not port.isdigit():
+                raise RelayError(f"node {phys.peer_node_id} serves no ETSI 020")
+            if host in ("", "0.0.0.0", "::", "[::]"):
+                host = phys.peer_kms_address.rpartition(":")[0]
+            self.kms.set_node(phys.peer_node_id, f"{host}:{port}")
+            p = self.kms.node(phys.peer_node_id)
+            assert p is not None
+        return p
+
+    # --- sending one hop -------------------------------------------------------------------
+    async def _send_hop(self, phys: Link, virt_qkdl_id: str, keys: list[tuple[str, bytes]], path: list[str],
+                        hop_index: int, relay_id: str, saes: tuple[str, list[str]], ack_url: str | None,
+                        late: Late | None = None, reserved: list[AppKey] | None = None) -> tuple[int, Any]:
+        """One hop; `reserved`: the pads, already reserved under this hop's txn (see _receive)."""
         core = self.core
-        bits = len(key) * 8
-        pads = await core.store.take_next(phys.qkdl_id, 2, core.from_back(phys))
-        if not pads:
-            raise RelayError("no key on the hop link")
-        pad, mk = pads
-        if pad.bits < bits:
-            raise RelayError("hop keys shorter than the relayed key")
-        req = kms_pb2.RelayRequest(relay_id=relay_id, virt_qkdl_id=virt_qkdl_id, key_id=key_id, size=bits,
-                                   hop_qkdl_id=phys.qkdl_id, hop_key_id=pad.key_id,
-                                   ciphertext=_xor(key, pad.material), mac_key_id=mk.key_id,
-                                   path=path, hop_index=hop_index)
-        req.mac = relay_tag(mk.material, req)
+        txn = _txn(relay_id, hop_index)
         try:
-            return await core.peers.stub(phys.peer_kms_address).Relay(req, timeout=core.limits.rpc_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise RelayError(f"hop to {phys.peer_node_id} failed: {e.code().name}") from None
+            peer = await self._peer(phys)
+        except RelayError:
+            if reserved is not None:
+                await core.store.abort_out(txn)
+            raise
+        bits = len(keys[0][1]) * 8
+        got = reserved if reserved is not None else (
+            await core.store.reserve_out(phys.qkdl_id, txn, [len(keys) + 1], bits, core.from_back(phys)))[0]
+        if got is None:
+            raise RelayError("no key on the hop link")
+        pads, mk = got[:-1], got[-1]
+        hop: JsonObj = {"relay_id": relay_id, "virt_qkdl_id": virt_qkdl_id, "path": path, "hop_index": hop_index,
+                        "hop_qkdl_id": phys.qkdl_id, "pad_key_ids": [[p for p, _ in k.parts] for k in pads],
+                        "mac_key_ids": [p for p, _ in mk.parts]}
+        body = ext_key_container([(kid, _xor(k, p.material)) for (kid, k), p in zip(keys, pads, strict=True)],
+                                 saes[0], saes[1], ack_url, {HOP: hop})
+        hop["tag"] = hop_tag(mk.material, body)
+        return await self._deliver(peer, body, txn, late)
 
-    async def relay_one(self, link: Link) -> str:
-        """Source side: relay one fresh key into the VIRT pool of `link`; returns its key ID."""
+    async def _deliver(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> tuple[int, Any]:
+        """Send until the hop's answer says what became of the pads; settle them accordingly.
+        Still no answer: reconcile in the background (`late` then gets the answer)."""
+        delay = 0.05
+        for _attempt in range(4):
+            try:
+                status, resp = await self.kms.client.post(peer, "ext_keys", body, self.core.limits.rpc_timeout_s)
+            except Etsi020Error as e:
+                log.info("relay hop to %s: no answer (%s), sending again", peer.identity, e)
+                self.kms.unlearn(peer)  # it may have come back elsewhere: ask its peer port again
+                await asyncio.sleep(delay)
+                delay *= 4
+                continue
+            if await self._settle(status, resp, txn):
+                return status, resp
+            await asyncio.sleep(delay)
+            delay *= 4
+        self._background(self._reconcile(peer, body, txn, late))
+        raise RelayError(f"hop to {peer.identity}: outcome unknown, reconciling")
+
+    async def _settle(self, status: int, resp: Any, txn: str) -> bool:
+        """True once the pads of `txn` are settled (erased or put back) by the hop's answer."""
+        state, unknown = _pads_state(resp)
+        if status in (200, 202) or state == "consumed":
+            # Erased as used internally (not "delivered" to an application), no Confirm owed.
+            # Not awaited: the erase joins the source's next commit (the relayed keys) instead of
+            # costing a commit of its own; a crash before it lands erases RESERVED_OUT keys anyway.
+            self._erasing[txn] = self._background(self.core.store.abort_out(txn, erase_all=True))
+            return True
+        if state == "untouched":
+            await self.core.store.abort_out(txn, erase=unknown)
+            return True
+        return False
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _erased(self, txn: str) -> None:
+        """Wait until the pads of `txn`, settled in the background, are erased (durably)."""
+        task = self._erasing.pop(txn, None)
+        if task is not None:
+            await task
+
+    async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
+        """Keep the pads reserved and ask again until the hop answers (or the reservation would
+        expire anyway): both ends then agree on what was consumed."""
+        deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            peer = self.kms.node(peer.identity) or peer  # re-learnt by a later relay, if it moved
+            try:
+                status, resp = await self.kms.client.post(peer, "ext_keys", body, self.core.limits.rpc_timeout_s)
+            except Etsi020Error:
+                continue
+            if await self._settle(status, resp, txn):
+                await self._erased(txn)
+                log.info("relay hop to %s reconciled (%d)", peer.identity, status)
+                if late is not None:
+                    await late(status, resp)
+                return
+
+    # --- source --------------------------------------------------------------------------
+    async def relay_batch(self, link: Link, n: int) -> list[str]:
+        """Source side: relay `n` fresh keys into the VIRT pool of `link`; the IDs stored."""
         core = self.core
         if not link.is_relay_source:
             raise RelayError("this node is not the source of the virtual link")
@@ -90,30 +311,90 @@ class Relay:
         first = core.registry.phys_link_to(path[1])
         if first is None or not first.up:
             raise RelayError("no physical link to the first hop")
-        bits = core.limits.relay_key_bits
-        key = secrets.token_bytes(bits // 8)
-        key_id = str(uuid.uuid4())
-        resp = await self._send_hop(first, link.qkdl_id, key_id, key, path, 0, str(uuid.uuid4()))
-        if not resp.ok:
-            raise RelayError(resp.reason)
-        await core.store.put_key(link.qkdl_id, key_id, key, bits)
-        core.rate(link.qkdl_id).add(bits)
-        log.debug("relayed key %s over %d hops into %s", key_id, len(path) - 1, link.qkdl_id)
-        return key_id
+        nbytes = core.limits.relay_key_bits // 8
+        relay_id = str(uuid.uuid4())
+        # Consecutive IDs per batch (derived from the random relay ID): both stores insert them at
+        # one place of their key-ID index instead of one random page per key.
+        ids = derive_key_ids(link.qkdl_id, relay_id, n)
+        material = secrets.token_bytes(nbytes * n)
+        keys = [(k, material[i * nbytes:(i + 1) * nbytes]) for i, k in enumerate(ids)]
+        saes = self._sae_ids(link)
+        src = _Source(self, link, first, path, saes, keys)
+        try:
+            if not self.async_mode:
+                status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes, None,
+                                                    src.resolve)
+                relayed = await src.resolve(status, resp)
+            else:
+                peer = await self._peer(first)
+                futs = self.kms.expect(peer, ids)
+                try:
+                    status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, saes,
+                                                        self.kms.ack_url, src.resolve)
+                except BaseException:
+                    self.kms.forget(ids)
+                    raise
+                if status != 202:
+                    self.kms.forget(ids)
+                    relayed = await src.resolve(status, resp)
+                else:
+                    relayed = await self._await_acks(src, futs)
+        finally:
+            await self._erased(_txn(relay_id, 0))  # (submitted beside the keys' commit)
+        if len(relayed) < len(ids) and not relayed:
+            raise RelayError(f"relay refused ({status}): {_message(resp)}")
+        return [k for k in ids if k in relayed]
+
+    async def relay_one(self, link: Link) -> str:
+        ids = await self.relay_batch(link, 1)
+        if not ids:
+            raise RelayError("key not relayed")
+        return ids[0]
+
+    async def _await_acks(self, src: _Source, futs: list[asyncio.Future[AckContainer]]) -> set[str]:
+        done, _ = await asyncio.wait(futs, timeout=self.core.limits.ack_timeout_s)
+        relayed = {f.result().key_ids[0] for f in done if f.result().ack_status == "relayed"}
+        missing = [k for (k, _), f in zip(src.keys, futs, strict=True) if f not in done]
+        if missing:
+            self.kms.forget(missing)
+            log.warning("relay into %s: no ack for %d keys; voiding them along the path", src.link.qkdl_id,
+                        len(missing))
+            relayed |= await self._void_path(src, missing)
+        await src.store(relayed)
+        return relayed
+
+    async def _void_path(self, src: _Source, ids: list[str]) -> set[str]:
+        """Void keys whose fate is unknown; returns those the far end has already used (the
+        source keeps them). The far end remembers voided IDs, so a late copy is refused."""
+        body = void_container(ids, src.saes[0], src.saes[1], None,
+                              {HOP: {"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}})
+        try:
+            status, resp = await self.kms.client.post(await self._peer(src.first), "ext_keys/void", body,
+                                                      self.core.limits.rpc_timeout_s * 2)
+        except (Etsi020Error, RelayError) as e:
+            log.warning("void along %s not delivered: %s", src.link.qkdl_id, e)
+            return set()
+        if status != 200 or not isinstance(resp, dict):
+            log.warning("void along %s refused (%d)", src.link.qkdl_id, status)
+            return set()
+        if resp.get("status") == "success":
+            return set()
+        return acked_ids(resp.get("ack_containers"), "failed") & set(ids)
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        par = self.core.limits.relay_parallel
         while loop.time() < end:
             st = self.core.store.pool_stats(link.qkdl_id)
             have = st.available_bits if st else 0
             if have >= bits:
                 return
-            n = min(par, -(-(bits - have) // self.core.limits.relay_key_bits))
-            res = await asyncio.gather(*(self.relay_one(link) for _ in range(n)), return_exceptions=True)
-            if all(isinstance(r, BaseException) for r in res):
+            n = min(self.core.limits.relay_batch, -(-(bits - have) // self.core.limits.relay_key_bits))
+            try:
+                await self.relay_batch(link, n)
+            except (RelayError, StoreError, Etsi020Error) as e:
+                log.info("top-up of %s failed: %s", link.qkdl_id, e)
                 return
 
     # --- filling -----------------------------------------------------------------------
@@ -133,76 +414,335 @@ class Relay:
             st = core.store.pool_stats(link.qkdl_id)
             target = core.limits.relay_target_keys
             if link.up and st is not None and st.available_keys < target:
-                n = min(core.limits.relay_parallel, target - st.available_keys)
-                res = await asyncio.gather(*(self.relay_one(link) for _ in range(n)), return_exceptions=True)
-                if all(isinstance(r, BaseException) for r in res):
+                n = min(core.limits.relay_batch, target - st.available_keys)
+                try:
+                    await self.relay_batch(link, n)
+                    backoff = 0.05
+                except (RelayError, StoreError, Etsi020Error) as e:
+                    log.debug("filling %s: %s", link.qkdl_id, e)
                     # Wait for the first hop's pool to change (or retry after a while).
                     first = core.registry.phys_link_to(link.next_hops[0]) if link.next_hops else None
                     await core.wait_changed(first.qkdl_id if first else link.qkdl_id, backoff)
                     backoff = min(backoff * 2, 2.0)
-                else:
-                    backoff = 0.05
                 continue
             await core.wait_changed(link.qkdl_id, 5.0)
 
     async def close(self) -> None:
-        tasks = list(self._fillers.values())
+        tasks = [*self._fillers.values(), *self._tasks]
         self._fillers.clear()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- receiving ---------------------------------------------------------------------
-    def _check_path(self, r: kms_pb2.RelayRequest, caller: str | None) -> tuple[Link, Link, bool] | str:
+    def _check(self, h: _Hop, caller: PeerKms) -> tuple[Link, Link, bool] | Reply:
         core = self.core
-        path, h = list(r.path), r.hop_index
-        if len(path) < 2 or h + 1 >= len(path) or path[h + 1] != core.node_id:
-            return "bad path"
-        if core.tls and caller != path[h]:
-            return "caller is not the previous hop"
-        hop = core.registry.links.get(r.hop_qkdl_id)
-        if hop is None or hop.kind != PHYS or hop.peer_node_id != path[h]:
-            return "hop link is not a physical link to the previous hop"
-        virt = core.registry.links.get(r.virt_qkdl_id)
-        if virt is None or virt.kind != VIRT or virt.prev_hop != path[h]:
-            return "virtual link not installed here"
-        end = h + 2 == len(path)
+
+        def no(detail: str) -> Reply:
+            return _refuse("key routing error", "invalid_routing", detail, "untouched")
+
+        path, i = h.path, h.hop_index
+        if len(path) < 2 or not 0 <= i < len(path) - 1 or path[i + 1] != core.node_id:
+            return no("bad path")
+        if caller.identity != path[i]:
+            return no("caller is not the previous hop")
+        hop = core.registry.links.get(h.hop_qkdl_id)
+        if hop is None or hop.kind != PHYS or hop.peer_node_id != path[i]:
+            return no("hop link is not a physical link to the previous hop")
+        virt = core.registry.links.get(h.virt_qkdl_id)
+        if virt is None or virt.kind != VIRT or virt.prev_hop != path[i]:
+            return no("virtual link not installed here")
+        end = i + 2 == len(path)
         if end:
             if virt.next_hops or virt.peer_node_id != path[0]:
-                return "virtual link does not end here"
-        elif tuple(virt.next_hops) != tuple(path[h + 2:]):
-            return "path does not match the virtual link"
-        if r.size <= 0 or r.size % 8 or len(r.ciphertext) * 8 != r.size:
-            return "bad size"
+                return no("virtual link does not end here")
+        elif tuple(virt.next_hops) != tuple(path[i + 2:]):
+            return no("path does not match the virtual link")
         return hop, virt, end
 
-    async def handle(self, r: kms_pb2.RelayRequest, caller: str | None) -> kms_pb2.RelayResponse:
-        core = self.core
-        chk = self._check_path(r, caller)
-        if isinstance(chk, str):
-            return kms_pb2.RelayResponse(ok=False, reason=chk)
-        hop, virt, end = chk
-        keys = await core.store.take_keys(hop.qkdl_id, [r.hop_key_id, r.mac_key_id])
-        if keys is None:
-            return kms_pb2.RelayResponse(ok=False, reason="hop keys not available")
-        pad, mk = keys
-        if pad.bits < r.size or not hmac.compare_digest(relay_tag(mk.material, r), r.mac):
-            log.warning("relay %s: authentication failed on hop from %s", r.relay_id, hop.peer_node_id)
-            return kms_pb2.RelayResponse(ok=False, reason="authentication failed")
-        key = _xor(r.ciphertext, pad.material)
-        if end:
-            try:
-                await core.store.put_key(virt.qkdl_id, r.key_id, key, r.size)
-            except Exception as e:
-                return kms_pb2.RelayResponse(ok=False, reason=f"cannot store: {type(e).__name__}")
-            core.rate(virt.qkdl_id).add(r.size)
-            log.debug("relay %s: stored key %s in %s", r.relay_id, r.key_id, virt.qkdl_id)
-            return kms_pb2.RelayResponse(ok=True)
-        nxt = core.registry.phys_link_to(r.path[r.hop_index + 2])
-        if nxt is None or not nxt.up:
-            return kms_pb2.RelayResponse(ok=False, reason="no physical link to the next hop")
+    def _remember(self, relay_id: str, reply: Reply | asyncio.Future[Reply]) -> None:
+        self._replies[relay_id] = reply
+        self._replies.move_to_end(relay_id)
+        while len(self._replies) > _RECORD:
+            self._replies.popitem(last=False)
+
+    async def on_ext_keys(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, spawn: Spawn) -> Reply:
+        h = _Hop.parse(req.extension_mandatory[HOP])
+        prev = self._replies.get(h.relay_id)
+        if prev is not None:  # a repeated request: the same answer, nothing done twice
+            return await prev if isinstance(prev, asyncio.Future) else prev
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._remember(h.relay_id, fut)
         try:
-            return await self._send_hop(nxt, r.virt_qkdl_id, r.key_id, key, list(r.path), r.hop_index + 1,
-                                        r.relay_id)
+            reply = await self._receive(caller, raw, req, h, spawn)
+        except BaseException:
+            self._replies.pop(h.relay_id, None)
+            fut.cancel()
+            raise
+        if _pads_state(reply[1])[0] == "untouched":
+            self._replies.pop(h.relay_id, None)  # nothing happened: a retry may be processed anew
+        else:
+            self._remember(h.relay_id, reply)
+        fut.set_result(reply)
+        return reply
+
+    async def _receive(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, spawn: Spawn) -> Reply:
+        chk = self._check(h, caller)
+        if not isinstance(chk, tuple) or not isinstance(chk[0], Link):
+            return chk  # type: ignore[return-value]
+        hop, virt, end = chk  # type: ignore[misc]
+        if len(h.pad_key_ids) != len(req.keys):
+            return _refuse("bad request format", "bad_request_format", "one pad per key", "untouched")
+        ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
+        pre = None if end else self._prereserve(h, req)
+        handed = [False]  # set once the reserved pads belong to the next hop's send (and its reconciliation)
+        try:
+            reply = await self._open(caller, raw, req, h, hop, virt, end, ids, pre, spawn, handed)
+        except BaseException:
+            if not handed[0]:
+                await self._unreserve(h, pre)
+            raise
+        if not handed[0]:
+            await self._unreserve(h, pre)
+        return reply
+
+    def _prereserve(self, h: _Hop, req: ExtKeyContainer) -> asyncio.Task[list[AppKey] | None] | None:
+        """At a trusted node: reserve the next hop's pads while the incoming ones are taken, so
+        the two store operations share one commit (one fsync less per hop)."""
+        core = self.core
+        nxt = core.registry.phys_link_to(h.path[h.hop_index + 2]) if h.hop_index + 2 < len(h.path) else None
+        sizes = {len(k.value) for k in req.keys}
+        if nxt is None or not nxt.up or len(sizes) != 1:
+            return None
+        bits = sizes.pop() * 8
+
+        async def reserve() -> list[AppKey] | None:
+            assert nxt is not None
+            return (await core.store.reserve_out(nxt.qkdl_id, _txn(h.relay_id, h.hop_index + 1), [len(req.keys) + 1],
+                                                 bits, core.from_back(nxt)))[0]
+
+        return asyncio.get_running_loop().create_task(reserve())
+
+    async def _unreserve(self, h: _Hop, pre: asyncio.Task[list[AppKey] | None] | None) -> None:
+        """Put back next-hop pads reserved for a request that did not go on (if still reserved)."""
+        if pre is None:
+            return
+        try:
+            await pre
+        except Exception:
+            return
+        await self.core.store.abort_out(_txn(h.relay_id, h.hop_index + 1))
+
+    async def _open(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, hop: Link, virt: Link,
+                    end: bool, ids: list[str], pre: asyncio.Task[list[AppKey] | None] | None,
+                    spawn: Spawn, handed: list[bool]) -> Reply:
+        """Take the pads, check the tag, recover the keys; store them (far end) or pass them on."""
+        core = self.core
+        taken = await core.store.take_keys(hop.qkdl_id, ids)
+        if taken is None:
+            unknown, busy = await core.store.missing(hop.qkdl_id, ids)
+            return _refuse("insufficient key material", "insufficient_key_material",
+                           "hop keys not available", "untouched", unknown=unknown)
+        mats = {k: lk.material for k, lk in zip(ids, taken, strict=True)}
+        mac_key = b"".join(mats[k] for k in h.mac_key_ids)
+        if not hmac.compare_digest(hop_tag(mac_key, raw).encode(), h.tag.encode()):
+            log.warning("relay %s: authentication failed on hop from %s", h.relay_id, hop.peer_node_id)
+            return _refuse("bad request format", "sdqkd_authentication_failed", "hop tag does not verify",
+                           "consumed")
+        keys: list[tuple[str, bytes]] = []
+        for k, pad_ids in zip(req.keys, h.pad_key_ids, strict=True):
+            pad = b"".join(mats[p] for p in pad_ids)
+            if len(pad) < len(k.value):
+                return _refuse("bad request format", "bad_request_format", "pad shorter than key", "consumed")
+            keys.append((k.key_id, _xor(k.value, pad)))
+        if end:
+            acks = await self._store_far_end(virt, keys, req)
+            if req.ack_callback_url is None:
+                return sync_reply(acks, len(keys))
+            spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
+            return 202, {}
+        reserved = await pre if pre is not None else None
+        if pre is not None and reserved is None:
+            return _refuse("insufficient key material", "insufficient_key_material",
+                           "no key on the next hop's link", "consumed")
+        handed[0] = reserved is not None
+        return await self._forward(caller, req, h, keys, spawn, reserved)
+
+    async def _store_far_end(self, virt: Link, keys: list[tuple[str, bytes]], req: ExtKeyContainer
+                             ) -> list[AckContainer]:
+        fresh = [(kid, key) for kid, key in keys if kid not in self._voided]  # voided first: never stored
+        res = await put_all(self.core, virt.qkdl_id, fresh)
+        relayed: list[str] = []
+        for (kid, _), stored in zip(fresh, res, strict=True):
+            if not stored and kid not in self._received:
+                continue  # an ID we never received by relay: refused (failed)
+            relayed.append(kid)  # stored now, or stored by an earlier copy of this request
+            self._received[kid] = None
+        while len(self._received) > _RECEIVED:
+            self._received.popitem(last=False)
+        done = set(relayed)
+        self.core.rate(virt.qkdl_id).add(sum(len(k) * 8 for kid, k in keys if kid in done))
+        failed = [k for k, _ in keys if k not in done]
+        acks = [AckContainer(tuple(relayed), "relayed", req.initiator_sae_id, t) for t in req.target_sae_ids
+                if relayed]
+        acks += [AckContainer(tuple(failed), "failed", req.initiator_sae_id, t, "cannot store")
+                 for t in req.target_sae_ids if failed]
+        return acks
+
+    async def _forward(self, caller: PeerKms, req: ExtKeyContainer, h: _Hop, keys: list[tuple[str, bytes]],
+                       spawn: Spawn, reserved: list[AppKey] | None) -> Reply:
+        core = self.core
+        nxt = core.registry.phys_link_to(h.path[h.hop_index + 2])
+        if nxt is None or not nxt.up:
+            if reserved is not None:
+                await core.store.abort_out(_txn(h.relay_id, h.hop_index + 1))
+            return _refuse("key routing error", "no_known_route", "no physical link to the next hop", "consumed")
+        saes = (req.initiator_sae_id, list(req.target_sae_ids))
+        if req.ack_callback_url is None:
+            try:
+                status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
+                                                    saes, None, reserved=reserved)
+            except RelayError as e:
+                return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
+            await self._erased(_txn(h.relay_id, h.hop_index + 1))
+            if core.fault == "pause_before_020_reply":  # crash tests: die between forwarding and answering
+                log.warning("fault injection: paused before answering relay %s", h.relay_id)
+                await asyncio.Event().wait()
+            if status == 200 and isinstance(resp, dict):
+                return 200, resp
+            return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
+                           status=400 if 400 <= status < 500 else 503)
+        peer = await self._peer(nxt)
+        ids = [k for k, _ in keys]
+        futs = self.kms.expect(peer, ids)
+        try:
+            status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
+                                                saes, self.kms.ack_url, reserved=reserved)
         except RelayError as e:
-            return kms_pb2.RelayResponse(ok=False, reason=str(e))
+            self.kms.forget(ids)
+            return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
+        await self._erased(_txn(h.relay_id, h.hop_index + 1))
+        if status != 202:
+            self.kms.forget(ids)
+            return _refuse(_message(resp), "next_hop_refused", f"next hop answered {status}", "consumed",
+                           status=400 if 400 <= status < 500 else 503)
+        spawn(self._pass_acks(caller, req.ack_callback_url, ids, futs))
+        return 202, {}
+
+    async def _pass_acks(self, caller: PeerKms, url: str, ids: list[str],
+                         futs: list[asyncio.Future[AckContainer]]) -> None:
+        """Asynchronous mode at a trusted node: hand the far end's acks back to the previous
+        hop as they come (an ack that never comes is the source's to resolve with void)."""
+        done, _ = await asyncio.wait(futs, timeout=self.core.limits.ack_timeout_s)
+        self.kms.forget([k for k, f in zip(ids, futs, strict=True) if f not in done])
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for f in done:
+            a = f.result()
+            groups.setdefault((a.ack_status, a.initiator_sae_id, a.target_sae_id), []).extend(a.key_ids)
+        acks = [AckContainer(tuple(v), s, i, t) for (s, i, t), v in groups.items()]
+        if acks:
+            await self.kms.send_acks(caller, url, acks)
+
+    # --- void --------------------------------------------------------------------------
+    async def on_void(self, caller: PeerKms, req: VoidContainer, spawn: Spawn) -> Reply:
+        ext = req.extension.get(HOP)
+        try:
+            assert isinstance(ext, dict)
+            path, i, virt_id = list(ext["path"]), ext["hop_index"], str(ext["virt_qkdl_id"])
+            assert isinstance(i, int) and all(isinstance(p, str) for p in path)
+        except (AssertionError, KeyError, TypeError):
+            raise Bad("void request not understood", "key_voiding_error",
+                      f"extension.{HOP}: virt_qkdl_id, path, hop_index required") from None
+        core = self.core
+        virt = core.registry.links.get(virt_id)
+        if (len(path) < 2 or not 0 <= i < len(path) - 1 or path[i + 1] != core.node_id or caller.identity != path[i]
+                or virt is None or virt.kind != VIRT or virt.prev_hop != path[i]):
+            raise Bad("key routing error", "invalid_routing", "void does not follow the virtual link")
+        if req.key_ids is None:
+            raise Bad("void request not understood", "key_voiding_error", "key_ids: required on a relay path")
+        if virt.next_hops:
+            nxt = core.registry.phys_link_to(path[i + 2])
+            if nxt is None:
+                raise Bad("key routing error", "no_known_route", "no physical link to the next hop")
+            body = void_container(list(req.key_ids), req.initiator_sae_id, list(req.target_sae_ids), None,
+                                  {HOP: {"virt_qkdl_id": virt_id, "path": path, "hop_index": i + 1}})
+            try:
+                status, resp = await self.kms.client.post(await self._peer(nxt), "ext_keys/void", body,
+                                                          core.limits.rpc_timeout_s)
+            except Etsi020Error:
+                raise Bad("timeout", "timeout", "No response received from the next KME in sufficient time.",
+                          status=408) from None
+            return status, resp if isinstance(resp, dict) else {}
+        acks = await self._void_here(virt, list(req.key_ids), req)
+        if req.ack_callback_url is None:
+            return sync_reply(acks, len(req.key_ids))
+        spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
+        return 202, {}
+
+    async def _void_here(self, virt: Link, ids: list[str], req: VoidContainer) -> list[AckContainer]:
+        unknown, busy = await self.core.store.missing(virt.qkdl_id, ids)
+        gone = set(unknown) | set(busy)
+        voided = [k for k in ids if k not in gone]
+        if voided and await self.core.store.take_keys(virt.qkdl_id, voided) is None:
+            busy += voided  # taken meanwhile by a delivery
+            voided = []
+        # delivered (or being delivered) keys cannot be voided; IDs never relayed here are not present
+        failed = [k for k in ids if k in set(busy) or (k in set(unknown) and k in self._received)]
+        absent = [k for k in unknown if k not in self._received]
+        for k in absent:  # a copy still on its way must not be stored after this void
+            self._voided[k] = None
+        while len(self._voided) > _RECEIVED:
+            self._voided.popitem(last=False)
+        out: list[AckContainer] = []
+        for status, keys in (("voided", voided), ("failed", failed), ("key not present", absent)):
+            if keys:
+                out += [AckContainer(tuple(keys), status, req.initiator_sae_id, t) for t in req.target_sae_ids]
+        return out
+
+
+@dataclass
+class _Source:
+    """One batch at the source: decides, from the first hop's answer, which keys the source
+    stores (only those the far end has), voiding along the path whatever is uncertain."""
+
+    relay: Relay
+    link: Link
+    first: Link
+    path: list[str]
+    saes: tuple[str, list[str]]
+    keys: list[tuple[str, bytes]]
+
+    async def resolve(self, status: int, resp: Any) -> set[str]:
+        ids = [k for k, _ in self.keys]
+        if status == 200 and isinstance(resp, dict):
+            relayed = set(ids) if resp.get("status") == "success" else acked_ids(resp.get("ack_containers"), "relayed")
+            rest = [k for k in ids if k not in relayed]
+            if rest and not _pads_state(resp)[0] == "untouched":
+                relayed |= await self.relay._void_path(self, rest)
+        elif _pads_state(resp) == ("untouched", []):
+            relayed = set()  # refused before anything moved
+        # (untouched but our pads unknown there: an earlier copy consumed them, its answer was lost)
+        else:  # consumed on the first hop, fate further on unknown (or a late 202): void it all
+            relayed = await self.relay._void_path(self, ids)
+        await self.store(relayed & set(ids))
+        return relayed & set(ids)
+
+    async def store(self, relayed: set[str]) -> None:
+        core = self.relay.core
+        await put_all(core, self.link.qkdl_id, [(k, v) for k, v in self.keys if k in relayed])
+        core.rate(self.link.qkdl_id).add(len(relayed) * core.limits.relay_key_bits)
+        if relayed:
+            log.debug("relayed %d keys over %d hops into %s", len(relayed), len(self.path) - 1, self.link.qkdl_id)
+
+
+async def put_all(core: Core, qkdl_id: str, keys: list[tuple[str, bytes]]) -> list[bool]:
+    """Store keys under their IDs in one commit; per key True if stored, False if already there."""
+    return await core.store.put_keys(qkdl_id, keys) if keys else []
+
+
+def _txn(relay_id: str, hop_index: int) -> str:
+    return f"relay/{relay_id}/{hop_index}"
+
+
+def _message(resp: Any) -> str:
+    return str(resp.get("message", "")) if isinstance(resp, dict) else ""

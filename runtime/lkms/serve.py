@@ -4,14 +4,15 @@ A stand-in until `sdqkd node` runs agent + LKMS + engine together. The config us
 config's keys (id, data_dir, etsi014/etsi004 {listen}, tls {ca, cert, key}, saes [{id}]) plus:
 
     keysync: {listen: "127.0.0.1:7004"}      # inter-LKMS gRPC (mutual TLS)
+    etsi020: {listen: "127.0.0.1:7020"}      # ETSI GS QKD 020 between KMSs (mutual TLS 1.3)
     lkms: {max_key_count: 100000, ...}       # runtime.lkms.core.Limits fields
     links: [{qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, next_hops}]
     apps:  [{app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id, backing_qkdl_ids}]
     dev_key_feed: [{qkdl_id, seed, blocks, block_keys, key_bits}]   # no engine: both ends derive
         the same blocks from the same seed (development and tests only; never for real keys)
-    fault: pause_after_reserve | pause_before_stream_commit   # fault injection for crash tests
+    fault: pause_after_reserve | pause_before_stream_commit | pause_before_020_reply   # fault injection for crash tests
 
-When all servers listen it prints one line `READY {"etsi014": ..., "etsi004": ..., "keysync": ...}`
+When all servers listen it prints one line `READY {"etsi014": ..., "etsi004": ..., "keysync": ..., "etsi020": ...}`
 on stdout. SIGTERM/SIGINT stop it cleanly.
 """
 
@@ -46,6 +47,7 @@ def build(cfg: dict[str, Any]) -> Lkms:
                 etsi014_listen=cfg.get("etsi014", {}).get("listen", "127.0.0.1:0"),
                 etsi004_listen=cfg.get("etsi004", {}).get("listen", "127.0.0.1:0"),
                 keysync_listen=cfg.get("keysync", {}).get("listen", "127.0.0.1:0"),
+                etsi020_listen=cfg.get("etsi020", {}).get("listen", "127.0.0.1:0"),
                 limits=Limits.from_dict(cfg.get("lkms")), fault=cfg.get("fault"))
 
 

@@ -400,6 +400,40 @@ class SqliteKeyStore:
         tx.d(pid, av_k=1, av_b=bits, ad_k=1, ad_b=bits)
         tx.changed.add(qkdl_id)
 
+    async def put_keys(self, qkdl_id: str, keys: Sequence[tuple[str, bytes]]) -> list[bool]:
+        if any(not m or len(m) * 8 <= 0 for _, m in keys):
+            raise StoreError("bad key size")
+        try:
+            rows = [(_b(k), bytes(m)) for k, m in keys]
+        except (ValueError, TypeError):
+            raise StoreError("bad key ID") from None
+        return list(await self._submit(self._put_keys, qkdl_id, rows))
+
+    def _put_keys(self, tx: _Tx, qkdl_id: str, rows: list[tuple[bytes, bytes]]) -> list[bool]:
+        pid = tx.pid(qkdl_id)
+        now = time.time()
+        taken: set[bytes] = set()  # IDs stored already (a repeated relay): one query per batch, not per key
+        for i in range(0, len(rows), _IN_BATCH):
+            part = [kid for kid, _ in rows[i:i + _IN_BATCH]]
+            taken.update(k for (k,) in tx.conn.execute(
+                f"SELECT kid FROM keys WHERE kid IN ({','.join('?' * len(part))})", part))
+        out: list[bool] = []
+        new: list[tuple[int, bytes, int, bytes, float]] = []
+        for kid, material in rows:
+            fresh = kid not in taken
+            out.append(fresh)
+            if fresh:
+                taken.add(kid)
+                new.append((pid, kid, len(material) * 8, material, now))
+        tx.conn.executemany("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)", new)
+        n, bits = len(new), sum(r[2] for r in new)
+        if n:
+            tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
+                            (n, bits, pid))
+            tx.d(pid, av_k=n, av_b=bits, ad_k=n, ad_b=bits)
+            tx.changed.add(qkdl_id)
+        return out
+
     # --- master side -------------------------------------------------------------------
     async def reserve_out(self, qkdl_id: str, txn: str, counts: Sequence[int], bits: int,
                           from_back: bool) -> list[list[AppKey] | None]:

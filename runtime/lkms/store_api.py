@@ -111,6 +111,10 @@ class KeyStore(Protocol):
     async def put_key(self, qkdl_id: str, key_id: str, material: bytes, bits: int) -> None:
         """Store one key under a given ID (a relayed key at an end of a virtual link)."""
 
+    async def put_keys(self, qkdl_id: str, keys: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Store keys (ID, material; whole bytes) in one commit; per key True if stored, False
+        if that ID is stored already (nothing changes for it: a repeated relay)."""
+
     # --- master side (enc_keys, stream owner) --------------------------------------------
     async def reserve_out(self, qkdl_id: str, txn: str, counts: Sequence[int], bits: int,
                           from_back: bool) -> list[list[AppKey] | None]:

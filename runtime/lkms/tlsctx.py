@@ -68,3 +68,14 @@ def grpc_h2_server_context(tls: TlsFiles) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2"])
     return ctx
+
+
+def etsi020_server_context(tls: TlsFiles) -> ssl.SSLContext:
+    """ETSI 020 server: client certificates required and verified (against our CA, plus the CA
+    of each external peer KMS, added with `load_verify_locations`), TLS 1.3 or later as the
+    standard asks."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx

@@ -35,8 +35,56 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
     log_level: str = "INFO"
+    etsi020_listen: str = "127.0.0.1:0"
+    external_peers: list[dict[str, Any]] = field(default_factory=list)  # checked by _external_peers
     applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+_PEER_KEYS = {"name", "url", "ca", "identity", "saes", "qkdl_id", "mode", "rate_bps"}
+
+
+def _external_peers(v: Any, base: Path, problems: list[str]) -> list[dict[str, Any]]:
+    """etsi020.external_peers: other vendors' KMSs (runtime.lkms.external); paths made absolute."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        problems.append("etsi020.external_peers: expected a list of mappings")
+        return []
+    out: list[dict[str, Any]] = []
+    for i, p in enumerate(v):
+        key = f"etsi020.external_peers[{i}]"
+        if not isinstance(p, dict):
+            problems.append(f"{key}: expected a mapping")
+            continue
+        for k in sorted(set(p) - _PEER_KEYS):
+            problems.append(f"{key}.{k}: unknown key (known: {', '.join(sorted(_PEER_KEYS))})")
+        for k in ("name", "url", "identity"):
+            if not isinstance(p.get(k), str) or not p[k]:
+                problems.append(f"{key}.{k}: required, a non-empty string")
+        if isinstance(p.get("url"), str) and not p["url"].startswith(("https://", "http://")):
+            problems.append(f"{key}.url: expected https://host:port, got {p['url']!r}")
+        saes = p.get("saes")
+        if not isinstance(saes, list) or not saes or not all(isinstance(s, str) and s for s in saes):
+            problems.append(f"{key}.saes: required, a non-empty list of SAE IDs")
+        if p.get("mode", "sync") not in ("sync", "async"):
+            problems.append(f"{key}.mode: sync or async, got {p.get('mode')!r}")
+        rate = p.get("rate_bps")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+            problems.append(f"{key}.rate_bps: expected a positive number")
+        if p.get("qkdl_id") is not None:
+            try:
+                uuid.UUID(str(p["qkdl_id"]))
+            except ValueError:
+                problems.append(f"{key}.qkdl_id: expected a UUID")
+        q = dict(p)
+        if p.get("ca") is not None:
+            ca = base / str(p["ca"])
+            if not ca.is_file():
+                problems.append(f"{key}.ca: no such file {ca}")
+            q["ca"] = str(ca)
+        out.append(q)
+    return out
 
 
 def _listen(v: Any, key: str, problems: list[str]) -> str:
@@ -56,7 +104,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "peer", "data_dir", "tls",
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "data_dir", "tls",
              "saes", "users", "engine", "bootstrap", "applications", "log"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
@@ -93,8 +141,14 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(peer, dict) or "listen" not in peer:
         problems.append("peer: expected a mapping with `listen: host:port`")
         peer = {}
+    e20 = raw.get("etsi020", {"listen": "127.0.0.1:0"})
+    if not isinstance(e20, dict) or not set(e20) <= {"listen", "external_peers"}:
+        problems.append("etsi020: expected a mapping with `listen: host:port` and optional `external_peers`")
+        e20 = {}
+    e20.setdefault("listen", "127.0.0.1:0")
+    externals = _external_peers(e20.get("external_peers"), p.parent, problems)
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer)) if s}
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("etsi020", e20)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
@@ -135,6 +189,7 @@ def load_config(path: str | Path) -> NodeConfig:
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
         peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine,
+        etsi020_listen=listens.get("etsi020", "127.0.0.1:0"), external_peers=externals,
         applications=applications, raw=raw, log_format=log_format, log_level=log_level,
     )
 

@@ -20,6 +20,7 @@ from generated.agent_skeleton import HookVeto
 from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
+from runtime.lkms.external import external_peer
 from runtime.lkms.node import Lkms
 from runtime.lkms.registry import sae_of
 
@@ -72,9 +73,11 @@ class NodeRuntime:
         service = ClassicalChannelService(self.links)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen,
+                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
                          peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
                              service, server)])
+        for p in cfg.external_peers:
+            await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
         self.lkms.registrar = self.registrar
         await self.lkms.start()
@@ -84,7 +87,7 @@ class NodeRuntime:
                                             users=cfg.users or None)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"]}
+                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"]}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses

@@ -205,3 +205,87 @@ def test_sigkill_with_assigned_stream_window_loses_and_duplicates_nothing(two_pr
         n.stop()
     ka_keys, kb_keys = A.keys(), B.keys()
     assert ka_keys == kb_keys and set(ka_keys.values()) == {0}
+
+
+def pool(node: Node, qkdl_id: str) -> dict[str, int]:
+    with node.db() as c:
+        return {str(uuid.UUID(bytes=k)): s for k, s in c.execute(
+            "SELECT kid, state FROM keys JOIN pools USING(pid) WHERE qkdl_id=?", (qkdl_id,))}
+
+
+def test_trusted_node_sigkilled_mid_relay_both_ends_agree(tmp_path: Path, tpki: Pki) -> None:
+    """A -- B -- C as processes, relay over ETSI 020. B is SIGKILLed after it forwarded a batch
+    to C but before answering A; A's hop is uncertain, its pads stay reserved. B restarts; A
+    resends, B finds the pads gone (consumed before the kill), A erases its copies and voids the
+    batch along the path, so C keeps nothing A does not have. Then keys flow again, equal at A and C."""
+    names = ["A", "B", "C"]
+    ids = {n: str(uuid.uuid4()) for n in names}
+    ports = {n: {k: _port() for k in ("etsi014", "etsi004", "keysync", "etsi020")} for n in names}
+    ab, bc, v = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    saes = {"A": [{"id": "ra"}], "B": [], "C": [{"id": "rc"}]}
+
+    def ks(n: str) -> str:
+        return f"127.0.0.1:{ports[n]['keysync']}"
+
+    links = {
+        "A": [{"qkdl_id": ab, "peer_node_id": ids["B"], "peer_kms_address": ks("B")},
+              {"qkdl_id": v, "peer_node_id": ids["C"], "peer_kms_address": ks("C"), "kind": "VIRT",
+               "next_hops": [ids["B"], ids["C"]]}],
+        "B": [{"qkdl_id": ab, "peer_node_id": ids["A"], "peer_kms_address": ks("A")},
+              {"qkdl_id": bc, "peer_node_id": ids["C"], "peer_kms_address": ks("C")},
+              {"qkdl_id": v, "peer_node_id": ids["C"], "peer_kms_address": ks("C"), "kind": "VIRT",
+               "prev_hop": ids["A"], "next_hops": [ids["C"]]}],
+        "C": [{"qkdl_id": bc, "peer_node_id": ids["B"], "peer_kms_address": ks("B")},
+              {"qkdl_id": v, "peer_node_id": ids["A"], "peer_kms_address": ks("A"), "kind": "VIRT",
+               "prev_hop": ids["B"]}],
+    }
+    feeds = {"A": [ab], "B": [ab, bc], "C": [bc]}
+    apps = {n: [{"app_id": "rapp", "master_sae_id": "ra", "slave_sae_ids": ["rc"], "local_node_id": ids[n],
+                 "remote_node_id": ids["C" if n == "A" else "A"], "backing_qkdl_ids": [v]}] for n in ("A", "C")}
+    nodes = {}
+    for n in names:
+        tls = tpki.node(ids[n])
+        nodes[n] = Node(tmp_path, n, {
+            "id": ids[n], "name": n, "data_dir": str(tmp_path / n),
+            "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+            **{k: {"listen": f"127.0.0.1:{p}"} for k, p in ports[n].items()},
+            "saes": saes[n], "links": links[n], "apps": apps.get(n, []),
+            "lkms": {"relay_target_keys": 8, "rpc_timeout_s": 2.0},
+            "dev_key_feed": [{"qkdl_id": q, "seed": q, "blocks": 1, "block_keys": 512, "key_bits": 256}
+                             for q in feeds[n]]})
+    A, B, C = nodes["A"], nodes["B"], nodes["C"]
+    try:
+        B.start(fault="pause_before_020_reply")
+        C.start()
+        A.start()  # A's filler relays at once; B forwards the batch to C, then hangs
+        wait_until(lambda: "paused before answering relay" in B.log.read_text(), "the fault point")
+        B.stop(signal.SIGKILL)
+        wait_until(lambda: 1 in pool(A, ab).values(), "A's pads reserved (the hop's outcome unknown)", limit=60)
+        B.start()
+
+        def agree() -> bool:
+            if any(1 in pool(n, q).values() for n in (A, B) for q in (ab, bc)):
+                return False  # reconciliation still under way
+            return (pool(A, ab) == pool(B, ab) and pool(B, bc) == pool(C, bc) and pool(A, v) == pool(C, v)
+                    and len(pool(A, v)) > 0)
+
+        try:
+            wait_until(agree, "A, B and C to agree", limit=90)
+        except AssertionError:
+            for q, x, y in ((ab, A, B), (bc, B, C), (v, A, C)):
+                px, py = pool(x, q), pool(y, q)
+                print(q[:8], x.name, y.name, len(px), len(py), {k: (px.get(k), py.get(k)) for k in set(px) ^ set(py)},
+                      {k: s for k, s in px.items() if s}, {k: s for k, s in py.items() if s})
+            raise
+        ca = httpx.Client(verify=https_client_context(tpki.sae("ra")), timeout=20)
+        cc = httpx.Client(verify=https_client_context(tpki.sae("rc")), timeout=20)
+        r = ca.post(f"https://127.0.0.1:{ports['A']['etsi014']}/api/v1/keys/rc/enc_keys", json={"number": 4})
+        assert r.status_code == 200, r.text
+        r2 = cc.post(f"https://127.0.0.1:{ports['C']['etsi014']}/api/v1/keys/ra/dec_keys",
+                     json={"key_IDs": [{"key_ID": k["key_ID"]} for k in r.json()["keys"]]})
+        assert r2.status_code == 200 and r2.json() == r.json()
+        ca.close()
+        cc.close()
+    finally:
+        for n in nodes.values():
+            n.stop(signal.SIGKILL)

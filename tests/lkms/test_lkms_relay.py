@@ -1,4 +1,5 @@
-"""Key relay over a virtual link A..C through trusted node B (real nodes, mutual TLS)."""
+"""Key relay over a virtual link A..C through trusted node B, hop by hop as ETSI GS QKD 020
+ext_keys (real nodes, mutual TLS)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import asyncio
 import base64
 import logging
 import uuid
+from typing import Any
 
 import pytest
 from lkmsnet import LONG_BLOB, Net
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
-from generated.proto.sdqkd import kms_pb2
+from runtime.lkms.etsi020_client import Etsi020Client, PeerKms
+from runtime.lkms.etsi020_schema import ext_key_container
 from runtime.lkms.keys import LinkKey
-from runtime.lkms.relay import relay_tag
+from runtime.lkms.relay import hop_tag
 
 
 def settle(net: Net) -> None:
@@ -80,23 +83,47 @@ def test_pools_stay_consistent_and_pads_are_used_once(net3: Net) -> None:
     assert net3.states("A", ab) == net3.states("B", ab)
     assert net3.states("B", bc) == net3.states("C", bc)
     assert net3.states("A", v) == net3.states("C", v)
-    # Two hop keys per relayed key and hop, erased at both ends; none of them is in the virtual pool.
+    # One pad per relayed key and one MAC key per request, erased at both ends of each hop; none
+    # of them is in the virtual pool.
     added = net3.nodes["A"].store.pool_stats(v).added_keys  # type: ignore[union-attr]
     for q, x, y in ((ab, "A", "B"), (bc, "B", "C")):
         sx, sy = net3.nodes[x].store.pool_stats(q), net3.nodes[y].store.pool_stats(q)
         assert sx is not None and sy is not None
-        assert sx.added_keys - sx.available_keys == 2 * added == sy.added_keys - sy.available_keys
+        used = sx.added_keys - sx.available_keys
+        assert used == sy.added_keys - sy.available_keys and added < used <= 2 * added
     assert not set(net3.states("A", v)) & (set(net3.states("A", ab)) | set(net3.states("B", bc)))
     assert net3.nodes["B"].store.pool_stats(v) is None  # the trusted node holds no virtual pool
 
 
 def _forged(net: Net, virt: str, hop: str, path: list[str], pads: list[LinkKey], good_mac: bool,
-            index: int = 0) -> kms_pb2.RelayRequest:
-    req = kms_pb2.RelayRequest(relay_id=str(uuid.uuid4()), virt_qkdl_id=virt, key_id=str(uuid.uuid4()), size=256,
-                               hop_qkdl_id=hop, hop_key_id=pads[0].key_id, ciphertext=bytes(32),
-                               mac_key_id=pads[1].key_id, path=path, hop_index=index)
-    req.mac = relay_tag(pads[1].material if good_mac else bytes(32), req)
-    return req
+            relay_id: str | None = None, index: int = 0) -> dict[str, Any]:
+    h: dict[str, Any] = {"relay_id": relay_id or str(uuid.uuid4()), "virt_qkdl_id": virt, "path": path,
+                         "hop_index": index, "hop_qkdl_id": hop, "pad_key_ids": [[pads[0].key_id]],
+                         "mac_key_ids": [pads[1].key_id]}
+    body = ext_key_container([(str(uuid.uuid4()), bytes(32))], "a", ["c"], None, {"sdqkd_hop": h})
+    h["tag"] = hop_tag(pads[1].material if good_mac else bytes(32), body)
+    return body
+
+
+def _post(net: Net, to: str, as_node: str, body: dict[str, Any]) -> tuple[int, Any]:
+    files = net.pki.node(net.ids[as_node])
+
+    async def go() -> tuple[int, Any]:
+        c = Etsi020Client(net.ids[as_node], str(files.cert), str(files.key), str(files.ca))
+        try:
+            peer = PeerKms(f"https://{net.nodes[to].addresses['etsi020']}", net.ids[to])
+            return await c.post(peer, "ext_keys", body)
+        finally:
+            await c.close()
+
+    return net.run(go())  # type: ignore[no-any-return]
+
+
+def _detail(body: Any, key: str) -> Any:
+    for d in body.get("details", []):
+        if key in d:
+            return d[key]
+    return None
 
 
 def test_relay_authentication_and_path_checks(net3: Net) -> None:
@@ -107,18 +134,22 @@ def test_relay_authentication_and_path_checks(net3: Net) -> None:
     a = net3.nodes["A"]
     # Act as node A with two keys A really shares with B (taken out of A's pool, as A would).
     pads = net3.run(a.store.take_next(ab, 2, from_back=a.core.from_back(a.registry.links[ab])))
-    to_b = net3.keysync("B", as_node="A")
-    r = to_b.Relay(_forged(net3, v, ab, path, pads, good_mac=False))
-    assert (r.ok, r.reason) == (False, "authentication failed")
-    # The pads were consumed by that attempt: they cannot be replayed.
-    r = to_b.Relay(_forged(net3, v, ab, path, pads, good_mac=True))
-    assert (r.ok, r.reason) == (False, "hop keys not available")
+    forged = _forged(net3, v, ab, path, pads, good_mac=False)
+    st, r = _post(net3, "B", "A", forged)
+    assert st == 400 and _detail(r, "sdqkd_authentication_failed") and _detail(r, "sdqkd_hop_pads") == "consumed"
+    # The same body again gets the same answer (nothing is processed twice) ...
+    assert _post(net3, "B", "A", forged) == (st, r)
+    # ... and the pads were consumed by that attempt: a correctly tagged request cannot reuse them.
+    st, r = _post(net3, "B", "A", _forged(net3, v, ab, path, pads, good_mac=True))
+    assert st == 400 and r["message"] == "insufficient key material"
+    assert _detail(r, "sdqkd_hop_pads") == "untouched"
+    assert sorted(_detail(r, "sdqkd_unknown_pad_ids")) == sorted(p.key_id for p in pads)
     # Another node cannot pose as A, and a path the virtual link does not follow is refused.
     pads2 = net3.run(a.store.take_next(ab, 2, from_back=True))
-    r = net3.keysync("B", as_node="C").Relay(_forged(net3, v, ab, path, pads2, good_mac=True))
-    assert (r.ok, r.reason) == (False, "caller is not the previous hop")
-    r = to_b.Relay(_forged(net3, v, ab, [ids["A"], ids["B"], ids["A"]], pads2, good_mac=True))
-    assert not r.ok and "match" in r.reason
+    st, r = _post(net3, "B", "C", _forged(net3, v, ab, path, pads2, good_mac=True))
+    assert st == 400 and _detail(r, "invalid_routing") == "caller is not the previous hop"
+    st, r = _post(net3, "B", "A", _forged(net3, v, ab, [ids["A"], ids["B"], ids["A"]], pads2, good_mac=True))
+    assert st == 400 and "match" in _detail(r, "invalid_routing")
     # The refused requests touched nothing: these pads are still at B; drop them there too.
     assert net3.run(net3.nodes["B"].store.take_keys(ab, [p.key_id for p in pads2])) is not None
     assert net3.states("A", ab) == net3.states("B", ab)

@@ -77,36 +77,12 @@ class StreamAssign(_message.Message):
     keys: _containers.RepeatedCompositeFieldContainer[KeyRef]
     def __init__(self, key_stream_id: _Optional[str] = ..., index: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[KeyRef, _Mapping]]] = ...) -> None: ...
 
-class RelayRequest(_message.Message):
-    __slots__ = ("relay_id", "virt_qkdl_id", "key_id", "size", "hop_qkdl_id", "hop_key_id", "ciphertext", "mac_key_id", "mac", "path", "hop_index")
-    RELAY_ID_FIELD_NUMBER: _ClassVar[int]
-    VIRT_QKDL_ID_FIELD_NUMBER: _ClassVar[int]
-    KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    SIZE_FIELD_NUMBER: _ClassVar[int]
-    HOP_QKDL_ID_FIELD_NUMBER: _ClassVar[int]
-    HOP_KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
-    MAC_KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    MAC_FIELD_NUMBER: _ClassVar[int]
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    HOP_INDEX_FIELD_NUMBER: _ClassVar[int]
-    relay_id: str
-    virt_qkdl_id: str
-    key_id: str
-    size: int
-    hop_qkdl_id: str
-    hop_key_id: str
-    ciphertext: bytes
-    mac_key_id: str
-    mac: bytes
-    path: _containers.RepeatedScalarFieldContainer[str]
-    hop_index: int
-    def __init__(self, relay_id: _Optional[str] = ..., virt_qkdl_id: _Optional[str] = ..., key_id: _Optional[str] = ..., size: _Optional[int] = ..., hop_qkdl_id: _Optional[str] = ..., hop_key_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., mac_key_id: _Optional[str] = ..., mac: _Optional[bytes] = ..., path: _Optional[_Iterable[str]] = ..., hop_index: _Optional[int] = ...) -> None: ...
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
-class RelayResponse(_message.Message):
-    __slots__ = ("ok", "reason")
-    OK_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    ok: bool
-    reason: str
-    def __init__(self, ok: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+class DescribeResponse(_message.Message):
+    __slots__ = ("etsi020_address",)
+    ETSI020_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    etsi020_address: str
+    def __init__(self, etsi020_address: _Optional[str] = ...) -> None: ...

@@ -65,10 +65,10 @@ class KeySyncStub:
                 request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
                 response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
-        self.Relay = channel.unary_unary(
-                '/sdqkd.kms.v1.KeySync/Relay',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayResponse.FromString,
+        self.Describe = channel.unary_unary(
+                '/sdqkd.kms.v1.KeySync/Describe',
+                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
                 _registered_method=True)
 
 
@@ -111,7 +111,7 @@ class KeySyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Relay(self, request, context):
+    def Describe(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,10 +150,10 @@ def add_KeySyncServicer_to_server(servicer, server):
                     request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.FromString,
                     response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
-            'Relay': grpc.unary_unary_rpc_method_handler(
-                    servicer.Relay,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayResponse.SerializeToString,
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.FromString,
+                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,7 +329,7 @@ class KeySync:
             _registered_method=True)
 
     @staticmethod
-    def Relay(request,
+    def Describe(request,
             target,
             options=(),
             channel_credentials=None,
@@ -342,9 +342,9 @@ class KeySync:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/sdqkd.kms.v1.KeySync/Relay',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.RelayResponse.FromString,
+            '/sdqkd.kms.v1.KeySync/Describe',
+            generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
+            generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

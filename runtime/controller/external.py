@@ -1,0 +1,139 @@
+"""Other vendors' KMSs in the controller's view (ETSI GS QKD 020 peers).
+
+A topology may name them:
+
+    external_peers:
+      - name: vendorx          # as in the gateway node's config (etsi020.external_peers[].name)
+        node: B                # the sdqkd node whose LKMS speaks ETSI 020 with it
+        saes: [bx1, bx2]       # SAEs served by that KMS
+        rate_bps: 100000       # key rate the peer can take (020 has no call to ask for it)
+
+Each becomes a link of the routing graph between its gateway node and a pseudo node
+`ext:<name>`, with the configured rate as its capacity (the controller cannot learn more: ETSI
+020 offers no rate or status query, and the peer is not managed over gNMI). Its qkdl_id is the
+one the gateway LKMS derives for the peer (uuid5 of node ID and name, runtime.lkms.external).
+
+Applications: an SAE behind a peer pairs with an SAE of its gateway node; the application is
+registered on the gateway only, backed by that link. Paths that relay through sdqkd nodes and
+then leave for the peer are not built (a VIRT link ending at the gateway and then ext_keys at
+the gateway would be needed): request_keys refuses them with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from runtime.lkms.registry import app_id_for, sae_uri
+
+from .routing import LinkState, Router
+from .topology import NAMESPACE, Topology, TopologyError
+
+if TYPE_CHECKING:
+    from generated.model_types import QkdApp
+
+    from .controller import AppRoute, Controller
+
+_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = runtime.lkms.external._NS
+
+
+@dataclass(frozen=True)
+class ExternalPeerTopo:
+    name: str
+    node: str
+    saes: tuple[str, ...]
+    rate_bps: float
+    qkdl_id: str
+    kms_id: str  # stands in for the peer in qkd_app.remote_qkdn_id
+
+    @property
+    def vertex(self) -> str:
+        return f"ext:{self.name}"
+
+
+def parse_external_peers(topo: Topology, raw: Any, source: str) -> list[ExternalPeerTopo]:
+    """Check the `external_peers` section against the topology; TopologyError names each problem."""
+    if raw is None:
+        return []
+    problems: list[str] = []
+    out: list[ExternalPeerTopo] = []
+    if not isinstance(raw, list):
+        raise TopologyError(f"{source}: external_peers: expected a list of mappings")
+    names: set[str] = set()
+    for i, p in enumerate(raw):
+        where = f"external_peers[{i}]"
+        if not isinstance(p, dict):
+            problems.append(f"{where}: expected a mapping {{name, node, saes, rate_bps}}")
+            continue
+        for k in sorted(set(p) - {"name", "node", "saes", "rate_bps"}):
+            problems.append(f"{where}.{k}: unknown key (known: name, node, saes, rate_bps)")
+        name, node, saes, rate = p.get("name"), p.get("node"), p.get("saes"), p.get("rate_bps", 0)
+        if not isinstance(name, str) or not name or name in names:
+            problems.append(f"{where}.name: required, a unique non-empty string")
+            continue
+        names.add(name)
+        if node not in topo.nodes:
+            problems.append(f"{where}.node: unknown node {node!r}")
+            continue
+        if not isinstance(saes, list) or not saes or not all(isinstance(s, str) and s for s in saes):
+            problems.append(f"{where}.saes: required, a non-empty list of SAE names")
+            continue
+        for s in saes:
+            if s in topo.saes:
+                problems.append(f"{where}.saes: {s!r} is already an SAE of node {topo.saes[s].node}")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate < 0:
+            problems.append(f"{where}.rate_bps: expected a number >= 0")
+            continue
+        nid = topo.nodes[node].id
+        out.append(ExternalPeerTopo(name, node, tuple(saes), float(rate),
+                                    str(uuid.uuid5(_EXT_NS, f"sdqkd-ext/{nid}/{name}")),
+                                    str(uuid.uuid5(NAMESPACE, f"ext-kms:{name}"))))
+    if problems:
+        raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))
+    return out
+
+
+class ExternalPeers:
+    def __init__(self, topo: Topology, router: Router) -> None:
+        self.peers = parse_external_peers(topo, topo.extra.get("external_peers"), topo.source)
+        self.topo = topo
+        for p in self.peers:
+            # the peer's capacity is what the config says; it is up while its gateway is
+            router.add(LinkState(id=p.qkdl_id, a=p.node, b=p.vertex, up=True, eskr=p.rate_bps))
+
+    def peer_of(self, sae: str) -> ExternalPeerTopo | None:
+        for p in self.peers:
+            if sae in p.saes:
+                return p
+        return None
+
+    def owns(self, route: AppRoute) -> bool:
+        return any(n.startswith("ext:") for n in route.path)
+
+    def involves(self, master: str, slave: str) -> bool:
+        return self.peer_of(master) is not None or self.peer_of(slave) is not None
+
+    async def request(self, ctl: Controller, master: str, slave: str, rate_bps: float) -> AppRoute:
+        """An application between an SAE behind a peer KMS and one of its gateway node."""
+        from .controller import AppRoute, T
+
+        ext, local = (self.peer_of(master), slave) if self.peer_of(master) else (self.peer_of(slave), master)
+        assert ext is not None
+        if local not in self.topo.saes:
+            raise ValueError(f"unknown SAE {local!r}; an external KMS pairs with an SAE of an sdqkd node")
+        if self.topo.saes[local].node != ext.node:
+            raise ValueError(f"SAE {local} sits on {self.topo.saes[local].node}, but the external KMS {ext.name} is "
+                             f"reached from {ext.node} only; relaying to it through other nodes is not supported")
+        link = ctl.router.links[ext.qkdl_id]
+        if link.capacity(ctl.router.horizon_s) < rate_bps:
+            raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")
+        app_id = app_id_for(master, [slave])
+        route = AppRoute(app_id, master, slave, rate_bps, [ext.node, ext.vertex], ext.qkdl_id, virtual=False)
+        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
+                 "server_app_id": sae_uri(master), "client_app_id": [sae_uri(slave)],
+                 "backing_qkdl_id": [ext.qkdl_id], "local_qkdn_id": self.topo.nodes[ext.node].id,
+                 "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
+        await ctl._client(ext.node).replace_qkd_app(app_id, cast("QkdApp", entry))
+        return route

@@ -1,0 +1,278 @@
+"""Another vendor's KMS as the next hop for given SAEs (ETSI GS QKD 020 between KMSs of a
+trusted node). A node config names it (`etsi020.external_peers`): its 020 URL, the CA that
+signs its certificate, the identity (CN or DNS name) that certificate must carry, the SAEs it
+serves and optionally the key rate it can take. The LKMS treats it as a key association link of
+kind EXT (qkdl_id from the config, or uuid5 of node ID and peer name) that applications can be
+backed by, like a PHYS or VIRT link.
+
+Outbound (our SAE is the ETSI 014 master, the slave sits behind the peer): keys are made on
+demand. enc_keys draws fresh keys, sends them with `ext_keys` (initiator = our SAE, targets =
+theirs; synchronous, or asynchronous with our ack URL when the peer is configured `mode: async`),
+and hands them to our SAE only once the peer acknowledged them `relayed`. Keys the peer did not
+acknowledge in time are `void`ed there; keys it refused are never handed out. So our SAE never
+holds a key the other side will not deliver.
+
+Inbound (their SAE is the initiator, ours the target): each key of an `ext_keys` is stored in the
+EXT pool and reserved for (initiator, targets) under its own transaction, so our SAE fetches it
+once with ETSI 014 dec_keys (master = the initiator), and a `void` can withdraw it key by key:
+`voided` while still held, `failed` once delivered, `key not present` for IDs never received.
+A repeated `ext_keys` body is answered `relayed` again without storing anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.lkms.core import Core
+from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
+from runtime.lkms.etsi020_schema import (
+    AckContainer,
+    Bad,
+    ExtKeyContainer,
+    VoidContainer,
+    acked_ids,
+    ext_key_container,
+    void_container,
+)
+from runtime.lkms.keys import AppKey
+from runtime.lkms.registry import EXT, Link
+from runtime.lkms.store_api import StoreError
+
+log = logging.getLogger(__name__)
+
+_RECEIVED = 200_000
+_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")
+
+
+class PeerRefused(Exception):
+    """The external KMS did not take the keys (the message is safe to show an SAE)."""
+
+
+@dataclass(frozen=True)
+class ExternalPeer:
+    name: str
+    kms: PeerKms
+    saes: tuple[str, ...]
+    qkdl_id: str
+    mode: str = "sync"  # "sync" or "async"
+    rate_bps: float | None = None
+
+    @staticmethod
+    def link_id(node_id: str, name: str) -> str:
+        return str(uuid.uuid5(_NS, f"sdqkd-ext/{node_id}/{name}"))
+
+
+def external_peer(node_id: str, cfg: dict[str, Any]) -> ExternalPeer:
+    """An ExternalPeer from a checked config entry (runtime.node.config: etsi020.external_peers)."""
+    return ExternalPeer(str(cfg["name"]), PeerKms(str(cfg["url"]).rstrip("/"), str(cfg["identity"]), cfg.get("ca")),
+                        tuple(cfg["saes"]), str(cfg.get("qkdl_id") or ExternalPeer.link_id(node_id, str(cfg["name"]))),
+                        str(cfg.get("mode", "sync")), cfg.get("rate_bps"))
+
+
+class ExternalPeers:
+    def __init__(self, core: Core, kms: Kms020) -> None:
+        self.core, self.kms = core, kms
+        self.peers: dict[str, ExternalPeer] = {}
+        self._received: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()  # kid -> (qkdl, ini, tgts)
+
+    # --- registry ------------------------------------------------------------------------
+    async def add(self, peer: ExternalPeer) -> None:
+        self.peers[peer.name] = peer
+        self.core.registry.links[peer.qkdl_id] = Link(peer.qkdl_id, peer.name, peer.kms.url, EXT)
+        await self.core.store.ensure_pool(peer.qkdl_id, EXT)
+
+    def peer_by_identity(self, identity: str) -> PeerKms | None:
+        for p in self.peers.values():
+            if p.kms.identity == identity:
+                return p.kms
+        return None
+
+    def _by_link(self, qkdl_id: str) -> ExternalPeer | None:
+        for p in self.peers.values():
+            if p.qkdl_id == qkdl_id:
+                return p
+        return None
+
+    def _by_kms(self, kms: PeerKms) -> ExternalPeer | None:
+        for p in self.peers.values():
+            if p.kms == kms:
+                return p
+        return None
+
+    # --- outbound: our SAE's keys for an SAE behind the peer ----------------------------------
+    async def dispense(self, link: Link, master: str, slaves: tuple[str, ...], bits: int, count: int) -> list[AppKey]:
+        peer = self._by_link(link.qkdl_id)
+        if peer is None:
+            raise PeerRefused("external KMS not configured")
+        if not set(slaves) <= set(peer.saes):
+            raise PeerRefused("slave SAE not served by the external KMS of this link")
+        keys = [(str(uuid.uuid4()), secrets.token_bytes(bits // 8)) for _ in range(count)]
+        ids = [k for k, _ in keys]
+        relayed = await self._push(peer, keys, master, list(slaves))
+        if set(ids) - relayed:
+            # All or nothing for the SAE: withdraw what the peer did take, hand out nothing.
+            if relayed:
+                await self._void(peer, [k for k in ids if k in relayed], master, list(slaves))
+            raise PeerRefused("external KMS did not take the keys")
+        self.core.rate(link.qkdl_id).add(bits * count)
+        return [AppKey(k, bits, ((k, bits),), v) for k, v in keys]
+
+    async def _push(self, peer: ExternalPeer, keys: list[tuple[str, bytes]], master: str,
+                    slaves: list[str]) -> set[str]:
+        ids = [k for k, _ in keys]
+        lim = self.core.limits
+        if peer.mode != "async":
+            body = ext_key_container(keys, master, slaves)
+            try:
+                status, resp = await self.kms.client.post(peer.kms, "ext_keys", body, lim.rpc_timeout_s)
+            except Etsi020Error as e:
+                log.warning("ext_keys to %s: %s; voiding", peer.name, e)
+                await self._void(peer, ids, master, slaves)
+                return set()
+            if status != 200 or not isinstance(resp, dict):
+                return set()
+            if resp.get("status") == "success":
+                return set(ids)
+            return acked_ids(resp.get("ack_containers"), "relayed") & set(ids)
+        futs = self.kms.expect(peer.kms, ids)
+        try:
+            status, _ = await self.kms.client.post(peer.kms, "ext_keys",
+                                                   ext_key_container(keys, master, slaves, self.kms.ack_url),
+                                                   lim.rpc_timeout_s)
+        except Etsi020Error as e:
+            self.kms.forget(ids)
+            log.warning("ext_keys to %s: %s; voiding", peer.name, e)
+            await self._void(peer, ids, master, slaves)
+            return set()
+        if status != 202:
+            self.kms.forget(ids)
+            return set()
+        done, _ = await asyncio.wait(futs, timeout=lim.ack_timeout_s)
+        relayed = {f.result().key_ids[0] for f in done if f.result().ack_status == "relayed"}
+        late = [k for k, f in zip(ids, futs, strict=True) if f not in done]
+        if late:
+            self.kms.forget(late)
+            log.warning("ext_keys to %s: no ack for %d keys in %.1f s; voiding them", peer.name, len(late),
+                        lim.ack_timeout_s)
+            await self._void(peer, late, master, slaves)
+        return relayed
+
+    async def _void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str]) -> None:
+        """Withdraw keys at the peer (best effort: the outcome is logged; our SAE never got them)."""
+        lim = self.core.limits
+        futs = self.kms.expect(peer.kms, ids)
+        try:
+            status, _ = await self.kms.client.post(peer.kms, "ext_keys/void",
+                                                   void_container(ids, master, slaves, self.kms.ack_url),
+                                                   lim.rpc_timeout_s)
+        except Etsi020Error as e:
+            self.kms.forget(ids)
+            log.error("void of %d keys at %s not delivered: %s", len(ids), peer.name, e)
+            return
+        if status not in (200, 202):
+            self.kms.forget(ids)
+            log.error("void of %d keys at %s refused (%d)", len(ids), peer.name, status)
+            return
+        if status == 200:
+            self.kms.forget(ids)
+            return
+        done, _ = await asyncio.wait(futs, timeout=lim.ack_timeout_s)
+        self.kms.forget([k for k, f in zip(ids, futs, strict=True) if f not in done])
+        failed = [f.result().key_ids[0] for f in done if f.result().ack_status == "failed"]
+        if failed:
+            log.error("external KMS %s delivered %d keys that were then voided: withdrawn too late",
+                      peer.name, len(failed))
+
+    # --- inbound: keys from the peer's SAE for ours -------------------------------------------
+    def _caller_peer(self, caller: PeerKms) -> ExternalPeer:
+        p = self._by_kms(caller)
+        if p is None:
+            # An sdqkd node must protect keys on its hop (sdqkd_hop); plain keys are refused.
+            raise Bad("key routing error", "invalid_routing",
+                      "plain ext_keys are accepted from configured external KMSs only")
+        return p
+
+    async def on_ext_keys(self, caller: PeerKms, req: ExtKeyContainer, spawn: Spawn) -> Reply:
+        peer = self._caller_peer(caller)
+        reg = self.core.registry
+        if req.initiator_sae_id not in peer.saes:
+            raise Bad("key routing error", "initiator_sae_id_not_recognized",
+                      "initiator_sae_id is not an SAE of the calling KME")
+        for t in req.target_sae_ids:
+            if not reg.is_local(t):
+                raise Bad("key routing error", "target_sae_id_not_recognized",
+                          "KME associated with a target SAE ID is not known.")
+        relayed: list[str] = []
+        failed: list[str] = []
+        for k in req.keys:
+            if await self._store_one(peer, k.key_id, k.value, req):
+                relayed.append(k.key_id)
+            else:
+                failed.append(k.key_id)
+        acks = [AckContainer(tuple(relayed), "relayed", req.initiator_sae_id, t) for t in req.target_sae_ids
+                if relayed]
+        acks += [AckContainer(tuple(failed), "failed", req.initiator_sae_id, t, "key ID already used")
+                 for t in req.target_sae_ids if failed]
+        if relayed:
+            self.core.rate(peer.qkdl_id).add(sum(len(k.value) * 8 for k in req.keys if k.key_id in set(relayed)))
+        if req.ack_callback_url is None:
+            return sync_reply(acks, len(req.keys))
+        spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
+        return 202, {}
+
+    async def _store_one(self, peer: ExternalPeer, kid: str, value: bytes, req: ExtKeyContainer) -> bool:
+        store = self.core.store
+        rec = self._received.get(kid)
+        if rec is not None:  # a repeated body: the same answer, nothing stored twice
+            return rec == (peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)
+        bits = len(value) * 8
+        try:
+            await store.put_key(peer.qkdl_id, kid, value, bits)
+        except StoreError:
+            return False  # an ID this store holds already (not from this peer's transfer)
+        txn = f"ext020/{kid}"
+        res = await store.reserve_in(peer.qkdl_id, txn, [(kid, bits)], bits, req.initiator_sae_id,
+                                     list(req.target_sae_ids))
+        if not res.ok:
+            await store.take_keys(peer.qkdl_id, [kid])
+            return False
+        await store.confirm(txn)  # delivered by the peer: never expires as unconfirmed
+        self._received[kid] = (peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)
+        if len(self._received) > _RECEIVED:
+            self._received.popitem(last=False)
+        return True
+
+    async def on_void(self, caller: PeerKms, req: VoidContainer, spawn: Spawn) -> Reply:
+        peer = self._caller_peer(caller)
+        if req.key_ids is None:  # every key shared between the SAEs (all_confirmation was given)
+            ids = [k for k, (q, i, t) in self._received.items()
+                   if q == peer.qkdl_id and i == req.initiator_sae_id and t == req.target_sae_ids]
+        else:
+            ids = list(req.key_ids)
+        voided: list[str] = []
+        failed: list[str] = []
+        absent: list[str] = []
+        for k in ids:
+            rec = self._received.get(k)
+            if rec is None or rec[0] != peer.qkdl_id:
+                absent.append(k)
+            elif await self.core.store.txn_link(f"ext020/{k}") is None:
+                failed.append(k)  # already delivered to an SAE
+            else:
+                await self.core.store.release(f"ext020/{k}")
+                voided.append(k)
+        acks: list[AckContainer] = []
+        for status, keys in (("voided", voided), ("failed", failed), ("key not present", absent)):
+            if keys:
+                acks += [AckContainer(tuple(keys), status, req.initiator_sae_id, t) for t in req.target_sae_ids]
+        if req.ack_callback_url is None:
+            return sync_reply(acks, len(ids))
+        spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
+        return 202, {}

@@ -1,0 +1,91 @@
+"""An external (other vendor's) KMS in a whole in-process network: the topology names it, the
+controller treats it as a link of its gateway node with the configured rate and registers the
+application there over gNMI; the gateway's LKMS (configured with the peer's URL, CA and
+identity) hands SAE a1 keys that the peer's SAE receives through ETSI 020."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from lkmsnet import Pki
+from peer020 import PeerKms as VendorKms
+
+from runtime.controller.external import parse_external_peers
+from runtime.controller.topology import TopologyError, parse
+from runtime.harness.inprocess import start_network
+from runtime.lkms.etsi020_client import PeerKms
+from runtime.lkms.external import ExternalPeer
+from runtime.lkms.tlsctx import https_client_context
+from runtime.pki import TlsFiles
+
+TOPO: dict[str, Any] = {
+    "nodes": [{"name": "A"}, {"name": "B"}],
+    "links": [{"a": "A", "b": "B", "km": 10}],
+    "saes": [{"name": "a1", "node": "A"}, {"name": "b1", "node": "B"}],
+    "external_peers": [{"name": "vendorx", "node": "A", "saes": ["bx1"], "rate_bps": 5000}],
+}
+
+
+def test_topology_checks_external_peers() -> None:
+    bad = dict(TOPO, external_peers=[{"name": "v", "node": "Z", "saes": ["bx1"]},
+                                     {"name": "w", "node": "A", "saes": ["a1"], "rate_bps": -1, "colour": 1}])
+    with pytest.raises(TopologyError) as e:
+        parse(bad)
+    msg = str(e.value)
+    assert "external_peers[0].node: unknown node 'Z'" in msg
+    assert "external_peers[1].colour: unknown key" in msg and "'a1' is already an SAE of node A" in msg
+    topo = parse(TOPO)
+    (p,) = parse_external_peers(topo, topo.extra["external_peers"], "t")
+    assert (p.node, p.saes, p.rate_bps) == ("A", ("bx1",), 5000.0)
+
+
+def test_controller_routes_to_the_external_kms(tmp_path: Path, tpki: Pki) -> None:
+    asyncio.run(asyncio.wait_for(_run(tmp_path), 180))
+
+
+async def _run(tmp: Path) -> None:
+    vpki = Pki.create(tmp / "vendor")
+    vf = vpki.node("kms.vendorx.test")
+    net = await start_network(parse(TOPO), tmp / "net", wait_keys=False)  # the QKD link plays no part
+    try:
+        a_rt = net.nodes["A"]
+        assert a_rt.lkms is not None
+        ca = str(tmp / "net" / "pki" / "ca.pem")
+        vendor = VendorKms("kms.vendorx.test", ["bx1"], str(vf.cert), str(vf.key), str(vf.ca), ca, a_rt.cfg.id)
+        url = await vendor.start()
+        assert net.controller is not None
+        ext = net.controller.external.peers[0]
+        await a_rt.lkms.add_external_peer(ExternalPeer("vendorx", PeerKms(url, "kms.vendorx.test", str(vpki.ca_path)),
+                                                       ("bx1",), ext.qkdl_id))
+        # the controller sees the peer as a link of A with the configured rate, and refuses more
+        assert net.controller.router.path("A", "ext:vendorx") == ["A", "ext:vendorx"]
+        with pytest.raises(RuntimeError, match="takes 5000 bit/s"):
+            await net.controller.request_keys("a1", "bx1", 10_000)
+        with pytest.raises(ValueError, match="relaying to it through other nodes is not supported"):
+            await net.controller.request_keys("b1", "bx1", 0)
+        route = await net.controller.request_keys("a1", "bx1", 1000)
+        assert route.qkdl_id == ext.qkdl_id and route.path == ["A", "ext:vendorx"]
+        sae = TlsFiles(Path(ca), *(Path(net.endpoints["A"]["saes"]["a1"][k]) for k in ("cert", "key")))
+
+        def enc() -> dict[str, Any]:
+            with httpx.Client(verify=https_client_context(sae), timeout=20) as c:
+                for _ in range(100):  # the agent registers the app asynchronously after the Set
+                    r = c.post(f"https://{net.endpoints['A']['etsi014']}/api/v1/keys/bx1/enc_keys", json={"number": 2})
+                    if r.status_code == 200:
+                        return r.json()  # type: ignore[no-any-return]
+                    import time
+
+                    time.sleep(0.1)
+                raise AssertionError(r.text)
+
+        keys = (await asyncio.to_thread(enc))["keys"]
+        for k in keys:
+            assert vendor.take(k["key_ID"]) == base64.b64decode(k["key"])
+        await vendor.stop()
+    finally:
+        await net.stop()
