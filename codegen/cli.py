@@ -13,8 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # imported here: every `sdqkd` command builds this parser, and only `gen` needs pyang and jinja
-    from .pipeline import generate
+    from .pipeline import generate  # the generator's inputs (pyang, ...) load only for a run
     from .report import GenerationError
 
     try:

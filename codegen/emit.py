@@ -39,7 +39,9 @@ def json_name(schema: Schema, node: Node) -> str:
     return node.name
 
 
-_PY_SCALAR = {"boolean": "bool", "decimal64": "float", "empty": "bool"}
+# As values travel in JSON_IETF (RFC 7951 §6.1): 64-bit integers and decimal64 are strings
+# (decimal64 keeps its exact digits, one representation on the wire, in hooks and clients).
+_PY_SCALAR = {"boolean": "bool", "decimal64": "str", "empty": "list[None]", "int64": "str", "uint64": "str"}
 
 
 def py_type(t: dict[str, Any]) -> str:
@@ -134,6 +136,10 @@ def _view(schema: Schema) -> dict[str, Any]:
         "roots": [schema.nodes[r] for r in schema.roots if schema.nodes[r].kind != "notification"],
         "notifications": [{"node": n, "typed": camel(n.unique), "children": children(n)}
                           for n in schema.notifications()],
+        # containers and lists inside notifications: typed too, never hooked or addressed
+        "notification_classes": [{"node": n, "typed": camel(n.unique), "children": children(n)}
+                                 for n in schema.nodes.values()
+                                 if n.notification is not None and n.kind in ("container", "list")],
         "lists": [{"node": n, "typed": camel(n.unique), "kparams": key_params(n), "all_keys": all_keys(n),
                    "parent": schema.nodes[n.parent_path]}
                   for n in classes if n.kind == "list"],

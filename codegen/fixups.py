@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from .report import Report
@@ -13,7 +14,7 @@ from .schema import Node, Schema
 _QUOTED_QNAME = re.compile(r"""(['"])([A-Za-z_][\w.-]*):([A-Za-z_][\w.-]*)\1""")
 
 
-def _walk(stmt: Any):
+def _walk(stmt: Any) -> Iterator[Any]:
     yield stmt
     for s in stmt.substmts:
         yield from _walk(s)

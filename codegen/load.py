@@ -31,7 +31,7 @@ class Loaded:
 def _pyang_bundled_modules() -> list[str]:
     """IETF modules shipped with pyang (ietf-yang-types, ietf-inet-types, ...)."""
     dist = importlib.metadata.distribution("pyang")
-    dirs = {str(dist.locate_file(f).resolve().parent) for f in dist.files or [] if str(f).endswith(".yang")}
+    dirs = {str(Path(str(dist.locate_file(f))).resolve().parent) for f in dist.files or [] if str(f).endswith(".yang")}
     return sorted(dirs)
 
 

@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from runtime.errors import SdqkdError
+
 
 @dataclass(frozen=True)
 class Diagnostic:
@@ -19,7 +21,7 @@ class Diagnostic:
         return f"{self.file}:{self.line}: {label}: {self.message}"
 
 
-class GenerationError(Exception):
+class GenerationError(SdqkdError):
     """A generator run that must not write anything; carries every `file:line: message`."""
 
     def __init__(self, diagnostics: list[Diagnostic]):

@@ -37,6 +37,7 @@ from runtime.controller.controller import Controller, NodeEndpoint  # noqa: E402
 from runtime.controller.topology import parse  # noqa: E402
 from runtime.harness.sync import start_inprocess  # noqa: E402
 from runtime.pki import TlsFiles  # noqa: E402
+from runtime.tls import grpc_channel_credentials, tls_files  # noqa: E402
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -57,9 +58,8 @@ async def manage(net, t0: float) -> int:
     mgmt = SaeIdentity.from_endpoints(net.endpoints, "sae-mgmt-b")
     node_b = net.endpoints["B"]
     pki = net.state / "pki"
-    creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(),
-                                         (pki / "controller" / "sdqkd-controller.key").read_bytes(),
-                                         (pki / "controller" / "sdqkd-controller.pem").read_bytes())
+    creds = grpc_channel_credentials(tls_files(pki / "ca.pem", pki / "controller" / "sdqkd-controller.pem",
+                                               pki / "controller" / "sdqkd-controller.key"))
     skeys, ckeys = hy.Etsi014KeySource(mgmt), hy.Etsi014KeySource(ctl, retry_s=60)
     async with hy.HybridTunnelServer(mgmt, node_b["gnmi"], {"sae-ctl"}, keys=skeys) as srv:
         print(f"[{time.monotonic() - t0:4.1f} s] tunnel server (sae-mgmt-b) on {srv.address} -> "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -136,8 +137,8 @@ def decode_value(tv: gnmi_pb2.TypedValue) -> Any:
         return json.loads(getattr(tv, kind))
     if kind == "leaflist_val":
         return [decode_value(e) for e in tv.leaflist_val.element]
-    if kind == "decimal_val":
-        return tv.decimal_val.digits / (10 ** tv.decimal_val.precision)
+    if kind == "decimal_val":  # decimal64 as its exact text, like JSON_IETF (RFC 7951 §6.1)
+        return str(Decimal(tv.decimal_val.digits).scaleb(-tv.decimal_val.precision))
     if kind is None:
         return None
     return getattr(tv, kind)
@@ -168,18 +169,18 @@ class GnmiClient:
         if username is not None:
             self._md = (("username", username), ("password", password or ""))
         self.target = target
-        self.encoding = gnmi_pb2.Encoding.Value(encoding)
+        gnmi_pb2.Encoding.Value(encoding)  # an unknown name fails here, not at the first call
+        self.encoding = encoding  # enum fields take their names (the typed stubs say so)
 
     async def capabilities(self) -> gnmi_pb2.CapabilityResponse:
         return await self._stub.Capabilities(gnmi_pb2.CapabilityRequest(), metadata=self._md)
 
     async def get(self, paths: Sequence[PathLike] | PathLike, data_type: str = "ALL") -> list[tuple[str, Any]]:
         """[(path text, decoded value)] for every update of every notification."""
-        if not isinstance(paths, (list, tuple)):
-            paths = [paths]
+        wanted = [paths] if isinstance(paths, (str, gnmi_pb2.Path, PathNode)) else list(paths)
         req = gnmi_pb2.GetRequest(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
-            path=[as_path(p) for p in paths], type=gnmi_pb2.GetRequest.DataType.Value(data_type),
+            path=[as_path(p) for p in wanted], type=data_type,
             encoding=self.encoding,
         )
         resp = await self._stub.Get(req, metadata=self._md)
@@ -196,7 +197,7 @@ class GnmiClient:
 
     async def set(self, *, update: Iterable[tuple[PathLike, Any]] = (), replace: Iterable[tuple[PathLike, Any]] = (),
                   delete: Iterable[PathLike] = ()) -> gnmi_pb2.SetResponse:
-        ietf = self.encoding == gnmi_pb2.Encoding.JSON_IETF
+        ietf = self.encoding == "JSON_IETF"
         req = gnmi_pb2.SetRequest(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
             delete=[as_path(p) for p in delete],
@@ -211,9 +212,9 @@ class GnmiClient:
         """Raw SubscribeResponses of one subscription list (ONCE, POLL or STREAM)."""
         sl = gnmi_pb2.SubscriptionList(
             prefix=gnmi_pb2.Path(target=self.target) if self.target else None,
-            mode=gnmi_pb2.SubscriptionList.Mode.Value(list_mode), encoding=self.encoding, updates_only=updates_only,
+            mode=list_mode, encoding=self.encoding, updates_only=updates_only,
             subscription=[
-                gnmi_pb2.Subscription(path=as_path(p), mode=gnmi_pb2.SubscriptionMode.Value(mode),
+                gnmi_pb2.Subscription(path=as_path(p), mode=mode,
                                       sample_interval=sample_interval_ns, heartbeat_interval=heartbeat_interval_ns,
                                       suppress_redundant=suppress_redundant)
                 for p in paths

@@ -39,6 +39,28 @@ __all__ = [
     "SdqkdnLinkOverloaded",
     "Alarm",
     "Event",
+    "SdqkdnApplicationNewQkdApplication",
+    "SdqkdnApplicationNewQkdApplicationAppQos",
+    "SdqkdnApplicationQosUpdateQkdApplication",
+    "SdqkdnApplicationQosUpdateQkdApplicationAppQos",
+    "SdqkdnApplicationDisconnectedQkdApplication",
+    "SdqkdnInterfaceNewQkdInterface",
+    "SdqkdnInterfaceNewQkdInterfaceQkdiAttPoint",
+    "SdqkdnInterfaceNewQkdInterfaceQkdiCapabilities",
+    "SdqkdnInterfaceDownQkdInterface",
+    "SdqkdnInterfaceOutQkdInterface",
+    "SdqkdnLinkDownQkdLink",
+    "SdqkdnLinkPerfUpdateQkdLink",
+    "SdqkdnLinkPerfUpdateQkdLinkPerformance",
+    "SdqkdnLinkPerfUpdateQkdLinkPerformancePhysPerf",
+    "SdqkdnLinkOverloadedQkdLink",
+    "SdqkdnLinkOverloadedQkdLinkPerformance",
+    "AlarmLink",
+    "AlarmInterface",
+    "AlarmApplication",
+    "EventLink",
+    "EventInterface",
+    "EventApplication",
 ]
 
 # /qkd_node/sdqkd-key-store/pool
@@ -46,9 +68,9 @@ Pool = TypedDict(
     "Pool",
     {
         "qkdl-id": str,
-        "stored-keys": int,
-        "stored-bits": int,
-        "delivered-keys": int,
+        "stored-keys": str,
+        "stored-bits": str,
+        "delivered-keys": str,
     },
     total=False,
 )
@@ -57,11 +79,11 @@ Pool = TypedDict(
 SdqkdKeyStore = TypedDict(
     "SdqkdKeyStore",
     {
-        "max-key-count": int,
-        "stored-keys": int,
-        "stored-bits": int,
-        "delivered-keys": int,
-        "pool": "dict[str, list[Pool]] | list[Pool]",
+        "max-key-count": str,
+        "stored-keys": str,
+        "stored-bits": str,
+        "delivered-keys": str,
+        "pool": "list[Pool]",
     },
     total=False,
 )
@@ -70,10 +92,10 @@ SdqkdKeyStore = TypedDict(
 EngineState = TypedDict(
     "EngineState",
     {
-        "qber": float,
-        "blocks-ok": int,
-        "blocks-aborted": int,
-        "secret-bits": int,
+        "qber": str,
+        "blocks-ok": str,
+        "blocks-aborted": str,
+        "secret-bits": str,
         "last-abort-reason": str,
     },
     total=False,
@@ -84,11 +106,11 @@ SdqkdLink = TypedDict(
     "SdqkdLink",
     {
         "classical-endpoint": str,
-        "fibre-length-km": float,
-        "fibre-loss-db": float,
+        "fibre-length-km": str,
+        "fibre-loss-db": str,
         "device-profile": str,
         "cascade-variant": str,
-        "eve-fraction": float,
+        "eve-fraction": str,
         "engine-state": "EngineState",
     },
     total=False,
@@ -99,7 +121,7 @@ PhysPerf = TypedDict(
     "PhysPerf",
     {
         "perf_type": str,
-        "value": float,
+        "value": str,
     },
     total=False,
 )
@@ -111,7 +133,7 @@ QkdlPerformance = TypedDict(
         "expected_consumption": int,
         "skr": int,
         "eskr": int,
-        "phys_perf": "dict[str, list[PhysPerf]] | list[PhysPerf]",
+        "phys_perf": "list[PhysPerf]",
     },
     total=False,
 )
@@ -150,7 +172,7 @@ QkdLink = TypedDict(
         "virt_prev_hop": str,
         "virt_next_hop": list[str],
         "virt_bandwidth": int,
-        "phys_channel_att": float,
+        "phys_channel_att": str,
         "phys_wavelength": str,
         "phys_qkd_role": str,
         "qkdl_performance": "QkdlPerformance",
@@ -163,7 +185,7 @@ QkdLink = TypedDict(
 QkdLinks = TypedDict(
     "QkdLinks",
     {
-        "qkd_link": "dict[str, list[QkdLink]] | list[QkdLink]",
+        "qkd_link": "list[QkdLink]",
     },
     total=False,
 )
@@ -174,7 +196,7 @@ QkdiCapabilities = TypedDict(
     {
         "role_support": str,
         "wavelength_range": str,
-        "max_absorption": float,
+        "max_absorption": str,
     },
     total=False,
 )
@@ -207,7 +229,7 @@ QkdInterface = TypedDict(
 QkdInterfaces = TypedDict(
     "QkdInterfaces",
     {
-        "qkd_interface": "dict[str, list[QkdInterface]] | list[QkdInterface]",
+        "qkd_interface": "list[QkdInterface]",
     },
     total=False,
 )
@@ -241,7 +263,7 @@ Statistics = TypedDict(
 AppStatistics = TypedDict(
     "AppStatistics",
     {
-        "statistics": "dict[str, list[Statistics]] | list[Statistics]",
+        "statistics": "list[Statistics]",
     },
     total=False,
 )
@@ -271,7 +293,7 @@ QkdApp = TypedDict(
 QkdApplications = TypedDict(
     "QkdApplications",
     {
-        "qkd_app": "dict[str, list[QkdApp]] | list[QkdApp]",
+        "qkd_app": "list[QkdApp]",
     },
     total=False,
 )
@@ -300,6 +322,256 @@ QkdNode = TypedDict(
         "qkd_interfaces": "QkdInterfaces",
         "qkd_links": "QkdLinks",
         "sdqkd-node-ext:sdqkd-key-store": "SdqkdKeyStore",
+    },
+    total=False,
+)
+
+# /event/application (in a notification)
+EventApplication = TypedDict(
+    "EventApplication",
+    {
+        "app_id": str,
+        "app_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /event/interface (in a notification)
+EventInterface = TypedDict(
+    "EventInterface",
+    {
+        "qkdi_id": int,
+        "qkdi_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /event/link (in a notification)
+EventLink = TypedDict(
+    "EventLink",
+    {
+        "qkdl_id": str,
+        "qkdl_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /alarm/application (in a notification)
+AlarmApplication = TypedDict(
+    "AlarmApplication",
+    {
+        "app_id": str,
+        "app_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /alarm/interface (in a notification)
+AlarmInterface = TypedDict(
+    "AlarmInterface",
+    {
+        "qkdi_id": int,
+        "qkdi_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /alarm/link (in a notification)
+AlarmLink = TypedDict(
+    "AlarmLink",
+    {
+        "qkdl_id": str,
+        "qkdl_status": str,
+        "message": str,
+        "severity": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_link_overloaded/qkd_link/performance (in a notification)
+SdqkdnLinkOverloadedQkdLinkPerformance = TypedDict(
+    "SdqkdnLinkOverloadedQkdLinkPerformance",
+    {
+        "expected_consumption": int,
+        "skr": int,
+        "eskr": int,
+    },
+    total=False,
+)
+
+# /sdqkdn_link_overloaded/qkd_link (in a notification)
+SdqkdnLinkOverloadedQkdLink = TypedDict(
+    "SdqkdnLinkOverloadedQkdLink",
+    {
+        "qkdl_id": str,
+        "performance": "SdqkdnLinkOverloadedQkdLinkPerformance",
+    },
+    total=False,
+)
+
+# /sdqkdn_link_perf_update/qkd_link/performance/phys_perf (in a notification)
+SdqkdnLinkPerfUpdateQkdLinkPerformancePhysPerf = TypedDict(
+    "SdqkdnLinkPerfUpdateQkdLinkPerformancePhysPerf",
+    {
+        "perf_type": str,
+        "value": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_link_perf_update/qkd_link/performance (in a notification)
+SdqkdnLinkPerfUpdateQkdLinkPerformance = TypedDict(
+    "SdqkdnLinkPerfUpdateQkdLinkPerformance",
+    {
+        "expected_consumption": int,
+        "skr": int,
+        "eskr": int,
+        "phys_perf": "list[SdqkdnLinkPerfUpdateQkdLinkPerformancePhysPerf]",
+    },
+    total=False,
+)
+
+# /sdqkdn_link_perf_update/qkd_link (in a notification)
+SdqkdnLinkPerfUpdateQkdLink = TypedDict(
+    "SdqkdnLinkPerfUpdateQkdLink",
+    {
+        "qkdl_id": str,
+        "performance": "SdqkdnLinkPerfUpdateQkdLinkPerformance",
+    },
+    total=False,
+)
+
+# /sdqkdn_link_down/qkd_link (in a notification)
+SdqkdnLinkDownQkdLink = TypedDict(
+    "SdqkdnLinkDownQkdLink",
+    {
+        "qkdl_id": str,
+        "reason": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_interface_out/qkd_interface (in a notification)
+SdqkdnInterfaceOutQkdInterface = TypedDict(
+    "SdqkdnInterfaceOutQkdInterface",
+    {
+        "qkdi_id": int,
+    },
+    total=False,
+)
+
+# /sdqkdn_interface_down/qkd_interface (in a notification)
+SdqkdnInterfaceDownQkdInterface = TypedDict(
+    "SdqkdnInterfaceDownQkdInterface",
+    {
+        "qkdi_id": int,
+        "reason": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_interface_new/qkd_interface/qkdi_capabilities (in a notification)
+SdqkdnInterfaceNewQkdInterfaceQkdiCapabilities = TypedDict(
+    "SdqkdnInterfaceNewQkdInterfaceQkdiCapabilities",
+    {
+        "role_support": str,
+        "wavelength_range": str,
+        "max_absorption": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_interface_new/qkd_interface/qkdi_att_point (in a notification)
+SdqkdnInterfaceNewQkdInterfaceQkdiAttPoint = TypedDict(
+    "SdqkdnInterfaceNewQkdInterfaceQkdiAttPoint",
+    {
+        "device": str,
+        "port": int,
+    },
+    total=False,
+)
+
+# /sdqkdn_interface_new/qkd_interface (in a notification)
+SdqkdnInterfaceNewQkdInterface = TypedDict(
+    "SdqkdnInterfaceNewQkdInterface",
+    {
+        "qkdi_id": int,
+        "qkdi_model": str,
+        "qkdi_type": str,
+        "qkdi_att_point": "SdqkdnInterfaceNewQkdInterfaceQkdiAttPoint",
+        "qkdi_capabilities": "SdqkdnInterfaceNewQkdInterfaceQkdiCapabilities",
+    },
+    total=False,
+)
+
+# /sdqkdn_application_disconnected/qkd_application (in a notification)
+SdqkdnApplicationDisconnectedQkdApplication = TypedDict(
+    "SdqkdnApplicationDisconnectedQkdApplication",
+    {
+        "app_id": str,
+    },
+    total=False,
+)
+
+# /sdqkdn_application_qos_update/qkd_application/app_qos (in a notification)
+SdqkdnApplicationQosUpdateQkdApplicationAppQos = TypedDict(
+    "SdqkdnApplicationQosUpdateQkdApplicationAppQos",
+    {
+        "max_bandwidth": int,
+        "min_bandwidth": int,
+        "jitter": int,
+        "ttl": int,
+        "clients_shared_path_enable": bool,
+        "clients_shared_keys_required": bool,
+    },
+    total=False,
+)
+
+# /sdqkdn_application_qos_update/qkd_application (in a notification)
+SdqkdnApplicationQosUpdateQkdApplication = TypedDict(
+    "SdqkdnApplicationQosUpdateQkdApplication",
+    {
+        "app_id": str,
+        "app_qos": "SdqkdnApplicationQosUpdateQkdApplicationAppQos",
+        "app_priority": int,
+    },
+    total=False,
+)
+
+# /sdqkdn_application_new/qkd_application/app_qos (in a notification)
+SdqkdnApplicationNewQkdApplicationAppQos = TypedDict(
+    "SdqkdnApplicationNewQkdApplicationAppQos",
+    {
+        "max_bandwidth": int,
+        "min_bandwidth": int,
+        "jitter": int,
+        "ttl": int,
+        "clients_shared_path_enable": bool,
+        "clients_shared_keys_required": bool,
+    },
+    total=False,
+)
+
+# /sdqkdn_application_new/qkd_application (in a notification)
+SdqkdnApplicationNewQkdApplication = TypedDict(
+    "SdqkdnApplicationNewQkdApplication",
+    {
+        "app_type": str,
+        "server_app_id": str,
+        "client_app_id": list[str],
+        "app_priority": int,
+        "local_qkdn_id": str,
+        "app_qos": "SdqkdnApplicationNewQkdApplicationAppQos",
     },
     total=False,
 )

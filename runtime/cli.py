@@ -8,8 +8,13 @@ import sys
 
 def _gen(args: argparse.Namespace) -> int:
     from codegen.cli import run
+    from runtime.errors import MissingExtra
 
-    return run(args)
+    try:
+        return run(args)
+    except ModuleNotFoundError as e:
+        print(MissingExtra("sdqkd gen", "gen", e.name or str(e)), file=sys.stderr)
+        return 2
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -74,6 +79,9 @@ def _net(args: argparse.Namespace) -> int:
     except (TopologyError, network.HarnessError) as e:
         print(e, file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
+        print(f"sdqkd net {args.action}: {args.state_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -111,8 +119,14 @@ def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from runtime import plots
+    from runtime.errors import MissingExtra
 
     out = Path(args.out or f"{args.what}.png")
+    try:
+        plots.require()
+    except MissingExtra as e:
+        print(e, file=sys.stderr)
+        return 2
     if args.what == "keyrate":
         rows = plots.plot_keyrate(out, args.profile)
         print(f"wrote {out}; simulated points: " + ", ".join(f"{r['km']:.0f} km {r['simulated_bps']:.3g} b/s"

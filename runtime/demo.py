@@ -11,12 +11,13 @@ import base64
 import hashlib
 import json
 import shutil
-import ssl
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from runtime.tls import https_client_context, tls_files
 
 # Madrid-like metro network: distances in the range of the Madrid Quantum Network's links.
 DEFAULT_TOPOLOGY: dict[str, Any] = {
@@ -54,8 +55,7 @@ def table(status: dict[str, Any]) -> str:
 
 
 def _https(url: str, ca: str, cert: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    ctx = ssl.create_default_context(cafile=ca)
-    ctx.load_cert_chain(cert, key)
+    ctx = https_client_context(tls_files(ca, cert, key))
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
     with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:

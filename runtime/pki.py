@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from runtime.private import write_private
+
 DEFAULT_SANS = ("127.0.0.1", "localhost")
 
 
@@ -80,6 +82,13 @@ def create_ca(common_name: str = "sdqkd CA", days: int = 3650) -> Ca:
     return Ca(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+def _ca_public_key(ca_cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = ca_cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):  # make_ca makes P-256 CAs only
+        raise TypeError(f"CA key type {type(key).__name__} is not supported")
+    return key
+
+
 def issue(ca: Ca, common_name: str, *, server: bool, client: bool = True,
           sans: tuple[str, ...] = DEFAULT_SANS, days: int = 825) -> tuple[bytes, bytes]:
     """A leaf certificate signed by `ca`: (cert_pem, key_pem)."""
@@ -94,7 +103,7 @@ def issue(ca: Ca, common_name: str, *, server: bool, client: bool = True,
          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
          .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(_ca_public_key(ca_cert)),
                         critical=False))
     if server:
         alt: list[x509.GeneralName] = []
@@ -109,10 +118,10 @@ def issue(ca: Ca, common_name: str, *, server: bool, client: bool = True,
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
+    if private:  # 0600 from the first byte, whatever the umask
+        return write_private(path, data)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
     return path
 
 

@@ -13,8 +13,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import MissingExtra
+
+
+def require() -> None:
+    """MissingExtra unless matplotlib (the `plot` extra) is installed."""
+    try:
+        import matplotlib  # noqa: F401
+    except ModuleNotFoundError:
+        raise MissingExtra("sdqkd plot", "plot", "matplotlib") from None
+
 
 def _plt() -> Any:
+    require()
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -5,7 +5,8 @@ replace, delete, leaf flattening for change detection, and whole-tree checks (ma
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 from .model import (
@@ -16,6 +17,7 @@ from .model import (
     ValueError_,
     canonical_text,
     child_path,
+    decode_leaf,
     decode_scalar,
     elems_text,
     encode_scalar,
@@ -36,7 +38,7 @@ def _member(name: str, node: dict[str, Any], parent_module: str | None, ietf: bo
 
 def decode(spath: str, raw: Any, where: str, *, config_only: bool) -> Any:
     """JSON value for the schema node `spath` -> internal value. Raises ValueError_/PathError."""
-    node = NODES[spath] if spath != "/" else {"kind": "container", "children": ROOTS, "config": True}
+    node: dict[str, Any] = NODES[spath] if spath != "/" else {"kind": "container", "children": ROOTS, "config": True}
     if config_only and not node["config"]:
         raise PathError(f"{where}: config false (state) data cannot be written")
     kind = node["kind"]
@@ -198,8 +200,8 @@ def find(root: dict[str, Any], elems: tuple[Elem, ...], descendants: bool = Fals
 
 def leaves(elems: tuple[Elem, ...], spath: str, value: Any) -> Iterator[tuple[tuple[Elem, ...], str, Any]]:
     """Flatten a subtree into (elems, schema path, value) per leaf and leaf-list."""
-    node = NODES.get(spath)
-    kind = node["kind"] if node else "container"
+    node: dict[str, Any] = NODES.get(spath) or {"kind": "container", "name": ""}
+    kind = node["kind"]
     if kind in ("leaf", "leaf-list"):
         yield elems, spath, value
         return
@@ -406,6 +408,87 @@ def strip_lists(spath: str, value: Any) -> Any:
             continue
         out[name] = strip_lists(cp, v) if node["kind"] == "container" else v
     return out
+
+
+# ------------------------------------------------------------------ defaults
+
+
+class Defaults:
+    """YANG defaults (RFC 7950 §7.6.1): a leaf that is absent has its default value when its
+    parent exists (non-presence containers exist implicitly). `local` maps schema paths of
+    leaves to a node-local default that takes the schema's place (e.g. the node's engine
+    setting for a Cascade variant); each is checked against the leaf's type."""
+
+    def __init__(self, local: Mapping[str, Any] | None = None):
+        self._local: dict[str, Any] = {}
+        for spath, raw in (local or {}).items():
+            node = NODES.get(spath)
+            if node is None or node["kind"] != "leaf":
+                raise PathError(f"{spath}: the model has no leaf there to give a default")
+            self._local[spath] = decode_leaf(node, raw, spath, lenient_strings=True)
+        # schema paths at or above a leaf with a default: the only subtrees apply() walks
+        self._reach = {p for p in NODES if _has_default(p)}
+        for spath in self._local:
+            parts = spath.split("/")
+            self._reach.update("/".join(parts[:i]) for i in range(2, len(parts) + 1))
+
+    def value(self, spath: str) -> Any:
+        """The default of a leaf (canonical value), None when it has none."""
+        if spath in self._local:
+            return self._local[spath]
+        return _schema_default(spath)
+
+    def apply(self, spath: str, value: Any) -> Any:
+        """A copy of a container or list entry with every absent default filled in below it."""
+        if not isinstance(value, dict) or not self._reaches_default(spath):
+            return value
+        out = dict(value)
+        for cp in NODES[spath].get("children", []):
+            node = NODES[cp]
+            name = node["name"]
+            if not node["config"] or not self._reaches_default(cp):
+                continue
+            kind = node["kind"]
+            if kind == "leaf":
+                if name not in out and _when_holds(node, out):
+                    out[name] = self.value(cp)
+            elif kind == "container" and not node.get("presence"):
+                sub = self.apply(cp, out.get(name, {}))
+                if sub:
+                    out[name] = sub
+            elif kind == "list" and name in out:
+                out[name] = {k: self.apply(cp, e) for k, e in out[name].items()}
+        return out
+
+    def _reaches_default(self, spath: str) -> bool:
+        return spath in self._reach
+
+
+@lru_cache(maxsize=2048)
+def _schema_default(spath: str) -> Any:
+    node = NODES[spath]
+    if node.get("default") is None:
+        return None
+    return decode_leaf(node, node["default"], spath, lenient_strings=True)
+
+
+@lru_cache(maxsize=2048)
+def _has_default(spath: str) -> bool:
+    node = NODES[spath]
+    if node["kind"] == "leaf":
+        return node.get("default") is not None
+    return any(_has_default(cp) for cp in node.get("children", []))
+
+
+def _when_holds(node: dict[str, Any], siblings: dict[str, Any]) -> bool:
+    """A default applies only where the leaf's `when` holds (evaluable: a sibling's value)."""
+    when = node.get("when")
+    if not when:
+        return True
+    rel = when.get("leaf", "")
+    if "/" in rel or rel not in siblings:
+        return False
+    return str(siblings[rel]) == when.get("equals")
 
 
 # ------------------------------------------------------------------ checks

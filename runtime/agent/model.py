@@ -10,12 +10,14 @@ strings/enums, "module:identity" for identityrefs); a leaf-list holds a list.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
 from generated import schema as gs
+from runtime.errors import SdqkdError
 
 NODES = gs.NODES
 ROOTS = gs.ROOTS
@@ -25,11 +27,11 @@ INT64 = {"int64", "uint64"}
 _INT_BASES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 
 
-class PathError(ValueError):
+class PathError(SdqkdError, ValueError):
     """A path the model does not have, or a malformed one (gRPC INVALID_ARGUMENT)."""
 
 
-class ValueError_(ValueError):
+class ValueError_(SdqkdError, ValueError):
     """A value that does not fit its leaf's type (gRPC INVALID_ARGUMENT)."""
 
 
@@ -124,7 +126,8 @@ def resolve_all(elems: list[tuple[str, dict[str, str]]]) -> list[Resolved]:
     if not any(name == "*" for name, _k in elems):
         return [resolve(elems)]
 
-    def expand(i: int, spath: str, acc: list[tuple[str, dict[str, str]]]):
+    def expand(i: int, spath: str, acc: list[tuple[str, dict[str, str]]]
+               ) -> Iterator[list[tuple[str, dict[str, str]]]]:
         if i == len(elems):
             yield list(acc)
             return

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 from runtime.pki import TlsFiles
+from runtime.tls import grpc_server_credentials
 
 from .server import NodeAgent
 
@@ -23,9 +24,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 
 
 def server_credentials(tls: TlsFiles, mutual: bool) -> grpc.ServerCredentials:
-    ca, cert, key = tls.read()
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca if mutual else None,
-                                       require_client_auth=mutual)
+    return grpc_server_credentials(tls, mutual=mutual)
 
 
 def is_loopback(listen: str) -> bool:

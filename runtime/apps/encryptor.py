@@ -43,6 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from runtime.apps.keyclient import Etsi004Client, KeyDeliveryError
+from runtime.errors import SdqkdError
 
 MAGIC, VERSION = b"QE", 1
 HEADER = struct.Struct(">2sBxQI")  # magic, version, reserved, key index, counter
@@ -51,7 +52,7 @@ MAX_COUNTER = 2**32
 STARVED = {2: "GET_KEY_INSUFFICIENT_KEY_AVAILABLE", 6: "TIMEOUT_ERROR"}
 
 
-class EncryptorError(Exception):
+class EncryptorError(SdqkdError):
     """Base of this module's errors; `status` is the ETSI 004 status when the KMS gave one."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -332,17 +333,16 @@ class Decryptor:
 def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout: float = 10.0) -> float | None:
     """The secret key rate (bit/s) a node reports for one link, read with a gNMI Get of the ETSI
     015 leaf qkdl_performance/skr over mutual TLS (a management identity of the network)."""
-    from pathlib import Path
 
-    import grpc
 
-    from generated.gnmi_support import decode_value, parse_path
+    from generated import paths
+    from generated.gnmi_support import decode_value
     from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+    from runtime.tls import sync_channel, tls_files
 
-    creds = grpc.ssl_channel_credentials(Path(ca).read_bytes(), Path(key).read_bytes(), Path(cert).read_bytes())
-    with grpc.secure_channel(gnmi, creds) as channel:
-        req = gnmi_pb2.GetRequest(path=[parse_path(f"/qkd_node/qkd_links/qkd_link[qkdl_id={qkdl_id}]"
-                                                   "/qkdl_performance/skr")],
+    with sync_channel(gnmi, tls_files(ca, cert, key)) as channel:
+        skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr
+        req = gnmi_pb2.GetRequest(path=[skr],
                                   type=gnmi_pb2.GetRequest.STATE, encoding=gnmi_pb2.JSON_IETF)
         resp = gnmi_pb2_grpc.gNMIStub(channel).Get(req, timeout=timeout)
     for n in resp.notification:

@@ -74,6 +74,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from runtime.errors import SdqkdError
+
 from .keyclient import Etsi014Client, Key, KeyDeliveryError, SaeIdentity
 
 log = logging.getLogger("sdqkd.apps.hybrid")
@@ -92,7 +94,7 @@ T_HELLO, T_FINISHED, T_ALERT, T_DATA, T_CLOSE = 1, 2, 3, 16, 17
 _HDR = struct.Struct(">BI")
 
 
-class HybridError(RuntimeError):
+class HybridError(SdqkdError, RuntimeError):
     """Base of the errors of this module."""
 
 

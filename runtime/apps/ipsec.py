@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from runtime.apps.keyclient import Etsi014Client, Key, SaeIdentity
+from runtime.errors import SdqkdError
 
 log = logging.getLogger("sdqkd.apps.ipsec")
 
@@ -43,7 +44,7 @@ SEQ_MAX = 2**32 - 1  # no extended sequence numbers: an SA must be replaced befo
 _KEYMAT_INFO = b"sdqkd ipsec esp rfc4106(gcm(aes)) aes256 keymat spi="
 
 
-class IpsecError(RuntimeError):
+class IpsecError(SdqkdError, RuntimeError):
     """An NSF or controller operation failed; the message names the SA or step (never a key)."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from runtime.apps.ipsec import SEQ_MAX, Counters, IpsecError, SadEntry, SpdEntry
 from runtime.apps.ipsec_netns import ip, run_in, socket_in
+from runtime.errors import MissingExtra
 
 log = logging.getLogger("sdqkd.apps.ipsec.esp")
 
@@ -43,7 +44,10 @@ _IPPROTO_ESP = 50
 def _scapy() -> Any:
     """Import scapy lazily and quietly (it is only needed on this fallback path)."""
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-    from scapy.layers import inet, ipsec
+    try:
+        from scapy.layers import inet, ipsec
+    except ModuleNotFoundError:
+        raise MissingExtra("userspace ESP (kernel without ESP)", "ipsec", "scapy") from None
 
     return inet, ipsec
 
@@ -163,7 +167,7 @@ class UserspaceEsp:
     """The data plane of one namespace: TUN in, ESP out, and back (tunnel mode)."""
 
     kind = "userspace"
-    modes = ("tunnel",)
+    modes: tuple[str, ...] = ("tunnel",)
 
     def __init__(self, netns: str, outer: str, inner: str | None) -> None:
         if not inner:

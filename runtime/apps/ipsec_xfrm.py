@@ -71,7 +71,7 @@ class KernelXfrm:
     """SAs and policies in the kernel of namespace `netns` (tunnel and transport mode)."""
 
     kind = "kernel"
-    modes = ("tunnel", "transport")
+    modes: tuple[str, ...] = ("tunnel", "transport")
 
     def __init__(self, netns: str, outer: str, inner: str | None) -> None:
         self.netns, self.outer, self.inner = netns, outer, inner

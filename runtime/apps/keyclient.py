@@ -19,8 +19,12 @@ from typing import Any
 
 import httpx
 
+from runtime.errors import SdqkdError
+from runtime.pki import TlsFiles
+from runtime.tls import https_client_context, sync_channel, tls_files
 
-class KeyDeliveryError(RuntimeError):
+
+class KeyDeliveryError(SdqkdError, RuntimeError):
     """The KMS refused or could not serve a request; `status` is the HTTP or ETSI 004 status."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -57,10 +61,11 @@ class SaeIdentity:
                 return cls(sae_id, node["ca"], sae["cert"], sae["key"], node["etsi014"], node["etsi004"])
         raise KeyError(f"SAE {sae_id!r} is not attached to any node of the endpoints")
 
+    def tls(self) -> TlsFiles:
+        return tls_files(self.ca, self.cert, self.key)
+
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.ca)
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
+        return https_client_context(self.tls())
 
 
 class Etsi014Client:
@@ -128,14 +133,11 @@ class Etsi004Client:
     fresh one, the second passes it in). `get_key` returns (index, key bytes)."""
 
     def __init__(self, me: SaeIdentity) -> None:
-        import grpc
 
         from generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
 
         self.me, self.pb = me, etsi004_pb2
-        creds = grpc.ssl_channel_credentials(Path(me.ca).read_bytes(), Path(me.key).read_bytes(),
-                                             Path(me.cert).read_bytes())
-        self._channel = grpc.secure_channel(me.etsi004, creds)
+        self._channel = sync_channel(me.etsi004, me.tls())
         self.stub = etsi004_pb2_grpc.KeyDeliveryStub(self._channel)
         self.qos: Any = None
 

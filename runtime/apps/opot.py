@@ -41,6 +41,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from runtime.errors import SdqkdError
+
 from .keyclient import Key
 
 log = logging.getLogger("sdqkd.apps.opot")
@@ -55,7 +57,7 @@ Role = Literal["ingress", "transit", "egress"]
 Side = Literal["up", "down"]
 
 
-class OpotError(RuntimeError):
+class OpotError(SdqkdError, RuntimeError):
     """A node cannot process a packet or a provisioning step (unknown profile, missing hop key)."""
 
 

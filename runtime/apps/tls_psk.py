@@ -43,6 +43,7 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
 from runtime.apps.keyclient import Etsi014Client, Key, KeyDeliveryError
+from runtime.errors import SdqkdError
 
 ffi, lib = Binding.ffi, Binding.lib
 
@@ -56,7 +57,7 @@ NewKey = Callable[[], Key]
 KeyFor = Callable[[str], bytes]
 
 
-class PskHandshakeError(ConnectionError):
+class PskHandshakeError(SdqkdError, ConnectionError):
     """The TLS-PSK handshake failed; the message says why (which identity, which side, OpenSSL's reason)."""
 
 

@@ -42,9 +42,10 @@ def _topology(pairs: int) -> dict[str, Any]:
 
 
 def _ctx(eps: dict[str, Any], node: str, sae: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=eps[node]["ca"])
-    ctx.load_cert_chain(eps[node]["saes"][sae]["cert"], eps[node]["saes"][sae]["key"])
-    return ctx
+    from runtime.tls import https_client_context, tls_files
+
+    return https_client_context(tls_files(eps[node]["ca"], eps[node]["saes"][sae]["cert"],
+                                          eps[node]["saes"][sae]["key"]))
 
 
 def _first_key(eps: dict[str, Any], node: str, master: str, slave: str) -> tuple[float, int]:

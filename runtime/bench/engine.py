@@ -13,6 +13,7 @@ in real time and delivers >= 1 Mbit/s of final key.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -91,7 +92,7 @@ def bench_cascade(repeat: int) -> dict[str, Any]:
             }
             continue
         res = cascade.reconcile(alice, bob, n, qber, variant=variant, seed=1)
-        t = _median_time(lambda v=variant: cascade.reconcile(alice, bob, n, qber, variant=v, seed=1), repeat)
+        t = _median_time(functools.partial(cascade.reconcile, alice, bob, n, qber, variant=variant, seed=1), repeat)
         out[variant] = {
             "mbps": n / t / 1e6,
             "efficiency": float(res.efficiency),
@@ -107,7 +108,7 @@ def bench_pa(repeat: int) -> dict[str, Any]:
         m = n // 2
         rng = random.Random(n)
         key, seed = rng.randbytes(n // 8), rng.randbytes((pa.seed_bits(n, m) + 7) // 8)
-        t = _median_time(lambda k=key, s=seed, n=n, m=m: pa.toeplitz(k, n, m, s), repeat)
+        t = _median_time(functools.partial(pa.toeplitz, key, n, m, seed), repeat)
         out[f"{n:.0e}"] = {"n_bits": n, "out_bits": m, "ms": t * 1e3, "mbps": n / t / 1e6}
     return out
 

@@ -122,10 +122,9 @@ class _Client(asyncio.Protocol):
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca)
-    ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["h2"])
-    return ctx
+    from runtime.tls import https_client_context, tls_files
+
+    return https_client_context(tls_files(ca, cert, key), alpn=["h2"])
 
 
 async def get_keys(address: str, ksid: str, n: int, ssl_context: ssl.SSLContext | None,

@@ -99,12 +99,12 @@ class _Nodes:
 
 # --- load generators (run in their own process) ------------------------------------------------
 async def _load014(a: dict[str, Any]) -> dict[str, float]:
-    import ssl
 
     import aiohttp
 
-    ctx = ssl.create_default_context(cafile=a["ca"])
-    ctx.load_cert_chain(a["cert"], a["key"])
+    from runtime.tls import https_client_context, tls_files
+
+    ctx = https_client_context(tls_files(a["ca"], a["cert"], a["key"]))
     url = a["url"]
     count = 0
     lat: list[float] = []
@@ -144,10 +144,10 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
 
     from generated.proto.sdqkd import etsi004_pb2 as pb
     from generated.proto.sdqkd import etsi004_pb2_grpc as pg
+    from runtime.tls import grpc_channel_credentials, tls_files
 
     def creds(sae: dict[str, str]) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(Path(sae["ca"]).read_bytes(), Path(sae["key"]).read_bytes(),
-                                            Path(sae["cert"]).read_bytes())
+        return grpc_channel_credentials(tls_files(sae["ca"], sae["cert"], sae["key"]))
 
     cha = grpc.aio.secure_channel(a["a_addr"], creds(a["sae_a"]))
     chb = grpc.aio.secure_channel(a["b_addr"], creds(a["sae_b"]))

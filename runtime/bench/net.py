@@ -94,7 +94,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="worker processes sharing the nodes (0: all in this process's event loop)")
-    ap.add_argument("--cascade", choices=("original", "optimized"), default="original",
+    from runtime.node.provisioning import CASCADE_VARIANTS
+
+    ap.add_argument("--cascade", choices=CASCADE_VARIANTS, default="original",
                     help="Cascade variant of every link (round trips per block: ~80 original, ~1500 optimized)")
     ap.add_argument("--graph-nodes", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")

@@ -23,19 +23,29 @@ from typing import Any
 
 import grpc
 
+from generated import model_types as t
+from generated import paths
 from generated.client import ModelClient
-from generated.model_types import QkdApp
+from generated.gnmi_support import decode_value, join
+from generated.proto.gnmi import gnmi_pb2
 from runtime.lkms.registry import app_id_for, sae_of, sae_uri
 from runtime.pki import TlsFiles
+from runtime.tls import aio_channel
 
 from .external import ExternalPeers
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology
+from .topology import Link as TopoLink
 
 log = logging.getLogger("sdqkd.controller")
 
 T = "etsi-qkd-node-types:"
-EXT = "sdqkd-node-ext:"
+_LINK = paths.qkd_node().qkd_links().qkd_link()
+_POOL = paths.qkd_node().sdqkd_key_store().pool()
+# what the controller watches on every node (one STREAM subscription)
+WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status, _POOL.path(),
+                                paths.sdqkdn_link_down(), paths.alarm(), paths.sdqkdn_application_new(),
+                                paths.sdqkdn_application_disconnected()]
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,7 @@ class Controller:
     def _channel(self, ep: NodeEndpoint) -> grpc.aio.Channel:
         opts = [("grpc.keepalive_time_ms", 2000), ("grpc.keepalive_timeout_ms", 2000),
                 ("grpc.keepalive_permit_without_calls", 1)]
-        if self.tls is None:
-            return grpc.aio.insecure_channel(ep.gnmi, options=opts)
-        ca, cert, key = self.tls.read()
-        return grpc.aio.secure_channel(ep.gnmi, grpc.ssl_channel_credentials(ca, key, cert), options=opts)
+        return aio_channel(ep.gnmi, self.tls, opts)
 
     def _client(self, name: str) -> ModelClient:
         view = self.nodes[name]
@@ -120,11 +127,11 @@ class Controller:
                 self._spawn(self.register_topology_apps())
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+                await task
         for view in self.nodes.values():
             if view.channel is not None:
                 await view.channel.close()
@@ -139,20 +146,21 @@ class Controller:
 
     # ------------------------------------------------------------------ provisioning
 
-    def _phys_entry(self, link: Any, local: str, remote: str, role: str) -> dict[str, Any]:
+    def _phys_entry(self, link: TopoLink, local: str, remote: str, role: str) -> t.QkdLink:
+        ext: t.SdqkdLink = {
+            "classical-endpoint": self.endpoints[remote].peer,
+            "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
+            "device-profile": link.profile,
+        }
         return {
             "qkdl_id": link.id, "qkdl_enable": True, "qkdl_type": f"{T}PHYS",
             "qkdl_local": {"qkdn_id": self.topo.nodes[local].id},
             "qkdl_remote": {"qkdn_id": self.topo.nodes[remote].id},
             "phys_channel_att": f"{link.loss_db:.3f}", "phys_qkd_role": f"{T}{role}",
-            f"{EXT}sdqkd-link": {
-                "classical-endpoint": self.endpoints[remote].peer,
-                "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
-                "device-profile": link.profile,
-            },
+            "sdqkd-node-ext:sdqkd-link": ext,
         }
 
-    async def provision_link(self, link: Any) -> None:
+    async def provision_link(self, link: TopoLink) -> None:
         """The same qkdl_id on both ends, local/remote swapped; a is the transmitter."""
         await asyncio.gather(
             self._client(link.a).create_qkd_link(self._phys_entry(link, link.a, link.b, "TRANSMITTER")),
@@ -206,16 +214,16 @@ class Controller:
         virt = str(uuid.uuid5(NAMESPACE, f"virt:{src}|{dst}"))
         return AppRoute(app_id, master, slave, rate_bps, path, virt, virtual=len(path) > 2)
 
-    def _virt_entry(self, route: AppRoute, node: str) -> dict[str, Any]:
+    def _virt_entry(self, route: AppRoute, node: str) -> t.QkdLink:
         path = route.path
         i = path.index(node)
         ids = self.topo.nodes
-        entry: dict[str, Any] = {
+        entry: t.QkdLink = {
             "qkdl_id": route.qkdl_id, "qkdl_enable": True, "qkdl_type": f"{T}VIRT",
             "qkdl_local": {"qkdn_id": ids[node].id},
             "qkdl_remote": {"qkdn_id": ids[path[-1] if i < len(path) - 1 else path[0]].id},
             "virt_bandwidth": int(route.rate_bps),
-            f"{EXT}sdqkd-link": {"classical-endpoint": self.endpoints[path[-1] if i == 0 else path[0]].peer},
+            "sdqkd-node-ext:sdqkd-link": {"classical-endpoint": self.endpoints[path[-1] if i == 0 else path[0]].peer},
         }
         if i > 0:
             entry["virt_prev_hop"] = ids[path[i - 1]].id
@@ -225,7 +233,7 @@ class Controller:
             entry["virt_next_hop"] = [ids[n].id for n in path[i + 1:]]
         return entry
 
-    def _app_entry(self, route: AppRoute, local: str, remote: str) -> QkdApp:
+    def _app_entry(self, route: AppRoute, local: str, remote: str) -> t.QkdApp:
         return {
             "app_id": route.app_id, "app_type": f"{T}CLIENT",
             "server_app_id": sae_uri(route.master),
@@ -277,9 +285,9 @@ class Controller:
             log.warning("application %s: provisioning failed: %s", app_id, e.details())
             return
         # a qkd_app without backing link: the node answers its SAE with the reason
-        entry: QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": sae_uri(master),
-                         "client_app_id": [sae_uri(s) for s in slaves],
-                         "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
+        entry: t.QkdApp = {"app_id": app_id, "app_type": f"{T}CLIENT", "server_app_id": sae_uri(master),
+                           "client_app_id": [sae_uri(s) for s in slaves],
+                           "local_qkdn_id": self.topo.nodes[node].id, "backing_qkdl_id": []}
         if remote is not None:
             entry["remote_qkdn_id"] = remote
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -393,10 +401,7 @@ class Controller:
         while True:
             client = self._client(name)
             try:
-                paths = ["/qkd_node/qkd_links/qkd_link/qkdl_performance", "/qkd_node/qkd_links/qkd_link/qkdl_status",
-                         "/qkd_node/sdqkd-key-store/pool", "/sdqkdn_link_down", "/alarm",
-                         "/sdqkdn_application_new", "/sdqkdn_application_disconnected"]
-                async for resp in client.subscribe(paths, mode="ON_CHANGE"):
+                async for resp in client.subscribe(WATCHED, mode="ON_CHANGE"):
                     if resp.sync_response:
                         came_back = view.seen and not view.up
                         first = not view.seen
@@ -419,29 +424,28 @@ class Controller:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _absorb(self, name: str, n: Any) -> None:
-        from generated.gnmi_support import decode_value, join, path_str
-
+    def _absorb(self, name: str, n: gnmi_pb2.Notification) -> None:
+        """Fold one notification of the watch stream into the node's view (by path elements)."""
         view = self.nodes[name]
         for u in n.update:
-            p = path_str(join(n.prefix, u.path))
+            elems = join(n.prefix, u.path).elem
+            names = [e.name.split(":")[-1] for e in elems]
             v = decode_value(u.val)
-            if p.startswith("/qkd_node/qkd_links/qkd_link["):
-                lid = p.split("qkdl_id=", 1)[1].split("]", 1)[0]
-                leaf = p.rsplit("/", 1)[1]
-                view.links.setdefault(lid, {})[leaf if "phys_perf" not in p else "qber"] = v
+            if names[:3] == ["qkd_node", "qkd_links", "qkd_link"] and len(names) > 3:
+                lid = elems[2].key["qkdl_id"]
+                view.links.setdefault(lid, {})["qber" if "phys_perf" in names else names[-1]] = v
                 if lid in self.router.links:
                     self._update_router(lid)
-            elif p.startswith("/qkd_node/sdqkd-key-store/pool["):
-                lid = p.split("qkdl-id=", 1)[1].split("]", 1)[0]
-                view.store.setdefault(lid, {})[p.rsplit("/", 1)[1]] = v
+            elif names[:3] == ["qkd_node", "sdqkd-key-store", "pool"] and len(names) > 3:
+                lid = elems[2].key["qkdl-id"]
+                view.store.setdefault(lid, {})[names[-1]] = v
                 if lid in self.router.links:
                     self._update_router(lid)
-            elif p.startswith("/sdqkdn_link_down") or p.startswith("/alarm"):
-                self.events.put_nowait((p.strip("/"), v))
-            elif p.startswith("/sdqkdn_application_new"):
+            elif names and names[0] in ("sdqkdn_link_down", "alarm"):
+                self.events.put_nowait((names[0], v))
+            elif names and names[0] == "sdqkdn_application_new":
                 self._spawn(self._application_new(name, v))
-            elif p.startswith("/sdqkdn_application_disconnected"):
+            elif names and names[0] == "sdqkdn_application_disconnected":
                 gone: dict[str, Any] = next((x for k, x in v.items() if k.endswith("qkd_application")), {})
                 self._spawn(self._application_disconnected(name, str(gone.get("app_id", ""))))
 

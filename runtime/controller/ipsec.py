@@ -20,6 +20,7 @@ carry them unchanged."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -325,16 +326,17 @@ class IkelessController:
         p, m, s = t.params, t.master, t.slave
         mp, sp = self._prefix(m, p.mode), self._prefix(s, p.mode)
         m2s, s2m = f"{t.name}/g{g}/m2s", f"{t.name}/g{g}/s2m"
-        common = {"reqid": t.reqid, "mode": p.mode, "soft": p.soft, "hard": p.hard, "replay_window": p.replay_window}
+        sad = functools.partial(SadEntry, reqid=t.reqid, mode=p.mode, soft=p.soft, hard=p.hard,
+                                replay_window=p.replay_window)
         mref, sref = QkdKeyRef("master", s.sae.sae_id), QkdKeyRef("slave", m.sae.sae_id)
-        at_master = [SadEntry(m2s, spi=spi_m2s, direction="outbound", local=m.outer, remote=s.outer,
-                              local_prefix=mp, remote_prefix=sp, qkd=mref, **common),
-                     SadEntry(s2m, spi=spi_s2m, direction="inbound", local=m.outer, remote=s.outer,
-                              local_prefix=mp, remote_prefix=sp, qkd=mref, **common)]
-        at_slave = [SadEntry(m2s, spi=spi_m2s, direction="inbound", local=s.outer, remote=m.outer,
-                             local_prefix=sp, remote_prefix=mp, qkd=sref, **common),
-                    SadEntry(s2m, spi=spi_s2m, direction="outbound", local=s.outer, remote=m.outer,
-                             local_prefix=sp, remote_prefix=mp, qkd=sref, **common)]
+        at_master = [sad(m2s, spi=spi_m2s, direction="outbound", local=m.outer, remote=s.outer,
+                         local_prefix=mp, remote_prefix=sp, qkd=mref),
+                     sad(s2m, spi=spi_s2m, direction="inbound", local=m.outer, remote=s.outer,
+                         local_prefix=mp, remote_prefix=sp, qkd=mref)]
+        at_slave = [sad(m2s, spi=spi_m2s, direction="inbound", local=s.outer, remote=m.outer,
+                        local_prefix=sp, remote_prefix=mp, qkd=sref),
+                    sad(s2m, spi=spi_s2m, direction="outbound", local=s.outer, remote=m.outer,
+                        local_prefix=sp, remote_prefix=mp, qkd=sref)]
         return at_master, at_slave
 
     def _install_generation(self, t: Tunnel, g: int) -> Generation:

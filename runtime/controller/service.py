@@ -6,6 +6,12 @@ small northbound HTTP API on loopback (aiohttp):
 
 and DIR/controller-status.json refreshed every second for tools that only read files.
 
+Every API call carries `Authorization: Bearer TOKEN`, the token of the 0600 file the harness
+wrote (network.json: controller.token_file; runtime/harness/northbound.py is a client): loopback
+is not a boundary between the users of one machine. Anything else is 401. A bad request is 400
+naming the field: `rate` must be a finite number of bit/s within the ETSI 015 virt_bandwidth
+range (uint32), `master` and `slave` non-empty strings.
+
 The network description is DIR/network.json, or `--config FILE` (a read-only mount in a
 container; the state dir then only takes the status file). File paths in it are relative to
 the file's own directory, or absolute."""
@@ -13,10 +19,13 @@ the file's own directory, or absolute."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
+import math
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,47 @@ def build(config: Path) -> Controller:
     return Controller(topo, eps, tls=tls, credentials=(c["username"], (base / c["password_file"]).read_text()))
 
 
+MAX_RATE_BPS = 2**32 - 1  # virt_bandwidth is a uint32 in ETSI 015
+
+
+def _app_request(raw: bytes) -> tuple[str, str, float]:
+    """(master, slave, rate) of a POST /apps body; ValueError naming the field otherwise."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("body: not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("body: expected a JSON object")
+    names = {}
+    for k in ("master", "slave"):
+        v = body.get(k)
+        if not isinstance(v, str) or not v:
+            raise ValueError(f"{k}: expected a non-empty SAE ID string")
+        names[k] = v
+    rate = body.get("rate", 0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise ValueError("rate: expected a number of bit/s")
+    if not math.isfinite(rate) or not 0 <= rate <= MAX_RATE_BPS:
+        raise ValueError(f"rate: must be between 0 and {MAX_RATE_BPS} bit/s")
+    return names["master"], names["slave"], float(rate)
+
+
+def _bearer(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: every request must carry the token (compared in constant time)."""
+    want = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        got = request.headers.get("Authorization", "").encode()
+        if not token or not hmac.compare_digest(got, want):
+            return web.json_response({"message": "unauthorized: missing or wrong bearer token"}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
 def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
     return {"provisioned": provisioned, "links": ctl.link_table(),
             "nodes": {n: v.up for n, v in ctl.nodes.items()},
@@ -51,7 +101,8 @@ def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
 
 async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
               api: str = "127.0.0.1:0") -> None:
-    ctl = build(config or state_dir / "network.json")
+    config = config or state_dir / "network.json"
+    ctl = build(config)
     provisioned = False
 
     async def get_status(request: web.Request) -> web.Response:
@@ -59,15 +110,16 @@ async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
 
     async def post_app(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            route = await ctl.request_keys(str(body["master"]), str(body["slave"]), float(body.get("rate", 0)))
+            master, slave, rate = _app_request(await request.read())
+            route = await ctl.request_keys(master, slave, rate)
         except (ValueError, KeyError, TypeError) as e:
             return web.json_response({"message": f"bad request: {e}"}, status=400)
         except RuntimeError as e:
             return web.json_response({"message": str(e)}, status=503)
         return web.json_response(asdict(route))
 
-    app = web.Application()
+    token = (config.parent / json.loads(config.read_text())["controller"]["token_file"]).read_text().strip()
+    app = web.Application(middlewares=[_bearer(token)])
     app.add_routes([web.get("/status", get_status), web.post("/apps", post_app)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -103,7 +155,7 @@ def main(state_dir: str, config: str | None = None, api: str = "127.0.0.1:0", lo
 
     configure(log_format)
     if not is_loopback(api):
-        # the northbound API has no authentication: it stays on loopback (kubectl port-forward,
+        # the northbound API stays on loopback behind its bearer token (kubectl port-forward,
         # docker exec or ssh reach it from outside)
         print(f"--api {api}: the controller API serves loopback addresses only", file=sys.stderr)
         return 2

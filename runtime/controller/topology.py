@@ -12,11 +12,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import SdqkdError
+
 # IDs derived from names: a topology without explicit IDs is reproducible
 from runtime.lkms.registry import NAMESPACE
 
 
-class TopologyError(ValueError):
+class TopologyError(SdqkdError, ValueError):
     pass
 
 
@@ -175,8 +177,9 @@ def parse(data: Any, source: str = "<dict>") -> Topology:
         if loss is None or not math.isfinite(loss) or loss < 0:
             problems.append(f"{where}: loss_db must be a number >= 0, got {ln.get('loss_db')!r}")
             bad = True
-        if bad:
+        if bad or km is None or loss is None:
             continue
+        a, b = str(a), str(b)  # both named nodes of the topology (checked above)
         pair = frozenset((a, b))
         if pair in seen_pairs:
             problems.append(f"{where}: duplicate link between {a} and {b}")

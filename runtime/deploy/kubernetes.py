@@ -5,7 +5,7 @@ Per QKD node NAME, in one Namespace:
   config and in the node's certificate;
 - StatefulSet NAME (one replica; the key store on a PersistentVolumeClaim, so a rescheduled
   pod keeps its keys);
-- Secret NAME-secret: node.yaml (it holds the gNMI password), the node's private key and its
+- Secret NAME-secret: node.yaml, the gNMI password file, the node's private key and its
   bootstrap secrets; ConfigMap NAME-public: the CA certificate and the node's certificate only.
   Both are projected into one directory (files 0440, readable through the pod's fsGroup, never
   world-readable), which an init container copies into /etc/sdqkd, a memory-backed directory

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from runtime.engine import _hash
+from runtime.errors import SdqkdError
 
 TAG_BYTES = 16
 _HEADER = struct.Struct(">BQ")  # flags (bit 0 direction, bit 1 tagged), message counter
@@ -32,11 +33,11 @@ HEADER_BYTES = _HEADER.size  # a frame is header || payload [|| tag]
 _TAGGED = 2
 
 
-class KeyExhausted(RuntimeError):
+class KeyExhausted(SdqkdError, RuntimeError):
     """The authentication key source cannot supply the bits a message needs."""
 
 
-class AuthenticationError(ValueError):
+class AuthenticationError(SdqkdError, ValueError):
     """A message failed authentication (tampered, replayed, reordered or truncated)."""
 
 

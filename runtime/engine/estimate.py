@@ -127,7 +127,8 @@ def _tau(ks: tuple[float, float, float], ps: tuple[float, float, float], n: int)
     return sum(math.exp(-k) * k**n * p / math.factorial(n) for k, p in zip(ks, ps, strict=True))
 
 
-def _vac_single(ks, ps, n: tuple[int, int, int], eps: float) -> tuple[float, float]:
+def _vac_single(ks: tuple[float, float, float], ps: tuple[float, float, float], n: tuple[int, int, int],
+                eps: float) -> tuple[float, float]:
     """Lim Eqs. 2-3: lower bounds on vacuum and single-photon events among counts n."""
     mu1, mu2, mu3 = ks
     bnd = [chernoff(x, eps) for x in n]

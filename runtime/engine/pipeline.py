@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from runtime.engine import estimate, keyrate, pa, profiles, sift, sim, verify
 from runtime.engine.auth import HEADER_BYTES, AuthenticationError, Authenticator
 from runtime.engine.estimate import Estimate, Tally
+from runtime.errors import SdqkdError
 
 
 class Msg(IntEnum):
@@ -54,7 +55,7 @@ _U64 = struct.Struct(">Q")
 Rng = Callable[[int], bytes]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(SdqkdError, ValueError):
     """A message that is malformed or arrives out of order."""
 
 
@@ -79,14 +80,14 @@ class BlockConfig:
         for name, v, lo, hi in (("n_pulses", self.n_pulses, 1, 2**62), ("seed", self.seed, 0, sim.U64)):
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < hi:
                 raise ValueError(f"{name} must be an integer in [{lo}, {hi}), got {v!r}")
-        for name, v, lo, hi in (
+        for name, x, xlo, xhi in (
             ("qber_abort", self.qber_abort, 0.0, 0.5),
             ("sample_fraction", self.sample_fraction, 0.0, 1.0),
             ("eps_sec", self.eps_sec, 0.0, 1.0),
             ("eps_cor", self.eps_cor, 0.0, 1.0),
         ):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo < v < hi or v == hi == 0.5):
-                raise ValueError(f"{name} must be a number in ({lo}, {hi}), got {v!r}")
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not (xlo < x < xhi or x == xhi == 0.5):
+                raise ValueError(f"{name} must be a number in ({xlo}, {xhi}), got {x!r}")
         verify.check_eps_cor(self.eps_cor, self.n_pulses)  # keys never exceed the pulse count
 
     @property

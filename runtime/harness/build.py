@@ -129,7 +129,8 @@ def topology_data(topo: Topology) -> dict[str, Any]:
 def applications_config(topo: Topology) -> dict[str, Any]:
     """Every node's `applications` config: the network's SAEs with their node IDs, and the
     topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
-    settings = topo.extra.get("settings") if isinstance(topo.extra.get("settings"), dict) else {}
+    raw_settings = topo.extra.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
     for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
         if key in settings:
@@ -168,6 +169,9 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     password = secrets.token_urlsafe(18)
     pw_rel = posixpath.join(layout.controller_pki, "gnmi-password")
     b.files[pw_rel] = File(password.encode(), secret=True)
+    # the bearer token of the controller's northbound API (runtime/controller/service.py)
+    token_rel = posixpath.join(layout.controller_pki, "northbound-token")
+    b.files[token_rel] = File(secrets.token_urlsafe(32).encode(), secret=True)
     ctl_cert, ctl_key = issue(ca, CONTROLLER_CN, server=False)
     ctl_ca = posixpath.join(layout.controller_pki, "ca.pem")  # the controller's directory stands alone
     b.files[ctl_ca] = File(ca.cert_pem)
@@ -204,19 +208,23 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             **{svc: {"listen": plan.listen[svc]} for svc in SERVICES},
             "data_dir": plan.data_dir,
             "tls": {"ca": "tls/ca.pem", "cert": f"tls/{stem}.pem", "key": f"tls/{stem}.key"},
-            "users": {GNMI_USER: password} if gnmi_password else {},
+            # the password in a 0600 file of the node's own directory, never inline
+            "users": {GNMI_USER: {"password_file": "gnmi-password"}} if gnmi_password else {},
             "bootstrap": bootstrap,
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
             "applications": applications_config(topo),
         }
+        if gnmi_password:
+            b.files[posixpath.join(nd, "gnmi-password")] = File(password.encode(), secret=True)
         if log:
             cfg["log"] = dict(log)
         b.configs[name] = cfg
-        # the config holds the gNMI password: it is a secret file
+        # private like everything a node reads (it names its secret files)
         b.files[posixpath.join(nd, "node.yaml")] = File(yaml.safe_dump(cfg, sort_keys=False).encode(), secret=True)
     # the controller's own copy when it has a directory of its own (exports), else the PKI's
     b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths)
+    b.desc["controller"]["token_file"] = posixpath.relpath(token_rel, layout.controller_dir or ".")
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
 
@@ -269,7 +277,8 @@ def absolute_description(desc: dict[str, Any], base: Path) -> dict[str, Any]:
     for s in out["saes"].values():
         s["cert"], s["key"] = ab(s["cert"]), ab(s["key"])
     c = out["controller"]
-    c["cert"], c["key"], c["password_file"] = ab(c["cert"]), ab(c["key"]), ab(c["password_file"])
+    for k in ("cert", "key", "password_file", "token_file"):
+        c[k] = ab(c[k])
     return out
 
 

@@ -93,10 +93,11 @@ class InProcessNetwork:
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:
             assert proc.stdout is not None
             line = await proc.stdout.readline()
-            msg = json.loads(line) if line.strip() else {"error": f"exited with {await proc.wait()}"}
+            msg: dict[str, Any] = json.loads(line) if line.strip() else {"error": f"exited with {await proc.wait()}"}
             if "ready" not in msg:
                 raise RuntimeError(f"in-process harness worker {proc.pid} failed: {msg.get('error')}")
-            return msg["ready"]
+            ready_addrs: dict[str, dict[str, str]] = msg["ready"]
+            return ready_addrs
 
         for got in await asyncio.wait_for(asyncio.gather(*(ready(p) for p in self.workers)), timeout):
             self.addresses.update(got)

@@ -1,7 +1,13 @@
 """`sdqkd net up TOPOLOGY --state-dir DIR` / `sdqkd net down --state-dir DIR`: a whole network
 as OS processes on this machine — one `sdqkd node` per node plus one controller — with a PKI
 made for it (CA, node certificates, one client certificate per SAE, one for the controller),
-mutual TLS everywhere, and DIR/endpoints.json written only when every link produces key."""
+mutual TLS everywhere, and DIR/endpoints.json written only when every link produces key.
+
+Files: DIR and every node directory are 0700; everything secret is a 0600 file (private keys,
+bootstrap secrets, the gNMI password file, the controller's northbound token, key stores, node
+configs, logs). Node configs hold no secret themselves: they name the password file.
+`net down` signals only processes that are still ours: the PID's command line must be an
+`sdqkd` (runtime.cli) process started for this state dir, so a reused PID is left alone."""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Any
 import yaml
 
 from runtime.controller.topology import Topology, TopologyError
+from runtime.errors import SdqkdError
 from runtime.harness.build import (
     FIXED_PORTS,
     HARNESS_LAYOUT,
@@ -30,9 +37,10 @@ from runtime.harness.build import (
     topology_data,
     write_tree,
 )
+from runtime.private import open_private_append, private_dir, write_private
 
 
-class HarnessError(RuntimeError):
+class HarnessError(SdqkdError, RuntimeError):
     pass
 
 
@@ -117,7 +125,7 @@ def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    out = os.fdopen(open_private_append(log), "ab")  # the child owns it
     wrap = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.Popen([*wrap, sys.executable, "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -147,12 +155,11 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     from runtime.controller import topology as tp
 
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
-    state = Path(state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    state = private_dir(Path(state_dir).resolve())
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -160,8 +167,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     except BaseException:
         _destroy_netns(state)
         raise
-    logs = state / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = private_dir(state / "logs")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, nd in desc["nodes"].items():
@@ -196,7 +202,7 @@ def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
     for svc in SERVICES:
         if svc in ready:
             cfg[svc]["listen"] = ready[svc]
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_private(config, yaml.safe_dump(cfg, sort_keys=False))
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +260,11 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
     lay = Layout(Path(state_dir).resolve())
     if not lay.pids.exists():
         raise HarnessError(f"{state_dir}: no network runs here (no pids.json)")
-    pids: dict[str, int] = json.loads(lay.pids.read_text())
+    recorded: dict[str, int] = json.loads(lay.pids.read_text())
+    pids = {name: pid for name, pid in recorded.items() if _ours(pid, lay.root)}
+    for name in sorted(set(recorded) - set(pids)):
+        print(f"sdqkd net down: {name} (PID {recorded[name]}) is not running as part of this network any more; "
+              "left alone", file=sys.stderr)
     stopped = []
     for name, pid in pids.items():
         try:
@@ -266,7 +276,7 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
     for _name, pid in pids.items():
         while time.monotonic() < end and _alive(pid):
             time.sleep(0.05)
-        if _alive(pid):
+        if _alive(pid) and _ours(pid, lay.root):  # checked again: it may have exited and the PID gone to another
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -279,9 +289,21 @@ def down(state_dir: str | Path, grace: float = 5.0) -> list[str]:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime.harness import netns as nsmod
+        from runtime import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
+
+
+def _ours(pid: int, state: Path) -> bool:
+    """The PID is (still) an sdqkd process of the network under `state`: its command line runs
+    runtime.cli with an argument inside the state dir (a node's config or the controller's
+    --state-dir). A PID reused by anything else, or by another network, is not."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    root = str(state).encode()
+    return b"runtime.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
 
 
 def _alive(pid: int) -> bool:

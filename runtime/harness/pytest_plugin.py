@@ -12,6 +12,7 @@ Networks started by the fixture are stopped at the end of the test, whatever hap
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from runtime.harness.sync import RunningNetwork, start_inprocess, start_processe
 
 
 @pytest.fixture
-def sdqkd_network(tmp_path_factory: pytest.TempPathFactory):
+def sdqkd_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningNetwork]]:
     started: list[RunningNetwork] = []
 
     def start(topology: Any, mode: str = "inprocess", timeout: float = 120.0, workers: int = 0) -> RunningNetwork:

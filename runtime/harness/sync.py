@@ -5,9 +5,7 @@ network's event loop on a thread of its own; `start_processes` runs `sdqkd net u
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +54,11 @@ def start_inprocess(topology: Any, state: Path, timeout: float, workers: int = 0
 
 def start_processes(topology: Any, state: Path, timeout: float) -> RunningNetwork:
     from runtime.harness import network
+    from runtime.harness.northbound import post_app
 
     eps = network.up(topology, state, timeout=timeout)
-    api = json.loads((state / "controller-status.json").read_text())["api"]
 
     def request(master: str, slave: str, rate: float) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://{api}/apps", data=json.dumps(
-            {"master": master, "slave": slave, "rate": rate}).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())
+        return post_app(state, master, slave, rate)
 
     return RunningNetwork("processes", eps, lambda: network.down(state), request, state)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+from runtime.errors import SdqkdError
 from runtime.lkms.peers import PeerClients
 from runtime.lkms.registry import App, Link, Registry
 from runtime.lkms.store_api import KeyStore
@@ -40,9 +41,20 @@ class Limits:
     chunk_default: int = 32  # ETSI 004 key_chunk_size when the application asks for 0, bytes
     chunk_max: int = 65536
     stream_ttl_default_s: int = 600
+    stream_unused_s: float = 60.0  # a stream never used locally expires (or after its QoS timeout, if longer)
+    max_streams_per_sae: int = 16  # ETSI 004 streams per SAE at a node
     stream_prefetch_max: int = 1024  # chunks a stream owner assigns per batch at most (up to 2 batches ahead)
     etsi004_server: str = "h2"  # "h2" (h2grpc.py, fast pipelined GetKeyStream) or "grpcio"
     rpc_timeout_s: float = 5.0
+    # ETSI 014 server resources (connlimit.py): open connections at most, the time a connection
+    # may stay without a complete request (idle keep-alive or a slow request head), TLS handshake
+    etsi014_max_connections: int = 256
+    etsi014_idle_timeout_s: float = 15.0
+    etsi014_handshake_timeout_s: float = 10.0
+    # pool reconciliation (reconcile.py): keys younger than the grace are never judged stale
+    reconcile_grace_s: float = 30.0
+    reconcile_min_gap_s: float = 5.0  # one pass per link at most this often
+    reconcile_interval_s: float = 300.0  # every link is reconciled this often anyway
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Limits:
@@ -53,7 +65,7 @@ class Limits:
         return cls(**(d or {}))
 
 
-class NotReady(Exception):
+class NotReady(SdqkdError):
     """The pair cannot be served yet (ETSI 014: 503 with Retry-After). The message is for users."""
 
     def __init__(self, reason: str, retry_after_s: int = 1) -> None:
@@ -61,7 +73,7 @@ class NotReady(Exception):
         self.retry_after_s = retry_after_s
 
 
-class UnknownPair(ValueError):
+class UnknownPair(SdqkdError, ValueError):
     """The network knows no such SAE pair (ETSI 014: 400). The message is for users."""
 
 
@@ -113,6 +125,16 @@ class Core:
         self.pool_changed: dict[str, asyncio.Event] = {}
         self.etsi020_address = ""  # host:port of our ETSI 020 server (KeySync Describe)
         self.registrar: Registrar | None = None
+        self._on_uncertain: Callable[[str], None] | None = None
+
+    def on_uncertain(self, callback: Callable[[str], None]) -> None:
+        self._on_uncertain = callback
+
+    def uncertain(self, qkdl_id: str) -> None:
+        """A key of this pool may now be held at one end only (an unknown outcome): have both
+        ends reconcile the pool (reconcile.py)."""
+        if self._on_uncertain is not None:
+            self._on_uncertain(qkdl_id)
 
     def from_back(self, link: Link) -> bool:
         """The two ends of a pool pick keys from opposite ends so their picks rarely collide."""

@@ -11,6 +11,8 @@ Protocol (per transaction `txn`, durable at every step):
 If the peer refuses, the keys go back to the pool (minus those the peer does not know, which
 are erased); if the outcome is unknown (timeout, peer down) the master erases its copies and
 queues a Release, so a key can never end up delivered at one end and reusable at the other.
+A peer that never recorded the transaction still holds those keys: the Release finds nothing
+there, so the link is also reconciled (reconcile.py) and the peer erases them.
 
 Speed: concurrent requests for the same (link, pair, size) are coalesced into one
 transaction (one Reserve RPC and two group commits for the lot), with two transactions in
@@ -29,9 +31,11 @@ from typing import TYPE_CHECKING
 import grpc
 
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.keys import AppKey
 from runtime.lkms.registry import EXT, Link
+from runtime.lkms.store_api import StoreUnavailable
 from runtime.lkms.syncmsg import KEY_BITS_MD, key_refs, parse_refusal
 
 if TYPE_CHECKING:
@@ -45,7 +49,7 @@ MAX_INFLIGHT = 2
 ATTEMPTS = 3
 
 
-class KeyUnavailable(Exception):
+class KeyUnavailable(SdqkdError):
     """No keys for this request now (ETSI 014: 503). The message is safe to show."""
 
 
@@ -87,10 +91,14 @@ class _Pair:
     async def _cycle(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:
         try:
             await self._serve(batch)
-        except BaseException:  # also on cancellation (shutdown): nobody may wait forever
+        except BaseException as e:  # also on cancellation (shutdown): nobody may wait forever
+            # a store that cannot write says why (e.g. "disk is full: DIR"); that is safe to show
+            msg = str(e) if isinstance(e, StoreUnavailable) else "key reservation failed"
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(KeyUnavailable("key reservation failed"))
+                    fut.set_exception(KeyUnavailable(msg))
+            if isinstance(e, StoreUnavailable):
+                return  # answered (503); not a bug to report as one
             raise
 
     async def _serve(self, batch: list[tuple[int, asyncio.Future[list[AppKey]]]]) -> None:
@@ -123,6 +131,7 @@ class _Pair:
                 log.warning("Reserve txn %s to %s failed: %s", txn, link.peer_node_id, e.code().name)
                 await core.store.abort_out(txn, erase_all=True, release=True)
                 core.outbox_wakeup.set()
+                core.uncertain(link.qkdl_id)  # if the peer never recorded it, only a reconcile frees its copies
                 self._fail(served, "peer KMS unreachable")
                 return
             if not resp.ok:

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import etsi004_pb2_grpc
-from runtime.lkms.streams import CallerRefused, StreamManager
+from runtime.lkms.streams import CallerRefused, StreamManager, TooManyStreams
 from runtime.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class KeyDeliveryService(etsi004_pb2_grpc.KeyDeliveryServicer):
             return await self.streams.open_connect(request, self._caller(context))
         except CallerRefused as e:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
+        except TooManyStreams as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         raise AssertionError("unreachable")
@@ -115,6 +117,8 @@ def h2_handlers(streams: StreamManager) -> dict[str, h2grpc.Handler]:
             return (await streams.open_connect(request, call.caller)).SerializeToString()
         except CallerRefused as e:
             raise refused(e) from None
+        except TooManyStreams as e:
+            raise h2grpc.GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
         except ValueError as e:
             raise h2grpc.GrpcError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core, NotReady, UnknownPair
 from runtime.lkms.dispenser import Dispensers, KeyUnavailable
 from runtime.lkms.keys import AppKey, is_uuid
@@ -55,7 +56,7 @@ SAE_HEADER = "X-SAE-ID"
 _KEY_ERROR = "key not found"  # same for unknown keys and other pairs' keys (no oracle)
 
 
-class ApiError(Exception):
+class ApiError(SdqkdError):
     def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.details = status, message, details or []

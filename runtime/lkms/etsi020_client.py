@@ -22,12 +22,14 @@ from urllib.parse import urlsplit
 
 import h11
 
+from runtime.errors import SdqkdError
 from runtime.lkms.etsi020_schema import negotiate, parse_versions
+from runtime.tls import https_client_context, tls_files
 
 KMS_ID_HEADER = "X-KMS-ID"  # without TLS (loopback development only) the caller names itself
 
 
-class Etsi020Error(Exception):
+class Etsi020Error(SdqkdError):
     """The call did not complete: the outcome at the peer is unknown (connection, timeout,
     protocol) or the peer cannot be used (identity, versions). Never carries key material."""
 
@@ -131,13 +133,11 @@ class Etsi020Client:
     def _context(self, ca: str | None) -> ssl.SSLContext:
         ctx = self._ctx.get(ca)
         if ctx is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # the standard asks for TLS 1.3 or later
-            ctx.check_hostname = False  # the peer identity is checked against `PeerKms.identity`
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cafile=ca or self._default_ca)
             assert self._cert is not None and self._key is not None
-            ctx.load_cert_chain(self._cert, self._key)
+            # the standard asks for TLS 1.3 or later; the peer identity is checked against
+            # `PeerKms.identity`, not the host name
+            ctx = https_client_context(tls_files(str(ca or self._default_ca), self._cert, self._key),
+                                       minimum=ssl.TLSVersion.TLSv1_3, check_hostname=False)
             self._ctx[ca] = ctx
         return ctx
 

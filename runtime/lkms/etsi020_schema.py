@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.errors import SdqkdError
+
 API_VERSIONS = ("v1",)  # GET /kmapi/versions; paths are /kmapi/<version>/...
 ACK_STATUSES = ("relayed", "voided", "failed", "key not present")
 MAX_KEYS = 100_000  # keys per ext_keys request we accept (bounds memory, not a standard limit)
@@ -34,7 +36,7 @@ MAX_URL_LEN = 2048
 JsonObj = dict[str, Any]
 
 
-class Bad(Exception):
+class Bad(SdqkdError):
     """A request the standard says to refuse; `status` 400 unless stated, body `message_data`."""
 
     def __init__(self, message: str, detail_key: str, detail: str, status: int = 400) -> None:

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
 from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
@@ -51,7 +52,7 @@ _RECEIVED = 200_000
 _NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")
 
 
-class PeerRefused(Exception):
+class PeerRefused(SdqkdError):
     """The external KMS did not take the keys (the message is safe to show an SAE)."""
 
 

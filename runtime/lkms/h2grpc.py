@@ -37,6 +37,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from runtime.errors import SdqkdError
 from runtime.lkms.tlsctx import peercert_cn
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ _MAX_BATCH = 4096  # messages handed to a streaming handler at once at most
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 
-class GrpcError(Exception):
+class GrpcError(SdqkdError):
     """Raised by a handler to end its call with a gRPC status other than OK."""
 
     def __init__(self, code: grpc.StatusCode, message: str = "") -> None:

@@ -22,14 +22,15 @@ from runtime.lkms.syncmsg import metadata_bits, refusal
 from runtime.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
+    from runtime.lkms.reconcile import Reconciler
     from runtime.lkms.streams import StreamManager
 
 log = logging.getLogger(__name__)
 
 
 class KeySyncService(kms_pb2_grpc.KeySyncServicer):
-    def __init__(self, core: Core, streams: StreamManager) -> None:
-        self.core, self.streams = core, streams
+    def __init__(self, core: Core, streams: StreamManager, reconciler: Reconciler) -> None:
+        self.core, self.streams, self.reconciler = core, streams, reconciler
 
     def _caller(self, context: grpc.aio.ServicerContext) -> str | None:
         return grpc_caller_cn(context) if self.core.tls else None
@@ -116,3 +117,13 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
     async def Describe(self, request: kms_pb2.DescribeRequest, context: grpc.aio.ServicerContext
                        ) -> kms_pb2.DescribeResponse:
         return kms_pb2.DescribeResponse(etsi020_address=self.core.etsi020_address)
+
+    async def Reconcile(self, request: kms_pb2.ReconcileRequest, context: grpc.aio.ServicerContext
+                        ) -> kms_pb2.ReconcileResponse:
+        link = self.core.registry.links.get(request.qkdl_id)
+        if link is None or not link.is_endpoint or request.qkdl_id not in self.core.store.pools():
+            return kms_pb2.ReconcileResponse(ok=False, reason="unknown link")
+        if not self._peer_ok(context, link):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "caller is not the peer of this link")
+        unknown = await self.reconciler.answer(link.qkdl_id, list(request.key_ids), request.reverse)
+        return kms_pb2.ReconcileResponse(ok=True, unknown=unknown)

@@ -40,7 +40,9 @@ Engine API:
         Call on BOTH ends with identical material: cut into keys, IDs = uuid5 of
         (qkdl_id, block_id, index). A repeated block_id is ignored.
     lkms.has_room(qkdl_id) -> bool;  await lkms.wait_for_room(qkdl_id)
-        Back-pressure: pause key production while the pool holds max_key_count keys.
+        Back-pressure: pause key production while the pool holds max_key_count AVAILABLE keys.
+        While the engine waits, the pool is reconciled with the peer (reconcile.py): keys only
+        this end still holds are freed, so drift never halts a link.
         add_block itself never refuses material (refusing at one end only would desynchronise
         the pair); the engine must honour the flag.
 
@@ -61,6 +63,7 @@ import grpc
 from aiohttp import web
 
 from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from runtime.lkms.connlimit import serve_capped
 from runtime.lkms.core import Core, Limits, Registrar
 from runtime.lkms.dispenser import Dispensers
 from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
@@ -71,6 +74,7 @@ from runtime.lkms.external import ExternalPeer, ExternalPeers
 from runtime.lkms.keysync import KeySyncService
 from runtime.lkms.outbox import OutboxSender
 from runtime.lkms.peers import PeerClients
+from runtime.lkms.reconcile import Reconciler
 from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
 from runtime.lkms.relay import Relay
 from runtime.lkms.store import SqliteKeyStore
@@ -141,19 +145,13 @@ class Lkms:
         self.dispensers = Dispensers(core, self.relay)
         self.dispensers.external = self.external
         self.outbox = OutboxSender(core)
+        self.reconciler = Reconciler(core)
+        core.on_uncertain(self.reconciler.request)
         await self._start_020()
         for peer in self._external:
             await self._add_external(peer)
 
-        self._web = web.AppRunner(Etsi014(core, self.dispensers).app(), access_log=None,
-                                  handle_signals=False, shutdown_timeout=1.0)
-        await self._web.setup()
-        host, port = _split(self._listen["etsi014"])
-        site = web.TCPSite(self._web, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
-                           backlog=512)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]  # aiohttp exposes no public getter
-        self.addresses["etsi014"] = f"{host}:{sock.getsockname()[1]}"
+        await self._start_014()
 
         self._g004: grpc.aio.Server | None = None
         self._h004: Any = None  # h2grpc.GrpcServer
@@ -161,7 +159,7 @@ class Lkms:
         # classical-channel frames of large key blocks exceed gRPC's 4 MB default
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
                                                ("grpc.max_send_message_length", 256 * 1024 * 1024)])
-        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams), self._gsync)
+        kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.reconciler), self._gsync)
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
@@ -171,13 +169,32 @@ class Lkms:
 
         self.streams.start()
         self.outbox.start()
+        self.reconciler.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_loop()))
         for link in self.registry.links.values():
             if link.is_endpoint:
                 await self.store.ensure_pool(link.qkdl_id, link.kind)
             self.relay.start(link)
+        self.reconciler.request_all()
         self._started = True
         log.info("LKMS %s up: %s", self.node_id, self.addresses)
+
+    async def _start_014(self) -> None:
+        """The ETSI 014 HTTPS server: aiohttp's handler behind connlimit.py (connection cap, TLS
+        handshake timeout, first request head deadline); aiohttp's keep-alive timer closes
+        connections idle between requests for etsi014_idle_timeout_s."""
+        lim = self.limits
+        self._web = web.AppRunner(Etsi014(self.core, self.dispensers).app(), access_log=None,
+                                  handle_signals=False, shutdown_timeout=1.0,
+                                  keepalive_timeout=lim.etsi014_idle_timeout_s)
+        await self._web.setup()
+        host, port = _split(self._listen["etsi014"])
+        assert self._web.server is not None
+        self._web014, self.etsi014_connections = await serve_capped(
+            self._web.server, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
+            max_connections=lim.etsi014_max_connections, handshake_timeout_s=lim.etsi014_handshake_timeout_s,
+            first_head_s=lim.etsi014_idle_timeout_s)
+        self.addresses["etsi014"] = f"{host}:{self._web014.sockets[0].getsockname()[1]}"
 
     async def _start_020(self) -> None:
         self._ctx020 = etsi020_server_context(self.tls) if self.tls else None
@@ -251,6 +268,7 @@ class Lkms:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.relay.close()
+        await self.reconciler.close()
         await self._server020.close()
         await self.outbox.close()
         await self.dispensers.close()
@@ -260,6 +278,7 @@ class Lkms:
         if self._h004 is not None:
             await self._h004.stop(0.5)
         await self._gsync.stop(0.5)
+        self._web014.close()  # no new connections; cleanup() below closes the open ones
         await self._web.cleanup()
         await self._web020.cleanup()
         await self.kms020.client.close()
@@ -306,6 +325,8 @@ class Lkms:
         if self._started:
             self.relay.stop(qkdl_id)
             self.relay.start(link)
+            self.core.outbox_wakeup.set()  # messages owed over this link may have been waiting for it
+            self.reconciler.request(qkdl_id)  # either end may have restarted: agree on the pool again
         log.info("link %s (%s) to %s set, %s", qkdl_id, kind, peer_node_id, "up" if up else "down")
 
     async def set_link_status(self, qkdl_id: str, up: bool) -> None:
@@ -377,6 +398,8 @@ class Lkms:
 
     async def wait_for_room(self, qkdl_id: str) -> None:
         while not self.store.has_room(qkdl_id):
+            if self._started:  # stale keys (held here only) may be what fills it
+                self.reconciler.request(qkdl_id)
             ev = self._room.setdefault(qkdl_id, asyncio.Event())
             ev.clear()
             await ev.wait()

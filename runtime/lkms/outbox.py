@@ -1,6 +1,11 @@
 """Delivers the KeySync messages the store owes peers (Confirm after a delivery, Release after
 an aborted or crashed reservation). The outbox is durable, so a message survives a restart; it
-is retried until the peer answers."""
+is retried until the peer answers.
+
+An item whose link is not (yet) in the registry waits: right after a restart the registry is
+empty until the agent re-provisions the links, and dropping the item then would let the peer
+expire keys the master already delivered. It is dropped only when its link is definitively
+gone, i.e. its pool no longer exists (`drop_pool` removes the pool's outbox items with it)."""
 
 from __future__ import annotations
 
@@ -58,7 +63,9 @@ class OutboxSender:
         core = self.core
         link = core.registry.links.get(item.qkdl_id)
         if link is None:
-            await core.store.outbox_done(item.txn, item.kind)  # link gone: its pool is erased
+            if item.qkdl_id in core.store.pools():
+                return False  # not provisioned yet (after a restart): keep it; set_link wakes us
+            await core.store.outbox_done(item.txn, item.kind)  # pool erased: nothing left to confirm
             return True
         stub = core.peers.stub(link.peer_kms_address)
         rpc = stub.Release if item.kind == "release" else stub.Confirm

@@ -3,13 +3,23 @@ certificate (or plaintext on loopback development without TLS)."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from generated.proto.sdqkd import kms_pb2_grpc
 from runtime.lkms.tlsctx import grpc_channel_credentials
 from runtime.pki import TlsFiles
 
-_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.http2.max_pings_without_data", 0)]
+# A restarted peer: calls wait for the channel to reconnect (within their deadline) instead of
+# failing at once while it backs off (waitForReady), and the reconnection is retried within
+# 2 s (gRPC's default backoff grows to 120 s). A call refused that way was never sent, but
+# its caller cannot tell: every one would be a transaction with an uncertain outcome.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "sdqkd.kms.v1.KeySync"}],
+                                                "waitForReady": True}]})
+_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.service_config", _SERVICE_CONFIG)]
 
 
 class PeerClients:

@@ -51,6 +51,7 @@ from typing import Any
 import grpc
 
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core
 from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
 from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
@@ -77,7 +78,7 @@ _RECORD = 4096  # replies remembered per relay_id (answers a repeated request th
 _RECEIVED = 200_000  # relayed key IDs remembered at a far end (void: delivered vs never seen)
 
 
-class RelayError(Exception):
+class RelayError(SdqkdError):
     pass
 
 
@@ -489,8 +490,8 @@ class Relay:
     async def _receive(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, spawn: Spawn) -> Reply:
         chk = self._check(h, caller)
         if not isinstance(chk, tuple) or not isinstance(chk[0], Link):
-            return chk  # type: ignore[return-value]
-        hop, virt, end = chk  # type: ignore[misc]
+            return chk
+        hop, virt, end = chk
         if len(h.pad_key_ids) != len(req.keys):
             return _refuse("bad request format", "bad_request_format", "one pad per key", "untouched")
         ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids

@@ -4,6 +4,14 @@ Durability: WAL journal with synchronous=FULL (every commit is fsynced before th
 returns) and secure_delete=ON (deleted rows are overwritten with zeros in the pages SQLite
 writes). The WAL file is truncated at each checkpoint so old page images do not linger there.
 
+Files: the data directory is 0700 and keys.sqlite 0600 whatever the umask; SQLite gives the
+-wal and -shm files the database file's mode.
+
+Failures: a full disk, a read-only directory or an I/O error fails the operations of the group
+that met it with `StoreUnavailable` naming cause and directory (logged once per episode); the
+writer thread never dies, so the next operation simply tries again and succeeds once space is
+back. Opening a store in a directory that cannot be written is refused with the same message.
+
 Speed: one writer thread owns the connection and commits *groups* of queued operations in one
 transaction (one fsync for everything that arrived meanwhile); each operation runs in its own
 SAVEPOINT so one failure never spoils its neighbours. Counts per pool are kept in memory
@@ -26,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
-from runtime.lkms.store_api import KeyState, OutboxItem, PoolStats, ReserveResult, StoreError
+from runtime.lkms.store_api import (
+    KeyState,
+    OutboxItem,
+    PoolStats,
+    ReserveResult,
+    StoreError,
+    StoreUnavailable,
+)
+from runtime.private import FILE_MODE, private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +165,43 @@ class SqliteKeyStore:
         self._by_pid: dict[int, _Counts] = {}
         self._callbacks: list[Callable[[set[str]], None]] = []
         self._ops_since_ckpt = 0
+        self._trouble: str | None = None  # the cause of the current failure episode, if any
 
     # --- plumbing --------------------------------------------------------------------------
+    def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        """The clear form of a disk-level failure: cause and directory."""
+        d = self.path.parent
+        text = str(e).lower()
+        errno_ = getattr(e, "errno", None)
+        if errno_ == 28 or "full" in text:
+            return StoreUnavailable(f"disk is full: {d}")
+        if errno_ == 30 or "readonly" in text or "read-only" in text:
+            return StoreUnavailable(f"data directory is read-only: {d}")
+        if errno_ == 13 or "permission" in text:
+            return StoreUnavailable(f"data directory is not writable: {d}")
+        return StoreUnavailable(f"key store I/O error ({type(e).__name__}: {e}): {d}")
+
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA secure_delete=ON")
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the pick index of 10^6 keys fits
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # we checkpoint (and truncate) ourselves
-        conn.executescript(SCHEMA)
+        try:
+            private_dir(self.path.parent)
+            private_file(self.path)
+            for extra in (self._wal, f"{self.path}-shm"):  # left by an older version: tighten them too
+                if os.path.exists(extra):
+                    os.chmod(extra, FILE_MODE)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA secure_delete=ON")
+                conn.execute("PRAGMA temp_store=MEMORY")
+                conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the pick index of 10^6 keys fits
+                conn.execute("PRAGMA wal_autocheckpoint=0")  # we checkpoint (and truncate) ourselves
+                conn.executescript(SCHEMA)
+            except BaseException:
+                conn.close()
+                raise
+        except (OSError, sqlite3.Error) as e:
+            raise self._unavailable(e) from None
         return conn
 
     def _run(self) -> None:
@@ -181,11 +222,34 @@ class SqliteKeyStore:
                     stop = True
                     break
                 group.append(nxt)
-            self._run_group(conn, group)
+            try:
+                self._run_group(conn, group)
+            except BaseException as e:  # never let the writer die: every later call would wait forever
+                log.error("key store: unexpected %s; the group is failed", type(e).__name__)
+                err = StoreError(f"key store error: {type(e).__name__}")
+                for _fn, _args, fut, loop in group:
+                    loop.call_soon_threadsafe(_resolve, fut, None, err)
             if stop:
                 break
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._checkpoint(conn)
         conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Checkpoint and truncate the WAL; on a full disk it is simply tried again later."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            self._trouble_seen(self._unavailable(e))
+
+    def _trouble_seen(self, err: StoreUnavailable) -> None:
+        if self._trouble != str(err):
+            self._trouble = str(err)
+            log.error("key store: %s (operations fail with 503 until this is fixed)", err)
+
+    def _trouble_over(self) -> None:
+        if self._trouble is not None:
+            log.warning("key store: writable again (%s is over)", self._trouble)
+            self._trouble = None
 
     def _run_group(self, conn: sqlite3.Connection, group: list[Any]) -> None:
         done: list[tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None, _Tx | None]] = []
@@ -202,28 +266,40 @@ class SqliteKeyStore:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     done.append((fut, loop, r.value, None, None))
+                except sqlite3.OperationalError:
+                    raise  # the disk (full, read-only, I/O): the whole group fails below
                 except Exception as e:  # handed to the awaiting task
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     done.append((fut, loop, None, e, None))
             conn.execute("COMMIT")
+            self._trouble_over()
         except Exception as e:  # the commit failed: nothing of the group happened
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            log.error("key store commit failed: %s", type(e).__name__)
-            err = StoreError(f"commit failed: {type(e).__name__}")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolls a failed transaction back itself
+            err: StoreError
+            if isinstance(e, sqlite3.OperationalError):
+                unavailable = self._unavailable(e)
+                self._trouble_seen(unavailable)
+                err = unavailable
+            else:
+                log.error("key store commit failed: %s", type(e).__name__)
+                err = StoreError(f"commit failed: {type(e).__name__}")
             done = [(fut, loop, None, err, None) for _fn, _args, fut, loop in group]
         changed: set[str] = set()
-        for _fut, _loop, _res, _exc, tx in done:
-            if tx is None:
+        for _fut, _loop, _res, _exc, done_tx in done:
+            if done_tx is None:
                 continue
-            for action in tx.after:
+            for action in done_tx.after:
                 action()
-            for pid, k, v in tx.deltas:
+            for pid, k, v in done_tx.deltas:
                 c = self._by_pid.get(pid)
                 if c is not None:
                     setattr(c, k, getattr(c, k) + v)
-            changed |= tx.changed
+            changed |= done_tx.changed
         for fut, loop, res, exc, _tx in done:
             loop.call_soon_threadsafe(_resolve, fut, res, exc)
         if changed and self._callbacks:
@@ -235,7 +311,7 @@ class SqliteKeyStore:
             # Checkpoint and truncate the WAL: old page images (key material) leave it soon, and
             # readers never wade through a long WAL (a 10^6-key fill would make every op slower).
             self._ops_since_ckpt = 0
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint(conn)
 
     def _wal_bytes(self) -> int:
         try:
@@ -246,6 +322,8 @@ class SqliteKeyStore:
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._thread is None:
             raise StoreError("key store is not open")
+        if not self._thread.is_alive():
+            raise StoreUnavailable(f"key store writer stopped: {self.path.parent}")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._q.put((fn, args, fut, loop))
@@ -284,14 +362,14 @@ class SqliteKeyStore:
             self._by_id[qkdl_id] = self._by_pid[pid] = c
         for pid, state, n, bits in tx.conn.execute(
                 "SELECT pid, state, COUNT(*), TOTAL(bits) FROM keys GROUP BY pid, state"):
-            c = self._by_pid.get(pid)
-            if c is None:
+            counts = self._by_pid.get(pid)
+            if counts is None:
                 continue
             if state == AVAILABLE:
-                c.av_k, c.av_b = n, int(bits)
+                counts.av_k, counts.av_b = n, int(bits)
             else:
-                c.rs_k += n
-                c.rs_b += int(bits)
+                counts.rs_k += n
+                counts.rs_b += int(bits)
 
     def _recover(self, tx: _Tx) -> int:
         # RESERVED_OUT keys were never handed out (delivery erases them in the same commit).
@@ -334,6 +412,8 @@ class SqliteKeyStore:
         n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount
         tx.conn.execute("DELETE FROM blocks WHERE pid=?", (c.pid,))
         tx.conn.execute("DELETE FROM pools WHERE pid=?", (c.pid,))
+        # the link is gone for good: nothing of it is left to confirm or release
+        tx.conn.execute("DELETE FROM outbox WHERE qkdl_id=?", (qkdl_id,))
 
         def unregister() -> None:
             self._by_id.pop(qkdl_id, None)
@@ -354,7 +434,7 @@ class SqliteKeyStore:
 
     def has_room(self, qkdl_id: str) -> bool:
         c = self._by_id.get(qkdl_id)
-        return c is None or c.av_k + c.rs_k < self.max_key_count
+        return c is None or c.av_k < self.max_key_count
 
     # --- filling ---------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
@@ -586,8 +666,8 @@ class SqliteKeyStore:
             a = per.setdefault(pid, [0, 0])
             a[0] += 1
             a[1] += bits
-        for pid, (k, b) in per.items():
-            tx.d(pid, rs_k=-k, rs_b=-b, av_k=k, av_b=b)
+        for pid, (nk, nb) in per.items():
+            tx.d(pid, rs_k=-nk, rs_b=-nb, av_k=nk, av_b=nb)
             c = self._by_pid.get(pid)
             if c is not None:
                 tx.changed.add(c.qkdl_id)
@@ -763,6 +843,38 @@ class SqliteKeyStore:
             elif r[1] != AVAILABLE:
                 busy.append(k)
         return unknown, busy
+
+    # --- reconciliation --------------------------------------------------------------------
+    async def available_ids(self, qkdl_id: str, created_before: float, after: int, limit: int
+                            ) -> tuple[list[str], int]:
+        return await self._submit(self._available_ids, qkdl_id, created_before, after, limit)
+
+    def _available_ids(self, tx: _Tx, qkdl_id: str, before: float, after: int, limit: int) -> tuple[list[str], int]:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return [], after
+        rows = tx.conn.execute("SELECT seq, kid FROM keys WHERE pid=? AND state=0 AND seq>? AND created<? "
+                               "ORDER BY seq LIMIT ?", (c.pid, after, before, limit)).fetchall()
+        return [_s(r[1]) for r in rows], (rows[-1][0] if rows else after)
+
+    async def erase_available(self, qkdl_id: str, key_ids: Sequence[str]) -> int:
+        blobs = _distinct_ids(key_ids)
+        if blobs is None:
+            raise StoreError("malformed or repeated key ID")
+        return int(await self._submit(self._erase_available, qkdl_id, blobs))
+
+    def _erase_available(self, tx: _Tx, qkdl_id: str, blobs: list[bytes]) -> int:
+        c = self._by_id.get(qkdl_id)
+        if c is None:
+            return 0
+        rows: list[tuple[int, int]] = []
+        for i in range(0, len(blobs), _IN_BATCH):
+            part = blobs[i:i + _IN_BATCH]
+            marks = ",".join("?" * len(part))
+            rows += tx.conn.execute(f"DELETE FROM keys WHERE kid IN ({marks}) AND +pid=? AND +state=0 "
+                                    "RETURNING pid, bits", (*part, c.pid)).fetchall()
+        self._count_erased(tx, rows, reserved=False)
+        return len(rows)
 
     async def txn_link(self, txn: str) -> str | None:
         return await self._submit(self._txn_link, txn)

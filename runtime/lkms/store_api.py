@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from runtime.errors import SdqkdError
 from runtime.lkms.keys import AppKey, LinkKey
 
 
@@ -31,8 +32,14 @@ class KeyState(IntEnum):
     RESERVED_IN = 2
 
 
-class StoreError(Exception):
+class StoreError(SdqkdError):
     """A request the store refuses (bad arguments); the store is unchanged."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write now (disk full, read-only, I/O error); the message names the cause
+    and the directory, e.g. "disk is full: /var/lib/sdqkd". Nothing of the request happened;
+    the same request succeeds once the cause is gone (no restart needed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,9 @@ class KeyStore(Protocol):
     def pool_stats(self, qkdl_id: str) -> PoolStats | None: ...
 
     def has_room(self, qkdl_id: str) -> bool:
-        """False once the pool holds max_key_count keys: the engine should pause."""
+        """False once the pool holds max_key_count AVAILABLE keys: the engine should pause. Keys
+        reserved for a slave SAE do not count: they are no longer the link's to share, and the
+        two ends' decisions must agree (the master erases its copies at delivery)."""
 
     # --- filling ---------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
@@ -161,6 +170,16 @@ class KeyStore(Protocol):
 
     async def missing(self, qkdl_id: str, key_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """(unknown, busy): which of these keys the pool does not have / has but not AVAILABLE."""
+
+    # --- reconciliation (both ends converge to the same pool) ------------------------------
+    async def available_ids(self, qkdl_id: str, created_before: float, after: int, limit: int
+                            ) -> tuple[list[str], int]:
+        """Up to `limit` IDs of AVAILABLE keys stored before `created_before`, in storage order
+        after the cursor `after` (0 to start); returns them and the next cursor."""
+
+    async def erase_available(self, qkdl_id: str, key_ids: Sequence[str]) -> int:
+        """Erase those of `key_ids` that are AVAILABLE in the pool (the peer no longer has
+        them); others are left alone. Returns the number erased."""
 
     async def txn_link(self, txn: str) -> str | None:
         """The pool (qkdl_id) of a reservation, None if no key of it is stored."""

@@ -23,6 +23,12 @@ Status codes (clause 6, numbered as in the standard):
 QoS: key_chunk_size (0 -> default), ttl, timeout, max_bps (delivery paced), min_bps (refused with
 7 when above the link's measured key rate), metadata_mimetype ("" or application/json).
 jitter and priority are accepted and echoed but not enforced.
+
+Resources: a stream that neither both applications joined nor its local application sent a
+GET_KEY on expires after its QoS timeout or `Limits.stream_unused_s`, whichever is longer
+(the peer is told, as on CLOSE); an
+SAE has at most `Limits.max_streams_per_sae` streams at a node (opened or announced by the
+peer): one more OPEN_CONNECT is RESOURCE_EXHAUSTED, one more announcement is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import grpc
 
 from generated.proto.sdqkd import etsi004_pb2 as pb
 from generated.proto.sdqkd import kms_pb2
+from runtime.errors import SdqkdError
 from runtime.lkms.core import Core, NotReady, UnknownPair
 from runtime.lkms.keys import group_parts, is_uuid, join_parts
 from runtime.lkms.registry import App, Link
@@ -56,8 +63,12 @@ def _app_qos(q: pb.QoS) -> dict[str, int]:
     return {k: int(v) for k, v in pairs if v}
 
 
-class CallerRefused(Exception):
+class CallerRefused(SdqkdError):
     """The caller may not use this stream / act as this SAE (gRPC PERMISSION_DENIED)."""
+
+
+class TooManyStreams(SdqkdError):
+    """The SAE already has max_streams_per_sae streams here (gRPC RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(eq=False)
@@ -80,6 +91,8 @@ class Stream:
     next_send: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: float = field(default_factory=time.monotonic)
+    used: bool = False  # the local application sent a GET_KEY on it
 
     @property
     def chunk_bits(self) -> int:
@@ -119,6 +132,7 @@ class StreamManager:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self._expire_unused(now)
             for s in list(self.streams.values()):
                 ttl = s.qos.ttl or self.core.limits.stream_ttl_default_s
                 old = [i for i, (_, t) in s.chunks.items() if now - t > ttl]
@@ -127,6 +141,40 @@ class StreamManager:
                     buf[:] = bytes(len(buf))
                 if old:
                     log.debug("stream %s: %d chunks expired", s.ksid, len(old))
+
+    def _expire_unused(self, now: float) -> None:
+        """Streams never used by their local application go after their idle limit."""
+        for s in list(self.streams.values()):
+            limit = max(s.qos.timeout / 1000.0, self.core.limits.stream_unused_s)
+            established = s.local_connected and s.peer_connected  # both applications joined
+            if not s.used and not established and now - s.opened > limit:
+                log.info("key stream %s of %s expired: not joined nor used for %.0f s", s.ksid, s.local_sae, limit)
+                self._forget(s)
+                task = asyncio.get_running_loop().create_task(self._tell_peer_closed(s))
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
+
+    def _check_cap(self, sae: str) -> None:
+        cap = self.core.limits.max_streams_per_sae
+        if sum(1 for s in self.streams.values() if s.local_sae == sae) >= cap:
+            raise TooManyStreams(f"SAE {sae} already has {cap} key streams open here")
+
+    def _forget(self, s: Stream) -> None:
+        s.local_connected = False
+        s.wipe()
+        s.wake()
+        self.streams.pop(s.ksid, None)
+
+    async def _tell_peer_closed(self, s: Stream) -> str:
+        link = self.core.registry.links.get(s.qkdl_id)
+        if link is not None:
+            msg = kms_pb2.StreamRequest(key_stream_id=s.ksid, source=s.local_sae, destination=s.remote_sae,
+                                        qkdl_id=s.qkdl_id)
+            try:
+                await self.core.peers.stub(link.peer_kms_address).CloseStream(msg, timeout=self.core.limits.rpc_timeout_s)
+            except grpc.aio.AioRpcError:
+                log.info("key stream %s: peer not told of close (unreachable)", s.ksid)
+        return "ok"
 
     def drop_link(self, qkdl_id: str) -> None:
         for k, s in list(self.streams.items()):
@@ -184,6 +232,7 @@ class StreamManager:
             return await self._join(s, req, granted, ok)
         if not ok:
             return pb.OpenConnectResponse(status=S.OPEN_CONNECT_QOS_NOT_SATISFIED, qos=granted)
+        self._check_cap(req.source)
         ksid = ksid or str(uuid.uuid4())
         s = Stream(ksid, req.source, req.destination, link.qkdl_id, owner=True, qos=granted, app=app,
                    local_connected=True)
@@ -244,6 +293,10 @@ class StreamManager:
                 return kms_pb2.TxnResponse(ok=False, reason="SAE pair not registered for this link here")
             if not 0 < req.key_chunk_size <= self.core.limits.chunk_max:
                 return kms_pb2.TxnResponse(ok=False, reason="bad chunk size")
+            try:
+                self._check_cap(req.destination)
+            except TooManyStreams as e:
+                return kms_pb2.TxnResponse(ok=False, reason=str(e))
             qos = pb.QoS(key_chunk_size=req.key_chunk_size, ttl=req.ttl)
             self.streams[req.key_stream_id] = Stream(req.key_stream_id, req.destination, req.source, link.qkdl_id,
                                                      owner=False, qos=qos, app=app, peer_connected=True)
@@ -381,6 +434,7 @@ class StreamManager:
             return pb.GetKeyResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         if self.core.tls and caller != s.local_sae:
             raise CallerRefused("key stream belongs to another SAE")
+        s.used = True
         if not s.peer_connected:
             return pb.GetKeyResponse(status=S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED)
         idx = req.index if req.HasField("index") else s.cursor
@@ -439,7 +493,7 @@ class StreamManager:
         return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
                                  metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
 
-    async def _obtain(self, s: Stream, idx: int) -> int:
+    async def _obtain(self, s: Stream, idx: int) -> pb.Status:
         """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
         loop = asyncio.get_running_loop()
         timeout = s.qos.timeout / 1000.0
@@ -461,7 +515,7 @@ class StreamManager:
                 return S.TIMEOUT_ERROR
             await self.core.wait_changed(s.qkdl_id, left)
 
-    async def _pace(self, s: Stream) -> int:
+    async def _pace(self, s: Stream) -> pb.Status:
         """max_bps: deliver at most that rate; if the wait exceeds the timeout, TIMEOUT_ERROR."""
         now = time.monotonic()
         wait = s.next_send - now
@@ -479,18 +533,8 @@ class StreamManager:
             return pb.CloseResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         if self.core.tls and caller != s.local_sae:
             raise CallerRefused("key stream belongs to another SAE")
-        s.local_connected = False
-        s.wipe()
-        s.wake()
-        self.streams.pop(s.ksid, None)
-        link = self.core.registry.links.get(s.qkdl_id)
-        if link is not None:
-            msg = kms_pb2.StreamRequest(key_stream_id=s.ksid, source=s.local_sae, destination=s.remote_sae,
-                                        qkdl_id=s.qkdl_id)
-            try:
-                await self.core.peers.stub(link.peer_kms_address).CloseStream(msg, timeout=self.core.limits.rpc_timeout_s)
-            except grpc.aio.AioRpcError:
-                log.info("key stream %s: peer not told of close (unreachable)", s.ksid)
+        self._forget(s)
+        await self._tell_peer_closed(s)
         log.info("key stream %s closed by %s", s.ksid, s.local_sae)
         if s.app is not None and self.core.registrar is not None:
             still = sum(1 for o in self.streams.values() if o.app is s.app and o.local_connected)

@@ -1,4 +1,4 @@
-"""TLS contexts and gRPC credentials built from a node's `TlsFiles`, and caller identity.
+"""The LKMS's TLS contexts and gRPC credentials (built by `runtime.tls`), and caller identity.
 
 ETSI 014 (HTTPS) asks for a client certificate but does not *require* one at the handshake
 (CERT_OPTIONAL): a client without a certificate then gets a proper HTTP 401 with an Error body
@@ -14,31 +14,21 @@ from typing import Any
 
 import grpc
 
+from runtime import tls as tls_build
 from runtime.pki import TlsFiles
+from runtime.tls import grpc_channel_credentials, https_client_context
+
+__all__ = ["grpc_caller_cn", "grpc_channel_credentials", "grpc_h2_server_context", "grpc_server_credentials",
+           "https_client_context", "https_server_context", "peercert_cn"]
 
 
 def https_server_context(tls: TlsFiles) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-def https_client_context(tls: TlsFiles) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(tls.ca))
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    return ctx
+    """ETSI 014: client certificate optional at the handshake (see above)."""
+    return tls_build.https_server_context(tls, require_client_cert=False)
 
 
 def grpc_server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    ca, cert, key = tls.read()
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
-
-
-def grpc_channel_credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
-    ca, cert, key = tls.read()
-    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    return tls_build.grpc_server_credentials(tls, mutual=True)
 
 
 def peercert_cn(peercert: dict[str, Any] | None) -> str | None:
@@ -62,20 +52,11 @@ def grpc_caller_cn(context: grpc.aio.ServicerContext) -> str | None:
 def grpc_h2_server_context(tls: TlsFiles) -> ssl.SSLContext:
     """TLS for the h2-based gRPC server (h2grpc.py), as grpcio's would be: our certificate,
     client certificates required and verified against the CA, ALPN h2 (gRPC clients insist)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2"])
-    return ctx
+    return tls_build.https_server_context(tls, require_client_cert=True, alpn=["h2"])
 
 
 def etsi020_server_context(tls: TlsFiles) -> ssl.SSLContext:
     """ETSI 020 server: client certificates required and verified (against our CA, plus the CA
     of each external peer KMS, added with `load_verify_locations`), TLS 1.3 or later as the
     standard asks."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    return ctx
+    return tls_build.https_server_context(tls, require_client_cert=True, minimum=ssl.TLSVersion.TLSv1_3)

@@ -54,9 +54,11 @@ def main(config: str, log_format: str | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, stop)
 
+    from runtime.lkms.store_api import StoreError
+
     try:
         asyncio.run(run())
-    except OSError as e:
+    except (OSError, StoreError) as e:  # e.g. "data directory is read-only: DIR": no traceback
         print(f"{config}: {e}", file=sys.stderr)
         return 1
     return 0

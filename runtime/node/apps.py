@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +161,7 @@ class Registrar:
 
     # ---------------------------------------------------------------- the agent's hooks tell
 
-    def installed(self, app_id: str, entry: dict[str, Any] | None) -> None:
+    def installed(self, app_id: str, entry: Mapping[str, Any] | None) -> None:
         """A qkd_app Set through gNMI (the controller): remember it and wake waiting requests."""
         if entry is None:
             if self.regs.pop(app_id, None) is not None:
@@ -295,7 +295,7 @@ class Registrar:
 
     # ---------------------------------------------------------------- tree, LKMS, file
 
-    def _is_local_entry(self, entry: dict[str, Any]) -> bool:
+    def _is_local_entry(self, entry: Mapping[str, Any]) -> bool:
         return entry.get("remote_qkdn_id") == self.node_id == entry.get("local_qkdn_id", self.node_id)
 
     def _publish(self, reg: Registration, status: str | None) -> None:

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import SdqkdError
 from runtime.node.apps import Settings
 from runtime.pki import TlsFiles
 from runtime.yamlfile import read_yaml
 
 
-class ConfigError(ValueError):
+class ConfigError(SdqkdError, ValueError):
     pass
 
 
@@ -97,6 +98,37 @@ def _listen(v: Any, key: str, problems: list[str]) -> str:
     return v
 
 
+def _readable_by_others(f: Path) -> bool:
+    return bool(f.stat().st_mode & 0o077)
+
+
+def _users(v: Any, p: Path, problems: list[str]) -> dict[str, str]:
+    """`users: {name: password}` or `{name: {password_file: FILE}}`. A password never sits in a
+    file other users can read: an inline one needs the config itself to be 0600 (or 0400), a
+    password file likewise."""
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        problems.append("users: expected a mapping username: password or username: {password_file: FILE}")
+        return {}
+    out: dict[str, str] = {}
+    for name, spec in v.items():
+        if isinstance(spec, str):
+            if _readable_by_others(p):
+                problems.append(f"users.{name}: an inline password in a file other users can read; "
+                                f"chmod 600 {p} or use password_file")
+            out[name] = spec
+        elif isinstance(spec, dict) and set(spec) == {"password_file"} and isinstance(spec["password_file"], str):
+            f = p.parent / spec["password_file"]
+            if not f.is_file():
+                problems.append(f"users.{name}.password_file: no such file {f}")
+            elif _readable_by_others(f):
+                problems.append(f"users.{name}.password_file: {f} is readable by other users; chmod 600 it")
+            else:
+                out[name] = f.read_text().strip()
+        else:
+            problems.append(f"users.{name}: expected a password string or {{password_file: FILE}}")
+    return out
+
+
 def load_config(path: str | Path) -> NodeConfig:
     """Parse and check a node config file; ConfigError lists every problem."""
     p = Path(path)
@@ -159,10 +191,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(saes, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), str) for s in saes):
         problems.append("saes: expected a list of mappings with an `id`")
         saes = []
-    users = raw.get("users", gnmi.get("users", {})) or {}
-    if not isinstance(users, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in users.items()):
-        problems.append("users: expected a mapping username: password")
-        users = {}
+    users = _users(raw.get("users", gnmi.get("users", {})) or {}, p, problems)
     bootstrap: dict[str, Path] = {}
     for peer_id, f in (raw.get("bootstrap") or {}).items():
         bf = p.parent / str(f)
@@ -184,6 +213,7 @@ def load_config(path: str | Path) -> NodeConfig:
         problems.append("data_dir: required, a directory path")
     if problems:
         raise ConfigError(f"{p}: " + f"\n{p}: ".join(problems))
+    assert isinstance(node_id, str) and isinstance(name, str) and data_dir is not None  # checked above
     return NodeConfig(
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,

@@ -51,7 +51,7 @@ class LinkParams:
     peer_address: str
     profile: str
     loss_db: float
-    variant: str = "optimized"
+    variant: str  # a Cascade variant of the model's enum (its default comes from the datastore)
     eve: float = 0.0
     enabled: bool = True
     target_sifted_bits: float = 1e6
@@ -322,6 +322,7 @@ class ClassicalChannelService(classical_pb2_grpc.ClassicalChannelServicer):
         if link is None or first.kind != HELLO or link.p.role != "bob":
             qkdl_id = getattr(first, "qkdl_id", "")
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no receiving link {qkdl_id!r} here")
+            return  # abort raises; the type checker cannot know it
         pipe = FramePipe(context)
         link.attach(pipe, first.payload.decode())
         try:

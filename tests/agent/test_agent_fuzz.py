@@ -101,7 +101,7 @@ def test_set_is_all_or_nothing(deletes, replaces, updates):
         assert e.code in ALLOWED, e.message
         assert a.root == before
         return
-    assert ds.check_tree(a.root) == [] and a.check_references(a.root) == []
+    assert ds.check_tree(a.root) == [] and a.datastore.check_references(a.root) == []
 
 
 LEAVES = [p for p in DATA_PATHS if schema.NODES[p]["kind"] == "leaf" and schema.NODES[p]["config"]]
@@ -148,7 +148,7 @@ def test_schema_aware_set_is_all_or_nothing(updates):
         assert e.code in ALLOWED, e.message
         assert a.root == before
         return
-    assert ds.check_tree(a.root) == [] and a.check_references(a.root) == []
+    assert ds.check_tree(a.root) == [] and a.datastore.check_references(a.root) == []
     # what was written reads back through Get
     for u in updates:
         a.get(gnmi_pb2.GetRequest(path=[u.path], encoding=gnmi_pb2.JSON_IETF))

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from generated.agent_skeleton import NOTIFICATIONS, HookVeto
+from generated.agent_skeleton import NOTIFICATIONS, HookVeto, ModelHooks
 from generated.gnmi_support import parse_path as P
 from generated.gnmi_support import path_str
 from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
@@ -112,32 +112,39 @@ def test_all_eleven_notifications_are_delivered():
     run(main())
 
 
-class VetoingAgent(NodeAgent):
-    def __init__(self, node_id: str):
-        super().__init__(node_id)
+class VetoingHooks(ModelHooks):
+    def __init__(self) -> None:
         self.calls: list[tuple[Any, Any, dict[str, Any]]] = []
+        self.applied: list[tuple[Any, Any]] = []
 
-    async def on_qkd_link(self, txn, old, new, *, qkdl_id):
+    async def validate_qkd_link(self, txn, old, new, *, qkdl_id):
         self.calls.append((old, new, {"qkdl_id": qkdl_id}))
         if new is not None and new.get("qkdl_enable") is False and old is not None:
             raise HookVeto("the engine cannot stop this link now")
 
+    async def apply_qkd_link(self, txn, old, new, *, qkdl_id):
+        self.applied.append((old, new))
+
 
 def test_hooks_see_each_change_and_can_veto():
     async def main():
-        agent = VetoingAgent(str(uuid.uuid4()))
+        hooks = VetoingHooks()
+        agent = NodeAgent(str(uuid.uuid4()), hooks=hooks)
+        agent.calls = hooks.calls
         server, ch, stub = await serve(agent)
         lid = str(uuid.uuid4())
         p = f"{LINKS}[qkdl_id={lid}]"
         await stub.Set(gnmi_pb2.SetRequest(update=[upd(p, link_body(agent, lid))]))
         old, new, keys = agent.calls[-1]
         assert old is None and new["qkdl_id"] == lid and keys == {"qkdl_id": lid}
+        assert hooks.applied == [(None, new)]  # applied once, after the commit
         call = stub.Subscribe(sub_req(p, updates_only=True))
         assert (await call.read()).sync_response
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.Set(gnmi_pb2.SetRequest(update=[upd(f"{p}/qkdl_enable", False)]))
         assert e.value.code() == grpc.StatusCode.ABORTED and "cannot stop this link" in e.value.details()
         assert lid in e.value.details()
+        assert len(hooks.applied) == 1  # a vetoed change is never applied
         r = await stub.Get(gnmi_pb2.GetRequest(path=[P(f"{p}/qkdl_enable")], encoding=gnmi_pb2.JSON_IETF))
         assert json.loads(r.notification[0].update[0].val.json_ietf_val) is True
         await stub.Set(gnmi_pb2.SetRequest(delete=[P(p)]))

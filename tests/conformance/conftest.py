@@ -70,6 +70,7 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
         f"data_dir: data\ntls: {{ca: {server.ca}, cert: {server.cert}, key: {server.key}}}\n"
         "users: {admin: 's3cret-pw'}\nsaes: []\n"
     )
+    cfg.chmod(0o600)  # a config holding a password must not be readable by others (the node checks)
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))

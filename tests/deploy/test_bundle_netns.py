@@ -21,9 +21,9 @@ import pytest
 import yaml
 from deployutil import keys_agree
 
+from runtime import netns
 from runtime.deploy import export
 from runtime.deploy.plan import ExportOptions
-from runtime.harness import netns
 
 WHY = netns.available()
 NAMES = ["A", "B", "C"]
@@ -93,9 +93,11 @@ def test_exported_bundle_runs_one_namespace_per_node(tmp_path: Path):
         _wait(lambda: _producing(state / "controller-status.json"), 240, "every link to produce key", procs, logs)
 
         # the controller's API is on its namespace's loopback only: ask it from inside
+        token = (hosts / "controller" / "sdqkd" / "northbound-token").read_text().strip()
         ask = subprocess.run(["ip", "netns", "exec", ns["controller"]["netns"], sys.executable, "-c",
                               "import httpx,sys; r = httpx.post('http://127.0.0.1:8080/apps', "
-                              "json={'master': 'sae-a', 'slave': 'sae-c'}, timeout=30); print(r.text)"],
+                              "json={'master': 'sae-a', 'slave': 'sae-c'}, timeout=30, "
+                              "headers={'Authorization': 'Bearer ' + sys.argv[1]}); print(r.text)", token],
                              capture_output=True, text=True, timeout=60)
         route = json.loads(ask.stdout)
         assert route["path"] == ["A", "B", "C"] and route["virtual"], ask.stdout + ask.stderr

@@ -64,7 +64,7 @@ def test_bundle_is_one_runnable_directory_per_node_with_secrets_private(tmp_path
         mode = stat.S_IMODE(p.stat().st_mode)
         if p.is_dir():
             assert mode == 0o700, p
-        elif p.suffix == ".key" or p.name in ("node.yaml", "gnmi-password"):
+        elif p.suffix == ".key" or p.name in ("node.yaml", "gnmi-password", "northbound-token"):
             assert mode == 0o600, p  # private keys, bootstrap secrets, configs with the gNMI password
         else:
             assert mode & 0o077 in (0o044, 0), p

@@ -82,7 +82,7 @@ def test_node_binds_all_interfaces_with_tls_answers_health_and_logs_json(tmp_pat
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # JSON lines only
     assert any(r["message"].startswith("sdqkd node solo: gNMI on 0.0.0.0:") for r in records)
     assert all(r["level"] in ("DEBUG", "INFO", "WARNING", "ERROR") and r["time"] for r in records)
-    password = yaml.safe_load(cfg.read_text())["users"]["sdqkd"]
+    password = (cfg.parent / yaml.safe_load(cfg.read_text())["users"]["sdqkd"]["password_file"]).read_text()
     assert password not in log.read_text()
     down = subprocess.run([*SDQKD, "health", "--config", str(cfg), "--timeout", "2"], capture_output=True, text=True,
                           timeout=60)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from runtime.harness import netns, network
+from runtime import netns
+from runtime.harness import network
 
 WHY = netns.available()
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -26,10 +26,9 @@ def test_nodes_in_namespaces_produce_and_relay_keys(tmp_path: Path):
         assert {e["etsi014"].rsplit(":", 1)[0] for e in eps.values()} == {"10.77.0.10", "10.77.0.11", "10.77.0.12"}
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "sdqkd0" in names and "sdqkd2" in names
-        api = json.loads((state / "controller-status.json").read_text())["api"]
-        import httpx
+        from runtime.harness.northbound import post_app
 
-        assert httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c"}).json()["virtual"]
+        assert post_app(state, "sae-a", "sae-c")["virtual"]
         keys_match(eps)
     finally:
         network.down(state)

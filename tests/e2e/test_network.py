@@ -15,6 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runtime.harness.audit import exposed
+from runtime.harness.northbound import api_and_headers
+
 TOPO = "nodes: [{name: A}, {name: B}, {name: C}]\nlinks: [{a: A, b: B, km: 10}, {a: B, b: C, km: 15}]\n" \
        "saes: [{name: sae-a, node: A}, {name: sae-c, node: C}]\n"
 
@@ -50,8 +53,14 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
     try:
         eps = json.loads((state / "endpoints.json").read_text())
         assert set(eps) == {"A", "B", "C"} and set(eps["A"]) >= {"id", "gnmi", "etsi014", "etsi004", "ca", "saes"}
-        api = json.loads((state / "controller-status.json").read_text())["api"]
-        route = httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c", "rate": 1000}).json()
+        api, auth = api_and_headers(state)
+        assert httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c"}).status_code == 401
+        for rate in ("1e400", "1e12", "-1", "true"):  # JSON numbers Python reads as inf, too big, ...
+            bad = httpx.post(f"http://{api}/apps", headers={**auth, "Content-Type": "application/json"},
+                             content=f'{{"master": "sae-a", "slave": "sae-c", "rate": {rate}}}')
+            assert bad.status_code == 400 and bad.json()["message"].startswith("bad request: rate:"), (rate, bad.text)
+        route = httpx.post(f"http://{api}/apps", headers=auth,
+                           json={"master": "sae-a", "slave": "sae-c", "rate": 1000}).json()
         assert route["path"] == ["A", "B", "C"] and route["virtual"]
         a, c = eps["A"], eps["C"]
         with httpx.Client(verify=_ctx(a["ca"], a["saes"]["sae-a"])) as ha:
@@ -70,6 +79,10 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
             again = hc.post(f"https://{c['etsi014']}/api/v1/keys/sae-a/dec_keys",
                             json={"key_IDs": [{"key_ID": keys[0]["key_ID"]}]})
             assert again.status_code == 400  # delivered once, then gone
+        # nothing secret under the state dir is readable by other users (key stores included)
+        password = Path(json.loads((state / "network.json").read_text())["controller"]["password_file"]).read_text()
+        assert list((state / "nodes" / "A" / "data").glob("keys.sqlite*"))
+        assert exposed(state, (password,)) == []
     finally:
         d = sdqkd("net", "down", "--state-dir", str(state))
         assert d.returncode == 0, d.stderr

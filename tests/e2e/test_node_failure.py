@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from runtime.harness import network
+from runtime.harness.northbound import post_app
 
 TOPO = {"nodes": [{"name": n} for n in "ABCD"],
         "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10},
@@ -64,8 +65,7 @@ def test_sigkill_a_relay_node_then_bring_it_back(tmp_path: Path):
     state = tmp_path / "net"
     eps = network.up(TOPO, state, timeout=120)
     try:
-        api = status(state)["api"]
-        route = httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c", "rate": 100}).json()
+        route = post_app(state, "sae-a", "sae-c", 100)
         middle = route["path"][1]
         other = "D" if middle == "B" else "B"
         keys_match(eps)

@@ -67,13 +67,15 @@ def test_malformed_path_text_is_refused(bad: str):
 
 
 def test_skeleton_hooks_and_models():
-    assert agent_skeleton.HOOKS[LINK] == "on_qkd_link"
-    assert agent_skeleton.HOOKS["/qkd_node/qkd_links/qkd_link/sdqkd-link"] == "on_sdqkd_link"
+    assert agent_skeleton.HOOKS[LINK] == "qkd_link"
+    assert agent_skeleton.HOOKS["/qkd_node/qkd_links/qkd_link/sdqkd-link"] == "sdqkd_link"
     assert "/qkd_node/sdqkd-key-store" not in agent_skeleton.HOOKS  # state only: no Set hook
     assert ("etsi-qkd-sdn-node", "ETSI ISG QKD", "2022-01-30") in agent_skeleton.MODELS
-    assert issubclass(agent_skeleton.AgentSkeleton, gnmi_pb2_grpc.gNMIServicer)
-    for method in agent_skeleton.HOOKS.values():
-        assert asyncio.iscoroutinefunction(getattr(agent_skeleton.AgentSkeleton, method))
+    # the hook interface is protocol-neutral: two phases per node, no gRPC in it
+    assert not issubclass(agent_skeleton.ModelHooks, gnmi_pb2_grpc.gNMIServicer)
+    for name in agent_skeleton.HOOKS.values():
+        for phase in ("validate", "apply"):
+            assert asyncio.iscoroutinefunction(getattr(agent_skeleton.ModelHooks, f"{phase}_{name}"))
 
 
 class Recorder(gnmi_pb2_grpc.gNMIServicer):

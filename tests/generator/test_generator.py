@@ -105,7 +105,7 @@ print(paths.qkd_node().qkd_links().qkd_link(qkdl_id='x').laser_temperature.elem[
 print(str(paths.qkd_node().acme_racks().rack(rack_id=7)))
 assert hasattr(client.ModelClient, 'create_rack') and hasattr(client.ModelClient, 'list_rack')
 assert 'acme-qkd-ext:acme-racks' in model_types.QkdNode.__annotations__
-assert agent_skeleton.HOOKS['/qkd_node/acme-racks/rack'] == 'on_rack'
+assert agent_skeleton.HOOKS['/qkd_node/acme-racks/rack'] == 'rack'
 assert ('acme-qkd-ext', 'ACME Quantum', '2026-01-01') in agent_skeleton.MODELS
 """
     out = run_py(project_copy, code)

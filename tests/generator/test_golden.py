@@ -54,11 +54,36 @@ assert schema.NODES['/box-opened']['kind'] == 'notification'
 p = paths.box().item(item_id=3).in_
 assert [e.name for e in p.elem] == ['box', 'item', 'in'] and dict(p.elem[1].key) == {'item-id': '3'}
 assert str(paths.box().item()) == '/box/item[item-id=*]'
-assert agent_skeleton.HOOKS == {'/box': 'on_box', '/box/item': 'on_item'}
+assert agent_skeleton.HOOKS == {'/box': 'box', '/box/item': 'item'}
 assert agent_skeleton.NOTIFICATIONS == {'box-opened': ('tiny', '/box-opened')}
-assert model_types.Item.__annotations__['weight'] is float or model_types.Item.__annotations__['weight'] == 'float'
+assert model_types.Item.__annotations__['weight'] is str  # decimal64: exact text, as in JSON_IETF
+assert model_types.BoxOpenedDetailStep.__annotations__['n'] is int and 'BoxOpenedDetail' in model_types.__all__
 print('ok')
 """
     r = run_py(tiny, code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_emitted_code_passes_the_type_gate(tiny: Path):
+    """The tiny model's output (nested notification, decimal64, identityref, union, keyword
+    name) passes mypy under the project's own configuration, as generated/ does."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[2]
+    code = """
+from generated import model_types as t, client, paths
+opened: t.BoxOpened = {"by": "x", "detail": {"reason": "r", "angle": "12.5", "step": [{"n": 1, "note": "a"}]}}
+item: t.Item = {"item-id": 3, "weight": "1.25"}
+"""
+    (tiny / "use_types.py").write_text(code)
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(root / "pyproject.toml"),
+                        "--cache-dir", str(tiny / ".mypy_cache"), "generated", "use_types.py"],
+                       capture_output=True, text=True, cwd=tiny, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tiny / "use_types.py").write_text(code.replace('"angle": "12.5"', '"angle": 12.5'))
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(root / "pyproject.toml"),
+                        "--cache-dir", str(tiny / ".mypy_cache"), "use_types.py"],
+                       capture_output=True, text=True, cwd=tiny, timeout=600)
+    assert r.returncode == 1 and "angle" in r.stdout  # decimal64 is its exact text, not a float

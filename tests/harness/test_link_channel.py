@@ -125,8 +125,9 @@ PAIR = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", 
 
 def test_engine_cascade_variant_is_the_nodes_default(tmp_path):
     """A link whose configuration names no Cascade variant runs the node's engine default; an
-    unknown one is refused in the Set, naming the valid ones."""
+    unknown one stops the node before it starts, naming the valid ones (the model's enum)."""
     from runtime.harness.inprocess import start_network
+    from runtime.node.config import ConfigError
 
     async def main() -> None:
         net = await start_network(PAIR, tmp_path / "ok", engine={"clock_scale": 0.01, "cascade_variant": "original"},
@@ -136,7 +137,7 @@ def test_engine_cascade_variant_is_the_nodes_default(tmp_path):
             assert len(ends) == 2 and {e.p.variant for e in ends} == {"original"}
         finally:
             await net.stop()
-        with pytest.raises(grpc.aio.AioRpcError, match="unknown Cascade variant 'bogus'.*original, optimized"):
+        with pytest.raises(ConfigError, match="unknown Cascade variant 'bogus'.*original, optimized"):
             await start_network(PAIR, tmp_path / "bad", engine={"cascade_variant": "bogus"}, timeout=10)
 
     asyncio.run(main())

@@ -28,6 +28,14 @@ from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context
 LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")
 
 
+def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Poll `cond` (a safety net against hangs, not a timing assertion)."""
+    end = time.monotonic() + limit
+    while not cond():
+        assert time.monotonic() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
 class LoopThread:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -102,6 +110,30 @@ class Net:
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
         return self.lt.run(coro, timeout)
+
+    def restart(self, name: str, provision: bool = True) -> Lkms:
+        """Stop node `name` and start a new `Lkms` on the same data dir and KeySync address, as a
+        process restart would: its registry starts empty; `provision` re-installs its links and
+        apps the way the controller does when the node comes back."""
+        old = self.nodes[name]
+        self.lt.run(old.stop())
+        new = Lkms(old.node_id, old.data_dir, old.tls, saes=old.registry.local_saes, limits=old.limits,
+                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"])
+        self.nodes[name] = new
+        self.lt.run(new.start())
+        if provision:
+            self.provision(name, old)
+        return new
+
+    def provision(self, name: str, old: Lkms) -> None:
+        """Install on node `name` the links and apps `old` had (the controller re-provisioning)."""
+        new = self.nodes[name]
+        for link in old.registry.links.values():
+            self.run(new.set_link(link.qkdl_id, link.peer_node_id, link.peer_kms_address, link.kind,
+                                  link.prev_hop, link.next_hops))
+        for app in old.registry.apps.values():
+            new.register_app(app.app_id, app.master_sae_id, app.slave_sae_ids, app.local_node_id,
+                             app.remote_node_id, app.backing_qkdl_ids)
 
     def phys(self, a: str, b: str) -> str:
         q = str(uuid.uuid4())

@@ -86,3 +86,23 @@ class DescribeResponse(_message.Message):
     ETSI020_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     etsi020_address: str
     def __init__(self, etsi020_address: _Optional[str] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ("qkdl_id", "key_ids", "reverse")
+    QKDL_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    qkdl_id: str
+    key_ids: _containers.RepeatedScalarFieldContainer[str]
+    reverse: bool
+    def __init__(self, qkdl_id: _Optional[str] = ..., key_ids: _Optional[_Iterable[str]] = ..., reverse: _Optional[bool] = ...) -> None: ...
+
+class ReconcileResponse(_message.Message):
+    __slots__ = ("ok", "reason", "unknown")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    reason: str
+    unknown: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ok: _Optional[bool] = ..., reason: _Optional[str] = ..., unknown: _Optional[_Iterable[str]] = ...) -> None: ...

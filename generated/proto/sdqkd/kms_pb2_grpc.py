@@ -70,6 +70,11 @@ class KeySyncStub:
                 request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/sdqkd.kms.v1.KeySync/Reconcile',
+                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class KeySyncServicer:
@@ -117,6 +122,12 @@ class KeySyncServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reconcile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeySyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +165,11 @@ def add_KeySyncServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.FromString,
                     response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.FromString,
+                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +361,33 @@ class KeySync:
             '/sdqkd.kms.v1.KeySync/Describe',
             generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
             generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdqkd.kms.v1.KeySync/Reconcile',
+            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
+            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

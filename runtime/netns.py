@@ -1,6 +1,7 @@
 """Multi-host networks on one machine: each node in a network namespace of its own, joined to
 the host by a veth pair on one bridge (`ip netns`, `ip link`, from iproute2; needs root).
-The nodes then talk over real, separate network stacks; the controller stays on the host."""
+The nodes then talk over real, separate network stacks; the controller stays on the host.
+Shared by the harness (`sdqkd net up --netns`) and the IPsec adapter's namespace hosts."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import os
 import subprocess
 from pathlib import Path
 
+from runtime.errors import SdqkdError
+
 BRIDGE = "sdqkdbr0"
 PREFIX = "10.77.0"  # a private /24 that only these test hosts use
 HOST_IP = f"{PREFIX}.1"
 
 
-class NetnsError(RuntimeError):
+class NetnsError(SdqkdError, RuntimeError):
     pass
 
 

@@ -1,0 +1,210 @@
+"""Provisioning of one node: the generated model hooks that turn committed ETSI 015 entries
+into engine links and LKMS registrations. The datastore hands them typed entries (RFC 7951
+names) with YANG defaults applied, so no default is restated here.
+
+Per `qkd_link` entry:
+- `validate_qkd_link` (before commit, no side effects): a PHYS link's device profile must
+  exist; otherwise the whole change is refused and nothing starts.
+- `apply_qkd_link` (after commit) converges the runtime on the entry, whatever it did before:
+  deleted -> engine link stopped, LKMS link removed; not runnable yet (no peer or classical
+  endpoint, ETSI allows it) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
+  and link, engine link (re)started when its parameters changed, stopped when disabled.
+Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON.
+A failed apply is reported by `apply_failed`: an ETSI `alarm` (link or application) and, for a
+link, `sdqkd-link/engine-state/last-abort-reason`; the datastore retries it later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from generated import model_types as t
+from generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
+from runtime.agent.model import NODES, Resolved, elems_text
+from runtime.agent.transaction import resolve_text
+from runtime.lkms.registry import sae_of
+
+from .config import ConfigError
+from .links import EngineLink, LinkParams
+
+if TYPE_CHECKING:
+    from .runtime import NodeRuntime
+
+log = logging.getLogger("sdqkd.node")
+
+T = "etsi-qkd-node-types:"
+EXT = "sdqkd-node-ext:sdqkd-link"
+LINK = "/qkd_node/qkd_links/qkd_link"
+APP = "/qkd_node/qkd_applications/qkd_app"
+CASCADE_VARIANT = f"{LINK}/sdqkd-link/cascade-variant"
+# the Cascade variants the model allows (the schema index is the one source)
+CASCADE_VARIANTS: tuple[str, ...] = tuple(NODES[CASCADE_VARIANT]["type"]["enums"])
+
+
+def engine_defaults(engine: Mapping[str, Any]) -> dict[str, Any]:
+    """Node-local defaults of model leaves from the node's `engine` settings (checked here, so
+    a bad value stops the node before it starts)."""
+    out: dict[str, Any] = {}
+    if "cascade_variant" in engine:
+        variant = engine["cascade_variant"]
+        if variant not in CASCADE_VARIANTS:
+            raise ConfigError(f"engine.cascade_variant: unknown Cascade variant {variant!r}; "
+                              f"valid variants: {', '.join(CASCADE_VARIANTS)}")
+        out[CASCADE_VARIANT] = variant
+    return out
+
+
+@dataclass(frozen=True)
+class VirtPlan:
+    """A VIRT link: key relayed by the LKMS along a path of other links."""
+
+    peer_id: str
+    peer_address: str
+    prev_hop: str | None
+    next_hops: tuple[str, ...]
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class PhysPlan:
+    """A PHYS link: an engine link producing key into the LKMS pool."""
+
+    peer_id: str
+    peer_address: str
+    params: LinkParams
+
+
+def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> VirtPlan | PhysPlan | None:
+    """What the runtime should run for a link entry; None while it is not runnable yet.
+    HookVeto when the entry names what this node cannot run."""
+    from runtime.engine import profiles
+
+    ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
+    peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
+    peer_addr = ext.get("classical-endpoint")
+    enabled = entry["qkdl_enable"]
+    if not peer_id or not peer_addr:
+        return None
+    if entry.get("qkdl_type", f"{T}PHYS") == f"{T}VIRT":
+        return VirtPlan(peer_id, peer_addr, entry.get("virt_prev_hop"), tuple(entry.get("virt_next_hop", [])),
+                        enabled)
+    profile = ext["device-profile"]
+    try:
+        prof = profiles.get(profile)
+    except ValueError as e:
+        raise HookVeto(str(e)) from None
+    km = float(ext.get("fibre-length-km", "0"))
+    loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
+    role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
+    params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
+                        variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
+                        enabled=enabled, clock_scale=float(engine.get("clock_scale", 1.0)),
+                        target_sifted_bits=float(engine.get("block_sifted_bits", 1e6)))
+    return PhysPlan(peer_id, peer_addr, params)
+
+
+class NodeProvisioning(ModelHooks):
+    """The hooks of one node's datastore, driving its engine links and LKMS."""
+
+    def __init__(self, node: NodeRuntime):
+        self.node = node
+
+    # ---------------------------------------------------------------- links
+
+    async def validate_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,
+                                qkdl_id: str) -> None:
+        if new is not None:
+            link_plan(qkdl_id, new, self.node.cfg.engine)
+
+    async def apply_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,
+                             qkdl_id: str) -> None:
+        try:
+            await self._apply_link(qkdl_id, new)
+        finally:
+            if self.node.registrar is not None:  # requests waiting for a link look again
+                self.node.registrar.poke()
+
+    async def _apply_link(self, qkdl_id: str, new: t.QkdLink | None) -> None:
+        lkms = self.node.require_lkms()
+        plan = link_plan(qkdl_id, new, self.node.cfg.engine) if new is not None else None
+        if not isinstance(plan, PhysPlan) or not plan.params.enabled:
+            await self._stop_engine(qkdl_id)
+        if new is None:
+            await lkms.remove_link(qkdl_id, erase=False)
+        elif isinstance(plan, VirtPlan):
+            await lkms.set_link(qkdl_id, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
+                                next_hops=plan.next_hops, up=plan.enabled)
+        elif isinstance(plan, PhysPlan):
+            await self._apply_phys(qkdl_id, plan)
+
+    async def _apply_phys(self, qkdl_id: str, plan: PhysPlan) -> None:
+        lkms = self.node.require_lkms()
+        bootstrap = self._bootstrap(plan.peer_id, qkdl_id)
+        if bootstrap is None:
+            log.warning("link %s: no bootstrap secret for peer %s; not started", qkdl_id, plan.peer_id)
+            return
+        await lkms.set_link(qkdl_id, plan.peer_id, plan.peer_address, kind="PHYS", up=plan.params.enabled)
+        current = self.node.links.get(qkdl_id)
+        if current is not None and current.p == plan.params:
+            return
+        await self._stop_engine(qkdl_id)
+        if plan.params.enabled:
+            link = EngineLink(plan.params, bootstrap, self.node.peer_channel, self.node.store_block,
+                              self.node.link_stats, lkms.wait_for_room)
+            self.node.links[qkdl_id] = link
+            link.start()
+
+    async def _stop_engine(self, qkdl_id: str) -> None:
+        link = self.node.links.pop(qkdl_id, None)
+        if link is not None:
+            await link.stop()
+
+    def _bootstrap(self, peer_id: str, qkdl_id: str) -> bytes | None:
+        """The secret both ends share before any QKD key exists (config `bootstrap`); an
+        unreadable file fails the apply (reported, retried)."""
+        f = self.node.cfg.bootstrap.get(peer_id) or self.node.cfg.bootstrap.get("*")
+        if f is None:
+            return None
+        return hashlib.sha256(f.read_bytes() + qkdl_id.encode()).digest()
+
+    # ---------------------------------------------------------------- applications
+
+    async def apply_qkd_app(self, txn: HookTransaction, old: t.QkdApp | None, new: t.QkdApp | None, *,
+                            app_id: str) -> None:
+        lkms = self.node.require_lkms()
+        if new is None:
+            lkms.unregister_app(app_id)
+        else:
+            lkms.register_app(app_id, sae_of(new.get("server_app_id", "")),
+                              [sae_of(c) for c in new.get("client_app_id", [])],
+                              new.get("local_qkdn_id", self.node.cfg.id), new.get("remote_qkdn_id", ""),
+                              new.get("backing_qkdl_id", []))
+            base = f"{APP}[app_id={app_id}]"
+            vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id:
+                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            self.node.agent.state.update(vals)
+        if self.node.registrar is not None:
+            self.node.registrar.installed(app_id, new)
+
+    # ---------------------------------------------------------------- failures
+
+    async def apply_failed(self, txn: HookTransaction, where: str, error: Exception) -> None:
+        r: Resolved = resolve_text(where)
+        keys = dict(r.elems[-1][1])
+        message = f"configuration not applied: {error}"
+        state = self.node.agent.state
+        if r.schema_path == LINK:
+            if self.node.datastore.exists(r):  # a failed removal must not bring the entry back
+                state.update({f"{where}/sdqkd-link/engine-state/last-abort-reason": message})
+            state.notify("alarm", {"link": {"qkdl_id": keys["qkdl_id"], "qkdl_status": f"{T}OFF",
+                                            "severity": f"{T}MAJOR", "message": message}})
+        elif r.schema_path == APP:
+            state.notify("alarm", {"application": {"app_id": keys["app_id"], "severity": f"{T}MAJOR",
+                                                   "message": message}})
+        log.warning("%s: %s", elems_text(r.elems), message)

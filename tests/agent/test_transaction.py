@@ -1,0 +1,187 @@
+"""The node's transaction is all or nothing against a real node runtime (agent, LKMS with its
+SQLite store, engine links) driven over gNMI: a refused Set starts nothing, a failing apply
+is reported and converges on retry; YANG defaults reach the hooks; the engine's Cascade
+variants are the model's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from generated.gnmi_support import parse_path as P
+from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from runtime.agent.model import resolve
+from runtime.agent.transaction import Datastore, Edit, InvalidPath, InvalidValue, NotFound, Rejected
+from runtime.node.config import NodeConfig
+from runtime.node.provisioning import CASCADE_VARIANTS
+from runtime.node.runtime import NodeRuntime
+
+LINKS = "/qkd_node/qkd_links/qkd_link"
+EXT = "sdqkd-node-ext:sdqkd-link"
+
+
+def _config(tmp: Path, bootstrap: Path) -> NodeConfig:
+    return NodeConfig(id=str(uuid.uuid4()), name="A", gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
+                      etsi004_listen="127.0.0.1:0", data_dir=tmp / "A", tls=None, saes=[],
+                      bootstrap={"*": bootstrap}, engine={"clock_scale": 0.01})
+
+
+def _link(node_id: str, lid: str, **ext: Any) -> dict[str, Any]:
+    return {"qkdl_id": lid, "qkdl_local": {"qkdn_id": node_id}, "qkdl_remote": {"qkdn_id": str(uuid.uuid4())},
+            "qkdl_type": "etsi-qkd-node-types:PHYS", "phys_qkd_role": "etsi-qkd-node-types:TRANSMITTER",
+            EXT: {"classical-endpoint": "127.0.0.1:9", "fibre-length-km": "10", **ext}}
+
+
+def _update(lid: str, body: dict[str, Any]) -> gnmi_pb2.Update:
+    return gnmi_pb2.Update(path=P(f"{LINKS}[qkdl_id={lid}]"),
+                           val=gnmi_pb2.TypedValue(json_ietf_val=json.dumps(body).encode()))
+
+
+class Node:
+    """A started node runtime and a gNMI stub to it."""
+
+    def __init__(self, rt: NodeRuntime, ch: grpc.aio.Channel):
+        self.rt, self.ch = rt, ch
+        self.stub = gnmi_pb2_grpc.gNMIStub(ch)
+
+    def pools(self) -> set[str]:
+        return set(self.rt.require_lkms().store.pools())
+
+    def tree_links(self) -> set[str]:
+        return {k[0] for k in self.rt.agent.root["qkd_node"].get("qkd_links", {}).get("qkd_link", {})}
+
+
+async def _start(tmp: Path, bootstrap: Path) -> Node:
+    rt = NodeRuntime(_config(tmp, bootstrap))
+    addrs = await rt.start()
+    return Node(rt, grpc.aio.insecure_channel(addrs["gnmi"]))
+
+
+async def _stop(node: Node) -> None:
+    await node.ch.close()
+    await node.rt.stop()
+
+
+def test_refused_set_starts_no_engine_link_and_creates_no_pool(tmp_path: Path) -> None:
+    """Defect 1: two new PHYS links, the second naming an unknown device profile: ABORTED,
+    and neither the tree nor the engine nor the key store holds anything of it."""
+    secret = tmp_path / "bootstrap"
+    secret.write_bytes(b"s" * 32)
+
+    async def main() -> None:
+        node = await _start(tmp_path, secret)
+        try:
+            me = node.rt.cfg.id
+            good, bad = str(uuid.uuid4()), str(uuid.uuid4())
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await node.stub.Set(gnmi_pb2.SetRequest(update=[
+                    _update(good, _link(me, good)), _update(bad, _link(me, bad, **{"device-profile": "nosuch"}))]))
+            assert e.value.code() == grpc.StatusCode.ABORTED
+            assert bad in e.value.details() and "nosuch" in e.value.details()
+            assert node.tree_links() == set() and node.rt.links == {} and node.pools() == set()
+            # the same Set without the bad link goes through and runs exactly that link
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(good, _link(me, good))]))
+            assert node.tree_links() == {good} and set(node.rt.links) == {good} and node.pools() == {good}
+        finally:
+            await _stop(node)
+
+    asyncio.run(main())
+
+
+def test_failing_apply_is_reported_and_converges_on_retry(tmp_path: Path) -> None:
+    """A valid Set whose apply fails (the bootstrap secret is unreadable): the change stays
+    committed, an ETSI alarm and the link's state say so, nothing runs that the tree does not
+    hold; once the cause is gone a retry converges."""
+    secret = tmp_path / "bootstrap"  # configured but absent: reading it fails in the apply
+
+    async def main() -> None:
+        node = await _start(tmp_path, secret)
+        try:
+            me = node.rt.cfg.id
+            lid = str(uuid.uuid4())
+            alarms: list[dict[str, Any]] = []
+            sub = node.rt.datastore.hub
+            from runtime.agent.subscriptions import StreamSub
+
+            watch = StreamSub(patterns=[(("alarm", ()),)])
+            sub.add(watch)
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(lid, _link(me, lid))]))
+            while not watch.queue.empty():
+                alarms.extend(v[1] for _e, _s, v in watch.queue.get_nowait())
+            assert alarms and alarms[0]["link"]["qkdl_id"] == lid and "bootstrap" in alarms[0]["link"]["message"]
+            failed = node.rt.datastore.failed
+            assert list(failed) == [f"{LINKS}[qkdl_id={lid}]"]
+            r = await node.stub.Get(gnmi_pb2.GetRequest(
+                path=[P(f"{LINKS}[qkdl_id={lid}]/sdqkd-link/engine-state/last-abort-reason")],
+                encoding=gnmi_pb2.JSON_IETF))
+            assert "not applied" in json.loads(r.notification[0].update[0].val.json_ietf_val)
+            assert node.tree_links() == {lid} and node.rt.links == {}
+            assert node.pools() <= node.tree_links()
+            secret.write_bytes(b"s" * 32)
+            assert await node.rt.datastore.retry_failed() == {}
+            assert set(node.rt.links) == {lid} and node.pools() == {lid}
+            # a deletion is applied too: no engine link for what the tree no longer holds
+            await node.stub.Set(gnmi_pb2.SetRequest(delete=[P(f"{LINKS}[qkdl_id={lid}]")]))
+            assert node.tree_links() == set() and node.rt.links == {}
+        finally:
+            await _stop(node)
+
+    asyncio.run(main())
+
+
+def test_hooks_get_yang_defaults_and_node_local_ones() -> None:
+    """RFC 7950 §7.6.1: absent leaves reach the hooks with their defaults; the stored tree
+    keeps only what was written; a node-local default takes the schema's place."""
+    from generated.agent_skeleton import ModelHooks
+
+    seen: list[Any] = []
+
+    class Hooks(ModelHooks):
+        async def validate_qkd_link(self, txn: Any, old: Any, new: Any, *, qkdl_id: str) -> None:
+            seen.append(new)
+
+    async def main() -> None:
+        node_id, lid = str(uuid.uuid4()), str(uuid.uuid4())
+        path = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": lid})]
+        body = {"qkdl_id": lid, EXT: {"classical-endpoint": "127.0.0.1:9"}}
+        for local, variant in (({}, "optimized"), ({f"{LINKS}/sdqkd-link/cascade-variant": "original"}, "original")):
+            store = Datastore.for_node(node_id, hooks=Hooks(), local_defaults=local)
+            await store.change([Edit("update", path, body)])
+            ext = seen[-1][EXT]
+            assert seen[-1]["qkdl_enable"] is True
+            assert (ext["device-profile"], ext["cascade-variant"], ext["eve-fraction"]) == (
+                "commercial", variant, "0.000")
+            stored = store.root["qkd_node"]["qkd_links"]["qkd_link"][(lid,)]
+            assert "qkdl_enable" not in stored and set(stored["sdqkd-link"]) == {"classical-endpoint"}
+
+    asyncio.run(main())
+
+
+def test_datastore_errors_are_protocol_neutral() -> None:
+    async def main() -> None:
+        store = Datastore.for_node(str(uuid.uuid4()))
+        with pytest.raises(InvalidPath, match="nope"):
+            await store.change([Edit("update", [("qkd_node", {}), ("nope", {})], 1)])
+        with pytest.raises(InvalidValue, match="qkdn_location_id"):
+            await store.change([Edit("update", [("qkd_node", {}), ("qkdn_location_id", {})], 5)])
+        with pytest.raises(Rejected, match="qkdn_id"):
+            await store.change([Edit("update", [("qkd_node", {}), ("qkdn_id", {})], str(uuid.uuid4()))])
+        link = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": str(uuid.uuid4())})]
+        with pytest.raises(NotFound, match="no data"):
+            store.require(resolve(link))
+        assert store.read(resolve(link), ietf=True) == [] and store.failed == {}
+
+    asyncio.run(main())
+
+
+def test_engine_cascade_variants_are_the_yang_enum() -> None:
+    """The engine runs exactly the variants the model lets a Set name."""
+    from runtime.engine import cascade
+
+    assert set(cascade.VARIANTS) == set(CASCADE_VARIANTS)
