@@ -164,6 +164,67 @@ def emit_schema_index(schema: Schema) -> dict[str, str]:
                                  nodes=fmt(nodes), roots=fmt(schema.roots))}
 
 
+_INT64 = ("int64", "uint64")
+
+
+def _codec(t: dict[str, Any]) -> str:
+    """RFC 7951 JSON codec of a leaf type (§6: 64-bit integers and decimal64 are strings)."""
+    base = t.get("base", "string")
+    if base in _INT64:
+        return "int64"
+    if base.startswith(("int", "uint")):
+        return "number"
+    if base in ("decimal64", "boolean", "empty", "identityref", "enumeration", "union"):
+        return base
+    return "string"
+
+
+def _import_only(loaded: Loaded, implemented: set[str]) -> list[dict[str, str]]:
+    """Modules the compiled ones import only for typedefs (ietf-yang-types, ...)."""
+    out: dict[str, dict[str, str]] = {}
+    for m in loaded.modules:
+        for imp in m.search("import"):
+            if imp.arg in implemented or imp.arg in out:
+                continue
+            mod = loaded.ctx.get_module(imp.arg)
+            if mod is None:
+                continue
+            rev = mod.search_one("revision")
+            ns = mod.search_one("namespace")
+            out[imp.arg] = {"name": imp.arg, "revision": rev.arg if rev is not None else "",
+                            "namespace": ns.arg if ns is not None else ""}
+    return [out[k] for k in sorted(out)]
+
+
+def emit_restconf(schema: Schema, loaded: Loaded) -> dict[str, str]:
+    """generated/restconf.py: the resource map the RESTCONF server reads."""
+    import hashlib
+
+    resources: list[dict[str, Any]] = []
+    api_of: dict[str, str] = {"/": ""}
+    kids: dict[str, list[tuple[str, str]]] = {}
+    for n in schema.data_nodes():
+        parent = schema.nodes.get(n.parent_path)
+        qualified = parent is None or parent.module != n.module
+        ident = f"{n.module}:{n.name}" if qualified else n.name
+        api = api_of[n.path] = f"{api_of[n.parent_path]}/{ident}"
+        leafy = n.kind in ("leaf", "leaf-list")
+        resources.append({
+            "path": n.path, "api": api, "kind": n.kind, "module": n.module, "qualified": qualified,
+            "keys": n.keys, "config": n.config, "codec": _codec(n.type) if leafy else "",
+            "default": None if n.default is None else str(n.default).lower() if isinstance(n.default, bool)
+            else str(n.default), "conditional": n.when is not None, "presence": n.presence,
+        })
+        kids.setdefault(n.parent_path, []).append((n.name, n.path))
+    modules = [{"name": m.name, "revision": m.revision, "namespace": m.namespace} for m in schema.modules]
+    import_only = _import_only(loaded, {m.name for m in schema.modules})
+    content = "|".join(f"{m['name']}@{m['revision']}" for m in modules + import_only)
+    return {"restconf.py": _render(
+        "restconf.py.j2", resources=resources, children=list(kids.items()), modules=modules, import_only=import_only,
+        notifications=[{"name": n.name, "module": n.module} for n in schema.notifications()],
+        content_id=hashlib.sha256(content.encode()).hexdigest()[:16])}
+
+
 def emit_all(schema: Schema, loaded: Loaded, protos: dict[str, str], plugins: list[Any]) -> dict[str, str]:
     view = _view(schema)
     files: dict[str, str] = {}
@@ -177,6 +238,7 @@ def emit_all(schema: Schema, loaded: Loaded, protos: dict[str, str], plugins: li
     files["model_types.py"] = _render("model_types.py.j2", **view)
     files["agent_skeleton.py"] = _render("agent_skeleton.py.j2", **view)
     files["client.py"] = _render("client.py.j2", **view)
+    files.update(emit_restconf(schema, loaded))
     for p in plugins:
         if has_hook(p, "emit"):
             for rel, text in p.emit(schema).items():

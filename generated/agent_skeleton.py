@@ -26,7 +26,7 @@ GNMI_VERSION = "0.10.0"
 MODELS: list[tuple[str, str, str]] = [
     ("etsi-qkd-node-types", "ETSI ISG QKD", "2022-01-30"),
     ("etsi-qkd-sdn-node", "ETSI ISG QKD", "2022-01-30"),
-    ("sdqkd-node-ext", "sdqkd", "2026-11-22"),
+    ("sdqkd-node-ext", "sdqkd", "2026-12-05"),
 ]
 
 # schema path -> hook name: the transaction calls validate_<name> and apply_<name>
@@ -41,6 +41,7 @@ HOOKS: dict[str, str] = {
     "/qkd_node/qkd_interfaces/qkd_interface": "qkd_interface",
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point": "qkdi_att_point",
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities": "qkdi_capabilities",
+    "/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface": "sdqkd_interface",
     "/qkd_node/qkd_links": "qkd_links",
     "/qkd_node/qkd_links/qkd_link": "qkd_link",
     "/qkd_node/qkd_links/qkd_link/qkdl_local": "qkdl_local",
@@ -61,6 +62,7 @@ HOOK_KEYS: dict[str, list[tuple[str, str, str]]] = {
     "/qkd_node/qkd_interfaces/qkd_interface": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities": [("qkd_interface", "qkdi_id", "qkdi_id")],
+    "/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface": [("qkd_interface", "qkdi_id", "qkdi_id")],
     "/qkd_node/qkd_links": [],
     "/qkd_node/qkd_links/qkd_link": [("qkd_link", "qkdl_id", "qkdl_id")],
     "/qkd_node/qkd_links/qkd_link/qkdl_local": [("qkd_link", "qkdl_id", "qkdl_id")],
@@ -210,6 +212,16 @@ class ModelHooks:
         self, txn: HookTransaction, old: t.QkdiCapabilities | None, new: t.QkdiCapabilities | None, *, qkdi_id: int
     ) -> None:
         """The container /qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities changed (committed): make the runtime follow."""
+
+    async def validate_sdqkd_interface(
+        self, txn: HookTransaction, old: t.SdqkdInterface | None, new: t.SdqkdInterface | None, *, qkdi_id: int
+    ) -> None:
+        """May the container /qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface change so? No side effects; HookVeto to refuse."""
+
+    async def apply_sdqkd_interface(
+        self, txn: HookTransaction, old: t.SdqkdInterface | None, new: t.SdqkdInterface | None, *, qkdi_id: int
+    ) -> None:
+        """The container /qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface changed (committed): make the runtime follow."""
 
     async def validate_qkd_links(
         self, txn: HookTransaction, old: t.QkdLinks | None, new: t.QkdLinks | None

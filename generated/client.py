@@ -220,6 +220,9 @@ class ModelClient(GnmiClient):
     def _qkdi_capabilities_node(self, qkdi_id: Any = "*") -> p.QkdiCapabilitiesPath:
         return self._qkd_interface_path(qkdi_id=qkdi_id).qkdi_capabilities()
 
+    def _sdqkd_interface_node(self, qkdi_id: Any = "*") -> p.SdqkdInterfacePath:
+        return self._qkd_interface_path(qkdi_id=qkdi_id).sdqkd_interface()
+
     def _qkd_links_node(self) -> p.QkdLinksPath:
         return self._qkd_node_node().qkd_links()
 
@@ -240,6 +243,9 @@ class ModelClient(GnmiClient):
 
     def _sdqkd_key_store_node(self) -> p.SdqkdKeyStorePath:
         return self._qkd_node_node().sdqkd_key_store()
+
+    def _sdqkd_restconf_node(self) -> p.SdqkdRestconfPath:
+        return self._qkd_node_node().sdqkd_restconf()
 
     async def get_qkd_node(self, data_type: str = "ALL") -> t.QkdNode:
         """The whole /qkd_node tree (data_type ALL, CONFIG, STATE or OPERATIONAL)."""

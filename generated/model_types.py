@@ -18,6 +18,7 @@ __all__ = [
     "QkdInterface",
     "QkdiAttPoint",
     "QkdiCapabilities",
+    "SdqkdInterface",
     "QkdLinks",
     "QkdLink",
     "QkdlLocal",
@@ -28,6 +29,7 @@ __all__ = [
     "EngineState",
     "SdqkdKeyStore",
     "Pool",
+    "SdqkdRestconf",
     "SdqkdnApplicationNew",
     "SdqkdnApplicationQosUpdate",
     "SdqkdnApplicationDisconnected",
@@ -62,6 +64,19 @@ __all__ = [
     "EventInterface",
     "EventApplication",
 ]
+
+# /qkd_node/sdqkd-restconf
+SdqkdRestconf = TypedDict(
+    "SdqkdRestconf",
+    {
+        "requests": str,
+        "refused-requests": str,
+        "compat-requests": str,
+        "refused-compat-requests": str,
+        "last-refusal": str,
+    },
+    total=False,
+)
 
 # /qkd_node/sdqkd-key-store/pool
 Pool = TypedDict(
@@ -106,10 +121,13 @@ SdqkdLink = TypedDict(
     "SdqkdLink",
     {
         "classical-endpoint": str,
+        "channel-endpoint": str,
         "fibre-length-km": str,
         "fibre-loss-db": str,
         "device-profile": str,
         "cascade-variant": str,
+        "key-association-id": str,
+        "derived-from": str,
         "eve-fraction": str,
         "engine-state": "EngineState",
     },
@@ -190,6 +208,21 @@ QkdLinks = TypedDict(
     total=False,
 )
 
+# /qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface
+SdqkdInterface = TypedDict(
+    "SdqkdInterface",
+    {
+        "peer-node-id": str,
+        "peer-qkdi-id": int,
+        "classical-endpoint": str,
+        "channel-endpoint": str,
+        "fibre-length-km": str,
+        "fibre-loss-db": str,
+        "device-profile": str,
+    },
+    total=False,
+)
+
 # /qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities
 QkdiCapabilities = TypedDict(
     "QkdiCapabilities",
@@ -221,6 +254,7 @@ QkdInterface = TypedDict(
         "qkdi_att_point": "QkdiAttPoint",
         "qkdi_capabilities": "QkdiCapabilities",
         "qkdi_status": str,
+        "sdqkd-node-ext:sdqkd-interface": "SdqkdInterface",
     },
     total=False,
 )
@@ -322,6 +356,7 @@ QkdNode = TypedDict(
         "qkd_interfaces": "QkdInterfaces",
         "qkd_links": "QkdLinks",
         "sdqkd-node-ext:sdqkd-key-store": "SdqkdKeyStore",
+        "sdqkd-node-ext:sdqkd-restconf": "SdqkdRestconf",
     },
     total=False,
 )

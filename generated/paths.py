@@ -77,6 +77,10 @@ class QkdNodePath(PathNode):
         """container sdqkd-key-store"""
         return SdqkdKeyStorePath(self._child("sdqkd-key-store"))
 
+    def sdqkd_restconf(self) -> SdqkdRestconfPath:
+        """container sdqkd-restconf"""
+        return SdqkdRestconfPath(self._child("sdqkd-restconf"))
+
 
 class QkdnCapabilitiesPath(PathNode):
     """/qkd_node/qkdn_capabilities"""
@@ -288,6 +292,10 @@ class QkdInterfacePath(PathNode):
         """leaf qkdi_status: identityref, state"""
         return self._leaf("qkdi_status")
 
+    def sdqkd_interface(self) -> SdqkdInterfacePath:
+        """container sdqkd-interface"""
+        return SdqkdInterfacePath(self._child("sdqkd-interface"))
+
 
 class QkdiAttPointPath(PathNode):
     """/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point"""
@@ -324,6 +332,47 @@ class QkdiCapabilitiesPath(PathNode):
     def max_absorption(self) -> gnmi_pb2.Path:
         """leaf max_absorption: decimal64"""
         return self._leaf("max_absorption")
+
+
+class SdqkdInterfacePath(PathNode):
+    """/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface"""
+
+    __slots__ = ()
+
+    @property
+    def peer_node_id(self) -> gnmi_pb2.Path:
+        """leaf peer-node-id: string"""
+        return self._leaf("peer-node-id")
+
+    @property
+    def peer_qkdi_id(self) -> gnmi_pb2.Path:
+        """leaf peer-qkdi-id: uint32"""
+        return self._leaf("peer-qkdi-id")
+
+    @property
+    def classical_endpoint(self) -> gnmi_pb2.Path:
+        """leaf classical-endpoint: string"""
+        return self._leaf("classical-endpoint")
+
+    @property
+    def channel_endpoint(self) -> gnmi_pb2.Path:
+        """leaf channel-endpoint: string"""
+        return self._leaf("channel-endpoint")
+
+    @property
+    def fibre_length_km(self) -> gnmi_pb2.Path:
+        """leaf fibre-length-km: decimal64"""
+        return self._leaf("fibre-length-km")
+
+    @property
+    def fibre_loss_db(self) -> gnmi_pb2.Path:
+        """leaf fibre-loss-db: decimal64"""
+        return self._leaf("fibre-loss-db")
+
+    @property
+    def device_profile(self) -> gnmi_pb2.Path:
+        """leaf device-profile: string"""
+        return self._leaf("device-profile")
 
 
 class QkdLinksPath(PathNode):
@@ -497,6 +546,11 @@ class SdqkdLinkPath(PathNode):
         return self._leaf("classical-endpoint")
 
     @property
+    def channel_endpoint(self) -> gnmi_pb2.Path:
+        """leaf channel-endpoint: string"""
+        return self._leaf("channel-endpoint")
+
+    @property
     def fibre_length_km(self) -> gnmi_pb2.Path:
         """leaf fibre-length-km: decimal64"""
         return self._leaf("fibre-length-km")
@@ -515,6 +569,16 @@ class SdqkdLinkPath(PathNode):
     def cascade_variant(self) -> gnmi_pb2.Path:
         """leaf cascade-variant: enumeration"""
         return self._leaf("cascade-variant")
+
+    @property
+    def key_association_id(self) -> gnmi_pb2.Path:
+        """leaf key-association-id: string"""
+        return self._leaf("key-association-id")
+
+    @property
+    def derived_from(self) -> gnmi_pb2.Path:
+        """leaf derived-from: string, state"""
+        return self._leaf("derived-from")
 
     @property
     def eve_fraction(self) -> gnmi_pb2.Path:
@@ -611,6 +675,37 @@ class PoolPath(PathNode):
     def delivered_keys(self) -> gnmi_pb2.Path:
         """leaf delivered-keys: uint64, state"""
         return self._leaf("delivered-keys")
+
+
+class SdqkdRestconfPath(PathNode):
+    """/qkd_node/sdqkd-restconf"""
+
+    __slots__ = ()
+
+    @property
+    def requests(self) -> gnmi_pb2.Path:
+        """leaf requests: uint64, state"""
+        return self._leaf("requests")
+
+    @property
+    def refused_requests(self) -> gnmi_pb2.Path:
+        """leaf refused-requests: uint64, state"""
+        return self._leaf("refused-requests")
+
+    @property
+    def compat_requests(self) -> gnmi_pb2.Path:
+        """leaf compat-requests: uint64, state"""
+        return self._leaf("compat-requests")
+
+    @property
+    def refused_compat_requests(self) -> gnmi_pb2.Path:
+        """leaf refused-compat-requests: uint64, state"""
+        return self._leaf("refused-compat-requests")
+
+    @property
+    def last_refusal(self) -> gnmi_pb2.Path:
+        """leaf last-refusal: string, state"""
+        return self._leaf("last-refusal")
 
 
 def qkd_node() -> QkdNodePath:

@@ -23,7 +23,7 @@ MODULES: list[dict[str, str]] = [{'name': 'etsi-qkd-node-types',
  {'name': 'sdqkd-node-ext',
   'prefix': 'sdqkd',
   'namespace': 'urn:sdqkd:yang:sdqkd-node-ext',
-  'revision': '2026-11-22',
+  'revision': '2026-12-05',
   'organization': 'sdqkd',
   'file': 'models/yang/sdqkd-node-ext.yang'}]
 
@@ -95,7 +95,8 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                             '/qkd_node/qkd_applications',
                             '/qkd_node/qkd_interfaces',
                             '/qkd_node/qkd_links',
-                            '/qkd_node/sdqkd-key-store'],
+                            '/qkd_node/sdqkd-key-store',
+                            '/qkd_node/sdqkd-restconf'],
                'pyname': 'qkd_node',
                'unique': 'qkd_node',
                'description': 'Top module describing a software-defined QKD node (SD-QKD node).'},
@@ -522,7 +523,8 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                          '/qkd_node/qkd_interfaces/qkd_interface/qkdi_type',
                                                          '/qkd_node/qkd_interfaces/qkd_interface/qkdi_att_point',
                                                          '/qkd_node/qkd_interfaces/qkd_interface/qkdi_capabilities',
-                                                         '/qkd_node/qkd_interfaces/qkd_interface/qkdi_status'],
+                                                         '/qkd_node/qkd_interfaces/qkd_interface/qkdi_status',
+                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface'],
                                             'pyname': 'qkd_interface',
                                             'unique': 'qkd_interface',
                                             'description': 'List of physical QKD modules in a secure '
@@ -653,6 +655,115 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                         'pyname': 'qkdi_status',
                                                         'description': 'Status of a QKD interface of the '
                                                                        'SD-QKD node.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface': {'kind': 'container',
+                                                            'name': 'sdqkd-interface',
+                                                            'module': 'sdqkd-node-ext',
+                                                            'config': True,
+                                                            'children': ['/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/peer-node-id',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/peer-qkdi-id',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/classical-endpoint',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/channel-endpoint',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/fibre-length-km',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/fibre-loss-db',
+                                                                         '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/device-profile'],
+                                                            'pyname': 'sdqkd_interface',
+                                                            'unique': 'sdqkd_interface',
+                                                            'description': 'Which node and interface sit at '
+                                                                           'the other end of this '
+                                                                           "interface's fibre. A link "
+                                                                           'request naming only the two '
+                                                                           'nodes (TeraFlowSDN) is completed '
+                                                                           'from it.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/peer-node-id': {'kind': 'leaf',
+                                                                         'name': 'peer-node-id',
+                                                                         'module': 'sdqkd-node-ext',
+                                                                         'config': True,
+                                                                         'type': {'typedef': 'ietf-yang-types:uuid',
+                                                                                  'base': 'string',
+                                                                                  'patterns': ['[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}']},
+                                                                         'pyname': 'peer_node_id',
+                                                                         'description': 'qkdn_id of the node '
+                                                                                        'at the other end of '
+                                                                                        'the fibre.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/peer-qkdi-id': {'kind': 'leaf',
+                                                                         'name': 'peer-qkdi-id',
+                                                                         'module': 'sdqkd-node-ext',
+                                                                         'config': True,
+                                                                         'type': {'base': 'uint32',
+                                                                                  'range': [[0, 4294967295]]},
+                                                                         'pyname': 'peer_qkdi_id',
+                                                                         'description': 'qkdi_id of the '
+                                                                                        'interface at the '
+                                                                                        'other end of the '
+                                                                                        'fibre.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/classical-endpoint': {'kind': 'leaf',
+                                                                               'name': 'classical-endpoint',
+                                                                               'module': 'sdqkd-node-ext',
+                                                                               'config': True,
+                                                                               'type': {'typedef': 'sdqkd-node-ext:host-port',
+                                                                                        'base': 'string',
+                                                                                        'length': [[3, 261]],
+                                                                                        'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
+                                                                               'pyname': 'classical_endpoint',
+                                                                               'description': 'The peer '
+                                                                                              "node's "
+                                                                                              'key-relay '
+                                                                                              '(LKMS) '
+                                                                                              'endpoint '
+                                                                                              '(host:port).'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/channel-endpoint': {'kind': 'leaf',
+                                                                             'name': 'channel-endpoint',
+                                                                             'module': 'sdqkd-node-ext',
+                                                                             'config': True,
+                                                                             'type': {'typedef': 'sdqkd-node-ext:host-port',
+                                                                                      'base': 'string',
+                                                                                      'length': [[3, 261]],
+                                                                                      'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
+                                                                             'pyname': 'channel_endpoint',
+                                                                             'description': "The peer node's "
+                                                                                            'engine channel '
+                                                                                            'endpoint '
+                                                                                            '(host:port), '
+                                                                                            'for the '
+                                                                                            'transmitting '
+                                                                                            'end.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/fibre-length-km': {'kind': 'leaf',
+                                                                            'name': 'fibre-length-km',
+                                                                            'module': 'sdqkd-node-ext',
+                                                                            'config': True,
+                                                                            'type': {'base': 'decimal64',
+                                                                                     'range': [['0', '1000']],
+                                                                                     'fraction_digits': 3},
+                                                                            'pyname': 'fibre_length_km',
+                                                                            'description': 'Length of the '
+                                                                                           '(simulated) '
+                                                                                           'fibre.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/fibre-loss-db': {'kind': 'leaf',
+                                                                          'name': 'fibre-loss-db',
+                                                                          'module': 'sdqkd-node-ext',
+                                                                          'config': True,
+                                                                          'type': {'base': 'decimal64',
+                                                                                   'range': [['0', '100']],
+                                                                                   'fraction_digits': 3},
+                                                                          'pyname': 'fibre_loss_db',
+                                                                          'description': 'Total loss of the '
+                                                                                         'fibre; absent: 0.2 '
+                                                                                         'dB/km times '
+                                                                                         'fibre-length-km.'},
+ '/qkd_node/qkd_interfaces/qkd_interface/sdqkd-interface/device-profile': {'kind': 'leaf',
+                                                                           'name': 'device-profile',
+                                                                           'module': 'sdqkd-node-ext',
+                                                                           'config': True,
+                                                                           'type': {'typedef': 'sdqkd-node-ext:profile-name',
+                                                                                    'base': 'string',
+                                                                                    'length': [[1, 64]],
+                                                                                    'patterns': ['[a-z][a-z0-9-]*']},
+                                                                           'default': 'commercial',
+                                                                           'pyname': 'device_profile',
+                                                                           'description': 'QKD device '
+                                                                                          'profile of the '
+                                                                                          'module on this '
+                                                                                          'interface.'},
  '/qkd_node/qkd_links': {'kind': 'container',
                          'name': 'qkd_links',
                          'module': 'etsi-qkd-sdn-node',
@@ -968,10 +1079,13 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                              'module': 'sdqkd-node-ext',
                                              'config': True,
                                              'children': ['/qkd_node/qkd_links/qkd_link/sdqkd-link/classical-endpoint',
+                                                          '/qkd_node/qkd_links/qkd_link/sdqkd-link/channel-endpoint',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-length-km',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-loss-db',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/device-profile',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/cascade-variant',
+                                                          '/qkd_node/qkd_links/qkd_link/sdqkd-link/key-association-id',
+                                                          '/qkd_node/qkd_links/qkd_link/sdqkd-link/derived-from',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/eve-fraction',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state'],
                                              'pyname': 'sdqkd_link',
@@ -987,15 +1101,28 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                          'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
                                                                 'pyname': 'classical_endpoint',
                                                                 'description': "Endpoint of the peer node's "
-                                                                               'classical channel '
-                                                                               '(post-processing messages) '
-                                                                               'for a PHYS link, or of the '
-                                                                               'peer LKMS key-relay service '
-                                                                               'for a VIRT link. The node '
-                                                                               'with the TRANSMITTER role '
-                                                                               'connects to it; the RECEIVER '
-                                                                               'listens on its own '
-                                                                               'gNMI-advertised one.'},
+                                                                               'LKMS key-synchronisation '
+                                                                               'service (KeySync: key-ID '
+                                                                               'reservation for a PHYS link, '
+                                                                               'key relay for a VIRT link).'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/channel-endpoint': {'kind': 'leaf',
+                                                              'name': 'channel-endpoint',
+                                                              'module': 'sdqkd-node-ext',
+                                                              'config': True,
+                                                              'type': {'typedef': 'sdqkd-node-ext:host-port',
+                                                                       'base': 'string',
+                                                                       'length': [[3, 261]],
+                                                                       'patterns': ['(\\[[0-9a-fA-F:.]+\\]|[A-Za-z0-9._-]+):[0-9]{1,5}']},
+                                                              'pyname': 'channel_endpoint',
+                                                              'description': "Endpoint of the peer node's "
+                                                                             'engine channel for a PHYS '
+                                                                             'link: framed messages of the '
+                                                                             'key-block post-processing over '
+                                                                             'mutually authenticated TLS '
+                                                                             "(the peer's certificate "
+                                                                             'carries its node ID). The node '
+                                                                             'with the TRANSMITTER role '
+                                                                             'connects to it.'},
  '/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-length-km': {'kind': 'leaf',
                                                              'name': 'fibre-length-km',
                                                              'module': 'sdqkd-node-ext',
@@ -1044,6 +1171,35 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                              'pyname': 'cascade_variant',
                                                              'description': 'Information reconciliation '
                                                                             'protocol run on this link.'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/key-association-id': {'kind': 'leaf',
+                                                                'name': 'key-association-id',
+                                                                'module': 'sdqkd-node-ext',
+                                                                'config': True,
+                                                                'type': {'typedef': 'ietf-yang-types:uuid',
+                                                                         'base': 'string',
+                                                                         'patterns': ['[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}']},
+                                                                'pyname': 'key_association_id',
+                                                                'description': 'The ID both ends of the link '
+                                                                               'use for its engine session, '
+                                                                               'bootstrap key and key pools. '
+                                                                               'Absent: the qkdl_id (the '
+                                                                               'usual case, both ends share '
+                                                                               'it). Set when the two ends '
+                                                                               'name one link differently, '
+                                                                               'as ETSI TeraFlowSDN does '
+                                                                               '(one qkdl_id per end).'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/derived-from': {'kind': 'leaf',
+                                                          'name': 'derived-from',
+                                                          'module': 'sdqkd-node-ext',
+                                                          'config': False,
+                                                          'type': {'base': 'string'},
+                                                          'pyname': 'derived_from',
+                                                          'description': 'What the node derived when it '
+                                                                         'turned a request that lacked '
+                                                                         'engine parameters (a TeraFlowSDN '
+                                                                         'link) into this link: interface, '
+                                                                         'peer, fibre, key association, '
+                                                                         'role.'},
  '/qkd_node/qkd_links/qkd_link/sdqkd-link/eve-fraction': {'kind': 'leaf',
                                                           'name': 'eve-fraction',
                                                           'module': 'sdqkd-node-ext',
@@ -1229,6 +1385,66 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                    'pyname': 'delivered_keys',
                                                    'description': 'Keys of this pool delivered to '
                                                                   'applications.'},
+ '/qkd_node/sdqkd-restconf': {'kind': 'container',
+                              'name': 'sdqkd-restconf',
+                              'module': 'sdqkd-node-ext',
+                              'config': False,
+                              'children': ['/qkd_node/sdqkd-restconf/requests',
+                                           '/qkd_node/sdqkd-restconf/refused-requests',
+                                           '/qkd_node/sdqkd-restconf/compat-requests',
+                                           '/qkd_node/sdqkd-restconf/refused-compat-requests',
+                                           '/qkd_node/sdqkd-restconf/last-refusal'],
+                              'pyname': 'sdqkd_restconf',
+                              'unique': 'sdqkd_restconf',
+                              'description': 'What the RESTCONF server served and refused.'},
+ '/qkd_node/sdqkd-restconf/requests': {'kind': 'leaf',
+                                       'name': 'requests',
+                                       'module': 'sdqkd-node-ext',
+                                       'config': False,
+                                       'type': {'typedef': 'ietf-yang-types:counter64',
+                                                'base': 'uint64',
+                                                'range': [[0, 18446744073709551615]]},
+                                       'pyname': 'requests',
+                                       'description': 'Requests answered.'},
+ '/qkd_node/sdqkd-restconf/refused-requests': {'kind': 'leaf',
+                                               'name': 'refused-requests',
+                                               'module': 'sdqkd-node-ext',
+                                               'config': False,
+                                               'type': {'typedef': 'ietf-yang-types:counter64',
+                                                        'base': 'uint64',
+                                                        'range': [[0, 18446744073709551615]]},
+                                               'pyname': 'refused_requests',
+                                               'description': 'Requests answered with an error (4xx/5xx); '
+                                                              'nothing of them was applied.'},
+ '/qkd_node/sdqkd-restconf/compat-requests': {'kind': 'leaf',
+                                              'name': 'compat-requests',
+                                              'module': 'sdqkd-node-ext',
+                                              'config': False,
+                                              'type': {'typedef': 'ietf-yang-types:counter64',
+                                                       'base': 'uint64',
+                                                       'range': [[0, 18446744073709551615]]},
+                                              'pyname': 'compat_requests',
+                                              'description': 'Requests served in the compatibility dialect '
+                                                             '(plain JSON without module names, as ETSI '
+                                                             "TeraFlowSDN's QKD driver speaks it)."},
+ '/qkd_node/sdqkd-restconf/refused-compat-requests': {'kind': 'leaf',
+                                                      'name': 'refused-compat-requests',
+                                                      'module': 'sdqkd-node-ext',
+                                                      'config': False,
+                                                      'type': {'typedef': 'ietf-yang-types:counter64',
+                                                               'base': 'uint64',
+                                                               'range': [[0, 18446744073709551615]]},
+                                                      'pyname': 'refused_compat_requests',
+                                                      'description': 'Compatibility-dialect requests refused '
+                                                                     '(TeraFlowSDN ignores the answer).'},
+ '/qkd_node/sdqkd-restconf/last-refusal': {'kind': 'leaf',
+                                           'name': 'last-refusal',
+                                           'module': 'sdqkd-node-ext',
+                                           'config': False,
+                                           'type': {'base': 'string'},
+                                           'pyname': 'last_refusal',
+                                           'description': 'Method, path and reason of the last refused '
+                                                          'request.'},
  '/sdqkdn_application_new': {'kind': 'notification',
                              'name': 'sdqkdn_application_new',
                              'module': 'etsi-qkd-sdn-node',

@@ -17,8 +17,7 @@ from pathlib import Path
 
 IMPORT_ALL = ("import generated.schema, generated.paths, generated.client, generated.agent_skeleton, "
               "generated.model_types, generated.bindings, generated.proto.gnmi.gnmi_pb2_grpc, "
-              "generated.proto.sdqkd.etsi004_pb2_grpc, generated.proto.sdqkd.kms_pb2_grpc, "
-              "generated.proto.sdqkd.classical_pb2_grpc")
+              "generated.proto.sdqkd.etsi004_pb2_grpc, generated.proto.sdqkd.kms_pb2_grpc")
 
 
 def _import_seconds(root: Path) -> float:

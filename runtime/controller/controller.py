@@ -55,7 +55,8 @@ class NodeEndpoint:
     name: str
     id: str
     gnmi: str
-    peer: str  # inter-node endpoint: engine classical channel and LKMS key sync
+    peer: str  # inter-node endpoint: LKMS key sync (KeySync gRPC)
+    channel: str = ""  # the engines' classical channel (runtime/node/channel.py)
 
 
 @dataclass
@@ -152,6 +153,8 @@ class Controller:
             "fibre-length-km": f"{link.km:.3f}", "fibre-loss-db": f"{link.loss_db:.3f}",
             "device-profile": link.profile,
         }
+        if self.endpoints[remote].channel:
+            ext["channel-endpoint"] = self.endpoints[remote].channel
         return {
             "qkdl_id": link.id, "qkdl_enable": True, "qkdl_type": f"{T}PHYS",
             "qkdl_local": {"qkdn_id": self.topo.nodes[local].id},

@@ -46,7 +46,7 @@ def build(config: Path) -> Controller:
     desc = json.loads(config.read_text())
     base = config.parent
     topo = parse(desc["topology_data"], desc["topology"])
-    eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"]) for name, nd in desc["nodes"].items()}
+    eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"], nd.get("channel", "")) for name, nd in desc["nodes"].items()}
     c = desc["controller"]
     tls = TlsFiles(base / desc["ca"], base / c["cert"], base / c["key"])
     return Controller(topo, eps, tls=tls, credentials=(c["username"], (base / c["password_file"]).read_text()))

@@ -229,6 +229,11 @@ class _Party:
         code = {"aborted": 0, "discarded": 2}[status] + int(alarm)
         return self._frame(ABORT, bytes([code]) + reason.encode())
 
+    def abandon(self, reason: str) -> bytes:
+        """End the block here without key (whatever step it reached) and give the ABORT frame
+        that tells the peer; a key computed but not yet confirmed to the peer is dropped."""
+        return self._stop("discarded", reason)
+
     def _on_abort(self, payload: bytes) -> None:
         code = payload[0] if payload else 2
         reason = "peer: " + payload[1:].decode(errors="replace")

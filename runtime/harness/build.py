@@ -35,7 +35,7 @@ import yaml
 from runtime.controller.topology import Topology
 from runtime.pki import Ca, create_ca, issue
 
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020")
+SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
 # Ports of a node where each node has an address of its own (other hosts, namespaces, containers,
 # pods): gNMI on the port gNMI devices conventionally use (containerlab, OpenConfig), the rest
 # above 1024 so that a non-root process can bind them.
@@ -114,6 +114,36 @@ class NetworkBuild:
         return {posixpath.relpath(p, base): self.files[p] for p in sorted(wanted)}
 
 
+def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """One QKD interface per fibre end of node `name` (numbered 1.. in link order at each node),
+    attached to the peer's interface (qkdi_att_point device = peer name, port = its interface),
+    with the peer and the fibre behind it; the peer's classical endpoint when its port is fixed."""
+    number: dict[tuple[str, int], int] = {}
+    count: dict[str, int] = {n: 0 for n in topo.nodes}
+    for i, link in enumerate(topo.links):
+        for end in (link.a, link.b):
+            count[end] += 1
+            number[(end, i)] = count[end]
+    out = []
+    for i, link in enumerate(topo.links):
+        if name not in (link.a, link.b):
+            continue
+        peer = link.b if name == link.a else link.a
+        peer_if = number[(peer, i)]
+        endpoint, channel = ports[peer]["peer"], ports[peer]["channel"]
+        itf: dict[str, Any] = {
+            "id": number[(name, i)], "att_point": {"device": peer, "port": peer_if},
+            "peer": {"node": topo.nodes[peer].id, "interface": peer_if},
+            "fibre": {"km": link.km, "loss_db": link.loss_db, "profile": link.profile},
+        }
+        if not endpoint.endswith(":0"):
+            itf["peer"]["endpoint"] = endpoint
+        if not channel.endswith(":0"):
+            itf["peer"]["channel"] = channel
+        out.append(itf)
+    return out
+
+
 def topology_data(topo: Topology) -> dict[str, Any]:
     """The topology in its file form, with IDs and losses explicit (parse() gives it back)."""
     return {
@@ -143,7 +173,8 @@ def engine_settings(topo: Topology) -> dict[str, Any]:
     settings = topo.extra.get("settings")
     if not isinstance(settings, dict):
         return {}
-    return {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant") if k in settings}
+    return {k: settings[k] for k in ("clock_scale", "block_sifted_bits", "cascade_variant", "blocks_in_flight")
+            if k in settings}
 
 
 def _safe(name: str) -> str:
@@ -214,6 +245,8 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
             "applications": applications_config(topo),
+            # one QKD interface per fibre end, naming the peer's endpoints where they are fixed
+            "interfaces": interfaces_of(topo, name, {n: dict(p.advertise) for n, p in plans.items()}),
         }
         if gnmi_password:
             b.files[posixpath.join(nd, "gnmi-password")] = File(password.encode(), secret=True)

@@ -40,7 +40,11 @@ class InProcessNetwork:
     owns_state_dir: bool = False  # made by start_network: removed at stop
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
-                    timeout: float = 120.0, workers: int = 0) -> dict[str, Any]:
+                    timeout: float = 120.0, workers: int = 0, controller: bool = True,
+                    restconf_tls: str = "mutual") -> dict[str, Any]:
+        """Start every node, then (with `controller`) the controller, which provisions every
+        link. Without it the nodes carry no links: another manager (TeraFlowSDN over RESTCONF)
+        creates them from the interfaces each node has, one per fibre end of the topology."""
         # the same build as `sdqkd net up` and `sdqkd net export` (runtime/harness/build.py)
         loopback = {svc: "127.0.0.1:0" for svc in SERVICES}
         plans = {n: NodePlan(listen=loopback, advertise=loopback, sans=("127.0.0.1", "localhost")) for n in self.topo.nodes}
@@ -48,26 +52,49 @@ class InProcessNetwork:
         write_tree(self.state, net.files)
         desc = absolute_description(net.desc, self.state)
         configs = {name: load_config(nd["config"]) for name, nd in desc["nodes"].items()}
+        for cfg in configs.values():
+            cfg.restconf_tls = restconf_tls
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:
             self.nodes = {name: NodeRuntime(cfg) for name, cfg in configs.items()}
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
-        ctl = desc["controller"]
-        ctl_id = TlsFiles(Path(desc["ca"]), Path(ctl["cert"]), Path(ctl["key"]))
-        eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"]) for n, a in self.addresses.items()}
-        self.controller = Controller(self.topo, eps, tls=ctl_id)
-        await self.controller.start()
+            await self._wire_interfaces()
+        if controller:
+            ctl = desc["controller"]
+            ctl_id = TlsFiles(Path(desc["ca"]), Path(ctl["cert"]), Path(ctl["key"]))
+            eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"], a.get("channel", ""))
+                   for n, a in self.addresses.items()}
+            self.controller = Controller(self.topo, eps, tls=ctl_id)
+            await self.controller.start()
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
-                "id": configs[name].id, **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020")}, "ca": desc["ca"],
+                "id": configs[name].id,
+                **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020", "restconf")}, "ca": desc["ca"],
                 "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
             }
-        if wait_keys:
+        if wait_keys and controller:
             await self.wait_all_links(timeout)
         return self.endpoints
+
+    async def _wire_interfaces(self) -> None:
+        """Now that every node listens: each interface learns its peer's classical endpoint."""
+        from runtime.restconf.adapter import MERGE, Edit
+
+        for rt in self.nodes.values():
+            edits = []
+            for itf in rt.cfg.interfaces:
+                peer = itf["att_point"]["device"]
+                elems = (("qkd_node", ()), ("qkd_interfaces", ()), ("qkd_interface", (("qkdi_id", str(itf["id"])),)),
+                         ("sdqkd-interface", ()))
+                wired = {"classical-endpoint": self.addresses[peer]["peer"]}
+                if self.addresses[peer].get("channel"):
+                    wired["channel-endpoint"] = self.addresses[peer]["channel"]
+                edits.append(Edit(MERGE, elems, wired))
+            if edits:
+                await rt.adapter.commit(edits)
 
     async def _start_workers(self, configs: dict[str, NodeConfig], workers: int, timeout: float) -> None:
         """Shares the nodes out over worker processes (balanced by link ends) and waits for them."""

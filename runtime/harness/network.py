@@ -34,6 +34,7 @@ from runtime.harness.build import (
     absolute_description,
     applications_config,
     build,
+    interfaces_of,
     topology_data,
     write_tree,
 )
@@ -82,7 +83,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | None = None
                ) -> dict[str, dict[str, str]]:
-    """Listen addresses per node. `settings.base_port` in the topology fixes them (5 per node, in
+    """Listen addresses per node. `settings.base_port` in the topology fixes them (one per service, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
     With `hosts` (one address per node, each in its own network namespace) every node uses the
     fixed ports of nodes with addresses of their own (build.FIXED_PORTS, as exports do)."""
@@ -177,7 +178,8 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
         ready = _wait(lambda: _all_ready(desc), timeout, "every node to listen", procs, logs)
         for name, r in ready.items():
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
-            _pin_ports(Path(desc["nodes"][name]["config"]), r)
+            _pin_ports(Path(desc["nodes"][name]["config"]), r, ready)
+        _wire_interfaces(desc, ready)
         lay.network.write_text(json.dumps(desc, indent=2))
         procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
         _write_pids(lay, procs)
@@ -195,14 +197,50 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     return endpoints
 
 
-def _pin_ports(config: Path, ready: dict[str, Any]) -> None:
+def _pin_ports(config: Path, ready: dict[str, Any], every: dict[str, Any] | None = None) -> None:
     """Write the ports a node actually bound back into its config, so that a node restarted
-    with `sdqkd node --config` comes back where the controller and its peers expect it."""
+    with `sdqkd node --config` comes back where the controller and its peers expect it; and
+    the peers' classical endpoints into its interfaces (`every`: each node's ready.json)."""
     cfg = yaml.safe_load(config.read_text())
     for svc in SERVICES:
         if svc in ready:
-            cfg[svc]["listen"] = ready[svc]
+            cfg.setdefault(svc, {})["listen"] = ready[svc]
+    for itf in cfg.get("interfaces") or []:
+        peer = (every or {}).get(itf.get("att_point", {}).get("device"), {})
+        if "peer" in peer:
+            itf.setdefault("peer", {})["endpoint"] = peer["peer"]
+        if "channel" in peer:
+            itf.setdefault("peer", {})["channel"] = peer["channel"]
     write_private(config, yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _wire_interfaces(desc: dict[str, Any], ready: dict[str, Any]) -> None:
+    """Tell each running node's interfaces where their peers' classical channels listen (known
+    only now when the OS picked the ports), over its RESTCONF with the controller's identity."""
+    import ssl
+
+    import httpx
+
+    ctl = desc["controller"]
+    ctx = ssl.create_default_context(cafile=desc["ca"])
+    ctx.load_cert_chain(ctl["cert"], ctl["key"])
+    auth = httpx.BasicAuth(ctl["username"], Path(ctl["password_file"]).read_text())
+    h = {"Accept": "application/yang-data+json", "Content-Type": "application/yang-data+json"}
+    for name, nd in desc["nodes"].items():
+        cfg = yaml.safe_load(Path(nd["config"]).read_text())
+        itfs = [i for i in cfg.get("interfaces") or [] if i.get("peer", {}).get("endpoint")]
+        if not itfs or "restconf" not in ready[name]:
+            continue
+        with httpx.Client(base_url=f"https://{ready[name]['restconf']}", verify=ctx, auth=auth, timeout=30) as c:
+            for itf in itfs:
+                r = c.patch(f"/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface={itf['id']}"
+                            "/sdqkd-node-ext:sdqkd-interface", headers=h,
+                            json={"sdqkd-node-ext:sdqkd-interface": {
+                                "classical-endpoint": itf["peer"]["endpoint"],
+                                **({"channel-endpoint": itf["peer"]["channel"]} if "channel" in itf["peer"] else {})}})
+                if r.status_code != 204:
+                    raise HarnessError(f"node {name}: interface {itf['id']}: RESTCONF answered {r.status_code}: "
+                                       f"{r.text[:300]}")
 
 
 def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +249,7 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "etsi020": nd.get("etsi020"), "ca": desc["ca"],
+            "etsi020": nd.get("etsi020"), "restconf": nd.get("restconf"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }
@@ -319,4 +357,4 @@ def _alive(pid: int) -> bool:
 
 
 __all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of", "topology_data",
-           "applications_config"]
+           "applications_config", "interfaces_of"]

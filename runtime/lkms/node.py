@@ -88,6 +88,7 @@ from runtime.lkms.tlsctx import (
 )
 from runtime.pki import TlsFiles
 
+KEYSYNC_MAX_MESSAGE = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -156,9 +157,11 @@ class Lkms:
         self._g004: grpc.aio.Server | None = None
         self._h004: Any = None  # h2grpc.GrpcServer
         await self._start_004()
-        # classical-channel frames of large key blocks exceed gRPC's 4 MB default
-        self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                                               ("grpc.max_send_message_length", 256 * 1024 * 1024)])
+        # KeySync's largest message (a Reconcile page of 4,096 key IDs, a 64 KiB 004 chunk's IDs) is
+        # far below 4 MiB; gRPC parses a message before the servicer can check the caller's CN, so
+        # the limit is what bounds an unauthorised caller (key blocks travel on the engine channel)
+        self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", KEYSYNC_MAX_MESSAGE),
+                                               ("grpc.max_send_message_length", KEYSYNC_MAX_MESSAGE)])
         kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.reconciler), self._gsync)
         for add in self._peer_servicers:
             add(self._gsync)

@@ -1,4 +1,5 @@
-"""`sdqkd node --config FILE`: one SD-QKD node process (agent + LKMS + engine links).
+"""`sdqkd node --config FILE`: one SD-QKD node process (gNMI and RESTCONF agent + LKMS +
+engine links).
 
 Life cycle: the config is checked whole (exit 2 naming every problem); the node binds every
 address its config names (any interface, given TLS) and prints one start line naming them (a
@@ -27,7 +28,7 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
     try:
         addrs = await node.start()
         line = (f"sdqkd node {cfg.name}: gNMI on {addrs['gnmi']}, ETSI 014 on {addrs['etsi014']}, "
-                f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}")
+                f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}, RESTCONF on {addrs['restconf']}")
         if cfg.log_format == "json":
             logging.getLogger("sdqkd.node").info(line)
         else:

@@ -32,6 +32,7 @@ class NodeConfig:
     users: dict[str, str] = field(default_factory=dict)
     gnmi_mutual_tls: bool = True
     peer_listen: str = "127.0.0.1:0"
+    channel_listen: str = "127.0.0.1:0"  # the engines' classical channel (runtime/node/channel.py)
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
@@ -40,6 +41,14 @@ class NodeConfig:
     external_peers: list[dict[str, Any]] = field(default_factory=list)  # checked by _external_peers
     applications: Settings = field(default_factory=Settings)
     raw: dict[str, Any] = field(default_factory=dict)
+    # RESTCONF northbound: listen address, TLS mode (mutual | server | none), bearer tokens
+    restconf_listen: str = "127.0.0.1:0"
+    restconf_tls: str = "mutual"
+    restconf_tokens: list[str] = field(default_factory=list)
+    restconf_plain_outside_loopback: bool = False
+    # QKD interfaces and the fibre behind each: [{id, att_point: {device, port}, peer: {node,
+    # interface, endpoint}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
+    interfaces: list[dict[str, Any]] = field(default_factory=list)
 
 
 _PEER_KEYS = {"name", "url", "ca", "identity", "saes", "qkdl_id", "mode", "rate_bps"}
@@ -136,8 +145,8 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping at the top level")
     problems: list[str] = []
-    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "data_dir", "tls",
-             "saes", "users", "engine", "bootstrap", "applications", "log"}
+    known = {"id", "name", "location", "gnmi", "etsi014", "etsi004", "etsi020", "peer", "channel", "data_dir", "tls",
+             "saes", "users", "engine", "bootstrap", "applications", "restconf", "interfaces", "log"}
     for k in sorted(set(raw) - known):
         problems.append(f"{k}: unknown key (known: {', '.join(sorted(known))})")
     node_id = raw.get("id")
@@ -173,18 +182,26 @@ def load_config(path: str | Path) -> NodeConfig:
     if not isinstance(peer, dict) or "listen" not in peer:
         problems.append("peer: expected a mapping with `listen: host:port`")
         peer = {}
+    channel = raw.get("channel", {"listen": "127.0.0.1:0"})
+    if not isinstance(channel, dict) or "listen" not in channel:
+        problems.append("channel: expected a mapping with `listen: host:port`")
+        channel = {}
     e20 = raw.get("etsi020", {"listen": "127.0.0.1:0"})
     if not isinstance(e20, dict) or not set(e20) <= {"listen", "external_peers"}:
         problems.append("etsi020: expected a mapping with `listen: host:port` and optional `external_peers`")
         e20 = {}
     e20.setdefault("listen", "127.0.0.1:0")
     externals = _external_peers(e20.get("external_peers"), p.parent, problems)
+    restconf = _restconf_section(raw.get("restconf"), gnmi, tls is not None, problems)
     listens = {k: _listen(s.get("listen"), f"{k}.listen", problems) for k, s in
-               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("etsi020", e20)) if s}
+               (("gnmi", gnmi), ("etsi014", e14), ("etsi004", e04), ("peer", peer), ("etsi020", e20),
+                ("channel", channel), ("restconf", restconf)) if s}
     if tls is None:
         from runtime.agent.serve import is_loopback
 
         for k, v in listens.items():
+            if k == "restconf" and restconf.get("plain_http_outside_loopback"):
+                continue
             if v and not is_loopback(v):
                 problems.append(f"{k}.listen: {v} is not a loopback address; without `tls` a node serves loopback only")
     saes = raw.get("saes", [])
@@ -203,6 +220,7 @@ def load_config(path: str | Path) -> NodeConfig:
         problems.append("engine: expected a mapping")
         engine = {}
     log_format, log_level = _log(raw.get("log"), problems)
+    interfaces = _interfaces(raw.get("interfaces"), problems)
     apps_raw = raw.get("applications") or {}
     if not isinstance(apps_raw, dict):
         problems.append("applications: expected a mapping")
@@ -218,10 +236,70 @@ def load_config(path: str | Path) -> NodeConfig:
         id=node_id, name=name, gnmi_listen=listens["gnmi"], etsi014_listen=listens["etsi014"],
         etsi004_listen=listens["etsi004"], data_dir=(p.parent / data_dir), tls=tls, saes=saes,
         location=str(raw.get("location", "")), users=users, gnmi_mutual_tls=bool(gnmi.get("mutual_tls", True)),
-        peer_listen=listens.get("peer", "127.0.0.1:0"), bootstrap=bootstrap, engine=engine,
+        peer_listen=listens.get("peer", "127.0.0.1:0"), channel_listen=listens.get("channel", "127.0.0.1:0"),
+        bootstrap=bootstrap, engine=engine,
         etsi020_listen=listens.get("etsi020", "127.0.0.1:0"), external_peers=externals,
         applications=applications, raw=raw, log_format=log_format, log_level=log_level,
+        restconf_listen=listens.get("restconf", "127.0.0.1:0"), restconf_tls=restconf.get("tls", "none"),
+        restconf_tokens=list(restconf.get("bearer_tokens", [])),
+        restconf_plain_outside_loopback=bool(restconf.get("plain_http_outside_loopback", False)),
+        interfaces=interfaces,
     )
+
+
+def _restconf_section(v: Any, gnmi: dict[str, Any], has_tls: bool, problems: list[str]) -> dict[str, Any]:
+    """`restconf: {listen, tls: mutual|server|none, bearer_tokens: [..], plain_http_outside_loopback}`;
+    absent: the gNMI host, port 0, mutual TLS when the node has TLS."""
+    host = str(gnmi.get("listen", "127.0.0.1:0")).rsplit(":", 1)[0] or "127.0.0.1"
+    out: dict[str, Any] = {"listen": f"{host}:0", "tls": "mutual" if has_tls else "none"}
+    if v is None:
+        return out
+    if not isinstance(v, dict):
+        problems.append("restconf: expected a mapping (listen, tls, bearer_tokens)")
+        return out
+    for k in sorted(set(v) - {"listen", "tls", "bearer_tokens", "plain_http_outside_loopback"}):
+        problems.append(f"restconf.{k}: unknown key (known: bearer_tokens, listen, plain_http_outside_loopback, tls)")
+    out.update(v)
+    if out["tls"] not in ("mutual", "server", "none"):
+        problems.append(f"restconf.tls: expected mutual, server or none, got {out['tls']!r}")
+    elif out["tls"] != "none" and not has_tls:
+        problems.append(f"restconf.tls: {out['tls']} needs the node's `tls` files")
+    tokens = out.get("bearer_tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
+        problems.append("restconf.bearer_tokens: expected a list of strings of at least 16 characters")
+        out["bearer_tokens"] = []
+    return out
+
+
+def _interfaces(v: Any, problems: list[str]) -> list[dict[str, Any]]:
+    """`interfaces: [{id, att_point: {device, port}, peer: {node, interface, endpoint, channel},
+    fibre: {km, loss_db, profile}}]`, checked for shape here and by the model when seeded
+    (endpoint: the peer's key-relay port, channel: its engine channel port)."""
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        problems.append("interfaces: expected a list of mappings")
+        return []
+    seen: set[int] = set()
+    out = []
+    for i, itf in enumerate(v):
+        where = f"interfaces[{i}]"
+        if not isinstance(itf, dict) or not isinstance(itf.get("id"), int) or not 1 <= itf["id"] < 2**32:
+            problems.append(f"{where}.id: required, an integer 1..4294967295")
+            continue
+        if itf["id"] in seen:
+            problems.append(f"{where}.id: {itf['id']} given twice")
+        seen.add(itf["id"])
+        for k in sorted(set(itf) - {"id", "att_point", "peer", "fibre"}):
+            problems.append(f"{where}.{k}: unknown key (known: att_point, fibre, id, peer)")
+        peer = itf.get("peer") or {}
+        if peer:
+            try:
+                uuid.UUID(str(peer.get("node")))
+            except ValueError:
+                problems.append(f"{where}.peer.node: expected the peer's node UUID, got {peer.get('node')!r}")
+        out.append(itf)
+    return out
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

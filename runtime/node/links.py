@@ -1,16 +1,13 @@
 """Engine links of a node: each PHYS link runs key blocks with its peer over the classical
-channel (gRPC `ClassicalChannel.Connect`, mutual TLS). The transmitter (Alice) dials the
-receiver's peer endpoint; blocks run back to back, paced so that a link never produces faster
-than its simulated clock. A block's state machine is driven from the node's event loop: the
-hundreds of Cascade round trips of a block are handled inline (a few microseconds of C each,
-where a hop to a thread and back would cost more than the step), the heavy steps (simulation,
-sifting, privacy amplification: C that releases the GIL) go to a small pool of threads shared
-by all links. What a block costs is then mostly its gRPC messages (~0.1-0.3 ms of CPU per
-round trip on loopback with TLS).
+channel (channel.py: framed TLS, mutual authentication by node certificate). The transmitter
+(Alice) dials the receiver's channel endpoint and opens a session (session.py) in which the
+receiver starts blocks as the simulated clock allows, several in flight, so that neither the
+channel's round-trip time nor the Cascade round trips of one block cap the link's rate. A lost
+session is retried with back-off; a disabled or deleted link drains its blocks in flight first.
 
 Authentication: every session starts from the link's bootstrap secret (HKDF with the session
 ID, so no pad repeats across sessions); each successful block then sets aside the start of its
-key as the next block's authentication key, so steady-state authentication uses QKD key."""
+key for a later block's tags, so steady-state authentication uses QKD key."""
 
 from __future__ import annotations
 
@@ -22,33 +19,48 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from generated.proto.sdqkd import classical_pb2, classical_pb2_grpc
 from runtime.engine import pipeline
-from runtime.engine.auth import Authenticator, BufferKeySource
+from runtime.pki import TlsFiles
+
+from .channel import (
+    MAX_WINDOW,
+    ChannelError,
+    ChannelServer,
+    FrameConnection,
+    Hello,
+    Kind,
+    Refused,
+    dial,
+    frame_limit,
+    hello_payload,
+)
+from .session import Carry, Session, block_seed, resolve_pending
 
 log = logging.getLogger("sdqkd.engine")
 
-AUTH_RESERVE_BYTES = 1024  # taken from each block's key for the next block's tags (a block uses ~1 kbit)
-SESSION_AUTH_BYTES = 64 * 1024
-RECV_TIMEOUT = 120.0  # seconds a block waits for its peer's next message
-WATCHDOG_S = 2.0  # how often a session checks that timeout
-HELLO = "hello"
+DEFAULT_WINDOW = 48  # blocks in flight at most; the link's clock decides how many are really needed
+# sifted bits per block: the finite-key penalty shrinks with larger blocks, memory grows linearly
+# (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
+DEFAULT_BLOCK_BITS = 2e6
+DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its blocks in flight finish
+SHUTDOWN_DRAIN_S = 1.0  # the same when the whole node stops (its process has ~5 s after SIGTERM)
+FIRST_BLOCK_BITS = 5e5  # a session's first block: small, so a link produces key soon after it starts
+READY_TIMEOUT = 10.0
+
+# per (role, bootstrap digest, link): keys awaiting the peer's word, across sessions and restarts of a link
+_CARRY: dict[tuple[str, bytes, str], Carry] = {}
 
 
 @dataclass
 class LinkParams:
     qkdl_id: str
     role: str  # "alice" (transmitter, dials) or "bob" (receiver)
-    peer_address: str
+    peer_address: str  # the peer's classical-channel endpoint
     profile: str
     loss_db: float
     variant: str  # a Cascade variant of the model's enum (its default comes from the datastore)
@@ -56,6 +68,8 @@ class LinkParams:
     enabled: bool = True
     target_sifted_bits: float = 1e6
     clock_scale: float = 1.0  # < 1: a slower simulated clock (large networks on few cores)
+    window: int = DEFAULT_WINDOW
+    peer_id: str = ""  # the peer node's ID: its certificate CN on the classical channel
 
 
 @dataclass
@@ -68,75 +82,6 @@ class LinkStats:
     auth_bps: float = 0.0
     last_abort: str = ""
     status: str = "PENDING"
-
-
-class FramePipe:
-    """One end of a link's classical-channel stream, for the session coroutine: the gRPC call at
-    the transmitter, the server context at the receiver (the reader/writer API of grpc.aio, so
-    no request-iterator or queue task stands between a Cascade message and the socket).
-
-    A block exchanges hundreds of messages, so a receive timeout is not a timer per message: recv
-    notes a deadline and a watchdog, waking every WATCHDOG_S, ends the session once it has passed."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream  # grpc.aio.StreamStreamCall or ServicerContext: read() / write()
-        self._loop = asyncio.get_running_loop()
-        self.closed = self._loop.create_future()
-        self._task: asyncio.Future[None] | None = None
-        self._deadline = math.inf
-        self._why = ""
-
-    async def send(self, data: bytes) -> None:
-        await self._stream.write(classical_pb2.Frame(kind="data", payload=data))
-
-    async def recv(self, timeout: float) -> bytes:
-        self._deadline = self._loop.time() + timeout
-        frame = await self._stream.read()
-        self._deadline = math.inf
-        if frame is grpc.aio.EOF:
-            raise ConnectionError("classical channel closed")
-        return frame.payload
-
-    async def run(self, session: Coroutine[Any, Any, None]) -> None:
-        """Runs a session on this stream. TimeoutError if the peer stays silent past a recv's
-        timeout, ConnectionError if the stream is lost meanwhile."""
-        if self.closed.done():
-            session.close()
-            raise ConnectionError("classical channel closed before its session started")
-        self._task = asyncio.ensure_future(session)
-        watchdog = asyncio.create_task(self._watch())
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # the link itself stops
-                raise
-            if self._why == "timeout":
-                raise TimeoutError("no message from the peer") from None
-            raise ConnectionError("classical channel lost") from None
-        finally:
-            watchdog.cancel()
-            self.close()
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(WATCHDOG_S)
-            if self._loop.time() > self._deadline:
-                self._end("timeout")
-
-    def _end(self, why: str) -> None:
-        if self._task is not None and not self._task.done():
-            self._why = why
-            self._task.cancel()
-
-    def lost(self) -> None:
-        """The RPC ended under the session (peer gone, cancelled): stop the session on it."""
-        self._end("lost")
-        self.close()
-
-    def close(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -152,155 +97,59 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def session_auth_key(bootstrap: bytes, qkdl_id: str, session: str) -> bytes:
-    """HKDF to a session key, then SHAKE-256 as the XOF that stretches it (HKDF stops at 8160 B)."""
-    prk = HKDF(algorithm=hashes.SHA256(), length=32, salt=session.encode(),
-               info=f"sdqkd classical channel {qkdl_id}".encode()).derive(bootstrap)
-    return hashlib.shake_256(prk).digest(SESSION_AUTH_BYTES)
-
-
-def block_seed(qkdl_id: str, session: str, n: int) -> int:
-    h = hashlib.sha256(f"{qkdl_id}|{session}|{n}".encode()).digest()
-    return int.from_bytes(h[:8], "big") or 1
-
-
 class EngineLink:
     """One PHYS link at one node. `on_key` stores a block's key (LKMS add_block); `on_stats`
     reports telemetry (agent state); `wait_room` is the key store's back-pressure."""
 
-    def __init__(self, params: LinkParams, bootstrap: bytes, channel_factory: Callable[[str], grpc.aio.Channel],
+    def __init__(self, params: LinkParams, bootstrap: bytes, tls: TlsFiles | None,
                  on_key: Callable[[str, bytes, int, str], Awaitable[Any]],
                  on_stats: Callable[[LinkParams, LinkStats, pipeline.BlockResult | None], None],
                  wait_room: Callable[[str], Awaitable[None]]):
         self.p = params
         self.bootstrap = bootstrap
+        self.tls = tls
         self.stats = LinkStats()
-        self._channel_factory = channel_factory
-        self._on_key, self._on_stats, self._wait_room = on_key, on_stats, wait_room
+        self._on_key, self._on_stats, self.wait_room = on_key, on_stats, wait_room
         self._task: asyncio.Task[None] | None = None
-        self._incoming: asyncio.Queue[tuple[FramePipe, str]] = asyncio.Queue()
         self._stopped = asyncio.Event()
+        self.session: Session | None = None
+        self._session_lock = asyncio.Lock()
+        self._last_ok = time.monotonic()
+        digest = hashlib.sha256(bootstrap).digest()
+        self.carry = _CARRY.setdefault((params.role, digest, params.qkdl_id), Carry())
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"link-{self.p.qkdl_id}")
+    # ------------------------------------------------------------ what a session needs
 
-    async def stop(self) -> None:
-        self._stopped.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        while not self._incoming.empty():  # streams that arrived but never ran: let them end
-            self._incoming.get_nowait()[0].close()
+    @staticmethod
+    def pool() -> ThreadPoolExecutor:
+        return _pool()
 
-    # ---------------------------------------------------------------- sessions
+    def block_config(self, session: str, n: int) -> pipeline.BlockConfig:
+        p = self.p
+        bits = min(p.target_sifted_bits, FIRST_BLOCK_BITS) if n == 0 else p.target_sifted_bits
+        return pipeline.BlockConfig(
+            profile=p.profile, loss_db=p.loss_db,
+            n_pulses=pipeline.pulses_for(p.profile, p.loss_db, bits),
+            seed=block_seed(p.qkdl_id, session, n), cascade_variant=p.variant)
 
-    async def _run(self) -> None:
-        backoff = 0.2
-        while not self._stopped.is_set():
-            try:
-                if self.p.role == "alice":
-                    await self._dial()
-                else:
-                    pipe, session = await self._incoming.get()
-                    await pipe.run(self._session(pipe, session))
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a session fails; the link retries
-                log.info("link %s: session ended: %s", self.p.qkdl_id, e)
-                self.stats.status = "PASSIVE"
-                self._on_stats(self.p, self.stats, None)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 3.0)
+    async def store(self, block_id: str, key: bytes) -> None:
+        await self._on_key(self.p.qkdl_id, key, 256, block_id)
 
-    async def _dial(self) -> None:
-        ch = self._channel_factory(self.p.peer_address)
-        session = str(uuid.uuid4())
-        try:
-            call = classical_pb2_grpc.ClassicalChannelStub(ch).Connect()
-            await call.write(classical_pb2.Frame(qkdl_id=self.p.qkdl_id, kind=HELLO, payload=session.encode()))
-            pipe = FramePipe(call)
-            try:
-                await pipe.run(self._session(pipe, session))
-            finally:
-                call.cancel()
-        finally:
-            await ch.close()
-
-    def attach(self, pipe: FramePipe, session: str) -> None:
-        """The receiver side: an incoming Connect stream for this link."""
-        self._incoming.put_nowait((pipe, session))
-
-    async def _session(self, pipe: FramePipe, session: str) -> None:
-        auth_key = session_auth_key(self.bootstrap, self.p.qkdl_id, session)
-        n = 0
-        while not self._stopped.is_set():
-            await self._wait_room(self.p.qkdl_id)
-            t0 = time.monotonic()
-            result, auth_key = await self._block(pipe, session, n, auth_key)
-            await self._finish(result, session, n, time.monotonic() - t0)
-            n += 1
-            # never faster than the link's own clock: the simulated block took this long
-            wait = result.duration_s / self.p.clock_scale - (time.monotonic() - t0)
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def _block(self, pipe: FramePipe, session: str, n: int, auth_key: bytes
-                     ) -> tuple[pipeline.BlockResult, bytes]:
-        """One block: the party's state machine driven from this event loop. Cascade messages
-        (hundreds per block, a few microseconds of C each) are handled inline; the heavy steps
-        go to the shared engine threads."""
-        cfg = pipeline.BlockConfig(
-            profile=self.p.profile, loss_db=self.p.loss_db,
-            n_pulses=pipeline.pulses_for(self.p.profile, self.p.loss_db, self.p.target_sifted_bits),
-            seed=block_seed(self.p.qkdl_id, session, n), cascade_variant=self.p.variant)
-        source = BufferKeySource(auth_key)
-        auth = Authenticator(source, self.p.role, context=f"{self.p.qkdl_id}|{session}|{n}".encode())
-        loop = asyncio.get_running_loop()
-        party: pipeline.AliceBlock | pipeline.BobBlock
-        # the peer may pace a whole simulated block before its first message of the next one
-        first_wait = RECV_TIMEOUT + cfg.duration_s / self.p.clock_scale
-        if self.p.role == "alice":
-            party = pipeline.AliceBlock(cfg, auth)
-        else:
-            party = pipeline.BobBlock(cfg, auth, eve=self.p.eve)
-            await pipe.send(await loop.run_in_executor(_pool(), party.start))
-        timeout = first_wait
-        while not party.finished:
-            frame = await pipe.recv(timeout)
-            timeout = RECV_TIMEOUT
-            if pipeline.light(frame):
-                reply = party.handle(frame)
-            else:
-                reply = await loop.run_in_executor(_pool(), party.handle, frame)
-            if reply is not None:
-                await pipe.send(reply)
-        result = party.result
-        rest = auth_key[auth.consumed_bits // 8:]
-        if result.status == "ok" and result.key and len(result.key) > AUTH_RESERVE_BYTES:
-            # the next block's tags come from this block's key (both ends cut the same bytes)
-            rest = rest + result.key[:AUTH_RESERVE_BYTES]
-            result.key = result.key[AUTH_RESERVE_BYTES:]
-            result.key_bits -= 8 * AUTH_RESERVE_BYTES
-        if len(rest) < 2 * 1024:
-            raise RuntimeError("authentication key for the next block ran low; starting a new session")
-        return result, rest
-
-    async def _finish(self, result: pipeline.BlockResult, session: str, n: int, wall_s: float) -> None:
+    def report(self, result: pipeline.BlockResult, stored_bits: int, wall_s: float) -> None:
+        """One block ended at this end: `stored_bits` of key went to the store (0: none)."""
         s = self.stats
         if not math.isnan(result.qber):
             s.qber = result.qber
-        # the rate this node really achieves: the link's clock, or the CPU when that is slower
-        duration = max(result.duration_s / self.p.clock_scale, wall_s, 1e-9)
-        if result.status == "ok" and result.key:
-            usable = (result.key_bits // 256) * 256
-            if usable:
-                await self._on_key(self.p.qkdl_id, result.key[: usable // 8], 256, f"{session}:{n}")
+        if stored_bits:
+            now = time.monotonic()
+            # the rate this node really achieves: the link's clock, or the CPU / channel when slower
+            interval = max(result.duration_s / self.p.clock_scale, now - self._last_ok, 1e-9)
+            self._last_ok = now
             s.blocks_ok += 1
-            s.secret_bits += usable
-            s.skr = usable / duration if s.skr == 0 else 0.7 * s.skr + 0.3 * usable / duration
-            s.auth_bps = 8 * AUTH_RESERVE_BYTES / duration
+            s.secret_bits += stored_bits
+            rate = stored_bits / interval
+            s.skr = rate if s.skr == 0 else 0.7 * s.skr + 0.3 * rate
+            s.auth_bps = 8 * 1024 / interval
             s.status = "ACTIVE"
         else:
             s.blocks_aborted += 1
@@ -309,23 +158,112 @@ class EngineLink:
             s.status = "PASSIVE"
         self._on_stats(self.p, s, result)
 
+    # ------------------------------------------------------------ life cycle
 
-class ClassicalChannelService(classical_pb2_grpc.ClassicalChannelServicer):
-    """Receiver side of the classical channel: hands each incoming stream to its link."""
+    def start(self) -> None:
+        if self.p.role == "alice":
+            self._task = asyncio.create_task(self._dial_loop(), name=f"link-{self.p.qkdl_id}")
 
-    def __init__(self, links: dict[str, EngineLink]):
-        self._links = links
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Let the blocks in flight finish (for up to drain_s), then end the session."""
+        self._stopped.set()
+        s = self.session
+        if s is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(s.drain(drain_s), drain_s + 2)
+            s.fail(ChannelError("link stopped"))
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        async with self._session_lock:  # a receiving session ends in its connection's task
+            pass
 
-    async def Connect(self, request_iterator: AsyncIterator[classical_pb2.Frame], context: Any) -> None:
-        first = await context.read()
-        link = self._links.get(first.qkdl_id) if first is not grpc.aio.EOF else None
-        if link is None or first.kind != HELLO or link.p.role != "bob":
-            qkdl_id = getattr(first, "qkdl_id", "")
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no receiving link {qkdl_id!r} here")
-            return  # abort raises; the type checker cannot know it
-        pipe = FramePipe(context)
-        link.attach(pipe, first.payload.decode())
+    def _session_ended(self, e: BaseException | None) -> None:
+        if e is not None and not self._stopped.is_set():
+            log.info("link %s: session ended: %s", self.p.qkdl_id, e)
+            self.stats.status = "PASSIVE"
+            self._on_stats(self.p, self.stats, None)
+
+    async def _dial_loop(self) -> None:
+        backoff = 0.2
+        while not self._stopped.is_set():
+            try:
+                await self._dial_once()
+                backoff = 0.2
+                self._session_ended(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a session fails; the link retries
+                self._session_ended(e)
+            if self._stopped.is_set():
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 3.0)
+
+    async def _dial_once(self) -> None:
+        p = self.p
+        conn = await dial(p.peer_address, self.tls, p.peer_id)
+        sid = str(uuid.uuid4())
         try:
-            await asyncio.shield(pipe.closed)  # the link's session runs on this stream until it ends
+            conn.send(Kind.HELLO, 0, hello_payload(p.qkdl_id, sid, p.window, self.carry.session,
+                                                   list(self.carry.stored)))
+            ready = await asyncio.wait_for(conn.recv(), READY_TIMEOUT)
+            if ready.kind != Kind.READY:
+                raise ChannelError(f"expected READY, got {ready.kind.name}")
+        except BaseException:
+            await conn.close()
+            raise
+        await self._run_session(conn, sid, p.window)
+
+    async def accept(self, conn: FrameConnection, hello: Hello) -> None:
+        """The receiving side of a new session (the channel server's connection task). A new
+        session replaces one still running (the transmitter lost it first)."""
+        if self._stopped.is_set():
+            raise Refused(f"link {self.p.qkdl_id} is stopping")
+        if self.session is not None:
+            self.session.fail(ChannelError("replaced by a new session"))
+        async with self._session_lock:
+            for sid, n, key in resolve_pending(self.carry, hello.prev_session, hello.stored):
+                await self.store(f"{sid}:{n}", key)  # Alice stored it; her STORED was lost with the session
+                self.stats.secret_bits += len(key) * 8
+            conn.send(Kind.READY)
+            await self._run_session(conn, hello.session, min(hello.window, MAX_WINDOW), locked=True)
+
+    async def _run_session(self, conn: FrameConnection, sid: str, window: int, locked: bool = False) -> None:
+        conn.limit = frame_limit(self.p.target_sifted_bits)  # the link is known: frames may be block-sized
+        if not locked:
+            async with self._session_lock:
+                await self._session_body(conn, sid, window)
+        else:
+            await self._session_body(conn, sid, window)
+
+    async def _session_body(self, conn: FrameConnection, sid: str, window: int) -> None:
+        session = self.session = Session(self, conn, sid, window)
+        try:
+            await session.run()
         finally:
-            pipe.lost()
+            if self.session is session:
+                self.session = None
+
+
+class LinkDirectory:
+    """Admission for the node's channel server (channel.py): which certificates may connect at
+    all, and which link a HELLO may open a session on."""
+
+    def __init__(self, links: dict[str, EngineLink], tls: TlsFiles | None):
+        self._links, self._tls = links, tls
+
+    def admit(self, cn: str | None) -> bool:
+        return cn is not None and any(link.p.peer_id == cn for link in self._links.values())
+
+    async def accept(self, conn: FrameConnection, hello: Hello) -> None:
+        link = self._links.get(hello.qkdl_id)
+        if link is None or link.p.role != "bob":
+            raise Refused(f"no receiving link {hello.qkdl_id!r} here")
+        if self._tls is not None and conn.peer_cn != link.p.peer_id:
+            raise Refused(f"link {hello.qkdl_id} belongs to node {link.p.peer_id}, not {conn.peer_cn}")
+        await link.accept(conn, hello)
+
+    def server(self) -> ChannelServer:
+        return ChannelServer(self._tls, self.admit, self.accept)

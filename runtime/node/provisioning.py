@@ -30,7 +30,7 @@ from runtime.agent.transaction import resolve_text
 from runtime.lkms.registry import sae_of
 
 from .config import ConfigError
-from .links import EngineLink, LinkParams
+from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
 
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
@@ -79,6 +79,14 @@ class PhysPlan:
     params: LinkParams
 
 
+def key_association(qkdl_id: str, entry: t.QkdLink) -> str:
+    """The ID the link's engine session, bootstrap key and key pool run under: its
+    `sdqkd-link/key-association-id` when set (both ends of one fibre named it differently, as
+    TeraFlowSDN does; the RESTCONF compatibility dialect derives it), else the qkdl_id."""
+    ext: Mapping[str, Any] = entry.get("sdqkd-node-ext:sdqkd-link") or {}
+    return str(ext.get("key-association-id") or qkdl_id)
+
+
 def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> VirtPlan | PhysPlan | None:
     """What the runtime should run for a link entry; None while it is not runnable yet.
     HookVeto when the entry names what this node cannot run."""
@@ -87,6 +95,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
     peer_addr = ext.get("classical-endpoint")
+    channel_addr = ext.get("channel-endpoint")
     enabled = entry["qkdl_enable"]
     if not peer_id or not peer_addr:
         return None
@@ -101,10 +110,11 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     km = float(ext.get("fibre-length-km", "0"))
     loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
     role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
-    params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=peer_addr, profile=profile, loss_db=loss,
-                        variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
+    params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=channel_addr or "", profile=profile,
+                        loss_db=loss, variant=ext["cascade-variant"], eve=float(ext["eve-fraction"]),
                         enabled=enabled, clock_scale=float(engine.get("clock_scale", 1.0)),
-                        target_sifted_bits=float(engine.get("block_sifted_bits", 1e6)))
+                        target_sifted_bits=float(engine.get("block_sifted_bits", DEFAULT_BLOCK_BITS)),
+                        window=int(engine.get("blocks_in_flight", DEFAULT_WINDOW)), peer_id=peer_id)
     return PhysPlan(peer_id, peer_addr, params)
 
 
@@ -131,16 +141,25 @@ class NodeProvisioning(ModelHooks):
 
     async def _apply_link(self, qkdl_id: str, new: t.QkdLink | None) -> None:
         lkms = self.node.require_lkms()
-        plan = link_plan(qkdl_id, new, self.node.cfg.engine) if new is not None else None
+        node = self.node
+        old_eid = node.engine_of.get(qkdl_id, qkdl_id)
+        eid = key_association(qkdl_id, new) if new is not None else old_eid
+        if new is None or eid != old_eid:  # gone, or it runs under another key association now
+            await self._stop_engine(old_eid)
+            await lkms.remove_link(old_eid, erase=False)
+            node.tree_of.pop(old_eid, None)
+            node.engine_of.pop(qkdl_id, None)
+            if new is None:
+                return
+        node.engine_of[qkdl_id], node.tree_of[eid] = eid, qkdl_id
+        plan = link_plan(eid, new, node.cfg.engine)
         if not isinstance(plan, PhysPlan) or not plan.params.enabled:
-            await self._stop_engine(qkdl_id)
-        if new is None:
-            await lkms.remove_link(qkdl_id, erase=False)
-        elif isinstance(plan, VirtPlan):
-            await lkms.set_link(qkdl_id, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
+            await self._stop_engine(eid)
+        if isinstance(plan, VirtPlan):
+            await lkms.set_link(eid, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
                                 next_hops=plan.next_hops, up=plan.enabled)
         elif isinstance(plan, PhysPlan):
-            await self._apply_phys(qkdl_id, plan)
+            await self._apply_phys(eid, plan)
 
     async def _apply_phys(self, qkdl_id: str, plan: PhysPlan) -> None:
         lkms = self.node.require_lkms()
@@ -153,8 +172,10 @@ class NodeProvisioning(ModelHooks):
         if current is not None and current.p == plan.params:
             return
         await self._stop_engine(qkdl_id)
-        if plan.params.enabled:
-            link = EngineLink(plan.params, bootstrap, self.node.peer_channel, self.node.store_block,
+        if plan.params.enabled and plan.params.role == "alice" and not plan.params.peer_address:
+            log.warning("link %s: no channel-endpoint for the peer's classical channel; not started", qkdl_id)
+        elif plan.params.enabled:
+            link = EngineLink(plan.params, bootstrap, self.node.cfg.tls, self.node.store_block,
                               self.node.link_stats, lkms.wait_for_room)
             self.node.links[qkdl_id] = link
             link.start()
@@ -174,6 +195,11 @@ class NodeProvisioning(ModelHooks):
 
     # ---------------------------------------------------------------- applications
 
+    async def validate_qkd_app(self, txn: HookTransaction, old: t.QkdApp | None, new: t.QkdApp | None, *,
+                               app_id: str) -> None:
+        if new is not None and not new.get("client_app_id"):  # the LKMS cannot register it
+            raise HookVeto("an application needs at least one slave SAE (client_app_id)")
+
     async def apply_qkd_app(self, txn: HookTransaction, old: t.QkdApp | None, new: t.QkdApp | None, *,
                             app_id: str) -> None:
         lkms = self.node.require_lkms()
@@ -183,7 +209,7 @@ class NodeProvisioning(ModelHooks):
             lkms.register_app(app_id, sae_of(new.get("server_app_id", "")),
                               [sae_of(c) for c in new.get("client_app_id", [])],
                               new.get("local_qkdn_id", self.node.cfg.id), new.get("remote_qkdn_id", ""),
-                              new.get("backing_qkdl_id", []))
+                              [self.node.engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
             base = f"{APP}[app_id={app_id}]"
             vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
             if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id:

@@ -1,7 +1,12 @@
-"""One SD-QKD node: the datastore with its gNMI agent, the LKMS and the engine links, wired
-together. Committed ETSI 015 changes reach the engine and the LKMS through the datastore's
-two-phase hooks (`provisioning.NodeProvisioning`); the engine's blocks go to the LKMS key
-store; telemetry and key-store figures go back into the datastore's state tree."""
+"""One SD-QKD node: the datastore with its gNMI agent and RESTCONF northbound, the LKMS and the
+engine links, wired together. Committed ETSI 015 changes reach the engine and the LKMS through
+the datastore's two-phase hooks (`provisioning.NodeProvisioning`); the engine's blocks go to the
+LKMS key store; telemetry and key-store figures go back into the datastore's state tree. The
+node config's interfaces (and the fibre behind each) are seeded into `qkd_interfaces` at start.
+
+A link's engine session, bootstrap key and key pool are named by its key association ID
+(`provisioning.key_association`): `sdqkd-link/key-association-id` when set (the two ends name
+the link differently, as TeraFlowSDN does), else its qkdl_id."""
 
 from __future__ import annotations
 
@@ -14,17 +19,18 @@ from typing import Any
 
 import grpc
 
-from generated.proto.sdqkd import classical_pb2_grpc
 from runtime.agent.serve import start_gnmi
 from runtime.agent.server import NodeAgent
 from runtime.agent.transaction import Datastore
 from runtime.lkms.external import external_peer
 from runtime.lkms.node import Lkms
-from runtime.tls import aio_channel
+from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
+from runtime.restconf.adapter import MERGE, Edit, EditRefused
 
 from .apps import Registrar
+from .channel import ChannelServer
 from .config import NodeConfig
-from .links import ClassicalChannelService, EngineLink, LinkParams, LinkStats
+from .links import SHUTDOWN_DRAIN_S, EngineLink, LinkDirectory, LinkParams, LinkStats
 from .provisioning import NodeProvisioning, engine_defaults
 
 log = logging.getLogger("sdqkd.node")
@@ -44,32 +50,45 @@ class NodeRuntime:
         self.lkms: Lkms | None = None
         self.registrar: Registrar | None = None
         self._gnmi: grpc.aio.Server | None = None
+        self._channel: ChannelServer | None = None
+        self._restconf: Any = None
+        self.adapter = ModelAdapter(self.agent)
         self._tasks: list[asyncio.Task[Any]] = []
         self.addresses: dict[str, str] = {}
+        self.engine_of: dict[str, str] = {}  # qkdl_id -> its key association ID (engine, LKMS)
+        self.tree_of: dict[str, str] = {}  # key association ID -> the qkdl_id naming it here
 
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> dict[str, str]:
         cfg = self.cfg
         # the key store creates the data dir (0700) and refuses one it cannot write, saying why
-        service = ClassicalChannelService(self.links)
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
-                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
-                         peer_servicers=[lambda server: classical_pb2_grpc.add_ClassicalChannelServicer_to_server(
-                             service, server)])
+                         keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen)
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
         self.lkms.registrar = self.registrar
         await self.lkms.start()
+        await self._seed_interfaces()
         self.registrar.restore()
         self.registrar.start()
+        self._channel = LinkDirectory(self.links, cfg.tls).server()
+        channel_addr = await self._channel.start(cfg.channel_listen)
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)
+        ctx = None
+        if cfg.tls is not None and cfg.restconf_tls != "none":
+            ctx = tls_context(str(cfg.tls.ca), str(cfg.tls.cert), str(cfg.tls.key), mutual=cfg.restconf_tls == "mutual")
+        self._restconf, rport, _server = await start_restconf(
+            self.adapter, cfg.restconf_listen, ssl_context=ctx, credentials=Credentials(cfg.users, cfg.restconf_tokens),
+            allow_plain_outside_loopback=cfg.restconf_plain_outside_loopback)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
-                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"]}
+                          "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"],
+                          "channel": channel_addr,
+                          "restconf": f"{cfg.restconf_listen.rsplit(':', 1)[0]}:{rport}"}
         self._tasks.append(asyncio.create_task(self._publish_store()))
         self._write_ready()
         return self.addresses
@@ -79,12 +98,41 @@ class NodeRuntime:
             t.cancel()
         if self.registrar is not None:
             await self.registrar.stop()
-        for link in list(self.links.values()):
-            await link.stop()
+        await asyncio.gather(*(link.stop(SHUTDOWN_DRAIN_S) for link in list(self.links.values())))
+        if self._channel is not None:
+            await self._channel.stop()
+        if self._restconf is not None:
+            await self._restconf.cleanup()
         if self._gnmi is not None:
             await self._gnmi.stop(0.5)
         if self.lkms is not None:
             await self.lkms.stop()
+
+    async def _seed_interfaces(self) -> None:
+        """The node config's interfaces (and the fibre behind each) into qkd_interfaces."""
+        edits = []
+        for itf in self.cfg.interfaces:
+            entry: dict[str, Any] = {"qkdi_id": itf["id"]}
+            if itf.get("att_point"):
+                entry["qkdi_att_point"] = itf["att_point"]
+            peer, fibre = itf.get("peer") or {}, itf.get("fibre") or {}
+            ext = {"peer-node-id": peer.get("node"), "peer-qkdi-id": peer.get("interface"),
+                   "classical-endpoint": peer.get("endpoint"), "channel-endpoint": peer.get("channel"),
+                   "device-profile": fibre.get("profile"),
+                   "fibre-length-km": _dec(fibre.get("km")), "fibre-loss-db": _dec(fibre.get("loss_db"))}
+            ext = {k: v for k, v in ext.items() if v is not None}
+            if ext:
+                entry["sdqkd-node-ext:sdqkd-interface"] = ext
+            elems = (("qkd_node", ()), ("qkd_interfaces", ()), ("qkd_interface", (("qkdi_id", str(itf["id"])),)))
+            edits.append(Edit(MERGE, elems, entry))
+        if not edits:
+            return
+        try:
+            await self.adapter.commit(edits)
+        except EditRefused as e:
+            raise ValueError(f"interfaces: {e.message}") from None
+        self.agent.state.update({f"/qkd_node/qkd_interfaces/qkd_interface[qkdi_id={itf['id']}]/qkdi_status":
+                                 f"{T}ENABLED" for itf in self.cfg.interfaces})
 
     def _write_ready(self) -> None:
         tmp = self.cfg.data_dir / "ready.json.tmp"
@@ -96,12 +144,6 @@ class NodeRuntime:
             raise RuntimeError("the node's LKMS is not started")
         return self.lkms
 
-    def peer_channel(self, address: str) -> grpc.aio.Channel:
-        """A channel to a peer node's classical-channel port (mutual TLS when configured)."""
-        opts = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024)]
-        return aio_channel(address, self.cfg.tls, opts)
-
     # ---------------------------------------------------------------- engine -> LKMS, agent
 
     async def store_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> None:
@@ -109,8 +151,9 @@ class NodeRuntime:
         await self.lkms.add_block(qkdl_id, material, key_size_bits, block_id)
 
     def link_stats(self, p: LinkParams, s: LinkStats, result: Any) -> None:
-        base = f"{LINK}[qkdl_id={p.qkdl_id}]"
-        if (p.qkdl_id,) not in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
+        tree_id = self.tree_of.get(p.qkdl_id, p.qkdl_id)  # the engine runs under the key association ID
+        base = f"{LINK}[qkdl_id={tree_id}]"
+        if (tree_id,) not in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
             return  # the link was removed meanwhile
         vals: dict[str, Any] = {
             f"{base}/qkdl_status": f"{T}{s.status}",
@@ -127,11 +170,11 @@ class NodeRuntime:
         self.agent.state.update(vals)
         if result is not None and getattr(result, "alarm", False):
             self.agent.state.notify("alarm", {"link": {
-                "qkdl_id": p.qkdl_id, "qkdl_status": f"{T}PASSIVE", "severity": f"{T}MAJOR",
+                "qkdl_id": tree_id, "qkdl_status": f"{T}PASSIVE", "severity": f"{T}MAJOR",
                 "message": f"key block discarded: {result.reason}"}})
         if result is not None and result.status == "ok":
             self.agent.state.notify("sdqkdn_link_perf_update", {"qkd_link": {
-                "qkdl_id": p.qkdl_id, "performance": {"skr": min(int(s.skr), 2**32 - 1)}}})
+                "qkdl_id": tree_id, "performance": {"skr": min(int(s.skr), 2**32 - 1)}}})
 
     async def _publish_store(self) -> None:
         """Key-store figures into the augmentation, and app statistics, once a second."""
@@ -150,3 +193,8 @@ class NodeRuntime:
                 if vals:
                     self.agent.state.update(vals)
             await asyncio.sleep(1.0)
+
+
+def _dec(v: Any) -> str | None:
+    """A config number as decimal64 text (3 fraction digits, the augmentation's)."""
+    return None if v is None else f"{float(v):.3f}"

@@ -35,7 +35,8 @@ def _config(tmp: Path, bootstrap: Path) -> NodeConfig:
 def _link(node_id: str, lid: str, **ext: Any) -> dict[str, Any]:
     return {"qkdl_id": lid, "qkdl_local": {"qkdn_id": node_id}, "qkdl_remote": {"qkdn_id": str(uuid.uuid4())},
             "qkdl_type": "etsi-qkd-node-types:PHYS", "phys_qkd_role": "etsi-qkd-node-types:TRANSMITTER",
-            EXT: {"classical-endpoint": "127.0.0.1:9", "fibre-length-km": "10", **ext}}
+            EXT: {"classical-endpoint": "127.0.0.1:9", "channel-endpoint": "127.0.0.1:9", "fibre-length-km": "10",
+                  **ext}}
 
 
 def _update(lid: str, body: dict[str, Any]) -> gnmi_pb2.Update:

@@ -31,6 +31,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--gnmi-password", default=None)
     g.addoption("--gnmi-insecure", action="store_true", help="plain-text gRPC (loopback targets)")
     g.addoption("--gnmi-name", default=None, help="target name to put in prefix.target")
+    r = parser.getgroup("restconf conformance")
+    r.addoption("--restconf-target", default=None,
+                help="base URL of a RESTCONF server, e.g. https://host:port (default: the sdqkd node started)")
+    r.addoption("--restconf-ca", default=None)
+    r.addoption("--restconf-cert", default=None)
+    r.addoption("--restconf-key", default=None)
+    r.addoption("--restconf-user", default=None)
+    r.addoption("--restconf-password", default=None)
+    r.addoption("--restconf-token", default=None, help="bearer token instead of user/password")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class Target:
     insecure: bool
     ours: bool  # the sdqkd node the suite started (its own-only checks may run)
     name: str | None = None
+    restconf: str | None = None  # host:port of the same node's RESTCONF server
+    etsi014: str | None = None  # host:port of its ETSI 014 server (an SAE's first request raises a notification)
+    sae: tuple[str, str] | None = None  # (cert, key) of the SAE `sae-m` attached to it
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("username", self.user), ("password", self.password or "")) if self.user else ()
@@ -63,12 +75,13 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     ca, ca_path = write_ca(tmp / "pki")
     server = write_identity(ca, ca_path, tmp / "pki", "node-a", server=True)
     client = write_identity(ca, ca_path, tmp / "pki", "controller", server=False)
+    sae = write_identity(ca, ca_path, tmp / "pki", "sae-m", server=False)
     cfg = tmp / "node.yaml"
     cfg.write_text(
         f"id: {uuid.uuid4()}\nname: node-a\n"
         "gnmi: {listen: '127.0.0.1:0'}\netsi014: {listen: '127.0.0.1:0'}\netsi004: {listen: '127.0.0.1:0'}\n"
         f"data_dir: data\ntls: {{ca: {server.ca}, cert: {server.cert}, key: {server.key}}}\n"
-        "users: {admin: 's3cret-pw'}\nsaes: []\n"
+        "users: {admin: 's3cret-pw'}\nsaes: [{id: sae-m}]\n"
     )
     cfg.chmod(0o600)  # a config holding a password must not be readable by others (the node checks)
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
@@ -79,11 +92,14 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     while proc.stdout and line and m is None:  # log lines (stdout too) may come before the start line
         line = proc.stdout.readline()
         m = re.search(r"gNMI on ([^\s,]+)", line)
+    rc = re.search(r"RESTCONF on ([^\s,]+)", line)
+    e14 = re.search(r"ETSI 014 on ([^\s,]+)", line)
     if not m:
         proc.kill()
         raise RuntimeError(f"sdqkd node did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc, Target(m.group(1), str(client.ca), str(client.cert), str(client.key), "admin", "s3cret-pw",
-                        insecure=False, ours=True, name="node-a")
+                        insecure=False, ours=True, name="node-a", restconf=rc.group(1) if rc else None,
+                        etsi014=e14.group(1) if e14 else None, sae=(str(sae.cert), str(sae.key)))
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +119,23 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def restconf_target(request: pytest.FixtureRequest):
+    """The RESTCONF server under test: --restconf-target, else the node the gNMI suite started."""
+    from restconfutil import RestconfTarget
+
+    opt = request.config.getoption
+    if opt("--restconf-target"):
+        return RestconfTarget(opt("--restconf-target").rstrip("/"), opt("--restconf-ca"), opt("--restconf-cert"),
+                              opt("--restconf-key"), opt("--restconf-user"), opt("--restconf-password"),
+                              opt("--restconf-token"), ours=False)
+    target: Target = request.getfixturevalue("target")
+    if not target.ours or not target.restconf:
+        pytest.skip("no RESTCONF target: give --restconf-target")
+    return RestconfTarget(f"https://{target.restconf}", target.ca, target.cert, target.key, target.user,
+                          target.password, None, ours=True, etsi014=target.etsi014, sae=target.sae)
 
 
 @pytest.fixture(scope="session")

@@ -52,7 +52,18 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
     pids = json.loads((state / "pids.json").read_text())
     try:
         eps = json.loads((state / "endpoints.json").read_text())
-        assert set(eps) == {"A", "B", "C"} and set(eps["A"]) >= {"id", "gnmi", "etsi014", "etsi004", "ca", "saes"}
+        assert set(eps) == {"A", "B", "C"} and set(eps["A"]) >= {"id", "gnmi", "etsi014", "etsi004", "restconf",
+                                                                   "ca", "saes"}
+        # B's RESTCONF (mutual TLS, the controller's identity): one interface per fibre, each with its peer
+        mgmt = eps["B"]["management"]
+        with httpx.Client(verify=_ctx(eps["B"]["ca"], mgmt),
+                          auth=(mgmt["username"], Path(mgmt["password_file"]).read_text())) as hb:
+            got = hb.get(f"https://{eps['B']['restconf']}/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_interfaces",
+                         headers={"Accept": "application/yang-data+json"})
+            assert got.status_code == 200, got.text
+            ifaces = got.json()["etsi-qkd-sdn-node:qkd_interfaces"]["qkd_interface"]
+            assert [(i["qkdi_id"], i["qkdi_att_point"]["device"]) for i in ifaces] == [(1, "A"), (2, "C")]
+            assert all(i["sdqkd-node-ext:sdqkd-interface"]["classical-endpoint"] for i in ifaces)
         api, auth = api_and_headers(state)
         assert httpx.post(f"http://{api}/apps", json={"master": "sae-a", "slave": "sae-c"}).status_code == 401
         for rate in ("1e400", "1e12", "-1", "true"):  # JSON numbers Python reads as inf, too big, ...

@@ -459,6 +459,28 @@ def test_accuracy_optimized(q: float) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("q", [0.02, 0.05])
+def test_every_variant_corrects_100_frames_of_1e6_bits(variant: str, q: float) -> None:
+    """Every variant the engine offers, at the block sizes links use: no frame left uncorrected."""
+    n = 1_000_000
+    rng = random.Random(int(q * 1e4) * 7 + len(variant))
+    failures, trips = 0, []
+    for r in range(100):
+        alice, bob = make_pair(rng, n, round(n * q))
+        res = reconcile(alice, bob, n, q, variant, seed=r)
+        failures += res.corrected != alice
+        trips.append(res.channel_uses)
+    assert failures == 0, f"{variant}: {failures} of 100 frames of 1e6 bits not corrected at Q={q}"
+    assert max(trips) < {"original": 300, "optimized": 4000}[variant], (variant, q, max(trips))
+
+
+def test_yanetal_is_not_offered() -> None:
+    with pytest.raises(ValueError, match="unknown variant 'yanetal'"):
+        reconcile(b"\0" * 8, b"\0" * 8, 64, 0.02, "yanetal")
+
+
+@pytest.mark.slow
 def test_structured_permutation_matches_uniform_random() -> None:
     """The fast interleaver must behave like uniformly random permutations (same efficiency)."""
     for variant in ("original", "optimized"):

@@ -111,6 +111,43 @@ assert ('acme-qkd-ext', 'ACME Quantum', '2026-01-01') in agent_skeleton.MODELS
     out = run_py(project_copy, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["laser-temperature", "/qkd_node/acme-racks/rack[rack-id=7]"]
+    # ... and over RESTCONF: the node's server, unchanged, serves the vendor's leaf and list
+    out = run_py(project_copy, RESTCONF_VENDOR)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["201", "21.50", "201", "B2", "400"]
+
+
+RESTCONF_VENDOR = """
+import asyncio, uuid, httpx
+from generated import restconf
+from runtime.agent.server import NodeAgent
+from runtime.restconf import ModelAdapter, start_restconf
+res = restconf.RESOURCES['/qkd_node/qkd_links/qkd_link/laser-temperature']
+assert res.api == '/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/acme-qkd-ext:laser-temperature', res.api
+assert res.codec == 'decimal64' and ('acme-qkd-ext', '2026-01-01', 'urn:acme:qkd-ext') in restconf.MODULES
+
+async def main():
+    agent = NodeAgent(str(uuid.uuid4()))
+    runner, port, _ = await start_restconf(ModelAdapter(agent), '127.0.0.1:0')
+    h = {'Accept': 'application/yang-data+json', 'Content-Type': 'application/yang-data+json'}
+    node = '/restconf/data/etsi-qkd-sdn-node:qkd_node'
+    lid = str(uuid.uuid4())
+    link = {'qkdl_id': lid, 'qkdl_local': {'qkdn_id': agent.node_id}, 'acme-qkd-ext:laser-temperature': '21.5'}
+    async with httpx.AsyncClient(base_url=f'http://127.0.0.1:{port}', headers=h) as c:
+        r = await c.put(f'{node}/qkd_links/qkd_link={lid}', json={'etsi-qkd-sdn-node:qkd_link': [link]})
+        print(r.status_code)
+        r = await c.get(f'{node}/qkd_links/qkd_link={lid}/acme-qkd-ext:laser-temperature')
+        print(r.json()['acme-qkd-ext:laser-temperature'])
+        r = await c.post(node, json={'acme-qkd-ext:acme-racks': {'rack': [{'rack-id': 7, 'location': 'B2'}]}})
+        print(r.status_code)
+        print((await c.get(f'{node}/acme-qkd-ext:acme-racks/rack=7/location')).json()['acme-qkd-ext:location'])
+        r = await c.patch(f'{node}/qkd_links/qkd_link={lid}/acme-qkd-ext:laser-temperature',
+                          json={'acme-qkd-ext:laser-temperature': '99'})
+        print(r.status_code)  # out of its range -40..85
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from codegen import generate
 
 GOLDEN = Path(__file__).parent / "golden"
 EMITTERS = ["schema.py", "paths.py", "model_types.py", "agent_skeleton.py", "client.py", "gnmi_support.py",
-            "__init__.py", "bindings.py", "proto/tiny/tiny_pb2.py", "proto/tiny/tiny_pb2_grpc.py"]
+            "__init__.py", "bindings.py", "restconf.py", "proto/tiny/tiny_pb2.py", "proto/tiny/tiny_pb2_grpc.py"]
 
 
 @pytest.fixture(scope="module")

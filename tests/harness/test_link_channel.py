@@ -1,129 +1,298 @@
-"""The classical-channel stream of an engine link (runtime/node/links.py FramePipe): a silent
-peer ends the session with TimeoutError (one watchdog per session, no timer per message), a
-stream lost under a session ends it with ConnectionError, and stopping the link is a plain
-cancellation."""
+"""The engines' classical channel (runtime/node/channel.py) and link sessions (session.py) on a
+real 2-node network in this process (agents, LKMS stores on SQLite files, mutual TLS on
+loopback): admission by node certificate before any large frame, the KeySync size limit, and
+faults — connection lost mid-block, before DONE reached Alice, before STORED reached Bob;
+duplicated and reordered frames; a peer that stops answering; links stopped with blocks in
+flight. After each, both stores hold exactly the same keys (none stored by one end only)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
-from generated.proto.sdqkd import classical_pb2
-from runtime.node import links
+from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
+from runtime.bench.link import stored_keys
+from runtime.engine import pipeline
+from runtime.engine.auth import HEADER_BYTES
+from runtime.harness.inprocess import start_network
+from runtime.lkms.tlsctx import grpc_channel_credentials
+from runtime.node import channel, session
+from runtime.node.channel import ChannelError, FrameConnection, Kind
+from runtime.pki import TlsFiles
+
+PAIR = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 40}],
+        "saes": [{"name": "sae-b", "node": "B"}]}
+# small blocks and the original Cascade (~80 round trips): many blocks per second on a loaded machine
+FAST = {"clock_scale": 1.0, "block_sifted_bits": 5e5, "cascade_variant": "original"}
+
+Fault = Callable[[FrameConnection, Kind, int, bytes], str]  # -> "send" | "drop" | "lose" | "dup" | "hold" | "abort"
 
 
-class Stream:
-    """Stands in for the gRPC call / servicer context: read() waits for what the test feeds."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue = asyncio.Queue()
-        self.sent: list[bytes] = []
-
-    async def read(self):
-        return await self.inbox.get()
-
-    async def write(self, frame: classical_pb2.Frame) -> None:
-        self.sent.append(frame.payload)
+async def wait_for(pred: Callable[[], bool], timeout: float = 90.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        await asyncio.sleep(0.02)
 
 
-def test_echo_then_end_of_stream():
+@contextlib.contextmanager
+def faults(monkeypatch: pytest.MonkeyPatch, fault: Fault):
+    """Every frame any FrameConnection sends goes through `fault` first."""
+    real = FrameConnection.send
+    held: dict[int, tuple[Kind, int, bytes]] = {}
+
+    def send(self: FrameConnection, kind: Kind, block: int = 0, payload: bytes = b"") -> None:
+        what = fault(self, kind, block, payload)
+        if what == "abort":
+            self.abort()
+            raise ChannelError("test: connection cut")
+        if what == "drop":
+            return
+        if what == "lose":  # the frame left but never arrives: the connection dies under it
+            asyncio.get_running_loop().call_soon(self.abort)
+            return
+        if what == "hold":
+            held[id(self)] = (kind, block, payload)
+            return
+        real(self, kind, block, payload)
+        if what == "dup":
+            real(self, kind, block, payload)
+        if id(self) in held and what != "hold":
+            real(self, *held.pop(id(self)))  # a held frame leaves after a later one: reordered
+
+    monkeypatch.setattr(FrameConnection, "send", send)
+    yield
+
+
+def msg_kind(payload: bytes) -> int:
+    return payload[HEADER_BYTES] if len(payload) > HEADER_BYTES else -1
+
+
+class Net:
+    def __init__(self, net: Any, state: Path):
+        self.net, self.state = net, state
+        self.alice = next(iter(net.nodes["A"].links.values()))
+        self.bob = next(iter(net.nodes["B"].links.values()))
+
+    def conn_of(self, who: str) -> FrameConnection | None:
+        link = self.alice if who == "alice" else self.bob
+        return link.session.conn if link.session else None
+
+    async def keys_after(self, blocks: int, timeout: float = 120.0) -> None:
+        goal = self.alice.stats.blocks_ok + blocks
+        await wait_for(lambda: self.alice.stats.blocks_ok >= goal and self.bob.stats.blocks_ok >= goal, timeout,
+                       f"{blocks} more blocks at both ends")
+
+
+async def running(tmp_path: Path, engine: dict[str, Any] | None = None) -> Net:
+    net = await start_network(PAIR, tmp_path, engine=engine or FAST, wait_keys=True, timeout=120)
+    return Net(net, tmp_path)
+
+
+def same_stores(state: Path) -> int:
+    a, b = stored_keys(state, "A"), stored_keys(state, "B")
+    assert a.keys() == b.keys(), f"key IDs differ: {len(a.keys() - b.keys())} only at A, {len(b.keys() - a.keys())} only at B"
+    assert a == b
+    return len(a)
+
+
+# ------------------------------------------------------------------ admission
+
+
+def test_only_the_links_peer_node_may_open_a_session(tmp_path: Path):
+    """An SAE certificate (valid, same CA) is refused before a frame is read; the peer node's
+    own certificate cannot send a large frame before its HELLO, nor name a link it is not on."""
+
     async def main() -> None:
-        s = Stream()
-        pipe = links.FramePipe(s)
-        got: list[bytes] = []
+        n = await running(tmp_path)
+        try:
+            b = n.net.nodes["B"]
+            addr, server, bid = b.addresses["channel"], b._channel, b.cfg.id
+            sae = n.net.endpoints["B"]["saes"]["sae-b"]
+            sae_tls = TlsFiles(Path(n.net.endpoints["B"]["ca"]), Path(sae["cert"]), Path(sae["key"]))
+            a_tls = n.net.nodes["A"].cfg.tls
+            qkdl = n.bob.p.qkdl_id
 
-        async def session() -> None:
-            while True:
-                data = await pipe.recv(5)
-                got.append(data)
-                await pipe.send(data[::-1])
+            async def refused(tls: TlsFiles, send: Callable[[FrameConnection], None]) -> None:
+                before = server.refused
+                conn = await channel.dial(addr, tls, bid)
+                with contextlib.suppress(ChannelError):  # the server may have closed already
+                    send(conn)
+                with pytest.raises(ChannelError):
+                    await asyncio.wait_for(conn.recv(), 10)
+                await conn.close()
+                await wait_for(lambda: server.refused == before + 1, 10, "the refusal")
 
-        s.inbox.put_nowait(classical_pb2.Frame(kind="data", payload=b"abc"))
-        s.inbox.put_nowait(grpc.aio.EOF)
-        with pytest.raises(ConnectionError, match="closed"):
-            await pipe.run(session())
-        assert got == [b"abc"] and s.sent == [b"cba"] and pipe.closed.done()
+            hello = channel.hello_payload(qkdl, "test-session", 4, "", [])
+            await refused(sae_tls, lambda c: c.send(Kind.HELLO, 0, hello))
+            await refused(a_tls, lambda c: c._writer.write(channel.HEADER.pack(256 << 20, Kind.HELLO, 0)))
+            await refused(a_tls, lambda c: c.send(Kind.HELLO, 0, channel.hello_payload("no-such-link", "s", 4, "", [])))
+            await refused(a_tls, lambda c: c.send(Kind.DATA, 0, b"x"))  # anything but HELLO first
+            await n.keys_after(1)  # the real session was never disturbed
+        finally:
+            await n.net.stop()
+        same_stores(tmp_path)
 
     asyncio.run(main())
 
 
-def test_silent_peer_times_out(monkeypatch):
-    monkeypatch.setattr(links, "WATCHDOG_S", 0.02)
+def test_keysync_port_refuses_oversized_messages(tmp_path: Path):
+    """The peer (KeySync) port parses messages before the servicer checks the caller: 4 MiB."""
 
     async def main() -> None:
-        pipe = links.FramePipe(Stream())
-        with pytest.raises(TimeoutError, match="no message from the peer"):
-            await asyncio.wait_for(pipe.run(pipe.recv(0.1)), 10)
-        assert pipe.closed.done()
+        n = await running(tmp_path)
+        try:
+            b = n.net.nodes["B"]
+            opts = [("grpc.max_send_message_length", 64 << 20)]
+            async with grpc.aio.secure_channel(b.addresses["peer"], grpc_channel_credentials(n.net.nodes["A"].cfg.tls),
+                                               options=opts) as ch:
+                stub = kms_pb2_grpc.KeySyncStub(ch)
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await stub.Reserve(kms_pb2.ReserveRequest(txn_id="x" * (5 << 20)), timeout=20)
+                assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            await n.net.stop()
 
     asyncio.run(main())
 
 
-def test_a_slow_but_live_peer_does_not_time_out(monkeypatch):
-    monkeypatch.setattr(links, "WATCHDOG_S", 0.02)
+# ------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("where", ["mid-block", "before-done", "before-stored"])
+def test_lost_connection_discards_the_blocks_in_flight_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             where: str):
+    """mid-block: cut during Cascade; before-done: Bob has his key, Alice never hears DONE (Bob
+    must drop it); before-stored: Alice stored, Bob never hears STORED (Bob must store it when the
+    next session's HELLO says so). Both stores stay equal, and the link recovers."""
 
     async def main() -> None:
-        s = Stream()
-        pipe = links.FramePipe(s)
+        n = await running(tmp_path)
+        cut: list[str] = []
 
-        async def session() -> None:
-            for _ in range(5):  # 5 x 0.08 s in all, each message within its 0.2 s
-                await pipe.recv(0.2)
-            await asyncio.sleep(0.3)  # no recv pending: no deadline either
+        def fault(conn: FrameConnection, kind: Kind, block: int, payload: bytes) -> str:
+            if cut:
+                return "send"
+            bob, alice = conn is n.conn_of("bob"), conn is n.conn_of("alice")
+            if (where == "mid-block" and bob and kind == Kind.DATA and msg_kind(payload) == pipeline.CASCADE
+                    and block >= 2) or (where == "before-done" and bob and kind == Kind.DATA
+                                        and msg_kind(payload) == pipeline.DONE) or (
+                    where == "before-stored" and alice and kind == Kind.STORED):
+                cut.append(f"block {block}")
+                return "abort" if where == "mid-block" else "lose"
+            return "send"
 
-        async def feed() -> None:
-            for _ in range(5):
-                await asyncio.sleep(0.08)
-                s.inbox.put_nowait(classical_pb2.Frame(kind="data", payload=b"x"))
-
-        feeder = asyncio.create_task(feed())
-        await pipe.run(session())
-        await feeder
+        try:
+            first = n.alice.session.sid if n.alice.session else ""
+            with faults(monkeypatch, fault):
+                await wait_for(lambda: bool(cut), 60, "the cut")
+                await n.keys_after(2)
+            assert n.alice.session is not None and n.alice.session.sid != first  # a new session
+            if where == "before-done":
+                assert n.bob.carry.dropped >= 1
+            if where == "before-stored":
+                assert n.bob.carry.resolved >= 1
+        finally:
+            await n.net.stop()
+        assert same_stores(tmp_path) > 0
 
     asyncio.run(main())
 
 
-def test_lost_stream_ends_the_session():
+def test_duplicated_and_reordered_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A duplicated Cascade frame fails authentication (its counter) and the block is discarded
+    at both ends; frames of independent blocks reordered change nothing."""
+
     async def main() -> None:
-        pipe = links.FramePipe(Stream())
-        runner = asyncio.create_task(pipe.run(pipe.recv(60)))
-        await asyncio.sleep(0.05)
-        pipe.lost()  # what the receiver's Connect handler does when its RPC ends
-        with pytest.raises(ConnectionError, match="lost"):
-            await runner
+        n = await running(tmp_path, {**FAST, "cascade_variant": "optimized"})
+        done: set[str] = set()
+
+        def fault(conn: FrameConnection, kind: Kind, block: int, payload: bytes) -> str:
+            if conn is not n.conn_of("alice") or kind != Kind.DATA:
+                return "send"
+            if "dup" not in done and msg_kind(payload) == pipeline.CASCADE and block >= 1:
+                done.add("dup")
+                return "dup"
+            if "hold" not in done and "dup" in done and msg_kind(payload) == pipeline.CASCADE:
+                done.add("hold")  # released after the next frame, which may be another block's
+                return "hold"
+            return "send"
+
+        try:
+            aborted = n.alice.stats.blocks_aborted + n.bob.stats.blocks_aborted
+            with faults(monkeypatch, fault):
+                await wait_for(lambda: len(done) == 2, 60, "the duplicate and the reordering")
+                await n.keys_after(2)
+            assert n.alice.stats.blocks_aborted + n.bob.stats.blocks_aborted > aborted
+        finally:
+            await n.net.stop()
+        assert same_stores(tmp_path) > 0
 
     asyncio.run(main())
 
 
-def test_stopping_the_link_cancels_the_session():
+def test_a_silent_peer_ends_the_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Alice's frames (PINGs and STOREDs too) stop reaching Bob: he ends the session after
+    RECV_TIMEOUT; the next session resolves what was pending and key flows again."""
+    monkeypatch.setattr(session, "RECV_TIMEOUT", 1.5)
+    monkeypatch.setattr(session, "PING_S", 0.2)
+
     async def main() -> None:
-        pipe = links.FramePipe(Stream())
-        runner = asyncio.create_task(pipe.run(pipe.recv(60)))
-        await asyncio.sleep(0.05)
-        runner.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await runner
-        assert pipe.closed.done()
+        n = await running(tmp_path)
+        silent: list[FrameConnection] = []
+
+        def fault(conn: FrameConnection, kind: Kind, block: int, payload: bytes) -> str:
+            if not silent and conn is n.conn_of("alice") and kind == Kind.STORED:
+                silent.append(conn)
+            return "drop" if conn in silent else "send"
+
+        try:
+            with faults(monkeypatch, fault):
+                await wait_for(lambda: bool(silent), 60, "Alice to fall silent")
+                first = n.bob.session.sid if n.bob.session else ""
+                await wait_for(lambda: n.bob.session is None or n.bob.session.sid != first, 30,
+                               "Bob to end the silent session")
+                await n.keys_after(2)
+        finally:
+            await n.net.stop()
+        assert same_stores(tmp_path) > 0
 
     asyncio.run(main())
 
 
-def test_a_stream_closed_before_its_session_starts():
+@pytest.mark.parametrize("order", ["both", "alice-first", "bob-first"])
+def test_links_stopped_with_blocks_in_flight(tmp_path: Path, order: str):
+    """What disabling or deleting a link does (runtime: link.stop()): blocks in flight finish or
+    are dropped at both ends; nothing is left pending and both stores are equal."""
+
     async def main() -> None:
-        pipe = links.FramePipe(Stream())
-        pipe.close()
-        with pytest.raises(ConnectionError, match="before its session started"):
-            await pipe.run(pipe.recv(1))
+        n = await running(tmp_path, {**FAST, "cascade_variant": "optimized"})
+        try:
+            await wait_for(lambda: n.bob.session is not None and n.bob.session.in_flight >= 2, 60,
+                           "two blocks in flight")
+            if order == "both":
+                await asyncio.gather(n.alice.stop(), n.bob.stop())
+            else:
+                first, second = (n.alice, n.bob) if order == "alice-first" else (n.bob, n.alice)
+                await first.stop()
+                await second.stop()
+            assert not n.bob.carry.pending
+        finally:
+            await n.net.stop()
+        assert same_stores(tmp_path) > 0
 
     asyncio.run(main())
 
 
-PAIR = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 10}], "saes": []}
-
-
-def test_engine_cascade_variant_is_the_nodes_default(tmp_path):
+def test_engine_cascade_variant_is_the_nodes_default(tmp_path: Path):
     """A link whose configuration names no Cascade variant runs the node's engine default; an
     unknown one stops the node before it starts, naming the valid ones (the model's enum)."""
     from runtime.harness.inprocess import start_network

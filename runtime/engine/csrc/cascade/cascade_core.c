@@ -210,12 +210,6 @@ int cs_params_init(cs_params *prm, uint32_t n, double qber, int variant, uint64_
         kd[0] = ceil(0.73 / qber);
         for (int i = 1; i < np; i++) kd[i] = 2.0 * kd[i - 1];
         break;
-    case CS_YANETAL: /* Yan et al. 2008 as tabulated by Martinez-Mateo et al. 2015 */
-        np = 10;
-        kd[0] = ceil(0.80 / qber);
-        kd[1] = 5.0 * kd[0];
-        for (int i = 2; i < np; i++) kd[i] = half;
-        break;
     case CS_OPTIMIZED: { /* Martinez-Mateo et al. 2015, Cascade opt. (8): alpha = log2(1/Q) - 1/2 */
         np = 14;
         double alpha = log2(1.0 / qber) - 0.5;

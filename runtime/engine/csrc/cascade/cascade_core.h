@@ -10,7 +10,7 @@
 #define CS_MAXPASS 24
 #define CS_MAX_BITS (1u << 31) /* keeps every permuted index inside uint32 */
 
-enum { CS_ORIGINAL = 0, CS_OPTIMIZED = 1, CS_YANETAL = 2, CS_NVARIANTS = 3 };
+enum { CS_ORIGINAL = 0, CS_OPTIMIZED = 1, CS_NVARIANTS = 2 };
 
 /* Private switches for experiments/tests; both ends must use the same value. */
 enum {

@@ -346,7 +346,6 @@ PyMODINIT_FUNC PyInit__cascade(void) {
     }
     PyModule_AddIntConstant(m, "ORIGINAL", CS_ORIGINAL);
     PyModule_AddIntConstant(m, "OPTIMIZED", CS_OPTIMIZED);
-    PyModule_AddIntConstant(m, "YANETAL", CS_YANETAL);
     PyModule_AddIntConstant(m, "FLAG_RANDPERM", CS_FLAG_RANDPERM);
     PyModule_AddIntConstant(m, "FLAG_PARALLEL", CS_FLAG_PARALLEL);
     PyModule_AddIntConstant(m, "FLAG_SERIAL", CS_FLAG_SERIAL);

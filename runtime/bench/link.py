@@ -1,0 +1,263 @@
+"""`sdqkd bench link`: one engine link between two nodes, against the in-process pipeline.
+
+Cases, each in a child process of its own (clean CPU and memory accounting):
+1. `pipeline`: blocks of the link's size run by `pipeline.run_local` (both parties in one
+   process, no network): CPU-s per Mbit of final key, the baseline of `sdqkd bench engine`.
+2. `rtt0`: a 2-node network in one process (gNMI agents, LKMS stores, the classical channel
+   with mutual TLS on loopback), 40 km, `optimized` Cascade, the simulated clock at 1 GHz:
+   CPU-s per Mbit of final key (both nodes: the process), key rate, and the fraction of the blocks
+   the simulated clock allows that the link completes.
+3. `rtt1`, `rtt5`, `rtt20`: the same with the classical channel delayed to that round-trip time:
+   in a network namespace with `tc netem delay` on its loopback where the kernel has netem, else
+   through a relay process that delays every byte by RTT/2 each way (runtime/bench/_relay.py).
+4. `--demo`: the 5-node demo network, each link's rate of stored key beside the analytic
+   asymptotic rate of its loss (the finite-key pipeline stays below it).
+5. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
+Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
+0.9x and at 20 ms >= 0.7x the zero-latency rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROFILE = "commercial"
+
+
+def pair(km: float) -> dict[str, Any]:
+    return {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": km}], "saes": []}
+
+
+def stored_keys(state: Path, node: str) -> dict[bytes, bytes]:
+    """Key ID -> material of a node's store (read from its SQLite file after the network stopped)."""
+    db = state / "nodes" / node / "data" / "keys.sqlite"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return {bytes(k): bytes(m) for k, m in c.execute("SELECT kid, material FROM keys")}
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> dict[str, Any]:
+    from runtime.engine import pipeline
+    from runtime.engine.auth import Authenticator, BufferKeySource
+
+    loss = km * 0.2
+    n = pipeline.pulses_for(PROFILE, loss, block_bits)
+    bits = 0
+    cpu0 = time.process_time()
+    for i in range(blocks):
+        cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade)
+        secret = os.urandom(8192)
+        a, b = pipeline.run_local(cfg, Authenticator(BufferKeySource(secret), "alice", b"bench"),
+                                  Authenticator(BufferKeySource(secret), "bob", b"bench"))
+        bits += a.key_bits if a.status == "ok" and a.key == b.key else 0
+    cpu = time.process_time() - cpu0
+    return {"case": "pipeline", "blocks": blocks, "block_link_s": n / 1e9, "final_bits_per_block": bits / blocks,
+            "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None}
+
+
+async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
+                    relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0) -> dict[str, Any]:
+    """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open)."""
+    from runtime.harness.inprocess import start_network
+
+    relay: subprocess.Popen[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="sdqkd-bench-link-") as tmp:
+        state = Path(tmp)
+        net = await start_network(pair(km), state, wait_keys=True, timeout=120,
+                                  engine={"clock_scale": clock_scale, "block_sifted_bits": block_bits,
+                                          "cascade_variant": cascade})
+        try:
+            alice = next(iter(net.nodes["A"].links.values()))
+            bob = next(iter(net.nodes["B"].links.values()))
+            if relay_delay_ms > 0:  # send the channel through the delaying relay and start afresh
+                relay = subprocess.Popen([sys.executable, "-m", "runtime.bench._relay", "--target",
+                                          alice.p.peer_address, "--delay-ms", str(relay_delay_ms)],
+                                         stdout=subprocess.PIPE, text=True)
+                assert relay.stdout is not None
+                alice.p.peer_address = f"127.0.0.1:{relay.stdout.readline().strip()}"
+                if alice.session is not None:
+                    alice.session.conn.abort()
+            await asyncio.sleep(warmup)
+            s0 = (time.monotonic(), time.process_time(), alice.stats.secret_bits, alice.stats.blocks_ok)
+            in_flight = []
+            end = s0[0] + seconds
+            # until_blocks: measure until that many blocks ended (`seconds` is then the time limit)
+            while time.monotonic() < end and not (until_blocks and alice.stats.blocks_ok - s0[3] >= until_blocks):
+                await asyncio.sleep(0.1)
+                in_flight.append(bob.session.in_flight if bob.session else 0)
+            s1 = (time.monotonic(), time.process_time(), alice.stats.secret_bits, alice.stats.blocks_ok)
+            cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
+            sess = bob.session
+            rtt, trips = (sess.rtt_s, sess.round_trips) if sess else (0.0, 0.0)
+        finally:
+            await net.stop()
+            if relay is not None:
+                relay.terminate()
+                relay.wait()
+        equal = stored_keys(state, "A") == stored_keys(state, "B")
+    wall, cpu, bits, blocks = (b - a for a, b in zip(s0, s1, strict=True))
+    d = cfg.duration_s / clock_scale
+    return {"case": f"rtt{2 * relay_delay_ms:g}", "seconds": round(wall, 1), "final_bits": bits,
+            "rate_bps": bits / wall, "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None,
+            "blocks": blocks, "clock_blocks": wall / d, "of_clock": blocks / (wall / d),
+            "max_in_flight": max(in_flight, default=0), "rtt_ms": round(rtt * 1e3, 2),
+            "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+
+
+async def demo_case(seconds: float, warmup: float, workers: int) -> dict[str, Any]:
+    """The 5-node demo network (in-process, nodes shared out over worker processes): each link's
+    rate of stored key beside the analytic asymptotic rate for its loss."""
+    from runtime.demo import DEFAULT_TOPOLOGY
+    from runtime.engine import keyrate, profiles
+    from runtime.harness.inprocess import start_network
+
+    with tempfile.TemporaryDirectory(prefix="sdqkd-bench-demo-") as tmp:
+        net = await start_network(DEFAULT_TOPOLOGY, Path(tmp), wait_keys=True, timeout=120, workers=workers)
+        try:
+            assert net.controller is not None
+            await asyncio.sleep(warmup)
+            t0, rows0 = time.monotonic(), {r["link"]: r for r in net.controller.link_table()}
+            await asyncio.sleep(seconds)
+            t1, rows1 = time.monotonic(), net.controller.link_table()
+        finally:
+            await net.stop()
+    clock = profiles.get(PROFILE).clock_hz
+    links = []
+    for r in rows1:
+        rate = (r["stored_keys"] - rows0[r["link"]]["stored_keys"]) * 256 / (t1 - t0)
+        model = keyrate.asymptotic(PROFILE, float(r["db"])) * clock
+        links.append({"link": r["link"], "km": r["km"], "db": r["db"], "rate_bps": round(rate),
+                      "model_asymptotic_bps": round(model), "of_model": round(rate / model, 3) if model else None})
+    return {"case": "demo", "seconds": round(t1 - t0, 1), "workers": workers, "links": links}
+
+
+def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = None) -> dict[str, Any]:
+    """Runs one case in a child process (inside `netns` if given); its JSON result."""
+    cmd = [sys.executable, "-m", "runtime.bench.link", "--child", json.dumps(case),
+           "--km", str(args.km), "--block-bits", str(args.block_bits), "--cascade", args.cascade,
+           "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        return {"case": case["name"], "error": r.stderr.strip()[-800:]}
+    return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def delayed(args: argparse.Namespace, name: str, rtt_ms: float, extra: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """One case with the channel delayed to `rtt_ms`: netem in a namespace, else the relay."""
+    ns = netem_namespace(f"sdqkdlat{os.getpid()}", rtt_ms / 2)
+    try:
+        case = {"name": name, "delay": "netem" if ns else "relay", "rtt_ms": rtt_ms,
+                "relay_ms": 0.0 if ns else rtt_ms / 2, **(extra or {})}
+        return child(args, case, ns)
+    finally:
+        if ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def netem_namespace(name: str, delay_ms: float) -> str | None:
+    """A namespace whose loopback delays by delay_ms, or None where namespaces/netem are missing."""
+    def ip(*a: str) -> bool:
+        return subprocess.run(list(a), capture_output=True).returncode == 0
+
+    if not ip("ip", "netns", "add", name):
+        return None
+    if ip("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up") and ip(
+            "ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", f"{delay_ms}ms"):
+        return name
+    ip("ip", "netns", "del", name)
+    return None
+
+
+def run_child(args: argparse.Namespace) -> dict[str, Any]:
+    case = json.loads(args.child)
+    if case["name"] == "pipeline":
+        return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8))
+    if case["name"] == "demo":
+        return asyncio.run(demo_case(args.seconds, args.warmup, int(case.get("workers", 2))))
+    rtt_ms = float(case.get("rtt_ms", 0.0))
+    # a new session first runs a few blocks at the full latency (~2,000 round trips of optimized Cascade)
+    warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
+    res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
+                                warmup, relay_delay_ms=case.get("relay_ms", 0.0),
+                                until_blocks=int(case.get("until_blocks", 0))))
+    res["case"] = case["name"]
+    res["delay"] = case.get("delay", "none")
+    return res
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sdqkd bench link")
+    ap.add_argument("--km", type=float, default=40.0)
+    ap.add_argument("--block-bits", type=float, default=2e6, help="sifted bits per block (the network default)")
+    ap.add_argument("--cascade", choices=("original", "optimized"), default="optimized")
+    ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")
+    ap.add_argument("--warmup", type=float, default=15.0, help="time before measuring (first keys, windows open)")
+    ap.add_argument("--rtt", default="1,5,20", help="round-trip times in ms to measure besides 0")
+    ap.add_argument("--demo", action="store_true", help="also the 5-node demo network's per-link rates")
+    ap.add_argument("--memory", default="", help="block sizes (sifted bits) for peak memory, e.g. 5e5,1e6,2e6")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str]) -> int:
+    a = parser().parse_args(argv)
+    if a.child:
+        print(json.dumps(run_child(a)))
+        return 0
+    load = os.getloadavg()
+    res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in load], "cases": []}
+    res["cases"].append(child(a, {"name": "pipeline"}))
+    res["cases"].append(child(a, {"name": "rtt0"}))
+    for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
+        res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
+    if a.demo:
+        res["cases"].append(child(a, {"name": "demo", "workers": os.cpu_count() or 2}))
+    for bits in [float(x) for x in a.memory.split(",") if x.strip()]:
+        res["cases"].append(child(a, {"name": f"memory{bits:g}", "block_bits": bits}))
+    res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    res.update(_verdict(res["cases"]))
+    print(json.dumps(res, indent=None if a.json else 1))
+    return 0 if res["ok"] else 1
+
+
+def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {c["case"]: c for c in cases}
+    base, zero = by.get("pipeline", {}), by.get("rtt0", {})
+    out: dict[str, Any] = {}
+    if base.get("cpu_s_per_mbit") and zero.get("cpu_s_per_mbit"):
+        out["cpu_vs_pipeline"] = round(zero["cpu_s_per_mbit"] / base["cpu_s_per_mbit"], 2)
+    if zero.get("of_clock") is not None:
+        out["of_clock"] = round(zero["of_clock"], 3)
+    for name in ("rtt1", "rtt5", "rtt20"):
+        c = by.get(name, {})
+        if c.get("rate_bps") and zero.get("rate_bps"):
+            out[f"{name}_vs_rtt0"] = round(c["rate_bps"] / zero["rate_bps"], 3)
+    out["ok"] = bool(out.get("cpu_vs_pipeline", 9) <= 1.2 and out.get("of_clock", 0) >= 0.95
+                     and out.get("rtt5_vs_rtt0", 1) >= 0.9 and out.get("rtt20_vs_rtt0", 1) >= 0.7
+                     and all(c.get("stores_equal", True) for c in cases))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,243 @@
+"""ETSI TeraFlowSDN managing a 3-node sdqkd network over RESTCONF, replayed from its QKD driver's
+behaviour (tfsreplay.py): onboarding of every device, the direct-link services QKD1-QKD2 and
+QKD2-QKD3 (one qkdl_id per end of each fibre, interface IDs 0 as TFS computes them) ending with
+key in both ends' pools, the virtual-link service QKD1-QKD3 (its PHYS duplicates refused and
+counted, its VIRT shapes with nulls accepted), and hostile input that is refused whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tfsreplay import ROOT, TfsDevice, apply_rule, service_links
+
+from runtime.harness.inprocess import InProcessNetwork, start_network
+
+TOPO = {"nodes": [{"name": n} for n in ("QKD1", "QKD2", "QKD3")],
+        "links": [{"a": "QKD1", "b": "QKD2", "km": 10}, {"a": "QKD2", "b": "QKD3", "km": 15}]}
+ENGINE = {"clock_scale": 0.01, "block_sifted_bits": 5e5, "cascade_variant": "original"}
+STRICT = {"Accept": "application/yang-data+json"}
+OK = {200, 201, 202, 204}  # Tools2.HTTP_OK_CODES
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNetwork]:
+    """Three nodes, no sdqkd controller (TFS is the controller), RESTCONF as plain HTTP on loopback."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    state = Path(tmp_path_factory.mktemp("tfs-net"))
+    network = asyncio.run_coroutine_threadsafe(start_network(
+        TOPO, state, engine=ENGINE, controller=False, restconf_tls="none", timeout=60), loop).result(120)
+    yield network
+    asyncio.run_coroutine_threadsafe(network.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def devices(net: InProcessNetwork) -> Iterator[list[TfsDevice]]:
+    devs = [TfsDevice(n, net.addresses[n]["restconf"]) for n in ("QKD1", "QKD2", "QKD3")]
+    yield devs
+    for d in devs:
+        d.close()
+
+
+def strict_get(dev: TfsDevice, path: str) -> Any:
+    r = dev.http.get(path, headers=STRICT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def figures(dev: TfsDevice) -> dict[str, Any]:
+    return strict_get(dev, f"{ROOT}/sdqkd-node-ext:sdqkd-restconf")["sdqkd-node-ext:sdqkd-restconf"]
+
+
+def link_of(dev: TfsDevice, lid: str) -> dict[str, Any]:
+    return strict_get(dev, f"{ROOT}/qkd_links/qkd_link={lid}")["etsi-qkd-sdn-node:qkd_link"][0]
+
+
+def test_onboarding(net: InProcessNetwork, devices: list[TfsDevice]):
+    for dev in devices:
+        assert dev.connect() == [("qkd_node", {})]  # the unwrapped node: no `qkd_node` member
+        dev.onboard()
+        assert dev.qkdn_id == net.endpoints[dev.name]["id"]  # qkdn_id at the top of the node answer
+        assert "qkd_interfaces" not in dev.config_rules["__node__"]
+        assert dev.config_rules["__capabilities__"]["link_stats_support"] is True
+    # endpoints named by qkdi_att_point (device = the peer, port = its interface), as TFS's topology expects
+    assert devices[0].endpoints == ["QKD2:1"]
+    assert devices[1].endpoints == ["QKD1:1", "QKD3:1"]
+    assert devices[2].endpoints == ["QKD2:2"]
+
+
+def test_direct_link_services_produce_key(devices: list[TfsDevice]):
+    if "__node__" not in devices[0].config_rules:
+        pytest.skip("needs test_onboarding")
+    refused_before = [int(figures(d)["refused-compat-requests"]) for d in devices]
+    created: list[tuple[int, str]] = []
+    # path endpoints as TFS's path computation hands them over: (ingress, egress) per device
+    for path in ([(0, "QKD2:1"), (0, "QKD2:1"), (1, "QKD1:1"), (1, "QKD1:1")],
+                 [(1, "QKD3:1"), (1, "QKD3:1"), (2, "QKD2:2"), (2, "QKD2:2")]):
+        for d, rule in service_links(devices, path):
+            assert rule["src_interface_id"] == 0  # TFS's interface lookup misses: it sends 0
+            r = apply_rule(devices[d], rule)
+            assert r.status_code in OK, r.text
+            created.append((d, rule["uuid"]))
+    assert [int(figures(d)["refused-compat-requests"]) for d in devices] == refused_before
+    # each fibre: two qkdl_ids, one key association, complementary roles
+    ends = {}
+    for d, lid in created:
+        link = link_of(devices[d], lid)
+        ext = link["sdqkd-node-ext:sdqkd-link"]
+        assert "compat request: interface" in ext["derived-from"]
+        ends.setdefault(ext["key-association-id"], []).append((d, lid, link["phys_qkd_role"]))
+    assert len(ends) == 2 and all(len(v) == 2 for v in ends.values())
+    for pair in ends.values():
+        assert {r for _d, _l, r in pair} == {"etsi-qkd-node-types:TRANSMITTER", "etsi-qkd-node-types:RECEIVER"}
+    # key flows on both TFS-created links: both ends' pools of each association fill
+    deadline = time.monotonic() + 90
+    pending = {(d, assoc) for assoc, pair in ends.items() for d, _l, _r in pair}
+    while pending and time.monotonic() < deadline:
+        for d, assoc in sorted(pending):
+            r = devices[d].http.get(f"{ROOT}/sdqkd-node-ext:sdqkd-key-store/pool={assoc}/stored-keys", headers=STRICT)
+            if r.status_code == 200 and int(r.json()["sdqkd-node-ext:stored-keys"]) > 0:
+                pending.discard((d, assoc))
+        time.sleep(0.5)
+    assert not pending, f"no key yet at {pending}"
+    for pair in ends.values():
+        for d, lid, _r in pair:
+            link = link_of(devices[d], lid)
+            assert link["qkdl_status"] == "etsi-qkd-node-types:ACTIVE"
+            assert int(link["sdqkd-node-ext:sdqkd-link"]["engine-state"]["blocks-ok"]) > 0
+
+
+def test_virtual_link_service(devices: list[TfsDevice]):
+    if "__node__" not in devices[0].config_rules:
+        pytest.skip("needs test_onboarding")
+    refused_before = sum(int(figures(d)["refused-compat-requests"]) for d in devices)
+    rules = service_links(devices, [(0, "QKD2:1"), (0, "QKD2:1"), (1, "QKD1:1"), (1, "QKD3:1"),
+                                    (2, "QKD2:2"), (2, "QKD2:2")])
+    statuses = []
+    for d, rule in rules:
+        r = apply_rule(devices[d], rule)
+        statuses.append((d, "virt_next_hops" in rule, r.status_code, r.text))
+    phys = [s for s in statuses if not s[1]]
+    virt = [s for s in statuses if s[1]]
+    # the fibres already carry the direct services' links: TFS's fresh PHYS IDs for them are refused
+    assert len(phys) == 4 and all(s[2] == 400 and "already carries link" in s[3] for s in phys), phys
+    assert len(virt) == 4 and all(s[2] in OK for s in virt), virt
+    assert sum(int(figures(d)["refused-compat-requests"]) for d in devices) == refused_before + 4
+    src_dst = next(r for d, r in rules if "virt_next_hops" in r and r["virt_prev_hop"] is None and d == 0)
+    at_source = link_of(devices[0], src_dst["uuid"])
+    assert at_source["qkdl_type"] == "etsi-qkd-node-types:VIRT"
+    assert at_source["qkdl_local"]["qkdn_id"] == devices[0].qkdn_id
+    assert at_source["qkdl_remote"]["qkdn_id"] == devices[2].qkdn_id and "virt_prev_hop" not in at_source
+    middle = link_of(devices[1], src_dst["uuid"])  # TFS named QKD1 as local here: read as this node
+    assert middle["qkdl_local"]["qkdn_id"] == devices[1].qkdn_id and middle["virt_prev_hop"] == devices[0].qkdn_id
+    assert "fibre peer" in middle["sdqkd-node-ext:sdqkd-link"]["derived-from"]
+
+
+def _count(dev: TfsDevice) -> int:
+    return int(figures(dev)["refused-compat-requests"])
+
+
+def test_nothing_tfs_sends_crashes_or_half_applies(net: InProcessNetwork, devices: list[TfsDevice]):
+    dev = devices[0]
+    me = net.endpoints["QKD1"]["id"]
+    good = {"qkdl_id": str(uuid.uuid4()), "qkdl_type": "etsi-qkd-node-types:VIRT",
+            "qkdl_local": {"qkdn_id": me, "qkdi_id": None}, "qkdl_remote": {"qkdn_id": None, "qkdi_id": None},
+            "virt_prev_hop": None, "virt_next_hop": [net.endpoints["QKD2"]["id"]], "virt_bandwidth": None}
+    bad_id = dict(good, qkdl_id="not-a-uuid")
+    hostile: list[tuple[str, str, Any]] = [
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [good, bad_id]}}),  # second entry bad: none stored
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [{"qkdl_id": None}]}}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": "x"}),
+        ("POST", f"{ROOT}/qkd_links/", []),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, qkdl_type="etsi-qkd-node-types:PHYS",
+                                                                        virt_next_hop=None,
+                                                                        qkdl_remote={"qkdn_id": str(uuid.uuid4())})]}}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, virt_next_hop=[me])]}}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, qkdl_type="etsi-qkd-node-types:PHYS",
+                                                                        qkdl_local={"qkdn_id": 7})]}}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [dict(good, qkdl_type="etsi-qkd-node-types:PHYS",
+                                                                        qkdl_local=7)]}}),
+        ("POST", f"{ROOT}/qkd_applications/", {"qkd_applications": {"qkd_app": [{"app_id": str(uuid.uuid4())}]}}),
+        ("PUT", f"{ROOT}/qkdn_id", {"qkdn_id": str(uuid.uuid4())}),
+        ("PATCH", f"{ROOT}/qkd_links/qkd_link={uuid.uuid4()}/", {"qkdl_enable": False}),
+        ("DELETE", f"{ROOT}/", None),
+        ("POST", f"{ROOT}/qkd_links/qkd_link=../../", {"x": 1}),
+        ("POST", f"{ROOT}/nonsense/", {"x": 1}),
+        ("POST", f"{ROOT}/qkd_links/", {"qkd_links": {"qkd_link": [{"a": {"b": {"c": [None] * 10}}}]}}),
+    ]
+    before_tree = strict_get(dev, f"{ROOT}?content=config")
+    count = _count(dev)
+    for method, path, body in hostile:
+        r = dev.http.request(method, path, json=body) if body is not None else dev.http.request(method, path)
+        assert 400 <= r.status_code < 500, (method, path, body, r.status_code, r.text)
+        assert "ietf-restconf:errors" in r.json()
+        count += 1
+        assert _count(dev) == count, (method, path)
+    raw = dev.http.post(f"{ROOT}/qkd_links/", content=b"{\"qkd_links\": ", headers={"Content-Type": "application/json"})
+    assert raw.status_code == 400
+    huge = dev.http.post(f"{ROOT}/qkd_links/", content=json.dumps({"x": "y" * (5 * 1024 * 1024)}).encode(),
+                         headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413
+    assert strict_get(dev, f"{ROOT}?content=config") == before_tree  # nothing half-applied
+    assert dev.http.get(f"{ROOT}/qkdn_capabilities/").status_code == 200  # still serving
+    last = figures(dev)["last-refusal"]
+    assert last.startswith("POST") and ("413" in last or "400" in last)
+
+
+def test_freeconf_style_patches(devices: list[TfsDevice]):
+    """The edits TFS's mock-node README shows: PATCH at the module root and at the node."""
+    dev = devices[2]
+    r = dev.http.patch("/restconf/data/etsi-qkd-sdn-node:", json={"qkd_node": {"qkdn_location_id": "new-loc"}})
+    assert r.status_code == 204, r.text
+    assert dev.http.get("/restconf/data/etsi-qkd-sdn-node:").json()["qkd_node"]["qkdn_location_id"] == "new-loc"
+    r = dev.http.patch(ROOT, json={"qkdn_location_id": "new-loc-2"})
+    assert r.status_code == 204, r.text
+    assert dev.http.get(f"{ROOT}/qkdn_location_id").json() == {"qkdn_location_id": "new-loc-2"}
+
+
+def test_strict_clients_still_get_rfc8040(devices: list[TfsDevice]):
+    r = devices[1].http.get(f"{ROOT}/qkd_interfaces", headers=STRICT)
+    ifaces = r.json()["etsi-qkd-sdn-node:qkd_interfaces"]["qkd_interface"]
+    assert {i["qkdi_id"] for i in ifaces} == {1, 2}
+    assert ifaces[0]["sdqkd-node-ext:sdqkd-interface"]["peer-node-id"]
+    with httpx.Client() as c:
+        bad = c.get(str(devices[1].http.base_url) + f"{ROOT}/qkd_interfaces/", headers=STRICT)
+        assert bad.status_code == 400  # a trailing slash is the compatibility dialect's only
+
+
+def test_fibre_already_provisioned_by_sdqkd_controller(tmp_path: Path):
+    """On a network sdqkd's own controller provisions, a TFS link on an already used fibre is
+    refused (no second engine session on it) and counted."""
+    pair = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 5}]}
+
+    def tfs(network: InProcessNetwork) -> None:  # blocking HTTP: off the nodes' event loop
+        dev = TfsDevice("A", network.addresses["A"]["restconf"])
+        try:
+            dev.onboard()
+            before = _count(dev)
+            r = dev.create_link(str(uuid.uuid4()), dev.qkdn_id, 0, network.endpoints["B"]["id"], 0)
+            assert r.status_code == 400 and "already carries link" in r.text, r.text
+            assert _count(dev) == before + 1
+        finally:
+            dev.close()
+
+    async def main() -> None:
+        network = await start_network(pair, tmp_path, engine=ENGINE, restconf_tls="none", timeout=60)
+        try:
+            await asyncio.to_thread(tfs, network)
+        finally:
+            await network.stop()
+
+    asyncio.run(main())
