@@ -10,10 +10,11 @@ Per QKD node NAME, in one Namespace:
   Both are projected into one directory (files 0440, readable through the pod's fsGroup, never
   world-readable), which an init container copies into /etc/sdqkd, a memory-backed directory
   of the pod's user with files 0600 (readable by nobody else);
-- NetworkPolicy NAME: ingress only from the pods that need each port: gNMI from the controller,
-  ETSI 014 / 004 from pods labelled `sdqkd.io/sae-of: NAME` (the node's applications), the peer
-  port (engine classical channel, key sync and relay, which may come from any node on a relay
-  path) and the ETSI 020 port (key relay between KMSs) from this network's nodes.
+- NetworkPolicy NAME: ingress only from the pods that need each port (CLIENTS): gNMI and
+  RESTCONF from the controller, ETSI 014 / 004 from pods labelled `sdqkd.io/sae-of: NAME` (the
+  node's applications), the peer port (key sync, from any node on a relay path) and the ETSI 020
+  port (key relay between KMSs) from this network's nodes, the engine channel from its fibre
+  neighbours.
 The controller: Deployment `controller`, its Secret and ConfigMap, no ingress at all (its API
 stays on the pod's loopback: `kubectl port-forward` reaches it). One default-deny policy
 covers anything else in the namespace.
