@@ -96,7 +96,7 @@ def test_node_without_tls_refuses_to_bind_beyond_loopback(tmp_path: Path):
     assert "gnmi.listen: 0.0.0.0:0 is not a loopback address; without `tls` a node serves loopback only" in r.stderr
     bad_log = _bundle_node(tmp_path / "x", log={"format": "xml"})
     r = subprocess.run([*SDQKD, "node", "--config", str(bad_log)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "log.format: expected one of text, json, got 'xml'" in r.stderr
+    assert r.returncode == 2 and "node.yaml:21: log.format: must be one of 'text' or 'json', got 'xml'" in r.stderr
 
 
 def _keys(db_path: Path) -> set[bytes]:
