@@ -59,6 +59,8 @@ Name = Annotated[str, Field(min_length=1)]
 # SAE IDs in URLs: letters, digits, '.', '_', '-', starting with a letter or digit.
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
+# A DNS name (RFC 1123 labels) or an IPv4/IPv6 address, as other hosts reach a node.
+HostName = Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+)$")]
 Km = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Profile = Annotated[str, AfterValidator(_profile)]
 
@@ -99,6 +101,7 @@ class NodeEntry(Strict):
     name: Ident
     id: Uuid | None = None
     location: str = ""
+    host: HostName | None = None  # the name or IP other hosts reach it by (`sdqkd net export`)
 
 
 class LinkEntry(Strict):
@@ -203,6 +206,11 @@ class ApplicationsSection(Strict):
     sae_nodes: dict[Name, Uuid] | None = None  # SAE ID -> node ID: an unknown SAE gets 400 at once
 
 
+class LogSection(Strict):
+    format: Literal["text", "json"] = "text"  # runtime/logsetup.py: to stdout either way
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class LkmsSection(Strict):
     etsi004_server: Etsi004Server = "h2"
 
@@ -258,6 +266,7 @@ class NodeConfigFile(Strict):
     peers: dict[Uuid, Name] = {}  # peer node ID -> name, so logs can name links A-B
     restconf: RestconfSection | None = None
     interfaces: list[InterfaceEntry] = []
+    log: LogSection = LogSection()
 
 
 # ------------------------------------------------------------------ checking

@@ -26,6 +26,7 @@ class Node:
     name: str
     id: str
     location: str = ""
+    host: str = ""  # host name or IP other hosts reach it by (`sdqkd net export`); "" = not given
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], 
         if nid in ids:
             problems.append(f"{at}: duplicate node id {nid}")
         ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=n.location)
+        nodes[name] = Node(name=name, id=nid, location=n.location, host=n.host or "")
     return nodes
 
 
