@@ -126,13 +126,27 @@ class AppEntry(Strict):
     priority: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
 
 
+def _url(v: str) -> str:
+    if not v.startswith(("https://", "http://")):
+        raise ValueError(f"expected https://host:port, got {v!r}")
+    return v
+
+
+Url = Annotated[str, AfterValidator(_url)]
+
+
 class ExternalPeerEntry(Strict):
-    """Another vendor's KMS reached over ETSI GS QKD 020 from a gateway node (runtime/controller/external.py)."""
+    """Another vendor's KMS reached over ETSI GS QKD 020 from a gateway node (runtime/controller/external.py).
+    With `url`, `net up` and `net export` also write it into the gateway's node config."""
 
     name: Name
     node: Ident
     saes: Annotated[list[Name], Field(min_length=1)]
     rate_bps: Km = 0.0
+    url: Url | None = None  # its ETSI 020 base URL, as the gateway dials it
+    identity: Name | None = None  # the name its TLS certificate must carry (with url)
+    ca: Name | None = None  # CA file that signs its certificate, relative to the topology file
+    mode: Literal["sync", "async"] = "sync"  # ext_keys without or with ack_callback_url
 
 
 class TopologyFile(Strict):
@@ -174,17 +188,11 @@ class SaeConfig(Strict):
     id: Name
 
 
-def _url(v: str) -> str:
-    if not v.startswith(("https://", "http://")):
-        raise ValueError(f"expected https://host:port, got {v!r}")
-    return v
-
-
 class ExternalKms(Strict):
     """One `etsi020.external_peers[]` entry of a node config (runtime/lkms/external.py, docs/etsi020.md)."""
 
     name: Name
-    url: Annotated[str, AfterValidator(_url)]
+    url: Url
     identity: Name
     saes: Annotated[list[Name], Field(min_length=1)]
     ca: Name | None = None

@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from runtime.controller.topology import Topology
+from runtime.controller.topology import Topology, files_dir
 from runtime.pki import Ca, create_ca, issue
-from runtime.schemas import EngineSettings
+from runtime.schemas import EngineSettings, ExternalPeerEntry
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
 # Ports of a node where each node has an address of its own (other hosts, namespaces, containers,
@@ -246,6 +246,11 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             # one QKD interface per fibre end, naming the peer's endpoints where they are fixed
             "interfaces": interfaces_of(topo, name, {n: dict(p.advertise) for n, p in plans.items()}),
         }
+        externals = _external_peers(topo, name)
+        if externals:
+            cfg["etsi020"]["external_peers"] = [entry for entry, _ in externals]
+            b.files.update({posixpath.join(nd, entry["ca"]): File(ca_pem) for entry, ca_pem in externals
+                            if ca_pem is not None})
         if gnmi_password:
             b.files[posixpath.join(nd, "gnmi-password")] = File(password.encode(), secret=True)
         if log:
@@ -258,6 +263,27 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     b.desc["controller"]["token_file"] = posixpath.relpath(token_rel, layout.controller_dir or ".")
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
+
+
+def _external_peers(topo: Topology, name: str) -> list[tuple[dict[str, Any], bytes | None]]:
+    """The topology's external KMSs that node `name` dials (those with a `url`), as its config's
+    `etsi020.external_peers` entries, each with the bytes of its CA file (copied into the node's
+    directory, `etsi020/NAME-ca.pem`, so the directory stays movable)."""
+    out: list[tuple[dict[str, Any], bytes | None]] = []
+    for raw in topo.extra.get("external_peers") or []:
+        peer = ExternalPeerEntry.model_validate(raw)  # checked by topology.parse already
+        if peer.node != name or peer.url is None:
+            continue
+        entry: dict[str, Any] = {"name": peer.name, "url": peer.url, "identity": peer.identity,
+                                 "saes": list(peer.saes), "mode": peer.mode}
+        if peer.rate_bps > 0:
+            entry["rate_bps"] = peer.rate_bps
+        ca_pem = None
+        if peer.ca is not None:
+            ca_pem = (files_dir(topo.source) / peer.ca).read_bytes()
+            entry["ca"] = posixpath.join("etsi020", f"{_safe(peer.name)}-ca.pem")
+        out.append((entry, ca_pem))
+    return out
 
 
 def _bootstrap(topo: Topology) -> dict[str, dict[str, bytes]]:

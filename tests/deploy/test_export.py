@@ -351,3 +351,43 @@ def test_cli_names_the_problem_and_exits_2(tmp_path: Path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "kubectl apply -f kubernetes/" in (tmp_path / "o" / "RUN.md").read_text()
+
+
+# ------------------------------------------------------------------ external KMSs (ETSI 020)
+
+
+def test_an_external_kms_with_url_reaches_its_gateways_config(tmp_path: Path):
+    """A topology's external peer with `url` goes into its gateway's node config (with its CA
+    copied into the node's directory); the other nodes and peers without `url` get nothing."""
+    (tmp_path / "vendor-ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nvendor\n-----END CERTIFICATE-----\n")
+    data = {**TOPO, "external_peers": [
+        {"name": "vendorx", "node": "bob", "saes": ["vx1"], "rate_bps": 5000, "url": "https://kms.vendorx.test:7020",
+         "identity": "kms.vendorx.test", "ca": "vendor-ca.pem", "mode": "async"},
+        {"name": "vendory", "node": "alice", "saes": ["vy1"]}]}  # no url: the config names it by hand
+    out = _export(tmp_path, "bundle", data)
+    from runtime.node.config import load_config
+
+    bob = load_config(out / "nodes" / "bob" / "node.yaml")
+    (peer,) = bob.external_peers
+    assert (peer["name"], peer["url"], peer["identity"], peer["saes"], peer["mode"], peer["rate_bps"]) == \
+        ("vendorx", "https://kms.vendorx.test:7020", "kms.vendorx.test", ["vx1"], "async", 5000)
+    assert Path(peer["ca"]).read_bytes() == (tmp_path / "vendor-ca.pem").read_bytes()
+    assert Path(peer["ca"]).is_relative_to(out / "nodes" / "bob")  # the node's directory stays movable
+    assert load_config(out / "nodes" / "alice" / "node.yaml").external_peers == []
+
+
+def test_external_kms_entries_are_checked(tmp_path: Path):
+    from runtime.controller.topology import TopologyError
+
+    data = {**TOPO, "external_peers": [
+        {"name": "v1", "node": "bob", "saes": ["x1"], "url": "https://kms.v1.test:7020"},
+        {"name": "v2", "node": "bob", "saes": ["x2"], "url": "ftp://kms", "identity": "kms"},
+        {"name": "v3", "node": "bob", "saes": ["x3"], "url": "https://kms.v3.test", "identity": "kms.v3.test",
+         "ca": "missing-ca.pem"}]}
+    with pytest.raises(TopologyError) as e:
+        _export(tmp_path, "bundle", data)
+    msg = str(e.value)
+    assert "external_peers[0] (v1): give `url` and `identity` together" in msg
+    assert "external_peers[1] (v2).url: expected https://host:port, got 'ftp://kms'" in msg
+    assert f"external_peers[2] (v3).ca: no such file {tmp_path / 'missing-ca.pem'}" in msg
+    assert not (tmp_path / "out-bundle").exists()
