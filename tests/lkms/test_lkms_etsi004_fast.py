@@ -225,8 +225,10 @@ def test_client_that_does_not_read_is_held_back(fast: Net) -> None:
     frame = len(_NoReader(ksid, 1).data)
     assert unsent <= 256 * 1024 + 4096 * 64  # the high-water mark plus at most one batch
     assert answered < 20000  # the server consumed only what it could answer and hold ...
-    # ... and reopened the client's window only for that: the rest waits at the client.
-    assert sent <= (1 << 20) + 65535 + (answered + 1) * frame
+    # ... and reopened the client's window only for that and for the requests of its last read
+    # (asyncio's TLS transport hands over up to 256 KiB at once; the handler acknowledges what it
+    # parsed before it assigns keys to it): the rest of the 9 MB waits at the client.
+    assert sent <= (1 << 20) + 65535 + (256 << 10) + (answered + 1) * frame
     close(fast, ksid)
 
 
