@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -414,12 +415,23 @@ def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
     ctl = net.net.controller
     assert ctl is not None and app_id not in ctl.apps
     routes = []
+    ident = net.net.state / "pki" / "controller"
+
+    async def qos_at(node: str) -> Any:  # the request's QoS at both ends, not only min_bandwidth
+        e = eps[node]
+        creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                             (ident / "sdqkd-controller.pem").read_bytes())
+        async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
+            return await ModelClient(ch).get_value(f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_qos")
 
     def session() -> tuple[list[bytes], list[bytes]]:
         with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-a")) as a, \
                 Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as c:
-            ksid = a.open("sae-c3")  # first request of the pair: registers it, waits for the path
-            routes.append(ctl.apps[app_id])  # (set before the OPEN_CONNECT was answered)
+            ksid = a.open("sae-c3", max_bps=64000, ttl_s=30)  # first request of the pair: registers
+            routes.append(ctl.apps[app_id])  # it, waits for the path (set before the answer)
+            for node in ("A", "C"):
+                qos = asyncio.run_coroutine_threadsafe(qos_at(node), net.loop).result(30)
+                assert qos.get("max_bandwidth") == 64000 and qos.get("ttl") == 30, (node, qos)
             assert c.open("sae-a", ksid) == ksid
             ka = [a.get_key(ksid)[1] for _ in range(120)]
             kc = [c.get_key(ksid)[1] for _ in range(120)]
