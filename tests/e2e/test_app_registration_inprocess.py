@@ -69,6 +69,15 @@ def client(lp: Loop, node: str, sae: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=ctx, base_url=f"https://{e['etsi014']}", timeout=30)
 
 
+async def tree_get(lp: Loop, node: str, path: str) -> Any:
+    """A value of `node`'s tree over gNMI, as the controller reads it."""
+    e, ident = lp.net.endpoints[node], lp.net.state / "pki" / "controller"
+    creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                         (ident / "sdqkd-controller.pem").read_bytes())
+    async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
+        return await ModelClient(ch).get_value(path)
+
+
 async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx.Response:
     async with client(lp, node, sae) as c:
         return await c.get(path, params=params)
@@ -179,6 +188,9 @@ def test_no_path_is_503_with_reason(net: Loop) -> None:
     assert "no key-relay path" in r.json()["message"], r.text
     r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-d/status"))
     assert r.status_code == 503 and "Retry-After" in r.headers
+    # registered, with no key path: DISCONNECTED (the model has no "pending" state)
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id_for('sae-a', ['sae-d'])}]/app_status"
+    assert net.run(tree_get(net, "A", app)) == "etsi-qkd-node-types:DISCONNECTED"
 
 
 def test_etsi004_close_disconnects(net: Loop) -> None:
@@ -415,23 +427,17 @@ def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
     ctl = net.net.controller
     assert ctl is not None and app_id not in ctl.apps
     routes = []
-    ident = net.net.state / "pki" / "controller"
-
-    async def qos_at(node: str) -> Any:  # the request's QoS at both ends, not only min_bandwidth
-        e = eps[node]
-        creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
-                                             (ident / "sdqkd-controller.pem").read_bytes())
-        async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
-            return await ModelClient(ch).get_value(f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]/app_qos")
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]"
 
     def session() -> tuple[list[bytes], list[bytes]]:
         with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-a")) as a, \
                 Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as c:
             ksid = a.open("sae-c3", max_bps=64000, ttl_s=30)  # first request of the pair: registers
             routes.append(ctl.apps[app_id])  # it, waits for the path (set before the answer)
-            for node in ("A", "C"):
-                qos = asyncio.run_coroutine_threadsafe(qos_at(node), net.loop).result(30)
-                assert qos.get("max_bandwidth") == 64000 and qos.get("ttl") == 30, (node, qos)
+            for node in ("A", "C"):  # the request's QoS at both ends, not only min_bandwidth; ON
+                entry = asyncio.run_coroutine_threadsafe(tree_get(net, node, app), net.loop).result(30)
+                assert entry["app_qos"].get("max_bandwidth") == 64000 and entry["app_qos"].get("ttl") == 30, entry
+                assert entry["app_status"] == "etsi-qkd-node-types:ON", entry
             assert c.open("sae-a", ksid) == ksid
             ka = [a.get_key(ksid)[1] for _ in range(120)]
             kc = [c.get_key(ksid)[1] for _ in range(120)]
