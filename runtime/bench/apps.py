@@ -86,12 +86,9 @@ def _stored_keys(state: Path, link: str) -> int:
 
 def throughput(state: Path, eps: dict[str, Any], runs: int, seconds: float, clients: int) -> dict[str, Any]:
     from runtime.bench.kms import _loadgen
+    from runtime.harness.northbound import post_app
 
-    api = json.loads((state / "controller-status.json").read_text())["api"]
-    req = urllib.request.Request(f"http://{api}/apps", data=json.dumps(
-        {"master": "sae-almagro-0", "slave": "sae-norte-0", "rate": 0}).encode(),
-        headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).read()  # registered the way it was before (northbound)
+    post_app(state, "sae-almagro-0", "sae-norte-0", 0.0, timeout=30)  # registered the way it was before
     dt, code = _first_key(eps, "Almagro", "sae-almagro-1", "sae-norte-1")  # registered by its first request
     if code != 200:
         raise RuntimeError(f"first request of sae-almagro-1 -> sae-norte-1 answered {code}")
