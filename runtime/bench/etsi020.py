@@ -130,7 +130,10 @@ async def _throughput(tmp: Path, seconds: float, batch: int, inflight: int, mode
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < end:
-                done += len(await nodes[0].relay.relay_batch(link, batch))
+                # not `done += len(await ...)`: that reads `done` before the await, so concurrent
+                # workers overwrote each other's counts (the figures before this fix were too low)
+                got = await nodes[0].relay.relay_batch(link, batch)
+                done += len(got)
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         dt = time.perf_counter() - t0
