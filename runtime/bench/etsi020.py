@@ -8,7 +8,11 @@ mutual TLS 1.3, durable stores).
   work is timed as it was: take the two pads at the sender, one KeySync unary call, take them
   at the receiver, per hop, and store the key at both ends;
 - keys/s through one 020 hop with batching: `relay_batch` of 512 keys (one pad each plus one
-  MAC key per request), `--inflight` requests at once, for `--seconds`.
+  MAC key per request), `--inflight` requests at once, for `--seconds`; the far end runs as its
+  own LKMS process (`python -m runtime.lkms.serve`, as `sdqkd net up` runs every node), so each
+  node has its own interpreter lock; afterwards both stores must hold the same key IDs. The
+  same run with both nodes in this one process is reported beside it (one GIL for both: about
+  half the keys/s on two cores); CPU per key counts both nodes' processes.
 Targets: <= 3 ms per hop, >= 20,000 256-bit keys/s per hop.
 """
 
@@ -239,12 +243,14 @@ def bench(tmp: Path, runs: int, n: int, seconds: float, batch: int, inflight: in
     lat: dict[str, dict[int, list[dict[str, float]]]] = {"020": {1: [], 3: []}, "keysync": {1: [], 3: []}}
     thr: list[dict[str, float]] = []
     thr_async: list[dict[str, float]] = []
+    thr_one: list[dict[str, float]] = []
     for r in range(runs):
         for hops in (1, 3):
             lat["020"][hops].append(asyncio.run(_latency_020(tmp / f"l{r}-{hops}", hops, n)))
             lat["keysync"][hops].append(asyncio.run(_latency_keysync(tmp / f"k{r}-{hops}", hops, n)))
-        thr.append(asyncio.run(_throughput(tmp / f"t{r}", seconds, batch, inflight, "sync")))
-        thr_async.append(asyncio.run(_throughput(tmp / f"ta{r}", seconds, batch, inflight, "async")))
+        thr.append(asyncio.run(_throughput_procs(tmp / f"t{r}", seconds, batch, inflight, "sync")))
+        thr_async.append(asyncio.run(_throughput_procs(tmp / f"ta{r}", seconds, batch, inflight, "async")))
+        thr_one.append(asyncio.run(_throughput(tmp / f"to{r}", seconds, batch, inflight, "sync")))
     out: dict[str, Any] = {}
     for kind, per in lat.items():
         for q in ("p50", "p99"):
@@ -257,6 +263,8 @@ def bench(tmp: Path, runs: int, n: int, seconds: float, batch: int, inflight: in
     out["relay020_keys_per_s_runs"] = [round(x["keys_per_s"]) for x in thr]
     out["relay020_cpu_us_per_key_both_nodes"] = statistics.median(x["cpu_us_per_key"] for x in thr)
     out["relay020_async_keys_per_s_one_hop"] = statistics.median(x["keys_per_s"] for x in thr_async)
+    out["relay020_keys_per_s_both_nodes_one_process"] = statistics.median(x["keys_per_s"] for x in thr_one)
+    out["relay020_cpu_us_per_key_one_process"] = statistics.median(x["cpu_us_per_key"] for x in thr_one)
     out["batch_keys"], out["inflight"] = batch, inflight
     return out
 
