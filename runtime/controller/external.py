@@ -15,8 +15,9 @@ one the gateway LKMS derives for the peer (uuid5 of node ID and name, runtime.lk
 
 Applications: an SAE behind a peer pairs with an SAE of its gateway node; the application is
 registered on the gateway only, backed by that link. Paths that relay through sdqkd nodes and
-then leave for the peer are not built (a VIRT link ending at the gateway and then ext_keys at
-the gateway would be needed): request_keys refuses them with a clear error.
+then leave for the peer work in the LKMS (a VIRT link with `exit_peer`, runtime/lkms/relay.py)
+but are not installed from here yet (the ETSI 015 link entry written over gNMI has no field for
+the exit): request_keys refuses them with a clear error.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class ExternalPeers:
             raise ValueError(f"unknown SAE {local!r}; an external KMS pairs with an SAE of an sdqkd node")
         if self.topo.saes[local].node != ext.node:
             raise ValueError(f"SAE {local} sits on {self.topo.saes[local].node}, but the external KMS {ext.name} is "
-                             f"reached from {ext.node} only; relaying to it through other nodes is not supported")
+                             f"reached from {ext.node} only; the controller does not install relay paths to it through "
+                             "other nodes yet")
         link = ctl.router.links[ext.qkdl_id]
         if link.capacity(ctl.router.horizon_s) < rate_bps:
             raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")

@@ -67,7 +67,7 @@ async def _run(tmp: Path) -> None:
         assert net.controller.router.path("A", "ext:vendorx") == ["A", "ext:vendorx"]
         with pytest.raises(RuntimeError, match="takes 5000 bit/s"):
             await net.controller.request_keys("a1", "bx1", 10_000)
-        with pytest.raises(ValueError, match="relaying to it through other nodes is not supported"):
+        with pytest.raises(ValueError, match="does not install relay paths to it through other nodes"):
             await net.controller.request_keys("b1", "bx1", 0)
         route = await net.controller.request_keys("a1", "bx1", 1000)
         assert route.qkdl_id == ext.qkdl_id and route.path == ["A", "ext:vendorx"]
