@@ -7,6 +7,7 @@ Application registration (ETSI GS QKD 015 clause 5.2): a node emits `sdqkdn_appl
 when an SAE's first request names a pair it has no application for; the controller computes
 the path and installs the qkd_app on both end nodes (VIRT links first, the far end's app
 before the requesting node's, so the far end knows the pair before the first Reserve arrives).
+A same-node pair (both SAEs on the notifying node, which serves it itself) is only recorded.
 A pair it cannot serve gets a qkd_app without backing link at the requesting node (with
 remote_qkdn_id when the SAEs are known but no path exists), which that node reports as the
 reason of its 503. `sdqkdn_application_disconnected` removes the application at the other end
@@ -269,6 +270,16 @@ class Controller:
         rate = float((app.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
         app_id = app_id_for(master, slaves)
         remote: str | None = None
+        if self._served_by(node, master, slaves):
+            # the node serves it from its own keys and holds its qkd_app already: only recorded
+            # (a Set now could land after the node disconnected it and bring it back)
+            async with self._lock:
+                self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, [node], "", virtual=False,
+                                             priority=int(app.get("app_priority", 0)), more_slaves=slaves[1:])
+            log.info("application %s registered by node %s: %s -> %s on that node", app_id, node, master,
+                     ",".join(slaves))
+            await self.events.put(("app-registered", app_id))
+            return
         try:
             if not slaves:
                 raise ValueError("no slave SAE")
@@ -295,6 +306,11 @@ class Controller:
             entry["remote_qkdn_id"] = remote
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._client(node).replace_qkd_app(app_id, entry)
+
+    def _served_by(self, node: str, master: str, slaves: list[str]) -> bool:
+        """Every SAE of the application attached to `node` (a same-node pair)."""
+        saes = self.topo.saes
+        return bool(slaves) and all(s in saes and saes[s].node == node for s in (master, *slaves))
 
     async def _application_disconnected(self, node: str, app_id: str) -> None:
         """Release what the application held: its other end and the path's unused VIRT links."""

@@ -68,8 +68,9 @@ def parse_external_peers(topo: Topology, raw: Any, source: str) -> list[External
         if not isinstance(p, dict):
             problems.append(f"{where}: expected a mapping {{name, node, saes, rate_bps}}")
             continue
-        for k in sorted(set(p) - {"name", "node", "saes", "rate_bps"}):
-            problems.append(f"{where}.{k}: unknown key (known: name, node, saes, rate_bps)")
+        known = {"name", "node", "saes", "rate_bps", "url", "identity", "ca", "mode"}  # the last four: node config
+        for k in sorted(set(p) - known):
+            problems.append(f"{where}.{k}: unknown key (known: {', '.join(sorted(known))})")
         name, node, saes, rate = p.get("name"), p.get("node"), p.get("saes"), p.get("rate_bps", 0)
         if not isinstance(name, str) or not name or name in names:
             problems.append(f"{where}.name: required, a unique non-empty string")

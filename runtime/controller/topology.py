@@ -26,6 +26,7 @@ class Node:
     name: str
     id: str
     location: str = ""
+    host: str = ""  # host name or IP other hosts reach it by (`sdqkd net export`); "" = not given
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], 
         if nid in ids:
             problems.append(f"{at}: duplicate node id {nid}")
         ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=n.location)
+        nodes[name] = Node(name=name, id=nid, location=n.location, host=n.host or "")
     return nodes
 
 
@@ -255,6 +256,16 @@ def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeer
         for sae in peer_saes if isinstance(peer_saes, list) else []:
             if isinstance(sae, str) and sae in saes:
                 problems.append(f"{at}.saes: {sae!r} is already an SAE of node {saes[sae].node}")
+        if _peer is not None and (_peer.url is None) != (_peer.identity is None):
+            problems.append(f"{at}: give `url` and `identity` together (where the gateway dials the peer, "
+                            "and the name its certificate carries)")
+        if _peer is not None and _peer.ca is not None and not (files_dir(lines.source) / _peer.ca).is_file():
+            problems.append(f"{at}.ca: no such file {files_dir(lines.source) / _peer.ca}")
+
+
+def files_dir(source: str) -> Path:
+    """Where files a topology names (an external peer's `ca`) are relative to: its file's folder."""
+    return Path(source).parent if not source.startswith("<") else Path(".")
 
 
 def load(path: str | Path) -> Topology:

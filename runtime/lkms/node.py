@@ -22,6 +22,9 @@ called before or after `await lkms.start()`):
         the VIRT pool filled by relaying. Addresses are "host:port" of the peer's KeySync server.
     lkms.set_etsi020_peer(node_id, address)   "host:port" of a peer node's ETSI 020 server (the
         relay reaches the next hop there)
+    await lkms.locate(node_id, via) -> "host:port"   another node's KeySync server, known from
+        a neighbour (the `directory` given at construction: the node's interfaces) or asked
+        along `via`, the path to it (locate.py); LocateError naming who did not know
     await lkms.add_external_peer(ExternalPeer(...))   another vendor's KMS (external.py)
     await lkms.set_link_status(qkdl_id, up)       link up/down (down: no new deliveries)
     await lkms.remove_link(qkdl_id, erase=True)  forget it (and erase its pool)
@@ -72,6 +75,7 @@ from runtime.lkms.etsi020 import Etsi020Server, Kms020
 from runtime.lkms.etsi020_client import Etsi020Client
 from runtime.lkms.external import ExternalPeer, ExternalPeers
 from runtime.lkms.keysync import KeySyncService
+from runtime.lkms.locate import Directory, LocateError
 from runtime.lkms.outbox import OutboxSender
 from runtime.lkms.peers import PeerClients
 from runtime.lkms.reconcile import Reconciler
@@ -104,8 +108,9 @@ class Lkms:
                  etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
                  etsi020_listen: str = "127.0.0.1:0", limits: Limits | None = None, store: KeyStore | None = None,
                  fault: str | None = None, peer_servicers: Iterable[Any] = (),
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, directory: Directory | None = None) -> None:
         self.node_id = node_id
+        self.directory = directory  # neighbour node ID -> its KeySync address (locate.py)
         self.names = names or {}  # node ID -> name, for logs only
         self.data_dir = Path(data_dir)
         self.tls = tls
@@ -134,6 +139,7 @@ class Lkms:
         self.core = core = Core(self.node_id, self.registry, self.store, self.peers, self.limits,
                                 tls=self.tls is not None, fault=self._fault)
         core.registrar = self.registrar
+        core.directory = self.directory
         self.store.on_change(self._on_change)
         tls = self.tls
         self.kms020 = Kms020(self.node_id, Etsi020Client(
@@ -316,6 +322,13 @@ class Lkms:
                 ev.set()
 
     # --- links ---------------------------------------------------------------------------
+    async def locate(self, target: str, via: Sequence[str]) -> str:
+        """host:port of node `target`'s KeySync server, known or asked along `via` (the path
+        to it, target last); LocateError naming the node that did not know it."""
+        if not self._started:
+            raise LocateError("the LKMS is not running")
+        return await self.core.locate(target, via)
+
     async def set_link(self, qkdl_id: str, peer_node_id: str, peer_kms_address: str, kind: str = PHYS,
                        prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True,
                        exit_peer: str | None = None) -> None:
@@ -367,11 +380,15 @@ class Lkms:
                      remote_node_id: str, backing_qkdl_ids: Sequence[str]) -> None:
         if not slave_sae_ids:
             raise ValueError("an application needs at least one slave SAE")
-        old = self.registry.apps.get(app_id)
-        app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
-                  tuple(backing_qkdl_ids))
-        if old is not None:  # re-registration keeps the history
-            app.created, app.consumed_bits, app.consumed_keys = old.created, old.consumed_bits, old.consumed_keys
+        app = self.registry.apps.get(app_id)
+        if app is None:
+            app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
+                      tuple(backing_qkdl_ids))
+        else:  # re-registration (a reroute, the controller confirming a registration) keeps the
+            # object, its history and its use: open ETSI 004 streams hold it and charge it
+            app.master_sae_id, app.slave_sae_ids = master_sae_id, tuple(slave_sae_ids)
+            app.local_node_id, app.remote_node_id = local_node_id, remote_node_id
+            app.backing_qkdl_ids = tuple(backing_qkdl_ids)
         self.registry.add_app(app)
 
     def unregister_app(self, app_id: str) -> None:
@@ -381,7 +398,7 @@ class Lkms:
         app = self.registry.apps.get(app_id)
         if app is None:
             raise KeyError(app_id)
-        up = any(link.up for link in self.registry.backing_links(app))
+        up = app.is_local or any(link.up for link in self.registry.backing_links(app))
         created = dt.datetime.fromtimestamp(app.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"app_status": "ON" if up else "DISCONNECTED", "creation_time": created,

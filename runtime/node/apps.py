@@ -17,7 +17,9 @@ controller gives it too):
       `sdqkdn_application_disconnected` is emitted, the entry and the LKMS registration are
       removed; the controller removes the other end and the path's virtual links.
 A pair of two SAEs of this node is ON at once (a local app: keys from the node itself, see
-runtime/lkms/local.py) and needs no controller.
+runtime/lkms/local.py; over ETSI 014 and ETSI 004 alike) and needs no controller:
+`sdqkdn_application_new` is still emitted (a controller records the pair, path = this node),
+but no request waits for it.
 
 Every qkd_app of the node (registered here or installed by the controller) is kept in
 DATA_DIR/applications.json (0600, replaced atomically) and restored at start: registrations
@@ -120,7 +122,8 @@ class Registrar:
         for app_id, rec in saved.items():
             reg = Registration(app_id, rec["entry"], rec.get("origin", CONTROLLER))
             try:
-                self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id") else None)
+                self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id")
+                              or self._is_local_entry(reg.entry) else None)
                 self._register_lkms(reg.entry)
             except (ValueError, KeyError, TypeError) as e:  # a damaged record: skip it, keep the others
                 log.error("%s: application %s not restored: %s", self.file, app_id, e)
@@ -145,7 +148,7 @@ class Registrar:
             raise UnknownPair("master and slave SAEs must all differ")
         local = self.lkms.registry.local_saes
         if all(s in local for s in (master, *slaves)):
-            return self._local_app(master, slaves)
+            return self._local_app(master, slaves, qos or {})
         self._check_known(master, slaves)
         existing = self.lkms.registry.app_for_group(master, slaves)
         app_id = existing.app_id if existing is not None else app_id_for(master, slaves)
@@ -210,16 +213,17 @@ class Registrar:
         log.info("application %s registered on first request: %s -> %s", app_id, master, ",".join(slaves))
         return reg
 
-    def _local_app(self, master: str, slaves: list[str]) -> App:
+    def _local_app(self, master: str, slaves: list[str], qos: dict[str, int]) -> App:
         existing = self.lkms.registry.app_for_group(master, slaves)
         if existing is not None and existing.is_local:
             return existing
         app_id = app_id_for(master, slaves)
-        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, self.node_id), REQUEST,
-                                               state="ON")
+        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, self.node_id, qos),
+                                               REQUEST, state="ON")
         self._publish(reg, status="ON")
         self._register_lkms(reg.entry)
         self._save()
+        self._notify_new(reg)  # for the record: nothing waits for the controller
         log.info("application %s (both SAEs on this node) registered: %s -> %s", app_id, master, ",".join(slaves))
         app = self.lkms.registry.apps[app_id]
         return app
@@ -291,7 +295,8 @@ class Registrar:
                 self.disconnect(app_id, f"idle for {idle:.0f} s")
 
     def _streaming(self, app: App) -> bool:
-        return any(s.app is app and s.local_connected for s in self.lkms.streams.streams.values())
+        return any(s.local_connected and s.app is not None and s.app.app_id == app.app_id
+                   for s in self.lkms.streams.sides())
 
     # ---------------------------------------------------------------- tree, LKMS, file
 

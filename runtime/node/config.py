@@ -37,6 +37,8 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
+    log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
+    log_level: str = "INFO"
     etsi020_listen: str = "127.0.0.1:0"
     external_peers: list[dict[str, Any]] = field(default_factory=list)  # etsi020.external_peers, ca absolute
     applications: Settings = field(default_factory=Settings)
@@ -150,6 +152,7 @@ def load_config(path: str | Path) -> NodeConfig:
         peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
         engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
+        log_format=model.log.format, log_level=model.log.level,
         etsi020_listen=listens["etsi020"], external_peers=externals, channel_listen=listens["channel"],
         applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
                               idle_timeout_s=model.applications.idle_timeout_s,

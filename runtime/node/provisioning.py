@@ -6,7 +6,8 @@ Per `qkd_link` entry:
 - `validate_qkd_link` (before commit, no side effects): a PHYS link's device profile must
   exist; otherwise the whole change is refused and nothing starts.
 - `apply_qkd_link` (after commit) converges the runtime on the entry, whatever it did before:
-  deleted -> engine link stopped, LKMS link removed; not runnable yet (no peer or classical
+  deleted -> engine link stopped, LKMS link removed (unless another entry names the same key
+  association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no peer or classical
   endpoint, ETSI allows it) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
   and link, engine link (re)started when its parameters changed, stopped when disabled.
 Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON.
@@ -147,10 +148,14 @@ class NodeProvisioning(ModelHooks):
         old_eid = node.engine_of.get(qkdl_id, qkdl_id)
         eid = key_association(qkdl_id, new) if new is not None else old_eid
         if new is None or eid != old_eid:  # gone, or it runs under another key association now
-            await self._stop_engine(old_eid)
-            await lkms.remove_link(old_eid, erase=False)
-            node.tree_of.pop(old_eid, None)
             node.engine_of.pop(qkdl_id, None)
+            sharing = [q for q, e in node.engine_of.items() if e == old_eid]
+            if sharing:  # another entry names the same association (both directions of a TFS service)
+                node.tree_of[old_eid] = sharing[0]
+            else:
+                await self._stop_engine(old_eid)
+                await lkms.remove_link(old_eid, erase=False)
+                node.tree_of.pop(old_eid, None)
             if new is None:
                 return
         node.engine_of[qkdl_id], node.tree_of[eid] = eid, qkdl_id

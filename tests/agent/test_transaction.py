@@ -17,7 +17,7 @@ import pytest
 from generated.gnmi_support import parse_path as P
 from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 from runtime.agent.model import resolve
-from runtime.agent.transaction import Datastore, Edit, InvalidPath, InvalidValue, NotFound, Rejected
+from runtime.agent.transaction import Datastore, Edit, Exists, InvalidPath, InvalidValue, NotFound, Rejected
 from runtime.node.config import NodeConfig
 from runtime.node.provisioning import CASCADE_VARIANTS
 from runtime.node.runtime import NodeRuntime
@@ -177,6 +177,30 @@ def test_datastore_errors_are_protocol_neutral() -> None:
         with pytest.raises(NotFound, match="no data"):
             store.require(resolve(link))
         assert store.read(resolve(link), ietf=True) == [] and store.failed == {}
+
+    asyncio.run(main())
+
+
+def test_edit_requirements_are_checked_in_the_change() -> None:
+    """`requires`: absent (create only) and present (the path holds data), judged on the
+    committed tree inside the change; a failed one changes nothing, not even the other edits."""
+
+    async def main() -> None:
+        store = Datastore.for_node(str(uuid.uuid4()))
+        app = [("qkd_node", {}), ("qkd_applications", {}), ("qkd_app", {"app_id": str(uuid.uuid4())})]
+        loc = [("qkd_node", {}), ("qkdn_location_id", {})]
+        body = {"server_app_id": "urn:sdqkd:sae:a", "client_app_id": ["urn:sdqkd:sae:b"]}
+        with pytest.raises(NotFound, match="no data"):
+            await store.change([Edit("update", loc, "moved"), Edit("update", app, body, requires="present")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == ""  # the first edit was not kept
+        await store.change([Edit("update", app, body, requires="absent")])
+        with pytest.raises(Exists, match="already exists"):
+            await store.change([Edit("update", loc, "moved"), Edit("update", app, body, requires="absent")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == ""
+        await store.change([Edit("delete", app, requires="present")])
+        with pytest.raises(NotFound):
+            await store.change([Edit("delete", app, requires="present")])
+        await store.change([Edit("delete", app)])  # without a requirement: accepted silently (gNMI)
 
     asyncio.run(main())
 

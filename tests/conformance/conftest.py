@@ -87,8 +87,11 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    line = proc.stdout.readline() if proc.stdout else ""
-    m = re.search(r"gNMI on ([^\s,]+)", line)
+    m = None
+    line = "x"
+    while proc.stdout and line and m is None:  # log lines (stdout too) may come before the start line
+        line = proc.stdout.readline()
+        m = re.search(r"gNMI on ([^\s,]+)", line)
     rc = re.search(r"RESTCONF on ([^\s,]+)", line)
     e14 = re.search(r"ETSI 014 on ([^\s,]+)", line)
     if not m:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgenerated/proto/sdqkd/kms.proto\x12\x0csdqkd.kms.v1\"&\n\x06KeyRef\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"\x83\x01\n\x0eReserveRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0f\n\x07qkdl_id\x18\x02 \x01(\t\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.sdqkd.kms.v1.KeyRef\x12\x15\n\rmaster_sae_id\x18\x04 \x01(\t\x12\x15\n\rslave_sae_ids\x18\x05 \x03(\t\"-\n\x0fReserveResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1c\n\nTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\")\n\x0bTxnResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x81\x01\n\rStreamRequest\x12\x15\n\rkey_stream_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0f\n\x07qkdl_id\x18\x04 \x01(\t\x12\x16\n\x0ekey_chunk_size\x18\x05 \x01(\r\x12\x0b\n\x03ttl\x18\x06 \x01(\r\"X\n\x0cStreamAssign\x12\x15\n\rkey_stream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.sdqkd.kms.v1.KeyRef\"\x11\n\x0f\x44\x65scribeRequest\"+\n\x10\x44\x65scribeResponse\x12\x17\n\x0f\x65tsi020_address\x18\x01 \x01(\t\"E\n\x10ReconcileRequest\x12\x0f\n\x07qkdl_id\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t\x12\x0f\n\x07reverse\x18\x03 \x01(\x08\"@\n\x11ReconcileResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07unknown\x18\x03 \x03(\t2\xbe\x04\n\x07KeySync\x12\x46\n\x07Reserve\x12\x1c.sdqkd.kms.v1.ReserveRequest\x1a\x1d.sdqkd.kms.v1.ReserveResponse\x12>\n\x07\x43onfirm\x12\x18.sdqkd.kms.v1.TxnRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12>\n\x07Release\x12\x18.sdqkd.kms.v1.TxnRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x44\n\nOpenStream\x12\x1b.sdqkd.kms.v1.StreamRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x45\n\x0c\x41ssignStream\x12\x1a.sdqkd.kms.v1.StreamAssign\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x45\n\x0b\x43loseStream\x12\x1b.sdqkd.kms.v1.StreamRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12I\n\x08\x44\x65scribe\x12\x1d.sdqkd.kms.v1.DescribeRequest\x1a\x1e.sdqkd.kms.v1.DescribeResponse\x12L\n\tReconcile\x12\x1e.sdqkd.kms.v1.ReconcileRequest\x1a\x1f.sdqkd.kms.v1.ReconcileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgenerated/proto/sdqkd/kms.proto\x12\x0csdqkd.kms.v1\"&\n\x06KeyRef\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"\x83\x01\n\x0eReserveRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\x12\x0f\n\x07qkdl_id\x18\x02 \x01(\t\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.sdqkd.kms.v1.KeyRef\x12\x15\n\rmaster_sae_id\x18\x04 \x01(\t\x12\x15\n\rslave_sae_ids\x18\x05 \x03(\t\"-\n\x0fReserveResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1c\n\nTxnRequest\x12\x0e\n\x06txn_id\x18\x01 \x01(\t\")\n\x0bTxnResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x81\x01\n\rStreamRequest\x12\x15\n\rkey_stream_id\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12\x0f\n\x07qkdl_id\x18\x04 \x01(\t\x12\x16\n\x0ekey_chunk_size\x18\x05 \x01(\r\x12\x0b\n\x03ttl\x18\x06 \x01(\r\"X\n\x0cStreamAssign\x12\x15\n\rkey_stream_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.sdqkd.kms.v1.KeyRef\"/\n\x0f\x44\x65scribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03via\x18\x02 \x03(\t\"P\n\x10\x44\x65scribeResponse\x12\x17\n\x0f\x65tsi020_address\x18\x01 \x01(\t\x12\x13\n\x0bkms_address\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x10ReconcileRequest\x12\x0f\n\x07qkdl_id\x18\x01 \x01(\t\x12\x0f\n\x07key_ids\x18\x02 \x03(\t\x12\x0f\n\x07reverse\x18\x03 \x01(\x08\"@\n\x11ReconcileResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07unknown\x18\x03 \x03(\t2\xbe\x04\n\x07KeySync\x12\x46\n\x07Reserve\x12\x1c.sdqkd.kms.v1.ReserveRequest\x1a\x1d.sdqkd.kms.v1.ReserveResponse\x12>\n\x07\x43onfirm\x12\x18.sdqkd.kms.v1.TxnRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12>\n\x07Release\x12\x18.sdqkd.kms.v1.TxnRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x44\n\nOpenStream\x12\x1b.sdqkd.kms.v1.StreamRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x45\n\x0c\x41ssignStream\x12\x1a.sdqkd.kms.v1.StreamAssign\x1a\x19.sdqkd.kms.v1.TxnResponse\x12\x45\n\x0b\x43loseStream\x12\x1b.sdqkd.kms.v1.StreamRequest\x1a\x19.sdqkd.kms.v1.TxnResponse\x12I\n\x08\x44\x65scribe\x12\x1d.sdqkd.kms.v1.DescribeRequest\x1a\x1e.sdqkd.kms.v1.DescribeResponse\x12L\n\tReconcile\x12\x1e.sdqkd.kms.v1.ReconcileRequest\x1a\x1f.sdqkd.kms.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,13 +47,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMASSIGN']._serialized_start=475
   _globals['_STREAMASSIGN']._serialized_end=563
   _globals['_DESCRIBEREQUEST']._serialized_start=565
-  _globals['_DESCRIBEREQUEST']._serialized_end=582
-  _globals['_DESCRIBERESPONSE']._serialized_start=584
-  _globals['_DESCRIBERESPONSE']._serialized_end=627
-  _globals['_RECONCILEREQUEST']._serialized_start=629
-  _globals['_RECONCILEREQUEST']._serialized_end=698
-  _globals['_RECONCILERESPONSE']._serialized_start=700
-  _globals['_RECONCILERESPONSE']._serialized_end=764
-  _globals['_KEYSYNC']._serialized_start=767
-  _globals['_KEYSYNC']._serialized_end=1341
+  _globals['_DESCRIBEREQUEST']._serialized_end=612
+  _globals['_DESCRIBERESPONSE']._serialized_start=614
+  _globals['_DESCRIBERESPONSE']._serialized_end=694
+  _globals['_RECONCILEREQUEST']._serialized_start=696
+  _globals['_RECONCILEREQUEST']._serialized_end=765
+  _globals['_RECONCILERESPONSE']._serialized_start=767
+  _globals['_RECONCILERESPONSE']._serialized_end=831
+  _globals['_KEYSYNC']._serialized_start=834
+  _globals['_KEYSYNC']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)
