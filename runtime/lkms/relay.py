@@ -700,7 +700,7 @@ class Relay:
         src = _Source(self, link, first, path, (master, list(slaves)), keys, keep=False)
         try:
             status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, src.saes, None,
-                                                src.resolve, exit_peer=link.exit_peer)
+                                                src.withdraw, exit_peer=link.exit_peer)
             relayed = await src.resolve(status, resp)
         finally:
             await self._erased(_txn(relay_id, 0))
@@ -841,6 +841,17 @@ class _Source:
             relayed = await self.relay._void_path(self, ids)
         await self.store(relayed & set(ids))
         return relayed & set(ids)
+
+    async def withdraw(self, status: int, resp: Any) -> set[str]:
+        """The late answer to keys made on demand that our SAE was refused meanwhile (the hop's
+        outcome was unknown): whatever reached the far end is voided along the path."""
+        relayed = await self.resolve(status, resp)
+        if relayed:
+            used = await self.relay._void_path(self, sorted(relayed))
+            if used:
+                log.error("%d keys of %s were delivered at the far end but never to our SAE", len(used),
+                          self.link.qkdl_id)
+        return set()
 
     async def store(self, relayed: set[str]) -> None:
         core = self.relay.core

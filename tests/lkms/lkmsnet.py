@@ -118,7 +118,8 @@ class Net:
         old = self.nodes[name]
         self.lt.run(old.stop())
         new = Lkms(old.node_id, old.data_dir, old.tls, saes=old.registry.local_saes, limits=old.limits,
-                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"])
+                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"],
+                   etsi020_listen=old.addresses["etsi020"])
         self.nodes[name] = new
         self.lt.run(new.start())
         if provision:

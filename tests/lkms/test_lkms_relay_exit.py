@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from lkmsnet import LoopThread, Net, Pki
+from lkmsnet import LoopThread, Net, Pki, wait_until
 from peer020 import PeerKms as VendorKms
 
 from runtime.lkms.core import Limits
@@ -146,3 +146,34 @@ def test_vendor_ack_that_never_comes_voids_the_keys_there(chain: Chain) -> None:
     finally:
         chain.vendor.never_ack = False
     assert chain.enc("bx1", 1).status_code == 200  # and the path works again
+
+
+def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain) -> None:
+    """B forwards the keys, G hands them to the vendor, and B dies before answering A: our SAE
+    gets 503; once B is back, A's resend finds B's pads gone and voids the keys along the path,
+    so the vendor's SAE cannot fetch keys our SAE never got; every hop's pools agree."""
+    import threading
+
+    chain.configure("sync")
+    net = chain.net
+    held, calls = set(chain.vendor.keys), chain.vendor.requests
+    net.nodes["B"].core.fault = "pause_before_020_reply"
+    out: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
+    t.start()
+    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    assert len(chain.vendor.keys) == len(held) + 2
+    net.restart("B")  # the same ports, its links and the virtual link's entry installed again
+    t.join(60)
+    assert out and out[0].status_code == 503, out[0].text if out else "no answer"
+    wait_until(lambda: set(chain.vendor.keys) == held, "the keys voided at the vendor")
+    wait_until(lambda: _hops_agree(chain), "every hop's pools equal at both ends")
+    assert chain.enc("bx1", 1).status_code == 200  # and the path works again
+
+
+def _hops_agree(chain: Chain) -> bool:
+    try:
+        chain.hops_agree()
+    except AssertionError:
+        return False
+    return True
