@@ -20,7 +20,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -60,6 +60,15 @@ class NodeEndpoint:
     channel: str = ""  # the engines' classical channel (runtime/node/channel.py)
 
 
+QOS_KEPT = ("max_bandwidth", "jitter", "ttl", "clients_shared_path_enable")  # app_qos carried to both ends
+
+
+def qos_of(raw: Any) -> t.AppQos:
+    """The app_qos leaves of a request or entry that the controller keeps (not min_bandwidth)."""
+    items = raw.items() if isinstance(raw, dict) else ()
+    return cast(t.AppQos, {k: v for k, v in items if k in QOS_KEPT and v is not None})
+
+
 @dataclass
 class AppRoute:
     app_id: str
@@ -71,6 +80,7 @@ class AppRoute:
     virtual: bool
     priority: int = 0
     more_slaves: list[str] = field(default_factory=list)  # further slaves of a multicast application
+    qos: t.AppQos = field(default_factory=lambda: t.AppQos())  # as requested; min_bandwidth is rate_bps
 
 
 @dataclass
@@ -178,10 +188,12 @@ class Controller:
                                    if self.nodes[ln.a].up and self.nodes[ln.b].up))
 
     async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0, *, priority: int = 0,
-                           first: str | None = None, more_slaves: tuple[str, ...] = ()) -> AppRoute:
+                           first: str | None = None, more_slaves: tuple[str, ...] = (),
+                           qos: dict[str, Any] | None = None) -> AppRoute:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
         `first`: the node to install the app on last (the one whose SAE waits for it);
-        `more_slaves`: further slaves of a multicast application (on the slave's node)."""
+        `more_slaves`: further slaves of a multicast application (on the slave's node);
+        `qos`: the app_qos the registering request asked for, kept at both ends."""
         if self.external.involves(master, slave) and not more_slaves:
             async with self._lock:
                 route = await self.external.request(self, master, slave, rate_bps)
@@ -200,6 +212,7 @@ class Controller:
         async with self._lock:
             route = self._route(master, slave, src, dst, rate_bps)
             route.priority, route.more_slaves = priority, list(more_slaves)
+            route.qos = qos_of(qos)
             route.app_id = app_id_for(master, [slave, *more_slaves])
             await self._install(route, first)
             self.apps[route.app_id] = route
@@ -244,7 +257,8 @@ class Controller:
             "client_app_id": [sae_uri(s) for s in (route.slave, *route.more_slaves)],
             "backing_qkdl_id": [route.qkdl_id] if route.qkdl_id else [],
             "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
-            "app_qos": {"min_bandwidth": int(route.rate_bps)}, "app_priority": route.priority,
+            "app_qos": {**route.qos, "min_bandwidth": int(route.rate_bps)},
+            "app_priority": route.priority,
         }
 
     async def _install(self, route: AppRoute, first: str | None = None) -> None:
@@ -275,7 +289,8 @@ class Controller:
             # (a Set now could land after the node disconnected it and bring it back)
             async with self._lock:
                 self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, [node], "", virtual=False,
-                                             priority=int(app.get("app_priority", 0)), more_slaves=slaves[1:])
+                                             priority=int(app.get("app_priority", 0)), more_slaves=slaves[1:],
+                                         qos=qos_of(app.get("app_qos")))
             log.info("application %s registered by node %s: %s -> %s on that node", app_id, node, master,
                      ",".join(slaves))
             await self.events.put(("app-registered", app_id))
@@ -284,7 +299,7 @@ class Controller:
             if not slaves:
                 raise ValueError("no slave SAE")
             route = await self.request_keys(master, slaves[0], rate, first=node, priority=int(app.get("app_priority", 0)),
-                                            more_slaves=tuple(slaves[1:]))
+                                            more_slaves=tuple(slaves[1:]), qos=app.get("app_qos"))
             log.info("application %s registered by node %s: %s -> %s over %s", app_id, node, master, slaves[0],
                      route.path)
             await self.events.put(("app-registered", app_id))
@@ -364,7 +379,8 @@ class Controller:
                     continue
                 rate = float((a.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
                 self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, path, qkdl, virtual=len(path) > 2,
-                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:])
+                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:],
+                                             qos=qos_of(a.get("app_qos")))
                 log.info("app %s adopted from node %s: path %s", app_id, name, path)
 
     async def register_topology_apps(self) -> None:

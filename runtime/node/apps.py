@@ -11,6 +11,8 @@ controller gives it too):
       `sdqkdn_application_new` is emitted. Requests wait, at most `first_request_wait_s`.
       No subscriber to that notification (controller down or unreachable): 503 at once. A
       request 2 s later emits it again (a controller that restarted meanwhile hears it).
+      Its app_status is DISCONNECTED (not connected to its peer yet: the model has no
+      "pending"), as in NO_PATH.
   REGISTERED --controller Set: qkd_app with backing_qkdl_id--> ON: requests are served.
   REGISTERED --controller Set: qkd_app without backing link--> NO_PATH: 503 naming why.
   ON --idle for `idle_timeout_s`, or its last ETSI 004 stream closed--> gone:
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from runtime.lkms.node import Lkms
 
 log = logging.getLogger("sdqkd.node.apps")
+WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the model's nearest state
 
 T = "etsi-qkd-node-types:"
 APP = "/qkd_node/qkd_applications/qkd_app"
@@ -123,7 +126,7 @@ class Registrar:
             reg = Registration(app_id, rec["entry"], rec.get("origin", CONTROLLER))
             try:
                 self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id")
-                              or self._is_local_entry(reg.entry) else None)
+                              or self._is_local_entry(reg.entry) else WAITING)
                 self._register_lkms(reg.entry)
             except (ValueError, KeyError, TypeError) as e:  # a damaged record: skip it, keep the others
                 log.error("%s: application %s not restored: %s", self.file, app_id, e)
@@ -208,7 +211,7 @@ class Registrar:
 
     def _register(self, app_id: str, master: str, slaves: list[str], qos: dict[str, int]) -> Registration:
         reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, None, qos), REQUEST)
-        self._publish(reg, status=None)
+        self._publish(reg, status=WAITING)
         self._save()
         log.info("application %s registered on first request: %s -> %s", app_id, master, ",".join(slaves))
         return reg
@@ -303,10 +306,9 @@ class Registrar:
     def _is_local_entry(self, entry: Mapping[str, Any]) -> bool:
         return entry.get("remote_qkdn_id") == self.node_id == entry.get("local_qkdn_id", self.node_id)
 
-    def _publish(self, reg: Registration, status: str | None) -> None:
+    def _publish(self, reg: Registration, status: str) -> None:
         value = dict(reg.entry)
-        if status is not None:
-            value["app_status"] = f"{T}{status}"
+        value["app_status"] = f"{T}{status}"
         value["creation_time"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.agent.state.update({f"{APP}[app_id={reg.app_id}]": value})
 

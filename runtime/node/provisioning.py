@@ -32,6 +32,7 @@ from runtime.agent.transaction import resolve_text
 from runtime.lkms.registry import sae_of
 from runtime.logfmt import link_label
 
+from .apps import WAITING
 from .config import ConfigError
 from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
 
@@ -222,8 +223,8 @@ class NodeProvisioning(ModelHooks):
                               [self.node.engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
             base = f"{APP}[app_id={app_id}]"
             vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id:
-                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            served = new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id
+            vals[f"{base}/app_status"] = f"{T}ON" if served else f"{T}{WAITING}"  # no key path: not connected
             self.node.agent.state.update(vals)
         if self.node.registrar is not None:
             self.node.registrar.installed(app_id, new)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
@@ -66,6 +67,15 @@ def client(lp: Loop, node: str, sae: str) -> httpx.AsyncClient:
     ctx = ssl.create_default_context(cafile=e["ca"])
     ctx.load_cert_chain(files["cert"], files["key"])
     return httpx.AsyncClient(verify=ctx, base_url=f"https://{e['etsi014']}", timeout=30)
+
+
+async def tree_get(lp: Loop, node: str, path: str) -> Any:
+    """A value of `node`'s tree over gNMI, as the controller reads it."""
+    e, ident = lp.net.endpoints[node], lp.net.state / "pki" / "controller"
+    creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                         (ident / "sdqkd-controller.pem").read_bytes())
+    async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
+        return await ModelClient(ch).get_value(path)
 
 
 async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx.Response:
@@ -178,6 +188,9 @@ def test_no_path_is_503_with_reason(net: Loop) -> None:
     assert "no key-relay path" in r.json()["message"], r.text
     r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-d/status"))
     assert r.status_code == 503 and "Retry-After" in r.headers
+    # registered, with no key path: DISCONNECTED (the model has no "pending" state)
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id_for('sae-a', ['sae-d'])}]/app_status"
+    assert net.run(tree_get(net, "A", app)) == "etsi-qkd-node-types:DISCONNECTED"
 
 
 def test_etsi004_close_disconnects(net: Loop) -> None:
@@ -414,12 +427,17 @@ def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
     ctl = net.net.controller
     assert ctl is not None and app_id not in ctl.apps
     routes = []
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]"
 
     def session() -> tuple[list[bytes], list[bytes]]:
         with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-a")) as a, \
                 Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as c:
-            ksid = a.open("sae-c3")  # first request of the pair: registers it, waits for the path
-            routes.append(ctl.apps[app_id])  # (set before the OPEN_CONNECT was answered)
+            ksid = a.open("sae-c3", max_bps=64000, ttl_s=30)  # first request of the pair: registers
+            routes.append(ctl.apps[app_id])  # it, waits for the path (set before the answer)
+            for node in ("A", "C"):  # the request's QoS at both ends, not only min_bandwidth; ON
+                entry = asyncio.run_coroutine_threadsafe(tree_get(net, node, app), net.loop).result(30)
+                assert entry["app_qos"].get("max_bandwidth") == 64000 and entry["app_qos"].get("ttl") == 30, entry
+                assert entry["app_status"] == "etsi-qkd-node-types:ON", entry
             assert c.open("sae-a", ksid) == ksid
             ka = [a.get_key(ksid)[1] for _ in range(120)]
             kc = [c.get_key(ksid)[1] for _ in range(120)]
