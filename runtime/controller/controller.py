@@ -343,7 +343,7 @@ class Controller:
                         await self._client(n).delete_qkd_app(app_id)
             if route.virtual and not any(r.qkdl_id == route.qkdl_id for r in self.apps.values()):
                 for n in route.path:
-                    if self.nodes[n].up:
+                    if n in self.nodes and self.nodes[n].up:  # (not an external KMS's pseudo node)
                         with contextlib.suppress(grpc.aio.AioRpcError):
                             await self._client(n).delete_qkd_link(route.qkdl_id)
         log.info("application %s disconnected at node %s: released", app_id, node)

@@ -182,6 +182,13 @@ class Dispensers:
                 return await self.external.dispense(link, master, tuple(slaves), bits, count)
             except PeerRefused as e:
                 raise KeyUnavailable(str(e)) from None
+        if link.exit_peer is not None and self.relay is not None:  # relayed to another vendor's KMS on demand
+            from runtime.lkms.relay import RelayError
+
+            try:
+                return await self.relay.dispense_exit(link, master, tuple(slaves), bits, count)
+            except RelayError as e:
+                raise KeyUnavailable(str(e)) from None
         k = (link.qkdl_id, master, tuple(slaves), bits)
         p = self._pairs.get(k)
         if p is None or p.link is not link:

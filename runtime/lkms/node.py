@@ -151,6 +151,7 @@ class Lkms:
             self.kms020.pinned.add(nid)
         self.relay = Relay(core, self.kms020)
         self.external = ExternalPeers(core, self.kms020)
+        self.relay.external = self.external
         self.streams = StreamManager(core)
         self.dispensers = Dispensers(core, self.relay)
         self.dispensers.external = self.external
@@ -329,13 +330,16 @@ class Lkms:
         return await self.core.locate(target, via)
 
     async def set_link(self, qkdl_id: str, peer_node_id: str, peer_kms_address: str, kind: str = PHYS,
-                       prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True) -> None:
+                       prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True,
+                       exit_peer: str | None = None) -> None:
         if kind not in (PHYS, VIRT):
             raise ValueError("kind must be PHYS or VIRT")
+        if exit_peer is not None and (kind != VIRT or not exit_peer):
+            raise ValueError("exit_peer: the name of an external KMS, on a virtual link only")
         if kind == VIRT and next_hops and next_hops[-1] != peer_node_id:
             raise ValueError("next_hops must end with the far end of the virtual link (peer_node_id)")
         old = self.registry.links.get(qkdl_id)
-        link = Link(qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, tuple(next_hops), up)
+        link = Link(qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, tuple(next_hops), up, exit_peer)
         if old is not None and old.peer_kms_address != peer_kms_address and self._started:
             self.dispensers.drop_link(qkdl_id)
         self.registry.links[qkdl_id] = link

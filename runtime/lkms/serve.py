@@ -6,7 +6,7 @@ config's keys (id, data_dir, etsi014/etsi004 {listen}, tls {ca, cert, key}, saes
     keysync: {listen: "127.0.0.1:7004"}      # inter-LKMS gRPC (mutual TLS)
     etsi020: {listen: "127.0.0.1:7020"}      # ETSI GS QKD 020 between KMSs (mutual TLS 1.3)
     lkms: {max_key_count: 100000, ...}       # runtime.lkms.core.Limits fields
-    links: [{qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, next_hops}]
+    links: [{qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, next_hops, exit_peer}]
     apps:  [{app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id, backing_qkdl_ids}]
     dev_key_feed: [{qkdl_id, seed, blocks, block_keys, key_bits}]   # no engine: both ends derive
         the same blocks from the same seed (development and tests only; never for real keys)
@@ -54,7 +54,7 @@ def build(cfg: dict[str, Any]) -> Lkms:
 async def configure(lkms: Lkms, cfg: dict[str, Any]) -> None:
     for ln in cfg.get("links", []):
         await lkms.set_link(ln["qkdl_id"], ln["peer_node_id"], ln["peer_kms_address"], ln.get("kind", "PHYS"),
-                            ln.get("prev_hop"), ln.get("next_hops", []))
+                            ln.get("prev_hop"), ln.get("next_hops", []), exit_peer=ln.get("exit_peer"))
     for a in cfg.get("apps", []):
         lkms.register_app(a["app_id"], a["master_sae_id"], a["slave_sae_ids"], a["local_node_id"],
                           a["remote_node_id"], a["backing_qkdl_ids"])

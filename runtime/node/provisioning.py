@@ -72,6 +72,7 @@ class VirtPlan:
     prev_hop: str | None
     next_hops: tuple[str, ...]
     enabled: bool
+    exit_peer: str | None = None  # the path leaves the far end for this external KMS
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
         return None
     if entry.get("qkdl_type", f"{T}PHYS") == f"{T}VIRT":
         return VirtPlan(peer_id, peer_addr, entry.get("virt_prev_hop"), tuple(entry.get("virt_next_hop", [])),
-                        enabled)
+                        enabled, ext.get("exit-peer"))
     profile = ext["device-profile"]
     try:
         prof = profiles.get(profile)
@@ -165,7 +166,7 @@ class NodeProvisioning(ModelHooks):
             await self._stop_engine(eid)
         if isinstance(plan, VirtPlan):
             await lkms.set_link(eid, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
-                                next_hops=plan.next_hops, up=plan.enabled)
+                                next_hops=plan.next_hops, up=plan.enabled, exit_peer=plan.exit_peer)
         elif isinstance(plan, PhysPlan):
             await self._apply_phys(eid, plan)
 
