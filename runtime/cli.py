@@ -32,8 +32,8 @@ def _parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from codegen.cli import run
-    from runtime.errors import MissingExtra
+    from sdqkd.codegen.cli import run
+    from sdqkd.errors import MissingExtra
 
     try:
         return run(args)
@@ -43,7 +43,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from codegen.cli import add_arguments
+    from sdqkd.codegen.cli import add_arguments
 
     g = _parser(sub, "gen", "regenerate generated/ from models/ (YANG and protobuf)",
                 "Compile models/yang and models/proto into generated/ (bindings, paths, agent skeleton, "
@@ -57,7 +57,7 @@ def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from runtime import bench
+    from sdqkd import bench
 
     if not args.name:
         print("benchmarks:", ", ".join(bench.available()))
@@ -78,7 +78,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _node(args: argparse.Namespace) -> int:
-    from runtime.node import main
+    from sdqkd.node import main
 
     return main(args.config, args.log_format)
 
@@ -94,7 +94,7 @@ def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from runtime.node.health import main
+    from sdqkd.node.health import main
 
     return main(args.config, args.timeout)
 
@@ -110,7 +110,7 @@ def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from runtime.controller.service import main
+    from sdqkd.controller.service import main
 
     return main(args.state_dir, args.config, args.api, args.log_format)
 
@@ -134,27 +134,27 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _net_up(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
 
 
 def _net_down(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.down(args.state_dir)
 
 
 def _net_status(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.status(args.state_dir)
 
 
 def _net_export(args: argparse.Namespace) -> int:
-    from runtime.controller.topology import TopologyError
-    from runtime.deploy import export
-    from runtime.deploy.plan import ExportError, ExportOptions
+    from sdqkd.controller.topology import TopologyError
+    from sdqkd.deploy import export
+    from sdqkd.deploy.plan import ExportError, ExportOptions
 
     hosts: dict[str, str] = {}
     for h in args.host or []:
@@ -254,9 +254,9 @@ def _add_net(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from runtime import plots
-    from runtime.controller.topology import TopologyError
-    from runtime.errors import MissingExtra
+    from sdqkd import plots
+    from sdqkd.controller.topology import TopologyError
+    from sdqkd.errors import MissingExtra
 
     out = Path(args.out or f"{args.what}.png")
     try:
@@ -279,7 +279,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     pl = _parser(sub, "plot", "draw key rate vs distance, or a network, as a PNG",
                  "keyrate: the simulated link through the whole finite-key pipeline beside the analytic "
@@ -299,7 +299,7 @@ def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from runtime.demo import main
+    from sdqkd.demo import main
 
     return main(seconds=args.seconds, keep=args.keep)
 

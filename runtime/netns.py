@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 BRIDGE = "sdqkdbr0"
 PREFIX = "10.77.0"  # a private /24 that only these test hosts use

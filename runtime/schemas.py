@@ -9,8 +9,8 @@ names unknown keys, and `model_json_schema()` still gives a JSON Schema for edit
 
 `check(model, data, where)` validates a whole document and raises one error listing every
 problem as `FILE:LINE: place: what is wrong`; cross-reference checks (a link naming an unknown
-node, a duplicate name) stay with the code that owns the meaning (`runtime.controller.topology`,
-`runtime.node.config`) and use the same `Lines` to name file and line."""
+node, a duplicate name) stay with the code that owns the meaning (`sdqkd.controller.topology`,
+`sdqkd.node.config`) and use the same `Lines` to name file and line."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sdqkd.yamlfile import Lines, Loc, dotted
 
-from runtime.yamlfile import Lines, Loc, dotted
-
-# Kept in step with runtime.engine.cascade.VARIANTS (asserted by the tests) without importing
+# Kept in step with sdqkd.engine.cascade.VARIANTS (asserted by the tests) without importing
 # the C engine just to read a file.
 CascadeVariant = Literal["original", "optimized"]
 Etsi004Server = Literal["h2", "grpcio"]
@@ -45,7 +44,7 @@ def _listen(v: str) -> str:
 
 
 def _profile(v: str) -> str:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     if v not in PROFILES:
         raise ValueError(f"unknown profile {v!r} (known: {', '.join(sorted(PROFILES))})")

@@ -16,11 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 import grpc
-
-from generated.agent_skeleton import GNMI_VERSION, MODELS, ModelHooks
-from generated.gnmi_support import path_str
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.agent_skeleton import GNMI_VERSION, MODELS, ModelHooks
+from sdqkd.generated.gnmi_support import path_str
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 from . import datastore as ds
 from .model import Elem, PathError, Resolved, ValueError_, resolve_all

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from generated.agent_skeleton import HookVeto, ModelHooks
-from generated.gnmi_support import parse_path
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.agent_skeleton import HookVeto, ModelHooks
+from sdqkd.generated.gnmi_support import parse_path
 
 from . import datastore as ds
 from .model import NODES, Elem, PathError, Resolved, ValueError_, child_path, decode_leaf, elems_text, resolve

@@ -9,7 +9,7 @@ mutual TLS 1.3, durable stores).
   at the receiver, per hop, and store the key at both ends;
 - keys/s through one 020 hop with batching: `relay_batch` of 512 keys (one pad each plus one
   MAC key per request), `--inflight` requests at once, for `--seconds`; the far end runs as its
-  own LKMS process (`python -m runtime.lkms.serve`, as `sdqkd net up` runs every node), so each
+  own LKMS process (`python -m sdqkd.lkms.serve`, as `sdqkd net up` runs every node), so each
   node has its own interpreter lock; afterwards both stores must hold the same key IDs. The
   same run with both nodes in this one process is reported beside it (one GIL for both: about
   half the keys/s on two cores); CPU per key counts both nodes' processes.
@@ -35,9 +35,9 @@ TARGETS = {"relay020_ms_per_hop_p50": 3.0, "relay020_keys_per_s_one_hop": 20_000
 
 
 async def _chain(tmp: Path, hops: int, pads: int, **limits: Any) -> tuple[list[Any], str]:
-    from runtime import pki
-    from runtime.lkms.core import Limits
-    from runtime.lkms.node import Lkms
+    from sdqkd import pki
+    from sdqkd.lkms.core import Limits
+    from sdqkd.lkms.node import Lkms
 
     ca, ca_path = pki.write_ca(tmp / "pki")
     names = [str(uuid.uuid4()) for _ in range(hops + 1)]
@@ -92,7 +92,7 @@ async def _latency_keysync(tmp: Path, hops: int, n: int) -> dict[str, float]:
     """The old KeySync relay's work per relayed key, timed the same way (see module doc)."""
     import secrets
 
-    from generated.proto.sdqkd import kms_pb2
+    from sdqkd.generated.proto.sdqkd import kms_pb2
 
     nodes, v = await _chain(tmp, hops, 4 * n + 200)
     try:
@@ -152,10 +152,10 @@ async def _throughput(tmp: Path, seconds: float, batch: int, inflight: int, mode
 
 async def _far_end_process(tmp: Path, ca: Any, ca_path: Path, src: Any, pads: int, q: str, v: str, seed: str,
                            limits: dict[str, Any]) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    """The far end of the hop as its own `python -m runtime.lkms.serve` process (as `sdqkd net
+    """The far end of the hop as its own `python -m sdqkd.lkms.serve` process (as `sdqkd net
     up` runs every node): PHYS link `q` (pads from the development feed `seed`) and the end of
     VIRT link `v`."""
-    from runtime import pki
+    from sdqkd import pki
 
     far_id = str(uuid.uuid4())
     tls = pki.write_identity(ca, ca_path, tmp / "pki", far_id, server=True)
@@ -171,7 +171,7 @@ async def _far_end_process(tmp: Path, ca: Any, ca_path: Path, src: Any, pads: in
     path = tmp / "far.json"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-P", "-m", "runtime.lkms.serve", "--config", str(path), "--log-level", "WARNING",
+        sys.executable, "-P", "-m", "sdqkd.lkms.serve", "--config", str(path), "--log-level", "WARNING",
         stdout=asyncio.subprocess.PIPE, stderr=(tmp / "far.log").open("w"))
     assert proc.stdout is not None
     line = (await proc.stdout.readline()).decode()
@@ -183,12 +183,12 @@ async def _far_end_process(tmp: Path, ca: Any, ca_path: Path, src: Any, pads: in
 async def _throughput_procs(tmp: Path, seconds: float, batch: int, inflight: int, mode: str) -> dict[str, float]:
     """keys/s through one hop with each node in its own process (each with its own GIL, as
     deployed). The source runs here; its pads are cut from the same development feed."""
-    from runtime import pki
-    from runtime.bench.kms import _cpu_s
-    from runtime.lkms.core import Limits
-    from runtime.lkms.node import Lkms
-    from runtime.lkms.serve import dev_block
-    from runtime.lkms.store import SqliteKeyStore
+    from sdqkd import pki
+    from sdqkd.bench.kms import _cpu_s
+    from sdqkd.lkms.core import Limits
+    from sdqkd.lkms.node import Lkms
+    from sdqkd.lkms.serve import dev_block
+    from sdqkd.lkms.store import SqliteKeyStore
 
     pads = int(60_000 * seconds) + 4 * batch * inflight
     limits = {"relay_target_keys": 0, "max_key_count": 10 * pads + 1000, "relay_batch": batch,

@@ -55,7 +55,7 @@ def sample(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
 
 
 def measure(topology: dict[str, Any], seconds: float) -> dict[str, dict[str, float]]:
-    from runtime.harness import network
+    from sdqkd.harness import network
 
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-node-") as tmp:
         state = Path(tmp) / "net"
@@ -72,7 +72,7 @@ def measure(topology: dict[str, Any], seconds: float) -> dict[str, dict[str, flo
 def probe_cost(node_dir: Path) -> float:
     """CPU seconds (user + system) of one `sdqkd health` run against a running node."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "health", "--config", str(node_dir / "node.yaml")],
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "health", "--config", str(node_dir / "node.yaml")],
                        capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:

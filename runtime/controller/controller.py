@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
-
-from generated import model_types as t
-from generated import paths
-from generated.client import ModelClient
-from generated.gnmi_support import decode_value, join
-from generated.proto.gnmi import gnmi_pb2
-from runtime.lkms.registry import app_id_for, sae_of, sae_uri
-from runtime.pki import TlsFiles
-from runtime.tls import aio_channel
+from sdqkd.generated import model_types as t
+from sdqkd.generated import paths
+from sdqkd.generated.client import ModelClient
+from sdqkd.generated.gnmi_support import decode_value, join
+from sdqkd.generated.proto.gnmi import gnmi_pb2
+from sdqkd.lkms.registry import app_id_for, sae_of, sae_uri
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import aio_channel
 
 from .external import ExternalPeers
 from .routing import LinkState, Router

@@ -11,7 +11,7 @@ A topology may name them:
 Each becomes a link of the routing graph between its gateway node and a pseudo node
 `ext:<name>`, with the configured rate as its capacity (the controller cannot learn more: ETSI
 020 offers no rate or status query, and the peer is not managed over gNMI). Its qkdl_id is the
-one the gateway LKMS derives for the peer (uuid5 of node ID and name, runtime.lkms.external).
+one the gateway LKMS derives for the peer (uuid5 of node ID and name, sdqkd.lkms.external).
 
 Applications: an SAE behind a peer pairs with an SAE of its gateway node: the application is
 registered on the gateway only, backed by that link. An SAE of another node, as master, pairs
@@ -31,17 +31,17 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from runtime.lkms.registry import app_id_for, sae_uri
+from sdqkd.lkms.registry import app_id_for, sae_uri
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
 
 if TYPE_CHECKING:
-    from generated.model_types import QkdApp
+    from sdqkd.generated.model_types import QkdApp
 
     from .controller import AppRoute, Controller
 
-_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = runtime.lkms.external._NS
+_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = sdqkd.lkms.external._NS
 
 
 @dataclass(frozen=True)

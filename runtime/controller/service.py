@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from runtime.agent.serve import is_loopback
-from runtime.pki import TlsFiles
+from sdqkd.agent.serve import is_loopback
+from sdqkd.pki import TlsFiles
 
 from .controller import Controller, NodeEndpoint
 from .topology import parse
@@ -151,7 +150,7 @@ async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
 
 
 def main(state_dir: str, config: str | None = None, api: str = "127.0.0.1:0", log_format: str = "text") -> int:
-    from runtime.logsetup import configure
+    from sdqkd.logsetup import configure
 
     configure(log_format)
     if not is_loopback(api):

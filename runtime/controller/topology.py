@@ -11,10 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from runtime import schemas
-from runtime.errors import SdqkdError
-from runtime.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
-from runtime.yamlfile import Lines, read_yaml_lines
+from sdqkd import schemas
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
+from sdqkd.yamlfile import Lines, read_yaml_lines
 
 
 class TopologyError(SdqkdError, ValueError):
@@ -92,7 +92,7 @@ def link_id(a: str, b: str) -> str:
 @lru_cache(maxsize=32)
 def reach_db(profile: str) -> float:
     """Highest loss at which the profile's asymptotic decoy-state key rate is still positive."""
-    from runtime.engine.keyrate import asymptotic
+    from sdqkd.engine.keyrate import asymptotic
 
     lo, hi = 0.0, 100.0
     if asymptotic(profile, lo) <= 0:
@@ -107,7 +107,7 @@ def reach_db(profile: str) -> float:
 
 
 def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topology:
-    """Check a whole topology (docs/topology.md) against the schema (`runtime.schemas`) and its
+    """Check a whole topology (docs/topology.md) against the schema (`sdqkd.schemas`) and its
     cross-references (names, duplicates, reach); every problem is reported at once as
     `FILE[:LINE]: place: what`. An entry the schema refuses is still checked for references, so
     one run names every mistake."""
@@ -123,7 +123,7 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     _external_refs(schemas.entries(schemas.ExternalPeerEntry, data.get("external_peers")), names, saes, lines,
                    problems)
     if model is not None and model.settings.base_port is not None:
-        from runtime.harness.network import SERVICES
+        from sdqkd.harness.network import SERVICES
 
         base, n, per = model.settings.base_port, len(model.nodes), len(SERVICES)
         if base + per * n - 1 > 65535:
@@ -172,7 +172,7 @@ def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], 
 
 def _links(entries: list[tuple[int, dict[str, Any], schemas.LinkEntry | None]], names: set[str], lines: Lines,
            problems: list[str]) -> list[Link]:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     links: list[Link] = []
     seen_pairs: set[frozenset[str]] = set()

@@ -28,8 +28,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.controller.topology import Topology, load
-from runtime.harness.build import BUNDLE_LAYOUT, FIXED_PORTS, SERVICES, File, NetworkBuild, build
+from sdqkd.controller.topology import Topology, load
+from sdqkd.harness.build import BUNDLE_LAYOUT, FIXED_PORTS, SERVICES, File, NetworkBuild, build
 
 from . import containerlab, kubernetes
 from .plan import (
@@ -93,7 +93,7 @@ def _check_out(out: Path, problems: list[str]) -> None:
 
 
 def _write_atomically(out: Path, files: dict[str, File], chown: bool) -> None:
-    from runtime.harness.build import write_tree
+    from sdqkd.harness.build import write_tree
 
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
-from runtime.controller.topology import Topology
-from runtime.harness.build import FIXED_PORTS, File, NetworkBuild
+from sdqkd.controller.topology import Topology
+from sdqkd.harness.build import FIXED_PORTS, File, NetworkBuild
 
 from .plan import CONTROLLER_API, CONTROLLER_NAME, ExportOptions
 

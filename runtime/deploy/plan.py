@@ -19,9 +19,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from runtime.controller.topology import Topology
-from runtime.harness.build import FIXED_PORTS, SERVICES, NodePlan
-from runtime.harness.network import HarnessError
+from sdqkd.controller.topology import Topology
+from sdqkd.harness.build import FIXED_PORTS, SERVICES, NodePlan
+from sdqkd.harness.network import HarnessError
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$")

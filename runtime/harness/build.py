@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from runtime.controller.topology import Topology, files_dir
-from runtime.pki import Ca, create_ca, issue
-from runtime.schemas import EngineSettings, ExternalPeerEntry
+from sdqkd.controller.topology import Topology, files_dir
+from sdqkd.pki import Ca, create_ca, issue
+from sdqkd.schemas import EngineSettings, ExternalPeerEntry
 
 SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
 # Ports of a node where each node has an address of its own (other hosts, namespaces, containers,

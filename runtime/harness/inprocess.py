@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.controller.controller import Controller, NodeEndpoint
-from runtime.controller.topology import Topology, parse
-from runtime.harness.build import HARNESS_LAYOUT, SERVICES, NodePlan, absolute_description, build, write_tree
-from runtime.node.config import NodeConfig, load_config
-from runtime.node.runtime import NodeRuntime
-from runtime.pki import TlsFiles
+from sdqkd.controller.controller import Controller, NodeEndpoint
+from sdqkd.controller.topology import Topology, parse
+from sdqkd.harness.build import HARNESS_LAYOUT, SERVICES, NodePlan, absolute_description, build, write_tree
+from sdqkd.node.config import NodeConfig, load_config
+from sdqkd.node.runtime import NodeRuntime
+from sdqkd.pki import TlsFiles
 
 
 @dataclass
@@ -81,7 +81,7 @@ class InProcessNetwork:
 
     async def _wire_interfaces(self) -> None:
         """Now that every node listens: each interface learns its peer's classical endpoint."""
-        from runtime.restconf.adapter import MERGE, Edit
+        from sdqkd.restconf.adapter import MERGE, Edit
 
         for rt in self.nodes.values():
             edits = []
@@ -114,7 +114,7 @@ class InProcessNetwork:
             f = wdir / f"worker-{i}.pickle"
             f.write_bytes(pickle.dumps([configs[n] for n in share]))
             self.workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "runtime.harness.worker", str(f),
+                sys.executable, "-P", "-m", "sdqkd.harness.worker", str(f),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
 
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:

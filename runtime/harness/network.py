@@ -7,7 +7,7 @@ Files: DIR and every node directory are 0700; everything secret is a 0600 file (
 bootstrap secrets, the gNMI password file, the controller's northbound token, key stores, node
 configs, logs). Node configs hold no secret themselves: they name the password file.
 `net down` signals only processes that are still ours: the PID's command line must be an
-`sdqkd` (runtime.cli) process started for this state dir, so a reused PID is left alone."""
+`sdqkd` (sdqkd.cli) process started for this state dir, so a reused PID is left alone."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from runtime.controller.topology import Topology, TopologyError
-from runtime.errors import SdqkdError
-from runtime.harness.build import (
+from sdqkd.controller.topology import Topology, TopologyError
+from sdqkd.errors import SdqkdError
+from sdqkd.harness.build import (
     FIXED_PORTS,
     HARNESS_LAYOUT,
     SERVICES,
@@ -40,7 +39,7 @@ from runtime.harness.build import (
     topology_data,
     write_tree,
 )
-from runtime.private import open_private_append, private_dir, write_private
+from sdqkd.private import open_private_append, private_dir, write_private
 
 
 class HarnessError(SdqkdError, RuntimeError):
@@ -132,7 +131,7 @@ def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.P
     wrap = ["ip", "netns", "exec", netns] if netns else []
     # -P: import the installed package, never a source tree in the current directory (its C
     # extensions may not be built there)
-    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "sdqkd.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -159,7 +158,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
     `progress()` is called while waiting for the links (the demo prints its live table from it);
     `report(text)` hears each step (PKI written, nodes listening, controller started)."""
-    from runtime.controller import topology as tp
+    from sdqkd.controller import topology as tp
 
     say = report or (lambda _text: None)
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
@@ -167,7 +166,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime import netns as nsmod
+        from sdqkd import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -383,21 +382,21 @@ def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime import netns as nsmod
+        from sdqkd import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
 
 
 def _ours(pid: int, state: Path) -> bool:
     """The PID is (still) an sdqkd process of the network under `state`: its command line runs
-    runtime.cli with an argument inside the state dir (a node's config or the controller's
+    sdqkd.cli with an argument inside the state dir (a node's config or the controller's
     --state-dir). A PID reused by anything else, or by another network, is not."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     root = str(state).encode()
-    return b"runtime.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
+    return b"sdqkd.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
 
 
 def _alive(pid: int) -> bool:

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from runtime.errors import SdqkdError
-from runtime.lkms.locate import Directory, locate
-from runtime.lkms.peers import PeerClients
-from runtime.lkms.registry import App, Link, Registry
-from runtime.lkms.store_api import KeyStore
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.locate import Directory, locate
+from sdqkd.lkms.peers import PeerClients
+from sdqkd.lkms.registry import App, Link, Registry
+from sdqkd.lkms.store_api import KeyStore
 
 
 @dataclass

@@ -35,9 +35,8 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
-
-from runtime.lkms.etsi020_client import KMS_ID_HEADER, Etsi020Client, PeerKms, cert_identities
-from runtime.lkms.etsi020_schema import (
+from sdqkd.lkms.etsi020_client import KMS_ID_HEADER, Etsi020Client, PeerKms, cert_identities
+from sdqkd.lkms.etsi020_schema import (
     API_VERSIONS,
     AckContainer,
     Bad,
@@ -49,8 +48,8 @@ from runtime.lkms.etsi020_schema import (
 )
 
 if TYPE_CHECKING:
-    from runtime.lkms.external import ExternalPeers
-    from runtime.lkms.relay import Relay
+    from sdqkd.lkms.external import ExternalPeers
+    from sdqkd.lkms.relay import Relay
 
 log = logging.getLogger(__name__)
 

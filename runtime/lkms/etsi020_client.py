@@ -23,10 +23,9 @@ from urllib.parse import urlsplit
 
 import h11
 import orjson
-
-from runtime.errors import SdqkdError
-from runtime.lkms.etsi020_schema import negotiate, parse_versions
-from runtime.tls import https_client_context, tls_files
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.etsi020_schema import negotiate, parse_versions
+from sdqkd.tls import https_client_context, tls_files
 
 KMS_ID_HEADER = "X-KMS-ID"  # without TLS (loopback development only) the caller names itself
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 API_VERSIONS = ("v1",)  # GET /kmapi/versions; paths are /kmapi/<version>/...
 ACK_STATUSES = ("relayed", "voided", "failed", "key not present")

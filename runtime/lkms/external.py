@@ -29,11 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core
-from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
-from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
-from runtime.lkms.etsi020_schema import (
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
+from sdqkd.lkms.etsi020_schema import (
     AckContainer,
     Bad,
     ExtKeyContainer,
@@ -42,9 +42,9 @@ from runtime.lkms.etsi020_schema import (
     ext_key_container,
     void_container,
 )
-from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import EXT, Link
-from runtime.lkms.store_api import StoreError
+from sdqkd.lkms.keys import AppKey
+from sdqkd.lkms.registry import EXT, Link
+from sdqkd.lkms.store_api import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ExternalPeer:
 
 
 def external_peer(node_id: str, cfg: dict[str, Any]) -> ExternalPeer:
-    """An ExternalPeer from a checked config entry (runtime.node.config: etsi020.external_peers)."""
+    """An ExternalPeer from a checked config entry (sdqkd.node.config: etsi020.external_peers)."""
     return ExternalPeer(str(cfg["name"]), PeerKms(str(cfg["url"]).rstrip("/"), str(cfg["identity"]), cfg.get("ca")),
                         tuple(cfg["saes"]), str(cfg.get("qkdl_id") or ExternalPeer.link_id(node_id, str(cfg["name"]))),
                         str(cfg.get("mode", "sync")), cfg.get("rate_bps"))

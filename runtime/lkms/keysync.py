@@ -15,17 +15,16 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
-from runtime.lkms.core import Core
-from runtime.lkms.locate import LocateError
-from runtime.lkms.registry import Link
-from runtime.lkms.syncmsg import metadata_bits, refusal
-from runtime.lkms.tlsctx import grpc_caller_cn
+from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.locate import LocateError
+from sdqkd.lkms.registry import Link
+from sdqkd.lkms.syncmsg import metadata_bits, refusal
+from sdqkd.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
-    from runtime.lkms.reconcile import Reconciler
-    from runtime.lkms.streams import StreamManager
+    from sdqkd.lkms.reconcile import Reconciler
+    from sdqkd.lkms.streams import StreamManager
 
 log = logging.getLogger(__name__)
 

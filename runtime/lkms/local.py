@@ -22,9 +22,9 @@ import os
 import uuid
 from collections.abc import Sequence
 
-from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import PHYS, local_pool_id
-from runtime.lkms.store_api import KeyStore
+from sdqkd.lkms.keys import AppKey
+from sdqkd.lkms.registry import PHYS, local_pool_id
+from sdqkd.lkms.store_api import KeyStore
 
 
 async def local_keys(store: KeyStore, node_id: str, master: str, slaves: Sequence[str], bits: int,

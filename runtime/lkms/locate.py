@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.peers import PeerClients
-from runtime.lkms.registry import PHYS, Registry
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.peers import PeerClients
+from sdqkd.lkms.registry import PHYS, Registry
 
 MAX_VIA = 16  # longest path a question may travel (ETSI 015 paths of trusted nodes are short)
 Directory = Callable[[], Mapping[str, str]]  # neighbour node ID -> its KeySync address (host:port)

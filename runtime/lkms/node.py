@@ -64,34 +64,33 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-
-from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime.lkms.connlimit import serve_capped
-from runtime.lkms.core import Core, Limits, Registrar
-from runtime.lkms.dispenser import Dispensers
-from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
-from runtime.lkms.etsi014 import Etsi014
-from runtime.lkms.etsi020 import Etsi020Server, Kms020
-from runtime.lkms.etsi020_client import Etsi020Client
-from runtime.lkms.external import ExternalPeer, ExternalPeers
-from runtime.lkms.keysync import KeySyncService
-from runtime.lkms.locate import Directory, LocateError
-from runtime.lkms.outbox import OutboxSender
-from runtime.lkms.peers import PeerClients
-from runtime.lkms.reconcile import Reconciler
-from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
-from runtime.lkms.relay import Relay
-from runtime.lkms.store import SqliteKeyStore
-from runtime.lkms.store_api import KeyStore
-from runtime.lkms.streams import StreamManager
-from runtime.lkms.tlsctx import (
+from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from sdqkd.lkms.connlimit import serve_capped
+from sdqkd.lkms.core import Core, Limits, Registrar
+from sdqkd.lkms.dispenser import Dispensers
+from sdqkd.lkms.etsi004 import KeyDeliveryService, h2_handlers
+from sdqkd.lkms.etsi014 import Etsi014
+from sdqkd.lkms.etsi020 import Etsi020Server, Kms020
+from sdqkd.lkms.etsi020_client import Etsi020Client
+from sdqkd.lkms.external import ExternalPeer, ExternalPeers
+from sdqkd.lkms.keysync import KeySyncService
+from sdqkd.lkms.locate import Directory, LocateError
+from sdqkd.lkms.outbox import OutboxSender
+from sdqkd.lkms.peers import PeerClients
+from sdqkd.lkms.reconcile import Reconciler
+from sdqkd.lkms.registry import PHYS, VIRT, App, Link, Registry
+from sdqkd.lkms.relay import Relay
+from sdqkd.lkms.store import SqliteKeyStore
+from sdqkd.lkms.store_api import KeyStore
+from sdqkd.lkms.streams import StreamManager
+from sdqkd.lkms.tlsctx import (
     etsi020_server_context,
     grpc_h2_server_context,
     grpc_server_credentials,
     https_server_context,
 )
-from runtime.logfmt import link_label
-from runtime.pki import TlsFiles
+from sdqkd.logfmt import link_label
+from sdqkd.pki import TlsFiles
 
 KEYSYNC_MAX_MESSAGE = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -248,7 +247,7 @@ class Lkms:
             raise ValueError(f"etsi004_server must be h2 or grpcio, not {kind!r}")
         if kind == "h2":
             try:
-                from runtime.lkms import h2grpc
+                from sdqkd.lkms import h2grpc
             except ImportError:  # the h2 package is missing: still serve, more slowly
                 log.warning("ETSI 004: the h2 package is not installed; using the grpcio server")
                 kind = "grpcio"

@@ -50,13 +50,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import orjson
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core
-from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
-from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
-from runtime.lkms.etsi020_schema import (
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
+from sdqkd.lkms.etsi020_schema import (
     AckContainer,
     Bad,
     ExtKeyContainer,
@@ -69,12 +68,12 @@ from runtime.lkms.etsi020_schema import (
     message_data,
     void_container,
 )
-from runtime.lkms.keys import AppKey, derive_key_ids
-from runtime.lkms.registry import PHYS, VIRT, Link
-from runtime.lkms.store_api import StoreError
+from sdqkd.lkms.keys import AppKey, derive_key_ids
+from sdqkd.lkms.registry import PHYS, VIRT, Link
+from sdqkd.lkms.store_api import StoreError
 
 if TYPE_CHECKING:
-    from runtime.lkms.external import ExternalPeers
+    from sdqkd.lkms.external import ExternalPeers
 
 log = logging.getLogger(__name__)
 
@@ -716,7 +715,7 @@ class Relay:
 
     async def _exit(self, name: str, keys: list[tuple[str, bytes]], req: ExtKeyContainer) -> list[AckContainer]:
         """At the gateway: hand the relayed keys on to the external KMS; acks for the previous hop."""
-        from runtime.lkms.external import PeerRefused
+        from sdqkd.lkms.external import PeerRefused
 
         why = "not taken by the external KMS"
         relayed: set[str] = set()
@@ -739,7 +738,7 @@ class Relay:
         await self.kms.send_acks(caller, req.ack_callback_url, await self._exit(name, keys, req))
 
     async def _void_exit(self, name: str, ids: list[str], req: VoidContainer) -> list[AckContainer]:
-        from runtime.lkms.external import PeerRefused
+        from sdqkd.lkms.external import PeerRefused
 
         if self.external is None:
             gone, used = set(ids), set[str]()

@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
-from runtime.lkms.store_api import (
+from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
+from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
     PoolStats,
@@ -42,7 +42,7 @@ from runtime.lkms.store_api import (
     StoreError,
     StoreUnavailable,
 )
-from runtime.private import FILE_MODE, private_dir, private_file
+from sdqkd.private import FILE_MODE, private_dir, private_file
 
 log = logging.getLogger(__name__)
 

@@ -53,15 +53,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core, NotReady, UnknownPair
-from runtime.lkms.keys import group_parts, is_uuid, join_parts
-from runtime.lkms.local import local_chunk
-from runtime.lkms.registry import App, Link
-from runtime.lkms.syncmsg import key_refs, parse_refusal, refusal
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core, NotReady, UnknownPair
+from sdqkd.lkms.keys import group_parts, is_uuid, join_parts
+from sdqkd.lkms.local import local_chunk
+from sdqkd.lkms.registry import App, Link
+from sdqkd.lkms.syncmsg import key_refs, parse_refusal, refusal
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 
-from runtime.logsetup import configure
+from sdqkd.logsetup import configure
 
 from .config import ConfigError, NodeConfig, load_config
 
@@ -55,7 +55,7 @@ def main(config: str, log_format: str | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, stop)
 
-    from runtime.lkms.store_api import StoreError
+    from sdqkd.lkms.store_api import StoreError
 
     try:
         asyncio.run(run())

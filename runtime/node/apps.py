@@ -46,12 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.lkms.core import NotReady, UnknownPair
-from runtime.lkms.registry import App, app_id_for, sae_of, sae_uri
+from sdqkd.lkms.core import NotReady, UnknownPair
+from sdqkd.lkms.registry import App, app_id_for, sae_of, sae_uri
 
 if TYPE_CHECKING:
-    from runtime.agent.server import NodeAgent
-    from runtime.lkms.node import Lkms
+    from sdqkd.agent.server import NodeAgent
+    from sdqkd.lkms.node import Lkms
 
 log = logging.getLogger("sdqkd.node.apps")
 WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the model's nearest state

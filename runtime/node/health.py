@@ -28,7 +28,7 @@ def _target(cfg: NodeConfig) -> str:
 
 def check(cfg: NodeConfig, timeout: float = 5.0) -> str | None:
     """None when SERVING, else what is wrong."""
-    from runtime.agent.serve import GNMI_SERVICE
+    from sdqkd.agent.serve import GNMI_SERVICE
 
     try:
         target = _target(cfg)

@@ -25,12 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from generated import model_types as t
-from generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
-from runtime.agent.model import NODES, Resolved, elems_text
-from runtime.agent.transaction import resolve_text
-from runtime.lkms.registry import sae_of
-from runtime.logfmt import link_label
+from sdqkd.agent.model import NODES, Resolved, elems_text
+from sdqkd.agent.transaction import resolve_text
+from sdqkd.generated import model_types as t
+from sdqkd.generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
+from sdqkd.lkms.registry import sae_of
+from sdqkd.logfmt import link_label
 
 from .apps import WAITING
 from .config import ConfigError
@@ -95,7 +95,7 @@ def key_association(qkdl_id: str, entry: t.QkdLink) -> str:
 def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> VirtPlan | PhysPlan | None:
     """What the runtime should run for a link entry; None while it is not runnable yet.
     HookVeto when the entry names what this node cannot run."""
-    from runtime.engine import profiles
+    from sdqkd.engine import profiles
 
     ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")

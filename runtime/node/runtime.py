@@ -18,15 +18,14 @@ import os
 from typing import Any
 
 import grpc
-
-from runtime.agent.serve import start_gnmi
-from runtime.agent.server import NodeAgent
-from runtime.agent.transaction import Datastore
-from runtime.lkms.core import Limits
-from runtime.lkms.external import external_peer
-from runtime.lkms.node import Lkms
-from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
-from runtime.restconf.adapter import MERGE, Edit, EditRefused
+from sdqkd.agent.serve import start_gnmi
+from sdqkd.agent.server import NodeAgent
+from sdqkd.agent.transaction import Datastore
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.external import external_peer
+from sdqkd.lkms.node import Lkms
+from sdqkd.restconf import Credentials, ModelAdapter, start_restconf, tls_context
+from sdqkd.restconf.adapter import MERGE, Edit, EditRefused
 
 from .apps import Registrar
 from .channel import ChannelServer

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.agent import datastore as ds
-from runtime.agent import transaction as tx
-from runtime.agent.model import NODES, Elem, PathError, ValueError_, elems_text, resolve
-from runtime.agent.server import NodeAgent
-from runtime.agent.subscriptions import StreamSub
-from runtime.errors import SdqkdError
+from sdqkd.agent import datastore as ds
+from sdqkd.agent import transaction as tx
+from sdqkd.agent.model import NODES, Elem, PathError, ValueError_, elems_text, resolve
+from sdqkd.agent.server import NodeAgent
+from sdqkd.agent.subscriptions import StreamSub
+from sdqkd.errors import SdqkdError
 
 MERGE, REPLACE, DELETE = "merge", "replace", "delete"
 ALL, CONFIG, STATE = ds.ALL, ds.CONFIG, ds.STATE  # read filters (RESTCONF content=all|config|nonconfig)
@@ -105,7 +105,7 @@ class ModelAdapter:
     @staticmethod
     def decode_default(spath: str, text: str) -> Any:
         """A YANG default (canonical text) as the internal value of its leaf."""
-        from runtime.agent.model import decode_leaf
+        from sdqkd.agent.model import decode_leaf
 
         return decode_leaf(NODES[spath], text, spath, lenient_strings=True)
 

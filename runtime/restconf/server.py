@@ -31,8 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from . import bodies, compat, library, query, uri
 from .adapter import CONFIG, DELETE, MERGE, REPLACE, Edit, EditRefused, ModelAdapter

@@ -16,10 +16,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from generated.client import ModelClient
-from runtime.apps import hybrid as hy
-from runtime.apps.keyclient import Key, SaeIdentity
+from sdqkd.apps import hybrid as hy
+from sdqkd.apps.keyclient import Key, SaeIdentity
+from sdqkd.generated.client import ModelClient
 
 MASTER, SLAVE = "sae-c2", "sae-b1"
 LOC = "/qkd_node/qkdn_location_id"

@@ -70,7 +70,7 @@ class Target:
 
 
 def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
-    from runtime.pki import write_ca, write_identity
+    from sdqkd.pki import write_ca, write_identity
 
     ca, ca_path = write_ca(tmp / "pki")
     server = write_identity(ca, ca_path, tmp / "pki", "node-a", server=True)
@@ -84,7 +84,7 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
         "users: {admin: 's3cret-pw'}\nsaes: [{id: sae-m}]\n"
     )
     cfg.chmod(0o600)  # a config holding a password must not be readable by others (the node checks)
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     m = None

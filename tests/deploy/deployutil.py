@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity
+from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
 
 
 def sae(out: Path, eps: dict[str, Any], node: str, name: str) -> SaeIdentity:

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 from deployutil import keys_agree
-
-from runtime import netns
-from runtime.deploy import export
-from runtime.deploy.plan import ExportOptions
+from sdqkd import netns
+from sdqkd.deploy import export
+from sdqkd.deploy.plan import ExportOptions
 
 WHY = netns.available()
 NAMES = ["A", "B", "C"]
@@ -36,7 +35,7 @@ PREFIX = "10.78.0"  # not the harness's 10.77.0: both may run at once
 def sdqkd_command() -> list[str]:
     """The `sdqkd` entry point of this environment (what the container's ENTRYPOINT is)."""
     exe = Path(sys.executable).parent / "sdqkd"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "runtime.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "sdqkd.cli"]
 
 
 def _wait(cond, timeout: float, what: str, procs: dict[str, subprocess.Popen[bytes]], logs: Path):  # noqa: ANN001, ANN202

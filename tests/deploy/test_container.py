@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from deployutil import keys_agree
-
-from runtime.deploy import export
-from runtime.deploy.plan import ExportOptions
+from sdqkd.deploy import export
+from sdqkd.deploy.plan import ExportOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,10 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
-
-from runtime.deploy import export
-from runtime.deploy.plan import ExportError, ExportOptions
-from runtime.harness.build import FIXED_PORTS, SERVICES
+from sdqkd.deploy import export
+from sdqkd.deploy.plan import ExportError, ExportOptions
+from sdqkd.harness.build import FIXED_PORTS, SERVICES
 
 TOPO = {"name": "metro", "nodes": [{"name": "alice", "host": "10.0.0.1"}, {"name": "relay", "host": "10.0.0.2"},
                                    {"name": "bob", "host": "bob.example.net"}],
@@ -73,7 +72,7 @@ def test_bundle_is_one_runnable_directory_per_node_with_secrets_private(tmp_path
     # --host wins over the topology's host; the others come from the topology
     assert eps["bob"]["gnmi"] == f"192.0.2.7:{FIXED_PORTS['gnmi']}"
     assert eps["alice"]["etsi014"] == f"10.0.0.1:{FIXED_PORTS['etsi014']}"
-    from runtime.node.config import load_config
+    from sdqkd.node.config import load_config
 
     for name in ("alice", "relay", "bob"):
         nd = out / "nodes" / name
@@ -95,8 +94,8 @@ def test_bundle_is_one_runnable_directory_per_node_with_secrets_private(tmp_path
 
 def test_net_up_and_export_share_one_builder(tmp_path: Path):
     """The harness writes the same node config keys, bootstrap and PKI files as a bundle."""
-    from runtime.controller.topology import parse
-    from runtime.harness.network import prepare
+    from sdqkd.controller.topology import parse
+    from sdqkd.harness.network import prepare
 
     plain = {**TOPO, "nodes": [{"name": n["name"]} for n in TOPO["nodes"]]}
     desc = prepare(parse(plain), tmp_path / "state")
@@ -205,7 +204,7 @@ def test_kubernetes_init_copy_gives_the_node_private_files_it_accepts(tmp_path: 
     """The init container's script, run on a directory laid out as kubelet projects Secrets and
     ConfigMaps (timestamped dir, ..data link, top-level links, files 0440), yields a config
     directory the node's own parser accepts, with nothing readable by others."""
-    from runtime.node.config import load_config
+    from sdqkd.node.config import load_config
 
     docs = _docs(_export(tmp_path, "kubernetes"))
     by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -276,8 +275,8 @@ def test_kubernetes_network_policies_let_only_the_right_peers_in(tmp_path: Path)
 
 def test_every_service_has_a_fixed_port_and_a_policy():
     """A service added to the node (SERVICES) must get a port and say who may reach it."""
-    from runtime.deploy.kubernetes import CLIENTS
-    from runtime.deploy.plan import CONTROLLER_API
+    from sdqkd.deploy.kubernetes import CLIENTS
+    from sdqkd.deploy.plan import CONTROLLER_API
 
     assert set(SERVICES) <= set(FIXED_PORTS) and set(SERVICES) <= set(CLIENTS)
     ports = [FIXED_PORTS[s] for s in SERVICES] + [int(CONTROLLER_API.rpartition(":")[2])]
@@ -326,7 +325,7 @@ def test_output_dir_with_content_is_refused_and_left_alone(tmp_path: Path):
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from runtime.harness import build as build_mod
+    from sdqkd.harness import build as build_mod
 
     real = build_mod.write_tree
 
@@ -342,12 +341,12 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch: pyt
 
 def test_cli_names_the_problem_and_exits_2(tmp_path: Path):
     topo = _topo(tmp_path, {**TOPO, "nodes": [{"name": "alice"}, {"name": "relay"}, {"name": "bob"}]})
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "net", "export", str(topo), "--format", "bundle",
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "net", "export", str(topo), "--format", "bundle",
                         "--out", str(tmp_path / "o"), "--host", "alice=10.1.1.1", "--host", "relay=10.1.1.1",
                         "--host", "bob=bob.lab"], capture_output=True, text=True)
     assert r.returncode == 2 and "--host relay: address 10.1.1.1 is already the address of node alice" in r.stderr
     assert not (tmp_path / "o").exists()
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "net", "export", str(topo), "--format", "kubernetes",
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "net", "export", str(topo), "--format", "kubernetes",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "kubectl apply -f kubernetes/" in (tmp_path / "o" / "RUN.md").read_text()
@@ -365,7 +364,7 @@ def test_an_external_kms_with_url_reaches_its_gateways_config(tmp_path: Path):
          "identity": "kms.vendorx.test", "ca": "vendor-ca.pem", "mode": "async"},
         {"name": "vendory", "node": "alice", "saes": ["vy1"]}]}  # no url: the config names it by hand
     out = _export(tmp_path, "bundle", data)
-    from runtime.node.config import load_config
+    from sdqkd.node.config import load_config
 
     bob = load_config(out / "nodes" / "bob" / "node.yaml")
     (peer,) = bob.external_peers
@@ -377,7 +376,7 @@ def test_an_external_kms_with_url_reaches_its_gateways_config(tmp_path: Path):
 
 
 def test_external_kms_entries_are_checked(tmp_path: Path):
-    from runtime.controller.topology import TopologyError
+    from sdqkd.controller.topology import TopologyError
 
     data = {**TOPO, "external_peers": [
         {"name": "v1", "node": "bob", "saes": ["x1"], "url": "https://kms.v1.test:7020"},

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import yaml
+from sdqkd.deploy import export
+from sdqkd.deploy.plan import ExportOptions
+from sdqkd.harness import network
 
-from runtime.deploy import export
-from runtime.deploy.plan import ExportOptions
-from runtime.harness import network
-
-SDQKD = [sys.executable, "-m", "runtime.cli"]
+SDQKD = [sys.executable, "-m", "sdqkd.cli"]
 
 
 def _bundle_node(tmp: Path, **changes: object) -> Path:

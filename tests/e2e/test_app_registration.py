@@ -78,7 +78,7 @@ class Net:
     def respawn(self, name: str, args: list[str]) -> None:
         """Start a process of the network again (recorded in pids.json: `net down` stops it)."""
         log = open(self.state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        p = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
         pids = self.pids()
         pids[name] = p.pid
@@ -113,7 +113,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield Net(cwd, first)
     finally:
         if (cwd / "net" / "pids.json").exists():
-            subprocess.run([sys.executable, "-m", "runtime.cli", "net", "down", "--state-dir", str(cwd / "net")],
+            subprocess.run([sys.executable, "-m", "sdqkd.cli", "net", "down", "--state-dir", str(cwd / "net")],
                            env=ENV, capture_output=True, timeout=60)
         shutil.rmtree(cwd, ignore_errors=True)  # the network's PKI and key stores: nothing left behind
 
@@ -150,7 +150,7 @@ def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
     OPEN_CONNECT of a relayed pair is shown in test_app_registration_inprocess). Closing its
     streams disconnects it at Quijote, where the README's request registered it, and the
     controller releases it: the next test's request of the pair is a first request again."""
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
 
     with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
             Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
@@ -174,13 +174,13 @@ def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
 
 
 def _ids(a: str, b: str) -> set[str]:
-    from runtime.lkms.registry import app_id_for
+    from sdqkd.lkms.registry import app_id_for
 
     return {app_id_for(a, [b]), app_id_for(b, [a])}
 
 
 def test_pypi_etsi014_client_direct_and_relayed_first_requests(net: Net) -> None:
-    from runtime.lkms.registry import app_id_for
+    from sdqkd.lkms.registry import app_id_for
 
     # direct (Almagro - Norte, 9 km): the first request of the pair, through the unmodified PyPI client
     code, out = _qkd014(net, "sae-almagro", "get_key", "sae-norte")
@@ -271,8 +271,8 @@ class Notifications:
 
 
 def test_etsi004_open_connect_registers_and_close_disconnects(net: Net) -> None:
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
-    from runtime.lkms.registry import app_id_for
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.lkms.registry import app_id_for
 
     notes = Notifications(net, "Norte", ["/sdqkdn_application_new", "/sdqkdn_application_disconnected"])
     try:

@@ -17,10 +17,9 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-
-from generated.client import ModelClient
-from runtime.harness.inprocess import InProcessNetwork, start_network
-from runtime.lkms.registry import app_id_for
+from sdqkd.generated.client import ModelClient
+from sdqkd.harness.inprocess import InProcessNetwork, start_network
+from sdqkd.lkms.registry import app_id_for
 
 # A - B - C line, and an island node D (no link): SAEs on A (two), C and D.
 TOPO = {
@@ -194,8 +193,8 @@ def test_no_path_is_503_with_reason(net: Loop) -> None:
 
 
 def test_etsi004_close_disconnects(net: Loop) -> None:
-    from generated.proto.sdqkd import etsi004_pb2 as pb
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 
     eps = net.net.endpoints
     app_id = app_id_for("sae-b", ["sae-c2"])
@@ -287,7 +286,7 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
     assert r.status_code == 200, r.text
 
     # a new controller: adopts what the old one provisioned, and serves the waiting pair
-    from runtime.controller.controller import Controller
+    from sdqkd.controller.controller import Controller
 
     ctl2 = Controller(ctl.topo, ctl.endpoints, tls=ctl.tls)
     net.net.controller = ctl2  # stopped with the network
@@ -327,8 +326,8 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
     """Two SAEs of node C: the first OPEN_CONNECT registers the pair (no link, no path), both
     applications get the same chunks; open streams keep it past the idle timeout; CLOSE of the
     last stream disconnects it (`sdqkdn_application_disconnected`)."""
-    from generated.proto.sdqkd import etsi004_pb2 as pb
-    from runtime.apps.keyclient import Etsi004Client, KeyDeliveryError, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError, SaeIdentity
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 
     eps, node, ctl = net.net.endpoints, net.net.nodes["C"], net.net.controller
     assert ctl is not None
@@ -391,7 +390,7 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
 def test_etsi004_same_node_pair_idles_out_after_its_stream_expired(net: Loop) -> None:
     """An OPEN_CONNECT whose peer application never joins: the stream expires unused, then
     the pair (registered by that OPEN_CONNECT) idles out like any other."""
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
 
     node = net.net.nodes["C"]
     limits = node.lkms.limits  # type: ignore[union-attr]
@@ -419,7 +418,7 @@ def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
     """sae-a (node A) and sae-c3 (node C, two hops): the first OPEN_CONNECT registers the pair,
     the controller relays it over B, and both applications get the same 120 chunks (more than a
     relay source keeps ready, so the stream draws relayed key as it goes)."""
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
 
     eps = net.net.endpoints
     app_id = app_id_for("sae-a", ["sae-c3"])

@@ -14,7 +14,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_apps_runs_and_serves_every_pair() -> None:
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", "apps", "--pairs", "2", "--runs", "1",
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "bench", "apps", "--pairs", "2", "--runs", "1",
                         "--seconds", "0.5", "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     fig = json.loads(r.stdout)

@@ -17,12 +17,11 @@ from typing import Any
 
 import grpc
 import httpx
-
-from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime import pki
-from runtime.lkms.core import Limits
-from runtime.lkms.node import Lkms
-from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context
+from sdqkd import pki
+from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
+from sdqkd.lkms.tlsctx import grpc_channel_credentials, https_client_context
 
 # Anything in a log that looks like 16+ bytes of hex or base64 (UUIDs are split by dashes).
 LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")

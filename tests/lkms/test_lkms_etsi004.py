@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.lkms.core import Limits
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.core import Limits
 
 S = pb.Status
 

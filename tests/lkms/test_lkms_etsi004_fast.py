@@ -22,11 +22,10 @@ import h2.events
 import h2.settings
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.bench.h2stream import client_context, get_keys
-from runtime.lkms import h2grpc
-from runtime.lkms.core import Limits
+from sdqkd.bench.h2stream import client_context, get_keys
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms import h2grpc
+from sdqkd.lkms.core import Limits
 
 S = pb.Status
 
@@ -125,7 +124,7 @@ def _open_calls(srv: h2grpc.GrpcServer) -> int:
 
 def test_unknown_method_deadline_and_cancel(fast: Net) -> None:
     addr = fast.nodes["A"].addresses["etsi004"]
-    from runtime.lkms.tlsctx import grpc_channel_credentials
+    from sdqkd.lkms.tlsctx import grpc_channel_credentials
 
     ch = grpc.secure_channel(addr, grpc_channel_credentials(fast.pki.sae("a1")))
     try:

@@ -16,14 +16,13 @@ import httpx
 import pytest
 from lkmsnet import Pki
 from peer020 import PeerKms as VendorKms
-
-from runtime.controller.external import parse_external_peers
-from runtime.controller.topology import TopologyError, parse
-from runtime.harness.inprocess import start_network
-from runtime.lkms.etsi020_client import PeerKms
-from runtime.lkms.external import ExternalPeer
-from runtime.lkms.tlsctx import https_client_context
-from runtime.pki import TlsFiles
+from sdqkd.controller.external import parse_external_peers
+from sdqkd.controller.topology import TopologyError, parse
+from sdqkd.harness.inprocess import start_network
+from sdqkd.lkms.etsi020_client import PeerKms
+from sdqkd.lkms.external import ExternalPeer
+from sdqkd.lkms.tlsctx import https_client_context
+from sdqkd.pki import TlsFiles
 
 TOPO: dict[str, Any] = {
     "nodes": [{"name": "A"}, {"name": "B"}],

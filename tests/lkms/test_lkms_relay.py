@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from lkmsnet import LONG_BLOB, Net
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.lkms.etsi020_client import Etsi020Client, PeerKms
-from runtime.lkms.etsi020_schema import ext_key_container
-from runtime.lkms.keys import LinkKey
-from runtime.lkms.relay import hop_tag
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
+from sdqkd.lkms.etsi020_schema import ext_key_container
+from sdqkd.lkms.keys import LinkKey
+from sdqkd.lkms.relay import hop_tag
 
 
 def settle(net: Net) -> None:
@@ -158,7 +157,7 @@ def test_relay_authentication_and_path_checks(net3: Net) -> None:
 def test_a_node_finds_another_nodes_keysync_along_a_path(net3: Net) -> None:
     """KeySync Describe with node_id/via (locate.py): A has no fibre to C and asks B, which knows
     C from its physical link; a node nobody on the path knows is named in the refusal."""
-    from runtime.lkms.locate import LocateError
+    from sdqkd.lkms.locate import LocateError
 
     a, b, c = (net3.nodes[n] for n in "ABC")
     assert net3.run(a.locate(c.node_id, [b.node_id, c.node_id])) == c.addresses["keysync"]

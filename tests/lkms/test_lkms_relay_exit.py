@@ -15,10 +15,9 @@ import httpx
 import pytest
 from lkmsnet import LoopThread, Net, Pki, wait_until
 from peer020 import PeerKms as VendorKms
-
-from runtime.lkms.core import Limits
-from runtime.lkms.etsi020_client import PeerKms
-from runtime.lkms.external import ExternalPeer
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.etsi020_client import PeerKms
+from sdqkd.lkms.external import ExternalPeer
 
 VENDOR_ID = "kms.vendorx.test"
 

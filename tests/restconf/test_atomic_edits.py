@@ -10,12 +10,11 @@ import uuid
 from typing import Any
 
 import httpx
-
-from generated import model_types as t
-from generated.agent_skeleton import HookTransaction, ModelHooks
-from runtime.agent.server import NodeAgent
-from runtime.agent.transaction import Edit as TxEdit
-from runtime.restconf import ModelAdapter, start_restconf
+from sdqkd.agent.server import NodeAgent
+from sdqkd.agent.transaction import Edit as TxEdit
+from sdqkd.generated import model_types as t
+from sdqkd.generated.agent_skeleton import HookTransaction, ModelHooks
+from sdqkd.restconf import ModelAdapter, start_restconf
 
 ROOT = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 YANG = "application/yang-data+json"

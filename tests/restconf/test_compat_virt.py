@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-
-from runtime.restconf.compat import LinkCompleter
-from runtime.restconf.compat_virt import relay_part, virtual_association
-from runtime.restconf.errors import RestconfError
+from sdqkd.restconf.compat import LinkCompleter
+from sdqkd.restconf.compat_virt import relay_part, virtual_association
+from sdqkd.restconf.errors import RestconfError
 
 # node IDs in order: A is the lowest, so relays go from A; D -> A links are "reversed"
 A, B, C, D = (f"{i}0000000-0000-4000-8000-000000000000" for i in range(1, 5))
