@@ -1,11 +1,17 @@
-"""Build of the C engine: every folder runtime/engine/csrc/<name>/ becomes the
-extension module runtime.engine._<name> (C11). Setuptools stays in pyproject.toml;
-this file only lists the extensions, because their set follows the source tree."""
+"""Packaging that follows the source tree, which pyproject.toml alone cannot express:
+
+- one import package, `sdqkd`, mapped from the top-level folders the project keeps:
+  runtime/ -> sdqkd, codegen/ -> sdqkd.codegen, generated/ -> sdqkd.generated
+  (nothing else lands at the top of site-packages);
+- the C engine: every folder runtime/engine/csrc/<name>/ becomes the extension module
+  sdqkd.engine._<name> (C11).
+
+Everything else (metadata, dependencies, extras) stays in pyproject.toml."""
 
 import os
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
 CSRC = Path("runtime") / "engine" / "csrc"
@@ -37,7 +43,7 @@ def _extensions() -> list[Extension]:
         if sources:
             exts.append(
                 Extension(
-                    f"runtime.engine._{folder.name}",
+                    f"sdqkd.engine._{folder.name}",
                     sources=sources,
                     include_dirs=[str(CSRC / folder.name), str(CSRC)],
                     extra_compile_args=cflags,
@@ -47,4 +53,16 @@ def _extensions() -> list[Extension]:
     return exts
 
 
-setup(ext_modules=_extensions())
+# import package -> source folder; sdqkd.codegen and sdqkd.generated live beside runtime/, not in it
+PACKAGE_ROOTS = {"sdqkd": "runtime", "sdqkd.codegen": "codegen", "sdqkd.generated": "generated"}
+
+
+def _packages() -> list[str]:
+    out = []
+    for pkg, folder in PACKAGE_ROOTS.items():
+        out.append(pkg)
+        out += [f"{pkg}.{sub}" for sub in find_packages(where=str(HERE / folder))]
+    return sorted(out)
+
+
+setup(packages=_packages(), package_dir=dict(PACKAGE_ROOTS), ext_modules=_extensions())

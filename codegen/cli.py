@@ -1,4 +1,4 @@
-"""`sdqkd gen [--check] [--root DIR]` and `python -m codegen`."""
+"""`sdqkd gen [--check] [--root DIR]` and `python -m sdqkd.codegen`."""
 
 from __future__ import annotations
 

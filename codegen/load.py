@@ -1,6 +1,6 @@
 """Stage 1, load: pyang parses and validates every module of models/yang (fix-up plugins mend
 known quirks of published modules in memory first); protoc (grpcio-tools) compiles models/proto
-into Python modules of the `generated.proto` package."""
+into Python modules of the `sdqkd.generated.proto` package."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pyang import context, error, repository
 from .plugin import run_fixups
 from .report import Report
 
-PROTO_PACKAGE = "generated/proto"  # where protoc output lands, as a Python package path
+PROTO_PACKAGE = "sdqkd/generated/proto"  # where protoc output lands, as a Python package path
 
 
 @dataclass
@@ -167,5 +167,5 @@ def compile_protos(root: Path, report: Report) -> dict[str, str]:
             report.raise_if_errors()
         for f in sorted(dest.rglob("*")):
             if f.is_file():
-                out[str(f.relative_to(dest / "generated"))] = f.read_text(encoding="utf-8")
+                out[str(f.relative_to(dest / "sdqkd" / "generated"))] = f.read_text(encoding="utf-8")
     return out

@@ -6,7 +6,7 @@ three hooks, each run at one stage of the pipeline.
 - ``transform(schema, report)``: rename or fix nodes of the intermediate schema in place.
 - ``emit(schema) -> dict[str, str]``: extra output files (path under generated/ -> text).
 
-Built-in plugins live in ``codegen.fixups``; third-party ones register under the entry-point
+Built-in plugins live in ``sdqkd.codegen.fixups``; third-party ones register under the entry-point
 group ``sdqkd.codegen`` and run after the built-ins, in name order.
 """
 

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 
 @dataclass(frozen=True)

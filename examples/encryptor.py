@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from runtime.apps.encryptor import (
+from sdqkd.apps.encryptor import (
     Decryptor,
     Encryptor,
     KeyStarved,
@@ -31,8 +31,8 @@ from runtime.apps.encryptor import (
     parse_header,
     read_link_skr,
 )
-from runtime.apps.keyclient import Etsi004Client, SaeIdentity
-from runtime.harness.sync import start_inprocess
+from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+from sdqkd.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}],

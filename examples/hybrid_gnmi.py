@@ -25,15 +25,14 @@ import sys
 import time
 
 import grpc
-
-from generated.client import ModelClient
-from runtime.apps import hybrid as hy
-from runtime.apps.keyclient import SaeIdentity
-from runtime.controller.controller import Controller, NodeEndpoint
-from runtime.controller.topology import parse
-from runtime.harness.sync import start_inprocess
-from runtime.pki import TlsFiles
-from runtime.tls import grpc_channel_credentials, tls_files
+from sdqkd.apps import hybrid as hy
+from sdqkd.apps.keyclient import SaeIdentity
+from sdqkd.controller.controller import Controller, NodeEndpoint
+from sdqkd.controller.topology import parse
+from sdqkd.generated.client import ModelClient
+from sdqkd.harness.sync import start_inprocess
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import grpc_channel_credentials, tls_files
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],

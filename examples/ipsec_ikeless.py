@@ -20,11 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.apps.ipsec import IpsecNsf, Lifetime
-from runtime.apps.ipsec_netns import NsPair, available, ping, udp_exchange
-from runtime.apps.keyclient import SaeIdentity
-from runtime.controller.ipsec import IkelessController, SaParams
-from runtime.harness.inprocess import start_network
+from sdqkd.apps.ipsec import IpsecNsf, Lifetime
+from sdqkd.apps.ipsec_netns import NsPair, available, ping, udp_exchange
+from sdqkd.apps.keyclient import SaeIdentity
+from sdqkd.controller.ipsec import IkelessController, SaParams
+from sdqkd.harness.inprocess import start_network
 
 TOPOLOGY = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 20}],
             "saes": [{"name": "sae-left", "node": "A"}, {"name": "sae-right", "node": "B"}]}

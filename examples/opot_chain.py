@@ -17,10 +17,10 @@ import dataclasses
 import sys
 import time
 
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity
-from runtime.apps.opot import OpotNode, run_chain
-from runtime.controller.opot import OpotProvisioner
-from runtime.harness.sync import start_inprocess
+from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
+from sdqkd.apps.opot import OpotNode, run_chain
+from sdqkd.controller.opot import OpotProvisioner
+from sdqkd.harness.sync import start_inprocess
 
 NODES = ["A", "B", "C", "D"]
 TOPOLOGY = {

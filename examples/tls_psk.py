@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 
-from runtime.apps.keyclient import Etsi014Client, SaeIdentity
-from runtime.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer
-from runtime.harness.sync import start_inprocess
+from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
+from sdqkd.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer
+from sdqkd.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],

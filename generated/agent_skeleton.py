@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from sdqkd.errors import SdqkdError
+
 from . import model_types as t
 
 GNMI_VERSION = "0.10.0"
@@ -87,8 +89,9 @@ NOTIFICATIONS: dict[str, tuple[str, str]] = {
 }
 
 
-class HookVeto(Exception):
-    """Raised by a validate hook to refuse a change; the whole change fails with this reason."""
+class HookVeto(SdqkdError):
+    """Raised by a validate hook to refuse a change; the whole change fails with this reason
+    (under the project's one error root, like every refusal of ours)."""
 
 
 class HookTransaction(Protocol):

@@ -3445,7 +3445,7 @@ class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(Py
 
   YANG Description: sdqkd engine side of the link.
   """
-  __slots__ = ('_path_helper', '_extmethods', '__classical_endpoint','__channel_endpoint','__fibre_length_km','__fibre_loss_db','__device_profile','__cascade_variant','__key_association_id','__derived_from','__eve_fraction','__engine_state',)
+  __slots__ = ('_path_helper', '_extmethods', '__classical_endpoint','__channel_endpoint','__fibre_length_km','__fibre_loss_db','__device_profile','__cascade_variant','__key_association_id','__exit_peer','__derived_from','__eve_fraction','__engine_state',)
 
   _yang_name = 'sdqkd-link'
   _yang_namespace = 'urn:etsi:qkd:yang:etsi-qkd-node'
@@ -3464,6 +3464,7 @@ class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(Py
     self.__device_profile = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '[a-z][a-z0-9-]*', 'length': ['1..64']}), default=str("commercial"), is_leaf=True, yang_name="device-profile", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='profile-name', is_config=True)
     self.__cascade_variant = YANGDynClass(base=RestrictedClassType(base_type=str,                                     restriction_type="dict_key",                                     restriction_arg={'original': {}, 'optimized': {}},), default=str("optimized"), is_leaf=True, yang_name="cascade-variant", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='enumeration', is_config=True)
     self.__key_association_id = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}'}), is_leaf=True, yang_name="key-association-id", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:uuid', is_config=True)
+    self.__exit_peer = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'length': ['1..64']}), is_leaf=True, yang_name="exit-peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=True)
     self.__derived_from = YANGDynClass(base=str, is_leaf=True, yang_name="derived-from", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=False)
     self.__eve_fraction = YANGDynClass(base=RestrictedClassType(base_type=Decimal, restriction_dict={'range': ['0..1']}), default=Decimal(0), is_leaf=True, yang_name="eve-fraction", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='decimal64', is_config=True)
     self.__engine_state = YANGDynClass(base=yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_engine_state, is_container='container', presence=False, yang_name="engine-state", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, extensions=None, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='container', is_config=False)
@@ -3768,6 +3769,49 @@ ends name one link differently, as ETSI TeraFlowSDN does (one qkdl_id per end).
     self.__key_association_id = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'pattern': '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}'}), is_leaf=True, yang_name="key-association-id", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:uuid', is_config=True)
 
 
+  def _get_exit_peer(self):
+    """
+    Getter method for exit_peer, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/exit_peer (string)
+
+    YANG Description: On a VIRT link: its path leaves the sdqkd network at the far end (the gateway) for
+another vendor's KMS, named so in the gateway's node config
+(etsi020.external_peers[].name). Keys are then made on demand at the source and
+handed to that KMS by the gateway over ETSI GS QKD 020; no key pool.
+    """
+    return self.__exit_peer
+      
+  def _set_exit_peer(self, v, load=False):
+    """
+    Setter method for exit_peer, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/exit_peer (string)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_exit_peer is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_exit_peer() directly.
+
+    YANG Description: On a VIRT link: its path leaves the sdqkd network at the far end (the gateway) for
+another vendor's KMS, named so in the gateway's node config
+(etsi020.external_peers[].name). Keys are then made on demand at the source and
+handed to that KMS by the gateway over ETSI GS QKD 020; no key pool.
+    """
+    if hasattr(v, "_utype"):
+      v = v._utype(v)
+    try:
+      t = YANGDynClass(v,base=RestrictedClassType(base_type=str, restriction_dict={'length': ['1..64']}), is_leaf=True, yang_name="exit-peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=True)
+    except (TypeError, ValueError):
+      raise ValueError({
+          'error-string': """exit_peer must be of a type compatible with string""",
+          'defined-type': "string",
+          'generated-type': """YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'length': ['1..64']}), is_leaf=True, yang_name="exit-peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=True)""",
+        })
+
+    self.__exit_peer = t
+    if hasattr(self, '_set'):
+      self._set()
+
+  def _unset_exit_peer(self):
+    self.__exit_peer = YANGDynClass(base=RestrictedClassType(base_type=str, restriction_dict={'length': ['1..64']}), is_leaf=True, yang_name="exit-peer", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=True)
+
+
   def _get_derived_from(self):
     """
     Getter method for derived_from, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/derived_from (string)
@@ -3889,12 +3933,13 @@ raises the QBER by about 25 % of the fraction).
   device_profile = __builtin__.property(_get_device_profile, _set_device_profile)
   cascade_variant = __builtin__.property(_get_cascade_variant, _set_cascade_variant)
   key_association_id = __builtin__.property(_get_key_association_id, _set_key_association_id)
+  exit_peer = __builtin__.property(_get_exit_peer, _set_exit_peer)
   derived_from = __builtin__.property(_get_derived_from)
   eve_fraction = __builtin__.property(_get_eve_fraction, _set_eve_fraction)
   engine_state = __builtin__.property(_get_engine_state)
 
 
-  _pyangbind_elements = OrderedDict([('classical_endpoint', classical_endpoint), ('channel_endpoint', channel_endpoint), ('fibre_length_km', fibre_length_km), ('fibre_loss_db', fibre_loss_db), ('device_profile', device_profile), ('cascade_variant', cascade_variant), ('key_association_id', key_association_id), ('derived_from', derived_from), ('eve_fraction', eve_fraction), ('engine_state', engine_state), ])
+  _pyangbind_elements = OrderedDict([('classical_endpoint', classical_endpoint), ('channel_endpoint', channel_endpoint), ('fibre_length_km', fibre_length_km), ('fibre_loss_db', fibre_loss_db), ('device_profile', device_profile), ('cascade_variant', cascade_variant), ('key_association_id', key_association_id), ('exit_peer', exit_peer), ('derived_from', derived_from), ('eve_fraction', eve_fraction), ('engine_state', engine_state), ])
 
 
 class yc_qkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link(PybindBase):

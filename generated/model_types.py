@@ -127,6 +127,7 @@ SdqkdLink = TypedDict(
         "device-profile": str,
         "cascade-variant": str,
         "key-association-id": str,
+        "exit-peer": str,
         "derived-from": str,
         "eve-fraction": str,
         "engine-state": "EngineState",

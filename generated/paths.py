@@ -576,6 +576,11 @@ class SdqkdLinkPath(PathNode):
         return self._leaf("key-association-id")
 
     @property
+    def exit_peer(self) -> gnmi_pb2.Path:
+        """leaf exit-peer: string"""
+        return self._leaf("exit-peer")
+
+    @property
     def derived_from(self) -> gnmi_pb2.Path:
         """leaf derived-from: string, state"""
         return self._leaf("derived-from")

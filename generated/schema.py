@@ -1085,6 +1085,7 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/device-profile',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/cascade-variant',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/key-association-id',
+                                                          '/qkd_node/qkd_links/qkd_link/sdqkd-link/exit-peer',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/derived-from',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/eve-fraction',
                                                           '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state'],
@@ -1188,6 +1189,20 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                                'name one link differently, '
                                                                                'as ETSI TeraFlowSDN does '
                                                                                '(one qkdl_id per end).'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/exit-peer': {'kind': 'leaf',
+                                                       'name': 'exit-peer',
+                                                       'module': 'sdqkd-node-ext',
+                                                       'config': True,
+                                                       'type': {'base': 'string', 'length': [[1, 64]]},
+                                                       'pyname': 'exit_peer',
+                                                       'description': 'On a VIRT link: its path leaves the '
+                                                                      'sdqkd network at the far end (the '
+                                                                      "gateway) for another vendor's KMS, "
+                                                                      "named so in the gateway's node config "
+                                                                      '(etsi020.external_peers[].name). Keys '
+                                                                      'are then made on demand at the source '
+                                                                      'and handed to that KMS by the gateway '
+                                                                      'over ETSI GS QKD 020; no key pool.'},
  '/qkd_node/qkd_links/qkd_link/sdqkd-link/derived-from': {'kind': 'leaf',
                                                           'name': 'derived-from',
                                                           'module': 'sdqkd-node-ext',

@@ -32,8 +32,8 @@ def _parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from codegen.cli import run
-    from runtime.errors import MissingExtra
+    from sdqkd.codegen.cli import run
+    from sdqkd.errors import MissingExtra
 
     try:
         return run(args)
@@ -43,7 +43,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from codegen.cli import add_arguments
+    from sdqkd.codegen.cli import add_arguments
 
     g = _parser(sub, "gen", "regenerate generated/ from models/ (YANG and protobuf)",
                 "Compile models/yang and models/proto into generated/ (bindings, paths, agent skeleton, "
@@ -57,7 +57,7 @@ def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from runtime import bench
+    from sdqkd import bench
 
     if not args.name:
         print("benchmarks:", ", ".join(bench.available()))
@@ -78,9 +78,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _node(args: argparse.Namespace) -> int:
-    from runtime.node import main
+    from sdqkd.node import main
 
-    return main(args.config)
+    return main(args.config, args.log_format)
 
 
 def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,20 +89,44 @@ def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "checked whole before anything starts.",
                 "sdqkd node --config lab/nodes/B/node.yaml   # restart a node of a `net up` network")
     n.add_argument("--config", required=True, metavar="FILE", help="node config YAML")
+    n.add_argument("--log-format", choices=["text", "json"], help="log lines on stdout (default: the config's `log`)")
     n.set_defaults(func=_node)
 
 
-def _controller(args: argparse.Namespace) -> int:
-    from runtime.controller.service import main
+def _health(args: argparse.Namespace) -> int:
+    from sdqkd.node.health import main
 
-    return main(args.state_dir)
+    return main(args.config, args.timeout)
+
+
+def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    h = _parser(sub, "health", "gRPC health check of a running node (exit 0 = SERVING)",
+                "Ask the node of FILE for its gRPC health status over its gNMI port, with its own "
+                "credentials (container liveness and readiness probes).",
+                "sdqkd health --config /etc/sdqkd/node.yaml --timeout 2")
+    h.add_argument("--config", required=True, metavar="FILE", help="the node's config YAML")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
+    h.set_defaults(func=_health)
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from sdqkd.controller.service import main
+
+    return main(args.state_dir, args.config, args.api, args.log_format)
 
 
 def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = _parser(sub, "controller", "run the SDN controller of a network prepared by `net up`",
                 "Run the controller of DIR (normally started by `sdqkd net up`); its northbound API "
-                "is docs/controller-api.md.", "sdqkd controller --state-dir lab")
-    c.add_argument("--state-dir", required=True, metavar="DIR")
+                "is docs/controller-api.md. Deployed across hosts (docs/deploy.md): --config names the "
+                "exported controller.json.",
+                "sdqkd controller --state-dir lab\n"
+                "sdqkd controller --state-dir /var/lib/sdqkd --config controller/controller.json --log-format json")
+    c.add_argument("--state-dir", required=True, metavar="DIR", help="writable: controller-status.json")
+    c.add_argument("--config", metavar="FILE", help="network description (default: DIR/network.json)")
+    c.add_argument("--api", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="loopback address of the northbound API (default 127.0.0.1:0)")
+    c.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines on stdout")
     c.set_defaults(func=_controller)
 
 
@@ -110,21 +134,48 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _net_up(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
 
 
 def _net_down(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.down(args.state_dir)
 
 
 def _net_status(args: argparse.Namespace) -> int:
-    from runtime.harness import netcli
+    from sdqkd.harness import netcli
 
     return netcli.status(args.state_dir)
+
+
+def _net_export(args: argparse.Namespace) -> int:
+    from sdqkd.controller.topology import TopologyError
+    from sdqkd.deploy import export
+    from sdqkd.deploy.plan import ExportError, ExportOptions
+
+    hosts: dict[str, str] = {}
+    for h in args.host or []:
+        name, sep, addr = h.partition("=")
+        if not sep or not name or not addr:
+            print(f"sdqkd net export: --host {h!r}: expected NAME=ADDRESS", file=sys.stderr)
+            return 2
+        hosts[name] = addr
+    opts = ExportOptions(hosts=hosts, listen_host=args.listen, namespace=args.namespace or "",
+                         cluster_domain=args.cluster_domain, mgmt_subnet=args.mgmt_subnet, image=args.image,
+                         log_format=args.log_format or ("text" if args.format == "bundle" else "json"))
+    try:
+        summary = export(args.topology, args.format, args.out, opts)
+    except (TopologyError, ExportError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"sdqkd net export: cannot write {args.out}: {e}; nothing written", file=sys.stderr)
+        return 1
+    print(summary)
+    return 0
 
 
 def _add_net_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -158,13 +209,38 @@ def _add_net_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_net_status)
 
 
+def _add_net_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = _parser(sub, "export", "write a network for other hosts: bundle, containerlab or Kubernetes",
+                "From TOPOLOGY, write what `net up` would build (PKI, node configs, bootstrap secrets, the "
+                "controller's config) into DIR,\nfor running across hosts: a directory per node (bundle), a "
+                "containerlab topology, or Kubernetes manifests (docs/deploy.md).",
+                "sdqkd net export lab.yaml --format bundle --out lab-bundle --host A=10.0.0.1 --host B=10.0.0.2\n"
+                "sdqkd net export lab.yaml --format containerlab --out lab-clab\n"
+                "sdqkd net export lab.yaml --format kubernetes --out lab-k8s --namespace qkd")
+    p.add_argument("topology", metavar="TOPOLOGY", help="topology YAML (docs/topology.md)")
+    p.add_argument("--format", required=True, choices=["bundle", "containerlab", "kubernetes"], help="what to write")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
+    p.add_argument("--host", action="append", metavar="NAME=ADDRESS",
+                   help="host name or IP of a node (bundle; containerlab: its management IPv4); repeatable")
+    p.add_argument("--listen", default="0.0.0.0",
+                   help="bundle: address nodes bind: 0.0.0.0 (default), ::, or 'host' = its own address")
+    p.add_argument("--namespace", help="kubernetes: namespace (default: the topology's name, else sdqkd)")
+    p.add_argument("--cluster-domain", default="cluster.local", help="kubernetes: cluster DNS domain")
+    p.add_argument("--mgmt-subnet", default="172.20.20.0/24", help="containerlab: management subnet")
+    p.add_argument("--image", default="sdqkd:0.1.0", help="containerlab, kubernetes: the node image")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="nodes' log format (default: text for bundle, json otherwise)")
+    p.set_defaults(func=_net_export)
+
+
 NET_ACTIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_net_up, _add_net_down, _add_net_status]
+    _add_net_up, _add_net_down, _add_net_status, _add_net_export]
 
 
 def _add_net(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nt = _parser(sub, "net", "start, inspect or stop a whole network (one process per node + controller)",
-                 "A network of real processes on this machine: see docs/quickstart.md.",
+                 "A network of real processes on this machine (docs/quickstart.md), or exported for other hosts "
+                 "(docs/deploy.md).",
                  "sdqkd net up lab.yaml --state-dir lab\nsdqkd net status --state-dir lab\n"
                  "sdqkd net down --state-dir lab")
     actions = nt.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -178,9 +254,9 @@ def _add_net(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from runtime import plots
-    from runtime.controller.topology import TopologyError
-    from runtime.errors import MissingExtra
+    from sdqkd import plots
+    from sdqkd.controller.topology import TopologyError
+    from sdqkd.errors import MissingExtra
 
     out = Path(args.out or f"{args.what}.png")
     try:
@@ -203,7 +279,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     pl = _parser(sub, "plot", "draw key rate vs distance, or a network, as a PNG",
                  "keyrate: the simulated link through the whole finite-key pipeline beside the analytic "
@@ -223,7 +299,7 @@ def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from runtime.demo import main
+    from sdqkd.demo import main
 
     return main(seconds=args.seconds, keep=args.keep)
 
@@ -240,7 +316,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_demo, _add_net, _add_node, _add_controller, _add_plot, _add_gen, _add_bench]
+    _add_demo, _add_net, _add_node, _add_health, _add_controller, _add_plot, _add_gen, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from runtime.harness.netcli import fmt_rate, table
-from runtime.tls import https_client_context, tls_files
+from sdqkd.harness.netcli import fmt_rate, table
+from sdqkd.tls import https_client_context, tls_files
 
 # Madrid-like metro network: distances in the range of the Madrid Quantum Network's links.
 DEFAULT_TOPOLOGY: dict[str, Any] = {
@@ -61,7 +61,7 @@ def _route_of(status_file: Path, master: str, wait_s: float = 3.0) -> dict[str, 
 
 def _rates_note(status: dict[str, Any]) -> str:
     """Why the rates measured here are far below the model's (the figure in the README)."""
-    from runtime.engine import keyrate, profiles
+    from sdqkd.engine import keyrate, profiles
 
     p = profiles.get("commercial")
     model = [keyrate.asymptotic("commercial", r["db"]) * p.clock_hz for r in status["links"]]
@@ -88,7 +88,7 @@ def _next_steps(keep: str | None) -> str:
 def main(seconds: float = 60.0, keep: str | None = None) -> int:
     """Run the demo; the state dir (PKI with the CA key, SAE keys, key stores) is removed at the end,
     Ctrl-C included, unless `keep` names where to keep it."""
-    from runtime.harness import network
+    from sdqkd.harness import network
 
     t0 = time.monotonic()
     deadline = t0 + seconds

@@ -6,10 +6,11 @@ Shared by the harness (`sdqkd net up --netns`) and the IPsec adapter's namespace
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 BRIDGE = "sdqkdbr0"
 PREFIX = "10.77.0"  # a private /24 that only these test hosts use
@@ -28,38 +29,41 @@ def _ip(*args: str) -> None:
 
 def available() -> str | None:
     """None when namespaces can be made here, else why not."""
+    probe = f"sdqkdprobe{os.getpid()}"  # its own name: tests in other processes probe too
     try:
-        _ip("netns", "add", "sdqkdprobe")
-        _ip("netns", "del", "sdqkdprobe")
+        _ip("netns", "add", probe)
+        _ip("netns", "del", probe)
     except (NetnsError, FileNotFoundError) as e:
         return f"network namespaces unavailable: {e}"
     return None
 
 
-def create(names: list[str], record: Path) -> dict[str, dict[str, str]]:
-    """One namespace per node name; returns {name: {netns, ip}} and records it for teardown."""
+def create(names: list[str], record: Path, *, tag: str = "", prefix: str = PREFIX) -> dict[str, dict[str, str]]:
+    """One namespace per node name; returns {name: {netns, ip}} and records it for teardown.
+    `tag` and `prefix` (a /24 of its own) keep several sets apart on one machine: bridge
+    sdqkdbr<tag>, namespaces sdqkd<tag><i>, host address <prefix>.1, nodes <prefix>.10 on."""
     hosts: dict[str, dict[str, str]] = {}
+    bridge = f"sdqkdbr{tag}" if tag else BRIDGE
     made_ns: list[str] = []
     made_veth: list[str] = []
-    made: dict[str, object] = {"bridge": BRIDGE, "netns": made_ns, "veth": made_veth}
     try:
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
+        _ip("link", "add", bridge, "type", "bridge")
+        _ip("addr", "add", f"{prefix}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
         for i, name in enumerate(names):
-            ns, veth, addr = f"sdqkd{i}", f"vsdqkd{i}", f"{PREFIX}.{10 + i}"
+            ns, veth, addr = f"sdqkd{tag}{i}", f"vsdqkd{tag}{i}", f"{prefix}.{10 + i}"
             _ip("netns", "add", ns)
             made_ns.append(ns)
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             made_veth.append(veth)
-            _ip("link", "set", veth, "master", BRIDGE)
+            _ip("link", "set", veth, "master", bridge)
             _ip("link", "set", veth, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             hosts[name] = {"netns": ns, "ip": addr}
     finally:
-        record.write_text(json.dumps(made))
+        record.write_text(json.dumps({"bridge": bridge, "netns": made_ns, "veth": made_veth}))
     return hosts
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import MissingExtra
+from sdqkd.errors import MissingExtra
 
 
 def require() -> None:
@@ -39,8 +39,8 @@ def _plt() -> Any:
 def simulated_rate(profile: str, km: float, max_block_s: float = 300.0, seed: int = 1,
                    sifted_bits: float = 1e7) -> float:
     """Final key bits per second of link time through the whole pipeline (0 when none)."""
-    from runtime.engine import keyrate, pipeline, profiles
-    from runtime.engine.auth import Authenticator, BufferKeySource
+    from sdqkd.engine import keyrate, pipeline, profiles
+    from sdqkd.engine.auth import Authenticator, BufferKeySource
 
     p = profiles.get(profile)
     loss = keyrate.fibre_loss_db(km, p.alpha_db_per_km)
@@ -66,7 +66,7 @@ def stderr_progress(done: int, total: int, km: float) -> None:
 
 def plot_keyrate(out: Path, profile: str = "commercial", km_max: float = 200.0, *, accurate: bool = False,
                  progress: Callable[[int, int, float], None] | None = None) -> list[dict[str, float]]:
-    from runtime.engine import keyrate
+    from sdqkd.engine import keyrate
 
     mode = ACCURATE if accurate else FAST
     plt = _plt()
@@ -100,8 +100,8 @@ def plot_keyrate(out: Path, profile: str = "commercial", km_max: float = 200.0, 
 def plot_topology(out: Path, topology: str | None = None, state_dir: str | None = None) -> str:
     """Draw the network; returns where the rates came from ("live rates", "model rates", ...).
     A state dir of a stopped network gives its last rates, labelled as such, not as live."""
-    from runtime.controller import topology as tp
-    from runtime.engine import keyrate, profiles
+    from sdqkd.controller import topology as tp
+    from sdqkd.engine import keyrate, profiles
 
     plt = _plt()
     live: dict[str, Any] = {}
@@ -119,7 +119,7 @@ def plot_topology(out: Path, topology: str | None = None, state_dir: str | None 
     elif topology:
         topo = tp.load(topology)
     else:
-        from runtime.demo import DEFAULT_TOPOLOGY
+        from sdqkd.demo import DEFAULT_TOPOLOGY
 
         topo = tp.parse(DEFAULT_TOPOLOGY, "embedded demo topology")
     names = list(topo.nodes)

@@ -9,8 +9,8 @@ names unknown keys, and `model_json_schema()` still gives a JSON Schema for edit
 
 `check(model, data, where)` validates a whole document and raises one error listing every
 problem as `FILE:LINE: place: what is wrong`; cross-reference checks (a link naming an unknown
-node, a duplicate name) stay with the code that owns the meaning (`runtime.controller.topology`,
-`runtime.node.config`) and use the same `Lines` to name file and line."""
+node, a duplicate name) stay with the code that owns the meaning (`sdqkd.controller.topology`,
+`sdqkd.node.config`) and use the same `Lines` to name file and line."""
 
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sdqkd.yamlfile import Lines, Loc, dotted
 
-from runtime.yamlfile import Lines, Loc, dotted
-
-# Kept in step with runtime.engine.cascade.VARIANTS (asserted by the tests) without importing
+# Kept in step with sdqkd.engine.cascade.VARIANTS (asserted by the tests) without importing
 # the C engine just to read a file.
 CascadeVariant = Literal["original", "optimized"]
 Etsi004Server = Literal["h2", "grpcio"]
@@ -45,7 +44,7 @@ def _listen(v: str) -> str:
 
 
 def _profile(v: str) -> str:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     if v not in PROFILES:
         raise ValueError(f"unknown profile {v!r} (known: {', '.join(sorted(PROFILES))})")
@@ -59,6 +58,8 @@ Name = Annotated[str, Field(min_length=1)]
 # SAE IDs in URLs: letters, digits, '.', '_', '-', starting with a letter or digit.
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN)]
+# A DNS name (RFC 1123 labels) or an IPv4/IPv6 address, as other hosts reach a node.
+HostName = Annotated[str, Field(pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*|[0-9A-Fa-f:.]+)$")]
 Km = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Profile = Annotated[str, AfterValidator(_profile)]
 
@@ -99,6 +100,7 @@ class NodeEntry(Strict):
     name: Ident
     id: Uuid | None = None
     location: str = ""
+    host: HostName | None = None  # the name or IP other hosts reach it by (`sdqkd net export`)
 
 
 class LinkEntry(Strict):
@@ -123,13 +125,27 @@ class AppEntry(Strict):
     priority: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
 
 
+def _url(v: str) -> str:
+    if not v.startswith(("https://", "http://")):
+        raise ValueError(f"expected https://host:port, got {v!r}")
+    return v
+
+
+Url = Annotated[str, AfterValidator(_url)]
+
+
 class ExternalPeerEntry(Strict):
-    """Another vendor's KMS reached over ETSI GS QKD 020 from a gateway node (runtime/controller/external.py)."""
+    """Another vendor's KMS reached over ETSI GS QKD 020 from a gateway node (runtime/controller/external.py).
+    With `url`, `net up` and `net export` also write it into the gateway's node config."""
 
     name: Name
     node: Ident
     saes: Annotated[list[Name], Field(min_length=1)]
     rate_bps: Km = 0.0
+    url: Url | None = None  # its ETSI 020 base URL, as the gateway dials it
+    identity: Name | None = None  # the name its TLS certificate must carry (with url)
+    ca: Name | None = None  # CA file that signs its certificate, relative to the topology file
+    mode: Literal["sync", "async"] = "sync"  # ext_keys without or with ack_callback_url
 
 
 class TopologyFile(Strict):
@@ -171,17 +187,11 @@ class SaeConfig(Strict):
     id: Name
 
 
-def _url(v: str) -> str:
-    if not v.startswith(("https://", "http://")):
-        raise ValueError(f"expected https://host:port, got {v!r}")
-    return v
-
-
 class ExternalKms(Strict):
     """One `etsi020.external_peers[]` entry of a node config (runtime/lkms/external.py, docs/etsi020.md)."""
 
     name: Name
-    url: Annotated[str, AfterValidator(_url)]
+    url: Url
     identity: Name
     saes: Annotated[list[Name], Field(min_length=1)]
     ca: Name | None = None
@@ -201,6 +211,11 @@ class ApplicationsSection(Strict):
     first_request_wait_s: Seconds = 3.0
     idle_timeout_s: Seconds = 900.0
     sae_nodes: dict[Name, Uuid] | None = None  # SAE ID -> node ID: an unknown SAE gets 400 at once
+
+
+class LogSection(Strict):
+    format: Literal["text", "json"] = "text"  # runtime/logsetup.py: to stdout either way
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class LkmsSection(Strict):
@@ -258,6 +273,7 @@ class NodeConfigFile(Strict):
     peers: dict[Uuid, Name] = {}  # peer node ID -> name, so logs can name links A-B
     restconf: RestconfSection | None = None
     interfaces: list[InterfaceEntry] = []
+    log: LogSection = LogSection()
 
 
 # ------------------------------------------------------------------ checking

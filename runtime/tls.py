@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
-from runtime.pki import TlsFiles
+from sdqkd.pki import TlsFiles
 
 ChannelOptions = Sequence[tuple[str, Any]]
 

@@ -2,7 +2,7 @@
 
 A file is parsed twice by PyYAML: once into plain data, once into its node tree, from which
 `Lines` keeps the line of every mapping key and list item, so that a problem found later (by the
-schema in `runtime.schemas`, or a cross-reference check) can be reported as `FILE:LINE: where:
+schema in `sdqkd.schemas`, or a cross-reference check) can be reported as `FILE:LINE: where:
 what`. Duplicate keys in one mapping, which PyYAML silently resolves to the last, are refused
 here."""
 

@@ -8,12 +8,11 @@ import sys
 from importlib import metadata
 
 import pytest
-
-from runtime.cli import build_parser
+from sdqkd.cli import build_parser
 
 
 def sdqkd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sdqkd.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def _subparsers(p: argparse.ArgumentParser, prefix: str = "sdqkd"):

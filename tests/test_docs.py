@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 from pydantic import BaseModel
-
-from runtime import schemas
-from runtime.cli import build_parser
+from sdqkd import schemas
+from sdqkd.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

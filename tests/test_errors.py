@@ -1,5 +1,5 @@
 """One root for the project's errors: every exception class sdqkd defines on purpose derives
-from `runtime.errors.SdqkdError`, so a caller can tell a refusal from a bug."""
+from `sdqkd.errors.SdqkdError`, so a caller can tell a refusal from a bug."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import importlib
 import inspect
 import pkgutil
 
-import runtime
-from runtime.errors import SdqkdError
+import sdqkd
+from sdqkd.errors import SdqkdError
 
 # modules that need an optional extra or root to import are still scanned when importable
 _INTERNAL = {"_Rollback"}  # a private control-flow signal inside one store transaction
 
 
 def _modules() -> list[str]:
-    names = ["codegen.report"]
-    for info in pkgutil.walk_packages(runtime.__path__, "runtime."):
+    names = ["sdqkd.codegen.report", "sdqkd.generated.agent_skeleton"]
+    for info in pkgutil.walk_packages(sdqkd.__path__, "sdqkd."):
         if not info.name.split(".")[-1].startswith("_"):
             names.append(info.name)
     return names

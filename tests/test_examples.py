@@ -35,7 +35,7 @@ def test_an_example_runs_from_elsewhere_and_leaves_nothing(tmp_path: Path):
 def test_network_processes_import_the_installed_package_not_the_current_directory(tmp_path: Path, monkeypatch):
     """`sdqkd net up` / `sdqkd demo` run from a source checkout after `pip install .`: the node
     processes must not import the checkout (its C extensions are not built there)."""
-    from runtime.harness import network
+    from sdqkd.harness import network
 
     fake = tmp_path / "runtime"
     fake.mkdir()

@@ -41,9 +41,9 @@ def test_core_dependencies_hold_no_extra() -> None:
 
 def test_node_controller_and_harness_run_without_the_extras() -> None:
     r = _python(f"""
-import runtime.node.runtime, runtime.controller.service, runtime.harness.inprocess, runtime.demo, runtime.cli
-runtime.cli.build_parser()
-from runtime.apps import ipsec, tls_psk, encryptor, hybrid, opot
+import sdqkd.node.runtime, sdqkd.controller.service, sdqkd.harness.inprocess, sdqkd.demo, sdqkd.cli
+sdqkd.cli.build_parser()
+from sdqkd.apps import ipsec, tls_psk, encryptor, hybrid, opot
 loaded = sorted({{m.split('.')[0] for m in sys.modules}} & {EXTRA_ONLY!r})
 print('loaded', loaded)
 """)
@@ -52,8 +52,8 @@ print('loaded', loaded)
 
 
 def test_commands_name_the_missing_extra(tmp_path: Path) -> None:
-    r = _python(f"import runtime.cli; sys.exit(runtime.cli.main(['gen', '--check', '--root', {str(ROOT)!r}]))")
+    r = _python(f"import sdqkd.cli; sys.exit(sdqkd.cli.main(['gen', '--check', '--root', {str(ROOT)!r}]))")
     assert r.returncode == 2 and "pip install 'sdqkd[gen]'" in r.stderr, r.stderr
-    r = _python(f"import runtime.cli; sys.exit(runtime.cli.main(['plot', 'keyrate', '--out', {str(tmp_path / 'k.png')!r}]))")
+    r = _python(f"import sdqkd.cli; sys.exit(sdqkd.cli.main(['plot', 'keyrate', '--out', {str(tmp_path / 'k.png')!r}]))")
     assert r.returncode == 2 and "pip install 'sdqkd[plot]'" in r.stderr, r.stderr
     assert not (tmp_path / "k.png").exists()

@@ -6,8 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-
-from runtime.logfmt import brief, link_label
+from sdqkd.logfmt import brief, link_label
 
 
 def test_a_real_grpc_error_is_one_line():

@@ -1,4 +1,4 @@
-"""The agent's view of the compiled model (generated.schema): gNMI path resolution against
+"""The agent's view of the compiled model (sdqkd.generated.schema): gNMI path resolution against
 the schema, and leaf value codecs (validation, canonical form, JSON and JSON_IETF output).
 
 Internal data tree: a container is a dict {child name: value}; a list is a dict {key tuple:
@@ -16,8 +16,8 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from generated import schema as gs
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
+from sdqkd.generated import schema as gs
 
 NODES = gs.NODES
 ROOTS = gs.ROOTS

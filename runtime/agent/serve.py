@@ -12,10 +12,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.pki import TlsFiles
-from runtime.tls import grpc_server_credentials
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import grpc_server_credentials
 
 from .server import NodeAgent
 

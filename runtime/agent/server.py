@@ -16,11 +16,10 @@ from functools import lru_cache
 from typing import Any
 
 import grpc
-
-from generated.agent_skeleton import GNMI_VERSION, MODELS, ModelHooks
-from generated.gnmi_support import path_str
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.agent_skeleton import GNMI_VERSION, MODELS, ModelHooks
+from sdqkd.generated.gnmi_support import path_str
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 from . import datastore as ds
 from .model import Elem, PathError, Resolved, ValueError_, resolve_all
@@ -328,20 +327,24 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
         sampled = [(r, s) for r, s in subs if s.mode == gnmi_pb2.SAMPLE]
         stream_sub = StreamSub(patterns=[r.elems for r, _s in on_change])
         tasks: list[asyncio.Task[Any]] = []
-        if not sl.updates_only:
-            for resp in self._snapshot(subs, ietf, prefix):
-                yield resp
-        yield gnmi_pb2.SubscribeResponse(sync_response=True)
+        # Listen before the snapshot: a change made once the client has seen sync_response must
+        # reach it (the generator resumes only when the next message is asked for). A change
+        # between this and the snapshot may come twice, never not at all.
         if on_change:
             self.hub.add(stream_sub)
-            tasks.append(asyncio.create_task(self._pump_changes(stream_sub, out, ietf, prefix)))
-            for r, s in on_change:
-                if s.heartbeat_interval:
-                    tasks.append(asyncio.create_task(self._heartbeat(r, s.heartbeat_interval, out, ietf, prefix)))
-        for r, s in sampled:
-            tasks.append(asyncio.create_task(self._sample(r, s, out, ietf, prefix)))
-        tasks.append(asyncio.create_task(self._drain(requests, out)))
         try:
+            if not sl.updates_only:
+                for resp in self._snapshot(subs, ietf, prefix):
+                    yield resp
+            yield gnmi_pb2.SubscribeResponse(sync_response=True)
+            if on_change:
+                tasks.append(asyncio.create_task(self._pump_changes(stream_sub, out, ietf, prefix)))
+                for r, s in on_change:
+                    if s.heartbeat_interval:
+                        tasks.append(asyncio.create_task(self._heartbeat(r, s.heartbeat_interval, out, ietf, prefix)))
+            for r, s in sampled:
+                tasks.append(asyncio.create_task(self._sample(r, s, out, ietf, prefix)))
+            tasks.append(asyncio.create_task(self._drain(requests, out)))
             while True:
                 queued = await out.get()
                 if queued is None:

@@ -4,6 +4,9 @@ knows a wire format or a status code.
 
 One change, all under one lock, all or nothing:
 
+    require   every edit's precondition on the committed tree: `absent` (RESTCONF POST,
+              NETCONF create) or `present` (PATCH, DELETE); checked under the same lock as
+              the rest, so no other change can land between the check and the commit
     decode    resolve every edit's path against the schema, decode its JSON value
               (types, ranges, patterns, enums, identities, keys; `config false` refused)
     edit      apply the edits in order to a copy-on-write copy of the tree
@@ -16,7 +19,8 @@ One change, all under one lock, all or nothing:
               `retry_failed()` until it converges
 
 Errors: `InvalidPath` / `InvalidValue` (the request is malformed), `Rejected` (well-formed but
-refused by the model or a hook; nothing changed), `NotFound`. Hooks see entries in RFC 7951
+refused by the model or a hook; nothing changed), `Exists` (an `absent` precondition failed),
+`NotFound` (no data, or a `present` precondition failed). Hooks see entries in RFC 7951
 member names with YANG defaults applied (RFC 7950 §7.6.1; `local_defaults` lets a node set its
 own default for a leaf, e.g. its engine's Cascade variant). The stored tree keeps only what
 was written, so reads report explicit values (with-defaults "explicit", RFC 6243).
@@ -32,9 +36,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from generated.agent_skeleton import HookVeto, ModelHooks
-from generated.gnmi_support import parse_path
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.agent_skeleton import HookVeto, ModelHooks
+from sdqkd.generated.gnmi_support import parse_path
 
 from . import datastore as ds
 from .model import NODES, Elem, PathError, Resolved, ValueError_, child_path, decode_leaf, elems_text, resolve
@@ -45,6 +49,7 @@ log = logging.getLogger("sdqkd.agent")
 # one path element as a request gives it: (name, {key: value}); names may carry a module prefix
 RawElem = tuple[str, Mapping[str, str]]
 EditOp = Literal["delete", "replace", "update"]
+Requirement = Literal["", "absent", "present"]  # what must hold of the edit's path before the change
 
 
 class TransactionError(SdqkdError):
@@ -72,6 +77,10 @@ class NotFound(TransactionError):
     """No data at the path."""
 
 
+class Exists(Rejected):
+    """An edit required its path to hold no data, and it does (RESTCONF 409 data-exists)."""
+
+
 @dataclass(frozen=True)
 class Edit:
     """One operation of a change: delete a node, replace it whole, or merge into it."""
@@ -81,6 +90,7 @@ class Edit:
     value: Any = None  # the JSON value (decoded JSON text) of replace / update
     label: str = ""  # how errors name this edit, e.g. "update[0] /qkd_node/..."
     value_error: str | None = None  # the wire layer could not decode the value: refuse it in turn
+    requires: Requirement = ""  # "absent": create only; "present": the path must hold data
 
     def where(self) -> str:
         return self.label or f"{self.op} {elems_text(tuple((n, tuple(k.items())) for n, k in self.path))}"
@@ -237,6 +247,7 @@ class Datastore:
     async def change(self, edits: Sequence[Edit]) -> None:
         """Run one all-or-nothing change (see the module docstring)."""
         async with self._lock:
+            self._check_requirements(edits)
             touched = _touched(edits)
             work = ds.cow_copy(self.root, touched)
             self._work = work
@@ -255,6 +266,21 @@ class Datastore:
             self.hub.publish(_diff(old, work, touched))
             await self._apply(txn, events)
             await self._retry(exclude={ev.elems for ev in events})
+
+    def _check_requirements(self, edits: Sequence[Edit]) -> None:
+        """Each edit's precondition against the committed tree (under the change's lock)."""
+        for edit in edits:
+            if not edit.requires:
+                continue
+            try:
+                r = resolve([(n, dict(k)) for n, k in edit.path], allow_wildcards=False)
+            except (PathError, ValueError_):
+                continue  # refused as malformed by _edit, naming the problem
+            there = self.exists(r)
+            if edit.requires == "absent" and there:
+                raise Exists(f"{edit.where()}: the data already exists")
+            if edit.requires == "present" and not there:
+                raise NotFound(f"{edit.where()}: no data at this path")
 
     async def retry_failed(self) -> dict[str, str]:
         """Apply again every entry whose apply failed; returns what still fails."""

@@ -41,9 +41,8 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from runtime.apps.keyclient import Etsi004Client, KeyDeliveryError
-from runtime.errors import SdqkdError
+from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError
+from sdqkd.errors import SdqkdError
 
 MAGIC, VERSION = b"QE", 1
 HEADER = struct.Struct(">2sBxQI")  # magic, version, reserved, key index, counter
@@ -335,10 +334,10 @@ def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout
     015 leaf qkdl_performance/skr over mutual TLS (a management identity of the network)."""
 
 
-    from generated import paths
-    from generated.gnmi_support import decode_value
-    from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-    from runtime.tls import sync_channel, tls_files
+    from sdqkd.generated import paths
+    from sdqkd.generated.gnmi_support import decode_value
+    from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+    from sdqkd.tls import sync_channel, tls_files
 
     with sync_channel(gnmi, tls_files(ca, cert, key)) as channel:
         skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr

@@ -1,7 +1,7 @@
 """IPsec without IKE (I2NSF IKE-less, RFC 9061 style): the NSF endpoint agent and its data model.
 
 An `IpsecNsf` is one Network Security Function: it protects traffic of one network namespace and
-takes its SAD/SPD entries from a security controller (`runtime.controller.ipsec`), never from IKE.
+takes its SAD/SPD entries from a security controller (`sdqkd.controller.ipsec`), never from IKE.
 Key bytes never pass through the controller: each SAD entry carries a QKD key *reference*
 (`QkdKeyRef`) instead of RFC 9061's `key` leaf. The master NSF fetches fresh keys with ETSI 014
 `enc_keys` and hands the controller only the key_IDs; the slave NSF fetches the same keys with
@@ -26,9 +26,8 @@ from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from runtime.apps.keyclient import Etsi014Client, Key, SaeIdentity
-from runtime.errors import SdqkdError
+from sdqkd.apps.keyclient import Etsi014Client, Key, SaeIdentity
+from sdqkd.errors import SdqkdError
 
 log = logging.getLogger("sdqkd.apps.ipsec")
 
@@ -243,7 +242,7 @@ class IpsecNsf:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> IpsecNsf:
-        from runtime.apps import ipsec_xfrm
+        from sdqkd.apps import ipsec_xfrm
 
         if self.backend is not None:
             return self
@@ -253,7 +252,7 @@ class IpsecNsf:
         if reason is None:
             backend: Backend = ipsec_xfrm.KernelXfrm(self.netns, self.outer, self.inner)
         else:
-            from runtime.apps.ipsec_esp import UserspaceEsp
+            from sdqkd.apps.ipsec_esp import UserspaceEsp
 
             self.fallback_reason = reason
             if self._want == "auto":

@@ -29,9 +29,9 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.apps.ipsec import SEQ_MAX, Counters, IpsecError, SadEntry, SpdEntry
-from runtime.apps.ipsec_netns import ip, run_in, socket_in
-from runtime.errors import MissingExtra
+from sdqkd.apps.ipsec import SEQ_MAX, Counters, IpsecError, SadEntry, SpdEntry
+from sdqkd.apps.ipsec_netns import ip, run_in, socket_in
+from sdqkd.errors import MissingExtra
 
 log = logging.getLogger("sdqkd.apps.ipsec.esp")
 

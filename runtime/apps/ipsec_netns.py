@@ -7,7 +7,7 @@ the namespace of the thread that created it and keeps working from any thread af
 NSF agent can stay one process in the management (host) namespace — where it reaches its KMS —
 while its data plane lives in the namespace it protects. setns(CLONE_NEWNET) moves only the
 calling thread, so a short-lived helper thread does it and the rest of the process is untouched.
-Reuses `runtime.netns.available` for the "can we make namespaces here" probe."""
+Reuses `sdqkd.netns.available` for the "can we make namespaces here" probe."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from runtime.netns import NetnsError, available
+from sdqkd.netns import NetnsError, available
 
 __all__ = ["Capture", "IpCommandError", "NetnsError", "NsPair", "available", "ip", "ping", "run_in", "socket_in",
            "tcp_exchange", "udp_exchange"]

@@ -13,8 +13,8 @@ import re
 import secrets
 import subprocess
 
-from runtime.apps.ipsec import ICV_BITS, Counters, IpsecError, SadEntry, SpdEntry
-from runtime.apps.ipsec_netns import IpCommandError, ip
+from sdqkd.apps.ipsec import ICV_BITS, Counters, IpsecError, SadEntry, SpdEntry
+from sdqkd.apps.ipsec_netns import IpCommandError, ip
 
 AEAD = "rfc4106(gcm(aes))"
 _LIFE = re.compile(r"lifetime current:\s*(\d+)\(bytes\),\s*(\d+)\(packets\)")

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from runtime.errors import SdqkdError
-from runtime.pki import TlsFiles
-from runtime.tls import https_client_context, sync_channel, tls_files
+from sdqkd.errors import SdqkdError
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import https_client_context, sync_channel, tls_files
 
 
 class KeyDeliveryError(SdqkdError, RuntimeError):
@@ -134,7 +133,7 @@ class Etsi004Client:
 
     def __init__(self, me: SaeIdentity) -> None:
 
-        from generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
+        from sdqkd.generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
 
         self.me, self.pb = me, etsi004_pb2
         self._channel = sync_channel(me.etsi004, me.tls())

@@ -41,7 +41,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 from .keyclient import Key
 
@@ -119,7 +119,7 @@ class Verdict:
 
 
 class Kms(Protocol):
-    """The ETSI 014 calls a node needs (`runtime.apps.keyclient.Etsi014Client` has them)."""
+    """The ETSI 014 calls a node needs (`sdqkd.apps.keyclient.Etsi014Client` has them)."""
 
     def enc_keys(self, slave_sae_id: str, number: int = 1, size: int = 256, **kw: Any) -> list[Key]: ...
 

@@ -41,9 +41,8 @@ from typing import Any, Literal
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
-
-from runtime.apps.keyclient import Etsi014Client, Key, KeyDeliveryError
-from runtime.errors import SdqkdError
+from sdqkd.apps.keyclient import Etsi014Client, Key, KeyDeliveryError
+from sdqkd.errors import SdqkdError
 
 ffi, lib = Binding.ffi, Binding.lib
 

@@ -28,8 +28,8 @@ async def echo_server() -> None:
 
 
 async def agent_server(links: int) -> None:
-    from runtime.agent.serve import start_gnmi
-    from runtime.agent.server import NodeAgent
+    from sdqkd.agent.serve import start_gnmi
+    from sdqkd.agent.server import NodeAgent
 
     agent = NodeAgent(str(uuid.uuid4()))
     ids = [str(uuid.uuid4()) for _ in range(links)]

@@ -2,7 +2,7 @@
 the stand-in for `tc qdisc ... netem delay` on kernels built without netem (this machine's:
 CONFIG_NET_SCH_NETEM is not set). TLS passes through untouched (it is end to end).
 
-    python -m runtime.bench._relay --target HOST:PORT --delay-ms D    (prints the port it listens on)
+    python -m sdqkd.bench._relay --target HOST:PORT --delay-ms D    (prints the port it listens on)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ async def serve(target: str, delay_s: float, ready: asyncio.Future[int] | None =
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.bench._relay")
+    ap = argparse.ArgumentParser(prog="python -m sdqkd.bench._relay")
     ap.add_argument("--target", required=True)
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay (RTT = 2x)")
     a = ap.parse_args(argv)

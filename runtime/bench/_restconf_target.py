@@ -27,8 +27,8 @@ async def bare_server() -> None:
 
 
 async def node_server(links: int) -> None:
-    from runtime.agent.server import NodeAgent
-    from runtime.restconf import ModelAdapter, start_restconf
+    from sdqkd.agent.server import NodeAgent
+    from sdqkd.restconf import ModelAdapter, start_restconf
 
     agent = NodeAgent(str(uuid.uuid4()))
     ids = [str(uuid.uuid4()) for _ in range(links)]

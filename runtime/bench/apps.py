@@ -33,7 +33,7 @@ TARGETS = {"ttfk_direct_p99_s": 0.5, "ttfk_3hop_p99_s": 1.5}
 
 
 def _topology(pairs: int) -> dict[str, Any]:
-    from runtime.demo import DEFAULT_TOPOLOGY
+    from sdqkd.demo import DEFAULT_TOPOLOGY
 
     topo = {k: v for k, v in DEFAULT_TOPOLOGY.items() if k != "saes"}
     topo["saes"] = [{"name": f"sae-{n['name'].lower()}-{i}", "node": n["name"]}
@@ -42,7 +42,7 @@ def _topology(pairs: int) -> dict[str, Any]:
 
 
 def _ctx(eps: dict[str, Any], node: str, sae: str) -> ssl.SSLContext:
-    from runtime.tls import https_client_context, tls_files
+    from sdqkd.tls import https_client_context, tls_files
 
     return https_client_context(tls_files(eps[node]["ca"], eps[node]["saes"][sae]["cert"],
                                           eps[node]["saes"][sae]["key"]))
@@ -85,13 +85,10 @@ def _stored_keys(state: Path, link: str) -> int:
 
 
 def throughput(state: Path, eps: dict[str, Any], runs: int, seconds: float, clients: int) -> dict[str, Any]:
-    from runtime.bench.kms import _loadgen
+    from sdqkd.bench.kms import _loadgen
+    from sdqkd.harness.northbound import post_app
 
-    api = json.loads((state / "controller-status.json").read_text())["api"]
-    req = urllib.request.Request(f"http://{api}/apps", data=json.dumps(
-        {"master": "sae-almagro-0", "slave": "sae-norte-0", "rate": 0}).encode(),
-        headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=30).read()  # registered the way it was before (northbound)
+    post_app(state, "sae-almagro-0", "sae-norte-0", 0.0, timeout=30)  # registered the way it was before
     dt, code = _first_key(eps, "Almagro", "sae-almagro-1", "sae-norte-1")  # registered by its first request
     if code != 200:
         raise RuntimeError(f"first request of sae-almagro-1 -> sae-norte-1 answered {code}")
@@ -117,10 +114,10 @@ def throughput(state: Path, eps: dict[str, Any], runs: int, seconds: float, clie
 async def _lookup_us(tmp: Path, n: int) -> dict[str, float]:
     """CPU cost of finding a registered pair's app and link per request: the handlers' old
     lookup (registry + pick_link) against the new one (Core.served, app_for_request if not)."""
-    from runtime.lkms.core import Core, Limits
-    from runtime.lkms.peers import PeerClients
-    from runtime.lkms.registry import App, Link, Registry
-    from runtime.lkms.store import SqliteKeyStore
+    from sdqkd.lkms.core import Core, Limits
+    from sdqkd.lkms.peers import PeerClients
+    from sdqkd.lkms.registry import App, Link, Registry
+    from sdqkd.lkms.store import SqliteKeyStore
 
     store = SqliteKeyStore(tmp / "keys.sqlite", 1000)
     await store.open()
@@ -146,7 +143,7 @@ async def _lookup_us(tmp: Path, n: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    from runtime.harness import network
+    from sdqkd.harness import network
 
     ap = argparse.ArgumentParser(prog="sdqkd bench apps")
     ap.add_argument("--json", action="store_true")

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-IMPORT_ALL = ("import generated.schema, generated.paths, generated.client, generated.agent_skeleton, "
-              "generated.model_types, generated.bindings, generated.proto.gnmi.gnmi_pb2_grpc, "
-              "generated.proto.sdqkd.etsi004_pb2_grpc, generated.proto.sdqkd.kms_pb2_grpc")
+IMPORT_ALL = ("import sdqkd.generated.schema, sdqkd.generated.paths, sdqkd.generated.client, sdqkd.generated.agent_skeleton, "
+              "sdqkd.generated.model_types, sdqkd.generated.bindings, sdqkd.generated.proto.gnmi.gnmi_pb2_grpc, "
+              "sdqkd.generated.proto.sdqkd.etsi004_pb2_grpc, sdqkd.generated.proto.sdqkd.kms_pb2_grpc")
 
 
 def _import_seconds(root: Path) -> float:
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--root", default=".", help="project tree with models/ (default: current directory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    from codegen import generate
+    from sdqkd.codegen import generate
 
     src = Path(args.root).resolve()
     if not (src / "models").is_dir():
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
             lib.append(time.perf_counter() - t)
         for _ in range(args.runs):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-P", "-m", "codegen", "-q", "--root", str(root)], check=True,
+            subprocess.run([sys.executable, "-P", "-m", "sdqkd.codegen", "-q", "--root", str(root)], check=True,
                            capture_output=True)
             cmd.append(time.perf_counter() - t)
         _import_seconds(root)  # first import writes __pycache__, as any installed package has

@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from runtime.engine import _sift, pa, pipeline, sim
-from runtime.engine.auth import Authenticator, BufferKeySource
-from runtime.engine.keyrate import h2
+from sdqkd.engine import _sift, pa, pipeline, sim
+from sdqkd.engine.auth import Authenticator, BufferKeySource
+from sdqkd.engine.keyrate import h2
 
 PROFILE, LOSS_DB = "commercial", 8.0  # 40 km at 0.2 dB/km
 
@@ -45,14 +45,14 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
 
 def _cascade() -> Any | None:
     try:
-        from runtime.engine import cascade
+        from sdqkd.engine import cascade
     except ImportError:
         return None
     return cascade if hasattr(cascade, "reconcile") else None
 
 
 class _PassThrough:
-    """Stand-in reconciler used only when runtime.engine.cascade is missing (labelled in output):
+    """Stand-in reconciler used only when sdqkd.engine.cascade is missing (labelled in output):
     hands Bob Alice's key and charges 1.16 n h(Q) parity bits."""
 
     class CascadeBob:
@@ -156,7 +156,7 @@ def bench_pipeline(repeat: int, seconds: float) -> dict[str, Any]:
                 stages[f"{who.role}.{k}"] = stages.get(f"{who.role}.{k}", 0.0) + v / len(runs)
     ok = all(a.status == b.status == "ok" and a.key == b.key for _, a, b in runs)
     return {
-        "reconciler": "cascade" if cascade else "pass-through stand-in (runtime.engine.cascade missing)",
+        "reconciler": "cascade" if cascade else "pass-through stand-in (sdqkd.engine.cascade missing)",
         "block_link_seconds": seconds,
         "status_ok": ok,
         "sifted_bits": alice.sifted_bits,
@@ -201,7 +201,7 @@ def bench_memory(sizes: list[float]) -> list[dict[str, Any]]:
     rows = []
     for seconds in sizes:
         out = subprocess.run(
-            [sys.executable, "-P", "-m", "runtime.bench.engine", "--memory-child", str(seconds)],
+            [sys.executable, "-P", "-m", "sdqkd.bench.engine", "--memory-child", str(seconds)],
             capture_output=True,
             text=True,
             check=True,
@@ -238,7 +238,7 @@ def _table(res: dict[str, Any]) -> str:
     lines = ["QKD engine benchmark (medians; one core)"]
     c = res["cascade"]
     if not c.get("available"):
-        lines.append("  cascade                 unavailable (runtime.engine.cascade missing)")
+        lines.append("  cascade                 unavailable (sdqkd.engine.cascade missing)")
     for k, v in c.items():
         if isinstance(v, dict) and "mbps" in v:
             lines.append(

@@ -8,7 +8,11 @@ mutual TLS 1.3, durable stores).
   work is timed as it was: take the two pads at the sender, one KeySync unary call, take them
   at the receiver, per hop, and store the key at both ends;
 - keys/s through one 020 hop with batching: `relay_batch` of 512 keys (one pad each plus one
-  MAC key per request), `--inflight` requests at once, for `--seconds`.
+  MAC key per request), `--inflight` requests at once, for `--seconds`; the far end runs as its
+  own LKMS process (`python -m sdqkd.lkms.serve`, as `sdqkd net up` runs every node), so each
+  node has its own interpreter lock; afterwards both stores must hold the same key IDs. The
+  same run with both nodes in this one process is reported beside it (one GIL for both: about
+  half the keys/s on two cores); CPU per key counts both nodes' processes.
 Targets: <= 3 ms per hop, >= 20,000 256-bit keys/s per hop.
 """
 
@@ -26,13 +30,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+_BLOCK = 16384  # pads per development-feed block
 TARGETS = {"relay020_ms_per_hop_p50": 3.0, "relay020_keys_per_s_one_hop": 20_000.0}
 
 
 async def _chain(tmp: Path, hops: int, pads: int, **limits: Any) -> tuple[list[Any], str]:
-    from runtime import pki
-    from runtime.lkms.core import Limits
-    from runtime.lkms.node import Lkms
+    from sdqkd import pki
+    from sdqkd.lkms.core import Limits
+    from sdqkd.lkms.node import Lkms
 
     ca, ca_path = pki.write_ca(tmp / "pki")
     names = [str(uuid.uuid4()) for _ in range(hops + 1)]
@@ -87,7 +92,7 @@ async def _latency_keysync(tmp: Path, hops: int, n: int) -> dict[str, float]:
     """The old KeySync relay's work per relayed key, timed the same way (see module doc)."""
     import secrets
 
-    from generated.proto.sdqkd import kms_pb2
+    from sdqkd.generated.proto.sdqkd import kms_pb2
 
     nodes, v = await _chain(tmp, hops, 4 * n + 200)
     try:
@@ -130,7 +135,10 @@ async def _throughput(tmp: Path, seconds: float, batch: int, inflight: int, mode
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < end:
-                done += len(await nodes[0].relay.relay_batch(link, batch))
+                # not `done += len(await ...)`: that reads `done` before the await, so concurrent
+                # workers overwrote each other's counts (the figures before this fix were too low)
+                got = await nodes[0].relay.relay_batch(link, batch)
+                done += len(got)
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         dt = time.perf_counter() - t0
@@ -142,16 +150,107 @@ async def _throughput(tmp: Path, seconds: float, batch: int, inflight: int, mode
         await _stop(nodes)
 
 
+async def _far_end_process(tmp: Path, ca: Any, ca_path: Path, src: Any, pads: int, q: str, v: str, seed: str,
+                           limits: dict[str, Any]) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """The far end of the hop as its own `python -m sdqkd.lkms.serve` process (as `sdqkd net
+    up` runs every node): PHYS link `q` (pads from the development feed `seed`) and the end of
+    VIRT link `v`."""
+    from sdqkd import pki
+
+    far_id = str(uuid.uuid4())
+    tls = pki.write_identity(ca, ca_path, tmp / "pki", far_id, server=True)
+    ks = src.addresses["keysync"]
+    cfg = {"id": far_id, "data_dir": str(tmp / far_id),
+           "tls": {"ca": str(tls.ca), "cert": str(tls.cert), "key": str(tls.key)},
+           "lkms": limits,
+           "links": [{"qkdl_id": q, "peer_node_id": src.node_id, "peer_kms_address": ks},
+                     {"qkdl_id": v, "peer_node_id": src.node_id, "peer_kms_address": ks, "kind": "VIRT",
+                      "prev_hop": src.node_id, "next_hops": []}],
+           "dev_key_feed": [{"qkdl_id": q, "seed": seed, "blocks": -(-pads // _BLOCK), "block_keys": _BLOCK,
+                             "key_bits": 256}]}
+    path = tmp / "far.json"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-m", "sdqkd.lkms.serve", "--config", str(path), "--log-level", "WARNING",
+        stdout=asyncio.subprocess.PIPE, stderr=(tmp / "far.log").open("w"))
+    assert proc.stdout is not None
+    line = (await proc.stdout.readline()).decode()
+    if not line.startswith("READY"):
+        raise RuntimeError(f"far end did not start: {(tmp / 'far.log').read_text()[-2000:]}")
+    return proc, {"id": far_id, **json.loads(line[len("READY"):])}
+
+
+async def _throughput_procs(tmp: Path, seconds: float, batch: int, inflight: int, mode: str) -> dict[str, float]:
+    """keys/s through one hop with each node in its own process (each with its own GIL, as
+    deployed). The source runs here; its pads are cut from the same development feed."""
+    from sdqkd import pki
+    from sdqkd.bench.kms import _cpu_s
+    from sdqkd.lkms.core import Limits
+    from sdqkd.lkms.node import Lkms
+    from sdqkd.lkms.serve import dev_block
+    from sdqkd.lkms.store import SqliteKeyStore
+
+    pads = int(60_000 * seconds) + 4 * batch * inflight
+    limits = {"relay_target_keys": 0, "max_key_count": 10 * pads + 1000, "relay_batch": batch,
+              "relay_020_mode": mode}
+    ca, ca_path = pki.write_ca(tmp / "pki")
+    src_id, q, v, seed = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), uuid.uuid4().hex
+    src = Lkms(src_id, tmp / src_id, pki.write_identity(ca, ca_path, tmp / "pki", src_id, server=True),
+               limits=Limits.from_dict(limits))
+    await src.start()
+    proc = None
+    try:
+        proc, far = await _far_end_process(tmp, ca, ca_path, src, pads, q, v, seed, limits)
+        await src.set_link(q, far["id"], far["keysync"])
+        for i in range(-(-pads // _BLOCK)):  # the same blocks as the far end's feed
+            await src.add_block(q, dev_block(seed, q, i, _BLOCK * 32), 256, f"dev-{seed}-{i}")
+        await src.set_link(v, far["id"], far["keysync"], kind="VIRT", prev_hop=None, next_hops=[far["id"]])
+        link = src.registry.links[v]
+        await src.relay.relay_batch(link, batch)  # warm (connections, versions)
+        done = 0
+        end = time.perf_counter() + seconds
+        t0, cpu0, far0 = time.perf_counter(), time.process_time(), _cpu_s(proc.pid)
+
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                got = await src.relay.relay_batch(link, batch)
+                done += len(got)
+
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        dt = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0 + _cpu_s(proc.pid) - far0
+        proc.terminate()
+        await proc.wait()
+        proc = None
+        far_store = SqliteKeyStore(tmp / far["id"] / "keys.sqlite")
+        await far_store.open()
+        try:  # every key at both ends, the same IDs
+            assert await far_store.key_states(v) == await src.store.key_states(v)
+            st = far_store.pool_stats(v)
+            assert st is not None and st.available_keys >= done
+        finally:
+            await far_store.close()
+        return {"keys_per_s": done / dt, "cpu_us_per_key": cpu / max(done, 1) * 1e6}
+    finally:
+        if proc is not None:
+            proc.kill()
+            await proc.wait()
+        await src.stop()
+
+
 def bench(tmp: Path, runs: int, n: int, seconds: float, batch: int, inflight: int) -> dict[str, Any]:
     lat: dict[str, dict[int, list[dict[str, float]]]] = {"020": {1: [], 3: []}, "keysync": {1: [], 3: []}}
     thr: list[dict[str, float]] = []
     thr_async: list[dict[str, float]] = []
+    thr_one: list[dict[str, float]] = []
     for r in range(runs):
         for hops in (1, 3):
             lat["020"][hops].append(asyncio.run(_latency_020(tmp / f"l{r}-{hops}", hops, n)))
             lat["keysync"][hops].append(asyncio.run(_latency_keysync(tmp / f"k{r}-{hops}", hops, n)))
-        thr.append(asyncio.run(_throughput(tmp / f"t{r}", seconds, batch, inflight, "sync")))
-        thr_async.append(asyncio.run(_throughput(tmp / f"ta{r}", seconds, batch, inflight, "async")))
+        thr.append(asyncio.run(_throughput_procs(tmp / f"t{r}", seconds, batch, inflight, "sync")))
+        thr_async.append(asyncio.run(_throughput_procs(tmp / f"ta{r}", seconds, batch, inflight, "async")))
+        thr_one.append(asyncio.run(_throughput(tmp / f"to{r}", seconds, batch, inflight, "sync")))
     out: dict[str, Any] = {}
     for kind, per in lat.items():
         for q in ("p50", "p99"):
@@ -164,6 +263,8 @@ def bench(tmp: Path, runs: int, n: int, seconds: float, batch: int, inflight: in
     out["relay020_keys_per_s_runs"] = [round(x["keys_per_s"]) for x in thr]
     out["relay020_cpu_us_per_key_both_nodes"] = statistics.median(x["cpu_us_per_key"] for x in thr)
     out["relay020_async_keys_per_s_one_hop"] = statistics.median(x["keys_per_s"] for x in thr_async)
+    out["relay020_keys_per_s_both_nodes_one_process"] = statistics.median(x["keys_per_s"] for x in thr_one)
+    out["relay020_cpu_us_per_key_one_process"] = statistics.median(x["cpu_us_per_key"] for x in thr_one)
     out["batch_keys"], out["inflight"] = batch, inflight
     return out
 

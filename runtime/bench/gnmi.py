@@ -17,14 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-
-from generated import paths
-from generated.gnmi_support import parse_path as P
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from sdqkd.generated import paths
+from sdqkd.generated.gnmi_support import parse_path as P
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 
 def _spawn(*args: str, python: str = sys.executable) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([python, "-P", "-m", "runtime.bench._gnmi_target", *args],
+    proc = subprocess.Popen([python, "-P", "-m", "sdqkd.bench._gnmi_target", *args],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split() if proc.stdout else []
     if not line:

@@ -18,8 +18,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 
 PATH = b"/sdqkd.etsi004.v1.KeyDelivery/GetKeyStream"
 
@@ -122,7 +121,7 @@ class _Client(asyncio.Protocol):
 
 
 def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
-    from runtime.tls import https_client_context, tls_files
+    from sdqkd.tls import https_client_context, tls_files
 
     return https_client_context(tls_files(ca, cert, key), alpn=["h2"])
 

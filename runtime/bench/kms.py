@@ -51,7 +51,7 @@ def _cpu_s(pid: int) -> float:
 # --- two LKMS node processes ---------------------------------------------------------------
 class _Nodes:
     def __init__(self, tmp: Path, keys: int) -> None:
-        from runtime import pki
+        from sdqkd import pki
 
         self.tmp = tmp
         ca, ca_path = pki.write_ca(tmp / "pki")
@@ -78,7 +78,7 @@ class _Nodes:
                                      "key_bits": 256}]}
             path = tmp / f"{n}.json"
             path.write_text(json.dumps(cfg))  # JSON is YAML
-            self.procs[n] = subprocess.Popen([sys.executable, "-P", "-m", "runtime.lkms.serve", "--config", str(path),
+            self.procs[n] = subprocess.Popen([sys.executable, "-P", "-m", "sdqkd.lkms.serve", "--config", str(path),
                                               "--log-level", "WARNING"], stdout=subprocess.PIPE,
                                              stderr=(tmp / f"{n}.log").open("w"), text=True)
         for n, p in self.procs.items():
@@ -101,8 +101,7 @@ class _Nodes:
 async def _load014(a: dict[str, Any]) -> dict[str, float]:
 
     import aiohttp
-
-    from runtime.tls import https_client_context, tls_files
+    from sdqkd.tls import https_client_context, tls_files
 
     ctx = https_client_context(tls_files(a["ca"], a["cert"], a["key"]))
     url = a["url"]
@@ -141,10 +140,9 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
     import random
 
     import grpc
-
-    from generated.proto.sdqkd import etsi004_pb2 as pb
-    from generated.proto.sdqkd import etsi004_pb2_grpc as pg
-    from runtime.tls import grpc_channel_credentials, tls_files
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc as pg
+    from sdqkd.tls import grpc_channel_credentials, tls_files
 
     def creds(sae: dict[str, str]) -> grpc.ChannelCredentials:
         return grpc_channel_credentials(tls_files(sae["ca"], sae["cert"], sae["key"]))
@@ -182,7 +180,7 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
         return keys, idx, ok
 
     async def run_h2(k: int) -> tuple[list[bytes], list[int], bool]:
-        from runtime.bench.h2stream import client_context, get_keys
+        from sdqkd.bench.h2stream import client_context, get_keys
 
         sae = a["sae_a"]
         r = await get_keys(a["a_addr"], ksid, k, client_context(sae["ca"], sae["cert"], sae["key"]))
@@ -218,7 +216,7 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
 def _loadgen(kind: str, args: dict[str, Any], cpu_of: list[int]) -> tuple[dict[str, float], list[float]]:
     """Run a load generator in a separate process; also the CPU seconds the nodes used."""
     before = [_cpu_s(p) for p in cpu_of]
-    out = subprocess.run([sys.executable, "-P", "-m", "runtime.bench.kms", f"--{kind}", json.dumps(args)],
+    out = subprocess.run([sys.executable, "-P", "-m", "sdqkd.bench.kms", f"--{kind}", json.dumps(args)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
@@ -291,9 +289,9 @@ def bench_004(tmp: Path, runs: int, n: int, grpcio_client: bool = True) -> dict[
 
 
 async def _relay_chain(tmp: Path, hops: int, n: int) -> float:
-    from runtime import pki
-    from runtime.lkms.core import Limits
-    from runtime.lkms.node import Lkms
+    from sdqkd import pki
+    from sdqkd.lkms.core import Limits
+    from sdqkd.lkms.node import Lkms
 
     ca, ca_path = pki.write_ca(tmp / "pki")
     names = [str(uuid.uuid4()) for _ in range(hops + 1)]
@@ -341,7 +339,7 @@ def bench_relay(tmp: Path, runs: int, n: int) -> dict[str, Any]:
 
 
 async def _store_levels(tmp: Path, big: int, samples: int) -> dict[str, Any]:
-    from runtime.lkms.store import SqliteKeyStore
+    from sdqkd.lkms.store import SqliteKeyStore
 
     q = str(uuid.uuid4())
     a, b = SqliteKeyStore(tmp / "a.sqlite", 10 * big), SqliteKeyStore(tmp / "b.sqlite", 10 * big)

@@ -54,8 +54,8 @@ def _peak_rss_mb() -> float:
 
 
 def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> dict[str, Any]:
-    from runtime.engine import pipeline
-    from runtime.engine.auth import Authenticator, BufferKeySource
+    from sdqkd.engine import pipeline
+    from sdqkd.engine.auth import Authenticator, BufferKeySource
 
     loss = km * 0.2
     n = pipeline.pulses_for(PROFILE, loss, block_bits)
@@ -75,7 +75,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> di
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
                     relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0) -> dict[str, Any]:
     """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open)."""
-    from runtime.harness.inprocess import start_network
+    from sdqkd.harness.inprocess import start_network
 
     relay: subprocess.Popen[str] | None = None
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-link-") as tmp:
@@ -90,7 +90,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             alice = next(iter(net.nodes["A"].links.values()))
             bob = next(iter(net.nodes["B"].links.values()))
             if relay_delay_ms > 0:  # send the channel through the delaying relay and start afresh
-                relay = subprocess.Popen([sys.executable, "-m", "runtime.bench._relay", "--target",
+                relay = subprocess.Popen([sys.executable, "-m", "sdqkd.bench._relay", "--target",
                                           alice.p.peer_address, "--delay-ms", str(relay_delay_ms)],
                                          stdout=subprocess.PIPE, text=True)
                 assert relay.stdout is not None
@@ -127,9 +127,9 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
 async def demo_case(seconds: float, warmup: float, workers: int) -> dict[str, Any]:
     """The 5-node demo network (in-process, nodes shared out over worker processes): each link's
     rate of stored key beside the analytic asymptotic rate for its loss."""
-    from runtime.demo import DEFAULT_TOPOLOGY
-    from runtime.engine import keyrate, profiles
-    from runtime.harness.inprocess import start_network
+    from sdqkd.demo import DEFAULT_TOPOLOGY
+    from sdqkd.engine import keyrate, profiles
+    from sdqkd.harness.inprocess import start_network
 
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-demo-") as tmp:
         net = await start_network(DEFAULT_TOPOLOGY, Path(tmp), wait_keys=True, timeout=120, workers=workers)
@@ -153,7 +153,7 @@ async def demo_case(seconds: float, warmup: float, workers: int) -> dict[str, An
 
 def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = None) -> dict[str, Any]:
     """Runs one case in a child process (inside `netns` if given); its JSON result."""
-    cmd = [sys.executable, "-m", "runtime.bench.link", "--child", json.dumps(case),
+    cmd = [sys.executable, "-m", "sdqkd.bench.link", "--child", json.dumps(case),
            "--km", str(args.km), "--block-bits", str(args.block_bits), "--cascade", args.cascade,
            "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     if netns:

@@ -38,7 +38,7 @@ def scale_topology(n: int, m: int, seed: int = 1) -> dict[str, Any]:
 
 
 def path_bench(n: int, runs: int) -> dict[str, float]:
-    from runtime.controller.routing import LinkState, Router
+    from sdqkd.controller.routing import LinkState, Router
 
     rnd = random.Random(7)
     r = Router()
@@ -60,7 +60,7 @@ def path_bench(n: int, runs: int) -> dict[str, float]:
 
 async def scale_up(n: int, m: int, clock_scale: float, block_bits: float, timeout: float,
                    workers: int = 0, cascade: str = "original") -> dict[str, Any]:
-    from runtime.harness.inprocess import start_network
+    from sdqkd.harness.inprocess import start_network
 
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-net-") as state:
         t0 = time.perf_counter()
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="worker processes sharing the nodes (0: all in this process's event loop)")
-    from runtime.node.provisioning import CASCADE_VARIANTS
+    from sdqkd.node.provisioning import CASCADE_VARIANTS
 
     ap.add_argument("--cascade", choices=CASCADE_VARIANTS, default="optimized",
                     help="Cascade variant of every link (round trips per block: ~80 original, ~1500 optimized)")

@@ -20,9 +20,9 @@ import time
 import uuid
 from typing import Any
 
-from runtime.apps.keyclient import Key
-from runtime.apps.opot import OpotMeta, OpotNode, masks
-from runtime.controller.opot import OpotProvisioner
+from sdqkd.apps.keyclient import Key
+from sdqkd.apps.opot import OpotMeta, OpotNode, masks
+from sdqkd.controller.opot import OpotProvisioner
 
 
 class _MemoryKms:

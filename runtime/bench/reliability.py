@@ -1,7 +1,7 @@
 """`sdqkd bench reliability`: keys are never lost or stranded through crashes, and idle
 connections cost bounded memory.
 
-- kill probe: two LKMS node processes (`python -m runtime.lkms.serve`, mutual TLS, one link,
+- kill probe: two LKMS node processes (`python -m sdqkd.lkms.serve`, mutual TLS, one link,
   one application used in both directions) under continuous ETSI 014 traffic (enc_keys at
   one node, dec_keys of the same key IDs at the other, both directions); each round SIGKILLs
   one node at a random moment and restarts it. Every third round (the first included) first
@@ -41,9 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from runtime import pki
-from runtime.tls import https_client_context, tls_files
+from sdqkd import pki
+from sdqkd.tls import https_client_context, tls_files
 
 APP_SAES = ("sae-a", "sae-b")
 _STALE = re.compile(r"erased (\d+) stale keys")
@@ -63,7 +62,7 @@ def _rss_kib(pid: int) -> int:
 
 
 class LkmsProcess:
-    """One `python -m runtime.lkms.serve` process, restartable on the same data dir and ports."""
+    """One `python -m sdqkd.lkms.serve` process, restartable on the same data dir and ports."""
 
     def __init__(self, work: Path, name: str, cfg: dict[str, Any]) -> None:
         self.name, self.cfg = name, cfg
@@ -74,7 +73,7 @@ class LkmsProcess:
 
     def start(self) -> None:
         with self.log.open("a") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "runtime.lkms.serve", "--config", str(self.cfg_path),
+            self.proc = subprocess.Popen([sys.executable, "-m", "sdqkd.lkms.serve", "--config", str(self.cfg_path),
                                           "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=logf, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until READY (or the process dies)

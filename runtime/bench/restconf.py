@@ -19,7 +19,7 @@ YANG = "application/yang-data+json"
 
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.bench._restconf_target", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "sdqkd.bench._restconf_target", *args],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split() if proc.stdout else []
     if not line:

@@ -7,6 +7,7 @@ Application registration (ETSI GS QKD 015 clause 5.2): a node emits `sdqkdn_appl
 when an SAE's first request names a pair it has no application for; the controller computes
 the path and installs the qkd_app on both end nodes (VIRT links first, the far end's app
 before the requesting node's, so the far end knows the pair before the first Reserve arrives).
+A same-node pair (both SAEs on the notifying node, which serves it itself) is only recorded.
 A pair it cannot serve gets a qkd_app without backing link at the requesting node (with
 remote_qkdn_id when the SAEs are known but no path exists), which that node reports as the
 reason of its 503. `sdqkdn_application_disconnected` removes the application at the other end
@@ -19,18 +20,17 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
-
-from generated import model_types as t
-from generated import paths
-from generated.client import ModelClient
-from generated.gnmi_support import decode_value, join
-from generated.proto.gnmi import gnmi_pb2
-from runtime.lkms.registry import app_id_for, sae_of, sae_uri
-from runtime.pki import TlsFiles
-from runtime.tls import aio_channel
+from sdqkd.generated import model_types as t
+from sdqkd.generated import paths
+from sdqkd.generated.client import ModelClient
+from sdqkd.generated.gnmi_support import decode_value, join
+from sdqkd.generated.proto.gnmi import gnmi_pb2
+from sdqkd.lkms.registry import app_id_for, sae_of, sae_uri
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import aio_channel
 
 from .external import ExternalPeers
 from .routing import LinkState, Router
@@ -59,6 +59,15 @@ class NodeEndpoint:
     channel: str = ""  # the engines' classical channel (runtime/node/channel.py)
 
 
+QOS_KEPT = ("max_bandwidth", "jitter", "ttl", "clients_shared_path_enable")  # app_qos carried to both ends
+
+
+def qos_of(raw: Any) -> t.AppQos:
+    """The app_qos leaves of a request or entry that the controller keeps (not min_bandwidth)."""
+    items = raw.items() if isinstance(raw, dict) else ()
+    return cast(t.AppQos, {k: v for k, v in items if k in QOS_KEPT and v is not None})
+
+
 @dataclass
 class AppRoute:
     app_id: str
@@ -70,6 +79,7 @@ class AppRoute:
     virtual: bool
     priority: int = 0
     more_slaves: list[str] = field(default_factory=list)  # further slaves of a multicast application
+    qos: t.AppQos = field(default_factory=lambda: t.AppQos())  # as requested; min_bandwidth is rate_bps
 
 
 @dataclass
@@ -177,10 +187,12 @@ class Controller:
                                    if self.nodes[ln.a].up and self.nodes[ln.b].up))
 
     async def request_keys(self, master: str, slave: str, rate_bps: float = 0.0, *, priority: int = 0,
-                           first: str | None = None, more_slaves: tuple[str, ...] = ()) -> AppRoute:
+                           first: str | None = None, more_slaves: tuple[str, ...] = (),
+                           qos: dict[str, Any] | None = None) -> AppRoute:
         """The northbound call: give SAE `master` keys shared with SAE `slave` at `rate_bps`.
         `first`: the node to install the app on last (the one whose SAE waits for it);
-        `more_slaves`: further slaves of a multicast application (on the slave's node)."""
+        `more_slaves`: further slaves of a multicast application (on the slave's node);
+        `qos`: the app_qos the registering request asked for, kept at both ends."""
         if self.external.involves(master, slave) and not more_slaves:
             async with self._lock:
                 route = await self.external.request(self, master, slave, rate_bps)
@@ -199,6 +211,7 @@ class Controller:
         async with self._lock:
             route = self._route(master, slave, src, dst, rate_bps)
             route.priority, route.more_slaves = priority, list(more_slaves)
+            route.qos = qos_of(qos)
             route.app_id = app_id_for(master, [slave, *more_slaves])
             await self._install(route, first)
             self.apps[route.app_id] = route
@@ -243,7 +256,8 @@ class Controller:
             "client_app_id": [sae_uri(s) for s in (route.slave, *route.more_slaves)],
             "backing_qkdl_id": [route.qkdl_id] if route.qkdl_id else [],
             "local_qkdn_id": self.topo.nodes[local].id, "remote_qkdn_id": self.topo.nodes[remote].id,
-            "app_qos": {"min_bandwidth": int(route.rate_bps)}, "app_priority": route.priority,
+            "app_qos": {**route.qos, "min_bandwidth": int(route.rate_bps)},
+            "app_priority": route.priority,
         }
 
     async def _install(self, route: AppRoute, first: str | None = None) -> None:
@@ -269,11 +283,22 @@ class Controller:
         rate = float((app.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
         app_id = app_id_for(master, slaves)
         remote: str | None = None
+        if self._served_by(node, master, slaves):
+            # the node serves it from its own keys and holds its qkd_app already: only recorded
+            # (a Set now could land after the node disconnected it and bring it back)
+            async with self._lock:
+                self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, [node], "", virtual=False,
+                                             priority=int(app.get("app_priority", 0)), more_slaves=slaves[1:],
+                                         qos=qos_of(app.get("app_qos")))
+            log.info("application %s registered by node %s: %s -> %s on that node", app_id, node, master,
+                     ",".join(slaves))
+            await self.events.put(("app-registered", app_id))
+            return
         try:
             if not slaves:
                 raise ValueError("no slave SAE")
             route = await self.request_keys(master, slaves[0], rate, first=node, priority=int(app.get("app_priority", 0)),
-                                            more_slaves=tuple(slaves[1:]))
+                                            more_slaves=tuple(slaves[1:]), qos=app.get("app_qos"))
             log.info("application %s registered by node %s: %s -> %s over %s", app_id, node, master, slaves[0],
                      route.path)
             await self.events.put(("app-registered", app_id))
@@ -296,6 +321,11 @@ class Controller:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._client(node).replace_qkd_app(app_id, entry)
 
+    def _served_by(self, node: str, master: str, slaves: list[str]) -> bool:
+        """Every SAE of the application attached to `node` (a same-node pair)."""
+        saes = self.topo.saes
+        return bool(slaves) and all(s in saes and saes[s].node == node for s in (master, *slaves))
+
     async def _application_disconnected(self, node: str, app_id: str) -> None:
         """Release what the application held: its other end and the path's unused VIRT links."""
         async with self._lock:
@@ -312,7 +342,7 @@ class Controller:
                         await self._client(n).delete_qkd_app(app_id)
             if route.virtual and not any(r.qkdl_id == route.qkdl_id for r in self.apps.values()):
                 for n in route.path:
-                    if self.nodes[n].up:
+                    if n in self.nodes and self.nodes[n].up:  # (not an external KMS's pseudo node)
                         with contextlib.suppress(grpc.aio.AioRpcError):
                             await self._client(n).delete_qkd_link(route.qkdl_id)
         log.info("application %s disconnected at node %s: released", app_id, node)
@@ -348,7 +378,8 @@ class Controller:
                     continue
                 rate = float((a.get("app_qos") or {}).get("min_bandwidth", 0) or 0)
                 self.apps[app_id] = AppRoute(app_id, master, slaves[0], rate, path, qkdl, virtual=len(path) > 2,
-                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:])
+                                             priority=int(a.get("app_priority", 0)), more_slaves=slaves[1:],
+                                             qos=qos_of(a.get("app_qos")))
                 log.info("app %s adopted from node %s: path %s", app_id, name, path)
 
     async def register_topology_apps(self) -> None:

@@ -11,32 +11,37 @@ A topology may name them:
 Each becomes a link of the routing graph between its gateway node and a pseudo node
 `ext:<name>`, with the configured rate as its capacity (the controller cannot learn more: ETSI
 020 offers no rate or status query, and the peer is not managed over gNMI). Its qkdl_id is the
-one the gateway LKMS derives for the peer (uuid5 of node ID and name, runtime.lkms.external).
+one the gateway LKMS derives for the peer (uuid5 of node ID and name, sdqkd.lkms.external).
 
-Applications: an SAE behind a peer pairs with an SAE of its gateway node; the application is
-registered on the gateway only, backed by that link. Paths that relay through sdqkd nodes and
-then leave for the peer are not built (a VIRT link ending at the gateway and then ext_keys at
-the gateway would be needed): request_keys refuses them with a clear error.
+Applications: an SAE behind a peer pairs with an SAE of its gateway node: the application is
+registered on the gateway only, backed by that link. An SAE of another node, as master, pairs
+with it over a relay path that leaves the sdqkd network at the gateway: the controller routes
+from the SAE's node to `ext:<name>` (the peer's rate counts like a link's), installs a VIRT link
+along the sdqkd part with `sdqkd-link/exit-peer` = the peer's name on every node of it, and
+registers the application on the SAE's node only, backed by that VIRT link (the LKMS makes
+keys on demand and the gateway hands them to the peer, runtime/lkms/relay.py). The peer's SAE
+as master of such a pair is refused: its keys reach SAEs of its gateway only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from runtime.lkms.registry import app_id_for, sae_uri
+from sdqkd.lkms.registry import app_id_for, sae_uri
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
 
 if TYPE_CHECKING:
-    from generated.model_types import QkdApp
+    from sdqkd.generated.model_types import QkdApp
 
     from .controller import AppRoute, Controller
 
-_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = runtime.lkms.external._NS
+_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = sdqkd.lkms.external._NS
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,9 @@ def parse_external_peers(topo: Topology, raw: Any, source: str) -> list[External
         if not isinstance(p, dict):
             problems.append(f"{where}: expected a mapping {{name, node, saes, rate_bps}}")
             continue
-        for k in sorted(set(p) - {"name", "node", "saes", "rate_bps"}):
-            problems.append(f"{where}.{k}: unknown key (known: name, node, saes, rate_bps)")
+        known = {"name", "node", "saes", "rate_bps", "url", "identity", "ca", "mode"}  # the last four: node config
+        for k in sorted(set(p) - known):
+            problems.append(f"{where}.{k}: unknown key (known: {', '.join(sorted(known))})")
         name, node, saes, rate = p.get("name"), p.get("node"), p.get("saes"), p.get("rate_bps", 0)
         if not isinstance(name, str) or not name or name in names:
             problems.append(f"{where}.name: required, a unique non-empty string")
@@ -124,8 +130,7 @@ class ExternalPeers:
         if local not in self.topo.saes:
             raise ValueError(f"unknown SAE {local!r}; an external KMS pairs with an SAE of an sdqkd node")
         if self.topo.saes[local].node != ext.node:
-            raise ValueError(f"SAE {local} sits on {self.topo.saes[local].node}, but the external KMS {ext.name} is "
-                             f"reached from {ext.node} only; relaying to it through other nodes is not supported")
+            return await self._request_via(ctl, ext, master, slave, rate_bps)
         link = ctl.router.links[ext.qkdl_id]
         if link.capacity(ctl.router.horizon_s) < rate_bps:
             raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")
@@ -136,4 +141,33 @@ class ExternalPeers:
                  "backing_qkdl_id": [ext.qkdl_id], "local_qkdn_id": self.topo.nodes[ext.node].id,
                  "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
         await ctl._client(ext.node).replace_qkd_app(app_id, cast("QkdApp", entry))
+        return route
+
+    async def _request_via(self, ctl: Controller, ext: ExternalPeerTopo, master: str, slave: str,
+                           rate_bps: float) -> AppRoute:
+        """Our SAE `master` on another node than the gateway: a relay path to the gateway that
+        leaves there for the peer (see the module doc)."""
+        from .controller import AppRoute, T
+
+        if self.peer_of(master) is not None:
+            raise ValueError(f"SAE {master} behind the external KMS {ext.name} pairs with SAEs of {ext.node} only "
+                             f"(not {slave}, on {self.topo.saes[slave].node})")
+        src = self.topo.saes[master].node
+        path = ctl.router.path(src, ext.vertex, rate_bps)
+        if path is None:
+            raise RuntimeError(f"no key-relay path from {src} to the external KMS {ext.name} can carry "
+                               f"{rate_bps:.0f} bit/s now")
+        app_id = app_id_for(master, [slave])
+        virt = str(uuid.uuid5(NAMESPACE, f"virt-exit:{src}|{ext.name}"))
+        route = AppRoute(app_id, master, slave, rate_bps, path, virt, virtual=True)
+        inner = dataclasses.replace(route, path=path[:-1])  # the sdqkd nodes: source .. gateway
+        for n in inner.path:
+            link = ctl._virt_entry(inner, n)
+            link["sdqkd-node-ext:sdqkd-link"]["exit-peer"] = ext.name
+            await ctl._client(n).replace_qkd_link(virt, link)
+        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
+                 "server_app_id": sae_uri(master), "client_app_id": [sae_uri(slave)],
+                 "backing_qkdl_id": [virt], "local_qkdn_id": self.topo.nodes[src].id,
+                 "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
+        await ctl._client(src).replace_qkd_app(app_id, cast("QkdApp", entry))
         return route

@@ -2,7 +2,7 @@
 
 The controller decides everything IKE would have negotiated — SPIs (random 32-bit >= 256, unique
 per destination), ESP with AES-GCM-16/256 (RFC 4106), tunnel or transport mode, soft and hard
-lifetimes — and pushes SAD/SPD entries to the NSF agents (`runtime.apps.ipsec.IpsecNsf`).
+lifetimes — and pushes SAD/SPD entries to the NSF agents (`sdqkd.apps.ipsec.IpsecNsf`).
 
 Key bytes never pass through it. For each SA pair it asks the master NSF to fetch fresh keys
 from its KMS with ETSI 014 enc_keys (the master answers with key_IDs only), then gives those
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from runtime.apps.ipsec import (
+from sdqkd.apps.ipsec import (
     QKD_KEY_BITS,
     IpsecError,
     Lifetime,
@@ -39,14 +39,14 @@ from runtime.apps.ipsec import (
     SaState,
     SpdEntry,
 )
-from runtime.apps.keyclient import SaeIdentity
-from runtime.logfmt import brief
+from sdqkd.apps.keyclient import SaeIdentity
+from sdqkd.logfmt import brief
 
 log = logging.getLogger("sdqkd.controller.ipsec")
 
 
 class Nsf(Protocol):
-    """What the controller needs of an NSF agent (`runtime.apps.ipsec.IpsecNsf` is one)."""
+    """What the controller needs of an NSF agent (`sdqkd.apps.ipsec.IpsecNsf` is one)."""
 
     name: str
     sae: SaeIdentity

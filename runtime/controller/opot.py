@@ -1,4 +1,4 @@
-"""Controller side of ordered proof of transit (see `runtime.apps.opot` for the scheme).
+"""Controller side of ordered proof of transit (see `sdqkd.apps.opot` for the scheme).
 
 Given a service chain of OPoT nodes (SAEs), the provisioner
 
@@ -23,13 +23,13 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from runtime.apps.opot import PRIME, NodeProfile, Side
+from sdqkd.apps.opot import PRIME, NodeProfile, Side
 
 log = logging.getLogger("sdqkd.controller.opot")
 
 
 class OpotNodeHandle(Protocol):
-    """What the provisioner needs of a chain node (`runtime.apps.opot.OpotNode` is one)."""
+    """What the provisioner needs of a chain node (`sdqkd.apps.opot.OpotNode` is one)."""
 
     sae_id: str
     name: str

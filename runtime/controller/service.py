@@ -10,7 +10,11 @@ Every API call carries `Authorization: Bearer TOKEN`, the token of the 0600 file
 wrote (network.json: controller.token_file; runtime/harness/northbound.py is a client): loopback
 is not a boundary between the users of one machine. Anything else is 401. A bad request is 400
 naming the field: `rate` must be a finite number of bit/s within the ETSI 015 virt_bandwidth
-range (uint32), `master` and `slave` non-empty strings."""
+range (uint32), `master` and `slave` non-empty strings.
+
+The network description is DIR/network.json, or `--config FILE` (a read-only mount in a
+container; the state dir then only takes the status file). File paths in it are relative to
+the file's own directory, or absolute."""
 
 from __future__ import annotations
 
@@ -20,14 +24,15 @@ import json
 import logging
 import math
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from runtime.pki import TlsFiles
+from sdqkd.agent.serve import is_loopback
+from sdqkd.pki import TlsFiles
 
 from .controller import Controller, NodeEndpoint
 from .topology import parse
@@ -35,13 +40,15 @@ from .topology import parse
 log = logging.getLogger("sdqkd.controller")
 
 
-def build(state_dir: Path) -> Controller:
-    desc = json.loads((state_dir / "network.json").read_text())
+def build(config: Path) -> Controller:
+    """The controller of the network described by `config` (network.json)."""
+    desc = json.loads(config.read_text())
+    base = config.parent
     topo = parse(desc["topology_data"], desc["topology"])
     eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"], nd.get("channel", "")) for name, nd in desc["nodes"].items()}
     c = desc["controller"]
-    tls = TlsFiles(Path(desc["ca"]), Path(c["cert"]), Path(c["key"]))
-    return Controller(topo, eps, tls=tls, credentials=(c["username"], Path(c["password_file"]).read_text()))
+    tls = TlsFiles(base / desc["ca"], base / c["cert"], base / c["key"])
+    return Controller(topo, eps, tls=tls, credentials=(c["username"], (base / c["password_file"]).read_text()))
 
 
 MAX_RATE_BPS = 2**32 - 1  # virt_bandwidth is a uint32 in ETSI 015
@@ -91,8 +98,10 @@ def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
             "apps": [asdict(a) for a in ctl.apps.values()]}
 
 
-async def run(state_dir: Path, stop: asyncio.Event) -> None:
-    ctl = build(state_dir)
+async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
+              api: str = "127.0.0.1:0") -> None:
+    config = config or state_dir / "network.json"
+    ctl = build(config)
     provisioned = False
 
     async def get_status(request: web.Request) -> web.Response:
@@ -108,12 +117,13 @@ async def run(state_dir: Path, stop: asyncio.Event) -> None:
             return web.json_response({"message": str(e)}, status=503)
         return web.json_response(asdict(route))
 
-    token = Path(json.loads((state_dir / "network.json").read_text())["controller"]["token_file"]).read_text().strip()
+    token = (config.parent / json.loads(config.read_text())["controller"]["token_file"]).read_text().strip()
     app = web.Application(middlewares=[_bearer(token)])
     app.add_routes([web.get("/status", get_status), web.post("/apps", post_app)])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    api_host, _, api_port = api.rpartition(":")
+    site = web.TCPSite(runner, api_host, int(api_port))
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     status_file = state_dir / "controller-status.json"
@@ -121,7 +131,7 @@ async def run(state_dir: Path, stop: asyncio.Event) -> None:
     async def publish() -> None:
         while True:
             st = status(ctl, provisioned)
-            st["api"] = f"127.0.0.1:{port}"
+            st["api"] = f"{api_host}:{port}"
             tmp = status_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(st, indent=1))
             tmp.replace(status_file)
@@ -131,7 +141,7 @@ async def run(state_dir: Path, stop: asyncio.Event) -> None:
     try:
         await ctl.start()
         provisioned = True
-        log.info("controller: links provisioned; API on 127.0.0.1:%d", port)
+        log.info("controller: links provisioned; API on %s:%d", api_host, port)
         await stop.wait()
     finally:
         pub.cancel()
@@ -139,15 +149,24 @@ async def run(state_dir: Path, stop: asyncio.Event) -> None:
         await runner.cleanup()
 
 
-def main(state_dir: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def main(state_dir: str, config: str | None = None, api: str = "127.0.0.1:0", log_format: str = "text") -> int:
+    from sdqkd.logsetup import configure
+
+    configure(log_format)
+    if not is_loopback(api):
+        # the northbound API stays on loopback behind its bearer token (kubectl port-forward,
+        # docker exec or ssh reach it from outside)
+        print(f"--api {api}: the controller API serves loopback addresses only", file=sys.stderr)
+        return 2
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def go() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(Path(state_dir).resolve(), stop)
+        await run(state, stop, Path(config).resolve() if config else None, api)
 
     asyncio.run(go())
     return 0

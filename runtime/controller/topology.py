@@ -11,10 +11,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from runtime import schemas
-from runtime.errors import SdqkdError
-from runtime.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
-from runtime.yamlfile import Lines, read_yaml_lines
+from sdqkd import schemas
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.registry import NAMESPACE  # IDs derived from names: reproducible topologies
+from sdqkd.yamlfile import Lines, read_yaml_lines
 
 
 class TopologyError(SdqkdError, ValueError):
@@ -26,6 +26,7 @@ class Node:
     name: str
     id: str
     location: str = ""
+    host: str = ""  # host name or IP other hosts reach it by (`sdqkd net export`); "" = not given
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def link_id(a: str, b: str) -> str:
 @lru_cache(maxsize=32)
 def reach_db(profile: str) -> float:
     """Highest loss at which the profile's asymptotic decoy-state key rate is still positive."""
-    from runtime.engine.keyrate import asymptotic
+    from sdqkd.engine.keyrate import asymptotic
 
     lo, hi = 0.0, 100.0
     if asymptotic(profile, lo) <= 0:
@@ -106,7 +107,7 @@ def reach_db(profile: str) -> float:
 
 
 def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topology:
-    """Check a whole topology (docs/topology.md) against the schema (`runtime.schemas`) and its
+    """Check a whole topology (docs/topology.md) against the schema (`sdqkd.schemas`) and its
     cross-references (names, duplicates, reach); every problem is reported at once as
     `FILE[:LINE]: place: what`. An entry the schema refuses is still checked for references, so
     one run names every mistake."""
@@ -122,7 +123,7 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     _external_refs(schemas.entries(schemas.ExternalPeerEntry, data.get("external_peers")), names, saes, lines,
                    problems)
     if model is not None and model.settings.base_port is not None:
-        from runtime.harness.network import SERVICES
+        from sdqkd.harness.network import SERVICES
 
         base, n, per = model.settings.base_port, len(model.nodes), len(SERVICES)
         if base + per * n - 1 > 65535:
@@ -165,13 +166,13 @@ def _nodes(entries: list[tuple[int, dict[str, Any], schemas.NodeEntry | None]], 
         if nid in ids:
             problems.append(f"{at}: duplicate node id {nid}")
         ids.add(nid)
-        nodes[name] = Node(name=name, id=nid, location=n.location)
+        nodes[name] = Node(name=name, id=nid, location=n.location, host=n.host or "")
     return nodes
 
 
 def _links(entries: list[tuple[int, dict[str, Any], schemas.LinkEntry | None]], names: set[str], lines: Lines,
            problems: list[str]) -> list[Link]:
-    from runtime.engine.profiles import PROFILES
+    from sdqkd.engine.profiles import PROFILES
 
     links: list[Link] = []
     seen_pairs: set[frozenset[str]] = set()
@@ -255,6 +256,16 @@ def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeer
         for sae in peer_saes if isinstance(peer_saes, list) else []:
             if isinstance(sae, str) and sae in saes:
                 problems.append(f"{at}.saes: {sae!r} is already an SAE of node {saes[sae].node}")
+        if _peer is not None and (_peer.url is None) != (_peer.identity is None):
+            problems.append(f"{at}: give `url` and `identity` together (where the gateway dials the peer, "
+                            "and the name its certificate carries)")
+        if _peer is not None and _peer.ca is not None and not (files_dir(lines.source) / _peer.ca).is_file():
+            problems.append(f"{at}.ca: no such file {files_dir(lines.source) / _peer.ca}")
+
+
+def files_dir(source: str) -> Path:
+    """Where files a topology names (an external peer's `ca`) are relative to: its file's folder."""
+    return Path(source).parent if not source.startswith("<") else Path(".")
 
 
 def load(path: str | Path) -> Topology:

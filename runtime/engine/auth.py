@@ -24,8 +24,8 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from runtime.engine import _hash
-from runtime.errors import SdqkdError
+from sdqkd.engine import _hash
+from sdqkd.errors import SdqkdError
 
 TAG_BYTES = 16
 _HEADER = struct.Struct(">BQ")  # flags (bit 0 direction, bit 1 tagged), message counter

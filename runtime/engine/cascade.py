@@ -5,7 +5,7 @@ protocol, :class:`CascadeAlice` holds the reference key and answers parity reque
 opaque ``bytes`` messages, so the network can run them in different processes; :func:`reconcile`
 runs both ends in one process through the very same machines and messages. The heavy lifting
 (permutations, parities, bisection bookkeeping, wire format) lives in the C extension
-``runtime.engine._cascade``; this module validates input and wraps it.
+``sdqkd.engine._cascade``; this module validates input and wraps it.
 
 Bit convention: bit i of a packed key is ``(buf[i >> 3] >> (7 - (i & 7))) & 1``.
 
@@ -39,7 +39,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from runtime.engine import _cascade
+from sdqkd.engine import _cascade
 
 __all__ = [
     "VARIANTS",

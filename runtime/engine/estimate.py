@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from runtime.engine import profiles
-from runtime.engine.keyrate import h2
-from runtime.engine.profiles import Profile
+from sdqkd.engine import profiles
+from sdqkd.engine.keyrate import h2
+from sdqkd.engine.profiles import Profile
 
 VERIFY_TAG_BITS = 128  # see verify.py
 

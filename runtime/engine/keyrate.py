@@ -12,8 +12,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runtime.engine import profiles
-from runtime.engine.profiles import Profile
+from sdqkd.engine import profiles
+from sdqkd.engine.profiles import Profile
 
 
 def h2(x: float) -> float:

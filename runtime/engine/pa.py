@@ -11,7 +11,7 @@ cheaper; O(n log n log log n) at the top end.  Toeplitz matrices with a uniform 
 
 from __future__ import annotations
 
-from runtime.engine import _pa
+from sdqkd.engine import _pa
 
 
 def _check_bits(name: str, v: int) -> int:

@@ -4,7 +4,7 @@
     Alice -> Bob    SIFT      her bases, intensity classes of the matched events, sample seed
     Bob   -> Alice  SAMPLE    his bits of the disclosed sample
     Alice -> Bob    ESTIMATE  sample errors per basis and intensity  (or ABORT: QBER / no key)
-    Bob  <-> Alice  CASCADE   error-correction requests and replies (runtime.engine.cascade)
+    Bob  <-> Alice  CASCADE   error-correction requests and replies (sdqkd.engine.cascade)
     Bob   -> Alice  VERIFY    random hash key, tag of his corrected key, parity bits leaked
     Alice -> Bob    CONFIRM   secret length and Toeplitz seed       (or ABORT: mismatch / no key)
     Bob   -> Alice  DONE      Bob holds the key
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
-from runtime.engine import estimate, keyrate, pa, profiles, sift, sim, verify
-from runtime.engine.auth import HEADER_BYTES, AuthenticationError, Authenticator
-from runtime.engine.estimate import Estimate, Tally
-from runtime.errors import SdqkdError
+from sdqkd.engine import estimate, keyrate, pa, profiles, sift, sim, verify
+from sdqkd.engine.auth import HEADER_BYTES, AuthenticationError, Authenticator
+from sdqkd.engine.estimate import Estimate, Tally
+from sdqkd.errors import SdqkdError
 
 
 class Msg(IntEnum):
@@ -158,9 +158,9 @@ def _u64s(data: bytes, n: int) -> tuple[int, ...]:
 
 def _default_reconciler() -> Any:
     try:
-        from runtime.engine import cascade
+        from sdqkd.engine import cascade
     except ImportError as exc:  # pragma: no cover - depends on the Cascade module being present
-        raise RuntimeError("runtime.engine.cascade is not available; pass reconciler=") from exc
+        raise RuntimeError("sdqkd.engine.cascade is not available; pass reconciler=") from exc
     return cascade
 
 

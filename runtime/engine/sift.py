@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.engine import _sift
-from runtime.engine.estimate import Tally
+from sdqkd.engine import _sift
+from sdqkd.engine.estimate import Tally
 
 
 @dataclass(frozen=True)

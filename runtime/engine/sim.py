@@ -19,8 +19,8 @@ import math
 import struct
 from dataclasses import dataclass, field
 
-from runtime.engine import _sim, keyrate, profiles
-from runtime.engine.profiles import Profile
+from sdqkd.engine import _sim, keyrate, profiles
+from sdqkd.engine.profiles import Profile
 
 U64 = 2**64
 

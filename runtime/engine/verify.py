@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import math
 
-from runtime.engine import _hash
+from sdqkd.engine import _hash
 
 TAG_BITS = 128
 HASH_KEY_BYTES = 16

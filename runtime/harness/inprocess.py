@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import pickle
-import secrets
 import shutil
 import sys
 import tempfile
@@ -21,14 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.controller.controller import Controller, NodeEndpoint
-from runtime.controller.topology import Topology, parse
-from runtime.harness.network import applications_config, interfaces_of
-from runtime.node.apps import Settings
-from runtime.node.config import NodeConfig
-from runtime.node.runtime import NodeRuntime
-from runtime.pki import write_ca, write_identity
-from runtime.private import private_dir, write_private
+from sdqkd.controller.controller import Controller, NodeEndpoint
+from sdqkd.controller.topology import Topology, parse
+from sdqkd.harness.build import HARNESS_LAYOUT, SERVICES, NodePlan, absolute_description, build, write_tree
+from sdqkd.node.config import NodeConfig, load_config
+from sdqkd.node.runtime import NodeRuntime
+from sdqkd.pki import TlsFiles
 
 
 @dataclass
@@ -48,29 +45,15 @@ class InProcessNetwork:
         """Start every node, then (with `controller`) the controller, which provisions every
         link. Without it the nodes carry no links: another manager (TeraFlowSDN over RESTCONF)
         creates them from the interfaces each node has, one per fibre end of the topology."""
-        ca, ca_path = write_ca(self.state / "pki")
-        boot: dict[str, dict[str, Path]] = {n: {} for n in self.topo.nodes}
-        for link in self.topo.links:
-            secret = secrets.token_bytes(32)
-            for me, peer in ((link.a, link.b), (link.b, link.a)):
-                f = write_private(private_dir(self.state / "nodes" / me / "bootstrap")
-                                  / f"{self.topo.nodes[peer].id}.key", secret)
-                boot[me][self.topo.nodes[peer].id] = f
-        configs: dict[str, NodeConfig] = {}
-        unbound = {n: {"peer": "127.0.0.1:0", "channel": "127.0.0.1:0"} for n in self.topo.nodes}
-        problems: list[str] = []
-        apps_settings = Settings.from_dict(applications_config(self.topo), "settings", problems)
-        if problems:
-            raise ValueError(f"{self.topo.source}: " + "; ".join(problems))
-        for name, node in self.topo.nodes.items():
-            ident = write_identity(ca, ca_path, self.state / "nodes" / name / "tls", node.id, server=True)
-            configs[name] = NodeConfig(
-                id=node.id, name=name, gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
-                etsi004_listen="127.0.0.1:0", data_dir=self.state / "nodes" / name / "data", tls=ident,
-                saes=[{"id": s} for s, sae in self.topo.saes.items() if sae.node == name],
-                bootstrap=boot[name], engine=dict(engine or {}), location=node.location,
-                peers=self.topo.peer_names(name), applications=apps_settings, restconf_tls=restconf_tls,
-                interfaces=interfaces_of(self.topo, name, unbound))
+        # the same build as `sdqkd net up` and `sdqkd net export` (runtime/harness/build.py)
+        loopback = {svc: "127.0.0.1:0" for svc in SERVICES}
+        plans = {n: NodePlan(listen=loopback, advertise=loopback, sans=("127.0.0.1", "localhost")) for n in self.topo.nodes}
+        net = build(self.topo, plans, HARNESS_LAYOUT, engine=engine or {}, gnmi_password=False)
+        write_tree(self.state, net.files)
+        desc = absolute_description(net.desc, self.state)
+        configs = {name: load_config(nd["config"]) for name, nd in desc["nodes"].items()}
+        for cfg in configs.values():
+            cfg.restconf_tls = restconf_tls
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:
@@ -79,17 +62,17 @@ class InProcessNetwork:
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
             await self._wire_interfaces()
         if controller:
-            ctl_id = write_identity(ca, ca_path, self.state / "pki" / "controller", "sdqkd-controller", server=False)
+            ctl = desc["controller"]
+            ctl_id = TlsFiles(Path(desc["ca"]), Path(ctl["cert"]), Path(ctl["key"]))
             eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"], a.get("channel", ""))
                    for n, a in self.addresses.items()}
             self.controller = Controller(self.topo, eps, tls=ctl_id)
             await self.controller.start()
-        saes = {s: write_identity(ca, ca_path, self.state / "pki" / "saes", s, server=False) for s in self.topo.saes}
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
                 "id": configs[name].id,
-                **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020", "restconf")}, "ca": str(ca_path),
-                "saes": {s: {"cert": str(f.cert), "key": str(f.key)} for s, f in saes.items()
+                **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020", "restconf")}, "ca": desc["ca"],
+                "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
             }
         if wait_keys and controller:
@@ -98,7 +81,7 @@ class InProcessNetwork:
 
     async def _wire_interfaces(self) -> None:
         """Now that every node listens: each interface learns its peer's classical endpoint."""
-        from runtime.restconf.adapter import MERGE, Edit
+        from sdqkd.restconf.adapter import MERGE, Edit
 
         for rt in self.nodes.values():
             edits = []
@@ -131,7 +114,7 @@ class InProcessNetwork:
             f = wdir / f"worker-{i}.pickle"
             f.write_bytes(pickle.dumps([configs[n] for n in share]))
             self.workers.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-P", "-m", "runtime.harness.worker", str(f),
+                sys.executable, "-P", "-m", "sdqkd.harness.worker", str(f),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
 
         async def ready(proc: asyncio.subprocess.Process) -> dict[str, dict[str, str]]:

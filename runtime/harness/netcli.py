@@ -1,6 +1,6 @@
 """What `sdqkd net up|down|status` print: progress while a network starts (each step, then each
 link as it starts producing key), a summary with the controller's address and the next commands,
-and the link table (shared with the demo). The work itself is `runtime.harness.network`."""
+and the link table (shared with the demo). The work itself is `sdqkd.harness.network`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.controller.topology import TopologyError
+from sdqkd.controller.topology import TopologyError
 
 from . import network, northbound
 
@@ -68,7 +68,7 @@ def say(t0: float, text: str) -> None:
 
 def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> int:
     """`topology` None: the demo's metro network (the README's first-key example)."""
-    from runtime.demo import DEFAULT_TOPOLOGY
+    from sdqkd.demo import DEFAULT_TOPOLOGY
 
     t0 = time.monotonic()
     state = Path(state_dir)

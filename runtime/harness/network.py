@@ -7,14 +7,13 @@ Files: DIR and every node directory are 0700; everything secret is a 0600 file (
 bootstrap secrets, the gNMI password file, the controller's northbound token, key stores, node
 configs, logs). Node configs hold no secret themselves: they name the password file.
 `net down` signals only processes that are still ours: the PID's command line must be an
-`sdqkd` (runtime.cli) process started for this state dir, so a reused PID is left alone."""
+`sdqkd` (sdqkd.cli) process started for this state dir, so a reused PID is left alone."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -26,14 +25,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from runtime.controller.topology import Topology, TopologyError
-from runtime.errors import SdqkdError
-from runtime.pki import write_ca, write_identity
-from runtime.private import open_private_append, private_dir, write_private
-from runtime.schemas import EngineSettings
-
-SERVICES = ("gnmi", "etsi014", "etsi004", "peer", "etsi020", "channel", "restconf")
+from sdqkd.controller.topology import Topology, TopologyError
+from sdqkd.errors import SdqkdError
+from sdqkd.harness.build import (
+    FIXED_PORTS,
+    HARNESS_LAYOUT,
+    SERVICES,
+    NodePlan,
+    absolute_description,
+    applications_config,
+    build,
+    interfaces_of,
+    topology_data,
+    write_tree,
+)
+from sdqkd.private import open_private_append, private_dir, write_private
 
 
 class HarnessError(SdqkdError, RuntimeError):
@@ -80,9 +86,10 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
                ) -> dict[str, dict[str, str]]:
     """Listen addresses per node. `settings.base_port` in the topology fixes them (one per service, in
     node order) and each is checked free before anything starts; otherwise port 0 (the OS picks).
-    With `hosts` (one address per node, each in its own network namespace) ports are fixed."""
+    With `hosts` (one address per node, each in its own network namespace) every node uses the
+    fixed ports of nodes with addresses of their own (build.FIXED_PORTS, as exports do)."""
     if hosts:
-        return {n: {svc: f"{hosts[n]}:{50051 + k}" for k, svc in enumerate(SERVICES)} for n in topo.nodes}
+        return {n: {svc: f"{hosts[n]}:{FIXED_PORTS[svc]}" for svc in SERVICES} for n in topo.nodes}
     base = topo.settings.base_port
     out: dict[str, dict[str, str]] = {}
     busy = []
@@ -101,110 +108,22 @@ def plan_ports(topo: Topology, host: str = "127.0.0.1", hosts: dict[str, str] | 
 
 def prepare(topo: Topology, state_dir: Path, host: str = "127.0.0.1",
             hosts: dict[str, str] | None = None) -> dict[str, Any]:
-    """Write the PKI and every node's config; return the network description (network.json)."""
-    engine = topo.settings.model_dump(exclude_none=True, include=set(EngineSettings.model_fields))
+    """Write the build of the network (runtime/harness/build.py: PKI, bootstrap secrets, every
+    node's config, network.json) into the state dir; return the network description with
+    absolute paths."""
     lay = Layout(state_dir)
     if lay.pids.exists():
         raise HarnessError(f"{state_dir}: a network already runs here (pids.json); `sdqkd net down` it first")
     ports = plan_ports(topo, host, hosts)
-    private_dir(lay.root)
-    ca, ca_path = write_ca(private_dir(lay.pki))
-    pw_file = write_private(lay.pki / "gnmi-password", secrets.token_urlsafe(18))
-    token_file = write_private(lay.pki / "northbound-token", secrets.token_urlsafe(32))
-    controller = write_identity(ca, ca_path, private_dir(lay.pki / "controller"), "sdqkd-controller", server=False)
-    saes = {s: write_identity(ca, ca_path, private_dir(lay.pki / "saes"), s, server=False) for s in topo.saes}
-    desc: dict[str, Any] = {"topology": topo.source, "topology_data": topology_data(topo), "ca": str(ca_path),
-                            "nodes": {}, "saes": {},
-                            "controller": {"cert": str(controller.cert), "key": str(controller.key),
-                                           "username": "sdqkd", "password_file": str(pw_file),
-                                           "token_file": str(token_file)}}
-    for sae, files in saes.items():
-        desc["saes"][sae] = {"node": topo.saes[sae].node, "cert": str(files.cert), "key": str(files.key)}
-    # one pre-shared secret per fibre link: it authenticates the link's first key block
-    boot: dict[str, dict[str, str]] = {n: {} for n in topo.nodes}
-    for link in topo.links:
-        secret = secrets.token_bytes(32)
-        for me, peer in ((link.a, link.b), (link.b, link.a)):
-            f = write_private(private_dir(lay.node_dir(me) / "bootstrap") / f"{topo.nodes[peer].id}.key", secret)
-            boot[me][topo.nodes[peer].id] = str(f)
-    for name, node in topo.nodes.items():
-        nd = private_dir(lay.node_dir(name))
-        # node certificates carry the node ID as CN: peers authorise KeySync calls by it
-        ident = write_identity(ca, ca_path, private_dir(nd / "tls"), node.id, server=True,
-                               sans=((hosts or {}).get(name, host), "localhost"))
-        cfg = {
-            "id": node.id, "name": name, "location": node.location,
-            "gnmi": {"listen": ports[name]["gnmi"]}, "etsi014": {"listen": ports[name]["etsi014"]},
-            "etsi004": {"listen": ports[name]["etsi004"]}, "peer": {"listen": ports[name]["peer"]},
-            "etsi020": {"listen": ports[name]["etsi020"]}, "channel": {"listen": ports[name]["channel"]},
-            "restconf": {"listen": ports[name]["restconf"]},
-            "interfaces": interfaces_of(topo, name, ports),
-            "data_dir": str(nd / "data"),
-            "tls": {"ca": str(ca_path), "cert": str(ident.cert), "key": str(ident.key)},
-            "users": {"sdqkd": {"password_file": str(pw_file)}},
-            "bootstrap": boot[name],
-            "peers": topo.peer_names(name),
-            "engine": engine,
-            "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
-            "applications": applications_config(topo),
-        }
-        write_private(nd / "node.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        desc["nodes"][name] = {"id": node.id, "config": str(nd / "node.yaml"), "ready": str(nd / "data" / "ready.json")}
+    plans = {}
+    for name in topo.nodes:
+        addr = (hosts or {}).get(name, host)
+        plans[name] = NodePlan(listen=ports[name], advertise=ports[name], sans=(addr, "localhost"))
+    net = build(topo, plans, HARNESS_LAYOUT)
+    write_tree(state_dir, net.files)
+    desc = absolute_description(net.desc, state_dir)
     lay.network.write_text(json.dumps(desc, indent=2))
     return desc
-
-
-def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """One QKD interface per fibre end of node `name` (numbered 1.. in link order at each node),
-    attached to the peer's interface (qkdi_att_point device = peer name, port = its interface),
-    with the peer and the fibre behind it; the peer's classical endpoint when its port is fixed."""
-    number: dict[tuple[str, int], int] = {}
-    count: dict[str, int] = {n: 0 for n in topo.nodes}
-    for i, link in enumerate(topo.links):
-        for end in (link.a, link.b):
-            count[end] += 1
-            number[(end, i)] = count[end]
-    out = []
-    for i, link in enumerate(topo.links):
-        if name not in (link.a, link.b):
-            continue
-        peer = link.b if name == link.a else link.a
-        peer_if = number[(peer, i)]
-        endpoint, channel = ports[peer]["peer"], ports[peer]["channel"]
-        itf: dict[str, Any] = {
-            "id": number[(name, i)], "att_point": {"device": peer, "port": peer_if},
-            "peer": {"node": topo.nodes[peer].id, "interface": peer_if},
-            "fibre": {"km": link.km, "loss_db": link.loss_db, "profile": link.profile},
-        }
-        if not endpoint.endswith(":0"):
-            itf["peer"]["endpoint"] = endpoint
-        if not channel.endswith(":0"):
-            itf["peer"]["channel"] = channel
-        out.append(itf)
-    return out
-
-
-def topology_data(topo: Topology) -> dict[str, Any]:
-    """The topology in its file form, with IDs and losses explicit (parse() gives it back)."""
-    return {
-        "nodes": [{"name": n.name, "id": n.id, "location": n.location} for n in topo.nodes.values()],
-        "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
-                  for ln in topo.links],
-        "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
-        "apps": [{"master": a.master, "slave": a.slave, "rate": a.rate, "priority": a.priority} for a in topo.apps],
-    }
-
-
-def applications_config(topo: Topology) -> dict[str, Any]:
-    """Every node's `applications` config: the network's SAEs with their node IDs, and the
-    topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
-    raw_settings = topo.extra.get("settings")
-    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
-    for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
-        if key in settings:
-            out[name] = settings[key]
-    return out
 
 
 def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
@@ -212,7 +131,7 @@ def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.P
     wrap = ["ip", "netns", "exec", netns] if netns else []
     # -P: import the installed package, never a source tree in the current directory (its C
     # extensions may not be built there)
-    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "runtime.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+    return subprocess.Popen([*wrap, sys.executable, "-P", "-m", "sdqkd.cli", *args], stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
@@ -239,7 +158,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
     `progress()` is called while waiting for the links (the demo prints its live table from it);
     `report(text)` hears each step (PKI written, nodes listening, controller started)."""
-    from runtime.controller import topology as tp
+    from sdqkd.controller import topology as tp
 
     say = report or (lambda _text: None)
     topo = tp.parse(topology) if isinstance(topology, dict) else tp.load(topology)
@@ -247,7 +166,7 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
     lay = Layout(state)
     ns_hosts: dict[str, dict[str, str]] = {}
     if netns:
-        from runtime import netns as nsmod
+        from sdqkd import netns as nsmod
 
         ns_hosts = nsmod.create(list(topo.nodes), state / "netns.json")
     try:
@@ -463,21 +382,21 @@ def _runs_config(pid: int, cmdline: list[bytes], config: Path) -> bool:
 
 def _destroy_netns(state: Path) -> None:
     if (state / "netns.json").exists():
-        from runtime import netns as nsmod
+        from sdqkd import netns as nsmod
 
         nsmod.destroy(state / "netns.json")
 
 
 def _ours(pid: int, state: Path) -> bool:
     """The PID is (still) an sdqkd process of the network under `state`: its command line runs
-    runtime.cli with an argument inside the state dir (a node's config or the controller's
+    sdqkd.cli with an argument inside the state dir (a node's config or the controller's
     --state-dir). A PID reused by anything else, or by another network, is not."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     root = str(state).encode()
-    return b"runtime.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
+    return b"sdqkd.cli" in args and any(a == root or a.startswith(root + b"/") for a in args)
 
 
 def _alive(pid: int) -> bool:
@@ -492,4 +411,5 @@ def _alive(pid: int) -> bool:
         return True
 
 
-__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of"]
+__all__ = ["HarnessError", "TopologyError", "up", "down", "prepare", "endpoints_of", "topology_data",
+           "applications_config", "interfaces_of"]

@@ -16,8 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from runtime.harness.sync import RunningNetwork, start_inprocess, start_processes
+from sdqkd.harness.sync import RunningNetwork, start_inprocess, start_processes
 
 
 @pytest.fixture

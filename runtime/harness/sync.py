@@ -29,8 +29,8 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
     """The in-process network runs its own event loop in a thread, so sync tests can use it.
     With `state` None it lives in a temporary directory removed when it stops (examples: no
     private keys or key stores left behind)."""
-    from runtime.controller import topology as tp
-    from runtime.harness.inprocess import start_network
+    from sdqkd.controller import topology as tp
+    from sdqkd.harness.inprocess import start_network
 
     topo = tp.load(topology) if isinstance(topology, (str, Path)) else tp.parse(topology)
     loop = asyncio.new_event_loop()
@@ -55,8 +55,8 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
 
 
 def start_processes(topology: Any, state: Path, timeout: float) -> RunningNetwork:
-    from runtime.harness import network
-    from runtime.harness.northbound import post_app
+    from sdqkd.harness import network
+    from sdqkd.harness.northbound import post_app
 
     eps = network.up(topology, state, timeout=timeout)
 

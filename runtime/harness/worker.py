@@ -3,7 +3,7 @@ engine links) in its own event loop, so that a large in-process network uses eve
 of one interpreter's GIL. Nodes in different workers talk over loopback gRPC and mutual TLS,
 exactly as nodes in one loop do.
 
-    python -m runtime.harness.worker CONFIGS.pickle
+    python -m sdqkd.harness.worker CONFIGS.pickle
 
 CONFIGS.pickle holds the list of NodeConfig this worker runs (written by the harness, same user).
 The worker prints one JSON line `{"ready": {name: addresses}}` once every node listens (or
@@ -22,11 +22,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from runtime.node.config import NodeConfig
+from sdqkd.node.config import NodeConfig
 
 
 async def serve(configs: list[NodeConfig], out: TextIO) -> None:
-    from runtime.node.runtime import NodeRuntime
+    from sdqkd.node.runtime import NodeRuntime
 
     nodes = [NodeRuntime(cfg) for cfg in configs]
     loop = asyncio.get_running_loop()

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from runtime.errors import SdqkdError
-from runtime.lkms.peers import PeerClients
-from runtime.lkms.registry import App, Link, Registry
-from runtime.lkms.store_api import KeyStore
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.locate import Directory, locate
+from sdqkd.lkms.peers import PeerClients
+from sdqkd.lkms.registry import App, Link, Registry
+from sdqkd.lkms.store_api import KeyStore
 
 
 @dataclass
@@ -125,7 +126,13 @@ class Core:
         self.pool_changed: dict[str, asyncio.Event] = {}
         self.etsi020_address = ""  # host:port of our ETSI 020 server (KeySync Describe)
         self.registrar: Registrar | None = None
+        self.directory: Directory | None = None  # neighbour node ID -> KeySync address (the node's interfaces)
         self._on_uncertain: Callable[[str], None] | None = None
+
+    async def locate(self, target: str, via: Sequence[str]) -> str:
+        """host:port of node `target`'s KeySync server, asked along `via` (locate.py)."""
+        return await locate(self.node_id, self.registry, self.directory, self.peers, target, via,
+                            self.limits.rpc_timeout_s)
 
     def on_uncertain(self, callback: Callable[[str], None]) -> None:
         self._on_uncertain = callback

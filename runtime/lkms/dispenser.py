@@ -29,18 +29,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core
-from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import EXT, Link
-from runtime.lkms.store_api import StoreUnavailable
-from runtime.lkms.syncmsg import KEY_BITS_MD, key_refs, parse_refusal
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.keys import AppKey
+from sdqkd.lkms.registry import EXT, Link
+from sdqkd.lkms.store_api import StoreUnavailable
+from sdqkd.lkms.syncmsg import KEY_BITS_MD, key_refs, parse_refusal
 
 if TYPE_CHECKING:
-    from runtime.lkms.external import ExternalPeers
-    from runtime.lkms.relay import Relay
+    from sdqkd.lkms.external import ExternalPeers
+    from sdqkd.lkms.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +175,18 @@ class Dispensers:
     async def get(self, link: Link, master: str, slaves: Sequence[str], bits: int, count: int) -> list[AppKey]:
         """`count` keys of `bits` for master -> slaves from `link`'s pool, reserved at the peer."""
         if link.kind == EXT and self.external is not None:
-            from runtime.lkms.external import PeerRefused
+            from sdqkd.lkms.external import PeerRefused
 
             try:
                 return await self.external.dispense(link, master, tuple(slaves), bits, count)
             except PeerRefused as e:
+                raise KeyUnavailable(str(e)) from None
+        if link.exit_peer is not None and self.relay is not None:  # relayed to another vendor's KMS on demand
+            from sdqkd.lkms.relay import RelayError
+
+            try:
+                return await self.relay.dispense_exit(link, master, tuple(slaves), bits, count)
+            except RelayError as e:
                 raise KeyUnavailable(str(e)) from None
         k = (link.qkdl_id, master, tuple(slaves), bits)
         p = self._pairs.get(k)

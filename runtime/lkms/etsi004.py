@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from generated.proto.sdqkd import etsi004_pb2_grpc
-from runtime.lkms.streams import CallerRefused, StreamManager, TooManyStreams
-from runtime.lkms.tlsctx import grpc_caller_cn
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc
+from sdqkd.lkms.streams import CallerRefused, StreamManager, TooManyStreams
+from sdqkd.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
-    from runtime.lkms import h2grpc
+    from sdqkd.lkms import h2grpc
 
 _M = TypeVar("_M", bound=Message)
 
@@ -98,7 +97,7 @@ def h2_handlers(streams: StreamManager) -> dict[str, h2grpc.Handler]:
     """The same service for the h2-based server (h2grpc.py): same semantics and gRPC status
     codes as `KeyDeliveryService`; GetKeyStream answers every request of a batch that needs no
     waiting at once (StreamManager.get_key_now) and writes the batch's responses together."""
-    from runtime.lkms import h2grpc  # needs the h2 package
+    from sdqkd.lkms import h2grpc  # needs the h2 package
 
     def refused(e: CallerRefused) -> h2grpc.GrpcError:
         return h2grpc.GrpcError(grpc.StatusCode.PERMISSION_DENIED, str(e))

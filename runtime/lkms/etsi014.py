@@ -42,13 +42,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core, NotReady, UnknownPair
-from runtime.lkms.dispenser import Dispensers, KeyUnavailable
-from runtime.lkms.keys import AppKey, is_uuid
-from runtime.lkms.local import local_keys
-from runtime.lkms.tlsctx import peercert_cn
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.core import Core, NotReady, UnknownPair
+from sdqkd.lkms.dispenser import Dispensers, KeyUnavailable
+from sdqkd.lkms.keys import AppKey, is_uuid
+from sdqkd.lkms.local import local_keys
+from sdqkd.lkms.tlsctx import peercert_cn
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ TLS handshake and the request; the peer identity of 020 (a node ID, or another v
 name) is not a host name we could hand to hostname checking. So connections are opened with
 asyncio + ssl, the identity checked, and HTTP/1.1 framing is done by h11 (the well-kept sans-I/O
 HTTP/1.1 library httpx itself is built on). Idle connections are kept per peer and reused.
+Bodies are encoded and parsed with orjson (a relay request carries hundreds of keys; the
+standard library's json took about a fifth of the CPU of a relayed key).
 
 Version negotiation: the first call to a peer reads `GET /kmapi/versions` and picks the most
 recent version both support; a peer with none in common is refused (`Etsi020Error`).
@@ -14,17 +16,16 @@ recent version both support; a peer with none in common is refused (`Etsi020Erro
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import h11
-
-from runtime.errors import SdqkdError
-from runtime.lkms.etsi020_schema import negotiate, parse_versions
-from runtime.tls import https_client_context, tls_files
+import orjson
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.etsi020_schema import negotiate, parse_versions
+from sdqkd.tls import https_client_context, tls_files
 
 KMS_ID_HEADER = "X-KMS-ID"  # without TLS (loopback development only) the caller names itself
 
@@ -155,7 +156,7 @@ class Etsi020Client:
     async def call(self, peer: PeerKms, method: str, target: str, body: Any = None,
                    timeout: float | None = None) -> tuple[int, Any]:
         """One request; (status, parsed JSON body or None). Etsi020Error if it did not complete."""
-        raw = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        raw = None if body is None else orjson.dumps(body)
         headers = [] if self.tls else [(KMS_ID_HEADER, self.own_id)]
         host = "{}:{}".format(*peer.hostport)
         idle = self._idle.setdefault(peer, [])
@@ -185,7 +186,7 @@ class Etsi020Client:
         else:
             conn.close()
         try:
-            parsed = json.loads(data) if data else None
+            parsed = orjson.loads(data) if data else None
         except ValueError:
             parsed = None
         return status, parsed

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.errors import SdqkdError
+from sdqkd.errors import SdqkdError
 
 API_VERSIONS = ("v1",)  # GET /kmapi/versions; paths are /kmapi/<version>/...
 ACK_STATUSES = ("relayed", "voided", "failed", "key not present")
@@ -150,16 +150,29 @@ class ExtKeyContainer:
     extension_optional: JsonObj
 
 
-def parse_ext_key_container(body: Any) -> ExtKeyContainer:
-    b = _obj(body, "ext_key_container")
-    for name in ("keys", "initiator_sae_id", "target_sae_ids"):
-        if name not in b:
-            raise _missing(name)
-    keys_v = b["keys"]
-    if not isinstance(keys_v, list) or not keys_v:
-        raise _malformed("keys", "expected a non-empty array of keys")
-    if len(keys_v) > MAX_KEYS:
-        raise _malformed("keys", f"at most {MAX_KEYS} keys per request")
+def _keys(keys_v: list[Any]) -> tuple[ExtKey, ...]:
+    """The `keys` array. A tight loop for well-formed keys (a relay request carries hundreds);
+    anything irregular is parsed again by `_keys_checked`, which names what is wrong."""
+    keys: list[ExtKey] = []
+    match, a2b = _KEY_ID.fullmatch, binascii.a2b_base64
+    try:
+        for k in keys_v:
+            kid, v = k["key_id"], k["value"]
+            if type(kid) is not str or match(kid) is None or type(v) is not str:
+                raise ValueError
+            raw = a2b(v, strict_mode=True)  # the alphabet and padding checks of decode_value
+            ext = k.get("extension")
+            if not raw or ext is not None and not isinstance(ext, dict):
+                raise ValueError
+            keys.append(ExtKey(kid, raw, _extension(ext, "extension") if ext is not None else {}))
+    except (TypeError, KeyError, ValueError, AttributeError, binascii.Error, Bad):
+        return _keys_checked(keys_v)
+    if len({k.key_id for k in keys}) != len(keys):
+        return _keys_checked(keys_v)
+    return tuple(keys)
+
+
+def _keys_checked(keys_v: list[Any]) -> tuple[ExtKey, ...]:
     keys: list[ExtKey] = []
     seen: set[str] = set()
     for i, kv in enumerate(keys_v):
@@ -173,8 +186,21 @@ def parse_ext_key_container(body: Any) -> ExtKeyContainer:
         ext = k.get("extension")
         keys.append(ExtKey(kid, decode_value(k["value"], f"keys[{i}].value"),
                            _extension(ext, f"keys[{i}].extension") if ext is not None else {}))
+    return tuple(keys)
+
+
+def parse_ext_key_container(body: Any) -> ExtKeyContainer:
+    b = _obj(body, "ext_key_container")
+    for name in ("keys", "initiator_sae_id", "target_sae_ids"):
+        if name not in b:
+            raise _missing(name)
+    keys_v = b["keys"]
+    if not isinstance(keys_v, list) or not keys_v:
+        raise _malformed("keys", "expected a non-empty array of keys")
+    if len(keys_v) > MAX_KEYS:
+        raise _malformed("keys", f"at most {MAX_KEYS} keys per request")
     url = b.get("ack_callback_url")
-    return ExtKeyContainer(tuple(keys), _sae_id(b["initiator_sae_id"], "initiator_sae_id"),
+    return ExtKeyContainer(_keys(keys_v), _sae_id(b["initiator_sae_id"], "initiator_sae_id"),
                            _sae_ids(b["target_sae_ids"], "target_sae_ids"),
                            None if url is None else _url(url, "ack_callback_url"),
                            _extension(b.get("extension_mandatory"), "extension_mandatory"),

@@ -29,11 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core
-from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
-from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
-from runtime.lkms.etsi020_schema import (
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
+from sdqkd.lkms.etsi020_schema import (
     AckContainer,
     Bad,
     ExtKeyContainer,
@@ -42,9 +42,9 @@ from runtime.lkms.etsi020_schema import (
     ext_key_container,
     void_container,
 )
-from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import EXT, Link
-from runtime.lkms.store_api import StoreError
+from sdqkd.lkms.keys import AppKey
+from sdqkd.lkms.registry import EXT, Link
+from sdqkd.lkms.store_api import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ExternalPeer:
 
 
 def external_peer(node_id: str, cfg: dict[str, Any]) -> ExternalPeer:
-    """An ExternalPeer from a checked config entry (runtime.node.config: etsi020.external_peers)."""
+    """An ExternalPeer from a checked config entry (sdqkd.node.config: etsi020.external_peers)."""
     return ExternalPeer(str(cfg["name"]), PeerKms(str(cfg["url"]).rstrip("/"), str(cfg["identity"]), cfg.get("ca")),
                         tuple(cfg["saes"]), str(cfg.get("qkdl_id") or ExternalPeer.link_id(node_id, str(cfg["name"]))),
                         str(cfg.get("mode", "sync")), cfg.get("rate_bps"))
@@ -124,6 +124,46 @@ class ExternalPeers:
             raise PeerRefused("external KMS did not take the keys")
         self.core.rate(link.qkdl_id).add(bits * count)
         return [AppKey(k, bits, ((k, bits),), v) for k, v in keys]
+
+    # --- a relay path that leaves here for the peer (relay.py, VIRT link with exit_peer) -----------
+    def _exit_peer(self, name: str, targets: tuple[str, ...]) -> ExternalPeer:
+        peer = self.peers.get(name)
+        if peer is None:
+            raise PeerRefused(f"external KMS {name!r} is not configured on this node")
+        if not set(targets) <= set(peer.saes):
+            raise PeerRefused(f"target SAE not served by the external KMS {name!r}")
+        return peer
+
+    async def forward(self, name: str, keys: list[tuple[str, bytes]], initiator: str,
+                      targets: tuple[str, ...]) -> set[str]:
+        """Hand keys relayed to this gateway on to the peer `name` (plain ext_keys: inside one
+        trusted node TLS is the protection 020 intends); the IDs it acknowledged `relayed`.
+        Keys it did not acknowledge are voided there (by `_push`)."""
+        peer = self._exit_peer(name, targets)
+        relayed = await self._push(peer, keys, initiator, list(targets))
+        self.core.rate(peer.qkdl_id).add(sum(len(v) * 8 for k, v in keys if k in relayed))
+        return relayed
+
+    async def void_at(self, name: str, ids: list[str], initiator: str, targets: tuple[str, ...]
+                      ) -> tuple[set[str], set[str]]:
+        """Void keys at the peer `name` (synchronously): (voided or never there, already delivered).
+        A peer that cannot be asked counts every key as delivered: the source must not assume
+        the peer dropped them."""
+        peer = self._exit_peer(name, targets)
+        try:
+            status, resp = await self.kms.client.post(peer.kms, "ext_keys/void",
+                                                      void_container(ids, initiator, list(targets), None),
+                                                      self.core.limits.rpc_timeout_s)
+        except Etsi020Error as e:
+            log.error("void of %d keys at %s not delivered: %s", len(ids), peer.name, e)
+            return set(), set(ids)
+        if status != 200 or not isinstance(resp, dict):
+            log.error("void of %d keys at %s refused (%d)", len(ids), peer.name, status)
+            return set(), set(ids)
+        if resp.get("status") == "success":
+            return set(ids), set()
+        failed = acked_ids(resp.get("ack_containers"), "failed") & set(ids)
+        return set(ids) - failed, failed
 
     async def _push(self, peer: ExternalPeer, keys: list[tuple[str, bytes]], master: str,
                     slaves: list[str]) -> set[str]:

@@ -36,9 +36,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-
-from runtime.errors import SdqkdError
-from runtime.lkms.tlsctx import peercert_cn
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.tlsctx import peercert_cn
 
 log = logging.getLogger(__name__)
 

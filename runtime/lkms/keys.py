@@ -25,8 +25,10 @@ def derive_key_ids(qkdl_id: str, block_id: str, count: int) -> list[str]:
     h = bytearray(hashlib.sha256(f"sdqkd-key-id/{qkdl_id}/{block_id}".encode()).digest()[:10])
     h[6] = (h[6] & 0x0F) | 0x80  # version 8
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 9562 variant
-    prefix = bytes(h)
-    return [str(uuid.UUID(bytes=prefix + i.to_bytes(6, "big"))) for i in range(count)]
+    # the index is exactly the last 12 hex digits of the canonical form: format the common
+    # 24-character head once (a relay batch derives hundreds of IDs; uuid.UUID per ID was 10x slower)
+    head = str(uuid.UUID(bytes=bytes(h) + bytes(6)))[:24]
+    return [f"{head}{i:012x}" for i in range(count)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """KeySync server: what a peer LKMS may ask of this one (kms.proto), over mutual TLS: key-ID
 reservation (Reserve/Confirm/Release) and ETSI 004 key-stream agreement, which ETSI GS QKD 020
 does not cover. The key relay moved to ETSI 020 (relay.py); the `Relay` RPC of kms.proto is no
-longer served (UNIMPLEMENTED); `Describe` tells a peer where our 020 server listens.
+longer served (UNIMPLEMENTED); `Describe` tells a peer where our 020 server listens and, asked
+for another node, where that node's KeySync listens (locate.py: known or asked one hop further).
 
 Every call names a link; with TLS the caller's certificate CN must be the node at the other end
 of that link (a node can only touch the pools it shares with us). Refusals carry a reason,
@@ -14,16 +15,16 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
-from runtime.lkms.core import Core
-from runtime.lkms.registry import Link
-from runtime.lkms.syncmsg import metadata_bits, refusal
-from runtime.lkms.tlsctx import grpc_caller_cn
+from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.locate import LocateError
+from sdqkd.lkms.registry import Link
+from sdqkd.lkms.syncmsg import metadata_bits, refusal
+from sdqkd.lkms.tlsctx import grpc_caller_cn
 
 if TYPE_CHECKING:
-    from runtime.lkms.reconcile import Reconciler
-    from runtime.lkms.streams import StreamManager
+    from sdqkd.lkms.reconcile import Reconciler
+    from sdqkd.lkms.streams import StreamManager
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,13 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
 
     async def Describe(self, request: kms_pb2.DescribeRequest, context: grpc.aio.ServicerContext
                        ) -> kms_pb2.DescribeResponse:
-        return kms_pb2.DescribeResponse(etsi020_address=self.core.etsi020_address)
+        resp = kms_pb2.DescribeResponse(etsi020_address=self.core.etsi020_address)
+        if request.node_id:  # where another node listens (locate.py): ours, or asked further on
+            try:
+                resp.kms_address = await self.core.locate(request.node_id, list(request.via))
+            except LocateError as e:
+                resp.reason = str(e)
+        return resp
 
     async def Reconcile(self, request: kms_pb2.ReconcileRequest, context: grpc.aio.ServicerContext
                         ) -> kms_pb2.ReconcileResponse:

@@ -10,7 +10,11 @@ to its slave(s) once, through the ordinary `take_in` path. Nothing is ever sent 
 
 Steps per request (each one durable store transaction): add_block (fresh keys, AVAILABLE),
 reserve_in (RESERVED_IN for the pair; nothing else ever reserves from this pool), confirm (the
-keys do not expire as an unconfirmed reservation would)."""
+keys do not expire as an unconfirmed reservation would).
+
+ETSI 004 streams of such a pair (streams.py) draw their chunks the same way (`local_chunk`) but
+keep them in memory only, as every stream does: both applications' copies are held by this one
+node until each side delivers its own, so there is no later fetch that a stored copy would serve."""
 
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ import os
 import uuid
 from collections.abc import Sequence
 
-from runtime.lkms.keys import AppKey
-from runtime.lkms.registry import PHYS, local_pool_id
-from runtime.lkms.store_api import KeyStore
+from sdqkd.lkms.keys import AppKey
+from sdqkd.lkms.registry import PHYS, local_pool_id
+from sdqkd.lkms.store_api import KeyStore
 
 
 async def local_keys(store: KeyStore, node_id: str, master: str, slaves: Sequence[str], bits: int,
@@ -37,3 +41,8 @@ async def local_keys(store: KeyStore, node_id: str, master: str, slaves: Sequenc
         raise RuntimeError(f"local key reservation refused: {res.reason}")
     await store.confirm(txn)
     return [AppKey(k, bits, ((k, bits),), material[i * size:(i + 1) * size]) for i, k in enumerate(ids)]
+
+
+def local_chunk(size: int) -> bytes:
+    """`size` fresh random bytes: one chunk of a same-node ETSI 004 stream."""
+    return os.urandom(size)

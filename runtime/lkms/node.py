@@ -22,6 +22,9 @@ called before or after `await lkms.start()`):
         the VIRT pool filled by relaying. Addresses are "host:port" of the peer's KeySync server.
     lkms.set_etsi020_peer(node_id, address)   "host:port" of a peer node's ETSI 020 server (the
         relay reaches the next hop there)
+    await lkms.locate(node_id, via) -> "host:port"   another node's KeySync server, known from
+        a neighbour (the `directory` given at construction: the node's interfaces) or asked
+        along `via`, the path to it (locate.py); LocateError naming who did not know
     await lkms.add_external_peer(ExternalPeer(...))   another vendor's KMS (external.py)
     await lkms.set_link_status(qkdl_id, up)       link up/down (down: no new deliveries)
     await lkms.remove_link(qkdl_id, erase=True)  forget it (and erase its pool)
@@ -61,33 +64,33 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-
-from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime.lkms.connlimit import serve_capped
-from runtime.lkms.core import Core, Limits, Registrar
-from runtime.lkms.dispenser import Dispensers
-from runtime.lkms.etsi004 import KeyDeliveryService, h2_handlers
-from runtime.lkms.etsi014 import Etsi014
-from runtime.lkms.etsi020 import Etsi020Server, Kms020
-from runtime.lkms.etsi020_client import Etsi020Client
-from runtime.lkms.external import ExternalPeer, ExternalPeers
-from runtime.lkms.keysync import KeySyncService
-from runtime.lkms.outbox import OutboxSender
-from runtime.lkms.peers import PeerClients
-from runtime.lkms.reconcile import Reconciler
-from runtime.lkms.registry import PHYS, VIRT, App, Link, Registry
-from runtime.lkms.relay import Relay
-from runtime.lkms.store import SqliteKeyStore
-from runtime.lkms.store_api import KeyStore
-from runtime.lkms.streams import StreamManager
-from runtime.lkms.tlsctx import (
+from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from sdqkd.lkms.connlimit import serve_capped
+from sdqkd.lkms.core import Core, Limits, Registrar
+from sdqkd.lkms.dispenser import Dispensers
+from sdqkd.lkms.etsi004 import KeyDeliveryService, h2_handlers
+from sdqkd.lkms.etsi014 import Etsi014
+from sdqkd.lkms.etsi020 import Etsi020Server, Kms020
+from sdqkd.lkms.etsi020_client import Etsi020Client
+from sdqkd.lkms.external import ExternalPeer, ExternalPeers
+from sdqkd.lkms.keysync import KeySyncService
+from sdqkd.lkms.locate import Directory, LocateError
+from sdqkd.lkms.outbox import OutboxSender
+from sdqkd.lkms.peers import PeerClients
+from sdqkd.lkms.reconcile import Reconciler
+from sdqkd.lkms.registry import PHYS, VIRT, App, Link, Registry
+from sdqkd.lkms.relay import Relay
+from sdqkd.lkms.store import SqliteKeyStore
+from sdqkd.lkms.store_api import KeyStore
+from sdqkd.lkms.streams import StreamManager
+from sdqkd.lkms.tlsctx import (
     etsi020_server_context,
     grpc_h2_server_context,
     grpc_server_credentials,
     https_server_context,
 )
-from runtime.logfmt import link_label
-from runtime.pki import TlsFiles
+from sdqkd.logfmt import link_label
+from sdqkd.pki import TlsFiles
 
 KEYSYNC_MAX_MESSAGE = 4 * 1024 * 1024
 log = logging.getLogger(__name__)
@@ -104,8 +107,9 @@ class Lkms:
                  etsi004_listen: str = "127.0.0.1:0", keysync_listen: str = "127.0.0.1:0",
                  etsi020_listen: str = "127.0.0.1:0", limits: Limits | None = None, store: KeyStore | None = None,
                  fault: str | None = None, peer_servicers: Iterable[Any] = (),
-                 names: dict[str, str] | None = None) -> None:
+                 names: dict[str, str] | None = None, directory: Directory | None = None) -> None:
         self.node_id = node_id
+        self.directory = directory  # neighbour node ID -> its KeySync address (locate.py)
         self.names = names or {}  # node ID -> name, for logs only
         self.data_dir = Path(data_dir)
         self.tls = tls
@@ -134,6 +138,7 @@ class Lkms:
         self.core = core = Core(self.node_id, self.registry, self.store, self.peers, self.limits,
                                 tls=self.tls is not None, fault=self._fault)
         core.registrar = self.registrar
+        core.directory = self.directory
         self.store.on_change(self._on_change)
         tls = self.tls
         self.kms020 = Kms020(self.node_id, Etsi020Client(
@@ -145,6 +150,7 @@ class Lkms:
             self.kms020.pinned.add(nid)
         self.relay = Relay(core, self.kms020)
         self.external = ExternalPeers(core, self.kms020)
+        self.relay.external = self.external
         self.streams = StreamManager(core)
         self.dispensers = Dispensers(core, self.relay)
         self.dispensers.external = self.external
@@ -241,7 +247,7 @@ class Lkms:
             raise ValueError(f"etsi004_server must be h2 or grpcio, not {kind!r}")
         if kind == "h2":
             try:
-                from runtime.lkms import h2grpc
+                from sdqkd.lkms import h2grpc
             except ImportError:  # the h2 package is missing: still serve, more slowly
                 log.warning("ETSI 004: the h2 package is not installed; using the grpcio server")
                 kind = "grpcio"
@@ -315,14 +321,24 @@ class Lkms:
                 ev.set()
 
     # --- links ---------------------------------------------------------------------------
+    async def locate(self, target: str, via: Sequence[str]) -> str:
+        """host:port of node `target`'s KeySync server, known or asked along `via` (the path
+        to it, target last); LocateError naming the node that did not know it."""
+        if not self._started:
+            raise LocateError("the LKMS is not running")
+        return await self.core.locate(target, via)
+
     async def set_link(self, qkdl_id: str, peer_node_id: str, peer_kms_address: str, kind: str = PHYS,
-                       prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True) -> None:
+                       prev_hop: str | None = None, next_hops: Sequence[str] = (), up: bool = True,
+                       exit_peer: str | None = None) -> None:
         if kind not in (PHYS, VIRT):
             raise ValueError("kind must be PHYS or VIRT")
+        if exit_peer is not None and (kind != VIRT or not exit_peer):
+            raise ValueError("exit_peer: the name of an external KMS, on a virtual link only")
         if kind == VIRT and next_hops and next_hops[-1] != peer_node_id:
             raise ValueError("next_hops must end with the far end of the virtual link (peer_node_id)")
         old = self.registry.links.get(qkdl_id)
-        link = Link(qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, tuple(next_hops), up)
+        link = Link(qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, tuple(next_hops), up, exit_peer)
         if old is not None and old.peer_kms_address != peer_kms_address and self._started:
             self.dispensers.drop_link(qkdl_id)
         self.registry.links[qkdl_id] = link
@@ -363,11 +379,15 @@ class Lkms:
                      remote_node_id: str, backing_qkdl_ids: Sequence[str]) -> None:
         if not slave_sae_ids:
             raise ValueError("an application needs at least one slave SAE")
-        old = self.registry.apps.get(app_id)
-        app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
-                  tuple(backing_qkdl_ids))
-        if old is not None:  # re-registration keeps the history
-            app.created, app.consumed_bits, app.consumed_keys = old.created, old.consumed_bits, old.consumed_keys
+        app = self.registry.apps.get(app_id)
+        if app is None:
+            app = App(app_id, master_sae_id, tuple(slave_sae_ids), local_node_id, remote_node_id,
+                      tuple(backing_qkdl_ids))
+        else:  # re-registration (a reroute, the controller confirming a registration) keeps the
+            # object, its history and its use: open ETSI 004 streams hold it and charge it
+            app.master_sae_id, app.slave_sae_ids = master_sae_id, tuple(slave_sae_ids)
+            app.local_node_id, app.remote_node_id = local_node_id, remote_node_id
+            app.backing_qkdl_ids = tuple(backing_qkdl_ids)
         self.registry.add_app(app)
 
     def unregister_app(self, app_id: str) -> None:
@@ -377,7 +397,7 @@ class Lkms:
         app = self.registry.apps.get(app_id)
         if app is None:
             raise KeyError(app_id)
-        up = any(link.up for link in self.registry.backing_links(app))
+        up = app.is_local or any(link.up for link in self.registry.backing_links(app))
         created = dt.datetime.fromtimestamp(app.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return {"app_status": "ON" if up else "DISCONNECTED", "creation_time": created,

@@ -13,10 +13,9 @@ import asyncio
 import logging
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.lkms.core import Core
-from runtime.lkms.store_api import OutboxItem
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.store_api import OutboxItem
 
 log = logging.getLogger(__name__)
 

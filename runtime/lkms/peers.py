@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2_grpc
-from runtime.lkms.tlsctx import grpc_channel_credentials
-from runtime.pki import TlsFiles
+from sdqkd.generated.proto.sdqkd import kms_pb2_grpc
+from sdqkd.lkms.tlsctx import grpc_channel_credentials
+from sdqkd.pki import TlsFiles
 
 # A restarted peer: calls wait for the channel to reconnect (within their deadline) instead of
 # failing at once while it backs off (waitForReady), and the reconnection is retried within

@@ -29,10 +29,9 @@ import logging
 import time
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.lkms.core import Core
-from runtime.lkms.registry import EXT, Link
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.registry import EXT, Link
 
 log = logging.getLogger(__name__)
 

@@ -44,6 +44,8 @@ class Link:
     shares its key pool); `prev_hop` is the adjacent node towards the source (None at the
     source) and `next_hops` every node after this one, adjacent first, far end last (empty at
     the far end). Intermediate nodes hold a VIRT entry too (it authorises the relay).
+    `exit_peer`: the path leaves the sdqkd network at the far end (the gateway) for another
+    vendor's KMS, configured there under this name (relay.py: keys made on demand, no pool).
     """
 
     qkdl_id: str
@@ -53,6 +55,7 @@ class Link:
     prev_hop: str | None = None
     next_hops: tuple[str, ...] = ()
     up: bool = True
+    exit_peer: str | None = None
 
     @property
     def is_relay_source(self) -> bool:

@@ -9,8 +9,9 @@ carried in `extension_mandatory.sdqkd_hop` (a peer that does not understand it m
 request, as the standard says of mandatory extensions, rather than keep ciphertext as keys):
 
 - every key's `value` is K xor P, P a fresh key of the hop's *physical* link pool (one-time pad);
-- one more fresh key M of that pool keys HMAC-SHA256 over the whole request (canonical JSON,
-  tag excluded): a one-time MAC key (computationally secure, not Wegman-Carter);
+- one more fresh key M of that pool keys HMAC-SHA256 over the whole request (tag excluded; the
+  keys as raw bytes, the rest as canonical JSON, see `tag_input`): a one-time MAC key
+  (computationally secure, not Wegman-Carter);
 - `relay_id`, the VIRT link, the path and the hop index say where the keys go; the receiver checks
   them against the VIRT link installed on it and the caller's certificate against the path.
 
@@ -38,38 +39,41 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core
-from runtime.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
-from runtime.lkms.etsi020_client import Etsi020Error, PeerKms
-from runtime.lkms.etsi020_schema import (
+import orjson
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core
+from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
+from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
+from sdqkd.lkms.etsi020_schema import (
     AckContainer,
     Bad,
     ExtKeyContainer,
     JsonObj,
     VoidContainer,
     acked_ids,
+    decode_value,
     ext_key_container,
     is_key_id,
     message_data,
     void_container,
 )
-from runtime.lkms.keys import AppKey, derive_key_ids
-from runtime.lkms.registry import PHYS, VIRT, Link
-from runtime.lkms.store_api import StoreError
+from sdqkd.lkms.keys import AppKey, derive_key_ids
+from sdqkd.lkms.registry import PHYS, VIRT, Link
+from sdqkd.lkms.store_api import StoreError
+
+if TYPE_CHECKING:
+    from sdqkd.lkms.external import ExternalPeers
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +94,37 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
 
 
-def canonical(body: JsonObj) -> bytes:
-    """The bytes the hop tag covers: the request without the tag, as canonical JSON."""
+def _canonical_json(v: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8 (orjson: both ends of a hop run the same code)."""
+    return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+
+
+def tag_input(body: JsonObj, values: Sequence[bytes] | None = None) -> bytes:
+    """The bytes the hop tag covers: every member of the request but `keys` and the tag, as
+    canonical JSON, then per key (in order) its ID, its value as raw bytes and its extension,
+    each length-prefixed. `values`: the keys' values already decoded (else decoded from the
+    body). Raw values, not a second JSON encoding of the whole request: for a 512-key request
+    that re-encoding cost as much as the request itself."""
     b = dict(body)
+    keys = b.pop("keys")
     em = dict(b["extension_mandatory"])
     hop = dict(em[HOP])
     hop.pop("tag", None)
     em[HOP] = hop
     b["extension_mandatory"] = em
-    return json.dumps(b, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    if values is None:
+        values = [decode_value(k["value"], "value") for k in keys]
+    out = [_canonical_json(b)]
+    for k, v in zip(keys, values, strict=True):
+        kid = k["key_id"].encode()
+        ext = _canonical_json(k["extension"]) if k.get("extension") else b""
+        out.append(b"%d:%s%d:%s%d:%s" % (len(kid), kid, len(v), v, len(ext), ext))
+    return b"".join(out)
 
 
-def hop_tag(mac_key: bytes, body: JsonObj) -> str:
-    return base64.b64encode(hmac.new(mac_key, canonical(body), hashlib.sha256).digest()).decode()
+def hop_tag(mac_key: bytes, body: JsonObj, values: Sequence[bytes] | None = None) -> str:
+    """HMAC-SHA256 under the one-time MAC key over `tag_input`."""
+    return base64.b64encode(hmac.new(mac_key, tag_input(body, values), hashlib.sha256).digest()).decode()
 
 
 def _pads(state: str, unknown: list[str] | None = None) -> list[JsonObj]:
@@ -141,6 +163,7 @@ class _Hop:
     pad_key_ids: list[list[str]]
     mac_key_ids: list[str]
     tag: str
+    exit_peer: str | None = None  # the path leaves the far end for this external KMS
 
     @classmethod
     def parse(cls, v: Any) -> _Hop:
@@ -152,13 +175,15 @@ class _Hop:
         try:
             h = cls(str(v["relay_id"]), str(v["virt_qkdl_id"]), list(v["path"]), v["hop_index"],
                     str(v["hop_qkdl_id"]), [list(p) for p in v["pad_key_ids"]], list(v["mac_key_ids"]),
-                    str(v["tag"]))
+                    str(v["tag"]), v.get("exit_peer"))
         except (KeyError, TypeError, ValueError):
             raise bad("relay_id, virt_qkdl_id, path, hop_index, hop_qkdl_id, pad_key_ids, mac_key_ids, "
                       "tag required") from None
         if not isinstance(h.hop_index, int) or isinstance(h.hop_index, bool) or not all(
                 isinstance(p, str) for p in h.path):
             raise bad("hop_index must be an integer, path an array of node IDs")
+        if h.exit_peer is not None and (not isinstance(h.exit_peer, str) or not h.exit_peer):
+            raise bad("exit_peer must be the name of an external KMS")
         ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
         if not ids or not all(is_key_id(k) for k in ids) or len(set(ids)) != len(ids):
             raise bad("pad and MAC key IDs must be distinct UUIDs")
@@ -174,6 +199,7 @@ class Relay:
         self._voided: OrderedDict[str, None] = OrderedDict()  # far end: voided before they arrived
         self._tasks: set[asyncio.Task[None]] = set()  # reconciliation, pad erasure
         self._erasing: dict[str, asyncio.Task[None]] = {}  # txn -> erase of its pads under way
+        self.external: ExternalPeers | None = None  # for paths that leave for another vendor's KMS
 
     # --- configuration -------------------------------------------------------------------
     @property
@@ -212,7 +238,8 @@ class Relay:
     # --- sending one hop -------------------------------------------------------------------
     async def _send_hop(self, phys: Link, virt_qkdl_id: str, keys: list[tuple[str, bytes]], path: list[str],
                         hop_index: int, relay_id: str, saes: tuple[str, list[str]], ack_url: str | None,
-                        late: Late | None = None, reserved: list[AppKey] | None = None) -> tuple[int, Any]:
+                        late: Late | None = None, reserved: list[AppKey] | None = None,
+                        exit_peer: str | None = None) -> tuple[int, Any]:
         """One hop; `reserved`: the pads, already reserved under this hop's txn (see _receive)."""
         core = self.core
         txn = _txn(relay_id, hop_index)
@@ -231,9 +258,11 @@ class Relay:
         hop: JsonObj = {"relay_id": relay_id, "virt_qkdl_id": virt_qkdl_id, "path": path, "hop_index": hop_index,
                         "hop_qkdl_id": phys.qkdl_id, "pad_key_ids": [[p for p, _ in k.parts] for k in pads],
                         "mac_key_ids": [p for p, _ in mk.parts]}
-        body = ext_key_container([(kid, _xor(k, p.material)) for (kid, k), p in zip(keys, pads, strict=True)],
-                                 saes[0], saes[1], ack_url, {HOP: hop})
-        hop["tag"] = hop_tag(mk.material, body)
+        if exit_peer is not None:
+            hop["exit_peer"] = exit_peer
+        sent = [(kid, _xor(k, p.material)) for (kid, k), p in zip(keys, pads, strict=True)]
+        body = ext_key_container(sent, saes[0], saes[1], ack_url, {HOP: hop})
+        hop["tag"] = hop_tag(mk.material, body, [v for _, v in sent])
         return await self._deliver(peer, body, txn, late)
 
     async def _deliver(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> tuple[int, Any]:
@@ -400,7 +429,7 @@ class Relay:
 
     # --- filling -----------------------------------------------------------------------
     def start(self, link: Link) -> None:
-        if link.is_relay_source and link.qkdl_id not in self._fillers:
+        if link.is_relay_source and link.exit_peer is None and link.qkdl_id not in self._fillers:
             self._fillers[link.qkdl_id] = asyncio.get_running_loop().create_task(self._fill(link))
 
     def stop(self, qkdl_id: str) -> None:
@@ -453,6 +482,8 @@ class Relay:
         virt = core.registry.links.get(h.virt_qkdl_id)
         if virt is None or virt.kind != VIRT or virt.prev_hop != path[i]:
             return no("virtual link not installed here")
+        if virt.exit_peer != h.exit_peer:
+            return no("exit to an external KMS does not match the virtual link")
         end = i + 2 == len(path)
         if end:
             if virt.next_hops or virt.peer_node_id != path[0]:
@@ -546,7 +577,7 @@ class Relay:
                            "hop keys not available", "untouched", unknown=unknown)
         mats = {k: lk.material for k, lk in zip(ids, taken, strict=True)}
         mac_key = b"".join(mats[k] for k in h.mac_key_ids)
-        if not hmac.compare_digest(hop_tag(mac_key, raw).encode(), h.tag.encode()):
+        if not hmac.compare_digest(hop_tag(mac_key, raw, [k.value for k in req.keys]).encode(), h.tag.encode()):
             log.warning("relay %s: authentication failed on hop from %s", h.relay_id, hop.peer_node_id)
             return _refuse("bad request format", "sdqkd_authentication_failed", "hop tag does not verify",
                            "consumed")
@@ -556,6 +587,11 @@ class Relay:
             if len(pad) < len(k.value):
                 return _refuse("bad request format", "bad_request_format", "pad shorter than key", "consumed")
             keys.append((k.key_id, _xor(k.value, pad)))
+        if end and virt.exit_peer is not None:
+            if req.ack_callback_url is None:
+                return sync_reply(await self._exit(virt.exit_peer, keys, req), len(keys))
+            spawn(self._exit_acks(caller, virt.exit_peer, keys, req))
+            return 202, {}
         if end:
             acks = await self._store_far_end(virt, keys, req)
             if req.ack_callback_url is None:
@@ -602,7 +638,7 @@ class Relay:
         if req.ack_callback_url is None:
             try:
                 status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
-                                                    saes, None, reserved=reserved)
+                                                    saes, None, reserved=reserved, exit_peer=h.exit_peer)
             except RelayError as e:
                 return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
             await self._erased(_txn(h.relay_id, h.hop_index + 1))
@@ -618,7 +654,7 @@ class Relay:
         futs = self.kms.expect(peer, ids)
         try:
             status, resp = await self._send_hop(nxt, h.virt_qkdl_id, keys, h.path, h.hop_index + 1, h.relay_id,
-                                                saes, self.kms.ack_url, reserved=reserved)
+                                                saes, self.kms.ack_url, reserved=reserved, exit_peer=h.exit_peer)
         except RelayError as e:
             self.kms.forget(ids)
             return _refuse("timeout", "timeout", f"next hop: {e}", "consumed", status=408)
@@ -643,6 +679,79 @@ class Relay:
         acks = [AckContainer(tuple(v), s, i, t) for (s, i, t), v in groups.items()]
         if acks:
             await self.kms.send_acks(caller, url, acks)
+
+    # --- a path that leaves for another vendor's KMS ------------------------------------------
+    async def dispense_exit(self, link: Link, master: str, slaves: tuple[str, ...], bits: int,
+                            count: int) -> list[AppKey]:
+        """Source side of a VIRT link with `exit_peer`: fresh keys for `master`, relayed hop by
+        hop to the gateway, which hands them to the external KMS (initiator = master, targets =
+        slaves); returned only if the external KMS took every one of them (else those it took
+        are voided along the path and RelayError is raised: the SAE gets no key)."""
+        core = self.core
+        if not link.is_relay_source or link.exit_peer is None:
+            raise RelayError("this node is not the source of a path to an external KMS")
+        path = [core.node_id, *link.next_hops]
+        first = core.registry.phys_link_to(path[1])
+        if first is None or not first.up:
+            raise RelayError("no physical link to the first hop")
+        relay_id = str(uuid.uuid4())
+        keys = [(str(uuid.uuid4()), secrets.token_bytes(bits // 8)) for _ in range(count)]
+        src = _Source(self, link, first, path, (master, list(slaves)), keys, keep=False)
+        try:
+            status, resp = await self._send_hop(first, link.qkdl_id, keys, path, 0, relay_id, src.saes, None,
+                                                src.withdraw, exit_peer=link.exit_peer)
+            relayed = await src.resolve(status, resp)
+        finally:
+            await self._erased(_txn(relay_id, 0))
+        ids = [k for k, _ in keys]
+        if len(relayed) < len(ids):
+            if relayed:  # all or nothing for our SAE: withdraw what the external KMS took
+                used = await self._void_path(src, [k for k in ids if k in relayed])
+                if used:
+                    log.error("external KMS %s delivered %d keys our SAE will not get (withdrawn too late)",
+                              link.exit_peer, len(used))
+            raise RelayError(f"external KMS {link.exit_peer} did not take the keys ({status}: {_message(resp)})")
+        return [AppKey(k, bits, ((k, bits),), v) for k, v in keys]
+
+    async def _exit(self, name: str, keys: list[tuple[str, bytes]], req: ExtKeyContainer) -> list[AckContainer]:
+        """At the gateway: hand the relayed keys on to the external KMS; acks for the previous hop."""
+        from sdqkd.lkms.external import PeerRefused
+
+        why = "not taken by the external KMS"
+        relayed: set[str] = set()
+        if self.external is None:
+            why = "no external KMS here"
+        else:
+            try:
+                relayed = await self.external.forward(name, keys, req.initiator_sae_id, req.target_sae_ids)
+            except PeerRefused as e:
+                why = str(e)
+        ok = [k for k, _ in keys if k in relayed]
+        failed = [k for k, _ in keys if k not in relayed]
+        acks = [AckContainer(tuple(ok), "relayed", req.initiator_sae_id, t) for t in req.target_sae_ids if ok]
+        return acks + [AckContainer(tuple(failed), "failed", req.initiator_sae_id, t, why)
+                       for t in req.target_sae_ids if failed]
+
+    async def _exit_acks(self, caller: PeerKms, name: str, keys: list[tuple[str, bytes]],
+                         req: ExtKeyContainer) -> None:
+        assert req.ack_callback_url is not None
+        await self.kms.send_acks(caller, req.ack_callback_url, await self._exit(name, keys, req))
+
+    async def _void_exit(self, name: str, ids: list[str], req: VoidContainer) -> list[AckContainer]:
+        from sdqkd.lkms.external import PeerRefused
+
+        if self.external is None:
+            gone, used = set(ids), set[str]()
+        else:
+            try:
+                gone, used = await self.external.void_at(name, ids, req.initiator_sae_id, req.target_sae_ids)
+            except PeerRefused:
+                gone, used = set(ids), set()  # never sent there
+        out: list[AckContainer] = []
+        for status, keys in (("voided", [k for k in ids if k in gone]), ("failed", [k for k in ids if k in used])):
+            if keys:
+                out += [AckContainer(tuple(keys), status, req.initiator_sae_id, t) for t in req.target_sae_ids]
+        return out
 
     # --- void --------------------------------------------------------------------------
     async def on_void(self, caller: PeerKms, req: VoidContainer, spawn: Spawn) -> Reply:
@@ -674,7 +783,10 @@ class Relay:
                 raise Bad("timeout", "timeout", "No response received from the next KME in sufficient time.",
                           status=408) from None
             return status, resp if isinstance(resp, dict) else {}
-        acks = await self._void_here(virt, list(req.key_ids), req)
+        if virt.exit_peer is not None:
+            acks = await self._void_exit(virt.exit_peer, list(req.key_ids), req)
+        else:
+            acks = await self._void_here(virt, list(req.key_ids), req)
         if req.ack_callback_url is None:
             return sync_reply(acks, len(req.key_ids))
         spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
@@ -712,6 +824,7 @@ class _Source:
     path: list[str]
     saes: tuple[str, list[str]]
     keys: list[tuple[str, bytes]]
+    keep: bool = True  # store the relayed keys in the link's pool (not for keys made on demand)
 
     async def resolve(self, status: int, resp: Any) -> set[str]:
         ids = [k for k, _ in self.keys]
@@ -728,8 +841,21 @@ class _Source:
         await self.store(relayed & set(ids))
         return relayed & set(ids)
 
+    async def withdraw(self, status: int, resp: Any) -> set[str]:
+        """The late answer to keys made on demand that our SAE was refused meanwhile (the hop's
+        outcome was unknown): whatever reached the far end is voided along the path."""
+        relayed = await self.resolve(status, resp)
+        if relayed:
+            used = await self.relay._void_path(self, sorted(relayed))
+            if used:
+                log.error("%d keys of %s were delivered at the far end but never to our SAE", len(used),
+                          self.link.qkdl_id)
+        return set()
+
     async def store(self, relayed: set[str]) -> None:
         core = self.relay.core
+        if not self.keep:
+            return
         await put_all(core, self.link.qkdl_id, [(k, v) for k, v in self.keys if k in relayed])
         core.rate(self.link.qkdl_id).add(len(relayed) * core.limits.relay_key_bits)
         if relayed:

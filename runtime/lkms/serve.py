@@ -1,12 +1,12 @@
-"""Run one LKMS as a process: `python -m runtime.lkms.serve --config FILE.yaml`.
+"""Run one LKMS as a process: `python -m sdqkd.lkms.serve --config FILE.yaml`.
 
 A stand-in until `sdqkd node` runs agent + LKMS + engine together. The config uses the node
 config's keys (id, data_dir, etsi014/etsi004 {listen}, tls {ca, cert, key}, saes [{id}]) plus:
 
     keysync: {listen: "127.0.0.1:7004"}      # inter-LKMS gRPC (mutual TLS)
     etsi020: {listen: "127.0.0.1:7020"}      # ETSI GS QKD 020 between KMSs (mutual TLS 1.3)
-    lkms: {max_key_count: 100000, ...}       # runtime.lkms.core.Limits fields
-    links: [{qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, next_hops}]
+    lkms: {max_key_count: 100000, ...}       # sdqkd.lkms.core.Limits fields
+    links: [{qkdl_id, peer_node_id, peer_kms_address, kind, prev_hop, next_hops, exit_peer}]
     apps:  [{app_id, master_sae_id, slave_sae_ids, local_node_id, remote_node_id, backing_qkdl_ids}]
     dev_key_feed: [{qkdl_id, seed, blocks, block_keys, key_bits}]   # no engine: both ends derive
         the same blocks from the same seed (development and tests only; never for real keys)
@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from runtime.lkms.core import Limits
-from runtime.lkms.node import Lkms
-from runtime.pki import TlsFiles
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
+from sdqkd.pki import TlsFiles
 
 
 def dev_block(seed: str, qkdl_id: str, index: int, nbytes: int) -> bytes:
@@ -54,7 +53,7 @@ def build(cfg: dict[str, Any]) -> Lkms:
 async def configure(lkms: Lkms, cfg: dict[str, Any]) -> None:
     for ln in cfg.get("links", []):
         await lkms.set_link(ln["qkdl_id"], ln["peer_node_id"], ln["peer_kms_address"], ln.get("kind", "PHYS"),
-                            ln.get("prev_hop"), ln.get("next_hops", []))
+                            ln.get("prev_hop"), ln.get("next_hops", []), exit_peer=ln.get("exit_peer"))
     for a in cfg.get("apps", []):
         lkms.register_app(a["app_id"], a["master_sae_id"], a["slave_sae_ids"], a["local_node_id"],
                           a["remote_node_id"], a["backing_qkdl_ids"])
@@ -83,7 +82,7 @@ async def run(cfg: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.lkms.serve")
+    ap = argparse.ArgumentParser(prog="python -m sdqkd.lkms.serve")
     ap.add_argument("--config", required=True)
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)

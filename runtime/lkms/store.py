@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
-from runtime.lkms.store_api import (
+from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
+from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
     PoolStats,
@@ -42,7 +42,7 @@ from runtime.lkms.store_api import (
     StoreError,
     StoreUnavailable,
 )
-from runtime.private import FILE_MODE, private_dir, private_file
+from sdqkd.private import FILE_MODE, private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,34 @@ def _distinct_ids(key_ids: Sequence[str]) -> list[bytes] | None:
     except (ValueError, TypeError):
         return None
     return blobs if len(set(blobs)) == len(blobs) else None
+
+
+# Rows of equal size in one statement: the IDs and the material travel as two concatenated
+# blobs that a recursive CTE cuts apart. One sqlite3_step instead of one per row: each step
+# releases and retakes the GIL, which under a busy event loop cost far more than the insert.
+# (INSERT first, WITH inside: sqlite3 reports a rowcount only for statements that begin with INSERT)
+_INSERT_RUN = """INSERT {}INTO keys(pid, kid, bits, state, material, created)
+WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n+1 FROM i WHERE n+1<?)
+SELECT ?, substr(?, n*16+1, 16), ?, 0, substr(?, n*?+1, ?), ? FROM i"""
+_INSERT_NEW_RUN = _INSERT_RUN.format("OR IGNORE ")
+_INSERT_RUN = _INSERT_RUN.format("")
+
+
+def _insert_keys(conn: sqlite3.Connection, rows: list[tuple[int, bytes, int, bytes, float]]) -> None:
+    """INSERT available keys (pid, kid, bits, material, created), in order."""
+    if len(rows) > 1 and len({(r[0], r[2], len(r[3]), r[4]) for r in rows}) == 1:
+        pid, _, bits, m, now = rows[0]
+        conn.execute(_INSERT_RUN, (len(rows), pid, b"".join(r[1] for r in rows), bits,
+                                   b"".join(r[3] for r in rows), len(m), len(m), now))
+    else:
+        conn.executemany("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)", rows)
+
+
+def _canonical_or(key_id: str, kid: bytes) -> str:
+    """`key_id` if it is already the canonical form of `kid` (the usual case: no re-formatting)."""
+    if len(key_id) == 36 and key_id[8] == key_id[13] == key_id[18] == key_id[23] == "-" and key_id == key_id.lower():
+        return key_id
+    return _s(kid)
 
 
 def _s(kid: bytes) -> str:
@@ -492,6 +520,13 @@ class SqliteKeyStore:
     def _put_keys(self, tx: _Tx, qkdl_id: str, rows: list[tuple[bytes, bytes]]) -> list[bool]:
         pid = tx.pid(qkdl_id)
         now = time.time()
+        if self._put_all_fresh(tx, pid, rows, now):
+            bits = sum(len(m) for _, m in rows) * 8
+            tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
+                            (len(rows), bits, pid))
+            tx.d(pid, av_k=len(rows), av_b=bits, ad_k=len(rows), ad_b=bits)
+            tx.changed.add(qkdl_id)
+            return [True] * len(rows)
         taken: set[bytes] = set()  # IDs stored already (a repeated relay): one query per batch, not per key
         for i in range(0, len(rows), _IN_BATCH):
             part = [kid for kid, _ in rows[i:i + _IN_BATCH]]
@@ -505,7 +540,7 @@ class SqliteKeyStore:
             if fresh:
                 taken.add(kid)
                 new.append((pid, kid, len(material) * 8, material, now))
-        tx.conn.executemany("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)", new)
+        _insert_keys(tx.conn, new)
         n, bits = len(new), sum(r[2] for r in new)
         if n:
             tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
@@ -513,6 +548,22 @@ class SqliteKeyStore:
             tx.d(pid, av_k=n, av_b=bits, ad_k=n, ad_b=bits)
             tx.changed.add(qkdl_id)
         return out
+
+    @staticmethod
+    def _put_all_fresh(tx: _Tx, pid: int, rows: list[tuple[bytes, bytes]], now: float) -> bool:
+        """The usual case of put_keys in one statement: every ID new and every key of one size.
+        False (and nothing changed) otherwise, for the per-key path."""
+        if len(rows) < 2 or len({len(m) for _, m in rows}) != 1 or len({k for k, _ in rows}) != len(rows):
+            return False
+        size = len(rows[0][1])
+        tx.conn.execute("SAVEPOINT put_keys")
+        n = tx.conn.execute(_INSERT_NEW_RUN, (
+            len(rows), pid, b"".join(k for k, _ in rows), size * 8, b"".join(m for _, m in rows), size, size,
+            now)).rowcount
+        if n != len(rows):  # some ID was stored already (a repeated relay)
+            tx.conn.execute("ROLLBACK TO put_keys")
+        tx.conn.execute("RELEASE put_keys")
+        return n == len(rows)
 
     # --- master side -------------------------------------------------------------------
     async def reserve_out(self, qkdl_id: str, txn: str, counts: Sequence[int], bits: int,
@@ -631,13 +682,23 @@ class SqliteKeyStore:
         self._count(tx, rows, reserved, delivered=False)
 
     def _erase_txn(self, tx: _Tx, txn: str, state: int | None = None) -> int:
-        if state is None:
-            rows = tx.conn.execute("DELETE FROM keys WHERE txn=? RETURNING pid, bits", (txn,)).fetchall()
-        else:
-            rows = tx.conn.execute("DELETE FROM keys WHERE txn=? AND state=? RETURNING pid, bits",
-                                   (txn, state)).fetchall()
-        self._count_erased(tx, rows, reserved=True)
-        return len(rows)
+        # counted per pool first, then deleted: two statements of one step each, not one step
+        # (and one GIL hand-over) per erased row as DELETE ... RETURNING would take
+        where = "txn=?" if state is None else "txn=? AND state=?"
+        args = (txn,) if state is None else (txn, state)
+        per = tx.conn.execute(f"SELECT pid, COUNT(*), TOTAL(bits) FROM keys WHERE {where} GROUP BY pid",
+                              args).fetchall()
+        if not per:
+            return 0
+        tx.conn.execute(f"DELETE FROM keys WHERE {where}", args)
+        n = 0
+        for pid, k, b in per:
+            tx.d(pid, rs_k=-k, rs_b=-int(b))
+            n += k
+            c = self._by_pid.get(pid)
+            if c is not None:
+                tx.changed.add(c.qkdl_id)
+        return int(n)
 
     async def abort_out(self, txn: str, *, erase: Sequence[str] = (), erase_all: bool = False,
                         release: bool = False) -> None:
@@ -801,9 +862,10 @@ class SqliteKeyStore:
         blobs = _distinct_ids(key_ids)
         if blobs is None:
             return None
-        return await self._submit(self._take_keys, qkdl_id, blobs, delivered)
+        return await self._submit(self._take_keys, qkdl_id, list(key_ids), blobs, delivered)
 
-    def _take_keys(self, tx: _Tx, qkdl_id: str, blobs: list[bytes], delivered: bool) -> list[LinkKey] | None:
+    def _take_keys(self, tx: _Tx, qkdl_id: str, key_ids: Sequence[str], blobs: list[bytes], delivered: bool
+                   ) -> list[LinkKey] | None:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return None
@@ -822,7 +884,7 @@ class SqliteKeyStore:
             self._count_delivered(tx, counted, reserved=False)
         else:
             self._count_erased(tx, counted, reserved=False)
-        return [LinkKey(_s(k), *found[k]) for k in blobs]
+        return [LinkKey(_canonical_or(sid, k), *found[k]) for sid, k in zip(key_ids, blobs, strict=True)]
 
     async def missing(self, qkdl_id: str, key_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         return await self._submit(self._missing, qkdl_id, list(key_ids))

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from runtime.errors import SdqkdError
-from runtime.lkms.keys import AppKey, LinkKey
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.keys import AppKey, LinkKey
 
 
 class KeyState(IntEnum):

@@ -21,7 +21,8 @@ Status codes (clause 6, numbered as in the standard):
    8 metadata room too small (metadata.size returns the size needed; nothing consumed).
  CLOSE: 0; 4 unknown stream.
 QoS: key_chunk_size (0 -> default), ttl, timeout, max_bps (delivery paced), min_bps (refused with
-7 when above the link's measured key rate), metadata_mimetype ("" or application/json).
+7 when above the link's measured key rate; a same-node stream has no such limit),
+metadata_mimetype ("" or application/json).
 jitter and priority are accepted and echoed but not enforced.
 
 Resources: a stream that neither both applications joined nor its local application sent a
@@ -29,6 +30,16 @@ GET_KEY on expires after its QoS timeout or `Limits.stream_unused_s`, whichever 
 (the peer is told, as on CLOSE); an
 SAE has at most `Limits.max_streams_per_sae` streams at a node (opened or announced by the
 peer): one more OPEN_CONNECT is RESOURCE_EXHAUSTED, one more announcement is refused.
+
+Same-node streams (both SAEs attached to this node, a local application: no link, no peer
+node). The opener's side is the owner and holds its *twin*, the side of the other application,
+which joins it with its own OPEN_CONNECT (same key stream ID), exactly as a peer node's side
+would. Whichever side needs a chunk first draws it, and a batch ahead, from the node's CSPRNG
+(local.py says why that is sound) into both sides, so chunk `i` is the same bytes for both
+applications and each side still delivers it once. Both sides answer to the same key stream ID,
+so the caller's client certificate says which side a GET_KEY or CLOSE is for: without TLS such
+a stream is refused (PERMISSION_DENIED) before anything is registered. CLOSE of one side tells
+the twin as a peer node would be told (GET_KEY there: 3).
 """
 
 from __future__ import annotations
@@ -38,17 +49,18 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from generated.proto.sdqkd import kms_pb2
-from runtime.errors import SdqkdError
-from runtime.lkms.core import Core, NotReady, UnknownPair
-from runtime.lkms.keys import group_parts, is_uuid, join_parts
-from runtime.lkms.registry import App, Link
-from runtime.lkms.syncmsg import key_refs, parse_refusal, refusal
+from sdqkd.errors import SdqkdError
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.core import Core, NotReady, UnknownPair
+from sdqkd.lkms.keys import group_parts, is_uuid, join_parts
+from sdqkd.lkms.local import local_chunk
+from sdqkd.lkms.registry import App, Link
+from sdqkd.lkms.syncmsg import key_refs, parse_refusal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +105,11 @@ class Stream:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     opened: float = field(default_factory=time.monotonic)
     used: bool = False  # the local application sent a GET_KEY on it
+    twin: Stream | None = field(default=None, repr=False)  # same-node stream: the other application's side
+
+    @property
+    def same_node(self) -> bool:
+        return not self.qkdl_id  # both applications at this node: no link
 
     @property
     def chunk_bits(self) -> int:
@@ -111,6 +128,7 @@ class Stream:
 class StreamManager:
     def __init__(self, core: Core) -> None:
         self.core = core
+        # key stream ID -> this node's side (of a same-node stream: the opener's, holding its twin)
         self.streams: dict[str, Stream] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._bg: set[asyncio.Task[str]] = set()
@@ -118,12 +136,28 @@ class StreamManager:
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
+    def sides(self) -> Iterator[Stream]:
+        """Every stream side held here (both sides of a same-node stream)."""
+        for s in self.streams.values():
+            yield s
+            if s.twin is not None:
+                yield s.twin
+
+    def _side(self, ksid: str, sae: str | None) -> Stream | None:
+        """The side of stream `ksid` that SAE `sae` uses (of a same-node stream: that SAE's)."""
+        s = self.streams.get(ksid)
+        if s is None or not s.same_node or sae == s.local_sae:
+            return s
+        if s.twin is not None and sae == s.twin.local_sae:
+            return s.twin
+        return None if sae == s.remote_sae else s  # (the other application closed its side already)
+
     async def close(self) -> None:
         tasks = [*self._bg, *([self._sweeper] if self._sweeper else [])]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for s in self.streams.values():
+        for s in list(self.sides()):
             s.wipe()
             s.wake()
         self.streams.clear()
@@ -133,7 +167,7 @@ class StreamManager:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             self._expire_unused(now)
-            for s in list(self.streams.values()):
+            for s in list(self.sides()):
                 ttl = s.qos.ttl or self.core.limits.stream_ttl_default_s
                 old = [i for i, (_, t) in s.chunks.items() if now - t > ttl]
                 for i in old:
@@ -156,14 +190,21 @@ class StreamManager:
 
     def _check_cap(self, sae: str) -> None:
         cap = self.core.limits.max_streams_per_sae
-        if sum(1 for s in self.streams.values() if s.local_sae == sae) >= cap:
+        if sum(1 for s in self.sides() if s.local_sae == sae) >= cap:
             raise TooManyStreams(f"SAE {sae} already has {cap} key streams open here")
 
     def _forget(self, s: Stream) -> None:
         s.local_connected = False
         s.wipe()
         s.wake()
-        self.streams.pop(s.ksid, None)
+        twin, s.twin = s.twin, None
+        if self.streams.get(s.ksid) is s:
+            del self.streams[s.ksid]
+            if twin is not None and twin.local_connected:  # the other application closes it itself
+                self.streams[s.ksid] = twin
+        if twin is not None:  # same-node stream: its twin hears of it as a peer node would
+            twin.twin = None
+            self.peer_close(twin)
 
     async def _tell_peer_closed(self, s: Stream) -> str:
         link = self.core.registry.links.get(s.qkdl_id)
@@ -185,7 +226,8 @@ class StreamManager:
                 del self.streams[k]
 
     # --- QoS -----------------------------------------------------------------------------
-    def _grant(self, want: pb.QoS, link: Link) -> tuple[pb.QoS, bool]:
+    def _grant(self, want: pb.QoS, link: Link | None) -> tuple[pb.QoS, bool]:
+        """The QoS granted for `want` over `link` (None: a same-node stream) and whether it is all of it."""
         lim = self.core.limits
         g = pb.QoS()
         g.CopyFrom(want)
@@ -198,7 +240,7 @@ class StreamManager:
             g.ttl = lim.stream_ttl_default_s
         if g.max_bps and g.min_bps > g.max_bps:
             g.min_bps, ok = g.max_bps, False
-        rate = self.core.rate(link.qkdl_id).rate()
+        rate = self.core.rate(link.qkdl_id).rate() if link is not None else None
         if g.min_bps and rate is not None and g.min_bps > rate:
             g.min_bps, ok = int(rate), False
         if g.metadata_mimetype not in ("", JSON):
@@ -212,28 +254,35 @@ class StreamManager:
         if not self.core.registry.is_local(sae):
             raise CallerRefused("source is not an SAE attached to this node")
 
+    def _authorise_pair(self, req: pb.OpenConnectRequest) -> None:
+        if not self.core.tls and self.core.registry.is_local(req.destination):
+            raise CallerRefused("a key stream between two SAEs of this node needs TLS: only their client "
+                                "certificates tell its two applications apart")
+
     async def open_connect(self, req: pb.OpenConnectRequest, caller: str | None) -> pb.OpenConnectResponse:
         core = self.core
         self._authorise(req.source, caller)
-        try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
-            _app, link = await core.app_for_request(req.source, (req.destination,), qos=_app_qos(req.qos))
-            app: App | None = _app
-        except (NotReady, UnknownPair) as e:
-            log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
-            app, link = None, None
-        if link is None:  # (a pair on one node has no link to stream over: 014 serves it)
-            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        self._authorise_pair(req)
         ksid = req.key_stream_id
         if ksid and not is_uuid(ksid):
             raise ValueError("key_stream_id must be a UUID")
+        try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
+            app, link = await core.app_for_request(req.source, (req.destination,), qos=_app_qos(req.qos))
+        except (NotReady, UnknownPair) as e:
+            log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        if link is None and not app.is_local:
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         granted, ok = self._grant(req.qos, link)
-        s = self.streams.get(ksid) if ksid else None
+        s = self._side(ksid, req.source) if ksid else None
         if s is not None:
             return await self._join(s, req, granted, ok)
         if not ok:
             return pb.OpenConnectResponse(status=S.OPEN_CONNECT_QOS_NOT_SATISFIED, qos=granted)
         self._check_cap(req.source)
         ksid = ksid or str(uuid.uuid4())
+        if link is None:
+            return self._open_local(ksid, req, granted, app)
         s = Stream(ksid, req.source, req.destination, link.qkdl_id, owner=True, qos=granted, app=app,
                    local_connected=True)
         self.streams[ksid] = s
@@ -253,6 +302,20 @@ class StreamManager:
         log.info("key stream %s opened by %s towards %s", ksid, req.source, req.destination)
         return pb.OpenConnectResponse(status=S.PEER_NOT_CONNECTED, key_stream_id=ksid, qos=granted)
 
+    def _open_local(self, ksid: str, req: pb.OpenConnectRequest, granted: pb.QoS, app: App) -> pb.OpenConnectResponse:
+        """A same-node stream: the opener's side and its twin, waiting for the other application."""
+        try:  # the twin counts for its SAE as a peer node's announcement would there
+            self._check_cap(req.destination)
+        except TooManyStreams as e:
+            log.info("key stream to %s refused: %s", req.destination, e)
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        s = Stream(ksid, req.source, req.destination, "", owner=True, qos=granted, app=app, local_connected=True)
+        s.twin = Stream(ksid, req.destination, req.source, "", owner=False, app=app, peer_connected=True,
+                        qos=pb.QoS(key_chunk_size=granted.key_chunk_size, ttl=granted.ttl), twin=s)
+        self.streams[ksid] = s
+        log.info("key stream %s opened by %s towards %s (same node)", ksid, req.source, req.destination)
+        return pb.OpenConnectResponse(status=S.PEER_NOT_CONNECTED, key_stream_id=ksid, qos=granted)
+
     async def _join(self, s: Stream, req: pb.OpenConnectRequest, granted: pb.QoS, ok: bool) -> pb.OpenConnectResponse:
         """The peer application joins a stream the other side opened and announced."""
         if s.owner or s.local_connected or s.local_sae != req.source or s.remote_sae != req.destination:
@@ -263,22 +326,28 @@ class StreamManager:
         granted.key_chunk_size, granted.ttl = s.qos.key_chunk_size, s.qos.ttl
         if not ok:
             return pb.OpenConnectResponse(status=S.OPEN_CONNECT_QOS_NOT_SATISFIED, key_stream_id=s.ksid, qos=granted)
+        if s.twin is not None:  # same node: the opener's side is right here
+            s.twin.peer_connected = True
+            s.twin.wake()
+        elif not await self._tell_owner_joined(s, req):
+            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+        s.qos = granted
+        s.local_connected = True
+        log.info("key stream %s joined by %s", s.ksid, req.source)
+        return pb.OpenConnectResponse(status=S.SUCCESSFUL, key_stream_id=s.ksid, qos=granted)
+
+    async def _tell_owner_joined(self, s: Stream, req: pb.OpenConnectRequest) -> bool:
         link = self.core.registry.links.get(s.qkdl_id)
         if link is None:
-            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
+            return False
         join = kms_pb2.StreamRequest(key_stream_id=s.ksid, source=req.source, destination=req.destination,
                                      qkdl_id=s.qkdl_id, key_chunk_size=s.qos.key_chunk_size, ttl=s.qos.ttl)
         try:
             resp = await self.core.peers.stub(link.peer_kms_address).OpenStream(
                 join, timeout=self.core.limits.rpc_timeout_s)
         except grpc.aio.AioRpcError:
-            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
-        if not resp.ok:
-            return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
-        s.qos = granted
-        s.local_connected = True
-        log.info("key stream %s joined by %s", s.ksid, req.source)
-        return pb.OpenConnectResponse(status=S.SUCCESSFUL, key_stream_id=s.ksid, qos=granted)
+            return False
+        return bool(resp.ok)
 
     def peer_open(self, req: kms_pb2.StreamRequest, link: Link) -> kms_pb2.TxnResponse:
         """OpenStream from the peer node: an announcement of a new stream, or (at the owner)
@@ -315,10 +384,46 @@ class StreamManager:
         parts = max(1, -(-s.chunk_bits // 256))
         return max(1, min(self.core.limits.stream_prefetch_max, _MAX_ASSIGN_KEYS // parts))
 
+    def _grow_prefetch(self, s: Stream) -> int:
+        """Chunks to assign ahead: doubling while the application keeps asking, bounded."""
+        now = time.monotonic()
+        s.prefetch = min(self._max_ahead(s), s.prefetch * 2) if now - s.last_alloc < 1.0 else 8
+        s.last_alloc = now
+        return s.prefetch
+
+    def _assign_local(self, s: Stream, index: int) -> str:
+        """Same-node stream: chunks up to `index` (and a batch ahead) for both sides. "ok" |
+        "peer" | "short": the sides would hold more undelivered key than a link's pool may
+        (max_key_count keys of key_size), which is what bounds a stream over a link."""
+        twin = s.twin
+        if twin is None:
+            return "peer"
+        if index < s.assigned:
+            return "ok"
+        lim = self.core.limits
+        room = (max(2 * self._max_ahead(s), lim.max_key_count * lim.key_size // s.chunk_bits)
+                - max(len(s.chunks), len(twin.chunks)))
+        need = index + 1 - s.assigned
+        if need > room:
+            return "short"
+        count = min(max(need, self._grow_prefetch(s)), room)
+        t = time.monotonic()
+        for i in range(s.assigned, s.assigned + count):
+            chunk = local_chunk(s.qos.key_chunk_size)
+            s.chunks[i], twin.chunks[i] = (bytearray(chunk), t), (bytearray(chunk), t)
+        s.assigned = twin.assigned = s.assigned + count
+        s.wake()
+        twin.wake()
+        return "ok"
+
     def _read_ahead(self, s: Stream, delivered: int) -> None:
         """Owner: assign the next batch in the background while the application still has a
         batch left, so a busy stream does not wait for the assignment round trip (which takes
         about as long as a fast application needs to use half a batch)."""
+        if s.twin is not None:
+            if s.assigned - delivered <= s.prefetch // 2:  # (no round trip to hide: no task)
+                self._assign_local(s, s.assigned)
+            return
         if s.owner and not s.reading_ahead and not s.lock.locked() and s.assigned - delivered <= s.prefetch:
             s.reading_ahead = True  # one at a time: a batch of GET_KEYs must not spawn one each
             task = asyncio.get_running_loop().create_task(self._allocate_ahead(s))
@@ -342,12 +447,8 @@ class StreamManager:
                 if index < s.assigned:
                     return "ok"
                 need = index + 1 - s.assigned
-                now = time.monotonic()
-                # Assign ahead while the application keeps asking (doubling, bounded).
-                s.prefetch = min(self._max_ahead(s), s.prefetch * 2) if now - s.last_alloc < 1.0 else 8
-                s.last_alloc = now
                 txn = f"stream-{uuid.uuid4()}"
-                extra = max(0, s.prefetch - need)
+                extra = max(0, self._grow_prefetch(s) - need)
                 got = await core.store.reserve_out(s.qkdl_id, txn, [need, extra], s.chunk_bits,
                                                    core.from_back(link))
                 if got[0] is None:
@@ -429,7 +530,7 @@ class StreamManager:
     def _check(self, req: pb.GetKeyRequest, caller: str | None) -> tuple[Stream, int, bytes] | pb.GetKeyResponse:
         """GET_KEY checks that need no waiting: (stream, index, metadata) or the final answer
         (including a chunk already delivered or expired)."""
-        s = self.streams.get(req.key_stream_id)
+        s = self._side(req.key_stream_id, caller)
         if s is None or not s.local_connected:
             return pb.GetKeyResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         if self.core.tls and caller != s.local_sae:
@@ -499,7 +600,8 @@ class StreamManager:
         timeout = s.qos.timeout / 1000.0
         deadline = loop.time() + timeout
         while True:
-            r = await (self._allocate(s, idx) if s.owner else self._request(s, idx))
+            r = (self._assign_local(s, idx) if s.twin is not None
+                 else await (self._allocate(s, idx) if s.owner else self._request(s, idx)))
             if idx in s.chunks:
                 return S.SUCCESSFUL
             if not s.peer_connected or not s.local_connected:
@@ -528,7 +630,7 @@ class StreamManager:
 
     # --- CLOSE -------------------------------------------------------------------------
     async def close_stream(self, req: pb.CloseRequest, caller: str | None) -> pb.CloseResponse:
-        s = self.streams.get(req.key_stream_id)
+        s = self._side(req.key_stream_id, caller)
         if s is None or not s.local_connected:
             return pb.CloseResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         if self.core.tls and caller != s.local_sae:
@@ -537,7 +639,8 @@ class StreamManager:
         await self._tell_peer_closed(s)
         log.info("key stream %s closed by %s", s.ksid, s.local_sae)
         if s.app is not None and self.core.registrar is not None:
-            still = sum(1 for o in self.streams.values() if o.app is s.app and o.local_connected)
+            still = sum(1 for o in self.sides() if o.local_connected and o.app is not None
+                        and o.app.app_id == s.app.app_id)
             self.core.registrar.stream_closed(s.app, still)
         return pb.CloseResponse(status=S.SUCCESSFUL)
 
@@ -545,5 +648,5 @@ class StreamManager:
         s.peer_connected = False
         s.wipe()
         s.wake()
-        if not s.local_connected:
-            self.streams.pop(s.ksid, None)
+        if not s.local_connected and self.streams.get(s.ksid) is s:
+            del self.streams[s.ksid]

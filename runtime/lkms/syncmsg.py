@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from generated.proto.sdqkd import kms_pb2
-from runtime.lkms.keys import AppKey
+from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms.keys import AppKey
 
 KEY_BITS_MD = "sdqkd-key-bits"
 

@@ -1,4 +1,4 @@
-"""The LKMS's TLS contexts and gRPC credentials (built by `runtime.tls`), and caller identity.
+"""The LKMS's TLS contexts and gRPC credentials (built by `sdqkd.tls`), and caller identity.
 
 ETSI 014 (HTTPS) asks for a client certificate but does not *require* one at the handshake
 (CERT_OPTIONAL): a client without a certificate then gets a proper HTTP 401 with an Error body
@@ -13,10 +13,9 @@ import ssl
 from typing import Any
 
 import grpc
-
-from runtime import tls as tls_build
-from runtime.pki import TlsFiles
-from runtime.tls import grpc_channel_credentials, https_client_context
+from sdqkd import tls as tls_build
+from sdqkd.pki import TlsFiles
+from sdqkd.tls import grpc_channel_credentials, https_client_context
 
 __all__ = ["grpc_caller_cn", "grpc_channel_credentials", "grpc_h2_server_context", "grpc_server_credentials",
            "https_client_context", "https_server_context", "peercert_cn"]

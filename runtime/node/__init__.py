@@ -1,5 +1,11 @@
-"""`sdqkd node --config FILE`: one SD-QKD node process (gNMI and RESTCONF agent + LKMS + engine
-links)."""
+"""`sdqkd node --config FILE`: one SD-QKD node process (gNMI and RESTCONF agent + LKMS +
+engine links).
+
+Life cycle: the config is checked whole (exit 2 naming every problem); the node binds every
+address its config names (any interface, given TLS) and prints one start line naming them (a
+JSON record with `log: {format: json}`); SIGTERM or SIGINT stops it cleanly: engine links
+stop, servers close, the key store's last transaction commits and its WAL is checkpointed,
+exit 0. Logs go to stdout."""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import asyncio
 import logging
 import signal
 import sys
+
+from sdqkd.logsetup import configure
 
 from .config import ConfigError, NodeConfig, load_config
 
@@ -19,20 +27,26 @@ async def serve(cfg: NodeConfig, stop: asyncio.Event) -> None:
     node = NodeRuntime(cfg)
     try:
         addrs = await node.start()
-        print(f"sdqkd node {cfg.name}: gNMI on {addrs['gnmi']}, ETSI 014 on {addrs['etsi014']}, "
-              f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}, RESTCONF on {addrs['restconf']}", flush=True)
+        line = (f"sdqkd node {cfg.name}: gNMI on {addrs['gnmi']}, ETSI 014 on {addrs['etsi014']}, "
+                f"ETSI 004 on {addrs['etsi004']}, peer on {addrs['peer']}, RESTCONF on {addrs['restconf']}")
+        if cfg.log_format == "json":
+            logging.getLogger("sdqkd.node").info(line)
+        else:
+            print(line, flush=True)
         await stop.wait()
     finally:
         await node.stop()
 
 
-def main(config: str) -> int:
+def main(config: str, log_format: str | None = None) -> int:
     try:
         cfg = load_config(config)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if log_format is not None:  # the command line wins over the config
+        cfg.log_format = log_format
+    configure(cfg.log_format, cfg.log_level)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -41,7 +55,7 @@ def main(config: str) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(cfg, stop)
 
-    from runtime.lkms.store_api import StoreError
+    from sdqkd.lkms.store_api import StoreError
 
     try:
         asyncio.run(run())

@@ -11,13 +11,17 @@ controller gives it too):
       `sdqkdn_application_new` is emitted. Requests wait, at most `first_request_wait_s`.
       No subscriber to that notification (controller down or unreachable): 503 at once. A
       request 2 s later emits it again (a controller that restarted meanwhile hears it).
+      Its app_status is DISCONNECTED (not connected to its peer yet: the model has no
+      "pending"), as in NO_PATH.
   REGISTERED --controller Set: qkd_app with backing_qkdl_id--> ON: requests are served.
   REGISTERED --controller Set: qkd_app without backing link--> NO_PATH: 503 naming why.
   ON --idle for `idle_timeout_s`, or its last ETSI 004 stream closed--> gone:
       `sdqkdn_application_disconnected` is emitted, the entry and the LKMS registration are
       removed; the controller removes the other end and the path's virtual links.
 A pair of two SAEs of this node is ON at once (a local app: keys from the node itself, see
-runtime/lkms/local.py) and needs no controller.
+runtime/lkms/local.py; over ETSI 014 and ETSI 004 alike) and needs no controller:
+`sdqkdn_application_new` is still emitted (a controller records the pair, path = this node),
+but no request waits for it.
 
 Every qkd_app of the node (registered here or installed by the controller) is kept in
 DATA_DIR/applications.json (0600, replaced atomically) and restored at start: registrations
@@ -42,14 +46,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.lkms.core import NotReady, UnknownPair
-from runtime.lkms.registry import App, app_id_for, sae_of, sae_uri
+from sdqkd.lkms.core import NotReady, UnknownPair
+from sdqkd.lkms.registry import App, app_id_for, sae_of, sae_uri
 
 if TYPE_CHECKING:
-    from runtime.agent.server import NodeAgent
-    from runtime.lkms.node import Lkms
+    from sdqkd.agent.server import NodeAgent
+    from sdqkd.lkms.node import Lkms
 
 log = logging.getLogger("sdqkd.node.apps")
+WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the model's nearest state
 
 T = "etsi-qkd-node-types:"
 APP = "/qkd_node/qkd_applications/qkd_app"
@@ -120,7 +125,8 @@ class Registrar:
         for app_id, rec in saved.items():
             reg = Registration(app_id, rec["entry"], rec.get("origin", CONTROLLER))
             try:
-                self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id") else None)
+                self._publish(reg, status="ON" if reg.entry.get("backing_qkdl_id")
+                              or self._is_local_entry(reg.entry) else WAITING)
                 self._register_lkms(reg.entry)
             except (ValueError, KeyError, TypeError) as e:  # a damaged record: skip it, keep the others
                 log.error("%s: application %s not restored: %s", self.file, app_id, e)
@@ -145,7 +151,7 @@ class Registrar:
             raise UnknownPair("master and slave SAEs must all differ")
         local = self.lkms.registry.local_saes
         if all(s in local for s in (master, *slaves)):
-            return self._local_app(master, slaves)
+            return self._local_app(master, slaves, qos or {})
         self._check_known(master, slaves)
         existing = self.lkms.registry.app_for_group(master, slaves)
         app_id = existing.app_id if existing is not None else app_id_for(master, slaves)
@@ -205,21 +211,22 @@ class Registrar:
 
     def _register(self, app_id: str, master: str, slaves: list[str], qos: dict[str, int]) -> Registration:
         reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, None, qos), REQUEST)
-        self._publish(reg, status=None)
+        self._publish(reg, status=WAITING)
         self._save()
         log.info("application %s registered on first request: %s -> %s", app_id, master, ",".join(slaves))
         return reg
 
-    def _local_app(self, master: str, slaves: list[str]) -> App:
+    def _local_app(self, master: str, slaves: list[str], qos: dict[str, int]) -> App:
         existing = self.lkms.registry.app_for_group(master, slaves)
         if existing is not None and existing.is_local:
             return existing
         app_id = app_id_for(master, slaves)
-        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, self.node_id), REQUEST,
-                                               state="ON")
+        reg = self.regs[app_id] = Registration(app_id, self._entry(app_id, master, slaves, self.node_id, qos),
+                                               REQUEST, state="ON")
         self._publish(reg, status="ON")
         self._register_lkms(reg.entry)
         self._save()
+        self._notify_new(reg)  # for the record: nothing waits for the controller
         log.info("application %s (both SAEs on this node) registered: %s -> %s", app_id, master, ",".join(slaves))
         app = self.lkms.registry.apps[app_id]
         return app
@@ -291,17 +298,17 @@ class Registrar:
                 self.disconnect(app_id, f"idle for {idle:.0f} s")
 
     def _streaming(self, app: App) -> bool:
-        return any(s.app is app and s.local_connected for s in self.lkms.streams.streams.values())
+        return any(s.local_connected and s.app is not None and s.app.app_id == app.app_id
+                   for s in self.lkms.streams.sides())
 
     # ---------------------------------------------------------------- tree, LKMS, file
 
     def _is_local_entry(self, entry: Mapping[str, Any]) -> bool:
         return entry.get("remote_qkdn_id") == self.node_id == entry.get("local_qkdn_id", self.node_id)
 
-    def _publish(self, reg: Registration, status: str | None) -> None:
+    def _publish(self, reg: Registration, status: str) -> None:
         value = dict(reg.entry)
-        if status is not None:
-            value["app_status"] = f"{T}{status}"
+        value["app_status"] = f"{T}{status}"
         value["creation_time"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.agent.state.update({f"{APP}[app_id={reg.app_id}]": value})
 

@@ -42,9 +42,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from runtime.errors import SdqkdError
-from runtime.lkms.tlsctx import peercert_cn
-from runtime.pki import TlsFiles
+from sdqkd.errors import SdqkdError
+from sdqkd.lkms.tlsctx import peercert_cn
+from sdqkd.pki import TlsFiles
 
 log = logging.getLogger("sdqkd.channel")
 

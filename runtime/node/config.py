@@ -1,5 +1,5 @@
 """Node configuration (YAML, docs/node-config.md), checked whole before anything starts against
-the schema in `runtime.schemas`; every problem is reported as `FILE:LINE: key: what is wrong`."""
+the schema in `sdqkd.schemas`; every problem is reported as `FILE:LINE: key: what is wrong`."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import schemas
-from runtime.errors import SdqkdError
-from runtime.node.apps import Settings
-from runtime.pki import TlsFiles
-from runtime.yamlfile import Lines, dotted, read_yaml_lines
+from sdqkd import schemas
+from sdqkd.errors import SdqkdError
+from sdqkd.node.apps import Settings
+from sdqkd.pki import TlsFiles
+from sdqkd.yamlfile import Lines, dotted, read_yaml_lines
 
 
 class ConfigError(SdqkdError, ValueError):
@@ -37,6 +37,8 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
+    log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
+    log_level: str = "INFO"
     etsi020_listen: str = "127.0.0.1:0"
     external_peers: list[dict[str, Any]] = field(default_factory=list)  # etsi020.external_peers, ca absolute
     applications: Settings = field(default_factory=Settings)
@@ -121,13 +123,13 @@ def load_config(path: str | Path) -> NodeConfig:
             q["ca"] = str(base / peer.ca)
         externals.append(q)
     if tls is None:
-        from runtime.agent.serve import is_loopback
+        from sdqkd.agent.serve import is_loopback
 
         problems += [f"{lines.where((k, 'listen'))}: {k}.listen: {v} is not a loopback address; without `tls` "
                      "a node serves loopback only" for k, v in listens.items() if not is_loopback(v)]
     restconf = _restconf(model, tls is not None, lines, problems)
     if tls is None and not restconf.plain_http_outside_loopback and restconf.listen is not None:
-        from runtime.agent.serve import is_loopback
+        from sdqkd.agent.serve import is_loopback
 
         if not is_loopback(restconf.listen):
             problems.append(f"{lines.where(('restconf', 'listen'))}: restconf.listen: {restconf.listen} is not a "
@@ -150,6 +152,7 @@ def load_config(path: str | Path) -> NodeConfig:
         peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
         engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, peers=dict(model.peers),
+        log_format=model.log.format, log_level=model.log.level,
         etsi020_listen=listens["etsi020"], external_peers=externals, channel_listen=listens["channel"],
         applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,
                               idle_timeout_s=model.applications.idle_timeout_s,

@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.engine import pipeline
-from runtime.logfmt import brief
-from runtime.pki import TlsFiles
+from sdqkd.engine import pipeline
+from sdqkd.logfmt import brief
+from sdqkd.pki import TlsFiles
 
 from .channel import (
     MAX_WINDOW,

@@ -6,7 +6,8 @@ Per `qkd_link` entry:
 - `validate_qkd_link` (before commit, no side effects): a PHYS link's device profile must
   exist; otherwise the whole change is refused and nothing starts.
 - `apply_qkd_link` (after commit) converges the runtime on the entry, whatever it did before:
-  deleted -> engine link stopped, LKMS link removed; not runnable yet (no peer or classical
+  deleted -> engine link stopped, LKMS link removed (unless another entry names the same key
+  association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no peer or classical
   endpoint, ETSI allows it) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
   and link, engine link (re)started when its parameters changed, stopped when disabled.
 Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON.
@@ -24,13 +25,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from generated import model_types as t
-from generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
-from runtime.agent.model import NODES, Resolved, elems_text
-from runtime.agent.transaction import resolve_text
-from runtime.lkms.registry import sae_of
-from runtime.logfmt import link_label
+from sdqkd.agent.model import NODES, Resolved, elems_text
+from sdqkd.agent.transaction import resolve_text
+from sdqkd.generated import model_types as t
+from sdqkd.generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
+from sdqkd.lkms.registry import sae_of
+from sdqkd.logfmt import link_label
 
+from .apps import WAITING
 from .config import ConfigError
 from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
 
@@ -70,6 +72,7 @@ class VirtPlan:
     prev_hop: str | None
     next_hops: tuple[str, ...]
     enabled: bool
+    exit_peer: str | None = None  # the path leaves the far end for this external KMS
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def key_association(qkdl_id: str, entry: t.QkdLink) -> str:
 def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> VirtPlan | PhysPlan | None:
     """What the runtime should run for a link entry; None while it is not runnable yet.
     HookVeto when the entry names what this node cannot run."""
-    from runtime.engine import profiles
+    from sdqkd.engine import profiles
 
     ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
     peer_id = entry.get("qkdl_remote", {}).get("qkdn_id")
@@ -103,7 +106,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
         return None
     if entry.get("qkdl_type", f"{T}PHYS") == f"{T}VIRT":
         return VirtPlan(peer_id, peer_addr, entry.get("virt_prev_hop"), tuple(entry.get("virt_next_hop", [])),
-                        enabled)
+                        enabled, ext.get("exit-peer"))
     profile = ext["device-profile"]
     try:
         prof = profiles.get(profile)
@@ -147,10 +150,14 @@ class NodeProvisioning(ModelHooks):
         old_eid = node.engine_of.get(qkdl_id, qkdl_id)
         eid = key_association(qkdl_id, new) if new is not None else old_eid
         if new is None or eid != old_eid:  # gone, or it runs under another key association now
-            await self._stop_engine(old_eid)
-            await lkms.remove_link(old_eid, erase=False)
-            node.tree_of.pop(old_eid, None)
             node.engine_of.pop(qkdl_id, None)
+            sharing = [q for q, e in node.engine_of.items() if e == old_eid]
+            if sharing:  # another entry names the same association (both directions of a TFS service)
+                node.tree_of[old_eid] = sharing[0]
+            else:
+                await self._stop_engine(old_eid)
+                await lkms.remove_link(old_eid, erase=False)
+                node.tree_of.pop(old_eid, None)
             if new is None:
                 return
         node.engine_of[qkdl_id], node.tree_of[eid] = eid, qkdl_id
@@ -159,7 +166,7 @@ class NodeProvisioning(ModelHooks):
             await self._stop_engine(eid)
         if isinstance(plan, VirtPlan):
             await lkms.set_link(eid, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
-                                next_hops=plan.next_hops, up=plan.enabled)
+                                next_hops=plan.next_hops, up=plan.enabled, exit_peer=plan.exit_peer)
         elif isinstance(plan, PhysPlan):
             await self._apply_phys(eid, plan)
 
@@ -217,8 +224,8 @@ class NodeProvisioning(ModelHooks):
                               [self.node.engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
             base = f"{APP}[app_id={app_id}]"
             vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-            if new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id:
-                vals[f"{base}/app_status"] = f"{T}ON"  # registered without a path: no status yet
+            served = new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id
+            vals[f"{base}/app_status"] = f"{T}ON" if served else f"{T}{WAITING}"  # no key path: not connected
             self.node.agent.state.update(vals)
         if self.node.registrar is not None:
             self.node.registrar.installed(app_id, new)

@@ -18,15 +18,14 @@ import os
 from typing import Any
 
 import grpc
-
-from runtime.agent.serve import start_gnmi
-from runtime.agent.server import NodeAgent
-from runtime.agent.transaction import Datastore
-from runtime.lkms.core import Limits
-from runtime.lkms.external import external_peer
-from runtime.lkms.node import Lkms
-from runtime.restconf import Credentials, ModelAdapter, start_restconf, tls_context
-from runtime.restconf.adapter import MERGE, Edit, EditRefused
+from sdqkd.agent.serve import start_gnmi
+from sdqkd.agent.server import NodeAgent
+from sdqkd.agent.transaction import Datastore
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.external import external_peer
+from sdqkd.lkms.node import Lkms
+from sdqkd.restconf import Credentials, ModelAdapter, start_restconf, tls_context
+from sdqkd.restconf.adapter import MERGE, Edit, EditRefused
 
 from .apps import Registrar
 from .channel import ChannelServer
@@ -67,12 +66,14 @@ class NodeRuntime:
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
                          keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
-                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers})
+                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers},
+                         directory=self.fibre_peers)
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))
         self.registrar = Registrar(cfg.id, self.agent, self.lkms, cfg.applications, cfg.data_dir)
         self.lkms.registrar = self.registrar
         await self.lkms.start()
+        self.adapter.locator = self.lkms.locate  # the compatibility dialect's VIRT links find their far end
         await self._seed_interfaces()
         self.registrar.restore()
         self.registrar.start()
@@ -135,6 +136,16 @@ class NodeRuntime:
             raise ValueError(f"interfaces: {e.message}") from None
         self.agent.state.update({f"/qkd_node/qkd_interfaces/qkd_interface[qkdi_id={itf['id']}]/qkdi_status":
                                  f"{T}ENABLED" for itf in self.cfg.interfaces})
+
+    def fibre_peers(self) -> dict[str, str]:
+        """Peer node ID -> its KeySync address, from the interfaces (the fibre behind each)."""
+        ifaces = self.agent.root.get("qkd_node", {}).get("qkd_interfaces", {}).get("qkd_interface", {})
+        out: dict[str, str] = {}
+        for entry in ifaces.values():
+            fibre = entry.get("sdqkd-interface", {})
+            if fibre.get("peer-node-id") and fibre.get("classical-endpoint"):
+                out.setdefault(str(fibre["peer-node-id"]), str(fibre["classical-endpoint"]))
+        return out
 
     def _write_ready(self) -> None:
         tmp = self.cfg.data_dir / "ready.json.tmp"

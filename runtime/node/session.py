@@ -48,9 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from runtime.engine import pipeline
-from runtime.engine.auth import HEADER_BYTES, Authenticator, BufferKeySource
+from sdqkd.engine import pipeline
+from sdqkd.engine.auth import HEADER_BYTES, Authenticator, BufferKeySource
 
 from .channel import ChannelError, FrameConnection, Kind
 

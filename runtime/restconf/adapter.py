@@ -7,26 +7,27 @@ Narrow on purpose. Everything RESTCONF does to data goes through `ModelAdapter`:
 - `encode` is the JSON / JSON_IETF encoder of the gNMI path (RFC 7951 with `ietf=True`);
 - `commit` turns RESTCONF edits into `Datastore.change` edits: the same decode, validation,
   whole-tree checks, validate hooks, commit, publish and apply hooks as a gNMI Set, so a
-  RESTCONF change shows in a gNMI Subscribe and a refused one changes nothing;
-- `subscribe` hands out a subscription on the datastore's change hub (event streams).
-
-Known gap: the existence pre-checks of POST (must not exist) and DELETE / PATCH (must exist)
-run under this adapter's lock, not the datastore's, so a gNMI Set landing between check and
-commit is not seen by the check (the commit itself stays all-or-nothing)."""
+  RESTCONF change shows in a gNMI Subscribe and a refused one changes nothing. The existence
+  checks of POST (must not exist) and PATCH / DELETE (must exist) are the edits' own
+  `requires`, checked by the transaction under its lock: no other change (gNMI Set, another
+  RESTCONF request) can land between check and commit;
+- `subscribe` hands out a subscription on the datastore's change hub (event streams);
+- `locate` asks the node where another node's key-relay (KeySync) server listens (the
+  compatibility dialect's VIRT links), when the node offers it."""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.agent import datastore as ds
-from runtime.agent import transaction as tx
-from runtime.agent.model import NODES, Elem, PathError, ValueError_, elems_text, resolve
-from runtime.agent.server import NodeAgent
-from runtime.agent.subscriptions import StreamSub
-from runtime.errors import SdqkdError
+from sdqkd.agent import datastore as ds
+from sdqkd.agent import transaction as tx
+from sdqkd.agent.model import NODES, Elem, PathError, ValueError_, elems_text, resolve
+from sdqkd.agent.server import NodeAgent
+from sdqkd.agent.subscriptions import StreamSub
+from sdqkd.errors import SdqkdError
 
 MERGE, REPLACE, DELETE = "merge", "replace", "delete"
 ALL, CONFIG, STATE = ds.ALL, ds.CONFIG, ds.STATE  # read filters (RESTCONF content=all|config|nonconfig)
@@ -60,15 +61,20 @@ class Edit:
     op: str  # merge | replace | delete
     elems: tuple[Elem, ...]
     value: Any = None  # RFC 7951 JSON of the node at `elems` (merge, replace)
+    requires: tx.Requirement = ""  # "absent" (POST), "present" (PATCH, DELETE): checked atomically
 
 
 _OPS: dict[str, tx.EditOp] = {MERGE: "update", REPLACE: "replace", DELETE: "delete"}
 
 
+# where does node X's key-relay server listen, asked along `via` (the path to X, X last)
+Locator = Callable[[str, Sequence[str]], Awaitable[str]]
+
+
 class ModelAdapter:
-    def __init__(self, agent: NodeAgent):
+    def __init__(self, agent: NodeAgent, locator: Locator | None = None):
         self._agent = agent
-        self._lock = asyncio.Lock()
+        self.locator = locator  # set by the node once its LKMS runs
         self._seen_root: object = agent.root
         self._modified = time.time()
 
@@ -99,7 +105,7 @@ class ModelAdapter:
     @staticmethod
     def decode_default(spath: str, text: str) -> Any:
         """A YANG default (canonical text) as the internal value of its leaf."""
-        from runtime.agent.model import decode_leaf
+        from sdqkd.agent.model import decode_leaf
 
         return decode_leaf(NODES[spath], text, spath, lenient_strings=True)
 
@@ -112,29 +118,32 @@ class ModelAdapter:
 
     # ---------------------------------------------------------------- edits
 
-    async def commit(self, edits: list[Edit], *, absent: tuple[tuple[Elem, ...], ...] = (),
-                     present: tuple[tuple[Elem, ...], ...] = ()) -> None:
-        """Apply `edits` as one transaction; `absent`/`present`: paths that must not / must
-        hold data first. Raises EditRefused; on success configuration changed."""
+    async def commit(self, edits: list[Edit]) -> None:
+        """Apply `edits` as one transaction (their `requires` checked in it). Raises
+        EditRefused; on success configuration changed."""
         change = [tx.Edit(_OPS[e.op], [(n, dict(k)) for n, k in e.elems], e.value,
-                          label=f"{_OPS[e.op]} {elems_text(e.elems)}") for e in edits]
-        async with self._lock:
-            for elems in absent:
-                if self.exists(elems):
-                    raise EditRefused("exists", "the resource already exists")
-            for elems in present:
-                if not self.exists(elems):
-                    raise EditRefused("missing", "the resource does not exist")
-            try:
-                await self._agent.datastore.change(change)
-            except tx.InvalidRequest as e:
-                raise EditRefused("malformed", str(e)) from None
-            except tx.Rejected as e:
-                raise EditRefused("rejected", str(e)) from None
-            except tx.NotFound as e:
-                raise EditRefused("missing", str(e)) from None
-            self._seen_root = self._agent.root
-            self._modified = time.time()
+                          label=f"{_OPS[e.op]} {elems_text(e.elems)}", requires=e.requires) for e in edits]
+        try:
+            await self._agent.datastore.change(change)
+        except tx.InvalidRequest as e:
+            raise EditRefused("malformed", str(e)) from None
+        except tx.Exists:
+            raise EditRefused("exists", "the resource already exists") from None
+        except tx.Rejected as e:
+            raise EditRefused("rejected", str(e)) from None
+        except tx.NotFound:  # only a `present` requirement raises it
+            raise EditRefused("missing", "the resource does not exist") from None
+        self._seen_root = self._agent.root
+        self._modified = time.time()
+
+    async def locate(self, node_id: str, via: Sequence[str]) -> str:
+        """host:port of node `node_id`'s key-relay server; EditRefused("rejected") naming why not."""
+        if self.locator is None:
+            raise EditRefused("rejected", "this node cannot look up other nodes (no LKMS)")
+        try:
+            return await self.locator(node_id, via)
+        except SdqkdError as e:
+            raise EditRefused("rejected", str(e)) from None
 
     # ---------------------------------------------------------------- state and events
 

@@ -9,8 +9,7 @@ import json
 from typing import Any
 
 from aiohttp import web
-
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from . import uri
 from .adapter import EditRefused

@@ -20,12 +20,16 @@ with a message naming the link and the reason."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from .compat_virt import RelayPart, known_part, relay_part
+from .compat_virt import local_member as _local
 from .errors import RestconfError
 
 T = "etsi-qkd-node-types:"
 EXT = "sdqkd-node-ext:"
+Locate = Callable[[str, Sequence[str]], Awaitable[str]]  # node ID, path to it -> its KeySync host:port
 FIBRE_NAMESPACE = uuid.UUID("3e0f5c8a-63a4-4d2b-9a59-3d1b1a3e7c15")
 
 
@@ -51,13 +55,6 @@ def unwrap(body: Any, name: str) -> Any:
     return body
 
 
-def _local(d: dict[str, Any], name: str) -> Any:
-    for k, v in d.items():
-        if k.rpartition(":")[2] == name:
-            return v
-    return None
-
-
 def fibre_association(a: tuple[str, int], b: tuple[str, int]) -> str:
     """The key association ID of the fibre between interface a and interface b (order-free)."""
     ends = sorted(f"{n}/{i}" for n, i in (a, b))
@@ -67,8 +64,9 @@ def fibre_association(a: tuple[str, int], b: tuple[str, int]) -> str:
 class LinkCompleter:
     """Completes TFS link entries from this node's interfaces (the committed tree)."""
 
-    def __init__(self, node_id: str, node: dict[str, Any]):
+    def __init__(self, node_id: str, node: dict[str, Any], locate: Locate | None = None):
         self.node_id = node_id
+        self.locate = locate  # where another node's KeySync listens (VIRT links' far ends)
         ifaces = node.get("qkd_interfaces", {}).get("qkd_interface", {})
         # qkdi_id -> its fibre (sdqkd-interface), for interfaces whose far end is known
         self.fibres: dict[int, dict[str, Any]] = {
@@ -77,7 +75,7 @@ class LinkCompleter:
         self.links: dict[str, dict[str, Any]] = {k[0]: v for k, v in
                                                  node.get("qkd_links", {}).get("qkd_link", {}).items()}
 
-    def complete(self, entry: Any, where: str) -> tuple[dict[str, Any], str | None]:
+    async def complete(self, entry: Any, where: str) -> tuple[dict[str, Any], str | None]:
         """(entry to commit, derived-from text or None when nothing was derived)."""
         if not isinstance(entry, dict):
             raise RestconfError("invalid-value", f"{where}: a link entry is a JSON object", path=where)
@@ -89,7 +87,7 @@ class LinkCompleter:
         if not isinstance(local, dict) or not isinstance(remote, dict):
             raise RestconfError("invalid-value", f"{where}: qkdl_local and qkdl_remote are JSON objects", path=where)
         if kind == "VIRT" and _local(entry, "sdqkd-link") is None:
-            return self._virt(entry, local, where)
+            return await self._virt(entry, local, remote, where)
         if local.get("qkdn_id") not in (None, self.node_id):
             raise RestconfError("invalid-value", f"{where}: qkdl_local/qkdn_id {local.get('qkdn_id')} is not this "
                                 f"node ({self.node_id})", path=where)
@@ -140,31 +138,80 @@ class LinkCompleter:
                    f"key association {assoc}; role {role} (the lower node ID transmits)")
         return out, derived
 
-    def _virt(self, entry: dict[str, Any], local: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
-        """TFS gives every node of a path the service's source as qkdl_local and the rest of
-        the path, far end last, as virt_next_hop: this node becomes local, the far end remote."""
-        hops = _local(entry, "virt_next_hop") or []
-        if not isinstance(hops, list) or not hops:
-            raise RestconfError("invalid-value", f"{where}: a VIRT link needs virt_next_hop (the rest of the path, "
-                                "far end last)", path=where)
-        far = str(hops[-1])
-        if far == self.node_id:
-            raise RestconfError("invalid-value", f"{where}: virt_next_hop ends at this node", path=where)
-        out = {k: v for k, v in entry.items() if k.rpartition(":")[2] not in ("qkdl_local", "qkdl_remote")}
-        out["qkdl_local"] = {"qkdn_id": self.node_id}
-        out["qkdl_remote"] = {"qkdn_id": far}
+    async def _virt(self, entry: dict[str, Any], local: dict[str, Any], remote: dict[str, Any], where: str
+                    ) -> tuple[dict[str, Any], str]:
+        """TFS's one-way VIRT link -> this node's part of the one relay path between its two
+        ends (compat_virt.py), its far end's KeySync address found (interface, else asked
+        along the path)."""
+        lid = str(_local(entry, "qkdl_id"))
+        part = relay_part(self.node_id, local.get("qkdn_id"), _local(entry, "virt_prev_hop"),
+                          _local(entry, "virt_next_hop"), remote.get("qkdn_id"), where)
+        prev = part.prev_hop
+        self._check_hops(prev, part.next_hops, where)
+        nxt, far, endpoint, found = self._with_known(lid, part, where)
+        if nxt is None:
+            raise RestconfError("invalid-value", f"{where}: this node cannot tell the path from node "
+                                f"{_local(entry, 'virt_prev_hop')} on to "
+                                f"the link's source {local.get('qkdn_id')} (it relays towards it); post the "
+                                "other direction's link first (TFS sends it to this node too)", path=where)
+        if not endpoint:
+            endpoint, found = await self._far_endpoint(far, part, where)
+        out = {k: v for k, v in entry.items() if k.rpartition(":")[2] not in
+               ("qkdl_local", "qkdl_remote", "virt_prev_hop", "virt_next_hop", "sdqkd-link")}
+        out.update({"qkdl_type": f"{T}VIRT", "qkdl_local": {"qkdn_id": self.node_id},
+                    "qkdl_remote": {"qkdn_id": far},
+                    f"{EXT}sdqkd-link": {"classical-endpoint": endpoint, "key-association-id": part.association}})
+        if prev is not None:
+            out["virt_prev_hop"] = prev
+        if nxt:
+            out["virt_next_hop"] = list(nxt)
+        self.links[lid] = out  # a later entry of the same request sees this one
+        role = "relay source" if prev is None else ("far end" if not nxt else "trusted node")
+        return out, (f"compat VIRT request: key association {part.association} of the virtual link between "
+                     f"{' and '.join(part.ends)}, relayed from {part.ends[0]} (the lower node ID); this node is "
+                     f"its {role} (previous hop {prev or '-'}, next {list(nxt) or '-'}); far end {far} at "
+                     f"{endpoint} ({found})")
+
+    def _check_hops(self, prev: str | None, nxt: tuple[str, ...] | None, where: str) -> None:
+        """Each relay hop at this node crosses one of its fibres."""
+        facing = {f.get("peer-node-id") for f in self.fibres.values()}
+        for hop in (prev, nxt[0] if nxt else None):
+            if hop is not None and hop not in facing:
+                raise RestconfError("invalid-value", f"{where}: the path runs from this node to node {hop}, which no "
+                                    "interface of this node faces (sdqkd-interface/peer-node-id)", path=where)
+
+    def _with_known(self, lid: str, part: RelayPart, where: str
+                    ) -> tuple[tuple[str, ...] | None, str, str, str]:
+        """(next hops, far end, its endpoint, where they came from) of `part`, checked against
+        (and, where this entry cannot tell them, taken from) the node's other links of the same
+        virtual link."""
+        nxt, far, endpoint, found = part.next_hops, part.far, "", ""
+        for other, link in self.links.items():
+            known = known_part(link) if other != lid else None
+            if known is None or known[0] != part.association:
+                continue
+            k_prev, k_next, k_far, k_endpoint = known[1:]
+            if nxt is None and k_prev == part.prev_hop:  # the other direction's link told the rest
+                nxt, far, endpoint, found = k_next, k_far, k_endpoint, f"the rest of the path from link {other}"
+            if (k_prev, k_next, k_far) != (part.prev_hop, nxt, far):
+                raise RestconfError("invalid-value", f"{where}: link {other} joins the same two ends "
+                                    f"({' and '.join(part.ends)}) by another path (previous hop {k_prev}, next "
+                                    f"{list(k_next)}): one virtual link per pair of ends", path=where)
+        return nxt, far, endpoint, found
+
+    async def _far_endpoint(self, far: str, part: RelayPart, where: str) -> tuple[str, str]:
         endpoint = next((f.get("classical-endpoint") for f in self.fibres.values()
                          if f.get("peer-node-id") == far and f.get("classical-endpoint")), None)
-        note = ""
-        if local.get("qkdn_id") not in (None, self.node_id):
-            note = f"qkdl_local {local.get('qkdn_id')} (the service's source) read as this node; "
         if endpoint:
-            out[f"{EXT}sdqkd-link"] = {"classical-endpoint": endpoint}
-            state = f"far end {far} is a fibre peer: relaying through {endpoint}"
-        else:
-            state = (f"far end {far} is not a fibre peer of this node: its key-relay endpoint is unknown, so the "
-                     "link waits for sdqkd-link/classical-endpoint")
-        return out, f"compat VIRT request: {note}remote = far end {far}; {state}"
+            return str(endpoint), "the interface facing it"
+        if self.locate is None:
+            raise RestconfError("invalid-value", f"{where}: the key-relay endpoint of node {far} is unknown and this "
+                                "node cannot ask for it", path=where)
+        try:
+            return await self.locate(far, part.ask_via), f"asked along {list(part.ask_via)}"
+        except RestconfError as e:
+            raise RestconfError("invalid-value", f"{where}: the key-relay endpoint of node {far} is unknown: "
+                                f"{e.message}", path=where) from None
 
     def _on_fibre(self, link: dict[str, Any], assoc: str, iface: int, peer: str) -> bool:
         """Does this existing link run on the fibre of `iface` (by its key association, or as
@@ -204,18 +251,18 @@ def _int(v: Any) -> int:
         return 0
 
 
-def complete_links(completer: LinkCompleter, spath: str, value: Any, where: str
-                   ) -> tuple[Any, dict[str, str]]:
+async def complete_links(completer: LinkCompleter, spath: str, value: Any, where: str
+                         ) -> tuple[Any, dict[str, str]]:
     """Complete every link entry of a compat write at `spath`; returns the value and
     {qkdl_id: derived-from} for the links that were completed."""
     derived: dict[str, str] = {}
 
-    def entries(lst: Any, at: str) -> Any:
+    async def entries(lst: Any, at: str) -> Any:
         if not isinstance(lst, list):
             return lst
         out = []
         for e in lst:
-            done, why = completer.complete(e, at)
+            done, why = await completer.complete(e, at)
             if why is not None:
                 derived[str(_local(done, "qkdl_id"))] = why
             out.append(done)
@@ -223,17 +270,17 @@ def complete_links(completer: LinkCompleter, spath: str, value: Any, where: str
 
     link_path = "/qkd_node/qkd_links/qkd_link"
     if spath == link_path:
-        done, why = completer.complete(value, where)
+        done, why = await completer.complete(value, where)
         if why is not None:
             derived[str(_local(done, "qkdl_id"))] = why
         return done, derived
     if spath == "/qkd_node/qkd_links" and isinstance(value, dict):
-        return {k: (entries(v, f"{where}/qkd_link") if k.rpartition(":")[2] == "qkd_link" else v)
+        return {k: (await entries(v, f"{where}/qkd_link") if k.rpartition(":")[2] == "qkd_link" else v)
                 for k, v in value.items()}, derived
     if spath == "/qkd_node" and isinstance(value, dict):
         links = _local(value, "qkd_links")
         if isinstance(links, dict):
-            done, derived = complete_links(completer, "/qkd_node/qkd_links", links, f"{where}/qkd_links")
+            done, derived = await complete_links(completer, "/qkd_node/qkd_links", links, f"{where}/qkd_links")
             value = {k: (done if k.rpartition(":")[2] == "qkd_links" else v) for k, v in value.items()}
         return value, derived
     return value, derived

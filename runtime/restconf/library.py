@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from .errors import RestconfError, not_found
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from .adapter import ALL, CONFIG, STATE
 from .errors import protocol

@@ -28,7 +28,7 @@ async def start_restconf(adapter: ModelAdapter, listen: str, *, ssl_context: ssl
                          ) -> tuple[web.AppRunner, int, RestconfServer]:
     """Serve RESTCONF on `listen` (port 0: the OS picks); returns the runner, the bound port
     and the server. Without TLS only loopback addresses, unless explicitly allowed."""
-    from runtime.agent.serve import is_loopback
+    from sdqkd.agent.serve import is_loopback
 
     if ssl_context is None and not is_loopback(listen) and not allow_plain_outside_loopback:
         raise ValueError(f"restconf.listen {listen!r}: without TLS RESTCONF binds loopback addresses only")

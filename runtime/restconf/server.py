@@ -25,14 +25,13 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from . import bodies, compat, library, query, uri
 from .adapter import CONFIG, DELETE, MERGE, REPLACE, Edit, EditRefused, ModelAdapter
@@ -364,9 +363,9 @@ class RestconfServer:
             body = {_member(target.spath): [v] if kind == "list" else v}
         return _etag(_json(body))
 
-    async def _commit(self, edits: list[Edit], where: str, **kw: Any) -> None:
+    async def _commit(self, edits: list[Edit], where: str) -> None:
         try:
-            await self.adapter.commit(edits, **kw)
+            await self.adapter.commit(edits)
         except EditRefused as e:
             raise bodies.refusal(e, where) from None
 
@@ -428,7 +427,7 @@ class RestconfServer:
                             + ("=" + ",".join(_q(keys[k]) for k in res.keys) if keys else ""), True)
         except RestconfError as e:
             raise RestconfError("invalid-value", e.message, path=target.instance_id()) from None
-        await self._commit([Edit(MERGE, new.elems, value)], new.instance_id(), absent=(new.elems,))
+        await self._commit([Edit(MERGE, new.elems, value, requires="absent")], new.instance_id())
         location = f"{self._base_url(request)}{DATA_PREFIX}{new.uri()}"
         return web.Response(status=201, headers={"Location": location})
 
@@ -437,14 +436,14 @@ class RestconfServer:
         if target.spath == "/":
             await self._commit([Edit(MERGE, (), value)], "/")
             return web.Response(status=204)
-        await self._commit([Edit(MERGE, target.elems, value)], target.instance_id(), present=(target.elems,))
+        await self._commit([Edit(MERGE, target.elems, value, requires="present")], target.instance_id())
         return web.Response(status=204)
 
     async def _delete(self, target: uri.Target) -> web.Response:
         if target.keyless or target.spath == "/":
             raise protocol("operation-not-supported", "DELETE needs one resource (a list instance, not the whole "
                            "list or datastore)", status=405, headers={"Allow": "GET, HEAD, OPTIONS, POST, PUT, PATCH"})
-        await self._commit([Edit(DELETE, target.elems)], target.instance_id(), present=(target.elems,))
+        await self._commit([Edit(DELETE, target.elems, requires="present")], target.instance_id())
         return web.Response(status=204)
 
     # -- compatibility dialect writes
@@ -464,18 +463,24 @@ class RestconfServer:
         if target.keyless:
             raise protocol("invalid-value", f"write {target.name} entries through their parent container or as "
                            f"{target.name}=<key>")
-        completer = compat.LinkCompleter(self.adapter.node_id, self.adapter.root().get("qkd_node", {}))
-        value, derived = compat.complete_links(completer, target.spath, value, target.instance_id())
-        existed = self.adapter.exists(target.elems)
+        completer = compat.LinkCompleter(self.adapter.node_id, self.adapter.root().get("qkd_node", {}),
+                                         self._locate)
+        value, derived = await compat.complete_links(completer, target.spath, value, target.instance_id())
+        existed = self.adapter.exists(target.elems)  # 201 or 204 only; PATCH's check is the transaction's
         op = REPLACE if request.method == "PUT" else MERGE
-        if request.method == "PATCH" and not existed:
-            raise RestconfError("data-missing", "the resource does not exist", path=target.instance_id(), status=404)
-        await self._commit([Edit(op, target.elems, value)], target.instance_id())
+        await self._commit([Edit(op, target.elems, value, requires="present" if request.method == "PATCH" else "")],
+                           target.instance_id())
         if derived:
             self.adapter.feed_state({f"/qkd_node/qkd_links/qkd_link[qkdl_id={lid}]/sdqkd-link/derived-from": why
                                      for lid, why in derived.items()})
             log.info("compat link request completed: %s", "; ".join(f"{k}: {v}" for k, v in derived.items()))
         return web.Response(status=204 if existed else 201)
+
+    async def _locate(self, node_id: str, via: Sequence[str]) -> str:
+        try:
+            return await self.adapter.locate(node_id, via)
+        except EditRefused as e:
+            raise RestconfError("invalid-value", e.message) from None
 
     # ---------------------------------------------------------------- event stream
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, unquote
 
-from generated import restconf as rc
+from sdqkd.generated import restconf as rc
 
 from .adapter import Elem, resolve_path
 from .errors import RestconfError

@@ -11,11 +11,10 @@ import uuid
 import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from generated import schema
-from generated.proto.gnmi import gnmi_pb2
-from runtime.agent import datastore as ds
-from runtime.agent.server import GnmiError, NodeAgent
+from sdqkd.agent import datastore as ds
+from sdqkd.agent.server import GnmiError, NodeAgent
+from sdqkd.generated import schema
+from sdqkd.generated.proto.gnmi import gnmi_pb2
 
 NODE = str(uuid.uuid4())
 LIDS = [str(uuid.uuid4()) for _ in range(2)]

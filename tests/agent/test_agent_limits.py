@@ -9,9 +9,8 @@ import uuid
 
 import grpc
 import pytest
-
-from generated.proto.gnmi import gnmi_pb2
-from runtime.agent.server import GnmiError, NodeAgent
+from sdqkd.agent.server import GnmiError, NodeAgent
+from sdqkd.generated.proto.gnmi import gnmi_pb2
 
 
 @pytest.mark.parametrize("doc", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 100_000 + "1" + "}" * 100_000])

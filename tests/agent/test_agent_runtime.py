@@ -10,13 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
-
-from generated.agent_skeleton import NOTIFICATIONS, HookVeto, ModelHooks
-from generated.gnmi_support import parse_path as P
-from generated.gnmi_support import path_str
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.agent.serve import start_gnmi
-from runtime.agent.server import NodeAgent
+from sdqkd.agent.serve import start_gnmi
+from sdqkd.agent.server import NodeAgent
+from sdqkd.generated.agent_skeleton import NOTIFICATIONS, HookVeto, ModelHooks
+from sdqkd.generated.gnmi_support import parse_path as P
+from sdqkd.generated.gnmi_support import path_str
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 LINKS = "/qkd_node/qkd_links/qkd_link"
 
@@ -189,7 +188,7 @@ def test_plain_text_only_on_loopback():
 
 
 def test_server_only_tls_and_mutual_tls(tmp_path):
-    from runtime.pki import write_ca, write_identity
+    from sdqkd.pki import write_ca, write_identity
 
     ca, ca_path = write_ca(tmp_path)
     srv = write_identity(ca, ca_path, tmp_path, "node", server=True)

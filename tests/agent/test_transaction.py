@@ -13,14 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
-
-from generated.gnmi_support import parse_path as P
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-from runtime.agent.model import resolve
-from runtime.agent.transaction import Datastore, Edit, InvalidPath, InvalidValue, NotFound, Rejected
-from runtime.node.config import NodeConfig
-from runtime.node.provisioning import CASCADE_VARIANTS
-from runtime.node.runtime import NodeRuntime
+from sdqkd.agent.model import resolve
+from sdqkd.agent.transaction import Datastore, Edit, Exists, InvalidPath, InvalidValue, NotFound, Rejected
+from sdqkd.generated.gnmi_support import parse_path as P
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from sdqkd.node.config import NodeConfig
+from sdqkd.node.provisioning import CASCADE_VARIANTS
+from sdqkd.node.runtime import NodeRuntime
 
 LINKS = "/qkd_node/qkd_links/qkd_link"
 EXT = "sdqkd-node-ext:sdqkd-link"
@@ -108,7 +107,7 @@ def test_failing_apply_is_reported_and_converges_on_retry(tmp_path: Path) -> Non
             lid = str(uuid.uuid4())
             alarms: list[dict[str, Any]] = []
             sub = node.rt.datastore.hub
-            from runtime.agent.subscriptions import StreamSub
+            from sdqkd.agent.subscriptions import StreamSub
 
             watch = StreamSub(patterns=[(("alarm", ()),)])
             sub.add(watch)
@@ -139,7 +138,7 @@ def test_failing_apply_is_reported_and_converges_on_retry(tmp_path: Path) -> Non
 def test_hooks_get_yang_defaults_and_node_local_ones() -> None:
     """RFC 7950 §7.6.1: absent leaves reach the hooks with their defaults; the stored tree
     keeps only what was written; a node-local default takes the schema's place."""
-    from generated.agent_skeleton import ModelHooks
+    from sdqkd.generated.agent_skeleton import ModelHooks
 
     seen: list[Any] = []
 
@@ -181,8 +180,32 @@ def test_datastore_errors_are_protocol_neutral() -> None:
     asyncio.run(main())
 
 
+def test_edit_requirements_are_checked_in_the_change() -> None:
+    """`requires`: absent (create only) and present (the path holds data), judged on the
+    committed tree inside the change; a failed one changes nothing, not even the other edits."""
+
+    async def main() -> None:
+        store = Datastore.for_node(str(uuid.uuid4()))
+        app = [("qkd_node", {}), ("qkd_applications", {}), ("qkd_app", {"app_id": str(uuid.uuid4())})]
+        loc = [("qkd_node", {}), ("qkdn_location_id", {})]
+        body = {"server_app_id": "urn:sdqkd:sae:a", "client_app_id": ["urn:sdqkd:sae:b"]}
+        with pytest.raises(NotFound, match="no data"):
+            await store.change([Edit("update", loc, "moved"), Edit("update", app, body, requires="present")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == ""  # the first edit was not kept
+        await store.change([Edit("update", app, body, requires="absent")])
+        with pytest.raises(Exists, match="already exists"):
+            await store.change([Edit("update", loc, "moved"), Edit("update", app, body, requires="absent")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == ""
+        await store.change([Edit("delete", app, requires="present")])
+        with pytest.raises(NotFound):
+            await store.change([Edit("delete", app, requires="present")])
+        await store.change([Edit("delete", app)])  # without a requirement: accepted silently (gNMI)
+
+    asyncio.run(main())
+
+
 def test_engine_cascade_variants_are_the_yang_enum() -> None:
     """The engine runs exactly the variants the model lets a Set name."""
-    from runtime.engine import cascade
+    from sdqkd.engine import cascade
 
     assert set(cascade.VARIANTS) == set(CASCADE_VARIANTS)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from runtime.harness.sync import start_inprocess
+from sdqkd.harness.sync import start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from runtime.apps.encryptor import (
+from sdqkd.apps.encryptor import (
     HEADER,
     Decryptor,
     Encryptor,
@@ -24,7 +23,7 @@ from runtime.apps.encryptor import (
     StreamQoS,
     parse_header,
 )
-from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
 
 A, B = "sae-a4", "sae-b2"
 

@@ -16,10 +16,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from generated.client import ModelClient
-from runtime.apps import hybrid as hy
-from runtime.apps.keyclient import Key, SaeIdentity
+from sdqkd.apps import hybrid as hy
+from sdqkd.apps.keyclient import Key, SaeIdentity
+from sdqkd.generated.client import ModelClient
 
 MASTER, SLAVE = "sae-c2", "sae-b1"
 LOC = "/qkd_node/qkdn_location_id"
@@ -242,9 +241,18 @@ def test_gnmi_get_and_set_through_the_hybrid_tunnel_and_tampering_breaks_it(apps
                 assert proxy.flipped == 1 and srv.counters["record_failures"] == 1
                 assert srv.status()["sessions"][0]["state"] == "failed"
                 assert "failed authentication" in srv.status()["sessions"][0]["reason"]
-                # gRPC reconnects: a new session, with a new QKD key
-                assert await gnmi.get_value("/qkd_node/qkdn_id") == node_b["id"]
-                assert srv.counters["hybrid"] == 2 and len({k.key_id for k in ckr.seen}) == 2
+                # gRPC reconnects: a new session, with a new QKD key. The channel may still hold
+                # the broken connection for one call (UNAVAILABLE, broken pipe) on a loaded machine:
+                # a client retries that, as gRPC's own retry policy would.
+                for attempt in range(5):
+                    try:
+                        assert await gnmi.get_value("/qkd_node/qkdn_id") == node_b["id"]
+                        break
+                    except grpc.aio.AioRpcError as e:
+                        if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
+                            raise
+                        await asyncio.sleep(0.2)
+                assert srv.counters["hybrid"] >= 2 and len({k.key_id for k in ckr.seen}) == srv.counters["hybrid"]
                 await ch.close()
 
                 # a flipped bit in a client hello: the server rejects it, the client is told

@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
-from runtime.apps import ipsec_netns
-from runtime.apps.ipsec import IpsecError, IpsecNsf, Lifetime, QkdKeyRef, SadEntry, keymat
-from runtime.apps.ipsec_esp import EspIntegrityError, EspReplayError, EspSa, ReplayWindow
-from runtime.apps.ipsec_netns import Capture, NsPair, ping, tcp_exchange, udp_exchange
-from runtime.apps.ipsec_xfrm import KernelXfrm, kernel_esp_unavailable, parse_state_counters
-from runtime.apps.keyclient import SaeIdentity
-from runtime.controller.ipsec import IkelessController, SaParams, SpiAllocator
+from sdqkd.apps import ipsec_netns
+from sdqkd.apps.ipsec import IpsecError, IpsecNsf, Lifetime, QkdKeyRef, SadEntry, keymat
+from sdqkd.apps.ipsec_esp import EspIntegrityError, EspReplayError, EspSa, ReplayWindow
+from sdqkd.apps.ipsec_netns import Capture, NsPair, ping, tcp_exchange, udp_exchange
+from sdqkd.apps.ipsec_xfrm import KernelXfrm, kernel_esp_unavailable, parse_state_counters
+from sdqkd.apps.keyclient import SaeIdentity
+from sdqkd.controller.ipsec import IkelessController, SaParams, SpiAllocator
 
 MASTER, SLAVE = "sae-b2", "sae-c1"
 INNER_L, INNER_R = "10.199.1.1", "10.199.1.2"
@@ -298,8 +297,8 @@ def test_auto_backend_takes_the_kernel_or_falls_back_naming_why(apps_net, nspair
 
 def test_kernel_policies_and_routes_are_installed_and_cleaned(nspair: NsPair):
     """The kernel's SPD part works even where it has no ESP: policies, inner address, route."""
-    from runtime.apps.ipsec import SpdEntry
-    from runtime.apps.ipsec_netns import ip
+    from sdqkd.apps.ipsec import SpdEntry
+    from sdqkd.apps.ipsec_netns import ip
 
     with NsPair.create(prefix="10.199.4") as other:
         be = KernelXfrm(other.left, other.left_addr, "10.199.5.1")

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.apps.keyclient import Etsi004Client, Etsi014Client, KeyDeliveryError, SaeIdentity
+from sdqkd.apps.keyclient import Etsi004Client, Etsi014Client, KeyDeliveryError, SaeIdentity
 
 
 def test_etsi014_relayed_keys_match_and_are_delivered_once(apps_net):

@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from runtime.apps import opot
-from runtime.apps.keyclient import Etsi014Client, KeyDeliveryError, SaeIdentity
-from runtime.controller.opot import OpotProvisioner, shamir_profiles
+from sdqkd.apps import opot
+from sdqkd.apps.keyclient import Etsi014Client, KeyDeliveryError, SaeIdentity
+from sdqkd.controller.opot import OpotProvisioner, shamir_profiles
 
 CHAIN = ("sae-a5", "sae-b3", "sae-c5", "sae-b4")
 MASTERS = {"sae-a5", "sae-b3", "sae-c5"}

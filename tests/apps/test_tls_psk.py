@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from runtime.apps.keyclient import Etsi014Client, Key, SaeIdentity
-from runtime.apps.tls_psk import PskHandshakeError, PskTlsClient, PskTlsConnection, PskTlsServer
+from sdqkd.apps.keyclient import Etsi014Client, Key, SaeIdentity
+from sdqkd.apps.tls_psk import PskHandshakeError, PskTlsClient, PskTlsConnection, PskTlsServer
 
 MASTER, SLAVE = "sae-a3", "sae-c3"
 VERSIONS = ["1.3", "1.2"]

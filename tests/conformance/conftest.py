@@ -70,7 +70,7 @@ class Target:
 
 
 def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
-    from runtime.pki import write_ca, write_identity
+    from sdqkd.pki import write_ca, write_identity
 
     ca, ca_path = write_ca(tmp / "pki")
     server = write_identity(ca, ca_path, tmp / "pki", "node-a", server=True)
@@ -84,11 +84,14 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
         "users: {admin: 's3cret-pw'}\nsaes: [{id: sae-m}]\n"
     )
     cfg.chmod(0o600)  # a config holding a password must not be readable by others (the node checks)
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    line = proc.stdout.readline() if proc.stdout else ""
-    m = re.search(r"gNMI on ([^\s,]+)", line)
+    m = None
+    line = "x"
+    while proc.stdout and line and m is None:  # log lines (stdout too) may come before the start line
+        line = proc.stdout.readline()
+        m = re.search(r"gNMI on ([^\s,]+)", line)
     rc = re.search(r"RESTCONF on ([^\s,]+)", line)
     e14 = re.search(r"ETSI 014 on ([^\s,]+)", line)
     if not m:

@@ -9,9 +9,8 @@ import uuid
 from typing import Any
 
 import grpc
-
-from generated.gnmi_support import parse_path, path_str
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from sdqkd.generated.gnmi_support import parse_path, path_str
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 LINKS = "/qkd_node/qkd_links/qkd_link"
 

@@ -8,9 +8,8 @@ import time
 import grpc
 import pytest
 from gnmiutil import LINKS, G, P, Stream, jv, sub_list, val
-
-from generated.gnmi_support import path_str
-from generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
+from sdqkd.generated.gnmi_support import path_str
+from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
 IETF, JSON = gnmi_pb2.JSON_IETF, gnmi_pb2.JSON
 
@@ -106,8 +105,7 @@ def test_get_with_prefix_and_target_echo(g: G, link):
 def test_get_root_is_rfc7951(g: G, link):
     """The root in JSON_IETF loads into the pyangbind bindings (a strict RFC 7951 reader)."""
     from pyangbind.lib import pybindJSON
-
-    from generated import bindings
+    from sdqkd.generated import bindings
 
     r = g.get("/")
     doc = val(r.notification[0].update[0].val)

@@ -8,11 +8,10 @@ import asyncio
 import contextlib
 
 import pytest
-
-from runtime.agent.serve import start_gnmi
-from runtime.agent.server import NodeAgent
-from runtime.controller.controller import Controller, NodeEndpoint
-from runtime.controller.topology import parse
+from sdqkd.agent.serve import start_gnmi
+from sdqkd.agent.server import NodeAgent
+from sdqkd.controller.controller import Controller, NodeEndpoint
+from sdqkd.controller.topology import parse
 
 TOPO = {
     "nodes": [{"name": n} for n in "ABCD"],

@@ -6,8 +6,7 @@ exercised on a real network in tests/e2e/test_network.py.)"""
 from __future__ import annotations
 
 import pytest
-
-from runtime.controller.service import MAX_RATE_BPS, _app_request
+from sdqkd.controller.service import MAX_RATE_BPS, _app_request
 
 
 @pytest.mark.parametrize("body, field", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from runtime.controller.routing import LinkState, Router
+from sdqkd.controller.routing import LinkState, Router
 
 
 def diamond() -> Router:

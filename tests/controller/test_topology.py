@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.controller.topology import TopologyError, link_id, load, node_id, parse, reach_db
+from sdqkd.controller.topology import TopologyError, link_id, load, node_id, parse, reach_db
 
 GOOD = {
     "nodes": [{"name": "A"}, {"name": "B", "location": "lab"}, {"name": "C", "id": "0f5e8a4e-1111-4222-8333-444455556666"}],
@@ -131,7 +130,7 @@ def test_settings_reach_the_topology():
 def test_schema_variants_follow_the_engine():
     from typing import get_args
 
-    from runtime.engine.cascade import VARIANTS
-    from runtime.schemas import CascadeVariant
+    from sdqkd.engine.cascade import VARIANTS
+    from sdqkd.schemas import CascadeVariant
 
     assert set(get_args(CascadeVariant)) == set(VARIANTS)

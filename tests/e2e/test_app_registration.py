@@ -1,12 +1,15 @@
 """Keys for any pair on the first standard request, on the demo's metro network as processes
 (`sdqkd net up`, exactly as the README's first-key block runs it) with third-party clients:
 curl, `qkd014-client` (etsi-qkd-014-client) and `qkdsec doctor` from PyPI, an ETSI 004 gRPC
-client, pygnmi subscribed to the registration notifications; 50 concurrent first requests;
+client (direct, and over the three-hop relay), pygnmi subscribed to the registration
+notifications; 50 concurrent first requests;
 the controller killed and restarted; a node killed and restarted; no key bytes in any log.
 
 Demo network: Quijote - Concepcion - Norte - Distrito, Concepcion - Almagro - Norte; one SAE
 per node (sae-quijote, sae-concepcion, sae-norte, sae-distrito, sae-almagro). Each test uses
-pairs no earlier test registered, so every request it makes first is a first request."""
+pairs no earlier test registered, so every request it makes first is a first request, except
+ETSI 004 on the one node pair three hops apart (Quijote - Distrito): the README's block
+registers it; closing those streams releases it for the PyPI client's first request."""
 
 from __future__ import annotations
 
@@ -75,7 +78,7 @@ class Net:
     def respawn(self, name: str, args: list[str]) -> None:
         """Start a process of the network again (recorded in pids.json: `net down` stops it)."""
         log = open(self.state / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        p = subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", *args], stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
         pids = self.pids()
         pids[name] = p.pid
@@ -110,7 +113,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         yield Net(cwd, first)
     finally:
         if (cwd / "net" / "pids.json").exists():
-            subprocess.run([sys.executable, "-m", "runtime.cli", "net", "down", "--state-dir", str(cwd / "net")],
+            subprocess.run([sys.executable, "-m", "sdqkd.cli", "net", "down", "--state-dir", str(cwd / "net")],
                            env=ENV, capture_output=True, timeout=60)
         shutil.rmtree(cwd, ignore_errors=True)  # the network's PKI and key stores: nothing left behind
 
@@ -141,7 +144,44 @@ def _qkd014(net: Net, sae: str, *args: str) -> tuple[int, str]:
     return code, r.stdout
 
 
+def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
+    """ETSI 004 between sae-quijote and sae-distrito, three hops apart: the README's pair (the
+    demo network has one SAE per node and a single node pair three hops apart; the first
+    OPEN_CONNECT of a relayed pair is shown in test_app_registration_inprocess). Closing its
+    streams disconnects it at Quijote, where the README's request registered it, and the
+    controller releases it: the next test's request of the pair is a first request again."""
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+
+    with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
+            Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
+        ksid = d.open("sae-quijote")
+        assert q.open("sae-distrito", ksid) == ksid
+        kd = [d.get_key(ksid)[1] for _ in range(50)]
+        kq = [q.get_key(ksid)[1] for _ in range(50)]
+        d.close_stream(ksid)
+        q.close_stream(ksid)
+    SEEN_KEYS.extend(base64.b64encode(k).decode() for k in kd)
+    assert kd == kq and len(set(kd)) == 50 and all(len(k) == 32 for k in kd)
+
+    def released() -> bool:
+        status = json.loads((net.state / "controller-status.json").read_text())
+        held = [json.loads((net.state / "nodes" / n / "data" / "applications.json").read_text())
+                for n in ("Quijote", "Distrito")]
+        return not any({a["master"], a["slave"]} == {"sae-quijote", "sae-distrito"} for a in status["apps"]) \
+            and not any(k in h for h in held for k in _ids("sae-quijote", "sae-distrito"))
+
+    until(released, 15, "the README's pair disconnected and released at both ends")
+
+
+def _ids(a: str, b: str) -> set[str]:
+    from sdqkd.lkms.registry import app_id_for
+
+    return {app_id_for(a, [b]), app_id_for(b, [a])}
+
+
 def test_pypi_etsi014_client_direct_and_relayed_first_requests(net: Net) -> None:
+    from sdqkd.lkms.registry import app_id_for
+
     # direct (Almagro - Norte, 9 km): the first request of the pair, through the unmodified PyPI client
     code, out = _qkd014(net, "sae-almagro", "get_key", "sae-norte")
     assert code == 200, out
@@ -149,15 +189,47 @@ def test_pypi_etsi014_client_direct_and_relayed_first_requests(net: Net) -> None
     SEEN_KEYS.append(key)
     code, back = _qkd014(net, "sae-norte", "get_key_with_id", key_id, "sae-almagro")
     assert code == 200 and f"Key : {key}\n" in back
-    # relayed (Distrito -> Quijote, 3 hops): the reverse direction of the README's pair
+    # relayed (Distrito -> Quijote, 3 hops): the README's node pair, released by the previous test
+    distrito = net.state / "nodes" / "Distrito" / "data" / "applications.json"
+    assert not _ids("sae-quijote", "sae-distrito") & set(json.loads(distrito.read_text()))
     code, out = _qkd014(net, "sae-distrito", "get_status", "sae-quijote")
     assert code == 200 and "master_SAE_ID : sae-distrito" in out, out
     code, out = _qkd014(net, "sae-distrito", "get_key", "sae-quijote")
     assert code == 200, out
     key_id, key = re.search(r"Key id : (\S+)\nKey : (\S+)", out).groups()  # type: ignore[union-attr]
     SEEN_KEYS.append(key)
+    saved = json.loads(distrito.read_text())  # registered at Distrito by that first request
+    assert saved[app_id_for("sae-distrito", ["sae-quijote"])]["origin"] == "request"
     back = net.dec("sae-quijote", "sae-distrito", key_id)
     assert back.status_code == 200 and back.json()["keys"][0]["key"] == key
+
+
+def _curl(net: Net, sae: str, path: str) -> dict[str, Any]:
+    """curl with the SAE's certificate from endpoints.json, as the README's block calls it."""
+    node, files = net.sae(sae)
+    e = net.eps[node]
+    r = subprocess.run(["curl", "-sS", "--fail-with-body", "--cacert", e["ca"], "--cert", files["cert"],
+                        "--key", files["key"], f"https://{e['etsi014']}{path}"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    body: dict[str, Any] = json.loads(r.stdout)
+    return body
+
+
+def test_curl_direct_pair_first_request(net: Net) -> None:
+    # Almagro - Concepcion share a fibre link; no earlier request named this pair
+    (k,) = _curl(net, "sae-almagro", "/api/v1/keys/sae-concepcion/enc_keys")["keys"]
+    SEEN_KEYS.append(k["key"])
+    back = _curl(net, "sae-concepcion", f"/api/v1/keys/sae-almagro/dec_keys?key_ID={k['key_ID']}")
+    assert back["keys"] == [k]
+
+    def route() -> dict[str, Any] | None:
+        status = json.loads((net.state / "controller-status.json").read_text())
+        return next((a for a in status["apps"] if (a["master"], a["slave"]) == ("sae-almagro", "sae-concepcion")),
+                    None)
+
+    r = until(route, 10, "the controller's status to show the pair")
+    assert r["path"] == ["Almagro", "Concepcion"] and not r["virtual"]
 
 
 def test_qkdsec_doctor_fails_only_the_single_kme_round_trip(net: Net) -> None:
@@ -199,8 +271,8 @@ class Notifications:
 
 
 def test_etsi004_open_connect_registers_and_close_disconnects(net: Net) -> None:
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
-    from runtime.lkms.registry import app_id_for
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.lkms.registry import app_id_for
 
     notes = Notifications(net, "Norte", ["/sdqkdn_application_new", "/sdqkdn_application_disconnected"])
     try:

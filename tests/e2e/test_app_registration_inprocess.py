@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
-
-from generated.client import ModelClient
-from runtime.harness.inprocess import InProcessNetwork, start_network
-from runtime.lkms.registry import app_id_for
+from sdqkd.generated.client import ModelClient
+from sdqkd.harness.inprocess import InProcessNetwork, start_network
+from sdqkd.lkms.registry import app_id_for
 
 # A - B - C line, and an island node D (no link): SAEs on A (two), C and D.
 TOPO = {
@@ -67,6 +68,15 @@ def client(lp: Loop, node: str, sae: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=ctx, base_url=f"https://{e['etsi014']}", timeout=30)
 
 
+async def tree_get(lp: Loop, node: str, path: str) -> Any:
+    """A value of `node`'s tree over gNMI, as the controller reads it."""
+    e, ident = lp.net.endpoints[node], lp.net.state / "pki" / "controller"
+    creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                         (ident / "sdqkd-controller.pem").read_bytes())
+    async with grpc.aio.secure_channel(e["gnmi"], creds) as ch:
+        return await ModelClient(ch).get_value(path)
+
+
 async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx.Response:
     async with client(lp, node, sae) as c:
         return await c.get(path, params=params)
@@ -86,9 +96,16 @@ def test_same_node_pair_served_without_link_or_controller(net: Loop) -> None:
     assert again.status_code == 400  # each key once
     st = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/status"))
     assert st.status_code == 200 and st.json()["source_KME_ID"] == st.json()["target_KME_ID"]
-    assert app_id_for("sae-a", ["sae-a2"]) not in ctl.apps  # the controller was not needed
-    app = net.net.nodes["A"].lkms.registry.apps[app_id_for("sae-a", ["sae-a2"])]  # type: ignore[union-attr]
+    app_id = app_id_for("sae-a", ["sae-a2"])
+    app = net.net.nodes["A"].lkms.registry.apps[app_id]  # type: ignore[union-attr]
     assert app.is_local and app.backing_qkdl_ids == ()
+
+    async def recorded() -> None:  # sdqkdn_application_new told the controller, which needed to do nothing
+        while app_id not in ctl.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(recorded(), timeout=10)
+    assert ctl.apps[app_id].path == ["A"] and ctl.apps[app_id].qkdl_id == ""
 
 
 def test_topology_app_registered_at_start_and_never_idles_out(net: Loop) -> None:
@@ -170,11 +187,14 @@ def test_no_path_is_503_with_reason(net: Loop) -> None:
     assert "no key-relay path" in r.json()["message"], r.text
     r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-d/status"))
     assert r.status_code == 503 and "Retry-After" in r.headers
+    # registered, with no key path: DISCONNECTED (the model has no "pending" state)
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id_for('sae-a', ['sae-d'])}]/app_status"
+    assert net.run(tree_get(net, "A", app)) == "etsi-qkd-node-types:DISCONNECTED"
 
 
 def test_etsi004_close_disconnects(net: Loop) -> None:
-    from generated.proto.sdqkd import etsi004_pb2 as pb
-    from runtime.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 
     eps = net.net.endpoints
     app_id = app_id_for("sae-b", ["sae-c2"])
@@ -262,9 +282,11 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
     r = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys"))
     assert r.status_code == 503 and "controller" in r.json()["message"] and r.headers["Retry-After"] == "5"
     assert net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-a2/enc_keys")).status_code == 200  # local
+    r = net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-c3/enc_keys"))  # a new pair, both SAEs on C
+    assert r.status_code == 200, r.text
 
     # a new controller: adopts what the old one provisioned, and serves the waiting pair
-    from runtime.controller.controller import Controller
+    from sdqkd.controller.controller import Controller
 
     ctl2 = Controller(ctl.topo, ctl.endpoints, tls=ctl.tls)
     net.net.controller = ctl2  # stopped with the network
@@ -287,3 +309,141 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
         return r.status_code
 
     assert net.run(served(), timeout=30) == 200
+
+
+def _gnmi(lp: Loop, node: str) -> Any:
+    """A secure gNMI channel to `node` with the controller's identity (mutual TLS)."""
+    import grpc
+
+    e = lp.net.endpoints[node]
+    ident = lp.net.state / "pki" / "controller"
+    creds = grpc.ssl_channel_credentials(Path(e["ca"]).read_bytes(), (ident / "sdqkd-controller.key").read_bytes(),
+                                         (ident / "sdqkd-controller.pem").read_bytes())
+    return grpc.aio.secure_channel(e["gnmi"], creds)
+
+
+def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> None:
+    """Two SAEs of node C: the first OPEN_CONNECT registers the pair (no link, no path), both
+    applications get the same chunks; open streams keep it past the idle timeout; CLOSE of the
+    last stream disconnects it (`sdqkdn_application_disconnected`)."""
+    from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError, SaeIdentity
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+
+    eps, node, ctl = net.net.endpoints, net.net.nodes["C"], net.net.controller
+    assert ctl is not None
+    app_id = app_id_for("sae-c2", ["sae-c3"])
+    routes = []
+
+    def streams() -> tuple[list[bytes], list[bytes], list[int]]:
+        with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c2")) as m, \
+                Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as s:
+            ksid = m.open("sae-c3", chunk_size=48)  # first request of the pair: registers it
+            assert app_id in node.lkms.registry.apps  # type: ignore[union-attr]
+            assert s.open("sae-c2", ksid, chunk_size=48) == ksid
+            km = [m.get_key(ksid)[1] for _ in range(3)]
+            ks = [s.get_key(ksid, i)[1] for i in range(3)]
+            ahead = s.get_key(ksid, 7)  # either side may run ahead
+            assert m.get_key(ksid, 7) == ahead
+            time.sleep(2.0)  # twice the idle timeout: an open stream keeps the pair registered
+            assert app_id in node.lkms.registry.apps  # type: ignore[union-attr]
+            routes.append(ctl.apps[app_id])  # the controller recorded it (sdqkdn_application_new)
+            assert (m.get_key(ksid)[0], s.get_key(ksid)[0]) == (8, 8)  # each side's cursor: after its last
+            with pytest.raises(KeyDeliveryError) as gone:
+                m.get_key(ksid, 1)  # each chunk once per application
+            assert gone.value.status == pb.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+            codes = [m.close_stream(ksid)]
+            with pytest.raises(KeyDeliveryError) as peer:
+                s.get_key(ksid)
+            assert peer.value.status == pb.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+            codes.append(s.close_stream(ksid))
+            codes.append(s.close_stream(ksid))
+            return km, ks, codes
+
+    async def scenario() -> tuple[list[bytes], list[bytes], list[int], dict[str, Any]]:
+        async with _gnmi(net, "C") as ch:
+            notes = ModelClient(ch).subscribe_sdqkdn_application_disconnected()
+            first = asyncio.ensure_future(anext(notes))
+            await asyncio.sleep(0.3)
+            km, ks, codes = await asyncio.to_thread(streams)
+            note = await first
+            while app_id not in str(note):  # (other pairs of node C may idle out meanwhile)
+                note = await anext(notes)
+            return km, ks, codes, dict(note)
+
+    km, ks, codes, note = net.run(scenario(), timeout=90)
+    assert km == ks and len(set(km)) == 3 and all(len(k) == 48 for k in km)
+    assert codes == [pb.SUCCESSFUL, pb.SUCCESSFUL, pb.NO_QKD_CONNECTION_AVAILABLE]
+    assert note == {"qkd_application": {"app_id": app_id}}
+    assert app_id not in node.lkms.registry.apps  # type: ignore[union-attr]
+    assert (app_id,) not in node.agent.root["qkd_node"]["qkd_applications"]["qkd_app"]
+    assert routes[0].path == ["C"] and routes[0].qkdl_id == ""
+
+    async def released() -> None:  # the controller let go of it too (and set nothing back)
+        while app_id in ctl.apps:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+
+    net.run(released(), timeout=10)
+    assert app_id not in node.lkms.registry.apps  # type: ignore[union-attr]
+
+
+def test_etsi004_same_node_pair_idles_out_after_its_stream_expired(net: Loop) -> None:
+    """An OPEN_CONNECT whose peer application never joins: the stream expires unused, then
+    the pair (registered by that OPEN_CONNECT) idles out like any other."""
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+
+    node = net.net.nodes["C"]
+    limits = node.lkms.limits  # type: ignore[union-attr]
+    app_id = app_id_for("sae-c3", ["sae-c4"])
+    saved, limits.stream_unused_s = limits.stream_unused_s, 0.5
+    try:
+        def open_alone() -> str:
+            with Etsi004Client(SaeIdentity.from_endpoints(net.net.endpoints, "sae-c3")) as m:
+                return m.open("sae-c4", timeout_ms=100)
+
+        net.run(asyncio.to_thread(open_alone))
+        assert app_id in node.lkms.registry.apps  # type: ignore[union-attr]
+
+        async def gone() -> None:
+            while app_id in node.lkms.registry.apps or app_id in node.registrar.regs:  # type: ignore[union-attr]
+                await asyncio.sleep(0.1)
+
+        net.run(gone(), timeout=30)  # stream gone after ~1 s, the pair after its 1 s idle timeout
+    finally:
+        limits.stream_unused_s = saved
+    assert not any(s.local_sae == "sae-c3" for s in node.lkms.streams.sides())  # type: ignore[union-attr]
+
+
+def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
+    """sae-a (node A) and sae-c3 (node C, two hops): the first OPEN_CONNECT registers the pair,
+    the controller relays it over B, and both applications get the same 120 chunks (more than a
+    relay source keeps ready, so the stream draws relayed key as it goes)."""
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+
+    eps = net.net.endpoints
+    app_id = app_id_for("sae-a", ["sae-c3"])
+
+    ctl = net.net.controller
+    assert ctl is not None and app_id not in ctl.apps
+    routes = []
+    app = f"/qkd_node/qkd_applications/qkd_app[app_id={app_id}]"
+
+    def session() -> tuple[list[bytes], list[bytes]]:
+        with Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-a")) as a, \
+                Etsi004Client(SaeIdentity.from_endpoints(eps, "sae-c3")) as c:
+            ksid = a.open("sae-c3", max_bps=64000, ttl_s=30)  # first request of the pair: registers
+            routes.append(ctl.apps[app_id])  # it, waits for the path (set before the answer)
+            for node in ("A", "C"):  # the request's QoS at both ends, not only min_bandwidth; ON
+                entry = asyncio.run_coroutine_threadsafe(tree_get(net, node, app), net.loop).result(30)
+                assert entry["app_qos"].get("max_bandwidth") == 64000 and entry["app_qos"].get("ttl") == 30, entry
+                assert entry["app_status"] == "etsi-qkd-node-types:ON", entry
+            assert c.open("sae-a", ksid) == ksid
+            ka = [a.get_key(ksid)[1] for _ in range(120)]
+            kc = [c.get_key(ksid)[1] for _ in range(120)]
+            a.close_stream(ksid)
+            c.close_stream(ksid)
+            return ka, kc
+
+    ka, kc = net.run(asyncio.to_thread(session), timeout=120)
+    assert ka == kc and len(set(ka)) == 120 and all(len(k) == 32 for k in ka)
+    assert routes[0].path == ["A", "B", "C"] and routes[0].virtual

@@ -7,7 +7,7 @@ The session keeps many blocks in flight, so eight blocks end in well under half 
 
 from __future__ import annotations
 
-from runtime.bench import link
+from sdqkd.bench import link
 
 BLOCKS = 8
 

@@ -6,9 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from runtime import netns
-from runtime.harness import network
+from sdqkd import netns
+from sdqkd.harness import network
 
 WHY = netns.available()
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -26,7 +25,7 @@ def test_nodes_in_namespaces_produce_and_relay_keys(tmp_path: Path):
         assert {e["etsi014"].rsplit(":", 1)[0] for e in eps.values()} == {"10.77.0.10", "10.77.0.11", "10.77.0.12"}
         names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert "sdqkd0" in names and "sdqkd2" in names
-        from runtime.harness.northbound import post_app
+        from sdqkd.harness.northbound import post_app
 
         assert post_app(state, "sae-a", "sae-c")["virtual"]
         keys_match(eps)

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from runtime.harness.audit import exposed
-from runtime.harness.northbound import api_and_headers
+from sdqkd.harness.audit import exposed
+from sdqkd.harness.northbound import api_and_headers
 
 TOPO = "nodes: [{name: A}, {name: B}, {name: C}]\nlinks: [{a: A, b: B, km: 10}, {a: B, b: C, km: 15}]\n" \
        "saes: [{name: sae-a, node: A}, {name: sae-c, node: C}]\n"
 
 
 def sdqkd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sdqkd.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -149,7 +148,7 @@ def test_demo_interrupted_removes_its_state(tmp_path: Path):
     import signal
 
     env = dict(os.environ, TMPDIR=str(tmp_path))
-    p = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "demo"], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=env)
     try:
         assert p.stdout is not None

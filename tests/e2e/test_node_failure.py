@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
-
-from runtime.harness import network
-from runtime.harness.northbound import post_app
+from sdqkd.harness import network
+from sdqkd.harness.northbound import post_app
 
 TOPO = {"nodes": [{"name": n} for n in "ABCD"],
         "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10},
@@ -80,7 +79,7 @@ def test_sigkill_a_relay_node_then_bring_it_back(tmp_path: Path):
 
         desc = json.loads((state / "network.json").read_text())
         log = open(state / "logs" / f"node-{middle}-restart.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "node", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "node", "--config",
                                  desc["nodes"][middle]["config"]], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         # as the README's recovery recipe does: pids.json is not told about this process

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime import plots
+from sdqkd import plots
 
 
 def test_simulated_rate_follows_the_seed_papers():
@@ -15,7 +15,7 @@ def test_simulated_rate_follows_the_seed_papers():
 
 def test_plot_topology_writes_a_png(tmp_path):
     out = tmp_path / "t.png"
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "plot", "topology", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "plot", "topology", "--out", str(out)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
@@ -23,7 +23,7 @@ def test_plot_topology_writes_a_png(tmp_path):
 
 def test_plot_keyrate_is_quick_by_default_and_shows_progress(tmp_path):
     out = tmp_path / "k.png"
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "plot", "keyrate", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "plot", "keyrate", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "simulating the link at 0 km (1/11)" in r.stderr and "simulating the link at 200 km (11/11)" in r.stderr

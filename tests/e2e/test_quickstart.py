@@ -43,7 +43,7 @@ def test_every_quickstart_command_runs(tmp_path: Path):
         r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     finally:
         if (tmp_path / "lab" / "pids.json").exists():  # the page failed before its last step
-            subprocess.run([sys.executable, "-m", "runtime.cli", "net", "down", "--state-dir",
+            subprocess.run([sys.executable, "-m", "sdqkd.cli", "net", "down", "--state-dir",
                             str(tmp_path / "lab")], capture_output=True, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]

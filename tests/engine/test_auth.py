@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.engine.auth import (
+from sdqkd.engine.auth import (
     AuthenticationError,
     Authenticator,
     BufferKeySource,

@@ -9,9 +9,8 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from runtime.engine import _cascade
-from runtime.engine.cascade import (
+from sdqkd.engine import _cascade
+from sdqkd.engine.cascade import (
     VARIANTS,
     CascadeAlice,
     CascadeBob,
@@ -64,7 +63,7 @@ def test_binary_entropy() -> None:
 
 def test_variants_and_parameters() -> None:
     assert {"original", "optimized"} <= set(VARIANTS)
-    from runtime.engine.cascade import params
+    from sdqkd.engine.cascade import params
 
     orig = params(10_000, 0.01, "original")
     assert orig["passes"] == 4 and orig["block_sizes"] == [73, 146, 292, 584]
@@ -335,7 +334,7 @@ def test_random_small_keys(
 
 ALICE_SCRIPT = """
 import struct, sys
-from runtime.engine.cascade import CascadeAlice
+from sdqkd.engine.cascade import CascadeAlice
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def read():
     n = struct.unpack(">I", inp.read(4))[0]

@@ -6,9 +6,8 @@ import math
 import random
 
 import pytest
-
-from runtime.engine import estimate, sim
-from runtime.engine.estimate import Tally
+from sdqkd.engine import estimate, sim
+from sdqkd.engine.estimate import Tally
 
 
 def expected_tallies(loss_db: float, seconds: float, fraction: float = 0.1) -> tuple[Tally, Tally]:

@@ -6,8 +6,7 @@ import dataclasses
 import math
 
 import pytest
-
-from runtime.engine import keyrate, profiles, sim
+from sdqkd.engine import keyrate, profiles, sim
 
 
 def test_design_figures():

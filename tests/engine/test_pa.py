@@ -7,8 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from runtime.engine import _pa, pa
+from sdqkd.engine import _pa, pa
 
 
 def naive(key: bytes, n: int, m: int, seed: bytes) -> bytes:

@@ -8,11 +8,10 @@ import random
 import threading
 
 import pytest
-
-from runtime.engine import pipeline
-from runtime.engine.auth import Authenticator, BufferKeySource, KeyExhausted
-from runtime.engine.keyrate import h2
-from runtime.engine.pipeline import BlockConfig, LoopbackTransport
+from sdqkd.engine import pipeline
+from sdqkd.engine.auth import Authenticator, BufferKeySource, KeyExhausted
+from sdqkd.engine.keyrate import h2
+from sdqkd.engine.pipeline import BlockConfig, LoopbackTransport
 
 SECRET = random.Random(0).randbytes(1 << 20)
 
@@ -58,7 +57,7 @@ class NoCorrection:
 def _reconciler():
     """The real Cascade once it is in the tree, the stub until then."""
     try:
-        mod = importlib.import_module("runtime.engine.cascade")
+        mod = importlib.import_module("sdqkd.engine.cascade")
     except ImportError:
         return Stub
     return mod if hasattr(mod, "CascadeBob") else Stub

@@ -7,8 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from runtime.engine import _sift, sift
+from sdqkd.engine import _sift, sift
 
 
 def bits(buf: bytes, n: int) -> list[int]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from runtime.engine import _sim, sift, sim
+from sdqkd.engine import _sim, sift, sim
 
 SEED = 2024
 

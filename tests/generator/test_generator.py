@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from genutil import FIXTURES, ROOT, run_gen, run_py, tree_bytes
-
-from codegen import generate
-from codegen.report import GenerationError
+from sdqkd.codegen import generate
+from sdqkd.codegen.report import GenerationError
 
 
 def test_check_passes_on_this_repository():
@@ -61,7 +60,7 @@ def test_etsi_when_quirk_fixed_in_memory_with_warning(project_copy: Path):
     assert "etsi-qkd-sdn-node.yang:646:" in r.stderr
     assert hashlib.sha256(f.read_bytes()).hexdigest() == digest
     # and the bindings really carry the module (pyangbind refuses it unfixed)
-    out = run_py(project_copy, "from generated import bindings; b = bindings.etsi_qkd_sdn_node();"
+    out = run_py(project_copy, "from sdqkd.generated import bindings; b = bindings.etsi_qkd_sdn_node();"
                                "l = b.qkd_node.qkd_links.qkd_link.add('11111111-2222-3333-4444-555555555555');"
                                "print(l._path())")
     assert out.returncode == 0, out.stderr
@@ -71,7 +70,7 @@ def test_etsi_when_quirk_fixed_in_memory_with_warning(project_copy: Path):
 def test_failed_run_leaves_generated_as_it_was(project_copy: Path, monkeypatch: pytest.MonkeyPatch):
     generate(project_copy)
     before = tree_bytes(project_copy / "generated")
-    import codegen.pipeline as pipeline
+    import sdqkd.codegen.pipeline as pipeline
 
     real = pipeline.emit.emit_all
 
@@ -92,7 +91,7 @@ def test_vendor_adds_leaf_and_list_without_touching_codegen(project_copy: Path):
     r = run_gen(project_copy)
     assert r.returncode == 0, r.stderr
     code = """
-from generated import bindings, schema, paths, client, model_types, agent_skeleton
+from sdqkd.generated import bindings, schema, paths, client, model_types, agent_skeleton
 b = bindings.etsi_qkd_sdn_node()
 l = b.qkd_node.qkd_links.qkd_link.add('11111111-2222-3333-4444-555555555555')
 l.laser_temperature = 21.5
@@ -119,9 +118,9 @@ assert ('acme-qkd-ext', 'ACME Quantum', '2026-01-01') in agent_skeleton.MODELS
 
 RESTCONF_VENDOR = """
 import asyncio, uuid, httpx
-from generated import restconf
-from runtime.agent.server import NodeAgent
-from runtime.restconf import ModelAdapter, start_restconf
+from sdqkd.generated import restconf
+from sdqkd.agent.server import NodeAgent
+from sdqkd.restconf import ModelAdapter, start_restconf
 res = restconf.RESOURCES['/qkd_node/qkd_links/qkd_link/laser-temperature']
 assert res.api == '/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/acme-qkd-ext:laser-temperature', res.api
 assert res.codec == 'decimal64' and ('acme-qkd-ext', '2026-01-01', 'urn:acme:qkd-ext') in restconf.MODULES

@@ -37,7 +37,7 @@ def test_provenance_documents_every_model_file():
 
 def test_augmentation_leaves_all_documented():
     text = (ROOT / "models" / "yang" / "sdqkd-node-ext.yang").read_text()
-    from generated import schema
+    from sdqkd.generated import schema
 
     ours = [n for n in schema.NODES.values() if n["module"] == "sdqkd-node-ext"]
     assert len(ours) >= 15

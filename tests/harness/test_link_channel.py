@@ -15,16 +15,15 @@ from typing import Any
 
 import grpc
 import pytest
-
-from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
-from runtime.bench.link import stored_keys
-from runtime.engine import pipeline
-from runtime.engine.auth import HEADER_BYTES
-from runtime.harness.inprocess import start_network
-from runtime.lkms.tlsctx import grpc_channel_credentials
-from runtime.node import channel, session
-from runtime.node.channel import ChannelError, FrameConnection, Kind
-from runtime.pki import TlsFiles
+from sdqkd.bench.link import stored_keys
+from sdqkd.engine import pipeline
+from sdqkd.engine.auth import HEADER_BYTES
+from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
+from sdqkd.harness.inprocess import start_network
+from sdqkd.lkms.tlsctx import grpc_channel_credentials
+from sdqkd.node import channel, session
+from sdqkd.node.channel import ChannelError, FrameConnection, Kind
+from sdqkd.pki import TlsFiles
 
 PAIR = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 40}],
         "saes": [{"name": "sae-b", "node": "B"}]}
@@ -295,8 +294,8 @@ def test_links_stopped_with_blocks_in_flight(tmp_path: Path, order: str):
 def test_engine_cascade_variant_is_the_nodes_default(tmp_path: Path):
     """A link whose configuration names no Cascade variant runs the node's engine default; an
     unknown one stops the node before it starts, naming the valid ones (the model's enum)."""
-    from runtime.harness.inprocess import start_network
-    from runtime.node.config import ConfigError
+    from sdqkd.harness.inprocess import start_network
+    from sdqkd.node.config import ConfigError
 
     async def main() -> None:
         net = await start_network(PAIR, tmp_path / "ok", engine={"clock_scale": 0.01, "cascade_variant": "original"},
@@ -306,7 +305,7 @@ def test_engine_cascade_variant_is_the_nodes_default(tmp_path: Path):
             assert len(ends) == 2 and {e.p.variant for e in ends} == {"original"}
         finally:
             await net.stop()
-        with pytest.raises(ConfigError, match="unknown Cascade variant 'bogus'.*original, optimized"):
+        with pytest.raises(ConfigError, match="engine.cascade_variant: must be one of 'original' or 'optimized', got 'bogus'"):
             await start_network(PAIR, tmp_path / "bad", engine={"cascade_variant": "bogus"}, timeout=10)
 
     asyncio.run(main())

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from runtime.controller.topology import parse
-from runtime.harness import network
-from runtime.harness.audit import exposed
-from runtime.node.config import ConfigError, load_config
+from sdqkd.controller.topology import parse
+from sdqkd.harness import network
+from sdqkd.harness.audit import exposed
+from sdqkd.node.config import ConfigError, load_config
 
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 10}],
         "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-b", "node": "B"}]}
@@ -75,9 +74,9 @@ def _sleeper(*argv: str) -> subprocess.Popen[bytes]:
 def test_net_down_signals_only_processes_that_are_still_ours(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    stranger = _sleeper("runtime.cli", "--state-dir", str(tmp_path / "another-network"))
+    stranger = _sleeper("sdqkd.cli", "--state-dir", str(tmp_path / "another-network"))
     plain = _sleeper()
-    ours = _sleeper("runtime.cli", "controller", "--state-dir", str(state))
+    ours = _sleeper("sdqkd.cli", "controller", "--state-dir", str(state))
     try:
         time.sleep(0.3)  # let the interpreters replace their command lines' argv
         (state / "pids.json").write_text(json.dumps({"node-A": stranger.pid, "node-B": plain.pid, "controller": ours.pid}))

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
-from generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
+from sdqkd.generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
 
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
         "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 10}],

@@ -12,8 +12,7 @@ import ssl
 from pathlib import Path
 
 import httpx
-
-from runtime.harness.inprocess import start_network
+from sdqkd.harness.inprocess import start_network
 
 TOPO = {"nodes": [{"name": n} for n in "ABCD"],
         "links": [{"a": "A", "b": "B", "km": 10}, {"a": "B", "b": "C", "km": 15}, {"a": "C", "b": "D", "km": 5}],

@@ -17,12 +17,11 @@ from typing import Any
 
 import grpc
 import httpx
-
-from generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
-from runtime import pki
-from runtime.lkms.core import Limits
-from runtime.lkms.node import Lkms
-from runtime.lkms.tlsctx import grpc_channel_credentials, https_client_context
+from sdqkd import pki
+from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
+from sdqkd.lkms.tlsctx import grpc_channel_credentials, https_client_context
 
 # Anything in a log that looks like 16+ bytes of hex or base64 (UUIDs are split by dashes).
 LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")
@@ -118,7 +117,8 @@ class Net:
         old = self.nodes[name]
         self.lt.run(old.stop())
         new = Lkms(old.node_id, old.data_dir, old.tls, saes=old.registry.local_saes, limits=old.limits,
-                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"])
+                   keysync_listen=old.addresses["keysync"], etsi014_listen=old.addresses["etsi014"],
+                   etsi020_listen=old.addresses["etsi020"])
         self.nodes[name] = new
         self.lt.run(new.start())
         if provision:
@@ -130,7 +130,7 @@ class Net:
         new = self.nodes[name]
         for link in old.registry.links.values():
             self.run(new.set_link(link.qkdl_id, link.peer_node_id, link.peer_kms_address, link.kind,
-                                  link.prev_hop, link.next_hops))
+                                  link.prev_hop, link.next_hops, exit_peer=link.exit_peer))
         for app in old.registry.apps.values():
             new.register_app(app.app_id, app.master_sae_id, app.slave_sae_ids, app.local_node_id,
                              app.remote_node_id, app.backing_qkdl_ids)
@@ -143,7 +143,8 @@ class Net:
         self.links[frozenset((a, b))] = q
         return q
 
-    def virt(self, path: list[str]) -> str:
+    def virt(self, path: list[str], exit_peer: str | None = None) -> str:
+        """A virtual link along `path`; `exit_peer`: it leaves for that external KMS of the last node."""
         q = str(uuid.uuid4())
         src, dst = self.nodes[path[0]], self.nodes[path[-1]]
         for i, name in enumerate(path):
@@ -151,7 +152,8 @@ class Net:
             far = dst if i < len(path) - 1 else src
             prev = self.ids[path[i - 1]] if i > 0 else None
             nxt = [self.ids[x] for x in path[i + 1:]]
-            self.run(n.set_link(q, far.node_id, far.addresses["keysync"], kind="VIRT", prev_hop=prev, next_hops=nxt))
+            self.run(n.set_link(q, far.node_id, far.addresses["keysync"], kind="VIRT", prev_hop=prev, next_hops=nxt,
+                                exit_peer=exit_peer))
         return q
 
     def app(self, app_id: str, master: tuple[str, str], slaves: list[tuple[str, str]], qkdl: str) -> None:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from runtime.lkms.external import ExternalPeer, external_peer
-from runtime.node.config import ConfigError, load_config
+from sdqkd.lkms.external import ExternalPeer, external_peer
+from sdqkd.node.config import ConfigError, load_config
 
 
 def _write(tmp: Path, etsi020: object) -> Path:

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from lkmsnet import LoopThread, Net, Pki
-
-from runtime.lkms.node import Lkms
-from runtime.lkms.store_api import StoreUnavailable
+from sdqkd.lkms.node import Lkms
+from sdqkd.lkms.store_api import StoreUnavailable
 
 
 @pytest.fixture
@@ -94,7 +93,7 @@ def test_read_only_data_dir_is_refused_with_a_clear_message(lt: LoopThread, tpki
     cfg = tmp_path / "node.yaml"
     cfg.write_text(yaml.safe_dump({"id": node_id, "name": "ro", "data_dir": str(existing),
                                    **{k: {"listen": "127.0.0.1:0"} for k in ("gnmi", "etsi014", "etsi004")}}))
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "node", "--config", str(cfg)],
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(cfg)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert f"data directory is read-only: {existing}" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.lkms.core import Limits
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.core import Limits
 
 S = pb.Status
 
@@ -163,3 +162,55 @@ def test_caller_identity_enforced(net2: Net) -> None:
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ka.GetKey(pb.GetKeyRequest(key_stream_id=str(uuid.uuid4()))).status == S.NO_QKD_CONNECTION_AVAILABLE
     ka.Close(pb.CloseRequest(key_stream_id=ksid))
+
+
+
+@pytest.fixture(scope="module", params=["h2", "grpcio"])
+def solo(request: pytest.FixtureRequest, lt: LoopThread, tpki: Pki,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    """One node B without any link, SAEs b1, b2, b3; local applications b1 -> b2 and b3 -> b1."""
+    net = Net(lt, tpki, tmp_path_factory.mktemp(f"solo-{request.param}"), {"B": ["b1", "b2", "b3"]},
+              limits=Limits(etsi004_server=request.param))
+    b = net.nodes["B"]
+    b.register_app("app-bb", "b1", ["b2"], b.node_id, b.node_id, [])
+    b.register_app("app-bb3", "b3", ["b1"], b.node_id, b.node_id, [])
+    yield net
+    net.close()
+
+
+def test_same_node_pair_streams_from_the_node_itself(solo: Net) -> None:
+    """b1 and b2 both at B (a local application, and B has no link at all): the second
+    application joins with the stream's ID, both get the same chunks, pipelined or one by one;
+    each certificate picks its own side; CLOSE of one side is the other's peer leaving."""
+    b = solo.nodes["B"]
+    k1, k2, k3 = solo.kd("B", "b1"), solo.kd("B", "b2"), solo.kd("B", "b3")
+    r = k1.OpenConnect(pb.OpenConnectRequest(source="b1", destination="b2", qos=pb.QoS(key_chunk_size=40)))
+    assert r.status == S.PEER_NOT_CONNECTED and r.qos.key_chunk_size == 40
+    ksid = r.key_stream_id
+    assert k1.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+    # a third SAE of the node cannot take the other application's place
+    assert k3.OpenConnect(pb.OpenConnectRequest(source="b3", destination="b1", key_stream_id=ksid)).status == \
+        S.OPEN_CONNECT_KSID_ALREADY_IN_USE
+    j = k2.OpenConnect(pb.OpenConnectRequest(source="b2", destination="b1", key_stream_id=ksid))
+    assert j.status == S.SUCCESSFUL and j.key_stream_id == ksid and j.qos.key_chunk_size == 40
+    assert k2.OpenConnect(pb.OpenConnectRequest(source="b2", destination="b1", key_stream_id=ksid)).status == \
+        S.OPEN_CONNECT_KSID_ALREADY_IN_USE
+    r1 = list(k1.GetKeyStream(iter([pb.GetKeyRequest(key_stream_id=ksid)] * 300)))
+    r2 = [k2.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=i)) for i in range(300)]
+    assert {r.status for r in r1 + r2} == {S.SUCCESSFUL}
+    assert [r.index for r in r1] == [r.index for r in r2] == list(range(300))
+    assert [r.key_buffer for r in r1] == [r.key_buffer for r in r2]
+    assert len({r.key_buffer for r in r1}) == 300 and all(len(r.key_buffer) == 40 for r in r1)
+    assert k2.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=5)).status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+    # far ahead: no more undelivered key than a link's pool may hold (not ten million chunks)
+    far = k2.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=10_000_000))
+    assert far.status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
+    assert max(len(s.chunks) for s in b.streams.sides() if s.ksid == ksid) < 100_000
+    with pytest.raises(grpc.RpcError) as e:
+        k3.GetKey(pb.GetKeyRequest(key_stream_id=ksid))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert k2.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
+    assert k1.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_PEER_APPLICATION_NOT_CONNECTED
+    assert k2.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.NO_QKD_CONNECTION_AVAILABLE
+    assert k1.Close(pb.CloseRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
+    assert not b.streams.streams and not list(b.streams.sides())

@@ -9,9 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.lkms.core import Limits
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.core import Limits
 
 LIMITS = Limits(stream_unused_s=1.0, max_streams_per_sae=3)
 

@@ -14,9 +14,8 @@ import uuid
 import httpx
 import pytest
 from lkmsnet import LONG_BLOB, Net, Pki
-
-from runtime import pki
-from runtime.lkms.tlsctx import https_client_context
+from sdqkd import pki
+from sdqkd.lkms.tlsctx import https_client_context
 
 STATUS_FIELDS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size", "stored_key_count",
                  "max_key_count", "max_key_per_request", "max_key_size", "min_key_size", "max_SAE_ID_count"}

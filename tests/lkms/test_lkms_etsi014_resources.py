@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
-
-from runtime.lkms.core import Limits
+from sdqkd.lkms.core import Limits
 
 CAP = 8
 LIMITS = Limits(etsi014_max_connections=CAP, etsi014_idle_timeout_s=1.0, etsi014_handshake_timeout_s=1.0)

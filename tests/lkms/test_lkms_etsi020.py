@@ -18,11 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lkmsnet import LoopThread, Net, Pki
 from peer020 import PeerKms as VendorKms
-
-from runtime.lkms.core import Limits
-from runtime.lkms.etsi020_client import Etsi020Client, PeerKms
-from runtime.lkms.external import ExternalPeer
-from runtime.lkms.tlsctx import https_client_context
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
+from sdqkd.lkms.external import ExternalPeer
+from sdqkd.lkms.tlsctx import https_client_context
 
 VENDOR_ID = "kms.vendorx.test"
 

@@ -1,7 +1,9 @@
 """An external (other vendor's) KMS in a whole in-process network: the topology names it, the
 controller treats it as a link of its gateway node with the configured rate and registers the
 application there over gNMI; the gateway's LKMS (configured with the peer's URL, CA and
-identity) hands SAE a1 keys that the peer's SAE receives through ETSI 020."""
+identity) hands SAE a1 keys that the peer's SAE receives through ETSI 020. SAE b1 of the other
+node reaches the peer over a relay path B -> A that leaves at A (VIRT link with exit-peer,
+installed over gNMI): its keys too arrive at the peer's SAE."""
 
 from __future__ import annotations
 
@@ -14,14 +16,13 @@ import httpx
 import pytest
 from lkmsnet import Pki
 from peer020 import PeerKms as VendorKms
-
-from runtime.controller.external import parse_external_peers
-from runtime.controller.topology import TopologyError, parse
-from runtime.harness.inprocess import start_network
-from runtime.lkms.etsi020_client import PeerKms
-from runtime.lkms.external import ExternalPeer
-from runtime.lkms.tlsctx import https_client_context
-from runtime.pki import TlsFiles
+from sdqkd.controller.external import parse_external_peers
+from sdqkd.controller.topology import TopologyError, parse
+from sdqkd.harness.inprocess import start_network
+from sdqkd.lkms.etsi020_client import PeerKms
+from sdqkd.lkms.external import ExternalPeer
+from sdqkd.lkms.tlsctx import https_client_context
+from sdqkd.pki import TlsFiles
 
 TOPO: dict[str, Any] = {
     "nodes": [{"name": "A"}, {"name": "B"}],
@@ -52,7 +53,7 @@ def test_controller_routes_to_the_external_kms(tmp_path: Path, tpki: Pki) -> Non
 async def _run(tmp: Path) -> None:
     vpki = Pki.create(tmp / "vendor")
     vf = vpki.node("kms.vendorx.test")
-    net = await start_network(parse(TOPO), tmp / "net", wait_keys=False)  # the QKD link plays no part
+    net = await start_network(parse(TOPO), tmp / "net")  # with key on A-B: the relay B -> A uses it
     try:
         a_rt = net.nodes["A"]
         assert a_rt.lkms is not None
@@ -67,16 +68,16 @@ async def _run(tmp: Path) -> None:
         assert net.controller.router.path("A", "ext:vendorx") == ["A", "ext:vendorx"]
         with pytest.raises(RuntimeError, match="takes 5000 bit/s"):
             await net.controller.request_keys("a1", "bx1", 10_000)
-        with pytest.raises(ValueError, match="relaying to it through other nodes is not supported"):
-            await net.controller.request_keys("b1", "bx1", 0)
+        with pytest.raises(ValueError, match="pairs with SAEs of A only"):
+            await net.controller.request_keys("bx1", "b1", 0)  # the peer's SAE as master of a relayed pair
         route = await net.controller.request_keys("a1", "bx1", 1000)
         assert route.qkdl_id == ext.qkdl_id and route.path == ["A", "ext:vendorx"]
-        sae = TlsFiles(Path(ca), *(Path(net.endpoints["A"]["saes"]["a1"][k]) for k in ("cert", "key")))
 
-        def enc() -> dict[str, Any]:
+        def enc(node: str, sae_name: str) -> dict[str, Any]:
+            sae = TlsFiles(Path(ca), *(Path(net.endpoints[node]["saes"][sae_name][k]) for k in ("cert", "key")))
             with httpx.Client(verify=https_client_context(sae), timeout=20) as c:
                 for _ in range(100):  # the agent registers the app asynchronously after the Set
-                    r = c.post(f"https://{net.endpoints['A']['etsi014']}/api/v1/keys/bx1/enc_keys", json={"number": 2})
+                    r = c.post(f"https://{net.endpoints[node]['etsi014']}/api/v1/keys/bx1/enc_keys", json={"number": 2})
                     if r.status_code == 200:
                         return r.json()  # type: ignore[no-any-return]
                     import time
@@ -84,9 +85,18 @@ async def _run(tmp: Path) -> None:
                     time.sleep(0.1)
                 raise AssertionError(r.text)
 
-        keys = (await asyncio.to_thread(enc))["keys"]
+        keys = (await asyncio.to_thread(enc, "A", "a1"))["keys"]
         for k in keys:
             assert vendor.take(k["key_ID"]) == base64.b64decode(k["key"])
+        # b1 on B: relayed B -> A over ETSI 020 (pads of the A-B link), then A -> the peer
+        route = await net.controller.request_keys("b1", "bx1", 1000)
+        assert route.path == ["B", "A", "ext:vendorx"] and route.virtual
+        b_rt = net.nodes["B"]
+        assert b_rt.lkms is not None and b_rt.lkms.registry.links[route.qkdl_id].exit_peer == "vendorx"
+        keys = (await asyncio.to_thread(enc, "B", "b1"))["keys"]
+        for k in keys:
+            assert vendor.take(k["key_ID"]) == base64.b64decode(k["key"])
+            assert vendor.take(k["key_ID"]) is None
         await vendor.stop()
     finally:
         await net.stop()

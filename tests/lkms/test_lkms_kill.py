@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.bench.reliability import kill_probe
+from sdqkd.bench.reliability import kill_probe
 
 
 def test_repeated_kills_leave_both_pools_equal(tmp_path: Path) -> None:

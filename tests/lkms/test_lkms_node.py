@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki
-
-from runtime.lkms.core import Limits
+from sdqkd.lkms.core import Limits
 
 
 @pytest.fixture(scope="module")

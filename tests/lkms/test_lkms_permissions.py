@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 from lkmsnet import LoopThread
-
-from runtime.lkms.node import Lkms
+from sdqkd.lkms.node import Lkms
 
 
 def mode(p: Path) -> int:

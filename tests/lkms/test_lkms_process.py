@@ -1,4 +1,4 @@
-"""LKMS nodes as separate OS processes (`python -m runtime.lkms.serve`): a key exchange, and a
+"""LKMS nodes as separate OS processes (`python -m sdqkd.lkms.serve`): a key exchange, and a
 node killed with SIGKILL between reservation and delivery leaves both stores consistent."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ import httpx
 import pytest
 import yaml
 from lkmsnet import Pki
-
-from runtime.lkms.tlsctx import https_client_context
+from sdqkd.lkms.tlsctx import https_client_context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +50,7 @@ class Node:
         self.cfg_path.write_text(yaml.safe_dump({**self.cfg, **extra}))
         with self.log.open("a") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime.lkms.serve", "--config", str(self.cfg_path), "--log-level", "DEBUG"],
+                [sys.executable, "-m", "sdqkd.lkms.serve", "--config", str(self.cfg_path), "--log-level", "DEBUG"],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=logf, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until READY (or the process dies)
@@ -162,10 +161,9 @@ def test_sigkill_with_assigned_stream_window_loses_and_duplicates_nothing(two_pr
     between, it must not get any of them back after the restart: they were (or may have been)
     delivered. Both stores stay equal."""
     import grpc
-
-    from generated.proto.sdqkd import etsi004_pb2 as pb
-    from generated.proto.sdqkd import etsi004_pb2_grpc as pg
-    from runtime.lkms.tlsctx import grpc_channel_credentials
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+    from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc as pg
+    from sdqkd.lkms.tlsctx import grpc_channel_credentials
 
     nodes, ports = two_processes
     A, B = nodes["A"], nodes["B"]

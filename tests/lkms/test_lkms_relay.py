@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 from lkmsnet import LONG_BLOB, Net
-
-from generated.proto.sdqkd import etsi004_pb2 as pb
-from runtime.lkms.etsi020_client import Etsi020Client, PeerKms
-from runtime.lkms.etsi020_schema import ext_key_container
-from runtime.lkms.keys import LinkKey
-from runtime.lkms.relay import hop_tag
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
+from sdqkd.lkms.etsi020_schema import ext_key_container
+from sdqkd.lkms.keys import LinkKey
+from sdqkd.lkms.relay import hop_tag
 
 
 def settle(net: Net) -> None:
@@ -153,3 +152,18 @@ def test_relay_authentication_and_path_checks(net3: Net) -> None:
     # The refused requests touched nothing: these pads are still at B; drop them there too.
     assert net3.run(net3.nodes["B"].store.take_keys(ab, [p.key_id for p in pads2])) is not None
     assert net3.states("A", ab) == net3.states("B", ab)
+
+
+def test_a_node_finds_another_nodes_keysync_along_a_path(net3: Net) -> None:
+    """KeySync Describe with node_id/via (locate.py): A has no fibre to C and asks B, which knows
+    C from its physical link; a node nobody on the path knows is named in the refusal."""
+    from sdqkd.lkms.locate import LocateError
+
+    a, b, c = (net3.nodes[n] for n in "ABC")
+    assert net3.run(a.locate(c.node_id, [b.node_id, c.node_id])) == c.addresses["keysync"]
+    assert net3.run(a.locate(b.node_id, [])) == b.addresses["keysync"]  # a neighbour: no question
+    stranger = str(uuid.uuid4())
+    with pytest.raises(LocateError, match=f"node {b.node_id} has no fibre to node {stranger}"):
+        net3.run(a.locate(stranger, [b.node_id, stranger]))
+    with pytest.raises(LocateError, match=f"node {a.node_id} has no fibre to node {c.node_id} and no path"):
+        net3.run(a.locate(c.node_id, []))

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki
-
-from runtime.lkms.core import Limits
-from runtime.lkms.node import Lkms
-from runtime.lkms.relay import RelayError
-from runtime.lkms.store_api import KeyState
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
+from sdqkd.lkms.relay import RelayError
+from sdqkd.lkms.store_api import KeyState
 
 
 def make_net(lt: LoopThread, tpki: Pki, tmp: Path, **limits: Any) -> Net:

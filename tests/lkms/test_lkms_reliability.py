@@ -13,11 +13,10 @@ import grpc
 import httpx
 import pytest
 from lkmsnet import LoopThread, Pki, net_ab, wait_until
-
-from generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
-from runtime.lkms.core import Limits
-from runtime.lkms.node import Lkms
-from runtime.lkms.tlsctx import grpc_channel_credentials
+from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
+from sdqkd.lkms.tlsctx import grpc_channel_credentials
 
 
 def test_durable_confirm_survives_a_restart_before_the_link_is_provisioned(lt: LoopThread, tpki: Pki,

@@ -9,9 +9,9 @@ import sqlite3
 import uuid
 from pathlib import Path
 
-from runtime.lkms.keys import derive_key_ids
-from runtime.lkms.store import SqliteKeyStore
-from runtime.lkms.store_api import KeyState
+from sdqkd.lkms.keys import derive_key_ids
+from sdqkd.lkms.store import SqliteKeyStore
+from sdqkd.lkms.store_api import KeyState
 
 Q = str(uuid.uuid4())
 
@@ -179,7 +179,7 @@ def test_ends_pick_from_opposite_ends(tmp_path: Path) -> None:
 
 
 def test_key_id_conversions_match_uuid() -> None:
-    from runtime.lkms.store import _b, _s
+    from sdqkd.lkms.store import _b, _s
 
     for _ in range(2000):
         raw = os.urandom(16)

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from runtime.node.config import ConfigError, load_config
+from sdqkd.node.config import ConfigError, load_config
 
 GOOD = """\
 id: 0f5e8a4e-1111-4222-8333-444455556666
@@ -61,7 +60,7 @@ def test_bad_config_names_file_line_and_key(tmp_path, change, line, words):
 def test_node_process_refuses_a_bad_config_before_starting(tmp_path):
     f = tmp_path / "node.yaml"
     f.write_text(GOOD.replace("name: A", "name: A\nnmae: B"))
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "node", "--config", str(f)],
+    r = subprocess.run([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(f)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and f"{f}:3: nmae: unknown key" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "data").exists()  # nothing started, nothing written

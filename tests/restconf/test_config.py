@@ -7,8 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from runtime.node.config import ConfigError, load_config
+from sdqkd.node.config import ConfigError, load_config
 
 BASE = ("id: {id}\nname: n\ngnmi: {{listen: '127.0.0.1:0'}}\netsi014: {{listen: '127.0.0.1:0'}}\n"
         "etsi004: {{listen: '127.0.0.1:0'}}\ndata_dir: data\n")

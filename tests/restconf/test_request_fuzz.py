@@ -14,10 +14,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from runtime.agent.server import NodeAgent
-from runtime.restconf import ModelAdapter, start_restconf
-from runtime.restconf.adapter import MERGE, Edit
+from sdqkd.agent.server import NodeAgent
+from sdqkd.restconf import ModelAdapter, start_restconf
+from sdqkd.restconf.adapter import MERGE, Edit
 
 ROOT = "/restconf/data/etsi-qkd-sdn-node:qkd_node"
 NODE_ID, PEER = str(uuid.uuid4()), str(uuid.uuid4())

@@ -2,12 +2,15 @@
 behaviour (tfsreplay.py): onboarding of every device, the direct-link services QKD1-QKD2 and
 QKD2-QKD3 (one qkdl_id per end of each fibre, interface IDs 0 as TFS computes them) ending with
 key in both ends' pools, the virtual-link service QKD1-QKD3 (its PHYS duplicates refused and
-counted, its VIRT shapes with nulls accepted), and hostile input that is refused whole."""
+counted, its two one-way VIRT links read as one relay path through QKD2, ending with equal keys
+at both ends over ETSI 014), what cannot be honoured refused and counted, and hostile input
+that is refused whole."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -17,12 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sdqkd.harness.inprocess import InProcessNetwork, start_network
+from sdqkd.lkms.registry import app_id_for, sae_uri
 from tfsreplay import ROOT, TfsDevice, apply_rule, service_links
 
-from runtime.harness.inprocess import InProcessNetwork, start_network
-
 TOPO = {"nodes": [{"name": n} for n in ("QKD1", "QKD2", "QKD3")],
-        "links": [{"a": "QKD1", "b": "QKD2", "km": 10}, {"a": "QKD2", "b": "QKD3", "km": 15}]}
+        "links": [{"a": "QKD1", "b": "QKD2", "km": 10}, {"a": "QKD2", "b": "QKD3", "km": 15}],
+        "saes": [{"name": "sae-1", "node": "QKD1"}, {"name": "sae-3", "node": "QKD3"}]}
 ENGINE = {"clock_scale": 0.01, "block_sifted_bits": 5e5, "cascade_variant": "original"}
 STRICT = {"Accept": "application/yang-data+json"}
 OK = {200, 201, 202, 204}  # Tools2.HTTP_OK_CODES
@@ -119,7 +123,11 @@ def test_direct_link_services_produce_key(devices: list[TfsDevice]):
             assert int(link["sdqkd-node-ext:sdqkd-link"]["engine-state"]["blocks-ok"]) > 0
 
 
-def test_virtual_link_service(devices: list[TfsDevice]):
+def test_virtual_link_service_relays_keys_end_to_end(net: InProcessNetwork, devices: list[TfsDevice]):
+    """TFS's virtual-link service QKD1-QKD3 through the trusted node QKD2: its PHYS duplicates
+    are refused (the fibres carry the direct services' links), its two one-way VIRT links are
+    read as one relay path (one key association, relayed from the lower node ID, QKD2 forwarding),
+    and an application backed by them gets equal keys at both ends over ETSI 014."""
     if "__node__" not in devices[0].config_rules:
         pytest.skip("needs test_onboarding")
     refused_before = sum(int(figures(d)["refused-compat-requests"]) for d in devices)
@@ -135,14 +143,106 @@ def test_virtual_link_service(devices: list[TfsDevice]):
     assert len(phys) == 4 and all(s[2] == 400 and "already carries link" in s[3] for s in phys), phys
     assert len(virt) == 4 and all(s[2] in OK for s in virt), virt
     assert sum(int(figures(d)["refused-compat-requests"]) for d in devices) == refused_before + 4
-    src_dst = next(r for d, r in rules if "virt_next_hops" in r and r["virt_prev_hop"] is None and d == 0)
-    at_source = link_of(devices[0], src_dst["uuid"])
-    assert at_source["qkdl_type"] == "etsi-qkd-node-types:VIRT"
-    assert at_source["qkdl_local"]["qkdn_id"] == devices[0].qkdn_id
-    assert at_source["qkdl_remote"]["qkdn_id"] == devices[2].qkdn_id and "virt_prev_hop" not in at_source
-    middle = link_of(devices[1], src_dst["uuid"])  # TFS named QKD1 as local here: read as this node
-    assert middle["qkdl_local"]["qkdn_id"] == devices[1].qkdn_id and middle["virt_prev_hop"] == devices[0].qkdn_id
-    assert "fibre peer" in middle["sdqkd-node-ext:sdqkd-link"]["derived-from"]
+    # TFS gives QKD1 and QKD2 the link QKD1->QKD3, QKD2 and QKD3 the link QKD3->QKD1
+    src_dst = next(r["uuid"] for d, r in rules if "virt_next_hops" in r and d == 0)
+    dst_src = next(r["uuid"] for d, r in rules if "virt_next_hops" in r and d == 2)
+    one, two, three = (d.qkdn_id for d in devices)
+    low, high = sorted((one, three))
+    entries = {(0, src_dst): link_of(devices[0], src_dst), (1, src_dst): link_of(devices[1], src_dst),
+               (1, dst_src): link_of(devices[1], dst_src), (2, dst_src): link_of(devices[2], dst_src)}
+    assoc = {e["sdqkd-node-ext:sdqkd-link"]["key-association-id"] for e in entries.values()}
+    assert len(assoc) == 1, entries  # every node of the path, told either direction, names it alike
+    (association,) = assoc
+    for (d, _lid), e in entries.items():
+        assert e["qkdl_type"] == "etsi-qkd-node-types:VIRT" and e["qkdl_local"]["qkdn_id"] == devices[d].qkdn_id
+        assert "compat VIRT request" in e["sdqkd-node-ext:sdqkd-link"]["derived-from"]
+    # this node's part of the one relay direction, from the lower node ID
+    src_end = entries[(0, src_dst)] if low == one else entries[(2, dst_src)]
+    far_end = entries[(2, dst_src)] if low == one else entries[(0, src_dst)]
+    assert "virt_prev_hop" not in src_end and src_end["virt_next_hop"] == [two, high]
+    assert far_end["virt_prev_hop"] == two and "virt_next_hop" not in far_end
+    assert far_end["qkdl_remote"]["qkdn_id"] == low and src_end["qkdl_remote"]["qkdn_id"] == high
+    for lid in (src_dst, dst_src):
+        middle = entries[(1, lid)]
+        assert middle["virt_prev_hop"] == low and middle["virt_next_hop"] == [high]
+    # the far ends found each other's KeySync address through QKD2 (TFS does not name them)
+    assert f"asked along [{two!r}, {(three if low == one else one)!r}]" in src_end["sdqkd-node-ext:sdqkd-link"][
+        "derived-from"].replace('"', "'")
+    assert src_end["sdqkd-node-ext:sdqkd-link"]["classical-endpoint"] == net.addresses[
+        "QKD3" if low == one else "QKD1"]["peer"]
+    # the relay fills both ends' pools of the association
+    _wait_pools(devices, [0, 2], association)
+    # an application on it (TFS keeps its internal apps to itself: an operator installs them)
+    master, slave = "sae-1", "sae-3"
+    app_id = app_id_for(master, [slave])
+    for d, backing, remote in ((0, src_dst, three), (2, dst_src, one)):
+        app = {"app_id": app_id, "app_type": "etsi-qkd-node-types:CLIENT", "server_app_id": sae_uri(master),
+               "client_app_id": [sae_uri(slave)], "backing_qkdl_id": [backing],
+               "local_qkdn_id": devices[d].qkdn_id, "remote_qkdn_id": remote}
+        r = devices[d].http.post(f"{ROOT}/qkd_applications", json={"etsi-qkd-sdn-node:qkd_app": [app]},
+                                 headers={**STRICT, "Content-Type": "application/yang-data+json"})
+        assert r.status_code == 201, r.text
+    enc = _sae_request(net, "QKD1", master, "GET", f"/api/v1/keys/{slave}/enc_keys", params={"number": 3, "size": 256})
+    assert enc.status_code == 200, enc.text
+    keys = enc.json()["keys"]
+    dec = _sae_request(net, "QKD3", slave, "POST", f"/api/v1/keys/{master}/dec_keys",
+                       json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
+    assert dec.status_code == 200, dec.text
+    assert {k["key_ID"]: k["key"] for k in dec.json()["keys"]} == {k["key_ID"]: k["key"] for k in keys}
+    assert len({k["key"] for k in keys}) == 3
+    # QKD2 holds one LKMS link for both TFS links: it stays until the last of them goes
+    trusted = net.nodes["QKD2"].require_lkms().registry.links
+    assert trusted[association].kind == "VIRT" and trusted[association].prev_hop == low
+    for gone, left in ((dst_src, True), (src_dst, False)):
+        r = devices[1].http.delete(f"{ROOT}/qkd_links/qkd_link={gone}", headers=STRICT)
+        assert r.status_code == 204, r.text
+        assert (association in trusted) is left
+
+
+def test_virtual_link_tfs_cannot_honour_is_refused(net: InProcessNetwork, devices: list[TfsDevice]):
+    """VIRT links a node cannot run are refused whole, with a message naming the reason, and
+    counted: a far end no node of the path knows, a second path between the same two ends, a
+    hop over no fibre of the node, a trusted node that cannot tell the rest of the path."""
+    one, two, three = (d.qkdn_id for d in devices)
+    stranger = str(uuid.UUID(int=2**128 - 1))  # above every node ID: QKD2 would relay towards it
+    cases = [
+        (0, dict(src=one, dst=stranger, virt_next_hops=[two, stranger]),
+         f"the key-relay endpoint of node {stranger} is unknown: node {two} has no fibre to node {stranger}"),
+        (0, dict(src=one, dst=three, virt_next_hops=[two, stranger, three]), "by another path"),
+        (0, dict(src=one, dst=three, virt_next_hops=[three]), f"the path runs from this node to node {three}, which no interface"),
+        (1, dict(src=stranger, dst=one, virt_prev_hop=three, virt_next_hops=[one]),
+         f"cannot tell the path from node {three} on to the link's source {stranger}"),
+    ]
+    for d, link, words in cases:
+        dev = devices[d]
+        before, tree = _count(dev), strict_get(dev, f"{ROOT}/qkd_links")
+        r = dev.create_link(str(uuid.uuid4()), link.pop("src"), 0, link.pop("dst"), 0, **link)
+        assert r.status_code == 400 and words in r.text, r.text
+        assert _count(dev) == before + 1 and words in figures(dev)["last-refusal"]
+        assert strict_get(dev, f"{ROOT}/qkd_links") == tree  # nothing stored
+
+
+def _wait_pools(devices: list[TfsDevice], which: list[int], association: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(which)
+    while pending and time.monotonic() < deadline:
+        for d in sorted(pending):
+            r = devices[d].http.get(f"{ROOT}/sdqkd-node-ext:sdqkd-key-store/pool={association}/stored-keys",
+                                    headers=STRICT)
+            if r.status_code == 200 and int(r.json()["sdqkd-node-ext:stored-keys"]) > 0:
+                pending.discard(d)
+        time.sleep(0.5)
+    assert not pending, f"no relayed key yet at {[devices[d].name for d in pending]}"
+
+
+def _sae_request(net: InProcessNetwork, node: str, sae: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    """An ETSI 014 request of SAE `sae` (its own certificate) to its node."""
+    e = net.endpoints[node]
+    files = e["saes"][sae]
+    ctx = ssl.create_default_context(cafile=e["ca"])
+    ctx.load_cert_chain(files["cert"], files["key"])
+    with httpx.Client(verify=ctx, base_url=f"https://{e['etsi014']}", timeout=30) as c:
+        return c.request(method, path, **kw)
 
 
 def _count(dev: TfsDevice) -> int:

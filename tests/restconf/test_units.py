@@ -8,10 +8,9 @@ import base64
 import uuid
 
 import pytest
-
-from runtime.restconf import query, uri
-from runtime.restconf.auth import Credentials
-from runtime.restconf.errors import RestconfError
+from sdqkd.restconf import query, uri
+from sdqkd.restconf.auth import Credentials
+from sdqkd.restconf.errors import RestconfError
 
 LID = str(uuid.uuid4())
 LINK = "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link"
@@ -90,11 +89,11 @@ def test_the_adapter_is_the_only_door_into_the_agent():
     the protocol-neutral transaction replaces one module); serve.is_loopback is a socket helper."""
     from pathlib import Path
 
-    import runtime.restconf as pkg
+    import sdqkd.restconf as pkg
 
     for f in Path(pkg.__file__).parent.glob("*.py"):
-        lines = [ln.strip() for ln in f.read_text().splitlines() if "runtime.agent" in ln and "import" in ln]
+        lines = [ln.strip() for ln in f.read_text().splitlines() if "sdqkd.agent" in ln and "import" in ln]
         if f.name == "adapter.py":
             assert lines, "the adapter is where the agent is imported"
             continue
-        assert lines in ([], ["from runtime.agent.serve import is_loopback"]), (f.name, lines)
+        assert lines in ([], ["from sdqkd.agent.serve import is_loopback"]), (f.name, lines)

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from generated.proto.gnmi import gnmi_pb2 as generated_dot_proto_dot_gnmi_dot_gnmi__pb2
+from sdqkd.generated.proto.gnmi import gnmi_pb2 as sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in generated/proto/gnmi/gnmi_pb2_grpc.py depends on'
+        + ' but the generated code in sdqkd/generated/proto/gnmi/gnmi_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,23 +37,23 @@ class gNMIStub:
         """
         self.Capabilities = channel.unary_unary(
                 '/gnmi.gNMI/Capabilities',
-                request_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.FromString,
                 _registered_method=True)
         self.Get = channel.unary_unary(
                 '/gnmi.gNMI/Get',
-                request_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.FromString,
                 _registered_method=True)
         self.Set = channel.unary_unary(
                 '/gnmi.gNMI/Set',
-                request_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.FromString,
                 _registered_method=True)
         self.Subscribe = channel.stream_stream(
                 '/gnmi.gNMI/Subscribe',
-                request_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
 
 
@@ -109,23 +109,23 @@ def add_gNMIServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Capabilities': grpc.unary_unary_rpc_method_handler(
                     servicer.Capabilities,
-                    request_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
-                    request_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.SerializeToString,
             ),
             'Set': grpc.unary_unary_rpc_method_handler(
                     servicer.Set,
-                    request_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.SerializeToString,
             ),
             'Subscribe': grpc.stream_stream_rpc_method_handler(
                     servicer.Subscribe,
-                    request_deserializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -153,8 +153,8 @@ class gNMI:
             request,
             target,
             '/gnmi.gNMI/Capabilities',
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.SerializeToString,
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.CapabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,8 +180,8 @@ class gNMI:
             request,
             target,
             '/gnmi.gNMI/Get',
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.SerializeToString,
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.GetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class gNMI:
             request,
             target,
             '/gnmi.gNMI/Set',
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.SerializeToString,
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class gNMI:
             request_iterator,
             target,
             '/gnmi.gNMI/Subscribe',
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.SerializeToString,
-            generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_gnmi_dot_gnmi__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

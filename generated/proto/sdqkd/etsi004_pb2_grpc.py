@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from generated.proto.sdqkd import etsi004_pb2 as generated_dot_proto_dot_sdqkd_dot_etsi004__pb2
+from sdqkd.generated.proto.sdqkd import etsi004_pb2 as sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in generated/proto/sdqkd/etsi004_pb2_grpc.py depends on'
+        + ' but the generated code in sdqkd/generated/proto/sdqkd/etsi004_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,23 +37,23 @@ class KeyDeliveryStub:
         """
         self.OpenConnect = channel.unary_unary(
                 '/sdqkd.etsi004.v1.KeyDelivery/OpenConnect',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.FromString,
                 _registered_method=True)
         self.GetKey = channel.unary_unary(
                 '/sdqkd.etsi004.v1.KeyDelivery/GetKey',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
                 _registered_method=True)
         self.Close = channel.unary_unary(
                 '/sdqkd.etsi004.v1.KeyDelivery/Close',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.FromString,
                 _registered_method=True)
         self.GetKeyStream = channel.stream_stream(
                 '/sdqkd.etsi004.v1.KeyDelivery/GetKeyStream',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
                 _registered_method=True)
 
 
@@ -90,23 +90,23 @@ def add_KeyDeliveryServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'OpenConnect': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenConnect,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.SerializeToString,
             ),
             'GetKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKey,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.SerializeToString,
             ),
             'Close': grpc.unary_unary_rpc_method_handler(
                     servicer.Close,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.SerializeToString,
             ),
             'GetKeyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.GetKeyStream,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,8 +134,8 @@ class KeyDelivery:
             request,
             target,
             '/sdqkd.etsi004.v1.KeyDelivery/OpenConnect',
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.OpenConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -161,8 +161,8 @@ class KeyDelivery:
             request,
             target,
             '/sdqkd.etsi004.v1.KeyDelivery/GetKey',
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -188,8 +188,8 @@ class KeyDelivery:
             request,
             target,
             '/sdqkd.etsi004.v1.KeyDelivery/Close',
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.CloseResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -215,8 +215,8 @@ class KeyDelivery:
             request_iterator,
             target,
             '/sdqkd.etsi004.v1.KeyDelivery/GetKeyStream',
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_etsi004__pb2.GetKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,14 +78,22 @@ class StreamAssign(_message.Message):
     def __init__(self, key_stream_id: _Optional[str] = ..., index: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[KeyRef, _Mapping]]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("node_id", "via")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    via: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., via: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("etsi020_address",)
+    __slots__ = ("etsi020_address", "kms_address", "reason")
     ETSI020_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KMS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     etsi020_address: str
-    def __init__(self, etsi020_address: _Optional[str] = ...) -> None: ...
+    kms_address: str
+    reason: str
+    def __init__(self, etsi020_address: _Optional[str] = ..., kms_address: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
     __slots__ = ("qkdl_id", "key_ids", "reverse")

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from generated.proto.sdqkd import kms_pb2 as generated_dot_proto_dot_sdqkd_dot_kms__pb2
+from sdqkd.generated.proto.sdqkd import kms_pb2 as sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in generated/proto/sdqkd/kms_pb2_grpc.py depends on'
+        + ' but the generated code in sdqkd/generated/proto/sdqkd/kms_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,43 +37,43 @@ class KeySyncStub:
         """
         self.Reserve = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/Reserve',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.FromString,
                 _registered_method=True)
         self.Confirm = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/Confirm',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.Release = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/Release',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.OpenStream = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/OpenStream',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.AssignStream = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/AssignStream',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.CloseStream = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/CloseStream',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/Describe',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
                 _registered_method=True)
         self.Reconcile = channel.unary_unary(
                 '/sdqkd.kms.v1.KeySync/Reconcile',
-                request_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
-                response_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
+                request_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
 
 
@@ -133,43 +133,43 @@ def add_KeySyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Reserve': grpc.unary_unary_rpc_method_handler(
                     servicer.Reserve,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.SerializeToString,
             ),
             'Confirm': grpc.unary_unary_rpc_method_handler(
                     servicer.Confirm,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
             'Release': grpc.unary_unary_rpc_method_handler(
                     servicer.Release,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
             'OpenStream': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenStream,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
             'AssignStream': grpc.unary_unary_rpc_method_handler(
                     servicer.AssignStream,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
             'CloseStream': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseStream,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.SerializeToString,
             ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
-                    request_deserializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.FromString,
-                    response_serializer=generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.SerializeToString,
+                    request_deserializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.FromString,
+                    response_serializer=sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,8 +197,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/Reserve',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReserveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -224,8 +224,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/Confirm',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -251,8 +251,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/Release',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/OpenStream',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -305,8 +305,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/AssignStream',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamAssign.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -332,8 +332,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/CloseStream',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.StreamRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -359,8 +359,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/Describe',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.DescribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -386,8 +386,8 @@ class KeySync:
             request,
             target,
             '/sdqkd.kms.v1.KeySync/Reconcile',
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
-            generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileRequest.SerializeToString,
+            sdqkd_dot_generated_dot_proto_dot_sdqkd_dot_kms__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,178 @@
+"""A relay path that leaves the sdqkd network: A -- B -- G over ETSI 020 hops (one-time pad +
+MAC), then from the gateway G to another vendor's KMS (tests/lkms/peer020.py, written from the
+standard only) with plain ETSI 020 ext_keys. Our SAE at A gets a key only once the vendor's KMS
+took it; refusals anywhere leave every hop's pools equal at both ends and the vendor holding
+nothing for the refused request. Real servers, mutual TLS with two PKIs, real ETSI 014 clients."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from lkmsnet import LoopThread, Net, Pki, wait_until
+from peer020 import PeerKms as VendorKms
+from sdqkd.lkms.core import Limits
+from sdqkd.lkms.etsi020_client import PeerKms
+from sdqkd.lkms.external import ExternalPeer
+
+VENDOR_ID = "kms.vendorx.test"
+
+
+class Chain:
+    def __init__(self, lt: LoopThread, tpki: Pki, tmp: Path) -> None:
+        self.vpki = Pki.create(tmp / "vendor")
+        vfiles = self.vpki.node(VENDOR_ID)
+        self.net = Net(lt, tpki, tmp / "net", {"A": ["a1"], "B": [], "G": []},
+                       limits=Limits(ack_timeout_s=1.5, rpc_timeout_s=4))
+        self.net.phys("A", "B")
+        self.net.phys("B", "G")
+        self.net.feed("A", "B", 300)
+        self.net.feed("B", "G", 300)
+        g = self.net.nodes["G"]
+        # the vendor serves bx1 only; G is configured with bx1 and bx2 (bx2: the vendor refuses it)
+        self.vendor = VendorKms(VENDOR_ID, ["bx1"], str(vfiles.cert), str(vfiles.key), str(vfiles.ca),
+                                str(tpki.ca_path), g.node_id)
+        self.vendor_url = self.net.run(self.vendor.start())
+        self.configure("sync")
+        self.virt = self.net.virt(["A", "B", "G"], exit_peer="vendorx")
+        a = self.net.nodes["A"]
+        for app, slave in (("appx", "bx1"), ("appy", "bx2"), ("appz", "bz9")):
+            a.register_app(app, "a1", [slave], a.node_id, "vendorx", [self.virt])
+
+    def configure(self, mode: str) -> None:
+        peer = ExternalPeer("vendorx", PeerKms(self.vendor_url, VENDOR_ID, str(self.vpki.ca_path)), ("bx1", "bx2"),
+                            str(uuid.uuid4()), mode)
+        self.net.run(self.net.nodes["G"].add_external_peer(peer))
+
+    def enc(self, slave: str, n: int) -> httpx.Response:
+        return self.net.client("a1").post(self.net.url("A") + f"/{slave}/enc_keys", json={"number": n, "size": 256})
+
+    def hops_agree(self) -> None:
+        for x, y in (("A", "B"), ("B", "G")):
+            q = self.net.links[frozenset((x, y))]
+            assert self.net.states(x, q) == self.net.states(y, q), f"pools of {x}-{y} differ"
+
+    def close(self) -> None:
+        self.net.run(self.vendor.stop())
+        self.net.close()
+
+
+@pytest.fixture(scope="module")
+def chain(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
+    c = Chain(lt, tpki, tmp_path_factory.mktemp("exit"))
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_keys_reach_the_vendor_through_two_hops(chain: Chain, mode: str) -> None:
+    chain.configure(mode)
+    ab = chain.net.links[frozenset(("A", "B"))]
+    before = chain.net.nodes["A"].store.pool_stats(ab)
+    assert before is not None
+    r = chain.enc("bx1", 3)
+    assert r.status_code == 200, r.text
+    for k in r.json()["keys"]:
+        # the vendor's SAE gets exactly our SAE's key, once, for the pair (a1 -> bx1)
+        held = chain.vendor.keys[k["key_ID"]]
+        assert (held.initiator, held.targets) == ("a1", ["bx1"])
+        assert chain.vendor.take(k["key_ID"]) == base64.b64decode(k["key"])
+        assert chain.vendor.take(k["key_ID"]) is None
+    after = chain.net.nodes["A"].store.pool_stats(ab)
+    assert after is not None and before.available_keys - after.available_keys == 4  # 3 pads + 1 MAC key
+    chain.hops_agree()
+    # keys made on demand: nothing sits in a pool of the virtual link at either end
+    for n in ("A", "G"):
+        st = chain.net.nodes[n].store.pool_stats(chain.virt)
+        assert st is None or st.available_keys == 0
+    assert chain.net.nodes["B"].store.pool_stats(chain.virt) is None
+
+
+@pytest.mark.parametrize("slave", ["bx2", "bz9"])
+def test_refused_at_the_vendor_or_the_gateway_gives_no_key(chain: Chain, slave: str) -> None:
+    """bx2: the vendor's KMS answers 400 (not its SAE); bz9: the gateway's config does not route
+    it to the vendor. Either way our SAE gets 503 and the vendor holds nothing of it."""
+    chain.configure("sync")
+    held = set(chain.vendor.keys)
+    r = chain.enc(slave, 2)
+    assert r.status_code == 503, r.text
+    assert set(chain.vendor.keys) == held
+    chain.hops_agree()
+
+
+def test_a_gateway_without_the_exit_refuses_before_any_pad_is_used(chain: Chain) -> None:
+    """A virtual link that leaves for the vendor at A and B but ends at G as an ordinary one: G
+    refuses the hop (routing) before taking its pads, B puts its next-hop pads back, the first
+    hop's pads are used at both ends, and no key is handed out."""
+    net = chain.net
+    v = str(uuid.uuid4())
+    ids = net.ids
+    g, b = net.nodes["G"], net.nodes["B"]
+    a = net.nodes["A"]
+    net.run(a.set_link(v, g.node_id, g.addresses["keysync"], kind="VIRT", next_hops=[ids["B"], ids["G"]],
+                       exit_peer="vendorx"))
+    net.run(b.set_link(v, g.node_id, g.addresses["keysync"], kind="VIRT", prev_hop=ids["A"], next_hops=[ids["G"]],
+                       exit_peer="vendorx"))
+    net.run(g.set_link(v, a.node_id, a.addresses["keysync"], kind="VIRT", prev_hop=ids["B"]))
+    a.register_app("appw", "a1", ["bw1"], a.node_id, "vendorx", [v])
+    ab = net.links[frozenset(("A", "B"))]
+    before = a.store.pool_stats(ab)
+    held = set(chain.vendor.keys)
+    r = chain.enc("bw1", 1)
+    assert r.status_code == 503, r.text
+    assert set(chain.vendor.keys) == held
+    after = a.store.pool_stats(ab)
+    assert before is not None and after is not None
+    assert after.available_keys == before.available_keys - 2  # consumed on A-B (B took them), none lost
+    chain.hops_agree()
+
+
+def test_vendor_ack_that_never_comes_voids_the_keys_there(chain: Chain) -> None:
+    """Asynchronous mode towards the vendor, and its ack never comes: the gateway voids the keys at
+    the vendor, the source gets them refused, our SAE gets 503 and the vendor holds none of them."""
+    chain.configure("async")
+    chain.vendor.never_ack = True
+    try:
+        held, calls = set(chain.vendor.keys), chain.vendor.requests
+        r = chain.enc("bx1", 2)
+        assert r.status_code == 503, r.text
+        assert chain.vendor.requests == calls + 1 and set(chain.vendor.keys) == held  # received, then voided
+        chain.hops_agree()
+    finally:
+        chain.vendor.never_ack = False
+    assert chain.enc("bx1", 1).status_code == 200  # and the path works again
+
+
+def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain) -> None:
+    """B forwards the keys, G hands them to the vendor, and B dies before answering A: our SAE
+    gets 503; once B is back, A's resend finds B's pads gone and voids the keys along the path,
+    so the vendor's SAE cannot fetch keys our SAE never got; every hop's pools agree."""
+    import threading
+
+    chain.configure("sync")
+    net = chain.net
+    held, calls = set(chain.vendor.keys), chain.vendor.requests
+    net.nodes["B"].core.fault = "pause_before_020_reply"
+    out: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
+    t.start()
+    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    assert len(chain.vendor.keys) == len(held) + 2
+    net.restart("B")  # the same ports, its links and the virtual link's entry installed again
+    t.join(60)
+    assert out and out[0].status_code == 503, out[0].text if out else "no answer"
+    wait_until(lambda: set(chain.vendor.keys) == held, "the keys voided at the vendor")
+    wait_until(lambda: _hops_agree(chain), "every hop's pools equal at both ends")
+    assert chain.enc("bx1", 1).status_code == 200  # and the path works again
+
+
+def _hops_agree(chain: Chain) -> bool:
+    try:
+        chain.hops_agree()
+    except AssertionError:
+        return False
+    return True
