@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from runtime.node.channel import WRITE_HIGH, FrameConnection, Kind
+from sdqkd.node.channel import WRITE_HIGH, FrameConnection, Kind
 
 
 async def _pair() -> tuple[FrameConnection, FrameConnection]:
