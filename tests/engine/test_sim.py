@@ -48,6 +48,23 @@ def test_slots_respect_dead_time_and_block_end():
     assert 0 <= slots[0] and slots[-1] < 20_000_000
 
 
+@pytest.mark.parametrize("loss_db", [3.0, 20.0])
+def test_gaps_between_clicks_are_geometric(loss_db):
+    """The gap after each click's dead time is drawn by inverse transform (a vectorised log in C):
+    its survival P(gap >= k) must be (1 - P)^k, P the click probability, far into the tail."""
+    link, _, bob = views(loss_db, 20_000_000 if loss_db < 10 else 4_000_000_000)
+    slots = sim.slots(bob, link.dead_slots)
+    gaps = [b - a - 1 - link.dead_slots for a, b in zip(slots, slots[1:])]
+    n, p = len(gaps), link.p_det
+    assert n > 50_000
+    mean = (1 - p) / p
+    for multiple in (0.1, 1.0, 3.0, 6.0):
+        k = int(multiple * mean)
+        expected = (1 - p) ** k
+        seen = sum(1 for g in gaps if g >= k) / n
+        assert abs(seen - expected) < 5 * math.sqrt(expected * (1 - expected) / n) + 1e-9, (k, seen, expected)
+
+
 def test_deterministic_per_seed():
     _, a1, b1 = views(10.0, 10_000_000, seed=5)
     _, a2, b2 = views(10.0, 10_000_000, seed=5)
