@@ -207,8 +207,12 @@ class FrameConnection:
         if not self._reading and not self._closed:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
+            # TLS may hold bytes it already took from the socket: the socket would not wake us
+            self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
+        if self._closed or not self._reading:
+            return
         sock, chunk = self._sock, self._chunk
         tls = isinstance(sock, ssl.SSLSocket)
         try:

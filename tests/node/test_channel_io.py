@@ -38,6 +38,25 @@ def test_concurrent_flushes_all_resume_when_the_peer_reads():
     asyncio.run(main())
 
 
+def test_reading_pauses_while_frames_wait_and_resumes():
+    async def main() -> None:
+        tx, rx = await _pair()
+        rx.limit = 2 * WRITE_HIGH
+        payload = b"k" * (3 * WRITE_HIGH // 2)
+        for n in range(6):
+            tx.send(Kind.DATA, n, payload)
+        first = await asyncio.wait_for(rx.recv(), 10)
+        await asyncio.sleep(0.1)
+        assert not rx._reading  # more than the limit received and not collected: reading paused
+        rest = [await asyncio.wait_for(rx.recv(), 10) for _ in range(5)]
+        assert [f.block for f in (first, *rest)] == list(range(6))
+        assert all(f.payload == payload for f in rest)
+        await tx.close()
+        await rx.close()
+
+    asyncio.run(main())
+
+
 def test_a_frame_over_the_limit_ends_the_connection():
     async def main() -> None:
         tx, rx = await _pair()
