@@ -25,6 +25,7 @@ import sys
 import time
 
 import grpc
+
 from sdqkd.apps import hybrid as hy
 from sdqkd.apps.keyclient import SaeIdentity
 from sdqkd.controller.controller import Controller, NodeEndpoint

@@ -19,6 +19,7 @@ import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
 from sdqkd.yamlfile import Lines, Loc, dotted
 
 # Kept in step with sdqkd.engine.cascade.VARIANTS (asserted by the tests) without importing

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from sdqkd.pki import TlsFiles
 
 ChannelOptions = Sequence[tuple[str, Any]]

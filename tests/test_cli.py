@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 
 import pytest
+
 from sdqkd.cli import build_parser
 
 

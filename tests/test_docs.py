@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from pydantic import BaseModel
+
 from sdqkd import schemas
 from sdqkd.cli import build_parser
 

@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+
 from sdqkd.logfmt import brief, link_label
 
 

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import grpc
+
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.agent_skeleton import GNMI_VERSION, MODELS, ModelHooks
 from sdqkd.generated.gnmi_support import path_str

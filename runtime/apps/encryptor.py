@@ -41,6 +41,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError
 from sdqkd.errors import SdqkdError
 

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from sdqkd.apps.keyclient import Etsi014Client, Key, SaeIdentity
 from sdqkd.errors import SdqkdError
 

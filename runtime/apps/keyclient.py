@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from sdqkd.errors import SdqkdError
 from sdqkd.pki import TlsFiles
 from sdqkd.tls import https_client_context, sync_channel, tls_files

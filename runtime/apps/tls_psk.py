@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
+
 from sdqkd.apps.keyclient import Etsi014Client, Key, KeyDeliveryError
 from sdqkd.errors import SdqkdError
 

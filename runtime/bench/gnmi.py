@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
 from sdqkd.generated import paths
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc

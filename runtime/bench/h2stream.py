@@ -18,6 +18,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 
 PATH = b"/sdqkd.etsi004.v1.KeyDelivery/GetKeyStream"

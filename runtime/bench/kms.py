@@ -101,6 +101,7 @@ class _Nodes:
 async def _load014(a: dict[str, Any]) -> dict[str, float]:
 
     import aiohttp
+
     from sdqkd.tls import https_client_context, tls_files
 
     ctx = https_client_context(tls_files(a["ca"], a["cert"], a["key"]))
@@ -140,6 +141,7 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
     import random
 
     import grpc
+
     from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
     from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc as pg
     from sdqkd.tls import grpc_channel_credentials, tls_files

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from sdqkd import pki
 from sdqkd.tls import https_client_context, tls_files
 

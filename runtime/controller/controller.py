@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
+
 from sdqkd.generated import model_types as t
 from sdqkd.generated import paths
 from sdqkd.generated.client import ModelClient

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from sdqkd.agent.serve import is_loopback
 from sdqkd.pki import TlsFiles
 

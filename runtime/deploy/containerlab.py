@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
 from sdqkd.controller.topology import Topology
 from sdqkd.harness.build import FIXED_PORTS, File, NetworkBuild
 

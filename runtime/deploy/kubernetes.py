@@ -33,6 +33,7 @@ import posixpath
 from typing import Any
 
 import yaml
+
 from sdqkd.harness.build import FIXED_PORTS, SERVICES, File, NetworkBuild
 
 from .plan import CONTAINER_DATA, CONTROLLER_API, CONTROLLER_NAME, IMAGE_UID, ExportOptions

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from sdqkd.controller.topology import Topology, files_dir
 from sdqkd.pki import Ca, create_ca, issue
 from sdqkd.schemas import EngineSettings, ExternalPeerEntry

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from sdqkd.controller.topology import Topology, TopologyError
 from sdqkd.errors import SdqkdError
 from sdqkd.harness.build import (

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from sdqkd.harness.sync import RunningNetwork, start_inprocess, start_processes
 
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
+
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.proto.sdqkd import kms_pb2
 from sdqkd.lkms.core import Core

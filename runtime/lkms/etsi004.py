@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc
 from sdqkd.lkms.streams import CallerRefused, StreamManager, TooManyStreams

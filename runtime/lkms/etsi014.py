@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
 from sdqkd.errors import SdqkdError
 from sdqkd.lkms.core import Core, NotReady, UnknownPair
 from sdqkd.lkms.dispenser import Dispensers, KeyUnavailable

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
+
 from sdqkd.lkms.etsi020_client import KMS_ID_HEADER, Etsi020Client, PeerKms, cert_identities
 from sdqkd.lkms.etsi020_schema import (
     API_VERSIONS,

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import h11
 import orjson
+
 from sdqkd.errors import SdqkdError
 from sdqkd.lkms.etsi020_schema import negotiate, parse_versions
 from sdqkd.tls import https_client_context, tls_files

@@ -36,6 +36,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+
 from sdqkd.errors import SdqkdError
 from sdqkd.lkms.tlsctx import peercert_cn
 

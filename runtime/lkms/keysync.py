@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
+
 from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
 from sdqkd.lkms.core import Core
 from sdqkd.lkms.locate import LocateError

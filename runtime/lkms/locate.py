@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
+
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.proto.sdqkd import kms_pb2
 from sdqkd.lkms.peers import PeerClients

@@ -64,6 +64,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
 from sdqkd.lkms.connlimit import serve_capped
 from sdqkd.lkms.core import Core, Limits, Registrar

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 import grpc
+
 from sdqkd.generated.proto.sdqkd import kms_pb2
 from sdqkd.lkms.core import Core
 from sdqkd.lkms.store_api import OutboxItem

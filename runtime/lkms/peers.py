@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import grpc
+
 from sdqkd.generated.proto.sdqkd import kms_pb2_grpc
 from sdqkd.lkms.tlsctx import grpc_channel_credentials
 from sdqkd.pki import TlsFiles

@@ -29,6 +29,7 @@ import logging
 import time
 
 import grpc
+
 from sdqkd.generated.proto.sdqkd import kms_pb2
 from sdqkd.lkms.core import Core
 from sdqkd.lkms.registry import EXT, Link

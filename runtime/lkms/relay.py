@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import orjson
+
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.proto.sdqkd import kms_pb2
 from sdqkd.lkms.core import Core

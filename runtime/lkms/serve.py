@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from sdqkd.lkms.core import Limits
 from sdqkd.lkms.node import Lkms
 from sdqkd.pki import TlsFiles

@@ -53,6 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.generated.proto.sdqkd import kms_pb2

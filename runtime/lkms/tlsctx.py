@@ -13,6 +13,7 @@ import ssl
 from typing import Any
 
 import grpc
+
 from sdqkd import tls as tls_build
 from sdqkd.pki import TlsFiles
 from sdqkd.tls import grpc_channel_credentials, https_client_context

@@ -20,8 +20,9 @@ Wire format (big-endian), both directions:
 
 Admission (receiver), in this order, before any frame larger than HELLO_LIMIT is read:
 1. the TLS handshake requires a client certificate that verifies against the network CA;
-2. its CN must be the node ID at the far end of a link here (`admit(cn)`), else the
-   connection is closed without reading a byte (an SAE or controller certificate is refused);
+2. its CN must be the node ID at the far end of a link here (`admit(cn)` raises Refused
+   otherwise), else the connection is closed without reading a byte (an SAE or controller
+   certificate is refused);
 3. the HELLO (at most HELLO_LIMIT bytes) must name a receiving link whose peer is that node;
 4. only then the frame limit rises to what that link's blocks need (`frame_limit`).
 Without TLS (loopback-only nodes) steps 1-2 cannot apply; the HELLO checks still do.
@@ -70,7 +71,13 @@ class ChannelError(SdqkdError, ConnectionError):
 
 
 class Refused(ChannelError):
-    """A connection failed admission (wrong node, unknown link, malformed HELLO)."""
+    """A connection failed admission (wrong node, unknown link, malformed HELLO). `not_yet`: the
+    link it names is not (yet) provisioned here, as when a network starts and the transmitting
+    end dials before this end has its link; the dialler retries, so that is no warning."""
+
+    def __init__(self, message: str, not_yet: bool = False) -> None:
+        super().__init__(message)
+        self.not_yet = not_yet
 
 
 class Frame(NamedTuple):  # a tuple: built once per received frame, cheaper than a dataclass
@@ -417,9 +424,9 @@ async def dial(address: str, tls: TlsFiles | None, peer_id: str, timeout: float 
     return conn
 
 
-# admit(cn) -> whether a node with this certificate CN may connect at all;
+# admit(cn) -> None if a node with this certificate CN may connect at all, else raises Refused;
 # accept(conn, hello) -> a coroutine that runs the session (raises ChannelError to refuse).
-Admit = Callable[[str | None], bool]
+Admit = Callable[[str | None], None]
 Accept = Callable[[FrameConnection, Hello], Awaitable[None]]
 
 
@@ -495,8 +502,8 @@ class ChannelServer:
             raise
         conn = FrameConnection(sock)
         try:
-            if self._ctx is not None and not self._admit(conn.peer_cn):
-                raise Refused(f"certificate {conn.peer_cn!r} is no peer node of this node")
+            if self._ctx is not None:
+                self._admit(conn.peer_cn)
             try:
                 first = await asyncio.wait_for(conn.recv(), 10.0)
             except (ChannelError, TimeoutError) as e:
@@ -510,7 +517,8 @@ class ChannelServer:
             await self._accept(conn, hello)
         except Refused as e:
             self.refused += 1
-            log.warning("classical channel: refused a connection from %r: %s", conn.peer_cn, e)
+            log.log(logging.INFO if e.not_yet else logging.WARNING,
+                    "classical channel: refused a connection from %r: %s", conn.peer_cn, e)
         except (ChannelError, TimeoutError) as e:
             log.info("classical channel: session with %r ended: %s", conn.peer_cn, e)
         finally:

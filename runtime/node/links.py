@@ -254,16 +254,20 @@ class LinkDirectory:
     """Admission for the node's channel server (channel.py): which certificates may connect at
     all, and which link a HELLO may open a session on."""
 
-    def __init__(self, links: dict[str, EngineLink], tls: TlsFiles | None):
-        self._links, self._tls = links, tls
+    def __init__(self, links: dict[str, EngineLink], tls: TlsFiles | None, nodes: frozenset[str] = frozenset()):
+        self._links, self._tls, self._nodes = links, tls, nodes  # nodes: the network's other node IDs
 
-    def admit(self, cn: str | None) -> bool:
-        return cn is not None and any(link.p.peer_id == cn for link in self._links.values())
+    def admit(self, cn: str | None) -> None:
+        if cn is not None and any(link.p.peer_id == cn for link in self._links.values()):
+            return
+        if cn in self._nodes:  # a network starting: its link here comes soon, and it dials again
+            raise Refused(f"node {cn} has no link with this node (yet)", not_yet=True)
+        raise Refused(f"certificate {cn!r} is no peer node of this node")
 
     async def accept(self, conn: FrameConnection, hello: Hello) -> None:
         link = self._links.get(hello.qkdl_id)
         if link is None or link.p.role != "bob":
-            raise Refused(f"no receiving link {hello.qkdl_id!r} here")
+            raise Refused(f"no receiving link {hello.qkdl_id!r} here (yet)", not_yet=link is None)
         if self._tls is not None and conn.peer_cn != link.p.peer_id:
             raise Refused(f"link {hello.qkdl_id} belongs to node {link.p.peer_id}, not {conn.peer_cn}")
         await link.accept(conn, hello)

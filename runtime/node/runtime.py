@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import grpc
+
 from sdqkd.agent.serve import start_gnmi
 from sdqkd.agent.server import NodeAgent
 from sdqkd.agent.transaction import Datastore
@@ -77,7 +78,7 @@ class NodeRuntime:
         await self._seed_interfaces()
         self.registrar.restore()
         self.registrar.start()
-        self._channel = LinkDirectory(self.links, cfg.tls).server()
+        self._channel = LinkDirectory(self.links, cfg.tls, frozenset(cfg.peers)).server()
         channel_addr = await self._channel.start(cfg.channel_listen)
         self._gnmi, port = await start_gnmi(self.agent, cfg.gnmi_listen, tls=cfg.tls, mutual=cfg.gnmi_mutual_tls,
                                             users=cfg.users or None)

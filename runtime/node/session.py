@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from sdqkd.engine import pipeline
 from sdqkd.engine.auth import HEADER_BYTES, Authenticator, BufferKeySource
 

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+
 from sdqkd.generated import restconf as rc
 
 from . import uri

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+
 from sdqkd.generated import restconf as rc
 
 from . import bodies, compat, library, query, uri

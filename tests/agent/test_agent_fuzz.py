@@ -11,6 +11,7 @@ import uuid
 import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sdqkd.agent import datastore as ds
 from sdqkd.agent.server import GnmiError, NodeAgent
 from sdqkd.generated import schema

@@ -9,6 +9,7 @@ import uuid
 
 import grpc
 import pytest
+
 from sdqkd.agent.server import GnmiError, NodeAgent
 from sdqkd.generated.proto.gnmi import gnmi_pb2
 

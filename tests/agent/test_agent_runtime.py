@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from sdqkd.agent.serve import start_gnmi
 from sdqkd.agent.server import NodeAgent
 from sdqkd.generated.agent_skeleton import NOTIFICATIONS, HookVeto, ModelHooks

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from sdqkd.agent.model import resolve
 from sdqkd.agent.transaction import Datastore, Edit, Exists, InvalidPath, InvalidValue, NotFound, Rejected
 from sdqkd.generated.gnmi_support import parse_path as P

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from sdqkd.harness.sync import start_inprocess
 
 TOPOLOGY = {

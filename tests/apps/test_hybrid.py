@@ -16,6 +16,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from sdqkd.apps import hybrid as hy
 from sdqkd.apps.keyclient import Key, SaeIdentity
 from sdqkd.generated.client import ModelClient

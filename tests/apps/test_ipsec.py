@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from sdqkd.apps import ipsec_netns
 from sdqkd.apps.ipsec import IpsecError, IpsecNsf, Lifetime, QkdKeyRef, SadEntry, keymat
 from sdqkd.apps.ipsec_esp import EspIntegrityError, EspReplayError, EspSa, ReplayWindow

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sdqkd.apps.keyclient import Etsi004Client, Etsi014Client, KeyDeliveryError, SaeIdentity
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from sdqkd.apps import opot
 from sdqkd.apps.keyclient import Etsi014Client, KeyDeliveryError, SaeIdentity
 from sdqkd.controller.opot import OpotProvisioner, shamir_profiles

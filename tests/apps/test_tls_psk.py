@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from sdqkd.apps.keyclient import Etsi014Client, Key, SaeIdentity
 from sdqkd.apps.tls_psk import PskHandshakeError, PskTlsClient, PskTlsConnection, PskTlsServer
 

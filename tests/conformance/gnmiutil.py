@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import grpc
+
 from sdqkd.generated.gnmi_support import parse_path, path_str
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 

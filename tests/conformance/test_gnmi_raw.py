@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 from gnmiutil import LINKS, G, P, Stream, jv, sub_list, val
+
 from sdqkd.generated.gnmi_support import path_str
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
@@ -105,6 +106,7 @@ def test_get_with_prefix_and_target_echo(g: G, link):
 def test_get_root_is_rfc7951(g: G, link):
     """The root in JSON_IETF loads into the pyangbind bindings (a strict RFC 7951 reader)."""
     from pyangbind.lib import pybindJSON
+
     from sdqkd.generated import bindings
 
     r = g.get("/")

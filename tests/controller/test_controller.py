@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 
 import pytest
+
 from sdqkd.agent.serve import start_gnmi
 from sdqkd.agent.server import NodeAgent
 from sdqkd.controller.controller import Controller, NodeEndpoint

@@ -6,6 +6,7 @@ exercised on a real network in tests/e2e/test_network.py.)"""
 from __future__ import annotations
 
 import pytest
+
 from sdqkd.controller.service import MAX_RATE_BPS, _app_request
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sdqkd.controller.topology import TopologyError, link_id, load, node_id, parse, reach_db
 
 GOOD = {

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from deployutil import keys_agree
+
 from sdqkd.deploy import export
 from sdqkd.deploy.plan import ExportOptions
 

@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
+
 from sdqkd.deploy import export
 from sdqkd.deploy.plan import ExportError, ExportOptions
 from sdqkd.harness.build import FIXED_PORTS, SERVICES

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import yaml
+
 from sdqkd.deploy import export
 from sdqkd.deploy.plan import ExportOptions
 from sdqkd.harness import network

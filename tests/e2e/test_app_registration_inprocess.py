@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+
 from sdqkd.generated.client import ModelClient
 from sdqkd.harness.inprocess import InProcessNetwork, start_network
 from sdqkd.lkms.registry import app_id_for

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sdqkd import netns
 from sdqkd.harness import network
 

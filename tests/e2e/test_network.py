@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from sdqkd.harness.audit import exposed
 from sdqkd.harness.northbound import api_and_headers
 

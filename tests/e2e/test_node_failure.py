@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from sdqkd.harness import network
 from sdqkd.harness.northbound import post_app
 

@@ -9,6 +9,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sdqkd.engine import _cascade
 from sdqkd.engine.cascade import (
     VARIANTS,

@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from sdqkd.engine import estimate, sim
 from sdqkd.engine.estimate import Tally
 

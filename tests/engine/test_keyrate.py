@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 import pytest
+
 from sdqkd.engine import keyrate, profiles, sim
 
 

@@ -8,6 +8,7 @@ import random
 import threading
 
 import pytest
+
 from sdqkd.engine import pipeline
 from sdqkd.engine.auth import Authenticator, BufferKeySource, KeyExhausted
 from sdqkd.engine.keyrate import h2

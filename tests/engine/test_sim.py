@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from sdqkd.engine import _sim, sift, sim
 
 SEED = 2024

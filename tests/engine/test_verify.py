@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sdqkd.engine import _hash, verify
 
 POLY = (1 << 128) | 0x87

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sdqkd.generated import agent_skeleton, client, paths, schema
 from sdqkd.generated.gnmi_support import parse_path, path_str
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from genutil import FIXTURES, ROOT, run_gen, run_py, tree_bytes
+
 from sdqkd.codegen import generate
 from sdqkd.codegen.report import GenerationError
 

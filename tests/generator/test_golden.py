@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from genutil import FIXTURES, run_py
+
 from sdqkd.codegen import generate
 
 GOLDEN = Path(__file__).parent / "golden"

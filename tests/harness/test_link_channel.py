@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from sdqkd.bench.link import stored_keys
 from sdqkd.engine import pipeline
 from sdqkd.engine.auth import HEADER_BYTES

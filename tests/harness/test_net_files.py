@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from sdqkd.controller.topology import parse
 from sdqkd.harness import network
 from sdqkd.harness.audit import exposed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2, etsi004_pb2_grpc
 
 TOPO = {"nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],

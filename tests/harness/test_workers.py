@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 
 import httpx
+
 from sdqkd.harness.inprocess import start_network
 
 TOPO = {"nodes": [{"name": n} for n in "ABCD"],

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import httpx
+
 from sdqkd import pki
 from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc, kms_pb2_grpc
 from sdqkd.lkms.core import Limits

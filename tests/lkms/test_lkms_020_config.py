@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from sdqkd.lkms.external import ExternalPeer, external_peer
 from sdqkd.node.config import ConfigError, load_config
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lkmsnet import LoopThread, Net, Pki
+
 from sdqkd.lkms.node import Lkms
 from sdqkd.lkms.store_api import StoreUnavailable
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms.core import Limits
 

@@ -22,6 +22,7 @@ import h2.events
 import h2.settings
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
+
 from sdqkd.bench.h2stream import client_context, get_keys
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms import h2grpc

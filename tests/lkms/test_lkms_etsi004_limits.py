@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms.core import Limits
 

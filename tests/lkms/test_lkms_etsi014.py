@@ -14,6 +14,7 @@ import uuid
 import httpx
 import pytest
 from lkmsnet import LONG_BLOB, Net, Pki
+
 from sdqkd import pki
 from sdqkd.lkms.tlsctx import https_client_context
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab, wait_until
+
 from sdqkd.lkms.core import Limits
 
 CAP = 8

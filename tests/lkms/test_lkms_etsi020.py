@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lkmsnet import LoopThread, Net, Pki
 from peer020 import PeerKms as VendorKms
+
 from sdqkd.lkms.core import Limits
 from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
 from sdqkd.lkms.external import ExternalPeer

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from lkmsnet import Pki
 from peer020 import PeerKms as VendorKms
+
 from sdqkd.controller.external import parse_external_peers
 from sdqkd.controller.topology import TopologyError, parse
 from sdqkd.harness.inprocess import start_network

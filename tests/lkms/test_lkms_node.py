@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki
+
 from sdqkd.lkms.core import Limits
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from lkmsnet import LoopThread
+
 from sdqkd.lkms.node import Lkms
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import yaml
 from lkmsnet import Pki
+
 from sdqkd.lkms.tlsctx import https_client_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +162,7 @@ def test_sigkill_with_assigned_stream_window_loses_and_duplicates_nothing(two_pr
     between, it must not get any of them back after the restart: they were (or may have been)
     delivered. Both stores stay equal."""
     import grpc
+
     from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
     from sdqkd.generated.proto.sdqkd import etsi004_pb2_grpc as pg
     from sdqkd.lkms.tlsctx import grpc_channel_credentials

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from lkmsnet import LONG_BLOB, Net
+
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
 from sdqkd.lkms.etsi020_schema import ext_key_container

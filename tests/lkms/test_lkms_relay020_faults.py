@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki
+
 from sdqkd.lkms.core import Limits
 from sdqkd.lkms.node import Lkms
 from sdqkd.lkms.relay import RelayError

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from lkmsnet import LoopThread, Net, Pki, wait_until
 from peer020 import PeerKms as VendorKms
+
 from sdqkd.lkms.core import Limits
 from sdqkd.lkms.etsi020_client import PeerKms
 from sdqkd.lkms.external import ExternalPeer

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 from lkmsnet import LoopThread, Pki, net_ab, wait_until
+
 from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
 from sdqkd.lkms.core import Limits
 from sdqkd.lkms.node import Lkms

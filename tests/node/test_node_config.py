@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from sdqkd.node.config import ConfigError, load_config
 
 GOOD = """\

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import httpx
+
 from sdqkd.agent.server import NodeAgent
 from sdqkd.agent.transaction import Edit as TxEdit
 from sdqkd.generated import model_types as t

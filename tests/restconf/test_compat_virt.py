@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+
 from sdqkd.restconf.compat import LinkCompleter
 from sdqkd.restconf.compat_virt import relay_part, virtual_association
 from sdqkd.restconf.errors import RestconfError

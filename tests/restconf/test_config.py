@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from sdqkd.node.config import ConfigError, load_config
 
 BASE = ("id: {id}\nname: n\ngnmi: {{listen: '127.0.0.1:0'}}\netsi014: {{listen: '127.0.0.1:0'}}\n"

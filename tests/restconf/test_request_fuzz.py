@@ -14,6 +14,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sdqkd.agent.server import NodeAgent
 from sdqkd.restconf import ModelAdapter, start_restconf
 from sdqkd.restconf.adapter import MERGE, Edit

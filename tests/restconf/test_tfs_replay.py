@@ -20,9 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from tfsreplay import ROOT, TfsDevice, apply_rule, service_links
+
 from sdqkd.harness.inprocess import InProcessNetwork, start_network
 from sdqkd.lkms.registry import app_id_for, sae_uri
-from tfsreplay import ROOT, TfsDevice, apply_rule, service_links
 
 TOPO = {"nodes": [{"name": n} for n in ("QKD1", "QKD2", "QKD3")],
         "links": [{"a": "QKD1", "b": "QKD2", "km": 10}, {"a": "QKD2", "b": "QKD3", "km": 15}],

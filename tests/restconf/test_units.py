@@ -8,6 +8,7 @@ import base64
 import uuid
 
 import pytest
+
 from sdqkd.restconf import query, uri
 from sdqkd.restconf.auth import Credentials
 from sdqkd.restconf.errors import RestconfError
