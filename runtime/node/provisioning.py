@@ -10,7 +10,8 @@ Per `qkd_link` entry:
   association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no peer or classical
   endpoint, ETSI allows it) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
   and link, engine link (re)started when its parameters changed, stopped when disabled.
-Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON.
+Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON (DISCONNECTED
+while it has no backing link: no key path).
 A failed apply is reported by `apply_failed`: an ETSI `alarm` (link or application) and, for a
 link, `sdqkd-link/engine-state/last-abort-reason`; the datastore retries it later.
 """
