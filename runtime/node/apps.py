@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 from sdqkd.lkms.core import NotReady, UnknownPair
 from sdqkd.lkms.registry import App, app_id_for, sae_of, sae_uri
 
+from . import statepaths
+
 if TYPE_CHECKING:
     from sdqkd.agent.server import NodeAgent
     from sdqkd.lkms.node import Lkms
@@ -57,7 +59,6 @@ log = logging.getLogger("sdqkd.node.apps")
 WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the model's nearest state
 
 T = "etsi-qkd-node-types:"
-APP = "/qkd_node/qkd_applications/qkd_app"
 NEW = (("sdqkdn_application_new", ()),)
 RENOTIFY_S = 2.0  # a waiting pair's notification is repeated at most this often
 REQUEST, CONTROLLER = "request", "controller"  # who created a registration (only the former idle out)
@@ -280,7 +281,7 @@ class Registrar:
         if reg is None:
             return
         self.agent.state.notify("sdqkdn_application_disconnected", {"qkd_application": {"app_id": app_id}})
-        self.agent.state.delete(f"{APP}[app_id={app_id}]")
+        self.agent.state.delete(statepaths.app(app_id))
         self.lkms.unregister_app(app_id)
         self._save()
         log.info("application %s disconnected: %s", app_id, why)
@@ -310,7 +311,7 @@ class Registrar:
         value = dict(reg.entry)
         value["app_status"] = f"{T}{status}"
         value["creation_time"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.agent.state.update({f"{APP}[app_id={reg.app_id}]": value})
+        self.agent.state.update({statepaths.app(reg.app_id): value})
 
     def _register_lkms(self, entry: dict[str, Any]) -> None:
         self.lkms.register_app(entry["app_id"], sae_of(entry.get("server_app_id", "")),

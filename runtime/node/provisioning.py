@@ -33,6 +33,7 @@ from sdqkd.generated.agent_skeleton import HookTransaction, HookVeto, ModelHooks
 from sdqkd.lkms.registry import sae_of
 from sdqkd.logfmt import link_label
 
+from . import statepaths
 from .apps import WAITING
 from .config import ConfigError
 from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
@@ -223,11 +224,11 @@ class NodeProvisioning(ModelHooks):
                               [sae_of(c) for c in new.get("client_app_id", [])],
                               new.get("local_qkdn_id", self.node.cfg.id), new.get("remote_qkdn_id", ""),
                               [self.node.engine_of.get(b, b) for b in new.get("backing_qkdl_id", [])])
-            base = f"{APP}[app_id={app_id}]"
-            vals = {f"{base}/creation_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            created, status = statepaths.app_leaves(app_id)
             served = new.get("backing_qkdl_id") or new.get("remote_qkdn_id") == self.node.cfg.id
-            vals[f"{base}/app_status"] = f"{T}ON" if served else f"{T}{WAITING}"  # no key path: not connected
-            self.node.agent.state.update(vals)
+            self.node.agent.state.update({
+                created: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                status: f"{T}ON" if served else f"{T}{WAITING}"})  # no key path: not connected
         if self.node.registrar is not None:
             self.node.registrar.installed(app_id, new)
 
@@ -240,7 +241,7 @@ class NodeProvisioning(ModelHooks):
         state = self.node.agent.state
         if r.schema_path == LINK:
             if self.node.datastore.exists(r):  # a failed removal must not bring the entry back
-                state.update({f"{where}/sdqkd-link/engine-state/last-abort-reason": message})
+                state.update({statepaths.link(keys["qkdl_id"]).last_abort_reason: message})
             state.notify("alarm", {"link": {"qkdl_id": keys["qkdl_id"], "qkdl_status": f"{T}OFF",
                                             "severity": f"{T}MAJOR", "message": message}})
         elif r.schema_path == APP:

@@ -28,6 +28,7 @@ from sdqkd.lkms.node import Lkms
 from sdqkd.restconf import Credentials, ModelAdapter, start_restconf, tls_context
 from sdqkd.restconf.adapter import MERGE, Edit, EditRefused
 
+from . import statepaths
 from .apps import Registrar
 from .channel import ChannelServer
 from .config import NodeConfig
@@ -36,7 +37,6 @@ from .provisioning import NodeProvisioning, engine_defaults
 
 log = logging.getLogger("sdqkd.node")
 T = "etsi-qkd-node-types:"
-LINK = "/qkd_node/qkd_links/qkd_link"
 
 
 class NodeRuntime:
@@ -135,8 +135,7 @@ class NodeRuntime:
             await self.adapter.commit(edits)
         except EditRefused as e:
             raise ValueError(f"interfaces: {e.message}") from None
-        self.agent.state.update({f"/qkd_node/qkd_interfaces/qkd_interface[qkdi_id={itf['id']}]/qkdi_status":
-                                 f"{T}ENABLED" for itf in self.cfg.interfaces})
+        self.agent.state.update({statepaths.interface_status(itf["id"]): f"{T}ENABLED" for itf in self.cfg.interfaces})
 
     def fibre_peers(self) -> dict[str, str]:
         """Peer node ID -> its KeySync address, from the interfaces (the fibre behind each)."""
@@ -166,21 +165,21 @@ class NodeRuntime:
 
     def link_stats(self, p: LinkParams, s: LinkStats, result: Any) -> None:
         tree_id = self.tree_of.get(p.qkdl_id, p.qkdl_id)  # the engine runs under the key association ID
-        base = f"{LINK}[qkdl_id={tree_id}]"
+        leaf = statepaths.link(tree_id)
         if (tree_id,) not in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
             return  # the link was removed meanwhile
         vals: dict[str, Any] = {
-            f"{base}/qkdl_status": f"{T}{s.status}",
-            f"{base}/qkdl_performance/skr": min(int(s.skr), 2**32 - 1),
-            f"{base}/qkdl_performance/eskr": min(int(max(0.0, s.skr - s.auth_bps)), 2**32 - 1),
-            f"{base}/sdqkd-link/engine-state/blocks-ok": s.blocks_ok,
-            f"{base}/sdqkd-link/engine-state/blocks-aborted": s.blocks_aborted,
-            f"{base}/sdqkd-link/engine-state/secret-bits": s.secret_bits,
-            f"{base}/sdqkd-link/engine-state/last-abort-reason": s.last_abort,
+            leaf.status: f"{T}{s.status}",
+            leaf.skr: min(int(s.skr), 2**32 - 1),
+            leaf.eskr: min(int(max(0.0, s.skr - s.auth_bps)), 2**32 - 1),
+            leaf.blocks_ok: s.blocks_ok,
+            leaf.blocks_aborted: s.blocks_aborted,
+            leaf.secret_bits: s.secret_bits,
+            leaf.last_abort_reason: s.last_abort,
         }
         if s.qber == s.qber:  # not NaN
-            vals[f"{base}/qkdl_performance/phys_perf[perf_type={T}QBER]/value"] = f"{min(s.qber, 1.0):.3f}"
-            vals[f"{base}/sdqkd-link/engine-state/qber"] = f"{min(s.qber, 1.0):.6f}"
+            vals[leaf.qber_value] = f"{min(s.qber, 1.0):.3f}"
+            vals[leaf.qber] = f"{min(s.qber, 1.0):.6f}"
         self.agent.state.update(vals)
         if result is not None and getattr(result, "alarm", False):
             self.agent.state.notify("alarm", {"link": {
@@ -197,13 +196,12 @@ class NodeRuntime:
             with contextlib.suppress(Exception):
                 stats = self.lkms.key_store_stats()
                 vals: dict[str, Any] = {}
-                for k in ("max-key-count", "stored-keys", "stored-bits", "delivered-keys"):
-                    if k in stats:
-                        vals[f"/qkd_node/sdqkd-key-store/{k}"] = stats[k]
+                vals.update({path: stats[k] for k, path in statepaths.store().items() if k in stats})
                 for pool in stats.get("pool", []):
-                    base = f"/qkd_node/sdqkd-key-store/pool[qkdl-id={pool['qkdl-id']}]"
-                    for k in ("stored-keys", "stored-bits", "delivered-keys"):
-                        vals[f"{base}/{k}"] = pool.get(k, 0)
+                    leaves = statepaths.pool(pool["qkdl-id"])
+                    vals.update({leaves.stored_keys: pool.get("stored-keys", 0),
+                                 leaves.stored_bits: pool.get("stored-bits", 0),
+                                 leaves.delivered_keys: pool.get("delivered-keys", 0)})
                 if vals:
                     self.agent.state.update(vals)
             await asyncio.sleep(1.0)
