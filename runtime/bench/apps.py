@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sdqkd.bench.timing import percentile
+
 TARGETS = {"ttfk_direct_p99_s": 0.5, "ttfk_3hop_p99_s": 1.5}
 
 
@@ -62,11 +64,6 @@ def _first_key(eps: dict[str, Any], node: str, master: str, slave: str) -> tuple
     return time.perf_counter() - t, code
 
 
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-
-
 def time_to_first_key(eps: dict[str, Any], pairs: int, slave_node: str) -> dict[str, Any]:
     times, fails = [], 0
     for i in range(pairs):
@@ -75,7 +72,7 @@ def time_to_first_key(eps: dict[str, Any], pairs: int, slave_node: str) -> dict[
             times.append(dt)
         else:
             fails += 1
-    return {"p50_s": _pct(times, 0.5) if times else None, "p99_s": _pct(times, 0.99) if times else None,
+    return {"p50_s": percentile(times, 0.5) if times else None, "p99_s": percentile(times, 0.99) if times else None,
             "max_s": max(times) if times else None, "served": len(times), "not_served": fails}
 
 

@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sdqkd.bench.timing import percentile
+
 _BLOCK = 16384  # pads per development-feed block
 TARGETS = {"relay020_ms_per_hop_p50": 3.0, "relay020_keys_per_s_one_hop": 20_000.0}
 
@@ -67,11 +69,6 @@ async def _stop(nodes: list[Any]) -> None:
         await x.stop()
 
 
-def _pct(v: list[float], p: float) -> float:
-    s = sorted(v)
-    return s[min(len(s) - 1, int(p * len(s)))] * 1e3
-
-
 async def _latency_020(tmp: Path, hops: int, n: int) -> dict[str, float]:
     nodes, v = await _chain(tmp, hops, 4 * n + 200)
     try:
@@ -83,7 +80,7 @@ async def _latency_020(tmp: Path, hops: int, n: int) -> dict[str, float]:
             t = time.perf_counter()
             await nodes[0].relay.relay_one(link)
             lat.append(time.perf_counter() - t)
-        return {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)}
+        return {"p50": percentile(lat, 0.5) * 1e3, "p99": percentile(lat, 0.99) * 1e3}
     finally:
         await _stop(nodes)
 
@@ -116,7 +113,7 @@ async def _latency_keysync(tmp: Path, hops: int, n: int) -> dict[str, float]:
             t = time.perf_counter()
             await one()
             lat.append(time.perf_counter() - t)
-        return {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99)}
+        return {"p50": percentile(lat, 0.5) * 1e3, "p99": percentile(lat, 0.99) * 1e3}
     finally:
         await _stop(nodes)
 

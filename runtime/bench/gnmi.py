@@ -8,9 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,35 +19,9 @@ from sdqkd.generated import paths
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
+from .timing import latencies_us, spawn_target, summary_us
 
-def _spawn(*args: str, python: str = sys.executable) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([python, "-P", "-m", "sdqkd.bench._gnmi_target", *args],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split() if proc.stdout else []
-    if not line:
-        proc.kill()
-        raise RuntimeError(f"bench target {args} did not start")
-    return proc, line
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-async def _lat(fn: Any, n: int, warm: int = 200) -> list[float]:
-    for _ in range(warm):
-        await fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        out.append((time.perf_counter() - t) * 1e6)
-    return out
-
-
-def _fig(xs: list[float]) -> dict[str, float]:
-    return {"p50_us": round(statistics.median(xs), 1), "p99_us": round(_pct(xs, 0.99), 1)}
+TARGET = "sdqkd.bench._gnmi_target"
 
 
 def _set_link(stub: gnmi_pb2_grpc.gNMIStub, node_id: str) -> Callable[[], Awaitable[None]]:
@@ -76,14 +47,14 @@ async def _node_id(stub: gnmi_pb2_grpc.gNMIStub) -> str:
 async def _baseline(python: str, links: int, n: int) -> dict[str, Any]:
     """Get of one leaf and Set latency of an agent run by another interpreter (an older
     install, e.g. the main branch's venv), measured in the same run as ours."""
-    proc, (port, lid) = _spawn("agent", "--links", str(links), python=python)
+    proc, (port, lid) = spawn_target(TARGET, "agent", "--links", str(links), python=python)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = gnmi_pb2_grpc.gNMIStub(ch)
             leaf = gnmi_pb2.GetRequest(path=[paths.qkd_node().qkd_links().qkd_link(qkdl_id=lid).qkdl_enable],
                                        encoding=gnmi_pb2.JSON_IETF)
-            return {"python": python, "get_leaf": _fig(await _lat(lambda: stub.Get(leaf), n)),
-                    "set_link_create_and_delete": _fig(await _lat(_set_link(stub, await _node_id(stub)),
+            return {"python": python, "get_leaf": summary_us(await latencies_us(lambda: stub.Get(leaf), n)),
+                    "set_link_create_and_delete": summary_us(await latencies_us(_set_link(stub, await _node_id(stub)),
                                                                   max(100, n // 10), warm=20))}
     finally:
         proc.terminate()
@@ -91,8 +62,8 @@ async def _baseline(python: str, links: int, n: int) -> dict[str, Any]:
 
 
 async def _run(n: int, links: int, streams: int, feed: int, baseline: str | None = None) -> dict[str, Any]:
-    echo_p, (echo_port,) = _spawn("echo")
-    agent_p, (agent_port, lid) = _spawn("agent", "--links", str(links))
+    echo_p, (echo_port,) = spawn_target(TARGET, "echo")
+    agent_p, (agent_port, lid) = spawn_target(TARGET, "agent", "--links", str(links))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{echo_port}") as ech, \
                 grpc.aio.insecure_channel(f"127.0.0.1:{agent_port}") as ach:
@@ -102,12 +73,12 @@ async def _run(n: int, links: int, streams: int, feed: int, baseline: str | None
             payload = get_leaf_req.SerializeToString()
             stub = gnmi_pb2_grpc.gNMIStub(ach)
             res: dict[str, Any] = {"links_in_tree": links}
-            res["echo"] = _fig(await _lat(lambda: echo(payload), n))
-            res["get_leaf"] = _fig(await _lat(lambda: stub.Get(get_leaf_req), n))
+            res["echo"] = summary_us(await latencies_us(lambda: echo(payload), n))
+            res["get_leaf"] = summary_us(await latencies_us(lambda: stub.Get(get_leaf_req), n))
             whole = gnmi_pb2.GetRequest(path=[P("/")], encoding=gnmi_pb2.JSON_IETF)
-            res["get_tree"] = _fig(await _lat(lambda: stub.Get(whole), max(50, n // 10), warm=20))
+            res["get_tree"] = summary_us(await latencies_us(lambda: stub.Get(whole), max(50, n // 10), warm=20))
             set_link = _set_link(stub, await _node_id(stub))
-            res["set_link_create_and_delete"] = _fig(await _lat(set_link, max(100, n // 10), warm=20))
+            res["set_link_create_and_delete"] = summary_us(await latencies_us(set_link, max(100, n // 10), warm=20))
             if baseline:
                 res["baseline"] = await _baseline(baseline, links, n)
                 res["set_over_baseline_p50"] = round(res["set_link_create_and_delete"]["p50_us"]
@@ -140,7 +111,7 @@ async def _run(n: int, links: int, streams: int, feed: int, baseline: str | None
             for c in calls:
                 assert (await c.read()).sync_response
             res["open_streams"] = streams
-            res["get_leaf_with_streams"] = _fig(await _lat(lambda: stub.Get(get_leaf_req), n))
+            res["get_leaf_with_streams"] = summary_us(await latencies_us(lambda: stub.Get(get_leaf_req), n))
             for c in calls:
                 c.cancel()
     finally:

@@ -9,23 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import subprocess
-import sys
-import time
 from typing import Any
 
+from .timing import latencies_us, spawn_target, summary_us
+
 YANG = "application/yang-data+json"
-
-
-def _spawn(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "sdqkd.bench._restconf_target", *args],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split() if proc.stdout else []
-    if not line:
-        proc.kill()
-        raise RuntimeError(f"bench target {args} did not start")
-    return proc, line
+TARGET = "sdqkd.bench._restconf_target"
 
 
 class Http:
@@ -58,25 +47,9 @@ class Http:
         self.w.close()
 
 
-async def _lat(fn: Any, n: int, warm: int = 200) -> list[float]:
-    for _ in range(warm):
-        await fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        out.append((time.perf_counter() - t) * 1e6)
-    return out
-
-
-def _fig(xs: list[float]) -> dict[str, float]:
-    xs = sorted(xs)
-    return {"p50_us": round(statistics.median(xs), 1), "p99_us": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))], 1)}
-
-
 async def _run(n: int, links: int) -> dict[str, Any]:
-    bare_p, (bare_port,) = _spawn("bare")
-    node_p, (node_port, lid) = _spawn("node", "--links", str(links))
+    bare_p, (bare_port,) = spawn_target(TARGET, "bare")
+    node_p, (node_port, lid) = spawn_target(TARGET, "node", "--links", str(links))
     res: dict[str, Any] = {"links_in_tree": links}
     try:
         bare, node = await Http.open(int(bare_port)), await Http.open(int(node_port))
@@ -93,12 +66,12 @@ async def _run(n: int, links: int) -> dict[str, Any]:
         # interleaved rounds, so load changes on a shared machine hit both alike
         bare_l, leaf_l = [], []
         for _ in range(5):
-            bare_l += await _lat(lambda: ok(bare, "GET", leaf), n // 5, warm=50)
-            leaf_l += await _lat(lambda: ok(node, "GET", leaf), n // 5, warm=50)
-        res["bare_aiohttp"] = _fig(bare_l)
-        res["get_leaf"] = _fig(leaf_l)
-        res["get_entry"] = _fig(await _lat(lambda: ok(node, "GET", link), n // 2))
-        res["get_node"] = _fig(await _lat(lambda: ok(node, "GET", "/restconf/data/etsi-qkd-sdn-node:qkd_node"),
+            bare_l += await latencies_us(lambda: ok(bare, "GET", leaf), n // 5, warm=50)
+            leaf_l += await latencies_us(lambda: ok(node, "GET", leaf), n // 5, warm=50)
+        res["bare_aiohttp"] = summary_us(bare_l)
+        res["get_leaf"] = summary_us(leaf_l)
+        res["get_entry"] = summary_us(await latencies_us(lambda: ok(node, "GET", link), n // 2))
+        res["get_node"] = summary_us(await latencies_us(lambda: ok(node, "GET", "/restconf/data/etsi-qkd-sdn-node:qkd_node"),
                                           max(50, n // 10), warm=20))
         flip = [False]
 
@@ -106,7 +79,7 @@ async def _run(n: int, links: int) -> dict[str, Any]:
             flip[0] = not flip[0]
             await ok(node, "PATCH", leaf, json.dumps({"etsi-qkd-sdn-node:qkdl_enable": flip[0]}).encode(), 204)
 
-        res["patch_leaf"] = _fig(await _lat(patch, max(100, n // 10), warm=20))
+        res["patch_leaf"] = summary_us(await latencies_us(patch, max(100, n // 10), warm=20))
         bare.close()
         node.close()
     finally:

@@ -11,7 +11,7 @@ A topology may name them:
 Each becomes a link of the routing graph between its gateway node and a pseudo node
 `ext:<name>`, with the configured rate as its capacity (the controller cannot learn more: ETSI
 020 offers no rate or status query, and the peer is not managed over gNMI). Its qkdl_id is the
-one the gateway LKMS derives for the peer (uuid5 of node ID and name, sdqkd.lkms.external).
+one the gateway LKMS derives for the peer (sdqkd.lkms.registry.external_link_id).
 
 Applications: an SAE behind a peer pairs with an SAE of its gateway node: the application is
 registered on the gateway only, backed by that link. An SAE of another node, as master, pairs
@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sdqkd.lkms.registry import app_id_for, sae_uri
+from sdqkd.lkms.registry import app_id_for, external_link_id, sae_uri
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from .controller import AppRoute, Controller
 
-_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")  # = sdqkd.lkms.external._NS
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def parse_external_peers(topo: Topology, raw: Any, source: str) -> list[External
             continue
         nid = topo.nodes[node].id
         out.append(ExternalPeerTopo(name, node, tuple(saes), float(rate),
-                                    str(uuid.uuid5(_EXT_NS, f"sdqkd-ext/{nid}/{name}")),
+                                    external_link_id(nid, name),
                                     str(uuid.uuid5(NAMESPACE, f"ext-kms:{name}"))))
     if problems:
         raise TopologyError(f"{source}: " + f"\n{source}: ".join(problems))

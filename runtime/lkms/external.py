@@ -43,13 +43,12 @@ from sdqkd.lkms.etsi020_schema import (
     void_container,
 )
 from sdqkd.lkms.keys import AppKey
-from sdqkd.lkms.registry import EXT, Link
+from sdqkd.lkms.registry import EXT, Link, external_link_id
 from sdqkd.lkms.store_api import StoreError
 
 log = logging.getLogger(__name__)
 
 _RECEIVED = 200_000
-_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")
 
 
 class PeerRefused(SdqkdError):
@@ -65,15 +64,12 @@ class ExternalPeer:
     mode: str = "sync"  # "sync" or "async"
     rate_bps: float | None = None
 
-    @staticmethod
-    def link_id(node_id: str, name: str) -> str:
-        return str(uuid.uuid5(_NS, f"sdqkd-ext/{node_id}/{name}"))
 
 
 def external_peer(node_id: str, cfg: dict[str, Any]) -> ExternalPeer:
     """An ExternalPeer from a checked config entry (sdqkd.node.config: etsi020.external_peers)."""
     return ExternalPeer(str(cfg["name"]), PeerKms(str(cfg["url"]).rstrip("/"), str(cfg["identity"]), cfg.get("ca")),
-                        tuple(cfg["saes"]), str(cfg.get("qkdl_id") or ExternalPeer.link_id(node_id, str(cfg["name"]))),
+                        tuple(cfg["saes"]), str(cfg.get("qkdl_id") or external_link_id(node_id, str(cfg["name"]))),
                         str(cfg.get("mode", "sync")), cfg.get("rate_bps"))
 
 

@@ -10,6 +10,13 @@ from dataclasses import dataclass, field
 
 PHYS, VIRT = "PHYS", "VIRT"
 EXT = "EXT"  # another vendor's KMS reached with ETSI 020 (external.py)
+_EXT_NS = uuid.UUID("5f3c4d1e-2b7a-4c60-9d0e-7a1b2c3d4e5f")
+
+
+def external_link_id(node_id: str, name: str) -> str:
+    """The qkdl_id of the EXT link of gateway `node_id` to external KMS `name` (unless its config
+    gives one): the gateway's LKMS and the controller derive the same."""
+    return str(uuid.uuid5(_EXT_NS, f"sdqkd-ext/{node_id}/{name}"))
 # IDs derived from names (the topology's namespace), so the node that registers an application
 # on a first request and the controller that provisions it name it alike.
 NAMESPACE = uuid.UUID("5d0a2b38-7f0e-4c59-9d0e-2f3b8c1e9a11")

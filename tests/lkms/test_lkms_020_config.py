@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdqkd.lkms.external import ExternalPeer, external_peer
+from sdqkd.lkms.external import external_peer
+from sdqkd.lkms.registry import external_link_id
 from sdqkd.node.config import ConfigError, load_config
 
 
@@ -30,7 +31,7 @@ def test_good_section(tmp_path: Path) -> None:
     assert cfg.etsi020_listen == "127.0.0.1:7020"
     peer = external_peer(cfg.id, cfg.external_peers[0])
     assert peer.kms.ca == str(tmp_path / "ca.pem") and peer.mode == "async" and peer.saes == ("b1",)
-    assert peer.qkdl_id == ExternalPeer.link_id(cfg.id, "vx")
+    assert peer.qkdl_id == external_link_id(cfg.id, "vx")
 
 
 def test_bad_section_names_every_problem(tmp_path: Path) -> None:
