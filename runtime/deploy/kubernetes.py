@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from sdqkd.harness.build import FIXED_PORTS, SERVICES, File, NetworkBuild
+from sdqkd.node.links import DEFAULT_BLOCK_BITS
 
 from .plan import CONTAINER_DATA, CONTROLLER_API, CONTROLLER_NAME, IMAGE_UID, ExportOptions
 from .sizing import controller_resources, node_resources
@@ -137,7 +138,7 @@ def node_objects(net: NetworkBuild, name: str, ns: str, opts: ExportOptions) -> 
                     "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"],
                                "protocol": "TCP"} for p in ports]}}
     links = sum(1 for ln in net.topo.links if name in ln.ends)
-    block = float(net.configs[name]["engine"].get("block_sifted_bits", 1e6))
+    block = float(net.configs[name]["engine"].get("block_sifted_bits", DEFAULT_BLOCK_BITS))
     pod_sec, _ = _security()
     sts = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(name, ns, labels),
            "spec": {"serviceName": name, "replicas": 1, "selector": {"matchLabels": labels},

@@ -34,7 +34,7 @@ def _cpu(cores: float) -> str:
     return f"{max(10, math.ceil(cores * 100) * 10)}m"
 
 
-def node_resources(links: int, block_sifted_bits: float = 1e6) -> dict[str, Any]:
+def node_resources(links: int, block_sifted_bits: float) -> dict[str, Any]:
     rss = BASE_RSS_MIB + links * LINK_RSS_MIB_PER_MBIT * block_sifted_bits / 1e6
     peak = BASE_RSS_MIB + (rss - BASE_RSS_MIB) * LINK_PEAK_FACTOR
     return {"requests": {"memory": _mib(rss), "cpu": _cpu(IDLE_CPU_CORES + links * LINK_CPU_CORES)},

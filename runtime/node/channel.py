@@ -100,7 +100,7 @@ class FrameConnection:
     """One end of a channel connection on a non-blocking socket (ssl.SSLSocket with TLS) driven by
     the event loop's reader and writer callbacks: each TLS record is encrypted or decrypted in one
     C call on the socket, without asyncio's Python TLS layer and stream reader, which cost several
-    times the frame handling itself (~2 x 4,000 messages per 2e6-bit block).
+    times the frame handling itself (~2 x 2,300 messages per 4e6-bit block).
 
     `send` never blocks: frames written in the same event-loop turn leave in one write (one TLS
     record; the Cascade messages of independent blocks batch themselves); `flush` waits only when

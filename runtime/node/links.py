@@ -44,10 +44,10 @@ from .session import Carry, Session, block_seed, resolve_pending
 
 log = logging.getLogger("sdqkd.engine")
 
-DEFAULT_WINDOW = 64  # blocks in flight at most (2e6-bit blocks at RTT 20 ms need ~62); the clock and the measured time on the network decide how many are really used
+DEFAULT_WINDOW = 64  # blocks in flight at most (4e6-bit blocks at RTT 20 ms need ~43, 2e6-bit ones ~62); the clock and the measured time on the network decide how many are really used
 # sifted bits per block: the finite-key penalty shrinks with larger blocks, memory grows linearly
 # (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
-DEFAULT_BLOCK_BITS = 2e6
+DEFAULT_BLOCK_BITS = 4e6
 DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its blocks in flight finish
 SHUTDOWN_DRAIN_S = 1.0  # the same when the whole node stops (its process has ~5 s after SIGTERM)
 FIRST_BLOCK_BITS = 5e5  # a session's first block: small, so a link produces key soon after it starts
