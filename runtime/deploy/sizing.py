@@ -1,7 +1,8 @@
 """Resource requests and limits of exported pods, from our own measurements (`sdqkd bench node`).
 
 Memory: a node without links, plus per link the memory of key blocks in flight, which grows
-linearly with the block size (README: 19-28 bytes per sifted bit). CPU: an engine link is
+linearly with the block size (~65 bytes per sifted bit: a link simulates and sifts a batch of 4
+blocks at once). CPU: an engine link is
 paced by its simulated clock but on a busy host it takes what it gets, so the request is the
 measured use of a link at the default engine settings; no CPU limit is set (throttling a link
 stalls its Cascade round trips and costs more than it saves). The memory limit leaves room for
@@ -13,14 +14,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# `sdqkd bench node`, two runs on the dev machine (2 cores shared by 8 developers, load average
-# 13.5-13.6), default engine settings (1e6 sifted bits per block): a node without links 79.4 MiB;
-# one link 95.3-98.7 MiB (peaks 102.5-113.6), two links 105.7-108.9 MiB (peaks 126.4-130.4);
-# CPU 0.17-0.35 cores for one link, 0.33-0.57 for two; the controller 77 MiB, ~0.01 cores; one
-# `sdqkd health` probe 0.37-0.41 CPU seconds (probes every 15 s and 60 s: ~0.03 cores).
+# `sdqkd bench node` on the dev machine (2 cores, load average 1.2, 2026-12-05), default engine
+# settings (4e6 sifted bits per block): a node without links 81 MiB; one link 332-382 MiB
+# (peaks 406), two links 506 MiB (peak 600); CPU 0.19-0.28 cores for one link, 0.45 for two;
+# the controller 75 MiB, ~0.005 cores; one `sdqkd health` probe 0.28 CPU seconds (probes every
+# 15 s and 60 s: ~0.02 cores). The limit's 1.5x covers a link at RTT 20 ms (`sdqkd bench link`:
+# ~570 MiB per end with 41 blocks in flight).
 BASE_RSS_MIB = 80.0  # a node with no links
-LINK_RSS_MIB_PER_MBIT = 15.0  # per link, per 1e6 sifted bits of block size (median)
-LINK_PEAK_FACTOR = 1.7  # peak / median of what the links add
+LINK_RSS_MIB_PER_MBIT = 65.0  # per link, per 1e6 sifted bits of block size (median)
+LINK_PEAK_FACTOR = 1.3  # peak / median of what the links add
 LINK_CPU_CORES = 0.3  # per link at the default clock (more if the host has it to give)
 IDLE_CPU_CORES = 0.05  # idle node plus its health probes
 CONTROLLER_RSS_MIB = 80.0
