@@ -132,15 +132,17 @@ async def _after_blocks_end(link: EngineLink) -> tuple[float, float, int, int]:
     """(wall, CPU, secret bits, blocks) of the process just after some blocks ended. Blocks end
     in batches: a window cut anywhere would count the CPU of a batch under way but not its key
     (30 s holds 4 to 5 batches of 4e6-bit blocks: +-20 % between runs); cut after ends, each
-    window holds whole batches."""
+    window holds whole batches. A link that stops producing gives its figures after 120 s."""
+    deadline = time.monotonic() + 120
     n = link.stats.blocks_ok
-    while link.stats.blocks_ok == n:
+    while link.stats.blocks_ok == n and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    while True:  # the rest of the batch ends within milliseconds
+    while time.monotonic() < deadline:  # the rest of the batch ends within milliseconds
         n = link.stats.blocks_ok
         await asyncio.sleep(0.2)
         if link.stats.blocks_ok == n:
-            return time.monotonic(), time.process_time(), link.stats.secret_bits, link.stats.blocks_ok
+            break
+    return time.monotonic(), time.process_time(), link.stats.secret_bits, link.stats.blocks_ok
 
 
 async def demo_case(seconds: float, warmup: float, workers: int, clock_scale: float = 1.0) -> dict[str, Any]:
