@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_ids, group_parts, join_parts
+from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_blobs, derive_key_ids, group_parts, join_parts
 from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
@@ -472,21 +472,21 @@ class SqliteKeyStore:
             raise StoreError("block_id must not be empty")
         size = key_size_bits // 8
         count = len(material) // size
-        ids = derive_key_ids(qkdl_id, block_id, count)
-        await self._submit(self._add_block, qkdl_id, bytes(material), size, block_id, ids)
-        return ids
+        kids = derive_key_blobs(qkdl_id, block_id, count)
+        await self._submit(self._add_block, qkdl_id, bytes(material[:count * size]), size, block_id, kids)
+        return derive_key_ids(qkdl_id, block_id, count)
 
-    def _add_block(self, tx: _Tx, qkdl_id: str, material: bytes, size: int, block_id: str, ids: list[str]) -> None:
+    def _add_block(self, tx: _Tx, qkdl_id: str, material: bytes, size: int, block_id: str, kids: bytes) -> None:
         pid = tx.pid(qkdl_id)
         cur = tx.conn.execute("INSERT OR IGNORE INTO blocks VALUES(?,?)", (pid, block_id))
         if cur.rowcount == 0:
             return  # seen before: never resurrect keys that may have been delivered and erased
-        now = time.time()
+        n = len(kids) // 16
+        if not n:
+            return
         bits = size * 8
-        tx.conn.executemany(
-            "INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)",
-            [(pid, _b(k), bits, material[i * size:(i + 1) * size], now) for i, k in enumerate(ids)])
-        n = len(ids)
+        # one statement for the whole block (see _INSERT_RUN): thousands of keys per block
+        tx.conn.execute(_INSERT_RUN, (n, pid, kids, bits, material, size, size, time.time()))
         tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
                         (n, n * bits, pid))
         tx.d(pid, av_k=n, av_b=n * bits, ad_k=n, ad_b=n * bits)
