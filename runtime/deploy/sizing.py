@@ -4,8 +4,8 @@ Memory: a node without links, plus per link the memory of key blocks in flight, 
 linearly with the block size (~65 bytes per sifted bit: a link simulates and sifts a batch of 4
 blocks at once). CPU: an engine link is paced by its simulated clock but on a busy host it takes
 what it gets, so the request is the measured use of a link at the default engine settings; no CPU
-limit is set (throttling a link stalls its Cascade round trips and costs more than it saves). The memory limit leaves room for
-the peak (VmHWM) the bench saw.
+limit is set (throttling a link stalls its Cascade round trips and costs more than it saves). The
+memory limit leaves room for the peak (VmHWM) the bench saw.
 """
 
 from __future__ import annotations
