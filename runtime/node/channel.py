@@ -55,6 +55,10 @@ ALPN = "sdqkd-channel/1"
 MAX_WINDOW = 128  # blocks in flight per link (HELLO names what the transmitter wants)
 WRITE_HIGH = 1 << 20  # bytes waiting for the socket before a sender waits; also read ahead at most
 READ_CHUNK = 256 * 1024  # bytes per read call (a TLS record is at most 16 KiB)
+# A frame at least this large (DETECT, SIFT, CONFIRM: megabytes) is read straight into a buffer of
+# its own size and written without being copied behind its header: grown 16 KiB at a time, the read
+# buffer was reallocated ~50 times per frame, copying ~9x its size.
+BIG_FRAME = 64 * 1024
 
 
 class Kind(enum.IntEnum):
@@ -105,23 +109,34 @@ class FrameConnection:
     `send` never blocks: frames written in the same event-loop turn leave in one write (one TLS
     record; the Cascade messages of independent blocks batch themselves); `flush` waits only when
     far behind. Reading starts at the first `recv` (admission reads nothing before it) and pauses
-    while received frames are not collected."""
+    while received frames are not collected.
+
+    A running session takes its frames with `deliver` instead: each one goes to its handler from
+    the read callback itself, without a future and a task wake-up per TLS record (a 4e6-bit block
+    has ~2,000 records each way); reading then pauses while far behind with sending."""
 
     def __init__(self, sock: socket.socket, limit: int = HELLO_LIMIT):
         self._sock = sock
         self._fd = sock.fileno()
         self.limit = limit
         self._loop = asyncio.get_running_loop()
-        self._out: list[bytes] = []
+        self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._pending: bytes | None = None  # a write the socket could not take yet (TLS: retried as is)
         self._flush_scheduled = False
         self._buf = bytearray()
-        self._chunk = bytearray(READ_CHUNK)
+        self._chunk = memoryview(bytearray(READ_CHUNK))
+        self._big: bytearray | None = None  # the payload of a big frame being read (BIG_FRAME)
+        self._big_view: memoryview | None = None
+        self._big_fill = 0
+        self._big_head: tuple[Kind, int] = (Kind.PING, 0)
         self._frames: deque[Frame] = deque()
         self._queued = 0  # payload bytes received and not yet collected
         self._reading = False
         self._waiter: asyncio.Future[None] | None = None
+        self._handler: Callable[[Frame], None] | None = None  # deliver(): frames go here
+        self._on_error: Callable[[BaseException], None] | None = None
+        self._write_paused = False  # deliver(): reading paused until the backlog is written
         self._drained: asyncio.Future[None] | None = None
         self._error: ChannelError | None = None
         self._closed = False
@@ -133,7 +148,12 @@ class FrameConnection:
     # ------------------------------------------------------------ sending
 
     def send(self, kind: Kind, block: int = 0, payload: bytes = b"") -> None:
-        self.send_bytes(HEADER.pack(5 + len(payload), kind, block) + payload)
+        head = HEADER.pack(5 + len(payload), kind, block)
+        if len(payload) >= BIG_FRAME:
+            self.send_bytes(head)
+            self.send_bytes(payload)  # written as it is, after the small frames before it
+        else:
+            self.send_bytes(head + payload)
         self.frames_sent += 1
 
     def send_bytes(self, data: bytes) -> None:
@@ -149,11 +169,23 @@ class FrameConnection:
 
     def _write_out(self) -> None:
         self._flush_scheduled = False
-        if self._pending is None and self._out and not self._closed:
-            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-            self._out.clear()
-            self._out_bytes = 0
-            self._try_send(data)
+        while self._pending is None and self._out and not self._closed:
+            self._try_send(self._next_write())
+        if self._write_paused and self._pending is None and not self._closed:
+            self._write_paused = False
+            self._resume()
+
+    def _next_write(self) -> bytes:
+        """What leaves in one write: a big payload alone, else the queued small frames together."""
+        out = self._out
+        data = out.popleft()
+        if len(data) < BIG_FRAME and out and len(out[0]) < BIG_FRAME:
+            parts = [data]
+            while out and len(out[0]) < BIG_FRAME:
+                parts.append(out.popleft())
+            data = b"".join(parts)
+        self._out_bytes -= len(data)
+        return data
 
     def _try_send(self, data: bytes) -> None:
         try:
@@ -176,7 +208,7 @@ class FrameConnection:
             self._try_send(self._pending)
         if self._pending is None:
             self._write_out()
-            if self._drained is not None and not self._drained.done() and self._pending is None:
+            if self._pending is None and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
 
     def _backlog(self) -> int:
@@ -195,6 +227,38 @@ class FrameConnection:
         return self._drained
 
     # ------------------------------------------------------------ receiving
+
+    def deliver(self, handler: Callable[[Frame], None], on_error: Callable[[BaseException], None]) -> None:
+        """From now on hand every frame (those already received first) to `handler`, called from
+        the read callback; `on_error` gets the connection's failure or the handler's exception,
+        after which nothing more is delivered."""
+        self._handler, self._on_error = handler, on_error
+        if self._error is not None:
+            self._tell(self._error)
+            return
+        self._resume()
+
+    def _hand_over(self) -> None:
+        """deliver(): the received frames to the handler, in order, while the connection is open."""
+        frames, handler = self._frames, self._handler
+        assert handler is not None
+        while frames and not self._closed:
+            f = frames.popleft()
+            self._queued -= len(f.payload)
+            try:
+                handler(f)
+            except BaseException as e:  # noqa: BLE001 - the session's protocol failure: it ends
+                frames.clear()
+                self._queued = 0
+                self._pause()
+                self._tell(e)
+                return
+
+    def _pause(self) -> None:
+        if self._reading:
+            self._reading = False
+            if not self._closed:
+                self._loop.remove_reader(self._fd)
 
     async def recv(self) -> Frame:
         while not self._frames:
@@ -220,28 +284,47 @@ class FrameConnection:
     def _on_readable(self) -> None:
         if self._closed or not self._reading:
             return
-        sock, chunk = self._sock, self._chunk
+        if self._handler is not None:
+            self._hand_over()
+            if not self._reading:
+                return
+        sock = self._sock
         tls = isinstance(sock, ssl.SSLSocket)
         try:
             while True:
+                big = self._big_view
+                into = self._chunk if big is None else big[self._big_fill:]
                 try:
-                    n = sock.recv_into(chunk)
+                    n = sock.recv_into(into)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
                     break
                 if n == 0:
                     raise ChannelError("classical channel lost: closed by the peer")
-                self._buf += chunk if n == len(chunk) else memoryview(chunk)[:n]
-                self._parse()
+                if big is None:
+                    self._buf += into if n == len(into) else into[:n]
+                    self._parse()
+                else:
+                    self._big_fill += n
+                    self.last_received = self._loop.time()
+                    if self._big_fill == len(big):
+                        self._big_done()
+                if self._handler is not None and self._frames:
+                    self._hand_over()
+                    if not self._reading or self._closed:
+                        return
+                    if self._backlog() > WRITE_HIGH:  # far behind with sending: read once written
+                        self._write_paused = True
+                        self._pause()
+                        return
                 # a short read drained a plain socket; TLS returns one record per call, until WantRead
-                if (n < len(chunk) and not tls) or self._queued > max(self.limit, WRITE_HIGH):
+                if (n < len(into) and not tls) or self._queued > max(self.limit, WRITE_HIGH):
                     break
         except ChannelError as e:
             self._fail(str(e))
         except (OSError, ssl.SSLError) as e:
             self._fail(f"classical channel lost: {e.__class__.__name__}")
         if self._queued > max(self.limit, WRITE_HIGH) and self._reading:  # collected frames first
-            self._reading = False
-            self._loop.remove_reader(self._fd)
+            self._pause()
         if self._frames and self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -253,12 +336,15 @@ class FrameConnection:
                 length, kind, block = HEADER.unpack_from(buf, off)
                 if length < 5 or length > self.limit:
                     raise ChannelError(f"frame of {length} bytes outside 5..{self.limit}")
-                stop = off + 4 + length
-                if stop > end:
-                    break
                 k = _KINDS.get(kind)
                 if k is None:
                     raise ChannelError(f"unknown frame kind {kind}")
+                stop = off + 4 + length
+                if stop > end:
+                    if length - 5 >= BIG_FRAME:  # the rest is read straight into the payload's buffer
+                        self._big_start(k, block, length - 5, view[off + HEADER.size:end])
+                        off = end
+                    break
                 payload = bytes(view[off + HEADER.size:stop])
                 self._frames.append(Frame(k, block, payload))
                 self._queued += len(payload)
@@ -267,6 +353,24 @@ class FrameConnection:
         if off:
             del buf[:off]
             self.last_received = self._loop.time()
+
+    def _big_start(self, kind: Kind, block: int, size: int, head: memoryview) -> None:
+        self._big = bytearray(size)
+        self._big_view = memoryview(self._big)
+        self._big_view[:len(head)] = head
+        self._big_fill = len(head)
+        self._big_head = (kind, block)
+
+    def _big_done(self) -> None:
+        assert self._big is not None and self._big_view is not None
+        self._big_view.release()
+        payload = bytes(self._big)
+        self._big = self._big_view = None
+        kind, block = self._big_head
+        self._frames.append(Frame(kind, block, payload))
+        self._queued += len(payload)
+        self.frames_received += 1
+        self.last_received = self._loop.time()
 
     # ------------------------------------------------------------ ending
 
@@ -277,6 +381,13 @@ class FrameConnection:
         for fut in (self._waiter, self._drained):
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        self._tell(self._error)
+
+    def _tell(self, exc: BaseException) -> None:
+        """deliver(): the first failure goes to on_error (later, not from inside the caller)."""
+        on_error, self._on_error = self._on_error, None
+        if on_error is not None:
+            self._loop.call_soon(on_error, exc)
 
     def _shut(self) -> None:
         if self._closed:
@@ -287,6 +398,7 @@ class FrameConnection:
         if self._pending is not None:
             self._loop.remove_writer(self._fd)
         self._out.clear()
+        self._out_bytes = 0
         self._sock.close()
 
     async def close(self) -> None:

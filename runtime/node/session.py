@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sdqkd.engine import pipeline
 from sdqkd.engine.auth import HEADER_BYTES, Authenticator, BufferKeySource
 
-from .channel import ChannelError, FrameConnection, Kind
+from .channel import ChannelError, Frame, FrameConnection, Kind
 
 if TYPE_CHECKING:
     from .links import EngineLink
@@ -148,7 +148,8 @@ class Session:
 
     async def run(self) -> None:
         """Until the connection fails (ChannelError / TimeoutError) or the session is drained."""
-        tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._keepalive())]
+        self.conn.deliver(self._on_frame, self.fail)
+        tasks = [asyncio.create_task(self._keepalive())]
         if not self.alice:
             tasks.append(asyncio.create_task(self._start_blocks()))
         try:
@@ -200,24 +201,19 @@ class Session:
 
     # ------------------------------------------------------------ frames
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                f = await self.conn.recv()
-                if f.kind == Kind.DATA:
-                    self._on_data(f.block, f.payload)
-                elif f.kind == Kind.STORED and not self.alice:
-                    self._on_stored(f.block)
-                elif f.kind == Kind.BYE:
-                    self.peer_bye = True
-                    self._release_parked(force=True)
-                    self._changed.set()
-                elif f.kind != Kind.PING:
-                    raise ChannelError(f"unexpected {f.kind.name} frame in a running session")
-                await self.conn.flush()
-        except BaseException as e:
-            self.fail(e)
-            raise
+    def _on_frame(self, f: Frame) -> None:
+        """Called by the connection for each frame as it is read (FrameConnection.deliver); an
+        exception ends the session."""
+        if f.kind == Kind.DATA:
+            self._on_data(f.block, f.payload)
+        elif f.kind == Kind.STORED and not self.alice:
+            self._on_stored(f.block)
+        elif f.kind == Kind.BYE:
+            self.peer_bye = True
+            self._release_parked(force=True)
+            self._changed.set()
+        elif f.kind != Kind.PING:
+            raise ChannelError(f"unexpected {f.kind.name} frame in a running session")
 
     async def _keepalive(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,13 +1,29 @@
 """The classical channel's frame connection (runtime/node/channel.py) on a real socket pair:
-frames arrive whole and in order, and every task waiting for a backed-up socket resumes once the
-peer has read (several waiters share one drain; a lost waiter would stall a session for good)."""
+frames arrive whole and in order (big ones, read into a buffer of their own, among small ones,
+plain and over TLS, however the bytes are cut), and every task waiting for a backed-up socket
+resumes once the peer has read (several waiters share one drain; a lost waiter would stall a
+session for good)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+from pathlib import Path
 
-from sdqkd.node.channel import WRITE_HIGH, FrameConnection, Kind
+import pytest
+
+from sdqkd import pki
+from sdqkd.node.channel import (
+    BIG_FRAME,
+    HEADER,
+    WRITE_HIGH,
+    FrameConnection,
+    Kind,
+    _handshake,
+    client_context,
+    server_context,
+)
 
 
 async def _pair() -> tuple[FrameConnection, FrameConnection]:
@@ -15,6 +31,77 @@ async def _pair() -> tuple[FrameConnection, FrameConnection]:
     for s in (a, b):
         s.setblocking(False)
     return FrameConnection(a, limit=1 << 24), FrameConnection(b, limit=1 << 24)
+
+
+async def _tls_pair(tmp: Path) -> tuple[FrameConnection, FrameConnection]:
+    ca, ca_path = pki.write_ca(tmp)
+    srv = pki.write_identity(ca, ca_path, tmp, "node-a", server=True)
+    cli = pki.write_identity(ca, ca_path, tmp, "node-b", server=True)
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+    ta = server_context(srv).wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    tb = client_context(cli).wrap_socket(b, do_handshake_on_connect=False)
+    await asyncio.gather(_handshake(ta), _handshake(tb))
+    return FrameConnection(ta, limit=1 << 24), FrameConnection(tb, limit=1 << 24)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_big_and_small_frames_arrive_whole_and_in_order(tmp_path: Path, tls: bool) -> None:
+    sizes = [0, 7, BIG_FRAME - 1, BIG_FRAME, 3, 5 * BIG_FRAME + 11, 1, 2_000_000, BIG_FRAME + 1, 40]
+
+    async def main() -> None:
+        tx, rx = await (_tls_pair(tmp_path) if tls else _pair())
+        sent = [os.urandom(n) for n in sizes]
+        for i, payload in enumerate(sent):
+            tx.send(Kind.DATA, i, payload)
+        got = [await asyncio.wait_for(rx.recv(), 20) for _ in sent]
+        assert [(f.kind, f.block) for f in got] == [(Kind.DATA, i) for i in range(len(sent))]
+        assert [f.payload for f in got] == sent
+        assert all(type(f.payload) is bytes for f in got)
+        rx.send(Kind.STORED, 9)  # the other way still works after big frames
+        assert (await asyncio.wait_for(tx.recv(), 10)).kind == Kind.STORED
+        await tx.close()
+        await rx.close()
+
+    asyncio.run(main())
+
+
+def test_a_big_frame_cut_anywhere_is_put_back_together() -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        rx = FrameConnection(b, limit=1 << 24)
+        big, small = os.urandom(3 * BIG_FRAME + 5), b"after"
+        wire = (HEADER.pack(5 + len(big), Kind.DATA, 4) + big + HEADER.pack(5 + len(small), Kind.DATA, 5) + small)
+        cuts = [0, 3, 9, 20, BIG_FRAME, 2 * BIG_FRAME + 1, len(wire) - 7, len(wire) - 2, len(wire)]
+        reader = asyncio.create_task(rx.recv())
+        for lo, hi in zip(cuts, cuts[1:], strict=False):
+            a.sendall(wire[lo:hi])
+            await asyncio.sleep(0.02)  # each piece is read on its own
+        first = await asyncio.wait_for(reader, 10)
+        second = await asyncio.wait_for(rx.recv(), 10)
+        assert (first.block, first.payload) == (4, big)
+        assert (second.block, second.payload) == (5, small)
+        a.close()
+        await rx.close()
+
+    asyncio.run(main())
+
+
+def test_a_big_frame_cut_short_by_the_peer_ends_the_connection() -> None:
+    async def main() -> None:
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        rx = FrameConnection(b, limit=1 << 24)
+        big = os.urandom(2 * BIG_FRAME)
+        a.sendall(HEADER.pack(5 + len(big), Kind.DATA, 1) + big[:BIG_FRAME])
+        a.close()
+        with pytest.raises(ConnectionError, match="closed by the peer"):
+            await asyncio.wait_for(rx.recv(), 10)
+        assert rx.frames_received == 0
+
+    asyncio.run(main())
 
 
 def test_concurrent_flushes_all_resume_when_the_peer_reads():
@@ -69,5 +156,75 @@ def test_a_frame_over_the_limit_ends_the_connection():
         else:
             raise AssertionError("an oversized frame was accepted")
         await tx.close()
+
+    asyncio.run(main())
+
+
+def test_deliver_hands_frames_over_in_order_then_reports_the_end() -> None:
+    async def main() -> None:
+        tx, rx = await _pair()
+        tx.send(Kind.DATA, 0, b"queued before deliver")
+        assert (await asyncio.wait_for(rx.recv(), 10)).block == 0  # recv before deliver still works
+        got: list[tuple[int, bytes]] = []
+        ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        rx.deliver(lambda f: got.append((f.block, f.payload)), ended.set_result)
+        sent = [(i, os.urandom(i * 4099 % (3 * BIG_FRAME))) for i in range(1, 60)]
+        for i, payload in sent:
+            tx.send(Kind.DATA, i, payload)
+        await asyncio.sleep(0.2)
+        assert got == sent
+        tx.abort()  # the peer goes away: the handler's owner hears of it once
+        exc = await asyncio.wait_for(ended, 10)
+        assert isinstance(exc, ConnectionError) and "closed by the peer" in str(exc)
+        await rx.close()
+
+    asyncio.run(main())
+
+
+def test_a_handler_that_raises_stops_delivery_and_reports_its_error() -> None:
+    async def main() -> None:
+        tx, rx = await _pair()
+        seen: list[int] = []
+        errors: list[BaseException] = []
+
+        def handler(f: object) -> None:
+            seen.append(f.block)  # type: ignore[attr-defined]
+            if f.block == 3:  # type: ignore[attr-defined]
+                raise ValueError("bad frame 3")
+
+        rx.deliver(handler, errors.append)
+        for i in range(6):
+            tx.send(Kind.DATA, i)
+        await asyncio.sleep(0.2)
+        assert seen == [0, 1, 2, 3]  # nothing after the failing frame
+        assert len(errors) == 1 and str(errors[0]) == "bad frame 3"
+        await tx.close()
+        await rx.close()
+        await asyncio.sleep(0.05)
+        assert len(errors) == 1  # closing afterwards reports nothing more
+
+    asyncio.run(main())
+
+
+def test_deliver_stops_reading_while_far_behind_with_sending() -> None:
+    async def main() -> None:
+        a, b = await _pair()
+        reply = b"r" * (WRITE_HIGH // 2)
+        answered: list[int] = []
+
+        def echo(f: object) -> None:  # every frame answered with a large reply that `a` does not read yet
+            answered.append(f.block)  # type: ignore[attr-defined]
+            b.send(Kind.DATA, f.block, reply)  # type: ignore[attr-defined]
+
+        b.deliver(echo, lambda e: None)
+        for i in range(40):
+            a.send(Kind.DATA, i)
+            await asyncio.sleep(0.005)  # one request per read
+        await asyncio.sleep(0.2)
+        assert b._write_paused and len(answered) < 40  # b stopped reading requests it cannot answer
+        got = [await asyncio.wait_for(a.recv(), 10) for _ in range(40)]  # a reads: b resumes
+        assert [f.block for f in got] == list(range(40)) == answered
+        await a.close()
+        await b.close()
 
     asyncio.run(main())
