@@ -9,6 +9,8 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import pytest
+
 from sdqkd.lkms.keys import derive_key_ids
 from sdqkd.lkms.store import SqliteKeyStore
 from sdqkd.lkms.store_api import KeyState
@@ -195,6 +197,18 @@ def test_key_id_conversions_match_uuid() -> None:
             pass
         else:
             raise AssertionError(f"{bad!r} accepted")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 255, 256, 257, 5350, 65535, 65536, 65537, 70001])
+def test_derived_key_ids_are_uuidv8_with_the_index_in_their_last_48_bits(count: int) -> None:
+    from sdqkd.lkms.keys import derive_key_blobs, key_id_prefix
+
+    prefix = key_id_prefix(Q, "sess:7", count)
+    want = [uuid.UUID(bytes=prefix + i.to_bytes(6, "big")) for i in range(count)]
+    assert derive_key_blobs(Q, "sess:7", count) == b"".join(u.bytes for u in want)
+    assert derive_key_ids(Q, "sess:7", count) == [str(u) for u in want]
+    assert all(u.version == 8 and u.variant == uuid.RFC_4122 for u in want[:3])
+    assert derive_key_ids(Q, "sess:8", 1) != derive_key_ids(Q, "sess:7", 1)
 
 
 def test_reserve_out_marks_exactly_the_run_taken(tmp_path: Path) -> None:
