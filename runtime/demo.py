@@ -116,6 +116,9 @@ def main(seconds: float = 60.0, keep: str | None = None) -> int:
 
     code = 1
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl-C does
+    # Ctrl-C stops it even when started from a shell that ignores SIGINT for background jobs
+    # (Python then leaves SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = _story(network, state, deadline, t0, progress)
     except KeyboardInterrupt:
