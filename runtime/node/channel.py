@@ -113,7 +113,10 @@ class FrameConnection:
 
     A running session takes its frames with `deliver` instead: each one goes to its handler from
     the read callback itself, without a future and a task wake-up per TLS record (a 4e6-bit block
-    has ~2,000 records each way); reading then pauses while far behind with sending."""
+    has ~2,000 records each way). Reading then never waits for sending: if both ends stopped
+    reading while far behind with sending, neither would ever drain (a bulk frame each way at
+    once is enough); what a session queues is bounded by its window of blocks, each of which
+    answers only what the peer asked."""
 
     def __init__(self, sock: socket.socket, limit: int = HELLO_LIMIT):
         self._sock = sock
@@ -136,7 +139,6 @@ class FrameConnection:
         self._waiter: asyncio.Future[None] | None = None
         self._handler: Callable[[Frame], None] | None = None  # deliver(): frames go here
         self._on_error: Callable[[BaseException], None] | None = None
-        self._write_paused = False  # deliver(): reading paused until the backlog is written
         self._drained: asyncio.Future[None] | None = None
         self._error: ChannelError | None = None
         self._closed = False
@@ -171,9 +173,6 @@ class FrameConnection:
         self._flush_scheduled = False
         while self._pending is None and self._out and not self._closed:
             self._try_send(self._next_write())
-        if self._write_paused and self._pending is None and not self._closed:
-            self._write_paused = False
-            self._resume()
 
     def _next_write(self) -> bytes:
         """What leaves in one write: a big payload alone, else the queued small frames together."""
@@ -237,6 +236,8 @@ class FrameConnection:
             self._tell(self._error)
             return
         self._resume()
+        if self._frames:  # read with the frame recv() returned: the socket may not wake us again
+            self._loop.call_soon(self._on_readable)
 
     def _hand_over(self) -> None:
         """deliver(): the received frames to the handler, in order, while the connection is open."""
@@ -311,10 +312,6 @@ class FrameConnection:
                 if self._handler is not None and self._frames:
                     self._hand_over()
                     if not self._reading or self._closed:
-                        return
-                    if self._backlog() > WRITE_HIGH:  # far behind with sending: read once written
-                        self._write_paused = True
-                        self._pause()
                         return
                 # a short read drained a plain socket; TLS returns one record per call, until WantRead
                 if (n < len(into) and not tls) or self._queued > max(self.limit, WRITE_HIGH):

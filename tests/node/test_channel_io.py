@@ -18,6 +18,7 @@ from sdqkd.node.channel import (
     BIG_FRAME,
     HEADER,
     WRITE_HIGH,
+    Frame,
     FrameConnection,
     Kind,
     _handshake,
@@ -187,9 +188,9 @@ def test_a_handler_that_raises_stops_delivery_and_reports_its_error() -> None:
         seen: list[int] = []
         errors: list[BaseException] = []
 
-        def handler(f: object) -> None:
-            seen.append(f.block)  # type: ignore[attr-defined]
-            if f.block == 3:  # type: ignore[attr-defined]
+        def handler(f: Frame) -> None:
+            seen.append(f.block)
+            if f.block == 3:
                 raise ValueError("bad frame 3")
 
         rx.deliver(handler, errors.append)
@@ -206,25 +207,44 @@ def test_a_handler_that_raises_stops_delivery_and_reports_its_error() -> None:
     asyncio.run(main())
 
 
-def test_deliver_stops_reading_while_far_behind_with_sending() -> None:
+def test_deliver_keeps_reading_while_both_ends_are_far_behind_with_sending() -> None:
+    """Each end floods the other with bulk frames and the far end answers each with one: had
+    either stopped reading while its own sending was far behind, both would wait for good."""
+
     async def main() -> None:
         a, b = await _pair()
-        reply = b"r" * (WRITE_HIGH // 2)
-        answered: list[int] = []
+        bulk = os.urandom(2 << 20)
+        got: list[int] = []
+        done = asyncio.get_running_loop().create_future()
 
-        def echo(f: object) -> None:  # every frame answered with a large reply that `a` does not read yet
-            answered.append(f.block)  # type: ignore[attr-defined]
-            b.send(Kind.DATA, f.block, reply)  # type: ignore[attr-defined]
+        def on_reply(f: Frame) -> None:
+            got.append(f.block)
+            if len(got) == 20:
+                done.set_result(None)
 
-        b.deliver(echo, lambda e: None)
-        for i in range(40):
-            a.send(Kind.DATA, i)
-            await asyncio.sleep(0.005)  # one request per read
-        await asyncio.sleep(0.2)
-        assert b._write_paused and len(answered) < 40  # b stopped reading requests it cannot answer
-        got = [await asyncio.wait_for(a.recv(), 10) for _ in range(40)]  # a reads: b resumes
-        assert [f.block for f in got] == list(range(40)) == answered
+        a.deliver(on_reply, lambda e: None)
+        b.deliver(lambda f: b.send(Kind.DATA, f.block, bulk), lambda e: None)
+        for i in range(20):
+            a.send(Kind.DATA, i, bulk)  # 40 MiB: far more than the sockets hold
+        await asyncio.wait_for(done, 20)
+        assert got == list(range(20))
         await a.close()
         await b.close()
+
+    asyncio.run(main())
+
+
+def test_deliver_hands_over_frames_read_together_with_the_last_recv() -> None:
+    async def main() -> None:
+        tx, rx = await _pair()
+        for i in range(3):
+            tx.send(Kind.DATA, i)  # one write: the three frames are read at once
+        assert (await asyncio.wait_for(rx.recv(), 10)).block == 0
+        got: list[int] = []
+        rx.deliver(lambda f: got.append(f.block), lambda e: None)
+        await asyncio.sleep(0.1)  # nothing more arrives on the socket
+        assert got == [1, 2]
+        await tx.close()
+        await rx.close()
 
     asyncio.run(main())
