@@ -248,7 +248,7 @@ class FrameConnection:
             self._queued -= len(f.payload)
             try:
                 handler(f)
-            except BaseException as e:  # noqa: BLE001 - the session's protocol failure: it ends
+            except Exception as e:  # noqa: BLE001 - the session's protocol failure: it ends
                 frames.clear()
                 self._queued = 0
                 self._pause()
@@ -287,7 +287,7 @@ class FrameConnection:
             return
         if self._handler is not None:
             self._hand_over()
-            if not self._reading:
+            if not self._reading or self._closed:
                 return
         sock = self._sock
         tls = isinstance(sock, ssl.SSLSocket)
