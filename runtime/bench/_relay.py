@@ -1,8 +1,11 @@
 """A TCP relay that delays every byte by a fixed one-way time in each direction, order kept:
 the stand-in for `tc qdisc ... netem delay` on kernels built without netem (this machine's:
-CONFIG_NET_SCH_NETEM is not set). TLS passes through untouched (it is end to end).
+CONFIG_NET_SCH_NETEM is not set). TLS passes through untouched (it is end to end). With a rate,
+each direction also carries at most that many bits per second (`tbf`'s part): it reads no faster,
+so a sender ahead of it finds its socket full, as behind a slow line.
 
-    python -m sdqkd.bench._relay --target HOST:PORT --delay-ms D    (prints the port it listens on)
+    python -m sdqkd.bench._relay --target HOST:PORT --delay-ms D [--rate-mbit R]
+    (prints the port it listens on)
 """
 
 from __future__ import annotations
@@ -13,19 +16,26 @@ import contextlib
 import sys
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
+                rate_bps: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
+    free_at = loop.time()  # when the simulated line has sent what was read so far
     try:
-        while data := await reader.read(1 << 16):
+        while data := await reader.read(1 << 14):
+            if rate_bps:
+                free_at = max(free_at, loop.time()) + len(data) * 8 / rate_bps
             # the same delay for every chunk keeps them in order; call_at never blocks the read side
-            loop.call_at(loop.time() + delay, writer.write, data)
+            loop.call_at(max(free_at, loop.time()) + delay, writer.write, data)
+            if rate_bps and free_at > loop.time():
+                await asyncio.sleep(free_at - loop.time())  # read no faster than the line sends
         await asyncio.sleep(delay)
     finally:
         with contextlib.suppress(Exception):
             writer.close()
 
 
-async def serve(target: str, delay_s: float, ready: asyncio.Future[int] | None = None) -> None:
+async def serve(target: str, delay_s: float, ready: asyncio.Future[int] | None = None,
+                rate_bps: float = 0.0) -> None:
     host, port = target.rsplit(":", 1)
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -34,7 +44,8 @@ async def serve(target: str, delay_s: float, ready: asyncio.Future[int] | None =
         except OSError:
             w.close()
             return
-        await asyncio.gather(_pump(r, tw, delay_s), _pump(tr, w, delay_s), return_exceptions=True)
+        await asyncio.gather(_pump(r, tw, delay_s, rate_bps), _pump(tr, w, delay_s, rate_bps),
+                             return_exceptions=True)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     bound = server.sockets[0].getsockname()[1]
@@ -50,9 +61,10 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sdqkd.bench._relay")
     ap.add_argument("--target", required=True)
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay (RTT = 2x)")
+    ap.add_argument("--rate-mbit", type=float, default=0.0, help="line rate each way, Mbit/s (0: unlimited)")
     a = ap.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(a.target, a.delay_ms / 1000))
+        asyncio.run(serve(a.target, a.delay_ms / 1000, rate_bps=a.rate_mbit * 1e6))
     return 0
 
 

@@ -10,6 +10,8 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 3. `rtt1`, `rtt5`, `rtt20`: the same with the classical channel delayed to that round-trip time:
    in a network namespace with `tc netem delay` on its loopback where the kernel has netem, else
    through a relay process that delays every byte by RTT/2 each way (runtime/bench/_relay.py).
+   `--rate-mbit R,...`: `rateR`, the channel through that relay carrying at most R Mbit/s each
+   way (no target: how much classical line a link needs, docs/channel.md#bandwidth).
 4. `--demo`: the 5-node demo network, each link's rate of stored key beside the analytic
    asymptotic rate of its loss, at 1 GHz (CPU-bound on a small machine) and at a clock slow
    enough for every link to keep up (the finite-key pipeline stays below the asymptotic rate).
@@ -77,8 +79,10 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> di
 
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
-                    relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0) -> dict[str, Any]:
-    """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open)."""
+                    relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0,
+                    relay_rate_mbit: float = 0.0) -> dict[str, Any]:
+    """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open).
+    With a relay delay or rate, the channel goes through runtime/bench/_relay.py."""
     from sdqkd.harness.inprocess import start_network
 
     relay: subprocess.Popen[str] | None = None
@@ -93,9 +97,10 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                     node.lkms.store.max_key_count = 1 << 40
             alice = next(iter(net.nodes["A"].links.values()))
             bob = next(iter(net.nodes["B"].links.values()))
-            if relay_delay_ms > 0:  # send the channel through the delaying relay and start afresh
+            if relay_delay_ms > 0 or relay_rate_mbit > 0:  # the channel through the relay, afresh
                 relay = subprocess.Popen([sys.executable, "-m", "sdqkd.bench._relay", "--target",
-                                          alice.p.peer_address, "--delay-ms", str(relay_delay_ms)],
+                                          alice.p.peer_address, "--delay-ms", str(relay_delay_ms),
+                                          "--rate-mbit", str(relay_rate_mbit)],
                                          stdout=subprocess.PIPE, text=True)
                 assert relay.stdout is not None
                 alice.p.peer_address = f"127.0.0.1:{relay.stdout.readline().strip()}"
@@ -103,6 +108,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                     alice.session.conn.abort()
             await asyncio.sleep(warmup)
             s0 = await _after_blocks_end(alice)
+            dropped0 = alice.stats.blocks_aborted + bob.stats.blocks_aborted
             in_flight = []
             end = s0[0] + seconds
             # until_blocks: measure until that many blocks ended (`seconds` is then the time limit)
@@ -110,6 +116,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                 await asyncio.sleep(0.1)
                 in_flight.append(bob.session.in_flight if bob.session else 0)
             s1 = await _after_blocks_end(alice)
+            dropped = alice.stats.blocks_aborted + bob.stats.blocks_aborted - dropped0
             cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
             sess = bob.session
             rtt, trips = (sess.rtt_s, sess.round_trips) if sess else (0.0, 0.0)
@@ -125,7 +132,8 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             "rate_bps": bits / wall, "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None,
             "blocks": blocks, "clock_blocks": wall / d, "of_clock": blocks / (wall / d),
             "max_in_flight": max(in_flight, default=0), "rtt_ms": round(rtt * 1e3, 2),
-            "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "blocks_without_key": dropped}
 
 
 async def _after_blocks_end(link: EngineLink) -> tuple[float, float, int, int]:
@@ -245,9 +253,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
     res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
                                 warmup, relay_delay_ms=case.get("relay_ms", 0.0),
-                                until_blocks=int(case.get("until_blocks", 0))))
+                                until_blocks=int(case.get("until_blocks", 0)),
+                                relay_rate_mbit=float(case.get("rate_mbit", 0.0))))
     res["case"] = case["name"]
     res["delay"] = case.get("delay", "none")
+    if case.get("rate_mbit"):
+        res["rate_mbit"] = case["rate_mbit"]
     return res
 
 
@@ -262,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")
     ap.add_argument("--warmup", type=float, default=15.0, help="time before measuring (first keys, windows open)")
     ap.add_argument("--rtt", default="1,5,20", help="round-trip times in ms to measure besides 0")
+    ap.add_argument("--rate-mbit", default="", help="classical line rates (Mbit/s each way, RTT 0) to measure, "
+                    "e.g. 100,20: the channel through the relay at that rate")
     ap.add_argument("--demo", action="store_true",
                     help="also the 5-node demo network's per-link rates, at 1 GHz and at --demo-clock-scale")
     ap.add_argument("--demo-clock-scale", type=float, default=0.1,
@@ -283,6 +296,8 @@ def main(argv: list[str]) -> int:
     res["cases"].append(child(a, {"name": "rtt0"}))
     for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
         res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
+    for rate in [float(x) for x in a.rate_mbit.split(",") if x.strip()]:
+        res["cases"].append(child(a, {"name": f"rate{rate:g}", "rate_mbit": rate, "delay": "relay"}))
     if a.demo:
         for scale in (1.0, a.demo_clock_scale):
             res["cases"].append(child(a, {"name": "demo", "workers": os.cpu_count() or 2, "clock_scale": scale}))
@@ -302,7 +317,7 @@ def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
         out["cpu_vs_pipeline"] = round(zero["cpu_s_per_mbit"] / base["cpu_s_per_mbit"], 2)
     if zero.get("of_clock") is not None:
         out["of_clock"] = round(zero["of_clock"], 3)
-    for name in ("rtt1", "rtt5", "rtt20"):
+    for name in ["rtt1", "rtt5", "rtt20", *(n for n in by if n.startswith("rate"))]:
         c = by.get(name, {})
         if c.get("rate_bps") and zero.get("rate_bps"):
             out[f"{name}_vs_rtt0"] = round(c["rate_bps"] / zero["rate_bps"], 3)
