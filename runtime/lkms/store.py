@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_blobs, derive_key_ids, group_parts, join_parts
+from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_blobs, group_parts, join_parts, key_id_strings
 from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
@@ -474,7 +474,7 @@ class SqliteKeyStore:
         count = len(material) // size
         kids = derive_key_blobs(qkdl_id, block_id, count)
         await self._submit(self._add_block, qkdl_id, bytes(material[:count * size]), size, block_id, kids)
-        return derive_key_ids(qkdl_id, block_id, count)
+        return key_id_strings(kids)
 
     def _add_block(self, tx: _Tx, qkdl_id: str, material: bytes, size: int, block_id: str, kids: bytes) -> None:
         pid = tx.pid(qkdl_id)

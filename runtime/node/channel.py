@@ -130,7 +130,6 @@ class FrameConnection:
         self._buf = bytearray()
         self._chunk = memoryview(bytearray(READ_CHUNK))
         self._big: bytearray | None = None  # the payload of a big frame being read (BIG_FRAME)
-        self._big_view: memoryview | None = None
         self._big_fill = 0
         self._big_head: tuple[Kind, int] = (Kind.PING, 0)
         self._frames: deque[Frame] = deque()
@@ -177,12 +176,10 @@ class FrameConnection:
     def _next_write(self) -> bytes:
         """What leaves in one write: a big payload alone, else the queued small frames together."""
         out = self._out
-        data = out.popleft()
-        if len(data) < BIG_FRAME and out and len(out[0]) < BIG_FRAME:
-            parts = [data]
-            while out and len(out[0]) < BIG_FRAME:
-                parts.append(out.popleft())
-            data = b"".join(parts)
+        parts = [out.popleft()]
+        while len(parts[0]) < BIG_FRAME and out and len(out[0]) < BIG_FRAME:
+            parts.append(out.popleft())
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._out_bytes -= len(data)
         return data
 
@@ -293,8 +290,8 @@ class FrameConnection:
         tls = isinstance(sock, ssl.SSLSocket)
         try:
             while True:
-                big = self._big_view
-                into = self._chunk if big is None else big[self._big_fill:]
+                big = self._big
+                into = self._chunk if big is None else memoryview(big)[self._big_fill:]
                 try:
                     n = sock.recv_into(into)
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
@@ -353,16 +350,14 @@ class FrameConnection:
 
     def _big_start(self, kind: Kind, block: int, size: int, head: memoryview) -> None:
         self._big = bytearray(size)
-        self._big_view = memoryview(self._big)
-        self._big_view[:len(head)] = head
+        self._big[:len(head)] = head
         self._big_fill = len(head)
         self._big_head = (kind, block)
 
     def _big_done(self) -> None:
-        assert self._big is not None and self._big_view is not None
-        self._big_view.release()
+        assert self._big is not None
         payload = bytes(self._big)
-        self._big = self._big_view = None
+        self._big = None
         kind, block = self._big_head
         self._frames.append(Frame(kind, block, payload))
         self._queued += len(payload)

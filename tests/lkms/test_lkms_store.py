@@ -201,7 +201,7 @@ def test_key_id_conversions_match_uuid() -> None:
 
 @pytest.mark.parametrize("count", [0, 1, 2, 255, 256, 257, 5350, 65535, 65536, 65537, 70001])
 def test_derived_key_ids_are_uuidv8_with_the_index_in_their_last_48_bits(count: int) -> None:
-    from sdqkd.lkms.keys import derive_key_blobs, key_id_prefix
+    from sdqkd.lkms.keys import derive_key_blobs, key_id_prefix, key_id_strings
 
     prefix = key_id_prefix(Q, "sess:7", count)
     want = [uuid.UUID(bytes=prefix + i.to_bytes(6, "big")) for i in range(count)]
@@ -209,6 +209,8 @@ def test_derived_key_ids_are_uuidv8_with_the_index_in_their_last_48_bits(count: 
     assert derive_key_ids(Q, "sess:7", count) == [str(u) for u in want]
     assert all(u.version == 8 and u.variant == uuid.RFC_4122 for u in want[:3])
     assert derive_key_ids(Q, "sess:8", 1) != derive_key_ids(Q, "sess:7", 1)
+    raw = os.urandom(16 * count)  # any IDs, not only one block's
+    assert key_id_strings(raw) == [str(uuid.UUID(bytes=raw[i:i + 16])) for i in range(0, len(raw), 16)]
 
 
 def test_reserve_out_marks_exactly_the_run_taken(tmp_path: Path) -> None:

@@ -34,6 +34,13 @@ async def _pair() -> tuple[FrameConnection, FrameConnection]:
     return FrameConnection(a, limit=1 << 24), FrameConnection(b, limit=1 << 24)
 
 
+async def _raw_peer() -> tuple[socket.socket, FrameConnection]:
+    """A blocking socket that writes raw bytes, and the FrameConnection reading them."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    return a, FrameConnection(b, limit=1 << 24)
+
+
 async def _tls_pair(tmp: Path) -> tuple[FrameConnection, FrameConnection]:
     ca, ca_path = pki.write_ca(tmp)
     srv = pki.write_identity(ca, ca_path, tmp, "node-a", server=True)
@@ -70,9 +77,7 @@ def test_big_and_small_frames_arrive_whole_and_in_order(tmp_path: Path, tls: boo
 
 def test_a_big_frame_cut_anywhere_is_put_back_together() -> None:
     async def main() -> None:
-        a, b = socket.socketpair()
-        b.setblocking(False)
-        rx = FrameConnection(b, limit=1 << 24)
+        a, rx = await _raw_peer()
         big, small = os.urandom(3 * BIG_FRAME + 5), b"after"
         wire = (HEADER.pack(5 + len(big), Kind.DATA, 4) + big + HEADER.pack(5 + len(small), Kind.DATA, 5) + small)
         cuts = [0, 3, 9, 20, BIG_FRAME, 2 * BIG_FRAME + 1, len(wire) - 7, len(wire) - 2, len(wire)]
@@ -92,9 +97,7 @@ def test_a_big_frame_cut_anywhere_is_put_back_together() -> None:
 
 def test_a_big_frame_cut_short_by_the_peer_ends_the_connection() -> None:
     async def main() -> None:
-        a, b = socket.socketpair()
-        b.setblocking(False)
-        rx = FrameConnection(b, limit=1 << 24)
+        a, rx = await _raw_peer()
         big = os.urandom(2 * BIG_FRAME)
         a.sendall(HEADER.pack(5 + len(big), Kind.DATA, 1) + big[:BIG_FRAME])
         a.close()
