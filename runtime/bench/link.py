@@ -15,7 +15,9 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 4. `--demo`: the 5-node demo network, each link's rate of stored key beside the analytic
    asymptotic rate of its loss, at 1 GHz (CPU-bound on a small machine) and at a clock slow
    enough for every link to keep up (the finite-key pipeline stays below the asymptotic rate).
-5. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
+5. `channel`: the classical channel alone, CPU per Cascade-sized round trip over mutual TLS, one
+   block's exchange at a time and 4 side by side (runtime/bench/_channel.py).
+6. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
 Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
 0.9x and at 20 ms >= 0.7x the zero-latency rate.
 """
@@ -244,6 +246,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     case = json.loads(args.child)
     if case["name"] == "pipeline":
         return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8))
+    if case["name"] == "channel":
+        from sdqkd.bench._channel import channel_case
+
+        return channel_case()
     if case["name"] == "demo":
         # a slow link's batch of 4 blocks takes up to ~40 s at a tenth of the clock: a longer window
         return asyncio.run(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
@@ -294,6 +300,7 @@ def main(argv: list[str]) -> int:
     res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in load], "cases": []}
     res["cases"].append(child(a, {"name": "pipeline"}))
     res["cases"].append(child(a, {"name": "rtt0"}))
+    res["cases"].append(child(a, {"name": "channel"}))
     for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
         res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
     for rate in [float(x) for x in a.rate_mbit.split(",") if x.strip()]:

@@ -127,6 +127,7 @@ class FrameConnection:
         self._out_bytes = 0
         self._pending: bytes | None = None  # a write the socket could not take yet (TLS: retried as is)
         self._flush_scheduled = False
+        self._in_read = False  # in the read callback: what its handlers send leaves at its end
         self._buf = bytearray()
         self._chunk = memoryview(bytearray(READ_CHUNK))
         self._big: bytearray | None = None  # the payload of a big frame being read (BIG_FRAME)
@@ -166,7 +167,8 @@ class FrameConnection:
         self.last_sent = self._loop.time()
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._write_out)
+            if not self._in_read:
+                self._loop.call_soon(self._write_out)
 
     def _write_out(self) -> None:
         self._flush_scheduled = False
@@ -282,6 +284,15 @@ class FrameConnection:
     def _on_readable(self) -> None:
         if self._closed or not self._reading:
             return
+        self._in_read = True
+        try:
+            self._read_and_deliver()
+        finally:
+            self._in_read = False
+            if self._flush_scheduled:
+                self._write_out()
+
+    def _read_and_deliver(self) -> None:
         if self._handler is not None:
             self._hand_over()
             if not self._reading or self._closed:
