@@ -3,9 +3,9 @@
 Why not gRPC: a key block is ~1,500 Cascade round trips of a few hundred bytes, and grpcio hands
 each message to Python at 70-200 us of CPU; here a frame costs a few microseconds: the socket is
 read and written by event-loop callbacks through ssl.SSLSocket (one C call per TLS record, no
-asyncio stream or Python TLS layer), writes coalesced per event-loop turn. The frames' content is
-Wegman-Carter authenticated by the engine (runtime/engine/auth.py); TLS adds confidentiality of
-the transcript's metadata and, above all, admission control.
+asyncio stream or Python TLS layer), writes coalesced per read callback or event-loop turn. The
+frames' content is Wegman-Carter authenticated by the engine (runtime/engine/auth.py); TLS adds
+confidentiality of the transcript's metadata and, above all, admission control.
 
 Wire format (big-endian), both directions:
 
@@ -107,8 +107,9 @@ class FrameConnection:
     times the frame handling itself (~2 x 2,300 messages per 4e6-bit block).
 
     `send` never blocks: frames written in the same event-loop turn leave in one write (one TLS
-    record; the Cascade messages of independent blocks batch themselves); `flush` waits only when
-    far behind. Reading starts at the first `recv` (admission reads nothing before it) and pauses
+    record; the Cascade messages of independent blocks batch themselves), and those a read
+    callback's handlers send (the replies to what it read) at its end, without waiting for the
+    loop's next turn; `flush` waits only when far behind. Reading starts at the first `recv` (admission reads nothing before it) and pauses
     while received frames are not collected.
 
     A running session takes its frames with `deliver` instead: each one goes to its handler from
