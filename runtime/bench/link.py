@@ -61,7 +61,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> dict[str, Any]:
+def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str = "serial"
+                  ) -> dict[str, Any]:
     from sdqkd.engine import pipeline
     from sdqkd.engine.auth import Authenticator, BufferKeySource
 
@@ -70,7 +71,8 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> di
     bits = 0
     cpu0 = time.process_time()
     for i in range(blocks):
-        cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade)
+        cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade,
+                                   cascade_schedule=schedule)
         secret = os.urandom(8192)
         a, b = pipeline.run_local(cfg, Authenticator(BufferKeySource(secret), "alice", b"bench"),
                                   Authenticator(BufferKeySource(secret), "bob", b"bench"))
@@ -82,7 +84,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int) -> di
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
                     relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0,
-                    relay_rate_mbit: float = 0.0) -> dict[str, Any]:
+                    relay_rate_mbit: float = 0.0, schedule: str = "serial") -> dict[str, Any]:
     """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open).
     With a relay delay or rate, the channel goes through runtime/bench/_relay.py."""
     from sdqkd.harness.inprocess import start_network
@@ -92,7 +94,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
         state = Path(tmp)
         net = await start_network(pair(km), state, wait_keys=True, timeout=120,
                                   engine={"clock_scale": clock_scale, "block_sifted_bits": block_bits,
-                                          "cascade_variant": cascade})
+                                          "cascade_variant": cascade, "cascade_schedule": schedule})
         try:
             for node in net.nodes.values():  # nothing drains these stores: a full one would pause the link
                 if node.lkms is not None:
@@ -206,7 +208,7 @@ def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = No
     """Runs one case in a child process (inside `netns` if given); its JSON result."""
     cmd = [sys.executable, "-m", "sdqkd.bench.link", "--child", json.dumps(case),
            "--km", str(args.km), "--block-bits", str(args.block_bits), "--cascade", args.cascade,
-           "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
+           "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--cascade-schedule", args.cascade_schedule]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -245,7 +247,7 @@ def netem_namespace(name: str, delay_ms: float) -> str | None:
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     case = json.loads(args.child)
     if case["name"] == "pipeline":
-        return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8))
+        return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8), args.cascade_schedule)
     if case["name"] == "channel":
         from sdqkd.bench._channel import channel_case
 
@@ -260,7 +262,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
                                 warmup, relay_delay_ms=case.get("relay_ms", 0.0),
                                 until_blocks=int(case.get("until_blocks", 0)),
-                                relay_rate_mbit=float(case.get("rate_mbit", 0.0))))
+                                relay_rate_mbit=float(case.get("rate_mbit", 0.0)), schedule=args.cascade_schedule))
     res["case"] = case["name"]
     res["delay"] = case.get("delay", "none")
     if case.get("rate_mbit"):
@@ -276,6 +278,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--block-bits", type=float, default=DEFAULT_BLOCK_BITS,
                     help="sifted bits per block (the network default)")
     ap.add_argument("--cascade", choices=("original", "optimized"), default="optimized")
+    ap.add_argument("--cascade-schedule", choices=("serial", "parallel"), default="serial",
+                    help="Bob's order of bisections, in the pipeline and the links alike (engine setting "
+                         "cascade_schedule)")
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")
     ap.add_argument("--warmup", type=float, default=15.0, help="time before measuring (first keys, windows open)")
     ap.add_argument("--rtt", default="1,5,20", help="round-trip times in ms to measure besides 0")

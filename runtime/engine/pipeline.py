@@ -72,6 +72,7 @@ class BlockConfig:
     eps_sec: float = 1e-10
     eps_cor: float = 1e-15
     cascade_variant: str = "optimized"
+    cascade_schedule: str = "serial"  # Bob's order of bisections (cascade.py); Alice is not affected
     defer_cascade_auth: bool = True  # Cascade frames covered by the next tag (auth.py), not one each
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class BlockConfig:
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not (xlo < x < xhi or x == xhi == 0.5):
                 raise ValueError(f"{name} must be a number in ({xlo}, {xhi}), got {x!r}")
         verify.check_eps_cor(self.eps_cor, self.n_pulses)  # keys never exceed the pulse count
+        if self.cascade_schedule not in ("serial", "parallel"):
+            raise ValueError(f"cascade_schedule must be serial or parallel, got {self.cascade_schedule!r}")
 
     @property
     def duration_s(self) -> float:
@@ -451,6 +454,8 @@ class BobBlock(_Party):
             self._cascade_qber(),
             variant=self.config.cascade_variant,
             seed=self.config.seed & 0x7FFFFFFF,
+            # a reconciler of its own (run_local's reconciler=) need not know schedules
+            **({} if self.config.cascade_schedule == "serial" else {"schedule": self.config.cascade_schedule}),
         )
         request = self._reconcile(self._cascade.start)
         self._lap("cascade")

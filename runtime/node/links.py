@@ -65,6 +65,7 @@ class LinkParams:
     profile: str
     loss_db: float
     variant: str  # a Cascade variant of the model's enum (its default comes from the datastore)
+    schedule: str = "serial"  # Cascade's order of bisections at this end when it receives (Bob)
     eve: float = 0.0
     enabled: bool = True
     target_sifted_bits: float = 1e6
@@ -132,7 +133,7 @@ class EngineLink:
         return pipeline.BlockConfig(
             profile=p.profile, loss_db=p.loss_db,
             n_pulses=pipeline.pulses_for(p.profile, p.loss_db, bits),
-            seed=block_seed(p.qkdl_id, session, n), cascade_variant=p.variant)
+            seed=block_seed(p.qkdl_id, session, n), cascade_variant=p.variant, cascade_schedule=p.schedule)
 
     async def store(self, block_id: str, key: bytes) -> None:
         await self._on_key(self.p.qkdl_id, key, 256, block_id)

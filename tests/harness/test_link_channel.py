@@ -310,3 +310,25 @@ def test_engine_cascade_variant_is_the_nodes_default(tmp_path: Path):
             await start_network(PAIR, tmp_path / "bad", engine={"cascade_variant": "bogus"}, timeout=10)
 
     asyncio.run(main())
+
+
+def test_parallel_cascade_schedule_links_store_equal_keys_in_fewer_round_trips(tmp_path: Path):
+    """`engine: {cascade_schedule: parallel}` reaches the receiving end's Cascade (Bob drives the
+    order; Alice answers alike): the link stores equal keys with fewer round trips per block than
+    the serial order."""
+
+    async def trips(schedule: str) -> float:
+        state = tmp_path / schedule
+        n = await running(state, {**FAST, "cascade_variant": "optimized", "cascade_schedule": schedule})
+        try:
+            assert {n.alice.p.schedule, n.bob.p.schedule} == {schedule}
+            await n.keys_after(2)
+            assert n.bob.session is not None
+            round_trips = n.bob.session.round_trips
+        finally:
+            await n.net.stop()
+        assert same_stores(state) > 0
+        return round_trips
+
+    serial, parallel = asyncio.run(trips("serial")), asyncio.run(trips("parallel"))
+    assert 0 < parallel < 0.8 * serial, (serial, parallel)
