@@ -18,6 +18,8 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 5. `channel`: the classical channel alone, CPU per Cascade-sized round trip over mutual TLS, one
    block's exchange at a time and 4 side by side (runtime/bench/_channel.py).
 6. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
+`--cascade-schedule parallel`: every case with Cascade's parallel schedule (engine setting
+`cascade_schedule`), the pipeline included.
 Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
 0.9x and at 20 ms >= 0.7x the zero-latency rate.
 """

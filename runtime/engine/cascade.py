@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from sdqkd.engine import _cascade
 
 __all__ = [
+    "SCHEDULES",
     "VARIANTS",
     "CascadeAlice",
     "CascadeBob",
