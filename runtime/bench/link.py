@@ -273,6 +273,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
+    from sdqkd.engine.pipeline import CASCADE_SCHEDULES
     from sdqkd.node.links import DEFAULT_BLOCK_BITS
 
     ap = argparse.ArgumentParser(prog="sdqkd bench link")
@@ -280,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--block-bits", type=float, default=DEFAULT_BLOCK_BITS,
                     help="sifted bits per block (the network default)")
     ap.add_argument("--cascade", choices=("original", "optimized"), default="optimized")
-    ap.add_argument("--cascade-schedule", choices=("serial", "parallel"), default="serial",
+    ap.add_argument("--cascade-schedule", choices=CASCADE_SCHEDULES, default="serial",
                     help="Bob's order of bisections, in the pipeline and the links alike (engine setting "
                          "cascade_schedule)")
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")

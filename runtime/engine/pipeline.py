@@ -59,6 +59,9 @@ class ProtocolError(SdqkdError, ValueError):
     """A message that is malformed or arrives out of order."""
 
 
+CASCADE_SCHEDULES = ("serial", "parallel")  # Bob's order of bisections (runtime/engine/cascade.py)
+
+
 @dataclass(frozen=True)
 class BlockConfig:
     """What both ends agree on for one block (the link's configuration plus a block seed)."""
@@ -90,8 +93,8 @@ class BlockConfig:
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not (xlo < x < xhi or x == xhi == 0.5):
                 raise ValueError(f"{name} must be a number in ({xlo}, {xhi}), got {x!r}")
         verify.check_eps_cor(self.eps_cor, self.n_pulses)  # keys never exceed the pulse count
-        if self.cascade_schedule not in ("serial", "parallel"):
-            raise ValueError(f"cascade_schedule must be serial or parallel, got {self.cascade_schedule!r}")
+        if self.cascade_schedule not in CASCADE_SCHEDULES:
+            raise ValueError(f"cascade_schedule must be {' or '.join(CASCADE_SCHEDULES)}, got {self.cascade_schedule!r}")
 
     @property
     def duration_s(self) -> float:

@@ -109,8 +109,8 @@ class FrameConnection:
     `send` never blocks: frames written in the same event-loop turn leave in one write (one TLS
     record; the Cascade messages of independent blocks batch themselves), and those a read
     callback's handlers send (the replies to what it read) at its end, without waiting for the
-    loop's next turn; `flush` waits only when far behind. Reading starts at the first `recv` (admission reads nothing before it) and pauses
-    while received frames are not collected.
+    loop's next turn; `flush` waits only when far behind. Reading starts at the first `recv`
+    (admission reads nothing before it) and pauses while received frames are not collected.
 
     A running session takes its frames with `deliver` instead: each one goes to its handler from
     the read callback itself, without a future and a task wake-up per TLS record (a 4e6-bit block
