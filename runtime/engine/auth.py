@@ -131,14 +131,13 @@ class Authenticator:
             return header + payload
         return header + payload + self._tag(header, payload)
 
-    def open(self, frame: bytes) -> bytes:
+    def open(self, frame: bytes | bytearray) -> bytes:
         """The payload of a frame from the peer; AuthenticationError if it is not authentic.
         A deferred frame is only checked by the next tagged one (last_tagged is False).
         Key is drawn in frame order, so a frame lost in transit desynchronises the two ends:
         the session must then be abandoned and both ends restart from an agreed key position."""
         if not isinstance(frame, (bytes, bytearray)) or len(frame) < _HEADER.size:
             raise AuthenticationError("message too short to carry a header")
-        frame = bytes(frame)
         flags, counter = _HEADER.unpack_from(frame)
         tagged = bool(flags & _TAGGED)
         counter_ok = flags & 1 == 1 - self._me and flags < 4 and counter == self._counter
@@ -147,11 +146,11 @@ class Authenticator:
         if not tagged:
             if not counter_ok:
                 raise AuthenticationError(f"message {self._counter - 1} failed authentication")
-            payload = frame[_HEADER.size :]
+            payload = _cut(frame, _HEADER.size, len(frame))
             self._pending.append(self._digest(header, payload))
             self.last_tagged = False
             return payload
-        payload, tag = frame[_HEADER.size : -TAG_BYTES], frame[-TAG_BYTES:]
+        payload, tag = _cut(frame, _HEADER.size, len(frame) - TAG_BYTES), frame[-TAG_BYTES:]
         # the pad is consumed whatever the outcome, so both ends stay at the same key position
         ok_tag = (
             hmac.compare_digest(self._tag(header, payload), tag) and len(frame) >= _HEADER.size + TAG_BYTES
@@ -160,3 +159,8 @@ class Authenticator:
             raise AuthenticationError(f"message {self._counter - 1} failed authentication")
         self.last_tagged = True
         return payload
+
+
+def _cut(frame: bytes | bytearray, start: int, stop: int) -> bytes:
+    """frame[start:stop] as bytes, copied once (a big frame arrives as the bytearray it was read into)."""
+    return frame[start:stop] if type(frame) is bytes else bytes(memoryview(frame)[start:stop])

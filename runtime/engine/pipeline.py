@@ -208,7 +208,7 @@ class _Party:
         """No further message is expected (the block ended, with or without key)."""
         return not self._expect
 
-    def _open(self, frame: bytes) -> tuple[int, bytes]:
+    def _open(self, frame: bytes | bytearray) -> tuple[int, bytes]:
         if self.finished:
             raise ProtocolError("block already finished")
         self._t0 = time.perf_counter()
@@ -245,7 +245,7 @@ class _Party:
         reason = "peer: " + payload[1:].decode(errors="replace")
         self._end("discarded" if code >= 2 else "aborted", reason, alarm=code == 1)
 
-    def _dispatch(self, frame: bytes, handlers: dict[int, Callable[[bytes], bytes | None]]) -> bytes | None:
+    def _dispatch(self, frame: bytes | bytearray, handlers: dict[int, Callable[[bytes], bytes | None]]) -> bytes | None:
         try:
             kind, payload = self._open(frame)
             if kind == ABORT:
@@ -288,7 +288,7 @@ class AliceBlock(_Party):
         super().__init__(config, auth, rng, reconciler)
         self._expect = frozenset({DETECT})
 
-    def handle(self, frame: bytes) -> bytes | None:
+    def handle(self, frame: bytes | bytearray) -> bytes | None:
         return self._dispatch(
             frame,
             {
@@ -410,7 +410,7 @@ class BobBlock(_Party):
             DETECT, _fields(struct.pack(">3Q", v.n_pulses, v.n_det, v.rice_k), v.slot_code, v.bases)
         )
 
-    def handle(self, frame: bytes) -> bytes | None:
+    def handle(self, frame: bytes | bytearray) -> bytes | None:
         return self._dispatch(
             frame,
             {

@@ -87,7 +87,7 @@ class Refused(ChannelError):
 class Frame(NamedTuple):  # a tuple: built once per received frame, cheaper than a dataclass
     kind: Kind
     block: int
-    payload: bytes
+    payload: bytes | bytearray  # a big frame's is the buffer it was read into (megabytes: no copy)
 
 
 _KINDS = {int(k): k for k in Kind}
@@ -368,8 +368,7 @@ class FrameConnection:
 
     def _big_done(self) -> None:
         assert self._big is not None
-        payload = bytes(self._big)
-        self._big = None
+        payload, self._big = self._big, None  # handed over as it is: the reader keeps no reference
         kind, block = self._big_head
         self._frames.append(Frame(kind, block, payload))
         self._queued += len(payload)
@@ -479,7 +478,7 @@ class Hello:
     stored: tuple[int, ...]
 
     @classmethod
-    def parse(cls, payload: bytes) -> Hello:
+    def parse(cls, payload: bytes | bytearray) -> Hello:
         try:
             d = json.loads(payload)
             h = cls(str(d["qkdl_id"]), str(d["session"]), int(d["window"]), str(d["prev_session"]),

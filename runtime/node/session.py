@@ -230,7 +230,7 @@ class Session:
                     self.fail(e)
                     return
 
-    def _on_data(self, n: int, payload: bytes) -> None:
+    def _on_data(self, n: int, payload: bytes | bytearray) -> None:
         block = self._blocks.get(n)
         first = block is None
         if block is not None and block.sent_at:
@@ -257,7 +257,7 @@ class Session:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    async def _heavy(self, block: _Block, payload: bytes, first: bool) -> None:
+    async def _heavy(self, block: _Block, payload: bytes | bytearray, first: bool) -> None:
         try:
             if first:
                 await self.link.wait_room(self.link.p.qkdl_id)  # Alice's key store back-pressure
