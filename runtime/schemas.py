@@ -80,9 +80,9 @@ class EngineSettings(Strict):
     clock_scale: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
     block_sifted_bits: Annotated[float, Field(ge=1e3, le=1e9, allow_inf_nan=False)] | None = None
     cascade_variant: CascadeVariant | None = None
-    # Bob's order of bisections: serial (published efficiency) or parallel (~half the round trips,
-    # +0.3 % leakage at QBER 1 %, +1.3 % at 2-3 %; runtime/engine/cascade.py)
-    cascade_schedule: Literal["serial", "parallel"] | None = None
+    # Bob's order of bisections (runtime/engine/cascade.py): serial (published efficiency), balanced
+    # (the network default: ~0.6x serial's round trips) or parallel (~0.55x, more leakage)
+    cascade_schedule: Literal["serial", "balanced", "parallel"] | None = None
     blocks_in_flight: Annotated[int, Field(ge=1, le=128)] | None = None  # a link's window (runtime/node/session.py)
 
 

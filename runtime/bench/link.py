@@ -18,8 +18,8 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 5. `channel`: the classical channel alone, CPU per Cascade-sized round trip over mutual TLS, one
    block's exchange at a time and 4 side by side (runtime/bench/_channel.py).
 6. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
-`--cascade-schedule parallel`: every case with Cascade's parallel schedule (engine setting
-`cascade_schedule`), the pipeline included.
+`--cascade-schedule`: Cascade's schedule in every case, the pipeline included (engine setting
+`cascade_schedule`; default the network's, balanced).
 Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
 0.9x and at 20 ms >= 0.7x the zero-latency rate.
 """
@@ -63,7 +63,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str = "serial"
+def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str = "balanced"
                   ) -> dict[str, Any]:
     from sdqkd.engine import pipeline
     from sdqkd.engine.auth import Authenticator, BufferKeySource
@@ -86,7 +86,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, sched
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
                     relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0,
-                    relay_rate_mbit: float = 0.0, schedule: str = "serial") -> dict[str, Any]:
+                    relay_rate_mbit: float = 0.0, schedule: str = "balanced") -> dict[str, Any]:
     """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open).
     With a relay delay or rate, the channel goes through runtime/bench/_relay.py."""
     from sdqkd.harness.inprocess import start_network
@@ -274,14 +274,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     from sdqkd.engine.pipeline import CASCADE_SCHEDULES
-    from sdqkd.node.links import DEFAULT_BLOCK_BITS
+    from sdqkd.node.links import DEFAULT_BLOCK_BITS, DEFAULT_SCHEDULE
 
     ap = argparse.ArgumentParser(prog="sdqkd bench link")
     ap.add_argument("--km", type=float, default=40.0)
     ap.add_argument("--block-bits", type=float, default=DEFAULT_BLOCK_BITS,
                     help="sifted bits per block (the network default)")
     ap.add_argument("--cascade", choices=("original", "optimized"), default="optimized")
-    ap.add_argument("--cascade-schedule", choices=CASCADE_SCHEDULES, default="serial",
+    ap.add_argument("--cascade-schedule", choices=CASCADE_SCHEDULES, default=DEFAULT_SCHEDULE,
                     help="Bob's order of bisections, in the pipeline and the links alike (engine setting "
                          "cascade_schedule)")
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")

@@ -22,10 +22,19 @@ left 0.2-0.4 % of 1e4-bit frames uncorrected at Q = 1-5 % even with every odd bl
 once (and up to 19 of 32 1e6-bit frames at Q = 5 % with the serial order), short of the 99.9 % the
 other two reach; reinstating it needs that fixed first (tests/engine/test_cascade.py counts).
 
-Schedule (Bob's alone: Alice answers whatever is asked): ``"serial"`` (the default) as above;
-``"parallel"`` bisects every odd block of the optimized variant at once, as "original" does: about
-half the round trips for more leakage (efficiency at n = 3.6e6: 1.0297 -> 1.0331 at Q = 1 %,
-1.0367 -> 1.0505 at 2 %, 1.0376 -> 1.0521 at 3 %, 1.0469 -> 1.0595 at 5 %).
+Schedule of the optimized variant (Bob's alone: Alice answers whatever is asked; "original" always
+bisects every odd block at once): ``"serial"`` (the class default) as above, a pass after the first
+bisecting at most a tenth of its blocks at a time; ``"balanced"`` (the network default) a quarter;
+``"parallel"`` every odd block at once. Round trips and efficiency at n = 3.6e6 (6 frames each):
+
+=========  ======================  ======================  ======================
+QBER       serial                  balanced                parallel
+=========  ======================  ======================  ======================
+1 %        2,188 trips, 1.0294     1,380 trips, 1.0315     1,438 trips, 1.0325
+2 %        1,895 trips, 1.0367     1,280 trips, 1.0422     1,009 trips, 1.0508
+3 %        2,682 trips, 1.0377     1,546 trips, 1.0413     1,320 trips, 1.0511
+5 %        2,024 trips, 1.0469     1,180 trips, 1.0503       798 trips, 1.0598
+=========  ======================  ======================  ======================
 
 Round trips: every parity question of a round travels in one message, but Cascade's error chains are
 sequential, so "original" needs ~40 (n = 1e4) to ~100 (n = 1e6) round trips while "optimized", whose
@@ -60,7 +69,7 @@ __all__ = [
 
 VARIANTS: tuple[str, ...] = ("original", "optimized")
 # Bob's order of bisections (module docstring): the C core's flags
-SCHEDULES = {"serial": 0, "parallel": _cascade.FLAG_PARALLEL}
+SCHEDULES = {"serial": 0, "balanced": _cascade.FLAG_BALANCED, "parallel": _cascade.FLAG_PARALLEL}
 
 _VARIANT_IDS = {
     "original": _cascade.ORIGINAL,

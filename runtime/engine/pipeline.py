@@ -59,7 +59,7 @@ class ProtocolError(SdqkdError, ValueError):
     """A message that is malformed or arrives out of order."""
 
 
-CASCADE_SCHEDULES = ("serial", "parallel")  # Bob's order of bisections (runtime/engine/cascade.py)
+CASCADE_SCHEDULES = ("serial", "balanced", "parallel")  # Bob's order of bisections (runtime/engine/cascade.py)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class BlockConfig:
                 raise ValueError(f"{name} must be a number in ({xlo}, {xhi}), got {x!r}")
         verify.check_eps_cor(self.eps_cor, self.n_pulses)  # keys never exceed the pulse count
         if self.cascade_schedule not in CASCADE_SCHEDULES:
-            raise ValueError(f"cascade_schedule must be {' or '.join(CASCADE_SCHEDULES)}, got {self.cascade_schedule!r}")
+            raise ValueError(f"cascade_schedule must be one of {', '.join(CASCADE_SCHEDULES)}, got {self.cascade_schedule!r}")
 
     @property
     def duration_s(self) -> float:

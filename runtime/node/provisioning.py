@@ -36,7 +36,7 @@ from sdqkd.logfmt import link_label
 from . import statepaths
 from .apps import WAITING
 from .config import ConfigError
-from .links import DEFAULT_BLOCK_BITS, DEFAULT_WINDOW, EngineLink, LinkParams
+from .links import DEFAULT_BLOCK_BITS, DEFAULT_SCHEDULE, DEFAULT_WINDOW, EngineLink, LinkParams
 
 if TYPE_CHECKING:
     from .runtime import NodeRuntime
@@ -118,7 +118,7 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
     role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
     params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=channel_addr or "", profile=profile,
-                        loss_db=loss, variant=ext["cascade-variant"], schedule=str(engine.get("cascade_schedule", "serial")),
+                        loss_db=loss, variant=ext["cascade-variant"], schedule=str(engine.get("cascade_schedule", DEFAULT_SCHEDULE)),
                         eve=float(ext["eve-fraction"]),
                         enabled=enabled, clock_scale=float(engine.get("clock_scale", 1.0)),
                         target_sifted_bits=float(engine.get("block_sifted_bits", DEFAULT_BLOCK_BITS)),

@@ -39,7 +39,7 @@ def test_good_config(tmp_path):
     (lambda s: s.replace("saes: [{id: sae-a}]", "saes: [{id: sae-a, nmae: x}]"), 7, "saes[0].nmae: unknown key (known: id)"),
     (lambda s: s.replace("clock_scale: 0.5", "clock_scale: fast"), 8, "engine.clock_scale: must be a number, got 'fast'"),
     (lambda s: s.replace("cascade_variant: original", "cascade_schedule: eager"), 8,
-     "engine.cascade_schedule: must be one of 'serial' or 'parallel', got 'eager'"),
+     "engine.cascade_schedule: must be one of 'serial', 'balanced' or 'parallel', got 'eager'"),
     (lambda s: s.replace('etsi014: {listen: "127.0.0.1:0"}', "etsi014: {listen: 8080}"), 4,
      "etsi014.listen: must be a string, got 8080"),
     (lambda s: s.replace('etsi004: {listen: "127.0.0.1:0"}', 'etsi004: {listen: "127.0.0.1:99999"}'), 5,

@@ -232,6 +232,7 @@ int cs_params_init(cs_params *prm, uint32_t n, double qber, int variant, uint64_
      * variants approximate the serial smallest-block-first order that their published figures assume. */
     prm->tau = variant == CS_ORIGINAL ? -1.0 : 0.1;
     prm->qmin = 1.0;
+    if ((flags & CS_FLAG_BALANCED) && variant != CS_ORIGINAL) prm->tau = 0.25; /* "original" is parallel already */
     if (flags & CS_FLAG_PARALLEL) prm->tau = -1.0;
     if (flags & CS_FLAG_SERIAL) prm->tau = 0.0;
     uint64_t d = 0x5CA5CADEULL;

@@ -21,7 +21,8 @@ enum {
     CS_FLAG_NOBPI = 16,     /* disable block parity inference even if the variant has it */
     CS_FLAG_REUSE = 32,     /* force reuse on */
     CS_FLAG_BPI = 64,       /* force block parity inference on */
-    CS_FLAG_MASK = 127
+    CS_FLAG_BALANCED = 128, /* optimised variants: up to a quarter of a pass's blocks bisect at once */
+    CS_FLAG_MASK = 255
 };
 
 enum { CS_OK = 0, CS_EINVAL = -1, CS_ENOMEM = -2 };

@@ -349,6 +349,7 @@ PyMODINIT_FUNC PyInit__cascade(void) {
     PyModule_AddIntConstant(m, "FLAG_RANDPERM", CS_FLAG_RANDPERM);
     PyModule_AddIntConstant(m, "FLAG_PARALLEL", CS_FLAG_PARALLEL);
     PyModule_AddIntConstant(m, "FLAG_SERIAL", CS_FLAG_SERIAL);
+    PyModule_AddIntConstant(m, "FLAG_BALANCED", CS_FLAG_BALANCED);
     PyModule_AddIntConstant(m, "FLAG_NOREUSE", CS_FLAG_NOREUSE);
     PyModule_AddIntConstant(m, "FLAG_NOBPI", CS_FLAG_NOBPI);
     PyModule_AddIntConstant(m, "FLAG_REUSE", CS_FLAG_REUSE);
