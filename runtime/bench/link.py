@@ -63,8 +63,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str = "balanced"
-                  ) -> dict[str, Any]:
+def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str) -> dict[str, Any]:
     from sdqkd.engine import pipeline
     from sdqkd.engine.auth import Authenticator, BufferKeySource
 
@@ -86,7 +85,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, sched
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
                     relay_delay_ms: float = 0.0, clock_scale: float = 1.0, until_blocks: int = 0,
-                    relay_rate_mbit: float = 0.0, schedule: str = "balanced") -> dict[str, Any]:
+                    relay_rate_mbit: float = 0.0, *, schedule: str) -> dict[str, Any]:
     """A running 2-node network; figures over `seconds` after `warmup` (first keys, windows open).
     With a relay delay or rate, the channel goes through runtime/bench/_relay.py."""
     from sdqkd.harness.inprocess import start_network
@@ -259,7 +258,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
                                      float(case.get("clock_scale", 1.0))))
     rtt_ms = float(case.get("rtt_ms", 0.0))
-    # a new session first runs a few blocks at the full latency (~2,000 round trips of optimized Cascade)
+    # a new session first runs a few blocks at the full latency (~1,400-2,000 round trips of optimized Cascade)
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
     res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
                                 warmup, relay_delay_ms=case.get("relay_ms", 0.0),
