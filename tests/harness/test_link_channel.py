@@ -312,24 +312,35 @@ def test_engine_cascade_variant_is_the_nodes_default(tmp_path: Path):
     asyncio.run(main())
 
 
-def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Path):
+def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """`engine: {cascade_schedule: serial}` reaches the receiving end's Cascade (Bob drives the
     order; Alice answers alike), and without it the links run the network default, balanced: both
-    store equal keys, the default with fewer round trips per block."""
+    store equal keys. That balanced takes fewer round trips is shown on fixed keys (test_cascade,
+    test_pipeline): on a live link a block's round trips vary too much (600-2,400 at this QBER)
+    for a few blocks to show it."""
+    from sdqkd.engine import cascade
 
-    async def trips(schedule: str | None) -> float:
+    built: list[str] = []
+
+    class Recording(cascade.CascadeBob):
+        def __init__(self, *args: Any, schedule: str = "serial", **kwargs: Any) -> None:
+            built.append(schedule)
+            super().__init__(*args, schedule=schedule, **kwargs)
+
+    monkeypatch.setattr(cascade, "CascadeBob", Recording)
+
+    async def schedules(schedule: str | None) -> set[str]:
+        built.clear()
         state = tmp_path / str(schedule)
         n = await running(state, {**FAST, "cascade_variant": "optimized",
                                   **({"cascade_schedule": schedule} if schedule else {})})
         try:
             assert {n.alice.p.schedule, n.bob.p.schedule} == {schedule or "balanced"}
             await n.keys_after(2)
-            assert n.bob.session is not None
-            round_trips = n.bob.session.round_trips
         finally:
             await n.net.stop()
         assert same_stores(state) > 0
-        return round_trips
+        return set(built)
 
-    serial, balanced = asyncio.run(trips("serial")), asyncio.run(trips(None))
-    assert 0 < balanced < 0.8 * serial, (serial, balanced)
+    assert asyncio.run(schedules("serial")) == {"serial"}
+    assert asyncio.run(schedules(None)) == {"balanced"}
