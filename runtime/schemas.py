@@ -81,7 +81,7 @@ class EngineSettings(Strict):
     block_sifted_bits: Annotated[float, Field(ge=1e3, le=1e9, allow_inf_nan=False)] | None = None
     cascade_variant: CascadeVariant | None = None
     # Bob's order of bisections (runtime/engine/cascade.py): serial (published efficiency), balanced
-    # (the network default: ~0.6x serial's round trips) or parallel (~0.55x, more leakage)
+    # (the network default: pass 2's blocks halved, ~0.3x serial's round trips) or parallel (~0.55x)
     cascade_schedule: Literal["serial", "balanced", "parallel"] | None = None
     blocks_in_flight: Annotated[int, Field(ge=1, le=128)] | None = None  # a link's window (runtime/node/session.py)
 

@@ -2,7 +2,7 @@
 trip of Cascade-sized frames between two FrameConnections over mutual TLS on loopback TCP, both
 ends in this process and one event loop, as in the link cases. `blocks` exchanges run side by side
 (the blocks of a batch in Cascade together), so their frames can share TLS records and system calls.
-A 4e6-bit block of `optimized` Cascade has ~1,400-1,850 round trips (balanced): this per-trip figure times
+A 4e6-bit block of `optimized` Cascade has ~600-700 round trips (balanced): this per-trip figure times
 those is the channel's share of a block's CPU, without the engine's noise."""
 
 from __future__ import annotations

@@ -22,19 +22,31 @@ left 0.2-0.4 % of 1e4-bit frames uncorrected at Q = 1-5 % even with every odd bl
 once (and up to 19 of 32 1e6-bit frames at Q = 5 % with the serial order), short of the 99.9 % the
 other two reach; reinstating it needs that fixed first (tests/engine/test_cascade.py counts).
 
-Schedule of the optimized variant (Bob's alone: Alice answers whatever is asked; "original" always
-bisects every odd block at once): ``"serial"`` (the class default) as above, a pass after the first
-bisecting at most a tenth of its blocks at a time; ``"balanced"`` (the network default) a quarter;
-``"parallel"`` every odd block at once. Round trips and efficiency at n = 3.6e6 (6 frames each):
+Schedule of the optimized variant (Bob's alone: Alice answers whatever is asked, and the parameter
+digest is the same; "original" always bisects every odd block at once):
+
+* ``"serial"`` (the class default): as above, a pass after the first bisecting at most a tenth of its
+  blocks at a time; the order the published efficiency assumes.
+* ``"balanced"`` (the network default): a quarter at a time, and Bob halves pass 2's blocks: round 0
+  asks Alice, beside her block parities, the parity of each block's left half. Pass 2's blocks
+  hold several errors that pass 1 left (about 5 in 1,024 bits at 1 %) and start long chains of
+  cascading corrections, one bisection after another; half the size cuts them short.
+* ``"parallel"``: every odd block at once.
+
+Round trips and efficiency at n = 3.6e6 (6 frames each, every frame corrected):
 
 =========  ======================  ======================  ======================
 QBER       serial                  balanced                parallel
 =========  ======================  ======================  ======================
-1 %        2,188 trips, 1.0294     1,380 trips, 1.0315     1,438 trips, 1.0325
-2 %        1,895 trips, 1.0367     1,280 trips, 1.0422     1,009 trips, 1.0508
-3 %        2,682 trips, 1.0377     1,546 trips, 1.0413     1,320 trips, 1.0511
-5 %        2,024 trips, 1.0469     1,180 trips, 1.0503       798 trips, 1.0598
+1 %        2,188 trips, 1.0294     628 trips, 1.0383       1,438 trips, 1.0325
+2 %        1,895 trips, 1.0367     584 trips, 1.0477       1,009 trips, 1.0508
+3 %        2,682 trips, 1.0377     773 trips, 1.0452       1,320 trips, 1.0511
+5 %        2,024 trips, 1.0469     524 trips, 1.0561         798 trips, 1.0598
 =========  ======================  ======================  ======================
+
+Balanced discloses 0.7-1.1 % more parities than serial (at 1 %, where n h(Q) = 0.08 n, that is about
+0.2 % less final key) for 0.26-0.31x its round trips; a quarter at a time without the halving
+took 1,180-1,546 trips (0.6x serial's) for 1.0315-1.0503.
 
 Round trips: every parity question of a round travels in one message, but Cascade's error chains are
 sequential, so "original" needs ~40 (n = 1e4) to ~100 (n = 1e6) round trips while "optimized", whose

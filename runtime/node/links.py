@@ -48,8 +48,9 @@ DEFAULT_WINDOW = 64  # blocks in flight at most (4e6-bit blocks at RTT 20 ms nee
 # sifted bits per block: the finite-key penalty shrinks with larger blocks, memory grows linearly
 # (~25 B per sifted bit while a block is simulated and sifted, ~1.5 B while it is in Cascade)
 DEFAULT_BLOCK_BITS = 4e6
-# Cascade's order of bisections at a receiving end: "balanced" takes ~0.6x the round trips of
-# "serial" (whose order the optimized variant's published efficiency assumes) for +0.2-0.6 % leakage
+# Cascade's order of bisections at a receiving end: "balanced" (pass 2's blocks halved, a quarter
+# bisecting at a time) takes ~0.3x the round trips of "serial" (whose order the optimized variant's
+# published efficiency assumes) for 0.7-1.1 % more parities disclosed (runtime/engine/cascade.py)
 DEFAULT_SCHEDULE = "balanced"
 DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its blocks in flight finish
 SHUTDOWN_DRAIN_S = 1.0  # the same when the whole node stops (its process has ~5 s after SIGTERM)

@@ -71,7 +71,10 @@ WINDOW_TICK_S = 0.1  # how often a full window looks again at the latency estima
 # of 4 pays that per-record cost once for all of them (latency: up to 3 block durations more).
 BATCH_BLOCKS = 4
 CPU_BLOCKS = BATCH_BLOCKS  # blocks in flight beyond those the channel's latency needs
-TYPICAL_ROUND_TRIPS = {"original": 100, "optimized": 2000}  # per block, until a block has ended
+# a 4e6-bit block's Cascade round trips, the estimate until a block has ended: "optimized" per
+# schedule (runtime/engine/cascade.py), "original" under any
+TYPICAL_ROUND_TRIPS = {"serial": 2400, "balanced": 700, "parallel": 1400}
+TYPICAL_ROUND_TRIPS_ORIGINAL = 100
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
 
 
@@ -464,7 +467,8 @@ class Session:
         if self._net_s:
             net = self._net_s
         else:
-            trips = TYPICAL_ROUND_TRIPS.get(self.link.p.variant, 2000)
+            p = self.link.p
+            trips = TYPICAL_ROUND_TRIPS_ORIGINAL if p.variant == "original" else TYPICAL_ROUND_TRIPS.get(p.schedule, 2400)
             net = trips * (self._rtt_seen if math.isfinite(self._rtt_seen) else 0.0)
         d = self.link.block_config(self.sid, self._next).duration_s / self.link.p.clock_scale
         return CPU_BLOCKS + math.ceil(net / max(d, 1e-6))

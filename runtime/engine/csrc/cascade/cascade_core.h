@@ -12,7 +12,8 @@
 
 enum { CS_ORIGINAL = 0, CS_OPTIMIZED = 1, CS_NVARIANTS = 2 };
 
-/* Private switches for experiments/tests; both ends must use the same value. */
+/* Switches (the schedules are public, the rest for experiments and tests): RANDPERM must be the same at
+ * both ends (the parameter digest covers it); the others change only what Bob asks, and when. */
 enum {
     CS_FLAG_RANDPERM = 1,   /* explicit uniformly random permutations instead of the fast structured ones */
     CS_FLAG_PARALLEL = 2,   /* every odd block bisects at once (fewest round trips, more leakage) */
@@ -21,7 +22,7 @@ enum {
     CS_FLAG_NOBPI = 16,     /* disable block parity inference even if the variant has it */
     CS_FLAG_REUSE = 32,     /* force reuse on */
     CS_FLAG_BPI = 64,       /* force block parity inference on */
-    CS_FLAG_BALANCED = 128, /* optimised variants: up to a quarter of a pass's blocks bisect at once */
+    CS_FLAG_BALANCED = 128, /* optimised variants: a quarter of a pass's blocks bisect at once; Bob halves pass 1's */
     CS_FLAG_MASK = 255
 };
 
