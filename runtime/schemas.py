@@ -90,6 +90,7 @@ class EngineSettings(Strict):
 
 
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+KeyCount = Annotated[int, Field(ge=1, le=10**9)]
 
 
 class Settings(EngineSettings):
@@ -98,6 +99,7 @@ class Settings(EngineSettings):
     base_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     first_request_wait_s: Seconds | None = None  # every node's applications.first_request_wait_s
     app_idle_timeout_s: Seconds | None = None  # every node's applications.idle_timeout_s
+    max_key_count: KeyCount | None = None  # every node's lkms.max_key_count
 
 
 class NodeEntry(Strict):
@@ -224,6 +226,7 @@ class LogSection(Strict):
 
 class LkmsSection(Strict):
     etsi004_server: Etsi004Server = "h2"
+    max_key_count: KeyCount = 100_000  # keys a link's pool holds before the engine pauses (ETSI 014 max_key_count)
 
 
 class RestconfSection(Strict):

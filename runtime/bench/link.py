@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from sdqkd.node.links import EngineLink
 
 PROFILE = "commercial"
+DEMO_POOL_KEYS = 10**7  # the demo case's pools: more than 2 minutes of any link fill (256-bit keys)
 
 
 def pair(km: float) -> dict[str, Any]:
@@ -166,13 +167,16 @@ async def demo_case(seconds: float, warmup: float, workers: int, clock_scale: fl
     """The 5-node demo network (in-process, nodes shared out over worker processes): each link's
     rate of stored key beside the analytic asymptotic rate for its loss at the clock it runs (at
     1 GHz, 2 cores cannot post-process what the short links detect; at a slower clock every link
-    keeps up and the ratio is the finite-key pipeline's share of the asymptotic rate)."""
+    keeps up and the ratio is the finite-key pipeline's share of the asymptotic rate). Nothing
+    drains the pools here: they may hold DEMO_POOL_KEYS keys, so that no link pauses for a full
+    one (the default 100,000 fill within ~30 s at 1 GHz)."""
     from sdqkd.demo import DEFAULT_TOPOLOGY
     from sdqkd.engine import keyrate, profiles
     from sdqkd.harness.inprocess import start_network
 
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-demo-") as tmp:
-        net = await start_network(DEFAULT_TOPOLOGY, Path(tmp), wait_keys=True, timeout=120, workers=workers,
+        topology = {**DEFAULT_TOPOLOGY, "settings": {**DEFAULT_TOPOLOGY.get("settings", {}), "max_key_count": DEMO_POOL_KEYS}}
+        net = await start_network(topology, Path(tmp), wait_keys=True, timeout=120, workers=workers,
                                   engine={"clock_scale": clock_scale})
         try:
             assert net.controller is not None

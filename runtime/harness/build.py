@@ -243,6 +243,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             "engine": engine,
             "saes": [{"id": s} for s, sae in topo.saes.items() if sae.node == name],
             "applications": applications_config(topo),
+            **({"lkms": {"max_key_count": topo.settings.max_key_count}} if topo.settings.max_key_count else {}),
             # one QKD interface per fibre end, naming the peer's endpoints where they are fixed
             "interfaces": interfaces_of(topo, name, {n: dict(p.advertise) for n, p in plans.items()}),
         }

@@ -67,7 +67,7 @@ class NodeRuntime:
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
                          keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
-                         limits=Limits(etsi004_server=cfg.etsi004_server), names={cfg.id: cfg.name, **cfg.peers},
+                         limits=Limits(etsi004_server=cfg.etsi004_server, max_key_count=cfg.max_key_count), names={cfg.id: cfg.name, **cfg.peers},
                          directory=self.fibre_peers)
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))

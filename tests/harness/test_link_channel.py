@@ -344,3 +344,26 @@ def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Pat
 
     assert asyncio.run(schedules("serial")) == {"serial"}
     assert asyncio.run(schedules(None)) == {"balanced"}
+
+
+def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Path):
+    """`settings: {max_key_count: N}` reaches every node's LKMS: once a link's pool holds N keys
+    its engine starts no more blocks (those in flight still end), and both stores stay equal."""
+
+    async def main() -> None:
+        net = await start_network({**PAIR, "settings": {"max_key_count": 1500}}, tmp_path, engine=FAST,
+                                  wait_keys=True, timeout=120)
+        n = Net(net, tmp_path)
+        try:
+            assert all(rt.lkms is not None and rt.lkms.store.max_key_count == 1500 for rt in net.nodes.values())
+            lkms = net.nodes["B"].lkms
+            await wait_for(lambda: not lkms.has_room(n.bob.p.qkdl_id), 90, "the pool full")
+            await asyncio.sleep(1.0)  # the blocks in flight end
+            ok = n.alice.stats.blocks_ok
+            await asyncio.sleep(3.0)
+            assert n.alice.stats.blocks_ok == ok  # paused
+        finally:
+            await net.stop()
+        assert same_stores(tmp_path) >= 1500
+
+    asyncio.run(main())
