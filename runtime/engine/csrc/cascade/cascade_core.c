@@ -1065,8 +1065,9 @@ int cs_bob_start(cs_bob *b, const uint8_t **msg, size_t *len) {
     }
     uint32_t nq = b->split >= 0 ? b->split_q : 0;
     buf_varint(o, nq);
-    for (uint32_t j = 0; j < nq; j++) { /* left halves; starts ascend, so each delta is positive */
-        buf_varint(o, (uint64_t)(j ? b->split_k : (uint64_t)b->split << 32) << 1);
+    for (uint32_t j = 0; j < nq; j++) { /* the left half of Alice's block j */
+        uint64_t delta = j ? b->split_k : (uint64_t)b->split << 32; /* from the last start (0 before the first) */
+        buf_varint(o, delta << 1);                                   /* zigzag of a positive delta */
         buf_varint(o, b->split_k / 2);
     }
     buf_seal(o);
