@@ -226,7 +226,7 @@ class LogSection(Strict):
 
 class LkmsSection(Strict):
     etsi004_server: Etsi004Server = "h2"
-    max_key_count: KeyCount = 100_000  # keys a link's pool holds before the engine pauses (ETSI 014 max_key_count)
+    max_key_count: KeyCount | None = None  # keys a link's pool holds before its engine pauses; None: Limits' default
 
 
 class RestconfSection(Strict):

@@ -266,7 +266,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return asyncio.run(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
                                      float(case.get("clock_scale", 1.0))))
     rtt_ms = float(case.get("rtt_ms", 0.0))
-    # a new session first runs a few blocks at the full latency (~1,400-2,000 round trips of optimized Cascade)
+    # a new session first runs a few blocks at the full latency (~600-2,800 round trips of optimized Cascade, by schedule)
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
     res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
                                 warmup, relay_delay_ms=case.get("relay_ms", 0.0),

@@ -36,7 +36,7 @@ class NodeConfig:
     bootstrap: dict[str, Path] = field(default_factory=dict)  # peer node id -> shared secret file
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
-    max_key_count: int = 100_000  # lkms.max_key_count: keys per link pool before the engine pauses
+    max_key_count: int | None = None  # lkms.max_key_count: keys per link pool before the engine pauses (None: Limits')
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
     log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
     log_level: str = "INFO"

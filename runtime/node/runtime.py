@@ -67,7 +67,7 @@ class NodeRuntime:
         self.lkms = Lkms(cfg.id, cfg.data_dir, cfg.tls, saes=[s["id"] for s in cfg.saes],
                          etsi014_listen=cfg.etsi014_listen, etsi004_listen=cfg.etsi004_listen,
                          keysync_listen=cfg.peer_listen, etsi020_listen=cfg.etsi020_listen,
-                         limits=Limits(etsi004_server=cfg.etsi004_server, max_key_count=cfg.max_key_count), names={cfg.id: cfg.name, **cfg.peers},
+                         limits=self._limits(cfg), names={cfg.id: cfg.name, **cfg.peers},
                          directory=self.fibre_peers)
         for p in cfg.external_peers:
             await self.lkms.add_external_peer(external_peer(cfg.id, p))
@@ -162,6 +162,13 @@ class NodeRuntime:
     async def store_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> None:
         assert self.lkms is not None
         await self.lkms.add_block(qkdl_id, material, key_size_bits, block_id)
+
+    @staticmethod
+    def _limits(cfg: NodeConfig) -> Limits:
+        """The LKMS limits the config names; the rest Limits' defaults."""
+        if cfg.max_key_count is None:
+            return Limits(etsi004_server=cfg.etsi004_server)
+        return Limits(etsi004_server=cfg.etsi004_server, max_key_count=cfg.max_key_count)
 
     def link_stats(self, p: LinkParams, s: LinkStats, result: Any) -> None:
         tree_id = self.tree_of.get(p.qkdl_id, p.qkdl_id)  # the engine runs under the key association ID

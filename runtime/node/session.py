@@ -468,7 +468,7 @@ class Session:
             net = self._net_s
         else:
             p = self.link.p
-            trips = TYPICAL_ROUND_TRIPS_ORIGINAL if p.variant == "original" else TYPICAL_ROUND_TRIPS.get(p.schedule, 2400)
+            trips = TYPICAL_ROUND_TRIPS_ORIGINAL if p.variant == "original" else TYPICAL_ROUND_TRIPS[p.schedule]
             net = trips * (self._rtt_seen if math.isfinite(self._rtt_seen) else 0.0)
         d = self.link.block_config(self.sid, self._next).duration_s / self.link.p.clock_scale
         return CPU_BLOCKS + math.ceil(net / max(d, 1e-6))

@@ -530,8 +530,8 @@ def test_balanced_halves_pass_two_whatever_its_last_block(n: int) -> None:
     half (n = 51,264: 64 bits of a 512-bit block), a partial one (51,500: 320 bits) or be the only
     one (200 bits): every frame is corrected and both ends count the same parities."""
     prm = _cascade.params(n, 0.02, _cascade.OPTIMIZED)
-    k, length = prm["block_sizes"][1], prm["blocks"][1] * prm["block_sizes"][1]  # Alice's pass 2
-    halves = -(-min(length, -(-n // 64) * 64) // (k // 2)) - prm["blocks"][1]  # her blocks with a right half
+    k, length = prm["block_sizes"][1], -(-n // 64) * 64  # Alice's pass 2: block size, permuted length
+    halves = -(-length // (k // 2)) - prm["blocks"][1]  # her blocks with a right half
     first = {s: _cascade.inspect(CascadeBob(b"\0" * (-(-n // 8)), n, 0.02, "optimized", schedule=s).start())[2]
              for s in ("serial", "balanced")}
     assert first["balanced"] == first["serial"] + halves, (first, halves)  # round 0 asks each left half

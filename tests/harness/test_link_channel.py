@@ -358,7 +358,8 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             assert all(rt.lkms is not None and rt.lkms.store.max_key_count == 1500 for rt in net.nodes.values())
             lkms = net.nodes["B"].lkms
             await wait_for(lambda: not lkms.has_room(n.bob.p.qkdl_id), 90, "the pool full")
-            await asyncio.sleep(1.0)  # the blocks in flight end
+            await wait_for(lambda: n.bob.session is not None and n.bob.session.in_flight == 0, 60,
+                           "the blocks in flight ended")
             ok = n.alice.stats.blocks_ok
             await asyncio.sleep(3.0)
             assert n.alice.stats.blocks_ok == ok  # paused
