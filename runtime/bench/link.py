@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sdqkd.bench._proc import run_case, sigterm_interrupts
+
 if TYPE_CHECKING:
     from sdqkd.node.links import EngineLink
 
@@ -220,7 +222,7 @@ def child(args: argparse.Namespace, case: dict[str, Any], netns: str | None = No
            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--cascade-schedule", args.cascade_schedule]
     if netns:
         cmd = ["ip", "netns", "exec", netns, *cmd]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = run_case(cmd, timeout=600)
     if r.returncode != 0:
         return {"case": case["name"], "error": r.stderr.strip()[-800:]}
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -359,4 +361,5 @@ def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    with sigterm_interrupts():  # a case's child: SIGTERM from `child` above removes its state too
+        sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,46 @@
+"""A benchmark stopped by SIGTERM or Ctrl-C cleans up as after an error: its temporary
+directories (key stores, certificates) go, and a case it runs in a child process gets SIGTERM in
+turn and time to stop its network and remove its own, instead of SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+from collections.abc import Iterator
+from types import FrameType
+
+GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops within ~5 s)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does: `with` blocks
+    and `finally` clauses (asyncio.run cancels its tasks, whose own run) clean up on the way out."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run_case(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`, except that a child
+    cut short (its timeout, or this process interrupted) gets SIGTERM and GRACE_S to clean up
+    before SIGKILL (subprocess.run kills at once)."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except BaseException:
+            p.terminate()
+            try:
+                p.communicate(timeout=GRACE_S)
+            except BaseException:
+                p.kill()
+                p.communicate()
+                raise
+            raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
