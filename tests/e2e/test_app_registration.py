@@ -154,8 +154,11 @@ def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
 
     with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
             Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
-        ksid = d.open("sae-quijote")
-        assert q.open("sae-distrito", ksid) == ksid
+        # 30 s per GET_KEY, not the default 10: once in a full CI run (2 cores shared by five
+        # nodes and the suite) no relayed key reached this pair within 10 s; latency is not this
+        # test's subject, the keys' equality over the README's relayed pair is
+        ksid = d.open("sae-quijote", timeout_ms=30000)
+        assert q.open("sae-distrito", ksid, timeout_ms=30000) == ksid
         try:
             kd = [d.get_key(ksid)[1] for _ in range(50)]
             kq = [q.get_key(ksid)[1] for _ in range(50)]
