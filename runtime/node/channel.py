@@ -299,7 +299,7 @@ class FrameConnection:
             if not self._reading or self._closed:
                 return
         sock = self._sock
-        tls = sock if isinstance(sock, ssl.SSLSocket) else None
+        tls = isinstance(sock, ssl.SSLSocket)
         try:
             while True:
                 big = self._big
@@ -322,12 +322,8 @@ class FrameConnection:
                     self._hand_over()
                     if not self._reading or self._closed:
                         return
-                # A short read drained a plain socket. TLS returns one record per call; once every
-                # frame read is whole and OpenSSL holds nothing back, the rest (if any) is still in
-                # the socket and the (level-triggered) selector calls again: no read that only
-                # raises WantRead, as a Cascade reply would otherwise cost.
-                if (n < len(into) and (tls is None or not self._buf and self._big is None and not tls.pending())) \
-                        or self._queued > max(self.limit, WRITE_HIGH):
+                # a short read drained a plain socket; TLS returns one record per call, until WantRead
+                if (n < len(into) and not tls) or self._queued > max(self.limit, WRITE_HIGH):
                     break
         except ChannelError as e:
             self._fail(str(e))
