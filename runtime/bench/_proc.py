@@ -14,17 +14,26 @@ GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops
 
 
 @contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts(once: bool = False) -> Iterator[None]:
     """Inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does: `with` blocks
-    and `finally` clauses (asyncio.run cancels its tasks, whose own run) clean up on the way out."""
+    and `finally` clauses (asyncio.run cancels its tasks, whose own run) clean up on the way out.
+    `once` (a case's child): the first SIGTERM or SIGINT interrupts, later ones are ignored, so
+    that Ctrl-C (which reaches the whole process group) followed by the parent's SIGTERM does
+    not cut the cleanup itself short."""
+    signals = (signal.SIGTERM, signal.SIGINT) if once else (signal.SIGTERM,)
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        if once:
+            for sig in signals:
+                signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, interrupt)
+    old = [signal.signal(sig, interrupt) for sig in signals]
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in zip(signals, old, strict=True):
+            signal.signal(sig, handler)
 
 
 def run_case(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

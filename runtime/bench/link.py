@@ -361,5 +361,5 @@ def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    with sigterm_interrupts():  # a case's child: SIGTERM from `child` above removes its state too
+    with sigterm_interrupts(once=True):  # a case's child: SIGTERM from `child` above removes its state too
         sys.exit(main(sys.argv[1:]))
