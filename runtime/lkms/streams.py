@@ -17,7 +17,8 @@ Status codes (clause 6, numbered as in the standard):
    7 QoS not satisfiable (the response carries the counter-proposal).
  GET_KEY: 0; 2 the chunk is gone (delivered/expired) or not enough key with timeout 0;
    3 peer application not connected; 4 unknown stream or peer KMS unreachable;
-   6 timeout (no key within qos.timeout ms, or max_bps pacing would exceed it);
+   6 timeout (no key within qos.timeout ms, or max_bps pacing would exceed it; the reason is
+     logged at INFO, at most once per TIMEOUT_LOG_S and stream);
    8 metadata room too small (metadata.size returns the size needed; nothing consumed).
  CLOSE: 0; 4 unknown stream.
 QoS: key_chunk_size (0 -> default), ttl, timeout, max_bps (delivery paced), min_bps (refused with
@@ -47,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -64,6 +66,7 @@ from sdqkd.lkms.registry import App, Link
 from sdqkd.lkms.syncmsg import key_refs, parse_refusal, refusal
 
 log = logging.getLogger(__name__)
+TIMEOUT_LOG_S = 10.0  # a stream's TIMEOUT_ERRORs are logged at most this often (with a count)
 
 S = pb.Status
 JSON = "application/json"
@@ -107,6 +110,8 @@ class Stream:
     opened: float = field(default_factory=time.monotonic)
     used: bool = False  # the local application sent a GET_KEY on it
     twin: Stream | None = field(default=None, repr=False)  # same-node stream: the other application's side
+    timeouts_unlogged: int = 0  # TIMEOUT_ERRORs since the last one logged (TIMEOUT_LOG_S)
+    timeout_logged: float = -math.inf
 
     @property
     def same_node(self) -> bool:
@@ -615,6 +620,7 @@ class StreamManager:
             if timeout <= 0:
                 return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
             if left <= 0:
+                self._timed_out(s, f"no key for chunk {idx} within {s.qos.timeout} ms: {self._shortage(s)}")
                 return S.TIMEOUT_ERROR
             await self.core.wait_changed(s.qkdl_id, left)
 
@@ -623,11 +629,35 @@ class StreamManager:
         now = time.monotonic()
         wait = s.next_send - now
         if wait > 0 and s.qos.timeout and wait > s.qos.timeout / 1000.0:
+            self._timed_out(s, f"max_bps {s.qos.max_bps} puts the next key {wait:.1f} s away, beyond the "
+                               f"timeout of {s.qos.timeout} ms")
             return S.TIMEOUT_ERROR
         s.next_send = max(now, s.next_send) + s.chunk_bits / s.qos.max_bps
         if wait > 0:
             await asyncio.sleep(wait)
         return S.SUCCESSFUL
+
+    def _shortage(self, s: Stream) -> str:
+        """Why no chunk came, as this end sees it."""
+        if s.same_node or s.twin is not None:
+            return "no key for this node's pair of applications"
+        if not s.owner:  # the stream's other end assigns the chunks
+            return f"the peer's KMS assigned none (link {s.qkdl_id})"
+        st = self.core.store.pool_stats(s.qkdl_id)
+        have = st.available_bits if st is not None else 0
+        return f"link {s.qkdl_id} holds {have} bits of key available, a chunk needs {s.chunk_bits}"
+
+    @staticmethod
+    def _timed_out(s: Stream, why: str) -> None:
+        """TIMEOUT_ERROR carries no reason on the wire: the operator finds it here, at most once per
+        TIMEOUT_LOG_S and stream (an application short of key may ask hundreds of times a second)."""
+        now = time.monotonic()
+        if now - s.timeout_logged < TIMEOUT_LOG_S:
+            s.timeouts_unlogged += 1
+            return
+        more = f" ({s.timeouts_unlogged} more since the last one logged)" if s.timeouts_unlogged else ""
+        log.info("key stream %s: GET_KEY TIMEOUT_ERROR, %s%s", s.ksid, why, more)
+        s.timeout_logged, s.timeouts_unlogged = now, 0
 
     # --- CLOSE -------------------------------------------------------------------------
     async def close_stream(self, req: pb.CloseRequest, caller: str | None) -> pb.CloseResponse:

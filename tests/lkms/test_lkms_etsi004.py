@@ -4,6 +4,8 @@ every test against both 004 servers (the h2-based default and grpcio's)."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -127,13 +129,26 @@ def test_metadata_too_small_then_ok(net2: Net) -> None:
     ka.Close(pb.CloseRequest(key_stream_id=ksid))
 
 
-def test_timeout_and_insufficient_key(net2: Net) -> None:
-    """A second link with no key at all: GET_KEY with a timeout -> TIMEOUT_ERROR, without -> 2."""
+def _timeouts_logged(caplog: pytest.LogCaptureFixture, ksid: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "sdqkd.lkms.streams" and r.getMessage().startswith(f"key stream {ksid}: GET_KEY TIMEOUT_ERROR")]
+
+
+def test_timeout_and_insufficient_key(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
+    """A second link with no key at all: GET_KEY with a timeout -> TIMEOUT_ERROR, without -> 2.
+    The status carries no reason: the KMS logs it, once per stream and TIMEOUT_LOG_S."""
+    caplog.set_level(logging.INFO, logger="sdqkd.lkms.streams")
     q = net2.phys("A", "B")
     try:
         net2.app("app-empty", ("a2", "A"), [("b2", "B")], q)
-        ksid, ka, kb = open_pair(net2, pb.QoS(timeout=150), a="a2", b="b2", peer_qos=pb.QoS(timeout=0))
+        ksid, ka, kb = open_pair(net2, pb.QoS(timeout=150, key_chunk_size=32), a="a2", b="b2",
+                                 peer_qos=pb.QoS(timeout=0))
         assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
+        assert _timeouts_logged(caplog, ksid) == [
+            f"key stream {ksid}: GET_KEY TIMEOUT_ERROR, no key for chunk 0 within 150 ms: link {q} holds 0 bits "
+            "of key available, a chunk needs 256"]
+        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
+        assert len(_timeouts_logged(caplog, ksid)) == 1  # the next within TIMEOUT_LOG_S is only counted
         assert kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
     finally:
         for n in net2.nodes.values():
@@ -142,11 +157,14 @@ def test_timeout_and_insufficient_key(net2: Net) -> None:
     assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.NO_QKD_CONNECTION_AVAILABLE
 
 
-def test_max_bps_pacing_beyond_timeout(net2: Net) -> None:
+def test_max_bps_pacing_beyond_timeout(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
     # 8 bit/s with 32-byte chunks: the second chunk would be due in 32 s, far past the 100 ms timeout.
+    caplog.set_level(logging.INFO, logger="sdqkd.lkms.streams")
     ksid, ka, _ = open_pair(net2, pb.QoS(max_bps=8, timeout=100))
     assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.SUCCESSFUL
     assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
+    [why] = _timeouts_logged(caplog, ksid)
+    assert re.search(r"max_bps 8 puts the next key (31\.\d|32\.0) s away, beyond the timeout of 100 ms$", why), why
     ka.Close(pb.CloseRequest(key_stream_id=ksid))
 
 
