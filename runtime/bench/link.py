@@ -49,11 +49,15 @@ if TYPE_CHECKING:
     from sdqkd.node.links import EngineLink
 
 PROFILE = "commercial"
-DEMO_POOL_KEYS = 10**7  # the demo case's pools: more than 2 minutes of any link fill (256-bit keys)
+# Nothing drains the benches' pools: they may hold this many keys (topology setting max_key_count),
+# more than 2 minutes of any link fill (256-bit keys); the default 100,000 fill within ~30 s at 1 GHz
+# and a full pool pauses its link.
+POOL_KEYS = 10**7
 
 
 def pair(km: float) -> dict[str, Any]:
-    return {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": km}], "saes": []}
+    return {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": km}], "saes": [],
+            "settings": {"max_key_count": POOL_KEYS}}
 
 
 def stored_keys(state: Path, node: str) -> dict[bytes, bytes]:
@@ -104,9 +108,6 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                                   engine={"clock_scale": clock_scale, "block_sifted_bits": block_bits,
                                           "cascade_variant": cascade, "cascade_schedule": schedule})
         try:
-            for node in net.nodes.values():  # nothing drains these stores: a full one would pause the link
-                if node.lkms is not None:
-                    node.lkms.store.max_key_count = 1 << 40
             alice = next(iter(net.nodes["A"].links.values()))
             bob = next(iter(net.nodes["B"].links.values()))
             if relay_delay_ms > 0 or relay_rate_mbit > 0:  # the channel through the relay, afresh
@@ -169,15 +170,14 @@ async def demo_case(seconds: float, warmup: float, workers: int, clock_scale: fl
     """The 5-node demo network (in-process, nodes shared out over worker processes): each link's
     rate of stored key beside the analytic asymptotic rate for its loss at the clock it runs (at
     1 GHz, 2 cores cannot post-process what the short links detect; at a slower clock every link
-    keeps up and the ratio is the finite-key pipeline's share of the asymptotic rate). Nothing
-    drains the pools here: they may hold DEMO_POOL_KEYS keys, so that no link pauses for a full
-    one (the default 100,000 fill within ~30 s at 1 GHz)."""
+    keeps up and the ratio is the finite-key pipeline's share of the asymptotic rate). Its pools
+    may hold POOL_KEYS keys, as the link cases'."""
     from sdqkd.demo import DEFAULT_TOPOLOGY
     from sdqkd.engine import keyrate, profiles
     from sdqkd.harness.inprocess import start_network
 
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-demo-") as tmp:
-        topology = {**DEFAULT_TOPOLOGY, "settings": {**DEFAULT_TOPOLOGY.get("settings", {}), "max_key_count": DEMO_POOL_KEYS}}
+        topology = {**DEFAULT_TOPOLOGY, "settings": {**DEFAULT_TOPOLOGY.get("settings", {}), "max_key_count": POOL_KEYS}}
         net = await start_network(topology, Path(tmp), wait_keys=True, timeout=120, workers=workers,
                                   engine={"clock_scale": clock_scale})
         try:

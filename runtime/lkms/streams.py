@@ -639,7 +639,7 @@ class StreamManager:
 
     def _shortage(self, s: Stream) -> str:
         """Why no chunk came, as this end sees it."""
-        if s.same_node or s.twin is not None:
+        if s.same_node:
             return "no key for this node's pair of applications"
         if not s.owner:  # the stream's other end assigns the chunks
             return f"the peer's KMS assigned none (link {s.qkdl_id})"
