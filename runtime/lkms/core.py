@@ -52,6 +52,9 @@ class Limits:
     etsi014_max_connections: int = 256
     etsi014_idle_timeout_s: float = 15.0
     etsi014_handshake_timeout_s: float = 10.0
+    # a key the peer picked, not stored here yet, is waited for this long before it is refused
+    # (Core.keys_arrive; well below rpc_timeout_s, the peer's deadline for the request)
+    arrival_grace_s: float = 1.0
     # pool reconciliation (reconcile.py): keys younger than the grace are never judged stale
     reconcile_grace_s: float = 30.0
     reconcile_min_gap_s: float = 5.0  # one pass per link at most this often
@@ -211,6 +214,23 @@ class Core:
             return True
         except TimeoutError:
             return False
+
+    async def keys_arrive(self, qkdl_id: str, key_ids: Sequence[str]) -> bool:
+        """Whether every key of `key_ids` is stored here (in any state) within `arrival_grace_s`.
+        The two ends of a pool store the same key moments apart: a link's transmitter before its
+        receiver, a relay's far end before its source. A key the peer picked from its newest may
+        not be here yet; refused as unknown, the peer would erase its copy and this end would
+        store one that can never be used (the pools drift until a reconcile, and a relay source
+        that counts its own copies stops refilling the far end)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.limits.arrival_grace_s
+        while True:
+            unknown, _busy = await self.store.missing(qkdl_id, key_ids)
+            left = end - loop.time()
+            if not unknown or left <= 0:
+                return not unknown
+            key_ids = unknown
+            await self.wait_changed(qkdl_id, left)
 
     def pick_link(self, app: App) -> Link | None:
         """The backing link of `app` that is up and holds most available bits."""

@@ -63,6 +63,9 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
             bits = sizes.pop()
         res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
                                           request.master_sae_id, slaves)
+        if not res.ok and res.unknown and not res.busy and await core.keys_arrive(link.qkdl_id, res.unknown):
+            res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
+                                              request.master_sae_id, slaves)  # (a refusal changed nothing)
         if not res.ok:
             reason = refusal(res.unknown, res.busy, res.reason) if (res.unknown or res.busy) else res.reason
             return kms_pb2.ReserveResponse(ok=False, reason=reason)

@@ -154,11 +154,11 @@ def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
 
     with Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-distrito")) as d, \
             Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
-        # 30 s per GET_KEY, not the default 10: once in a full CI run (2 cores shared by five
-        # nodes and the suite) no relayed key reached this pair within 10 s; latency is not this
-        # test's subject, the keys' equality over the README's relayed pair is
-        ksid = d.open("sae-quijote", timeout_ms=30000)
-        assert q.open("sae-distrito", ksid, timeout_ms=30000) == ksid
+        # The stream's owner (Distrito) is the relay's far end: it picks keys its source
+        # (Quijote) may not hold yet, which Quijote waits for (docs/reliability.md). Refused at
+        # once, they starved this stream for its whole timeout in about half the runs.
+        ksid = d.open("sae-quijote")
+        assert q.open("sae-distrito", ksid) == ksid
         try:
             kd = [d.get_key(ksid)[1] for _ in range(50)]
             kq = [q.get_key(ksid)[1] for _ in range(50)]
