@@ -18,17 +18,19 @@ import pytest
 from lkmsnet import LoopThread, Net, Pki
 
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
+from sdqkd.lkms.core import Limits
 from sdqkd.lkms.store_api import KeyState
 
 S = pb.Status
 T = TypeVar("T")
 LATE_S = 0.3  # the other end stores the block this long after the picking end
+LIMITS = Limits(arrival_grace_s=3.0)  # (default 1 s) ample against LATE_S on a loaded machine
 
 
 @pytest.fixture
 def net(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     """A -- B with an empty pool; app a1 -> b1."""
-    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival"), {"A": ["a1"], "B": ["b1"]})
+    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival"), {"A": ["a1"], "B": ["b1"]}, limits=LIMITS)
     q = net.phys("A", "B")
     net.app("app1", ("a1", "A"), [("b1", "B")], q)
     yield net
@@ -110,7 +112,7 @@ def test_a_key_that_never_arrives_is_still_refused(net: Net) -> None:
 @pytest.fixture
 def chain(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     """A -- B -- C, virtual link A..C; the A-B pool empty, B-C fed."""
-    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival3"), {"A": ["a"], "B": [], "C": ["c"]})
+    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival3"), {"A": ["a"], "B": [], "C": ["c"]}, limits=LIMITS)
     net.phys("A", "B")
     net.phys("B", "C")
     net.feed("B", "C", 400)
