@@ -156,7 +156,7 @@ def test_etsi004_over_the_three_hop_relay(net: Net) -> None:
             Etsi004Client(SaeIdentity.from_endpoints(net.eps, "sae-quijote")) as q:
         # The stream's owner (Distrito) is the relay's far end: it picks keys its source
         # (Quijote) may not hold yet, which Quijote waits for (docs/reliability.md). Refused at
-        # once, they starved this stream for its whole timeout (2 of 4 runs of this module).
+        # once, they starved this stream for its whole timeout (3 of 5 runs of this module).
         ksid = d.open("sae-quijote")
         assert q.open("sae-distrito", ksid) == ksid
         try:
