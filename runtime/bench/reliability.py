@@ -338,7 +338,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench reliability")
     ap.add_argument("--rounds", type=int, default=30, help="SIGKILL rounds of the kill probe")
     ap.add_argument("--keys", type=int, default=0,
-                    help="keys fed to the pool (default 1,024 per round: the traffic takes ~140 per round "
+                    help="keys fed to the pool (default 1,024 per round: the traffic takes ~210 per round "
                          "on this machine, and the final comparison needs keys left)")
     ap.add_argument("--connections", type=int, default=2000, help="idle TLS connections to ETSI 014")
     ap.add_argument("--json", action="store_true")

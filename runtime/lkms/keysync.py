@@ -63,7 +63,7 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
             bits = sizes.pop()
         res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
                                           request.master_sae_id, slaves)
-        if not res.ok and res.unknown and not res.busy and await core.keys_arrive(link.qkdl_id, res.unknown):
+        if not res.ok and res.unknown and await core.keys_arrive(link.qkdl_id, res.unknown):
             res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
                                               request.master_sae_id, slaves)  # (a refusal changed nothing)
         if not res.ok:
