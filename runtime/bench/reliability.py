@@ -352,10 +352,12 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="sdqkd-idle-") as d:
         out["idle_uncapped"] = idle_connections(Path(d) / "uncapped", args.connections, cap=100_000, idle_s=3600)
     out["load"] = Path("/proc/loadavg").read_text().split()[:3]
+    k = out["kill"]
+    # the same verdict with or without --json: scripts that ask for JSON check the exit code too
+    ok = k["divergence"] == 0 and k["lost"] == 0 and k["mismatches"] == 0 and bool(k["pool_keys"])
     if args.json:
         print(json.dumps(out))
-        return 0
-    k = out["kill"]
+        return 0 if ok else 1
     print(f"kill probe: {k['rounds']} SIGKILL rounds, {k['enc_requests']} enc_keys requests, "
           f"{k['delivered_keys']} keys delivered, {k['checked_keys']} checked at the peer SAE: "
           f"{k['mismatches']} mismatches, {k['lost']} lost ({k['answer_lost']} served by a node killed "
@@ -373,4 +375,4 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {i['connections']} idle TLS connections: {i['handshakes_completed']} handshakes, "
               f"{i['still_open']} kept open; node RSS {i['rss_base_mb']} -> {i['rss_with_mb']} MB")
     print("load average:", " ".join(out["load"]))
-    return 0 if k["divergence"] == 0 and k["lost"] == 0 and k["mismatches"] == 0 and k["pool_keys"] else 1
+    return 0 if ok else 1

@@ -82,6 +82,25 @@ def test_etsi014_reserve_waits_for_the_slave_ends_copy(net: Net) -> None:
     assert a == b and len(a) == 2  # the two keys not delivered, at both ends: nothing erased at one end only
 
 
+def test_etsi014_reserve_refused_for_busy_and_unknown_keys_waits_for_the_unknown(net: Net) -> None:
+    """One key busy at B (reserved there for another transaction), four more stored at B late:
+    A's Reserve of all five is refused for the busy one, but only after B has waited for the
+    other four, so A keeps them (the master erases the keys named unknown, whatever else it is
+    told; before, this mixed refusal was answered at once and A lost four keys B then stored)."""
+    q = net.links[frozenset(("A", "B"))]
+    material, bid = os.urandom(32), str(uuid.uuid4())
+    (busy,) = block_at(net, "A", material, bid)
+    assert block_at(net, "B", material, bid) == [busy]
+    (got,) = net.run(net.nodes["B"].store.reserve_out(q, "other-txn", [1], 256, False))
+    assert got is not None and [k.key_id for k in got] == [busy]
+    r, late = while_b_stores_late(net, lambda: net.client("a1").get(net.url("A") + "/b1/enc_keys",
+                                                                    params={"number": 5}))
+    assert r.status_code == 503, r.text  # 4 keys left once the busy one is set aside
+    a, b = settled(net)
+    assert {k: a[k] for k in late} == {k: b[k] for k in late} == dict.fromkeys(late, KeyState.AVAILABLE)
+    assert (a[busy], b[busy]) == (KeyState.AVAILABLE, KeyState.RESERVED_OUT)
+
+
 def test_etsi004_assignment_waits_for_the_peers_copy(net: Net) -> None:
     ka, kb = net.kd("A", "a1"), net.kd("B", "b1")
     r = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(timeout=5000)))
