@@ -221,16 +221,24 @@ class Core:
         receiver, a relay's far end before its source. A key the peer picked from its newest may
         not be here yet; refused as unknown, the peer would erase its copy and this end would
         store one that can never be used (the pools drift until a reconcile, and a relay source
-        that counts its own copies stops refilling the far end)."""
+        that counts its own copies stops refilling the far end). Keys that can never arrive (of
+        a block stored here, taken or erased since: `KeyStore.gone`) are not waited for; the
+        answer is then False, but only once the others have arrived or the grace has passed, so
+        that the caller's refusal, asked afresh, names only keys that are really not coming."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.limits.arrival_grace_s
-        while True:
-            unknown, _busy = await self.store.missing(qkdl_id, key_ids)
+        waiting, _busy = await self.store.missing(qkdl_id, key_ids)
+        if not waiting:
+            return True
+        gone = set(await self.store.gone(qkdl_id, waiting))
+        waiting = [k for k in waiting if k not in gone]
+        while waiting:
             left = end - loop.time()
-            if not unknown or left <= 0:
-                return not unknown
-            key_ids = unknown
+            if left <= 0:
+                break
             await self.wait_changed(qkdl_id, left)
+            waiting, _busy = await self.store.missing(qkdl_id, waiting)
+        return not gone and not waiting
 
     def pick_link(self, app: App) -> Link | None:
         """The backing link of `app` that is up and holds most available bits."""

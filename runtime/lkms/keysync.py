@@ -63,9 +63,12 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
             bits = sizes.pop()
         res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
                                           request.master_sae_id, slaves)
-        if not res.ok and res.unknown and await core.keys_arrive(link.qkdl_id, res.unknown):
+        if not res.ok and res.unknown:
+            # asked afresh after the wait (a refusal changed nothing): keys that arrived meanwhile
+            # must not be named unknown, or the master would erase them
+            await core.keys_arrive(link.qkdl_id, res.unknown)
             res = await core.store.reserve_in(link.qkdl_id, request.txn_id, parts, bits,
-                                              request.master_sae_id, slaves)  # (a refusal changed nothing)
+                                              request.master_sae_id, slaves)
         if not res.ok:
             reason = refusal(res.unknown, res.busy, res.reason) if (res.unknown or res.busy) else res.reason
             return kms_pb2.ReserveResponse(ok=False, reason=reason)

@@ -80,10 +80,18 @@ CREATE INDEX IF NOT EXISTS keys_txn ON keys(txn) WHERE txn IS NOT NULL;
 CREATE INDEX IF NOT EXISTS keys_grp ON keys(grp, grp_pos) WHERE grp IS NOT NULL;
 CREATE INDEX IF NOT EXISTS keys_unconfirmed ON keys(reserved_at) WHERE state = 2 AND confirmed = 0;
 CREATE TABLE IF NOT EXISTS blocks(pid INTEGER NOT NULL, block_id TEXT NOT NULL, PRIMARY KEY(pid, block_id));
+-- the 10-byte ID prefix of each block stored (keys.key_id_prefix): a key of such a block that is
+-- not in the pool was taken or erased here and can never arrive (see `gone`); stores made before
+-- this table have no rows for their older blocks, whose keys are then treated as still to come
+CREATE TABLE IF NOT EXISTS block_prefixes(prefix BLOB NOT NULL, pid INTEGER NOT NULL,
+  PRIMARY KEY(prefix, pid)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox(txn TEXT NOT NULL, kind TEXT NOT NULL, qkdl_id TEXT NOT NULL,
   created REAL NOT NULL, PRIMARY KEY(txn, kind));
 CREATE TABLE IF NOT EXISTS tombstones(txn TEXT PRIMARY KEY, t REAL NOT NULL);
 """
+
+
+_PREFIX = 10  # bytes of a key ID that name its block (keys.key_id_prefix)
 
 
 def _b(key_id: str) -> bytes:
@@ -439,6 +447,7 @@ class SqliteKeyStore:
             return 0
         n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount
         tx.conn.execute("DELETE FROM blocks WHERE pid=?", (c.pid,))
+        tx.conn.execute("DELETE FROM block_prefixes WHERE pid=?", (c.pid,))
         tx.conn.execute("DELETE FROM pools WHERE pid=?", (c.pid,))
         # the link is gone for good: nothing of it is left to confirm or release
         tx.conn.execute("DELETE FROM outbox WHERE qkdl_id=?", (qkdl_id,))
@@ -484,6 +493,7 @@ class SqliteKeyStore:
         n = len(kids) // 16
         if not n:
             return
+        tx.conn.execute("INSERT OR IGNORE INTO block_prefixes VALUES(?,?)", (kids[:_PREFIX], pid))
         bits = size * 8
         # one statement for the whole block (see _INSERT_RUN): thousands of keys per block
         tx.conn.execute(_INSERT_RUN, (n, pid, kids, bits, material, size, size, time.time()))
@@ -905,6 +915,25 @@ class SqliteKeyStore:
             elif r[1] != AVAILABLE:
                 busy.append(k)
         return unknown, busy
+
+    async def gone(self, qkdl_id: str, key_ids: Sequence[str]) -> list[str]:
+        return await self._submit(self._gone, qkdl_id, list(key_ids))
+
+    def _gone(self, tx: _Tx, qkdl_id: str, key_ids: list[str]) -> list[str]:
+        c = self._by_id.get(qkdl_id)
+        out: list[str] = []
+        for k in key_ids:
+            try:
+                kid = _b(k)
+            except (ValueError, TypeError):
+                out.append(k)  # a malformed ID never arrives
+                continue
+            if c is None or tx.conn.execute("SELECT 1 FROM keys WHERE kid=? AND pid=?", (kid, c.pid)).fetchone():
+                continue
+            if tx.conn.execute("SELECT 1 FROM block_prefixes WHERE prefix=? AND pid=?",
+                               (kid[:_PREFIX], c.pid)).fetchone():
+                out.append(k)
+        return out
 
     # --- reconciliation --------------------------------------------------------------------
     async def available_ids(self, qkdl_id: str, created_before: float, after: int, limit: int

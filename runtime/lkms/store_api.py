@@ -171,6 +171,11 @@ class KeyStore(Protocol):
     async def missing(self, qkdl_id: str, key_ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """(unknown, busy): which of these keys the pool does not have / has but not AVAILABLE."""
 
+    async def gone(self, qkdl_id: str, key_ids: Sequence[str]) -> list[str]:
+        """Which of these keys the pool does not have and never will: keys of a block it stored
+        (add_block) that were taken or erased since, and malformed IDs. Any other key it does
+        not have may still arrive (the peer stored the block first)."""
+
     # --- reconciliation (both ends converge to the same pool) ------------------------------
     async def available_ids(self, qkdl_id: str, created_before: float, after: int, limit: int
                             ) -> tuple[list[str], int]:

@@ -25,14 +25,28 @@ S = pb.Status
 T = TypeVar("T")
 LATE_S = 0.3  # the other end stores the block this long after the picking end
 LIMITS = Limits(arrival_grace_s=3.0)  # (default 1 s) ample against LATE_S on a loaded machine
+GRACE_LONG_S = 20.0
+
+
+def _pair(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory, limits: Limits) -> Net:
+    """A -- B with an empty pool; app a1 -> b1."""
+    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival"), {"A": ["a1"], "B": ["b1"]}, limits=limits)
+    q = net.phys("A", "B")
+    net.app("app1", ("a1", "A"), [("b1", "B")], q)
+    return net
 
 
 @pytest.fixture
 def net(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
-    """A -- B with an empty pool; app a1 -> b1."""
-    net = Net(lt, tpki, tmp_path_factory.mktemp("arrival"), {"A": ["a1"], "B": ["b1"]}, limits=LIMITS)
-    q = net.phys("A", "B")
-    net.app("app1", ("a1", "A"), [("b1", "B")], q)
+    net = _pair(lt, tpki, tmp_path_factory, LIMITS)
+    yield net
+    net.close()
+
+
+@pytest.fixture
+def patient(lt: LoopThread, tpki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    """The pair with a grace far longer than any answer takes: a refusal that waited shows."""
+    net = _pair(lt, tpki, tmp_path_factory, Limits(arrival_grace_s=GRACE_LONG_S))
     yield net
     net.close()
 
@@ -99,6 +113,42 @@ def test_etsi014_reserve_refused_for_busy_and_unknown_keys_waits_for_the_unknown
     a, b = settled(net)
     assert {k: a[k] for k in late} == {k: b[k] for k in late} == dict.fromkeys(late, KeyState.AVAILABLE)
     assert (a[busy], b[busy]) == (KeyState.AVAILABLE, KeyState.RESERVED_OUT)
+
+
+def erased_at_b(net: Net, nkeys: int) -> list[str]:
+    """A block stored at both ends, then its keys erased at B only (as reconciliation or a crash
+    recovery may leave them): B held them and never will again."""
+    q = net.links[frozenset(("A", "B"))]
+    material, bid = os.urandom(nkeys * 32), str(uuid.uuid4())
+    ids = block_at(net, "A", material, bid)
+    assert block_at(net, "B", material, bid) == ids
+    assert net.run(net.nodes["B"].store.erase_available(q, ids)) == nkeys
+    return ids
+
+
+def test_a_key_the_slave_held_and_lost_is_refused_without_the_grace(patient: Net) -> None:
+    net = patient
+    ids = erased_at_b(net, 2)
+    t0 = time.monotonic()
+    r = net.client("a1").get(net.url("A") + "/b1/enc_keys", params={"number": 1})
+    assert r.status_code == 503, r.text
+    assert time.monotonic() - t0 < GRACE_LONG_S / 2  # answered at once, not after the grace
+    a, b = pools(net)
+    assert a == b == {}  # A erased the keys B refused: the pools agree
+    assert not set(ids) & set(a)
+
+
+def test_a_refusal_for_lost_keys_waits_for_the_late_ones_and_names_only_the_lost(patient: Net) -> None:
+    """One key B lost, one key B stores late: B waits for the late one, then refuses naming only
+    the lost one, so A keeps the late key (a refusal naming both would make A erase it)."""
+    net = patient
+    lost = erased_at_b(net, 1)
+    r, late = while_b_stores_late(net, lambda: net.client("a1").get(net.url("A") + "/b1/enc_keys",
+                                                                    params={"number": 2}), nkeys=1)
+    assert r.status_code == 503, r.text  # one key left once the lost one is erased
+    a, b = settled(net)
+    assert a == b == dict.fromkeys(late, KeyState.AVAILABLE)
+    assert not set(lost) & set(a)
 
 
 def test_etsi004_assignment_waits_for_the_peers_copy(net: Net) -> None:

@@ -51,6 +51,31 @@ def test_add_block_cuts_identically_and_ignores_repeats(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
+def test_gone_names_only_keys_that_can_never_arrive(tmp_path: Path) -> None:
+    """A key of a block this pool stored and no longer holds is gone for good; a key it never saw
+    may still arrive (the peer stored it first), a busy one is here; a malformed ID never comes."""
+    async def go() -> None:
+        a, b, _mat = await _pair(tmp_path, nkeys=4)
+        ids = derive_key_ids(Q, "blk-0", 4)
+        await a.take_keys(Q, ids[:1])
+        assert await a.erase_available(Q, ids[1:2]) == 1
+        assert (await a.reserve_out(Q, "t1", [1], 256, from_back=True))[0] is not None  # ids[3] busy
+        later = derive_key_ids(Q, "blk-1", 1)[0]  # a block the peer may store first
+        relayed = str(uuid.uuid4())  # a relay's random ID
+        assert await a.gone(Q, [*ids, later, relayed, "not-a-uuid"]) == [ids[0], ids[1], "not-a-uuid"]
+        assert await a.missing(Q, ids) == ([ids[0], ids[1]], [ids[3]])
+        assert await a.gone(str(uuid.uuid4()), ids) == []  # no such pool: nothing is known gone
+        assert await b.gone(Q, ids) == []
+        # a dropped pool forgets its blocks with its keys: created again, its keys may come again
+        await a.drop_pool(Q)
+        await a.ensure_pool(Q, "PHYS")
+        assert await a.gone(Q, ids) == []
+        await a.close()
+        await b.close()
+
+    asyncio.run(go())
+
+
 def test_reservation_roundtrip_with_composite_sizes(tmp_path: Path) -> None:
     async def go() -> None:
         a, b, _ = await _pair(tmp_path)
