@@ -227,6 +227,7 @@ class LogSection(Strict):
 class LkmsSection(Strict):
     etsi004_server: Etsi004Server = "h2"
     max_key_count: KeyCount | None = None  # keys a link's pool holds before its engine pauses; None: Limits' default
+    erase_deleted_links: bool = False  # a link deleted from the model takes its pool's keys with it
 
 
 class RestconfSection(Strict):

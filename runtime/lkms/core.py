@@ -55,6 +55,8 @@ class Limits:
     # a key the peer picked, not stored here yet, is waited for this long before it is refused
     # (Core.keys_arrive; well below rpc_timeout_s, the peer's deadline for the request)
     arrival_grace_s: float = 1.0
+    # a link deleted from the node's model erases its pool (docs/reliability.md: kept by default)
+    erase_deleted_links: bool = False
     # pool reconciliation (reconcile.py): keys younger than the grace are never judged stale
     reconcile_grace_s: float = 30.0
     reconcile_min_gap_s: float = 5.0  # one pass per link at most this often

@@ -37,6 +37,7 @@ class NodeConfig:
     engine: dict[str, Any] = field(default_factory=dict)
     etsi004_server: str = "h2"  # lkms.etsi004_server: "h2" (fast, default) or "grpcio"
     max_key_count: int | None = None  # lkms.max_key_count: keys per link pool before the engine pauses (None: Limits')
+    erase_deleted_links: bool = False  # lkms.erase_deleted_links: a link deleted from the model erases its pool
     peers: dict[str, str] = field(default_factory=dict)  # peer node ID -> name (for logs: link A-B)
     log_format: str = "text"  # `log: {format: text|json, level: INFO}`: to stdout either way
     log_level: str = "INFO"
@@ -153,6 +154,7 @@ def load_config(path: str | Path) -> NodeConfig:
         peer_listen=listens["peer"], bootstrap={k: base / f for k, f in model.bootstrap.items()},
         engine=model.engine.model_dump(exclude_none=True),
         etsi004_server=model.lkms.etsi004_server, max_key_count=model.lkms.max_key_count, peers=dict(model.peers),
+        erase_deleted_links=model.lkms.erase_deleted_links,
         log_format=model.log.format, log_level=model.log.level,
         etsi020_listen=listens["etsi020"], external_peers=externals, channel_listen=listens["channel"],
         applications=Settings(first_request_wait_s=model.applications.first_request_wait_s,

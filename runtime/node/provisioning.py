@@ -159,7 +159,8 @@ class NodeProvisioning(ModelHooks):
                 node.tree_of[old_eid] = sharing[0]
             else:
                 await self._stop_engine(old_eid)
-                await lkms.remove_link(old_eid, erase=False)
+                # kept unless the operator asks (docs/reliability.md, "A deleted link keeps its pool")
+                await lkms.remove_link(old_eid, erase=lkms.limits.erase_deleted_links)
                 node.tree_of.pop(old_eid, None)
             if new is None:
                 return

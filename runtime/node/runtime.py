@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -166,9 +167,8 @@ class NodeRuntime:
     @staticmethod
     def _limits(cfg: NodeConfig) -> Limits:
         """The LKMS limits the config names; the rest Limits' defaults."""
-        if cfg.max_key_count is None:
-            return Limits(etsi004_server=cfg.etsi004_server)
-        return Limits(etsi004_server=cfg.etsi004_server, max_key_count=cfg.max_key_count)
+        lim = Limits(etsi004_server=cfg.etsi004_server, erase_deleted_links=cfg.erase_deleted_links)
+        return lim if cfg.max_key_count is None else dataclasses.replace(lim, max_key_count=cfg.max_key_count)
 
     def link_stats(self, p: LinkParams, s: LinkStats, result: Any) -> None:
         tree_id = self.tree_of.get(p.qkdl_id, p.qkdl_id)  # the engine runs under the key association ID

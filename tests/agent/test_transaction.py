@@ -26,10 +26,10 @@ LINKS = "/qkd_node/qkd_links/qkd_link"
 EXT = "sdqkd-node-ext:sdqkd-link"
 
 
-def _config(tmp: Path, bootstrap: Path) -> NodeConfig:
+def _config(tmp: Path, bootstrap: Path, **kw: Any) -> NodeConfig:
     return NodeConfig(id=str(uuid.uuid4()), name="A", gnmi_listen="127.0.0.1:0", etsi014_listen="127.0.0.1:0",
                       etsi004_listen="127.0.0.1:0", data_dir=tmp / "A", tls=None, saes=[],
-                      bootstrap={"*": bootstrap}, engine={"clock_scale": 0.01})
+                      bootstrap={"*": bootstrap}, engine={"clock_scale": 0.01}, **kw)
 
 
 def _link(node_id: str, lid: str, **ext: Any) -> dict[str, Any]:
@@ -58,8 +58,8 @@ class Node:
         return {k[0] for k in self.rt.agent.root["qkd_node"].get("qkd_links", {}).get("qkd_link", {})}
 
 
-async def _start(tmp: Path, bootstrap: Path) -> Node:
-    rt = NodeRuntime(_config(tmp, bootstrap))
+async def _start(tmp: Path, bootstrap: Path, **kw: Any) -> Node:
+    rt = NodeRuntime(_config(tmp, bootstrap, **kw))
     addrs = await rt.start()
     return Node(rt, grpc.aio.insecure_channel(addrs["gnmi"]))
 
@@ -89,6 +89,32 @@ def test_refused_set_starts_no_engine_link_and_creates_no_pool(tmp_path: Path) -
             # the same Set without the bad link goes through and runs exactly that link
             await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(good, _link(me, good))]))
             assert node.tree_links() == {good} and set(node.rt.links) == {good} and node.pools() == {good}
+        finally:
+            await _stop(node)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("erase", [False, True])
+def test_a_deleted_link_keeps_its_pool_unless_configured_to_erase_it(tmp_path: Path, erase: bool) -> None:
+    """Deleted over gNMI, a link's keys stay in the store and are there again when the link
+    comes back; with `lkms.erase_deleted_links` they are erased with it (docs/reliability.md)."""
+    secret = tmp_path / "bootstrap"
+    secret.write_bytes(b"s" * 32)
+
+    async def main() -> None:
+        node = await _start(tmp_path, secret, erase_deleted_links=erase)
+        try:
+            me, lid = node.rt.cfg.id, str(uuid.uuid4())
+            body = {**_link(me, lid), "qkdl_enable": False}  # no engine: the test stores the keys
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(lid, body)]))
+            store = node.rt.require_lkms().store
+            ids = await store.add_block(lid, bytes(range(256)) * 4, 256, "blk-0")
+            await node.stub.Set(gnmi_pb2.SetRequest(delete=[P(f"{LINKS}[qkdl_id={lid}]")]))
+            assert node.rt.links == {} and lid not in node.rt.require_lkms().registry.links
+            assert node.pools() == (set() if erase else {lid})
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(lid, body)]))
+            assert set(await store.key_states(lid)) == (set() if erase else set(ids))
         finally:
             await _stop(node)
 

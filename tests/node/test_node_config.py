@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sdqkd.node.config import ConfigError, load_config
+from sdqkd.node.runtime import NodeRuntime
 
 GOOD = """\
 id: 0f5e8a4e-1111-4222-8333-444455556666
@@ -19,7 +20,7 @@ etsi004: {listen: "127.0.0.1:0"}
 data_dir: data
 saes: [{id: sae-a}]
 engine: {clock_scale: 0.5, cascade_variant: original}
-lkms: {etsi004_server: grpcio, max_key_count: 5000}
+lkms: {etsi004_server: grpcio, max_key_count: 5000, erase_deleted_links: true}
 peers: {0f5e8a4e-1111-4222-8333-444455556667: B}
 """
 
@@ -32,6 +33,7 @@ def test_good_config(tmp_path):
     assert cfg.engine == {"clock_scale": 0.5, "cascade_variant": "original"}
     assert cfg.etsi004_server == "grpcio" and cfg.max_key_count == 5000 and cfg.peers == {"0f5e8a4e-1111-4222-8333-444455556667": "B"}
     assert cfg.gnmi_mutual_tls is True and cfg.tls is None
+    assert cfg.erase_deleted_links is True and NodeRuntime._limits(cfg).erase_deleted_links is True
 
 
 @pytest.mark.parametrize("change, line, words", [
@@ -48,6 +50,7 @@ def test_good_config(tmp_path):
      "gnmi.listen: 10.1.2.3:0 is not a loopback address; without `tls` a node serves loopback only"),
     (lambda s: s.replace("grpcio", "grpc"), 9, "lkms.etsi004_server: must be one of 'h2' or 'grpcio', got 'grpc'"),
     (lambda s: s.replace("5000", "0"), 9, "lkms.max_key_count: must be >= 1, got 0"),
+    (lambda s: s.replace("links: true", "links: soon"), 9, "lkms.erase_deleted_links: must be true or false, got 'soon'"),
     (lambda s: s.replace("0f5e8a4e-1111-4222-8333-444455556666", "node-a"), 1, "id: 'node-a' is not a UUID"),
     (lambda s: s.replace("data_dir: data\n", ""), None, "data_dir: required"),
     (lambda s: s + "tls: {ca: ca.pem, cert: a.pem, key: a.key}\n", 11, "tls.ca: no such file"),
