@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -60,6 +61,7 @@ class NodeEndpoint:
     channel: str = ""  # the engines' classical channel (runtime/node/channel.py)
 
 
+EVENTS_KEPT = 1000  # Controller.events: the latest this many
 QOS_KEPT = ("max_bandwidth", "jitter", "ttl", "clients_shared_path_enable")  # app_qos carried to both ends
 
 
@@ -111,7 +113,10 @@ class Controller:
         self.apps: dict[str, AppRoute] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._lock = asyncio.Lock()  # provisioning steps run one at a time
-        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        # the latest events (registrations with their path, releases, reroutes, nodes up and down,
+        # alarms), for diagnostics and tests; bounded: an unbounded queue nobody read grew with
+        # every alarm for as long as the controller ran
+        self.events: deque[tuple[str, Any]] = deque(maxlen=EVENTS_KEPT)
 
     # ------------------------------------------------------------------ connections
 
@@ -293,7 +298,7 @@ class Controller:
                                          qos=qos_of(app.get("app_qos")))
             log.info("application %s registered by node %s: %s -> %s on that node", app_id, node, master,
                      ",".join(slaves))
-            await self.events.put(("app-registered", app_id))
+            self.events.append(("app-registered", (app_id, (node,))))
             return
         try:
             if not slaves:
@@ -302,7 +307,7 @@ class Controller:
                                             more_slaves=tuple(slaves[1:]), qos=app.get("app_qos"))
             log.info("application %s registered by node %s: %s -> %s over %s", app_id, node, master, slaves[0],
                      route.path)
-            await self.events.put(("app-registered", app_id))
+            self.events.append(("app-registered", (app_id, tuple(route.path))))
             return
         except ValueError as e:
             log.warning("application %s from node %s refused: %s", app_id, node, e)
@@ -347,7 +352,7 @@ class Controller:
                         with contextlib.suppress(grpc.aio.AioRpcError):
                             await self._client(n).delete_qkd_link(route.qkdl_id)
         log.info("application %s disconnected at node %s: released", app_id, node)
-        await self.events.put(("app-released", app_id))
+        self.events.append(("app-released", app_id))
 
     async def _adopt_apps(self, name: str) -> None:
         """Applications a previous controller provisioned (this one restarted since): their
@@ -412,7 +417,7 @@ class Controller:
                     new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
                 except RuntimeError as e:
                     log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
-                    await self.events.put(("unroutable", route.app_id))
+                    self.events.append(("unroutable", route.app_id))
                     continue
                 stale = [n for n in route.path if n not in new.path and self.nodes[n].up]
                 for n in stale:
@@ -426,7 +431,7 @@ class Controller:
                 self.apps[route.app_id] = new
                 log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
                          "-".join(new.path), reason)
-                await self.events.put(("rerouted", route.app_id))
+                self.events.append(("rerouted", route.app_id))
 
     # ------------------------------------------------------------------ monitoring
 
@@ -443,9 +448,9 @@ class Controller:
                         first = not view.seen
                         view.up = view.seen = True
                         backoff = 0.2
-                        await self.events.put(("node-up", name))
+                        self.events.append(("node-up", name))
                         if came_back:
-                            self._tasks.append(asyncio.create_task(self._node_back(name)))
+                            self._spawn(self._node_back(name))
                         if first:
                             self._spawn(self._adopt_apps(name))
                     elif resp.HasField("update"):
@@ -478,7 +483,7 @@ class Controller:
                 if lid in self.router.links:
                     self._update_router(lid)
             elif names and names[0] in ("sdqkdn_link_down", "alarm"):
-                self.events.put_nowait((names[0], v))
+                self.events.append((names[0], v))
             elif names and names[0] == "sdqkdn_application_new":
                 self._spawn(self._application_new(name, v))
             elif names and names[0] == "sdqkdn_application_disconnected":
@@ -502,11 +507,11 @@ class Controller:
         stored = [float(v.store.get(lid, {}).get("stored-bits", 0) or 0) for v in (a, b)]
         ls.stored_bits = min(stored)
         if was and not ls.up:
-            asyncio.get_running_loop().create_task(self._reroute(f"link {ls.a}-{ls.b} down"))
+            self._spawn(self._reroute(f"link {ls.a}-{ls.b} down"))  # (held: the loop keeps only weak references)
 
     async def _node_lost(self, name: str) -> None:
         log.warning("node %s lost", name)
-        await self.events.put(("node-down", name))
+        self.events.append(("node-down", name))
         for link in self.topo.links:
             if name in link.ends:
                 self.router.links[link.id].up = False
