@@ -33,6 +33,11 @@ ENCODINGS: dict[int, bool] = {gnmi_pb2.JSON: False, gnmi_pb2.JSON_IETF: True}
 GET_TYPES = {gnmi_pb2.GetRequest.ALL: ds.ALL, gnmi_pb2.GetRequest.CONFIG: ds.CONFIG,
              gnmi_pb2.GetRequest.STATE: ds.STATE, gnmi_pb2.GetRequest.OPERATIONAL: ds.STATE}
 MIN_SAMPLE_NS = 10_000_000  # sample_interval 0 = "as fast as the target can": 10 ms here
+# responses of one STREAM subscription waiting for the client to read them. Bounded, so that a
+# client that stops reading backs up into its bounded change queue (subscriptions.StreamSub),
+# whose overflow cuts it off; unbounded, the pump moved every change on into this queue and a
+# stalled collector made the node's memory grow for as long as it stayed connected.
+OUT_RESPONSES = 8
 _RESULT_OP = {"delete": gnmi_pb2.UpdateResult.DELETE, "replace": gnmi_pb2.UpdateResult.REPLACE,
               "update": gnmi_pb2.UpdateResult.UPDATE}
 
@@ -323,7 +328,7 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
     async def _stream(self, requests: AsyncIterator[gnmi_pb2.SubscribeRequest],
                       subs: list[tuple[Resolved, gnmi_pb2.Subscription]], sl: gnmi_pb2.SubscriptionList,
                       ietf: bool, prefix: gnmi_pb2.Path | None) -> AsyncIterator[gnmi_pb2.SubscribeResponse]:
-        out: asyncio.Queue[gnmi_pb2.SubscribeResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[gnmi_pb2.SubscribeResponse | None] = asyncio.Queue(maxsize=OUT_RESPONSES)
         on_change = [(r, s) for r, s in subs if s.mode in (gnmi_pb2.ON_CHANGE, gnmi_pb2.TARGET_DEFINED)]
         sampled = [(r, s) for r, s in subs if s.mode == gnmi_pb2.SAMPLE]
         stream_sub = StreamSub(patterns=[r.elems for r, _s in on_change])

@@ -180,6 +180,32 @@ def test_thousand_open_streams_do_not_block_get_and_set():
     run(main())
 
 
+def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered():
+    """A STREAM client that never reads past sync_response: its responses back up into its
+    bounded change queue, which overflows (the subscription is cut off) instead of the node
+    queueing every change for it; before, its response queue took them all."""
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        call = stub.Subscribe(sub_req("/alarm"))
+        assert (await call.read()).sync_response
+        (sub,) = agent.hub._subs
+        alarm = {"link": {"qkdl_id": str(uuid.uuid4()), "message": "x" * 2000,
+                          "severity": "etsi-qkd-node-types:MINOR"}}
+        sent = 0
+        while not sub.overflowed and sent < 200_000:  # (the transport's buffers take some MB first)
+            for _ in range(100):
+                agent.state.notify("alarm", alarm)
+            sent += 100
+            await asyncio.sleep(0)  # the pump and the server run between bursts
+        assert sub.overflowed, f"{sent} changes queued for a client that reads nothing"
+        call.cancel()
+        await ch.close()
+        await server.stop(None)
+
+    run(main())
+
+
 def test_plain_text_only_on_loopback():
     async def main():
         with pytest.raises(ValueError, match="loopback"):
