@@ -194,12 +194,14 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     ca_rel = posixpath.join(layout.ca_dir, "ca.pem")
     b.files[ca_rel] = File(ca.cert_pem)
     b.files[posixpath.join(layout.ca_dir, "ca.key")] = File(ca.key_pem, secret=True)
-    password = secrets.token_urlsafe(18)
+    # hex, not token_urlsafe: a secret that begins with "-" is taken for an option when passed as
+    # a bare argument (`pygnmicli -p $(cat gnmi-password)` in the quickstart failed so, 1 run in 64)
+    password = secrets.token_hex(18)
     pw_rel = posixpath.join(layout.controller_pki, "gnmi-password")
     b.files[pw_rel] = File(password.encode(), secret=True)
     # the bearer token of the controller's northbound API (runtime/controller/service.py)
     token_rel = posixpath.join(layout.controller_pki, "northbound-token")
-    b.files[token_rel] = File(secrets.token_urlsafe(32).encode(), secret=True)
+    b.files[token_rel] = File(secrets.token_hex(32).encode(), secret=True)
     ctl_cert, ctl_key = issue(ca, CONTROLLER_CN, server=False)
     ctl_ca = posixpath.join(layout.controller_pki, "ca.pem")  # the controller's directory stands alone
     b.files[ctl_ca] = File(ca.cert_pem)

@@ -36,6 +36,9 @@ def test_prepared_state_dir_keeps_every_secret_private_whatever_the_umask(tmp_pa
         text = Path(nd["config"]).read_text()
         assert password not in text  # the config names the password file
         assert load_config(nd["config"]).users == {"sdqkd": password}, name
+    # usable as a bare command-line argument (never an option's "-" in front, no shell metacharacter)
+    token = Path(desc["controller"]["token_file"]).read_text()
+    assert password.isalnum() and token.isalnum() and len(password) >= 24 and len(token) >= 43
 
 
 def test_exposed_finds_what_is_readable(tmp_path: Path) -> None:
