@@ -247,8 +247,11 @@ def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> 
     r, c1, c3 = net.run(go())
     assert c1.json()["keys"] == c3.json()["keys"] == r.json()["keys"]
     ctl = net.net.controller
-    route = ctl.apps[app_id_for("sae-a2", ["sae-c", "sae-c3"])]  # type: ignore[union-attr]
-    assert route.more_slaves == ["sae-c3"] and route.path == ["A", "B", "C"]
+    assert ctl is not None
+    app_id = app_id_for("sae-a2", ["sae-c", "sae-c3"])  # one app, named by its master and all its slaves
+    assert ("app-registered", (app_id, ("A", "B", "C"))) in ctl.events
+    route = ctl.apps.get(app_id)  # (unless it already idled out: 1 s in this topology)
+    assert route is None or route.more_slaves == ["sae-c3"]
 
 
 def test_wait_is_bounded_then_503_being_set_up(net: Loop) -> None:
