@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from sdqkd.errors import SdqkdError
+from sdqkd.lkms.keys import LinkKey
 from sdqkd.lkms.locate import Directory, locate
 from sdqkd.lkms.peers import PeerClients
 from sdqkd.lkms.registry import App, Link, Registry
@@ -241,6 +242,15 @@ class Core:
             await self.wait_changed(qkdl_id, left)
             waiting, _busy = await self.store.missing(qkdl_id, waiting)
         return not gone and not waiting
+
+    async def take_arrived(self, qkdl_id: str, key_ids: Sequence[str], delivered: bool = False
+                           ) -> list[LinkKey] | None:
+        """`KeyStore.take_keys`, once more after waiting for keys the peer picked that are not
+        stored here yet (keys_arrive); None if some are still missing or busy."""
+        taken = await self.store.take_keys(qkdl_id, key_ids, delivered)
+        if taken is None and await self.keys_arrive(qkdl_id, key_ids):
+            taken = await self.store.take_keys(qkdl_id, key_ids, delivered)
+        return taken
 
     def pick_link(self, app: App) -> Link | None:
         """The backing link of `app` that is up and holds most available bits."""

@@ -571,9 +571,7 @@ class Relay:
                     spawn: Spawn, handed: list[bool]) -> Reply:
         """Take the pads, check the tag, recover the keys; store them (far end) or pass them on."""
         core = self.core
-        taken = await core.store.take_keys(hop.qkdl_id, ids)
-        if taken is None and await core.keys_arrive(hop.qkdl_id, ids):
-            taken = await core.store.take_keys(hop.qkdl_id, ids)
+        taken = await core.take_arrived(hop.qkdl_id, ids)
         if taken is None:
             unknown, busy = await core.store.missing(hop.qkdl_id, ids)
             return _refuse("insufficient key material", "insufficient_key_material",

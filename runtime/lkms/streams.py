@@ -512,12 +512,9 @@ class StreamManager:
         if s.owner or req.index != s.assigned:
             return kms_pb2.TxnResponse(ok=False, reason="assignment out of order")
         ids = [k.key_id for k in req.keys]
-        store = self.core.store
-        taken = await store.take_keys(s.qkdl_id, ids, delivered=True)
-        if taken is None and await self.core.keys_arrive(s.qkdl_id, ids):
-            taken = await store.take_keys(s.qkdl_id, ids, delivered=True)
+        taken = await self.core.take_arrived(s.qkdl_id, ids, delivered=True)
         if taken is None:
-            unknown, busy = await store.missing(s.qkdl_id, ids)
+            unknown, busy = await self.core.store.missing(s.qkdl_id, ids)
             return kms_pb2.TxnResponse(ok=False, reason=refusal(unknown, busy))
         sizes = [k.bits for k in taken]
         groups = group_parts(sizes, s.chunk_bits)
