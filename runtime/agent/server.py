@@ -354,6 +354,10 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
             while True:
                 queued = await out.get()
                 if queued is None:
+                    if stream_sub.overflowed:  # the client learns why, after what was queued for it
+                        raise GnmiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"subscription cut off: the client fell more than "
+                                        f"{stream_sub.queue.maxsize} changes behind; subscribe again")
                     return
                 yield queued
         finally:

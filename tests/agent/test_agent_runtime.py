@@ -183,25 +183,35 @@ def test_thousand_open_streams_do_not_block_get_and_set():
 def test_a_subscriber_that_stops_reading_is_cut_off_not_buffered():
     """A STREAM client that never reads past sync_response: its responses back up into its
     bounded change queue, which overflows (the subscription is cut off) instead of the node
-    queueing every change for it; before, its response queue took them all."""
+    queueing every change for it; before, its response queue took them all. When it reads again
+    it gets what was queued, then RESOURCE_EXHAUSTED (before: the stream ended with OK)."""
     async def main():
         agent = NodeAgent(str(uuid.uuid4()))
         server, ch, stub = await serve(agent)
-        call = stub.Subscribe(sub_req("/alarm"))
-        assert (await call.read()).sync_response
-        (sub,) = agent.hub._subs
-        alarm = {"link": {"qkdl_id": str(uuid.uuid4()), "message": "x" * 2000,
-                          "severity": "etsi-qkd-node-types:MINOR"}}
-        sent = 0
-        while not sub.overflowed and sent < 200_000:  # (the transport's buffers take some MB first)
-            for _ in range(100):
-                agent.state.notify("alarm", alarm)
-            sent += 100
-            await asyncio.sleep(0)  # the pump and the server run between bursts
-        assert sub.overflowed, f"{sent} changes queued for a client that reads nothing"
-        call.cancel()
-        await ch.close()
-        await server.stop(None)
+        try:
+            call = stub.Subscribe(sub_req("/alarm"))
+            assert (await call.read()).sync_response
+            (sub,) = agent.hub._subs
+            alarm = {"link": {"qkdl_id": str(uuid.uuid4()), "message": "x" * 2000,
+                              "severity": "etsi-qkd-node-types:MINOR"}}
+            sent = 0
+            while not sub.overflowed and sent < 200_000:  # (the transport's buffers take some MB first)
+                for _ in range(100):
+                    agent.state.notify("alarm", alarm)
+                sent += 100
+                await asyncio.sleep(0)  # the pump and the server run between bursts
+            assert sub.overflowed, f"{sent} changes queued for a client that reads nothing"
+            # reading again, it gets what was queued, then a status that says why the stream ended
+            got = 0
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                while (await asyncio.wait_for(call.read(), 10)) is not grpc.aio.EOF:
+                    got += 1
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+            assert "cut off" in e.value.details() and "10000 changes behind" in e.value.details()
+            assert 0 < got < sent
+        finally:  # a failure here must not leave the server running (the process would hang)
+            await ch.close()
+            await server.stop(None)
 
     run(main())
 
