@@ -44,9 +44,10 @@ def derive_key_blobs(qkdl_id: str, block_id: str, count: int) -> bytes:
     """The same IDs in their 16-byte form, concatenated (as the key store keeps them)."""
     if count <= 0:
         return b""
-    out = bytearray((key_id_prefix(qkdl_id, block_id, count) + bytes(6)) * count)
+    index_bytes = 16 - KEY_ID_PREFIX_BYTES
+    out = bytearray((key_id_prefix(qkdl_id, block_id, count) + bytes(index_bytes)) * count)
     j = 0
-    while j < 6 and 256**j < count:  # index byte j (least significant first), set for every ID at once
+    while j < index_bytes and 256**j < count:  # index byte j (least significant first), set for every ID at once
         out[15 - j::16] = _index_byte_column(count, j)
         j += 1
     return bytes(out)
@@ -60,11 +61,14 @@ def _index_byte_column(count: int, j: int) -> bytes:
     return b"".join([bytes([v & 255]) * run for v in range(-(-count // run))])[:count]
 
 
+KEY_ID_PREFIX_BYTES = 10  # of a 16-byte key ID, those that name its block; the rest are its index
+
+
 def key_id_prefix(qkdl_id: str, block_id: str, count: int) -> bytes:
-    """The first 10 bytes of every key ID of a block (see derive_key_ids)."""
-    if count >= 1 << 48:
+    """The first KEY_ID_PREFIX_BYTES of every key ID of a block (see derive_key_ids)."""
+    if count >= 1 << (8 * (16 - KEY_ID_PREFIX_BYTES)):
         raise ValueError("block too large")
-    h = bytearray(hashlib.sha256(f"sdqkd-key-id/{qkdl_id}/{block_id}".encode()).digest()[:10])
+    h = bytearray(hashlib.sha256(f"sdqkd-key-id/{qkdl_id}/{block_id}".encode()).digest()[:KEY_ID_PREFIX_BYTES])
     h[6] = (h[6] & 0x0F) | 0x80  # version 8
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 9562 variant
     return bytes(h)

@@ -33,7 +33,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sdqkd.lkms.keys import AppKey, LinkKey, derive_key_blobs, group_parts, join_parts, key_id_strings
+from sdqkd.lkms.keys import (
+    KEY_ID_PREFIX_BYTES,
+    AppKey,
+    LinkKey,
+    derive_key_blobs,
+    group_parts,
+    join_parts,
+    key_id_strings,
+)
 from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
@@ -80,7 +88,7 @@ CREATE INDEX IF NOT EXISTS keys_txn ON keys(txn) WHERE txn IS NOT NULL;
 CREATE INDEX IF NOT EXISTS keys_grp ON keys(grp, grp_pos) WHERE grp IS NOT NULL;
 CREATE INDEX IF NOT EXISTS keys_unconfirmed ON keys(reserved_at) WHERE state = 2 AND confirmed = 0;
 CREATE TABLE IF NOT EXISTS blocks(pid INTEGER NOT NULL, block_id TEXT NOT NULL, PRIMARY KEY(pid, block_id));
--- the 10-byte ID prefix of each block stored (keys.key_id_prefix): a key of such a block that is
+-- the ID prefix of each block stored (keys.KEY_ID_PREFIX_BYTES): a key of such a block that is
 -- not in the pool was taken or erased here and can never arrive (see `gone`); stores made before
 -- this table have no rows for their older blocks, whose keys are then treated as still to come
 CREATE TABLE IF NOT EXISTS block_prefixes(prefix BLOB NOT NULL, pid INTEGER NOT NULL,
@@ -89,9 +97,6 @@ CREATE TABLE IF NOT EXISTS outbox(txn TEXT NOT NULL, kind TEXT NOT NULL, qkdl_id
   created REAL NOT NULL, PRIMARY KEY(txn, kind));
 CREATE TABLE IF NOT EXISTS tombstones(txn TEXT PRIMARY KEY, t REAL NOT NULL);
 """
-
-
-_PREFIX = 10  # bytes of a key ID that name its block (keys.key_id_prefix)
 
 
 def _b(key_id: str) -> bytes:
@@ -493,7 +498,7 @@ class SqliteKeyStore:
         n = len(kids) // 16
         if not n:
             return
-        tx.conn.execute("INSERT OR IGNORE INTO block_prefixes VALUES(?,?)", (kids[:_PREFIX], pid))
+        tx.conn.execute("INSERT OR IGNORE INTO block_prefixes VALUES(?,?)", (kids[:KEY_ID_PREFIX_BYTES], pid))
         bits = size * 8
         # one statement for the whole block (see _INSERT_RUN): thousands of keys per block
         tx.conn.execute(_INSERT_RUN, (n, pid, kids, bits, material, size, size, time.time()))
@@ -931,7 +936,7 @@ class SqliteKeyStore:
             if c is None or tx.conn.execute("SELECT 1 FROM keys WHERE kid=? AND pid=?", (kid, c.pid)).fetchone():
                 continue
             if tx.conn.execute("SELECT 1 FROM block_prefixes WHERE prefix=? AND pid=?",
-                               (kid[:_PREFIX], c.pid)).fetchone():
+                               (kid[:KEY_ID_PREFIX_BYTES], c.pid)).fetchone():
                 out.append(k)
         return out
 
