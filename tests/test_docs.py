@@ -49,6 +49,14 @@ def test_every_subcommand_is_in_the_cli_page():
             assert f"`{cmd}" in page, cmd
 
 
+def test_every_benchmark_is_named_in_the_cli_page():
+    from sdqkd import bench
+
+    row = next(line for line in (ROOT / "docs" / "cli.md").read_text().splitlines() if "`sdqkd bench [NAME" in line)
+    missing = [name for name in bench.available() if f"`{name}`" not in row]
+    assert not missing, f"docs/cli.md's `sdqkd bench` row lacks {missing}"
+
+
 def test_no_page_points_at_files_users_do_not_have():
     for page in PAGES:
         text = page.read_text()

@@ -23,6 +23,11 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
 6. `--memory`: peak memory of the 2-node process per block size (linear in block size?).
 `--cascade-schedule`: Cascade's schedule in every case, the pipeline included (engine setting
 `cascade_schedule`; default the network's, balanced).
+Where the CPU goes, per block, in `pipeline` and `rtt*` cases (`cpu_ms_per_block`): the pipeline's
+stages (BlockResult.cpu: thread CPU of each step, both parties) and, for a link, its threads by
+role (event loop, engine threads, key stores, the rest); the verdict sets each link against its
+pipeline (`extra_cpu_ms_per_block_pairs`: the same stages costing more, and the work outside
+them; docs/link-cpu.md).
 Targets: CPU per Mbit <= 1.2x the pipeline; >= 0.95 of the clock's blocks; rate at RTT 5 ms >=
 0.9x and at 20 ms >= 0.7x the zero-latency rate.
 """
@@ -39,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +87,7 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, sched
     loss = km * 0.2
     n = pipeline.pulses_for(PROFILE, loss, block_bits)
     bits = 0
+    stages: dict[str, float] = {}
     cpu0 = time.process_time()
     for i in range(blocks):
         cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade,
@@ -89,9 +96,59 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, sched
         a, b = pipeline.run_local(cfg, Authenticator(BufferKeySource(secret), "alice", b"bench"),
                                   Authenticator(BufferKeySource(secret), "bob", b"bench"))
         bits += a.key_bits if a.status == "ok" and a.key == b.key else 0
+        _add(stages, a.cpu, b.cpu)
     cpu = time.process_time() - cpu0
     return {"case": "pipeline", "blocks": blocks, "block_link_s": n / 1e9, "final_bits_per_block": bits / blocks,
-            "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None}
+            "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None,
+            "cpu_ms_per_block": {"total": _ms(cpu, blocks), "stages": {k: _ms(v, blocks) for k, v in stages.items()}}}
+
+
+def _add(into: dict[str, float], *parts: dict[str, float]) -> dict[str, float]:
+    for part in parts:
+        for k, v in part.items():
+            into[k] = into.get(k, 0.0) + v
+    return into
+
+
+def _ms(seconds: float, blocks: float) -> float:
+    return round(seconds * 1e3 / blocks, 1) if blocks else 0.0
+
+
+THREAD_ROLES = ("event_loop", "engine", "key_store", "other")
+
+
+def thread_role(tid: int, name: str, main_tid: int) -> str:
+    """A thread's role in a node process: the event loop (the main thread), the engine threads
+    (links.py's pool), the key stores' threads (store.py), or the rest (gRPC's core, helpers)."""
+    if tid == main_tid:
+        return "event_loop"
+    if name.startswith("engine"):
+        return "engine"
+    if name.startswith("keystore"):
+        return "key_store"
+    return "other"
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process's threads, by role (Linux /proc; the names come from
+    `threading`: Python 3.11 leaves OS thread names alone). A thread that ended takes its CPU
+    with it: compare snapshots of long-lived threads only."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(THREAD_ROLES, 0.0)
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # [11], [12]: utime, stime
+        except OSError:
+            continue  # ended meanwhile
+        tid = int(task.name)
+        out[thread_role(tid, names.get(tid, ""), os.getpid())] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _breakdown(links: list[EngineLink]) -> tuple[dict[str, float], dict[str, float]]:
+    """Threads' CPU by role and the pipeline stages' CPU (both ends' blocks that ended), so far."""
+    return thread_cpu(), _add({}, *(link.stats.stage_cpu_s for link in links))
 
 
 async def link_case(km: float, block_bits: float, cascade: str, seconds: float, warmup: float,
@@ -121,6 +178,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                     alice.session.conn.abort()
             await asyncio.sleep(warmup)
             s0 = await _after_blocks_end(alice)
+            t0, st0 = _breakdown([alice, bob])
             dropped0 = alice.stats.blocks_aborted + bob.stats.blocks_aborted
             in_flight = []
             end = s0[0] + seconds
@@ -129,6 +187,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                 await asyncio.sleep(0.1)
                 in_flight.append(bob.session.in_flight if bob.session else 0)
             s1 = await _after_blocks_end(alice)
+            t1, st1 = _breakdown([alice, bob])
             dropped = alice.stats.blocks_aborted + bob.stats.blocks_aborted - dropped0
             cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
             sess = bob.session
@@ -144,6 +203,9 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
     return {"case": f"rtt{2 * relay_delay_ms:g}", "seconds": round(wall, 1), "final_bits": bits,
             "rate_bps": bits / wall, "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None,
             "blocks": blocks, "clock_blocks": wall / d, "of_clock": blocks / (wall / d),
+            "cpu_ms_per_block": {"total": _ms(cpu, blocks),
+                                 "threads": {k: _ms(t1[k] - t0[k], blocks) for k in THREAD_ROLES},
+                                 "stages": {k: _ms(v - st0.get(k, 0.0), blocks) for k, v in st1.items()}},
             "max_in_flight": max(in_flight, default=0), "rtt_ms": round(rtt * 1e3, 2),
             "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1),
             "blocks_without_key": dropped}
@@ -335,6 +397,19 @@ def main(argv: list[str]) -> int:
     return 0 if res["ok"] else 1
 
 
+def extra_cpu(pipe: dict[str, Any], link: dict[str, Any]) -> dict[str, float]:
+    """Where a link's CPU per block exceeds its pipeline's: the same stages (Cascade apart) costing
+    more, and the work outside them (the channel, sessions, key stores, telemetry; less the
+    pipeline's own unstaged rest, its message loop: a few ms)."""
+    p, k = pipe["cpu_ms_per_block"], link["cpu_ms_per_block"]
+    ps, ks = p["stages"], k["stages"]
+    cascade = ks.get("cascade", 0.0) - ps.get("cascade", 0.0)
+    stages = sum(ks.values()) - sum(ps.values()) - cascade
+    total = k["total"] - p["total"]
+    return {"total": round(total, 1), "stages_but_cascade": round(stages, 1), "cascade": round(cascade, 1),
+            "outside_stages": round(total - stages - cascade, 1)}
+
+
 def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
     by = {c["case"]: c for c in cases}
     bases = [c for c in cases if c["case"] == "pipeline"]
@@ -345,6 +420,10 @@ def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
     if ratios:
         out["cpu_vs_pipeline"] = round(statistics.median(ratios), 2)
         out["cpu_vs_pipeline_pairs"] = [round(r, 3) for r in ratios]
+    extra = [extra_cpu(b, z) for b, z in zip(bases, zeros, strict=False)
+             if "cpu_ms_per_block" in b and "cpu_ms_per_block" in z]
+    if extra:
+        out["extra_cpu_ms_per_block_pairs"] = extra
     clock = [z["of_clock"] for z in zeros if z.get("of_clock") is not None]
     if clock:
         out["of_clock"] = round(min(clock), 3)  # every run must keep up

@@ -129,7 +129,10 @@ class BlockResult:
     channel_uses: int = 0
     auth_bits: int = 0
     estimate: Estimate | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
+    # CPU seconds per stage, of the thread that ran it (a step runs on one thread): what a stage
+    # costs when others compete for the cores; "auth" is the sealing of outgoing messages
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate_bps(self) -> float:
@@ -184,7 +187,7 @@ class _Party:
         self._reconciler = reconciler
         self.result = BlockResult(self.role, duration_s=config.duration_s)
         self._expect: frozenset[int] = frozenset()
-        self._t0 = time.perf_counter()
+        self._mark()
 
     @property
     def reconciler(self) -> Any:
@@ -192,15 +195,22 @@ class _Party:
             self._reconciler = _default_reconciler()
         return self._reconciler
 
+    def _mark(self) -> None:
+        """A step begins: stages are timed from here (each step runs wholly on one thread)."""
+        self._t0, self._c0 = time.perf_counter(), time.thread_time()
+
     def _lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.result.timings[stage] = self.result.timings.get(stage, 0.0) + now - self._t0
-        self._t0 = now
+        now, cpu = time.perf_counter(), time.thread_time()
+        r = self.result
+        r.timings[stage] = r.timings.get(stage, 0.0) + now - self._t0
+        r.cpu[stage] = r.cpu.get(stage, 0.0) + cpu - self._c0
+        self._t0, self._c0 = now, cpu
 
     def _frame(self, kind: int, payload: bytes = b"") -> bytes:
         defer = kind == CASCADE and self.config.defer_cascade_auth
         frame = self.auth.seal(bytes([kind]) + payload, defer=defer)
         self.result.auth_bits = self.auth.consumed_bits
+        self._lap("auth")
         return frame
 
     @property
@@ -211,7 +221,7 @@ class _Party:
     def _open(self, frame: bytes | bytearray) -> tuple[int, bytes]:
         if self.finished:
             raise ProtocolError("block already finished")
-        self._t0 = time.perf_counter()
+        self._mark()
         data = self.auth.open(frame)
         self.result.auth_bits = self.auth.consumed_bits
         if not data:
@@ -238,6 +248,7 @@ class _Party:
     def abandon(self, reason: str) -> bytes:
         """End the block here without key (whatever step it reached) and give the ABORT frame
         that tells the peer; a key computed but not yet confirmed to the peer is dropped."""
+        self._mark()  # a step of its own, on whichever thread calls it
         return self._stop("discarded", reason)
 
     def _on_abort(self, payload: bytes) -> None:
@@ -400,7 +411,7 @@ class BobBlock(_Party):
 
     def start(self) -> bytes:
         c = self.config
-        self._t0 = time.perf_counter()
+        self._mark()
         self._view = sim.bob_view(self.link, c.seed, c.n_pulses, self.eve)
         self.result.detections = self._view.n_det
         self._lap("sim")

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdqkd.engine import pipeline
@@ -89,6 +89,8 @@ class LinkStats:
     auth_bps: float = 0.0
     last_abort: str = ""
     status: str = "PENDING"
+    # CPU seconds per pipeline stage of every block that ended here (BlockResult.cpu), summed
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -145,6 +147,8 @@ class EngineLink:
     def report(self, result: pipeline.BlockResult, stored_bits: int, wall_s: float) -> None:
         """One block ended at this end: `stored_bits` of key went to the store (0: none)."""
         s = self.stats
+        for stage, cpu in result.cpu.items():
+            s.stage_cpu_s[stage] = s.stage_cpu_s.get(stage, 0.0) + cpu
         if not math.isnan(result.qber):
             s.qber = result.qber
         if stored_bits:

@@ -6,6 +6,7 @@ import importlib
 import math
 import random
 import threading
+import time
 
 import pytest
 
@@ -176,6 +177,31 @@ def test_parties_over_a_loopback_transport_in_threads():
     rb = pipeline.drive_bob(bob, tb, timeout=60)
     t.join(60)
     assert box["a"].status == rb.status == "ok" and box["a"].key == rb.key
+
+
+def test_stage_cpu_is_the_thread_cpu_of_each_step():
+    """BlockResult.cpu: each stage's CPU on the thread that ran it, not the process's: a thread
+    spinning beside the block (as the event loop and the other engine threads do in a node) adds
+    nothing to it, and the stages cover the block's work."""
+    cfg = BlockConfig("commercial", 8.0, 200_000_000, seed=18)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        t, p = time.thread_time(), time.process_time()
+        ra, rb = run(cfg)
+        mine, process = time.thread_time() - t, time.process_time() - p
+    finally:
+        stop.set()
+        spinner.join()
+    assert process > 1.3 * mine  # the spinner did run beside the block
+    staged = 0.0
+    for r in (ra, rb):
+        assert r.status == "ok"
+        assert set(r.cpu) == set(r.timings) and {"sim", "sift", "cascade", "pa", "auth"} <= set(r.cpu)
+        assert all(v >= 0 for v in r.cpu.values())
+        staged += sum(r.cpu.values())
+    assert 0.8 * mine <= staged <= mine + 0.005, (staged, mine, process)
 
 
 def test_light_marks_exactly_the_cascade_frames():

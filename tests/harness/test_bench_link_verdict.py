@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sdqkd.bench.link import _verdict
+import threading
+import time
+
+from sdqkd.bench.link import _verdict, extra_cpu, thread_cpu, thread_role
 
 
 def _pair(pipe: float, link: float, of_clock: float = 1.0, rate: float = 900e3) -> list[dict[str, object]]:
@@ -25,3 +28,44 @@ def test_one_pair_over_the_limit_fails_alone_and_a_store_mismatch_fails_any() ->
     assert not _verdict(_pair(0.25, 0.31))["ok"]  # 1.24x
     bad = [*_pair(0.25, 0.26), {"case": "rtt20", "rate_bps": 900e3, "stores_equal": False}]
     assert not _verdict(bad)["ok"]
+
+
+def _costs(total: float, stages: dict[str, float], threads: dict[str, float] | None = None) -> dict[str, object]:
+    return {"total": total, "stages": stages, **({"threads": threads} if threads else {})}
+
+
+def test_the_extra_cpu_of_a_link_splits_into_its_stages_cascade_and_the_rest() -> None:
+    pipe = {"case": "pipeline", "cpu_s_per_mbit": 0.35,
+            "cpu_ms_per_block": _costs(480.0, {"sim": 225.0, "cascade": 57.0, "pa": 90.0, "auth": 40.0, "sift": 64.0})}
+    link = {"case": "rtt0", "cpu_s_per_mbit": 0.44, "of_clock": 1.0, "rate_bps": 9e5, "stores_equal": True,
+            "cpu_ms_per_block": _costs(600.0, {"sim": 230.0, "cascade": 73.0, "pa": 91.0, "auth": 34.0, "sift": 67.0},
+                                       {"event_loop": 146.0, "engine": 424.0, "key_store": 27.0, "other": 3.0})}
+    assert extra_cpu(pipe, link) == {"total": 120.0, "stages_but_cascade": 3.0, "cascade": 16.0,
+                                     "outside_stages": 101.0}  # 495 - 476 - 16; 120 - 3 - 16
+    assert _verdict([pipe, link])["extra_cpu_ms_per_block_pairs"] == [extra_cpu(pipe, link)]
+    assert "extra_cpu_ms_per_block_pairs" not in _verdict(_pair(0.25, 0.26))  # older cases: no breakdown
+
+
+def test_threads_are_counted_by_role() -> None:
+    assert thread_role(7, "MainThread", 7) == "event_loop"
+    assert thread_role(8, "engine_0", 7) == "engine"
+    assert thread_role(9, "keystore:keys.sqlite", 7) == "key_store"
+    assert thread_role(10, "asyncio_0", 7) == thread_role(11, "", 7) == "other"
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        t = time.thread_time()
+        while time.thread_time() - t < 0.3 and not stop.is_set():
+            pass
+
+    before = thread_cpu()
+    worker = threading.Thread(target=spin, name="engine_test")
+    worker.start()
+    time.sleep(0.05)  # the thread is running: its CPU is read while it lives
+    worker_cpu = 0.0
+    while worker.is_alive():
+        worker_cpu = max(worker_cpu, thread_cpu()["engine"] - before["engine"])  # 0 once it ended
+        time.sleep(0.02)
+    stop.set()
+    assert worker_cpu >= 0.15  # /proc counts in ticks of 10 ms; the spinning thread's CPU is the engine's

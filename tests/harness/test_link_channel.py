@@ -337,6 +337,8 @@ def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Pat
         try:
             assert {n.alice.p.schedule, n.bob.p.schedule} == {schedule or "balanced"}
             await n.keys_after(2)
+            for end in (n.alice, n.bob):  # the blocks' stage CPU, summed per end (sdqkd bench link)
+                assert all(end.stats.stage_cpu_s.get(s, 0.0) > 0 for s in ("sim", "sift", "cascade", "pa"))
         finally:
             await n.net.stop()
         assert same_stores(state) > 0
