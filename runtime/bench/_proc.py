@@ -5,11 +5,14 @@ turn and time to stop its network and remove its own, instead of SIGKILL mid-run
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 
+TICKS = os.sysconf("SC_CLK_TCK")
 GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops within ~5 s)
 
 
@@ -53,3 +56,15 @@ def run_case(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]
                 raise
             raise
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def cpu_seconds(stat: Path) -> float:
+    """utime + stime (fields 14 and 15) of a /proc stat file: a process's (/proc/PID/stat) or one
+    of its threads' (/proc/PID/task/TID/stat), in seconds (ticks of 1/SC_CLK_TCK)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of process `pid`, all its threads."""
+    return cpu_seconds(Path(f"/proc/{pid}/stat"))

@@ -181,7 +181,7 @@ async def _throughput_procs(tmp: Path, seconds: float, batch: int, inflight: int
     """keys/s through one hop with each node in its own process (each with its own GIL, as
     deployed). The source runs here; its pads are cut from the same development feed."""
     from sdqkd import pki
-    from sdqkd.bench.kms import _cpu_s
+    from sdqkd.bench._proc import process_cpu_seconds
     from sdqkd.lkms.core import Limits
     from sdqkd.lkms.node import Lkms
     from sdqkd.lkms.serve import dev_block
@@ -206,7 +206,7 @@ async def _throughput_procs(tmp: Path, seconds: float, batch: int, inflight: int
         await src.relay.relay_batch(link, batch)  # warm (connections, versions)
         done = 0
         end = time.perf_counter() + seconds
-        t0, cpu0, far0 = time.perf_counter(), time.process_time(), _cpu_s(proc.pid)
+        t0, cpu0, far0 = time.perf_counter(), time.process_time(), process_cpu_seconds(proc.pid)
 
         async def worker() -> None:
             nonlocal done
@@ -216,7 +216,7 @@ async def _throughput_procs(tmp: Path, seconds: float, batch: int, inflight: int
 
         await asyncio.gather(*(worker() for _ in range(inflight)))
         dt = time.perf_counter() - t0
-        cpu = time.process_time() - cpu0 + _cpu_s(proc.pid) - far0
+        cpu = time.process_time() - cpu0 + process_cpu_seconds(proc.pid) - far0
         proc.terminate()
         await proc.wait()
         proc = None

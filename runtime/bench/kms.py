@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sdqkd.bench._proc import process_cpu_seconds
+
 TARGETS = {"enc_keys_per_s": 2000.0, "etsi004_keys_per_s": 20000.0, "relay_ms_per_hop": 5.0}
 
 
@@ -41,11 +43,6 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- two LKMS node processes ---------------------------------------------------------------
@@ -191,11 +188,11 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
     run = run_h2 if a.get("client", "h2") == "h2" else run_grpcio
     pids = a.get("pids", [])
     await run(min(n, 2000))  # warm-up
-    cpu0, c0 = [_cpu_s(p) for p in pids], time.process_time()
+    cpu0, c0 = [process_cpu_seconds(p) for p in pids], time.process_time()
     t0 = time.perf_counter()
     keys, idx, ok = await run(n)
     wall = time.perf_counter() - t0
-    cpu = sum(_cpu_s(p) - c for p, c in zip(pids, cpu0, strict=True))
+    cpu = sum(process_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True))
     client_cpu = time.process_time() - c0
     good = (ok and len(keys) == n and all(len(k) == a["chunk"] for k in keys) and len(set(keys)) == n
             and idx == list(range(idx[0], idx[0] + n)))
@@ -217,12 +214,12 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
 
 def _loadgen(kind: str, args: dict[str, Any], cpu_of: list[int]) -> tuple[dict[str, float], list[float]]:
     """Run a load generator in a separate process; also the CPU seconds the nodes used."""
-    before = [_cpu_s(p) for p in cpu_of]
+    before = [process_cpu_seconds(p) for p in cpu_of]
     out = subprocess.run([sys.executable, "-P", "-m", "sdqkd.bench.kms", f"--{kind}", json.dumps(args)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout), [_cpu_s(p) - b for p, b in zip(cpu_of, before, strict=True)]
+    return json.loads(out.stdout), [process_cpu_seconds(p) - b for p, b in zip(cpu_of, before, strict=True)]
 
 
 def bench_014(tmp: Path, runs: int, seconds: float, clients: int) -> dict[str, Any]:

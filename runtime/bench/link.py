@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdqkd.bench._proc import run_case, sigterm_interrupts
+from sdqkd.bench._proc import cpu_seconds, run_case, sigterm_interrupts
 
 if TYPE_CHECKING:
     from sdqkd.node.links import EngineLink
@@ -134,15 +134,14 @@ def thread_cpu() -> dict[str, float]:
     `threading`: Python 3.11 leaves OS thread names alone). A thread that ended takes its CPU
     with it: compare snapshots of long-lived threads only."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out = dict.fromkeys(THREAD_ROLES, 0.0)
     for task in Path("/proc/self/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()  # [11], [12]: utime, stime
+            cpu = cpu_seconds(task / "stat")
         except OSError:
             continue  # ended meanwhile
         tid = int(task.name)
-        out[thread_role(tid, names.get(tid, ""), os.getpid())] += (int(fields[11]) + int(fields[12])) / tick
+        out[thread_role(tid, names.get(tid, ""), os.getpid())] += cpu
     return out
 
 

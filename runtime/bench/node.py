@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from sdqkd.bench._proc import process_cpu_seconds
 
 
 def _status(pid: int) -> dict[str, int]:
@@ -32,13 +32,8 @@ def _status(pid: int) -> dict[str, int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15 of stat)
-
-
 def sample(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
-    cpu0 = {n: _cpu_seconds(p) for n, p in pids.items()}
+    cpu0 = {n: process_cpu_seconds(p) for n, p in pids.items()}
     t0 = time.monotonic()
     rss: dict[str, list[int]] = {n: [] for n in pids}
     while time.monotonic() - t0 < seconds:
@@ -50,7 +45,7 @@ def sample(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
     for n, p in pids.items():
         out[n] = {"rss_mib": round(statistics.median(rss[n]) / 2**20, 1),
                   "peak_rss_mib": round(_status(p)["VmHWM"] / 2**20, 1),
-                  "cpu_cores": round((_cpu_seconds(p) - cpu0[n]) / wall, 3)}
+                  "cpu_cores": round((process_cpu_seconds(p) - cpu0[n]) / wall, 3)}
     return out
 
 
