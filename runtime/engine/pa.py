@@ -3,9 +3,9 @@
 `toeplitz(key, n_bits, out_bits, seed)` is a contract: output bit i = XOR over j of
 s[i - j + n_bits - 1] AND key[j], s the first n_bits + out_bits - 1 bits of the seed, bits packed
 MSB-first.  It is the middle product of two GF(2) polynomials, computed with a transposed
-Karatsuba middle product on PCLMULQDQ / AVX-512 VPCLMULQDQ kernels, or for large blocks
-Schönhage's ternary FFT over GF(2)[x]/(x^2L + x^L + 1), whichever the cost model says is
-cheaper; O(n log n log log n) at the top end.  Toeplitz matrices with a uniform seed are a
+Karatsuba middle product on PCLMULQDQ or VPCLMULQDQ (AVX2, AVX-512) kernels, or for large blocks
+Schönhage's ternary FFT over GF(2)[x]/(x^2L + x^L + 1), whichever the cost model (tuned per
+kernel) says is cheaper; O(n log n log log n) at the top end.  Toeplitz matrices with a uniform seed are a
 2-universal family, as the leftover hash lemma needs (Krawczyk 1994; Tomamichel et al. 2011).
 """
 

@@ -55,7 +55,8 @@ SIZES = [
 
 
 @pytest.fixture(
-    params=[(0, 0), (1, 0), (2, 0), (2, 1), (2, 3)], ids=["portable", "pclmul", "vpclmul", "fft1", "fft3"]
+    params=[(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (3, 3)],
+    ids=["portable", "pclmul", "vpclmul-avx2", "vpclmul-avx512", "fft1", "fft3"],
 )
 def engine(request):
     """Every multiplication kernel (falls back where the CPU lacks it) and the FFT path."""
@@ -63,7 +64,7 @@ def engine(request):
     before = _pa.configure()
     _pa.configure(kernel=kernel, fft_k=fft_k)
     yield
-    _pa.configure(kernel=2, fft_k=before["fft_k"])
+    _pa.configure(kernel=3, fft_k=before["fft_k"])
 
 
 @pytest.mark.usefixtures("engine")
@@ -84,17 +85,20 @@ def test_matches_definition_larger(n, m):
     assert pa.toeplitz(key, n, m, seed) == fast_ref(key, n, m, seed)
 
 
-def test_auto_path_large_block_consistent():
-    """The cost model picks the FFT for big blocks; it must agree with Karatsuba."""
+@pytest.mark.parametrize("kernel", [0, 1, 2, 3], ids=["portable", "pclmul", "vpclmul-avx2", "best"])
+def test_auto_path_large_block_consistent(kernel):
+    """The cost model picks the FFT for big blocks (by each kernel's tuning); it must agree with
+    Karatsuba."""
     rng = random.Random(7)
     n, m = 300_000, 120_000
     key, seed = rng.randbytes(n // 8), rng.randbytes((n + m) // 8)
-    auto = pa.toeplitz(key, n, m, seed)
-    _pa.configure(fft_k=0)
+    _pa.configure(kernel=kernel)
     try:
+        auto = pa.toeplitz(key, n, m, seed)
+        _pa.configure(fft_k=0)
         kara = pa.toeplitz(key, n, m, seed)
     finally:
-        _pa.configure(fft_k=-1)
+        _pa.configure(kernel=3, fft_k=-1)
     assert auto == kara
     # spot-check a few output bits against the definition
     kb = [(key[j >> 3] >> (7 - (j & 7))) & 1 for j in range(n)]
@@ -140,3 +144,18 @@ def test_hypothesis_random_inputs(n, data):
 def test_bad_input(key, n, m, seed, msg):
     with pytest.raises(ValueError, match=msg):
         pa.toeplitz(key, n, m, seed)
+
+
+def test_each_kernel_brings_its_tuning_and_what_is_asked_overrides_it():
+    before = _pa.configure()
+    try:
+        port = _pa.configure(kernel=0)
+        assert (port["kernel"], port["base_threshold"], port["fft_unit"]) == ("portable", 64, 0.1)
+        asked = _pa.configure(kernel=0, base_threshold=8, fft_unit=2.0)
+        assert (asked["base_threshold"], asked["fft_unit"]) == (8, 2.0)
+        assert _pa.configure(kernel=0)["base_threshold"] == 64  # chosen again: its own tuning
+        with pytest.raises(ValueError, match="fft_k"):
+            _pa.configure(kernel=0, base_threshold=16, fft_k=99)
+        assert _pa.configure()["base_threshold"] == 64  # a refused call changed nothing
+    finally:
+        _pa.configure(kernel=3, fft_k=before["fft_k"])

@@ -97,3 +97,29 @@ def test_partial_last_byte_at_a_block_boundary_is_masked(n_bytes, n_bits):
     rng = random.Random(n_bits)
     key, data = rng.randbytes(16), rng.randbytes(n_bytes)
     assert verify.tag(key, data, n_bits) == model_hash(key, data, n_bits)
+
+
+@pytest.mark.usefixtures("kernel")
+@pytest.mark.parametrize("n_bytes", [127, 128, 129, 143, 144, 191, 192, 200, 257])
+def test_messages_of_eight_blocks_and_more_match_the_model(n_bytes):
+    """From 8 whole blocks on, the pclmul kernel takes four blocks per reduction (k^4..k): the
+    same polynomial, whatever the remainder of blocks and bits."""
+    rng = random.Random(n_bytes)
+    key, data = rng.randbytes(16), rng.randbytes(n_bytes)
+    for n_bits in (n_bytes * 8, n_bytes * 8 - 5, 8 * 16 * 8 - 1):
+        if n_bits <= n_bytes * 8:
+            assert verify.tag(key, data, n_bits) == model_hash(key, data, n_bits)
+
+
+def test_kernels_agree_on_a_megabyte_message():
+    """A frame-sized message (a DETECT is megabytes): the four-block loop runs ~65,000 times."""
+    rng = random.Random(7)
+    key, data = rng.randbytes(16), rng.randbytes((1 << 20) + 77)
+    tags = []
+    try:
+        for portable in (True, False):
+            _hash.kernel(portable)
+            tags.append([_hash.poly_hash(key, data, n) for n in (len(data) * 8, len(data) * 8 - 3, 8 * 999_999)])
+    finally:
+        _hash.kernel(False)
+    assert tags[0] == tags[1]

@@ -44,12 +44,18 @@ static g128 gmul_soft(g128 a, g128 b) {
 }
 
 #ifdef SDQKD_X86
-__attribute__((target("pclmul,sse4.1"))) static g128 gmul_clmul(g128 a, g128 b) {
-    __m128i A = _mm_set_epi64x((long long)a.hi, (long long)a.lo), B = _mm_set_epi64x((long long)b.hi, (long long)b.lo);
-    __m128i t0 = _mm_clmulepi64_si128(A, B, 0x00), t2 = _mm_clmulepi64_si128(A, B, 0x11);
-    __m128i t1 = _mm_xor_si128(_mm_clmulepi64_si128(A, B, 0x10), _mm_clmulepi64_si128(A, B, 0x01));
-    u64 p0 = (u64)_mm_cvtsi128_si64(t0), p1 = (u64)_mm_extract_epi64(t0, 1) ^ (u64)_mm_cvtsi128_si64(t1);
-    u64 p2 = (u64)_mm_cvtsi128_si64(t2) ^ (u64)_mm_extract_epi64(t1, 1), p3 = (u64)_mm_extract_epi64(t2, 1);
+/* The 256-bit product A*B, unreduced, added into (lo, mid, hi): lo + mid x^64 + hi x^128. */
+__attribute__((target("pclmul,sse4.1"))) static inline void mul_add(__m128i A, __m128i B, __m128i *lo,
+                                                                     __m128i *mid, __m128i *hi) {
+    *lo = _mm_xor_si128(*lo, _mm_clmulepi64_si128(A, B, 0x00));
+    *hi = _mm_xor_si128(*hi, _mm_clmulepi64_si128(A, B, 0x11));
+    *mid = _mm_xor_si128(*mid, _mm_xor_si128(_mm_clmulepi64_si128(A, B, 0x10), _mm_clmulepi64_si128(A, B, 0x01)));
+}
+
+/* lo + mid x^64 + hi x^128 reduced modulo the field polynomial: x^128 = x^7 + x^2 + x + 1 (0x87). */
+__attribute__((target("pclmul,sse4.1"))) static inline g128 reduce(__m128i lo, __m128i mid, __m128i hi) {
+    u64 p0 = (u64)_mm_cvtsi128_si64(lo), p1 = (u64)_mm_extract_epi64(lo, 1) ^ (u64)_mm_cvtsi128_si64(mid);
+    u64 p2 = (u64)_mm_cvtsi128_si64(hi) ^ (u64)_mm_extract_epi64(mid, 1), p3 = (u64)_mm_extract_epi64(hi, 1);
     const __m128i R = _mm_set_epi64x(0, 0x87);
     __m128i t = _mm_clmulepi64_si128(_mm_set_epi64x(0, (long long)p3), R, 0x00);
     p1 ^= (u64)_mm_cvtsi128_si64(t);
@@ -59,10 +65,59 @@ __attribute__((target("pclmul,sse4.1"))) static g128 gmul_clmul(g128 a, g128 b) 
     p1 ^= (u64)_mm_extract_epi64(t, 1);
     return (g128){p0, p1};
 }
+
+static inline __m128i g2m(g128 a) { return _mm_set_epi64x((long long)a.hi, (long long)a.lo); }
+
+__attribute__((target("pclmul,sse4.1"))) static g128 gmul_clmul(g128 a, g128 b) {
+    __m128i lo = _mm_setzero_si128(), mid = lo, hi = lo;
+    mul_add(g2m(a), g2m(b), &lo, &mid, &hi);
+    return reduce(lo, mid, hi);
+}
+
+/* Horner over `full` whole blocks, four at a time: y' = (y + m1) k^4 + m2 k^3 + m3 k^2 + m4 k,
+ * the same polynomial as one block at a time, with one reduction per four blocks and the four
+ * products independent (one block at a time waits on each multiplication's latency). Blocks
+ * load as they are stored: x86 is little-endian, as the blocks' halves are. */
+__attribute__((target("pclmul,sse4.1"))) static g128 horner_clmul(g128 y, g128 k, const uint8_t *buf, u64 full) {
+    u64 i = 0;
+    if (full >= 8) {
+        g128 k2 = gmul_clmul(k, k), k3 = gmul_clmul(k2, k), k4 = gmul_clmul(k3, k);
+        __m128i K1 = g2m(k), K2 = g2m(k2), K3 = g2m(k3), K4 = g2m(k4), Y = g2m(y);
+        for (; i + 4 <= full; i += 4) {
+            const uint8_t *p = buf + 16 * i;
+            __m128i lo = _mm_setzero_si128(), mid = lo, hi = lo;
+            mul_add(_mm_xor_si128(Y, _mm_loadu_si128((const __m128i *)p)), K4, &lo, &mid, &hi);
+            mul_add(_mm_loadu_si128((const __m128i *)(p + 16)), K3, &lo, &mid, &hi);
+            mul_add(_mm_loadu_si128((const __m128i *)(p + 32)), K2, &lo, &mid, &hi);
+            mul_add(_mm_loadu_si128((const __m128i *)(p + 48)), K1, &lo, &mid, &hi);
+            y = reduce(lo, mid, hi);
+            Y = g2m(y);
+        }
+    }
+    for (; i < full; i++) {
+        y.lo ^= ld64(buf + 16 * i);
+        y.hi ^= ld64(buf + 16 * i + 8);
+        y = gmul_clmul(y, k);
+    }
+    return y;
+}
 #endif
 
 typedef g128 (*gmul_fn)(g128, g128);
 static gmul_fn gmul = gmul_soft;
+
+static g128 horner_soft(g128 y, g128 k, const uint8_t *buf, u64 full) {
+    for (u64 i = 0; i < full; i++) {
+        y.lo ^= ld64(buf + 16 * i);
+        y.hi ^= ld64(buf + 16 * i + 8);
+        y = gmul_soft(y, k);
+    }
+    return y;
+}
+
+/* y after Horner's steps over `full` whole 16-byte blocks of buf: the kernel chosen with gmul */
+typedef g128 (*horner_fn)(g128, g128, const uint8_t *, u64);
+static horner_fn horner = horner_soft;
 
 /* Hash the first nbits bits of buf (bits past nbits in the last byte are ignored). */
 static g128 poly_hash(g128 k, const uint8_t *buf, u64 nbits) {
@@ -71,11 +126,7 @@ static g128 poly_hash(g128 k, const uint8_t *buf, u64 nbits) {
     /* a partial last byte must go through the masked tail, even when it ends a 16-byte block */
     if ((nbits & 7) && nbytes % 16 == 0) full -= 1;
     u64 tail = nbytes - 16 * full;
-    for (u64 i = 0; i < full; i++) {
-        y.lo ^= ld64(buf + 16 * i);
-        y.hi ^= ld64(buf + 16 * i + 8);
-        y = gmul(y, k);
-    }
+    y = horner(y, k, buf, full);
     if (tail) {
         uint8_t last[16] = {0};
         memcpy(last, buf + 16 * full, tail);
@@ -139,8 +190,12 @@ static PyObject *py_kernel(PyObject *self, PyObject *args) {
     int portable = 0;
     if (!PyArg_ParseTuple(args, "|p", &portable)) return NULL;
     gmul = gmul_soft;
+    horner = horner_soft;
 #ifdef SDQKD_X86
-    if (!portable && __builtin_cpu_supports("pclmul")) gmul = gmul_clmul;
+    if (!portable && __builtin_cpu_supports("pclmul")) {
+        gmul = gmul_clmul;
+        horner = horner_clmul;
+    }
 #endif
     return PyUnicode_FromString(gmul == gmul_soft ? "portable" : "pclmul");
 }
@@ -159,7 +214,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "_hash",
 PyMODINIT_FUNC PyInit__hash(void) {
 #ifdef SDQKD_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("pclmul")) gmul = gmul_clmul;
+    if (__builtin_cpu_supports("pclmul")) {
+        gmul = gmul_clmul;
+        horner = horner_clmul;
+    }
 #endif
     return PyModule_Create(&module);
 }
