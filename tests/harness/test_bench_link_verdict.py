@@ -52,20 +52,22 @@ def test_threads_are_counted_by_role() -> None:
     assert thread_role(9, "keystore:keys.sqlite", 7) == "key_store"
     assert thread_role(10, "asyncio_0", 7) == thread_role(11, "", 7) == "other"
 
-    stop = threading.Event()
+    spun, stop = threading.Event(), threading.Event()
 
     def spin() -> None:
         t = time.thread_time()
-        while time.thread_time() - t < 0.3 and not stop.is_set():
+        while time.thread_time() - t < 0.3:
             pass
+        spun.set()
+        stop.wait(30)  # alive and idle until read: an ended thread's CPU leaves /proc with it
 
     before = thread_cpu()
     worker = threading.Thread(target=spin, name="engine_test")
     worker.start()
-    time.sleep(0.05)  # the thread is running: its CPU is read while it lives
-    worker_cpu = 0.0
-    while worker.is_alive():
-        worker_cpu = max(worker_cpu, thread_cpu()["engine"] - before["engine"])  # 0 once it ended
-        time.sleep(0.02)
-    stop.set()
-    assert worker_cpu >= 0.15  # /proc counts in ticks of 10 ms; the spinning thread's CPU is the engine's
+    try:
+        assert spun.wait(30)
+        worker_cpu = thread_cpu()["engine"] - before["engine"]
+    finally:
+        stop.set()
+        worker.join()
+    assert worker_cpu >= 0.25  # /proc counts in ticks of 10 ms; the spinning thread's CPU is the engine's
