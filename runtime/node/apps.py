@@ -18,6 +18,9 @@ controller gives it too):
   ON --idle for `idle_timeout_s`, or its last ETSI 004 stream closed--> gone:
       `sdqkdn_application_disconnected` is emitted, the entry and the LKMS registration are
       removed; the controller removes the other end and the path's virtual links.
+      REGISTERED and NO_PATH idle out the same way; idle means no key request for the pair
+      waiting and none for `idle_timeout_s` (an SAE that keeps asking while the controller
+      sets its path up keeps the pair).
 A pair of two SAEs of this node is ON at once (a local app: keys from the node itself, see
 runtime/lkms/local.py; over ETSI 014 and ETSI 004 alike) and needs no controller:
 `sdqkdn_application_new` is still emitted (a controller records the pair, path = this node),
@@ -102,6 +105,8 @@ class Registration:
     state: str = "REGISTERED"  # REGISTERED | ON | NO_PATH
     notified: float = -1e9  # monotonic time of the last sdqkdn_application_new
     since: float = field(default_factory=time.monotonic)  # registered (or restored) at
+    asked: float = -1e9  # monotonic time of the last key request for the pair that reached here
+    waiting: int = 0  # requests waiting for the controller now: the pair is not idle
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -159,7 +164,13 @@ class Registrar:
         reg = self.regs.get(app_id)
         if reg is None:
             reg = self._register(app_id, master, slaves, qos or {})
-        return await self._wait(reg, master, slaves)
+        reg.asked = time.monotonic()
+        reg.waiting += 1
+        try:
+            return await self._wait(reg, master, slaves)
+        finally:
+            reg.waiting -= 1
+            reg.asked = time.monotonic()
 
     def stream_closed(self, app: App, still_open: int) -> None:
         reg = self.regs.get(app.app_id)
@@ -293,8 +304,10 @@ class Registrar:
             now = time.monotonic()
             for app_id, reg in list(self.regs.items()):
                 app = self.lkms.registry.apps.get(app_id)
-                last = app.last_used if app is not None else reg.since  # (never provisioned: since registered)
-                if reg.origin != REQUEST or now - last < idle or (app is not None and self._streaming(app)):
+                # never provisioned: since registered, or asked for again while the controller works
+                last = max(app.last_used if app is not None else reg.since, reg.asked)
+                if (reg.origin != REQUEST or reg.waiting or now - last < idle
+                        or (app is not None and self._streaming(app))):
                     continue
                 self.disconnect(app_id, f"idle for {idle:.0f} s")
 

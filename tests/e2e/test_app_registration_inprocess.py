@@ -277,6 +277,13 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
     assert net.run(_get(net, "C", "sae-c", "/api/v1/keys/sae-b/enc_keys")).status_code == 200
     ctl = net.net.controller
     assert ctl is not None
+    topo_app = app_id_for("sae-c4", ["sae-a2"])
+
+    async def provisioned() -> None:  # by the first controller (run alone, this test may come first)
+        while topo_app not in ctl.apps:
+            await asyncio.sleep(0.05)
+
+    net.run(provisioned(), timeout=30)
     net.run(ctl.stop())
 
     async def unsubscribed() -> None:
@@ -298,7 +305,6 @@ def test_controller_gone_new_pair_503_provisioned_pair_served(net: Loop) -> None
     ctl2 = Controller(ctl.topo, ctl.endpoints, tls=ctl.tls)
     net.net.controller = ctl2  # stopped with the network
     net.run(ctl2.start())
-    topo_app = app_id_for("sae-c4", ["sae-a2"])
 
     async def adopted() -> None:
         while topo_app not in ctl2.apps:
@@ -454,3 +460,31 @@ def test_etsi004_first_open_connect_of_a_relayed_pair(net: Loop) -> None:
     ka, kc = net.run(asyncio.to_thread(session), timeout=120)
     assert ka == kc and len(set(ka)) == 120 and all(len(k) == 32 for k in ka)
     assert routes[0].path == ["A", "B", "C"] and routes[0].virtual
+
+
+def test_a_pair_asked_for_again_does_not_idle_out_while_it_waits(net: Loop) -> None:
+    """Regression: a pair the controller has not served yet idled out idle_timeout_s after its
+    first request however often its SAE asked again (under load the controller's Set came after
+    the pair was gone, again and again). sae-d's node has no link: the answer stays 503."""
+    app_id = app_id_for("sae-d", ["sae-b"])
+    regs = net.net.nodes["D"].registrar.regs  # type: ignore[union-attr]
+
+    async def keep_asking(seconds: float) -> list[object]:
+        seen: list[object] = []
+        end = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < end:
+            r = await _get(net, "D", "sae-d", "/api/v1/keys/sae-b/enc_keys")
+            assert r.status_code == 503, r.text
+            seen.append(regs[app_id])
+            await asyncio.sleep(0.3)
+        return seen
+
+    seen = net.run(keep_asking(3.0), timeout=60)  # three idle timeouts of this topology
+    first = seen[0]
+    assert all(r is first for r in seen)  # the same registration, never dropped and made again
+
+    async def gone() -> None:  # no more requests: it idles out as before
+        while regs.get(app_id) is first:
+            await asyncio.sleep(0.1)
+
+    net.run(gone(), timeout=10)
