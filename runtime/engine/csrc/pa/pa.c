@@ -253,7 +253,7 @@ typedef void (*base_fn)(u64 *, const u64 *, const u64 *, size_t);
 static base_fn mp_base = mp_base_soft;
 static const char *kernel_name = "portable";
 static size_t base_thresh = 64; /* base-case size is in (thresh/2, thresh]; set by select_kernel */
-static double fft_unit = 1.0;   /* cost of one transform word-op relative to mp_cost units; the same */
+static double fft_unit = 1.0;   /* cost of one transform word-op relative to mp_cost units; set by select_kernel */
 static long long force_fft_k = -1; /* testing: -1 auto, 0 never FFT, k > 0 force FFT with 3^k */
 
 CLONES static void xor_into(u64 *d, const u64 *s, size_t n) {
