@@ -105,7 +105,7 @@ class Registration:
     state: str = "REGISTERED"  # REGISTERED | ON | NO_PATH
     notified: float = -1e9  # monotonic time of the last sdqkdn_application_new
     since: float = field(default_factory=time.monotonic)  # registered (or restored) at
-    asked: float = -1e9  # monotonic time of the last key request for the pair that reached here
+    asked: float = -1e9  # monotonic time the last key request for the pair that reached here ended
     waiting: int = 0  # requests waiting for the controller now: the pair is not idle
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -164,8 +164,7 @@ class Registrar:
         reg = self.regs.get(app_id)
         if reg is None:
             reg = self._register(app_id, master, slaves, qos or {})
-        reg.asked = time.monotonic()
-        reg.waiting += 1
+        reg.waiting += 1  # not idle while a request waits; idle from its end on
         try:
             return await self._wait(reg, master, slaves)
         finally:
