@@ -370,14 +370,20 @@ class Controller:
             for a in apps:
                 master, slaves = sae_of(a.get("server_app_id", "")), [sae_of(c) for c in a.get("client_app_id", [])]
                 app_id, remote = a.get("app_id", ""), by_id.get(str(a.get("remote_qkdn_id", "")))
-                if (app_id in self.apps or not slaves or master not in self.topo.saes
-                        or self.topo.saes[master].node != name or remote is None):
-                    continue
                 backing = list(a.get("backing_qkdl_id", []))
+                hops = [by_id.get(str(h), "?") for h in virt.get(backing[0], {}).get("virt_next_hop", [])] if backing else []
+                if app_id in self.apps:
+                    continue
+                if (ext := self.external.adopt(name, a, virt, hops)) is not None:
+                    self.apps[app_id] = ext  # a pair with another vendor's KMS, at or through its gateway
+                    log.info("app %s adopted from node %s: path %s", app_id, name, ext.path)
+                    continue
+                if not slaves or master not in self.topo.saes or self.topo.saes[master].node != name or remote is None:
+                    continue
                 if remote == name:
                     path, qkdl = [name], ""
                 elif backing and backing[0] in virt:
-                    path, qkdl = [name, *(by_id.get(str(h), "?") for h in virt[backing[0]].get("virt_next_hop", []))], backing[0]
+                    path, qkdl = [name, *hops], backing[0]
                 elif backing:
                     path, qkdl = [name, remote], backing[0]
                 else:
@@ -406,10 +412,10 @@ class Controller:
         async with self._lock:
             for route in list(self.apps.values()):
                 if self.external.owns(route):
-                    continue  # nothing to reroute: the peer is reached from its gateway only
-                hops = list(zip(route.path, route.path[1:]))
-                broken = [h for h in hops if not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up]
-                if not broken:
+                    if route.virtual and self._broken(route.path[:-1]):
+                        await self._reroute_exit(route, reason)
+                    continue  # (a pair at the gateway itself: the peer is reached from there only)
+                if not self._broken(route.path):
                     continue
                 src, dst = route.path[0], route.path[-1]
                 try:
@@ -432,6 +438,27 @@ class Controller:
                 log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
                          "-".join(new.path), reason)
                 self.events.append(("rerouted", route.app_id))
+
+    def _broken(self, path: list[str]) -> bool:
+        """A hop of the path whose link is missing or down."""
+        return any(not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up
+                   for h in zip(path, path[1:]))
+
+    async def _reroute_exit(self, route: AppRoute, reason: str) -> None:
+        """A path that leaves at a gateway for another vendor's KMS, moved like the others."""
+        try:
+            new = await self.external.reroute(self, route)
+        except RuntimeError as e:
+            log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
+            self.events.append(("unroutable", route.app_id))
+            return
+        except grpc.aio.AioRpcError as e:
+            log.warning("app %s -> %s: reinstall failed: %s", route.master, route.slave, e.details())
+            return
+        self.apps[route.app_id] = new
+        log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
+                 "-".join(new.path), reason)
+        self.events.append(("rerouted", route.app_id))
 
     # ------------------------------------------------------------------ monitoring
 
@@ -535,7 +562,7 @@ class Controller:
                 if name in route.path:
                     with contextlib.suppress(grpc.aio.AioRpcError):
                         if self.external.owns(route):
-                            await self.external.request(self, route.master, route.slave, route.rate_bps)
+                            await self.external.install(self, route)
                         else:
                             await self._install(route)
 

@@ -31,13 +31,13 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sdqkd.lkms.registry import app_id_for, external_link_id, sae_uri
+from sdqkd.lkms.registry import app_id_for, external_link_id, sae_of, sae_uri
 
 from .routing import LinkState, Router
 from .topology import NAMESPACE, Topology, TopologyError
 
 if TYPE_CHECKING:
-    from sdqkd.generated.model_types import QkdApp
+    from sdqkd.generated.model_types import QkdApp, QkdLink
 
     from .controller import AppRoute, Controller
 
@@ -122,7 +122,7 @@ class ExternalPeers:
 
     async def request(self, ctl: Controller, master: str, slave: str, rate_bps: float) -> AppRoute:
         """An application between an SAE behind a peer KMS and one of its gateway node."""
-        from .controller import AppRoute, T
+        from .controller import AppRoute
 
         ext, local = (self.peer_of(master), slave) if self.peer_of(master) else (self.peer_of(slave), master)
         assert ext is not None
@@ -133,40 +133,91 @@ class ExternalPeers:
         link = ctl.router.links[ext.qkdl_id]
         if link.capacity(ctl.router.horizon_s) < rate_bps:
             raise RuntimeError(f"external KMS {ext.name} takes {link.eskr:.0f} bit/s, less than {rate_bps:.0f}")
-        app_id = app_id_for(master, [slave])
-        route = AppRoute(app_id, master, slave, rate_bps, [ext.node, ext.vertex], ext.qkdl_id, virtual=False)
-        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
-                 "server_app_id": sae_uri(master), "client_app_id": [sae_uri(slave)],
-                 "backing_qkdl_id": [ext.qkdl_id], "local_qkdn_id": self.topo.nodes[ext.node].id,
-                 "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
-        await ctl._client(ext.node).replace_qkd_app(app_id, cast("QkdApp", entry))
+        route = AppRoute(app_id_for(master, [slave]), master, slave, rate_bps, [ext.node, ext.vertex], ext.qkdl_id,
+                         virtual=False)
+        await self.install(ctl, route)
         return route
 
     async def _request_via(self, ctl: Controller, ext: ExternalPeerTopo, master: str, slave: str,
                            rate_bps: float) -> AppRoute:
         """Our SAE `master` on another node than the gateway: a relay path to the gateway that
         leaves there for the peer (see the module doc)."""
-        from .controller import AppRoute, T
+        from .controller import AppRoute
 
         if self.peer_of(master) is not None:
             raise ValueError(f"SAE {master} behind the external KMS {ext.name} pairs with SAEs of {ext.node} only "
                              f"(not {slave}, on {self.topo.saes[slave].node})")
         src = self.topo.saes[master].node
+        path = self._exit_path(ctl, src, ext, rate_bps)
+        virt = str(uuid.uuid5(NAMESPACE, f"virt-exit:{src}|{ext.name}"))
+        route = AppRoute(app_id_for(master, [slave]), master, slave, rate_bps, path, virt, virtual=True)
+        await self.install(ctl, route)
+        return route
+
+    def _exit_path(self, ctl: Controller, src: str, ext: ExternalPeerTopo, rate_bps: float) -> list[str]:
         path = ctl.router.path(src, ext.vertex, rate_bps)
         if path is None:
             raise RuntimeError(f"no key-relay path from {src} to the external KMS {ext.name} can carry "
                                f"{rate_bps:.0f} bit/s now")
-        app_id = app_id_for(master, [slave])
-        virt = str(uuid.uuid5(NAMESPACE, f"virt-exit:{src}|{ext.name}"))
-        route = AppRoute(app_id, master, slave, rate_bps, path, virt, virtual=True)
-        inner = dataclasses.replace(route, path=path[:-1])  # the sdqkd nodes: source .. gateway
-        for n in inner.path:
-            link = ctl._virt_entry(inner, n)
-            link["sdqkd-node-ext:sdqkd-link"]["exit-peer"] = ext.name
-            await ctl._client(n).replace_qkd_link(virt, link)
-        entry: dict[str, Any] = {"app_id": app_id, "app_type": f"{T}CLIENT",
-                 "server_app_id": sae_uri(master), "client_app_id": [sae_uri(slave)],
-                 "backing_qkdl_id": [virt], "local_qkdn_id": self.topo.nodes[src].id,
-                 "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(rate_bps)}}
-        await ctl._client(src).replace_qkd_app(app_id, cast("QkdApp", entry))
-        return route
+        return path
+
+    def _peer_at_end(self, route: AppRoute) -> ExternalPeerTopo:
+        return next(p for p in self.peers if p.vertex == route.path[-1])
+
+    async def install(self, ctl: Controller, route: AppRoute) -> None:
+        """(Re)install a route to a peer as it stands: at the gateway, the app backed by the peer's
+        link; on a path leaving at the gateway, the VIRT link with `exit-peer` on every sdqkd node
+        of it, then the app on the SAE's node."""
+        from .controller import T
+
+        ext = self._peer_at_end(route)
+        node = route.path[0]
+        if route.virtual:
+            inner = dataclasses.replace(route, path=route.path[:-1])  # the sdqkd nodes: source .. gateway
+            for n in inner.path:
+                link = ctl._virt_entry(inner, n)
+                link["sdqkd-node-ext:sdqkd-link"]["exit-peer"] = ext.name
+                await ctl._client(n).replace_qkd_link(route.qkdl_id, link)
+        entry: dict[str, Any] = {"app_id": route.app_id, "app_type": f"{T}CLIENT",
+                 "server_app_id": sae_uri(route.master), "client_app_id": [sae_uri(route.slave)],
+                 "backing_qkdl_id": [route.qkdl_id], "local_qkdn_id": self.topo.nodes[node].id,
+                 "remote_qkdn_id": ext.kms_id, "app_qos": {"min_bandwidth": int(route.rate_bps)}}
+        await ctl._client(node).replace_qkd_app(route.app_id, cast("QkdApp", entry))
+
+    async def reroute(self, ctl: Controller, route: AppRoute) -> AppRoute:
+        """A path leaving at a gateway whose links are not all up, moved onto a new path to the
+        same peer (RuntimeError if there is none): installed along the new path first, then
+        removed from the old path's nodes that the new one leaves out (the far end stays the
+        peer: the pair's VIRT link keeps its ID, and the app on the SAE's node its backing)."""
+        ext = self._peer_at_end(route)
+        new = dataclasses.replace(route, path=self._exit_path(ctl, route.path[0], ext, route.rate_bps))
+        await self.install(ctl, new)
+        for n in route.path[:-1]:
+            if n not in new.path and ctl.nodes[n].up:
+                await ctl._client(n).delete_qkd_link(route.qkdl_id)
+        return new
+
+    def adopt(self, node: str, app: QkdApp, virt: dict[str, QkdLink], hops: list[str]) -> AppRoute | None:
+        """A route to a peer that a previous controller installed, read back from the app on
+        `node` (its SAE's node) and, for a path, the VIRT link backing it (`hops`: its next hops'
+        names); None if it is not one, or not to a peer of this topology."""
+        from .controller import AppRoute, qos_of
+
+        ext = next((p for p in self.peers if p.kms_id == app.get("remote_qkdn_id")), None)
+        master, slaves = sae_of(app.get("server_app_id", "")), [sae_of(c) for c in app.get("client_app_id", [])]
+        backing = app.get("backing_qkdl_id", [])
+        if ext is None or len(slaves) != 1 or not backing:
+            return None
+        local = slaves[0] if master in ext.saes else master
+        if local not in self.topo.saes or self.topo.saes[local].node != node:
+            return None
+        if node == ext.node and backing == [ext.qkdl_id]:
+            path, virtual = [node, ext.vertex], False
+        elif (virt.get(backing[0], {}).get("sdqkd-node-ext:sdqkd-link") or {}).get("exit-peer") == ext.name \
+                and hops and hops[-1] == ext.node:
+            path, virtual = [node, *hops, ext.vertex], True
+        else:
+            return None
+        qos = app.get("app_qos") or {}
+        return AppRoute(app.get("app_id", ""), master, slaves[0], float(qos.get("min_bandwidth", 0) or 0), path,
+                        backing[0], virtual=virtual, priority=int(app.get("app_priority", 0)), qos=qos_of(qos))

@@ -168,6 +168,8 @@ class NodeProvisioning(ModelHooks):
         plan = link_plan(eid, new, node.cfg.engine)
         if not isinstance(plan, PhysPlan) or not plan.params.enabled:
             await self._stop_engine(eid)
+        if isinstance(plan, PhysPlan) and not plan.params.enabled:
+            self.node.link_off(eid)  # else the last block's ACTIVE and rate stand, and relays keep using it
         if isinstance(plan, VirtPlan):
             await lkms.set_link(eid, plan.peer_id, plan.peer_address, kind="VIRT", prev_hop=plan.prev_hop,
                                 next_hops=plan.next_hops, up=plan.enabled, exit_peer=plan.exit_peer)

@@ -196,6 +196,14 @@ class NodeRuntime:
             self.agent.state.notify("sdqkdn_link_perf_update", {"qkd_link": {
                 "qkdl_id": tree_id, "performance": {"skr": min(int(s.skr), 2**32 - 1)}}})
 
+    def link_off(self, qkdl_id: str) -> None:
+        """A link its configuration disabled: ETSI 015 status OFF and no key rate, as the
+        controller's router reads them (its engine's next block, once enabled, says ACTIVE)."""
+        tree_id = self.tree_of.get(qkdl_id, qkdl_id)
+        if (tree_id,) in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
+            leaf = statepaths.link(tree_id)
+            self.agent.state.update({leaf.status: f"{T}OFF", leaf.skr: 0, leaf.eskr: 0})
+
     async def _publish_store(self) -> None:
         """Key-store figures into the augmentation, and app statistics, once a second."""
         assert self.lkms is not None

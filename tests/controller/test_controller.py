@@ -1,6 +1,8 @@
 """The controller against real gNMI agents (in-process grpc.aio servers): PHYS links on both
 ends, VIRT links along a computed relay path, applications on both end nodes, link and node
-failure with reroute and recovery. Engines are stood in for by feeding performance state."""
+failure with reroute and recovery, paths that leave at a gateway for another vendor's KMS
+(rerouted too, and read back by a restarted controller). Engines are stood in for by feeding
+performance state."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ T = "etsi-qkd-node-types:"
 
 
 class Net:
-    def __init__(self) -> None:
-        self.topo = parse(TOPO)
+    def __init__(self, topo: dict = TOPO) -> None:
+        self.topo = parse(topo)
         self.agents: dict[str, NodeAgent] = {}
         self.servers: dict[str, object] = {}
         self.ports: dict[str, int] = {}
@@ -121,6 +123,85 @@ def test_controller_provisions_relays_and_reroutes():
             await until(lambda: (ad.id,) in net.agents["D"].root["qkd_node"].get("qkd_links", {}).get("qkd_link", {}))
         finally:
             await ctl.stop()
+            for s in net.servers.values():
+                with contextlib.suppress(Exception):
+                    await s.stop(None)
+
+    asyncio.run(main())
+
+
+def _links(agent: NodeAgent) -> dict:
+    return agent.root["qkd_node"].get("qkd_links", {}).get("qkd_link", {})
+
+
+def test_a_path_to_another_vendors_kms_is_rerouted_and_read_back_after_a_restart():
+    """sae-a (A) pairs with bx1 behind vendorx, whose gateway is C: a VIRT link with exit-peer
+    on A, B, C; B-C goes down -> the path moves to A-D-C (D gets the exit link, B loses it, the
+    app keeps its backing link); a new controller reads the path back from A and moves it again
+    when A-D goes down."""
+    topo = dict(TOPO, external_peers=[{"name": "vendorx", "node": "C", "saes": ["bx1"], "rate_bps": 5000}])
+
+    async def main():
+        net = Net(topo)
+        for n in "ABCD":
+            await net.start_node(n)
+        eps = {n: NodeEndpoint(n, net.topo.nodes[n].id, f"127.0.0.1:{net.ports[n]}", f"127.0.0.1:{9000 + i}")
+               for i, n in enumerate("ABCD")}
+        ctls = [Controller(net.topo, eps)]
+        await ctls[0].start()
+        try:
+            net.feed({"AB": 500_000, "BC": 400_000, "AD": 50_000, "DC": 50_000})
+            await until(lambda: all(ls.up for ls in ctls[0].router.links.values()))
+            route = await ctls[0].request_keys("sae-a", "bx1", 1000)
+            assert route.virtual and route.path == ["A", "B", "C", "ext:vendorx"]
+            local = await ctls[0].request_keys("bx1", "sae-c", 1000)  # at the gateway: never moves
+            assert local.path == ["C", "ext:vendorx"]
+
+            def exit_on(nodes: str) -> None:
+                for n in "ABCD":
+                    link = _links(net.agents[n]).get((route.qkdl_id,))
+                    assert (link is not None) == (n in nodes), n
+                    if link is not None:
+                        assert link["sdqkd-link"]["exit-peer"] == "vendorx" and link["qkdl_type"] == f"{T}VIRT"
+
+            exit_on("ABC")
+            bc, ad = net.topo.link_between("B", "C"), net.topo.link_between("A", "D")
+            net.agents["C"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={bc.id}]/qkdl_status": f"{T}OFF"})
+            await until(lambda: ctls[0].apps[route.app_id].path == ["A", "D", "C", "ext:vendorx"])
+            assert ("rerouted", route.app_id) in ctls[0].events and ("rerouted", local.app_id) not in ctls[0].events
+            exit_on("ADC")
+            ids = {n: net.topo.nodes[n].id for n in "ABCD"}
+            assert _links(net.agents["A"])[(route.qkdl_id,)]["virt_next_hop"] == [ids["D"], ids["C"]]
+            app = net.agents["A"].root["qkd_node"]["qkd_applications"]["qkd_app"][(route.app_id,)]
+            assert app["backing_qkdl_id"] == [route.qkdl_id]
+            net.agents["C"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={bc.id}]/qkdl_status": f"{T}ACTIVE"})
+            await until(lambda: ctls[0].router.links[bc.id].up)
+
+            # a new controller: both pairs read back from their nodes, the path then moved again
+            await ctls[0].stop()
+            ctls.append(Controller(net.topo, eps))
+            await ctls[1].start(provision=False)
+            await until(lambda: route.app_id in ctls[1].apps and local.app_id in ctls[1].apps)
+            adopted = ctls[1].apps[route.app_id]
+            assert (adopted.path, adopted.qkdl_id, adopted.virtual) == (["A", "D", "C", "ext:vendorx"],
+                                                                        route.qkdl_id, True)
+            assert (adopted.master, adopted.slave, adopted.rate_bps) == ("sae-a", "bx1", 1000)
+            assert ctls[1].apps[local.app_id].path == ["C", "ext:vendorx"]
+            net.feed({"AB": 500_000, "BC": 400_000, "AD": 50_000, "DC": 50_000})
+            await until(lambda: all(ls.up for ls in ctls[1].router.links.values()))
+            net.agents["A"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={ad.id}]/qkdl_status": f"{T}OFF"})
+            await until(lambda: ctls[1].apps[route.app_id].path == ["A", "B", "C", "ext:vendorx"])
+            exit_on("ABC")
+
+            # no path left (A's only other link down too): the pair is reported, nothing removed
+            ab = net.topo.link_between("A", "B")
+            net.agents["A"].state.update({f"/qkd_node/qkd_links/qkd_link[qkdl_id={ab.id}]/qkdl_status": f"{T}OFF"})
+            await until(lambda: ("unroutable", route.app_id) in ctls[1].events)
+            assert ctls[1].apps[route.app_id].path == ["A", "B", "C", "ext:vendorx"]
+            exit_on("ABC")
+        finally:
+            for c in ctls:
+                await c.stop()
             for s in net.servers.values():
                 with contextlib.suppress(Exception):
                     await s.stop(None)
