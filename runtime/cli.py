@@ -47,7 +47,8 @@ def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     g = _parser(sub, "gen", "regenerate generated/ from models/ (YANG and protobuf)",
                 "Compile models/yang and models/proto into generated/ (bindings, paths, agent skeleton, "
-                "client, stubs).\nDeterministic; a failed run leaves generated/ as it was.",
+                "client, stubs).\nDeterministic; a failed run leaves generated/ as it was. Needs the 'gen' "
+                "extra (pyang, pyangbind, grpcio-tools):\npip install '.[gen]' in the clone.",
                 "sdqkd gen\nsdqkd gen --check          # exit 1 naming every out-of-date file")
     add_arguments(g)
     g.set_defaults(func=_gen)
@@ -66,8 +67,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sdqkd import bench
+
+    # the list comes from the package (modules with a `main`), so a new benchmark shows up here
     b = _parser(sub, "bench", "run a benchmark and print its medians",
-                "Run one benchmark (codegen, engine, gnmi, kms, net, opot); figures are medians, "
+                f"Run one benchmark ({', '.join(bench.available())}); figures are medians, "
                 "speed targets are checked here.", "sdqkd bench               # list them\nsdqkd bench kms --json")
     b.add_argument("name", nargs="?", help="benchmark name; none lists them")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark")
@@ -109,9 +113,42 @@ def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     h.set_defaults(func=_health)
 
 
+def _controller_problem(state_dir: str, config: str | None) -> str | None:
+    """Why the controller cannot start from its network description (one line naming the file),
+    or None. Checked before the controller creates DIR, so a mistyped DIR leaves nothing behind."""
+    import json
+    from pathlib import Path
+
+    path = Path(config) if config else Path(state_dir) / "network.json"
+    where = f"--config {config}" if config else f"--state-dir {state_dir}"
+    if not path.is_file():
+        hint = "" if config else " (not a network prepared by `sdqkd net up`?)"
+        return f"sdqkd controller: {where}: no such file {path}{hint}"
+    try:
+        desc = json.loads(path.read_text())
+    except OSError as e:
+        return f"sdqkd controller: {path}: cannot read ({e.strerror or e})"
+    except ValueError as e:
+        return f"sdqkd controller: {path}: not JSON ({e})"
+    ctl = desc.get("controller") if isinstance(desc, dict) else None
+    if not isinstance(ctl, dict):
+        return f"sdqkd controller: {path}: not a network description (no `controller` object)"
+    # the files it names, relative to its own directory (as the controller reads them)
+    named = {"ca": desc.get("ca"), **{f"controller.{k}": ctl.get(k)
+                                      for k in ("cert", "key", "password_file", "token_file")}}
+    for key, rel in named.items():
+        if not isinstance(rel, str) or not (path.parent / rel).is_file():
+            return f"sdqkd controller: {path}: {key}: no such file {path.parent / str(rel or '')}"
+    return None
+
+
 def _controller(args: argparse.Namespace) -> int:
     from sdqkd.controller.service import main
 
+    problem = _controller_problem(args.state_dir, args.config)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     return main(args.state_dir, args.config, args.api, args.log_format)
 
 
@@ -213,10 +250,15 @@ def _add_net_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = _parser(sub, "export", "write a network for other hosts: bundle, containerlab or Kubernetes",
                 "From TOPOLOGY, write what `net up` would build (PKI, node configs, bootstrap secrets, the "
                 "controller's config) into DIR,\nfor running across hosts: a directory per node (bundle), a "
-                "containerlab topology, or Kubernetes manifests (docs/deploy.md).",
-                "sdqkd net export lab.yaml --format bundle --out lab-bundle --host A=10.0.0.1 --host B=10.0.0.2\n"
-                "sdqkd net export lab.yaml --format containerlab --out lab-clab\n"
-                "sdqkd net export lab.yaml --format kubernetes --out lab-k8s --namespace qkd")
+                "containerlab topology, or Kubernetes manifests (docs/deploy.md).\n"
+                "bundle: every node needs an address (--host NAME=ADDRESS, or `host:` in the topology).\n"
+                "containerlab, kubernetes: containers and objects are named after the nodes, so node names "
+                "must be DNS labels\n(lowercase letters, digits, '-': alice, not A); the quickstart's lab.yaml "
+                "exports as a bundle only.",
+                "sdqkd net export lab.yaml --format bundle --out lab-bundle --host A=10.0.0.1 --host B=10.0.0.2 "
+                "--host C=10.0.0.3\n"
+                "sdqkd net export metro.yaml --format containerlab --out metro-lab   # nodes alice, bob, ...\n"
+                "sdqkd net export metro.yaml --format kubernetes --out metro-k8s --namespace qkd")
     p.add_argument("topology", metavar="TOPOLOGY", help="topology YAML (docs/topology.md)")
     p.add_argument("--format", required=True, choices=["bundle", "containerlab", "kubernetes"], help="what to write")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
@@ -285,7 +327,8 @@ def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                  "keyrate: the simulated link through the whole finite-key pipeline beside the analytic "
                  "model and the PLOB bound\n(about 10 s; --accurate runs the README's larger blocks, "
                  "about a minute).\ntopology: a network with per-link rates: the model's, or the live "
-                 "rates of a running network (--state-dir).",
+                 "rates of a running network (--state-dir).\nNeeds the 'plot' extra (matplotlib): "
+                 "pip install '.[plot]' in the clone, or pip install 'sdqkd[plot]'.",
                  "sdqkd plot keyrate --out keyrate.png\nsdqkd plot keyrate --profile snspd --accurate\n"
                  "sdqkd plot topology --topology lab.yaml\nsdqkd plot topology --state-dir lab")
     pl.add_argument("what", choices=["keyrate", "topology"])

@@ -75,11 +75,23 @@ def _rates_note(status: dict[str, Any]) -> str:
             "  it simulates: the demo is CPU-bound, the model is not.")
 
 
+def _plot_extra_missing() -> bool:
+    """Whether `sdqkd plot` lacks matplotlib (the `plot` extra; a plain `pip install .` has none).
+    find_spec looks without importing it (a second or more on a loaded machine)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is None
+
+
 def _next_steps(keep: str | None) -> str:
     lines = ["what to try next:",
              "  sdqkd net up lab.yaml --state-dir lab     # your own topology: docs/quickstart.md",
              "  sdqkd plot topology                      # this network with the model's rates",
              "  sdqkd plot keyrate                       # key rate vs distance"]
+    if _plot_extra_missing():
+        # the README's install is the core only; say how to add the extra (as MissingExtra would)
+        lines.append("  (both plots need the 'plot' extra, not installed here: pip install '.[plot]' in the clone, "
+                     "or pip install 'sdqkd[plot]')")
     if keep:
         lines.insert(1, f"  sdqkd net status --state-dir {keep}     # (the network was stopped; its state is kept)")
     return "\n".join(lines)

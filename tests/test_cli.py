@@ -65,3 +65,140 @@ def test_user_file_errors_are_not_tracebacks(tmp_path):
     assert r.returncode == 2 and "no network status here" in r.stderr
     r = sdqkd("net", "down", "--state-dir", str(tmp_path))
     assert r.returncode == 2 and "no network runs here" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------ sdqkd bench: benchmarks, not helpers
+
+
+def _real_benchmarks() -> set[str]:
+    """The modules of sdqkd.bench with a `main`, found by importing them (bench.available() reads
+    their source instead, so this is an independent count)."""
+    import importlib
+    import pkgutil
+
+    from sdqkd import bench
+
+    mods = [m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")]
+    return {n for n in mods if callable(getattr(importlib.import_module(f"sdqkd.bench.{n}"), "main", None))}
+
+
+def test_bench_lists_every_benchmark_and_no_helper():
+    import re
+
+    real = _real_benchmarks()
+    assert {"kms", "link", "reliability", "restconf"} <= real and not {"_h2stream", "_timing", "_proc"} & real
+    r = sdqkd("bench", "--help")
+    listed = re.search(r"Run one benchmark \(([^)]*)\)", r.stdout)
+    assert r.returncode == 0 and listed, r.stdout
+    assert set(listed.group(1).split(", ")) == real
+    r = sdqkd("bench")
+    assert r.returncode == 0 and set(r.stdout.strip().removeprefix("benchmarks: ").split(", ")) == real
+
+
+@pytest.mark.parametrize("name", ["nosuch", "_timing"])
+def test_unknown_benchmark_is_a_usage_error_naming_the_benchmarks(name):
+    r = sdqkd("bench", name, "--help")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"unknown benchmark {name!r}" in r.stderr
+    assert all(b in r.stderr for b in _real_benchmarks()), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_helper_modules_stay_importable():
+    from sdqkd.bench._h2stream import client_context, get_keys  # noqa: F401
+    from sdqkd.bench._timing import percentile
+
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+def test_every_listed_benchmark_answers_help(capsys):
+    from sdqkd import bench
+
+    for name in bench.available():  # --help parses and exits 0 before any work is done
+        with pytest.raises(SystemExit) as e:
+            bench.run(name, ["--help"])
+        assert e.value.code == 0, name
+        assert f"sdqkd bench {name}" in capsys.readouterr().out, name
+
+
+# ------------------------------------------------------------------ --state-dir that holds no network
+
+
+def test_controller_refuses_a_missing_state_dir_and_creates_nothing(tmp_path):
+    nope = tmp_path / "nope"
+    r = sdqkd("controller", "--state-dir", str(nope))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"no such file {nope / 'network.json'}" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not nope.exists()
+    r = sdqkd("controller", "--state-dir", str(nope), "--config", str(tmp_path / "elsewhere" / "controller.json"))
+    assert r.returncode == 2 and f"no such file {tmp_path / 'elsewhere' / 'controller.json'}" in r.stderr
+    assert "Traceback" not in r.stderr and not nope.exists()
+
+
+def test_controller_refuses_a_broken_network_description(tmp_path):
+    (tmp_path / "network.json").write_text("{\n")
+    r = sdqkd("controller", "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and f"{tmp_path / 'network.json'}: not JSON" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "network.json").write_text('{"ca": "ca.pem", "controller": {}}')
+    r = sdqkd("controller", "--state-dir", str(tmp_path))
+    assert r.returncode == 2 and f"ca: no such file {tmp_path / 'ca.pem'}" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["network.json"]  # no status file either
+
+
+@pytest.mark.parametrize("args", [("net", "status"), ("net", "down"), ("plot", "topology", "--out", "x.png")])
+def test_state_dir_commands_refuse_a_missing_dir_and_create_nothing(tmp_path, args):
+    nope = tmp_path / "nope"
+    r = sdqkd(*args, "--state-dir", str(nope))
+    assert r.returncode == 2 and str(nope) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not nope.exists()
+
+
+# ------------------------------------------------------------------ what net up and the demo print
+
+
+def test_net_up_summary_names_the_token_file_the_harness_wrote(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from sdqkd.controller.topology import parse
+    from sdqkd.harness import netcli, network
+
+    monkeypatch.chdir(tmp_path)
+    topo = parse({"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 5}]})
+    network.prepare(topo, tmp_path / "lab")  # PKI and configs only: nothing starts
+    text = netcli.summary(Path("lab"), {}, {"links": [], "api": "127.0.0.1:1"}, 1.0)
+    shown = text.split("bearer token in ", 1)[1].split(":", 1)[0]
+    assert shown == "lab/pki/controller/northbound-token", text
+    assert len(Path(shown).read_text().strip()) == 64  # the token itself (hex)
+
+
+def test_nodes_not_yet_reached_are_starting_not_down():
+    from sdqkd.harness.netcli import table
+
+    assert "nodes starting: B" in table({"provisioned": False, "links": [], "nodes": {"A": True, "B": False}})
+    assert "nodes down: B" in table({"provisioned": True, "links": [], "nodes": {"A": True, "B": False}})
+    assert "nodes" not in table({"provisioned": False, "links": [], "nodes": {"A": True}})
+
+
+def test_demo_says_how_to_get_the_plot_extra(monkeypatch):
+    from sdqkd import demo
+
+    monkeypatch.setattr(demo, "_plot_extra_missing", lambda: True)
+    assert "pip install '.[plot]'" in demo._next_steps(None)
+    monkeypatch.setattr(demo, "_plot_extra_missing", lambda: False)
+    assert "pip install" not in demo._next_steps(None)
+
+
+def test_net_export_bundle_example_works_with_the_quickstart_topology(tmp_path, monkeypatch):
+    import shlex
+
+    from sdqkd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab.yaml").write_text(
+        "name: lab\nnodes:\n  - {name: A}\n  - {name: B}\n  - {name: C}\n"
+        "links:\n  - {a: A, b: B, km: 20}\n  - {a: B, b: C, km: 35}\n"
+        "saes:\n  - {name: sae-a, node: A}\n  - {name: sae-c, node: C}\n")
+    export = dict(_subparsers(build_parser()))["sdqkd net export"]
+    line = next(line for line in export.epilog.splitlines() if "--format bundle" in line)
+    assert main(shlex.split(line.split("#")[0])[1:]) == 0
+    assert (tmp_path / "lab-bundle" / "nodes" / "C" / "node.yaml").is_file()

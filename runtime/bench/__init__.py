@@ -1,7 +1,9 @@
 """Benchmarks behind `sdqkd bench NAME`: each module runtime/bench/NAME.py exposes
-`main(argv: list[str]) -> int`. Figures are medians of repeated runs, printed as a table,
-or as one JSON object with --json. Speed targets are checked here, never in timed tests.
-SIGTERM stops a benchmark as Ctrl-C does, cleaning up (runtime/bench/_proc.py); exit code 130."""
+`main(argv: list[str]) -> int`; modules named `_*` are what they share (timing, processes,
+relays, the pipelining ETSI 004 client), not benchmarks. Figures are medians of repeated runs,
+printed as a table, or as one JSON object with --json. Speed targets are checked here, never in
+timed tests. SIGTERM stops a benchmark as Ctrl-C does, cleaning up (runtime/bench/_proc.py);
+exit code 130."""
 
 from __future__ import annotations
 
@@ -13,12 +15,16 @@ from sdqkd.bench._proc import sigterm_interrupts
 
 
 def available() -> list[str]:
+    """The runnable benchmarks, sorted (helpers are `_*`)."""
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def run(name: str, argv: list[str]) -> int:
-    if name not in available():
-        raise SystemExit(f"sdqkd bench: unknown benchmark {name!r}; choose from {', '.join(available())}")
+    """Run benchmark `name` with its own options; 2 (usage error) for a name that is not one."""
+    known = available()
+    if name not in known:
+        print(f"sdqkd bench: unknown benchmark {name!r}; the benchmarks are: {', '.join(known)}", file=sys.stderr)
+        return 2
     try:
         with sigterm_interrupts():
             return int(importlib.import_module(f"{__name__}.{name}").main(argv) or 0)

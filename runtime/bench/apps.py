@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sdqkd.bench.timing import percentile
+from sdqkd.bench._timing import percentile
 
 TARGETS = {"ttfk_direct_p99_s": 0.5, "ttfk_3hop_p99_s": 1.5}
 

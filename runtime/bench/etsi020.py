@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sdqkd.bench.timing import percentile
+from sdqkd.bench._timing import percentile
 
 _BLOCK = 16384  # pads per development-feed block
 TARGETS = {"relay020_ms_per_hop_p50": 3.0, "relay020_keys_per_s_one_hop": 20_000.0}

@@ -19,7 +19,7 @@ from sdqkd.generated import paths
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 
-from .timing import latencies_us, spawn_target, summary_us
+from ._timing import latencies_us, spawn_target, summary_us
 
 TARGET = "sdqkd.bench._gnmi_target"
 

@@ -5,7 +5,7 @@
   (each enc_keys reserves its key at the peer node over KeySync before answering);
 - 004 keys/s: GetKey responses per second through one pipelined GetKeyStream (32-byte chunks,
   i.e. one 256-bit key per response; also 1 KiB chunks), client in a separate process: a
-  pipelining h2 gRPC client (bench/h2stream.py) that writes requests in batches, so the server
+  pipelining h2 gRPC client (bench/_h2stream.py) that writes requests in batches, so the server
   is measured, not grpcio's per-message client cost; for reference also grpcio's aio client.
   Every run checks the keys (all successful, right length, distinct, consecutive indices) and
   that the peer application gets the same bytes for a random sample of indices; the CPU time
@@ -179,7 +179,7 @@ async def _load004(a: dict[str, Any]) -> dict[str, float]:
         return keys, idx, ok
 
     async def run_h2(k: int) -> tuple[list[bytes], list[int], bool]:
-        from sdqkd.bench.h2stream import client_context, get_keys
+        from sdqkd.bench._h2stream import client_context, get_keys
 
         sae = a["sae_a"]
         r = await get_keys(a["a_addr"], ksid, k, client_context(sae["ca"], sae["cert"], sae["key"]))

@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from .timing import latencies_us, spawn_target, summary_us
+from ._timing import latencies_us, spawn_target, summary_us
 
 YANG = "application/yang-data+json"
 TARGET = "sdqkd.bench._restconf_target"

@@ -23,15 +23,18 @@ def fmt_rate(bps: Any) -> str:
 
 
 def table(status: dict[str, Any]) -> str:
-    """The controller's view as a table: links, nodes that are down, applications."""
+    """The controller's view as a table: links, nodes not up (starting or down), applications."""
     rows = [f"  {'link':22s} {'km':>5s} {'dB':>5s} {'QBER':>6s} {'secret key rate':>16s} {'stored keys':>12s}  state"]
     for r in status.get("links", []):
         q = f"{float(r['qber']) * 100:.1f}%" if r.get("qber") not in (None, "") else "-"
         rows.append(f"  {r['link']:22s} {r['km']:5.0f} {r['db']:5.1f} {q:>6s} {fmt_rate(r.get('skr')):>16s} "
                     f"{r.get('stored_keys', 0):>12d}  {'up' if r['up'] else 'coming up'}")
-    down = [n for n, up in status.get("nodes", {}).items() if not up]
-    if down:
-        rows.append(f"  nodes down: {', '.join(down)}")
+    not_up = [n for n, up in status.get("nodes", {}).items() if not up]
+    if not_up:
+        # the controller provisions only once it has seen every node up: until then a node it has
+        # not reached yet is still starting, not down (a status without the flag predates it)
+        starting = not status.get("provisioned", True)
+        rows.append(f"  nodes {'starting' if starting else 'down'}: {', '.join(not_up)}")
     for a in status.get("apps", []):
         rows.append(f"  app {a['master']} -> {a['slave']}: path {' - '.join(a['path'])} "
                     f"({'relayed' if a['virtual'] else 'direct'})")
@@ -89,11 +92,21 @@ def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> 
     return 0
 
 
+def token_file(state: Path) -> str:
+    """The bearer-token file of the controller's API, as network.json names it (controller.token_file,
+    where the harness wrote it), shown under the state dir as the user named it."""
+    path = Path(json.loads(network.Layout(state).network.read_text())["controller"]["token_file"])
+    try:
+        return str(state / path.relative_to(state.resolve()))
+    except ValueError:  # outside the state dir: the path as written
+        return str(path)
+
+
 def summary(state: Path, eps: dict[str, Any], status: dict[str, Any], seconds: float) -> str:
     d = str(state)
     return "\n".join([
         f"network up in {seconds:.1f} s: {len(eps)} nodes, {len(status['links'])} links producing key",
-        f"  controller API  http://{status['api']}   (bearer token in {d}/pki/northbound-token: docs/controller-api.md)",
+        f"  controller API  http://{status['api']}   (bearer token in {token_file(state)}: docs/controller-api.md)",
         f"  endpoints       {d}/endpoints.json   (addresses, CA and SAE certificates: docs/endpoints.md)",
         f"  logs            {d}/logs/",
         "next:",

@@ -1,5 +1,5 @@
 """The fast ETSI 004 path: the h2-based gRPC server (runtime/lkms/h2grpc.py) answering batches
-of pipelined GetKeyStream requests, and the pipelining bench client (runtime/bench/h2stream.py).
+of pipelined GetKeyStream requests, and the pipelining bench client (runtime/bench/_h2stream.py).
 
 Checked: both peer applications get identical bytes in index order whichever side streams
 first (the peer side takes the slow path inside a batch), requests with explicit indices and
@@ -23,7 +23,7 @@ import h2.settings
 import pytest
 from lkmsnet import LoopThread, Net, Pki, net_ab
 
-from sdqkd.bench.h2stream import client_context, get_keys
+from sdqkd.bench._h2stream import client_context, get_keys
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms import h2grpc
 from sdqkd.lkms.core import Limits
