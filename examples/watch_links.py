@@ -1,5 +1,6 @@
 """Watch the QKD links of one node of a running network with pygnmi, the most used Python gNMI
-client: a gNMI STREAM subscription (ON_CHANGE) to each link's secret key rate and status, over
+client: a gNMI STREAM subscription (ON_CHANGE) to each link's secret key rate, its status and
+whether it is paused (its key pool full: it makes no key until keys are used), over
 the mutual TLS and password that `sdqkd net up` wrote into DIR/endpoints.json. Links are named
 A-B from the controller's status file. Ctrl-C stops it; `--count N` stops after N updates.
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import grpc
 from pygnmi.client import gNMIclient
 
-PATHS = ["/qkd_node/qkd_links/qkd_link/qkdl_performance/skr", "/qkd_node/qkd_links/qkd_link/qkdl_status"]
+PATHS = ["/qkd_node/qkd_links/qkd_link/qkdl_performance/skr", "/qkd_node/qkd_links/qkd_link/qkdl_status",
+         "/qkd_node/qkd_links/qkd_link/sdqkd-node-ext:sdqkd-link/engine-state/paused"]
 
 
 def quiet_cancel(args: threading.ExceptHookArgs) -> None:

@@ -28,7 +28,7 @@ GNMI_VERSION = "0.10.0"
 MODELS: list[tuple[str, str, str]] = [
     ("etsi-qkd-node-types", "ETSI ISG QKD", "2022-01-30"),
     ("etsi-qkd-sdn-node", "ETSI ISG QKD", "2022-01-30"),
-    ("sdqkd-node-ext", "sdqkd", "2026-12-05"),
+    ("sdqkd-node-ext", "sdqkd", "2026-12-06"),
 ]
 
 # schema path -> hook name: the transaction calls validate_<name> and apply_<name>

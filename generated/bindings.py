@@ -3197,7 +3197,7 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
 
   YANG Description: Telemetry of the link's key engine.
   """
-  __slots__ = ('_path_helper', '_extmethods', '__qber','__blocks_ok','__blocks_aborted','__secret_bits','__last_abort_reason',)
+  __slots__ = ('_path_helper', '_extmethods', '__qber','__blocks_ok','__blocks_aborted','__secret_bits','__last_abort_reason','__paused',)
 
   _yang_name = 'engine-state'
   _yang_namespace = 'urn:etsi:qkd:yang:etsi-qkd-node'
@@ -3214,6 +3214,7 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
     self.__blocks_aborted = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="blocks-aborted", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
     self.__secret_bits = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="secret-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
     self.__last_abort_reason = YANGDynClass(base=str, is_leaf=True, yang_name="last-abort-reason", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=False)
+    self.__paused = YANGDynClass(base=YANGBool, is_leaf=True, yang_name="paused", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='boolean', is_config=False)
 
     load = kwargs.pop("load", None)
     if args:
@@ -3426,14 +3427,54 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
   def _unset_last_abort_reason(self):
     self.__last_abort_reason = YANGDynClass(base=str, is_leaf=True, yang_name="last-abort-reason", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=False)
 
+
+  def _get_paused(self):
+    """
+    Getter method for paused, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/engine_state/paused (boolean)
+
+    YANG Description: True while the link waits for room in its key pool (max-key-count keys stored):
+healthy, starting no block until keys are delivered or expire.
+    """
+    return self.__paused
+      
+  def _set_paused(self, v, load=False):
+    """
+    Setter method for paused, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/engine_state/paused (boolean)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_paused is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_paused() directly.
+
+    YANG Description: True while the link waits for room in its key pool (max-key-count keys stored):
+healthy, starting no block until keys are delivered or expire.
+    """
+    if hasattr(v, "_utype"):
+      v = v._utype(v)
+    try:
+      t = YANGDynClass(v,base=YANGBool, is_leaf=True, yang_name="paused", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='boolean', is_config=False)
+    except (TypeError, ValueError):
+      raise ValueError({
+          'error-string': """paused must be of a type compatible with boolean""",
+          'defined-type': "boolean",
+          'generated-type': """YANGDynClass(base=YANGBool, is_leaf=True, yang_name="paused", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='boolean', is_config=False)""",
+        })
+
+    self.__paused = t
+    if hasattr(self, '_set'):
+      self._set()
+
+  def _unset_paused(self):
+    self.__paused = YANGDynClass(base=YANGBool, is_leaf=True, yang_name="paused", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='boolean', is_config=False)
+
   qber = __builtin__.property(_get_qber)
   blocks_ok = __builtin__.property(_get_blocks_ok)
   blocks_aborted = __builtin__.property(_get_blocks_aborted)
   secret_bits = __builtin__.property(_get_secret_bits)
   last_abort_reason = __builtin__.property(_get_last_abort_reason)
+  paused = __builtin__.property(_get_paused)
 
 
-  _pyangbind_elements = OrderedDict([('qber', qber), ('blocks_ok', blocks_ok), ('blocks_aborted', blocks_aborted), ('secret_bits', secret_bits), ('last_abort_reason', last_abort_reason), ])
+  _pyangbind_elements = OrderedDict([('qber', qber), ('blocks_ok', blocks_ok), ('blocks_aborted', blocks_aborted), ('secret_bits', secret_bits), ('last_abort_reason', last_abort_reason), ('paused', paused), ])
 
 
 class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(PybindBase):

@@ -112,6 +112,7 @@ EngineState = TypedDict(
         "blocks-aborted": str,
         "secret-bits": str,
         "last-abort-reason": str,
+        "paused": bool,
     },
     total=False,
 )

@@ -625,6 +625,11 @@ class EngineStatePath(PathNode):
         """leaf last-abort-reason: string, state"""
         return self._leaf("last-abort-reason")
 
+    @property
+    def paused(self) -> gnmi_pb2.Path:
+        """leaf paused: boolean, state"""
+        return self._leaf("paused")
+
 
 class SdqkdKeyStorePath(PathNode):
     """/qkd_node/sdqkd-key-store"""

@@ -129,6 +129,7 @@ RESOURCES: dict[str, Resource] = {
     "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted": Resource("/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted", "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/sdqkd-node-ext:sdqkd-link/engine-state/blocks-aborted", "leaf", "sdqkd-node-ext", False, (), False, "int64", None, False, False),
     "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits": Resource("/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits", "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/sdqkd-node-ext:sdqkd-link/engine-state/secret-bits", "leaf", "sdqkd-node-ext", False, (), False, "int64", None, False, False),
     "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason": Resource("/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason", "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/sdqkd-node-ext:sdqkd-link/engine-state/last-abort-reason", "leaf", "sdqkd-node-ext", False, (), False, "string", None, False, False),
+    "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused": Resource("/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused", "/etsi-qkd-sdn-node:qkd_node/qkd_links/qkd_link/sdqkd-node-ext:sdqkd-link/engine-state/paused", "leaf", "sdqkd-node-ext", False, (), False, "boolean", None, False, False),
     "/qkd_node/sdqkd-key-store": Resource("/qkd_node/sdqkd-key-store", "/etsi-qkd-sdn-node:qkd_node/sdqkd-node-ext:sdqkd-key-store", "container", "sdqkd-node-ext", True, (), False, "", None, False, False),
     "/qkd_node/sdqkd-key-store/max-key-count": Resource("/qkd_node/sdqkd-key-store/max-key-count", "/etsi-qkd-sdn-node:qkd_node/sdqkd-node-ext:sdqkd-key-store/max-key-count", "leaf", "sdqkd-node-ext", False, (), False, "int64", None, False, False),
     "/qkd_node/sdqkd-key-store/stored-keys": Resource("/qkd_node/sdqkd-key-store/stored-keys", "/etsi-qkd-sdn-node:qkd_node/sdqkd-node-ext:sdqkd-key-store/stored-keys", "leaf", "sdqkd-node-ext", False, (), False, "int64", None, False, False),
@@ -169,7 +170,7 @@ CHILDREN: dict[str, dict[str, str]] = {
     "/qkd_node/qkd_links/qkd_link/qkdl_performance": { "expected_consumption": "/qkd_node/qkd_links/qkd_link/qkdl_performance/expected_consumption", "skr": "/qkd_node/qkd_links/qkd_link/qkdl_performance/skr", "eskr": "/qkd_node/qkd_links/qkd_link/qkdl_performance/eskr", "phys_perf": "/qkd_node/qkd_links/qkd_link/qkdl_performance/phys_perf", },
     "/qkd_node/qkd_links/qkd_link/qkdl_performance/phys_perf": { "perf_type": "/qkd_node/qkd_links/qkd_link/qkdl_performance/phys_perf/perf_type", "value": "/qkd_node/qkd_links/qkd_link/qkdl_performance/phys_perf/value", },
     "/qkd_node/qkd_links/qkd_link/sdqkd-link": { "classical-endpoint": "/qkd_node/qkd_links/qkd_link/sdqkd-link/classical-endpoint", "channel-endpoint": "/qkd_node/qkd_links/qkd_link/sdqkd-link/channel-endpoint", "fibre-length-km": "/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-length-km", "fibre-loss-db": "/qkd_node/qkd_links/qkd_link/sdqkd-link/fibre-loss-db", "device-profile": "/qkd_node/qkd_links/qkd_link/sdqkd-link/device-profile", "cascade-variant": "/qkd_node/qkd_links/qkd_link/sdqkd-link/cascade-variant", "key-association-id": "/qkd_node/qkd_links/qkd_link/sdqkd-link/key-association-id", "exit-peer": "/qkd_node/qkd_links/qkd_link/sdqkd-link/exit-peer", "derived-from": "/qkd_node/qkd_links/qkd_link/sdqkd-link/derived-from", "eve-fraction": "/qkd_node/qkd_links/qkd_link/sdqkd-link/eve-fraction", "engine-state": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state", },
-    "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state": { "qber": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/qber", "blocks-ok": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-ok", "blocks-aborted": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted", "secret-bits": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits", "last-abort-reason": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason", },
+    "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state": { "qber": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/qber", "blocks-ok": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-ok", "blocks-aborted": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted", "secret-bits": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits", "last-abort-reason": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason", "paused": "/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused", },
     "/qkd_node/sdqkd-key-store": { "max-key-count": "/qkd_node/sdqkd-key-store/max-key-count", "stored-keys": "/qkd_node/sdqkd-key-store/stored-keys", "stored-bits": "/qkd_node/sdqkd-key-store/stored-bits", "delivered-keys": "/qkd_node/sdqkd-key-store/delivered-keys", "pool": "/qkd_node/sdqkd-key-store/pool", },
     "/qkd_node/sdqkd-key-store/pool": { "qkdl-id": "/qkd_node/sdqkd-key-store/pool/qkdl-id", "stored-keys": "/qkd_node/sdqkd-key-store/pool/stored-keys", "stored-bits": "/qkd_node/sdqkd-key-store/pool/stored-bits", "delivered-keys": "/qkd_node/sdqkd-key-store/pool/delivered-keys", },
     "/qkd_node/sdqkd-restconf": { "requests": "/qkd_node/sdqkd-restconf/requests", "refused-requests": "/qkd_node/sdqkd-restconf/refused-requests", "compat-requests": "/qkd_node/sdqkd-restconf/compat-requests", "refused-compat-requests": "/qkd_node/sdqkd-restconf/refused-compat-requests", "last-refusal": "/qkd_node/sdqkd-restconf/last-refusal", },
@@ -179,7 +180,7 @@ CHILDREN: dict[str, dict[str, str]] = {
 MODULES: list[tuple[str, str, str]] = [
     ("etsi-qkd-node-types", "2022-01-30", "urn:etsi:qkd:yang:etsi-qkd-node-types"),
     ("etsi-qkd-sdn-node", "2022-01-30", "urn:etsi:qkd:yang:etsi-qkd-node"),
-    ("sdqkd-node-ext", "2026-12-05", "urn:sdqkd:yang:sdqkd-node-ext"),
+    ("sdqkd-node-ext", "2026-12-06", "urn:sdqkd:yang:sdqkd-node-ext"),
 ]
 
 # modules imported only for their typedefs (ietf-yang-library import-only-module)
@@ -204,4 +205,4 @@ NOTIFICATIONS: dict[str, str] = {
 }
 
 # ietf-yang-library content-id: changes whenever the module set does
-CONTENT_ID = "f4b0ef489cf855a6"
+CONTENT_ID = "096061ace25052b9"

@@ -23,7 +23,7 @@ MODULES: list[dict[str, str]] = [{'name': 'etsi-qkd-node-types',
  {'name': 'sdqkd-node-ext',
   'prefix': 'sdqkd',
   'namespace': 'urn:sdqkd:yang:sdqkd-node-ext',
-  'revision': '2026-12-05',
+  'revision': '2026-12-06',
   'organization': 'sdqkd',
   'file': 'models/yang/sdqkd-node-ext.yang'}]
 
@@ -1237,7 +1237,8 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-ok',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits',
-                                                                       '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason'],
+                                                                       '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason',
+                                                                       '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused'],
                                                           'pyname': 'engine_state',
                                                           'unique': 'engine_state',
                                                           'description': "Telemetry of the link's key "
@@ -1300,6 +1301,18 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                                            'was discarded '
                                                                                            '(empty if '
                                                                                            'none).'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused': {'kind': 'leaf',
+                                                                 'name': 'paused',
+                                                                 'module': 'sdqkd-node-ext',
+                                                                 'config': False,
+                                                                 'type': {'base': 'boolean'},
+                                                                 'pyname': 'paused',
+                                                                 'description': 'True while the link waits '
+                                                                                'for room in its key pool '
+                                                                                '(max-key-count keys '
+                                                                                'stored): healthy, starting '
+                                                                                'no block until keys are '
+                                                                                'delivered or expire.'},
  '/qkd_node/sdqkd-key-store': {'kind': 'container',
                                'name': 'sdqkd-key-store',
                                'module': 'sdqkd-node-ext',

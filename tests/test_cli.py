@@ -179,6 +179,15 @@ def test_nodes_not_yet_reached_are_starting_not_down():
     assert "nodes" not in table({"provisioned": False, "links": [], "nodes": {"A": True}})
 
 
+def test_a_paused_link_is_shown_up_and_paused():
+    from sdqkd.harness.netcli import table
+
+    row = {"link": "A-B", "km": 10, "db": 2.0, "qber": 0.01, "skr": 2e6, "stored_keys": 100_000, "up": True}
+    assert table({"links": [{**row, "paused": True}]}).splitlines()[1].endswith("up, paused: key pool full")
+    assert table({"links": [{**row, "paused": False}]}).splitlines()[1].endswith("  up")
+    assert table({"links": [{**row, "up": False, "paused": True}]}).splitlines()[1].endswith("coming up")
+
+
 def test_demo_says_how_to_get_the_plot_extra(monkeypatch):
     from sdqkd import demo
 

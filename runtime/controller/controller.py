@@ -45,7 +45,8 @@ T = "etsi-qkd-node-types:"
 _LINK = paths.qkd_node().qkd_links().qkd_link()
 _POOL = paths.qkd_node().sdqkd_key_store().pool()
 # what the controller watches on every node (one STREAM subscription)
-WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status, _POOL.path(),
+WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status,
+                                _LINK.sdqkd_link().engine_state().paused, _POOL.path(),
                                 paths.sdqkdn_link_down(), paths.alarm(), paths.sdqkdn_application_new(),
                                 paths.sdqkdn_application_disconnected()]
 
@@ -577,6 +578,7 @@ class Controller:
                 "link": f"{link.a}-{link.b}", "qkdl_id": link.id, "km": link.km, "db": link.loss_db,
                 "up": self.router.links[link.id].up,
                 "qber": a.get("qber"), "skr": a.get("skr"), "eskr": a.get("eskr"),
+                "paused": any(bool(self.nodes[n].links.get(link.id, {}).get("paused")) for n in link.ends),
                 "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),
             })
         return rows

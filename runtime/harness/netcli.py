@@ -22,13 +22,20 @@ def fmt_rate(bps: Any) -> str:
     return f"{v / 1e6:.2f} Mb/s" if v >= 1e6 else f"{v / 1e3:.1f} kb/s"
 
 
+def _state(row: dict[str, Any]) -> str:
+    if not row["up"]:
+        return "coming up"
+    # a full pool pauses its link (max_key_count): the rate shown is what it makes when it runs
+    return "up, paused: key pool full" if row.get("paused") else "up"
+
+
 def table(status: dict[str, Any]) -> str:
     """The controller's view as a table: links, nodes not up (starting or down), applications."""
     rows = [f"  {'link':22s} {'km':>5s} {'dB':>5s} {'QBER':>6s} {'secret key rate':>16s} {'stored keys':>12s}  state"]
     for r in status.get("links", []):
         q = f"{float(r['qber']) * 100:.1f}%" if r.get("qber") not in (None, "") else "-"
         rows.append(f"  {r['link']:22s} {r['km']:5.0f} {r['db']:5.1f} {q:>6s} {fmt_rate(r.get('skr')):>16s} "
-                    f"{r.get('stored_keys', 0):>12d}  {'up' if r['up'] else 'coming up'}")
+                    f"{r.get('stored_keys', 0):>12d}  {_state(r)}")
     not_up = [n for n, up in status.get("nodes", {}).items() if not up]
     if not_up:
         # the controller provisions only once it has seen every node up: until then a node it has

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sdqkd.engine import pipeline
 from sdqkd.logfmt import brief
@@ -89,6 +89,7 @@ class LinkStats:
     auth_bps: float = 0.0
     last_abort: str = ""
     status: str = "PENDING"
+    paused: bool = False  # waiting for room in the key pool
     # CPU seconds per pipeline stage of every block that ended here (BlockResult.cpu), summed
     stage_cpu_s: dict[str, float] = field(default_factory=dict)
 
@@ -106,19 +107,29 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+class KeyRoom(Protocol):
+    """The key store's back-pressure (the LKMS): a full pool starts no block."""
+
+    def has_room(self, qkdl_id: str) -> bool: ...
+
+    async def wait_for_room(self, qkdl_id: str) -> None: ...
+
+
 class EngineLink:
     """One PHYS link at one node. `on_key` stores a block's key (LKMS add_block); `on_stats`
-    reports telemetry (agent state); `wait_room` is the key store's back-pressure."""
+    reports telemetry (agent state); `room` is the key store's back-pressure."""
 
     def __init__(self, params: LinkParams, bootstrap: bytes, tls: TlsFiles | None,
                  on_key: Callable[[str, bytes, int, str], Awaitable[Any]],
                  on_stats: Callable[[LinkParams, LinkStats, pipeline.BlockResult | None], None],
-                 wait_room: Callable[[str], Awaitable[None]]):
+                 room: KeyRoom):
         self.p = params
         self.bootstrap = bootstrap
         self.tls = tls
         self.stats = LinkStats()
-        self._on_key, self._on_stats, self.wait_room = on_key, on_stats, wait_room
+        self._on_key, self._on_stats, self._room = on_key, on_stats, room
+        self._waiting_room = 0  # a session's steps held back by a full pool, and the watch below
+        self._room_watch: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.session: Session | None = None
@@ -128,6 +139,26 @@ class EngineLink:
         self.carry = _CARRY.setdefault((params.role, digest, params.qkdl_id), Carry())
 
     # ------------------------------------------------------------ what a session needs
+
+    async def wait_room(self, qkdl_id: str) -> None:
+        """Hold a new block back while the key pool is full. Meanwhile the link says so: paused,
+        and ACTIVE (its session is up and its pool full of key both ends hold), so that a
+        manager neither waits for a block to see it up again nor reads the quiet as a fault."""
+        if self._room.has_room(qkdl_id):
+            return
+        self._waiting_room += 1
+        if self._waiting_room == 1:
+            self.stats.paused, self.stats.status = True, "ACTIVE"
+            self._on_stats(self.p, self.stats, None)
+        try:
+            await self._room.wait_for_room(qkdl_id)
+        finally:
+            self._waiting_room -= 1
+            if self._waiting_room == 0:
+                self.stats.paused = False
+                self._last_ok = time.monotonic()  # the next block's rate is not spread over the pause
+                if not self._stopped.is_set():
+                    self._on_stats(self.p, self.stats, None)
 
     @staticmethod
     def pool() -> ThreadPoolExecutor:
@@ -143,6 +174,32 @@ class EngineLink:
 
     async def store(self, block_id: str, key: bytes) -> None:
         await self._on_key(self.p.qkdl_id, key, 256, block_id)
+        self._check_room()
+
+    def _check_room(self) -> None:
+        """After a block is stored and when a session starts: the end that starts blocks (the
+        receiver) waits for room, this end may never be asked to, and says it is paused all the
+        same (and ACTIVE: a session that came back finds its pool full) until it has room."""
+        if self._room.has_room(self.p.qkdl_id) or self._stopped.is_set():
+            return
+        if self._room_watch is None:
+            self._room_watch = asyncio.create_task(self._watch_room())
+        elif self.stats.status != "ACTIVE":  # paused through a lost session: up again, still full
+            self.stats.status = "ACTIVE"
+            self._on_stats(self.p, self.stats, None)
+
+    def restate(self) -> None:
+        """Publish the link's state again where nothing else would soon: while paused (no block
+        ends to say ACTIVE) with its session up, whatever status a manager wrote meanwhile."""
+        if self.stats.paused and self.session is not None:
+            self.stats.status = "ACTIVE"
+            self._on_stats(self.p, self.stats, None)
+
+    async def _watch_room(self) -> None:
+        try:
+            await self.wait_room(self.p.qkdl_id)
+        finally:
+            self._room_watch = None
 
     def report(self, result: pipeline.BlockResult, stored_bits: int, wall_s: float) -> None:
         """One block ended at this end: `stored_bits` of key went to the store (0: none)."""
@@ -183,10 +240,11 @@ class EngineLink:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.drain(drain_s), drain_s + 2)
             s.fail(ChannelError("link stopped"))
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._room_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         async with self._session_lock:  # a receiving session ends in its connection's task
             pass
 
@@ -252,6 +310,7 @@ class EngineLink:
 
     async def _session_body(self, conn: FrameConnection, sid: str, window: int) -> None:
         session = self.session = Session(self, conn, sid, window)
+        self._check_room()
         try:
             await session.run()
         finally:

@@ -188,13 +188,14 @@ class NodeProvisioning(ModelHooks):
         await lkms.set_link(qkdl_id, plan.peer_id, plan.peer_address, kind="PHYS", up=plan.params.enabled)
         current = self.node.links.get(qkdl_id)
         if current is not None and current.p == plan.params:
+            current.restate()  # a Set that wrote the link's status (the controller's PENDING) is not its state
             return
         await self._stop_engine(qkdl_id)
         if plan.params.enabled and plan.params.role == "alice" and not plan.params.peer_address:
             log.warning("link %s: no channel-endpoint for the peer's classical channel; not started", qkdl_id)
         elif plan.params.enabled:
             link = EngineLink(plan.params, bootstrap, self.node.cfg.tls, self.node.store_block,
-                              self.node.link_stats, lkms.wait_for_room)
+                              self.node.link_stats, lkms)
             self.node.links[qkdl_id] = link
             link.start()
 

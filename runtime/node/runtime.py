@@ -183,6 +183,7 @@ class NodeRuntime:
             leaf.blocks_aborted: s.blocks_aborted,
             leaf.secret_bits: s.secret_bits,
             leaf.last_abort_reason: s.last_abort,
+            leaf.paused: s.paused,
         }
         if s.qber == s.qber:  # not NaN
             vals[leaf.qber_value] = f"{min(s.qber, 1.0):.3f}"

@@ -24,6 +24,7 @@ class LinkLeaves(NamedTuple):
     secret_bits: str
     last_abort_reason: str
     qber: str  # the engine's own, finer figure (augmentation)
+    paused: str  # waiting for room in its key pool (augmentation)
 
 
 class StoreLeaves(NamedTuple):
@@ -43,7 +44,7 @@ def link(qkdl_id: str) -> LinkLeaves:
     return LinkLeaves(
         _s(entry.qkdl_status), _s(perf.skr), _s(perf.eskr), _s(perf.phys_perf(perf_type=f"{T}QBER").value),
         _s(engine.blocks_ok), _s(engine.blocks_aborted), _s(engine.secret_bits), _s(engine.last_abort_reason),
-        _s(engine.qber))
+        _s(engine.qber), _s(engine.paused))
 
 
 @lru_cache(maxsize=4096)

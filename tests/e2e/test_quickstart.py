@@ -54,5 +54,6 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
+    assert re.search(r"^B: link B-C  \S*engine-state/paused = (True|False)$", r.stdout, flags=re.M)
     assert "stopped 4 process(es)" in r.stdout
     assert not (tmp_path / "lab").exists() and not list(tmp_path.glob("key-*.json"))

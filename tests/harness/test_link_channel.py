@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from sdqkd.bench.link import stored_keys
@@ -21,7 +22,7 @@ from sdqkd.engine import pipeline
 from sdqkd.engine.auth import HEADER_BYTES
 from sdqkd.generated.proto.sdqkd import kms_pb2, kms_pb2_grpc
 from sdqkd.harness.inprocess import start_network
-from sdqkd.lkms.tlsctx import grpc_channel_credentials
+from sdqkd.lkms.tlsctx import grpc_channel_credentials, https_client_context
 from sdqkd.node import channel, session
 from sdqkd.node.channel import ChannelError, FrameConnection, Kind
 from sdqkd.pki import TlsFiles
@@ -102,6 +103,24 @@ def same_stores(state: Path) -> int:
     assert a.keys() == b.keys(), f"key IDs differ: {len(a.keys() - b.keys())} only at A, {len(b.keys() - a.keys())} only at B"
     assert a == b
     return len(a)
+
+
+def deliver(net: Any, count: int) -> None:
+    """`count` keys of A-B delivered over ETSI 014: sae-a's enc_keys at A, sae-b's dec_keys at B."""
+    def client(node: str, sae: str) -> httpx.Client:
+        files = net.endpoints[node]["saes"][sae]
+        tls = TlsFiles(Path(net.endpoints[node]["ca"]), Path(files["cert"]), Path(files["key"]))
+        return httpx.Client(verify=https_client_context(tls), timeout=30)
+
+    with client("A", "sae-a") as a, client("B", "sae-b") as b:
+        while count > 0:
+            got = a.post(f"https://{net.endpoints['A']['etsi014']}/api/v1/keys/sae-b/enc_keys",
+                         json={"number": min(count, 100)})
+            assert got.status_code == 200, got.text
+            ids = [{"key_ID": k["key_ID"]} for k in got.json()["keys"]]
+            r = b.post(f"https://{net.endpoints['B']['etsi014']}/api/v1/keys/sae-a/dec_keys", json={"key_IDs": ids})
+            assert r.status_code == 200, r.text
+            count -= len(ids)
 
 
 # ------------------------------------------------------------------ admission
@@ -350,12 +369,21 @@ def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Pat
 
 def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Path):
     """`settings: {max_key_count: N}` reaches every node's LKMS: once a link's pool holds N keys
-    its engine starts no more blocks (those in flight still end), and both stores stay equal."""
+    its engine starts no more blocks (those in flight still end), and both stores stay equal.
+    Meanwhile both ends say so: `engine-state/paused` true and `qkdl_status` ACTIVE (the link is
+    healthy, not down), in their trees and in the controller's view; keys delivered over ETSI 014
+    make room, and the link produces again."""
 
     async def main() -> None:
-        net = await start_network({**PAIR, "settings": {"max_key_count": 1500}}, tmp_path, engine=FAST,
-                                  wait_keys=True, timeout=120)
+        topo = {**PAIR, "saes": [{"name": "sae-a", "node": "A"}, {"name": "sae-b", "node": "B"}],
+                "settings": {"max_key_count": 1500}}
+        net = await start_network(topo, tmp_path, engine=FAST, wait_keys=True, timeout=120)
         n = Net(net, tmp_path)
+
+        def link_state(node: str) -> tuple[str, bool]:
+            entry = net.nodes[node].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(n.bob.p.qkdl_id,)]
+            return entry.get("qkdl_status"), entry["sdqkd-link"].get("engine-state", {}).get("paused")
+
         try:
             assert all(rt.lkms is not None and rt.lkms.store.max_key_count == 1500 for rt in net.nodes.values())
             lkms = net.nodes["B"].lkms
@@ -365,6 +393,32 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             ok = n.alice.stats.blocks_ok
             await asyncio.sleep(3.0)
             assert n.alice.stats.blocks_ok == ok  # paused
+            active = ("etsi-qkd-node-types:ACTIVE", True)
+            await wait_for(lambda: link_state("A") == active and link_state("B") == active, 10, "paused, ACTIVE")
+            ctl = net.controller
+            await wait_for(lambda: ctl.link_table()[0]["paused"] and ctl.link_table()[0]["up"], 10, "the controller's view")
+            # the controller writes PENDING when a node comes back; a paused link with its session
+            # up is up (no block would come to say so): it answers with its state
+            await ctl._client("A").update_qkd_link(n.bob.p.qkdl_id, {"qkdl_status": "etsi-qkd-node-types:PENDING"})
+            await wait_for(lambda: link_state("A") == active, 10, "ACTIVE again after the controller's PENDING")
+
+            # room at both ends (the blocks that were in flight filled the pool past its limit); the
+            # link may fill it again within a few blocks, so the moments it is not paused are latched
+            unpaused = {"A": False, "B": False, "controller": False}
+
+            async def latch() -> None:
+                while True:
+                    for who in ("A", "B"):
+                        unpaused[who] |= link_state(who)[1] is False
+                    unpaused["controller"] |= not ctl.link_table()[0]["paused"]
+                    await asyncio.sleep(0.005)
+
+            watch = asyncio.create_task(latch())
+            stored = max(next(iter(rt.lkms.key_store_stats()["pool"]))["stored-keys"] for rt in net.nodes.values())
+            await asyncio.to_thread(deliver, net, stored - 1500 + 100)
+            await wait_for(lambda: n.alice.stats.blocks_ok > ok, 60, "a block after the pause")
+            await wait_for(lambda: all(unpaused.values()), 10, "not paused at both ends and in the controller's view")
+            watch.cancel()
         finally:
             await net.stop()
         assert same_stores(tmp_path) >= 1500
