@@ -203,7 +203,7 @@ class NodeRuntime:
         tree_id = self.tree_of.get(qkdl_id, qkdl_id)
         if (tree_id,) in self.agent.root.get("qkd_node", {}).get("qkd_links", {}).get("qkd_link", {}):
             leaf = statepaths.link(tree_id)
-            self.agent.state.update({leaf.status: f"{T}OFF", leaf.skr: 0, leaf.eskr: 0})
+            self.agent.state.update({leaf.status: f"{T}OFF", leaf.skr: 0, leaf.eskr: 0, leaf.paused: False})
 
     async def _publish_store(self) -> None:
         """Key-store figures into the augmentation, and app statistics, once a second."""

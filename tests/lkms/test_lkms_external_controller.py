@@ -106,6 +106,8 @@ async def _run_ring(tmp: Path) -> None:
         assert ctl.apps[route.app_id].path == ["C", "B", "A", "ext:vendorx"], ctl.apps[route.app_id].path
         seen = ctl.nodes["C"].links[ca_link.id]  # what C says of the disabled link (ETSI 015)
         assert (seen["qkdl_status"], seen["skr"], seen["eskr"]) == ("etsi-qkd-node-types:OFF", 0, 0)
+        assert net.nodes["C"].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(ca_link.id,)]["sdqkd-link"][
+            "engine-state"]["paused"] is False
         b_rt = net.nodes["B"]
         assert b_rt.lkms is not None and b_rt.lkms.registry.links[route.qkdl_id].exit_peer == "vendorx"
         for k in await asyncio.to_thread(_enc, net, ca, "C", "c1", "bx1"):
