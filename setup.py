@@ -4,7 +4,10 @@
   runtime/ -> sdqkd, codegen/ -> sdqkd.codegen, generated/ -> sdqkd.generated
   (nothing else lands at the top of site-packages);
 - the C engine: every folder runtime/engine/csrc/<name>/ becomes the extension module
-  sdqkd.engine._<name> (C11).
+  sdqkd.engine._<name> (C11);
+- no stale files: pip builds in the source tree and reuses build/lib, so a file since removed
+  from the tree (a vendor's dropped proto or plugin output under generated/) would still be
+  installed; build_py removes what it no longer copies.
 
 Everything else (metadata, dependencies, extras) stays in pyproject.toml."""
 
@@ -12,6 +15,7 @@ import os
 from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 CSRC = Path("runtime") / "engine" / "csrc"
@@ -65,4 +69,16 @@ def _packages() -> list[str]:
     return sorted(out)
 
 
-setup(packages=_packages(), package_dir=dict(PACKAGE_ROOTS), ext_modules=_extensions())
+class BuildPy(build_py):
+    def run(self) -> None:
+        super().run()
+        copied = {os.path.abspath(p) for p in self.get_outputs(include_bytecode=False)}
+        for folder, _dirs, files in os.walk(os.path.join(self.build_lib, "sdqkd")):
+            for name in files:
+                path = os.path.abspath(os.path.join(folder, name))
+                if path not in copied and not name.endswith((".so", ".pyc")):  # C: build_ext's
+                    os.remove(path)
+
+
+setup(packages=_packages(), package_dir=dict(PACKAGE_ROOTS), ext_modules=_extensions(),
+      cmdclass={"build_py": BuildPy})

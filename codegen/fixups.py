@@ -90,12 +90,15 @@ class PythonNames:
             node.pyname = py
         # siblings must stay distinct after renaming
         for node in list(schema.nodes.values()):
-            seen: dict[str, str] = {}
+            seen: dict[str, Node] = {}
             for child in schema.children(node):
-                if child.pyname in seen:
+                other = seen.get(child.pyname)
+                if other is not None:
+                    # two modules may augment the same name into one place (each in its namespace)
                     report.add(child.file, child.line,
-                               f"{child.path}: Python name {child.pyname!r} collides with {seen[child.pyname]}", "error")
-                seen[child.pyname] = child.path
+                               f"{child.path}: Python name {child.pyname!r} collides with {other.path} of "
+                               f"{other.file}:{other.line}; rename one of them", "error")
+                seen[child.pyname] = child
         self._unique(schema)
 
     @staticmethod

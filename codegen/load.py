@@ -46,7 +46,8 @@ def load_yang(root: Path, plugins: list[Any], report: Report) -> Loaded:
     ydir = root / "models" / "yang"
     files = sorted(p for p in ydir.rglob("*.yang")) if ydir.is_dir() else []
     if not files:
-        report.add(_rel(ydir, root), 0, "no YANG modules found", "error")
+        report.add(_rel(ydir, root), 0, f"no YANG modules found in {ydir} (--root names the project tree that "
+                   "holds models/yang; default: the current directory)", "error")
         report.raise_if_errors()
     search = [str(d) for d in sorted({p.parent for p in files})] + _pyang_bundled_modules()
     repo = repository.FileRepository(os.pathsep.join(search), use_env=False)

@@ -8,6 +8,8 @@ from typing import TextIO
 
 from sdqkd.errors import SdqkdError
 
+LEVELS = ("error", "warning", "fixup", "rename")  # error stops a run; the rest are printed (rename with -v)
+
 
 @dataclass(frozen=True)
 class Diagnostic:
@@ -34,6 +36,10 @@ class Report:
     items: list[Diagnostic] = field(default_factory=list)
 
     def add(self, file: str, line: int, message: str, level: str) -> None:
+        """One diagnostic at `file:line`; `level` is one of LEVELS (a plugin's typo must not
+        hide its message)."""
+        if level not in LEVELS:
+            raise ValueError(f"report level {level!r} is not one of {', '.join(LEVELS)}")
         self.items.append(Diagnostic(file, line, message, level))
 
     def errors(self) -> list[Diagnostic]:
@@ -43,7 +49,7 @@ class Report:
         if self.errors():
             raise GenerationError(self.errors())
 
-    def print(self, stream: TextIO = sys.stderr, levels: tuple[str, ...] = ("warning", "fixup")) -> None:
+    def print(self, stream: TextIO | None = None, levels: tuple[str, ...] = ("warning", "fixup")) -> None:
         for d in self.items:
             if d.level in levels:
-                print(d, file=stream)
+                print(d, file=stream or sys.stderr)  # (looked up now: a caller may have redirected it)

@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .report import Diagnostic, GenerationError
+
 # Implicit ranges of the YANG built-in integer types (RFC 7950 §9.2).
 INT_RANGES = {
     "int8": (-(2**7), 2**7 - 1), "int16": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1),
@@ -231,6 +233,7 @@ def build_schema(ctx: Any, modules: list[Any], files: dict[str, str]) -> Schema:
     identities = _collect_identities(ctx)
     nodes: dict[str, Node] = {}
     roots: list[str] = []
+    clashes: list[Diagnostic] = []
 
     def visit(stmt: Any, parent: str, notif: str | None) -> str | None:
         kind = stmt.keyword
@@ -264,6 +267,12 @@ def build_schema(ctx: Any, modules: list[Any], files: dict[str, str]) -> Schema:
         if kind == "container":
             n.presence = stmt.search_one("presence") is not None
         n.when = _when(stmt)
+        prev = nodes.get(path)
+        if prev is not None and prev.module != mod:
+            # legal YANG (each in its own namespace), but paths, hooks and types name nodes
+            # without module prefixes: the second would silently replace the first
+            clashes.append(Diagnostic(n.file, n.line, f"{path}: also defined by module {prev.module} "
+                                      f"({prev.file}:{prev.line}); rename one of them", "error"))
         nodes[path] = n
         for c in getattr(stmt, "i_children", []):
             cp = visit(c, path, stmt.arg if kind == "notification" else notif)
@@ -287,4 +296,6 @@ def build_schema(ctx: Any, modules: list[Any], files: dict[str, str]) -> Schema:
             p = visit(c, "/", None)
             if p:
                 roots.append(p)
+    if clashes:
+        raise GenerationError(clashes)
     return Schema(modules=sorted(mods, key=lambda x: x.name), nodes=nodes, roots=roots)

@@ -33,13 +33,8 @@ def _parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
 
 def _gen(args: argparse.Namespace) -> int:
     from sdqkd.codegen.cli import run
-    from sdqkd.errors import MissingExtra
 
-    try:
-        return run(args)
-    except ModuleNotFoundError as e:
-        print(MissingExtra("sdqkd gen", "gen", e.name or str(e)), file=sys.stderr)
-        return 2
+    return run(args)  # (it says which extra is missing, as `python -m sdqkd.codegen` does)
 
 
 def _add_gen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

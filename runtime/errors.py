@@ -14,5 +14,5 @@ class MissingExtra(SdqkdError):
 
     def __init__(self, feature: str, extra: str, missing: str):
         super().__init__(f"{feature} needs the '{extra}' extra ({missing} is not installed): "
-                         f"pip install 'sdqkd[{extra}]'")
+                         f"pip install 'sdqkd[{extra}]', or in a clone of the project: pip install '.[{extra}]'")
         self.extra = extra

@@ -54,6 +54,10 @@ print('loaded', loaded)
 def test_commands_name_the_missing_extra(tmp_path: Path) -> None:
     r = _python(f"import sdqkd.cli; sys.exit(sdqkd.cli.main(['gen', '--check', '--root', {str(ROOT)!r}]))")
     assert r.returncode == 2 and "pip install 'sdqkd[gen]'" in r.stderr, r.stderr
+    assert "in a clone of the project: pip install '.[gen]'" in r.stderr
+    r = _python(f"import runpy; sys.argv = ['x', '--check', '--root', {str(ROOT)!r}]; "
+                "runpy.run_module('sdqkd.codegen', run_name='__main__')")  # as `python -m sdqkd.codegen`
+    assert r.returncode == 2 and "pip install 'sdqkd[gen]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = _python(f"import sdqkd.cli; sys.exit(sdqkd.cli.main(['plot', 'keyrate', '--out', {str(tmp_path / 'k.png')!r}]))")
     assert r.returncode == 2 and "pip install 'sdqkd[plot]'" in r.stderr, r.stderr
     assert not (tmp_path / "k.png").exists()

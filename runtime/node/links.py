@@ -176,7 +176,7 @@ class EngineLink:
         await self._on_key(self.p.qkdl_id, key, 256, block_id)
         self._check_room()
 
-    def _check_room(self) -> None:
+    def _check_room(self, session_start: bool = False) -> None:
         """After a block is stored and when a session starts: the end that starts blocks (the
         receiver) waits for room, this end may never be asked to, and says it is paused all the
         same (and ACTIVE: a session that came back finds its pool full) until it has room."""
@@ -184,7 +184,9 @@ class EngineLink:
             return
         if self._room_watch is None:
             self._room_watch = asyncio.create_task(self._watch_room())
-        elif self.stats.status != "ACTIVE":  # paused through a lost session: up again, still full
+        elif session_start or self.stats.status != "ACTIVE":
+            # paused through a lost session, up again and still full: whatever was written
+            # meanwhile (the controller's PENDING while no session was up) is not the state now
             self.stats.status = "ACTIVE"
             self._on_stats(self.p, self.stats, None)
 
@@ -310,7 +312,7 @@ class EngineLink:
 
     async def _session_body(self, conn: FrameConnection, sid: str, window: int) -> None:
         session = self.session = Session(self, conn, sid, window)
-        self._check_room()
+        self._check_room(session_start=True)
         try:
             await session.run()
         finally:

@@ -180,5 +180,82 @@ def test_bad_proto_fails_with_file_line(project_copy: Path):
 
 
 def test_no_models_is_an_error(tmp_path: Path):
-    with pytest.raises(GenerationError, match="no YANG modules"):
+    with pytest.raises(GenerationError, match=f"no YANG modules found in {tmp_path}/models/yang .*--root"):
         generate(tmp_path)
+
+
+class _Plugin:
+    name = "vx"
+
+    def __init__(self, **hooks: object) -> None:
+        for k, v in hooks.items():
+            setattr(self, k, v)
+
+
+def _with_plugin(monkeypatch: pytest.MonkeyPatch, plugin: object) -> None:
+    from sdqkd.codegen import fixups, pipeline
+
+    monkeypatch.setattr(pipeline, "load_plugins", lambda: [*fixups.BUILTIN, plugin])
+
+
+@pytest.mark.parametrize("rel, words", [("../escaped.py", "not a plain relative path"),
+                                        ("/tmp/abs.py", "not a plain relative path"),
+                                        ("a/./b.py", "not a plain relative path"),
+                                        ("paths.py", "a file the generator writes itself")])
+def test_a_plugin_writes_only_new_files_under_generated(project_copy: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        rel: str, words: str):
+    _with_plugin(monkeypatch, _Plugin(emit=lambda schema: {"vx_summary.py": "X = 1\n", rel: "# hijacked\n"}))
+    with pytest.raises(GenerationError) as e:
+        generate(project_copy)
+    assert str(e.value) == f"plugin 'vx':0: error: emit: {rel!r} is {words}" + (
+        " under generated/" if "relative" in words else "")
+    assert not (project_copy / "generated").exists() and not (project_copy.parent / "escaped.py").exists()
+    _with_plugin(monkeypatch, _Plugin(emit=lambda schema: {"vx/summary.py": "X = 1\n"}))
+    assert generate(project_copy).files["vx/summary.py"].endswith("X = 1\n")
+
+
+def test_a_failing_plugin_is_named_and_nothing_is_written(project_copy: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]):
+    def transform(schema: object, report: object) -> None:
+        raise RuntimeError("plugin bug")
+
+    from sdqkd.codegen.cli import main
+
+    _with_plugin(monkeypatch, _Plugin(transform=transform))
+    assert main(["--root", str(project_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "plugin 'vx':0: error: transform failed: RuntimeError: plugin bug" in err and "Traceback" not in err
+    assert not (project_copy / "generated").exists()
+
+
+def test_a_report_level_is_checked_and_renames_print_with_verbose(project_copy: Path,
+                                                                  capsys: pytest.CaptureFixture[str]):
+    from sdqkd.codegen.cli import main
+    from sdqkd.codegen.report import Report
+
+    with pytest.raises(ValueError, match="'info' is not one of error, warning, fixup, rename"):
+        Report().add("f.yang", 1, "x", "info")
+    assert main(["--root", str(project_copy)]) == 0
+    assert "note: renamed" not in capsys.readouterr().err
+    assert main(["--root", str(project_copy), "-v"]) == 0
+    assert "engine-state/last-abort-reason: Python name 'last_abort_reason'" in capsys.readouterr().err
+
+
+def test_two_modules_augmenting_one_name_are_named_with_file_and_line(project_copy: Path):
+    for i, name in enumerate(("vx-one", "vx-two")):
+        (project_copy / "models" / "yang" / f"{name}.yang").write_text(f"""module {name} {{
+  yang-version 1.1;
+  namespace "urn:vx:{name}";
+  prefix v{i};
+  import etsi-qkd-sdn-node {{ prefix etsi-qkdn; }}
+  augment "/etsi-qkdn:qkd_node" {{
+    container vx-chassis {{ leaf serial {{ type string; }} }}
+  }}
+}}
+""")
+    with pytest.raises(GenerationError) as e:
+        generate(project_copy)
+    assert str(e.value.diagnostics[0]) == (
+        "models/yang/vx-two.yang:7: error: /qkd_node/vx-chassis: also defined by module vx-one "
+        "(models/yang/vx-one.yang:7); rename one of them"), str(e.value)
+    assert not (project_copy / "generated").exists()

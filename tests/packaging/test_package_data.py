@@ -1,4 +1,5 @@
-"""What `pip install .` puts in site-packages: every data file the code reads at run time.
+"""What `pip install .` puts in site-packages: every data file the code reads at run time, and
+nothing the tree no longer has.
 
 setuptools copies only the package data pyproject.toml names; a file it leaves out works in the
 editable install the tests use and breaks in a plain one (the generator's templates did:
@@ -40,3 +41,16 @@ def test_every_data_file_of_the_packages_is_installed(tmp_path: Path) -> None:
                    capture_output=True)
     missing = sorted(name for name in data if not (out / name).is_file())
     assert not missing, f"not installed by `pip install .` (add to [tool.setuptools.package-data]): {missing}"
+
+    # pip builds in the tree and reuses its build folder: a file removed since must not linger
+    (src / "generated" / "vendor_extra.py").write_text("X = 1\n")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(out)], cwd=src, check=True,
+                   capture_output=True)
+    assert (out / "sdqkd/generated/vendor_extra.py").is_file()
+    (src / "generated" / "vendor_extra.py").unlink()
+    (out / "sdqkd/engine/_fake.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")  # build_ext's, kept
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(out)], cwd=src, check=True,
+                   capture_output=True)
+    assert not (out / "sdqkd/generated/vendor_extra.py").exists()
+    assert (out / "sdqkd/engine/_fake.cpython-311-x86_64-linux-gnu.so").exists()
+    assert not [name for name in data if not (out / name).is_file()]
