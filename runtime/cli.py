@@ -108,42 +108,9 @@ def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     h.set_defaults(func=_health)
 
 
-def _controller_problem(state_dir: str, config: str | None) -> str | None:
-    """Why the controller cannot start from its network description (one line naming the file),
-    or None. Checked before the controller creates DIR, so a mistyped DIR leaves nothing behind."""
-    import json
-    from pathlib import Path
-
-    path = Path(config) if config else Path(state_dir) / "network.json"
-    where = f"--config {config}" if config else f"--state-dir {state_dir}"
-    if not path.is_file():
-        hint = "" if config else " (not a network prepared by `sdqkd net up`?)"
-        return f"sdqkd controller: {where}: no such file {path}{hint}"
-    try:
-        desc = json.loads(path.read_text())
-    except OSError as e:
-        return f"sdqkd controller: {path}: cannot read ({e.strerror or e})"
-    except ValueError as e:
-        return f"sdqkd controller: {path}: not JSON ({e})"
-    ctl = desc.get("controller") if isinstance(desc, dict) else None
-    if not isinstance(ctl, dict):
-        return f"sdqkd controller: {path}: not a network description (no `controller` object)"
-    # the files it names, relative to its own directory (as the controller reads them)
-    named = {"ca": desc.get("ca"), **{f"controller.{k}": ctl.get(k)
-                                      for k in ("cert", "key", "password_file", "token_file")}}
-    for key, rel in named.items():
-        if not isinstance(rel, str) or not (path.parent / rel).is_file():
-            return f"sdqkd controller: {path}: {key}: no such file {path.parent / str(rel or '')}"
-    return None
-
-
 def _controller(args: argparse.Namespace) -> int:
     from sdqkd.controller.service import main
 
-    problem = _controller_problem(args.state_dir, args.config)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
     return main(args.state_dir, args.config, args.api, args.log_format)
 
 

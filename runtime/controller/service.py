@@ -150,6 +150,32 @@ async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
         await runner.cleanup()
 
 
+def config_problem(state_dir: str, config: str | None) -> str | None:
+    """Why the controller cannot start from its network description (one line naming the file),
+    or None. Checked before the controller creates DIR, so a mistyped DIR leaves nothing behind."""
+    path = Path(config) if config else Path(state_dir) / "network.json"
+    where = f"--config {config}" if config else f"--state-dir {state_dir}"
+    if not path.is_file():
+        hint = "" if config else " (not a network prepared by `sdqkd net up`?)"
+        return f"sdqkd controller: {where}: no such file {path}{hint}"
+    try:
+        desc = json.loads(path.read_text())
+    except OSError as e:
+        return f"sdqkd controller: {path}: cannot read ({e.strerror or e})"
+    except ValueError as e:
+        return f"sdqkd controller: {path}: not JSON ({e})"
+    ctl = desc.get("controller") if isinstance(desc, dict) else None
+    if not isinstance(ctl, dict):
+        return f"sdqkd controller: {path}: not a network description (no `controller` object)"
+    # the files it names, relative to its own directory (as the controller reads them)
+    named = {"ca": desc.get("ca"), **{f"controller.{k}": ctl.get(k)
+                                      for k in ("cert", "key", "password_file", "token_file")}}
+    for key, rel in named.items():
+        if not isinstance(rel, str) or not (path.parent / rel).is_file():
+            return f"sdqkd controller: {path}: {key}: no such file {path.parent / str(rel or '')}"
+    return None
+
+
 def main(state_dir: str, config: str | None = None, api: str = "127.0.0.1:0", log_format: str = "text") -> int:
     from sdqkd.logsetup import configure
 
@@ -158,6 +184,10 @@ def main(state_dir: str, config: str | None = None, api: str = "127.0.0.1:0", lo
         # the northbound API stays on loopback behind its bearer token (kubectl port-forward,
         # docker exec or ssh reach it from outside)
         print(f"--api {api}: the controller API serves loopback addresses only", file=sys.stderr)
+        return 2
+    problem = config_problem(state_dir, config)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
