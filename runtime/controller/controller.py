@@ -20,6 +20,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -413,42 +414,35 @@ class Controller:
         async with self._lock:
             for route in list(self.apps.values()):
                 if self.external.owns(route):
+                    # to another vendor's KMS: the sdqkd part of a path that leaves at a gateway
+                    # (a pair at the gateway itself is reached from there only: nothing to move)
                     if route.virtual and self._broken(route.path[:-1]):
-                        await self._reroute_exit(route, reason)
-                    continue  # (a pair at the gateway itself: the peer is reached from there only)
-                if not self._broken(route.path):
-                    continue
-                src, dst = route.path[0], route.path[-1]
-                try:
-                    new = self._route(route.master, route.slave, src, dst, route.rate_bps)
-                    new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
-                except RuntimeError as e:
-                    log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
-                    self.events.append(("unroutable", route.app_id))
-                    continue
-                stale = [n for n in route.path if n not in new.path and self.nodes[n].up]
-                for n in stale:
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        await self._client(n).delete_qkd_link(route.qkdl_id)
-                try:
-                    await self._install(new)
-                except grpc.aio.AioRpcError as e:
-                    log.warning("app %s -> %s: reinstall failed: %s", route.master, route.slave, e.details())
-                    continue
-                self.apps[route.app_id] = new
-                log.info("app %s -> %s rerouted %s -> %s (%s)", route.master, route.slave, "-".join(route.path),
-                         "-".join(new.path), reason)
-                self.events.append(("rerouted", route.app_id))
+                        await self._move(route, reason, lambda r: self.external.reroute(self, r))
+                elif self._broken(route.path):
+                    await self._move(route, reason, self._reroute_inside)
 
     def _broken(self, path: list[str]) -> bool:
         """A hop of the path whose link is missing or down."""
         return any(not (ln := self.topo.link_between(*h)) or not self.router.links[ln.id].up
                    for h in zip(path, path[1:]))
 
-    async def _reroute_exit(self, route: AppRoute, reason: str) -> None:
-        """A path that leaves at a gateway for another vendor's KMS, moved like the others."""
+    async def _reroute_inside(self, route: AppRoute) -> AppRoute:
+        """A new path between the same nodes (RuntimeError if none): the old path's nodes it
+        leaves out lose the VIRT link, then the new path is installed."""
+        new = self._route(route.master, route.slave, route.path[0], route.path[-1], route.rate_bps)
+        new.app_id, new.priority, new.more_slaves = route.app_id, route.priority, route.more_slaves
+        for n in route.path:
+            if n not in new.path and self.nodes[n].up:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self._client(n).delete_qkd_link(route.qkdl_id)
+        await self._install(new)
+        return new
+
+    async def _move(self, route: AppRoute, reason: str,
+                    how: Callable[[AppRoute], Awaitable[AppRoute]]) -> None:
+        """One application onto the path `how` finds and installs; said in the log and events."""
         try:
-            new = await self.external.reroute(self, route)
+            new = await how(route)
         except RuntimeError as e:
             log.warning("app %s -> %s: %s (%s)", route.master, route.slave, e, reason)
             self.events.append(("unroutable", route.app_id))
