@@ -20,7 +20,8 @@ class Diagnostic:
 
     def __str__(self) -> str:
         label = {"fixup": "warning: fixed in memory, file unchanged", "rename": "note: renamed"}.get(self.level, self.level)
-        return f"{self.file}:{self.line}: {label}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.line else self.file  # 0: no line (a folder, a plugin)
+        return f"{where}: {label}: {self.message}"
 
 
 class GenerationError(SdqkdError):

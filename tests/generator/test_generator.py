@@ -207,7 +207,7 @@ def test_a_plugin_writes_only_new_files_under_generated(project_copy: Path, monk
     _with_plugin(monkeypatch, _Plugin(emit=lambda schema: {"vx_summary.py": "X = 1\n", rel: "# hijacked\n"}))
     with pytest.raises(GenerationError) as e:
         generate(project_copy)
-    assert str(e.value) == f"plugin 'vx':0: error: emit: {rel!r} is {words}" + (
+    assert str(e.value) == f"plugin 'vx': error: emit: {rel!r} is {words}" + (
         " under generated/" if "relative" in words else "")
     assert not (project_copy / "generated").exists() and not (project_copy.parent / "escaped.py").exists()
     _with_plugin(monkeypatch, _Plugin(emit=lambda schema: {"vx/summary.py": "X = 1\n"}))
@@ -224,7 +224,7 @@ def test_a_failing_plugin_is_named_and_nothing_is_written(project_copy: Path, mo
     _with_plugin(monkeypatch, _Plugin(transform=transform))
     assert main(["--root", str(project_copy)]) == 2
     err = capsys.readouterr().err
-    assert "plugin 'vx':0: error: transform failed: RuntimeError: plugin bug" in err and "Traceback" not in err
+    assert "plugin 'vx': error: transform failed: RuntimeError: plugin bug" in err and "Traceback" not in err
     assert not (project_copy / "generated").exists()
 
 
