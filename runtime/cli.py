@@ -118,9 +118,9 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     c = _parser(sub, "controller", "run the SDN controller of a network prepared by `net up`",
                 "Run the controller of DIR (normally started by `sdqkd net up`); its northbound API "
                 "is docs/controller-api.md. Deployed across hosts (docs/deploy.md): --config names the "
-                "exported controller.json.",
+                "exported controller/network.json.",
                 "sdqkd controller --state-dir lab\n"
-                "sdqkd controller --state-dir /var/lib/sdqkd --config controller/controller.json --log-format json")
+                "sdqkd controller --state-dir /var/lib/sdqkd --config controller/network.json --log-format json")
     c.add_argument("--state-dir", required=True, metavar="DIR", help="writable: controller-status.json")
     c.add_argument("--config", metavar="FILE", help="network description (default: DIR/network.json)")
     c.add_argument("--api", default="127.0.0.1:0", metavar="HOST:PORT",
@@ -226,8 +226,8 @@ def _add_net_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist, or be empty)")
     p.add_argument("--host", action="append", metavar="NAME=ADDRESS",
                    help="host name or IP of a node (bundle; containerlab: its management IPv4); repeatable")
-    p.add_argument("--listen", default="0.0.0.0",
-                   help="bundle: address nodes bind: 0.0.0.0 (default), ::, or 'host' = its own address")
+    p.add_argument("--listen", default="0.0.0.0", choices=["0.0.0.0", "::", "host"],
+                   help="bundle: address nodes bind: 0.0.0.0 (default), ::, or 'host' = each node its own address")
     p.add_argument("--namespace", help="kubernetes: namespace (default: the topology's name, else sdqkd)")
     p.add_argument("--cluster-domain", default="cluster.local", help="kubernetes: cluster DNS domain")
     p.add_argument("--mgmt-subnet", default="172.20.20.0/24", help="containerlab: management subnet")

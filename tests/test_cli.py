@@ -211,3 +211,22 @@ def test_net_export_bundle_example_works_with_the_quickstart_topology(tmp_path, 
     line = next(line for line in export.epilog.splitlines() if "--format bundle" in line)
     assert main(shlex.split(line.split("#")[0])[1:]) == 0
     assert (tmp_path / "lab-bundle" / "nodes" / "C" / "node.yaml").is_file()
+
+
+def test_net_status_of_a_controller_started_on_its_own(tmp_path, capsys):
+    """A deployed controller (docs/deploy.md) has no pids.json: it runs while it refreshes its
+    status file (every second), and is shown stopped once the file is old."""
+    import json
+    import os
+    import time
+
+    from sdqkd.harness.netcli import status
+
+    f = tmp_path / "controller-status.json"
+    f.write_text(json.dumps({"api": "127.0.0.1:8080", "links": [], "nodes": {"alice": True}}))
+    assert status(str(tmp_path)) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path}: controller API http://127.0.0.1:8080\n")
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    assert status(str(tmp_path)) == 0
+    assert f"{tmp_path}: stopped: last status from" in capsys.readouterr().out

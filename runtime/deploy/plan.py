@@ -88,6 +88,9 @@ def check_names(topo: Topology, fmt: str, problems: list[str]) -> None:
                             "(it names certificate files and Secret keys)")
 
 
+LISTEN_CHOICES = ("0.0.0.0", "::", "host")  # bundle: what every node binds
+
+
 def _valid_host(h: str) -> bool:
     try:
         ipaddress.ip_address(h)
@@ -123,12 +126,14 @@ def _given_hosts(topo: Topology, opts: ExportOptions, problems: list[str], *, fr
 
 def bundle_plans(topo: Topology, opts: ExportOptions, problems: list[str]) -> dict[str, NodePlan]:
     hosts = _given_hosts(topo, opts, problems)
-    for i, name in enumerate(topo.nodes):
-        if name not in hosts:
+    for i, (name, node) in enumerate(topo.nodes.items()):
+        if not (opts.hosts.get(name) or node.host):  # (a bad one given is reported as such)
             problems.append(f"nodes[{i}] ({name}): no host address: give `host:` in the topology "
                             f"or --host {name}=ADDR")
-    if opts.listen_host not in ("0.0.0.0", "::") and opts.listen_host != "host" and not _valid_host(opts.listen_host):
-        problems.append(f"--listen {opts.listen_host!r}: expected 0.0.0.0, ::, host or an address")
+    # one address for every node would be another host's for all but one of them
+    if opts.listen_host not in LISTEN_CHOICES:
+        problems.append(f"--listen {opts.listen_host!r}: expected one of {', '.join(LISTEN_CHOICES)} "
+                        "(host: each node its own address)")
     plans = {}
     for name, h in hosts.items():
         listen = h if opts.listen_host == "host" else opts.listen_host

@@ -137,6 +137,9 @@ def down(state_dir: str) -> int:
     return 0
 
 
+STATUS_FRESH_S = 5.0  # the controller rewrites controller-status.json every second
+
+
 def status(state_dir: str) -> int:
     state = Path(state_dir)
     f = state / "controller-status.json"
@@ -144,16 +147,19 @@ def status(state_dir: str) -> int:
         print(f"{state_dir}: no network status here (no controller-status.json)", file=sys.stderr)
         return 2
     st = json.loads(f.read_text())
-    running = (state / "pids.json").exists()
+    running = (state / "pids.json").exists()  # started by `net up`
     age = time.time() - f.stat().st_mtime
     if running:
         try:  # the controller's view now; the file is refreshed only once a second
             st, age = northbound.get_status(state), 0.0
         except (OSError, ValueError, KeyError):
             pass  # not answering: show the file, with its age
-    head = f"controller API http://{st.get('api', '-')}" if running else \
+    # a controller started on its own (deployed across hosts: no pids.json) is running while
+    # it refreshes the file
+    live = running or age <= STATUS_FRESH_S
+    head = f"controller API http://{st.get('api', '-')}" if live else \
         f"stopped: last status from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.stat().st_mtime))}"
-    if running and age > 5:
+    if running and age > STATUS_FRESH_S:
         head += f" (status {age:.0f} s old: is the controller running? see {state_dir}/logs/controller.log)"
     print(f"{state_dir}: {head}")
     print(table(st))

@@ -302,6 +302,14 @@ def test_duplicate_or_missing_host_addresses_are_refused(tmp_path: Path):
     with pytest.raises(ExportError) as e:
         _export(tmp_path, "bundle", hosts={"bob": "10.0.0.1"})
     assert "--host bob: address 10.0.0.1 is already the address of node alice" in str(e.value)
+    assert "no host address" not in str(e.value)  # bob has one: a bad one, reported as such
+    with pytest.raises(ExportError) as e:
+        _export(tmp_path, "bundle", hosts={"bob": "not a host!"})
+    assert "--host bob: 'not a host!' is neither an IP address nor a host name" in str(e.value)
+    assert "no host address" not in str(e.value)
+    for listen in ("bogus", "10.0.0.1"):  # one address for every node: the others' hosts lack it
+        with pytest.raises(ExportError, match=f"--listen '{listen}': expected one of 0.0.0.0, ::, host"):
+            _export(tmp_path, "bundle", listen_host=listen)
     data = {**TOPO, "nodes": [{"name": "alice"}, {"name": "relay", "host": "x"}, {"name": "bob", "host": "X"}]}
     with pytest.raises(ExportError) as e:
         _export(tmp_path, "bundle", data, hosts={"nobody": "10.9.9.9"})
