@@ -560,6 +560,9 @@ class Controller:
                             await self.external.install(self, route)
                         else:
                             await self._install(route)
+                        # (after "no key-relay path ... (node down)": say it is served again)
+                        log.info("app %s -> %s: path %s provisioned again (node %s back)", route.master,
+                                 route.slave, "-".join(route.path), name)
 
     # ------------------------------------------------------------------ views
 
