@@ -569,12 +569,15 @@ class Controller:
     def link_table(self) -> list[dict[str, Any]]:
         rows = []
         for link in self.topo.links:
-            a = self.nodes[link.a].links.get(link.id, {})
+            a, b = (self.nodes[n].links.get(link.id, {}) for n in link.ends)
+            # the transmitter's figures; the receiver's where it has none yet (restarted while its
+            # pool was full, it runs no block to measure until keys are used)
+            perf = a if a.get("skr") else b if b.get("skr") else a
             st = [self.nodes[n].store.get(link.id, {}) for n in link.ends]
             rows.append({
                 "link": f"{link.a}-{link.b}", "qkdl_id": link.id, "km": link.km, "db": link.loss_db,
                 "up": self.router.links[link.id].up,
-                "qber": a.get("qber"), "skr": a.get("skr"), "eskr": a.get("eskr"),
+                "qber": perf.get("qber"), "skr": perf.get("skr"), "eskr": perf.get("eskr"),
                 "paused": any(bool(self.nodes[n].links.get(link.id, {}).get("paused")) for n in link.ends),
                 "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),
             })

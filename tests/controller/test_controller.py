@@ -207,3 +207,17 @@ def test_a_path_to_another_vendors_kms_is_rerouted_and_read_back_after_a_restart
                     await s.stop(None)
 
     asyncio.run(main())
+
+
+def test_the_link_table_takes_the_other_ends_rate_where_one_end_has_none():
+    """A node restarted while its pools are full runs no block to measure: its end says 0."""
+    topo = parse(TOPO)
+    ctl = Controller(topo, {n: NodeEndpoint(n, topo.nodes[n].id, "127.0.0.1:1", "127.0.0.1:2") for n in "ABCD"})
+    ab = topo.link_between("A", "B")
+    ctl.nodes["A"].links[ab.id] = {"skr": 0, "eskr": 0, "qber": "0.010"}
+    ctl.nodes["B"].links[ab.id] = {"skr": 900_000, "eskr": 880_000, "qber": "0.011", "paused": True}
+    row = next(r for r in ctl.link_table() if r["qkdl_id"] == ab.id)
+    assert (row["skr"], row["eskr"], row["qber"], row["paused"]) == (900_000, 880_000, "0.011", True)
+    ctl.nodes["A"].links[ab.id] = {"skr": 950_000, "eskr": 930_000, "qber": "0.010"}
+    row = next(r for r in ctl.link_table() if r["qkdl_id"] == ab.id)
+    assert (row["skr"], row["eskr"], row["qber"]) == (950_000, 930_000, "0.010")
