@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from sdqkd.agent.serve import start_gnmi
+from sdqkd.agent.serve import is_loopback, start_gnmi
 from sdqkd.agent.server import NodeAgent
 from sdqkd.agent.transaction import Datastore
 from sdqkd.lkms.core import Limits
@@ -89,6 +89,10 @@ class NodeRuntime:
         self._restconf, rport, _server = await start_restconf(
             self.adapter, cfg.restconf_listen, ssl_context=ctx, credentials=Credentials(cfg.users, cfg.restconf_tokens),
             allow_plain_outside_loopback=cfg.restconf_plain_outside_loopback)
+        if not cfg.users and not cfg.restconf_tokens and not is_loopback(cfg.restconf_listen):
+            # mutual TLS admits every certificate of the network's CA, the SAEs' included
+            log.warning("RESTCONF on %s asks no credentials: any client the CA certified may change this "
+                        "node's configuration; give `users` or `restconf.bearer_tokens`", cfg.restconf_listen)
         self.addresses = {"gnmi": f"{cfg.gnmi_listen.rsplit(':', 1)[0]}:{port}",
                           "etsi014": self.lkms.addresses["etsi014"], "etsi004": self.lkms.addresses["etsi004"],
                           "peer": self.lkms.addresses["keysync"], "etsi020": self.lkms.addresses["etsi020"],

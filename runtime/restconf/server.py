@@ -10,7 +10,7 @@ A data request: authenticate (HTTP Basic or bearer, constant-time) -> pick the d
 (strict RFC 8040 when a YANG media type is named, the compatibility dialect of compat.py
 otherwise) -> parse the URI (uri.py) and query (query.py) -> GET reads the agent's tree,
 encodes RFC 7951, applies content / with-defaults / fields / depth, answers with ETag and
-Last-Modified (304 on If-None-Match / If-Modified-Since); PUT / POST / PATCH / DELETE check
+Last-Modified on configuration alone (304 on If-None-Match; If-Modified-Since on configuration); PUT / POST / PATCH / DELETE check
 the method's preconditions (If-Match, If-Unmodified-Since: 412; existence: 404 / 409) and
 commit one edit through the adapter, i.e. the node's transaction (Datastore.change). Every refusal is
 an `ietf-restconf:errors` body with its RFC 8040 status, changes nothing, and is counted in
@@ -229,7 +229,7 @@ class RestconfServer:
             if method not in ("GET", "HEAD"):
                 raise library.read_only(raw)
             name, value = lib
-            return self._send(request, {name: value}, q)
+            return self._send(request, {name: value}, q, config_only=False)
         target = uri.parse(raw, strict)
         if q.fields is not None:
             query.check_fields(target.spath, q.fields, request.query["fields"])
@@ -259,12 +259,14 @@ class RestconfServer:
 
     def _get(self, request: web.Request, target: uri.Target, q: query.Query, strict: bool) -> web.StreamResponse:
         if target.spath == "/":
-            return self._send(request, self._datastore(request, q, strict), q)
+            return self._send(request, self._datastore(request, q, strict), q, config_only=q.content == CONFIG)
         matches = self.adapter.find(target.elems)
         kind = rc.RESOURCES[target.spath].kind
+        # a config leaf, or content=config: what the last commit set; anything else may hold state
+        config_only = q.content == CONFIG or (kind in ("leaf", "leaf-list") and rc.RESOURCES[target.spath].config)
         if not matches and not strict and kind == "container" and not rc.RESOURCES[target.spath].presence \
                 and (len(target.elems) == 1 or self.adapter.exists(target.elems[:-1])):
-            return self._send(request, {}, q)  # FreeCONF answers an empty container with {}
+            return self._send(request, {}, q, config_only)  # FreeCONF answers an empty container with {}
         if not matches:
             raise not_found(target.instance_id(), "the list has no entries" if target.keyless else "no data at this path")
         entry = kind == "list"
@@ -277,9 +279,9 @@ class RestconfServer:
             if v is not None or not target.keyless:
                 values.append(self._shape(target.spath, v if v is not None else {}, q, strict))
         if not strict and (kind == "container" or (entry and not target.keyless)):
-            return self._send(request, values[0], q)  # the compatibility dialect: content unwrapped
+            return self._send(request, values[0], q, config_only)  # the compatibility dialect: content unwrapped
         member = _member(target.spath) if strict else target.name
-        return self._send(request, {member: values if entry else values[0]}, q)
+        return self._send(request, {member: values if entry else values[0]}, q, config_only)
 
     def _datastore(self, request: web.Request, q: query.Query, strict: bool) -> dict[str, Any]:
         body: dict[str, Any] = self.adapter.encode("/", self.adapter.root(), ietf=strict, filt=q.content) or {}
@@ -310,16 +312,21 @@ class RestconfServer:
             return self.adapter.encode(spath, self.adapter.decode_default(spath, text), ietf=ietf)
         return enc
 
-    def _send(self, request: web.Request, body: Any, q: query.Query) -> web.Response:
+    def _send(self, request: web.Request, body: Any, q: query.Query, config_only: bool) -> web.Response:
+        """The representation with its ETag; with Last-Modified (the last commit) only when it
+        holds configuration alone: state changes without a commit, and a client revalidating
+        by date would keep stale counters (304 on If-Modified-Since)."""
         data = _json(body)
         etag = _etag(data)
         modified = self.adapter.modified()
-        headers = {"ETag": etag, "Last-Modified": _http_date(modified), "Cache-Control": "no-cache"}
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if config_only:
+            headers["Last-Modified"] = _http_date(modified)
         inm = request.headers.get("If-None-Match")
         if inm is not None and (inm.strip() == "*" or etag in [t.strip() for t in inm.split(",")]):
             return web.Response(status=304, headers=headers)
         ims = request.headers.get("If-Modified-Since")
-        if inm is None and ims is not None:
+        if config_only and inm is None and ims is not None:
             since = email.utils.parsedate_to_datetime(ims).timestamp() if _valid_date(ims) else None
             if since is not None and int(modified) <= since:
                 return web.Response(status=304, headers=headers)
