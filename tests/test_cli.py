@@ -230,3 +230,8 @@ def test_net_status_of_a_controller_started_on_its_own(tmp_path, capsys):
     os.utime(f, (old, old))
     assert status(str(tmp_path)) == 0
     assert f"{tmp_path}: stopped: last status from" in capsys.readouterr().out
+    # a `net up` state dir just stopped (`net down` removed pids.json; the file is still fresh)
+    (tmp_path / "network.json").write_text("{}")
+    os.utime(f)
+    assert status(str(tmp_path)) == 0
+    assert f"{tmp_path}: stopped: last status from" in capsys.readouterr().out

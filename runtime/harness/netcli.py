@@ -154,9 +154,10 @@ def status(state_dir: str) -> int:
             st, age = northbound.get_status(state), 0.0
         except (OSError, ValueError, KeyError):
             pass  # not answering: show the file, with its age
-    # a controller started on its own (deployed across hosts: no pids.json) is running while
-    # it refreshes the file
-    live = running or age <= STATUS_FRESH_S
+    # a `net up` state dir (network.json) runs while pids.json is there; the state dir of a
+    # controller started on its own (deployed across hosts) holds only its status file, which
+    # it refreshes while it runs
+    live = running or (not (state / "network.json").exists() and age <= STATUS_FRESH_S)
     head = f"controller API http://{st.get('api', '-')}" if live else \
         f"stopped: last status from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.stat().st_mtime))}"
     if running and age > STATUS_FRESH_S:
