@@ -1,9 +1,18 @@
 """Packaging contract: one import package, `sdqkd`, mapped from the top-level folders
-runtime/, codegen/ and generated/; nothing else at the top of site-packages."""
+runtime/, codegen/ and generated/; nothing else at the top of site-packages. And what
+`pip install .` puts there: every data file the code reads at run time, and nothing the tree no
+longer has.
+
+setuptools copies only the package data pyproject.toml names; a file it leaves out works in the
+editable install the tests use and breaks in a plain one (the generator's templates did:
+`sdqkd gen` failed after `pip install .`). The check runs the steps of `pip install` that
+decide and copy the Python side (`egg_info`, `build_py`; no compiler needed) on a clean copy of
+the tree: a stale `*.egg-info` in a working tree lists files the config no longer names."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +42,44 @@ def test_folders_map_onto_subpackages(tmp_path: Path) -> None:
     assert Path(paths[1]).parent.name == "codegen"
     assert Path(paths[2]).parent.name == "generated"
     assert paths[3] == "sdqkd.engine._pa"
+
+
+PACKAGE_ROOTS = {"runtime": "sdqkd", "codegen": "sdqkd/codegen", "generated": "sdqkd/generated"}  # as setup.py maps them
+NOT_SHIPPED = {".py", ".pyc", ".so", ".c", ".h"}  # sources are copied by rule; C is compiled, not shipped
+
+
+def _data_files() -> dict[str, Path]:
+    out = {}
+    for folder, target in PACKAGE_ROOTS.items():
+        for f in (ROOT / folder).rglob("*"):
+            if f.is_file() and f.suffix not in NOT_SHIPPED and "__pycache__" not in f.parts:
+                out[f"{target}/{f.relative_to(ROOT / folder)}"] = f
+    return out
+
+
+def test_every_data_file_of_the_packages_is_installed(tmp_path: Path) -> None:
+    data = _data_files()
+    assert any(name.endswith(".j2") for name in data) and any(name.endswith("py.typed") for name in data)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in PACKAGE_ROOTS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "build_py", "-d", str(out)], cwd=src, check=True,
+                   capture_output=True)
+    missing = sorted(name for name in data if not (out / name).is_file())
+    assert not missing, f"not installed by `pip install .` (add to [tool.setuptools.package-data]): {missing}"
+
+    # pip builds in the tree and reuses its build folder: a file removed since must not linger
+    (src / "generated" / "vendor_extra.py").write_text("X = 1\n")
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(out)], cwd=src, check=True,
+                   capture_output=True)
+    assert (out / "sdqkd/generated/vendor_extra.py").is_file()
+    (src / "generated" / "vendor_extra.py").unlink()
+    (out / "sdqkd/engine/_fake.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")  # build_ext's, kept
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(out)], cwd=src, check=True,
+                   capture_output=True)
+    assert not (out / "sdqkd/generated/vendor_extra.py").exists()
+    assert (out / "sdqkd/engine/_fake.cpython-311-x86_64-linux-gnu.so").exists()
+    assert not [name for name in data if not (out / name).is_file()]

@@ -11,8 +11,6 @@ import importlib
 import pkgutil
 import sys
 
-from sdqkd.bench._proc import sigterm_interrupts
-
 
 def available() -> list[str]:
     """The runnable benchmarks, sorted (helpers are `_*`)."""
@@ -21,6 +19,8 @@ def available() -> list[str]:
 
 def run(name: str, argv: list[str]) -> int:
     """Run benchmark `name` with its own options; 2 (usage error) for a name that is not one."""
+    from sdqkd.bench._proc import sigterm_interrupts  # (not at import: `sdqkd --help` lists the benchmarks)
+
     known = available()
     if name not in known:
         print(f"sdqkd bench: unknown benchmark {name!r}; the benchmarks are: {', '.join(known)}", file=sys.stderr)

@@ -187,8 +187,7 @@ class EngineLink:
         elif session_start or self.stats.status != "ACTIVE":
             # paused through a lost session, up again and still full: whatever was written
             # meanwhile (the controller's PENDING while no session was up) is not the state now
-            self.stats.status = "ACTIVE"
-            self._on_stats(self.p, self.stats, None)
+            self.restate()
 
     def restate(self) -> None:
         """Publish the link's state again where nothing else would soon: while paused (no block

@@ -50,7 +50,9 @@ def test_a_full_pool_pauses_and_a_new_session_says_active_again() -> None:
         await asyncio.sleep(0)
         assert seen == [("ACTIVE", True)] and link.stats.paused
         link.stats.status = "ACTIVE"  # in memory; the tree says PENDING (written by a manager)
+        link.session = object()  # type: ignore[assignment]  # as _session_body sets it first
         link._check_room(session_start=True)  # a session starts: the state is published again
+        link.session = None
         assert seen[-1] == ("ACTIVE", True) and len(seen) == 2
         waiter = asyncio.create_task(link.wait_room("l1"))  # a session's block waits too
         await asyncio.sleep(0)
