@@ -7,7 +7,8 @@
     Bob  <-> Alice  CASCADE   error-correction requests and replies (sdqkd.engine.cascade)
     Bob   -> Alice  VERIFY    random hash key, tag of his corrected key, parity bits leaked
     Alice -> Bob    CONFIRM   secret length and Toeplitz seed       (or ABORT: mismatch / no key)
-    Bob   -> Alice  DONE      Bob holds the key
+    Bob   -> Alice  DONE      Bob holds the key; how many of its bits both ends keep (a whole
+                              key unless Bob was told to keep less: a key pool with less room)
 
 Every frame is Wegman-Carter authenticated (auth.py); Cascade frames by default through the tag
 of the next non-Cascade frame (VERIFY covers all of them, and no key is output before).  A block whose sample QBER exceeds the
@@ -119,6 +120,7 @@ class BlockResult:
     alarm: bool = False  # QBER above threshold: possible eavesdropper or broken fibre
     key: bytes | None = field(default=None, repr=False)  # never in logs, errors or state
     key_bits: int = 0
+    cut_bits: int = 0  # of the final key, cut away at DONE: the key pool had no room for them
     duration_s: float = 0.0
     detections: int = 0
     sifted_bits: int = 0
@@ -389,8 +391,14 @@ class AliceBlock(_Party):
         return self._frame(CONFIRM, _fields(_U64.pack(length), seed))
 
     def _on_done(self, payload: bytes) -> None:
+        keep = self._length
+        if payload:
+            (keep,) = _u64s(payload, 1)
+            if keep > self._length or (keep < self._length and keep % 8):
+                raise ProtocolError(f"DONE keeps {keep} bits of a {self._length}-bit key")
         r = self.result
-        r.status, r.key, r.key_bits = "ok", self._final, self._length
+        r.status, r.key, r.key_bits = "ok", _cut(self._final, self._length, keep), keep
+        r.cut_bits = self._length - keep
         self._expect = frozenset()
 
 
@@ -409,6 +417,8 @@ class BobBlock(_Party):
     ) -> None:
         super().__init__(config, auth, rng, reconciler)
         self.eve = eve
+        # bits of the key both ends keep (a multiple of 8), set before CONFIRM is handled; None: all
+        self.keep_bits: int | None = None
 
     def start(self) -> bytes:
         c = self.config
@@ -504,9 +514,18 @@ class BobBlock(_Party):
             raise ProtocolError("CONFIRM seed has the wrong length")
         key = pa.toeplitz(self._corrected, self._key.n, length, seed)
         self._lap("pa")
-        r.status, r.key, r.key_bits = "ok", key, length
+        keep = length if self.keep_bits is None else min(length, self.keep_bits)
+        if keep < length and keep % 8:
+            raise ValueError(f"keep_bits must be a multiple of 8, not {keep}")
+        r.status, r.key, r.key_bits = "ok", _cut(key, length, keep), keep
+        r.cut_bits = length - keep
         self._expect = frozenset()
-        return self._frame(DONE)
+        return self._frame(DONE, b"" if keep == length else _U64.pack(keep))
+
+
+def _cut(key: bytes, length: int, keep: int) -> bytes:
+    """The first `keep` bits of a `length`-bit key (whole bytes when cut)."""
+    return key if keep == length else key[: keep // 8]
 
 
 def run_local(

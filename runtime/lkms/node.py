@@ -42,8 +42,10 @@ Engine API:
     await lkms.add_block(qkdl_id, material, key_size_bits, block_id) -> list[str]
         Call on BOTH ends with identical material: cut into keys, IDs = uuid5 of
         (qkdl_id, block_id, index). A repeated block_id is ignored.
-    lkms.has_room(qkdl_id) -> bool;  await lkms.wait_for_room(qkdl_id)
-        Back-pressure: pause key production while the pool holds max_key_count AVAILABLE keys.
+    lkms.has_room(qkdl_id) -> bool;  lkms.room_keys(qkdl_id) -> int;
+    await lkms.wait_for_room(qkdl_id, keys=1)
+        Back-pressure: pause key production while the pool holds max_key_count AVAILABLE keys
+        (room_keys: how many more it takes; the engine keeps no more of a block than that).
         While the engine waits, the pool is reconciled with the peer (reconcile.py): keys only
         this end still holds are freed, so drift never halts a link.
         add_block itself never refuses material (refusing at one end only would desynchronise
@@ -318,7 +320,7 @@ class Lkms:
             self.core.notify(qkdl_ids)
         for q in qkdl_ids:
             ev = self._room.get(q)
-            if ev is not None and self.store.has_room(q):
+            if ev is not None:  # its waiters look again: each waits for room of its own size
                 ev.set()
 
     # --- links ---------------------------------------------------------------------------
@@ -426,8 +428,11 @@ class Lkms:
     def has_room(self, qkdl_id: str) -> bool:
         return self.store.has_room(qkdl_id)
 
-    async def wait_for_room(self, qkdl_id: str) -> None:
-        while not self.store.has_room(qkdl_id):
+    def room_keys(self, qkdl_id: str) -> int:
+        return self.store.room_keys(qkdl_id)
+
+    async def wait_for_room(self, qkdl_id: str, keys: int = 1) -> None:
+        while self.store.room_keys(qkdl_id) < keys:
             if self._started:  # stale keys (held here only) may be what fills it
                 self.reconciler.request(qkdl_id)
             ev = self._room.setdefault(qkdl_id, asyncio.Event())

@@ -475,8 +475,11 @@ class SqliteKeyStore:
         return PoolStats(c.qkdl_id, c.kind, c.av_k, c.av_b, c.rs_k, c.rs_b, c.dl_k, c.dl_b, c.ad_k, c.ad_b)
 
     def has_room(self, qkdl_id: str) -> bool:
+        return self.room_keys(qkdl_id) > 0
+
+    def room_keys(self, qkdl_id: str) -> int:
         c = self._by_id.get(qkdl_id)
-        return c is None or c.av_k < self.max_key_count
+        return self.max_key_count if c is None else max(0, self.max_key_count - c.av_k)
 
     # --- filling ---------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:

@@ -111,6 +111,10 @@ class KeyStore(Protocol):
         reserved for a slave SAE do not count: they are no longer the link's to share, and the
         two ends' decisions must agree (the master erases its copies at delivery)."""
 
+    def room_keys(self, qkdl_id: str) -> int:
+        """AVAILABLE keys the pool takes before it holds max_key_count (0: full); the engine
+        keeps no more of a block's key than that."""
+
     # --- filling ---------------------------------------------------------------------
     async def add_block(self, qkdl_id: str, material: bytes, key_size_bits: int, block_id: str) -> list[str]:
         """Cut `material` into keys of `key_size_bits` (a trailing partial key is dropped) with

@@ -56,6 +56,7 @@ DRAIN_S = 3.0  # seconds a stopping link (a gNMI Set waits for it) lets its bloc
 SHUTDOWN_DRAIN_S = 1.0  # the same when the whole node stops (its process has ~5 s after SIGTERM)
 FIRST_BLOCK_BITS = 5e5  # a session's first block: small, so a link produces key soon after it starts
 READY_TIMEOUT = 10.0
+ROOM_RECHECK_S = 1.0  # how often a link waiting for room looks again without a change to its pool
 
 # per (role, bootstrap digest, link): keys awaiting the peer's word, across sessions and restarts of a link
 _CARRY: dict[tuple[str, bytes, str], Carry] = {}
@@ -110,9 +111,13 @@ def _pool() -> ThreadPoolExecutor:
 class KeyRoom(Protocol):
     """The key store's back-pressure (the LKMS): a full pool starts no block."""
 
-    def has_room(self, qkdl_id: str) -> bool: ...
+    def room_keys(self, qkdl_id: str) -> int:
+        """Keys the link's pool takes before it holds max_key_count (0: full)."""
+        ...
 
-    async def wait_for_room(self, qkdl_id: str) -> None: ...
+    async def wait_for_room(self, qkdl_id: str, keys: int = 1) -> None:
+        """Return once the pool takes `keys` more keys."""
+        ...
 
 
 class EngineLink:
@@ -129,6 +134,7 @@ class EngineLink:
         self.stats = LinkStats()
         self._on_key, self._on_stats, self._room = on_key, on_stats, room
         self._waiting_room = 0  # a session's steps held back by a full pool, and the watch below
+        self.keys_per_block = 0  # the last whole block's keys: what a block in flight will likely bring
         self._room_watch: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -140,25 +146,42 @@ class EngineLink:
 
     # ------------------------------------------------------------ what a session needs
 
-    async def wait_room(self, qkdl_id: str) -> None:
-        """Hold a new block back while the key pool is full. Meanwhile the link says so: paused,
-        and ACTIVE (its session is up and its pool full of key both ends hold), so that a
-        manager neither waits for a block to see it up again nor reads the quiet as a fault."""
-        if self._room.has_room(qkdl_id):
+    def room_keys(self) -> int:
+        """Keys the link's pool takes before it holds max_key_count."""
+        return self._room.room_keys(self.p.qkdl_id)
+
+    async def wait_room(self, qkdl_id: str, ahead: Callable[[], int] = lambda: 0) -> None:
+        """Hold a new block back while the key pool has no room beyond the `ahead()` keys the
+        blocks in flight will bring. Once none is left in flight the link says so: paused, and
+        ACTIVE (its session is up and its pool full of key both ends hold), so that a manager
+        neither waits for a block to see it up again nor reads the quiet as a fault."""
+        if self._room.room_keys(qkdl_id) > ahead():
             return
-        self._waiting_room += 1
-        if self._waiting_room == 1:
+        paused = False
+        try:
+            while self._room.room_keys(qkdl_id) <= (need := ahead()):
+                if not paused and need == 0:
+                    paused = True
+                    self._pause(+1)
+                # the pool wakes this when it changes; a block in flight that ends without key
+                # lowers ahead() without any change to the pool
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait_for_room(qkdl_id, need + 1), ROOM_RECHECK_S)
+        finally:
+            if paused:
+                self._pause(-1)
+
+    def _pause(self, step: int) -> None:
+        """Count the waits of a link with nothing in flight; publish paused as it goes 0 <-> 1."""
+        self._waiting_room += step
+        if step > 0 and self._waiting_room == 1:
             self.stats.paused, self.stats.status = True, "ACTIVE"
             self._on_stats(self.p, self.stats, None)
-        try:
-            await self._room.wait_for_room(qkdl_id)
-        finally:
-            self._waiting_room -= 1
-            if self._waiting_room == 0:
-                self.stats.paused = False
-                self._last_ok = time.monotonic()  # the next block's rate is not spread over the pause
-                if not self._stopped.is_set():
-                    self._on_stats(self.p, self.stats, None)
+        elif step < 0 and self._waiting_room == 0:
+            self.stats.paused = False
+            self._last_ok = time.monotonic()  # the next block's rate is not spread over the pause
+            if not self._stopped.is_set():
+                self._on_stats(self.p, self.stats, None)
 
     @staticmethod
     def pool() -> ThreadPoolExecutor:
@@ -180,7 +203,7 @@ class EngineLink:
         """After a block is stored and when a session starts: the end that starts blocks (the
         receiver) waits for room, this end may never be asked to, and says it is paused all the
         same (and ACTIVE: a session that came back finds its pool full) until it has room."""
-        if self._room.has_room(self.p.qkdl_id) or self._stopped.is_set():
+        if self._room.room_keys(self.p.qkdl_id) > 0 or self._stopped.is_set():
             return
         if self._room_watch is None:
             self._room_watch = asyncio.create_task(self._watch_room())
@@ -220,6 +243,8 @@ class EngineLink:
             s.skr = rate if s.skr == 0 else 0.7 * s.skr + 0.3 * rate
             s.auth_bps = 8 * 1024 / interval
             s.status = "ACTIVE"
+        elif result.status == "ok":
+            pass  # verified, but the pool had no room for its key (session.py: Bob's keep)
         else:
             s.blocks_aborted += 1
             s.last_abort = result.reason

@@ -19,6 +19,12 @@ n - W when that block succeeded, else with the next unused 1 KiB slice of the se
 (HKDF of the bootstrap secret with the session ID). Both ends decide in block order and know
 block n - W's outcome before block n starts, so they always pick the same bytes.
 
+Room. A key pool holds at most max_key_count keys. Bob starts a block only while his pool has
+room beyond the keys the blocks in flight will bring (those past CONFIRM: what they keep; the
+others: as many as the last whole block gave), and as CONFIRM arrives he tells the block to keep
+no more than the room left after the blocks before it; DONE carries that cut to Alice, so both
+ends keep the same bits. The 1 KiB authentication reserve is always kept.
+
 Commit. Bob computes the key on CONFIRM and answers DONE; Alice, on DONE, stores her key and
 answers STORED; Bob stores his on STORED. A block whose connection is lost earlier is discarded
 by Alice (no DONE seen) and kept pending by Bob; the next session's HELLO lists the blocks
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sdqkd.engine")
 
 AUTH_SLICE = 1024  # authentication key per block (a block tags ~8 messages: ~150 B)
+KEY_BYTES = 32  # the links' keys in the store: 256 bits
 FALLBACK_SLICES = 64  # session-key slices for blocks whose predecessor n - W failed
 RECV_TIMEOUT = 30.0  # seconds without any frame from the peer before the session ends
 PING_S = 2.0  # an idle end sends a PING this often
@@ -141,6 +148,7 @@ class Session:
         self._stores: set[asyncio.Task[None]] = set()  # key stores under way: never cancelled
         self._bob_done: dict[int, tuple[pipeline.BlockResult, float]] = {}
         self._parked: dict[int, bytes] = {}  # Bob: first Cascade requests waiting for their batch
+        self._kept: dict[int, int] = {}  # Bob: keys the blocks past CONFIRM keep, until stored here
         self._changed = asyncio.Event()  # a block ended or the peer said BYE
         self._failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.draining = False
@@ -248,6 +256,8 @@ class Session:
         if block.busy:
             raise ChannelError(f"a second frame for block {n} while its previous one is still handled")
         kind = payload[HEADER_BYTES] if len(payload) > HEADER_BYTES else -1
+        if kind == pipeline.CONFIRM and isinstance(block.party, pipeline.BobBlock):
+            self._keep(block.n, block.party)
         if kind in _INLINE and not first:
             self._step(block, block.party.handle(payload))
         else:
@@ -311,6 +321,18 @@ class Session:
                 block.on_network = True
         self._changed.set()
 
+    def _keep(self, n: int, party: pipeline.BobBlock) -> None:
+        """Bob, as a block's CONFIRM arrives: it keeps no more keys than its pool takes beyond
+        those the blocks before it keep (DONE tells Alice), and always its authentication reserve."""
+        keys = max(0, self.link.room_keys() - sum(self._kept.values()))
+        party.keep_bits = (AUTH_SLICE + keys * KEY_BYTES) * 8
+        self._kept[n] = keys
+
+    def _keys_ahead(self) -> int:
+        """Bob: keys the blocks in flight will bring to his pool (before they are stored)."""
+        guess = self.link.keys_per_block
+        return sum(self._kept.values()) + guess * sum(1 for n in self._blocks if n not in self._kept)
+
     def _open_alice_block(self, n: int) -> _Block:
         """Bob starts blocks in order, but their first frames (DETECT, computed on the engine
         threads) may overtake each other: authentication keys are assigned in block order up to
@@ -347,11 +369,12 @@ class Session:
         key, then Alice stores and acknowledges, Bob waits for the acknowledgement."""
         r = block.party.result
         key = b""
-        if r.status == "ok" and r.key and len(r.key) > AUTH_SLICE:
+        if r.status == "ok" and r.key and (len(r.key) > AUTH_SLICE or (r.cut_bits and len(r.key) == AUTH_SLICE)):
             self._reserves[block.n] = r.key[:AUTH_SLICE]  # both ends cut the same bytes
             key = r.key[AUTH_SLICE:]
-            usable = (len(key) * 8 // 256) * 256
-            key = key[: usable // 8]
+            key = key[: len(key) // KEY_BYTES * KEY_BYTES]
+            if not r.cut_bits:
+                self.link.keys_per_block = len(key) // KEY_BYTES
         elif r.status == "ok":
             r.status, r.reason = "aborted", "block too short to leave key after the authentication reserve"
         wall = time.monotonic() - block.started
@@ -365,10 +388,12 @@ class Session:
                 return
             self._spawn(self._alice_store(block.n, key, r, wall), store=True)
         elif key:
+            self._kept[block.n] = len(key) // KEY_BYTES
             self.link.carry.pending[(self.sid, block.n)] = key
             block.party.result.key = None  # the pending copy is the one that will be stored
             self._bob_done[block.n] = (r, wall)
         else:
+            self._kept.pop(block.n, None)
             del self._blocks[block.n]
             self._changed.set()
             self.link.report(r, 0, wall)
@@ -407,6 +432,7 @@ class Session:
             self.fail(e)
         finally:
             self._blocks.pop(n, None)
+            self._kept.pop(n, None)
             self._changed.set()
 
     # ------------------------------------------------------------ Bob starts blocks
@@ -431,7 +457,7 @@ class Session:
                 wait = self.started + batch_end(n) * cfg.duration_s / p.clock_scale - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self.link.wait_room(p.qkdl_id)
+                await self.link.wait_room(p.qkdl_id, self._keys_ahead)
                 if self.draining or self.peer_bye:
                     return
                 party = pipeline.BobBlock(cfg, self._auth(n), eve=p.eve)

@@ -158,6 +158,35 @@ def test_tampered_message_discards_block(victim):
     assert alice.result.key is bob.result.key is None
 
 
+def _exchange(cfg: BlockConfig, keep_bits: int | None) -> tuple[pipeline.BlockResult, pipeline.BlockResult]:
+    a, b = auths()
+    alice = pipeline.AliceBlock(cfg, a, random.Random(1).randbytes, Stub)
+    bob = pipeline.BobBlock(cfg, b, random.Random(2).randbytes, Stub)
+    bob.keep_bits = keep_bits
+    msg = bob.start()
+    while msg is not None:
+        reply = alice.handle(msg)
+        msg = bob.handle(reply) if reply is not None else None
+    return alice.result, bob.result
+
+
+def test_done_tells_alice_how_much_of_the_key_both_keep():
+    """A key pool with less room than the block's key (session.py): Bob keeps the first
+    keep_bits, and his DONE tells Alice to keep the same; a cut longer than the key cuts nothing."""
+    cfg = BlockConfig("commercial", 8.0, 200_000_000, seed=19)
+    whole_a, whole_b = _exchange(cfg, None)
+    assert whole_a.status == whole_b.status == "ok" and whole_a.key_bits > 16_000 and whole_a.cut_bits == 0
+    alice, bob = _exchange(cfg, 8_000)
+    assert alice.status == bob.status == "ok"
+    assert alice.key == bob.key == whole_a.key[:1000]
+    assert alice.key_bits == bob.key_bits == 8_000
+    assert alice.cut_bits == bob.cut_bits == whole_a.key_bits - 8_000
+    alice, bob = _exchange(cfg, whole_a.key_bits + 8)
+    assert alice.key == bob.key == whole_a.key and alice.cut_bits == bob.cut_bits == 0
+    with pytest.raises(ValueError, match="multiple of 8"):  # whole bytes only (the session's are)
+        _exchange(cfg, 8_001)
+
+
 def test_key_source_exhaustion_is_a_clear_error():
     cfg = BlockConfig("commercial", 8.0, 10_000_000, seed=16)
     a, b = auths(secret=bytes(40))

@@ -368,8 +368,9 @@ def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Pat
 
 
 def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Path):
-    """`settings: {max_key_count: N}` reaches every node's LKMS: once a link's pool holds N keys
-    its engine starts no more blocks (those in flight still end), and both stores stay equal.
+    """`settings: {max_key_count: N}` reaches every node's LKMS: a link's pool fills to exactly N
+    keys and no more (the blocks in flight as it fills keep only what fits, the same at both ends),
+    its engine starts no more blocks, and both stores stay equal.
     Meanwhile both ends say so: `engine-state/paused` true and `qkdl_status` ACTIVE (the link is
     healthy, not down), in their trees and in the controller's view; keys delivered over ETSI 014
     make room, and the link produces again."""
@@ -393,6 +394,8 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             ok = n.alice.stats.blocks_ok
             await asyncio.sleep(3.0)
             assert n.alice.stats.blocks_ok == ok  # paused
+            pools = [rt.lkms.key_store_stats()["pool"] for rt in net.nodes.values()]
+            assert [p[0]["stored-keys"] for p in pools] == [1500, 1500]  # not one block more
             active = ("etsi-qkd-node-types:ACTIVE", True)
             await wait_for(lambda: link_state("A") == active and link_state("B") == active, 10, "paused, ACTIVE")
             ctl = net.controller
@@ -402,8 +405,8 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             await ctl._client("A").update_qkd_link(n.bob.p.qkdl_id, {"qkdl_status": "etsi-qkd-node-types:PENDING"})
             await wait_for(lambda: link_state("A") == active, 10, "ACTIVE again after the controller's PENDING")
 
-            # room at both ends (the blocks that were in flight filled the pool past its limit); the
-            # link may fill it again within a few blocks, so the moments it is not paused are latched
+            # room at both ends; the link may fill it again within a few blocks, so the moments it
+            # is not paused are latched
             unpaused = {"A": False, "B": False, "controller": False}
 
             async def latch() -> None:
@@ -414,8 +417,7 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
                     await asyncio.sleep(0.005)
 
             watch = asyncio.create_task(latch())
-            stored = max(next(iter(rt.lkms.key_store_stats()["pool"]))["stored-keys"] for rt in net.nodes.values())
-            await asyncio.to_thread(deliver, net, stored - 1500 + 100)
+            await asyncio.to_thread(deliver, net, 100)
             await wait_for(lambda: n.alice.stats.blocks_ok > ok, 60, "a block after the pause")
             await wait_for(lambda: all(unpaused.values()), 10, "not paused at both ends and in the controller's view")
             watch.cancel()

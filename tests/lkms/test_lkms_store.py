@@ -171,8 +171,13 @@ def test_durability_settings_and_erasure_on_disk(tmp_path: Path) -> None:
         await s.open()
         await s.ensure_pool(Q, "PHYS")
         mat = os.urandom(16 * 32)
+        assert s.room_keys(Q) == 16 and s.has_room(Q)
+        await s.add_block(Q, mat[:10 * 32], 256, "a")
+        assert s.room_keys(Q) == 6  # what the engine's next block may keep
+        await s.take_next(Q, 10, from_back=False)
+        assert s.room_keys(Q) == 16
         await s.add_block(Q, mat, 256, "b")
-        assert not s.has_room(Q)  # back-pressure flag at max_key_count
+        assert not s.has_room(Q) and s.room_keys(Q) == 0  # back-pressure flag at max_key_count
         conn = s._conn
         assert conn is not None
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

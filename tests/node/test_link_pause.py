@@ -18,10 +18,10 @@ class Pool:
         self.full = True
         self._changed = asyncio.Event()
 
-    def has_room(self, qkdl_id: str) -> bool:
-        return not self.full
+    def room_keys(self, qkdl_id: str) -> int:
+        return 0 if self.full else 1_000
 
-    async def wait_for_room(self, qkdl_id: str) -> None:
+    async def wait_for_room(self, qkdl_id: str, keys: int = 1) -> None:
         while self.full:
             self._changed.clear()
             await self._changed.wait()
