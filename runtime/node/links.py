@@ -143,6 +143,7 @@ class EngineLink:
         self._last_ok = time.monotonic()
         digest = hashlib.sha256(bootstrap).digest()
         self.carry = _CARRY.setdefault((params.role, digest, params.qkdl_id), Carry())
+        self.stats.skr = self.carry.skr  # enabled again, or re-provisioned: its rate until a block says
 
     # ------------------------------------------------------------ what a session needs
 
@@ -225,8 +226,9 @@ class EngineLink:
         finally:
             self._room_watch = None
 
-    def report(self, result: pipeline.BlockResult, stored_bits: int, wall_s: float) -> None:
-        """One block ended at this end: `stored_bits` of key went to the store (0: none)."""
+    def report(self, result: pipeline.BlockResult, stored_bits: int, wall_s: float, lost: bool = False) -> None:
+        """One block ended at this end: `stored_bits` of key went to the store (0: none). `lost`:
+        discarded with its session, which says the link's state itself; the rate stands."""
         s = self.stats
         for stage, cpu in result.cpu.items():
             s.stage_cpu_s[stage] = s.stage_cpu_s.get(stage, 0.0) + cpu
@@ -248,8 +250,10 @@ class EngineLink:
         else:
             s.blocks_aborted += 1
             s.last_abort = result.reason
-            s.skr *= 0.5
-            s.status = "PASSIVE"
+            if not lost:
+                s.skr *= 0.5
+                s.status = "PASSIVE"
+        self.carry.skr = s.skr
         self._on_stats(self.p, s, result)
 
     # ------------------------------------------------------------ life cycle

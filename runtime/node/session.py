@@ -113,6 +113,7 @@ class Carry:
     stored: deque[int] = field(default_factory=lambda: deque(maxlen=2 * 128))  # Alice: blocks stored in it
     resolved: int = 0  # Bob: pending keys stored at a later HELLO
     dropped: int = 0  # Bob: pending keys dropped at a later HELLO (Alice never stored them)
+    skr: float = 0.0  # the link's last measured rate: what a paused link (no block runs) says
 
 
 @dataclass
@@ -207,7 +208,7 @@ class Session:
                 continue  # Bob's key waits in the link's carry for the next session's HELLO
             if b.party.result.status == "running":
                 b.party.result.status, b.party.result.reason = "discarded", "classical channel session ended"
-            self.link.report(b.party.result, 0, time.monotonic() - b.started)
+            self.link.report(b.party.result, 0, time.monotonic() - b.started, lost=True)
         self._blocks.clear()
 
     # ------------------------------------------------------------ frames

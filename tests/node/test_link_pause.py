@@ -78,3 +78,32 @@ def test_a_link_with_room_says_nothing() -> None:
         await link.stop()
 
     asyncio.run(main())
+
+
+def test_a_paused_link_keeps_its_rate_through_a_lost_session_and_a_restart() -> None:
+    """A paused link runs no block that would measure its rate: blocks discarded with a lost
+    session do not halve it (a failed block does), and the link made again (disabled and enabled)
+    starts from it, so the controller and `net status` show what the link gives when it runs."""
+    from sdqkd.engine import pipeline
+
+    def block(status: str) -> pipeline.BlockResult:
+        return pipeline.BlockResult("bob", status=status, duration_s=0.01, reason="r")
+
+    async def main() -> None:
+        pool, seen = Pool(), []
+        pool.room()
+        link = _link(pool, seen)
+        link.report(block("ok"), 256_000, 0.01)
+        rate = link.stats.skr
+        assert rate > 0 and seen[-1] == ("ACTIVE", False)
+        link.report(block("discarded"), 0, 0.01, lost=True)
+        assert link.stats.skr == rate and link.stats.status == "ACTIVE" and link.stats.blocks_aborted == 1
+        await link.stop()
+        again = _link(pool, seen)
+        assert again.stats.skr == rate
+        again.report(block("aborted"), 0, 0.01)  # a block that failed: a rate signal
+        assert again.stats.skr == rate / 2 and again.stats.status == "PASSIVE"
+        await again.stop()
+        assert _link(pool, seen).stats.skr == rate / 2
+
+    asyncio.run(main())
