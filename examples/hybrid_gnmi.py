@@ -17,6 +17,7 @@ client that does not allow fallback is refused. Key bytes are never printed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
@@ -112,6 +113,7 @@ async def manage(net, t0: float) -> int:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C ...", flush=True)

@@ -11,6 +11,7 @@ until the soft byte lifetime triggers a make-before-break rekey, pings again, te
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -32,6 +33,7 @@ INNER_L, INNER_R = "10.199.1.1", "10.199.1.2"
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("sdqkd.controller.ipsec").setLevel(logging.INFO)
     why = available()

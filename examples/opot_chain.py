@@ -13,6 +13,7 @@ through the chain in order, and through a skipped, a swapped and a tampered path
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -32,6 +33,7 @@ PACKETS = 10000
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     t0 = time.monotonic()
     print("starting an in-process QKD network A - B - C - D ...", flush=True)
     net = start_inprocess(TOPOLOGY, None, timeout=120.0)

@@ -45,3 +45,11 @@ def test_network_processes_import_the_installed_package_not_the_current_director
     proc = network._spawn(["--version"], log)
     assert proc.wait(60) == 0, log.read_text()
     assert log.read_text().startswith("sdqkd ")
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_help_says_what_an_example_does_and_starts_nothing(example: Path, tmp_path: Path):
+    r = subprocess.run([sys.executable, str(example), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("usage: "), r.stdout[-1000:] + r.stderr[-1000:]
+    assert "starting" not in r.stdout and list(tmp_path.iterdir()) == []

@@ -24,7 +24,7 @@ def sh_blocks(text: str) -> list[str]:
 def test_the_page_has_the_steps_an_engineer_needs():
     script = "\n".join(sh_blocks(PAGE.read_text()))
     for step in ("cat > lab.yaml", "sdqkd net up lab.yaml --state-dir lab", "/enc_keys", "/dec_keys",
-                 "--cacert", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
+                 "--cacert", "examples/tls_psk.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
         assert step in script, step
 
 
@@ -51,6 +51,7 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     hashes = re.findall(r"^([0-9a-f]{64})  -$", r.stdout, flags=re.M)
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     assert "app sae-a -> sae-c: path A - B - C (relayed)" in r.stdout  # registered by its first request
+    assert re.search(r"^20 TLS 1\.3 sessions in .*, 20 distinct keys$", r.stdout, flags=re.M)  # tls_psk.py
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
