@@ -55,6 +55,8 @@ def _profile(v: str) -> str:
 Uuid = Annotated[str, AfterValidator(_uuid)]
 Listen = Annotated[str, AfterValidator(_listen)]
 Name = Annotated[str, Field(min_length=1)]
+# a class to import: `package.module:Class`, or `file.py:Class` (a file beside the config)
+ClassRef = Annotated[str, Field(pattern=r"^(?:[A-Za-z_][\w.]*|[^:]+\.py):[A-Za-z_]\w*$")]
 # Node and SAE names become file names (nodes/NAME/, pki/saes/NAME.pem), certificate CNs and
 # SAE IDs in URLs: letters, digits, '.', '_', '-', starting with a letter or digit.
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -282,6 +284,7 @@ class NodeConfigFile(Strict):
     restconf: RestconfSection | None = None
     interfaces: list[InterfaceEntry] = []
     log: LogSection = LogSection()
+    hooks: ClassRef | None = None  # a vendor's hooks: a NodeProvisioning subclass (docs/node-config.md)
 
 
 # ------------------------------------------------------------------ checking

@@ -3,6 +3,9 @@ the schema in `sdqkd.schemas`; every problem is reported as `FILE:LINE: key: wha
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,8 @@ class NodeConfig:
     # QKD interfaces and the fibre behind each: [{id, att_point: {device, port}, peer: {node,
     # interface, endpoint, channel}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
     interfaces: list[dict[str, Any]] = field(default_factory=list)
+    # a vendor's hooks (`hooks:`): a NodeProvisioning subclass, built with the node as ours is
+    hooks: type | None = None
 
 
 def _files(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
@@ -144,6 +149,7 @@ def load_config(path: str | Path) -> NodeConfig:
     if model.users is not None and model.gnmi.users is not None:
         problems.append(f"{lines.where(('gnmi', 'users'))}: gnmi.users: give users once (top level or under gnmi)")
     users = _passwords(model, p, lines, problems)
+    hooks = _hooks(model.hooks, base, f"{lines.where(('hooks',))}: hooks", problems) if model.hooks else None
     if problems:
         raise ConfigError("\n".join(problems))
     return NodeConfig(
@@ -165,7 +171,38 @@ def load_config(path: str | Path) -> NodeConfig:
         restconf_tokens=list(restconf.bearer_tokens),
         restconf_plain_outside_loopback=restconf.plain_http_outside_loopback,
         interfaces=[i.model_dump(exclude_none=True) for i in model.interfaces],
+        hooks=hooks,
     )
+
+
+def _hooks(ref: str, base: Path, at: str, problems: list[str]) -> type | None:
+    """The vendor's hooks class `module:Class` (importable) or `file.py:Class` (beside the
+    config): a subclass of NodeProvisioning, so that the node's own hooks still run."""
+    from sdqkd.node.provisioning import NodeProvisioning
+
+    where, name = ref.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            f = base / where
+            if not f.is_file():
+                problems.append(f"{at}: no such file {f}")
+                return None
+            spec = importlib.util.spec_from_file_location(f"sdqkd_vendor_hooks.{f.stem}", f)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses and typing look their module up
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except Exception as e:  # noqa: BLE001 - whatever the vendor's module raises is reported, not a traceback
+        problems.append(f"{at}: cannot import {where}: {type(e).__name__}: {e}")
+        return None
+    cls = getattr(module, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, NodeProvisioning)):
+        problems.append(f"{at}: {ref} is not a subclass of sdqkd.node.provisioning.NodeProvisioning"
+                        + ("" if cls is not None else f" ({where} has no {name})"))
+        return None
+    return cls
 
 
 def _restconf(model: schemas.NodeConfigFile, has_tls: bool, lines: Lines,

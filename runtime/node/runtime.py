@@ -46,7 +46,8 @@ class NodeRuntime:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.links: dict[str, EngineLink] = {}
-        self.datastore = Datastore.for_node(cfg.id, location=cfg.location, hooks=NodeProvisioning(self),
+        hooks = (cfg.hooks or NodeProvisioning)(self)  # a vendor's subclass runs ours too
+        self.datastore = Datastore.for_node(cfg.id, location=cfg.location, hooks=hooks,
                                             local_defaults=engine_defaults(cfg.engine))
         self.agent = NodeAgent(cfg.id, target=cfg.name, datastore=self.datastore)
         self.lkms: Lkms | None = None
