@@ -510,11 +510,18 @@ def _diff(old: dict[str, Any], new: dict[str, Any], touched: list[tuple[Elem, ..
         if fo.get(e, _MISSING) != v:
             changes.append((e, spath_of[e], list(v) if isinstance(v, tuple) else v))
     gone_entries: set[tuple[Elem, ...]] = set()
-    new_entries = {e[:i] for e in fn for i in range(1, len(e) + 1) if e[i - 1][1]}
+    kept: dict[tuple[Elem, ...], bool] = {}
+
+    def entry_gone(entry: tuple[Elem, ...]) -> bool:
+        # a list entry the new tree no longer holds (one of its leaves going is not the entry going)
+        if entry not in kept:
+            kept[entry] = next(ds.find(new, entry), None) is not None
+        return not kept[entry]
+
     for e in fo:
         if e in fn:
             continue
-        cut = next((e[:i] for i in range(1, len(e) + 1) if e[i - 1][1] and e[:i] not in new_entries), None)
+        cut = next((e[:i] for i in range(1, len(e) + 1) if e[i - 1][1] and entry_gone(e[:i])), None)
         if cut is not None:
             if cut not in gone_entries:
                 gone_entries.add(cut)

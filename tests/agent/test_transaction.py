@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from sdqkd.agent.model import resolve
+from sdqkd.agent.model import elems_text, resolve
 from sdqkd.agent.transaction import Datastore, Edit, Exists, InvalidPath, InvalidValue, NotFound, Rejected
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
@@ -236,3 +236,27 @@ def test_engine_cascade_variants_are_the_yang_enum() -> None:
     from sdqkd.engine import cascade
 
     assert set(cascade.VARIANTS) == set(CASCADE_VARIANTS)
+
+
+PHYS, VIRT = "etsi-qkd-node-types:PHYS", "etsi-qkd-node-types:VIRT"
+
+
+def test_deleting_a_leaf_of_an_entry_publishes_that_leaf_not_the_entry() -> None:
+    """A subscriber must not be told a link was removed when one of its leaves was."""
+    from sdqkd.agent.subscriptions import StreamSub
+
+    async def main() -> None:
+        lid = str(uuid.uuid4())
+        store = Datastore.for_node(str(uuid.uuid4()))
+        link = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": lid})]
+        await store.change([Edit("update", link, {"qkdl_id": lid, "qkdl_type": PHYS, "qkdl_enable": True})])
+        watch = StreamSub(patterns=[(("qkd_node", ()),)])
+        store.hub.add(watch)
+        await store.change([Edit("delete", link + [("qkdl_enable", {})])])
+        (batch,) = [watch.queue.get_nowait() for _ in range(watch.queue.qsize())]
+        assert [(elems_text(e), v) for e, _s, v in batch] == [(f"{LINKS}[qkdl_id={lid}]/qkdl_enable", None)]
+        await store.change([Edit("delete", link)])
+        (batch,) = [watch.queue.get_nowait() for _ in range(watch.queue.qsize())]
+        assert [(elems_text(e), v) for e, _s, v in batch] == [(f"{LINKS}[qkdl_id={lid}]", None)]
+
+    asyncio.run(main())
