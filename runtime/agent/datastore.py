@@ -495,24 +495,48 @@ def _when_holds(node: dict[str, Any], siblings: dict[str, Any]) -> bool:
 
 
 def check_tree(root: dict[str, Any], under: list[tuple[Elem, ...]] | None = None) -> list[str]:
-    """Model constraints (mandatory leaves, `when` conditions) over the whole tree, or over
-    the subtrees holding the given paths (from their parents down: siblings' `when`s and the
-    parent's mandatory leaves depend on what changed)."""
-    problems: list[str] = []
+    """Model constraints (mandatory leaves, `when` conditions) on the configuration of the
+    whole tree, or of the subtrees holding the given paths (from their parents down: siblings'
+    `when`s and the parent's mandatory leaves depend on what changed). State data (`config
+    false`) is not judged: the runtime writes it, and a change is refused only for the
+    configuration it produces (state under a false `when` is removed: `stale_state`)."""
+    return _check(root, under)[0]
 
-    def leaf_at(ctx_elems: tuple[Elem, ...], ctx_value: list[Any], rel: str) -> Any:
-        # ctx_value: stack of (dict) values from root to the context node
-        stack = list(ctx_value)
-        for step in rel.split("/"):
-            step = strip_prefix(step) if step not in ("..", ".", "") else step
-            if step == "..":
-                stack.pop()
-            elif step not in (".", ""):
-                cur = stack[-1]
-                if not isinstance(cur, dict) or step not in cur:
-                    return None
-                stack.append(cur[step])
-        return stack[-1]
+
+def stale_state(root: dict[str, Any], under: list[tuple[Elem, ...]] | None = None) -> list[tuple[Elem, ...]]:
+    """Concrete paths of the state (`config false`) nodes present under a `when` that is false,
+    in the same scope as `check_tree`: data that must not exist (RFC 7950 §7.21.5), which the
+    server removes when a change turns the condition false (§8.2)."""
+    return _check(root, under)[1]
+
+
+def _leaf_at(stack: list[Any], rel: str) -> Any:
+    """The value `rel` (a `when`'s relative path) names from the context whose data nodes,
+    root first, are `stack`."""
+    stack = list(stack)
+    for step in rel.split("/"):
+        step = strip_prefix(step) if step not in ("..", ".", "") else step
+        if step == "..":
+            stack.pop()
+        elif step not in (".", ""):
+            cur = stack[-1]
+            if not isinstance(cur, dict) or step not in cur:
+                return None
+            stack.append(cur[step])
+    return stack[-1]
+
+
+def when_false(when: dict[str, Any] | None, stack: list[Any]) -> bool:
+    """A compiled `when` (a leaf's value compared) is false in the context `stack`."""
+    if not when or "leaf" not in when:
+        return False
+    got = _leaf_at(stack, when["leaf"])
+    return got is None or str(got) != when["equals"]
+
+
+def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[list[str], list[tuple[Elem, ...]]]:
+    problems: list[str] = []
+    stale: list[tuple[Elem, ...]] = []
 
     def walk(spath: str, cur: dict[str, Any], elems: tuple[Elem, ...], stack: list[Any]) -> None:
         children = NODES[spath].get("children", []) if spath != "/" else ROOTS
@@ -522,26 +546,31 @@ def check_tree(root: dict[str, Any], under: list[tuple[Elem, ...]] | None = None
                 continue
             name = node["name"]
             present = name in cur
-            if node.get("mandatory") and not present and spath != "/":
+            if node.get("mandatory") and node["config"] and not present and spath != "/":
                 problems.append(f"{elems_text(elems)}: mandatory leaf {name!r} missing")
             if not present:
                 continue
-            when = node.get("when")
-            if when and "leaf" in when:
-                got = leaf_at(elems, stack, when["leaf"])
-                if got is None or str(got) != when["equals"]:
-                    problems.append(f"{elems_text(elems + ((name, ()),))}: present but its condition "
-                                    f"`{when['xpath']}` is false")
             v = cur[name]
+            if node["kind"] == "list":
+                where = [elems + ((name, tuple(zip(node["keys"], k))),) for k in v]
+            else:
+                where = [elems + ((name, ()),)]
+            if when_false(node.get("when"), stack):
+                if node["config"]:
+                    problems.append(f"{elems_text(elems + ((name, ()),))}: present but its condition "
+                                    f"`{node['when']['xpath']}` is false")
+                else:
+                    stale.extend(where)
+                    continue
             if node["kind"] == "container":
-                walk(cp, v, elems + ((name, ()),), stack + [v])
+                walk(cp, v, where[0], stack + [v])
             elif node["kind"] == "list":
-                for k, entry in v.items():
-                    walk(cp, entry, elems + ((name, tuple(zip(node["keys"], k))),), stack + [entry])
+                for e, entry in zip(where, v.values()):
+                    walk(cp, entry, e, stack + [entry])
 
     if under is None:
         walk("/", root, (), [root])
-        return problems
+        return problems, stale
     starts = sorted({e[:-1] for e in under}, key=len)
     done: list[tuple[Elem, ...]] = []
     for start in starts:
@@ -567,4 +596,71 @@ def check_tree(root: dict[str, Any], under: list[tuple[Elem, ...]] | None = None
             stack.append(cur)
         if ok and isinstance(cur, dict):
             walk(spath, cur, start, stack)
-    return problems
+    return problems, stale
+
+
+@lru_cache(maxsize=4096)
+def whens_along(spath: str) -> tuple[tuple[int, dict[str, Any]], ...]:
+    """(depth, `when`) of every node on a schema path that has one, root first (depth i: the
+    node is the path's i-th element, its context the data node above it)."""
+    out = []
+    cur = "/"
+    for i, name in enumerate(spath.strip("/").split("/") if spath != "/" else []):
+        cur = child_path(cur, name)
+        when = NODES[cur].get("when")
+        if when and "leaf" in when:
+            out.append((i, when))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def when_below(spath: str) -> bool:
+    """Whether a node at or below a schema node has a `when`."""
+    node = NODES[spath] if spath != "/" else {"children": ROOTS}
+    return bool(node.get("when")) or any(when_below(cp) for cp in node.get("children", []))
+
+
+def path_when_false(root: dict[str, Any], elems: tuple[Elem, ...], spath: str) -> bool:
+    """A `when` on the node at `elems` or on a node above it is false in `root` (data not
+    there yet counts as empty: writing it would not make the condition true)."""
+    whens = whens_along(spath)
+    if not whens:
+        return False
+    stack: list[Any] = [root]
+    cur: Any = root
+    depth = 0
+    for i, (name, keys) in enumerate(elems):
+        while whens[depth][0] == i:
+            if when_false(whens[depth][1], stack):
+                return True
+            depth += 1
+            if depth == len(whens):
+                return False
+        cur = cur.get(name, {}) if isinstance(cur, dict) else {}
+        if keys:
+            cur = cur.get(tuple(v for _n, v in keys), {}) if isinstance(cur, dict) else {}
+        stack.append(cur)
+    return False
+
+
+def detach(root: dict[str, Any], elems: tuple[Elem, ...]) -> bool:
+    """`remove` in a copy-on-write tree: every dict on the way is copied first, so a tree that
+    shares them (the committed one) is left alone."""
+    cur: Any = root
+    for name, keys in elems[:-1]:
+        if not isinstance(cur, dict) or name not in cur:
+            return False
+        cur[name] = dict(cur[name])
+        cur = cur[name]
+        if keys:
+            k = tuple(v for _n, v in keys)
+            if k not in cur:
+                return False
+            cur[k] = dict(cur[k])
+            cur = cur[k]
+    name, keys = elems[-1]
+    if not isinstance(cur, dict) or name not in cur:
+        return False
+    if keys:
+        cur[name] = dict(cur[name])
+    return remove(root, elems)

@@ -139,7 +139,9 @@ class StateFeed:
         self._store = store
 
     def update(self, values: Mapping[str, Any]) -> None:
-        """{path text: JSON value} for any node (state or config-owned-by-runtime)."""
+        """{path text: JSON value} for any node (state or config-owned-by-runtime). A value under
+        a `when` that is false in the tree is not written (RFC 7950 §7.21.5: that data does not
+        exist), e.g. a link's phys_perf once its configuration no longer says PHYS."""
         changes: list[Change] = []
         for text, raw in values.items():
             r = resolve_text(text)
@@ -148,10 +150,20 @@ class StateFeed:
                 _key, val = ds.decode_entry(r.schema_path, raw, text, config_only=False, path_keys=r.elems[-1][1])
             else:
                 val = ds.decode(r.schema_path, raw, text, config_only=False)
+            written = False
             for root in self._store.roots():
+                if ds.path_when_false(root, r.elems, r.schema_path):
+                    continue
                 ds.put(root, r.elems, r.schema_path, deepcopy(val) if root is not self._store.root else val,
                        merge=True)
-            changes.extend(ds.leaves(r.elems, r.schema_path, val))
+                if ds.when_below(r.schema_path):  # a subtree value: drop what its own `when`s exclude
+                    for stale in ds.stale_state(root, [r.elems]):
+                        (ds.remove if root is self._store.root else ds.detach)(root, stale)
+                written = True
+            if written:
+                changes.extend(ds.leaves(r.elems, r.schema_path, val))
+            else:
+                log.debug("state %s not written: a `when` above it is false", text)
         self._store.hub.publish(changes)
 
     def delete(self, text: str) -> None:
@@ -254,6 +266,12 @@ class Datastore:
             try:
                 deleted = self._edit(work, edits)
                 ds.prune_empty(work, deleted)
+                # state data whose `when` the change made false goes (RFC 7950 §8.2); the change
+                # is judged on the configuration it produces, never on the runtime's state
+                stale = ds.stale_state(work, touched)
+                for elems in stale:
+                    ds.detach(work, elems)
+                ds.prune_empty(work, stale)
                 problems = ds.check_tree(work, touched) + self.check_references(work)
                 if problems:
                     raise Rejected("; ".join(problems))
@@ -263,7 +281,7 @@ class Datastore:
             finally:
                 self._work = None
             old, self.root = self.root, work
-            self.hub.publish(_diff(old, work, touched))
+            self.hub.publish(_diff(old, work, touched + stale))
             await self._apply(txn, events)
             await self._retry(exclude={ev.elems for ev in events})
 

@@ -249,3 +249,32 @@ def test_server_only_tls_and_mutual_tls(tmp_path):
             await server.stop(None)
 
     run(main())
+
+
+def test_state_under_a_false_when_does_not_wedge_later_sets():
+    """QA's wedge over gNMI (model alone, no node hooks): a replace leaves a PHYS link without
+    qkdl_type, the state feed goes on publishing its QBER (phys_perf, `when ../qkdl_type =
+    'PHYS'`); that state is not written, and later Sets, the link's and unrelated ones, go
+    through."""
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        server, ch, stub = await serve(agent)
+        lid = str(uuid.uuid4())
+        p = f"{LINKS}[qkdl_id={lid}]"
+        qber = f"{p}/qkdl_performance/phys_perf[perf_type=etsi-qkd-node-types:QBER]/value"
+        await stub.Set(gnmi_pb2.SetRequest(update=[upd(p, link_body(agent, lid))]))
+        agent.state.update({qber: "0.020"})
+        r = await stub.Set(gnmi_pb2.SetRequest(replace=[upd(p, {"qkdl_id": lid, "qkdl_enable": True})]))
+        assert [u.op for u in r.response] == [gnmi_pb2.UpdateResult.REPLACE]
+        agent.state.update({qber: "0.021"})  # the engine's next block
+        await stub.Set(gnmi_pb2.SetRequest(update=[upd("/qkd_node/qkdn_location_id", "building 2b")]))
+        await stub.Set(gnmi_pb2.SetRequest(update=[upd(f"{p}/qkdl_enable", False)]))
+        r = await stub.Get(gnmi_pb2.GetRequest(path=[P("/qkd_node/qkdn_location_id"), P(p)],
+                                               encoding=gnmi_pb2.JSON_IETF))
+        assert json.loads(r.notification[0].update[0].val.json_ietf_val) == "building 2b"
+        entry = json.loads(r.notification[1].update[0].val.json_ietf_val)
+        assert entry == {"qkdl_id": lid, "qkdl_enable": False}  # no phys_perf under a link that is not PHYS
+        await ch.close()
+        await server.stop(None)
+
+    run(main())

@@ -260,3 +260,80 @@ def test_deleting_a_leaf_of_an_entry_publishes_that_leaf_not_the_entry() -> None
         assert [(elems_text(e), v) for e, _s, v in batch] == [(f"{LINKS}[qkdl_id={lid}]", None)]
 
     asyncio.run(main())
+
+
+QBER = "qkdl_performance/phys_perf[perf_type=etsi-qkd-node-types:QBER]/value"
+
+
+def _qber(store: Datastore, lid: str) -> Any:
+    perf = store.root["qkd_node"]["qkd_links"]["qkd_link"][(lid,)].get("qkdl_performance", {})
+    return perf.get("phys_perf")
+
+
+def test_state_under_a_false_when_is_not_written_and_never_blocks_a_change() -> None:
+    """QA's wedge: a replace left a link without qkdl_type, the runtime's state feed went on
+    writing phys_perf (`when ../qkdl_type = 'PHYS'`) under it, and every later change, even of
+    qkdn_location_id, was refused for that state. State under a false `when` is not written,
+    state a change makes stale is removed with it (RFC 7950 §8.2), and a change is judged on
+    the configuration it produces."""
+
+    async def main() -> None:
+        node_id, lid = str(uuid.uuid4()), str(uuid.uuid4())
+        store = Datastore.for_node(node_id)
+        link = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": lid})]
+        loc = [("qkd_node", {}), ("qkdn_location_id", {})]
+        await store.change([Edit("update", link, {"qkdl_id": lid, "qkdl_type": PHYS})])
+        store.state.update({f"{LINKS}[qkdl_id={lid}]/{QBER}": "0.020"})
+        assert _qber(store, lid) is not None  # PHYS: the QBER is there
+        # the model alone (no node hooks) accepts a replace without qkdl_type
+        await store.change([Edit("replace", link, {"qkdl_id": lid, "qkdl_enable": True})])
+        store.state.update({f"{LINKS}[qkdl_id={lid}]/{QBER}": "0.021",
+                            f"{LINKS}[qkdl_id={lid}]/qkdl_performance/skr": 5})
+        assert _qber(store, lid) is None  # not PHYS: no phys_perf; the rest of the feed is written
+        assert store.root["qkd_node"]["qkd_links"]["qkd_link"][(lid,)]["qkdl_performance"] == {"skr": 5}
+        await store.change([Edit("update", loc, "building 2b")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == "building 2b"
+
+        # a tree that already holds such state (written before this fix) does not block a change:
+        # the change removes it
+        entry = store.root["qkd_node"]["qkd_links"]["qkd_link"][(lid,)]
+        entry["qkdl_performance"]["phys_perf"] = {("etsi-qkd-node-types:QBER",): {
+            "perf_type": "etsi-qkd-node-types:QBER", "value": "0.022"}}
+        await store.change([Edit("update", loc, "building 3")])
+        assert store.root["qkd_node"]["qkdn_location_id"] == "building 3" and _qber(store, lid) is None
+
+    asyncio.run(main())
+
+
+def test_a_change_that_turns_a_when_false_removes_the_state_under_it() -> None:
+    """A PHYS link with a QBER becomes VIRT: the change goes through, its phys_perf goes with
+    it (subscribers see the deletion), and the tree the change started from is left alone;
+    configuration under a false `when` is still refused, naming it."""
+    from sdqkd.agent.subscriptions import StreamSub
+
+    async def main() -> None:
+        node_id, lid = str(uuid.uuid4()), str(uuid.uuid4())
+        store = Datastore.for_node(node_id)
+        link = [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": lid})]
+        await store.change([Edit("update", link, {"qkdl_id": lid, "qkdl_type": PHYS,
+                                                  "phys_qkd_role": "etsi-qkd-node-types:RECEIVER"})])
+        store.state.update({f"{LINKS}[qkdl_id={lid}]/{QBER}": "0.020"})
+        with pytest.raises(Rejected, match=r"phys_qkd_role: present but its condition .* is false"):
+            await store.change([Edit("update", link + [("qkdl_type", {})], VIRT)])
+        assert _qber(store, lid) is not None
+        before = store.root
+        watch = StreamSub(patterns=[(("qkd_node", ()),)])
+        store.hub.add(watch)
+        await store.change([Edit("delete", link + [("phys_qkd_role", {})]),
+                            Edit("update", link + [("qkdl_type", {})], VIRT)])
+        entry = store.root["qkd_node"]["qkd_links"]["qkd_link"][(lid,)]
+        assert entry["qkdl_type"] == VIRT and "qkdl_performance" not in entry
+        old = before["qkd_node"]["qkd_links"]["qkd_link"][(lid,)]
+        assert old["qkdl_performance"]["phys_perf"] and old["qkdl_type"] == PHYS  # copy on write
+        published = [c for _ in range(watch.queue.qsize()) for c in watch.queue.get_nowait()]
+        gone = {elems_text(e) for e, _s, v in published if v is None}
+        assert gone == {f"{LINKS}[qkdl_id={lid}]/phys_qkd_role",
+                        f"{LINKS}[qkdl_id={lid}]/qkdl_performance/phys_perf[perf_type=etsi-qkd-node-types:QBER]"}
+
+    asyncio.run(main())
+
