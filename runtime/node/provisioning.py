@@ -3,12 +3,14 @@ into engine links and LKMS registrations. The datastore hands them typed entries
 names) with YANG defaults applied, so no default is restated here.
 
 Per `qkd_link` entry:
-- `validate_qkd_link` (before commit, no side effects): a PHYS link's device profile must
-  exist; otherwise the whole change is refused and nothing starts.
+- `validate_qkd_link` (before commit, no side effects): a link must name its type (PHYS or
+  VIRT: ETSI 015's `when`s on the role, hops and phys_perf need it) and its remote node (ETSI
+  leaves both optional; this node cannot run a link without them), and a PHYS link's device
+  profile must exist; otherwise the whole change is refused and nothing starts or stops.
 - `apply_qkd_link` (after commit) converges the runtime on the entry, whatever it did before:
   deleted -> engine link stopped, LKMS link removed (unless another entry names the same key
-  association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no peer or classical
-  endpoint, ETSI allows it) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
+  association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no
+  classical endpoint: an ETSI-only client does not know our augmentation) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
   and link, engine link (re)started when its parameters changed, stopped when disabled.
 Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON (DISCONNECTED
 while it has no backing link: no key path).
@@ -126,6 +128,18 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
     return PhysPlan(peer_id, peer_addr, params)
 
 
+def check_link(entry: t.QkdLink) -> None:
+    """HookVeto naming what a link entry lacks for this node to run it: its type and its remote
+    node. A `replace` that leaves them out (a whole entry written as just its key and
+    qkdl_enable) is refused, not accepted and the link silently stopped."""
+    missing = [name for name, given in (("qkdl_type", entry.get("qkdl_type")),
+                                        ("qkdl_remote/qkdn_id", entry.get("qkdl_remote", {}).get("qkdn_id")))
+               if not given]
+    if missing:
+        raise HookVeto(f"{' and '.join(missing)} missing: this node runs a link only as PHYS or VIRT "
+                       "towards a named remote node (a replace writes the whole entry: give them again)")
+
+
 class NodeProvisioning(ModelHooks):
     """The hooks of one node's datastore, driving its engine links and LKMS."""
 
@@ -137,6 +151,7 @@ class NodeProvisioning(ModelHooks):
     async def validate_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,
                                 qkdl_id: str) -> None:
         if new is not None:
+            check_link(new)
             link_plan(qkdl_id, new, self.node.cfg.engine)
 
     async def apply_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,

@@ -337,3 +337,55 @@ def test_a_change_that_turns_a_when_false_removes_the_state_under_it() -> None:
 
     asyncio.run(main())
 
+
+def test_a_replace_that_drops_what_a_link_needs_is_refused_and_unrelated_sets_go_through(tmp_path: Path) -> None:
+    """QA's repro against a node: `replace` of a PHYS link with only its key and qkdl_enable
+    was accepted, the link lost its type, ends and role and stopped, and its QBER state then
+    refused every Set. Now the node refuses that replace, naming what is missing, and changes
+    nothing; a link with a QBER can still become VIRT (its phys_perf goes); unrelated Sets
+    go through all along."""
+    from sdqkd.node import statepaths
+
+    secret = tmp_path / "bootstrap"
+    secret.write_bytes(b"s" * 32)
+
+    async def get(node: Node, path: str) -> Any:
+        r = await node.stub.Get(gnmi_pb2.GetRequest(path=[P(path)], encoding=gnmi_pb2.JSON_IETF))
+        ups = r.notification[0].update
+        return json.loads(ups[0].val.json_ietf_val) if ups else None
+
+    async def main() -> None:
+        node = await _start(tmp_path, secret)
+        try:
+            me, lid = node.rt.cfg.id, str(uuid.uuid4())
+            p = f"{LINKS}[qkdl_id={lid}]"
+            location = gnmi_pb2.Update(path=P("/qkd_node/qkdn_location_id"),
+                                       val=gnmi_pb2.TypedValue(json_ietf_val=b'"building 2b"'))
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[_update(lid, _link(me, lid))]))
+            node.rt.agent.state.update({statepaths.link(lid).qber_value: "0.020"})
+            config = await node.stub.Get(gnmi_pb2.GetRequest(path=[P(p)], type=gnmi_pb2.GetRequest.CONFIG,
+                                                             encoding=gnmi_pb2.JSON_IETF))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await node.stub.Set(gnmi_pb2.SetRequest(replace=[_update(lid, {"qkdl_id": lid, "qkdl_enable": True})]))
+            assert e.value.code() == grpc.StatusCode.ABORTED
+            assert f"{p}: qkdl_type and qkdl_remote/qkdn_id missing" in e.value.details()
+            again = await node.stub.Get(gnmi_pb2.GetRequest(path=[P(p)], type=gnmi_pb2.GetRequest.CONFIG,
+                                                            encoding=gnmi_pb2.JSON_IETF))
+            assert again.notification[0].update == config.notification[0].update
+            assert set(node.rt.links) == {lid}  # the engine link still runs
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[location]))
+            assert await get(node, "/qkd_node/qkdn_location_id") == "building 2b"
+            # the link becomes VIRT (its PHYS-only role goes in the same Set): its QBER goes with it
+            virt = gnmi_pb2.Update(path=P(f"{p}/qkdl_type"),
+                                   val=gnmi_pb2.TypedValue(json_ietf_val=b'"etsi-qkd-node-types:VIRT"'))
+            await node.stub.Set(gnmi_pb2.SetRequest(delete=[P(f"{p}/phys_qkd_role")], update=[virt]))
+            assert node.rt.links == {}  # no engine for a VIRT link
+            node.rt.agent.state.update({statepaths.link(lid).qber_value: "0.021"})  # a late block
+            assert await get(node, f"{p}/qkdl_performance/phys_perf") is None
+            location.val.json_ietf_val = b'"building 3"'
+            await node.stub.Set(gnmi_pb2.SetRequest(update=[location]))
+            assert await get(node, "/qkd_node/qkdn_location_id") == "building 3"
+        finally:
+            await _stop(node)
+
+    asyncio.run(main())

@@ -67,7 +67,8 @@ def test_bad_set_reports_error(target):
 def test_subscribe_once_and_stream(target, node_id):
     lid = str(uuid.uuid4())
     p = f"{LINKS}[qkdl_id={lid}]"
-    link = {"qkdl_id": lid, "qkdl_enable": True, "qkdl_local": {"qkdn_id": node_id}}
+    link = {"qkdl_id": lid, "qkdl_enable": True, "qkdl_local": {"qkdn_id": node_id},
+            "qkdl_remote": {"qkdn_id": str(uuid.uuid4())}, "qkdl_type": "etsi-qkd-node-types:PHYS"}
     once, stream, _ = run(
         target,
         ("subscribe_once", {"subscription": [{"path": "/qkd_node/qkdn_id"}], "mode": "once", "encoding": "json"}),
