@@ -339,6 +339,9 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
         if on_change:
             self.hub.add(stream_sub)
         try:
+            # what the sync covers (sent or, with updates_only, not), as each SAMPLE subscription's
+            # first `suppress_redundant` baseline: taken with the snapshot, no await between
+            sent = [self._sample_state(self.updates_for(r, ietf, leaf_level=True)) for r, _s in sampled]
             if not sl.updates_only:
                 for resp in self._snapshot(subs, ietf, prefix):
                     yield resp
@@ -348,8 +351,8 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
                 for r, s in on_change:
                     if s.heartbeat_interval:
                         tasks.append(asyncio.create_task(self._heartbeat(r, s.heartbeat_interval, out, ietf, prefix)))
-            for r, s in sampled:
-                tasks.append(asyncio.create_task(self._sample(r, s, out, ietf, prefix)))
+            for (r, s), baseline in zip(sampled, sent):
+                tasks.append(asyncio.create_task(self._sample(r, s, out, ietf, prefix, baseline)))
             tasks.append(asyncio.create_task(self._drain(requests, out)))
             while True:
                 queued = await out.get()
@@ -402,23 +405,30 @@ class NodeAgent(gnmi_pb2_grpc.gNMIServicer):
             for resp in self._snapshot([(r, None)], ietf, prefix):
                 await out.put(resp)
 
+    @staticmethod
+    def _sample_state(ups: list[gnmi_pb2.Update]) -> dict[bytes, bytes]:
+        return {u.path.SerializeToString(): u.val.SerializeToString() for u in ups}
+
     async def _sample(self, r: Resolved, s: gnmi_pb2.Subscription,
                       out: asyncio.Queue[gnmi_pb2.SubscribeResponse | None], ietf: bool,
-                      prefix: gnmi_pb2.Path | None) -> None:
+                      prefix: gnmi_pb2.Path | None, baseline: dict[bytes, bytes]) -> None:
+        """Sample every sample_interval; with suppress_redundant only the leaves whose value
+        differs from the last one sent (the sync's first), all of them again once every
+        heartbeat_interval."""
         interval = max(s.sample_interval, MIN_SAMPLE_NS) / 1e9
         heartbeat = s.heartbeat_interval / 1e9 if s.heartbeat_interval else None
-        last: dict[bytes, bytes] = {}
+        last = baseline
         last_full = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             ups = self.updates_for(r, ietf, leaf_level=True)
             now = time.monotonic()
             if s.suppress_redundant and not (heartbeat and now - last_full >= heartbeat):
-                current = {u.path.SerializeToString(): u.val.SerializeToString() for u in ups}
+                current = self._sample_state(ups)
                 ups = [u for u in ups if last.get(u.path.SerializeToString()) != u.val.SerializeToString()]
                 last = current
             else:
-                last = {u.path.SerializeToString(): u.val.SerializeToString() for u in ups}
+                last = self._sample_state(ups)
                 last_full = now
             if ups:
                 await out.put(gnmi_pb2.SubscribeResponse(update=gnmi_pb2.Notification(

@@ -314,16 +314,20 @@ def test_stream_sample_with_suppress_redundant_and_heartbeat(g: G, link):
     two = s.updates_until(lambda got: len(got) >= 2)  # sampled again without any change
     assert two[:2] == [(p, True), (p, True)]
     s.close()
+    # suppress_redundant: the sync counts as sent, so an unchanged leaf comes again only with the
+    # heartbeat (1 s), not with the first of the samples (every 50 ms) after the sync
     s = Stream(g, sub_list(p, sub_mode=gnmi_pb2.SAMPLE, sample_interval=50_000_000, suppress_redundant=True,
-                           heartbeat_interval=600_000_000))
-    s.until_sync()
+                           heartbeat_interval=1_000_000_000))
+    assert [path_str(u.path) for r in s.until_sync() for u in r.update.update] == [p]  # the sync sent it
     t0 = time.monotonic()
     first = s.updates_until(lambda got: len(got) >= 1)
+    t1 = time.monotonic()
+    assert first == [(p, True)] and t1 - t0 >= 0.8  # the heartbeat, after about 20 silent samples
     g.set(update=[(p, False)])
     nxt = s.updates_until(lambda got: len(got) >= 1)
-    assert first == [(p, True)] and nxt == [(p, False)]
+    assert nxt == [(p, False)]
     again = s.updates_until(lambda got: len(got) >= 1)  # nothing changed: only the heartbeat resends
-    assert again == [(p, False)] and time.monotonic() - t0 >= 0.5
+    assert again == [(p, False)] and time.monotonic() - t1 >= 0.8
     s.close()
 
 
