@@ -131,6 +131,14 @@ def resolve_text(text: str) -> Resolved:
     return resolve([(e.name, dict(e.key)) for e in p.elem], allow_wildcards=False)
 
 
+_ABSENT = object()
+
+
+def _current(root: dict[str, Any], elems: tuple[Elem, ...]) -> Any:
+    """The value at concrete `elems` in the tree, or _ABSENT."""
+    return next((v for _e, _s, v in ds.find(root, elems)), _ABSENT)
+
+
 class StateFeed:
     """The one door through which the runtime feeds state leaves and notifications, validated
     like a change; it bypasses hooks (the runtime is the source of this data)."""
@@ -141,7 +149,8 @@ class StateFeed:
     def update(self, values: Mapping[str, Any]) -> None:
         """{path text: JSON value} for any node (state or config-owned-by-runtime). A value under
         a `when` that is false in the tree is not written (RFC 7950 §7.21.5: that data does not
-        exist), e.g. a link's phys_perf once its configuration no longer says PHYS."""
+        exist), e.g. a link's phys_perf once its configuration no longer says PHYS. Only leaves
+        whose value changed are published: ON_CHANGE subscribers hear of changes, not of writes."""
         changes: list[Change] = []
         for text, raw in values.items():
             r = resolve_text(text)
@@ -150,6 +159,7 @@ class StateFeed:
                 _key, val = ds.decode_entry(r.schema_path, raw, text, config_only=False, path_keys=r.elems[-1][1])
             else:
                 val = ds.decode(r.schema_path, raw, text, config_only=False)
+            fresh = [c for c in ds.leaves(r.elems, r.schema_path, val) if _current(self._store.root, c[0]) != c[2]]
             written = False
             for root in self._store.roots():
                 if ds.path_when_false(root, r.elems, r.schema_path):
@@ -161,7 +171,7 @@ class StateFeed:
                         (ds.remove if root is self._store.root else ds.detach)(root, stale)
                 written = True
             if written:
-                changes.extend(ds.leaves(r.elems, r.schema_path, val))
+                changes.extend(fresh)
             else:
                 log.debug("state %s not written: a `when` above it is false", text)
         self._store.hub.publish(changes)

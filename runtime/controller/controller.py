@@ -471,6 +471,11 @@ class Controller:
                         view.up = view.seen = True
                         backoff = 0.2
                         self.events.append(("node-up", name))
+                        # the sync's updates came while the node was not up yet; a link whose
+                        # state then stays put (a paused one) would never be judged again
+                        for lid, ls in list(self.router.links.items()):
+                            if name in (ls.a, ls.b) and ls.a in self.nodes and ls.b in self.nodes:
+                                self._update_router(lid)  # (an exit to another vendor's KMS has one node)
                         if came_back:
                             self._spawn(self._node_back(name))
                         if first:
@@ -481,6 +486,8 @@ class Controller:
                 raise
             except grpc.aio.AioRpcError as e:
                 log.info("node %s: stream ended (%s)", name, e.code().name)
+            except Exception:  # a bug of ours in handling what came: logged, and the node watched again
+                log.exception("node %s: watch failed; subscribing again", name)
             if view.up:
                 view.up = False
                 await self._node_lost(name)

@@ -278,3 +278,25 @@ def test_state_under_a_false_when_does_not_wedge_later_sets():
         await server.stop(None)
 
     run(main())
+
+
+def test_on_change_hears_of_changed_state_not_of_every_write():
+    """The runtime writes a link's status and rate after every block; an ON_CHANGE subscriber
+    gets a leaf only when its value changed (gNMI spec 3.5.1.5.2), not each rewrite of it."""
+    from sdqkd.agent.subscriptions import StreamSub
+    from sdqkd.agent.transaction import resolve_text
+
+    async def main():
+        agent = NodeAgent(str(uuid.uuid4()))
+        sub = StreamSub([resolve_text("/qkd_node/sdqkd-key-store").elems])
+        agent.datastore.hub.add(sub)
+        keys, bits = "/qkd_node/sdqkd-key-store/stored-keys", "/qkd_node/sdqkd-key-store/stored-bits"
+        agent.state.update({keys: 7, bits: 1792})
+        agent.state.update({keys: 7, bits: 1792})  # the same again: nothing
+        agent.state.update({keys: 8, bits: 1792})  # one leaf changed: that leaf
+        got = []
+        while not sub.queue.empty():
+            got.append([(c[0][-1][0], c[2]) for c in sub.queue.get_nowait()])
+        assert got == [[("stored-keys", 7), ("stored-bits", 1792)], [("stored-keys", 8)]]
+
+    run(main())
