@@ -111,7 +111,7 @@ def plot_topology(out: Path, topology: str | None = None, state_dir: str | None 
         if not (sd / "network.json").exists():
             raise tp.TopologyError(f"{state_dir}: not a network's state directory (no network.json)")
         desc = json.loads((sd / "network.json").read_text())
-        topo = tp.parse(desc["topology_data"], desc["topology"])
+        topo = tp.parse(desc["topology_data"], desc["topology"], files=sd)
         status_file = sd / "controller-status.json"
         if status_file.exists():
             live = {r["link"]: r for r in json.loads(status_file.read_text())["links"]}

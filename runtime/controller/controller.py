@@ -317,6 +317,10 @@ class Controller:
             log.warning("application %s from node %s: %s", app_id, node, e)
             other = [self.topo.saes[s].node for s in (master, *slaves) if s in self.topo.saes]
             remote = next((self.topo.nodes[n].id for n in other if n != node), None)
+            # an external KMS's SAE: the ID standing for that KMS (without a remote the node told
+            # its SAE the controller did not know the pair)
+            ext = next((p for s in (master, *slaves) if (p := self.external.peer_of(s)) is not None), None)
+            remote = remote or (ext.kms_id if ext is not None else None)
         except grpc.aio.AioRpcError as e:
             log.warning("application %s: provisioning failed: %s", app_id, e.details())
             return
@@ -526,6 +530,11 @@ class Controller:
 
     def _update_router(self, lid: str) -> None:
         ls = self.router.links[lid]
+        if ls.a not in self.nodes or ls.b not in self.nodes:
+            # an external KMS's link (the gateway reports it too): its capacity is configured, not
+            # measured (external.py). Looked up as a node, it ended the gateway's watch with a
+            # KeyError, and the gateway never counted as up
+            return
         a, b = self.nodes[ls.a], self.nodes[ls.b]
         la, lb = a.links.get(lid, {}), b.links.get(lid, {})
         status_ok = all(x.get("qkdl_status", f"{T}ACTIVE") == f"{T}ACTIVE" for x in (la, lb))

@@ -9,8 +9,9 @@ A topology may name them:
         rate_bps: 100000       # key rate the peer can take (020 has no call to ask for it)
 
 Each becomes a link of the routing graph between its gateway node and a pseudo node
-`ext:<name>`, with the configured rate as its capacity (the controller cannot learn more: ETSI
-020 offers no rate or status query, and the peer is not managed over gNMI). Its qkdl_id is the
+`ext:<name>`, with the configured rate as its capacity, unlimited without one (0 or absent): the
+controller cannot learn more (ETSI 020 offers no rate or status query, and the peer is not
+managed over gNMI). Its qkdl_id is the
 one the gateway LKMS derives for the peer (sdqkd.lkms.registry.external_link_id).
 
 Applications: an SAE behind a peer pairs with an SAE of its gateway node: the application is
@@ -105,8 +106,9 @@ class ExternalPeers:
         self.peers = parse_external_peers(topo, topo.extra.get("external_peers"), topo.source)
         self.topo = topo
         for p in self.peers:
-            # the peer's capacity is what the config says; it is up while its gateway is
-            router.add(LinkState(id=p.qkdl_id, a=p.node, b=p.vertex, up=True, eskr=p.rate_bps))
+            # the peer's capacity is what the config says, unlimited where it says none (a capacity
+            # of 0 made every relay path to the peer impossible while pairs at the gateway worked)
+            router.add(LinkState(id=p.qkdl_id, a=p.node, b=p.vertex, up=True, eskr=p.rate_bps or math.inf))
 
     def peer_of(self, sae: str) -> ExternalPeerTopo | None:
         for p in self.peers:

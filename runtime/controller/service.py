@@ -45,7 +45,8 @@ def build(config: Path) -> Controller:
     """The controller of the network described by `config` (network.json)."""
     desc = json.loads(config.read_text())
     base = config.parent
-    topo = parse(desc["topology_data"], desc["topology"])
+    # its file paths (an external peer's CA) are relative to network.json, like every other
+    topo = parse(desc["topology_data"], desc["topology"], files=base)
     eps = {name: NodeEndpoint(name, nd["id"], nd["gnmi"], nd["peer"], nd.get("channel", "")) for name, nd in desc["nodes"].items()}
     c = desc["controller"]
     tls = TlsFiles(base / desc["ca"], base / c["cert"], base / c["key"])
@@ -170,6 +171,10 @@ def config_problem(state_dir: str, config: str | None) -> str | None:
     # the files it names, relative to its own directory (as the controller reads them)
     named = {"ca": desc.get("ca"), **{f"controller.{k}": ctl.get(k)
                                       for k in ("cert", "key", "password_file", "token_file")}}
+    peers = (desc.get("topology_data") or {}).get("external_peers")
+    for i, peer in enumerate(peers if isinstance(peers, list) else []):
+        if isinstance(peer, dict) and "ca" in peer:
+            named[f"topology_data.external_peers[{i}].ca"] = peer["ca"]
     for key, rel in named.items():
         if not isinstance(rel, str) or not (path.parent / rel).is_file():
             return f"sdqkd controller: {path}: {key}: no such file {path.parent / str(rel or '')}"

@@ -68,6 +68,7 @@ class Topology:
     extra: dict[str, Any] = field(default_factory=dict)  # name, settings (as plain data)
     settings: schemas.Settings = field(default_factory=schemas.Settings)
     apps: list[AppSpec] = field(default_factory=list)
+    files: Path = Path(".")  # where the files it names (an external peer's `ca`) are relative to
 
     def peer_names(self, name: str) -> dict[str, str]:
         """Node ID -> name of every other node (a node config's `peers`: relays reach any of them)."""
@@ -106,12 +107,14 @@ def reach_db(profile: str) -> float:
     return lo
 
 
-def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topology:
+def parse(data: Any, source: str = "<dict>", lines: Lines | None = None, files: Path | None = None) -> Topology:
     """Check a whole topology (docs/topology.md) against the schema (`sdqkd.schemas`) and its
     cross-references (names, duplicates, reach); every problem is reported at once as
     `FILE[:LINE]: place: what`. An entry the schema refuses is still checked for references, so
-    one run names every mistake."""
+    one run names every mistake. The files it names are relative to `files`, by default the
+    folder of `source` (network.json passes its own folder: its copy names the build's files)."""
     lines = lines or Lines(source)
+    files = files if files is not None else files_dir(source)
     model, problems = schemas.problems(schemas.TopologyFile, data, lines)
     if not isinstance(data, dict):
         raise TopologyError("\n".join(problems))
@@ -121,7 +124,7 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     saes = _saes(schemas.entries(schemas.SaeEntry, data.get("saes")), names, lines, problems)
     apps = _apps(schemas.entries(schemas.AppEntry, data.get("apps")), saes, lines, problems)
     _external_refs(schemas.entries(schemas.ExternalPeerEntry, data.get("external_peers")), names, saes, lines,
-                   problems)
+                   problems, files)
     if model is not None and model.settings.base_port is not None:
         from sdqkd.harness.network import SERVICES
 
@@ -135,7 +138,7 @@ def parse(data: Any, source: str = "<dict>", lines: Lines | None = None) -> Topo
     extra: dict[str, Any] = {"settings": settings} if settings else {}
     extra.update({k: data[k] for k in ("name", "external_peers") if k in data})
     topo = Topology(nodes=nodes, links=links, saes=saes, source=source, extra=extra, settings=model.settings,
-                    apps=apps)
+                    apps=apps, files=files)
     from .external import parse_external_peers
 
     parse_external_peers(topo, data.get("external_peers"), source)  # references checked here, used by the controller
@@ -241,7 +244,7 @@ def _apps(entries: list[tuple[int, dict[str, Any], schemas.AppEntry | None]], sa
 
 
 def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeerEntry | None]], names: set[str],
-                   saes: dict[str, Sae], lines: Lines, problems: list[str]) -> None:
+                   saes: dict[str, Sae], lines: Lines, problems: list[str], files: Path) -> None:
     """External peers' references (the controller's parse_external_peers builds them afterwards)."""
     seen: set[str] = set()
     for i, raw, _peer in entries:
@@ -259,8 +262,8 @@ def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeer
         if _peer is not None and (_peer.url is None) != (_peer.identity is None):
             problems.append(f"{at}: give `url` and `identity` together (where the gateway dials the peer, "
                             "and the name its certificate carries)")
-        if _peer is not None and _peer.ca is not None and not (files_dir(lines.source) / _peer.ca).is_file():
-            problems.append(f"{at}.ca: no such file {files_dir(lines.source) / _peer.ca}")
+        if _peer is not None and _peer.ca is not None and not (files / _peer.ca).is_file():
+            problems.append(f"{at}.ca: no such file {files / _peer.ca}")
 
 
 def files_dir(source: str) -> Path:

@@ -12,7 +12,12 @@ What a build holds, all in memory until `write_tree`:
   first key block);
 - per node its `node.yaml`, every path in it relative to the node's directory, so that a node
   directory can be moved to any host and run with `sdqkd node --config DIR/node.yaml`;
-- the controller's network description (`network.json`), paths relative to its own directory.
+- the controller's network description (`network.json`), paths relative to its own directory;
+- the topology's external peers (other vendors' KMSs, ETSI 020) everywhere they are needed: in
+  network.json (the controller routes to them), in every node's `applications.sae_nodes` (their
+  SAEs are SAEs of the network) and, with a `url`, in the gateway's config; a peer's `ca` file,
+  named relative to the topology file, is copied into the gateway's and the controller's
+  directories (`etsi020/NAME-ca.pem`) and named there.
 
 Every file is marked public or secret: `write_tree` writes secrets 0600 and every directory it
 makes 0700; exporters put secret files only into Kubernetes Secrets.
@@ -32,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from sdqkd.controller.topology import Topology, files_dir
+from sdqkd.controller.topology import Topology
 from sdqkd.pki import Ca, create_ca, issue
 from sdqkd.schemas import EngineSettings, ExternalPeerEntry
 
@@ -145,9 +150,11 @@ def interfaces_of(topo: Topology, name: str, ports: dict[str, dict[str, str]]) -
     return out
 
 
-def topology_data(topo: Topology) -> dict[str, Any]:
-    """The topology in its file form, with IDs and losses explicit (parse() gives it back)."""
-    return {
+def topology_data(topo: Topology, peer_cas: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The topology in its file form, with IDs and losses explicit (parse() gives it back).
+    `peer_cas`: external peer name -> where its CA file is now (the build's copy, relative to
+    network.json): the topology file's own path is relative to the topology file."""
+    out: dict[str, Any] = {
         "nodes": [{"name": n.name, "id": n.id, "location": n.location, **({"host": n.host} if n.host else {})}
                   for n in topo.nodes.values()],
         "links": [{"a": ln.a, "b": ln.b, "km": ln.km, "loss_db": ln.loss_db, "profile": ln.profile}
@@ -155,14 +162,29 @@ def topology_data(topo: Topology) -> dict[str, Any]:
         "saes": [{"name": s.name, "node": s.node} for s in topo.saes.values()],
         "apps": [{"master": a.master, "slave": a.slave, "rate": a.rate, "priority": a.priority} for a in topo.apps],
     }
+    peers = [ExternalPeerEntry.model_validate(raw) for raw in topo.extra.get("external_peers") or []]
+    if peers:
+        # the controller routes to them (runtime/controller/external.py); without them here it
+        # knew none of their SAEs
+        out["external_peers"] = [{**p.model_dump(exclude_none=True),
+                                  **({"ca": (peer_cas or {})[p.name]} if p.ca is not None else {})} for p in peers]
+    return out
 
 
 def applications_config(topo: Topology) -> dict[str, Any]:
-    """Every node's `applications` config: the network's SAEs with their node IDs, and the
-    topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s` if given."""
+    """Every node's `applications` config: the network's SAEs with their node IDs (an external
+    peer's SAEs with the ID that stands for its KMS, the controller's remote_qkdn_id of their
+    applications), and the topology's `settings.first_request_wait_s` / `settings.app_idle_timeout_s`
+    if given."""
+    from sdqkd.controller.external import parse_external_peers
+
     raw_settings = topo.extra.get("settings")
     settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    out: dict[str, Any] = {"sae_nodes": {s.name: topo.nodes[s.node].id for s in topo.saes.values()}}
+    sae_nodes = {s.name: topo.nodes[s.node].id for s in topo.saes.values()}
+    for peer in parse_external_peers(topo, topo.extra.get("external_peers"), topo.source):
+        # a node that knew only our own SAEs refused a first key request for theirs (400 unknown SAE)
+        sae_nodes.update({s: peer.kms_id for s in peer.saes})
+    out: dict[str, Any] = {"sae_nodes": sae_nodes}
     for key, name in (("first_request_wait_s", "first_request_wait_s"), ("app_idle_timeout_s", "idle_timeout_s")):
         if key in settings:
             out[name] = settings[key]
@@ -208,6 +230,11 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     ctl_rel = posixpath.join(layout.controller_pki, CONTROLLER_CN)
     b.files[ctl_rel + ".pem"] = File(ctl_cert)
     b.files[ctl_rel + ".key"] = File(ctl_key, secret=True)
+    peer_cas = _peer_cas(topo)
+    # the controller's own copy of each external peer's CA: network.json names it (the topology
+    # file's path was relative to that file, which the controller's host need not have)
+    ctl_peer_cas = {name: posixpath.join(layout.controller_pki, _peer_ca_file(name)) for name in peer_cas}
+    b.files.update({ctl_peer_cas[name]: File(pem) for name, pem in peer_cas.items()})
     sae_paths: dict[str, str] = {}
     for sae in topo.saes:
         cert, key = issue(ca, sae, server=False)
@@ -251,9 +278,9 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
         }
         externals = _external_peers(topo, name)
         if externals:
-            cfg["etsi020"]["external_peers"] = [entry for entry, _ in externals]
-            b.files.update({posixpath.join(nd, entry["ca"]): File(ca_pem) for entry, ca_pem in externals
-                            if ca_pem is not None})
+            cfg["etsi020"]["external_peers"] = externals
+            b.files.update({posixpath.join(nd, entry["ca"]): File(peer_cas[entry["name"]]) for entry in externals
+                            if "ca" in entry})
         if gnmi_password:
             b.files[posixpath.join(nd, "gnmi-password")] = File(password.encode(), secret=True)
         if log:
@@ -262,17 +289,18 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
         # private like everything a node reads (it names its secret files)
         b.files[posixpath.join(nd, "node.yaml")] = File(yaml.safe_dump(cfg, sort_keys=False).encode(), secret=True)
     # the controller's own copy when it has a directory of its own (exports), else the PKI's
-    b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths)
+    b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths,
+                          ctl_peer_cas)
     b.desc["controller"]["token_file"] = posixpath.relpath(token_rel, layout.controller_dir or ".")
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
 
 
-def _external_peers(topo: Topology, name: str) -> list[tuple[dict[str, Any], bytes | None]]:
+def _external_peers(topo: Topology, name: str) -> list[dict[str, Any]]:
     """The topology's external KMSs that node `name` dials (those with a `url`), as its config's
-    `etsi020.external_peers` entries, each with the bytes of its CA file (copied into the node's
-    directory, `etsi020/NAME-ca.pem`, so the directory stays movable)."""
-    out: list[tuple[dict[str, Any], bytes | None]] = []
+    `etsi020.external_peers` entries; a CA file is copied into the node's directory,
+    `etsi020/NAME-ca.pem`, so the directory stays movable."""
+    out: list[dict[str, Any]] = []
     for raw in topo.extra.get("external_peers") or []:
         peer = ExternalPeerEntry.model_validate(raw)  # checked by topology.parse already
         if peer.node != name or peer.url is None:
@@ -281,11 +309,24 @@ def _external_peers(topo: Topology, name: str) -> list[tuple[dict[str, Any], byt
                                  "saes": list(peer.saes), "mode": peer.mode}
         if peer.rate_bps > 0:
             entry["rate_bps"] = peer.rate_bps
-        ca_pem = None
         if peer.ca is not None:
-            ca_pem = (files_dir(topo.source) / peer.ca).read_bytes()
-            entry["ca"] = posixpath.join("etsi020", f"{_safe(peer.name)}-ca.pem")
-        out.append((entry, ca_pem))
+            entry["ca"] = _peer_ca_file(peer.name)
+        out.append(entry)
+    return out
+
+
+def _peer_ca_file(name: str) -> str:
+    """Where a copy of external peer `name`'s CA goes, relative to the directory it is copied into."""
+    return posixpath.join("etsi020", f"{_safe(name)}-ca.pem")
+
+
+def _peer_cas(topo: Topology) -> dict[str, bytes]:
+    """The CA file of each external peer that names one, read once (relative to `topo.files`)."""
+    out: dict[str, bytes] = {}
+    for raw in topo.extra.get("external_peers") or []:
+        peer = ExternalPeerEntry.model_validate(raw)
+        if peer.ca is not None:
+            out[peer.name] = (topo.files / peer.ca).read_bytes()
     return out
 
 
@@ -300,7 +341,7 @@ def _bootstrap(topo: Topology) -> dict[str, dict[str, bytes]]:
 
 
 def _description(b: NetworkBuild, plans: Mapping[str, NodePlan], ca_rel: str, pw_rel: str, ctl_rel: str,
-                 sae_paths: Mapping[str, str]) -> dict[str, Any]:
+                 sae_paths: Mapping[str, str], peer_cas: Mapping[str, str]) -> dict[str, Any]:
     """network.json: what the controller reads (and the harness, tools and tests)."""
     lay, topo = b.layout, b.topo
 
@@ -316,7 +357,8 @@ def _description(b: NetworkBuild, plans: Mapping[str, NodePlan], ca_rel: str, pw
                        "ready": ready if posixpath.isabs(ready) else rel(ready),
                        **{svc: plans[name].advertise[svc] for svc in SERVICES}}
     return {
-        "topology": topo.source, "topology_data": topology_data(topo), "ca": rel(ca_rel), "nodes": nodes,
+        "topology": topo.source, "topology_data": topology_data(topo, {n: rel(p) for n, p in peer_cas.items()}),
+        "ca": rel(ca_rel), "nodes": nodes,
         "saes": {s: {"node": topo.saes[s].node, "cert": rel(p + ".pem"), "key": rel(p + ".key")}
                  for s, p in sae_paths.items()},
         "controller": {"cert": rel(ctl_rel + ".pem"), "key": rel(ctl_rel + ".key"), "username": GNMI_USER,
@@ -336,6 +378,9 @@ def absolute_description(desc: dict[str, Any], base: Path) -> dict[str, Any]:
         nd["config"], nd["ready"] = ab(nd["config"]), ab(nd["ready"])
     for s in out["saes"].values():
         s["cert"], s["key"] = ab(s["cert"]), ab(s["key"])
+    for peer in out["topology_data"].get("external_peers", []):
+        if "ca" in peer:
+            peer["ca"] = ab(peer["ca"])
     c = out["controller"]
     for k in ("cert", "key", "password_file", "token_file"):
         c[k] = ab(c[k])
