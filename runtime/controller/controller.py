@@ -206,16 +206,17 @@ class Controller:
                 route = await self.external.request(self, master, slave, rate_bps)
                 self.apps[route.app_id] = route
                 return route
-        for sae in (master, slave, *more_slaves):
+        # each refusal names the member of the request that is wrong (as the northbound API answers it)
+        for role, sae in (("master", master), ("slave", slave), *(("more_slaves", s) for s in more_slaves)):
             if sae not in self.topo.saes:
-                raise ValueError(f"unknown SAE {sae!r} (known: {', '.join(sorted(self.topo.saes))})")
+                raise ValueError(f"{role}: unknown SAE {sae!r} (known: {self._known_saes()})")
         if len({master, slave, *more_slaves}) != 2 + len(more_slaves):
-            raise ValueError("master and slave SAEs must all differ")
+            raise ValueError("slave: master and slave SAEs must all differ")
         if rate_bps < 0:
-            raise ValueError(f"rate must be >= 0 bit/s, got {rate_bps}")
+            raise ValueError(f"rate: must be >= 0 bit/s, got {rate_bps}")
         src, dst = self.topo.saes[master].node, self.topo.saes[slave].node
         if any(self.topo.saes[s].node != dst for s in more_slaves):
-            raise ValueError("the slave SAEs of one application must sit on one node")
+            raise ValueError("more_slaves: the slave SAEs of one application must sit on one node")
         async with self._lock:
             route = self._route(master, slave, src, dst, rate_bps)
             route.priority, route.more_slaves = priority, list(more_slaves)
@@ -224,6 +225,10 @@ class Controller:
             await self._install(route, first)
             self.apps[route.app_id] = route
             return route
+
+    def _known_saes(self) -> str:
+        """The SAEs a request may name: the topology's and those behind external KMSs."""
+        return ", ".join(sorted([*self.topo.saes, *(s for p in self.external.peers for s in p.saes)]))
 
     def _route(self, master: str, slave: str, src: str, dst: str, rate_bps: float) -> AppRoute:
         app_id = app_id_for(master, [slave])

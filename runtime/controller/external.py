@@ -126,10 +126,12 @@ class ExternalPeers:
         """An application between an SAE behind a peer KMS and one of its gateway node."""
         from .controller import AppRoute
 
-        ext, local = (self.peer_of(master), slave) if self.peer_of(master) else (self.peer_of(slave), master)
+        ext, local, role = (self.peer_of(master), slave, "slave") if self.peer_of(master) else \
+            (self.peer_of(slave), master, "master")
         assert ext is not None
         if local not in self.topo.saes:
-            raise ValueError(f"unknown SAE {local!r}; an external KMS pairs with an SAE of an sdqkd node")
+            raise ValueError(f"{role}: unknown SAE {local!r}; an external KMS pairs with an SAE of an sdqkd node "
+                             f"(known: {', '.join(sorted(self.topo.saes))})")
         if self.topo.saes[local].node != ext.node:
             return await self._request_via(ctl, ext, master, slave, rate_bps)
         link = ctl.router.links[ext.qkdl_id]
@@ -147,7 +149,7 @@ class ExternalPeers:
         from .controller import AppRoute
 
         if self.peer_of(master) is not None:
-            raise ValueError(f"SAE {master} behind the external KMS {ext.name} pairs with SAEs of {ext.node} only "
+            raise ValueError(f"master: SAE {master} behind the external KMS {ext.name} pairs with SAEs of {ext.node} only "
                              f"(not {slave}, on {self.topo.saes[slave].node})")
         src = self.topo.saes[master].node
         path = self._exit_path(ctl, src, ext, rate_bps)

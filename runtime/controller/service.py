@@ -10,7 +10,9 @@ Every API call carries `Authorization: Bearer TOKEN`, the token of the 0600 file
 wrote (network.json: controller.token_file; runtime/harness/northbound.py is a client): loopback
 is not a boundary between the users of one machine. Anything else is 401. A bad request is 400
 naming the field: `rate` must be a finite number of bit/s within the ETSI 015 virt_bandwidth
-range (uint32), `master` and `slave` non-empty strings.
+range (uint32), `master` and `slave` non-empty strings naming SAEs the controller knows.
+Every error is JSON `{"message": ...}`, an unknown path (404) or method (405, with `Allow`)
+included.
 
 The network description is DIR/network.json, or `--config FILE` (a read-only mount in a
 container; the state dir then only takes the status file). File paths in it are relative to
@@ -94,20 +96,39 @@ def _bearer(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
     return check
 
 
+@web.middleware
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path, wrong method, body too large) as the API's error
+    form, `{"message": ...}`, not its plain-text bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        what = f"{request.method} {request.path}"
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            message = f"method not allowed: {what} (allowed: {', '.join(sorted(e.allowed_methods))})"
+        elif isinstance(e, web.HTTPNotFound):
+            message = f"not found: {what} (the API serves GET /status and POST /apps)"
+        else:
+            message = f"{e.reason.lower()}: {what}"
+        headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
+        return web.json_response({"message": message}, status=e.status, headers=headers)
+
+
 def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
     return {"provisioned": provisioned, "links": ctl.link_table(),
             "nodes": {n: v.up for n, v in ctl.nodes.items()},
             "apps": [asdict(a) for a in ctl.apps.values()]}
 
 
-async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
-              api: str = "127.0.0.1:0") -> None:
-    config = config or state_dir / "network.json"
-    ctl = build(config)
-    provisioned = False
+def api_app(ctl: Controller, token: str, provisioned: Callable[[], bool]) -> web.Application:
+    """The northbound API of `ctl`: the token checked first (an unknown path without it is 401
+    too), then its two routes, errors in JSON."""
 
     async def get_status(request: web.Request) -> web.Response:
-        return web.json_response(status(ctl, provisioned))
+        return web.json_response(status(ctl, provisioned()))
 
     async def post_app(request: web.Request) -> web.Response:
         try:
@@ -119,9 +140,18 @@ async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
             return web.json_response({"message": str(e)}, status=503)
         return web.json_response(asdict(route))
 
-    token = (config.parent / json.loads(config.read_text())["controller"]["token_file"]).read_text().strip()
-    app = web.Application(middlewares=[_bearer(token)])
+    app = web.Application(middlewares=[_bearer(token), _json_errors])
     app.add_routes([web.get("/status", get_status), web.post("/apps", post_app)])
+    return app
+
+
+async def run(state_dir: Path, stop: asyncio.Event, config: Path | None = None,
+              api: str = "127.0.0.1:0") -> None:
+    config = config or state_dir / "network.json"
+    ctl = build(config)
+    provisioned = False
+    token = (config.parent / json.loads(config.read_text())["controller"]["token_file"]).read_text().strip()
+    app = api_app(ctl, token, lambda: provisioned)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     api_host, _, api_port = api.rpartition(":")
