@@ -188,6 +188,28 @@ def test_a_paused_link_is_shown_up_and_paused():
     assert table({"links": [{**row, "up": False, "paused": True}]}).splitlines()[1].endswith("coming up")
 
 
+def test_a_disabled_link_and_the_app_it_leaves_unserved_are_said_so():
+    """qkdl_enable false (the node reports qkdl_status OFF) was shown as "coming up", and the app
+    whose only path crosses it as served on that path."""
+    from sdqkd.harness.netcli import table
+
+    row = {"km": 10, "db": 2.0, "qber": None, "skr": None, "stored_keys": 0, "up": False}
+    st = {"provisioned": True, "nodes": {"A": True, "B": True, "C-1": False},
+          "links": [{**row, "link": "A-B", "disabled_at": ["B"]}, {**row, "link": "B-C-1", "disabled_at": []}],
+          "apps": [{"master": "sae-a", "slave": "sae-b", "path": ["A", "B"], "virtual": False, "links_down": ["A-B"]},
+                   {"master": "sae-a", "slave": "sae-c", "path": ["A", "B", "C-1"], "virtual": True,
+                    "links_down": ["A-B", "B-C-1"]},
+                   {"master": "sae-b", "slave": "bx1", "path": ["B", "ext:vendorx"], "virtual": False,
+                    "links_down": []}]}
+    lines = table(st).splitlines()
+    assert lines[1].endswith("  disabled at B") and lines[2].endswith("  down (node C-1 down)")
+    assert lines[4] == "  app sae-a -> sae-b: path A - B (direct)  NOT SERVED: link A-B disabled at B"
+    assert lines[5].endswith("(relayed)  NOT SERVED: link A-B disabled at B; link B-C-1 down (node C-1 down)")
+    assert lines[6] == "  app sae-b -> bx1: path B - ext:vendorx (direct)"
+    st["provisioned"] = False  # not reached yet: starting, not down
+    assert table(st).splitlines()[2].endswith("  coming up")
+
+
 def test_demo_says_how_to_get_the_plot_extra(monkeypatch):
     from sdqkd import demo
 

@@ -46,7 +46,7 @@ T = "etsi-qkd-node-types:"
 _LINK = paths.qkd_node().qkd_links().qkd_link()
 _POOL = paths.qkd_node().sdqkd_key_store().pool()
 # what the controller watches on every node (one STREAM subscription)
-WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status,
+WATCHED: list[gnmi_pb2.Path] = [_LINK.qkdl_performance().path(), _LINK.qkdl_status, _LINK.qkdl_enable,
                                 _LINK.sdqkd_link().engine_state().paused, _POOL.path(),
                                 paths.sdqkdn_link_down(), paths.alarm(), paths.sdqkdn_application_new(),
                                 paths.sdqkdn_application_disconnected()]
@@ -587,6 +587,16 @@ class Controller:
 
     # ------------------------------------------------------------------ views
 
+    def links_down(self, route: AppRoute) -> list[str]:
+        """The fibre links of an application's path that are not up, named as in link_table (a
+        pair left on its path because no other could carry it is not served)."""
+        out = []
+        for hop in zip(route.path, route.path[1:]):
+            link = self.topo.link_between(*hop)  # (none to an external KMS's pseudo node)
+            if link is not None and not self.router.links[link.id].up:
+                out.append(f"{link.a}-{link.b}")
+        return out
+
     def link_table(self) -> list[dict[str, Any]]:
         rows = []
         for link in self.topo.links:
@@ -598,6 +608,8 @@ class Controller:
             rows.append({
                 "link": f"{link.a}-{link.b}", "qkdl_id": link.id, "km": link.km, "db": link.loss_db,
                 "up": self.router.links[link.id].up,
+                # ends where it is administratively disabled (qkdl_enable false): not "coming up"
+                "disabled_at": [n for n in link.ends if self.nodes[n].links.get(link.id, {}).get("qkdl_enable") is False],
                 "qber": perf.get("qber"), "skr": perf.get("skr"), "eskr": perf.get("eskr"),
                 "paused": any(bool(self.nodes[n].links.get(link.id, {}).get("paused")) for n in link.ends),
                 "stored_keys": min((int(s.get("stored-keys", 0) or 0) for s in st), default=0),

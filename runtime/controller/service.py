@@ -120,7 +120,7 @@ async def _json_errors(request: web.Request,
 def status(ctl: Controller, provisioned: bool) -> dict[str, Any]:
     return {"provisioned": provisioned, "links": ctl.link_table(),
             "nodes": {n: v.up for n, v in ctl.nodes.items()},
-            "apps": [asdict(a) for a in ctl.apps.values()]}
+            "apps": [{**asdict(a), "links_down": ctl.links_down(a)} for a in ctl.apps.values()]}
 
 
 def api_app(ctl: Controller, token: str, provisioned: Callable[[], bool]) -> web.Application:

@@ -22,9 +22,19 @@ def fmt_rate(bps: Any) -> str:
     return f"{v / 1e6:.2f} Mb/s" if v >= 1e6 else f"{v / 1e3:.1f} kb/s"
 
 
-def _state(row: dict[str, Any]) -> str:
+def _ends(link: str, nodes: dict[str, bool]) -> tuple[str, ...]:
+    """The two nodes of a link row named `A-B` (node names may hold '-' themselves)."""
+    return next(((n, link[len(n) + 1:]) for n in nodes if link.startswith(n + "-") and link[len(n) + 1:] in nodes),
+                ())
+
+
+def _state(row: dict[str, Any], nodes: dict[str, bool], provisioned: bool) -> str:
+    if row.get("disabled_at"):
+        # qkdl_enable false (gNMI or RESTCONF): it stays down until enabled again
+        return f"disabled at {', '.join(row['disabled_at'])}"
     if not row["up"]:
-        return "coming up"
+        down = [n for n in _ends(row["link"], nodes) if nodes.get(n) is False]
+        return f"down (node {', '.join(down)} down)" if down and provisioned else "coming up"
     # a full pool pauses its link (max_key_count): the rate shown is what it makes when it runs
     return "up, paused: key pool full" if row.get("paused") else "up"
 
@@ -32,10 +42,13 @@ def _state(row: dict[str, Any]) -> str:
 def table(status: dict[str, Any]) -> str:
     """The controller's view as a table: links, nodes not up (starting or down), applications."""
     rows = [f"  {'link':22s} {'km':>5s} {'dB':>5s} {'QBER':>6s} {'secret key rate':>16s} {'stored keys':>12s}  state"]
+    nodes, provisioned = status.get("nodes", {}), status.get("provisioned", True)
+    states = {}
     for r in status.get("links", []):
         q = f"{float(r['qber']) * 100:.1f}%" if r.get("qber") not in (None, "") else "-"
+        states[r["link"]] = _state(r, nodes, provisioned)
         rows.append(f"  {r['link']:22s} {r['km']:5.0f} {r['db']:5.1f} {q:>6s} {fmt_rate(r.get('skr')):>16s} "
-                    f"{r.get('stored_keys', 0):>12d}  {_state(r)}")
+                    f"{r.get('stored_keys', 0):>12d}  {states[r['link']]}")
     not_up = [n for n, up in status.get("nodes", {}).items() if not up]
     if not_up:
         # the controller provisions only once it has seen every node up: until then a node it has
@@ -43,8 +56,13 @@ def table(status: dict[str, Any]) -> str:
         starting = not status.get("provisioned", True)
         rows.append(f"  nodes {'starting' if starting else 'down'}: {', '.join(not_up)}")
     for a in status.get("apps", []):
-        rows.append(f"  app {a['master']} -> {a['slave']}: path {' - '.join(a['path'])} "
-                    f"({'relayed' if a['virtual'] else 'direct'})")
+        line = f"  app {a['master']} -> {a['slave']}: path {' - '.join(a['path'])} " \
+               f"({'relayed' if a['virtual'] else 'direct'})"
+        down = a.get("links_down") or []
+        if down:
+            # left on a path with a link down: no other path could carry it, so no keys now
+            line += "  NOT SERVED: " + "; ".join(f"link {ln} {states.get(ln, 'down')}" for ln in down)
+        rows.append(line)
     return "\n".join(rows)
 
 

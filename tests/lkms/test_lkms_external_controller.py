@@ -106,6 +106,10 @@ async def _run_ring(tmp: Path) -> None:
         assert ctl.apps[route.app_id].path == ["C", "B", "A", "ext:vendorx"], ctl.apps[route.app_id].path
         seen = ctl.nodes["C"].links[ca_link.id]  # what C says of the disabled link (ETSI 015)
         assert (seen["qkdl_status"], seen["skr"], seen["eskr"]) == ("etsi-qkd-node-types:OFF", 0, 0)
+        # the link table (net status) says it is disabled, and where; the moved pair's path is up
+        row = next(r for r in ctl.link_table() if r["qkdl_id"] == ca_link.id)
+        assert (row["up"], row["disabled_at"]) == (False, ["C"])
+        assert ctl.links_down(ctl.apps[route.app_id]) == [] and ctl.links_down(route) == ["C-A"]
         assert net.nodes["C"].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(ca_link.id,)]["sdqkd-link"][
             "engine-state"]["paused"] is False
         b_rt = net.nodes["B"]
