@@ -16,7 +16,10 @@ Inbound (their SAE is the initiator, ours the target): each key of an `ext_keys`
 EXT pool and reserved for (initiator, targets) under its own transaction, so our SAE fetches it
 once with ETSI 014 dec_keys (master = the initiator), and a `void` can withdraw it key by key:
 `voided` while still held, `failed` once delivered, `key not present` for IDs never received.
-A repeated `ext_keys` body is answered `relayed` again without storing anything twice.
+A key voided once is answered `voided` again by every later void (by ID or all_confirmation):
+the answer a lost void's retry needs, and the truth (it will never be delivered). A repeated
+`ext_keys` body is answered `relayed` again without storing anything twice, unless its key was
+voided meanwhile (then `failed`: the key is gone).
 """
 
 from __future__ import annotations
@@ -51,6 +54,15 @@ log = logging.getLogger(__name__)
 _RECEIVED = 200_000
 
 
+@dataclass
+class _Received:
+    """A key an external peer sent us: where it went, and whether the peer voided it since."""
+    qkdl_id: str
+    initiator: str
+    targets: tuple[str, ...]
+    voided: bool = False
+
+
 class PeerRefused(SdqkdError):
     """The external KMS did not take the keys (the message is safe to show an SAE)."""
 
@@ -77,7 +89,7 @@ class ExternalPeers:
     def __init__(self, core: Core, kms: Kms020) -> None:
         self.core, self.kms = core, kms
         self.peers: dict[str, ExternalPeer] = {}
-        self._received: OrderedDict[str, tuple[str, str, tuple[str, ...]]] = OrderedDict()  # kid -> (qkdl, ini, tgts)
+        self._received: OrderedDict[str, _Received] = OrderedDict()
 
     # --- registry ------------------------------------------------------------------------
     async def add(self, peer: ExternalPeer) -> None:
@@ -247,16 +259,17 @@ class ExternalPeers:
                 raise Bad("key routing error", "target_sae_id_not_recognized",
                           "KME associated with a target SAE ID is not known.")
         relayed: list[str] = []
-        failed: list[str] = []
+        used: list[str] = []
+        voided: list[str] = []
         for k in req.keys:
-            if await self._store_one(peer, k.key_id, k.value, req):
-                relayed.append(k.key_id)
-            else:
-                failed.append(k.key_id)
+            outcome = await self._store_one(peer, k.key_id, k.value, req)
+            (relayed if outcome == "relayed" else voided if outcome == "voided" else used).append(k.key_id)
         acks = [AckContainer(tuple(relayed), "relayed", req.initiator_sae_id, t) for t in req.target_sae_ids
                 if relayed]
-        acks += [AckContainer(tuple(failed), "failed", req.initiator_sae_id, t, "key ID already used")
-                 for t in req.target_sae_ids if failed]
+        acks += [AckContainer(tuple(used), "failed", req.initiator_sae_id, t, "key ID already used")
+                 for t in req.target_sae_ids if used]
+        acks += [AckContainer(tuple(voided), "failed", req.initiator_sae_id, t, "key voided")
+                 for t in req.target_sae_ids if voided]
         if relayed:
             self.core.rate(peer.qkdl_id).add(sum(len(k.value) * 8 for k in req.keys if k.key_id in set(relayed)))
         if req.ack_callback_url is None:
@@ -264,33 +277,38 @@ class ExternalPeers:
         spawn(self.kms.send_acks(caller, req.ack_callback_url, acks))
         return 202, {}
 
-    async def _store_one(self, peer: ExternalPeer, kid: str, value: bytes, req: ExtKeyContainer) -> bool:
+    async def _store_one(self, peer: ExternalPeer, kid: str, value: bytes, req: ExtKeyContainer) -> str:
+        """The outcome: "relayed" (stored now, or by this same transfer before), "voided" (sent
+        before and voided since) or "used" (an ID this store holds from elsewhere)."""
         store = self.core.store
         rec = self._received.get(kid)
         if rec is not None:  # a repeated body: the same answer, nothing stored twice
-            return rec == (peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)
+            if (rec.qkdl_id, rec.initiator, rec.targets) != (peer.qkdl_id, req.initiator_sae_id,
+                                                              req.target_sae_ids):
+                return "used"
+            return "voided" if rec.voided else "relayed"
         bits = len(value) * 8
         try:
             await store.put_key(peer.qkdl_id, kid, value, bits)
         except StoreError:
-            return False  # an ID this store holds already (not from this peer's transfer)
+            return "used"  # an ID this store holds already (not from this peer's transfer)
         txn = f"ext020/{kid}"
         res = await store.reserve_in(peer.qkdl_id, txn, [(kid, bits)], bits, req.initiator_sae_id,
                                      list(req.target_sae_ids))
         if not res.ok:
             await store.take_keys(peer.qkdl_id, [kid])
-            return False
+            return "used"
         await store.confirm(txn)  # delivered by the peer: never expires as unconfirmed
-        self._received[kid] = (peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)
+        self._received[kid] = _Received(peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)
         if len(self._received) > _RECEIVED:
             self._received.popitem(last=False)
-        return True
+        return "relayed"
 
     async def on_void(self, caller: PeerKms, req: VoidContainer, spawn: Spawn) -> Reply:
         peer = self._caller_peer(caller)
         if req.key_ids is None:  # every key shared between the SAEs (all_confirmation was given)
-            ids = [k for k, (q, i, t) in self._received.items()
-                   if q == peer.qkdl_id and i == req.initiator_sae_id and t == req.target_sae_ids]
+            ids = [k for k, r in self._received.items()
+                   if (r.qkdl_id, r.initiator, r.targets) == (peer.qkdl_id, req.initiator_sae_id, req.target_sae_ids)]
         else:
             ids = list(req.key_ids)
         voided: list[str] = []
@@ -298,12 +316,14 @@ class ExternalPeers:
         absent: list[str] = []
         for k in ids:
             rec = self._received.get(k)
-            if rec is None or rec[0] != peer.qkdl_id:
+            if rec is None or rec.qkdl_id != peer.qkdl_id:
                 absent.append(k)
-            elif await self.core.store.txn_link(f"ext020/{k}") is None:
-                failed.append(k)  # already delivered to an SAE
+            elif rec.voided:
+                voided.append(k)  # voided before (a retried void): the same answer
+            elif not await self.core.store.release(f"ext020/{k}"):
+                failed.append(k)  # already delivered to an SAE (its transaction ended with that)
             else:
-                await self.core.store.release(f"ext020/{k}")
+                rec.voided = True
                 voided.append(k)
         acks: list[AckContainer] = []
         for status, keys in (("voided", voided), ("failed", failed), ("key not present", absent)):

@@ -800,11 +800,16 @@ class Relay:
         if voided and await self.core.store.take_keys(virt.qkdl_id, voided) is None:
             busy += voided  # taken meanwhile by a delivery
             voided = []
-        # delivered (or being delivered) keys cannot be voided; IDs never relayed here are not present
-        failed = [k for k in ids if k in set(busy) or (k in set(unknown) and k in self._received)]
+        # delivered (or being delivered) keys cannot be voided; IDs never relayed here are not
+        # present; keys a void took before are answered voided again (a retried void: the source
+        # must not keep a key this end erased)
+        again = [k for k in unknown if k in self._received and k in self._voided]
+        failed = [k for k in ids if k in set(busy) or (k in set(unknown) and k in self._received
+                                                       and k not in self._voided)]
         absent = [k for k in unknown if k not in self._received]
-        for k in absent:  # a copy still on its way must not be stored after this void
+        for k in absent + voided:  # a copy still on its way must not be stored after this void
             self._voided[k] = None
+        voided += again
         while len(self._voided) > _RECEIVED:
             self._voided.popitem(last=False)
         out: list[AckContainer] = []

@@ -208,6 +208,39 @@ def test_void_after_delivery_and_replayed_body(setup: Setup) -> None:
     assert setup.dec(ids[1:2]).status_code == 400
 
 
+def _void(setup: Setup, ids: list[str] | None) -> dict[str, list[str]]:
+    body: dict[str, Any] = {"initiator_sae_id": "bx1", "target_sae_ids": ["a1"]}
+    if ids is not None:
+        body["key_ids"] = ids
+    status, r = setup.net.run(setup.vendor.call(setup.a_url + "/kmapi/v1/ext_keys/void", body,
+                                                "" if ids is not None else "?all_confirmation=true"))
+    assert status == 200, r
+    if r["status"] == "success":
+        return {"voided": sorted(ids or [])}
+    return {a["ack_status"]: sorted(x["key_id"] for x in a["key_ids"]) for a in r["ack_containers"]}
+
+
+def test_void_twice_answers_voided_again(setup: Setup) -> None:
+    """QA walkthrough: K1 delivered, K2 voided; a second void (by ID, or of all the SAEs' keys)
+    answered K2 `failed` ("delivered, the source keeps it") though K2 was erased."""
+    keys, (status, _) = setup.send(2)
+    assert status == 200
+    k1, k2 = list(keys)
+    assert setup.dec([k1]).status_code == 200
+    nowhere = str(uuid.uuid4())
+    first = _void(setup, [k1, k2, nowhere])
+    assert first == {"failed": [k1], "voided": [k2], "key not present": [nowhere]}
+    assert _void(setup, [k1, k2, nowhere]) == first  # idempotent: a retried void, the same answer
+    every = _void(setup, None)
+    assert k2 in every["voided"] and k1 in every["failed"] and k2 not in every.get("failed", [])
+    assert _void(setup, [k2]) == {"voided": [k2]}
+    # a replay of the transfer does not bring K2 back, and says so
+    _, (status, body) = setup.send(0, keys={k2: keys[k2]})
+    assert status == 200 and body["status"] == "partial_success", body
+    assert [(a["ack_status"], a.get("message")) for a in body["ack_containers"]] == [("failed", "key voided")]
+    assert setup.dec([k2]).status_code == 400
+
+
 def test_void_without_ids_needs_confirmation(setup: Setup) -> None:
     keys, _ = setup.send(2)
     url = setup.a_url + "/kmapi/v1/ext_keys/void"

@@ -151,3 +151,26 @@ def test_replayed_relay_body_delivers_nothing_twice(net: Net) -> None:
     assert net.states("C", v) == stored
     key_id = body["keys"][0]["key_id"]
     assert list(stored) == [key_id]
+
+
+def test_a_repeated_void_at_the_far_end_answers_voided_again(net: Net) -> None:
+    """A key the far end voided stays voided for a retried void; it answered `failed` ("delivered,
+    the source keeps it"), so a source retrying a void whose answer it lost kept a key the far
+    end had erased."""
+    from sdqkd.lkms.etsi020_schema import VoidContainer
+
+    v = net.links[frozenset(("A", "C"))]
+    ids = relay(net, 3)
+    c = net.nodes["C"]
+    virt = c.registry.links[v]
+    req = VoidContainer(tuple(ids), "a", ("c",), None, {})
+
+    def void(keys: list[str]) -> dict[str, list[str]]:
+        acks = net.run(c.relay._void_here(virt, keys, req))
+        return {a.ack_status: sorted(a.key_ids) for a in acks}
+
+    assert void(ids[1:]) == {"voided": sorted(ids[1:])}
+    assert void(ids[1:]) == {"voided": sorted(ids[1:])}  # the same answer again
+    assert void(ids) == {"voided": sorted(ids)}  # ids[0] voided now, the others again
+    net.run(net.nodes["A"].store.take_keys(v, ids))  # the source drops them, as its void would
+    agree(net)
