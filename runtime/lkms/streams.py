@@ -15,7 +15,8 @@ Status codes (clause 6, numbered as in the standard):
  OPEN_CONNECT: 0 joined a stream the peer opened; 1 opened, peer application not connected yet;
    4 no link/app serves the pair or the peer KMS is unreachable; 5 key stream ID in use;
    7 QoS not satisfiable (the response carries the counter-proposal).
- GET_KEY: 0; 2 the chunk is gone (delivered/expired) or not enough key with timeout 0;
+ GET_KEY: 0; 2 the chunk is gone (delivered/expired), or not enough key with timeout 0, or an
+   index so far ahead the stream could never hold the chunks up to it (at once, logged);
    3 peer application not connected; 4 unknown stream or peer KMS unreachable;
    6 timeout (no key within qos.timeout ms, or max_bps pacing would exceed it; the reason is
      logged at INFO, at most once per TIMEOUT_LOG_S and stream);
@@ -600,8 +601,22 @@ class StreamManager:
         return pb.GetKeyResponse(status=S.SUCCESSFUL, key_buffer=data, index=idx,
                                  metadata=pb.Metadata(size=len(md), buffer=md) if md else None)
 
+    def _ahead_max(self, s: Stream) -> int:
+        """Chunks past the last assigned one a GET_KEY may ask for: what the stream may ever hold
+        undelivered (a link's full pool, max_key_count keys of key_size; a same-node stream as
+        much, or two batches ahead). An index further ahead can never be served."""
+        lim = self.core.limits
+        pool = lim.max_key_count * lim.key_size // s.chunk_bits
+        return max(2 * self._max_ahead(s), pool) if s.same_node else pool
+
     async def _obtain(self, s: Stream, idx: int) -> pb.Status:
         """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
+        need = idx + 1 - s.assigned
+        if need > self._ahead_max(s):  # never servable: refused at once, not after the timeout
+            self._timed_out(s, f"chunk {idx} is {need} chunks past the last one assigned, more than the "
+                               f"{self._ahead_max(s)} a stream may hold undelivered: refused at once",
+                            "INSUFFICIENT_KEY_AVAILABLE")
+            return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
         loop = asyncio.get_running_loop()
         timeout = s.qos.timeout / 1000.0
         deadline = loop.time() + timeout
@@ -620,7 +635,7 @@ class StreamManager:
             if timeout <= 0:
                 return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
             if left <= 0:
-                self._timed_out(s, f"no key for chunk {idx} within {s.qos.timeout} ms: {self._shortage(s)}")
+                self._timed_out(s, f"no key for chunk {idx} within {s.qos.timeout} ms: {self._shortage(s, idx)}")
                 return S.TIMEOUT_ERROR
             await self.core.wait_changed(s.qkdl_id, left)
 
@@ -637,26 +652,32 @@ class StreamManager:
             await asyncio.sleep(wait)
         return S.SUCCESSFUL
 
-    def _shortage(self, s: Stream) -> str:
-        """Why no chunk came, as this end sees it."""
+    def _shortage(self, s: Stream, idx: int) -> str:
+        """Why chunk `idx` did not come, as this end sees it: assigning it takes the chunks from
+        the last one assigned up to it, all at once."""
+        need = idx + 1 - s.assigned
+        chunks = f"{need} chunks of {s.chunk_bits} bits" if need > 1 else f"a chunk of {s.chunk_bits} bits"
         if s.same_node:
-            return "no key for this node's pair of applications"
+            return (f"{chunks} (up to chunk {idx}) would hold more undelivered key than the stream may "
+                    f"({self._ahead_max(s)} chunks) until the applications take some")
         if not s.owner:  # the stream's other end assigns the chunks
-            return f"the peer's KMS assigned none (link {s.qkdl_id})"
+            return f"the peer's KMS assigned none (link {s.qkdl_id}; {chunks} needed, up to chunk {idx})"
         st = self.core.store.pool_stats(s.qkdl_id)
         have = st.available_bits if st is not None else 0
-        return f"link {s.qkdl_id} holds {have} bits of key available, a chunk needs {s.chunk_bits}"
+        return (f"link {s.qkdl_id} holds {have} bits of key available, chunk {idx} needs {chunks} "
+                f"({need * s.chunk_bits} bits: chunks {s.assigned}..{idx} are assigned together)")
 
     @staticmethod
-    def _timed_out(s: Stream, why: str) -> None:
-        """TIMEOUT_ERROR carries no reason on the wire: the operator finds it here, at most once per
-        TIMEOUT_LOG_S and stream (an application short of key may ask hundreds of times a second)."""
+    def _timed_out(s: Stream, why: str, status: str = "TIMEOUT_ERROR") -> None:
+        """TIMEOUT_ERROR (and a GET_KEY refused for good) carries no reason on the wire: the
+        operator finds it here, at most once per TIMEOUT_LOG_S and stream (an application short of
+        key may ask hundreds of times a second)."""
         now = time.monotonic()
         if now - s.timeout_logged < TIMEOUT_LOG_S:
             s.timeouts_unlogged += 1
             return
         more = f" ({s.timeouts_unlogged} more since the last one logged)" if s.timeouts_unlogged else ""
-        log.info("key stream %s: GET_KEY TIMEOUT_ERROR, %s%s", s.ksid, why, more)
+        log.info("key stream %s: GET_KEY %s, %s%s", s.ksid, status, why, more)
         s.timeout_logged, s.timeouts_unlogged = now, 0
 
     # --- CLOSE -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -146,7 +147,7 @@ def test_timeout_and_insufficient_key(net2: Net, caplog: pytest.LogCaptureFixtur
         assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
         assert _timeouts_logged(caplog, ksid) == [
             f"key stream {ksid}: GET_KEY TIMEOUT_ERROR, no key for chunk 0 within 150 ms: link {q} holds 0 bits "
-            "of key available, a chunk needs 256"]
+            "of key available, chunk 0 needs a chunk of 256 bits (256 bits: chunks 0..0 are assigned together)"]
         assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.TIMEOUT_ERROR
         assert len(_timeouts_logged(caplog, ksid)) == 1  # the next within TIMEOUT_LOG_S is only counted
         assert kb.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
@@ -155,6 +156,34 @@ def test_timeout_and_insufficient_key(net2: Net, caplog: pytest.LogCaptureFixtur
             n.unregister_app("app-empty")
             net2.run(n.remove_link(q))
     assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid)).status == S.NO_QKD_CONNECTION_AVAILABLE
+
+
+def test_timeout_log_states_what_an_index_ahead_needs(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
+    """QA walkthrough: GET_KEY for an index ahead timed out with `holds 8192 bits of key available,
+    a chunk needs 256`, self-contradictory: chunks up to the index are assigned together. And an
+    index the stream can never hold was refused only after the whole timeout."""
+    caplog.set_level(logging.INFO, logger="sdqkd.lkms.streams")
+    main = net2.links[frozenset(("A", "B"))]
+    q = net2.phys("A", "B")
+    try:
+        net2.app("app-few", ("a2", "A"), [("b2", "B")], q)
+        net2.feed("A", "B", 4)  # 1024 bits on the new link: chunks 0..3
+        ksid, ka, _ = open_pair(net2, pb.QoS(timeout=150, key_chunk_size=32), a="a2", b="b2")
+        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=10)).status == S.TIMEOUT_ERROR
+        [why] = _timeouts_logged(caplog, ksid)
+        assert why.endswith(f"no key for chunk 10 within 150 ms: link {q} holds 1024 bits of key available, "
+                            "chunk 10 needs 11 chunks of 256 bits (2816 bits: chunks 0..10 are assigned together)"), why
+        # far beyond what a stream may ever hold (100,000 keys of 256 bits): 2 at once, not 6 after 150 ms
+        t = time.monotonic()
+        far = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=10**7))
+        assert far.status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE and far.index == 10**7
+        assert time.monotonic() - t < 0.1
+        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=3)).status == S.SUCCESSFUL  # nothing lost
+    finally:
+        for n in net2.nodes.values():
+            n.unregister_app("app-few")
+            net2.run(n.remove_link(q))
+        net2.links[frozenset(("A", "B"))] = main
 
 
 def test_max_bps_pacing_beyond_timeout(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
