@@ -95,6 +95,9 @@ class Registrar(Protocol):
     def stream_closed(self, app: App, still_open: int) -> None:
         """An ETSI 004 stream of `app` was closed; `still_open` streams of it remain."""
 
+    def node_of(self, sae: str) -> str | None:
+        """The ID of the node SAE `sae` is attached to, if this node knows it."""
+
 
 class RateMeter:
     """Bits added to a pool per second over the last `window` seconds (for ETSI 004 min_bps)."""
@@ -167,6 +170,19 @@ class Core:
 
     def usable(self, app: App | None) -> bool:
         return app is not None and (app.is_local or self.pick_link(app) is not None)
+
+    def sae_node(self, sae: str) -> str | None:
+        """The ID of the node an SAE is attached to, as far as this node knows (the network's SAEs
+        from the registrar, else the registered applications); None for an unknown SAE."""
+        if self.registry.is_local(sae):
+            return self.node_id
+        node = self.registrar.node_of(sae) if self.registrar is not None else None
+        if node is not None:
+            return node
+        for app in self.registry.apps.values():
+            if sae == app.master_sae_id or sae in app.slave_sae_ids:
+                return app.remote_node_id or None
+        return None
 
     def served(self, master: str, slaves: Sequence[str]) -> tuple[App, Link | None] | None:
         """The pair's app and the link to take keys from (None: a local app), when it can be

@@ -129,14 +129,27 @@ class Etsi014:
 
     # --- helpers -------------------------------------------------------------------------
     def _caller(self, request: web.Request) -> str:
-        if self.core.tls:
+        """The calling SAE; 401 saying what was wrong with the certificate (or header)."""
+        core = self.core
+        if core.tls:
             tr = request.transport
-            sae = peercert_cn(tr.get_extra_info("peercert")) if tr is not None else None
+            cert = tr.get_extra_info("peercert") if tr is not None else None
+            if not cert:
+                raise ApiError(401, "unauthorized: no client certificate (an SAE's certificate is required)")
+            sae, what = peercert_cn(cert), "certificate"
+            if not sae:
+                raise ApiError(401, "unauthorized: the client certificate names no subject CN (SAE ID)")
         else:
-            sae = request.headers.get(SAE_HEADER)
-        if not sae or not self.core.registry.is_local(sae):
-            raise ApiError(401, "unauthorized: client certificate does not identify an SAE of this KME")
-        return sae
+            sae, what = request.headers.get(SAE_HEADER), f"{SAE_HEADER} header"
+            if not sae:
+                raise ApiError(401, f"unauthorized: no {SAE_HEADER} header naming the calling SAE")
+        if core.registry.is_local(sae):
+            return sae
+        node = core.sae_node(sae)
+        if node is not None:
+            raise ApiError(401, f"unauthorized: {what} of SAE {sae!r}, which is attached to node {node}, "
+                                f"not this node ({core.node_id})")
+        raise ApiError(401, f"unauthorized: {what} of {sae!r}, which is not an SAE known to this node")
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()

@@ -176,6 +176,10 @@ class Registrar:
         if still_open == 0 and reg is not None and reg.origin == REQUEST:
             self.disconnect(app.app_id, "its last ETSI 004 key stream was closed")
 
+    def node_of(self, sae: str) -> str | None:
+        nodes = self.settings.sae_nodes
+        return nodes.get(sae) if nodes is not None else None
+
     # ---------------------------------------------------------------- the agent's hooks tell
 
     def installed(self, app_id: str, entry: Mapping[str, Any] | None) -> None:

@@ -100,14 +100,19 @@ def test_unauthenticated(net2: Net, tpki: Pki, tmp_path_factory: pytest.TempPath
     url = net2.url("A") + "/b1/enc_keys"
     before = stored(net2)
     no_cert = httpx.Client(verify=ssl.create_default_context(cafile=str(tpki.ca_path)))
+    # Each 401 says what was wrong (it said "does not identify an SAE of this KME" for all).
     r = no_cert.get(url)
-    assert r.status_code == 401 and "message" in r.json()
+    assert (r.status_code, r.json()["message"]) == (
+        401, "unauthorized: no client certificate (an SAE's certificate is required)")
     stranger = httpx.Client(verify=https_client_context(tpki.sae("not-registered")))
     r = stranger.get(url)
-    assert r.status_code == 401 and "message" in r.json()
+    assert (r.status_code, r.json()["message"]) == (
+        401, "unauthorized: certificate of 'not-registered', which is not an SAE known to this node")
     # b1 is a registered SAE but not attached to node A.
     r = net2.client("b1").get(url.replace("/b1/", "/a1/"))
-    assert r.status_code == 401
+    assert (r.status_code, r.json()["message"]) == (
+        401, f"unauthorized: certificate of SAE 'b1', which is attached to node {net2.ids['B']}, "
+             f"not this node ({net2.ids['A']})")
     # A certificate from another CA (with a registered SAE's name) never gets through TLS.
     d = tmp_path_factory.mktemp("otherca")
     ca2, ca2_path = pki.write_ca(d)
