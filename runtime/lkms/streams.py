@@ -13,7 +13,7 @@ chunks are erased after the stream's ttl.
 
 Status codes (clause 6, numbered as in the standard):
  OPEN_CONNECT: 0 joined a stream the peer opened; 1 opened, peer application not connected yet;
-   4 no link/app serves the pair or the peer KMS is unreachable; 5 key stream ID in use;
+   4 no link serves the pair (yet) or the peer KMS is unreachable; 5 key stream ID in use;
    7 QoS not satisfiable (the response carries the counter-proposal).
  GET_KEY: 0; 2 the chunk is gone (delivered/expired), or not enough key with timeout 0, or an
    index so far ahead the stream could never hold the chunks up to it (at once, logged);
@@ -22,6 +22,9 @@ Status codes (clause 6, numbered as in the standard):
      logged at INFO, at most once per TIMEOUT_LOG_S and stream);
    8 metadata room too small (metadata.size returns the size needed; nothing consumed).
  CLOSE: 0; 4 unknown stream.
+An OPEN_CONNECT naming an SAE the network does not know, or the caller itself, as destination
+is a mistake, not an outage: the standard has no status for it, so it ends with gRPC
+INVALID_ARGUMENT and the reason (as ETSI 014 answers 400), never 4.
 QoS: key_chunk_size (0 -> default), ttl, timeout, max_bps (delivery paced), min_bps (refused with
 7 when above the link's measured key rate; a same-node stream has no such limit),
 metadata_mimetype ("" or application/json).
@@ -269,13 +272,18 @@ class StreamManager:
     async def open_connect(self, req: pb.OpenConnectRequest, caller: str | None) -> pb.OpenConnectResponse:
         core = self.core
         self._authorise(req.source, caller)
+        if req.source == req.destination:
+            raise ValueError(f"source and destination must differ (both {req.source!r})")
         self._authorise_pair(req)
         ksid = req.key_stream_id
         if ksid and not is_uuid(ksid):
             raise ValueError("key_stream_id must be a UUID")
         try:  # a first OPEN_CONNECT of a pair registers it (ETSI 015 clause 5.2), bounded wait
             app, link = await core.app_for_request(req.source, (req.destination,), qos=_app_qos(req.qos))
-        except (NotReady, UnknownPair) as e:
+        except UnknownPair as e:  # a mistake in the request (ETSI 014: 400), not an outage
+            log.info("OPEN_CONNECT %s -> %s refused: %s", req.source, req.destination, e)
+            raise ValueError(str(e)) from None
+        except NotReady as e:
             log.info("OPEN_CONNECT %s -> %s: %s", req.source, req.destination, e)
             return pb.OpenConnectResponse(status=S.NO_QKD_CONNECTION_AVAILABLE)
         if link is None and not app.is_local:

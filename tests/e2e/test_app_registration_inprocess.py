@@ -196,6 +196,24 @@ def test_no_path_is_503_with_reason(net: Loop) -> None:
     assert net.run(tree_get(net, "A", app)) == "etsi-qkd-node-types:DISCONNECTED"
 
 
+def test_etsi004_open_connect_mistakes_are_invalid_argument(net: Loop) -> None:
+    """An unknown destination SAE or the caller itself: ETSI 014 says why (400); OPEN_CONNECT gave
+    status 4 (no QKD connection), which reads as an outage. Now INVALID_ARGUMENT with the reason."""
+    from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+
+    def opened(dest: str) -> grpc.RpcError:
+        with Etsi004Client(SaeIdentity.from_endpoints(net.net.endpoints, "sae-a")) as a:
+            with pytest.raises(grpc.RpcError) as e:
+                a.open(dest)
+            return e.value
+
+    for dest, why in (("sae-zzz", "unknown SAE 'sae-zzz': no SAE of that ID in this network"),
+                      ("sae-a", "source and destination must differ (both 'sae-a')")):
+        err = net.run(asyncio.to_thread(opened, dest))
+        assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, why)  # type: ignore[attr-defined]
+    assert app_id_for("sae-a", ["sae-zzz"]) not in net.net.nodes["A"].registrar.regs  # type: ignore[union-attr]
+
+
 def test_etsi004_close_disconnects(net: Loop) -> None:
     from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
     from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb

@@ -79,9 +79,12 @@ def test_get_key_stream_pipelined(net2: Net) -> None:
 
 def test_open_connect_refusals(net2: Net) -> None:
     ka = net2.kd("A", "a1")
-    # No application/link for the pair.
-    assert ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="nobody")).status == \
-        S.NO_QKD_CONNECTION_AVAILABLE
+    # No application for the pair, or the caller itself as destination: a mistake, not an outage
+    # (was status 4, as for a link down): INVALID_ARGUMENT with the reason.
+    for dest, why in (("nobody", "no application registered"), ("a1", "source and destination must differ")):
+        with pytest.raises(grpc.RpcError) as e:
+            ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination=dest))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in (e.value.details() or ""), e.value
     # QoS that cannot be met: a counter-proposal comes back.
     r = ka.OpenConnect(pb.OpenConnectRequest(source="a1", destination="b1", qos=pb.QoS(key_chunk_size=1 << 20)))
     assert r.status == S.OPEN_CONNECT_QOS_NOT_SATISFIED and r.qos.key_chunk_size == 65536
