@@ -13,7 +13,8 @@ Endpoints (field names exactly as the standard spells them):
   POST /api/v1/keys/{master_SAE_ID}/dec_keys  Key IDs         -> Key container
 The caller is the SAE named by the CN of its client certificate (without TLS, for loopback
 development only, the `X-SAE-ID` header); it must be attached to this node, else 401.
-Errors: 400 (bad request, unknown pair, unknown key), 401 (no/unknown SAE), 503 (no link up,
+Errors: 400 (bad request, naming what: unknown members, the bad number/size, the key IDs not
+found; unknown pair), 401 (no/unknown SAE, saying which), 503 (no link up,
 not enough key, peer KMS unreachable, pair being set up, controller unreachable) with a
 `Retry-After` header, each with an Error body {message, details}.
 
@@ -53,7 +54,7 @@ from sdqkd.lkms.tlsctx import peercert_cn
 log = logging.getLogger(__name__)
 
 SAE_HEADER = "X-SAE-ID"
-_KEY_ERROR = "key not found"  # same for unknown keys and other pairs' keys (no oracle)
+_KEY_ERROR = "key not found"  # same for unknown keys and other pairs' keys (no oracle), with their IDs
 
 
 class ApiError(SdqkdError):
@@ -77,22 +78,53 @@ def _keys_body(keys: list[AppKey]) -> web.Response:
                                        for k in keys]})
 
 
-def _strict_int(v: Any, name: str) -> int:
+_KEY_REQUEST = frozenset({"number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional"})
+_KEY_IDS = frozenset({"key_IDs", "key_IDs_extension", "extension_mandatory", "extension_optional"})
+_KEY_ID = frozenset({"key_ID", "key_ID_extension"})
+
+
+def _unknown_members(obj: dict[str, Any], known: frozenset[str], where: str) -> None:
+    """400 naming the members the standard's data format does not have (a typo such as `numbr`
+    must not silently give the defaults; extensions go in extension_mandatory/_optional)."""
+    bad = sorted(k for k in obj if k not in known)
+    if bad:
+        shown = ", ".join(repr(k[:40]) for k in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise ApiError(400, f"{where}: unknown member{'s' if len(bad) > 1 else ''} {shown} "
+                            f"(known: {', '.join(sorted(known))})")
+
+
+def _unknown_query(request: web.Request, known: set[str]) -> None:
+    bad = sorted(k for k in request.query if k not in known)
+    if bad:
+        raise ApiError(400, f"unknown query parameter{'s' if len(bad) > 1 else ''} "
+                            f"{', '.join(repr(k[:40]) for k in bad[:8])} (known: {', '.join(sorted(known))})")
+
+
+def _got(v: Any) -> str:
+    r = repr(v) if not isinstance(v, str) else repr(v[:20] + ("..." if len(v) > 20 else ""))
+    return r if len(r) <= 30 else r[:27] + "..."
+
+
+def _int_or(v: Any, query: bool, bad: Callable[[Any], ApiError]) -> int:
+    """`v` as an int: from a query, a string of an optional minus and digits; from JSON, an
+    integer (not a bool, not a string)."""
+    if query:
+        t = v[1:] if v.startswith("-") else v
+        if t.isascii() and t.isdigit() and len(t) <= 9:
+            return int(v)
+        raise bad(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ApiError(400, f"{name} must be an integer")
+        raise bad(v)
     return v
 
 
-def _query_int(q: Any, name: str) -> int | None:
+def _query_one(q: Any, name: str) -> str | None:
     vals = q.getall(name, [])
     if not vals:
         return None
     if len(vals) > 1:
         raise ApiError(400, f"{name} given more than once")
-    v = vals[0]
-    if not v.isascii() or not v.isdigit() or len(v) > 9:
-        raise ApiError(400, f"{name} must be a non-negative integer")
-    return int(v)
+    return str(vals[0])
 
 
 class Etsi014:
@@ -183,15 +215,25 @@ class Etsi014:
             "max_SAE_ID_count": lim.max_sae_id_count})
 
     # --- enc_keys ------------------------------------------------------------------------
-    def _key_request(self, number: int | None, size: int | None) -> tuple[int, int]:
+    def _key_request(self, given: dict[str, Any], query: bool) -> tuple[int, int]:
+        """number and size (absent: the default) checked, with one wording per parameter whatever
+        was wrong (not an integer, negative, out of range), naming the value given."""
         lim = self.core.limits
-        number = 1 if number is None else number
-        size = lim.key_size if size is None else size
-        if not 1 <= number <= lim.max_key_per_request:
-            raise ApiError(400, f"number must be between 1 and {lim.max_key_per_request}")
-        if size % 8 or not lim.min_key_size <= size <= lim.max_key_size:
-            raise ApiError(400, f"size must be a multiple of 8 between {lim.min_key_size} and {lim.max_key_size}")
-        return number, size
+
+        def bad_number(v: Any) -> ApiError:
+            return ApiError(400, f"number must be an integer between 1 and {lim.max_key_per_request} (got {_got(v)})")
+
+        def bad_size(v: Any) -> ApiError:
+            return ApiError(400, f"size must be an integer multiple of 8 between {lim.min_key_size} and "
+                                 f"{lim.max_key_size} (got {_got(v)})")
+
+        n = _int_or(given["number"], query, bad_number) if "number" in given else 1
+        z = _int_or(given["size"], query, bad_size) if "size" in given else lim.key_size
+        if not 1 <= n <= lim.max_key_per_request:
+            raise bad_number(n)
+        if z % 8 or not lim.min_key_size <= z <= lim.max_key_size:
+            raise bad_size(z)
+        return n, z
 
     async def enc_keys(self, request: web.Request) -> web.Response:
         master = self._caller(request)
@@ -199,13 +241,14 @@ class Etsi014:
         extra: list[str] = []
         if request.method == "POST":
             body = await self._json(request)
-            number = _strict_int(body["number"], "number") if "number" in body else None
-            size = _strict_int(body["size"], "size") if "size" in body else None
+            _unknown_members(body, _KEY_REQUEST, "Key request")
+            number, size = self._key_request(body, query=False)
             extra = self._extra_slaves(body.get("additional_slave_SAE_IDs"), master, slave)
             self._extensions(body)
         else:
-            number, size = _query_int(request.query, "number"), _query_int(request.query, "size")
-        number, size = self._key_request(number, size)
+            _unknown_query(request, {"number", "size"})
+            given = {k: v for k in ("number", "size") if (v := _query_one(request.query, k)) is not None}
+            number, size = self._key_request(given, query=True)
         slaves = [slave, *extra]
         core = self.core
         app, link = core.served(master, slaves) or await core.app_for_request(master, slaves)
@@ -248,29 +291,37 @@ class Etsi014:
         lim = self.core.limits
         if request.method == "POST":
             body = await self._json(request)
+            _unknown_members(body, _KEY_IDS, "Key IDs")
             items = body.get("key_IDs")
             if not isinstance(items, list) or not items:
                 raise ApiError(400, "key_IDs must be a non-empty list")
             ids = []
-            for it in items:
+            for i, it in enumerate(items):
                 if not isinstance(it, dict) or not isinstance(it.get("key_ID"), str):
-                    raise ApiError(400, "each key_IDs entry must be an object with a key_ID string")
+                    raise ApiError(400, f"key_IDs[{i}] must be an object with a key_ID string")
+                _unknown_members(it, _KEY_ID, f"key_IDs[{i}]")
                 ids.append(it["key_ID"])
             self._extensions(body)
         else:
+            _unknown_query(request, {"key_ID"})
             ids = request.query.getall("key_ID", [])
             if len(ids) != 1:
                 raise ApiError(400, "exactly one key_ID query parameter is required")
         if len(ids) > lim.max_key_per_request:
             raise ApiError(400, f"at most {lim.max_key_per_request} key_IDs per request")
-        if not all(is_uuid(k) for k in ids):
-            raise ApiError(400, "key_ID must be a UUID")
+        for i, k in enumerate(ids):
+            if not is_uuid(k):
+                raise ApiError(400, f"key_ID must be a UUID (key_IDs[{i}] is {_got(k)})")
         if len(set(ids)) != len(ids):
-            raise ApiError(400, "duplicate key_ID")
+            raise ApiError(400, f"duplicate key_ID {next(k for k in ids if ids.count(k) > 1)}")
         app = self.core.registry.app_for(master, slave) or (
             await self.core.app_for_request(master, (slave,), need_link=False))[0]
-        keys = await self.core.store.take_in(master, slave, ids)
-        if keys is None:
-            raise ApiError(400, _KEY_ERROR, [{"key_IDs": "unknown, or not keys of this SAE pair"}])
+        missing: list[str] = []
+        keys = await self.core.store.take_in(master, slave, ids, missing)
+        if keys is None:  # nothing taken; unknown IDs and other pairs' keys are named alike (no oracle)
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise ApiError(400, f"{_KEY_ERROR}: {shown}",
+                           [{"key_IDs": "unknown, already delivered, or not keys of this SAE pair",
+                             "key_IDs_not_found": missing}])
         self.core.charge(app, sum(k.bits for k in keys), len(keys))
         return _keys_body(keys)

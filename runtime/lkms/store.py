@@ -806,21 +806,31 @@ class SqliteKeyStore:
         tx.changed.add(qkdl_id)
         return ReserveResult(True)
 
-    async def take_in(self, master: str, slave: str, key_ids: Sequence[str]) -> list[AppKey] | None:
+    async def take_in(self, master: str, slave: str, key_ids: Sequence[str],
+                      missing: list[str] | None = None) -> list[AppKey] | None:
         blobs = _distinct_ids(key_ids)
         if blobs is None:
             return None
-        return await self._submit(self._take_in, master, slave, blobs)
+        return await self._submit(self._take_in, master, slave, blobs, missing)
 
-    def _take_in(self, tx: _Tx, master: str, slave: str, blobs: list[bytes]) -> list[AppKey] | None:
+    def _take_in(self, tx: _Tx, master: str, slave: str, blobs: list[bytes],
+                 missing: list[str] | None = None) -> list[AppKey] | None:
         found = []
+        absent: list[str] = []
         for grp in blobs:
             rows = tx.conn.execute(
                 "SELECT seq, pid, kid, bits, material, pending, grp_bits FROM keys "
                 "WHERE grp=? AND state=2 AND master=? ORDER BY grp_pos", (grp, master)).fetchall()
             if not rows or slave not in rows[0][5].split(_SEP):
-                return None  # unknown or another pair's: the caller cannot tell which
+                absent.append(_s(grp))  # unknown or another pair's: the caller cannot tell which
+                if missing is None:
+                    return None
+                continue
             found.append((grp, rows))
+        if absent:
+            if missing is not None:
+                missing += absent
+            return None
         out: list[AppKey] = []
         erased: list[tuple[int, int]] = []
         for grp, rows in found:

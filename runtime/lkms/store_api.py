@@ -150,9 +150,11 @@ class KeyStore(Protocol):
         """Set AVAILABLE keys aside for (master, slaves), grouped into application keys of
         `bits` (same grouping as the master's). All or nothing."""
 
-    async def take_in(self, master: str, slave: str, key_ids: Sequence[str]) -> list[AppKey] | None:
+    async def take_in(self, master: str, slave: str, key_ids: Sequence[str],
+                      missing: list[str] | None = None) -> list[AppKey] | None:
         """dec_keys: the application keys `key_ids` reserved for (master, slave); each slave
-        gets each key once. None (and no change) if any is unknown or not this pair's."""
+        gets each key once. None (and no change) if any is unknown or not this pair's; then
+        `missing`, if given, is extended with those IDs (unknown and other pairs' alike)."""
 
     async def release(self, txn: str) -> int:
         """Erase every key of `txn` (any reserved state); later reserve_in of `txn` is refused."""

@@ -243,8 +243,9 @@ def test_etsi004_close_disconnects(net: Loop) -> None:
 def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None:
     import uuid
 
-    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=str(uuid.uuid4())))
-    assert r.status_code == 400 and r.json()["message"] == "key not found", r.text  # not "no application"
+    kid = str(uuid.uuid4())
+    r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=kid))
+    assert r.status_code == 400 and r.json()["message"] == f"key not found: {kid}", r.text  # not "no application"
     ctl = net.net.controller
     app_id = app_id_for("sae-a", ["sae-b"])
     # registered over A-B (from the controller's events: on a loaded machine the pair may already

@@ -38,6 +38,16 @@ def dec(net: Net, slave: str, master: str, ids: list[str]) -> httpx.Response:
     return net.client(slave).post(f"{net.url('B')}/{master}/dec_keys", json={"key_IDs": [{"key_ID": i} for i in ids]})
 
 
+def refusal(r: httpx.Response, *key_ids: str) -> str:
+    """A 400 body with the key IDs it names blanked: equal for unknown keys and other pairs' (no oracle)."""
+    assert r.status_code == 400, r.text
+    text = r.text
+    for k in key_ids:
+        assert k in r.json()["message"] and k in r.json()["details"][0]["key_IDs_not_found"], r.text
+        text = text.replace(k, "<id>")
+    return text
+
+
 def test_status(net2: Net) -> None:
     r = net2.client("a1").get(net2.url("A") + "/b1/status")
     assert r.status_code == 200
@@ -57,9 +67,9 @@ def test_plain_get_then_dec_keys_once(net2: Net) -> None:
     r2 = net2.client("b1").get(net2.url("B") + "/a1/dec_keys", params={"key_ID": kid})
     assert r2.status_code == 200 and r2.json() == {"keys": keys}
     again = net2.client("b1").get(net2.url("B") + "/a1/dec_keys", params={"key_ID": kid})
-    nonexistent = net2.client("b1").get(net2.url("B") + "/a1/dec_keys", params={"key_ID": str(uuid.uuid4())})
-    assert again.status_code == nonexistent.status_code == 400
-    assert again.json() == nonexistent.json() and "message" in again.json()
+    other = str(uuid.uuid4())
+    nonexistent = net2.client("b1").get(net2.url("B") + "/a1/dec_keys", params={"key_ID": other})
+    assert refusal(again, kid) == refusal(nonexistent, other)
 
 
 @pytest.mark.parametrize("size", [256, 512, 128, 1024, 64, 8192])
@@ -86,12 +96,12 @@ def test_multicast(net2: Net) -> None:
 
 def test_other_pairs_key_is_indistinguishable_from_nonexistent(net2: Net) -> None:
     mine = enc(net2, master="a2", slave="b1")[0]  # app3: a2 -> b1
-    ref = dec(net2, "b1", "a1", [str(uuid.uuid4())])
+    nowhere = str(uuid.uuid4())
+    ref = refusal(dec(net2, "b1", "a1", [nowhere]), nowhere)
     wrong_master = dec(net2, "b1", "a1", [mine["key_ID"]])  # b1 claims it came from a1
     other = enc(net2, slave="b2", additional_slave_SAE_IDs=["b3"])[0]
     wrong_slave = net2.client("b1").get(net2.url("B") + "/a1/dec_keys", params={"key_ID": other["key_ID"]})
-    for r in (wrong_master, wrong_slave):
-        assert (r.status_code, r.json()) == (ref.status_code, ref.json()) == (400, ref.json())
+    assert refusal(wrong_master, mine["key_ID"]) == refusal(wrong_slave, other["key_ID"]) == ref
     # Nothing was consumed by the refused attempts.
     assert dec(net2, "b1", "a2", [mine["key_ID"]]).json()["keys"] == [mine]
 
@@ -135,6 +145,8 @@ def test_unauthenticated(net2: Net, tpki: Pki, tmp_path_factory: pytest.TempPath
     (b'{"additional_slave_SAE_IDs": ["b2"]}', None),  # b2 is not in app1
     (b'{"extension_mandatory": [{"abc": 1}]}', None), (b'{"extension_optional": 5}', None),
     (None, {"number": "-1"}), (None, {"number": "x"}), (None, {"size": "12"}), (None, {"number": ["1", "2"]}),
+    (b'{"numbr": 1}', None), (b'{"number": 1, "Size": 512}', None), (b'{"number": null}', None),
+    (None, {"numbr": "2"}),
 ])
 def test_bad_requests_are_400_and_change_nothing(net2: Net, body: bytes | None, query: dict[str, str] | None) -> None:
     before = stored(net2)
@@ -145,6 +157,36 @@ def test_bad_requests_are_400_and_change_nothing(net2: Net, body: bytes | None, 
     assert r.status_code == 400, r.text
     assert isinstance(r.json().get("message"), str)
     assert stored(net2) == before
+
+
+def test_refusals_name_what_was_wrong(net2: Net) -> None:
+    """QA walkthrough: {"numbr": 1} gave 200 with the default key (a typo silently gave defaults);
+    number=-1 and number=0 were worded differently; a batch's `key not found` named no key."""
+    c, url = net2.client("a1"), net2.url("A") + "/b1/enc_keys"
+    r = c.post(url, json={"numbr": 1})
+    assert (r.status_code, r.json()["message"]) == (400, "Key request: unknown member 'numbr' (known: "
+                                                         "additional_slave_SAE_IDs, extension_mandatory, "
+                                                         "extension_optional, number, size)")
+    r = c.get(url, params={"numbr": "2"})
+    assert (r.status_code, r.json()["message"]) == (400, "unknown query parameter 'numbr' (known: number, size)")
+    for v, got in (("-1", "-1"), ("0", "0"), ("x", "'x'"), ("129", "129")):
+        r = c.get(url, params={"number": v})
+        assert (r.status_code, r.json()["message"]) == (400, f"number must be an integer between 1 and 128 (got {got})")
+    for body, got in (({"number": -1}, "-1"), ({"number": 0}, "0"), ({"number": "2"}, "'2'"), ({"number": True}, "True")):
+        r = c.post(url, json=body)
+        assert (r.status_code, r.json()["message"]) == (400, f"number must be an integer between 1 and 128 (got {got})")
+    r = c.post(url, json={"size": 100})
+    assert r.json()["message"] == "size must be an integer multiple of 8 between 64 and 8192 (got 100)"
+    # a batch with one key that is not there: named, and nothing of the batch is taken
+    keys = enc(net2, number=2)
+    gone = str(uuid.uuid4())
+    r = dec(net2, "b1", "a1", [keys[0]["key_ID"], gone, keys[1]["key_ID"]])
+    assert (r.status_code, r.json()["message"]) == (400, f"key not found: {gone}")
+    assert r.json()["details"][0]["key_IDs_not_found"] == [gone]
+    assert dec(net2, "b1", "a1", [k["key_ID"] for k in keys]).json()["keys"] == keys
+    b = net2.client("b1").post(net2.url("B") + "/a1/dec_keys", json={"key_IDs": [{"key_ID": gone, "kid": 1}]})
+    assert (b.status_code, b.json()["message"]) == (400, "key_IDs[0]: unknown member 'kid' (known: key_ID, "
+                                                         "key_ID_extension)")
 
 
 def test_bad_dec_requests(net2: Net) -> None:
@@ -233,3 +275,23 @@ def test_no_key_bytes_in_logs(net2: Net, caplog: pytest.LogCaptureFixture) -> No
         for needle in (k["key"], raw.hex(), raw.hex().upper(), base64.b64encode(raw[:12]).decode(), raw[:12].hex()):
             assert needle not in text
     assert not LONG_BLOB.search(text)
+
+
+def test_pypi_client_requests_have_no_unknown_members(net2: Net, tpki: Pki) -> None:
+    """etsi-qkd-014-client 0.9.0's POST bodies (number, size, additional slaves; key_IDs) pass the
+    check that refuses members the standard does not have."""
+    client_mod = pytest.importorskip("etsi_qkd_014_client.client")
+
+    def client(node: str, sae: str) -> object:
+        files = tpki.sae(sae)
+        return client_mod.QKD014Client(net2.nodes[node].addresses["etsi014"], str(files.cert), str(files.key),
+                                       str(files.ca))
+
+    a1, b1 = client("A", "a1"), client("B", "b1")
+    code, got = a1.get_key("b1", number=2, size=512)  # type: ignore[attr-defined]
+    assert code == 200, got
+    ids = [k.key_id for k in got.keys]
+    code, back = b1.get_key_with_key_IDs("a1", ids)  # type: ignore[attr-defined]
+    assert code == 200 and [k.key for k in back.keys] == [k.key for k in got.keys]
+    code, _ = client("A", "a1").get_key("b2", number=1, additional_slave_sae_ids=["b3"])  # type: ignore[attr-defined]
+    assert code == 200
