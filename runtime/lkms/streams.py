@@ -621,8 +621,8 @@ class StreamManager:
         """Get chunk `idx` assigned (waiting for key up to qos.timeout); a Status value."""
         need = idx + 1 - s.assigned
         if need > self._ahead_max(s):  # never servable: refused at once, not after the timeout
-            self._timed_out(s, f"chunk {idx} is {need} chunks past the last one assigned, more than the "
-                               f"{self._ahead_max(s)} a stream may hold undelivered: refused at once",
+            self._timed_out(s, f"chunk {idx} needs {need} chunks assigned at once (chunks {s.assigned}..{idx}), "
+                               f"more than the {self._ahead_max(s)} a stream may hold undelivered: refused at once",
                             "INSUFFICIENT_KEY_AVAILABLE")
             return S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE
         loop = asyncio.get_running_loop()

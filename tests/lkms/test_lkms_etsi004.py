@@ -134,8 +134,12 @@ def test_metadata_too_small_then_ok(net2: Net) -> None:
 
 
 def _timeouts_logged(caplog: pytest.LogCaptureFixture, ksid: str) -> list[str]:
+    return _logged(caplog, ksid, "TIMEOUT_ERROR")
+
+
+def _logged(caplog: pytest.LogCaptureFixture, ksid: str, status: str) -> list[str]:
     return [r.getMessage() for r in caplog.records
-            if r.name == "sdqkd.lkms.streams" and r.getMessage().startswith(f"key stream {ksid}: GET_KEY TIMEOUT_ERROR")]
+            if r.name == "sdqkd.lkms.streams" and r.getMessage().startswith(f"key stream {ksid}: GET_KEY {status}")]
 
 
 def test_timeout_and_insufficient_key(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
@@ -176,12 +180,17 @@ def test_timeout_log_states_what_an_index_ahead_needs(net2: Net, caplog: pytest.
         [why] = _timeouts_logged(caplog, ksid)
         assert why.endswith(f"no key for chunk 10 within 150 ms: link {q} holds 1024 bits of key available, "
                             "chunk 10 needs 11 chunks of 256 bits (2816 bits: chunks 0..10 are assigned together)"), why
-        # far beyond what a stream may ever hold (100,000 keys of 256 bits): 2 at once, not 6 after 150 ms
+        # far beyond what a stream may ever hold (100,000 keys of 256 bits): 2 at once, not 6 after 5 s
+        # (on a second stream: the first one's log is rate limited)
+        far_ksid, ka, _ = open_pair(net2, pb.QoS(timeout=5000, key_chunk_size=32), a="a2", b="b2")
         t = time.monotonic()
-        far = ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=10**7))
+        far = ka.GetKey(pb.GetKeyRequest(key_stream_id=far_ksid, index=10**7))
         assert far.status == S.GET_KEY_INSUFFICIENT_KEY_AVAILABLE and far.index == 10**7
-        assert time.monotonic() - t < 0.1
-        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=ksid, index=3)).status == S.SUCCESSFUL  # nothing lost
+        assert time.monotonic() - t < 2.5
+        assert _logged(caplog, far_ksid, "INSUFFICIENT_KEY_AVAILABLE") == [
+            f"key stream {far_ksid}: GET_KEY INSUFFICIENT_KEY_AVAILABLE, chunk 10000000 needs 10000001 chunks "
+            "assigned at once (chunks 0..10000000), more than the 100000 a stream may hold undelivered: refused at once"]
+        assert ka.GetKey(pb.GetKeyRequest(key_stream_id=far_ksid, index=3)).status == S.SUCCESSFUL  # nothing lost
     finally:
         for n in net2.nodes.values():
             n.unregister_app("app-few")
