@@ -135,6 +135,14 @@ def test_controller_refuses_a_missing_state_dir_and_creates_nothing(tmp_path):
     assert "Traceback" not in r.stderr and not nope.exists()
 
 
+def test_net_up_refuses_a_bad_topology_alone_and_creates_nothing(tmp_path):
+    topo = tmp_path / "bad.yaml"
+    topo.write_text("nodes: [{name: A}]\nlinks: [{a: A, b: Z, km: 1}]\n")
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 2 and r.stderr.strip() == f"{topo}:2: links[0] (A-Z): unknown node 'Z' (nodes: A)", r.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_controller_refuses_a_broken_network_description(tmp_path):
     (tmp_path / "network.json").write_text("{\n")
     r = sdqkd("controller", "--state-dir", str(tmp_path))

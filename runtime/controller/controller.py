@@ -483,8 +483,8 @@ class Controller:
                         # the sync's updates came while the node was not up yet; a link whose
                         # state then stays put (a paused one) would never be judged again
                         for lid, ls in list(self.router.links.items()):
-                            if name in (ls.a, ls.b) and ls.a in self.nodes and ls.b in self.nodes:
-                                self._update_router(lid)  # (an exit to another vendor's KMS has one node)
+                            if name in (ls.a, ls.b):
+                                self._update_router(lid)
                         if came_back:
                             self._spawn(self._node_back(name))
                         if first:

@@ -259,11 +259,16 @@ def _external_refs(entries: list[tuple[int, dict[str, Any], schemas.ExternalPeer
         for sae in peer_saes if isinstance(peer_saes, list) else []:
             if isinstance(sae, str) and sae in saes:
                 problems.append(f"{at}.saes: {sae!r} is already an SAE of node {saes[sae].node}")
-        if _peer is not None and (_peer.url is None) != (_peer.identity is None):
+        # from the raw entry, so that a field the schema refused hides no other mistake
+        url, identity, ca = _str(raw, "url"), _str(raw, "identity"), _str(raw, "ca")
+        if (url is None) != (identity is None):
             problems.append(f"{at}: give `url` and `identity` together (where the gateway dials the peer, "
                             "and the name its certificate carries)")
-        if _peer is not None and _peer.ca is not None and not (files / _peer.ca).is_file():
-            problems.append(f"{at}.ca: no such file {files / _peer.ca}")
+        if url is not None and url.startswith("http://"):
+            problems.append(f"{at}.url: {url!r}: the gateway always speaks TLS to the peer (net up, net export); "
+                            "give https://host:port")
+        if ca is not None and not (files / ca).is_file():
+            problems.append(f"{at}.ca: no such file {files / ca}")
 
 
 def files_dir(source: str) -> Path:

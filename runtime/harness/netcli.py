@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sdqkd.controller.topology import TopologyError
+from sdqkd.controller.topology import load as load_topology
 
 from . import network, northbound
 
@@ -100,9 +101,12 @@ def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> 
 
     t0 = time.monotonic()
     state = Path(state_dir)
-    print(f"sdqkd net up {topology or '(the demo network)'}: state in {state.resolve()}", file=sys.stderr, flush=True)
     progress = LinkProgress(state.resolve(), t0)
     try:
+        if topology is not None:
+            load_topology(topology)  # a refused topology says so alone: no "state in DIR" before it
+        print(f"sdqkd net up {topology or '(the demo network)'}: state in {state.resolve()}", file=sys.stderr,
+              flush=True)
         eps = network.up(topology or DEFAULT_TOPOLOGY, state, timeout=timeout, netns=netns, progress=progress,
                          report=lambda text: say(t0, text))
     except (TopologyError, network.HarnessError) as e:

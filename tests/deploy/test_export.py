@@ -391,10 +391,17 @@ def test_external_kms_entries_are_checked(tmp_path: Path):
         {"name": "v1", "node": "bob", "saes": ["x1"], "url": "https://kms.v1.test:7020"},
         {"name": "v2", "node": "bob", "saes": ["x2"], "url": "ftp://kms", "identity": "kms"},
         {"name": "v3", "node": "bob", "saes": ["x3"], "url": "https://kms.v3.test", "identity": "kms.v3.test",
+         "ca": "missing-ca.pem"},
+        # a field the schema refuses (mode) hides none of the others; plain HTTP is refused
+        {"name": "v4", "node": "bob", "saes": ["x4"], "url": "http://kms.v4.test:7020", "mode": "synch",
          "ca": "missing-ca.pem"}]}
     with pytest.raises(TopologyError) as e:
         _export(tmp_path, "bundle", data)
     msg = str(e.value)
+    assert "external_peers[3] (v4).mode: must be one of 'sync' or 'async', got 'synch'" in msg
+    assert "external_peers[3] (v4): give `url` and `identity` together" in msg
+    assert "external_peers[3] (v4).url: 'http://kms.v4.test:7020': the gateway always speaks TLS" in msg
+    assert f"external_peers[3] (v4).ca: no such file {tmp_path / 'missing-ca.pem'}" in msg
     assert "external_peers[0] (v1): give `url` and `identity` together" in msg
     assert "external_peers[1] (v2).url: expected https://host:port, got 'ftp://kms'" in msg
     assert f"external_peers[2] (v3).ca: no such file {tmp_path / 'missing-ca.pem'}" in msg
