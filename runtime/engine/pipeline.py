@@ -502,11 +502,16 @@ class BobBlock(_Party):
         self._expect = frozenset({CONFIRM})
         return self._frame(VERIFY, _fields(hash_key, tag, _U64.pack(r.leak_ec)))
 
+    def key_bound_bits(self) -> int:
+        """After VERIFY: the longest key CONFIRM may give (Alice's length is refused above it)."""
+        r = self.result
+        return r.estimate.secret_length(r.leak_ec) if r.estimate else 0
+
     def _on_confirm(self, payload: bytes) -> bytes:
         raw_len, seed = _unfields(payload, 2)
         (length,) = _u64s(raw_len, 1)
         r = self.result
-        mine = r.estimate.secret_length(r.leak_ec) if r.estimate else 0
+        mine = self.key_bound_bits()
         # Alice's leak may be larger if her Cascade counted more; never accept a longer key
         if length > mine or length <= 0:
             raise ProtocolError(f"CONFIRM length {length} disagrees with the local bound {mine}")

@@ -91,6 +91,7 @@ class LinkStats:
     last_abort: str = ""
     status: str = "PENDING"
     paused: bool = False  # waiting for room in the key pool
+    cut_bits: int = 0  # key verified at both ends but dropped: the pool had no room for it
     # CPU seconds per pipeline stage of every block that ended here (BlockResult.cpu), summed
     stage_cpu_s: dict[str, float] = field(default_factory=dict)
 
@@ -230,6 +231,7 @@ class EngineLink:
         """One block ended at this end: `stored_bits` of key went to the store (0: none). `lost`:
         discarded with its session, which says the link's state itself; the rate stands."""
         s = self.stats
+        s.cut_bits += result.cut_bits
         for stage, cpu in result.cpu.items():
             s.stage_cpu_s[stage] = s.stage_cpu_s.get(stage, 0.0) + cpu
         if not math.isnan(result.qber):

@@ -324,9 +324,12 @@ class Session:
 
     def _keep(self, n: int, party: pipeline.BobBlock) -> None:
         """Bob, as a block's CONFIRM arrives: it keeps no more keys than its pool takes beyond
-        those the blocks before it keep (DONE tells Alice), and always its authentication reserve."""
-        keys = max(0, self.link.room_keys() - sum(self._kept.values()))
-        party.keep_bits = (AUTH_SLICE + keys * KEY_BYTES) * 8
+        those the blocks before it keep (DONE tells Alice), and always its authentication reserve.
+        It counts as its most keys (the bound CONFIRM's length must meet) until it ends: counting
+        the pool's whole room for it would leave none to a block whose CONFIRM comes meanwhile."""
+        most = max(0, (party.key_bound_bits() // 8 - AUTH_SLICE) // KEY_BYTES)
+        keys = max(0, min(most, self.link.room_keys() - sum(self._kept.values())))
+        party.keep_bits = None if keys == most else (AUTH_SLICE + keys * KEY_BYTES) * 8
         self._kept[n] = keys
 
     def _keys_ahead(self) -> int:

@@ -219,6 +219,9 @@ def test_lost_connection_discards_the_blocks_in_flight_alike(tmp_path: Path, mon
                 assert n.bob.carry.dropped >= 1
             if where == "before-stored":
                 assert n.bob.carry.resolved >= 1
+            # the pools were far from full: no block's key was cut (blocks whose CONFIRMs
+            # overlapped once were, each counting the other's room as taken)
+            assert n.alice.stats.cut_bits == n.bob.stats.cut_bits == 0
         finally:
             await n.net.stop()
         assert same_stores(tmp_path) > 0
@@ -396,6 +399,7 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             assert n.alice.stats.blocks_ok == ok  # paused
             pools = [rt.lkms.key_store_stats()["pool"] for rt in net.nodes.values()]
             assert [p[0]["stored-keys"] for p in pools] == [1500, 1500]  # not one block more
+            assert n.alice.stats.cut_bits == n.bob.stats.cut_bits > 0  # the last block kept what fitted
             active = ("etsi-qkd-node-types:ACTIVE", True)
             await wait_for(lambda: link_state("A") == active and link_state("B") == active, 10, "paused, ACTIVE")
             ctl = net.controller
