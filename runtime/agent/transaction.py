@@ -135,8 +135,19 @@ _ABSENT = object()
 
 
 def _current(root: dict[str, Any], elems: tuple[Elem, ...]) -> Any:
-    """The value at concrete `elems` in the tree, or _ABSENT."""
-    return next((v for _e, _s, v in ds.find(root, elems)), _ABSENT)
+    """The value at concrete `elems` (keys all given) in the tree, or _ABSENT: a walk down the
+    dicts (a list holds its entries by their key tuple), not a schema-aware search."""
+    cur: Any = root
+    for name, keys in elems:
+        if not isinstance(cur, dict) or name not in cur:
+            return _ABSENT
+        cur = cur[name]
+        if keys:
+            k = tuple(v for _n, v in keys)
+            if not isinstance(cur, dict) or k not in cur:
+                return _ABSENT
+            cur = cur[k]
+    return cur
 
 
 class StateFeed:
