@@ -15,11 +15,13 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sdqkd.apps.ipsec import IpsecNsf, Lifetime
 from sdqkd.apps.ipsec_netns import NsPair, available, ping, udp_exchange
@@ -47,7 +49,15 @@ def main() -> int:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
 
     print("starting the QKD network (A - B, 20 km) ...")
-    net = on_loop(start_network(TOPOLOGY, Path(tempfile.mkdtemp(prefix="sdqkd-ipsec-"))))
+    state = Path(tempfile.mkdtemp(prefix="sdqkd-ipsec-"))  # its PKI and key stores: removed at the end
+    try:
+        return run(on_loop, loop, state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def run(on_loop: Any, loop: asyncio.AbstractEventLoop, state: Path) -> int:
+    net = on_loop(start_network(TOPOLOGY, state))
     assert net.controller is not None
     sdn = net.controller
     pair = NsPair.create()
