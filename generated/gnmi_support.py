@@ -70,7 +70,7 @@ def path_str(path: gnmi_pb2.Path) -> str:
     parts = []
     for e in path.elem:
         keys = "".join(f"[{_escape(k)}={_escape_key_value(v)}]" for k, v in sorted(e.key.items()))
-        parts.append(_escape(e.name).replace("\\:", ":") + keys)
+        parts.append(_escape(e.name) + keys)
     text = "/" + "/".join(parts)
     return f"{path.origin}:{text}" if path.origin else text
 
