@@ -373,9 +373,10 @@ class Session:
         key, then Alice stores and acknowledges, Bob waits for the acknowledgement."""
         r = block.party.result
         key = b""
-        if r.status == "ok" and r.key and (len(r.key) > AUTH_SLICE or (r.cut_bits and len(r.key) == AUTH_SLICE)):
-            self._reserves[block.n] = r.key[:AUTH_SLICE]  # both ends cut the same bytes
-            key = r.key[AUTH_SLICE:]
+        whole = r.key[: r.key_bits // 8] if r.key else b""  # a last partial byte's padding is no key
+        if r.status == "ok" and whole and (len(whole) > AUTH_SLICE or (r.cut_bits and len(whole) == AUTH_SLICE)):
+            self._reserves[block.n] = whole[:AUTH_SLICE]  # both ends cut the same bytes
+            key = whole[AUTH_SLICE:]
             key = key[: len(key) // KEY_BYTES * KEY_BYTES]
             if not r.cut_bits:
                 self.link.keys_per_block = len(key) // KEY_BYTES
