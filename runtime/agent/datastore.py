@@ -643,6 +643,25 @@ def path_when_false(root: dict[str, Any], elems: tuple[Elem, ...], spath: str) -
     return False
 
 
+ABSENT = object()
+
+
+def value_at(root: dict[str, Any], elems: tuple[Elem, ...]) -> Any:
+    """The value at concrete `elems` (keys all given), or ABSENT: a walk down the dicts (a list
+    holds its entries by their key tuple, as in path_when_false), not find's schema-aware search."""
+    cur: Any = root
+    for name, keys in elems:
+        if not isinstance(cur, dict) or name not in cur:
+            return ABSENT
+        cur = cur[name]
+        if keys:
+            k = tuple(v for _n, v in keys)
+            if not isinstance(cur, dict) or k not in cur:
+                return ABSENT
+            cur = cur[k]
+    return cur
+
+
 def detach(root: dict[str, Any], elems: tuple[Elem, ...]) -> bool:
     """`remove` in a copy-on-write tree: every dict on the way is copied first, so a tree that
     shares them (the committed one) is left alone."""

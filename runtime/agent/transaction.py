@@ -131,25 +131,6 @@ def resolve_text(text: str) -> Resolved:
     return resolve([(e.name, dict(e.key)) for e in p.elem], allow_wildcards=False)
 
 
-_ABSENT = object()
-
-
-def _current(root: dict[str, Any], elems: tuple[Elem, ...]) -> Any:
-    """The value at concrete `elems` (keys all given) in the tree, or _ABSENT: a walk down the
-    dicts (a list holds its entries by their key tuple), not a schema-aware search."""
-    cur: Any = root
-    for name, keys in elems:
-        if not isinstance(cur, dict) or name not in cur:
-            return _ABSENT
-        cur = cur[name]
-        if keys:
-            k = tuple(v for _n, v in keys)
-            if not isinstance(cur, dict) or k not in cur:
-                return _ABSENT
-            cur = cur[k]
-    return cur
-
-
 class StateFeed:
     """The one door through which the runtime feeds state leaves and notifications, validated
     like a change; it bypasses hooks (the runtime is the source of this data)."""
@@ -170,7 +151,7 @@ class StateFeed:
                 _key, val = ds.decode_entry(r.schema_path, raw, text, config_only=False, path_keys=r.elems[-1][1])
             else:
                 val = ds.decode(r.schema_path, raw, text, config_only=False)
-            fresh = [c for c in ds.leaves(r.elems, r.schema_path, val) if _current(self._store.root, c[0]) != c[2]]
+            fresh = [c for c in ds.leaves(r.elems, r.schema_path, val) if ds.value_at(self._store.root, c[0]) != c[2]]
             written = False
             for root in self._store.roots():
                 if ds.path_when_false(root, r.elems, r.schema_path):
