@@ -143,7 +143,9 @@ class _Pair:
                     if busy:  # the peer is using them right now; give its transaction a moment
                         await asyncio.sleep(0.01 * (attempt + 1))
                     continue
-                self._fail(served, "peer KMS refused the reservation")
+                # (an unknown/busy refusal lists key IDs: named by count above, not to the SAE)
+                why = "" if unknown or busy else f": {resp.reason}"
+                self._fail(served, f"peer KMS refused the reservation{why}")
                 return
             if core.fault == "pause_after_reserve":
                 log.warning("fault injection: paused after Reserve txn %s keys %s", txn,

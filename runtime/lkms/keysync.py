@@ -12,6 +12,7 @@ never key material.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -51,9 +52,10 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
         slaves = list(request.slave_sae_ids)
         app = core.registry.app_for_group(request.master_sae_id, slaves) if slaves else None
         if app is None or link.qkdl_id not in app.backing_qkdl_ids:
-            return kms_pb2.ReserveResponse(ok=False, reason="SAE pair not registered for this link here")
+            return kms_pb2.ReserveResponse(ok=False, reason="the SAE pair is not registered for this link at the "
+                                                  "slave SAE's node (disconnected there, or not provisioned yet)")
         if not all(core.registry.is_local(s) for s in slaves):
-            return kms_pb2.ReserveResponse(ok=False, reason="slave SAE not attached to this node")
+            return kms_pb2.ReserveResponse(ok=False, reason="the slave SAE is not attached to the link's far node")
         parts = [(k.key_id, k.size) for k in request.keys]
         bits = metadata_bits(context.invocation_metadata())
         if bits is None:
@@ -72,6 +74,7 @@ class KeySyncService(kms_pb2_grpc.KeySyncServicer):
         if not res.ok:
             reason = refusal(res.unknown, res.busy, res.reason) if (res.unknown or res.busy) else res.reason
             return kms_pb2.ReserveResponse(ok=False, reason=reason)
+        app.last_used = time.monotonic()  # in use at the other end: not idle here (node/apps.py)
         log.debug("reserved txn %s: %d link keys for %s", request.txn_id, len(parts), request.master_sae_id)
         return kms_pb2.ReserveResponse(ok=True)
 

@@ -20,7 +20,8 @@ controller gives it too):
       removed; the controller removes the other end and the path's virtual links.
       REGISTERED and NO_PATH idle out the same way; idle means no key request for the pair
       waiting and none for `idle_timeout_s` (an SAE that keeps asking while the controller
-      sets its path up keeps the pair).
+      sets its path up keeps the pair). Keys the other node reserves here for the pair
+      (its SAE's requests) count as requests: a pair in use at either end is not idle.
 A pair of two SAEs of this node is ON at once (a local app: keys from the node itself, see
 runtime/lkms/local.py; over ETSI 014 and ETSI 004 alike) and needs no controller:
 `sdqkdn_application_new` is still emitted (a controller records the pair, path = this node),
@@ -64,6 +65,7 @@ WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the mod
 T = "etsi-qkd-node-types:"
 NEW = (("sdqkdn_application_new", ()),)
 RENOTIFY_S = 2.0  # a waiting pair's notification is repeated at most this often
+IDLE_CHECK_S = 2.0  # idle pairs are looked for at least this often (and at idle_timeout_s / 4)
 REQUEST, CONTROLLER = "request", "controller"  # who created a registration (only the former idle out)
 CONFIG_LEAVES = ("app_id", "app_type", "server_app_id", "client_app_id", "app_priority", "app_qos",
                  "backing_qkdl_id", "local_qkdn_id", "remote_qkdn_id", "expiration_time")
@@ -301,10 +303,9 @@ class Registrar:
         log.info("application %s disconnected: %s", app_id, why)
 
     async def _idle_loop(self) -> None:
-        idle = self.settings.idle_timeout_s
-        while True:
-            await asyncio.sleep(min(30.0, idle / 4))
-            now = time.monotonic()
+        while True:  # (the settings are read each round: a changed idle_timeout_s holds at once)
+            await asyncio.sleep(min(IDLE_CHECK_S, self.settings.idle_timeout_s / 4))
+            idle, now = self.settings.idle_timeout_s, time.monotonic()
             for app_id, reg in list(self.regs.items()):
                 app = self.lkms.registry.apps.get(app_id)
                 # never provisioned: since registered, or asked for again while the controller works

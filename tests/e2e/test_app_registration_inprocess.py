@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 from sdqkd.generated.client import ModelClient
 from sdqkd.harness.inprocess import InProcessNetwork, start_network
 from sdqkd.lkms.registry import app_id_for
+from sdqkd.node.apps import IDLE_CHECK_S
 
 # A - B - C line, and an island node D (no link): SAEs on A (two), C and D.
 TOPO = {
@@ -30,7 +32,9 @@ TOPO = {
              {"name": "sae-c2", "node": "C"}, {"name": "sae-c3", "node": "C"}, {"name": "sae-c4", "node": "C"},
              {"name": "sae-b", "node": "B"},
              {"name": "sae-d", "node": "D"}],
-    "settings": {"app_idle_timeout_s": 1.0},
+    # long enough that no pair idles out between a test's steps on a loaded machine; tests of the
+    # idle time-out shorten it while they run (short_idle)
+    "settings": {"app_idle_timeout_s": 60.0},
     "apps": [{"master": "sae-c4", "slave": "sae-a2", "rate": 0, "priority": 3}],  # explicit registration
 }
 
@@ -78,6 +82,21 @@ async def tree_get(lp: Loop, node: str, path: str) -> Any:
         return await ModelClient(ch).get_value(path)
 
 
+@contextlib.contextmanager
+def short_idle(lp: Loop, seconds: float = 1.0) -> Iterator[None]:
+    """Every node's application idle time-out set to `seconds` while the block runs."""
+    regs = [n.registrar for n in lp.net.nodes.values() if n.registrar is not None]
+    saved = [r.settings.idle_timeout_s for r in regs]
+    for r in regs:
+        r.settings.idle_timeout_s = seconds
+    lp.run(asyncio.sleep(IDLE_CHECK_S + 0.25))  # each node's idle check has run once with it
+    try:
+        yield
+    finally:
+        for r, s in zip(regs, saved, strict=True):
+            r.settings.idle_timeout_s = s
+
+
 async def _get(lp: Loop, node: str, sae: str, path: str, **params: Any) -> httpx.Response:
     async with client(lp, node, sae) as c:
         return await c.get(path, params=params)
@@ -121,7 +140,8 @@ def test_topology_app_registered_at_start_and_never_idles_out(net: Loop) -> None
 
     net.run(registered(), timeout=30)
     assert ctl.apps[app_id].priority == 3 and ctl.apps[app_id].path == ["C", "B", "A"]
-    net.run(asyncio.sleep(2.0))  # twice the idle timeout of this topology
+    with short_idle(net):
+        net.run(asyncio.sleep(2.0))  # twice the idle timeout
     assert app_id in net.net.nodes["C"].lkms.registry.apps  # type: ignore[union-attr]
     entry = net.net.nodes["A"].agent.root["qkd_node"]["qkd_applications"]["qkd_app"][(app_id,)]
     assert entry["app_priority"] == 3
@@ -171,15 +191,15 @@ def test_first_request_relayed_then_idle_disconnect_releases_both_ends(net: Loop
                 note = await anext(notes)
             return dict(note), virt
 
-    note, virt = net.run(scenario(), timeout=60)  # idle timeout 1 s in this topology
-    assert note == {"qkd_application": {"app_id": app_id}}
-
     async def released() -> None:
         while app_id in ctl.apps or any(app_id in n.lkms.registry.apps for n in net.net.nodes.values()  # type: ignore[union-attr]
                                         ) or any(virt in n.lkms.registry.links for n in net.net.nodes.values()):  # type: ignore[union-attr]
             await asyncio.sleep(0.05)
 
-    net.run(released(), timeout=15)
+    with short_idle(net):
+        note, virt = net.run(scenario(), timeout=60)
+        assert note == {"qkd_application": {"app_id": app_id}}
+        net.run(released(), timeout=15)
     # and the pair registers again on its next request
     r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-c/enc_keys"))
     assert r.status_code == 200, r.text
@@ -248,9 +268,8 @@ def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None
     assert r.status_code == 400 and r.json()["message"] == f"key not found: {kid}", r.text  # not "no application"
     ctl = net.net.controller
     app_id = app_id_for("sae-a", ["sae-b"])
-    # registered over A-B (from the controller's events: on a loaded machine the pair may already
-    # have idled out of ctl.apps, this topology's idle timeout being 1 s; and the node's answer,
-    # after first_request_wait_s at most, may come before the controller has recorded it)
+    # registered over A-B (the node's answer, after first_request_wait_s at most, may come before
+    # the controller has recorded it)
     assert ctl is not None
 
     async def registered() -> None:
@@ -258,7 +277,9 @@ def test_dec_keys_first_at_the_slaves_node_registers_the_pair(net: Loop) -> None
             await asyncio.sleep(0.05)
 
     net.run(registered(), timeout=30)
-    k = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-b/enc_keys")).json()["keys"][0]
+    r = net.run(_get(net, "A", "sae-a", "/api/v1/keys/sae-b/enc_keys"))
+    assert r.status_code == 200, r.text
+    k = r.json()["keys"][0]
     back = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"]))
     assert back.json()["keys"] == [k]
 
@@ -278,8 +299,44 @@ def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> 
     assert ctl is not None
     app_id = app_id_for("sae-a2", ["sae-c", "sae-c3"])  # one app, named by its master and all its slaves
     assert ("app-registered", (app_id, ("A", "B", "C"))) in ctl.events
-    route = ctl.apps.get(app_id)  # (unless it already idled out: 1 s in this topology)
-    assert route is None or route.more_slaves == ["sae-c3"]
+    assert ctl.apps[app_id].more_slaves == ["sae-c3"]
+
+
+def test_a_pair_in_use_at_the_masters_node_does_not_idle_out_at_the_slaves(net: Loop) -> None:
+    """Regression: the slave's node, where the pair was registered (its SAE asked first), saw only
+    its own SAE's requests. A master taking keys at its node every 0.25 s, its slave not asking,
+    lost the pair after the idle time-out. The keys reserved at the slave's node count as use."""
+    import uuid
+
+    app_id = app_id_for("sae-a2", ["sae-b"])
+    regs = net.net.nodes["B"].registrar.regs  # type: ignore[union-attr]
+
+    async def keep_taking(span: float) -> object:
+        clock = asyncio.get_running_loop().time
+        async with client(net, "A", "sae-a2") as c:
+            streak_start, last_start, reg = clock(), clock(), regs[app_id]
+            while clock() - streak_start < span:
+                start = clock()
+                r = await c.get("/api/v1/keys/sae-b/enc_keys")
+                assert r.status_code == 200, r.text
+                if start - last_start >= 1.8:  # a stall on a loaded machine: may rightly have idled out
+                    streak_start, reg = start, regs[app_id]
+                assert regs[app_id] is reg, "the pair was disconnected at the slave's node while in use"
+                last_start = start
+                await asyncio.sleep(0.25)
+            return reg
+
+    with short_idle(net, 2.0):
+        r = net.run(_get(net, "B", "sae-b", "/api/v1/keys/sae-a2/dec_keys", key_ID=str(uuid.uuid4())))
+        assert r.status_code == 400, r.text  # the slave first: registered at B, by request
+        assert regs[app_id].origin == "request"
+        reg = net.run(keep_taking(6.0), timeout=60)  # three idle time-outs
+
+        async def gone() -> None:  # no more requests: it idles out at B as before
+            while regs.get(app_id) is reg:
+                await asyncio.sleep(0.1)
+
+        net.run(gone(), timeout=15)
 
 
 def test_wait_is_bounded_then_503_being_set_up(net: Loop) -> None:
@@ -411,7 +468,8 @@ def test_etsi004_same_node_pair_streams_then_close_disconnects(net: Loop) -> Non
                 note = await anext(notes)
             return km, ks, codes, dict(note)
 
-    km, ks, codes, note = net.run(scenario(), timeout=90)
+    with short_idle(net):
+        km, ks, codes, note = net.run(scenario(), timeout=90)
     assert km == ks and len(set(km)) == 3 and all(len(k) == 48 for k in km)
     assert codes == [pb.SUCCESSFUL, pb.SUCCESSFUL, pb.NO_QKD_CONNECTION_AVAILABLE]
     assert note == {"qkd_application": {"app_id": app_id}}
@@ -449,7 +507,8 @@ def test_etsi004_same_node_pair_idles_out_after_its_stream_expired(net: Loop) ->
             while app_id in node.lkms.registry.apps or app_id in node.registrar.regs:  # type: ignore[union-attr]
                 await asyncio.sleep(0.1)
 
-        net.run(gone(), timeout=30)  # stream gone after ~1 s, the pair after its 1 s idle timeout
+        with short_idle(net):
+            net.run(gone(), timeout=30)  # stream gone after ~1 s, the pair after its 1 s idle timeout
     finally:
         limits.stream_unused_s = saved
     assert not any(s.local_sae == "sae-c3" for s in node.lkms.streams.sides())  # type: ignore[union-attr]
@@ -508,7 +567,7 @@ def test_a_pair_asked_for_again_does_not_idle_out_while_it_waits(net: Loop) -> N
                 start = clock()
                 r = await c.get("/api/v1/keys/sae-b/enc_keys")
                 assert r.status_code == 503, r.text
-                if clock() - last_start >= 0.9:  # this topology's idle timeout is 1 s
+                if clock() - last_start >= 0.9:  # the idle timeout is 1 s (short_idle)
                     streak_start, reg = start, None  # the pair may rightly have idled out
                 if reg is None:
                     reg = regs[app_id]
@@ -518,10 +577,10 @@ def test_a_pair_asked_for_again_does_not_idle_out_while_it_waits(net: Loop) -> N
                 last_start = start
                 await asyncio.sleep(0.1)
 
-    first = net.run(keep_asking(3.0), timeout=60)  # three idle timeouts of this topology
-
     async def gone() -> None:  # no more requests: it idles out as before
         while regs.get(app_id) is first:
             await asyncio.sleep(0.1)
 
-    net.run(gone(), timeout=10)
+    with short_idle(net):
+        first = net.run(keep_asking(3.0), timeout=60)  # three idle timeouts
+        net.run(gone(), timeout=10)

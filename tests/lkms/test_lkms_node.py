@@ -46,6 +46,26 @@ def test_back_pressure_and_stats(small: Net) -> None:
     assert stats["creation_time"].endswith("Z") and stats["statistics"][0]["consumed_bits"] == 512
 
 
+def test_a_pair_gone_at_the_slaves_node_is_refused_with_why_and_keys_kept(small: Net) -> None:
+    """The slave's node let go of the pair (it idled out there) before the master's node did: the
+    master's request is 503 naming why, and no key of either pool is used up."""
+    a, b = small.nodes["A"], small.nodes["B"]
+    if a.key_store_stats()["stored-keys"] < 2:  # (run alone)
+        small.feed("A", "B", 2)
+    before = (a.key_store_stats()["stored-keys"], b.key_store_stats()["stored-keys"])
+    b.unregister_app("appS")
+    try:
+        r = small.client("sa").post(small.url("A") + "/sb/enc_keys", json={"number": 1})
+        assert r.status_code == 503, r.text
+        assert r.json()["message"] == ("peer KMS refused the reservation: the SAE pair is not registered for this link "
+                                       "at the slave SAE's node (disconnected there, or not provisioned yet)")
+        assert (a.key_store_stats()["stored-keys"], b.key_store_stats()["stored-keys"]) == before
+    finally:
+        small.app("appS", ("sa", "A"), [("sb", "B")], small.links[frozenset(("A", "B"))])
+    r = small.client("sa").post(small.url("A") + "/sb/enc_keys", json={"number": 1})
+    assert r.status_code == 200, r.text
+
+
 def test_unregister_and_remove_link(small: Net) -> None:
     q = small.links[frozenset(("A", "B"))]
     for n in small.nodes.values():
