@@ -10,7 +10,8 @@ Per `qkd_link` entry:
 - `apply_qkd_link` (after commit) converges the runtime on the entry, whatever it did before:
   deleted -> engine link stopped, LKMS link removed (unless another entry names the same key
   association: TeraFlowSDN's two one-way VIRT links of a service on a trusted node); not runnable yet (no
-  classical endpoint: an ETSI-only client does not know our augmentation) -> engine link stopped; VIRT -> LKMS relay link; PHYS -> LKMS pool
+  classical endpoint: an ETSI-only client does not know our augmentation) -> engine link stopped, OFF,
+  `engine-state/last-abort-reason` "not started: ..." naming the leaf it lacks; VIRT -> LKMS relay link; PHYS -> LKMS pool
   and link, engine link (re)started when its parameters changed, stopped when disabled.
 Per `qkd_app` entry: registered with / removed from the LKMS, `app_status` ON (DISCONNECTED
 while it has no backing link: no key path).
@@ -96,9 +97,11 @@ def key_association(qkdl_id: str, entry: t.QkdLink) -> str:
     return str(ext.get("key-association-id") or qkdl_id)
 
 
-def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> VirtPlan | PhysPlan | None:
+def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any], node_id: str) -> VirtPlan | PhysPlan | None:
     """What the runtime should run for a link entry; None while it is not runnable yet.
-    HookVeto when the entry names what this node cannot run."""
+    HookVeto when the entry names what this node cannot run. A PHYS link without
+    `phys_qkd_role` transmits from the end whose node ID sorts first (both ends derive the same
+    split, as the RESTCONF dialect does; two transmitters would never make key)."""
     from sdqkd.engine import profiles
 
     ext = entry["sdqkd-node-ext:sdqkd-link"]  # present: its leaves have defaults
@@ -118,7 +121,9 @@ def link_plan(qkdl_id: str, entry: t.QkdLink, engine: Mapping[str, Any]) -> Virt
         raise HookVeto(str(e)) from None
     km = float(ext.get("fibre-length-km", "0"))
     loss = float(ext.get("fibre-loss-db") or entry.get("phys_channel_att") or km * prof.alpha_db_per_km)
-    role = "alice" if entry.get("phys_qkd_role", f"{T}TRANSMITTER") == f"{T}TRANSMITTER" else "bob"
+    given = entry.get("phys_qkd_role")
+    role = ("alice" if node_id < peer_id else "bob") if given is None else \
+        "alice" if given == f"{T}TRANSMITTER" else "bob"
     params = LinkParams(qkdl_id=qkdl_id, role=role, peer_address=channel_addr or "", profile=profile,
                         loss_db=loss, variant=ext["cascade-variant"], schedule=str(engine.get("cascade_schedule", DEFAULT_SCHEDULE)),
                         eve=float(ext["eve-fraction"]),
@@ -152,7 +157,7 @@ class NodeProvisioning(ModelHooks):
                                 qkdl_id: str) -> None:
         if new is not None:
             check_link(new)
-            link_plan(qkdl_id, new, self.node.cfg.engine)
+            link_plan(qkdl_id, new, self.node.cfg.engine, self.node.cfg.id)
 
     async def apply_qkd_link(self, txn: HookTransaction, old: t.QkdLink | None, new: t.QkdLink | None, *,
                              qkdl_id: str) -> None:
@@ -180,9 +185,12 @@ class NodeProvisioning(ModelHooks):
             if new is None:
                 return
         node.engine_of[qkdl_id], node.tree_of[eid] = eid, qkdl_id
-        plan = link_plan(eid, new, node.cfg.engine)
+        plan = link_plan(eid, new, node.cfg.engine, node.cfg.id)
         if not isinstance(plan, PhysPlan) or not plan.params.enabled:
             await self._stop_engine(eid)
+        if plan is None:  # taken (an ETSI-only client does not know our augmentation), but it cannot run
+            self._not_started(eid, f"no sdqkd-node-ext:sdqkd-link/classical-endpoint (the key-relay host:port of "
+                                   f"node {new['qkdl_remote']['qkdn_id']}): the link runs once it has one")
         if isinstance(plan, PhysPlan) and not plan.params.enabled:
             self.node.link_off(eid)  # else the last block's ACTIVE and rate stand, and relays keep using it
         if isinstance(plan, VirtPlan):
@@ -207,12 +215,21 @@ class NodeProvisioning(ModelHooks):
             return
         await self._stop_engine(qkdl_id)
         if plan.params.enabled and plan.params.role == "alice" and not plan.params.peer_address:
-            log.warning("link %s: no channel-endpoint for the peer's classical channel; not started", qkdl_id)
+            self._not_started(qkdl_id, "this end transmits but has no sdqkd-node-ext:sdqkd-link/channel-endpoint "
+                                       f"(node {plan.peer_id}'s classical channel host:port)")
         elif plan.params.enabled:
             link = EngineLink(plan.params, bootstrap, self.node.cfg.tls, self.node.store_block,
                               self.node.link_stats, lkms)
             self.node.links[qkdl_id] = link
             link.start()
+
+    def _not_started(self, qkdl_id: str, why: str) -> None:
+        """A link entry this node took but cannot run: OFF, and why in its last-abort-reason (the
+        engine's first block report replaces it once it runs)."""
+        self.node.link_off(qkdl_id)
+        tree_id = self.node.tree_of.get(qkdl_id, qkdl_id)
+        self.node.agent.state.update({statepaths.link(tree_id).last_abort_reason: f"not started: {why}"})
+        log.warning("link %s not started: %s", tree_id, why)
 
     async def _stop_engine(self, qkdl_id: str) -> None:
         link = self.node.links.pop(qkdl_id, None)
