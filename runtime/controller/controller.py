@@ -222,8 +222,16 @@ class Controller:
             route.priority, route.more_slaves = priority, list(more_slaves)
             route.qos = qos_of(qos)
             route.app_id = app_id_for(master, [slave, *more_slaves])
-            await self._install(route, first)
-            self.apps[route.app_id] = route
+            # recorded before the waiting node's Set, which answers its SAE at once
+            before, self.apps[route.app_id] = self.apps.get(route.app_id), route
+            try:
+                await self._install(route, first)
+            except BaseException:
+                if before is None:
+                    self.apps.pop(route.app_id, None)
+                else:
+                    self.apps[route.app_id] = before
+                raise
             return route
 
     def _known_saes(self) -> str:

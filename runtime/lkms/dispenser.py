@@ -198,7 +198,15 @@ class Dispensers:
         fut: asyncio.Future[list[AppKey]] = asyncio.get_running_loop().create_future()
         p.pending.append((count, fut))
         p.kick()
-        return await fut
+        # (a relayed pair's first keys may take a while: its relay fills first; not idle meanwhile)
+        app = self.core.registry.app_for_group(master, slaves)
+        if app is not None:
+            app.serving += 1
+        try:
+            return await fut
+        finally:
+            if app is not None:
+                app.serving -= 1
 
     def drop_link(self, qkdl_id: str) -> None:
         for k in [k for k in self._pairs if k[0] == qkdl_id]:

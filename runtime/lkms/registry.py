@@ -92,6 +92,7 @@ class App:
     consumed_bits: int = 0
     consumed_keys: int = 0
     last_used: float = field(default_factory=time.monotonic)
+    serving: int = 0  # key requests being served now (the pair is not idle meanwhile)
 
     @property
     def is_local(self) -> bool:

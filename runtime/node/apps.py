@@ -21,7 +21,8 @@ controller gives it too):
       REGISTERED and NO_PATH idle out the same way; idle means no key request for the pair
       waiting and none for `idle_timeout_s` (an SAE that keeps asking while the controller
       sets its path up keeps the pair). Keys the other node reserves here for the pair
-      (its SAE's requests) count as requests: a pair in use at either end is not idle.
+      (its SAE's requests) count as requests: a pair in use at either end is not idle; nor
+      is one while a request for it is being served (a relayed pair's first keys, say).
 A pair of two SAEs of this node is ON at once (a local app: keys from the node itself, see
 runtime/lkms/local.py; over ETSI 014 and ETSI 004 alike) and needs no controller:
 `sdqkdn_application_new` is still emitted (a controller records the pair, path = this node),
@@ -311,7 +312,7 @@ class Registrar:
                 # never provisioned: since registered, or asked for again while the controller works
                 last = max(app.last_used if app is not None else reg.since, reg.asked)
                 if (reg.origin != REQUEST or reg.waiting or now - last < idle
-                        or (app is not None and self._streaming(app))):
+                        or (app is not None and (app.serving or self._streaming(app)))):
                     continue
                 self.disconnect(app_id, f"idle for {idle:.0f} s")
 

@@ -302,6 +302,30 @@ def test_multicast_first_request_registers_one_app_for_all_slaves(net: Loop) -> 
     assert ctl.apps[app_id].more_slaves == ["sae-c3"]
 
 
+def test_a_pair_does_not_idle_out_while_a_request_is_being_served(net: Loop) -> None:
+    """Regression: the idle clock of a pair registered on request ran from the end of the wait for
+    the controller, not from the end of the request. Serving a relayed pair's first keys took
+    longer than the idle time-out on a loaded machine (its relay fills first), the pair idled out
+    meanwhile, the controller removed the far end's app, and the request got 503 from the far end.
+    Here the key store at A takes 2.5 s to reserve, with a 1 s idle time-out."""
+    store = net.net.nodes["A"].lkms.store  # type: ignore[union-attr]
+    reserve_out = store.reserve_out
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(2.5)
+        return await reserve_out(*args, **kwargs)
+
+    with short_idle(net):
+        store.reserve_out = slow  # type: ignore[method-assign]
+        try:
+            r = net.run(_get(net, "A", "sae-a2", "/api/v1/keys/sae-c2/enc_keys"))
+        finally:
+            del store.reserve_out
+        assert r.status_code == 200, r.text
+        back = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-a2/dec_keys", key_ID=r.json()["keys"][0]["key_ID"]))
+        assert back.json()["keys"] == r.json()["keys"]
+
+
 def test_a_pair_in_use_at_the_masters_node_does_not_idle_out_at_the_slaves(net: Loop) -> None:
     """Regression: the slave's node, where the pair was registered (its SAE asked first), saw only
     its own SAE's requests. A master taking keys at its node every 0.25 s, its slave not asking,
