@@ -190,7 +190,7 @@ class NodeProvisioning(ModelHooks):
             await self._stop_engine(eid)
         if plan is None:  # taken (an ETSI-only client does not know our augmentation), but it cannot run
             self._not_started(eid, f"no sdqkd-node-ext:sdqkd-link/classical-endpoint (the key-relay host:port of "
-                                   f"node {new['qkdl_remote']['qkdn_id']}): the link runs once it has one")
+                                   f"node {new.get('qkdl_remote', {}).get('qkdn_id')}): the link runs once it has one")
         if isinstance(plan, PhysPlan) and not plan.params.enabled:
             self.node.link_off(eid)  # else the last block's ACTIVE and rate stand, and relays keep using it
         if isinstance(plan, VirtPlan):

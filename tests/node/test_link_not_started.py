@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from minimalnode import write_node_config
 
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
 from sdqkd.node.config import load_config
 from sdqkd.node.runtime import NodeRuntime
 
-CONFIG = """\
-id: {id}
-name: A
-gnmi: {{listen: "127.0.0.1:0"}}
-etsi014: {{listen: "127.0.0.1:0"}}
-etsi004: {{listen: "127.0.0.1:0"}}
-data_dir: data
-bootstrap: {{"*": bootstrap}}
-engine: {{clock_scale: 0.01}}
-"""
 T = "etsi-qkd-node-types:"
 EXT = "sdqkd-node-ext:sdqkd-link"
 
@@ -38,9 +29,7 @@ def _update(path: str, value: Any) -> gnmi_pb2.SetRequest:
 
 
 def test_a_link_without_its_endpoints_says_why_it_does_not_run(tmp_path: Path) -> None:
-    (tmp_path / "bootstrap").write_bytes(b"s" * 32)
-    (tmp_path / "node.yaml").write_text(CONFIG.format(id=uuid.uuid4()))
-    cfg = load_config(tmp_path / "node.yaml")
+    cfg = load_config(write_node_config(tmp_path))
     peer, lid = "ffffffff-ffff-4fff-bfff-ffffffffffff", str(uuid.uuid4())  # this node's ID sorts first
     link = f"/qkd_node/qkd_links/qkd_link[qkdl_id={lid}]"
 

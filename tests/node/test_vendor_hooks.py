@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from minimalnode import write_node_config
 
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
@@ -36,25 +37,11 @@ class VendorHooks(NodeProvisioning):
         APPLIED.append(qkdl_id)
 '''
 
-CONFIG = """\
-id: {id}
-name: A
-gnmi: {{listen: "127.0.0.1:0"}}
-etsi014: {{listen: "127.0.0.1:0"}}
-etsi004: {{listen: "127.0.0.1:0"}}
-data_dir: data
-bootstrap: {{"*": bootstrap}}
-engine: {{clock_scale: 0.01}}
-hooks: {hooks}
-"""
 
 
 def _write(tmp: Path, hooks: str) -> Path:
-    (tmp / "bootstrap").write_bytes(b"s" * 32)
     (tmp / "vendor_hooks.py").write_text(VENDOR)
-    f = tmp / "node.yaml"
-    f.write_text(CONFIG.format(id=uuid.uuid4(), hooks=hooks))
-    return f
+    return write_node_config(tmp, f"hooks: {hooks}\n")
 
 
 def _set(me: str, lid: str, enable: bool) -> gnmi_pb2.SetRequest:
