@@ -322,8 +322,8 @@ def test_a_pair_does_not_idle_out_while_a_request_is_being_served(net: Loop) -> 
         finally:
             del store.reserve_out
         assert r.status_code == 200, r.text
-        back = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-a2/dec_keys", key_ID=r.json()["keys"][0]["key_ID"]))
-        assert back.json()["keys"] == r.json()["keys"]
+    back = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-a2/dec_keys", key_ID=r.json()["keys"][0]["key_ID"]))
+    assert back.json()["keys"] == r.json()["keys"]
 
 
 def test_a_pair_in_use_at_the_masters_node_does_not_idle_out_at_the_slaves(net: Loop) -> None:
