@@ -10,9 +10,10 @@ raises `NotReady` (ETSI 014: 503 + Retry-After, a reason in words) or `UnknownPa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -167,6 +168,16 @@ class Core:
             app.consumed_bits += bits
             app.consumed_keys += keys
             app.last_used = time.monotonic()
+
+    @contextlib.contextmanager
+    def serving(self, app: App) -> Iterator[None]:
+        """A key request of `app` being served: the pair is not idle meanwhile (a relayed pair's
+        first keys may take a while, its relay filling first; node/apps.py)."""
+        app.serving += 1
+        try:
+            yield
+        finally:
+            app.serving -= 1
 
     def usable(self, app: App | None) -> bool:
         return app is not None and (app.is_local or self.pick_link(app) is not None)

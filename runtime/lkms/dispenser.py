@@ -177,17 +177,6 @@ class Dispensers:
 
     async def get(self, link: Link, master: str, slaves: Sequence[str], bits: int, count: int) -> list[AppKey]:
         """`count` keys of `bits` for master -> slaves from `link`'s pool, reserved at the peer."""
-        # (a relayed pair's first keys may take a while: its relay fills first; not idle meanwhile)
-        app = self.core.registry.app_for_group(master, slaves)
-        if app is not None:
-            app.serving += 1
-        try:
-            return await self._get(link, master, slaves, bits, count)
-        finally:
-            if app is not None:
-                app.serving -= 1
-
-    async def _get(self, link: Link, master: str, slaves: Sequence[str], bits: int, count: int) -> list[AppKey]:
         if link.kind == EXT and self.external is not None:
             from sdqkd.lkms.external import PeerRefused
 

@@ -257,7 +257,8 @@ class Etsi014:
         elif link is None:
             raise NotReady("no key association link up for this SAE pair")
         else:
-            keys = await self.dispensers.get(link, master, slaves, size, number)
+            with core.serving(app):
+                keys = await self.dispensers.get(link, master, slaves, size, number)
         core.charge(app, number * size, number)
         return _keys_body(keys)
 
