@@ -95,6 +95,18 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 KeyCount = Annotated[int, Field(ge=1, le=10**9)]
 
 
+RestconfTls = Literal["mutual", "server", "none"]
+
+
+class NetworkRestconf(Strict):
+    """`settings.restconf`: every node's RESTCONF transport, for a manager that cannot present the
+    network's client certificates (ETSI TeraFlowSDN's QKD driver speaks plain HTTP only). With
+    it, the build also gives every node one bearer token, in a file beside the gNMI password."""
+
+    tls: RestconfTls = "mutual"
+    plain_http_outside_loopback: bool = False
+
+
 class Settings(EngineSettings):
     """`settings:` of a topology file."""
 
@@ -102,6 +114,7 @@ class Settings(EngineSettings):
     first_request_wait_s: Seconds | None = None  # every node's applications.first_request_wait_s
     app_idle_timeout_s: Seconds | None = None  # every node's applications.idle_timeout_s
     max_key_count: KeyCount | None = None  # every node's lkms.max_key_count
+    restconf: NetworkRestconf | None = None  # every node's restconf section (tls, plain HTTP) and a token
 
 
 class NodeEntry(Strict):
@@ -237,7 +250,7 @@ class RestconfSection(Strict):
     when the node has `tls`."""
 
     listen: Listen | None = None
-    tls: Literal["mutual", "server", "none"] | None = None
+    tls: RestconfTls | None = None
     bearer_tokens: list[Annotated[str, Field(min_length=16)]] = []
     plain_http_outside_loopback: bool = False
 

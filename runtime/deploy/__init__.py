@@ -127,7 +127,7 @@ def endpoints(net: NetworkBuild) -> dict[str, object]:
                 saes[s] = {"cert": posixpath.join(d, f"{s}.pem"), "key": posixpath.join(d, f"{s}.key"),
                            "ca": posixpath.join(d, "ca.pem")}
         out[name] = {"id": node.id, **{svc: nd[svc] for svc in SERVICES if svc not in ("peer", "channel")},
-                     "ca": "ca/ca.pem", "saes": saes}
+                     "restconf_tls": nd["restconf_tls"], "ca": "ca/ca.pem", "saes": saes}
     return out
 
 

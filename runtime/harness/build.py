@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from sdqkd.controller.topology import Topology
+from sdqkd.controller.topology import Topology, TopologyError
 from sdqkd.pki import Ca, create_ca, issue
 from sdqkd.schemas import EngineSettings, ExternalPeerEntry
 
@@ -224,6 +224,10 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     # the bearer token of the controller's northbound API (runtime/controller/service.py)
     token_rel = posixpath.join(layout.controller_pki, "northbound-token")
     b.files[token_rel] = File(secrets.token_hex(32).encode(), secret=True)
+    restconf = _restconf_settings(topo, plans)
+    rc_token_rel = posixpath.join(layout.controller_pki, "restconf-token")
+    if restconf is not None:  # the bearer token a manager without the PKI presents to every node
+        b.files[rc_token_rel] = File(restconf["bearer_tokens"][0].encode(), secret=True)
     ctl_cert, ctl_key = issue(ca, CONTROLLER_CN, server=False)
     ctl_ca = posixpath.join(layout.controller_pki, "ca.pem")  # the controller's directory stands alone
     b.files[ctl_ca] = File(ca.cert_pem)
@@ -276,6 +280,8 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
             # one QKD interface per fibre end, naming the peer's endpoints where they are fixed
             "interfaces": interfaces_of(topo, name, {n: dict(p.advertise) for n, p in plans.items()}),
         }
+        if restconf is not None:
+            cfg["restconf"].update(restconf)
         externals = _external_peers(topo, name)
         if externals:
             cfg["etsi020"]["external_peers"] = externals
@@ -292,8 +298,32 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths,
                           ctl_peer_cas)
     b.desc["controller"]["token_file"] = posixpath.relpath(token_rel, layout.controller_dir or ".")
+    if restconf is not None:
+        b.desc["controller"]["restconf_token_file"] = posixpath.relpath(rc_token_rel, layout.controller_dir or ".")
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
+
+
+def _restconf_settings(topo: Topology, plans: Mapping[str, NodePlan]) -> dict[str, Any] | None:
+    """What the topology's `settings.restconf` adds to every node's `restconf` section, with a fresh
+    bearer token; None without it. Plain HTTP on an address other hosts reach carries credentials
+    in the clear: refused unless the topology says so, as a node would refuse it at start."""
+    from sdqkd.agent.serve import is_loopback
+
+    rc = topo.settings.restconf
+    if rc is None:
+        return None
+    if rc.tls == "none" and not rc.plain_http_outside_loopback:
+        exposed = sorted(n for n, p in plans.items() if not is_loopback(p.listen["restconf"]))
+        if exposed:
+            raise TopologyError(
+                f"{topo.source}: settings.restconf: tls none, but node(s) {', '.join(exposed)} serve RESTCONF on an "
+                f"address other hosts reach ({plans[exposed[0]].listen['restconf']}), where plain HTTP carries "
+                "credentials in the clear: add plain_http_outside_loopback: true to allow it")
+    out: dict[str, Any] = {"tls": rc.tls, "bearer_tokens": [secrets.token_hex(32)]}
+    if rc.plain_http_outside_loopback:
+        out["plain_http_outside_loopback"] = True
+    return out
 
 
 def _external_peers(topo: Topology, name: str) -> list[dict[str, Any]]:
@@ -355,7 +385,8 @@ def _description(b: NetworkBuild, plans: Mapping[str, NodePlan], ca_rel: str, pw
         ready = posixpath.join(data if posixpath.isabs(data) else posixpath.join(nd, data), "ready.json")
         nodes[name] = {"id": node.id, "config": rel(posixpath.join(nd, "node.yaml")),
                        "ready": ready if posixpath.isabs(ready) else rel(ready),
-                       **{svc: plans[name].advertise[svc] for svc in SERVICES}}
+                       **{svc: plans[name].advertise[svc] for svc in SERVICES},
+                       "restconf_tls": b.configs[name].get("restconf", {}).get("tls", "mutual")}
     return {
         "topology": topo.source, "topology_data": topology_data(topo, {n: rel(p) for n, p in peer_cas.items()}),
         "ca": rel(ca_rel), "nodes": nodes,
@@ -382,8 +413,9 @@ def absolute_description(desc: dict[str, Any], base: Path) -> dict[str, Any]:
         if "ca" in peer:
             peer["ca"] = ab(peer["ca"])
     c = out["controller"]
-    for k in ("cert", "key", "password_file", "token_file"):
-        c[k] = ab(c[k])
+    for k in ("cert", "key", "password_file", "token_file", "restconf_token_file"):
+        if k in c:
+            c[k] = ab(c[k])
     return out
 
 

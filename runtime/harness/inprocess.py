@@ -41,7 +41,7 @@ class InProcessNetwork:
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
                     timeout: float = 120.0, workers: int = 0, controller: bool = True,
-                    restconf_tls: str = "mutual") -> dict[str, Any]:
+                    restconf_tls: str | None = None) -> dict[str, Any]:
         """Start every node, then (with `controller`) the controller, which provisions every
         link. Without it the nodes carry no links: another manager (TeraFlowSDN over RESTCONF)
         creates them from the interfaces each node has, one per fibre end of the topology."""
@@ -53,7 +53,9 @@ class InProcessNetwork:
         desc = absolute_description(net.desc, self.state)
         configs = {name: load_config(nd["config"]) for name, nd in desc["nodes"].items()}
         for cfg in configs.values():
-            cfg.restconf_tls = restconf_tls
+            # the topology's settings.restconf (or the default, mutual TLS) unless the caller says otherwise
+            if restconf_tls is not None:
+                cfg.restconf_tls = restconf_tls
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:
@@ -71,7 +73,8 @@ class InProcessNetwork:
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
                 "id": configs[name].id,
-                **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020", "restconf")}, "ca": desc["ca"],
+                **{k: addr[k] for k in ("gnmi", "etsi014", "etsi004", "etsi020", "restconf")},
+                "restconf_tls": configs[name].restconf_tls, "ca": desc["ca"],
                 "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
             }

@@ -241,7 +241,8 @@ def _wire_interfaces(desc: dict[str, Any], ready: dict[str, Any]) -> None:
         itfs = [i for i in cfg.get("interfaces") or [] if i.get("peer", {}).get("endpoint")]
         if not itfs or "restconf" not in ready[name]:
             continue
-        with httpx.Client(base_url=f"https://{ready[name]['restconf']}", verify=ctx, auth=auth, timeout=30) as c:
+        scheme = "http" if nd.get("restconf_tls") == "none" else "https"  # settings.restconf (topology.md)
+        with httpx.Client(base_url=f"{scheme}://{ready[name]['restconf']}", verify=ctx, auth=auth, timeout=30) as c:
             for itf in itfs:
                 r = c.patch(f"/restconf/data/etsi-qkd-sdn-node:qkd_node/qkd_interfaces/qkd_interface={itf['id']}"
                             "/sdqkd-node-ext:sdqkd-interface", headers=h,
@@ -259,7 +260,8 @@ def endpoints_of(desc: dict[str, Any]) -> dict[str, Any]:
     for name, nd in desc["nodes"].items():
         out[name] = {
             "id": nd["id"], "gnmi": nd.get("gnmi"), "etsi014": nd.get("etsi014"), "etsi004": nd.get("etsi004"),
-            "etsi020": nd.get("etsi020"), "restconf": nd.get("restconf"), "ca": desc["ca"],
+            "etsi020": nd.get("etsi020"), "restconf": nd.get("restconf"),
+            "restconf_tls": nd.get("restconf_tls", "mutual"), "ca": desc["ca"],
             "saes": {s: {"cert": v["cert"], "key": v["key"]} for s, v in desc["saes"].items() if v["node"] == name},
             "management": desc["controller"],
         }

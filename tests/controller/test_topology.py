@@ -95,7 +95,7 @@ def test_negative_km_is_one_clear_message():
 def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     f = tmp_path / "lab.yaml"
     f.write_text("nodes:\n  - name: A\n  - name: B\nlinks:\n  - {a: A, b: B, km: 10}\n  - {a: A, b: Z, km: 5}\n"
-                 "saes:\n  - {name: s, nod: A}\nsettings:\n  base_prot: 47300\n")
+                 "saes:\n  - {name: s, nod: A}\nsettings:\n  base_prot: 47300\n  restconf: {tls: plain, plane: 1}\n")
     with pytest.raises(TopologyError) as e:
         load(f)
     msg = str(e.value).splitlines()
@@ -103,7 +103,9 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert f"{f}:8: saes[0] (s).node: required" in msg
     assert f"{f}:8: saes[0] (s).nod: unknown key (known: name, node)" in msg
     assert (f"{f}:10: settings.base_prot: unknown key (known: clock_scale, block_sifted_bits, cascade_variant, cascade_schedule, "
-            "blocks_in_flight, base_port, first_request_wait_s, app_idle_timeout_s, max_key_count)") in msg
+            "blocks_in_flight, base_port, first_request_wait_s, app_idle_timeout_s, max_key_count, restconf)") in msg
+    assert f"{f}:11: settings.restconf.tls: must be one of 'mutual', 'server' or 'none', got 'plain'" in msg
+    assert f"{f}:11: settings.restconf.plane: unknown key (known: tls, plain_http_outside_loopback)" in msg
     f.write_text("nodes:\n  - name: A\n  - name: B\nlinks:\n  - {a: A, b: Z, km: 5}\n")
     with pytest.raises(TopologyError) as e:
         load(f)

@@ -93,6 +93,35 @@ def test_bundle_is_one_runnable_directory_per_node_with_secrets_private(tmp_path
         assert (out / "controller" / f).is_file() and not Path(f).is_absolute()
 
 
+def test_restconf_setting_reaches_every_node_and_plain_http_beyond_loopback_is_asked_for(tmp_path: Path):
+    from sdqkd.controller.topology import TopologyError
+
+    plain = {**TOPO, "settings": {"restconf": {"tls": "none"}}}
+    with pytest.raises(TopologyError) as e:  # the bundle's nodes listen on 0.0.0.0
+        _export(tmp_path, "bundle", plain)
+    assert str(tmp_path / "topo.yaml") in str(e.value) and "settings.restconf: tls none" in str(e.value)
+    assert "plain_http_outside_loopback: true" in str(e.value) and "alice, bob, relay" in str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["topo.yaml"]  # nothing written
+    allowed = {**TOPO, "settings": {"restconf": {"tls": "none", "plain_http_outside_loopback": True}}}
+    out = _export(tmp_path, "bundle", allowed)
+    token = (out / "controller" / "restconf-token").read_text()
+    assert len(token) == 64 and stat.S_IMODE((out / "controller" / "restconf-token").stat().st_mode) == 0o600
+    from sdqkd.node.config import load_config
+
+    for name in ("alice", "relay", "bob"):
+        cfg = load_config(out / "nodes" / name / "node.yaml")
+        assert (cfg.restconf_tls, cfg.restconf_plain_outside_loopback, cfg.restconf_tokens) == ("none", True, [token])
+        assert cfg.restconf_listen == f"0.0.0.0:{FIXED_PORTS['restconf']}"
+    eps = json.loads((out / "endpoints.json").read_text())
+    assert {e["restconf_tls"] for e in eps.values()} == {"none"}
+    # without the setting: mutual TLS as before, and no token anywhere
+    (tmp_path / "default").mkdir()
+    out = _export(tmp_path / "default", "bundle")
+    assert not (out / "controller" / "restconf-token").exists()
+    assert {e["restconf_tls"] for e in json.loads((out / "endpoints.json").read_text()).values()} == {"mutual"}
+    assert load_config(out / "nodes" / "bob" / "node.yaml").restconf_tls == "mutual"
+
+
 def test_net_up_and_export_share_one_builder(tmp_path: Path):
     """The harness writes the same node config keys, bootstrap and PKI files as a bundle."""
     from sdqkd.controller.topology import parse

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tfs_netup import bearer, netup  # noqa: F401 - the fixture of a `net up` network
 from test_tfs_replay import ROOT, STRICT, link_of, net  # noqa: F401 - the network fixture
 from tfsreplay import TfsDevice
 
@@ -127,3 +128,19 @@ def test_tfs_driver_onboards_and_creates_a_keyed_link(net, driver_class: type): 
     finally:
         dev1.close()
     assert isinstance(drivers["QKD1"].GetState(), dict)
+
+
+def test_tfs_driver_onboards_a_net_up_network_with_the_token_in_its_headers_setting(
+        netup: tuple[Path, dict[str, Any]], driver_class: type) -> None:  # noqa: F811
+    """What an operator does: `_connect/settings` {"headers": {"Authorization": "Bearer ..."}}."""
+    _state, eps = netup
+    for name in ("A", "B"):
+        host, port = eps[name]["restconf"].rsplit(":", 1)
+        assert driver_class(host, int(port), timeout=30).Connect() is False  # no token: 401
+        d = driver_class(host, int(port), timeout=30, headers=bearer(eps))
+        assert d.Connect() is True
+        rows = d.GetConfig()
+        assert not [(k, v) for k, v in rows if isinstance(v, Exception)]
+        assert dict(rows)["__node__"]["qkdn_id"] == eps[name]["id"]
+        assert [k for k, _v in rows if k.startswith("/endpoints/endpoint[")] == \
+               [f"/endpoints/endpoint[{'B' if name == 'A' else 'A'}:1]"]

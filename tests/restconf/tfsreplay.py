@@ -18,9 +18,10 @@ HEADERS = {"Accept": "*/*", "User-Agent": "python-requests/2.32.3", "Accept-Enco
 class TfsDevice:
     """One QKD device as TFS's driver sees it (address:port, plain HTTP)."""
 
-    def __init__(self, name: str, address: str):
+    def __init__(self, name: str, address: str, headers: dict[str, str] | None = None):
+        """`headers`: the driver's `headers` setting (`_connect/settings`), sent with every request."""
         self.name = name
-        self.http = httpx.Client(base_url=f"http://{address}", headers=HEADERS, timeout=30.0)
+        self.http = httpx.Client(base_url=f"http://{address}", headers={**HEADERS, **(headers or {})}, timeout=30.0)
         self.config_rules: dict[str, Any] = {}
         self.endpoints: list[str] = []
 

@@ -1,0 +1,83 @@
+"""A network started by `sdqkd net up` that ETSI TeraFlowSDN can manage as it is: the topology's
+`settings.restconf` makes every node's RESTCONF plain HTTP (all TFS's QKD driver speaks) and
+gives the network one bearer token, which TFS sends through its driver's `headers` setting.
+TFS's onboarding (tfsreplay.py: the driver's requests, in order) then reads every node, with no
+node config edited and nothing restarted; the nodes still refuse a request without the token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tfsreplay import ROOT, TfsDevice
+
+from sdqkd.harness.audit import exposed
+
+TOPO = """nodes: [{name: A}, {name: B}]
+links: [{a: A, b: B, km: 10}]
+settings: {restconf: {tls: none}}
+"""
+
+
+def sdqkd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sdqkd.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def netup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The network's state dir and endpoints.json; `net down` after the module's tests."""
+    tmp = tmp_path_factory.mktemp("tfs-netup")
+    topo = tmp / "t.yaml"
+    topo.write_text(TOPO)
+    state = tmp / "state"
+    # net up returns once the link makes key: it told each node its peer's classical endpoint over
+    # that node's RESTCONF, plain HTTP now
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(state), "--timeout", "120")
+    try:
+        assert r.returncode == 0, r.stderr[-3000:]
+        yield state, json.loads((state / "endpoints.json").read_text())
+    finally:
+        d = sdqkd("net", "down", "--state-dir", str(state))
+        assert d.returncode == 0, d.stderr
+
+
+def bearer(eps: dict[str, Any]) -> dict[str, str]:
+    """The headers an operator gives TFS's driver: `_connect/settings` {"headers": {...}}."""
+    return {"Authorization": "Bearer " + Path(eps["A"]["management"]["restconf_token_file"]).read_text()}
+
+
+def test_tfs_onboards_a_net_up_network_with_its_restconf_token(netup: tuple[Path, dict[str, Any]]):
+    state, eps = netup
+    assert {eps[n]["restconf_tls"] for n in eps} == {"none"}
+    token_file = Path(eps["A"]["management"]["restconf_token_file"])
+    token = token_file.read_text()
+    assert len(token) == 64 and token_file.stat().st_mode & 0o077 == 0
+    devices = {n: TfsDevice(n, eps[n]["restconf"], headers=bearer(eps)) for n in eps}
+    try:
+        for n, dev in devices.items():
+            assert dev.connect()
+            dev.onboard()
+            assert dev.qkdn_id == eps[n]["id"]
+            peer = "B" if n == "A" else "A"
+            assert dev.endpoints == [f"{peer}:1"]  # `<peer name>:<peer interface>`, as TFS names it
+            assert {"/interface[1]", "__capabilities__", "__node__"} <= set(dev.config_rules)
+            # the same token on the strict RFC 8040 dialect: the link the controller made is up
+            links = dev.http.get(f"{ROOT}/qkd_links", headers={"Accept": "application/yang-data+json"})
+            assert links.status_code == 200, links.text
+            rows = links.json()["etsi-qkd-sdn-node:qkd_links"]["qkd_link"]
+            assert [(ln["qkdl_type"], ln["qkdl_status"]) for ln in rows] == [("etsi-qkd-node-types:PHYS",
+                                                                               "etsi-qkd-node-types:ACTIVE")]
+        # without the token, or with another, nothing is answered
+        assert httpx.get(f"http://{eps['A']['restconf']}{ROOT}").status_code == 401
+        wrong = httpx.get(f"http://{eps['A']['restconf']}{ROOT}", headers={"Authorization": "Bearer " + "0" * 64})
+        assert wrong.status_code == 401
+    finally:
+        for dev in devices.values():
+            dev.http.close()
+    assert exposed(state, (token,)) == []
