@@ -158,6 +158,9 @@ def node_objects(net: NetworkBuild, name: str, ns: str, opts: ExportOptions) -> 
             _configmap(f"{name}-public", ns, labels, public_files), svc, sts, node_policy(net, name, ns)]
 
 
+# pods given this label, in any namespace, reach every node's RESTCONF when the topology has
+# settings.restconf (docs/restconf.md: ETSI TeraFlowSDN's device service)
+RESTCONF_CLIENT_LABEL = "sdqkd.io/restconf-client"
 # who connects to each service of a node: the controller (management), the node's own SAEs,
 # every node of the network (key sync and relay may join any two), or its fibre neighbours
 CLIENTS: dict[str, str] = {"gnmi": "controller", "restconf": "controller", "etsi014": "saes", "etsi004": "saes",
@@ -176,6 +179,9 @@ def node_policy(net: NetworkBuild, name: str, ns: str) -> dict[str, Any]:
     }
     rules = [{"from": [selectors[CLIENTS[svc]]], "ports": [{"protocol": "TCP", "port": FIXED_PORTS[svc]}]}
              for svc in SERVICES if CLIENTS[svc] != "neighbours" or neighbours]
+    if net.topo.settings.restconf is not None:  # a manager with the network's token (TeraFlowSDN), any namespace
+        next(r for r in rules if r["ports"][0]["port"] == FIXED_PORTS["restconf"])["from"].append(
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {RESTCONF_CLIENT_LABEL: "true"}}})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, _labels("node", name)),
             "spec": {"podSelector": {"matchLabels": _labels("node", name)}, "policyTypes": ["Ingress"],
                      "ingress": rules}}

@@ -301,6 +301,20 @@ def test_kubernetes_network_policies_let_only_the_right_peers_in(tmp_path: Path)
     assert not admitted("alice", peer, pods["controller"]) and not admitted("alice", peer, app_of_alice)
     assert not any(admitted("controller", p, pods["alice"]) for p in (g, e14, peer, 8080))
     assert pols["default-deny-ingress"]["spec"]["podSelector"] == {}
+    manager = {"sdqkd.io/restconf-client": "true"}  # e.g. TeraFlowSDN's device service, labelled so
+    assert not admitted("alice", FIXED_PORTS["restconf"], manager)  # only with settings.restconf
+    tfs = {**TOPO, "settings": {"restconf": {"tls": "none", "plain_http_outside_loopback": True}}}
+    (tmp_path / "tfs").mkdir()
+    pols = {d["metadata"]["name"]: d for d in _docs(_export(tmp_path / "tfs", "kubernetes", tfs, namespace="qkd"))
+            if d["kind"] == "NetworkPolicy"}
+    for pol in pols.values():
+        kubernetes_validate.validate(pol, K8S_VERSION, strict=True)
+    assert admitted("alice", FIXED_PORTS["restconf"], manager) and admitted("bob", FIXED_PORTS["restconf"], manager)
+    assert not admitted("alice", g, manager) and not admitted("alice", e14, manager)
+    assert admitted("alice", FIXED_PORTS["restconf"], pods["controller"])
+    rc_peers = [peer for r in pols["alice"]["spec"]["ingress"] for peer in r["from"]
+                if r["ports"][0]["port"] == FIXED_PORTS["restconf"]]
+    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": manager}} in rc_peers  # any namespace
 
 
 def test_every_service_has_a_fixed_port_and_a_policy():
