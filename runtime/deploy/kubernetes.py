@@ -177,11 +177,12 @@ def node_policy(net: NetworkBuild, name: str, ns: str) -> dict[str, Any]:
         "neighbours": {"podSelector": {"matchLabels": _labels("node"), "matchExpressions": [
             {"key": "sdqkd.io/node", "operator": "In", "values": neighbours}]}},
     }
-    rules = [{"from": [selectors[CLIENTS[svc]]], "ports": [{"protocol": "TCP", "port": FIXED_PORTS[svc]}]}
+    # a manager holding the network's RESTCONF token (TeraFlowSDN), from any namespace
+    manager = {"namespaceSelector": {}, "podSelector": {"matchLabels": {RESTCONF_CLIENT_LABEL: "true"}}}
+    extra = {"restconf": [manager]} if net.topo.settings.restconf is not None else {}
+    rules = [{"from": [selectors[CLIENTS[svc]], *extra.get(svc, [])],
+              "ports": [{"protocol": "TCP", "port": FIXED_PORTS[svc]}]}
              for svc in SERVICES if CLIENTS[svc] != "neighbours" or neighbours]
-    if net.topo.settings.restconf is not None:  # a manager with the network's token (TeraFlowSDN), any namespace
-        next(r for r in rules if r["ports"][0]["port"] == FIXED_PORTS["restconf"])["from"].append(
-            {"namespaceSelector": {}, "podSelector": {"matchLabels": {RESTCONF_CLIENT_LABEL: "true"}}})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta(name, ns, _labels("node", name)),
             "spec": {"podSelector": {"matchLabels": _labels("node", name)}, "policyTypes": ["Ingress"],
                      "ingress": rules}}
