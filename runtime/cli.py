@@ -135,7 +135,8 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _net_up(args: argparse.Namespace) -> int:
     from sdqkd.harness import netcli
 
-    return netcli.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns)
+    return netcli.up(args.topology, args.state_dir, timeout=args.timeout, netns=args.netns,
+                     controller=not args.no_controller)
 
 
 def _net_down(args: argparse.Namespace) -> int:
@@ -183,11 +184,15 @@ def _add_net_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                 "process per node and the controller,\nand return when every link produces key, "
                 "with DIR/endpoints.json written (docs/endpoints.md). Without TOPOLOGY: the demo's network.",
                 "sdqkd net up lab.yaml --state-dir lab\nsdqkd net up --state-dir net          # the demo's metro network\n"
-                "sudo sdqkd net up lab.yaml --state-dir lab --netns")
+                "sudo sdqkd net up lab.yaml --state-dir lab --netns\n"
+                "sdqkd net up lab.yaml --state-dir lab --no-controller   # TeraFlowSDN makes the links (docs/restconf.md)")
     p.add_argument("topology", metavar="TOPOLOGY", nargs="?", help="topology YAML (default: the demo's metro network)")
     p.add_argument("--state-dir", required=True, metavar="DIR", help="where the network's files live")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every link (default 120)")
     p.add_argument("--netns", action="store_true", help="each node in its own network namespace (needs root)")
+    p.add_argument("--no-controller", action="store_true",
+                   help="start the nodes only, with no links: another SDN controller (e.g. TeraFlowSDN over "
+                        "RESTCONF) makes them; return once every node listens")
     p.set_defaults(func=_net_up)
 
 

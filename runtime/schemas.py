@@ -101,10 +101,12 @@ RestconfTls = Literal["mutual", "server", "none"]
 class NetworkRestconf(Strict):
     """`settings.restconf`: every node's RESTCONF transport, for a manager that cannot present the
     network's client certificates (ETSI TeraFlowSDN's QKD driver speaks plain HTTP only). With
-    it, the build also gives every node one bearer token, in a file beside the gNMI password."""
+    it, the build also gives every node one bearer token, in a file beside the gNMI password,
+    unless `anonymous` says no credentials are asked at all."""
 
     tls: RestconfTls = "mutual"
     plain_http_outside_loopback: bool = False
+    anonymous: bool = False  # every node's restconf.anonymous; no token is made then
 
 
 class Settings(EngineSettings):
@@ -253,6 +255,9 @@ class RestconfSection(Strict):
     tls: RestconfTls | None = None
     bearer_tokens: list[Annotated[str, Field(min_length=16)]] = []
     plain_http_outside_loopback: bool = False
+    # no credentials asked, `users` and `bearer_tokens` notwithstanding: TeraFlowSDN's QKD driver
+    # creates links without any (docs/restconf.md)
+    anonymous: bool = False
 
 
 class InterfacePeer(Strict):

@@ -226,7 +226,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     b.files[token_rel] = File(secrets.token_hex(32).encode(), secret=True)
     restconf = _restconf_settings(topo, plans)
     rc_token_rel = posixpath.join(layout.controller_pki, "restconf-token")
-    if restconf is not None:  # the bearer token a manager without the PKI presents to every node
+    if restconf is not None and "bearer_tokens" in restconf:  # what a manager without the PKI presents
         b.files[rc_token_rel] = File(restconf["bearer_tokens"][0].encode(), secret=True)
     ctl_cert, ctl_key = issue(ca, CONTROLLER_CN, server=False)
     ctl_ca = posixpath.join(layout.controller_pki, "ca.pem")  # the controller's directory stands alone
@@ -298,7 +298,7 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
     b.desc = _description(b, plans, ctl_ca if layout.controller_dir else ca_rel, pw_rel, ctl_rel, sae_paths,
                           ctl_peer_cas)
     b.desc["controller"]["token_file"] = posixpath.relpath(token_rel, layout.controller_dir or ".")
-    if restconf is not None:
+    if rc_token_rel in b.files:
         b.desc["controller"]["restconf_token_file"] = posixpath.relpath(rc_token_rel, layout.controller_dir or ".")
     b.files[posixpath.join(layout.controller_dir, "network.json")] = File(json.dumps(b.desc, indent=2).encode())
     return b
@@ -320,7 +320,11 @@ def _restconf_settings(topo: Topology, plans: Mapping[str, NodePlan]) -> dict[st
                 f"{topo.source}: settings.restconf: tls none, but node(s) {', '.join(exposed)} serve RESTCONF on an "
                 f"address other hosts reach ({plans[exposed[0]].listen['restconf']}), where plain HTTP carries "
                 "credentials in the clear: add plain_http_outside_loopback: true to allow it")
-    out: dict[str, Any] = {"tls": rc.tls, "bearer_tokens": [secrets.token_hex(32)]}
+    out: dict[str, Any] = {"tls": rc.tls}
+    if rc.anonymous:
+        out["anonymous"] = True
+    else:
+        out["bearer_tokens"] = [secrets.token_hex(32)]
     if rc.plain_http_outside_loopback:
         out["plain_http_outside_loopback"] = True
     return out

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from sdqkd.controller.topology import TopologyError
 from sdqkd.controller.topology import load as load_topology
 
@@ -95,8 +97,9 @@ def say(t0: float, text: str) -> None:
     print(f"  [{time.monotonic() - t0:5.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> int:
-    """`topology` None: the demo's metro network (the README's first-key example)."""
+def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool, controller: bool = True) -> int:
+    """`topology` None: the demo's metro network (the README's first-key example). Without
+    `controller`: the nodes only, for another SDN controller to make the links."""
     from sdqkd.demo import DEFAULT_TOPOLOGY
 
     t0 = time.monotonic()
@@ -108,17 +111,43 @@ def up(topology: str | None, state_dir: str, *, timeout: float, netns: bool) -> 
         print(f"sdqkd net up {topology or '(the demo network)'}: state in {state.resolve()}", file=sys.stderr,
               flush=True)
         eps = network.up(topology or DEFAULT_TOPOLOGY, state, timeout=timeout, netns=netns, progress=progress,
-                         report=lambda text: say(t0, text))
+                         report=lambda text: say(t0, text), controller=controller)
     except (TopologyError, network.HarnessError) as e:
         print(e, file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a read-only or full state dir: one line, no traceback
         print(f"sdqkd net up: {state_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
+    if not controller:
+        print(nodes_only_summary(state, eps, time.monotonic() - t0))
+        return 0
     progress(force=True)  # the links that came up after the last look
     st = json.loads((state / "controller-status.json").read_text())
     print(summary(state, eps, st, time.monotonic() - t0))
     return 0
+
+
+def nodes_only_summary(state: Path, eps: dict[str, Any], seconds: float) -> str:
+    """After `net up --no-controller`: where each node's RESTCONF is, for the SDN controller that
+    makes the links (docs/restconf.md), and the credential it needs."""
+    d = str(state)
+    some = next(iter(eps.values()))
+    token = some["management"].get("restconf_token_file")
+    scheme = {"none": "http"}.get(some.get("restconf_tls", "mutual"), "https")
+    desc = json.loads(network.Layout(state.resolve()).network.read_text())
+    node_cfg = yaml.safe_load(Path(next(iter(desc["nodes"].values()))["config"]).read_text())
+    cred = "none asked (settings.restconf.anonymous)" if node_cfg.get("restconf", {}).get("anonymous") else \
+        f"bearer token in {token}" if token else "the management identity and password of endpoints.json"
+    return "\n".join([
+        f"nodes up in {seconds:.1f} s: {len(eps)} nodes, no controller: no link until your SDN controller makes them",
+        *(f"  {name:14s}  RESTCONF {scheme}://{e['restconf']}" for name, e in eps.items()),
+        f"  credential      {cred} (docs/restconf.md)",
+        f"  endpoints       {d}/endpoints.json   (addresses, CA and SAE certificates: docs/endpoints.md)",
+        f"  logs            {d}/logs/",
+        "next:",
+        f"  sdqkd net status --state-dir {d}",
+        f"  sdqkd net down --state-dir {d}",
+    ])
 
 
 def token_file(state: Path) -> str:
@@ -146,6 +175,14 @@ def summary(state: Path, eps: dict[str, Any], status: dict[str, Any], seconds: f
     ])
 
 
+def _without_controller(state: Path) -> bool:
+    """A state dir of `net up --no-controller` (its network.json says so)."""
+    try:
+        return json.loads(network.Layout(state).network.read_text()).get("harness", {}).get("controller") is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def down(state_dir: str) -> int:
     try:
         stopped = network.down(state_dir)
@@ -165,6 +202,11 @@ STATUS_FRESH_S = 5.0  # the controller rewrites controller-status.json every sec
 def status(state_dir: str) -> int:
     state = Path(state_dir)
     f = state / "controller-status.json"
+    if not f.exists() and _without_controller(state):
+        print(f"{state_dir}: {'running' if (state / 'pids.json').exists() else 'stopped'}, started with "
+              "--no-controller: the links are your SDN controller's; each node's RESTCONF and gNMI tell "
+              f"their state ({state_dir}/endpoints.json)")
+        return 0
     if not f.exists():
         print(f"{state_dir}: no network status here (no controller-status.json)", file=sys.stderr)
         return 2

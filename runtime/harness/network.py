@@ -155,10 +155,12 @@ def _wait(cond: Any, timeout: float, what: str, procs: dict[str, subprocess.Pope
 
 def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout: float = 120.0,
        progress: Callable[[], None] | None = None, netns: bool = False,
-       report: Callable[[str], None] | None = None) -> dict[str, Any]:
+       report: Callable[[str], None] | None = None, controller: bool = True) -> dict[str, Any]:
     """Start the network; return the endpoints (also written to state_dir/endpoints.json).
     `progress()` is called while waiting for the links (the demo prints its live table from it);
-    `report(text)` hears each step (PKI written, nodes listening, controller started)."""
+    `report(text)` hears each step (PKI written, nodes listening, controller started). Without
+    `controller`, the nodes only: no link until another manager makes them over RESTCONF or
+    gNMI (network.json then says `"controller": false` under `harness`)."""
     from sdqkd.controller import topology as tp
 
     say = report or (lambda _text: None)
@@ -189,12 +191,16 @@ def up(topology: str | Path | dict[str, Any], state_dir: str | Path, *, timeout:
             desc["nodes"][name].update({k: r[k] for k in SERVICES if k in r})
             _pin_ports(Path(desc["nodes"][name]["config"]), r, ready)
         _wire_interfaces(desc, ready)
+        desc["harness"] = {"controller": controller}
         lay.network.write_text(json.dumps(desc, indent=2))
-        procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
-        _write_pids(lay, procs)
-        say(f"controller started; provisioning {len(topo.links)} link(s) on both ends")
-        status_file = state / "controller-status.json"
-        _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs, progress)
+        if controller:
+            procs["controller"] = _spawn(["controller", "--state-dir", str(state)], logs / "controller.log")
+            _write_pids(lay, procs)
+            say(f"controller started; provisioning {len(topo.links)} link(s) on both ends")
+            status_file = state / "controller-status.json"
+            _wait(lambda: _links_producing(status_file), timeout, "every link to produce key", procs, logs, progress)
+        else:
+            say("no controller (--no-controller): the links are for your SDN controller to make")
     except BaseException:
         _stop(procs)
         lay.pids.unlink(missing_ok=True)

@@ -53,6 +53,7 @@ class NodeConfig:
     restconf_tls: str = "mutual"
     restconf_tokens: list[str] = field(default_factory=list)
     restconf_plain_outside_loopback: bool = False
+    restconf_anonymous: bool = False  # no credentials asked (restconf.anonymous)
     # QKD interfaces and the fibre behind each: [{id, att_point: {device, port}, peer: {node,
     # interface, endpoint, channel}, fibre: {km, loss_db, profile}}] (seeded into qkd_interfaces)
     interfaces: list[dict[str, Any]] = field(default_factory=list)
@@ -170,6 +171,7 @@ def load_config(path: str | Path) -> NodeConfig:
         restconf_listen=restconf.listen or "127.0.0.1:0", restconf_tls=restconf.tls or "none",
         restconf_tokens=list(restconf.bearer_tokens),
         restconf_plain_outside_loopback=restconf.plain_http_outside_loopback,
+        restconf_anonymous=restconf.anonymous,
         interfaces=[i.model_dump(exclude_none=True) for i in model.interfaces],
         hooks=hooks,
     )

@@ -87,10 +87,11 @@ class NodeRuntime:
         ctx = None
         if cfg.tls is not None and cfg.restconf_tls != "none":
             ctx = tls_context(str(cfg.tls.ca), str(cfg.tls.cert), str(cfg.tls.key), mutual=cfg.restconf_tls == "mutual")
+        credentials = Credentials() if cfg.restconf_anonymous else Credentials(cfg.users, cfg.restconf_tokens)
         self._restconf, rport, _server = await start_restconf(
-            self.adapter, cfg.restconf_listen, ssl_context=ctx, credentials=Credentials(cfg.users, cfg.restconf_tokens),
+            self.adapter, cfg.restconf_listen, ssl_context=ctx, credentials=credentials,
             allow_plain_outside_loopback=cfg.restconf_plain_outside_loopback)
-        if not cfg.users and not cfg.restconf_tokens and not is_loopback(cfg.restconf_listen):
+        if not credentials.required and not is_loopback(cfg.restconf_listen):
             # mutual TLS admits every certificate of the network's CA, the SAEs' included
             log.warning("RESTCONF on %s asks no credentials: any client the CA certified may change this "
                         "node's configuration; give `users` or `restconf.bearer_tokens`", cfg.restconf_listen)

@@ -105,7 +105,7 @@ def test_every_problem_is_reported_at_once_with_file_and_line(tmp_path):
     assert (f"{f}:10: settings.base_prot: unknown key (known: clock_scale, block_sifted_bits, cascade_variant, cascade_schedule, "
             "blocks_in_flight, base_port, first_request_wait_s, app_idle_timeout_s, max_key_count, restconf)") in msg
     assert f"{f}:11: settings.restconf.tls: must be one of 'mutual', 'server' or 'none', got 'plain'" in msg
-    assert f"{f}:11: settings.restconf.plane: unknown key (known: tls, plain_http_outside_loopback)" in msg
+    assert f"{f}:11: settings.restconf.plane: unknown key (known: tls, plain_http_outside_loopback, anonymous)" in msg
     f.write_text("nodes:\n  - name: A\n  - name: B\nlinks:\n  - {a: A, b: Z, km: 5}\n")
     with pytest.raises(TopologyError) as e:
         load(f)

@@ -114,6 +114,12 @@ def test_restconf_setting_reaches_every_node_and_plain_http_beyond_loopback_is_a
         assert cfg.restconf_listen == f"0.0.0.0:{FIXED_PORTS['restconf']}"
     eps = json.loads((out / "endpoints.json").read_text())
     assert {e["restconf_tls"] for e in eps.values()} == {"none"}
+    anonymous = {**TOPO, "settings": {"restconf": {"tls": "none", "plain_http_outside_loopback": True,
+                                                   "anonymous": True}}}
+    (tmp_path / "anonymous").mkdir()
+    out = _export(tmp_path / "anonymous", "bundle", anonymous)
+    cfg = load_config(out / "nodes" / "relay" / "node.yaml")
+    assert cfg.restconf_anonymous and cfg.restconf_tokens == [] and not (out / "controller" / "restconf-token").exists()
     # without the setting: mutual TLS as before, and no token anywhere
     (tmp_path / "default").mkdir()
     out = _export(tmp_path / "default", "bundle")

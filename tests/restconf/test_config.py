@@ -53,3 +53,9 @@ def test_problems_are_named(tmp_path: Path, extra: str, words: str):
 def test_plain_http_outside_loopback_only_when_asked(tmp_path: Path):
     c = load_config(cfg(tmp_path, "restconf: {listen: '10.1.2.3:8080', plain_http_outside_loopback: true}\n"))
     assert c.restconf_plain_outside_loopback and c.restconf_tls == "none"
+
+
+def test_anonymous_asks_no_credentials_whatever_else_is_given(tmp_path: Path):
+    c = load_config(cfg(tmp_path, "restconf: {anonymous: true, bearer_tokens: [a-token-of-16-chars]}\n"))
+    assert c.restconf_anonymous and c.restconf_tokens == ["a-token-of-16-chars"]
+    assert not load_config(cfg(tmp_path, "")).restconf_anonymous

@@ -13,7 +13,6 @@ import importlib
 import json
 import os
 import sys
-import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tfs_netup import bearer, netup  # noqa: F401 - the fixture of a `net up` network
+from test_tfs_netup import bearer, netup, nodes_only  # noqa: F401 - the fixture of a `net up` network
 from test_tfs_replay import ROOT, STRICT, link_of, net  # noqa: F401 - the network fixture
-from tfsreplay import TfsDevice
+from tfsreplay import TfsDevice, unkeyed
 
 TFS_SRC = os.environ.get("SDQKD_TFS_SRC")
 pytestmark = pytest.mark.skipif(not TFS_SRC, reason="SDQKD_TFS_SRC is unset: no TeraFlowSDN source tree to "
@@ -105,28 +104,7 @@ def test_tfs_driver_onboards_and_creates_a_keyed_link(net, driver_class: type): 
     endpoints = [k for k, _v in config["QKD1"] if k.startswith("/endpoints/endpoint[")]
     assert endpoints == ["/endpoints/endpoint[QKD2:1]"]
     ids = {name: dict(rows)["__node__"]["qkdn_id"] for name, rows in config.items()}
-    one_way, other_way = str(uuid.uuid4()), str(uuid.uuid4())
-    r1 = drivers["QKD1"].SetConfig([("/link/link[x]", json.dumps({
-        "uuid": one_way, "type": "DIRECT", "src_qkdn_id": ids["QKD1"], "src_interface_id": 0,
-        "dst_qkdn_id": ids["QKD2"], "dst_interface_id": 0}))])
-    r2 = drivers["QKD2"].SetConfig([("/link/link[y]", json.dumps({
-        "uuid": other_way, "type": "DIRECT", "src_qkdn_id": ids["QKD2"], "src_interface_id": 0,
-        "dst_qkdn_id": ids["QKD1"], "dst_interface_id": 0}))])
-    assert r1 == [True] and r2 == [True]
-    dev1 = TfsDevice("QKD1", net.addresses["QKD1"]["restconf"])
-    try:
-        link = link_of(dev1, one_way)
-        assoc = link["sdqkd-node-ext:sdqkd-link"]["key-association-id"]
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            r = dev1.http.get(f"{ROOT}/sdqkd-node-ext:sdqkd-key-store/pool={assoc}/stored-keys", headers=STRICT)
-            if r.status_code == 200 and int(r.json()["sdqkd-node-ext:stored-keys"]) > 0:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("the link TFS's driver created produced no key in 90 s")
-    finally:
-        dev1.close()
+    _link_makes_key(drivers, ids, "QKD1", "QKD2", net.addresses["QKD1"]["restconf"])
     assert isinstance(drivers["QKD1"].GetState(), dict)
 
 
@@ -144,3 +122,33 @@ def test_tfs_driver_onboards_a_net_up_network_with_the_token_in_its_headers_sett
         assert dict(rows)["__node__"]["qkdn_id"] == eps[name]["id"]
         assert [k for k, _v in rows if k.startswith("/endpoints/endpoint[")] == \
                [f"/endpoints/endpoint[{'B' if name == 'A' else 'A'}:1]"]
+
+
+def test_tfs_driver_makes_the_link_of_a_net_up_network_without_sdqkd_controller(
+        tmp_path: Path, driver_class: type) -> None:
+    """`net up --no-controller`: TFS's driver onboards both nodes and creates the link, which makes key."""
+    with nodes_only(tmp_path) as (state, _r):
+        eps = json.loads((state / "endpoints.json").read_text())
+        drivers = {}
+        for name in ("A", "B"):
+            host, port = eps[name]["restconf"].rsplit(":", 1)
+            drivers[name] = driver_class(host, int(port), timeout=30)  # settings.restconf.anonymous
+            assert drivers[name].Connect() is True
+        ids = {name: dict(d.GetConfig())["__node__"]["qkdn_id"] for name, d in drivers.items()}
+        _link_makes_key(drivers, ids, "A", "B", eps["A"]["restconf"])
+
+
+def _link_makes_key(drivers: dict[str, Any], ids: dict[str, str], a: str, b: str, a_restconf: str) -> None:
+    """TFS's service handler on a fibre a-b: one DIRECT link per end through each driver's
+    SetConfig (TFS sends interface 0: its lookup misses); the link then makes key at a."""
+    one_way, other_way = str(uuid.uuid4()), str(uuid.uuid4())
+    for end, far, lid in ((a, b, one_way), (b, a, other_way)):
+        assert drivers[end].SetConfig([(f"/link/link[{lid}]", json.dumps({
+            "uuid": lid, "type": "DIRECT", "src_qkdn_id": ids[end], "src_interface_id": 0,
+            "dst_qkdn_id": ids[far], "dst_interface_id": 0}))]) == [True]
+    dev = TfsDevice(a, a_restconf)
+    try:
+        assoc = link_of(dev, one_way)["sdqkd-node-ext:sdqkd-link"]["key-association-id"]
+        assert not unkeyed([dev], assoc), "the link TFS's driver created produced no key in 90 s"
+    finally:
+        dev.close()

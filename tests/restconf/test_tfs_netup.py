@@ -6,6 +6,7 @@ node config edited and nothing restarted; the nodes still refuse a request witho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tfsreplay import ROOT, TfsDevice
+from tfsreplay import ROOT, TfsDevice, apply_rule, service_links, unkeyed
 
 from sdqkd.harness.audit import exposed
 
@@ -23,6 +24,9 @@ TOPO = """nodes: [{name: A}, {name: B}]
 links: [{a: A, b: B, km: 10}]
 settings: {restconf: {tls: none}}
 """
+# TFS's driver sends its `headers` when it reads, not when it creates links: for TFS to make the
+# links, the nodes ask no credentials
+ANONYMOUS = TOPO.replace("{tls: none}", "{tls: none, anonymous: true}")
 
 
 def sdqkd(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -43,8 +47,9 @@ def netup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
         assert r.returncode == 0, r.stderr[-3000:]
         yield state, json.loads((state / "endpoints.json").read_text())
     finally:
-        d = sdqkd("net", "down", "--state-dir", str(state))
-        assert d.returncode == 0, d.stderr
+        if (state / "pids.json").exists():  # net up that failed stopped what it started
+            d = sdqkd("net", "down", "--state-dir", str(state))
+            assert d.returncode == 0, d.stderr
 
 
 def bearer(eps: dict[str, Any]) -> dict[str, str]:
@@ -81,3 +86,52 @@ def test_tfs_onboards_a_net_up_network_with_its_restconf_token(netup: tuple[Path
         for dev in devices.values():
             dev.http.close()
     assert exposed(state, (token,)) == []
+
+
+def test_tfs_makes_the_links_of_a_net_up_network_without_sdqkd_controller(tmp_path: Path):
+    """`net up --no-controller`: the nodes only, with their interfaces; TFS's service handler
+    creates the link (one qkdl_id per end) and the link makes key at both ends."""
+    with nodes_only(tmp_path) as (state, r):
+        assert "no controller" in r.stdout and "RESTCONF http://" in r.stdout and "none asked" in r.stdout
+        assert not (state / "controller-status.json").exists()
+        assert "controller" not in json.loads((state / "pids.json").read_text())
+        st = sdqkd("net", "status", "--state-dir", str(state))
+        assert st.returncode == 0 and "started with --no-controller" in st.stdout, st.stdout + st.stderr
+        eps = json.loads((state / "endpoints.json").read_text())
+        assert "restconf_token_file" not in eps["A"]["management"]  # no token is made: none is asked
+        devices = [TfsDevice(n, eps[n]["restconf"]) for n in ("A", "B")]  # as TFS's driver: no credentials
+        try:
+            for dev in devices:
+                assert dev.connect()
+                dev.onboard()
+            strict = {"Accept": "application/yang-data+json"}
+            none = devices[0].http.get(f"{ROOT}/qkd_links", headers=strict)
+            assert none.status_code == 404 and "no data at this path" in none.text  # no link before TFS makes one
+            # TFS's path for a service A:B -> the '/link' rules of each device, applied as its driver does
+            for d, rule in service_links(devices, [(0, "B:1"), (0, "B:1"), (1, "A:1"), (1, "A:1")]):
+                resp = apply_rule(devices[d], rule)
+                assert resp.status_code in {200, 201, 202, 204}, resp.text
+            assoc = {dev.name: [ln["sdqkd-node-ext:sdqkd-link"]["key-association-id"] for ln in dev.http.get(
+                f"{ROOT}/qkd_links", headers=strict).json()["etsi-qkd-sdn-node:qkd_links"]["qkd_link"]]
+                for dev in devices}
+            assert len(assoc["A"]) == 1 and assoc["A"] == assoc["B"]  # both ends: one key association
+            assert not unkeyed(devices, assoc["A"][0])
+        finally:
+            for dev in devices:
+                dev.close()
+
+
+@contextlib.contextmanager
+def nodes_only(tmp: Path) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """`sdqkd net up --no-controller` of ANONYMOUS: its state dir and what net up printed; net down after."""
+    topo = tmp / "t.yaml"
+    topo.write_text(ANONYMOUS)
+    state = tmp / "state"
+    r = sdqkd("net", "up", str(topo), "--state-dir", str(state), "--no-controller", "--timeout", "60")
+    try:
+        assert r.returncode == 0, r.stderr[-3000:]
+        yield state, r
+    finally:
+        if (state / "pids.json").exists():  # net up that failed stopped what it started
+            d = sdqkd("net", "down", "--state-dir", str(state))
+            assert d.returncode == 0, d.stderr

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tfsreplay import ROOT, TfsDevice, apply_rule, service_links
+from tfsreplay import ROOT, TfsDevice, apply_rule, service_links, unkeyed
 
 from sdqkd.harness.inprocess import InProcessNetwork, start_network
 from sdqkd.lkms.registry import app_id_for, sae_uri
@@ -224,16 +224,8 @@ def test_virtual_link_tfs_cannot_honour_is_refused(net: InProcessNetwork, device
 
 
 def _wait_pools(devices: list[TfsDevice], which: list[int], association: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    pending = set(which)
-    while pending and time.monotonic() < deadline:
-        for d in sorted(pending):
-            r = devices[d].http.get(f"{ROOT}/sdqkd-node-ext:sdqkd-key-store/pool={association}/stored-keys",
-                                    headers=STRICT)
-            if r.status_code == 200 and int(r.json()["sdqkd-node-ext:stored-keys"]) > 0:
-                pending.discard(d)
-        time.sleep(0.5)
-    assert not pending, f"no relayed key yet at {[devices[d].name for d in pending]}"
+    missing = unkeyed([devices[d] for d in which], association, timeout)
+    assert not missing, f"no relayed key yet at {missing}"
 
 
 def _sae_request(net: InProcessNetwork, node: str, sae: str, method: str, path: str, **kw: Any) -> httpx.Response:

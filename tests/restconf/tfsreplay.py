@@ -6,6 +6,7 @@ Written from the driver's behaviour; none of its code is here."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -148,3 +149,18 @@ def apply_rule(device: TfsDevice, rule: dict[str, Any]) -> httpx.Response:
     return device.create_link(rule["uuid"], rule["src_qkdn_id"], rule["src_interface_id"], rule["dst_qkdn_id"],
                               rule["dst_interface_id"], rule.get("virt_prev_hop"), rule.get("virt_next_hops"),
                               rule.get("virt_bandwidth"))
+
+
+def unkeyed(devices: list[TfsDevice], association: str, timeout: float = 90) -> list[str]:
+    """Waits until every device's pool of `association` holds a key (strict RESTCONF, as an
+    operator checks); the names of those still without one after `timeout`."""
+    deadline = time.monotonic() + timeout
+    pending = {d.name: d for d in devices}
+    while pending and time.monotonic() < deadline:
+        for name, d in sorted(pending.items()):
+            r = d.http.get(f"{ROOT}/sdqkd-node-ext:sdqkd-key-store/pool={association}/stored-keys",
+                           headers={"Accept": "application/yang-data+json"})
+            if r.status_code == 200 and int(r.json()["sdqkd-node-ext:stored-keys"]) > 0:
+                del pending[name]
+        time.sleep(0.5)
+    return sorted(pending)
