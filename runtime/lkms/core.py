@@ -137,7 +137,13 @@ class Core:
         self.etsi020_address = ""  # host:port of our ETSI 020 server (KeySync Describe)
         self.registrar: Registrar | None = None
         self.directory: Directory | None = None  # neighbour node ID -> KeySync address (the node's interfaces)
+        self.names: dict[str, str] = {}  # node ID -> name (the node config's peers and its own), for messages
         self._on_uncertain: Callable[[str], None] | None = None
+
+    def node_label(self, node_id: str) -> str:
+        """A node as a message names it: `B (UUID)` where its name is known, else the UUID."""
+        name = self.names.get(node_id)
+        return f"{name} ({node_id})" if name else node_id
 
     async def locate(self, target: str, via: Sequence[str]) -> str:
         """host:port of node `target`'s KeySync server, asked along `via` (locate.py)."""

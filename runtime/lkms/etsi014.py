@@ -179,8 +179,8 @@ class Etsi014:
             return sae
         node = core.sae_node(sae)
         if node is not None:
-            raise ApiError(401, f"unauthorized: {what} of SAE {sae!r}, which is attached to node {node}, "
-                                f"not this node ({core.node_id})")
+            raise ApiError(401, f"unauthorized: {what} of SAE {sae!r}, which is attached to node "
+                                f"{core.node_label(node)}, not this node ({core.node_label(core.node_id)})")
         raise ApiError(401, f"unauthorized: {what} of {sae!r}, which is not an SAE known to this node")
 
     async def _json(self, request: web.Request) -> dict[str, Any]:

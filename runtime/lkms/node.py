@@ -142,6 +142,7 @@ class Lkms:
                                 tls=self.tls is not None, fault=self._fault)
         core.registrar = self.registrar
         core.directory = self.directory
+        core.names = self.names
         self.store.on_change(self._on_change)
         tls = self.tls
         self.kms020 = Kms020(self.node_id, Etsi020Client(

@@ -86,6 +86,11 @@ def test_net_up_relay_keys_match_and_down(tmp_path: Path):
                 time.sleep(0.3)
             assert resp.status_code == 200, resp.text
             keys = resp.json()["keys"]
+        with httpx.Client(verify=_ctx(a["ca"], a["saes"]["sae-a"])) as wrong:  # sae-a at C's KME: names both nodes
+            lost = wrong.get(f"https://{c['etsi014']}/api/v1/keys/sae-c/status")
+            assert lost.status_code == 401 and lost.json()["message"] == (
+                f"unauthorized: certificate of SAE 'sae-a', which is attached to node A ({a['id']}), "
+                f"not this node (C ({c['id']}))")
         with httpx.Client(verify=_ctx(c["ca"], c["saes"]["sae-c"])) as hc:
             back = hc.post(f"https://{c['etsi014']}/api/v1/keys/sae-a/dec_keys",
                            json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]}).json()["keys"]
