@@ -608,3 +608,32 @@ def test_a_pair_asked_for_again_does_not_idle_out_while_it_waits(net: Loop) -> N
     with short_idle(net):
         first = net.run(keep_asking(3.0), timeout=60)  # three idle timeouts
         net.run(gone(), timeout=10)
+
+
+def test_keys_taken_before_the_pair_idled_out_are_still_delivered_to_the_slave(net: Loop) -> None:
+    """The master takes keys, then only the slave is active: the pair idles out at the master's
+    node (and so everywhere) before the slave asks; its dec_keys still gets every key, once."""
+    app_id = app_id_for("sae-c2", ["sae-b"])
+    ctl = net.net.controller
+    assert ctl is not None
+
+    async def released() -> None:
+        while app_id in ctl.apps or any(app_id in n.lkms.registry.apps for n in net.net.nodes.values()):  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+
+    with short_idle(net):
+        r = net.run(_get(net, "C", "sae-c2", "/api/v1/keys/sae-b/enc_keys", number=3))
+        assert r.status_code == 200, r.text
+        keys = r.json()["keys"]
+        net.run(released(), timeout=20)
+    ids = [k["key_ID"] for k in keys]
+
+    async def fetch() -> httpx.Response:
+        async with client(net, "B", "sae-b") as c:
+            return await c.post("/api/v1/keys/sae-c2/dec_keys", json={"key_IDs": [{"key_ID": i} for i in ids]})
+
+    back = net.run(fetch())
+    assert back.status_code == 200, back.text
+    assert back.json()["keys"] == keys
+    again = net.run(fetch())
+    assert again.status_code == 400, again.text  # delivered once
