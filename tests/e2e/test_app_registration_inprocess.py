@@ -159,7 +159,7 @@ def test_errors_stay_400_401(net: Loop) -> None:
     r = net.run(_get(net, "A", "sae-c", "/api/v1/keys/sae-a/enc_keys"))  # sae-c's certificate at node A
     ids = {n: net.net.nodes[n].lkms.node_id for n in "AC"}  # type: ignore[union-attr]
     assert (r.status_code, r.json()["message"]) == (401, f"unauthorized: certificate of SAE 'sae-c', which is "
-                                                         f"attached to node {ids['C']}, not this node ({ids['A']})")
+                                                         f"attached to node C ({ids['C']}), not this node (A ({ids['A']}))")
     assert app_id_for("sae-a", ["sae-nobody"]) not in net.net.nodes["A"].registrar.regs  # type: ignore[union-attr]
 
 
