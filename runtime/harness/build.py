@@ -305,9 +305,10 @@ def build(topo: Topology, plans: Mapping[str, NodePlan], layout: TreeLayout, *,
 
 
 def _restconf_settings(topo: Topology, plans: Mapping[str, NodePlan]) -> dict[str, Any] | None:
-    """What the topology's `settings.restconf` adds to every node's `restconf` section, with a fresh
-    bearer token; None without it. Plain HTTP on an address other hosts reach carries credentials
-    in the clear: refused unless the topology says so, as a node would refuse it at start."""
+    """What the topology's `settings.restconf` adds to every node's `restconf` section: its
+    transport and a fresh bearer token (none when `anonymous`: no credentials asked); None without
+    it. Plain HTTP on an address other hosts reach carries credentials in the clear: refused
+    unless the topology says so, as a node would refuse it at start."""
     from sdqkd.agent.serve import is_loopback
 
     rc = topo.settings.restconf

@@ -113,7 +113,7 @@ class Lkms:
                  names: dict[str, str] | None = None, directory: Directory | None = None) -> None:
         self.node_id = node_id
         self.directory = directory  # neighbour node ID -> its KeySync address (locate.py)
-        self.names = names or {}  # node ID -> name, for logs only
+        self.names = names or {}  # node ID -> name, for logs and messages only
         self.data_dir = Path(data_dir)
         self.tls = tls
         self.limits = limits or Limits()
