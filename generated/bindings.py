@@ -3197,7 +3197,7 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
 
   YANG Description: Telemetry of the link's key engine.
   """
-  __slots__ = ('_path_helper', '_extmethods', '__qber','__blocks_ok','__blocks_aborted','__secret_bits','__last_abort_reason','__paused',)
+  __slots__ = ('_path_helper', '_extmethods', '__qber','__blocks_ok','__blocks_aborted','__secret_bits','__cut_bits','__last_abort_reason','__paused',)
 
   _yang_name = 'engine-state'
   _yang_namespace = 'urn:etsi:qkd:yang:etsi-qkd-node'
@@ -3213,6 +3213,7 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
     self.__blocks_ok = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="blocks-ok", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
     self.__blocks_aborted = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="blocks-aborted", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
     self.__secret_bits = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="secret-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
+    self.__cut_bits = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="cut-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
     self.__last_abort_reason = YANGDynClass(base=str, is_leaf=True, yang_name="last-abort-reason", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='string', is_config=False)
     self.__paused = YANGDynClass(base=YANGBool, is_leaf=True, yang_name="paused", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='boolean', is_config=False)
 
@@ -3391,6 +3392,45 @@ class yc_engine_state_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link_
     self.__secret_bits = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="secret-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
 
 
+  def _get_cut_bits(self):
+    """
+    Getter method for cut_bits, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/engine_state/cut_bits (yang:counter64)
+
+    YANG Description: Secret key bits verified at both ends and dropped at both: the key pool had room
+for only part of the block that filled it (max-key-count).
+    """
+    return self.__cut_bits
+      
+  def _set_cut_bits(self, v, load=False):
+    """
+    Setter method for cut_bits, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/engine_state/cut_bits (yang:counter64)
+    If this variable is read-only (config: false) in the
+    source YANG file, then _set_cut_bits is considered as a private
+    method. Backends looking to populate this variable should
+    do so via calling thisObj._set_cut_bits() directly.
+
+    YANG Description: Secret key bits verified at both ends and dropped at both: the key pool had room
+for only part of the block that filled it (max-key-count).
+    """
+    if hasattr(v, "_utype"):
+      v = v._utype(v)
+    try:
+      t = YANGDynClass(v,base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="cut-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
+    except (TypeError, ValueError):
+      raise ValueError({
+          'error-string': """cut_bits must be of a type compatible with yang:counter64""",
+          'defined-type': "yang:counter64",
+          'generated-type': """YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="cut-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)""",
+        })
+
+    self.__cut_bits = t
+    if hasattr(self, '_set'):
+      self._set()
+
+  def _unset_cut_bits(self):
+    self.__cut_bits = YANGDynClass(base=RestrictedClassType(base_type=long, restriction_dict={'range':  ['0..18446744073709551615']}, int_size=64), is_leaf=True, yang_name="cut-bits", parent=self, path_helper=self._path_helper, extmethods=self._extmethods, register_paths=True, namespace='urn:sdqkd:yang:sdqkd-node-ext', defining_module='sdqkd-node-ext', yang_type='yang:counter64', is_config=False)
+
+
   def _get_last_abort_reason(self):
     """
     Getter method for last_abort_reason, mapped from YANG variable /qkd_node/qkd_links/qkd_link/sdqkd_link/engine_state/last_abort_reason (string)
@@ -3470,11 +3510,12 @@ healthy, starting no block until keys are delivered or expire.
   blocks_ok = __builtin__.property(_get_blocks_ok)
   blocks_aborted = __builtin__.property(_get_blocks_aborted)
   secret_bits = __builtin__.property(_get_secret_bits)
+  cut_bits = __builtin__.property(_get_cut_bits)
   last_abort_reason = __builtin__.property(_get_last_abort_reason)
   paused = __builtin__.property(_get_paused)
 
 
-  _pyangbind_elements = OrderedDict([('qber', qber), ('blocks_ok', blocks_ok), ('blocks_aborted', blocks_aborted), ('secret_bits', secret_bits), ('last_abort_reason', last_abort_reason), ('paused', paused), ])
+  _pyangbind_elements = OrderedDict([('qber', qber), ('blocks_ok', blocks_ok), ('blocks_aborted', blocks_aborted), ('secret_bits', secret_bits), ('cut_bits', cut_bits), ('last_abort_reason', last_abort_reason), ('paused', paused), ])
 
 
 class yc_sdqkd_link_etsi_qkd_sdn_node__qkd_node_qkd_links_qkd_link_sdqkd_link(PybindBase):

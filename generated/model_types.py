@@ -111,6 +111,7 @@ EngineState = TypedDict(
         "blocks-ok": str,
         "blocks-aborted": str,
         "secret-bits": str,
+        "cut-bits": str,
         "last-abort-reason": str,
         "paused": bool,
     },

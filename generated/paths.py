@@ -621,6 +621,11 @@ class EngineStatePath(PathNode):
         return self._leaf("secret-bits")
 
     @property
+    def cut_bits(self) -> gnmi_pb2.Path:
+        """leaf cut-bits: uint64, state"""
+        return self._leaf("cut-bits")
+
+    @property
     def last_abort_reason(self) -> gnmi_pb2.Path:
         """leaf last-abort-reason: string, state"""
         return self._leaf("last-abort-reason")

@@ -1237,6 +1237,7 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-ok',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/blocks-aborted',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/secret-bits',
+                                                                       '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/cut-bits',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason',
                                                                        '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/paused'],
                                                           'pyname': 'engine_state',
@@ -1290,6 +1291,21 @@ NODES: dict[str, dict[str, Any]] = {'/qkd_node': {'kind': 'container',
                                                                       'description': 'Secret key bits added '
                                                                                      'to the key store by '
                                                                                      'this link.'},
+ '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/cut-bits': {'kind': 'leaf',
+                                                                   'name': 'cut-bits',
+                                                                   'module': 'sdqkd-node-ext',
+                                                                   'config': False,
+                                                                   'type': {'typedef': 'ietf-yang-types:counter64',
+                                                                            'base': 'uint64',
+                                                                            'range': [[0,
+                                                                                       18446744073709551615]]},
+                                                                   'pyname': 'cut_bits',
+                                                                   'description': 'Secret key bits verified '
+                                                                                  'at both ends and dropped '
+                                                                                  'at both: the key pool had '
+                                                                                  'room for only part of the '
+                                                                                  'block that filled it '
+                                                                                  '(max-key-count).'},
  '/qkd_node/qkd_links/qkd_link/sdqkd-link/engine-state/last-abort-reason': {'kind': 'leaf',
                                                                             'name': 'last-abort-reason',
                                                                             'module': 'sdqkd-node-ext',

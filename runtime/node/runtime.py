@@ -188,6 +188,7 @@ class NodeRuntime:
             leaf.blocks_ok: s.blocks_ok,
             leaf.blocks_aborted: s.blocks_aborted,
             leaf.secret_bits: s.secret_bits,
+            leaf.cut_bits: s.cut_bits,
             leaf.last_abort_reason: s.last_abort,
             leaf.paused: s.paused,
         }

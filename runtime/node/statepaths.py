@@ -22,6 +22,7 @@ class LinkLeaves(NamedTuple):
     blocks_ok: str
     blocks_aborted: str
     secret_bits: str
+    cut_bits: str  # key dropped at both ends: the pool had room for part of a block (augmentation)
     last_abort_reason: str
     qber: str  # the engine's own, finer figure (augmentation)
     paused: str  # waiting for room in its key pool (augmentation)
@@ -43,7 +44,8 @@ def link(qkdl_id: str) -> LinkLeaves:
     perf, engine = entry.qkdl_performance(), entry.sdqkd_link().engine_state()
     return LinkLeaves(
         _s(entry.qkdl_status), _s(perf.skr), _s(perf.eskr), _s(perf.phys_perf(perf_type=f"{T}QBER").value),
-        _s(engine.blocks_ok), _s(engine.blocks_aborted), _s(engine.secret_bits), _s(engine.last_abort_reason),
+        _s(engine.blocks_ok), _s(engine.blocks_aborted), _s(engine.secret_bits), _s(engine.cut_bits),
+        _s(engine.last_abort_reason),
         _s(engine.qber), _s(engine.paused))
 
 

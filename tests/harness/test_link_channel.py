@@ -400,6 +400,10 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             pools = [rt.lkms.key_store_stats()["pool"] for rt in net.nodes.values()]
             assert [p[0]["stored-keys"] for p in pools] == [1500, 1500]  # not one block more
             assert n.alice.stats.cut_bits == n.bob.stats.cut_bits > 0  # the last block kept what fitted
+            for node in ("A", "B"):  # and both trees say how much (engine-state/cut-bits)
+                entry = net.nodes[node].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(n.bob.p.qkdl_id,)]
+                await wait_for(lambda e=entry: e["sdqkd-link"]["engine-state"].get("cut-bits") == n.bob.stats.cut_bits,
+                               10, f"cut-bits at {node}")
             active = ("etsi-qkd-node-types:ACTIVE", True)
             await wait_for(lambda: link_state("A") == active and link_state("B") == active, 10, "paused, ACTIVE")
             ctl = net.controller
