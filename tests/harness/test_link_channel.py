@@ -384,9 +384,14 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
         net = await start_network(topo, tmp_path, engine=FAST, wait_keys=True, timeout=120)
         n = Net(net, tmp_path)
 
-        def link_state(node: str) -> tuple[str, bool]:
+        def engine_state(node: str) -> dict[str, Any]:
+            """The link's engine-state in `node`'s tree as it is now (read afresh: updates replace it)."""
             entry = net.nodes[node].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(n.bob.p.qkdl_id,)]
-            return entry.get("qkdl_status"), entry["sdqkd-link"].get("engine-state", {}).get("paused")
+            return {"qkdl_status": entry.get("qkdl_status"), **entry["sdqkd-link"].get("engine-state", {})}
+
+        def link_state(node: str) -> tuple[str, bool]:
+            state = engine_state(node)
+            return state["qkdl_status"], state.get("paused")
 
         try:
             assert all(rt.lkms is not None and rt.lkms.store.max_key_count == 1500 for rt in net.nodes.values())
@@ -401,8 +406,7 @@ def test_a_full_pool_pauses_the_link_at_the_topologys_max_key_count(tmp_path: Pa
             assert [p[0]["stored-keys"] for p in pools] == [1500, 1500]  # not one block more
             assert n.alice.stats.cut_bits == n.bob.stats.cut_bits > 0  # the last block kept what fitted
             for node in ("A", "B"):  # and both trees say how much (engine-state/cut-bits)
-                entry = net.nodes[node].agent.root["qkd_node"]["qkd_links"]["qkd_link"][(n.bob.p.qkdl_id,)]
-                await wait_for(lambda e=entry: e["sdqkd-link"]["engine-state"].get("cut-bits") == n.bob.stats.cut_bits,
+                await wait_for(lambda node=node: engine_state(node).get("cut-bits") == n.bob.stats.cut_bits,
                                10, f"cut-bits at {node}")
             active = ("etsi-qkd-node-types:ACTIVE", True)
             await wait_for(lambda: link_state("A") == active and link_state("B") == active, 10, "paused, ACTIVE")
