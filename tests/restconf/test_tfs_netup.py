@@ -1,8 +1,12 @@
-"""A network started by `sdqkd net up` that ETSI TeraFlowSDN can manage as it is: the topology's
-`settings.restconf` makes every node's RESTCONF plain HTTP (all TFS's QKD driver speaks) and
-gives the network one bearer token, which TFS sends through its driver's `headers` setting.
-TFS's onboarding (tfsreplay.py: the driver's requests, in order) then reads every node, with no
-node config edited and nothing restarted; the nodes still refuse a request without the token."""
+"""A network started by `sdqkd net up` that ETSI TeraFlowSDN can manage as it is, no node config
+edited and nothing restarted (tfsreplay.py: the driver's requests, in order).
+
+- Beside sdqkd's controller: the topology's `settings.restconf` makes every node's RESTCONF plain
+  HTTP (all TFS's QKD driver speaks) and gives the network one bearer token, which TFS sends
+  through its driver's `headers` setting; TFS's onboarding reads every node, and a request
+  without the token is refused. TFS's link writes carry no headers, so they are refused too.
+- As the network's SDN controller: `net up --no-controller` with `anonymous: true`; TFS's service
+  creates the link and it makes key at both ends."""
 
 from __future__ import annotations
 
@@ -78,6 +82,9 @@ def test_tfs_onboards_a_net_up_network_with_its_restconf_token(netup: tuple[Path
             rows = links.json()["etsi-qkd-sdn-node:qkd_links"]["qkd_link"]
             assert [(ln["qkdl_type"], ln["qkdl_status"]) for ln in rows] == [("etsi-qkd-node-types:PHYS",
                                                                                "etsi-qkd-node-types:ACTIVE")]
+        # TFS's own link write carries no token (headers go with reads): refused, nothing made
+        write = devices["A"].create_link("7d0c6f0e-2d5b-4c3e-9a41-0b9d3f8a1e11", eps["A"]["id"], 0, eps["B"]["id"], 0)
+        assert write.status_code == 401, write.text
         # without the token, or with another, nothing is answered
         assert httpx.get(f"http://{eps['A']['restconf']}{ROOT}").status_code == 401
         wrong = httpx.get(f"http://{eps['A']['restconf']}{ROOT}", headers={"Authorization": "Bearer " + "0" * 64})

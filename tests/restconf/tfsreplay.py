@@ -20,9 +20,18 @@ class TfsDevice:
     """One QKD device as TFS's driver sees it (address:port, plain HTTP)."""
 
     def __init__(self, name: str, address: str, headers: dict[str, str] | None = None):
-        """`headers`: the driver's `headers` setting (`_connect/settings`), sent with every request."""
+        """`headers`: the driver's `headers` setting (`_connect/settings`). Like the driver, they go
+        with its reads only: `Tools2.create_connectivity_link` sends none of them."""
         self.name = name
-        self.http = httpx.Client(base_url=f"http://{address}", headers={**HEADERS, **(headers or {})}, timeout=30.0)
+        extra = dict(headers or {})
+
+        def reads_only(request: httpx.Request) -> None:
+            if request.method != "GET":
+                for k in extra:
+                    request.headers.pop(k, None)
+
+        self.http = httpx.Client(base_url=f"http://{address}", headers={**HEADERS, **extra}, timeout=30.0,
+                                 event_hooks={"request": [reads_only]})
         self.config_rules: dict[str, Any] = {}
         self.endpoints: list[str] = []
 
