@@ -40,8 +40,7 @@ class InProcessNetwork:
     owns_state_dir: bool = False  # made by start_network: removed at stop
 
     async def start(self, *, engine: dict[str, Any] | None = None, wait_keys: bool = True,
-                    timeout: float = 120.0, workers: int = 0, controller: bool = True,
-                    restconf_tls: str | None = None) -> dict[str, Any]:
+                    timeout: float = 120.0, workers: int = 0, controller: bool = True) -> dict[str, Any]:
         """Start every node, then (with `controller`) the controller, which provisions every
         link. Without it the nodes carry no links: another manager (TeraFlowSDN over RESTCONF)
         creates them from the interfaces each node has, one per fibre end of the topology."""
@@ -51,11 +50,8 @@ class InProcessNetwork:
         net = build(self.topo, plans, HARNESS_LAYOUT, engine=engine or {}, gnmi_password=False)
         write_tree(self.state, net.files)
         desc = absolute_description(net.desc, self.state)
+        # RESTCONF as the topology's settings.restconf says (default: mutual TLS), as for net up
         configs = {name: load_config(nd["config"]) for name, nd in desc["nodes"].items()}
-        for cfg in configs.values():
-            # the topology's settings.restconf (or the default, mutual TLS) unless the caller says otherwise
-            if restconf_tls is not None:
-                cfg.restconf_tls = restconf_tls
         if workers > 0:
             await self._start_workers(configs, workers, timeout)
         else:

@@ -27,7 +27,9 @@ from sdqkd.lkms.registry import app_id_for, sae_uri
 
 TOPO = {"nodes": [{"name": n} for n in ("QKD1", "QKD2", "QKD3")],
         "links": [{"a": "QKD1", "b": "QKD2", "km": 10}, {"a": "QKD2", "b": "QKD3", "km": 15}],
-        "saes": [{"name": "sae-1", "node": "QKD1"}, {"name": "sae-3", "node": "QKD3"}]}
+        "saes": [{"name": "sae-1", "node": "QKD1"}, {"name": "sae-3", "node": "QKD3"}],
+        # as TFS's driver needs it: plain HTTP, no credentials (its link writes carry none)
+        "settings": {"restconf": {"tls": "none", "anonymous": True}}}
 ENGINE = {"clock_scale": 0.01, "block_sifted_bits": 5e5, "cascade_variant": "original"}
 STRICT = {"Accept": "application/yang-data+json"}
 OK = {200, 201, 202, 204}  # Tools2.HTTP_OK_CODES
@@ -41,7 +43,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessNetwork]:
     thread.start()
     state = Path(tmp_path_factory.mktemp("tfs-net"))
     network = asyncio.run_coroutine_threadsafe(start_network(
-        TOPO, state, engine=ENGINE, controller=False, restconf_tls="none", timeout=60), loop).result(120)
+        TOPO, state, engine=ENGINE, controller=False, timeout=60), loop).result(120)
     yield network
     asyncio.run_coroutine_threadsafe(network.stop(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
@@ -313,7 +315,8 @@ def test_strict_clients_still_get_rfc8040(devices: list[TfsDevice]):
 def test_fibre_already_provisioned_by_sdqkd_controller(tmp_path: Path):
     """On a network sdqkd's own controller provisions, a TFS link on an already used fibre is
     refused (no second engine session on it) and counted."""
-    pair = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 5}]}
+    pair = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 5}],
+            "settings": TOPO["settings"]}
 
     def tfs(network: InProcessNetwork) -> None:  # blocking HTTP: off the nodes' event loop
         dev = TfsDevice("A", network.addresses["A"]["restconf"])
@@ -327,7 +330,7 @@ def test_fibre_already_provisioned_by_sdqkd_controller(tmp_path: Path):
             dev.close()
 
     async def main() -> None:
-        network = await start_network(pair, tmp_path, engine=ENGINE, restconf_tls="none", timeout=60)
+        network = await start_network(pair, tmp_path, engine=ENGINE, timeout=60)
         try:
             await asyncio.to_thread(tfs, network)
         finally:
