@@ -24,7 +24,8 @@ def sh_blocks(text: str) -> list[str]:
 def test_the_page_has_the_steps_an_engineer_needs():
     script = "\n".join(sh_blocks(PAGE.read_text()))
     for step in ("cat > lab.yaml", "sdqkd net up lab.yaml --state-dir lab", "/enc_keys", "/dec_keys",
-                 "--cacert", "examples/tls_psk.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
+                 "--cacert", "examples/tls_psk.py --endpoints",
+                 "examples/opot_chain.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
         assert step in script, step
 
 
@@ -52,6 +53,11 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     assert "app sae-a -> sae-c: path A - B - C (relayed)" in r.stdout  # registered by its first request
     assert re.search(r"^20 TLS 1\.3 sessions in .*, 20 distinct keys$", r.stdout, flags=re.M)  # tls_psk.py
+    # opot_chain.py along sae-a -> sae-b -> sae-c, each hop registered by its first request
+    assert "correct order: 10000/10000 packets verified" in r.stdout
+    assert re.search(r"^  skip sae-b +-> rejected", r.stdout, flags=re.M)
+    assert re.search(r"^  tampered CML +-> rejected$", r.stdout, flags=re.M)
+    assert "  chain verifies: True" in r.stdout
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
