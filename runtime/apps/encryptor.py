@@ -330,25 +330,66 @@ class Decryptor:
         return plaintext
 
 
-def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout: float = 10.0) -> float | None:
+def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout: float = 10.0, *,
+                  username: str | None = None, password: str | None = None) -> float | None:
     """The secret key rate (bit/s) a node reports for one link, read with a gNMI Get of the ETSI
-    015 leaf qkdl_performance/skr over mutual TLS (a management identity of the network)."""
-
-
+    015 leaf qkdl_performance/skr over mutual TLS (a management identity of the network; with the
+    gNMI username and password where the node asks for them, as `sdqkd net up`'s nodes do)."""
     from sdqkd.generated import paths
+
+    skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr
+    for v in _gnmi_get(gnmi, skr, (ca, cert, key), username, password, timeout, "STATE"):
+        while isinstance(v, dict) and len(v) == 1:
+            v = next(iter(v.values()))
+        return float(v) if v is not None else None
+    return None
+
+
+def link_to(gnmi: str, remote_qkdn_id: str, ca: str, cert: str, key: str, timeout: float = 10.0, *,
+            username: str | None = None, password: str | None = None) -> str | None:
+    """The qkdl_id of the node's physical link to node `remote_qkdn_id` (its ETSI 015 qkdl_remote/
+    qkdn_id), None if the two share no link (their keys are then relayed)."""
+    from sdqkd.generated import paths
+
+    links = paths.qkd_node().qkd_links().qkd_link(qkdl_id="*").path()
+    for v in _gnmi_get(gnmi, links, (ca, cert, key), username, password, timeout, "ALL"):
+        for link in _unwrap_list(v, "qkd_link"):
+            remote = _field(link, "qkdl_remote") or {}
+            kind = str(_field(link, "qkdl_type") or "PHYS").rpartition(":")[2]  # an identity, maybe prefixed
+            if _field(remote, "qkdn_id") == remote_qkdn_id and kind == "PHYS":
+                return str(_field(link, "qkdl_id"))
+    return None
+
+
+def _field(entry: Any, name: str) -> Any:
+    """A member of a JSON_IETF object, with or without its module prefix."""
+    if not isinstance(entry, dict):
+        return None
+    for k, v in entry.items():
+        if k == name or k.endswith(":" + name):
+            return v
+    return None
+
+
+def _unwrap_list(v: Any, name: str) -> list[Any]:
+    """The entries of list `name` in a Get's value: the list itself, one entry, or a container of it."""
+    if isinstance(v, list):
+        return v
+    inner = _field(v, name)
+    if inner is not None:
+        return inner if isinstance(inner, list) else [inner]
+    return [v] if isinstance(v, dict) else []
+
+
+def _gnmi_get(gnmi: str, path: Any, tls: tuple[str, str, str], username: str | None, password: str | None,
+              timeout: float, data_type: str) -> list[Any]:
+    """The decoded values of a gNMI Get (JSON_IETF) of one path."""
     from sdqkd.generated.gnmi_support import decode_value
     from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
     from sdqkd.tls import sync_channel, tls_files
 
-    with sync_channel(gnmi, tls_files(ca, cert, key)) as channel:
-        skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr
-        req = gnmi_pb2.GetRequest(path=[skr],
-                                  type=gnmi_pb2.GetRequest.STATE, encoding=gnmi_pb2.JSON_IETF)
-        resp = gnmi_pb2_grpc.gNMIStub(channel).Get(req, timeout=timeout)
-    for n in resp.notification:
-        for u in n.update:
-            v = decode_value(u.val)
-            while isinstance(v, dict) and len(v) == 1:
-                v = next(iter(v.values()))
-            return float(v) if v is not None else None
-    return None
+    md = (("username", username), ("password", password or "")) if username is not None else ()
+    with sync_channel(gnmi, tls_files(*tls)) as channel:
+        req = gnmi_pb2.GetRequest(path=[path], type=data_type, encoding="JSON_IETF")  # enum fields take names
+        resp = gnmi_pb2_grpc.gNMIStub(channel).Get(req, timeout=timeout, metadata=md)
+    return [decode_value(u.val) for n in resp.notification for u in n.update]

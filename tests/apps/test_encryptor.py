@@ -22,7 +22,9 @@ from sdqkd.apps.encryptor import (
     KeyStream,
     KeyStreamError,
     StreamQoS,
+    link_to,
     parse_header,
+    read_link_skr,
 )
 from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
 
@@ -208,3 +210,19 @@ def test_no_key_bytes_in_reprs(pair):
     for obj in (tx, rx, enc, dec):
         text = repr(obj)
         assert "bytearray" not in text and "AESGCM" not in text
+
+
+def test_the_link_between_two_nodes_and_its_skr_by_gnmi(apps_net: Any):
+    """link_to finds A's physical link to B by its qkdl_remote, none to C (a relay path), and
+    read_link_skr reads that link's rate, all with the network's management identity."""
+    eps, mgmt = apps_net.endpoints, apps_net.state / "pki" / "controller"
+    tls = (eps["A"]["ca"], str(mgmt / "sdqkd-controller.pem"), str(mgmt / "sdqkd-controller.key"))
+    route = apps_net.request_keys(A, B, rate=1000)
+    qkdl_id = link_to(eps["A"]["gnmi"], eps["B"]["id"], *tls)
+    assert qkdl_id == route["qkdl_id"]
+    assert link_to(eps["A"]["gnmi"], eps["C"]["id"], *tls) is None
+    assert link_to(eps["A"]["gnmi"], eps["A"]["id"], *tls) is None
+    deadline = time.monotonic() + 30
+    while not (skr := read_link_skr(eps["A"]["gnmi"], qkdl_id, *tls)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert skr is not None and skr > 0

@@ -25,7 +25,7 @@ def test_the_page_has_the_steps_an_engineer_needs():
     script = "\n".join(sh_blocks(PAGE.read_text()))
     for step in ("cat > lab.yaml", "sdqkd net up lab.yaml --state-dir lab", "/enc_keys", "/dec_keys",
                  "--cacert", "examples/tls_psk.py --endpoints",
-                 "examples/opot_chain.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
+                 "examples/opot_chain.py --endpoints", "examples/encryptor.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
         assert step in script, step
 
 
@@ -58,6 +58,10 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     assert re.search(r"^  skip sae-b +-> rejected", r.stdout, flags=re.M)
     assert re.search(r"^  tampered CML +-> rejected$", r.stdout, flags=re.M)
     assert "  chain verifies: True" in r.stdout
+    # encryptor.py on an ETSI 004 stream of sae-a / sae-b: the A-B link's SKR by gNMI, starved, refused
+    assert re.search(r"^link A-B \(\S+\): secret key rate [1-9]\d* bit/s \(gNMI, node A\)$", r.stdout, flags=re.M)
+    assert re.search(r"^  demand above supply: \d+ seal attempts refused with KeyStarved", r.stdout, flags=re.M)
+    assert "refused: ETSI 004 OPEN_CONNECT to sae-b: OPEN_CONNECT_QOS_NOT_SATISFIED" in r.stdout
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
