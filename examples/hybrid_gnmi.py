@@ -13,6 +13,12 @@ Finally the client's KMS is made unreachable: the next session is flagged classi
 client that does not allow fallback is refused. Key bytes are never printed.
 
     python examples/hybrid_gnmi.py
+    python examples/hybrid_gnmi.py --endpoints lab/endpoints.json --node B --client-sae sae-c --server-sae sae-b
+
+With --endpoints it runs against a network you started (`sdqkd net up`, docs/endpoints.md):
+the tunnel server (--server-sae, an SAE of --node) in front of that node's gNMI port, the client
+(--client-sae) on the controller's side, the pair registered by its first request
+(docs/key-delivery.md); gNMI runs with the network's management identity and login.
 """
 
 from __future__ import annotations
@@ -20,10 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import socket
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -34,7 +44,7 @@ from sdqkd.controller.topology import parse
 from sdqkd.generated.client import ModelClient
 from sdqkd.harness.sync import start_inprocess
 from sdqkd.pki import TlsFiles
-from sdqkd.tls import grpc_channel_credentials, tls_files
+from sdqkd.tls import grpc_channel_credentials
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -50,45 +60,75 @@ def _closed_port() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-async def manage(net, t0: float) -> int:
-    ctl = SaeIdentity.from_endpoints(net.endpoints, "sae-ctl")
-    mgmt = SaeIdentity.from_endpoints(net.endpoints, "sae-mgmt-b")
-    node_b = net.endpoints["B"]
+@dataclass
+class Site:
+    """What the example manages: a network's endpoints, the node behind the tunnel, the two SAEs,
+    the management identity (TLS files, gNMI login) and the topology a monitoring controller reads."""
+    endpoints: dict[str, Any]
+    node: str
+    client_sae: str
+    server_sae: str
+    tls: TlsFiles
+    login: tuple[str, str] | None
+    topology: dict[str, Any]
+
+
+def inprocess_site(net: Any) -> Site:
     pki = net.state / "pki"
-    creds = grpc_channel_credentials(tls_files(pki / "ca.pem", pki / "controller" / "sdqkd-controller.pem",
-                                               pki / "controller" / "sdqkd-controller.key"))
+    tls = TlsFiles(pki / "ca.pem", pki / "controller" / "sdqkd-controller.pem", pki / "controller" / "sdqkd-controller.key")
+    return Site(net.endpoints, "B", "sae-ctl", "sae-mgmt-b", tls, None, TOPOLOGY)
+
+
+def endpoints_site(path: str, node: str, client_sae: str, server_sae: str) -> Site:
+    """A `net up` network's endpoints.json: its management identity, login and nodes."""
+    eps = json.loads(Path(path).read_text())
+    if node not in eps:
+        raise KeyError(f"node {node!r} is not in {path} (nodes: {', '.join(sorted(eps))})")
+    if server_sae not in eps[node].get("saes", {}):
+        raise KeyError(f"--server-sae {server_sae!r} is not attached to node {node} in {path}")
+    m = eps[node]["management"]
+    tls = TlsFiles(Path(eps[node]["ca"]), Path(m["cert"]), Path(m["key"]))
+    login = (m["username"], Path(m["password_file"]).read_text().strip()) if m.get("password_file") else None
+    return Site(eps, node, client_sae, server_sae, tls, login, {"nodes": [{"name": n} for n in eps]})
+
+
+async def manage(site: Site, t0: float) -> int:
+    ctl = SaeIdentity.from_endpoints(site.endpoints, site.client_sae)
+    mgmt = SaeIdentity.from_endpoints(site.endpoints, site.server_sae)
+    node = site.endpoints[site.node]
+    creds = grpc_channel_credentials(site.tls)
+    user, password = site.login or (None, None)
     skeys, ckeys = hy.Etsi014KeySource(mgmt), hy.Etsi014KeySource(ctl, retry_s=60)
-    async with hy.HybridTunnelServer(mgmt, node_b["gnmi"], {"sae-ctl"}, keys=skeys) as srv:
-        print(f"[{time.monotonic() - t0:4.1f} s] tunnel server (sae-mgmt-b) on {srv.address} -> "
-              f"node B gNMI {node_b['gnmi']}")
-        async with hy.HybridTunnelClient(ctl, srv.address, "sae-mgmt-b", keys=ckeys) as cli:
-            print(f"[{time.monotonic() - t0:4.1f} s] tunnel client (sae-ctl) on {cli.address}")
+    async with hy.HybridTunnelServer(mgmt, node["gnmi"], {site.client_sae}, keys=skeys) as srv:
+        print(f"[{time.monotonic() - t0:4.1f} s] tunnel server ({site.server_sae}) on {srv.address} -> "
+              f"node {site.node} gNMI {node['gnmi']}")
+        async with hy.HybridTunnelClient(ctl, srv.address, site.server_sae, keys=ckeys) as cli:
+            print(f"[{time.monotonic() - t0:4.1f} s] tunnel client ({site.client_sae}) on {cli.address}")
             async with grpc.aio.secure_channel(cli.address, creds) as ch:
-                gnmi = ModelClient(ch)
+                gnmi = ModelClient(ch, username=user, password=password)
                 caps = await gnmi.capabilities()
                 print(f"  Capabilities: gNMI {caps.gNMI_version}, "
                       f"{', '.join(m.name for m in caps.supported_models[:3])}, ...")
                 print(f"  Get qkdn_id: {await gnmi.get_value('/qkd_node/qkdn_id')}")
                 links = await gnmi.list_qkd_link()
-                print(f"  Get qkd_links: {len(links)} link(s) on node B")
+                print(f"  Get qkd_links: {len(links)} link(s) on node {site.node}")
                 before = await gnmi.get_value(LOC)
-                await gnmi.set(update=[(LOC, "site B (managed over a hybrid tunnel)")])
+                await gnmi.set(update=[(LOC, f"site {site.node} (managed over a hybrid tunnel)")])
                 print(f"  Set + Get qkdn_location_id: {await gnmi.get_value(LOC)!r}")
                 await gnmi.set(update=[(LOC, before or "")])
-            # the SDN controller itself (a monitoring instance: no provisioning) reaches node B only
+            # the SDN controller itself (a monitoring instance: no provisioning) reaches the node only
             # through the tunnel: its ON_CHANGE STREAM subscription runs over a hybrid session
-            eps = {n: NodeEndpoint(n, e["id"], cli.address if n == "B" else e["gnmi"], "")
-                   for n, e in net.endpoints.items()}
-            ctl_tls = TlsFiles(pki / "ca.pem", pki / "controller" / "sdqkd-controller.pem",
-                               pki / "controller" / "sdqkd-controller.key")
-            monitor = Controller(parse(TOPOLOGY), eps, tls=ctl_tls)
+            eps = {n: NodeEndpoint(n, e["id"], cli.address if n == site.node else e["gnmi"], "")
+                   for n, e in site.endpoints.items()}
+            monitor = Controller(parse(site.topology), eps, tls=site.tls, credentials=site.login)
             await monitor.start(provision=False)
+            watched = monitor.nodes[site.node]
             for _ in range(100):
-                if monitor.nodes["B"].up and any("skr" in v for v in monitor.nodes["B"].links.values()):
+                if watched.up and any("skr" in v for v in watched.links.values()):
                     break
                 await asyncio.sleep(0.1)
-            skr = [v.get("skr") for v in monitor.nodes["B"].links.values() if "skr" in v]
-            print(f"  Controller watch of node B via the tunnel: up={monitor.nodes['B'].up}, "
+            skr = [v.get("skr") for v in watched.links.values() if "skr" in v]
+            print(f"  Controller watch of node {site.node} via the tunnel: up={watched.up}, "
                   f"link skr {skr[0] if skr else '?'} bit/s")
             await monitor.stop()
             for s in srv.status()["sessions"]:
@@ -98,7 +138,7 @@ async def manage(net, t0: float) -> int:
         print("\nthe controller's KMS becomes unreachable:")
         dead = dataclasses.replace(ctl, etsi014=_closed_port())
         for allow in (True, False):
-            async with hy.HybridTunnelClient(dead, srv.address, "sae-mgmt-b", allow_fallback=allow) as cli:
+            async with hy.HybridTunnelClient(dead, srv.address, site.server_sae, allow_fallback=allow) as cli:
                 try:
                     session = await cli.connect()
                     print(f"  allow_fallback={allow}: session mode {session.mode.upper()} "
@@ -113,17 +153,30 @@ async def manage(net, t0: float) -> int:
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--endpoints", metavar="FILE", help="a running network's endpoints.json (default: start one here)")
+    ap.add_argument("--node", default="B", help="the node managed through the tunnel (default B)")
+    ap.add_argument("--client-sae", default="sae-ctl", help="the controller side's SAE (default sae-ctl)")
+    ap.add_argument("--server-sae", default="sae-mgmt-b", help="the managed node's SAE (default sae-mgmt-b)")
+    args = ap.parse_args()
+    if args.endpoints is None and (args.node, args.client_sae, args.server_sae) != ("B", "sae-ctl", "sae-mgmt-b"):
+        ap.error("--node, --client-sae and --server-sae name a network given with --endpoints")
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s: %(message)s")
     t0 = time.monotonic()
-    print("starting an in-process QKD network A - B - C ...", flush=True)
-    net = start_inprocess(TOPOLOGY, None, timeout=120.0)
     try:
-        route = net.request_keys("sae-ctl", "sae-mgmt-b", rate=1000)
-        print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-ctl <-> sae-mgmt-b over {' - '.join(route['path'])}")
-        return asyncio.run(manage(net, t0))
-    finally:
-        net.stop()
+        if args.endpoints is not None:
+            return asyncio.run(manage(endpoints_site(args.endpoints, args.node, args.client_sae, args.server_sae), t0))
+        print("starting an in-process QKD network A - B - C ...", flush=True)
+        net = start_inprocess(TOPOLOGY, None, timeout=120.0)
+        try:
+            route = net.request_keys("sae-ctl", "sae-mgmt-b", rate=1000)
+            print(f"[{time.monotonic() - t0:4.1f} s] controller: sae-ctl <-> sae-mgmt-b over {' - '.join(route['path'])}")
+            return asyncio.run(manage(inprocess_site(net), t0))
+        finally:
+            net.stop()
+    except (OSError, KeyError) as e:
+        print(f"hybrid_gnmi: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def test_the_page_has_the_steps_an_engineer_needs():
     script = "\n".join(sh_blocks(PAGE.read_text()))
     for step in ("cat > lab.yaml", "sdqkd net up lab.yaml --state-dir lab", "/enc_keys", "/dec_keys",
                  "--cacert", "examples/tls_psk.py --endpoints",
-                 "examples/opot_chain.py --endpoints", "examples/encryptor.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
+                 "examples/opot_chain.py --endpoints", "examples/encryptor.py --endpoints",
+                 "examples/hybrid_gnmi.py --endpoints", "pygnmicli", "-o get", "examples/watch_links.py", "sdqkd net down --state-dir lab"):
         assert step in script, step
 
 
@@ -62,6 +63,12 @@ def test_every_quickstart_command_runs(tmp_path: Path):
     assert re.search(r"^link A-B \(\S+\): secret key rate [1-9]\d* bit/s \(gNMI, node A\)$", r.stdout, flags=re.M)
     assert re.search(r"^  demand above supply: \d+ seal attempts refused with KeyStarved", r.stdout, flags=re.M)
     assert "refused: ETSI 004 OPEN_CONNECT to sae-b: OPEN_CONNECT_QOS_NOT_SATISFIED" in r.stdout
+    # hybrid_gnmi.py: gNMI to B through a tunnel keyed by sae-c / sae-b, then without the KMS
+    assert "  Set + Get qkdn_location_id: 'site B (managed over a hybrid tunnel)'" in r.stdout
+    assert "  Controller watch of node B via the tunnel: up=True" in r.stdout
+    assert re.search(r"^  session with sae-c: mode HYBRID, QKD key_ID \S+", r.stdout, flags=re.M)
+    assert "  allow_fallback=True: session mode CLASSICAL-ONLY" in r.stdout
+    assert "  allow_fallback=False: refused: no QKD key for sae-b" in r.stdout
     assert "etsi-qkd-sdn-node" in r.stdout  # capabilities from pygnmicli
     assert "qkdl_performance" in r.stdout and '"skr"' in r.stdout  # the Get
     assert re.search(r"^B: link A-B  qkdl_performance/skr = \d+", r.stdout, flags=re.M)  # the Subscribe
