@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from sdqkd.apps.encryptor import (
     Decryptor,
     Encryptor,
@@ -106,6 +108,9 @@ def main() -> int:
         return 0
     except (OSError, KeyError, KeyDeliveryError) as e:
         print(f"encryptor: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as e:  # the gNMI read of the link's rate (a wrong login, say)
+        print(f"encryptor: gNMI: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2
 
 

@@ -177,6 +177,9 @@ def main() -> int:
     except (OSError, KeyError) as e:
         print(f"hybrid_gnmi: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    except grpc.RpcError as e:  # gNMI through the tunnel (a wrong login, say)
+        print(f"hybrid_gnmi: gNMI: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
