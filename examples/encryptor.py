@@ -45,7 +45,8 @@ from sdqkd.apps.encryptor import (
     parse_header,
     read_link_skr,
 )
-from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError, SaeIdentity
+from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+from sdqkd.errors import SdqkdError
 from sdqkd.harness.sync import start_inprocess
 
 TOPOLOGY = {
@@ -106,11 +107,11 @@ def main() -> int:
                     Etsi004Client(SaeIdentity.from_endpoints(eps, args.slave)) as b:
                 streams(a, b, args.slave, args.master, args, skr)
         return 0
-    except (OSError, KeyError, KeyDeliveryError) as e:
+    except (OSError, KeyError, SdqkdError) as e:  # the KMS's answers, files, SAE names
         print(f"encryptor: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    except grpc.RpcError as e:  # the gNMI read of the link's rate (a wrong login, say)
-        print(f"encryptor: gNMI: {e.code().name}: {e.details()}", file=sys.stderr)
+    except grpc.RpcError as e:  # gNMI's read of the link's rate (a wrong login, say) or ETSI 004's transport
+        print(f"encryptor: gRPC: {e.code().name}: {e.details()}", file=sys.stderr)
         return 2
 
 

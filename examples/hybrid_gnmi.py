@@ -41,6 +41,7 @@ from sdqkd.apps import hybrid as hy
 from sdqkd.apps.keyclient import SaeIdentity
 from sdqkd.controller.controller import Controller, NodeEndpoint
 from sdqkd.controller.topology import parse
+from sdqkd.errors import SdqkdError
 from sdqkd.generated.client import ModelClient
 from sdqkd.harness.sync import start_inprocess
 from sdqkd.pki import TlsFiles
@@ -174,7 +175,7 @@ def main() -> int:
             return asyncio.run(manage(inprocess_site(net), t0))
         finally:
             net.stop()
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, SdqkdError) as e:  # the KMS's answers, files, SAE and node names
         print(f"hybrid_gnmi: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     except grpc.RpcError as e:  # gNMI through the tunnel (a wrong login, say)

@@ -27,9 +27,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from sdqkd.apps.keyclient import Etsi014Client, KeyDeliveryError, SaeIdentity
+import httpx
+
+from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
 from sdqkd.apps.opot import OpotMeta, OpotNode, run_chain
 from sdqkd.controller.opot import OpotProvisioner
+from sdqkd.errors import SdqkdError
 from sdqkd.harness.sync import start_inprocess
 
 NODES = ["A", "B", "C", "D"]
@@ -70,7 +73,7 @@ def main() -> int:
         ap.error(f"--chain: at least two SAEs, no SAE twice in a row (got {args.chain!r})")
     try:
         return run(args.endpoints, chain)
-    except (OSError, KeyError, KeyDeliveryError) as e:
+    except (OSError, KeyError, SdqkdError, httpx.HTTPError) as e:  # the network's answers, files, SAE names
         print(f"opot_chain: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
 
