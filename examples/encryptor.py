@@ -45,7 +45,7 @@ from sdqkd.apps.encryptor import (
     parse_header,
     read_link_skr,
 )
-from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+from sdqkd.apps.keyclient import Etsi004Client, ManagementIdentity, SaeIdentity
 from sdqkd.errors import SdqkdError
 from sdqkd.harness.sync import start_inprocess
 
@@ -107,6 +107,9 @@ def main() -> int:
                     Etsi004Client(SaeIdentity.from_endpoints(eps, args.slave)) as b:
                 streams(a, b, args.slave, args.master, args, skr)
         return 0
+    except json.JSONDecodeError as e:
+        print(f"encryptor: {args.endpoints}: not the JSON of endpoints.json: {e}", file=sys.stderr)
+        return 2
     except (OSError, KeyError, SdqkdError) as e:  # the KMS's answers, files, SAE names
         print(f"encryptor: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -120,40 +123,37 @@ def network(endpoints: str | None, master: str, slave: str) -> Iterator[tuple[An
     """The endpoints to use and the pair's link SKR: the given file's network, or an in-process one
     whose controller sets up sae-a / sae-b."""
     if endpoints is not None:
-        yield endpoints, endpoint_skr(endpoints, master, slave)
+        eps = json.loads(Path(endpoints).read_text())  # read once: the clients and the SKR's lookup
+        yield eps, endpoint_skr(eps, endpoints, master, slave)
         return
     print("starting an in-process QKD network A - B (10 km) ...", flush=True)
     net = start_inprocess(TOPOLOGY, None, timeout=120.0)  # a temporary state dir, removed at stop
     try:
         route = net.request_keys("sae-a", "sae-b", rate=1000)
         ep = net.endpoints["A"]
-        mgmt = net.state / "pki" / "controller"  # a management identity: gNMI is the operator's door
+        pki = net.state / "pki" / "controller"  # a management identity: gNMI is the operator's door
+        mgmt = ManagementIdentity(ep["gnmi"], ep["ca"], str(pki / "sdqkd-controller.pem"), str(pki / "sdqkd-controller.key"))
         time.sleep(2.0)  # let the link report a few key blocks
-        skr = read_link_skr(ep["gnmi"], route["qkdl_id"], ep["ca"], str(mgmt / "sdqkd-controller.pem"),
-                            str(mgmt / "sdqkd-controller.key"))
+        skr = read_link_skr(mgmt, route["qkdl_id"])
         print(f"link A-B ({route['qkdl_id'][:8]}...): secret key rate {skr or 0:.0f} bit/s (gNMI, node A)")
         yield net.endpoints, skr
     finally:
         net.stop()
 
 
-def endpoint_skr(endpoints: str, master: str, slave: str) -> float | None:
+def endpoint_skr(eps: dict[str, Any], endpoints: str, master: str, slave: str) -> float | None:
     """The SKR of the link between the SAEs' nodes, by gNMI with endpoints.json's management identity."""
-    eps = json.loads(Path(endpoints).read_text())
     node_of = {sae: name for name, ep in eps.items() for sae in ep.get("saes", {})}
     for sae in (master, slave):
         if sae not in node_of:
             raise KeyError(f"SAE {sae!r} is not attached to any node of {endpoints}")
     mn, sn = node_of[master], node_of[slave]
-    ep, m = eps[mn], eps[mn]["management"]
-    login = {"username": m["username"], "password": Path(m["password_file"]).read_text().strip()} \
-        if m.get("password_file") else {}
-    tls = (ep["ca"], m["cert"], m["key"])
-    qkdl_id = link_to(ep["gnmi"], eps[sn]["id"], *tls, **login) if mn != sn else None
+    mgmt = ManagementIdentity.from_endpoints(eps, mn)
+    qkdl_id = link_to(mgmt, eps[sn]["id"]) if mn != sn else None
     if qkdl_id is None:
         print(f"{master} on {mn}, {slave} on {sn}: no link between them (keys relayed or local), no single SKR")
         return None
-    skr = read_link_skr(ep["gnmi"], qkdl_id, *tls, **login)
+    skr = read_link_skr(mgmt, qkdl_id)
     print(f"link {mn}-{sn} ({qkdl_id[:8]}...): secret key rate {skr or 0:.0f} bit/s (gNMI, node {mn})")
     return skr
 

@@ -38,13 +38,12 @@ from typing import Any
 import grpc
 
 from sdqkd.apps import hybrid as hy
-from sdqkd.apps.keyclient import SaeIdentity
+from sdqkd.apps.keyclient import ManagementIdentity, SaeIdentity
 from sdqkd.controller.controller import Controller, NodeEndpoint
 from sdqkd.controller.topology import parse
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.client import ModelClient
 from sdqkd.harness.sync import start_inprocess
-from sdqkd.pki import TlsFiles
 from sdqkd.tls import grpc_channel_credentials
 
 TOPOLOGY = {
@@ -64,41 +63,39 @@ def _closed_port() -> str:
 @dataclass
 class Site:
     """What the example manages: a network's endpoints, the node behind the tunnel, the two SAEs,
-    the management identity (TLS files, gNMI login) and the topology a monitoring controller reads."""
+    the node's management identity (TLS files, gNMI login) and the topology a monitoring
+    controller reads."""
     endpoints: dict[str, Any]
     node: str
     client_sae: str
     server_sae: str
-    tls: TlsFiles
-    login: tuple[str, str] | None
+    mgmt: ManagementIdentity
     topology: dict[str, Any]
 
 
 def inprocess_site(net: Any) -> Site:
-    pki = net.state / "pki"
-    tls = TlsFiles(pki / "ca.pem", pki / "controller" / "sdqkd-controller.pem", pki / "controller" / "sdqkd-controller.key")
-    return Site(net.endpoints, "B", "sae-ctl", "sae-mgmt-b", tls, None, TOPOLOGY)
+    pki = net.state / "pki" / "controller"
+    ep = net.endpoints["B"]
+    mgmt = ManagementIdentity(ep["gnmi"], ep["ca"], str(pki / "sdqkd-controller.pem"), str(pki / "sdqkd-controller.key"))
+    return Site(net.endpoints, "B", "sae-ctl", "sae-mgmt-b", mgmt, TOPOLOGY)
 
 
 def endpoints_site(path: str, node: str, client_sae: str, server_sae: str) -> Site:
     """A `net up` network's endpoints.json: its management identity, login and nodes."""
     eps = json.loads(Path(path).read_text())
-    if node not in eps:
-        raise KeyError(f"node {node!r} is not in {path} (nodes: {', '.join(sorted(eps))})")
+    mgmt = ManagementIdentity.from_endpoints(eps, node)
     if server_sae not in eps[node].get("saes", {}):
         raise KeyError(f"--server-sae {server_sae!r} is not attached to node {node} in {path}")
-    m = eps[node]["management"]
-    tls = TlsFiles(Path(eps[node]["ca"]), Path(m["cert"]), Path(m["key"]))
-    login = (m["username"], Path(m["password_file"]).read_text().strip()) if m.get("password_file") else None
-    return Site(eps, node, client_sae, server_sae, tls, login, {"nodes": [{"name": n} for n in eps]})
+    return Site(eps, node, client_sae, server_sae, mgmt, {"nodes": [{"name": n} for n in eps]})
 
 
 async def manage(site: Site, t0: float) -> int:
     ctl = SaeIdentity.from_endpoints(site.endpoints, site.client_sae)
     mgmt = SaeIdentity.from_endpoints(site.endpoints, site.server_sae)
     node = site.endpoints[site.node]
-    creds = grpc_channel_credentials(site.tls)
-    user, password = site.login or (None, None)
+    tls = site.mgmt.tls()
+    creds = grpc_channel_credentials(tls)
+    user, password = site.mgmt.login() or (None, None)
     skeys, ckeys = hy.Etsi014KeySource(mgmt), hy.Etsi014KeySource(ctl, retry_s=60)
     async with hy.HybridTunnelServer(mgmt, node["gnmi"], {site.client_sae}, keys=skeys) as srv:
         print(f"[{time.monotonic() - t0:4.1f} s] tunnel server ({site.server_sae}) on {srv.address} -> "
@@ -121,7 +118,7 @@ async def manage(site: Site, t0: float) -> int:
             # through the tunnel: its ON_CHANGE STREAM subscription runs over a hybrid session
             eps = {n: NodeEndpoint(n, e["id"], cli.address if n == site.node else e["gnmi"], "")
                    for n, e in site.endpoints.items()}
-            monitor = Controller(parse(site.topology), eps, tls=site.tls, credentials=site.login)
+            monitor = Controller(parse(site.topology), eps, tls=tls, credentials=site.mgmt.login())
             await monitor.start(provision=False)
             watched = monitor.nodes[site.node]
             for _ in range(100):
@@ -175,6 +172,9 @@ def main() -> int:
             return asyncio.run(manage(inprocess_site(net), t0))
         finally:
             net.stop()
+    except json.JSONDecodeError as e:
+        print(f"hybrid_gnmi: {args.endpoints}: not the JSON of endpoints.json: {e}", file=sys.stderr)
+        return 2
     except (OSError, KeyError, SdqkdError) as e:  # the KMS's answers, files, SAE and node names
         print(f"hybrid_gnmi: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,7 +52,7 @@ def network(endpoints: str | None) -> Iterator[tuple[Any, OpotProvisioner]]:
     """The endpoints to use and a provisioner: the given file's network, whose pairs register on
     their first request, or an in-process network whose controller is asked for each hop."""
     if endpoints is not None:
-        yield endpoints, OpotProvisioner()
+        yield json.loads(Path(endpoints).read_text()), OpotProvisioner()  # read once for every SAE
         return
     print("starting an in-process QKD network A - B - C - D ...", flush=True)
     net = start_inprocess(TOPOLOGY, None, timeout=120.0)
@@ -73,6 +75,9 @@ def main() -> int:
         ap.error(f"--chain: at least two SAEs, no SAE twice in a row (got {args.chain!r})")
     try:
         return run(args.endpoints, chain)
+    except json.JSONDecodeError as e:
+        print(f"opot_chain: {args.endpoints}: not the JSON of endpoints.json: {e}", file=sys.stderr)
+        return 2
     except (OSError, KeyError, SdqkdError, httpx.HTTPError) as e:  # the network's answers, files, SAE names
         print(f"opot_chain: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

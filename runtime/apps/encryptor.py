@@ -34,16 +34,22 @@ out of reach of Python, which is as far as a Python process can go)."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError
+from sdqkd.apps.keyclient import Etsi004Client, KeyDeliveryError, ManagementIdentity
 from sdqkd.errors import SdqkdError
+from sdqkd.generated.client import ModelClient
+from sdqkd.tls import aio_channel
+
+T = TypeVar("T")
 
 MAGIC, VERSION = b"QE", 1
 HEADER = struct.Struct(">2sBxQI")  # magic, version, reserved, key index, counter
@@ -330,66 +336,35 @@ class Decryptor:
         return plaintext
 
 
-def read_link_skr(gnmi: str, qkdl_id: str, ca: str, cert: str, key: str, timeout: float = 10.0, *,
-                  username: str | None = None, password: str | None = None) -> float | None:
-    """The secret key rate (bit/s) a node reports for one link, read with a gNMI Get of the ETSI
-    015 leaf qkdl_performance/skr over mutual TLS (a management identity of the network; with the
-    gNMI username and password where the node asks for them, as `sdqkd net up`'s nodes do)."""
+def read_link_skr(mgmt: ManagementIdentity, qkdl_id: str, timeout: float = 10.0) -> float | None:
+    """The secret key rate (bit/s) a node reports for one link: a gNMI Get of the ETSI 015 leaf
+    qkdl_performance/skr with the generated client, as a management identity of the network.
+    Blocking (it runs an event loop of its own): call it from synchronous code."""
     from sdqkd.generated import paths
 
     skr = paths.qkd_node().qkd_links().qkd_link(qkdl_id=qkdl_id).qkdl_performance().skr
-    for v in _gnmi_get(gnmi, skr, (ca, cert, key), username, password, timeout, "STATE"):
-        while isinstance(v, dict) and len(v) == 1:
-            v = next(iter(v.values()))
-        return float(v) if v is not None else None
+    v = _ask(mgmt, timeout, lambda c: c.get_value(skr, "STATE"))
+    while isinstance(v, dict) and len(v) == 1:
+        v = next(iter(v.values()))
+    return float(v) if v is not None else None
+
+
+def link_to(mgmt: ManagementIdentity, remote_qkdn_id: str, timeout: float = 10.0) -> str | None:
+    """The qkdl_id of the node's physical link to node `remote_qkdn_id` (ETSI 015 qkdl_remote/
+    qkdn_id), None if the two share no link (their keys are then relayed). Blocking, like
+    `read_link_skr`."""
+    for link in _ask(mgmt, timeout, lambda c: c.list_qkd_link()):
+        kind = str(link.get("qkdl_type", "PHYS")).rpartition(":")[2]  # an identity, maybe prefixed
+        if link.get("qkdl_remote", {}).get("qkdn_id") == remote_qkdn_id and kind == "PHYS":
+            return str(link["qkdl_id"])
     return None
 
 
-def link_to(gnmi: str, remote_qkdn_id: str, ca: str, cert: str, key: str, timeout: float = 10.0, *,
-            username: str | None = None, password: str | None = None) -> str | None:
-    """The qkdl_id of the node's physical link to node `remote_qkdn_id` (its ETSI 015 qkdl_remote/
-    qkdn_id), None if the two share no link (their keys are then relayed)."""
-    from sdqkd.generated import paths
+def _ask(mgmt: ManagementIdentity, timeout: float, call: Callable[[ModelClient], Awaitable[T]]) -> T:
+    """One call of the generated gNMI client on a channel of its own, in an event loop of its own."""
+    async def run() -> T:
+        user, password = mgmt.login() or (None, None)
+        async with aio_channel(mgmt.gnmi, mgmt.tls()) as channel:
+            return await asyncio.wait_for(call(ModelClient(channel, username=user, password=password)), timeout)
 
-    links = paths.qkd_node().qkd_links().qkd_link(qkdl_id="*").path()
-    for v in _gnmi_get(gnmi, links, (ca, cert, key), username, password, timeout, "ALL"):
-        for link in _unwrap_list(v, "qkd_link"):
-            remote = _field(link, "qkdl_remote") or {}
-            kind = str(_field(link, "qkdl_type") or "PHYS").rpartition(":")[2]  # an identity, maybe prefixed
-            if _field(remote, "qkdn_id") == remote_qkdn_id and kind == "PHYS":
-                return str(_field(link, "qkdl_id"))
-    return None
-
-
-def _field(entry: Any, name: str) -> Any:
-    """A member of a JSON_IETF object, with or without its module prefix."""
-    if not isinstance(entry, dict):
-        return None
-    for k, v in entry.items():
-        if k == name or k.endswith(":" + name):
-            return v
-    return None
-
-
-def _unwrap_list(v: Any, name: str) -> list[Any]:
-    """The entries of list `name` in a Get's value: the list itself, one entry, or a container of it."""
-    if isinstance(v, list):
-        return v
-    inner = _field(v, name)
-    if inner is not None:
-        return inner if isinstance(inner, list) else [inner]
-    return [v] if isinstance(v, dict) else []
-
-
-def _gnmi_get(gnmi: str, path: Any, tls: tuple[str, str, str], username: str | None, password: str | None,
-              timeout: float, data_type: str) -> list[Any]:
-    """The decoded values of a gNMI Get (JSON_IETF) of one path."""
-    from sdqkd.generated.gnmi_support import decode_value
-    from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
-    from sdqkd.tls import sync_channel, tls_files
-
-    md = (("username", username), ("password", password or "")) if username is not None else ()
-    with sync_channel(gnmi, tls_files(*tls)) as channel:
-        req = gnmi_pb2.GetRequest(path=[path], type=data_type, encoding="JSON_IETF")  # enum fields take names
-        resp = gnmi_pb2_grpc.gNMIStub(channel).Get(req, timeout=timeout, metadata=md)
-    return [decode_value(u.val) for n in resp.notification for u in n.update]
+    return asyncio.run(run())

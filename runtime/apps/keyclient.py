@@ -13,7 +13,7 @@ import base64
 import json
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,39 @@ class SaeIdentity:
 
     def ssl_context(self) -> ssl.SSLContext:
         return https_client_context(self.tls())
+
+
+@dataclass(frozen=True)
+class ManagementIdentity:
+    """What a management client of one node needs (its entry of endpoints.json, `management`):
+    the node's gNMI address, the CA, the management certificate and key, and the gNMI login
+    where the node asks for one (`sdqkd net up`'s nodes do; in-process nodes do not)."""
+
+    gnmi: str
+    ca: str
+    cert: str
+    key: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, so never in a log
+
+    @classmethod
+    def from_endpoints(cls, endpoints: dict[str, Any] | str | Path, node: str) -> ManagementIdentity:
+        eps = json.loads(Path(endpoints).read_text()) if isinstance(endpoints, (str, Path)) else endpoints
+        if node not in eps:
+            raise KeyError(f"node {node!r} is not in the endpoints (nodes: {', '.join(sorted(eps))})")
+        ep = eps[node]
+        m = ep.get("management")
+        if m is None:
+            raise KeyError(f"node {node!r} of the endpoints has no management identity")
+        password = Path(m["password_file"]).read_text() if m.get("password_file") else None
+        return cls(ep["gnmi"], ep["ca"], m["cert"], m["key"], m.get("username"), password)
+
+    def tls(self) -> TlsFiles:
+        return tls_files(self.ca, self.cert, self.key)
+
+    def login(self) -> tuple[str, str] | None:
+        """(username, password) for gNMI's call metadata, or None."""
+        return (self.username, self.password or "") if self.username is not None else None
 
 
 class Etsi014Client:

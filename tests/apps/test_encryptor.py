@@ -26,7 +26,7 @@ from sdqkd.apps.encryptor import (
     parse_header,
     read_link_skr,
 )
-from sdqkd.apps.keyclient import Etsi004Client, SaeIdentity
+from sdqkd.apps.keyclient import Etsi004Client, ManagementIdentity, SaeIdentity
 
 A, B = "sae-a4", "sae-b2"
 
@@ -215,14 +215,33 @@ def test_no_key_bytes_in_reprs(pair):
 def test_the_link_between_two_nodes_and_its_skr_by_gnmi(apps_net: Any):
     """link_to finds A's physical link to B by its qkdl_remote, none to C (a relay path), and
     read_link_skr reads that link's rate, all with the network's management identity."""
-    eps, mgmt = apps_net.endpoints, apps_net.state / "pki" / "controller"
-    tls = (eps["A"]["ca"], str(mgmt / "sdqkd-controller.pem"), str(mgmt / "sdqkd-controller.key"))
+    eps, pki = apps_net.endpoints, apps_net.state / "pki" / "controller"
+    mgmt = ManagementIdentity(eps["A"]["gnmi"], eps["A"]["ca"], str(pki / "sdqkd-controller.pem"),
+                              str(pki / "sdqkd-controller.key"))
     route = apps_net.request_keys(A, B, rate=1000)
-    qkdl_id = link_to(eps["A"]["gnmi"], eps["B"]["id"], *tls)
+    qkdl_id = link_to(mgmt, eps["B"]["id"])
     assert qkdl_id == route["qkdl_id"]
-    assert link_to(eps["A"]["gnmi"], eps["C"]["id"], *tls) is None
-    assert link_to(eps["A"]["gnmi"], eps["A"]["id"], *tls) is None
+    assert link_to(mgmt, eps["C"]["id"]) is None
+    assert link_to(mgmt, eps["A"]["id"]) is None
     deadline = time.monotonic() + 30
-    while not (skr := read_link_skr(eps["A"]["gnmi"], qkdl_id, *tls)) and time.monotonic() < deadline:
+    while not (skr := read_link_skr(mgmt, qkdl_id)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert skr is not None and skr > 0
+
+
+def test_a_management_identity_from_endpoints_names_what_is_missing(tmp_path):
+    """endpoints.json of `net up` (docs/endpoints.md): the node's gNMI address, CA and management
+    identity, the password read from its file; an unknown node or one without `management` is a
+    KeyError naming it."""
+    pw = tmp_path / "gnmi-password"
+    pw.write_text("s3cret")
+    eps = {"A": {"gnmi": "127.0.0.1:1", "ca": "ca.pem",
+                 "management": {"cert": "c.pem", "key": "c.key", "username": "ops", "password_file": str(pw)}},
+           "B": {"gnmi": "127.0.0.1:2", "ca": "ca.pem"}}
+    m = ManagementIdentity.from_endpoints(eps, "A")
+    assert (m.gnmi, m.ca, m.cert, m.key, m.login()) == ("127.0.0.1:1", "ca.pem", "c.pem", "c.key", ("ops", "s3cret"))
+    with pytest.raises(KeyError, match="node 'C' is not in the endpoints"):
+        ManagementIdentity.from_endpoints(eps, "C")
+    with pytest.raises(KeyError, match="node 'B' of the endpoints has no management identity"):
+        ManagementIdentity.from_endpoints(eps, "B")
+    assert "s3cret" not in repr(m)  # a secret: never in a repr, so never in a log
