@@ -130,9 +130,7 @@ def network(endpoints: str | None, master: str, slave: str) -> Iterator[tuple[An
     net = start_inprocess(TOPOLOGY, None, timeout=120.0)  # a temporary state dir, removed at stop
     try:
         route = net.request_keys("sae-a", "sae-b", rate=1000)
-        ep = net.endpoints["A"]
-        pki = net.state / "pki" / "controller"  # a management identity: gNMI is the operator's door
-        mgmt = ManagementIdentity(ep["gnmi"], ep["ca"], str(pki / "sdqkd-controller.pem"), str(pki / "sdqkd-controller.key"))
+        mgmt = ManagementIdentity.from_endpoints(net.endpoints, "A")  # gNMI is the operator's door
         time.sleep(2.0)  # let the link report a few key blocks
         skr = read_link_skr(mgmt, route["qkdl_id"])
         print(f"link A-B ({route['qkdl_id'][:8]}...): secret key rate {skr or 0:.0f} bit/s (gNMI, node A)")

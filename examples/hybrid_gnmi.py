@@ -74,10 +74,8 @@ class Site:
 
 
 def inprocess_site(net: Any) -> Site:
-    pki = net.state / "pki" / "controller"
-    ep = net.endpoints["B"]
-    mgmt = ManagementIdentity(ep["gnmi"], ep["ca"], str(pki / "sdqkd-controller.pem"), str(pki / "sdqkd-controller.key"))
-    return Site(net.endpoints, "B", "sae-ctl", "sae-mgmt-b", mgmt, TOPOLOGY)
+    return Site(net.endpoints, "B", "sae-ctl", "sae-mgmt-b", ManagementIdentity.from_endpoints(net.endpoints, "B"),
+                TOPOLOGY)
 
 
 def endpoints_site(path: str, node: str, client_sae: str, server_sae: str) -> Site:

@@ -15,6 +15,7 @@ import importlib.metadata
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,19 +58,42 @@ def _data_files() -> dict[str, Path]:
     return out
 
 
+def _clean_copy(src: Path) -> None:
+    """The files a clone has that packaging reads (no build folders, no *.egg-info, no *.so)."""
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        shutil.copy2(ROOT / name, src / name)
+    for folder in PACKAGE_ROOTS:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+
+
+def test_the_sdist_holds_every_c_file_its_build_needs(tmp_path: Path) -> None:
+    """`pip install sdqkd-*.tar.gz` compiles the engine from the sdist: setup.py names the .c
+    files, MANIFEST.in the headers they include (without it the build stopped at cascade_core.h)."""
+    src, dist = tmp_path / "src", tmp_path / "dist"
+    src.mkdir()
+    _clean_copy(src)
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=src, check=True,
+                   capture_output=True)
+    (archive,) = dist.glob("sdqkd-*.tar.gz")
+    with tarfile.open(archive) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    needed = {str(f.relative_to(ROOT)) for f in (ROOT / "runtime/engine/csrc").rglob("*") if f.suffix in (".c", ".h")}
+    assert any(n.endswith(".h") for n in needed)
+    assert not sorted(needed - names), f"not in the sdist: {sorted(needed - names)}"
+
+
 def test_every_data_file_of_the_packages_is_installed(tmp_path: Path) -> None:
     data = _data_files()
     assert any(name.endswith(".j2") for name in data) and any(name.endswith("py.typed") for name in data)
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for folder in PACKAGE_ROOTS:
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    _clean_copy(src)
     subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "build_py", "-d", str(out)], cwd=src, check=True,
                    capture_output=True)
     missing = sorted(name for name in data if not (out / name).is_file())
     assert not missing, f"not installed by `pip install .` (add to [tool.setuptools.package-data]): {missing}"
+    shipped_c = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.suffix in (".c", ".h"))
+    assert not shipped_c, f"C sources installed (they are compiled, not shipped): {shipped_c}"
 
     # pip builds in the tree and reuses its build folder: a file removed since must not linger
     (src / "generated" / "vendor_extra.py").write_text("X = 1\n")

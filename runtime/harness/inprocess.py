@@ -59,13 +59,16 @@ class InProcessNetwork:
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
             self.addresses = {name: rt.addresses for name, rt in self.nodes.items()}
             await self._wire_interfaces()
+        ctl = desc["controller"]
         if controller:
-            ctl = desc["controller"]
             ctl_id = TlsFiles(Path(desc["ca"]), Path(ctl["cert"]), Path(ctl["key"]))
             eps = {n: NodeEndpoint(n, configs[n].id, a["gnmi"], a["peer"], a.get("channel", ""))
                    for n, a in self.addresses.items()}
             self.controller = Controller(self.topo, eps, tls=ctl_id)
             await self.controller.start()
+        # the controller's identity, as net up's endpoints.json has it: these nodes ask no gNMI
+        # password and there is no northbound API, so no login and no API token
+        management = {k: ctl[k] for k in ("cert", "key", "restconf_token_file") if k in ctl}
         for name, addr in self.addresses.items():
             self.endpoints[name] = {
                 "id": configs[name].id,
@@ -73,6 +76,7 @@ class InProcessNetwork:
                 "restconf_tls": configs[name].restconf_tls, "ca": desc["ca"],
                 "saes": {s: {"cert": f["cert"], "key": f["key"]} for s, f in desc["saes"].items()
                          if self.topo.saes[s].node == name},
+                "management": management,
             }
         if wait_keys and controller:
             await self.wait_all_links(timeout)

@@ -214,10 +214,14 @@ def test_no_key_bytes_in_reprs(pair):
 
 def test_the_link_between_two_nodes_and_its_skr_by_gnmi(apps_net: Any):
     """link_to finds A's physical link to B by its qkdl_remote, none to C (a relay path), and
-    read_link_skr reads that link's rate, all with the network's management identity."""
+    read_link_skr reads that link's rate, all with the network's management identity: the
+    in-process harness's endpoints carry it as net up's endpoints.json does (without a login,
+    which in-process nodes do not ask for)."""
     eps, pki = apps_net.endpoints, apps_net.state / "pki" / "controller"
-    mgmt = ManagementIdentity(eps["A"]["gnmi"], eps["A"]["ca"], str(pki / "sdqkd-controller.pem"),
-                              str(pki / "sdqkd-controller.key"))
+    mgmt = ManagementIdentity.from_endpoints(eps, "A")
+    assert (mgmt.gnmi, mgmt.ca) == (eps["A"]["gnmi"], eps["A"]["ca"])
+    assert (mgmt.cert, mgmt.key) == (str(pki / "sdqkd-controller.pem"), str(pki / "sdqkd-controller.key"))
+    assert mgmt.login() is None
     route = apps_net.request_keys(A, B, rate=1000)
     qkdl_id = link_to(mgmt, eps["B"]["id"])
     assert qkdl_id == route["qkdl_id"]
