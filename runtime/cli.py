@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from importlib import metadata
 
+from sdqkd.argtypes import number
+
 
 def _version() -> str:
     try:
@@ -104,7 +106,7 @@ def _add_health(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                 "credentials (container liveness and readiness probes).",
                 "sdqkd health --config /etc/sdqkd/node.yaml --timeout 2")
     h.add_argument("--config", required=True, metavar="FILE", help="the node's config YAML")
-    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
+    h.add_argument("--timeout", type=number(0, strict=True), default=5.0, help="seconds to wait for an answer (default 5)")
     h.set_defaults(func=_health)
 
 
@@ -188,7 +190,7 @@ def _add_net_up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                 "sdqkd net up lab.yaml --state-dir lab --no-controller   # TeraFlowSDN makes the links (docs/restconf.md)")
     p.add_argument("topology", metavar="TOPOLOGY", nargs="?", help="topology YAML (default: the demo's metro network)")
     p.add_argument("--state-dir", required=True, metavar="DIR", help="where the network's files live")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every link (default 120)")
+    p.add_argument("--timeout", type=number(0, strict=True), default=120.0, help="seconds to wait for every link (default 120)")
     p.add_argument("--netns", action="store_true", help="each node in its own network namespace (needs root)")
     p.add_argument("--no-controller", action="store_true",
                    help="start the nodes only, with no links: another SDN controller (e.g. TeraFlowSDN over "
@@ -320,7 +322,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 "end-to-end key over a three-hop\nrelay with ETSI 014 at both ends, stop. Its state "
                 "directory is removed afterwards unless --keep DIR.",
                 "sdqkd demo\nsdqkd demo --keep demo-state     # then: sdqkd net status --state-dir demo-state")
-    d.add_argument("--seconds", type=float, default=60.0, help="give up after this long (default 60)")
+    d.add_argument("--seconds", type=number(0, strict=True), default=60.0, help="give up after this long (default 60)")
     d.add_argument("--keep", metavar="DIR", help="keep the network's state (PKI, keys, logs) in DIR")
     d.set_defaults(func=_demo)
 

@@ -45,9 +45,9 @@ def test_every_subcommand_has_a_description_and_an_example():
 
 @pytest.mark.parametrize("args, words", [
     (("plot", "keyrate", "--profile", "bogus"), "invalid choice: 'bogus' (choose from 'commercial', 'snspd')"),
-    (("net", "up", "t.yaml", "--state-dir", "s", "--timeout", "soon"), "invalid float value: 'soon'"),
+    (("net", "up", "t.yaml", "--state-dir", "s", "--timeout", "soon"), "must be a number > 0, not 'soon'"),
     (("net", "sideways", "--state-dir", "s"), "invalid choice: 'sideways'"),
-    (("demo", "--seconds", "x"), "invalid float value: 'x'"),
+    (("demo", "--seconds", "x"), "must be a number > 0, not 'x'"),
 ])
 def test_bad_option_values_are_one_clear_line(args, words):
     r = sdqkd(*args)

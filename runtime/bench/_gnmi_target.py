@@ -9,6 +9,8 @@ import uuid
 
 import grpc
 
+from sdqkd.argtypes import integer
+
 
 def _identity(b: bytes) -> bytes:
     return b
@@ -56,7 +58,7 @@ async def agent_server(links: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["echo", "agent"])
-    ap.add_argument("--links", type=int, default=50)
+    ap.add_argument("--links", type=integer(1), default=50)
     a = ap.parse_args()
     asyncio.run(echo_server() if a.kind == "echo" else agent_server(a.links))
 

@@ -4,31 +4,44 @@ turn and time to stop its network and remove its own, instead of SIGKILL mid-run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 TICKS = os.sysconf("SC_CLK_TCK")
 GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops within ~5 s)
 
 
 @contextlib.contextmanager
 def sigterm_interrupts(once: bool = False) -> Iterator[None]:
-    """Inside, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does: `with` blocks
-    and `finally` clauses (asyncio.run cancels its tasks, whose own run) clean up on the way out.
+    """Inside, SIGTERM does what Ctrl-C does. Under `asyncio.run` that is asyncio's own SIGINT
+    handler, which cancels the main task, so that the coroutine's `finally` clauses run in a
+    live event loop (networks stop, temporary directories go); elsewhere KeyboardInterrupt in
+    the main thread, and `with` blocks and `finally` clauses clean up on the way out. (A
+    KeyboardInterrupt raised in the middle of the event loop instead leaves the cleanup to
+    asyncio.run's shutdown, which cancels every task of a running network at once, those that
+    would stop it among them: a bench case left its key stores behind, or crashed at exit with
+    the nodes' threads still running.)
     `once` (a case's child): the first SIGTERM or SIGINT interrupts, later ones are ignored, so
     that Ctrl-C (which reaches the whole process group) followed by the parent's SIGTERM does
-    not cut the cleanup itself short."""
+    not cut the cleanup itself short; its event loops run under `run_cancellable`."""
     signals = (signal.SIGTERM, signal.SIGINT) if once else (signal.SIGTERM,)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        ctrl_c = signal.getsignal(signal.SIGINT)  # asyncio.run's while it runs, else Python's
         if once:
             for sig in signals:
                 signal.signal(sig, signal.SIG_IGN)
+        if callable(ctrl_c) and ctrl_c not in (interrupt, signal.default_int_handler):
+            ctrl_c(signal.SIGINT, frame)
+            return
         raise KeyboardInterrupt
 
     old = [signal.signal(sig, interrupt) for sig in signals]
@@ -36,6 +49,40 @@ def sigterm_interrupts(once: bool = False) -> Iterator[None]:
         yield
     finally:
         for sig, handler in zip(signals, old, strict=True):
+            signal.signal(sig, handler)
+
+
+def run_cancellable(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)` in which the first SIGTERM or SIGINT cancels `coro`, whose `finally`
+    clauses then run in the live event loop, and raises KeyboardInterrupt once it has unwound;
+    later signals are ignored while it cleans up (a case's child, see sigterm_interrupts)."""
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    saved = [signal.getsignal(sig) for sig in sigs]
+
+    async def main() -> T:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+        hit = False
+
+        def stop() -> None:
+            nonlocal hit
+            if not hit:
+                hit = True
+                task.cancel()
+
+        for sig in sigs:
+            loop.add_signal_handler(sig, stop)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if hit:
+                raise KeyboardInterrupt from None
+            raise
+
+    try:
+        return asyncio.run(main())
+    finally:  # closing the loop reset both signals to their defaults
+        for sig, handler in zip(sigs, saved, strict=True):
             signal.signal(sig, handler)
 
 

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import sys
 
+from sdqkd.argtypes import number
+
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
                 rate_bps: float = 0.0) -> None:
@@ -60,8 +62,8 @@ async def serve(target: str, delay_s: float, ready: asyncio.Future[int] | None =
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m sdqkd.bench._relay")
     ap.add_argument("--target", required=True)
-    ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay (RTT = 2x)")
-    ap.add_argument("--rate-mbit", type=float, default=0.0, help="line rate each way, Mbit/s (0: unlimited)")
+    ap.add_argument("--delay-ms", type=number(0), required=True, help="one-way delay (RTT = 2x)")
+    ap.add_argument("--rate-mbit", type=number(0), default=0.0, help="line rate each way, Mbit/s (0: unlimited)")
     a = ap.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(a.target, a.delay_ms / 1000, rate_bps=a.rate_mbit * 1e6))

@@ -9,6 +9,8 @@ import uuid
 
 from aiohttp import web
 
+from sdqkd.argtypes import integer
+
 
 async def bare_server() -> None:
     body = b'{"etsi-qkd-sdn-node:qkdl_enable":true}'
@@ -44,7 +46,7 @@ async def node_server(links: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("kind", choices=["bare", "node"])
-    ap.add_argument("--links", type=int, default=50)
+    ap.add_argument("--links", type=integer(1), default=50)
     a = ap.parse_args()
     asyncio.run(bare_server() if a.kind == "bare" else node_server(a.links))
 

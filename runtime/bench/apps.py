@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from sdqkd.argtypes import integer, number
 from sdqkd.bench._timing import percentile
 
 TARGETS = {"ttfk_direct_p99_s": 0.5, "ttfk_3hop_p99_s": 1.5}
@@ -144,10 +145,10 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="sdqkd bench apps")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--pairs", type=int, default=20, help="new pairs timed per kind (direct, 3-hop)")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=1.0, help="duration of one enc_keys load run")
-    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--pairs", type=integer(1), default=20, help="new pairs timed per kind (direct, 3-hop)")
+    ap.add_argument("--runs", type=integer(1), default=5)
+    ap.add_argument("--seconds", type=number(0, strict=True), default=1.0, help="duration of one enc_keys load run")
+    ap.add_argument("--clients", type=integer(1), default=32)
     args = ap.parse_args(argv)
     fig: dict[str, Any] = {"pairs": args.pairs}
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-apps-") as d:

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdqkd.argtypes import integer
+
 IMPORT_ALL = ("import sdqkd.generated.schema, sdqkd.generated.paths, sdqkd.generated.client, sdqkd.generated.agent_skeleton, "
               "sdqkd.generated.model_types, sdqkd.generated.bindings, sdqkd.generated.proto.gnmi.gnmi_pb2_grpc, "
               "sdqkd.generated.proto.sdqkd.etsi004_pb2_grpc, sdqkd.generated.proto.sdqkd.kms_pb2_grpc")
@@ -29,7 +31,7 @@ def _import_seconds(root: Path) -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench codegen")
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=integer(1), default=7)
     ap.add_argument("--root", default=".", help="project tree with models/ (default: current directory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)

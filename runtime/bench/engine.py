@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sdqkd.argtypes import integer, number, numbers
 from sdqkd.engine import _hash, _sift, pa, pipeline, sim
 from sdqkd.engine.auth import Authenticator, BufferKeySource
 from sdqkd.engine.keyrate import h2
@@ -293,14 +294,14 @@ def _table(res: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench engine", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--repeat", type=int, default=5, help="timed repetitions per figure (median)")
+    ap.add_argument("--repeat", type=integer(1), default=5, help="timed repetitions per figure (median)")
     ap.add_argument(
         "--block-seconds",
-        type=float,
+        type=number(0, strict=True),
         default=5.0,
         help="link time per pipeline block (5 s: ~1.4e7 sifted bits)",
     )
-    ap.add_argument("--memory-sizes", default="0.5,1,2,4", help="block lengths (s) for the memory rows")
+    ap.add_argument("--memory-sizes", type=numbers(0, strict=True), default="0.5,1,2,4", help="block lengths (s) for the memory rows")
     ap.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child is not None:
@@ -312,7 +313,7 @@ def main(argv: list[str]) -> int:
         "hash": bench_hash(args.repeat),
         "sim": bench_sim(args.repeat),
         "pipeline": bench_pipeline(max(1, (args.repeat + 1) // 2), args.block_seconds),
-        "memory": bench_memory([float(x) for x in args.memory_sizes.split(",") if x]),
+        "memory": bench_memory(args.memory_sizes),
     }
     res["targets"] = _targets(res)
     print(json.dumps(res) if args.json else _table(res))

@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sdqkd.argtypes import integer, number
 from sdqkd.bench._timing import percentile
 
 _BLOCK = 16384  # pads per development-feed block
@@ -269,11 +270,11 @@ def bench(tmp: Path, runs: int, n: int, seconds: float, batch: int, inflight: in
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench etsi020")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--relays", type=int, default=200, help="relays timed per chain")
-    ap.add_argument("--seconds", type=float, default=3.0, help="duration of one throughput run")
-    ap.add_argument("--batch", type=int, default=512, help="keys per ext_keys request")
-    ap.add_argument("--inflight", type=int, default=2, help="ext_keys requests in flight")
+    ap.add_argument("--runs", type=integer(1), default=3)
+    ap.add_argument("--relays", type=integer(1), default=200, help="relays timed per chain")
+    ap.add_argument("--seconds", type=number(0, strict=True), default=3.0, help="duration of one throughput run")
+    ap.add_argument("--batch", type=integer(1), default=512, help="keys per ext_keys request")
+    ap.add_argument("--inflight", type=integer(1), default=2, help="ext_keys requests in flight")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sdqkd-bench-020-") as d:
         fig = bench(Path(d), args.runs, args.relays, args.seconds, args.batch, args.inflight)

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from sdqkd.argtypes import integer
 from sdqkd.generated import paths
 from sdqkd.generated.gnmi_support import parse_path as P
 from sdqkd.generated.proto.gnmi import gnmi_pb2, gnmi_pb2_grpc
@@ -127,10 +128,10 @@ async def _run(n: int, links: int, streams: int, feed: int, baseline: str | None
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench gnmi")
-    ap.add_argument("--n", type=int, default=2000, help="calls per latency figure")
-    ap.add_argument("--links", type=int, default=50, help="links in the agent's tree")
-    ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--feed", type=int, default=100_000, help="ON_CHANGE updates to stream")
+    ap.add_argument("--n", type=integer(1), default=2000, help="calls per latency figure")
+    ap.add_argument("--links", type=integer(1), default=50, help="links in the agent's tree")
+    ap.add_argument("--streams", type=integer(1), default=1000)
+    ap.add_argument("--feed", type=integer(1), default=100_000, help="ON_CHANGE updates to stream")
     ap.add_argument("--baseline-python", metavar="PYTHON",
                     help="also measure Get/Set of the agent an older install runs (its interpreter)")
     ap.add_argument("--json", action="store_true")

@@ -34,6 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sdqkd.argtypes import integer, number
 from sdqkd.bench._proc import process_cpu_seconds
 
 TARGETS = {"enc_keys_per_s": 2000.0, "etsi004_keys_per_s": 20000.0, "relay_ms_per_hop": 5.0}
@@ -421,12 +422,12 @@ def _print(fig: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench kms")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=3.0, help="duration of one enc_keys run")
-    ap.add_argument("--clients", type=int, default=32, help="concurrent keep-alive connections")
-    ap.add_argument("--stream-keys", type=int, default=40000, help="GetKey requests per 004 run")
-    ap.add_argument("--relays", type=int, default=200, help="relays timed per chain")
-    ap.add_argument("--store-keys", type=int, default=1_000_000)
+    ap.add_argument("--runs", type=integer(1), default=3)
+    ap.add_argument("--seconds", type=number(0, strict=True), default=3.0, help="duration of one enc_keys run")
+    ap.add_argument("--clients", type=integer(1), default=32, help="concurrent keep-alive connections")
+    ap.add_argument("--stream-keys", type=integer(1), default=40000, help="GetKey requests per 004 run")
+    ap.add_argument("--relays", type=integer(1), default=200, help="relays timed per chain")
+    ap.add_argument("--store-keys", type=integer(1), default=1_000_000)
     ap.add_argument("--only", choices=["014", "004", "relay", "store"], action="append")
     ap.add_argument("--load014", help=argparse.SUPPRESS)
     ap.add_argument("--load004", help=argparse.SUPPRESS)

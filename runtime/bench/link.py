@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sdqkd.bench._proc import cpu_seconds, run_case, sigterm_interrupts
+from sdqkd.argtypes import integer, number, numbers
+from sdqkd.bench._proc import cpu_seconds, run_cancellable, run_case, sigterm_interrupts
 
 if TYPE_CHECKING:
     from sdqkd.node.links import EngineLink
@@ -326,12 +327,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return channel_case()
     if case["name"] == "demo":
         # a slow link's batch of 4 blocks takes up to ~40 s at a tenth of the clock: a longer window
-        return asyncio.run(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
+        return run_cancellable(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
                                      float(case.get("clock_scale", 1.0))))
     rtt_ms = float(case.get("rtt_ms", 0.0))
     # a new session first runs a few blocks at the full latency (~600-2,800 round trips of optimized Cascade, by schedule)
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
-    res = asyncio.run(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
+    res = run_cancellable(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
                                 warmup, relay_delay_ms=case.get("relay_ms", 0.0),
                                 until_blocks=int(case.get("until_blocks", 0)),
                                 relay_rate_mbit=float(case.get("rate_mbit", 0.0)), schedule=args.cascade_schedule))
@@ -347,24 +348,27 @@ def parser() -> argparse.ArgumentParser:
     from sdqkd.node.links import DEFAULT_BLOCK_BITS, DEFAULT_SCHEDULE
 
     ap = argparse.ArgumentParser(prog="sdqkd bench link")
-    ap.add_argument("--km", type=float, default=40.0)
-    ap.add_argument("--block-bits", type=float, default=DEFAULT_BLOCK_BITS,
+    ap.add_argument("--km", type=number(0), default=40.0)
+    ap.add_argument("--block-bits", type=number(0, strict=True), default=DEFAULT_BLOCK_BITS,
                     help="sifted bits per block (the network default)")
     ap.add_argument("--cascade", choices=("original", "optimized"), default="optimized")
     ap.add_argument("--cascade-schedule", choices=CASCADE_SCHEDULES, default=DEFAULT_SCHEDULE,
                     help="Bob's order of bisections, in the pipeline and the links alike (engine setting "
                          "cascade_schedule)")
-    ap.add_argument("--seconds", type=float, default=30.0, help="measured time per case")
-    ap.add_argument("--warmup", type=float, default=15.0, help="time before measuring (first keys, windows open)")
-    ap.add_argument("--pairs", type=int, default=3, help="pipeline / rtt0 pairs run alternately (median ratio)")
-    ap.add_argument("--rtt", default="1,5,20", help="round-trip times in ms to measure besides 0")
-    ap.add_argument("--rate-mbit", default="", help="classical line rates (Mbit/s each way, RTT 0) to measure, "
-                    "e.g. 100,20: the channel through the relay at that rate")
+    ap.add_argument("--seconds", type=number(0, strict=True), default=30.0, help="measured time per case")
+    ap.add_argument("--warmup", type=number(0), default=15.0, help="time before measuring (first keys, windows open)")
+    ap.add_argument("--pairs", type=integer(1), default=3, help="pipeline / rtt0 pairs run alternately (median ratio)")
+    ap.add_argument("--rtt", type=numbers(0, strict=True), default="1,5,20",
+                    help="round-trip times in ms to measure besides 0")
+    ap.add_argument("--rate-mbit", type=numbers(0, strict=True), default="",
+                    help="classical line rates (Mbit/s each way, RTT 0) to measure, e.g. 100,20: the channel "
+                         "through the relay at that rate")
     ap.add_argument("--demo", action="store_true",
                     help="also the 5-node demo network's per-link rates, at 1 GHz and at --demo-clock-scale")
-    ap.add_argument("--demo-clock-scale", type=float, default=0.1,
+    ap.add_argument("--demo-clock-scale", type=number(0, strict=True), default=0.1,
                     help="the demo's second clock, slow enough for 2 cores to keep up with every link")
-    ap.add_argument("--memory", default="", help="block sizes (sifted bits) for peak memory, e.g. 5e5,1e6,2e6")
+    ap.add_argument("--memory", type=numbers(0, strict=True), default="",
+                    help="block sizes (sifted bits) for peak memory, e.g. 5e5,1e6,2e6")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
@@ -377,18 +381,18 @@ def main(argv: list[str]) -> int:
         return 0
     load = os.getloadavg()
     res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in load], "cases": []}
-    for _ in range(max(1, a.pairs)):  # alternately: drift of the machine's speed hits both alike
+    for _ in range(a.pairs):  # alternately: drift of the machine's speed hits both alike
         res["cases"].append(child(a, {"name": "pipeline"}))
         res["cases"].append(child(a, {"name": "rtt0"}))
     res["cases"].append(child(a, {"name": "channel"}))
-    for rtt in [float(x) for x in a.rtt.split(",") if x.strip()]:
+    for rtt in a.rtt:
         res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
-    for rate in [float(x) for x in a.rate_mbit.split(",") if x.strip()]:
+    for rate in a.rate_mbit:
         res["cases"].append(child(a, {"name": f"rate{rate:g}", "rate_mbit": rate, "delay": "relay"}))
     if a.demo:
         for scale in (1.0, a.demo_clock_scale):
             res["cases"].append(child(a, {"name": "demo", "workers": os.cpu_count() or 2, "clock_scale": scale}))
-    for bits in [float(x) for x in a.memory.split(",") if x.strip()]:
+    for bits in a.memory:
         res["cases"].append(child(a, {"name": f"memory{bits:g}", "block_bits": bits}))
     res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     res.update(_verdict(res["cases"]))

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdqkd.argtypes import integer, number
+
 
 def scale_topology(n: int, m: int, seed: int = 1) -> dict[str, Any]:
     """A connected random metro-like graph: a ring plus random chords, 5-25 km links."""
@@ -86,19 +88,19 @@ async def scale_up(n: int, m: int, clock_scale: float, block_bits: float, timeou
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench net")
-    ap.add_argument("--nodes", type=int, default=100)
-    ap.add_argument("--links", type=int, default=150)
-    ap.add_argument("--clock-scale", type=float, default=0.001, help="engine clock as a fraction of 1 GHz")
-    ap.add_argument("--block-bits", type=float, default=5e5,
+    ap.add_argument("--nodes", type=integer(2), default=100)
+    ap.add_argument("--links", type=integer(1), default=150)
+    ap.add_argument("--clock-scale", type=number(0, strict=True), default=0.001, help="engine clock as a fraction of 1 GHz")
+    ap.add_argument("--block-bits", type=number(0, strict=True), default=5e5,
                     help="sifted bits per key block (below ~3e5 the finite-key bounds leave no key)")
-    ap.add_argument("--timeout", type=float, default=120)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--timeout", type=number(0, strict=True), default=120)
+    ap.add_argument("--workers", type=integer(0), default=os.cpu_count() or 1,
                     help="worker processes sharing the nodes (0: all in this process's event loop)")
     from sdqkd.node.provisioning import CASCADE_VARIANTS
 
     ap.add_argument("--cascade", choices=CASCADE_VARIANTS, default="optimized",
                     help="Cascade variant of every link (round trips per block: ~80 original, ~1500 optimized)")
-    ap.add_argument("--graph-nodes", type=int, default=10_000)
+    ap.add_argument("--graph-nodes", type=integer(2), default=10_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--skip-scale", action="store_true", help="only the path computation figure")
     a = ap.parse_args(argv)

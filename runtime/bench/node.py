@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdqkd.argtypes import number
 from sdqkd.bench._proc import process_cpu_seconds
 
 
@@ -77,9 +78,9 @@ def probe_cost(node_dir: Path) -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench node", description=__doc__)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--clock-scale", type=float, default=None)
-    ap.add_argument("--block-bits", type=float, default=None)
+    ap.add_argument("--seconds", type=number(0, strict=True), default=20.0)
+    ap.add_argument("--clock-scale", type=number(0, strict=True), default=None)
+    ap.add_argument("--block-bits", type=number(0, strict=True), default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     settings = {k: v for k, v in (("clock_scale", args.clock_scale), ("block_sifted_bits", args.block_bits))

@@ -22,6 +22,7 @@ from typing import Any
 
 from sdqkd.apps.keyclient import Key
 from sdqkd.apps.opot import OpotMeta, OpotNode, masks
+from sdqkd.argtypes import integer
 from sdqkd.controller.opot import OpotProvisioner
 
 
@@ -87,13 +88,12 @@ def _one_run(n: int, packets: int, ordered: bool) -> dict[str, float]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench opot", description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--packets", type=int, default=20000)
-    ap.add_argument("--nodes", type=int, default=4, help="chain length (ingress + transits + egress), >= 3")
+    ap.add_argument("--runs", type=integer(1), default=5)
+    ap.add_argument("--packets", type=integer(1), default=20000)
+    ap.add_argument("--nodes", type=integer(3), default=4,
+                    help="chain length (ingress + transits + egress), >= 3: a transit node is timed")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.nodes < 3:
-        raise SystemExit("sdqkd bench opot: --nodes must be >= 3 (a transit node is timed)")
     fig: dict[str, Any] = {"nodes": args.nodes, "packets": args.packets, "runs": args.runs}
     for label, ordered in (("opot", True), ("pot", False)):
         runs = [_one_run(args.nodes, args.packets, ordered) for _ in range(args.runs)]

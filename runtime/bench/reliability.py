@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from sdqkd import pki
+from sdqkd.argtypes import integer
 from sdqkd.tls import https_client_context, tls_files
 
 APP_SAES = ("sae-a", "sae-b")
@@ -336,11 +337,11 @@ def idle_connections(work: Path, count: int, *, cap: int | None = None, idle_s: 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench reliability")
-    ap.add_argument("--rounds", type=int, default=30, help="SIGKILL rounds of the kill probe")
-    ap.add_argument("--keys", type=int, default=0,
+    ap.add_argument("--rounds", type=integer(1), default=30, help="SIGKILL rounds of the kill probe")
+    ap.add_argument("--keys", type=integer(0), default=0,
                     help="keys fed to the pool (default 1,024 per round: the traffic takes ~210 per round "
                          "on this machine, and the final comparison needs keys left)")
-    ap.add_argument("--connections", type=int, default=2000, help="idle TLS connections to ETSI 014")
+    ap.add_argument("--connections", type=integer(1), default=2000, help="idle TLS connections to ETSI 014")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {}

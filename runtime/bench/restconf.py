@@ -11,6 +11,8 @@ import asyncio
 import json
 from typing import Any
 
+from sdqkd.argtypes import integer
+
 from ._timing import latencies_us, spawn_target, summary_us
 
 YANG = "application/yang-data+json"
@@ -94,8 +96,8 @@ async def _run(n: int, links: int) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="sdqkd bench restconf")
-    ap.add_argument("--n", type=int, default=5000, help="requests per latency figure")
-    ap.add_argument("--links", type=int, default=50, help="links in the agent's tree")
+    ap.add_argument("--n", type=integer(1), default=5000, help="requests per latency figure")
+    ap.add_argument("--links", type=integer(1), default=50, help="links in the agent's tree")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     res = asyncio.run(_run(a.n, a.links))
