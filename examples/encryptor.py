@@ -47,7 +47,7 @@ from sdqkd.apps.encryptor import (
 )
 from sdqkd.apps.keyclient import Etsi004Client, ManagementIdentity, SaeIdentity
 from sdqkd.errors import SdqkdError
-from sdqkd.harness.sync import start_inprocess
+from sdqkd.harness.sync import run_script, start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}],
@@ -175,4 +175,4 @@ def streams(a: Etsi004Client, b: Etsi004Client, slave: str, master: str, args: a
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # SIGTERM, as Ctrl-C, stops its network and removes its state

@@ -43,7 +43,7 @@ from sdqkd.controller.controller import Controller, NodeEndpoint
 from sdqkd.controller.topology import parse
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.client import ModelClient
-from sdqkd.harness.sync import start_inprocess
+from sdqkd.harness.sync import run_script, start_inprocess
 from sdqkd.tls import grpc_channel_credentials
 
 TOPOLOGY = {
@@ -182,4 +182,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # SIGTERM, as Ctrl-C, stops its network and removes its state

@@ -28,6 +28,7 @@ from sdqkd.apps.ipsec_netns import NsPair, available, ping, udp_exchange
 from sdqkd.apps.keyclient import SaeIdentity
 from sdqkd.controller.ipsec import IkelessController, SaParams
 from sdqkd.harness.inprocess import start_network
+from sdqkd.harness.sync import run_script
 
 TOPOLOGY = {"nodes": [{"name": "A"}, {"name": "B"}], "links": [{"a": "A", "b": "B", "km": 20}],
             "saes": [{"name": "sae-left", "node": "A"}, {"name": "sae-right", "node": "B"}]}
@@ -106,4 +107,4 @@ def run(on_loop: Any, loop: asyncio.AbstractEventLoop, state: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # SIGTERM, as Ctrl-C, stops its network and removes its state

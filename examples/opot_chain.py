@@ -35,7 +35,7 @@ from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
 from sdqkd.apps.opot import OpotMeta, OpotNode, run_chain
 from sdqkd.controller.opot import OpotProvisioner
 from sdqkd.errors import SdqkdError
-from sdqkd.harness.sync import start_inprocess
+from sdqkd.harness.sync import run_script, start_inprocess
 
 NODES = ["A", "B", "C", "D"]
 TOPOLOGY = {
@@ -148,4 +148,4 @@ def attacks(chain: list[OpotNode], pid: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # SIGTERM, as Ctrl-C, stops its network and removes its state

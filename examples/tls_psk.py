@@ -26,7 +26,7 @@ from typing import Any
 
 from sdqkd.apps.keyclient import Etsi014Client, SaeIdentity
 from sdqkd.apps.tls_psk import PskTlsClient, PskTlsConnection, PskTlsServer
-from sdqkd.harness.sync import start_inprocess
+from sdqkd.harness.sync import run_script, start_inprocess
 
 TOPOLOGY = {
     "nodes": [{"name": "A"}, {"name": "B"}, {"name": "C"}],
@@ -132,4 +132,4 @@ def many_sessions(kms_m: Etsi014Client, kms_s: Etsi014Client, master: str, slave
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)  # SIGTERM, as Ctrl-C, stops its network and removes its state

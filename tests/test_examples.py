@@ -5,8 +5,10 @@ from any directory, leaving no state (private keys, key stores) behind."""
 from __future__ import annotations
 
 import ast
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,37 @@ def test_an_example_runs_from_elsewhere_and_leaves_nothing(tmp_path: Path, name:
                        env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp), "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert list(tmp.iterdir()) == []  # its network's state dir (PKI, key stores) was removed
+
+
+@pytest.mark.parametrize(("name", "running"), [("tls_psk.py", ""), ("encryptor.py", ""), ("opot_chain.py", ""),
+                                             ("hybrid_gnmi.py", ""), ("encryptor.py", "secret key rate")])
+def test_an_example_killed_with_sigterm_removes_its_network_state(tmp_path: Path, name: str, running: str):
+    """`kill` (or a time-out's SIGTERM) while the example's network starts, or once its output
+    says `running` (the example under way): it stops as after Ctrl-C and its state directory
+    (CA key, SAE keys, key stores) goes (run_script)."""
+    example = next(p for p in EXAMPLES if p.name == name)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "stdout"
+    with out.open("w") as sink:
+        p = subprocess.Popen([sys.executable, str(example)], cwd=tmp_path, stdout=sink, stderr=subprocess.PIPE,
+                             text=True, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp), "HOME": str(tmp_path),
+                                                    "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("*/nodes/*/data/keys.sqlite")) or running not in out.read_text():
+            assert p.poll() is None, (out.read_text(), p.communicate())
+            assert time.monotonic() < deadline, "the network never started"
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 130, err[-2000:]
+    assert f"{example.stem}: interrupted" in err
+    assert list(tmp.iterdir()) == [], err[-2000:]
 
 
 def test_network_processes_import_the_installed_package_not_the_current_directory(tmp_path: Path, monkeypatch):

@@ -1,13 +1,17 @@
 """Networks for synchronous code (tests, examples, scripts): `start_inprocess` runs an in-process
 network's event loop on a thread of its own; `start_processes` runs `sdqkd net up`. Both return a
-`RunningNetwork` with `endpoints`, `request_keys(master, slave, rate)` and `stop()`."""
+`RunningNetwork` with `endpoints`, `request_keys(master, slave, rate)` and `stop()`.
+`run_script(main)` runs a script's main so that `kill` cleans up as Ctrl-C does."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 class RunningNetwork:
@@ -25,10 +29,25 @@ class RunningNetwork:
             self._stop = None
 
 
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """Exit with `main()`'s code, SIGTERM (`kill`, a time-out's) handled as Ctrl-C: the
+    KeyboardInterrupt unwinds `main`, whose `finally` stops the network it started and removes
+    its temporary state directory (CA key, SAE keys, key stores), then "NAME: interrupted" and
+    exit 130. By default SIGTERM ends a process at once and leaves that directory in /tmp."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).stem}: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: int = 0) -> RunningNetwork:
     """The in-process network runs its own event loop in a thread, so sync tests can use it.
     With `state` None it lives in a temporary directory removed when it stops (examples: no
-    private keys or key stores left behind)."""
+    private keys or key stores left behind; run the script with `run_script` so that SIGTERM,
+    too, lets it stop)."""
     from sdqkd.controller import topology as tp
     from sdqkd.harness.inprocess import start_network
 
@@ -36,13 +55,28 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    net = asyncio.run_coroutine_threadsafe(start_network(topo, state, timeout=timeout, workers=workers),
-                                           loop).result(timeout + 30)
+    starting: list[asyncio.Task[Any]] = []
+
+    async def start() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        starting.append(task)
+        return await start_network(topo, state, timeout=timeout, workers=workers)
+
+    def end_loop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    try:
+        net = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout + 30)
+    except BaseException:  # Ctrl-C or SIGTERM (run_script) while it starts, or too slow a start
+        _cancel_and_wait(loop, starting)  # start_network then stops what it started, state included
+        end_loop()
+        raise
 
     def stop() -> None:
         asyncio.run_coroutine_threadsafe(net.stop(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        end_loop()
 
     def request(master: str, slave: str, rate: float) -> dict[str, Any]:
         from dataclasses import asdict
@@ -52,6 +86,21 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
         return asdict(route)
 
     return RunningNetwork("inprocess", net.endpoints, stop, request, net.state)
+
+
+def _cancel_and_wait(loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]], wait_s: float = 60.0) -> None:
+    """Cancel the task (if any yet) in its loop's thread and wait until it has unwound."""
+    unwound = threading.Event()
+
+    def cancel() -> None:
+        if not tasks or tasks[0].done():
+            unwound.set()
+            return
+        tasks[0].add_done_callback(lambda _: unwound.set())
+        tasks[0].cancel()
+
+    loop.call_soon_threadsafe(cancel)
+    unwound.wait(wait_s)
 
 
 def start_processes(topology: Any, state: Path, timeout: float) -> RunningNetwork:
