@@ -14,6 +14,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+from sdqkd.interrupts import as_ctrl_c
+
 T = TypeVar("T")
 TICKS = os.sysconf("SC_CLK_TCK")
 GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops within ~5 s)
@@ -21,30 +23,18 @@ GRACE_S = 60.0  # a child's time to stop its network after SIGTERM (a node stops
 
 @contextlib.contextmanager
 def sigterm_interrupts(once: bool = False) -> Iterator[None]:
-    """Inside, SIGTERM does what Ctrl-C does. Under `asyncio.run` that is asyncio's own SIGINT
-    handler, which cancels the main task, so that the coroutine's `finally` clauses run in a
-    live event loop (networks stop, temporary directories go); elsewhere KeyboardInterrupt in
-    the main thread, and `with` blocks and `finally` clauses clean up on the way out. (A
-    KeyboardInterrupt raised in the middle of the event loop instead leaves the cleanup to
-    asyncio.run's shutdown, which cancels every task of a running network at once, those that
-    would stop it among them: a bench case left its key stores behind, or crashed at exit with
-    the nodes' threads still running.)
+    """Inside, SIGTERM does what Ctrl-C does (sdqkd/interrupts.py).
     `once` (a case's child): the first SIGTERM or SIGINT interrupts, later ones are ignored, so
     that Ctrl-C (which reaches the whole process group) followed by the parent's SIGTERM does
     not cut the cleanup itself short; its event loops run under `run_cancellable`."""
     signals = (signal.SIGTERM, signal.SIGINT) if once else (signal.SIGTERM,)
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        ctrl_c = signal.getsignal(signal.SIGINT)  # asyncio.run's while it runs, else Python's
-        if once:
-            for sig in signals:
-                signal.signal(sig, signal.SIG_IGN)
-        if callable(ctrl_c) and ctrl_c not in (interrupt, signal.default_int_handler):
-            ctrl_c(signal.SIGINT, frame)
-            return
+    def interrupt_once(signum: int, frame: FrameType | None) -> None:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    old = [signal.signal(sig, interrupt) for sig in signals]
+    old = [signal.signal(sig, interrupt_once if once else as_ctrl_c) for sig in signals]
     try:
         yield
     finally:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from sdqkd.interrupts import as_ctrl_c
+
 
 class RunningNetwork:
     """A network as the fixture hands it out: `endpoints`, `request_keys`, `stop`."""
@@ -34,7 +36,7 @@ def run_script(main: Callable[[], int]) -> NoReturn:
     KeyboardInterrupt unwinds `main`, whose `finally` stops the network it started and removes
     its temporary state directory (CA key, SAE keys, key stores), then "NAME: interrupted" and
     exit 130. By default SIGTERM ends a process at once and leaves that directory in /tmp."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, as_ctrl_c)
     try:
         code = main()
     except KeyboardInterrupt:
