@@ -8,11 +8,14 @@ To add a subcommand, write both and add the first to `SUBCOMMANDS` (for a `net` 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib import metadata
 
 from sdqkd.argtypes import number
+from sdqkd.interrupts import as_ctrl_c
 
 
 def _version() -> str:
@@ -346,10 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill` cleans up as Ctrl-C does: `net up` interrupted while it starts stopped its processes
+    # on Ctrl-C but left them all running on SIGTERM (a node or controller replaces this with its
+    # own graceful handler once its event loop runs)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, as_ctrl_c) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":
