@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from procwatch import processes_with, signal_when
 
 from sdqkd.harness.audit import exposed
 from sdqkd.harness.northbound import api_and_headers
@@ -173,18 +174,6 @@ def test_demo_interrupted_removes_its_state(tmp_path: Path):
     assert not list(tmp_path.glob("sdqkd-demo-*"))
 
 
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if text.encode() in (d / "cmdline").read_bytes():
-                    found.append(int(d.name))
-            except OSError:
-                continue
-    return found
-
-
 def test_net_up_killed_while_it_starts_stops_what_it_started(tmp_path: Path):
     """SIGTERM (`kill`, a time-out) while `net up` waits for the links does what Ctrl-C does: the
     nodes and the controller it started are stopped (they kept running before)."""
@@ -193,18 +182,8 @@ def test_net_up_killed_while_it_starts_stops_what_it_started(tmp_path: Path):
     state = tmp_path / "lab"
     p = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "net", "up", "--state-dir", str(state)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (state / "pids.json").exists():  # its processes run
-            assert time.monotonic() < deadline and p.poll() is None, p.communicate()
-            time.sleep(0.1)
-        p.send_signal(signal.SIGTERM)
-        out, _ = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    left = _processes_naming(str(state))
+    out = signal_when(p, (state / "pids.json").exists)  # its processes run
+    left = processes_with(str(state))
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert p.returncode == 130, out[-2000:]
