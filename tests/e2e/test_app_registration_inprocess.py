@@ -181,11 +181,13 @@ def test_first_request_relayed_then_idle_disconnect_releases_both_ends(net: Loop
             await asyncio.sleep(0.3)  # subscribed before the pair can idle out
             r = await _get(net, "A", "sae-a", "/api/v1/keys/sae-c/enc_keys")
             assert r.status_code == 200, r.text
-            k = r.json()["keys"][0]
-            back = await _get(net, "C", "sae-c", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"])
-            assert back.json()["keys"] == [k]
+            # read at once (same event loop): a dec_keys slower than the 1 s idle time-out (a
+            # loaded machine) lets the pair idle out at A before a later look
             assert ctl.apps[app_id].path == ["A", "B", "C"] and ctl.apps[app_id].virtual
             virt = ctl.apps[app_id].qkdl_id
+            k = r.json()["keys"][0]
+            back = await _get(net, "C", "sae-c", "/api/v1/keys/sae-a/dec_keys", key_ID=k["key_ID"])
+            assert back.json()["keys"] == [k]  # taken before any idle-out: still delivered
             note = await first
             while app_id not in str(note):  # (other pairs of node A idle out too)
                 note = await anext(notes)
