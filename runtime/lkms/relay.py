@@ -29,7 +29,10 @@ in the VIRT pool. The source stores its copy only once the far end has it: synch
 `ack_callback_url`) answers 200 when the whole path is done; asynchronous mode answers 202 and the
 far end's `relayed` ack travels back hop by hop to each sender's `ack_callback_url`. An ack that
 never arrives is resolved by `void`ing the keys along the path: `voided` or `key not present` ->
-the source drops them too; `failed` (already used at the far end) -> the source keeps them. Pads
+the source drops them too; `failed` (already used at the far end) -> the source keeps them. A
+void that no hop answers for certain (a hop down or restarting) is sent again, backing off, until
+one does (for as long as reservations live, `unconfirmed_ttl_s`; not across a restart of the
+source). Pads
 only ever come from PHYS pools, so a relayed key is never used as a pad.
 """
 
@@ -138,6 +141,19 @@ def _pads(state: str, unknown: list[str] | None = None) -> list[JsonObj]:
 def _refuse(message: str, key: str, detail: str, pads: str, status: int = 400,
             unknown: list[str] | None = None) -> Reply:
     return status, message_data(message, {key: detail}, *_pads(pads, unknown))
+
+
+_NOT_READY = frozenset({"invalid_routing", "no_known_route"})  # a hop restarting, before its routes are back
+
+
+def _void_again_after(status: int, body: Any) -> bool:
+    """A refused void worth sending again: a time-out or a server error along the path, or a hop
+    that does not know the route yet; not a request the far end cannot understand."""
+    if status == 408 or status >= 500:
+        return True
+    details = body.get("details") if isinstance(body, dict) else None
+    return status == 400 and isinstance(details, list) and any(
+        isinstance(d, dict) and _NOT_READY & set(d) for d in details)
 
 
 def _pads_state(body: Any) -> tuple[str | None, list[str]]:
@@ -396,21 +412,49 @@ class Relay:
 
     async def _void_path(self, src: _Source, ids: list[str]) -> set[str]:
         """Void keys whose fate is unknown; returns those the far end has already used (the
-        source keeps them). The far end remembers voided IDs, so a late copy is refused."""
+        source keeps them). The far end remembers voided IDs, so a late copy is refused. A void
+        no hop answered for certain (no answer; a hop restarting, without the route yet; a time-out
+        further on) is sent again in the background until one does: the keys must not stay
+        usable at the far end, where another vendor's SAE could fetch keys ours never got."""
         body = void_container(ids, src.saes[0], src.saes[1], None,
                               {HOP: {"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}})
+        used = await self._post_void(src, body)
+        if used is None:
+            self._background(self._void_again(src, body))
+            return set()
+        return used & set(ids)
+
+    async def _post_void(self, src: _Source, body: JsonObj) -> set[str] | None:
+        """One void along the path: the IDs the far end had already used, None if it is to be
+        sent again."""
         try:
             status, resp = await self.kms.client.post(await self._peer(src.first), "ext_keys/void", body,
                                                       self.core.limits.rpc_timeout_s * 2)
         except (Etsi020Error, RelayError) as e:
             log.warning("void along %s not delivered: %s", src.link.qkdl_id, e)
-            return set()
+            return None
         if status != 200 or not isinstance(resp, dict):
             log.warning("void along %s refused (%d)", src.link.qkdl_id, status)
-            return set()
+            return None if _void_again_after(status, resp) else set()
         if resp.get("status") == "success":
             return set()
-        return acked_ids(resp.get("ack_containers"), "failed") & set(ids)
+        return acked_ids(resp.get("ack_containers"), "failed")
+
+    async def _void_again(self, src: _Source, body: JsonObj) -> None:
+        """Send an undelivered void again, backing off, for as long as reservations live."""
+        deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            used = await self._post_void(src, body)
+            if used is not None:
+                log.info("void along %s delivered on a later attempt", src.link.qkdl_id)
+                if used:
+                    log.error("%d keys of %s were used at the far end before the void reached it", len(used),
+                              src.link.qkdl_id)
+                return
+        log.error("void along %s never delivered: its keys may still be usable at the far end", src.link.qkdl_id)
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""

@@ -171,6 +171,29 @@ def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain
     assert chain.enc("bx1", 1).status_code == 200  # and the path works again
 
 
+def test_a_void_that_meets_a_trusted_node_down_is_sent_again_once_it_is_back(chain: Chain) -> None:
+    """A void along the path that finds B down (connection refused) was sent once and lost, so
+    the vendor kept keys our SAE never got (on a loaded machine, the test above lost its void so
+    when B's restart was slow). Now it is sent again, backing off, until B answers."""
+    from sdqkd.lkms.relay import _Source
+
+    net = chain.net
+    r = chain.enc("bx1", 1)
+    assert r.status_code == 200, r.text
+    kid = r.json()["keys"][0]["key_ID"]
+    assert kid in chain.vendor.keys  # not fetched by the vendor's SAE: still voidable there
+    a = net.nodes["A"]
+    virt = a.registry.links[chain.virt]
+    first = a.registry.phys_link_to(net.nodes["B"].node_id)
+    assert first is not None and virt.next_hops
+    src = _Source(a.relay, virt, first, [a.node_id, *virt.next_hops], ("a1", ["bx1"]), [(kid, b"")], keep=False)
+    net.run(net.nodes["B"].stop())
+    assert net.run(a.relay._void_path(src, [kid])) == set()  # not delivered: nothing known used
+    assert kid in chain.vendor.keys
+    net.restart("B")
+    wait_until(lambda: kid not in chain.vendor.keys, "the void delivered once B is back")
+
+
 def _hops_agree(chain: Chain) -> bool:
     try:
         chain.hops_agree()
