@@ -3,7 +3,8 @@
 relays, the pipelining ETSI 004 client), not benchmarks. Figures are medians of repeated runs,
 printed as a table, or as one JSON object with --json. Speed targets are checked here, never in
 timed tests. SIGTERM stops a benchmark as Ctrl-C does, cleaning up (runtime/bench/_proc.py);
-exit code 130."""
+exit code 130. Numeric options take their types from runtime/argtypes.py, so that a value out of
+range is a usage error before anything runs (tests/test_argtypes.py lists one per benchmark)."""
 
 from __future__ import annotations
 

@@ -328,14 +328,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     if case["name"] == "demo":
         # a slow link's batch of 4 blocks takes up to ~40 s at a tenth of the clock: a longer window
         return run_cancellable(demo_case(max(args.seconds, 90.0), args.warmup, int(case.get("workers", 2)),
-                                     float(case.get("clock_scale", 1.0))))
+                                         float(case.get("clock_scale", 1.0))))
     rtt_ms = float(case.get("rtt_ms", 0.0))
     # a new session first runs a few blocks at the full latency (~600-2,800 round trips of optimized Cascade, by schedule)
     warmup = float(case.get("warmup", args.warmup + 2.5 * rtt_ms))
     res = run_cancellable(link_case(args.km, case.get("block_bits", args.block_bits), args.cascade, args.seconds,
-                                warmup, relay_delay_ms=case.get("relay_ms", 0.0),
-                                until_blocks=int(case.get("until_blocks", 0)),
-                                relay_rate_mbit=float(case.get("rate_mbit", 0.0)), schedule=args.cascade_schedule))
+                                    warmup, relay_delay_ms=case.get("relay_ms", 0.0),
+                                    until_blocks=int(case.get("until_blocks", 0)),
+                                    relay_rate_mbit=float(case.get("rate_mbit", 0.0)), schedule=args.cascade_schedule))
     res["case"] = case["name"]
     res["delay"] = case.get("delay", "none")
     if case.get("rate_mbit"):
