@@ -424,17 +424,17 @@ class Relay:
             return set()
         return used & set(ids)
 
-    async def _post_void(self, src: _Source, body: JsonObj) -> set[str] | None:
+    async def _post_void(self, src: _Source, body: JsonObj, level: int = logging.WARNING) -> set[str] | None:
         """One void along the path: the IDs the far end had already used, None if it is to be
-        sent again."""
+        sent again. `level`: of the log line saying it was not delivered or refused."""
         try:
             status, resp = await self.kms.client.post(await self._peer(src.first), "ext_keys/void", body,
                                                       self.core.limits.rpc_timeout_s * 2)
         except (Etsi020Error, RelayError) as e:
-            log.warning("void along %s not delivered: %s", src.link.qkdl_id, e)
+            log.log(level, "void along %s not delivered: %s", src.link.qkdl_id, e)
             return None
         if status != 200 or not isinstance(resp, dict):
-            log.warning("void along %s refused (%d)", src.link.qkdl_id, status)
+            log.log(level, "void along %s refused (%d)", src.link.qkdl_id, status)
             return None if _void_again_after(status, resp) else set()
         if resp.get("status") == "success":
             return set()
@@ -447,7 +447,10 @@ class Relay:
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-            used = await self._post_void(src, body)
+            if src.link.qkdl_id not in self.core.registry.links:  # the path was deleted: its pools with it
+                log.info("void along %s dropped: the virtual link is gone", src.link.qkdl_id)
+                return
+            used = await self._post_void(src, body, logging.INFO)  # the first attempt warned already
             if used is not None:
                 log.info("void along %s delivered on a later attempt", src.link.qkdl_id)
                 if used:
