@@ -47,7 +47,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -328,14 +328,20 @@ class Relay:
         if task is not None:
             await task
 
-    async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
-        """Keep the pads reserved and ask again until the hop answers (or the reservation would
-        expire anyway): both ends then agree on what was consumed."""
+    async def _backoff(self) -> AsyncIterator[None]:
+        """Waits 0.5 s, doubling up to 10 s, before each try, for as long as reservations live
+        (`unconfirmed_ttl_s`): the pace of every background retry towards a hop."""
         deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
         delay = 0.5
         while time.monotonic() < deadline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+            yield
+
+    async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
+        """Keep the pads reserved and ask again until the hop answers (or the reservation would
+        expire anyway): both ends then agree on what was consumed."""
+        async for _ in self._backoff():
             peer = self.kms.node(peer.identity) or peer  # re-learnt by a later relay, if it moved
             try:
                 status, resp = await self.kms.client.post(peer, "ext_keys", body, self.core.limits.rpc_timeout_s)
@@ -442,11 +448,7 @@ class Relay:
 
     async def _void_again(self, src: _Source, body: JsonObj) -> None:
         """Send an undelivered void again, backing off, for as long as reservations live."""
-        deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
-        delay = 0.5
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        async for _ in self._backoff():
             if src.link.qkdl_id not in self.core.registry.links:  # the path was deleted: its pools with it
                 log.info("void along %s dropped: the virtual link is gone", src.link.qkdl_id)
                 return
