@@ -71,7 +71,7 @@ def stored_keys(state: Path, node: str) -> dict[bytes, bytes]:
     """Key ID -> material of a node's store (read from its SQLite file after the network stopped)."""
     db = state / "nodes" / node / "data" / "keys.sqlite"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        return {bytes(k): bytes(m) for k, m in c.execute("SELECT kid, material FROM keys")}
+        return {bytes(k): bytes(m) for k, m in c.execute("SELECT kid, material FROM all_keys")}
 
 
 def _peak_rss_mb() -> float:

@@ -92,7 +92,7 @@ class LkmsProcess:
         """kid -> (state, material), read from the node's SQLite file (read-only)."""
         con = sqlite3.connect(f"file:{self.cfg['data_dir']}/keys.sqlite?mode=ro", uri=True, timeout=10)
         try:
-            return {k: (s, m) for k, s, m in con.execute("SELECT kid, state, material FROM keys")}
+            return {k: (s, m) for k, s, m in con.execute("SELECT kid, state, material FROM all_keys")}
         finally:
             con.close()
 

@@ -17,6 +17,11 @@ transaction (one fsync for everything that arrived meanwhile); each operation ru
 SAVEPOINT so one failure never spoils its neighbours. Counts per pool are kept in memory
 (loaded once at open), so status calls never scan. Key IDs are stored as 16-byte blobs; the
 index (pool, state, seq) serves "next available key" from either end in O(log n).
+
+Runs: a block's keys go in as runs of many keys (store_runs.py: ~20 rows for ~5,350 keys, 2.4
+ms of CPU per block where a row per key cost 17.7); a key becomes a row of its own only when an
+operation reserves, takes or erases it (or one of its run). Every operation below sees rows and runs alike; the
+view `all_keys` shows both to whoever reads the file.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from sdqkd.lkms import store_runs as runs
 from sdqkd.lkms.keys import (
     KEY_ID_PREFIX_BYTES,
     AppKey,
@@ -74,7 +80,7 @@ CREATE TABLE IF NOT EXISTS pools(
   added_keys INTEGER NOT NULL DEFAULT 0, added_bits INTEGER NOT NULL DEFAULT 0,
   delivered_keys INTEGER NOT NULL DEFAULT 0, delivered_bits INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS keys(
-  seq INTEGER PRIMARY KEY,          -- insertion order
+  seq INTEGER PRIMARY KEY,          -- insertion order, shared with runs (store_runs.py)
   pid INTEGER NOT NULL,
   kid BLOB NOT NULL UNIQUE,         -- 16-byte UUID, same at both ends
   bits INTEGER NOT NULL,
@@ -120,25 +126,16 @@ def _distinct_ids(key_ids: Sequence[str]) -> list[bytes] | None:
     return blobs if len(set(blobs)) == len(blobs) else None
 
 
-# Rows of equal size in one statement: the IDs and the material travel as two concatenated
-# blobs that a recursive CTE cuts apart. One sqlite3_step instead of one per row: each step
-# releases and retakes the GIL, which under a busy event loop cost far more than the insert.
-# (INSERT first, WITH inside: sqlite3 reports a rowcount only for statements that begin with INSERT)
-_INSERT_RUN = """INSERT {}INTO keys(pid, kid, bits, state, material, created)
-WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n+1 FROM i WHERE n+1<?)
-SELECT ?, substr(?, n*16+1, 16), ?, 0, substr(?, n*?+1, ?), ? FROM i"""
-_INSERT_NEW_RUN = _INSERT_RUN.format("OR IGNORE ")
-_INSERT_RUN = _INSERT_RUN.format("")
-
-
 def _insert_keys(conn: sqlite3.Connection, rows: list[tuple[int, bytes, int, bytes, float]]) -> None:
-    """INSERT available keys (pid, kid, bits, material, created), in order."""
+    """INSERT available keys (pid, kid, bits, material, created), in order, after every key there is."""
+    seq = runs.next_seq(conn)
     if len(rows) > 1 and len({(r[0], r[2], len(r[3]), r[4]) for r in rows}) == 1:
         pid, _, bits, m, now = rows[0]
-        conn.execute(_INSERT_RUN, (len(rows), pid, b"".join(r[1] for r in rows), bits,
-                                   b"".join(r[3] for r in rows), len(m), len(m), now))
+        conn.execute(runs.INSERT_ROWS, (len(rows), seq, pid, b"".join(r[1] for r in rows), bits,
+                                        b"".join(r[3] for r in rows), len(m), len(m), now))
     else:
-        conn.executemany("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)", rows)
+        conn.executemany("INSERT INTO keys(seq, pid, kid, bits, state, material, created) VALUES(?,?,?,?,0,?,?)",
+                         [(seq + i, *r) for i, r in enumerate(rows)])
 
 
 def _canonical_or(key_id: str, kid: bytes) -> str:
@@ -154,6 +151,66 @@ def _s(kid: bytes) -> str:
         raise ValueError("key IDs are 16 bytes")
     h = kid.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _pick(rows: Iterator[tuple[int, bytes, int, bytes]], counts: list[int], bits: int
+          ) -> tuple[list[list[AppKey] | None], list[tuple[int]], int, int, bool]:
+    """Reserve_out's choice: for each count, that many keys of `bits` from the available rows in
+    order (link keys joined when smaller), or None once the rows run out. Also the seqs taken,
+    their keys and bits, and whether the rows ran out."""
+    out: list[list[AppKey] | None] = []
+    updates: list[tuple[int]] = []
+    exhausted = False
+    taken_k = taken_b = 0
+    nbytes = bits // 8
+    for n in counts:
+        if exhausted or n <= 0:
+            out.append(None if n > 0 else [])
+            continue
+        got: list[AppKey] = []
+        pend: list[tuple[int]] = []
+        tb = 0
+        for _ in range(n):
+            row = next(rows, None)
+            if row is None:
+                exhausted = True
+                break
+            if row[2] >= bits:  # one link key makes the key (the usual case)
+                seq, kid, pbits, m = row
+                pend.append((seq,))
+                tb += pbits
+                sid = _s(kid)
+                got.append(AppKey(sid, bits, ((sid, pbits),), m if pbits == bits else m[:nbytes]))
+                continue
+            parts: list[tuple[int, bytes, int, bytes]] = [row]
+            acc = row[2]
+            while acc < bits:
+                row = next(rows, None)
+                if row is None:
+                    exhausted = True
+                    break
+                parts.append(row)
+                acc += row[2]
+            if exhausted:
+                break
+            for seq, _kid, pb, _m in parts:
+                pend.append((seq,))
+                tb += pb
+            got.append(AppKey(_s(parts[0][1]), bits, tuple((_s(p[1]), p[2]) for p in parts),
+                              join_parts([p[3] for p in parts], bits)))
+        if exhausted:
+            out.append(None)
+            continue
+        out.append(got)
+        updates.extend(pend)
+        taken_k += len(pend)
+        taken_b += tb
+    return out, updates, taken_k, taken_b, exhausted
+
+
+def _nearer(seq: int, other: int, from_back: bool) -> bool:
+    """Whether `seq` comes before `other` in the pool's order read from that end."""
+    return seq > other if from_back else seq < other
 
 
 class _Counts:
@@ -237,7 +294,7 @@ class SqliteKeyStore:
                 conn.execute("PRAGMA temp_store=MEMORY")
                 conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: the pick index of 10^6 keys fits
                 conn.execute("PRAGMA wal_autocheckpoint=0")  # we checkpoint (and truncate) ourselves
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA + runs.SCHEMA)
             except BaseException:
                 conn.close()
                 raise
@@ -411,6 +468,11 @@ class SqliteKeyStore:
             else:
                 counts.rs_k += n
                 counts.rs_b += int(bits)
+        for pid, n, bits in runs.counts(tx.conn):
+            counts = self._by_pid.get(pid)
+            if counts is not None:
+                counts.av_k += n
+                counts.av_b += bits
 
     def _recover(self, tx: _Tx) -> int:
         # RESERVED_OUT keys were never handed out (delivery erases them in the same commit).
@@ -450,7 +512,7 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return 0
-        n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount
+        n = tx.conn.execute("DELETE FROM keys WHERE pid=?", (c.pid,)).rowcount + runs.drop(tx.conn, c.pid)
         tx.conn.execute("DELETE FROM blocks WHERE pid=?", (c.pid,))
         tx.conn.execute("DELETE FROM block_prefixes WHERE pid=?", (c.pid,))
         tx.conn.execute("DELETE FROM pools WHERE pid=?", (c.pid,))
@@ -501,10 +563,14 @@ class SqliteKeyStore:
         n = len(kids) // 16
         if not n:
             return
-        tx.conn.execute("INSERT OR IGNORE INTO block_prefixes VALUES(?,?)", (kids[:KEY_ID_PREFIX_BYTES], pid))
+        prefix = kids[:KEY_ID_PREFIX_BYTES]
+        tx.conn.execute("INSERT OR IGNORE INTO block_prefixes VALUES(?,?)", (prefix, pid))
         bits = size * 8
-        # one statement for the whole block (see _INSERT_RUN): thousands of keys per block
-        tx.conn.execute(_INSERT_RUN, (n, pid, kids, bits, material, size, size, time.time()))
+        if runs.block_free(tx.conn, prefix):
+            runs.add(tx.conn, pid, kids, material, size, time.time())  # a few rows, not one per key
+        else:  # a put stored one of these IDs (never in practice): rows, and the ID index refuses it
+            tx.conn.execute(runs.INSERT_ROWS, (n, runs.next_seq(tx.conn), pid, kids, bits, material, size, size,
+                                               time.time()))
         tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
                         (n, n * bits, pid))
         tx.d(pid, av_k=n, av_b=n * bits, ad_k=n, ad_b=n * bits)
@@ -517,9 +583,11 @@ class SqliteKeyStore:
 
     def _put_key(self, tx: _Tx, qkdl_id: str, key_id: str, material: bytes, bits: int) -> None:
         pid = tx.pid(qkdl_id)
+        kid = _b(key_id)
+        runs.materialize_ids(tx.conn, [kid])  # so that the ID index sees it if a run holds it
         try:
-            tx.conn.execute("INSERT INTO keys(pid, kid, bits, state, material, created) VALUES(?,?,?,0,?,?)",
-                            (pid, _b(key_id), bits, material, time.time()))
+            tx.conn.execute("INSERT INTO keys(seq, pid, kid, bits, state, material, created) VALUES(?,?,?,?,0,?,?)",
+                            (runs.next_seq(tx.conn), pid, kid, bits, material, time.time()))
         except sqlite3.IntegrityError:
             raise StoreError("key ID already stored") from None
         tx.conn.execute("UPDATE pools SET added_keys=added_keys+1, added_bits=added_bits+? WHERE pid=?", (bits, pid))
@@ -538,6 +606,7 @@ class SqliteKeyStore:
     def _put_keys(self, tx: _Tx, qkdl_id: str, rows: list[tuple[bytes, bytes]]) -> list[bool]:
         pid = tx.pid(qkdl_id)
         now = time.time()
+        runs.materialize_ids(tx.conn, [kid for kid, _ in rows])  # IDs runs hold are then rows, seen below
         if self._put_all_fresh(tx, pid, rows, now):
             bits = sum(len(m) for _, m in rows) * 8
             tx.conn.execute("UPDATE pools SET added_keys=added_keys+?, added_bits=added_bits+? WHERE pid=?",
@@ -575,9 +644,9 @@ class SqliteKeyStore:
             return False
         size = len(rows[0][1])
         tx.conn.execute("SAVEPOINT put_keys")
-        n = tx.conn.execute(_INSERT_NEW_RUN, (
-            len(rows), pid, b"".join(k for k, _ in rows), size * 8, b"".join(m for _, m in rows), size, size,
-            now)).rowcount
+        n = tx.conn.execute(runs.INSERT_NEW_ROWS, (
+            len(rows), runs.next_seq(tx.conn), pid, b"".join(k for k, _ in rows), size * 8,
+            b"".join(m for _, m in rows), size, size, now)).rowcount
         if n != len(rows):  # some ID was stored already (a repeated relay)
             tx.conn.execute("ROLLBACK TO put_keys")
         tx.conn.execute("RELEASE put_keys")
@@ -594,57 +663,19 @@ class SqliteKeyStore:
                      from_back: bool) -> list[list[AppKey] | None]:
         pid = tx.pid(qkdl_id)
         order = "DESC" if from_back else "ASC"
-        cur = tx.conn.execute(
-            f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 ORDER BY seq {order}", (pid,))
-        out: list[list[AppKey] | None] = []
-        updates: list[tuple[int]] = []
-        exhausted = False
-        taken_k = taken_b = 0
-        rows = iter(cur)
-        nbytes = bits // 8
-        for n in counts:
-            if exhausted or n <= 0:
-                out.append(None if n > 0 else [])
-                continue
-            got: list[AppKey] = []
-            pend: list[tuple[int]] = []
-            tb = 0
-            for _ in range(n):
-                row = next(rows, None)
-                if row is None:
-                    exhausted = True
-                    break
-                if row[2] >= bits:  # one link key makes the key (the usual case)
-                    seq, kid, pbits, m = row
-                    pend.append((seq,))
-                    tb += pbits
-                    sid = _s(kid)
-                    got.append(AppKey(sid, bits, ((sid, pbits),), m if pbits == bits else m[:nbytes]))
-                    continue
-                parts: list[tuple[int, bytes, int, bytes]] = [row]
-                acc = row[2]
-                while acc < bits:
-                    row = next(rows, None)
-                    if row is None:
-                        exhausted = True
-                        break
-                    parts.append(row)
-                    acc += row[2]
-                if exhausted:
-                    break
-                for seq, _kid, pb, _m in parts:
-                    pend.append((seq,))
-                    tb += pb
-                got.append(AppKey(_s(parts[0][1]), bits, tuple((_s(p[1]), p[2]) for p in parts),
-                                  join_parts([p[3] for p in parts], bits)))
-            if exhausted:
-                out.append(None)
-                continue
-            out.append(got)
-            updates.extend(pend)
-            taken_k += len(pend)
-            taken_b += tb
-        cur.close()
+        need = 0
+        while True:
+            cur = tx.conn.execute(
+                f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 ORDER BY seq {order}", (pid,))
+            out, updates, taken_k, taken_b, exhausted = _pick(iter(cur), counts, bits)
+            cur.close()
+            near = runs.nearest(tx.conn, pid, from_back)
+            if near is None or not exhausted and (not updates or _nearer(updates[-1][0], near[0], from_back)):
+                break  # the rows picked come before every run
+            # a run comes before the last row picked, or the rows ran out: rows of its keys, pick again
+            want = len(updates) if not exhausted else sum(max(n, 0) for n in counts) * -(-bits // (8 * near[1]))
+            need = max(2 * need, want, 1)
+            runs.materialize_end(tx.conn, pid, need, from_back)
         if updates:
             # The master side needs no group columns: it erases by txn and knows the grouping.
             # The rows taken are a run of consecutive available rows in seq order (the SELECT's
@@ -771,6 +802,7 @@ class SqliteKeyStore:
         if tx.conn.execute("SELECT 1 FROM keys WHERE txn=? LIMIT 1", (txn,)).fetchone():
             return ReserveResult(False, reason="transaction exists")
         pid = self._by_id[qkdl_id].pid
+        runs.materialize_ids(tx.conn, [kid for kid, _ in parts])
         unknown: list[str] = []
         busy: list[str] = []
         seqs: list[int] = []
@@ -878,8 +910,13 @@ class SqliteKeyStore:
     def _take_next(self, tx: _Tx, qkdl_id: str, n: int, from_back: bool) -> list[LinkKey]:
         pid = tx.pid(qkdl_id)
         order = "DESC" if from_back else "ASC"
-        rows = tx.conn.execute(f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 "
-                               f"ORDER BY seq {order} LIMIT ?", (pid, n)).fetchall()
+        while True:
+            rows = tx.conn.execute(f"SELECT seq, kid, bits, material FROM keys WHERE pid=? AND state=0 "
+                                   f"ORDER BY seq {order} LIMIT ?", (pid, n)).fetchall()
+            near = runs.nearest(tx.conn, pid, from_back)
+            if near is None or len(rows) == n and _nearer(rows[-1][0], near[0], from_back):
+                break  # the rows come before every run
+            runs.materialize_end(tx.conn, pid, n, from_back)
         if len(rows) < n:
             return []
         tx.conn.executemany("DELETE FROM keys WHERE seq=?", [(r[0],) for r in rows])
@@ -897,9 +934,10 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return None
-        found: dict[bytes, tuple[int, bytes]] = {}
-        for i in range(0, len(blobs), _IN_BATCH):  # one DELETE ... RETURNING per batch of IDs
-            part = blobs[i:i + _IN_BATCH]
+        found = {kid: (len(m) * 8, m) for kid, m in runs.take(tx.conn, c.pid, blobs).items()}
+        rest = [kid for kid in blobs if kid not in found]
+        for i in range(0, len(rest), _IN_BATCH):  # one DELETE ... RETURNING per batch of IDs
+            part = rest[i:i + _IN_BATCH]
             marks = ",".join("?" * len(part))
             for kid, bits, material in tx.conn.execute(
                     f"DELETE FROM keys WHERE kid IN ({marks}) AND +pid=? AND +state=0 RETURNING kid, bits, material",
@@ -921,6 +959,7 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         unknown: list[str] = []
         busy: list[str] = []
+        in_runs: list[tuple[bytes, str]] = []  # not a row: perhaps a run's member
         for k in key_ids:
             try:
                 kid = _b(k)
@@ -928,10 +967,14 @@ class SqliteKeyStore:
                 unknown.append(k)
                 continue
             r = tx.conn.execute("SELECT pid, state FROM keys WHERE kid=?", (kid,)).fetchone()
-            if r is None or c is None or r[0] != c.pid:
+            if r is None:
+                in_runs.append((kid, k))
+            elif c is None or r[0] != c.pid:
                 unknown.append(k)
             elif r[1] != AVAILABLE:
                 busy.append(k)
+        held = runs.find(tx.conn, [kid for kid, _ in in_runs])
+        unknown += [k for kid, k in in_runs if c is None or held.get(kid, (0, 0, -1))[2] != c.pid]
         return unknown, busy
 
     async def gone(self, qkdl_id: str, key_ids: Sequence[str]) -> list[str]:
@@ -947,6 +990,9 @@ class SqliteKeyStore:
                 out.append(k)  # a malformed ID never arrives
                 continue
             if c is None or tx.conn.execute("SELECT 1 FROM keys WHERE kid=? AND pid=?", (kid, c.pid)).fetchone():
+                continue
+            held = runs.find(tx.conn, [kid])
+            if held and held[kid][2] == c.pid:
                 continue
             if tx.conn.execute("SELECT 1 FROM block_prefixes WHERE prefix=? AND pid=?",
                                (kid[:KEY_ID_PREFIX_BYTES], c.pid)).fetchone():
@@ -964,6 +1010,7 @@ class SqliteKeyStore:
             return [], after
         rows = tx.conn.execute("SELECT seq, kid FROM keys WHERE pid=? AND state=0 AND seq>? AND created<? "
                                "ORDER BY seq LIMIT ?", (c.pid, after, before, limit)).fetchall()
+        rows = sorted(rows + runs.available(tx.conn, c.pid, after, before, limit))[:limit]
         return [_s(r[1]) for r in rows], (rows[-1][0] if rows else after)
 
     async def erase_available(self, qkdl_id: str, key_ids: Sequence[str]) -> int:
@@ -976,7 +1023,7 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return 0
-        rows: list[tuple[int, int]] = []
+        rows = [(c.pid, len(m) * 8) for m in runs.take(tx.conn, c.pid, blobs).values()]
         for i in range(0, len(blobs), _IN_BATCH):
             part = blobs[i:i + _IN_BATCH]
             marks = ",".join("?" * len(part))
@@ -1015,7 +1062,9 @@ class SqliteKeyStore:
         c = self._by_id.get(qkdl_id)
         if c is None:
             return {}
-        return {_s(k): KeyState(s) for k, s in tx.conn.execute("SELECT kid, state FROM keys WHERE pid=?", (c.pid,))}
+        states = {_s(k): KeyState(s) for k, s in tx.conn.execute("SELECT kid, state FROM keys WHERE pid=?", (c.pid,))}
+        states.update((_s(k), KeyState.AVAILABLE) for k in runs.members(tx.conn, c.pid))
+        return states
 
 
 def _resolve(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> None:

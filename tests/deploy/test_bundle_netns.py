@@ -117,7 +117,7 @@ def test_exported_bundle_runs_one_namespace_per_node(tmp_path: Path):
             db = sqlite3.connect(data / "keys.sqlite")
             try:
                 assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-                assert db.execute("SELECT COUNT(*) FROM keys").fetchone()[0] > 0
+                assert db.execute("SELECT COUNT(*) FROM all_keys").fetchone()[0] > 0
             finally:
                 db.close()
             records = [json.loads(line) for line in (logs / f"{n}.log").read_text().splitlines() if line.strip()]

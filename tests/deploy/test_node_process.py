@@ -103,7 +103,7 @@ def _keys(db_path: Path) -> set[bytes]:
     db = sqlite3.connect(db_path)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return {row[0] for row in db.execute("SELECT kid FROM keys")}
+        return {row[0] for row in db.execute("SELECT kid FROM all_keys")}
     finally:
         db.close()
 

@@ -68,7 +68,7 @@ class Node:
 
     def keys(self) -> dict[str, int]:
         with self.db() as c:
-            return {str(uuid.UUID(bytes=k)): s for k, s in c.execute("SELECT kid, state FROM keys")}
+            return {str(uuid.UUID(bytes=k)): s for k, s in c.execute("SELECT kid, state FROM all_keys")}
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_sigkill_with_assigned_stream_window_loses_and_duplicates_nothing(two_pr
 def pool(node: Node, qkdl_id: str) -> dict[str, int]:
     with node.db() as c:
         return {str(uuid.UUID(bytes=k)): s for k, s in c.execute(
-            "SELECT kid, state FROM keys JOIN pools USING(pid) WHERE qkdl_id=?", (qkdl_id,))}
+            "SELECT kid, state FROM all_keys JOIN pools USING(pid) WHERE qkdl_id=?", (qkdl_id,))}
 
 
 def test_trusted_node_sigkilled_mid_relay_both_ends_agree(tmp_path: Path, tpki: Pki) -> None:

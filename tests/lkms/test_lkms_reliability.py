@@ -65,7 +65,7 @@ def pool_snapshot(node: Lkms, qkdl_id: str) -> dict[str, tuple[int, bytes]]:
     """Key ID -> (state, material) of one pool, read from the node's SQLite file (read-only)."""
     con = sqlite3.connect(f"file:{node.data_dir / 'keys.sqlite'}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT k.kid, k.state, k.material FROM keys k JOIN pools p ON k.pid = p.pid "
+        rows = con.execute("SELECT k.kid, k.state, k.material FROM all_keys k JOIN pools p ON k.pid = p.pid "
                            "WHERE p.qkdl_id = ?", (qkdl_id,)).fetchall()
     finally:
         con.close()

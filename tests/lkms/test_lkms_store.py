@@ -191,7 +191,7 @@ def test_durability_settings_and_erasure_on_disk(tmp_path: Path) -> None:
         raw += wal.read_bytes() if wal.exists() else b""
         assert all(mat[i:i + 32] not in raw for i in range(0, len(mat), 32))
         with sqlite3.connect(tmp_path / "k.sqlite") as c:
-            assert c.execute("SELECT COUNT(*) FROM keys").fetchone()[0] == 0
+            assert c.execute("SELECT COUNT(*) FROM all_keys").fetchone()[0] == 0
 
     asyncio.run(go())
 
