@@ -205,3 +205,36 @@ def test_every_operation_agrees_with_a_row_per_key_model(tmp_path: Path) -> None
         await s2.close()
 
     asyncio.run(go())
+
+
+def test_a_store_written_before_runs_opens_and_serves_its_rows_first(tmp_path: Path) -> None:
+    """A file with the schema of before (no runs: a row per key) needs no migration: its keys stay
+    rows, new blocks come as runs after them, and both are served in storage order."""
+    from sdqkd.lkms.keys import derive_key_blobs
+    from sdqkd.lkms.store import SCHEMA
+
+    old = os.urandom(10 * 32)
+    kids = derive_key_blobs(Q, "old", 10)
+    with sqlite3.connect(tmp_path / "k.sqlite") as c:
+        c.executescript(SCHEMA)
+        c.execute("INSERT INTO pools(qkdl_id, kind, added_keys, added_bits) VALUES(?, 'PHYS', 10, 2560)", (Q,))
+        c.execute("INSERT INTO blocks VALUES(1, 'old')")
+        c.execute("INSERT INTO keys(pid, kid, bits, state, material, created) "
+                  "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n+1 FROM i WHERE n+1<10) "
+                  "SELECT 1, substr(?, n*16+1, 16), 256, 0, substr(?, n*32+1, 32), 0 FROM i", (kids, old))
+
+    async def go() -> None:
+        s = SqliteKeyStore(tmp_path / "k.sqlite")
+        await s.open()
+        st = s.pool_stats(Q)
+        assert st is not None and st.available_keys == 10
+        new = os.urandom(5 * 32)
+        ids = await s.add_block(Q, new, 256, "new")
+        assert _tables(tmp_path / "k.sqlite") == (10, 1)
+        got = await s.take_next(Q, 12, from_back=False)
+        assert [k.material for k in got] == [old[i * 32:i * 32 + 32] for i in range(10)] + [new[:32], new[32:64]]
+        back = await s.take_next(Q, 3, from_back=True)
+        assert [k.key_id for k in back] == ids[::-1][:3]
+        await s.close()
+
+    asyncio.run(go())
