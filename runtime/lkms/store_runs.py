@@ -20,7 +20,7 @@ transaction of the operation that needs it:
   its row, and whole runs (one statement each) keep one-key requests from rewriting a run's
   blobs at every request;
 - `cut` takes keys named by ID (a take, an erasure) out of their run without any row, and keeps
-  the others as runs.
+  the others as runs, when they are at least half the run (else the run becomes rows: see `take`).
 The view `all_keys` shows rows and run members alike, for tools and tests that read the file.
 """
 
@@ -122,20 +122,29 @@ def cut(conn: sqlite3.Connection, seq: int, positions: set[int]) -> tuple[int, d
 
 
 def take(conn: sqlite3.Connection, pid: int, kids: Iterable[bytes]) -> dict[bytes, bytes]:
-    """Take the keys with these IDs that the pool's runs hold out of them: ID -> material."""
+    """Take the keys with these IDs that the pool's runs hold out of them: ID -> material. A run
+    losing less than half its keys becomes rows instead (what it held stays available; the
+    caller takes the rows it wants): cutting a key or two at a time would rewrite the rest of
+    the run every time (an ETSI 020 hop's pads come two at a time)."""
     by_run: dict[int, list[tuple[int, bytes]]] = {}
-    for kid, (seq, pos, owner) in find(conn, kids).items():
+    sizes: dict[int, int] = {}
+    for kid, (seq, pos, owner) in find(conn, kids, sizes).items():
         if owner == pid:
             by_run.setdefault(seq, []).append((pos, kid))
     out: dict[bytes, bytes] = {}
     for seq, members in by_run.items():
+        if 2 * len(members) < sizes[seq]:
+            explode(conn, seq)
+            continue
         _size, material = cut(conn, seq, {pos for pos, _ in members})
         out.update((kid, material[pos]) for pos, kid in members)
     return out
 
 
-def find(conn: sqlite3.Connection, kids: Iterable[bytes]) -> dict[bytes, tuple[int, int, int]]:
-    """The IDs that runs hold: ID -> (the run's seq, the member's position, pid)."""
+def find(conn: sqlite3.Connection, kids: Iterable[bytes], sizes: dict[int, int] | None = None
+         ) -> dict[bytes, tuple[int, int, int]]:
+    """The IDs that runs hold: ID -> (the run's seq, the member's position, pid); `sizes`, if
+    given, gets the number of keys of each run found."""
     by_prefix: dict[bytes, list[bytes]] = {}
     for kid in kids:
         by_prefix.setdefault(kid[:KEY_ID_PREFIX_BYTES], []).append(kid)
@@ -150,6 +159,8 @@ def find(conn: sqlite3.Connection, kids: Iterable[bytes]) -> dict[bytes, tuple[i
             j = bisect_right(firsts, i) - 1
             if j >= 0 and i < firsts[j] + runs[j][1]:
                 out[kid] = (runs[j][2], i - firsts[j], runs[j][3])
+                if sizes is not None:
+                    sizes[runs[j][2]] = runs[j][1]
     return out
 
 

@@ -40,7 +40,7 @@ async def _store(tmp: Path) -> SqliteKeyStore:
     return s
 
 
-def test_a_block_is_a_few_runs_whose_keys_become_rows_only_when_taken_by_position(tmp_path: Path) -> None:
+def test_a_block_is_a_few_runs_whose_keys_become_rows_only_when_needed(tmp_path: Path) -> None:
     async def go() -> None:
         s = await _store(tmp_path)
         n = 2 * R + 10
@@ -54,21 +54,28 @@ def test_a_block_is_a_few_runs_whose_keys_become_rows_only_when_taken_by_positio
         assert [k.key_id for k in front + back] == [ids[0], ids[-1]]
         assert front[0].material == mat[:32] and back[0].material == mat[-32:]
         assert _tables(tmp_path / "k.sqlite") == (R - 1 + 9, 1)
-        # a key in the middle of a run, by ID: cut out, the rest two runs, no row
-        mid = await s.take_keys(Q, [ids[R + 5]])
-        assert mid is not None and mid[0].material == mat[(R + 5) * 32:(R + 6) * 32]
+        # most of a run by ID: cut out of it, the rest two runs, no row
+        most = ids[R + 5:R + 5 + R // 2] + ids[R + 10 + R // 2:2 * R]
+        got = await s.take_keys(Q, most)
+        assert got is not None and [k.material for k in got] == [
+            mat[i * 32:i * 32 + 32] for i in [*range(R + 5, R + 5 + R // 2), *range(R + 10 + R // 2, 2 * R)]]
         assert _tables(tmp_path / "k.sqlite") == (R - 1 + 9, 2)
-        left = [i for i in ids if i not in (ids[0], ids[-1], ids[R + 5])]
+        # one key of a run by ID: the run becomes rows (a cut would rewrite the rest of it)
+        one = await s.take_keys(Q, [ids[R + 2]])
+        assert one is not None and one[0].material == mat[(R + 2) * 32:(R + 3) * 32]
+        assert _tables(tmp_path / "k.sqlite") == (R - 1 + 9 + 4, 1)
+        gone = {ids[0], ids[-1], ids[R + 2], *most}
+        left = [i for i in ids if i not in gone]
         assert [(uuid.UUID(bytes=k).hex, st) for k, st, _ in _view(tmp_path / "k.sqlite")] == [
             (uuid.UUID(i).hex, 0) for i in left]
         st = s.pool_stats(Q)
-        assert st is not None and st.available_keys == n - 3
+        assert st is not None and st.available_keys == n - len(gone)
         await s.close()
         # the counts are loaded from the runs again
         s2 = SqliteKeyStore(tmp_path / "k.sqlite")
         await s2.open()
         st = s2.pool_stats(Q)
-        assert st is not None and (st.available_keys, st.available_bits) == (n - 3, (n - 3) * 256)
+        assert st is not None and (st.available_keys, st.available_bits) == (len(left), len(left) * 256)
         assert set(await s2.key_states(Q)) == set(left)
         await s2.close()
 
