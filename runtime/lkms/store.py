@@ -19,9 +19,9 @@ SAVEPOINT so one failure never spoils its neighbours. Counts per pool are kept i
 index (pool, state, seq) serves "next available key" from either end in O(log n).
 
 Runs: a block's keys go in as runs of many keys (store_runs.py: ~20 rows for ~5,350 keys, 2.4
-ms of CPU per block where a row per key cost 17.7); a key becomes a row of its own only when an
-operation reserves, takes or erases it (or one of its run). Every operation below sees rows and runs alike; the
-view `all_keys` shows both to whoever reads the file.
+ms of CPU per block where a row per key cost 17.7); a key gets a row of its own only when an
+operation needs one (store_runs.py says which). Every operation below sees rows and runs alike;
+the view `all_keys` shows both to whoever reads the file.
 """
 
 from __future__ import annotations
