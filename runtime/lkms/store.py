@@ -974,7 +974,7 @@ class SqliteKeyStore:
             elif r[1] != AVAILABLE:
                 busy.append(k)
         held = runs.find(tx.conn, [kid for kid, _ in in_runs])
-        unknown += [k for kid, k in in_runs if c is None or held.get(kid, (0, 0, -1))[2] != c.pid]
+        unknown += [k for kid, k in in_runs if c is None or held.get(kid, (0, 0, -1, 0))[2] != c.pid]
         return unknown, busy
 
     async def gone(self, qkdl_id: str, key_ids: Sequence[str]) -> list[str]:
