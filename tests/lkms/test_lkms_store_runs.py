@@ -114,6 +114,7 @@ def test_a_put_of_an_id_a_run_holds_is_refused_and_changes_nothing(tmp_path: Pat
             assert "already stored" in str(e)
         else:
             raise AssertionError("a put of a stored ID was accepted")
+        assert _tables(tmp_path / "k.sqlite") == (0, 1)  # the run it turned into rows is one run again
         assert await s.put_keys(Q, [(ids[2], os.urandom(32)), (str(uuid.uuid4()), os.urandom(32))]) == [False, True]
         after = _view(tmp_path / "k.sqlite")
         assert after[:10] == before and len(after) == 11 and after[2][2] == mat[64:96]
