@@ -166,7 +166,9 @@ def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain
     net.restart("B")  # the same ports, its links and the virtual link's entry installed again
     t.join(60)
     assert out and out[0].status_code == 503, out[0].text if out else "no answer"
-    wait_until(lambda: set(chain.vendor.keys) == held, "the keys voided at the vendor")
+    # A's resend backs off up to 10 s with a 4 s time-out per try while B is down, then the void
+    # goes along the path with its own retry: a slow restart can take more than 30 s in all
+    wait_until(lambda: set(chain.vendor.keys) == held, "the keys voided at the vendor", limit=90)
     wait_until(lambda: _hops_agree(chain), "every hop's pools equal at both ends")
     assert chain.enc("bx1", 1).status_code == 200  # and the path works again
 
@@ -191,7 +193,7 @@ def test_a_void_that_meets_a_trusted_node_down_is_sent_again_once_it_is_back(cha
     assert net.run(a.relay._void_path(src, [kid])) == set()  # not delivered: nothing known used
     assert kid in chain.vendor.keys
     net.restart("B")
-    wait_until(lambda: kid not in chain.vendor.keys, "the void delivered once B is back")
+    wait_until(lambda: kid not in chain.vendor.keys, "the void delivered once B is back", limit=60)  # backoff <= 10 s
 
 
 def _hops_agree(chain: Chain) -> bool:
