@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import random
@@ -214,7 +215,11 @@ def test_stage_cpu_is_the_thread_cpu_of_each_step():
     nothing to it, and the stages cover the block's work."""
     cfg = BlockConfig("commercial", 8.0, 200_000_000, seed=18)
     stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    chunk = bytes(1 << 20)
+    # busy in C without the GIL, as an engine thread is: a spinner in Python would also contend for
+    # the GIL at every step of the block, CPU that the block's thread spends between its stages
+    # (under a loaded full run, up to a quarter of it)
+    spinner = threading.Thread(target=lambda: [hashlib.sha256(chunk).digest() for _ in iter(stop.is_set, True)])
     spinner.start()
     try:
         t, p = time.thread_time(), time.process_time()
