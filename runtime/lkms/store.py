@@ -983,16 +983,21 @@ class SqliteKeyStore:
     def _gone(self, tx: _Tx, qkdl_id: str, key_ids: list[str]) -> list[str]:
         c = self._by_id.get(qkdl_id)
         out: list[str] = []
+        kids: dict[str, bytes | None] = {}
         for k in key_ids:
             try:
-                kid = _b(k)
+                kids[k] = _b(k)
             except (ValueError, TypeError):
+                kids[k] = None
+        held = runs.find(tx.conn, [kid for kid in kids.values() if kid is not None])  # one query per block
+        for k in key_ids:
+            kid = kids[k]
+            if kid is None:
                 out.append(k)  # a malformed ID never arrives
                 continue
             if c is None or tx.conn.execute("SELECT 1 FROM keys WHERE kid=? AND pid=?", (kid, c.pid)).fetchone():
                 continue
-            held = runs.find(tx.conn, [kid])
-            if held and held[kid][2] == c.pid:
+            if held.get(kid, (0, 0, -1, 0))[2] == c.pid:  # a run member here
                 continue
             if tx.conn.execute("SELECT 1 FROM block_prefixes WHERE prefix=? AND pid=?",
                                (kid[:KEY_ID_PREFIX_BYTES], c.pid)).fetchone():
