@@ -515,31 +515,28 @@ class Relay:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- receiving ---------------------------------------------------------------------
-    def _check(self, h: _Hop, caller: PeerKms) -> tuple[Link, Link, bool] | Reply:
+    def _check(self, h: _Hop, caller: PeerKms) -> tuple[Link, Link, bool] | str:
+        """The hop's links and whether this node is the far end, or why the route is refused."""
         core = self.core
-
-        def no(detail: str) -> Reply:
-            return _refuse("key routing error", "invalid_routing", detail, "untouched")
-
         path, i = h.path, h.hop_index
         if len(path) < 2 or not 0 <= i < len(path) - 1 or path[i + 1] != core.node_id:
-            return no("bad path")
+            return "bad path"
         if caller.identity != path[i]:
-            return no("caller is not the previous hop")
+            return "caller is not the previous hop"
         hop = core.registry.links.get(h.hop_qkdl_id)
         if hop is None or hop.kind != PHYS or hop.peer_node_id != path[i]:
-            return no("hop link is not a physical link to the previous hop")
+            return "hop link is not a physical link to the previous hop"
         virt = core.registry.links.get(h.virt_qkdl_id)
         if virt is None or virt.kind != VIRT or virt.prev_hop != path[i]:
-            return no("virtual link not installed here")
+            return "virtual link not installed here"
         if virt.exit_peer != h.exit_peer:
-            return no("exit to an external KMS does not match the virtual link")
+            return "exit to an external KMS does not match the virtual link"
         end = i + 2 == len(path)
         if end:
             if virt.next_hops or virt.peer_node_id != path[0]:
-                return no("virtual link does not end here")
+                return "virtual link does not end here"
         elif tuple(virt.next_hops) != tuple(path[i + 2:]):
-            return no("path does not match the virtual link")
+            return "path does not match the virtual link"
         return hop, virt, end
 
     def _remember(self, relay_id: str, reply: Reply | asyncio.Future[Reply]) -> None:
@@ -569,13 +566,17 @@ class Relay:
         return reply
 
     async def _receive(self, caller: PeerKms, raw: JsonObj, req: ExtKeyContainer, h: _Hop, spawn: Spawn) -> Reply:
+        ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
         chk = self._check(h, caller)
-        if not isinstance(chk, tuple) or not isinstance(chk[0], Link):
-            return chk
+        if isinstance(chk, str):
+            # Untouched by this request, but a copy of it may have consumed the pads before a
+            # restart (that lost the routes until the controller installs them again): name the
+            # pads this store no longer holds, or the sender would put back pads that are gone here.
+            unknown, _busy = await self.core.store.missing(h.hop_qkdl_id, ids)
+            return _refuse("key routing error", "invalid_routing", chk, "untouched", unknown=unknown)
         hop, virt, end = chk
         if len(h.pad_key_ids) != len(req.keys):
             return _refuse("bad request format", "bad_request_format", "one pad per key", "untouched")
-        ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
         pre = None if end else self._prereserve(h, req)
         handed = [False]  # set once the reserved pads belong to the next hop's send (and its reconciliation)
         try:

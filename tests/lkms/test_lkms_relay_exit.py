@@ -173,6 +173,42 @@ def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain
     assert chain.enc("bx1", 1).status_code == 200  # and the path works again
 
 
+def test_a_trusted_node_back_before_its_routes_names_the_pads_it_no_longer_holds(chain: Chain) -> None:
+    """As above, but A's resend reaches B after its restart and before the controller installed
+    its links again. B refuses the hop as a routing error, without touching anything. Its earlier
+    self took the pads, though: the refusal must name them, or A puts its pads back (the two ends
+    of A-B then differ) and never voids the keys the vendor holds. (Once a rare CI failure: a
+    slow re-provisioning let A's resend in.)"""
+    import threading
+
+    chain.configure("sync")
+    net = chain.net
+    held, calls = set(chain.vendor.keys), chain.vendor.requests
+    net.nodes["B"].core.fault = "pause_before_020_reply"
+    out: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
+    t.start()
+    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    old = net.nodes["B"]
+    b = net.restart("B", provision=False)  # up, but with no link installed yet
+    t.join(60)
+    assert out and out[0].status_code == 503, out[0].text if out else "no answer"
+    # the controller installs B's physical links first: A's resend (in the background now)
+    # reaches B's relay, which does not know the virtual link yet
+    for link in old.registry.links.values():
+        if link.kind == "PHYS":
+            net.run(b.set_link(link.qkdl_id, link.peer_node_id, link.peer_kms_address, link.kind))
+    ab = net.links[frozenset(("A", "B"))]
+    a = net.nodes["A"]
+    wait_until(lambda: (st := a.store.pool_stats(ab)) is not None and st.reserved_keys == 0,
+               "A's pads settled by B's answer", limit=60)
+    assert set(chain.vendor.keys) != held  # A's void, if any, met B without the route: sent again later
+    net.provision("B", old)
+    wait_until(lambda: set(chain.vendor.keys) == held, "the keys voided at the vendor", limit=60)
+    wait_until(lambda: _hops_agree(chain), "every hop's pools equal at both ends")
+    assert chain.enc("bx1", 1).status_code == 200
+
+
 def test_a_void_that_meets_a_trusted_node_down_is_sent_again_once_it_is_back(chain: Chain) -> None:
     """A void along the path that finds B down (connection refused) was sent once and lost, so
     the vendor kept keys our SAE never got (on a loaded machine, the test above lost its void so
