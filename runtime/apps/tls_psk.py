@@ -205,6 +205,8 @@ class _PskEndpoint:
             return PskTlsConnection(conn, sock, pending, timeout)
         except (SSL.Error, TimeoutError, OSError) as e:
             sock.close()
+            if isinstance(pending.error, KeyboardInterrupt):  # the handshake failed because of it
+                raise pending.error from None
             raise self._explain(e, pending) from (pending.error or e)
         finally:
             pending.wipe()
@@ -276,6 +278,9 @@ class PskTlsClient(_PskEndpoint):
             ffi.memmove(identity, ident + b"\0", len(ident) + 1)
             ffi.memmove(psk, bytes(st.key), len(st.key))
             return len(st.key)
+        except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM, run_script) during OpenSSL's call: raised after it
+            st.error = e
+            return 0
         except Exception as e:  # an exception must not cross into OpenSSL: 0 aborts the handshake
             st.error = e if isinstance(e, (KeyDeliveryError, ValueError)) else RuntimeError(
                 f"key source failed: {type(e).__name__}: {e}")
@@ -333,6 +338,9 @@ class PskTlsServer(_PskEndpoint):
                 raise ValueError(f"a key of {len(st.key)} bytes does not fit a PSK (at most {max_psk_len})")
             ffi.memmove(psk, bytes(st.key), len(st.key))
             return len(st.key)
+        except KeyboardInterrupt as e:  # Ctrl-C (or SIGTERM, run_script) during OpenSSL's call: raised after it
+            st.error = e
+            return 0
         except Exception as e:  # 0 = unknown identity: OpenSSL aborts (1.2) or ignores the PSK (1.3, then fails)
             st.error = e if isinstance(e, (LookupError, ValueError)) else RuntimeError(
                 f"key lookup failed: {type(e).__name__}: {e}")

@@ -6,9 +6,11 @@ network's event loop on a thread of its own; `start_processes` runs `sdqkd net u
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -77,7 +79,7 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
         raise
 
     def stop() -> None:
-        asyncio.run_coroutine_threadsafe(net.stop(), loop).result(60)
+        _through_interrupts(asyncio.run_coroutine_threadsafe(net.stop(), loop), 60)
         end_loop()
 
     def request(master: str, slave: str, rate: float) -> dict[str, Any]:
@@ -90,16 +92,41 @@ def start_inprocess(topology: Any, state: Path | None, timeout: float, workers: 
     return RunningNetwork("inprocess", net.endpoints, stop, request, net.state)
 
 
+def _through_interrupts(fut: concurrent.futures.Future[Any], timeout: float) -> Any:
+    """`fut`'s result. An interrupt (Ctrl-C, or SIGTERM with run_script) while it runs waits for
+    it too, then is raised: a network's stop cut short would leave its state directory (CA key,
+    key stores) behind, its event loop's daemon thread ending with the process."""
+    end = time.monotonic() + timeout
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            result = fut.result(max(0.0, end - time.monotonic()))
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
+    return result
+
+
 def _cancel_and_wait(loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]], wait_s: float = 60.0) -> None:
-    """Cancel the task (if any yet) in its loop's thread and wait until it has unwound."""
+    """Cancel the starting task (if any yet) in its loop's thread and wait until it has unwound;
+    a start that completed meanwhile (the interrupt came as it returned) is stopped instead."""
     unwound = threading.Event()
 
     def cancel() -> None:
-        if not tasks or tasks[0].done():
+        if not tasks:
             unwound.set()
             return
-        tasks[0].add_done_callback(lambda _: unwound.set())
-        tasks[0].cancel()
+        task = tasks[0]
+        if not task.done():
+            task.add_done_callback(lambda _: unwound.set())
+            task.cancel()  # start_network stops what it started, state included
+        elif task.cancelled() or task.exception() is not None:
+            unwound.set()
+        else:
+            stopping = loop.create_task(task.result().stop())
+            stopping.add_done_callback(lambda _: unwound.set())
 
     loop.call_soon_threadsafe(cancel)
     unwound.wait(wait_s)

@@ -207,6 +207,23 @@ def test_client_reports_why_it_had_no_key(kms):
     srv.join()
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_interrupt_while_the_client_fetches_its_key_is_raised_not_lost(version):
+    """Ctrl-C (or SIGTERM under run_script) while the key source runs inside OpenSSL's callback:
+    the callback must not let it cross into OpenSSL, and the handshake then raises it, rather
+    than a handshake failure (an example interrupted there exited 2 instead of 130)."""
+    key = Key(str(uuid.uuid4()), secrets.token_bytes(32))
+    srv = Serve(PskTlsServer(lambda kid: key.key, version))
+
+    def interrupted() -> Key:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        PskTlsClient(interrupted, version).connect(("127.0.0.1", srv.port), timeout=20)
+    srv.join()
+    assert len(srv.errors) == 1  # the server saw the handshake fail
+
+
 @needs_openssl
 def test_no_resumption_with_the_servers_ticket(kms, tmp_path):
     """TLS 1.3: the binding lacks SSL_CTX_set_num_tickets, so OpenSSL still sends a stateful
