@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sdqkd import pki
-from sdqkd.node.channel import Frame, FrameConnection, Kind, _handshake, client_context, server_context
+from sdqkd.node.channel import Frame, FrameConnection, Kind, client_context, server_context
+from sdqkd.node.tls_bio import handshake
 
 
 def _loopback_pair() -> tuple[socket.socket, socket.socket]:
@@ -34,10 +35,9 @@ async def _tls_pair(tmp: Path) -> tuple[FrameConnection, FrameConnection]:
     srv = pki.write_identity(ca, ca_path, tmp, "node-a", server=True)
     cli = pki.write_identity(ca, ca_path, tmp, "node-b", server=True)
     a, b = _loopback_pair()
-    ta = server_context(srv).wrap_socket(a, server_side=True, do_handshake_on_connect=False)
-    tb = client_context(cli).wrap_socket(b, do_handshake_on_connect=False)
-    await asyncio.gather(_handshake(ta), _handshake(tb))
-    return FrameConnection(ta, limit=1 << 20), FrameConnection(tb, limit=1 << 20)
+    ta, tb = await asyncio.gather(handshake(a, server_context(srv), server_side=True),
+                                  handshake(b, client_context(cli), server_side=False))
+    return FrameConnection(a, limit=1 << 20, tls=ta), FrameConnection(b, limit=1 << 20, tls=tb)
 
 
 async def _trips(alice: FrameConnection, bob: FrameConnection, blocks: int, trips: int, size: int) -> float:

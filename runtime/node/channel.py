@@ -2,8 +2,9 @@
 
 Why not gRPC: a key block is ~1,500 Cascade round trips of a few hundred bytes, and grpcio hands
 each message to Python at 70-200 us of CPU; here a frame costs a few microseconds: the socket is
-read and written by event-loop callbacks through ssl.SSLSocket (one C call per TLS record, no
-asyncio stream or Python TLS layer), writes coalesced per read callback or event-loop turn. The
+read and written by event-loop callbacks, its TLS records through memory (tls_bio: one `recv` for
+all the records the kernel holds, no asyncio stream or Python TLS layer), writes coalesced per
+read callback or event-loop turn. The
 frames' content is Wegman-Carter authenticated by the engine (runtime/engine/auth.py); TLS adds
 confidentiality of the transcript's metadata and, above all, admission control.
 
@@ -45,6 +46,7 @@ from typing import Any, NamedTuple
 
 from sdqkd.errors import SdqkdError
 from sdqkd.lkms.tlsctx import peercert_cn
+from sdqkd.node.tls_bio import TlsPipe, handshake
 from sdqkd.pki import TlsFiles
 
 log = logging.getLogger("sdqkd.channel")
@@ -101,10 +103,10 @@ def frame_limit(sifted_bits: float) -> int:
 
 
 class FrameConnection:
-    """One end of a channel connection on a non-blocking socket (ssl.SSLSocket with TLS) driven by
-    the event loop's reader and writer callbacks: each TLS record is encrypted or decrypted in one
-    C call on the socket, without asyncio's Python TLS layer and stream reader, which cost several
-    times the frame handling itself (~2 x 2,300 messages per 4e6-bit block).
+    """One end of a channel connection on a non-blocking socket (its TLS records through `tls`)
+    driven by the event loop's reader and writer callbacks, without asyncio's Python TLS layer and
+    stream reader, which cost several times the frame handling itself (~2 x 2,300 messages per
+    4e6-bit block).
 
     `send` never blocks: frames written in the same event-loop turn leave in one write (one TLS
     record; the Cascade messages of independent blocks batch themselves), and those a read
@@ -119,14 +121,15 @@ class FrameConnection:
     once is enough); what a session queues is bounded by its window of blocks, each of which
     answers only what the peer asked."""
 
-    def __init__(self, sock: socket.socket, limit: int = HELLO_LIMIT):
+    def __init__(self, sock: socket.socket, limit: int = HELLO_LIMIT, tls: TlsPipe | None = None):
         self._sock = sock
+        self._tls = tls
         self._fd = sock.fileno()
         self.limit = limit
         self._loop = asyncio.get_running_loop()
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
-        self._pending: bytes | None = None  # a write the socket could not take yet (TLS: retried as is)
+        self._pending: memoryview | None = None  # bytes for the wire the socket could not take yet
         self._flush_scheduled = False
         self._in_read = False  # in the read callback: what its handlers send leaves at its end
         self._buf = bytearray()
@@ -143,7 +146,7 @@ class FrameConnection:
         self._drained: asyncio.Future[None] | None = None
         self._error: ChannelError | None = None
         self._closed = False
-        self.peer_cn = peercert_cn(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
+        self.peer_cn = peercert_cn(tls.getpeercert()) if tls is not None else None
         self.frames_sent = 0
         self.frames_received = 0
         self.last_sent = self.last_received = self._loop.time()
@@ -174,7 +177,14 @@ class FrameConnection:
     def _write_out(self) -> None:
         self._flush_scheduled = False
         while self._pending is None and self._out and not self._closed:
-            self._try_send(self._next_write())
+            data = self._next_write()
+            if self._tls is not None:
+                try:
+                    data = self._tls.encrypt(data)
+                except ssl.SSLError as e:
+                    self._fail(f"classical channel lost: {e.__class__.__name__}")
+                    return
+            self._try_send(data)
 
     def _next_write(self) -> bytes:
         """What leaves in one write: a big payload alone, else the queued small frames together."""
@@ -186,21 +196,33 @@ class FrameConnection:
         self._out_bytes -= len(data)
         return data
 
-    def _try_send(self, data: bytes) -> None:
+    def _try_send(self, data: bytes | memoryview) -> None:
+        """Bytes for the wire (TLS records already), in order after any still pending."""
         try:
             sent = self._sock.send(data)
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
-            sent = 0  # TLS: OpenSSL keeps its progress; the same buffer is offered again
-        except (OSError, ssl.SSLError) as e:
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
             self._fail(f"classical channel lost: {e.__class__.__name__}")
             return
         if sent < len(data):
             if self._pending is None:
                 self._loop.add_writer(self._fd, self._on_writable)
-            self._pending = data if isinstance(self._sock, ssl.SSLSocket) else data[sent:]
+            self._pending = memoryview(data)[sent:]  # no copy: big frames are megabytes
         elif self._pending is not None:
             self._pending = None
             self._loop.remove_writer(self._fd)
+
+    def _send_tls_own(self) -> None:
+        """Records OpenSSL wrote while reading (a TLS 1.3 key update, say): out before any frame."""
+        assert self._tls is not None
+        own = self._tls.outgoing()
+        if not own:
+            return
+        if self._pending is None:
+            self._try_send(own)
+        else:
+            self._pending = memoryview(bytes(self._pending) + own)
 
     def _on_writable(self) -> None:
         if self._pending is not None:
@@ -279,7 +301,7 @@ class FrameConnection:
         if not self._reading and not self._closed:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
-            # TLS may hold bytes it already took from the socket: the socket would not wake us
+            # the TLS BIO may hold bytes already taken from the socket: the socket would not wake us
             self._loop.call_soon(self._on_readable)
 
     def _on_readable(self) -> None:
@@ -298,15 +320,17 @@ class FrameConnection:
             self._hand_over()
             if not self._reading or self._closed:
                 return
-        sock = self._sock
-        tls = isinstance(sock, ssl.SSLSocket)
+        tls = self._tls
+        recv_into = self._sock.recv_into if tls is None else tls.recv_into
         try:
             while True:
                 big = self._big
                 into = self._chunk if big is None else memoryview(big)[self._big_fill:]
                 try:
-                    n = sock.recv_into(into)
-                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                    n = recv_into(into)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if n < 0:  # TLS: nothing more yet
                     break
                 if n == 0:
                     raise ChannelError("classical channel lost: closed by the peer")
@@ -322,9 +346,11 @@ class FrameConnection:
                     self._hand_over()
                     if not self._reading or self._closed:
                         return
-                # a short read drained a plain socket; TLS returns one record per call, until WantRead
-                if (n < len(into) and not tls) or self._queued > max(self.limit, WRITE_HIGH):
+                # a short read drained a plain socket; TLS gives a record per call, until it blocks
+                if (n < len(into) and tls is None) or self._queued > max(self.limit, WRITE_HIGH):
                     break
+            if tls is not None and not self._closed:
+                self._send_tls_own()
         except ChannelError as e:
             self._fail(str(e))
         except (OSError, ssl.SSLError) as e:
@@ -419,31 +445,6 @@ class FrameConnection:
         self._fail("classical channel closed")
 
 
-def _set_once(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def _handshake(sock: ssl.SSLSocket) -> None:
-    """A non-blocking TLS handshake on the event loop."""
-    loop = asyncio.get_running_loop()
-    fd = sock.fileno()
-    while True:
-        try:
-            sock.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            add, remove = loop.add_reader, loop.remove_reader
-        except ssl.SSLWantWriteError:
-            add, remove = loop.add_writer, loop.remove_writer
-        ready: asyncio.Future[None] = loop.create_future()
-        add(fd, _set_once, ready)
-        try:
-            await ready
-        finally:
-            remove(fd)
-
-
 async def _connect(host: str, port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -518,12 +519,12 @@ async def dial(address: str, tls: TlsFiles | None, peer_id: str, timeout: float 
     """Connect to a peer's channel endpoint; with TLS its certificate CN must be `peer_id`."""
     host, port = _split(address)
     sock: socket.socket | None = None
+    pipe: TlsPipe | None = None
     try:
         async with asyncio.timeout(timeout):
             sock = await _connect(host, port)
             if tls is not None:
-                sock = client_context(tls).wrap_socket(sock, do_handshake_on_connect=False)
-                await _handshake(sock)
+                pipe = await handshake(sock, client_context(tls), server_side=False)
     except (OSError, ssl.SSLError, TimeoutError) as e:
         if sock is not None:
             sock.close()
@@ -532,7 +533,7 @@ async def dial(address: str, tls: TlsFiles | None, peer_id: str, timeout: float 
         if sock is not None:
             sock.close()
         raise
-    conn = FrameConnection(sock)
+    conn = FrameConnection(sock, tls=pipe)
     if tls is not None and conn.peer_cn != peer_id:
         await conn.close()
         raise ChannelError(f"{address} presented {conn.peer_cn!r}, not the link's peer node {peer_id}")
@@ -604,10 +605,10 @@ class ChannelServer:
             task.add_done_callback(self._conns.discard)
 
     async def _serve(self, sock: socket.socket) -> None:
+        pipe: TlsPipe | None = None
         try:
             if self._ctx is not None:
-                sock = self._ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                await asyncio.wait_for(_handshake(sock), 10.0)
+                pipe = await asyncio.wait_for(handshake(sock, self._ctx, server_side=True), 10.0)
         except (OSError, ssl.SSLError, TimeoutError) as e:
             sock.close()
             log.info("classical channel: TLS handshake failed: %s", e)
@@ -615,7 +616,7 @@ class ChannelServer:
         except BaseException:
             sock.close()
             raise
-        conn = FrameConnection(sock)
+        conn = FrameConnection(sock, tls=pipe)
         try:
             if self._ctx is not None:
                 self._admit(conn.peer_cn)

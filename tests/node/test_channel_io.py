@@ -21,10 +21,10 @@ from sdqkd.node.channel import (
     Frame,
     FrameConnection,
     Kind,
-    _handshake,
     client_context,
     server_context,
 )
+from sdqkd.node.tls_bio import handshake
 
 
 async def _pair() -> tuple[FrameConnection, FrameConnection]:
@@ -48,10 +48,9 @@ async def _tls_pair(tmp: Path) -> tuple[FrameConnection, FrameConnection]:
     a, b = socket.socketpair()
     for s in (a, b):
         s.setblocking(False)
-    ta = server_context(srv).wrap_socket(a, server_side=True, do_handshake_on_connect=False)
-    tb = client_context(cli).wrap_socket(b, do_handshake_on_connect=False)
-    await asyncio.gather(_handshake(ta), _handshake(tb))
-    return FrameConnection(ta, limit=1 << 24), FrameConnection(tb, limit=1 << 24)
+    ta, tb = await asyncio.gather(handshake(a, server_context(srv), server_side=True),
+                                  handshake(b, client_context(cli), server_side=False))
+    return FrameConnection(a, limit=1 << 24, tls=ta), FrameConnection(b, limit=1 << 24, tls=tb)
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
