@@ -7,6 +7,7 @@ nothing for the refused request. Real servers, mutual TLS with two PKIs, real ET
 from __future__ import annotations
 
 import base64
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,16 +153,8 @@ def test_trusted_node_killed_mid_transfer_leaves_the_vendor_nothing(chain: Chain
     """B forwards the keys, G hands them to the vendor, and B dies before answering A: our SAE
     gets 503; once B is back, A's resend finds B's pads gone and voids the keys along the path,
     so the vendor's SAE cannot fetch keys our SAE never got; every hop's pools agree."""
-    import threading
-
-    chain.configure("sync")
     net = chain.net
-    held, calls = set(chain.vendor.keys), chain.vendor.requests
-    net.nodes["B"].core.fault = "pause_before_020_reply"
-    out: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
-    t.start()
-    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    held, t, out = _b_paused_after_the_vendor_took_two_keys(chain)
     assert len(chain.vendor.keys) == len(held) + 2
     net.restart("B")  # the same ports, its links and the virtual link's entry installed again
     t.join(60)
@@ -179,16 +172,8 @@ def test_a_trusted_node_back_before_its_routes_names_the_pads_it_no_longer_holds
     self took the pads, though: the refusal must name them, or A puts its pads back (the two ends
     of A-B then differ) and never voids the keys the vendor holds. (Once a rare CI failure: a
     slow re-provisioning let A's resend in.)"""
-    import threading
-
-    chain.configure("sync")
     net = chain.net
-    held, calls = set(chain.vendor.keys), chain.vendor.requests
-    net.nodes["B"].core.fault = "pause_before_020_reply"
-    out: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
-    t.start()
-    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    held, t, out = _b_paused_after_the_vendor_took_two_keys(chain)
     old = net.nodes["B"]
     b = net.restart("B", provision=False)  # up, but with no link installed yet
     t.join(60)
@@ -230,6 +215,20 @@ def test_a_void_that_meets_a_trusted_node_down_is_sent_again_once_it_is_back(cha
     assert kid in chain.vendor.keys
     net.restart("B")
     wait_until(lambda: kid not in chain.vendor.keys, "the void delivered once B is back", limit=60)  # backoff <= 10 s
+
+
+def _b_paused_after_the_vendor_took_two_keys(chain: Chain
+                                             ) -> tuple[set[str], threading.Thread, list[httpx.Response]]:
+    """Our SAE asks for 2 keys; B forwards them, G hands them to the vendor and B pauses before
+    answering A. Returns the vendor's keys before, the SAE's thread and where its answer goes."""
+    chain.configure("sync")
+    held, calls = set(chain.vendor.keys), chain.vendor.requests
+    chain.net.nodes["B"].core.fault = "pause_before_020_reply"
+    out: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: out.append(chain.enc("bx1", 2)))
+    t.start()
+    wait_until(lambda: chain.vendor.requests > calls, "the keys at the vendor")
+    return held, t, out
 
 
 def _hops_agree(chain: Chain) -> bool:
