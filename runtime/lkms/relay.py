@@ -539,6 +539,14 @@ class Relay:
             return "path does not match the virtual link"
         return hop, virt, end
 
+    async def _untouched(self, h: _Hop, ids: list[str], message: str, key: str, detail: str) -> Reply:
+        """A refusal that took none of the pads `ids`. It names those this store no longer holds
+        (the sender erases them too): an earlier copy of the request may have consumed them, as
+        before a restart that lost the routes until the controller installs them again; without
+        them the sender would put back pads that are gone here."""
+        unknown, _busy = await self.core.store.missing(h.hop_qkdl_id, ids)
+        return _refuse(message, key, detail, "untouched", unknown=unknown)
+
     def _remember(self, relay_id: str, reply: Reply | asyncio.Future[Reply]) -> None:
         self._replies[relay_id] = reply
         self._replies.move_to_end(relay_id)
@@ -569,14 +577,10 @@ class Relay:
         ids = [k for p in h.pad_key_ids for k in p] + h.mac_key_ids
         chk = self._check(h, caller)
         if isinstance(chk, str):
-            # Untouched by this request, but a copy of it may have consumed the pads before a
-            # restart (that lost the routes until the controller installs them again): name the
-            # pads this store no longer holds, or the sender would put back pads that are gone here.
-            unknown, _busy = await self.core.store.missing(h.hop_qkdl_id, ids)
-            return _refuse("key routing error", "invalid_routing", chk, "untouched", unknown=unknown)
+            return await self._untouched(h, ids, "key routing error", "invalid_routing", chk)
         hop, virt, end = chk
         if len(h.pad_key_ids) != len(req.keys):
-            return _refuse("bad request format", "bad_request_format", "one pad per key", "untouched")
+            return await self._untouched(h, ids, "bad request format", "bad_request_format", "one pad per key")
         pre = None if end else self._prereserve(h, req)
         handed = [False]  # set once the reserved pads belong to the next hop's send (and its reconciliation)
         try:
@@ -623,9 +627,8 @@ class Relay:
         core = self.core
         taken = await core.take_arrived(hop.qkdl_id, ids)
         if taken is None:
-            unknown, busy = await core.store.missing(hop.qkdl_id, ids)
-            return _refuse("insufficient key material", "insufficient_key_material",
-                           "hop keys not available", "untouched", unknown=unknown)
+            return await self._untouched(h, ids, "insufficient key material", "insufficient_key_material",
+                                         "hop keys not available")
         mats = {k: lk.material for k, lk in zip(ids, taken, strict=True)}
         mac_key = b"".join(mats[k] for k in h.mac_key_ids)
         if not hmac.compare_digest(hop_tag(mac_key, raw, [k.value for k in req.keys]).encode(), h.tag.encode()):

@@ -974,7 +974,7 @@ class SqliteKeyStore:
             elif r[1] != AVAILABLE:
                 busy.append(k)
         held = runs.find(tx.conn, [kid for kid, _ in in_runs])
-        unknown += [k for kid, k in in_runs if c is None or held.get(kid, (0, 0, -1, 0))[2] != c.pid]
+        unknown += [k for kid, k in in_runs if c is None or runs.owner(held, kid) != c.pid]
         return unknown, busy
 
     async def gone(self, qkdl_id: str, key_ids: Sequence[str]) -> list[str]:
@@ -997,7 +997,7 @@ class SqliteKeyStore:
                 continue
             if c is None or tx.conn.execute("SELECT 1 FROM keys WHERE kid=? AND pid=?", (kid, c.pid)).fetchone():
                 continue
-            if held.get(kid, (0, 0, -1, 0))[2] == c.pid:  # a run member here
+            if runs.owner(held, kid) == c.pid:  # a run member here
                 continue
             if tx.conn.execute("SELECT 1 FROM block_prefixes WHERE prefix=? AND pid=?",
                                (kid[:KEY_ID_PREFIX_BYTES], c.pid)).fetchone():

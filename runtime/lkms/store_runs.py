@@ -164,6 +164,12 @@ def find(conn: sqlite3.Connection, kids: Iterable[bytes]) -> dict[bytes, tuple[i
     return out
 
 
+def owner(hits: dict[bytes, tuple[int, int, int, int]], kid: bytes) -> int | None:
+    """The pid of the run that holds `kid` among `find`'s hits, None if no run does."""
+    hit = hits.get(kid)
+    return None if hit is None else hit[2]
+
+
 def materialize_ids(conn: sqlite3.Connection, kids: Iterable[bytes]) -> None:
     """Make rows of the keys with these IDs that runs hold (their runs become rows)."""
     for seq in {hit[0] for hit in find(conn, kids).values()}:
