@@ -7,9 +7,13 @@ Cases, each in a child process of its own (clean CPU and memory accounting):
    with mutual TLS on loopback), 40 km, `optimized` Cascade, the simulated clock at 1 GHz:
    CPU-s per Mbit of final key (both nodes: the process), key rate, and the fraction of the blocks
    the simulated clock allows that the link completes.
-   This machine's speed drifts by up to ~10 % over minutes, so `--pairs N` (default 3) runs 1 and
-   2 alternately N times and takes the median of the N ratios (each link against the pipeline
-   measured just before it); every pair is in the output.
+   This machine's speed drifts by up to ~10 % over minutes and a block's CPU varies by up to
+   ~20 % from block to block, so `--pairs N` (default 3) runs 1 and 2 alternately N times and
+   one pipeline more at the end: each link is set against the mean of the pipelines just before
+   and just after it (a drift that is linear over the pair cancels), and the verdict takes the
+   median of the N ratios. A pipeline runs one warm-up block first, not counted (the link is
+   measured warm too), then 16 blocks. The ratios against the pipeline before alone (the
+   estimator up to 2026-12-07) are in the output too (`cpu_vs_pipeline_before_pairs`).
 3. `rtt1`, `rtt5`, `rtt20`: the same with the classical channel delayed to that round-trip time:
    in a network namespace with `tc netem delay` on its loopback where the kernel has netem, else
    through a relay process that delays every byte by RTT/2 each way (runtime/bench/_relay.py).
@@ -81,21 +85,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+PIPELINE_BLOCKS = 16  # ~7 s of CPU: blocks vary by up to ~20 % one from the next on this machine
+
+
 def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, schedule: str) -> dict[str, Any]:
+    """`blocks` blocks by run_local after one warm-up block (imports, first allocations), not counted."""
     from sdqkd.engine import pipeline
     from sdqkd.engine.auth import Authenticator, BufferKeySource
 
     loss = km * 0.2
     n = pipeline.pulses_for(PROFILE, loss, block_bits)
+
+    def block(i: int) -> tuple[pipeline.BlockResult, pipeline.BlockResult]:
+        cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade,
+                                   cascade_schedule=schedule)
+        secret = os.urandom(8192)
+        return pipeline.run_local(cfg, Authenticator(BufferKeySource(secret), "alice", b"bench"),
+                                  Authenticator(BufferKeySource(secret), "bob", b"bench"))
+
+    block(999)
     bits = 0
     stages: dict[str, float] = {}
     cpu0 = time.process_time()
     for i in range(blocks):
-        cfg = pipeline.BlockConfig(PROFILE, loss, n, seed=1000 + i, cascade_variant=cascade,
-                                   cascade_schedule=schedule)
-        secret = os.urandom(8192)
-        a, b = pipeline.run_local(cfg, Authenticator(BufferKeySource(secret), "alice", b"bench"),
-                                  Authenticator(BufferKeySource(secret), "bob", b"bench"))
+        a, b = block(i)
         bits += a.key_bits if a.status == "ok" and a.key == b.key else 0
         _add(stages, a.cpu, b.cpu)
     cpu = time.process_time() - cpu0
@@ -320,7 +333,8 @@ def netem_namespace(name: str, delay_ms: float) -> str | None:
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     case = json.loads(args.child)
     if case["name"] == "pipeline":
-        return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", 8), args.cascade_schedule)
+        return pipeline_case(args.km, args.block_bits, args.cascade, case.get("blocks", PIPELINE_BLOCKS),
+                             args.cascade_schedule)
     if case["name"] == "channel":
         from sdqkd.bench._channel import channel_case
 
@@ -381,9 +395,10 @@ def main(argv: list[str]) -> int:
         return 0
     load = os.getloadavg()
     res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in load], "cases": []}
-    for _ in range(a.pairs):  # alternately: drift of the machine's speed hits both alike
+    for _ in range(a.pairs):  # alternately, a pipeline on either side of each link (module doc)
         res["cases"].append(child(a, {"name": "pipeline"}))
         res["cases"].append(child(a, {"name": "rtt0"}))
+    res["cases"].append(child(a, {"name": "pipeline"}))
     res["cases"].append(child(a, {"name": "channel"}))
     for rtt in a.rtt:
         res["cases"].append(delayed(a, f"rtt{rtt:g}", rtt))
@@ -413,16 +428,36 @@ def extra_cpu(pipe: dict[str, Any], link: dict[str, Any]) -> dict[str, float]:
             "outside_stages": round(total - stages - cascade, 1)}
 
 
+def _mean_of(pipes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pipelines on either side of a link as one: CPU per Mbit and per block, stage by stage,
+    their mean (those that measured; the one before alone when there is none after)."""
+    ok = [p for p in pipes if p.get("cpu_s_per_mbit")] or pipes[:1]
+    out: dict[str, Any] = {"case": "pipeline"}
+    if all(p.get("cpu_s_per_mbit") for p in ok):
+        out["cpu_s_per_mbit"] = statistics.fmean(p["cpu_s_per_mbit"] for p in ok)
+    if all("cpu_ms_per_block" in p for p in ok):
+        costs = [p["cpu_ms_per_block"] for p in ok]
+        names = sorted({k for c in costs for k in c["stages"]})
+        out["cpu_ms_per_block"] = {"total": statistics.fmean(c["total"] for c in costs),
+                                   "stages": {k: statistics.fmean(c["stages"].get(k, 0.0) for c in costs)
+                                              for k in names}}
+    return out
+
+
 def _verdict(cases: list[dict[str, Any]]) -> dict[str, Any]:
     by = {c["case"]: c for c in cases}
-    bases = [c for c in cases if c["case"] == "pipeline"]
+    pipes = [c for c in cases if c["case"] == "pipeline"]
     zeros = [c for c in cases if c["case"] == "rtt0"]
+    bases = [_mean_of(pipes[i:i + 2]) for i in range(min(len(zeros), len(pipes)))]  # before and after
     out: dict[str, Any] = {}
     ratios = [z["cpu_s_per_mbit"] / b["cpu_s_per_mbit"] for b, z in zip(bases, zeros, strict=False)
               if b.get("cpu_s_per_mbit") and z.get("cpu_s_per_mbit")]
     if ratios:
         out["cpu_vs_pipeline"] = round(statistics.median(ratios), 2)
         out["cpu_vs_pipeline_pairs"] = [round(r, 3) for r in ratios]
+        out["cpu_vs_pipeline_before_pairs"] = [
+            round(z["cpu_s_per_mbit"] / b["cpu_s_per_mbit"], 3) for b, z in zip(pipes, zeros, strict=False)
+            if b.get("cpu_s_per_mbit") and z.get("cpu_s_per_mbit")]
     extra = [extra_cpu(b, z) for b, z in zip(bases, zeros, strict=False)
              if "cpu_ms_per_block" in b and "cpu_ms_per_block" in z]
     if extra:

@@ -13,15 +13,20 @@ def _pair(pipe: float, link: float, of_clock: float = 1.0, rate: float = 900e3) 
             {"case": "rtt0", "cpu_s_per_mbit": link, "of_clock": of_clock, "rate_bps": rate, "stores_equal": True}]
 
 
-def test_the_ratio_is_the_median_of_the_pairs_each_against_its_own_pipeline() -> None:
-    cases = [*_pair(0.25, 0.275), *_pair(0.30, 0.345, of_clock=0.97, rate=800e3), *_pair(0.20, 0.30, rate=1000e3),
-             {"case": "rtt5", "rate_bps": 855e3, "stores_equal": True}]
+def test_the_ratio_is_the_median_of_the_links_each_against_the_pipelines_on_either_side() -> None:
+    cases = [*_pair(0.24, 0.286), *_pair(0.28, 0.276, of_clock=0.97, rate=800e3), *_pair(0.20, 0.315, rate=1000e3),
+             {"case": "pipeline", "cpu_s_per_mbit": 0.22}, {"case": "rtt5", "rate_bps": 855e3, "stores_equal": True}]
     v = _verdict(cases)
-    assert v["cpu_vs_pipeline_pairs"] == [1.1, 1.15, 1.5]
-    assert v["cpu_vs_pipeline"] == 1.15  # not the last pair's 1.5, nor 1.23 from the sums
+    assert v["cpu_vs_pipeline_pairs"] == [1.1, 1.15, 1.5]  # 0.286 / 0.26, 0.276 / 0.24, 0.315 / 0.21
+    assert v["cpu_vs_pipeline"] == 1.15  # not the last pair's 1.5, nor a ratio of the sums
+    assert v["cpu_vs_pipeline_before_pairs"] == [1.192, 0.986, 1.575]  # each against the one before alone
     assert v["of_clock"] == 0.97  # the slowest run must keep up
     assert v["rtt5_vs_rtt0"] == 0.95  # against the median link rate
     assert v["ok"]
+    # without the closing pipeline (or when it failed), the last link is set against the one before it
+    assert _verdict(cases[:6])["cpu_vs_pipeline_pairs"] == [1.1, 1.15, 1.575]
+    failed = [*cases[:6], {"case": "pipeline", "error": "killed"}]
+    assert _verdict(failed)["cpu_vs_pipeline_pairs"] == [1.1, 1.15, 1.575]
 
 
 def test_one_pair_over_the_limit_fails_alone_and_a_store_mismatch_fails_any() -> None:
@@ -43,6 +48,12 @@ def test_the_extra_cpu_of_a_link_splits_into_its_stages_cascade_and_the_rest() -
     assert extra_cpu(pipe, link) == {"total": 120.0, "stages_but_cascade": 3.0, "cascade": 16.0,
                                      "outside_stages": 101.0}  # 495 - 476 - 16; 120 - 3 - 16
     assert _verdict([pipe, link])["extra_cpu_ms_per_block_pairs"] == [extra_cpu(pipe, link)]
+    after = {"case": "pipeline", "cpu_s_per_mbit": 0.45,
+             "cpu_ms_per_block": _costs(520.0, {"sim": 245.0, "cascade": 61.0, "pa": 90.0, "auth": 40.0, "sift": 64.0})}
+    bracketed = _verdict([pipe, link, after])
+    assert bracketed["extra_cpu_ms_per_block_pairs"] == [{"total": 100.0, "stages_but_cascade": -7.0, "cascade": 14.0,
+                                                          "outside_stages": 93.0}]  # against 500 ms, sim 235, Cascade 59
+    assert bracketed["cpu_vs_pipeline_pairs"] == [1.1]  # 0.44 / 0.40
     assert "extra_cpu_ms_per_block_pairs" not in _verdict(_pair(0.25, 0.26))  # older cases: no breakdown
 
 
