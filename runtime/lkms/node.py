@@ -131,6 +131,8 @@ class Lkms:
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._room: dict[str, asyncio.Event] = {}
+        self._changes: dict[str, int] = {}  # qkdl_id -> changes to its pool so far
+        self._full_asked: dict[str, tuple[float, int]] = {}  # qkdl_id -> (when, changes): a full pool's last pass asked
         self.registrar: Registrar | None = None  # the node's ETSI 015 registration workflow, if any
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -320,6 +322,7 @@ class Lkms:
         if self._started:
             self.core.notify(qkdl_ids)
         for q in qkdl_ids:
+            self._changes[q] = self._changes.get(q, 0) + 1
             ev = self._room.get(q)
             if ev is not None:  # its waiters look again: each waits for room of its own size
                 ev.set()
@@ -435,10 +438,22 @@ class Lkms:
     async def wait_for_room(self, qkdl_id: str, keys: int = 1) -> None:
         while self.store.room_keys(qkdl_id) < keys:
             if self._started:  # stale keys (held here only) may be what fills it
-                self.reconciler.request(qkdl_id)
+                self._reconcile_full(qkdl_id)
             ev = self._room.setdefault(qkdl_id, asyncio.Event())
             ev.clear()
             await ev.wait()
+
+    def _reconcile_full(self, qkdl_id: str) -> None:
+        """A full pool asks for a reconciliation pass, and again only once the pool changed since
+        and at most once per reconcile_grace_s. A link waits for room anew every second: asking at
+        every wait ran a pass over the whole pool (~0.5 s of CPU, both ends, for 100,000 keys) every
+        reconcile_min_gap_s for as long as the pool stayed full, half a core for an idle network."""
+        changes, now = self._changes.get(qkdl_id, 0), time.monotonic()
+        last = self._full_asked.get(qkdl_id)
+        if last is not None and (last[1] == changes or now - last[0] < self.limits.reconcile_grace_s):
+            return
+        self._full_asked[qkdl_id] = (now, changes)
+        self.reconciler.request(qkdl_id)
 
     # --- state -------------------------------------------------------------------------
     def key_store_stats(self) -> dict[str, Any]:

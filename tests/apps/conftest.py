@@ -19,7 +19,9 @@ TOPOLOGY = {
 }
 
 
-@pytest.fixture(scope="session")
+# Package scope (tests/apps has an __init__.py for it): the network stops after this directory's
+# last test. Session-scoped, it ran on beside every later test of the suite, on CI's 2 cores.
+@pytest.fixture(scope="package")
 def apps_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     net = start_inprocess(TOPOLOGY, tmp_path_factory.mktemp("apps-net"), timeout=120.0)
     try:

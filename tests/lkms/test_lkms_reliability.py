@@ -4,6 +4,7 @@ converge to the same pool after any uncertainty."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import uuid
@@ -101,6 +102,43 @@ def test_unknown_reserve_outcome_leaves_no_drift_and_a_full_pool_recovers(lt: Lo
         ids = [{"key_ID": k["key_ID"]} for k in r.json()["keys"]]
         r2 = net.client("b1").post(net.url("B") + "/a1/dec_keys", json={"key_IDs": ids})
         assert r2.status_code == 200 and r2.json() == r.json()
+    finally:
+        net.close()
+
+
+def test_a_full_pool_asks_for_a_pass_once_until_it_changes(lt: LoopThread, tpki: Pki, tmp_path: Path) -> None:
+    """A link waits for room anew every second while its pool is full. Each wait used to ask for
+    a reconciliation pass over the whole pool: one every reconcile_min_gap_s for as long as the
+    pool stayed full (half a core for an idle 3-node network of full 100,000-key pools)."""
+    net = net_ab(lt, tpki, tmp_path, limits=Limits(max_key_count=16, reconcile_grace_s=0.0), keys=16)
+    try:
+        a = net.nodes["A"]
+        q = net.links[frozenset(("A", "B"))]
+        net.run(asyncio.sleep(0.2))  # the store's word of the fill (a callback on the loop) has come
+        asked: list[str] = []
+        a.reconciler.request = lambda qkdl_id, reverse=True: asked.append(qkdl_id)  # type: ignore[method-assign]
+
+        async def still_full() -> bool:
+            try:
+                await asyncio.wait_for(a.wait_for_room(q), 0.2)
+            except TimeoutError:
+                return True
+            return False
+
+        assert all(net.run(still_full()) for _ in range(4))
+        assert asked == [q]  # once for the full pool, not once per wait
+        r = net.client("a1").post(net.url("A") + "/b1/enc_keys", json={"number": 1})
+        assert r.status_code == 200, r.text
+        net.feed("A", "B", 1)  # the pool changed, and is full again
+        net.run(asyncio.sleep(0.2))
+        assert all(net.run(still_full()) for _ in range(3))
+        assert asked == [q, q]
+        a.limits.reconcile_grace_s = 3600.0  # a change within the grace of the last ask: none more
+        assert net.client("a1").post(net.url("A") + "/b1/enc_keys", json={"number": 1}).status_code == 200
+        net.feed("A", "B", 1)
+        net.run(asyncio.sleep(0.2))
+        assert net.run(still_full())
+        assert asked == [q, q]
     finally:
         net.close()
 

@@ -1,0 +1,1 @@
+"""The application adapter tests: a package, so that their shared network lives only while they run."""
