@@ -21,6 +21,12 @@ from .server import NodeAgent
 
 GNMI_SERVICE = gnmi_pb2.DESCRIPTOR.services_by_name["gNMI"].full_name
 MAX_MESSAGE = 4 * 1024 * 1024
+# A manager's keepalive pings (ours: every 2 s, to notice a lost node within seconds) are accepted
+# down to one a second, with or without a call open. gRPC's server default allows one per 5 min
+# while it sends nothing: a quiet Subscribe stream (a network whose pools are full) then ended
+# with GOAWAY "too_many_pings", and the controller took every node for lost.
+KEEPALIVE_ACCEPTED = (("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                      ("grpc.keepalive_permit_without_calls", 1))
 
 
 def server_credentials(tls: TlsFiles, mutual: bool) -> grpc.ServerCredentials:
@@ -85,7 +91,7 @@ async def start_gnmi(agent: NodeAgent, listen: str, *, tls: TlsFiles | None = No
     interceptors = [AuthInterceptor(users)] if users else []
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ("grpc.max_concurrent_streams", 4096)])
+        ("grpc.max_concurrent_streams", 4096), *KEEPALIVE_ACCEPTED])
     gnmi_pb2_grpc.add_gNMIServicer_to_server(agent, server)
     if extra_handlers:  # other services of the node process on the same port
         server.add_generic_rpc_handlers(extra_handlers)

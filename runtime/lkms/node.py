@@ -132,7 +132,7 @@ class Lkms:
         self._tasks: list[asyncio.Task[None]] = []
         self._room: dict[str, asyncio.Event] = {}
         self._changes: dict[str, int] = {}  # qkdl_id -> changes to its pool so far
-        self._full_asked: dict[str, tuple[float, int]] = {}  # qkdl_id -> (when, changes): a full pool's last pass asked
+        self._full_asked: dict[str, tuple[float, int, int]] = {}  # qkdl_id -> (when, changes, asks since a change)
         self.registrar: Registrar | None = None  # the node's ETSI 015 registration workflow, if any
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -444,15 +444,20 @@ class Lkms:
             await ev.wait()
 
     def _reconcile_full(self, qkdl_id: str) -> None:
-        """A full pool asks for a reconciliation pass, and again only once the pool changed since
-        and at most once per reconcile_grace_s. A link waits for room anew every second: asking at
-        every wait ran a pass over the whole pool (~0.5 s of CPU, both ends, for 100,000 keys) every
-        reconcile_min_gap_s for as long as the pool stayed full, half a core for an idle network."""
+        """A full pool asks for a reconciliation pass, once more a reconcile_grace_s later (keys
+        still within the grace at the first pass were not checked), then only after the pool
+        changed, and never twice within the grace. A link waits for room anew every second: asking
+        at every wait ran a pass over the whole pool (~0.5 s of CPU, both ends, for 100,000 keys)
+        every reconcile_min_gap_s for as long as the pool stayed full, half a core for an idle
+        network."""
         changes, now = self._changes.get(qkdl_id, 0), time.monotonic()
-        last = self._full_asked.get(qkdl_id)
-        if last is not None and (last[1] == changes or now - last[0] < self.limits.reconcile_grace_s):
-            return
-        self._full_asked[qkdl_id] = (now, changes)
+        asks = 1
+        if (last := self._full_asked.get(qkdl_id)) is not None:
+            when, seen, before = last
+            if now - when < self.limits.reconcile_grace_s or (seen == changes and before >= 2):
+                return
+            asks = before + 1 if seen == changes else 1
+        self._full_asked[qkdl_id] = (now, changes, asks)
         self.reconciler.request(qkdl_id)
 
     # --- state -------------------------------------------------------------------------

@@ -106,11 +106,13 @@ def test_unknown_reserve_outcome_leaves_no_drift_and_a_full_pool_recovers(lt: Lo
         net.close()
 
 
-def test_a_full_pool_asks_for_a_pass_once_until_it_changes(lt: LoopThread, tpki: Pki, tmp_path: Path) -> None:
+def test_a_full_pool_asks_for_a_pass_once_and_after_the_grace_then_only_after_a_change(
+        lt: LoopThread, tpki: Pki, tmp_path: Path) -> None:
     """A link waits for room anew every second while its pool is full. Each wait used to ask for
     a reconciliation pass over the whole pool: one every reconcile_min_gap_s for as long as the
-    pool stayed full (half a core for an idle 3-node network of full 100,000-key pools)."""
-    net = net_ab(lt, tpki, tmp_path, limits=Limits(max_key_count=16, reconcile_grace_s=0.0), keys=16)
+    pool stayed full (half a core for an idle 3-node network of full 100,000-key pools). The
+    grace is set by hand to stand for the time that passes."""
+    net = net_ab(lt, tpki, tmp_path, limits=Limits(max_key_count=16, reconcile_grace_s=3600.0), keys=16)
     try:
         a = net.nodes["A"]
         q = net.links[frozenset(("A", "B"))]
@@ -125,20 +127,28 @@ def test_a_full_pool_asks_for_a_pass_once_until_it_changes(lt: LoopThread, tpki:
                 return True
             return False
 
-        assert all(net.run(still_full()) for _ in range(4))
+        def waits(n: int) -> None:
+            assert all(net.run(still_full()) for _ in range(n))
+
+        waits(4)
         assert asked == [q]  # once for the full pool, not once per wait
+        a.limits.reconcile_grace_s = 0.0  # the grace has passed: once more, for keys young at the first
+        waits(3)
+        assert asked == [q, q]
+        waits(3)
+        assert asked == [q, q]  # unchanged since: nothing more, however long it stays full
         r = net.client("a1").post(net.url("A") + "/b1/enc_keys", json={"number": 1})
         assert r.status_code == 200, r.text
         net.feed("A", "B", 1)  # the pool changed, and is full again
         net.run(asyncio.sleep(0.2))
-        assert all(net.run(still_full()) for _ in range(3))
-        assert asked == [q, q]
-        a.limits.reconcile_grace_s = 3600.0  # a change within the grace of the last ask: none more
+        waits(1)
+        assert asked == [q, q, q]
+        a.limits.reconcile_grace_s = 3600.0
         assert net.client("a1").post(net.url("A") + "/b1/enc_keys", json={"number": 1}).status_code == 200
-        net.feed("A", "B", 1)
+        net.feed("A", "B", 1)  # changed again, within the grace of the last ask: nothing more
         net.run(asyncio.sleep(0.2))
-        assert net.run(still_full())
-        assert asked == [q, q]
+        waits(2)
+        assert asked == [q, q, q]
     finally:
         net.close()
 
