@@ -18,8 +18,8 @@ Protocol (KeySync `Reconcile`, per link, run by the end that wants to clean its 
 ends; a pass the peer asked for does not ask back (no ping-pong).
 
 Triggers: a link (re)provisioned (after either end restarts), a Reserve with an unknown
-outcome, a pool the engine finds full (Lkms._reconcile_full: once, then only after the pool
-changed), and every `reconcile_interval_s`. A pass for a link
+outcome, a pool the engine finds full (Lkms._reconcile_full: once, once more after the grace,
+then only after the pool changed), and every `reconcile_interval_s`. A pass for a link
 runs at most once per `reconcile_min_gap_s`; a failed pass (peer unreachable) is retried.
 """
 
