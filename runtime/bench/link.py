@@ -430,11 +430,12 @@ def extra_cpu(pipe: dict[str, Any], link: dict[str, Any]) -> dict[str, float]:
 
 def _mean_of(pipes: list[dict[str, Any]]) -> dict[str, Any]:
     """The pipelines on either side of a link as one: CPU per Mbit and per block, stage by stage,
-    their mean (those that measured; the one before alone when there is none after)."""
-    ok = [p for p in pipes if p.get("cpu_s_per_mbit")] or pipes[:1]
+    the mean of those that measured (the one before alone when there is none after)."""
+    ok = [p for p in pipes if p.get("cpu_s_per_mbit")]
     out: dict[str, Any] = {"case": "pipeline"}
-    if all(p.get("cpu_s_per_mbit") for p in ok):
-        out["cpu_s_per_mbit"] = statistics.fmean(p["cpu_s_per_mbit"] for p in ok)
+    if not ok:
+        return out
+    out["cpu_s_per_mbit"] = statistics.fmean(p["cpu_s_per_mbit"] for p in ok)
     if all("cpu_ms_per_block" in p for p in ok):
         costs = [p["cpu_ms_per_block"] for p in ok]
         names = sorted({k for c in costs for k in c["stages"]})
