@@ -13,9 +13,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -69,6 +71,11 @@ class Target:
         return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(ca, key, cert))
 
 
+def _discard(stream: IO[str] | None) -> None:
+    for _ in stream or ():
+        pass
+
+
 def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     from sdqkd.pki import write_ca, write_identity
 
@@ -84,9 +91,13 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
         "users: {admin: 's3cret-pw'}\nsaes: [{id: sae-m}]\n"
     )
     cfg.chmod(0o600)  # a config holding a password must not be readable by others (the node checks)
-    proc = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # stderr to a file and stdout read to its end by a thread: a pipe nobody reads would stop the
+    # node at its 64th kB of log lines, in the middle of the suite
+    log = tmp / "node.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sdqkd.cli", "node", "--config", str(cfg)],
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     m = None
     line = "x"
     while proc.stdout and line and m is None:  # log lines (stdout too) may come before the start line
@@ -96,7 +107,8 @@ def _start_our_node(tmp: Path) -> tuple[subprocess.Popen[str], Target]:
     e14 = re.search(r"ETSI 014 on ([^\s,]+)", line)
     if not m:
         proc.kill()
-        raise RuntimeError(f"sdqkd node did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        raise RuntimeError(f"sdqkd node did not start: {line!r} {log.read_text()[-4000:]}")
+    threading.Thread(target=_discard, args=(proc.stdout,), daemon=True).start()
     return proc, Target(m.group(1), str(client.ca), str(client.cert), str(client.key), "admin", "s3cret-pw",
                         insecure=False, ours=True, name="node-a", restconf=rc.group(1) if rc else None,
                         etsi014=e14.group(1) if e14 else None, sae=(str(sae.cert), str(sae.key)))
