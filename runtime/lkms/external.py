@@ -9,8 +9,9 @@ Outbound (our SAE is the ETSI 014 master, the slave sits behind the peer): keys 
 demand. enc_keys draws fresh keys, sends them with `ext_keys` (initiator = our SAE, targets =
 theirs; synchronous, or asynchronous with our ack URL when the peer is configured `mode: async`),
 and hands them to our SAE only once the peer acknowledged them `relayed`. Keys the peer did not
-acknowledge in time are `void`ed there; keys it refused are never handed out. So our SAE never
-holds a key the other side will not deliver.
+acknowledge in time are `void`ed there (a void it does not answer for certain is sent again,
+backing off: retry.py); keys it refused are never handed out. So our SAE never holds a key the
+other side will not deliver.
 
 Inbound (their SAE is the initiator, ours the target): each key of an `ext_keys` is stored in the
 EXT pool and reserved for (initiator, targets) under its own transaction, so our SAE fetches it
@@ -29,10 +30,12 @@ import logging
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from sdqkd.errors import SdqkdError
+from sdqkd.lkms import retry
 from sdqkd.lkms.core import Core
 from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
 from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
@@ -90,6 +93,7 @@ class ExternalPeers:
         self.core, self.kms = core, kms
         self.peers: dict[str, ExternalPeer] = {}
         self._received: OrderedDict[str, _Received] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()  # voids sent again
 
     # --- registry ------------------------------------------------------------------------
     async def add(self, peer: ExternalPeer) -> None:
@@ -214,30 +218,63 @@ class ExternalPeers:
         return relayed
 
     async def _void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str]) -> None:
-        """Withdraw keys at the peer (best effort: the outcome is logged; our SAE never got them)."""
+        """Withdraw keys at the peer; our SAE never got them. A void the peer did not answer for
+        certain (no answer, a time-out, a server error) is sent again in the background, backing
+        off (retry.py), until it does: else the peer's SAE could fetch keys ours never got."""
+        if not await self._post_void(peer, ids, master, slaves, logging.WARNING):
+            self._background(self._void_again(peer, ids, master, slaves))
+
+    async def _post_void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str],
+                         level: int) -> bool:
+        """One void at the peer: whether it answered for certain (the outcome is logged). `level`:
+        of the log line saying it was not delivered or refused."""
         lim = self.core.limits
         futs = self.kms.expect(peer.kms, ids)
         try:
-            status, _ = await self.kms.client.post(peer.kms, "ext_keys/void",
-                                                   void_container(ids, master, slaves, self.kms.ack_url),
-                                                   lim.rpc_timeout_s)
+            status, resp = await self.kms.client.post(peer.kms, "ext_keys/void",
+                                                      void_container(ids, master, slaves, self.kms.ack_url),
+                                                      lim.rpc_timeout_s)
         except Etsi020Error as e:
             self.kms.forget(ids)
-            log.error("void of %d keys at %s not delivered: %s", len(ids), peer.name, e)
-            return
+            log.log(level, "void of %d keys at %s not delivered: %s", len(ids), peer.name, e)
+            return False
         if status not in (200, 202):
             self.kms.forget(ids)
-            log.error("void of %d keys at %s refused (%d)", len(ids), peer.name, status)
-            return
+            log.log(level, "void of %d keys at %s refused (%d)", len(ids), peer.name, status)
+            return not retry.void_again_after(status, resp)
         if status == 200:
             self.kms.forget(ids)
-            return
+            return True
         done, _ = await asyncio.wait(futs, timeout=lim.ack_timeout_s)
         self.kms.forget([k for k, f in zip(ids, futs, strict=True) if f not in done])
         failed = [f.result().key_ids[0] for f in done if f.result().ack_status == "failed"]
         if failed:
             log.error("external KMS %s delivered %d keys that were then voided: withdrawn too late",
                       peer.name, len(failed))
+        return True
+
+    async def _void_again(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str]) -> None:
+        async for _ in retry.backoff(self.core.limits.unconfirmed_ttl_s):
+            current = self.peers.get(peer.name)  # the peer as configured now (a later add replaces it)
+            if current is None:
+                log.info("void of %d keys at %s dropped: the peer is no longer configured", len(ids), peer.name)
+                return
+            if await self._post_void(current, ids, master, slaves, logging.INFO):  # the first try warned
+                log.info("void of %d keys at %s delivered on a later attempt", len(ids), peer.name)
+                return
+        log.error("void of %d keys at %s never delivered: they may still be usable there", len(ids), peer.name)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop the voids still being sent again."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- inbound: keys from the peer's SAE for ours -------------------------------------------
     def _caller_peer(self, caller: PeerKms) -> ExternalPeer:

@@ -286,6 +286,7 @@ class Lkms:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.relay.close()
+        await self.external.close()
         await self.reconciler.close()
         await self._server020.close()
         await self.outbox.close()

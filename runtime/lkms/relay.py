@@ -44,7 +44,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -56,6 +55,7 @@ import orjson
 
 from sdqkd.errors import SdqkdError
 from sdqkd.generated.proto.sdqkd import kms_pb2
+from sdqkd.lkms import retry
 from sdqkd.lkms.core import Core
 from sdqkd.lkms.etsi020 import Kms020, Reply, Spawn, sync_reply
 from sdqkd.lkms.etsi020_client import Etsi020Error, PeerKms
@@ -141,19 +141,6 @@ def _pads(state: str, unknown: list[str] | None = None) -> list[JsonObj]:
 def _refuse(message: str, key: str, detail: str, pads: str, status: int = 400,
             unknown: list[str] | None = None) -> Reply:
     return status, message_data(message, {key: detail}, *_pads(pads, unknown))
-
-
-_NOT_READY = frozenset({"invalid_routing", "no_known_route"})  # a hop restarting, before its routes are back
-
-
-def _void_again_after(status: int, body: Any) -> bool:
-    """A refused void worth sending again: a time-out or a server error along the path, or a hop
-    that does not know the route yet; not a request the far end cannot understand."""
-    if status == 408 or status >= 500:
-        return True
-    details = body.get("details") if isinstance(body, dict) else None
-    return status == 400 and isinstance(details, list) and any(
-        isinstance(d, dict) and _NOT_READY & set(d) for d in details)
 
 
 def _pads_state(body: Any) -> tuple[str | None, list[str]]:
@@ -328,15 +315,9 @@ class Relay:
         if task is not None:
             await task
 
-    async def _backoff(self) -> AsyncIterator[None]:
-        """Waits 0.5 s, doubling up to 10 s, before each try, for as long as reservations live
-        (`unconfirmed_ttl_s`): the pace of every background retry towards a hop."""
-        deadline = time.monotonic() + self.core.limits.unconfirmed_ttl_s
-        delay = 0.5
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            yield
+    def _backoff(self) -> AsyncIterator[None]:
+        """The pace of every background retry towards a hop (retry.py)."""
+        return retry.backoff(self.core.limits.unconfirmed_ttl_s)
 
     async def _reconcile(self, peer: PeerKms, body: JsonObj, txn: str, late: Late | None) -> None:
         """Keep the pads reserved and ask again until the hop answers (or the reservation would
@@ -441,7 +422,7 @@ class Relay:
             return None
         if status != 200 or not isinstance(resp, dict):
             log.log(level, "void along %s refused (%d)", src.link.qkdl_id, status)
-            return None if _void_again_after(status, resp) else set()
+            return None if retry.void_again_after(status, resp) else set()
         if resp.get("status") == "success":
             return set()
         return acked_ids(resp.get("ack_containers"), "failed")

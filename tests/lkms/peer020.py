@@ -15,7 +15,8 @@ Behaviour, as the standard describes it:
 - POST /kmapi/v1/ext_keys/ack: acks for keys it sent; unknown IDs -> 400 key not present.
 - Errors: message_data {"message", "details"}; callers must present a client certificate with
   the expected identity (CN), else 401.
-Fault knobs for tests: never_ack, ack_twice.
+Fault knobs for tests: never_ack, ack_twice, void_fails (that many voids answered 503, as by a
+KMS overloaded or restarting); `voids` counts the void requests received.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class PeerKms:
         self.requests = 0
         self.never_ack = False
         self.ack_twice = False
+        self.void_fails = 0
+        self.voids = 0
         self.supported = ["v1"]
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -163,6 +166,10 @@ class PeerKms:
     async def void(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return _err(401, "unauthorized", "unauthorized", "User-supplied certificate is invalid.")
+        self.voids += 1
+        if self.void_fails > 0:
+            self.void_fails -= 1
+            return _err(503, "service unavailable", "service_unavailable", "KME is restarting.")
         b = await self._body(request)
         if not isinstance(b, dict) or not {"initiator_sae_id", "target_sae_ids"} <= set(b):
             return _err(400, "void request not understood", "key_voiding_error",

@@ -5,6 +5,7 @@ Real servers, real mutual TLS with two separate PKIs, real ETSI 014 clients."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -165,6 +166,27 @@ def test_ack_never_arrives_keys_are_voided(setup: Setup) -> None:
         assert set(setup.vendor.keys) == held  # ... and the peer voided what it had taken
     finally:
         setup.vendor.never_ack = False
+
+
+def test_a_void_the_peer_refuses_for_now_is_sent_again(setup: Setup) -> None:
+    """The peer answers the void 503 twice (overloaded, restarting): the void is sent again,
+    backing off, until it takes, so the keys our SAE never got do not stay usable there."""
+    setup.configure("async")
+    setup.vendor.never_ack = True
+    setup.vendor.void_fails = 2
+    try:
+        held, voids = set(setup.vendor.keys), setup.vendor.voids
+        assert setup.enc(2).status_code == 503  # our SAE got nothing
+
+        async def voided() -> None:
+            while set(setup.vendor.keys) != held:
+                await asyncio.sleep(0.05)
+
+        setup.net.run(asyncio.wait_for(voided(), 15))  # backoff 0.5 s, then 1 s
+        assert setup.vendor.voids - voids == 3 and setup.vendor.void_fails == 0
+    finally:
+        setup.vendor.never_ack = False
+        setup.vendor.void_fails = 0
 
 
 def test_ack_twice_and_for_unknown_ids(setup: Setup) -> None:
