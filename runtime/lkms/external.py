@@ -10,7 +10,7 @@ demand. enc_keys draws fresh keys, sends them with `ext_keys` (initiator = our S
 theirs; synchronous, or asynchronous with our ack URL when the peer is configured `mode: async`),
 and hands them to our SAE only once the peer acknowledged them `relayed`. Keys the peer did not
 acknowledge in time are `void`ed there (a void it does not answer for certain is sent again,
-backing off: retry.py); keys it refused are never handed out. So our SAE never holds a key the
+backing off: `_void_again`); keys it refused are never handed out. So our SAE never holds a key the
 other side will not deliver.
 
 Inbound (their SAE is the initiator, ours the target): each key of an `ext_keys` is stored in the
@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,22 @@ class _Received:
     voided: bool = False
 
 
+@dataclass(eq=False)
+class _Unvoided:
+    """Keys whose void the peer has not answered for certain yet."""
+    ids: list[str]
+    master: str
+    slaves: tuple[str, ...]
+    until: float  # time.monotonic() after which the void is given up
+
+
+def _by_saes(items: list[_Unvoided]) -> dict[tuple[str, tuple[str, ...]], list[_Unvoided]]:
+    out: dict[tuple[str, tuple[str, ...]], list[_Unvoided]] = {}
+    for u in items:
+        out.setdefault((u.master, u.slaves), []).append(u)
+    return out
+
+
 class PeerRefused(SdqkdError):
     """The external KMS did not take the keys (the message is safe to show an SAE)."""
 
@@ -93,7 +110,8 @@ class ExternalPeers:
         self.core, self.kms = core, kms
         self.peers: dict[str, ExternalPeer] = {}
         self._received: OrderedDict[str, _Received] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()  # voids sent again
+        self._unvoided: dict[str, list[_Unvoided]] = {}  # by peer name: voids to send again
+        self._voiders: dict[str, asyncio.Task[None]] = {}  # by peer name: the task sending them
 
     # --- registry ------------------------------------------------------------------------
     async def add(self, peer: ExternalPeer) -> None:
@@ -219,10 +237,13 @@ class ExternalPeers:
 
     async def _void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str]) -> None:
         """Withdraw keys at the peer; our SAE never got them. A void the peer did not answer for
-        certain (no answer, a time-out, a server error) is sent again in the background, backing
-        off (retry.py), until it does: else the peer's SAE could fetch keys ours never got."""
+        certain (no answer, a time-out, a server error) is sent again in the background until it
+        does: else the peer's SAE could fetch keys ours never got (`_void_again`)."""
         if not await self._post_void(peer, ids, master, slaves, logging.WARNING):
-            self._background(self._void_again(peer, ids, master, slaves))
+            until = time.monotonic() + self.core.limits.unconfirmed_ttl_s
+            self._unvoided.setdefault(peer.name, []).append(_Unvoided(ids, master, tuple(slaves), until))
+            if peer.name not in self._voiders:
+                self._voiders[peer.name] = asyncio.get_running_loop().create_task(self._void_again(peer.name))
 
     async def _post_void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str],
                          level: int) -> bool:
@@ -253,25 +274,41 @@ class ExternalPeers:
                       peer.name, len(failed))
         return True
 
-    async def _void_again(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str]) -> None:
-        async for _ in retry.backoff(self.core.limits.unconfirmed_ttl_s):
-            current = self.peers.get(peer.name)  # the peer as configured now (a later add replaces it)
-            if current is None:
-                log.info("void of %d keys at %s dropped: the peer is no longer configured", len(ids), peer.name)
-                return
-            if await self._post_void(current, ids, master, slaves, logging.INFO):  # the first try warned
-                log.info("void of %d keys at %s delivered on a later attempt", len(ids), peer.name)
-                return
-        log.error("void of %d keys at %s never delivered: they may still be usable there", len(ids), peer.name)
-
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _void_again(self, name: str) -> None:
+        """One task per peer sends its undelivered voids again, at retry.py's pace, those of the
+        same SAEs together in one void, each for as long as reservations live: a peer that is down
+        costs one request per pair of SAEs and try, however many keys await their void."""
+        try:
+            async for _ in retry.backoff(math.inf):
+                live = self._unvoided.setdefault(name, [])  # `_void` adds to it meanwhile
+                peer = self.peers.get(name)  # as configured now (a later add replaces it)
+                if peer is None:
+                    log.info("voids of %d keys at %s dropped: the peer is no longer configured",
+                             sum(len(u.ids) for u in live), name)
+                    live.clear()
+                    return
+                expired = [u for u in live if u.until <= time.monotonic()]
+                if expired:
+                    log.error("voids of %d keys at %s never delivered: they may still be usable there",
+                              sum(len(u.ids) for u in expired), name)
+                for u in expired:
+                    live.remove(u)
+                for (master, slaves), group in _by_saes(list(live)).items():
+                    ids = [k for u in group for k in u.ids]
+                    if await self._post_void(peer, ids, master, list(slaves), logging.INFO):  # the first try warned
+                        log.info("void of %d keys at %s delivered on a later attempt", len(ids), name)
+                        for u in group:
+                            live.remove(u)
+                if not live:
+                    return
+        finally:
+            if not self._unvoided.get(name):
+                self._unvoided.pop(name, None)
+            self._voiders.pop(name, None)
 
     async def close(self) -> None:
         """Stop the voids still being sent again."""
-        tasks = list(self._tasks)
+        tasks = list(self._voiders.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

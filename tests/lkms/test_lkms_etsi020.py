@@ -189,6 +189,32 @@ def test_a_void_the_peer_refuses_for_now_is_sent_again(setup: Setup) -> None:
         setup.vendor.void_fails = 0
 
 
+def test_voids_waiting_for_the_same_peer_are_sent_again_together(setup: Setup) -> None:
+    """Two requests' voids refused while the peer is overloaded go out again as one void, not one
+    each: a peer that is down gets one request per pair of SAEs and try, however many wait."""
+    setup.configure("async")
+    setup.vendor.never_ack = True
+    setup.vendor.void_fails = 10_000
+    try:
+        held = set(setup.vendor.keys)
+        assert setup.enc(1).status_code == 503
+        assert setup.enc(2).status_code == 503
+        assert set(setup.vendor.keys) != held  # the peer still holds what it took
+        before = setup.vendor.voids
+        setup.vendor.void_fails = 0  # the peer is back
+
+        async def voided() -> None:
+            while set(setup.vendor.keys) != held:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.5)  # a second void, if any, would come now
+
+        setup.net.run(asyncio.wait_for(voided(), 30))
+        assert setup.vendor.voids - before == 1
+    finally:
+        setup.vendor.never_ack = False
+        setup.vendor.void_fails = 0
+
+
 def test_ack_twice_and_for_unknown_ids(setup: Setup) -> None:
     setup.configure("async")
     setup.vendor.ack_twice = True
