@@ -16,7 +16,8 @@ Behaviour, as the standard describes it:
 - Errors: message_data {"message", "details"}; callers must present a client certificate with
   the expected identity (CN), else 401.
 Fault knobs for tests: never_ack, ack_twice, void_fails (that many voids answered 503, as by a
-KMS overloaded or restarting); `voids` counts the void requests received.
+KMS overloaded or restarting); `void_ids` lists the key IDs of each void request received
+(None: all_confirmation).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class PeerKms:
         self.never_ack = False
         self.ack_twice = False
         self.void_fails = 0
-        self.voids = 0
+        self.void_ids: list[list[str] | None] = []
         self.supported = ["v1"]
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -166,15 +167,15 @@ class PeerKms:
     async def void(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return _err(401, "unauthorized", "unauthorized", "User-supplied certificate is invalid.")
-        self.voids += 1
-        if self.void_fails > 0:
-            self.void_fails -= 1
-            return _err(503, "service unavailable", "service_unavailable", "KME is restarting.")
         b = await self._body(request)
         if not isinstance(b, dict) or not {"initiator_sae_id", "target_sae_ids"} <= set(b):
             return _err(400, "void request not understood", "key_voiding_error",
                         "KME cannot parse the submitted void request.")
         ids = b.get("key_ids")
+        self.void_ids.append(list(ids) if isinstance(ids, list) else None)
+        if self.void_fails > 0:
+            self.void_fails -= 1
+            return _err(503, "service unavailable", "service_unavailable", "KME is restarting.")
         if ids is None:
             if request.query.get("all_confirmation") != "true":
                 return _err(400, "no_key_ids_or_confirmation", "no_key_ids_or_confirmation",
