@@ -261,8 +261,9 @@ class ExternalPeers:
             return False
         if status not in (200, 202):
             self.kms.forget(ids)
-            log.log(level, "void of %d keys at %s refused (%d)", len(ids), peer.name, status)
-            return not retry.void_again_after(status, resp)
+            again = retry.void_again_after(status, resp)  # else refused for good: the keys stay there
+            log.log(level if again else logging.ERROR, "void of %d keys at %s refused (%d)", len(ids), peer.name, status)
+            return not again
         if status == 200:
             self.kms.forget(ids)
             return True
