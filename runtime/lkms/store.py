@@ -27,6 +27,7 @@ the view `all_keys` shows both to whoever reads the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -429,13 +430,26 @@ class SqliteKeyStore:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
+        """Opens the file and starts the writer thread. An open that fails or is cancelled (a
+        network stopped while it starts) closes what it opened before it returns: no thread of
+        it goes on creating or writing files in a directory its owner is about to remove."""
         if self._thread is not None:
             return
-        self._conn = await asyncio.to_thread(self._connect)
+        connecting = asyncio.ensure_future(asyncio.to_thread(self._connect))
+        try:
+            self._conn = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(StoreError):  # the thread runs on: wait for it, then close
+                (await connecting).close()
+            raise
         self._thread = threading.Thread(target=self._run, name=f"keystore:{self.path.name}", daemon=True)
         self._thread.start()
-        await self._submit(self._load)
-        erased = await self._submit(self._recover)
+        try:
+            await self._submit(self._load)
+            erased = await self._submit(self._recover)
+        except BaseException:
+            await asyncio.shield(self.close())
+            raise
         if erased:
             log.warning("key store recovery: erased %d keys of interrupted reservations", erased)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -266,3 +268,31 @@ def test_reserve_out_marks_exactly_the_run_taken(tmp_path: Path) -> None:
         await _b_store.close()
 
     asyncio.run(go())
+
+
+def test_an_open_cancelled_while_it_connects_leaves_nothing_running(tmp_path: Path, monkeypatch) -> None:
+    """A network stopped while it starts cancels its stores' opens, then removes its state
+    directory. The connection is made in a thread that a cancelled await does not stop: it went on
+    to create the data directory and the file after the removal (an example's state left in /tmp,
+    test_examples.py failed once). Now the cancelled open waits for it and closes it."""
+    data = tmp_path / "state" / "data"
+    connect = SqliteKeyStore._connect
+
+    def slow_connect(self: SqliteKeyStore) -> sqlite3.Connection:
+        time.sleep(0.3)  # the thread is still connecting when the open is cancelled
+        return connect(self)
+
+    monkeypatch.setattr(SqliteKeyStore, "_connect", slow_connect)
+
+    async def go() -> None:
+        store = SqliteKeyStore(data / "keys.sqlite")
+        opening = asyncio.ensure_future(store.open())
+        await asyncio.sleep(0.05)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        shutil.rmtree(tmp_path / "state", ignore_errors=True)  # what the network's stop does next
+        await asyncio.sleep(0.5)
+
+    asyncio.run(go())
+    assert not (tmp_path / "state").exists()
