@@ -60,7 +60,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +130,7 @@ class Lkms:
         self.addresses: dict[str, str] = {}
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._up: dict[str, Callable[[], Awaitable[None]]] = {}  # what start() reached -> its closer
         self._room: dict[str, asyncio.Event] = {}
         self._changes: dict[str, int] = {}  # qkdl_id -> changes to its pool so far
         self._full_asked: dict[str, tuple[float, int, int]] = {}  # qkdl_id -> (when, changes, asks since a change)
@@ -137,9 +138,24 @@ class Lkms:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        """All or nothing: a start that fails or is cancelled part way closes what it had started
+        (servers, tasks, the store) before it raises, as stop() would."""
         if self._started:
             return
+        self._up = {}
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self._close_parts()
+            raise
+        self._started = True
+        log.info("LKMS %s up: %s", self.names.get(self.node_id, self.node_id), self.addresses)
+
+    async def _start_parts(self) -> None:
+        up = self._up
+        up["peers"] = self.peers.close
         await self.store.open()
+        up["store"] = self.store.close
         self.core = core = Core(self.node_id, self.registry, self.store, self.peers, self.limits,
                                 tls=self.tls is not None, fault=self._fault)
         core.registrar = self.registrar
@@ -151,6 +167,7 @@ class Lkms:
             self.node_id, str(tls.cert) if tls else None, str(tls.key) if tls else None, str(tls.ca) if tls else None,
             timeout=self.limits.rpc_timeout_s), tls is not None,
             is_peer_node=lambda n: any(ln.peer_node_id == n for ln in self.registry.links.values()))
+        up["kms020_client"] = self.kms020.client.close
         for nid, addr in self._etsi020_peers.items():
             self.kms020.set_node(nid, addr)
             self.kms020.pinned.add(nid)
@@ -162,6 +179,8 @@ class Lkms:
         self.dispensers.external = self.external
         self.outbox = OutboxSender(core)
         self.reconciler = Reconciler(core)
+        up.update(relay=self.relay.close, external=self.external.close, reconciler=self.reconciler.close,
+                  outbox=self.outbox.close, dispensers=self.dispensers.close, streams=self.streams.close)
         core.on_uncertain(self.reconciler.request)
         await self._start_020()
         for peer in self._external:
@@ -183,19 +202,44 @@ class Lkms:
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
         if self._g004 is not None:
             await self._g004.start()
+            up["g004"] = self._stopper(self._g004)
         await self._gsync.start()
+        up["gsync"] = self._stopper(self._gsync)
 
         self.streams.start()
         self.outbox.start()
         self.reconciler.start()
+        up["tasks"] = self._cancel_tasks
         self._tasks.append(asyncio.get_running_loop().create_task(self._expire_loop()))
         for link in self.registry.links.values():
             if link.is_endpoint:
                 await self.store.ensure_pool(link.qkdl_id, link.kind)
             self.relay.start(link)
         self.reconciler.request_all()
-        self._started = True
-        log.info("LKMS %s up: %s", self.names.get(self.node_id, self.node_id), self.addresses)
+
+    # What stop() closes, in this order; _up maps each part start() reached to its closer.
+    _STOP_ORDER = ("tasks", "relay", "external", "reconciler", "server020", "outbox", "dispensers", "streams",
+                   "g004", "h004", "gsync", "web014", "web", "web020", "kms020_client", "peers", "store")
+
+    async def _close_parts(self) -> None:
+        up, self._up = self._up, {}
+        for name in self._STOP_ORDER:
+            close = up.pop(name, None)
+            if close is not None:
+                await close()
+        assert not up, f"parts with no place in the stop order: {sorted(up)}"
+
+    async def _cancel_tasks(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @staticmethod
+    def _stopper(server: Any) -> Callable[[], Awaitable[None]]:
+        async def stop() -> None:
+            await server.stop(0.5)
+        return stop
 
     async def _start_014(self) -> None:
         """The ETSI 014 HTTPS server: aiohttp's handler behind connlimit.py (connection cap, TLS
@@ -206,20 +250,24 @@ class Lkms:
                                   handle_signals=False, shutdown_timeout=1.0,
                                   keepalive_timeout=lim.etsi014_idle_timeout_s)
         await self._web.setup()
+        self._up["web"] = self._web.cleanup
         host, port = _split(self._listen["etsi014"])
         assert self._web.server is not None
         self._web014, self.etsi014_connections = await serve_capped(
             self._web.server, host, port, ssl_context=https_server_context(self.tls) if self.tls else None,
             max_connections=lim.etsi014_max_connections, handshake_timeout_s=lim.etsi014_handshake_timeout_s,
             first_head_s=lim.etsi014_idle_timeout_s)
+        self._up["web014"] = self._close_web014
         self.addresses["etsi014"] = f"{host}:{self._web014.sockets[0].getsockname()[1]}"
 
     async def _start_020(self) -> None:
         self._ctx020 = etsi020_server_context(self.tls) if self.tls else None
         self._server020 = Etsi020Server(self.kms020, self.relay, self.external)
+        self._up["server020"] = self._server020.close
         self._web020 = web.AppRunner(self._server020.app(), access_log=None, handle_signals=False,
                                      shutdown_timeout=1.0)
         await self._web020.setup()
+        self._up["web020"] = self._web020.cleanup
         host, port = _split(self._listen["etsi020"])
         site = web.TCPSite(self._web020, host, port, ssl_context=self._ctx020, backlog=512)
         await site.start()
@@ -232,6 +280,9 @@ class Lkms:
         if self._ctx020 is not None and peer.kms.ca:
             self._ctx020.load_verify_locations(cafile=peer.kms.ca)  # their client certificates
         await self.external.add(peer)
+
+    async def _close_web014(self) -> None:
+        self._web014.close()  # no new connections; the runner's cleanup (next in the order) closes the open ones
 
     def set_etsi020_peer(self, node_id: str, address: str) -> None:
         """Where a peer node's ETSI 020 server listens ("host:port")."""
@@ -262,6 +313,7 @@ class Lkms:
             self._h004 = h2grpc.GrpcServer(h2_handlers(self.streams),
                                            grpc_h2_server_context(self.tls) if self.tls else None)
             self.addresses["etsi004"] = f"{host}:{await self._h004.start(host, port)}"
+            self._up["h004"] = self._stopper(self._h004)
         else:
             self._g004 = grpc.aio.server()
             etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, self.core.tls),
@@ -281,28 +333,7 @@ class Lkms:
         if not self._started:
             return
         self._started = False
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.relay.close()
-        await self.external.close()
-        await self.reconciler.close()
-        await self._server020.close()
-        await self.outbox.close()
-        await self.dispensers.close()
-        await self.streams.close()
-        if self._g004 is not None:
-            await self._g004.stop(0.5)
-        if self._h004 is not None:
-            await self._h004.stop(0.5)
-        await self._gsync.stop(0.5)
-        self._web014.close()  # no new connections; cleanup() below closes the open ones
-        await self._web.cleanup()
-        await self._web020.cleanup()
-        await self.kms020.client.close()
-        await self.peers.close()
-        await self.store.close()
+        await self._close_parts()
         log.info("LKMS %s stopped", self.names.get(self.node_id, self.node_id))
 
     async def __aenter__(self) -> Lkms:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from lkmsnet import LoopThread, Net, Pki
 
 from sdqkd.lkms.core import Limits
+from sdqkd.lkms.node import Lkms
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +94,38 @@ def test_link_arguments_are_checked(small: Net) -> None:
         small.run(a.set_link("x", "far", "127.0.0.1:1", kind="OTHER"))
     with pytest.raises(ValueError):
         a.register_app("bad", "sa", [], a.node_id, "far", ["x"])
+
+
+def test_a_start_that_fails_part_way_closes_what_it_had_started(lt: LoopThread, tmp_path: Path) -> None:
+    """All or nothing (Lkms.start): ETSI 014's port is taken, so the start fails after the store and
+    the ETSI 020 server were up. Both are closed again (the port free, the store's thread gone, no
+    task left), and once the port is free the same node starts."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    listen014 = f"127.0.0.1:{taken.getsockname()[1]}"
+    lkms = Lkms(str(uuid.uuid4()), tmp_path / "data", None, etsi014_listen=listen014)
+
+    async def tasks() -> set[asyncio.Task[Any]]:
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    def store_threads() -> int:
+        return sum(t.name == "keystore:keys.sqlite" for t in threading.enumerate())
+
+    tasks_before, threads_before = lt.run(tasks()), store_threads()
+    with pytest.raises(OSError):
+        lt.run(lkms.start())
+    host, port = lkms.addresses["etsi020"].rsplit(":", 1)
+    with socket.socket() as s:
+        s.bind((host, int(port)))  # EADDRINUSE while the 020 server still listened
+    assert store_threads() == threads_before
+    assert lt.run(tasks()) == tasks_before
+
+    taken.close()
+    lt.run(lkms.start())
+    try:
+        assert lkms.addresses["etsi014"] == listen014
+        assert store_threads() == threads_before + 1
+    finally:
+        lt.run(lkms.stop())
+    assert store_threads() == threads_before
