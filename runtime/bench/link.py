@@ -106,15 +106,23 @@ def pipeline_case(km: float, block_bits: float, cascade: str, blocks: int, sched
     block(999)
     bits = 0
     stages: dict[str, float] = {}
+    faults0 = _minor_faults()
     cpu0 = time.process_time()
     for i in range(blocks):
         a, b = block(i)
         bits += a.key_bits if a.status == "ok" and a.key == b.key else 0
         _add(stages, a.cpu, b.cpu)
     cpu = time.process_time() - cpu0
+    faults = _minor_faults() - faults0
     return {"case": "pipeline", "blocks": blocks, "block_link_s": n / 1e9, "final_bits_per_block": bits / blocks,
             "cpu_s_per_mbit": cpu / (bits / 1e6) if bits else None,
-            "cpu_ms_per_block": {"total": _ms(cpu, blocks), "stages": {k: _ms(v, blocks) for k, v in stages.items()}}}
+            "cpu_ms_per_block": {"total": _ms(cpu, blocks), "stages": {k: _ms(v, blocks) for k, v in stages.items()}},
+            "page_faults_per_block": round(faults / blocks)}
+
+
+def _minor_faults() -> int:
+    """Page faults of this process so far that read nothing from disk: fresh pages (each one zeroed)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _add(into: dict[str, float], *parts: dict[str, float]) -> dict[str, float]:
@@ -192,6 +200,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             await asyncio.sleep(warmup)
             s0 = await _after_blocks_end(alice)
             t0, st0 = _breakdown([alice, bob])
+            faults0 = _minor_faults()
             dropped0 = alice.stats.blocks_aborted + bob.stats.blocks_aborted
             in_flight = []
             end = s0[0] + seconds
@@ -201,6 +210,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                 in_flight.append(bob.session.in_flight if bob.session else 0)
             s1 = await _after_blocks_end(alice)
             t1, st1 = _breakdown([alice, bob])
+            faults = _minor_faults() - faults0
             dropped = alice.stats.blocks_aborted + bob.stats.blocks_aborted - dropped0
             cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
             sess = bob.session
@@ -219,6 +229,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             "cpu_ms_per_block": {"total": _ms(cpu, blocks),
                                  "threads": {k: _ms(t1[k] - t0[k], blocks) for k in THREAD_ROLES},
                                  "stages": {k: _ms(v - st0.get(k, 0.0), blocks) for k, v in st1.items()}},
+            "page_faults_per_block": round(faults / blocks) if blocks else None,
             "max_in_flight": max(in_flight, default=0), "rtt_ms": round(rtt * 1e3, 2),
             "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1),
             "blocks_without_key": dropped}
@@ -391,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
     if a.child:
+        from sdqkd.engine import memory
+
+        memory.keep_freed_memory()  # first, as a node process does; the pipeline's case too, on equal terms
         print(json.dumps(run_child(a)))
         return 0
     load = os.getloadavg()

@@ -22,6 +22,7 @@ from typing import Any
 
 from sdqkd.controller.controller import Controller, NodeEndpoint
 from sdqkd.controller.topology import Topology, parse
+from sdqkd.engine import memory
 from sdqkd.harness.build import HARNESS_LAYOUT, SERVICES, NodePlan, absolute_description, build, write_tree
 from sdqkd.node.config import NodeConfig, load_config
 from sdqkd.node.runtime import NodeRuntime
@@ -167,6 +168,7 @@ class InProcessNetwork:
 async def start_network(topology: dict[str, Any] | Topology, state_dir: Path | None = None,
                         **kw: Any) -> InProcessNetwork:
     topo = topology if isinstance(topology, Topology) else parse(topology)
+    memory.keep_freed_memory()  # sdqkd.engine.memory: in full only if this process's threads have not allocated yet
     net = InProcessNetwork(topo, Path(state_dir or tempfile.mkdtemp(prefix="sdqkd-net-")), owns_state_dir=state_dir is None)
     try:
         await net.start(**kw)

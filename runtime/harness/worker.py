@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from sdqkd.engine import memory
 from sdqkd.node.config import NodeConfig
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> int:
     configs = pickle.loads(Path(argv[0]).read_bytes())  # noqa: S301 - our own file, written by the harness
     out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the ready line only: nobody reads it later
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the harness's to handle; it closes our stdin
+    memory.keep_freed_memory()  # before any thread allocates (sdqkd.engine.memory)
     asyncio.run(serve(configs, out))
     return 0
 

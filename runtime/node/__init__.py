@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 
+from sdqkd.engine import memory
 from sdqkd.logsetup import configure
 
 from .config import ConfigError, NodeConfig, load_config
@@ -47,6 +48,7 @@ def main(config: str, log_format: str | None = None) -> int:
     if log_format is not None:  # the command line wins over the config
         cfg.log_format = log_format
     configure(cfg.log_format, cfg.log_level)
+    memory.keep_freed_memory()  # before any thread allocates (sdqkd.engine.memory)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sdqkd.engine import pipeline
+from sdqkd.engine import memory, pipeline
 from sdqkd.logfmt import brief
 from sdqkd.pki import TlsFiles
 
@@ -105,6 +105,7 @@ def _pool() -> ThreadPoolExecutor:
     small pool is enough and cannot deadlock; Cascade steps (a few bisections in C) run inline."""
     global _POOL
     if _POOL is None:
+        memory.keep_freed_memory()  # if the process has not yet (sdqkd.engine.memory)
         _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="engine")
     return _POOL
 
