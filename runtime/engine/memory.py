@@ -57,6 +57,7 @@ def _apply() -> bool:
     libc = ctypes.CDLL(None)
     for param, value in ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:  # 1: success
-            log.warning("mallopt(%d, %d) refused: freed memory goes back to the kernel", param, value)
+            # e.g. AddressSanitizer's allocator in glibc's place: it keeps its own policy
+            log.info("mallopt(%d, %d) refused: freed memory is left to the allocator's own policy", param, value)
             return False
     return True
