@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -202,9 +203,9 @@ class Lkms:
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
         if self._g004 is not None:
             await self._g004.start()
-            up["g004"] = self._stopper(self._g004)
+            up["g004"] = functools.partial(self._g004.stop, 0.5)
         await self._gsync.start()
-        up["gsync"] = self._stopper(self._gsync)
+        up["gsync"] = functools.partial(self._gsync.stop, 0.5)
 
         self.streams.start()
         self.outbox.start()
@@ -234,12 +235,6 @@ class Lkms:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-
-    @staticmethod
-    def _stopper(server: Any) -> Callable[[], Awaitable[None]]:
-        async def stop() -> None:
-            await server.stop(0.5)
-        return stop
 
     async def _start_014(self) -> None:
         """The ETSI 014 HTTPS server: aiohttp's handler behind connlimit.py (connection cap, TLS
@@ -313,7 +308,7 @@ class Lkms:
             self._h004 = h2grpc.GrpcServer(h2_handlers(self.streams),
                                            grpc_h2_server_context(self.tls) if self.tls else None)
             self.addresses["etsi004"] = f"{host}:{await self._h004.start(host, port)}"
-            self._up["h004"] = self._stopper(self._h004)
+            self._up["h004"] = functools.partial(self._h004.stop, 0.5)
         else:
             self._g004 = grpc.aio.server()
             etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, self.core.tls),
