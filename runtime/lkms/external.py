@@ -10,8 +10,9 @@ demand. enc_keys draws fresh keys, sends them with `ext_keys` (initiator = our S
 theirs; synchronous, or asynchronous with our ack URL when the peer is configured `mode: async`),
 and hands them to our SAE only once the peer acknowledged them `relayed`. Keys the peer did not
 acknowledge in time are `void`ed there (a void it does not answer for certain is sent again,
-backing off: `_void_again`); keys it refused are never handed out. So our SAE never holds a key the
-other side will not deliver.
+backing off: `_void_again`, for as long as the peer may hold the keys: `unconfirmed_ttl_s`; the
+store records it, so a restart of this node sends it again too); keys it refused are never handed
+out. So our SAE never holds a key the other side will not deliver.
 
 Inbound (their SAE is the initiator, ours the target): each key of an `ext_keys` is stored in the
 EXT pool and reserved for (initiator, targets) under its own transaction, so our SAE fetches it
@@ -26,6 +27,7 @@ voided meanwhile (then `failed`: the key is gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
@@ -51,7 +53,7 @@ from sdqkd.lkms.etsi020_schema import (
 )
 from sdqkd.lkms.keys import AppKey
 from sdqkd.lkms.registry import EXT, Link, external_link_id
-from sdqkd.lkms.store_api import StoreError
+from sdqkd.lkms.store_api import PendingVoid, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,13 @@ class _Received:
 
 @dataclass(eq=False)
 class _Unvoided:
-    """Keys whose void the peer has not answered for certain yet."""
+    """Keys whose void the peer has not answered for certain yet (recorded in the store as `vid`,
+    0 if the store could not take it)."""
     ids: list[str]
     master: str
     slaves: tuple[str, ...]
     until: float  # time.monotonic() after which the void is given up
+    vid: int = 0
 
 
 def _by_saes(items: list[_Unvoided]) -> dict[tuple[str, tuple[str, ...]], list[_Unvoided]]:
@@ -118,6 +122,25 @@ class ExternalPeers:
         self.peers[peer.name] = peer
         self.core.registry.links[peer.qkdl_id] = Link(peer.qkdl_id, peer.name, peer.kms.url, EXT)
         await self.core.store.ensure_pool(peer.qkdl_id, EXT)
+        if self._unvoided.get(peer.name):  # voids recorded before a restart: this peer is back
+            self._void_later(peer.name)
+
+    async def resume(self) -> None:
+        """At start: the voids the store recorded and no peer answered before this process
+        stopped. Each is sent again once its peer is configured (`add`), until it expires."""
+        now, mono = time.time(), time.monotonic()
+        expired = []
+        for v in await self.core.store.pending_voids():
+            if v.expires <= now:
+                expired.append(v.vid)
+                log.error("void of %d keys at %s never delivered: they may still be usable there",
+                          len(v.ids), v.peer)
+            else:
+                u = _Unvoided(list(v.ids), v.master, v.slaves, mono + v.expires - now, v.vid)
+                self._unvoided.setdefault(v.peer, []).append(u)
+        await self.core.store.voids_done(expired)
+        if self._unvoided:
+            log.info("%d voids from before the restart to send again", sum(map(len, self._unvoided.values())))
 
     def peer_by_identity(self, identity: str) -> PeerKms | None:
         for p in self.peers.values():
@@ -240,10 +263,19 @@ class ExternalPeers:
         certain (no answer, a time-out, a server error) is sent again in the background until it
         does: else the peer's SAE could fetch keys ours never got (`_void_again`)."""
         if not await self._post_void(peer, ids, master, slaves, logging.WARNING):
-            until = time.monotonic() + self.core.limits.unconfirmed_ttl_s
-            self._unvoided.setdefault(peer.name, []).append(_Unvoided(ids, master, tuple(slaves), until))
-            if peer.name not in self._voiders:
-                self._voiders[peer.name] = asyncio.get_running_loop().create_task(self._void_again(peer.name))
+            ttl, vid = self.core.limits.unconfirmed_ttl_s, 0
+            try:  # recorded first, so that a restart does not forget it
+                vid = await self.core.store.add_void(PendingVoid(peer.name, tuple(ids), master, tuple(slaves),
+                                                                 time.time() + ttl))
+            except StoreError as e:
+                log.error("void of %d keys at %s not recorded (%s): a restart would forget it", len(ids), peer.name, e)
+            self._unvoided.setdefault(peer.name, []).append(_Unvoided(ids, master, tuple(slaves),
+                                                                      time.monotonic() + ttl, vid))
+            self._void_later(peer.name)
+
+    def _void_later(self, name: str) -> None:
+        if name not in self._voiders:
+            self._voiders[name] = asyncio.get_running_loop().create_task(self._void_again(name))
 
     async def _post_void(self, peer: ExternalPeer, ids: list[str], master: str, slaves: list[str],
                          level: int) -> bool:
@@ -286,20 +318,18 @@ class ExternalPeers:
                 if peer is None:
                     log.info("voids of %d keys at %s dropped: the peer is no longer configured",
                              sum(len(u.ids) for u in live), name)
-                    live.clear()
+                    await self._done(live, list(live))
                     return
                 expired = [u for u in live if u.until <= time.monotonic()]
                 if expired:
                     log.error("voids of %d keys at %s never delivered: they may still be usable there",
                               sum(len(u.ids) for u in expired), name)
-                for u in expired:
-                    live.remove(u)
+                    await self._done(live, expired)
                 for (master, slaves), group in _by_saes(list(live)).items():
                     ids = [k for u in group for k in u.ids]
                     if await self._post_void(peer, ids, master, list(slaves), logging.INFO):  # the first try warned
                         log.info("void of %d keys at %s delivered on a later attempt", len(ids), name)
-                        for u in group:
-                            live.remove(u)
+                        await self._done(live, group)
                 if not live:
                     return
         finally:
@@ -307,8 +337,16 @@ class ExternalPeers:
                 self._unvoided.pop(name, None)
             self._voiders.pop(name, None)
 
+    async def _done(self, live: list[_Unvoided], done: list[_Unvoided]) -> None:
+        """These voids are settled: out of `live`, then out of the store (a store failure leaves
+        the row, so a restart sends a settled void once more: a void is safe to repeat)."""
+        for u in done:
+            live.remove(u)
+        with contextlib.suppress(StoreError):
+            await self.core.store.voids_done([u.vid for u in done if u.vid])
+
     async def close(self) -> None:
-        """Stop the voids still being sent again."""
+        """Stop the voids still being sent again (the store keeps them for the next start)."""
         tasks = list(self._voiders.values())
         for t in tasks:
             t.cancel()

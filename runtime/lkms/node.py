@@ -184,6 +184,7 @@ class Lkms:
                   outbox=self.outbox.close, dispensers=self.dispensers.close, streams=self.streams.close)
         core.on_uncertain(self.reconciler.request)
         await self._start_020()
+        await self.external.resume()
         for peer in self._external:
             await self._add_external(peer)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -52,6 +53,7 @@ from sdqkd.lkms.keys import (
 from sdqkd.lkms.store_api import (
     KeyState,
     OutboxItem,
+    PendingVoid,
     PoolStats,
     ReserveResult,
     StoreError,
@@ -103,6 +105,9 @@ CREATE TABLE IF NOT EXISTS block_prefixes(prefix BLOB NOT NULL, pid INTEGER NOT 
 CREATE TABLE IF NOT EXISTS outbox(txn TEXT NOT NULL, kind TEXT NOT NULL, qkdl_id TEXT NOT NULL,
   created REAL NOT NULL, PRIMARY KEY(txn, kind));
 CREATE TABLE IF NOT EXISTS tombstones(txn TEXT PRIMARY KEY, t REAL NOT NULL);
+-- voids another vendor's KMS has not answered for certain (external.py); IDs and SAEs as JSON
+CREATE TABLE IF NOT EXISTS ext_voids(vid INTEGER PRIMARY KEY, peer TEXT NOT NULL, master TEXT NOT NULL,
+  slaves TEXT NOT NULL, ids TEXT NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -1072,6 +1077,30 @@ class SqliteKeyStore:
 
     def _outbox_done(self, tx: _Tx, txn: str, kind: str) -> None:
         tx.conn.execute("DELETE FROM outbox WHERE txn=? AND kind=?", (txn, kind))
+
+    # --- voids owed to external KMSs ---------------------------------------------------
+    async def add_void(self, void: PendingVoid) -> int:
+        return await self._submit(self._add_void, void)
+
+    def _add_void(self, tx: _Tx, v: PendingVoid) -> int:
+        cur = tx.conn.execute("INSERT INTO ext_voids(peer, master, slaves, ids, expires) VALUES(?,?,?,?,?)",
+                              (v.peer, v.master, json.dumps(list(v.slaves)), json.dumps(list(v.ids)), v.expires))
+        return int(cur.lastrowid or 0)
+
+    async def pending_voids(self) -> list[PendingVoid]:
+        return await self._submit(self._pending_voids)
+
+    def _pending_voids(self, tx: _Tx) -> list[PendingVoid]:
+        rows = tx.conn.execute("SELECT vid, peer, master, slaves, ids, expires FROM ext_voids ORDER BY vid")
+        return [PendingVoid(peer, tuple(json.loads(ids)), master, tuple(json.loads(slaves)), expires, vid)
+                for vid, peer, master, slaves, ids, expires in rows]
+
+    async def voids_done(self, vids: Sequence[int]) -> None:
+        if vids:
+            await self._submit(self._voids_done, list(vids))
+
+    def _voids_done(self, tx: _Tx, vids: list[int]) -> None:
+        tx.conn.executemany("DELETE FROM ext_voids WHERE vid=?", [(v,) for v in vids])
 
     # --- inspection ---------------------------------------------------------------------
     async def key_states(self, qkdl_id: str) -> dict[str, KeyState]:

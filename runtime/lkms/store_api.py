@@ -84,6 +84,19 @@ class OutboxItem:
     kind: str  # "release" | "confirm"
 
 
+@dataclass(frozen=True, slots=True)
+class PendingVoid:
+    """A void another vendor's KMS has not answered for certain (external.py): sent again, after
+    a restart too, until it is answered or `expires` (wall clock) passes. `vid`: its row."""
+
+    peer: str
+    ids: tuple[str, ...]
+    master: str
+    slaves: tuple[str, ...]
+    expires: float
+    vid: int = 0
+
+
 class KeyStore(Protocol):
     max_key_count: int
 
@@ -199,6 +212,16 @@ class KeyStore(Protocol):
     async def outbox(self) -> list[OutboxItem]: ...
 
     async def outbox_done(self, txn: str, kind: str) -> None: ...
+
+    # --- voids owed to external KMSs -------------------------------------------------------
+    async def add_void(self, void: PendingVoid) -> int:
+        """Record a void still to be delivered; returns its `vid`."""
+
+    async def pending_voids(self) -> list[PendingVoid]:
+        """The voids recorded and not yet done, oldest first."""
+
+    async def voids_done(self, vids: Sequence[int]) -> None:
+        """Forget these voids (delivered, refused for good, expired or their peer gone)."""
 
     # --- inspection (tests, consistency checks) ---------------------------------------------
     async def key_states(self, qkdl_id: str) -> dict[str, KeyState]: ...

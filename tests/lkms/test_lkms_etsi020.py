@@ -6,6 +6,7 @@ Real servers, real mutual TLS with two separate PKIs, real ETSI 014 clients."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import uuid
@@ -46,6 +47,17 @@ class Setup:
         peer = ExternalPeer("vendorx", PeerKms(self.vendor_url, identity, str(self.vpki.ca_path)), ("bx1", "bx2"),
                             self.qkdl, mode)
         self.net.run(self.a.add_external_peer(peer))
+
+    def restart_a(self, configure: bool = True) -> None:
+        """Node A stopped and started again on its data, its registry empty as a new process's;
+        `configure`: then given its external peer and app again, as its config would."""
+        self.a = self.net.restart("A", provision=False)
+        if configure:
+            self.reconfigure()
+
+    def reconfigure(self) -> None:
+        self.configure("async")
+        self.a.register_app("appx", "a1", ["bx1"], self.a.node_id, "vendorx", [self.qkdl])
 
     def enc(self, n: int = 2) -> httpx.Response:
         return self.net.client("a1").post(self.net.url("A") + "/bx1/enc_keys", json={"number": n, "size": 256})
@@ -171,14 +183,21 @@ def test_ack_never_arrives_keys_are_voided(setup: Setup) -> None:
 def test_a_void_the_peer_refuses_for_now_is_sent_again(setup: Setup) -> None:
     """The peer answers the void 503 twice (overloaded, restarting): the void is sent again,
     backing off, until it takes, so the keys our SAE never got do not stay usable there."""
-    setup.configure("async")
-    setup.vendor.never_ack = True
-    setup.vendor.void_fails = 2
-    try:
+    with voids_refused(setup, 2):
         held, voids = set(setup.vendor.keys), len(setup.vendor.void_ids)
         assert setup.enc(2).status_code == 503  # our SAE got nothing
         setup.net.run(asyncio.wait_for(_until(lambda: set(setup.vendor.keys) == held), 15))  # 0.5 s, then 1 s
         assert len(setup.vendor.void_ids) - voids == 3 and setup.vendor.void_fails == 0
+
+
+@contextlib.contextmanager
+def voids_refused(setup: Setup, fails: int = 10_000) -> Iterator[None]:
+    """The peer takes keys, never acks them and answers `fails` voids 503 (or until reset)."""
+    setup.configure("async")
+    setup.vendor.never_ack = True
+    setup.vendor.void_fails = fails
+    try:
+        yield
     finally:
         setup.vendor.never_ack = False
         setup.vendor.void_fails = 0
@@ -187,10 +206,7 @@ def test_a_void_the_peer_refuses_for_now_is_sent_again(setup: Setup) -> None:
 def test_voids_waiting_for_the_same_peer_are_sent_again_together(setup: Setup) -> None:
     """Two requests' voids refused while the peer is overloaded go out again as one void, not one
     each: a peer that is down gets one request per pair of SAEs and try, however many wait."""
-    setup.configure("async")
-    setup.vendor.never_ack = True
-    setup.vendor.void_fails = 10_000
-    try:
+    with voids_refused(setup):
         held = set(setup.vendor.keys)
         assert setup.enc(1).status_code == 503
         assert setup.enc(2).status_code == 503
@@ -207,9 +223,45 @@ def test_voids_waiting_for_the_same_peer_are_sent_again_together(setup: Setup) -
         setup.net.run(asyncio.wait_for(_until(lambda: set(setup.vendor.keys) == held), 30))
         setup.net.run(asyncio.sleep(1.5))  # a second void, if any, would come now
         assert [set(v or ()) for v in setup.vendor.void_ids[before:]] == [taken]
-    finally:
-        setup.vendor.never_ack = False
-        setup.vendor.void_fails = 0
+
+
+def test_a_void_still_owed_is_sent_again_after_a_restart(setup: Setup) -> None:
+    """Our node stops while the peer still refuses a void: the store keeps the void, and the node
+    started again on the same data sends it once the peer is configured again, so the keys our SAE
+    never got do not stay usable there because we restarted."""
+    with voids_refused(setup):
+        held = set(setup.vendor.keys)
+        assert setup.enc(2).status_code == 503
+        taken = set(setup.vendor.keys) - held
+        assert len(taken) == 2
+        owed = setup.net.run(setup.a.store.pending_voids())
+        assert [(set(v.ids), v.peer, v.master, v.slaves) for v in owed] == [(taken, "vendorx", "a1", ("bx1",))]
+
+        setup.restart_a(configure=False)
+        voids = len(setup.vendor.void_ids)
+        setup.net.run(asyncio.sleep(1.0))
+        assert len(setup.vendor.void_ids) == voids  # nothing is sent to a peer not configured (yet)
+        setup.vendor.void_fails = 0  # the peer is back ...
+        setup.reconfigure()  # ... and so is our node's configuration of it
+        setup.net.run(asyncio.wait_for(_until(lambda: set(setup.vendor.keys) == held), 15))
+        assert [set(v or ()) for v in setup.vendor.void_ids[voids:]] == [taken]
+        assert setup.net.run(setup.a.store.pending_voids()) == []  # settled: a later start sends nothing
+
+
+def test_a_void_recorded_past_its_expiry_is_dropped_at_start(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    """A void whose keys the peer has erased by now (past `unconfirmed_ttl_s`) is not sent after a
+    restart: it is dropped, and the log says the keys may have stayed usable there."""
+    from sdqkd.lkms.store_api import PendingVoid
+
+    stale = PendingVoid("vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=1.0)
+    setup.net.run(setup.a.store.add_void(stale))
+    voids = len(setup.vendor.void_ids)
+    with caplog.at_level("ERROR", logger="sdqkd.lkms.external"):
+        setup.restart_a()
+    assert setup.net.run(setup.a.store.pending_voids()) == []
+    setup.net.run(asyncio.sleep(1.0))
+    assert len(setup.vendor.void_ids) == voids
+    assert any("never delivered" in r.getMessage() for r in caplog.records)
 
 
 async def _until(cond: Callable[[], bool]) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from sdqkd.lkms.keys import derive_key_ids
 from sdqkd.lkms.store import SqliteKeyStore
-from sdqkd.lkms.store_api import KeyState
+from sdqkd.lkms.store_api import KeyState, PendingVoid
 
 Q = str(uuid.uuid4())
 
@@ -163,6 +163,26 @@ def test_recovery_erases_interrupted_reservations(tmp_path: Path) -> None:
         assert st is not None and st.available_keys == 5 and st.reserved_keys == 0
         await a2.close()
         await b.close()
+
+    asyncio.run(go())
+
+
+def test_voids_owed_to_an_external_kms_survive_a_reopen_until_done(tmp_path: Path) -> None:
+    async def go() -> None:
+        s = SqliteKeyStore(tmp_path / "v.sqlite")
+        await s.open()
+        ids = tuple(str(uuid.uuid4()) for _ in range(3))
+        v1 = await s.add_void(PendingVoid("vendorx", ids, "sae-a", ("sae-b", "sae-c"), 1e10))
+        v2 = await s.add_void(PendingVoid("vendory", ids[:1], "sae-a", (), 2e10))
+        await s.close()
+        s = SqliteKeyStore(tmp_path / "v.sqlite")
+        await s.open()
+        assert await s.pending_voids() == [PendingVoid("vendorx", ids, "sae-a", ("sae-b", "sae-c"), 1e10, v1),
+                                           PendingVoid("vendory", ids[:1], "sae-a", (), 2e10, v2)]
+        await s.voids_done([v1])
+        await s.voids_done([])
+        assert [v.vid for v in await s.pending_voids()] == [v2]
+        await s.close()
 
     asyncio.run(go())
 
