@@ -58,6 +58,7 @@ from sdqkd.lkms.store_api import PendingVoid, StoreError
 log = logging.getLogger(__name__)
 
 _RECEIVED = 200_000
+VIA = "external"  # the voids this module records in the store (PendingVoid.via)
 
 
 @dataclass
@@ -130,14 +131,14 @@ class ExternalPeers:
         stopped. Each is sent again once its peer is configured (`add`), until it expires."""
         now, mono = time.time(), time.monotonic()
         expired = []
-        for v in await self.core.store.pending_voids():
+        for v in await self.core.store.pending_voids(VIA):
             if v.expires <= now:
                 expired.append(v.vid)
                 log.error("void of %d keys at %s never delivered: they may still be usable there",
-                          len(v.ids), v.peer)
+                          len(v.ids), v.to)
             else:
                 u = _Unvoided(list(v.ids), v.master, v.slaves, mono + v.expires - now, v.vid)
-                self._unvoided.setdefault(v.peer, []).append(u)
+                self._unvoided.setdefault(v.to, []).append(u)
         await self.core.store.voids_done(expired)
         if self._unvoided:
             log.info("%d voids from before the restart to send again", sum(map(len, self._unvoided.values())))
@@ -265,7 +266,7 @@ class ExternalPeers:
         if not await self._post_void(peer, ids, master, slaves, logging.WARNING):
             ttl, vid = self.core.limits.unconfirmed_ttl_s, 0
             try:  # recorded first, so that a restart does not forget it
-                vid = await self.core.store.add_void(PendingVoid(peer.name, tuple(ids), master, tuple(slaves),
+                vid = await self.core.store.add_void(PendingVoid(VIA, peer.name, tuple(ids), master, tuple(slaves),
                                                                  time.time() + ttl))
             except StoreError as e:
                 log.error("void of %d keys at %s not recorded (%s): a restart would forget it", len(ids), peer.name, e)

@@ -185,6 +185,7 @@ class Lkms:
         core.on_uncertain(self.reconciler.request)
         await self._start_020()
         await self.external.resume()
+        await self.relay.resume()
         for peer in self._external:
             await self._add_external(peer)
 
@@ -202,9 +203,6 @@ class Lkms:
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
-        if self._g004 is not None:
-            await self._g004.start()
-            up["g004"] = functools.partial(self._g004.stop, 0.5)
         await self._gsync.start()
         up["gsync"] = functools.partial(self._gsync.stop, 0.5)
 
@@ -315,12 +313,18 @@ class Lkms:
             etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, self.core.tls),
                                                                self._g004)
             self.addresses["etsi004"] = self._add_port(self._g004, self._listen["etsi004"])
+            # started at once: a grpcio server bound but never started keeps its port until collected
+            await self._g004.start()
+            self._up["g004"] = functools.partial(self._g004.stop, 0.5)
 
     def _add_port(self, server: grpc.aio.Server, listen: str) -> str:
         host, port = _split(listen)
         addr = f"{host}:{port}"
-        bound = (server.add_secure_port(addr, grpc_server_credentials(self.tls)) if self.tls
-                 else server.add_insecure_port(addr))
+        try:  # grpcio raises RuntimeError for a port it cannot bind (older releases returned 0)
+            bound = (server.add_secure_port(addr, grpc_server_credentials(self.tls)) if self.tls
+                     else server.add_insecure_port(addr))
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {addr}: {e}") from None
         if bound == 0:
             raise OSError(f"cannot listen on {addr}")
         return f"{host}:{bound}"

@@ -31,8 +31,8 @@ far end's `relayed` ack travels back hop by hop to each sender's `ack_callback_u
 never arrives is resolved by `void`ing the keys along the path: `voided` or `key not present` ->
 the source drops them too; `failed` (already used at the far end) -> the source keeps them. A
 void that no hop answers for certain (a hop down or restarting) is sent again, backing off, until
-one does (for as long as reservations live, `unconfirmed_ttl_s`; not across a restart of the
-source). Pads
+one does (for as long as reservations live, `unconfirmed_ttl_s`); the key store records it, so a
+source that restarts meanwhile sends it again once its path is provisioned again. Pads
 only ever come from PHYS pools, so a relayed key is never used as a pad.
 """
 
@@ -40,10 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import secrets
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -74,7 +78,7 @@ from sdqkd.lkms.etsi020_schema import (
 )
 from sdqkd.lkms.keys import AppKey, derive_key_ids
 from sdqkd.lkms.registry import PHYS, VIRT, Link
-from sdqkd.lkms.store_api import StoreError
+from sdqkd.lkms.store_api import PendingVoid, StoreError
 
 if TYPE_CHECKING:
     from sdqkd.lkms.external import ExternalPeers
@@ -82,6 +86,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOP = "sdqkd_hop"
+VIA = "relay"  # the voids this module records in the store (PendingVoid.via)
 _RECORD = 4096  # replies remembered per relay_id (answers a repeated request the same way)
 _RECEIVED = 200_000  # relayed key IDs remembered at a far end (void: delivered vs never seen)
 
@@ -101,6 +106,10 @@ def _xor(a: bytes, b: bytes) -> bytes:
 def _canonical_json(v: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8 (orjson: both ends of a hop run the same code)."""
     return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+
+
+def _void_body(owed: PendingVoid) -> JsonObj:
+    return void_container(list(owed.ids), owed.master, list(owed.slaves), None, {HOP: json.loads(owed.hop)})
 
 
 def tag_input(body: JsonObj, values: Sequence[bytes] | None = None) -> bytes:
@@ -401,46 +410,71 @@ class Relay:
         """Void keys whose fate is unknown; returns those the far end has already used (the
         source keeps them). The far end remembers voided IDs, so a late copy is refused. A void
         no hop answered for certain (no answer; a hop restarting, without the route yet; a time-out
-        further on) is sent again in the background until one does: the keys must not stay
-        usable at the far end, where another vendor's SAE could fetch keys ours never got."""
-        body = void_container(ids, src.saes[0], src.saes[1], None,
-                              {HOP: {"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}})
-        used = await self._post_void(src, body)
+        further on) is recorded and sent again in the background until one does: the keys must not
+        stay usable at the far end, where another vendor's SAE could fetch keys ours never got."""
+        owed = PendingVoid(VIA, src.link.qkdl_id, tuple(ids), src.saes[0], tuple(src.saes[1]),
+                           time.time() + self.core.limits.unconfirmed_ttl_s,
+                           json.dumps({"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}))
+        used = await self._post_void(owed.to, src.first, _void_body(owed))
         if used is None:
-            self._background(self._void_again(src, body))
+            try:  # recorded first, so that a restart does not forget it
+                owed = dataclasses.replace(owed, vid=await self.core.store.add_void(owed))
+            except StoreError as e:
+                log.error("void along %s not recorded (%s): a restart would forget it", owed.to, e)
+            self._background(self._void_again(owed, resumed=False))
             return set()
         return used & set(ids)
 
-    async def _post_void(self, src: _Source, body: JsonObj, level: int = logging.WARNING) -> set[str] | None:
-        """One void along the path: the IDs the far end had already used, None if it is to be
-        sent again. `level`: of the log line saying it was not delivered or refused."""
+    async def resume(self) -> None:
+        """At start: send again the voids along virtual links that the store recorded and no hop
+        answered before this process stopped."""
+        for owed in await self.core.store.pending_voids(VIA):
+            self._background(self._void_again(owed, resumed=True))
+
+    async def _post_void(self, qkdl_id: str, first: Link, body: JsonObj, level: int = logging.WARNING
+                         ) -> set[str] | None:
+        """One void along the path of `qkdl_id`: the IDs the far end had already used, None if it is
+        to be sent again. `level`: of the log line saying it was not delivered or refused."""
         try:
-            status, resp = await self.kms.client.post(await self._peer(src.first), "ext_keys/void", body,
+            status, resp = await self.kms.client.post(await self._peer(first), "ext_keys/void", body,
                                                       self.core.limits.rpc_timeout_s * 2)
         except (Etsi020Error, RelayError) as e:
-            log.log(level, "void along %s not delivered: %s", src.link.qkdl_id, e)
+            log.log(level, "void along %s not delivered: %s", qkdl_id, e)
             return None
         if status != 200 or not isinstance(resp, dict):
-            log.log(level, "void along %s refused (%d)", src.link.qkdl_id, status)
+            log.log(level, "void along %s refused (%d)", qkdl_id, status)
             return None if retry.void_again_after(status, resp) else set()
         if resp.get("status") == "success":
             return set()
         return acked_ids(resp.get("ack_containers"), "failed")
 
-    async def _void_again(self, src: _Source, body: JsonObj) -> None:
-        """Send an undelivered void again, backing off, for as long as reservations live."""
-        async for _ in self._backoff():
-            if src.link.qkdl_id not in self.core.registry.links:  # the path was deleted: its pools with it
-                log.info("void along %s dropped: the virtual link is gone", src.link.qkdl_id)
+    async def _void_again(self, owed: PendingVoid, resumed: bool) -> None:
+        """Send an undelivered void again, backing off, until it expires. One recorded before a
+        restart (`resumed`) waits for its path to be provisioned again; one of this process is
+        dropped once its virtual link is deleted (its pools go with it)."""
+        path = json.loads(owed.hop)["path"]
+        async for _ in retry.backoff(owed.expires - time.time()):
+            if owed.to not in self.core.registry.links and not resumed:
+                log.info("void along %s dropped: the virtual link is gone", owed.to)
+                await self._void_settled(owed)
                 return
-            used = await self._post_void(src, body, logging.INFO)  # the first attempt warned already
+            first = self.core.registry.phys_link_to(path[1])
+            if owed.to not in self.core.registry.links or first is None:
+                continue  # not provisioned (yet) since the restart
+            used = await self._post_void(owed.to, first, _void_body(owed), logging.INFO)  # the first try warned
             if used is not None:
-                log.info("void along %s delivered on a later attempt", src.link.qkdl_id)
+                log.info("void along %s delivered on a later attempt", owed.to)
                 if used:
-                    log.error("%d keys of %s were used at the far end before the void reached it", len(used),
-                              src.link.qkdl_id)
+                    log.error("%d keys of %s were used at the far end before the void reached it", len(used), owed.to)
+                await self._void_settled(owed)
                 return
-        log.error("void along %s never delivered: its keys may still be usable at the far end", src.link.qkdl_id)
+        log.error("void along %s never delivered: its keys may still be usable at the far end", owed.to)
+        await self._void_settled(owed)
+
+    async def _void_settled(self, owed: PendingVoid) -> None:
+        """Out of the store (a store failure leaves the row: a void is safe to send again)."""
+        with contextlib.suppress(StoreError):
+            await self.core.store.voids_done([owed.vid] if owed.vid else [])
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""

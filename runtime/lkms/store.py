@@ -105,9 +105,9 @@ CREATE TABLE IF NOT EXISTS block_prefixes(prefix BLOB NOT NULL, pid INTEGER NOT 
 CREATE TABLE IF NOT EXISTS outbox(txn TEXT NOT NULL, kind TEXT NOT NULL, qkdl_id TEXT NOT NULL,
   created REAL NOT NULL, PRIMARY KEY(txn, kind));
 CREATE TABLE IF NOT EXISTS tombstones(txn TEXT PRIMARY KEY, t REAL NOT NULL);
--- voids another vendor's KMS has not answered for certain (external.py); IDs and SAEs as JSON
-CREATE TABLE IF NOT EXISTS ext_voids(vid INTEGER PRIMARY KEY, peer TEXT NOT NULL, master TEXT NOT NULL,
-  slaves TEXT NOT NULL, ids TEXT NOT NULL, expires REAL NOT NULL);
+-- voids no one answered for certain yet (store_api.PendingVoid); key and SAE IDs as JSON
+CREATE TABLE IF NOT EXISTS voids_owed(vid INTEGER PRIMARY KEY, via TEXT NOT NULL, dest TEXT NOT NULL,
+  master TEXT NOT NULL, slaves TEXT NOT NULL, ids TEXT NOT NULL, hop TEXT NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -1078,29 +1078,31 @@ class SqliteKeyStore:
     def _outbox_done(self, tx: _Tx, txn: str, kind: str) -> None:
         tx.conn.execute("DELETE FROM outbox WHERE txn=? AND kind=?", (txn, kind))
 
-    # --- voids owed to external KMSs ---------------------------------------------------
+    # --- voids still to be delivered ---------------------------------------------------
     async def add_void(self, void: PendingVoid) -> int:
         return await self._submit(self._add_void, void)
 
     def _add_void(self, tx: _Tx, v: PendingVoid) -> int:
-        cur = tx.conn.execute("INSERT INTO ext_voids(peer, master, slaves, ids, expires) VALUES(?,?,?,?,?)",
-                              (v.peer, v.master, json.dumps(list(v.slaves)), json.dumps(list(v.ids)), v.expires))
+        cur = tx.conn.execute(
+            "INSERT INTO voids_owed(via, dest, master, slaves, ids, hop, expires) VALUES(?,?,?,?,?,?,?)",
+            (v.via, v.to, v.master, json.dumps(list(v.slaves)), json.dumps(list(v.ids)), v.hop, v.expires))
         return int(cur.lastrowid or 0)
 
-    async def pending_voids(self) -> list[PendingVoid]:
-        return await self._submit(self._pending_voids)
+    async def pending_voids(self, via: str) -> list[PendingVoid]:
+        return await self._submit(self._pending_voids, via)
 
-    def _pending_voids(self, tx: _Tx) -> list[PendingVoid]:
-        rows = tx.conn.execute("SELECT vid, peer, master, slaves, ids, expires FROM ext_voids ORDER BY vid")
-        return [PendingVoid(peer, tuple(json.loads(ids)), master, tuple(json.loads(slaves)), expires, vid)
-                for vid, peer, master, slaves, ids, expires in rows]
+    def _pending_voids(self, tx: _Tx, via: str) -> list[PendingVoid]:
+        rows = tx.conn.execute("SELECT vid, dest, master, slaves, ids, hop, expires FROM voids_owed WHERE via=?"
+                               " ORDER BY vid", (via,))
+        return [PendingVoid(via, to, tuple(json.loads(ids)), master, tuple(json.loads(slaves)), expires, hop, vid)
+                for vid, to, master, slaves, ids, hop, expires in rows]
 
     async def voids_done(self, vids: Sequence[int]) -> None:
         if vids:
             await self._submit(self._voids_done, list(vids))
 
     def _voids_done(self, tx: _Tx, vids: list[int]) -> None:
-        tx.conn.executemany("DELETE FROM ext_voids WHERE vid=?", [(v,) for v in vids])
+        tx.conn.executemany("DELETE FROM voids_owed WHERE vid=?", [(v,) for v in vids])
 
     # --- inspection ---------------------------------------------------------------------
     async def key_states(self, qkdl_id: str) -> dict[str, KeyState]:

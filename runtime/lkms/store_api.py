@@ -86,14 +86,18 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class PendingVoid:
-    """A void another vendor's KMS has not answered for certain (external.py): sent again, after
-    a restart too, until it is answered or `expires` (wall clock) passes. `vid`: its row."""
+    """A void no one answered for certain, to send again (after a restart too) until it is
+    answered or `expires` (wall clock) passes: to another vendor's KMS (`via` "external", `to`
+    its name; external.py) or along a virtual link (`via` "relay", `to` its qkdl_id, `hop` the
+    hop extension as JSON; relay.py). `vid`: its row. Key IDs and SAE IDs only, no key."""
 
-    peer: str
+    via: str
+    to: str
     ids: tuple[str, ...]
     master: str
     slaves: tuple[str, ...]
     expires: float
+    hop: str = ""
     vid: int = 0
 
 
@@ -213,12 +217,12 @@ class KeyStore(Protocol):
 
     async def outbox_done(self, txn: str, kind: str) -> None: ...
 
-    # --- voids owed to external KMSs -------------------------------------------------------
+    # --- voids still to be delivered (external KMSs, virtual links) -----------------------
     async def add_void(self, void: PendingVoid) -> int:
         """Record a void still to be delivered; returns its `vid`."""
 
-    async def pending_voids(self) -> list[PendingVoid]:
-        """The voids recorded and not yet done, oldest first."""
+    async def pending_voids(self, via: str) -> list[PendingVoid]:
+        """The voids recorded `via` that route and not yet done, oldest first."""
 
     async def voids_done(self, vids: Sequence[int]) -> None:
         """Forget these voids (delivered, refused for good, expired or their peer gone)."""

@@ -234,8 +234,8 @@ def test_a_void_still_owed_is_sent_again_after_a_restart(setup: Setup) -> None:
         assert setup.enc(2).status_code == 503
         taken = set(setup.vendor.keys) - held
         assert len(taken) == 2
-        owed = setup.net.run(setup.a.store.pending_voids())
-        assert [(set(v.ids), v.peer, v.master, v.slaves) for v in owed] == [(taken, "vendorx", "a1", ("bx1",))]
+        owed = setup.net.run(setup.a.store.pending_voids("external"))
+        assert [(set(v.ids), v.to, v.master, v.slaves) for v in owed] == [(taken, "vendorx", "a1", ("bx1",))]
 
         setup.restart_a(configure=False)
         voids = len(setup.vendor.void_ids)
@@ -245,7 +245,7 @@ def test_a_void_still_owed_is_sent_again_after_a_restart(setup: Setup) -> None:
         setup.reconfigure()  # ... and so is our node's configuration of it
         setup.net.run(asyncio.wait_for(_until(lambda: set(setup.vendor.keys) == held), 15))
         assert [set(v or ()) for v in setup.vendor.void_ids[voids:]] == [taken]
-        assert setup.net.run(setup.a.store.pending_voids()) == []  # settled: a later start sends nothing
+        assert setup.net.run(setup.a.store.pending_voids("external")) == []  # settled: a later start sends nothing
 
 
 def test_a_void_recorded_past_its_expiry_is_dropped_at_start(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
@@ -253,12 +253,12 @@ def test_a_void_recorded_past_its_expiry_is_dropped_at_start(setup: Setup, caplo
     restart: it is dropped, and the log says the keys may have stayed usable there."""
     from sdqkd.lkms.store_api import PendingVoid
 
-    stale = PendingVoid("vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=1.0)
+    stale = PendingVoid("external", "vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=1.0)
     setup.net.run(setup.a.store.add_void(stale))
     voids = len(setup.vendor.void_ids)
     with caplog.at_level("ERROR", logger="sdqkd.lkms.external"):
         setup.restart_a()
-    assert setup.net.run(setup.a.store.pending_voids()) == []
+    assert setup.net.run(setup.a.store.pending_voids("external")) == []
     setup.net.run(asyncio.sleep(1.0))
     assert len(setup.vendor.void_ids) == voids
     assert any("never delivered" in r.getMessage() for r in caplog.records)

@@ -129,3 +129,21 @@ def test_a_start_that_fails_part_way_closes_what_it_had_started(lt: LoopThread, 
     finally:
         lt.run(lkms.stop())
     assert store_threads() == threads_before
+
+
+def test_a_grpcio_004_server_is_closed_when_keysync_cannot_listen(lt: LoopThread, tmp_path: Path) -> None:
+    """The grpcio ETSI 004 server binds its port, then KeySync's port is taken: the start fails
+    and the 004 port is free again (a grpcio server bound but never started would hold it)."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    lkms = Lkms(str(uuid.uuid4()), tmp_path / "data", None, limits=Limits(etsi004_server="grpcio"),
+                keysync_listen=f"127.0.0.1:{taken.getsockname()[1]}")
+    try:
+        with pytest.raises(OSError, match="cannot listen"):
+            lt.run(lkms.start())
+        host, port = lkms.addresses["etsi004"].rsplit(":", 1)
+        with socket.socket() as s:
+            s.bind((host, int(port)))  # EADDRINUSE while the 004 server held it
+    finally:
+        taken.close()

@@ -4,6 +4,7 @@ durability settings and erasure."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -167,21 +168,22 @@ def test_recovery_erases_interrupted_reservations(tmp_path: Path) -> None:
     asyncio.run(go())
 
 
-def test_voids_owed_to_an_external_kms_survive_a_reopen_until_done(tmp_path: Path) -> None:
+def test_voids_still_owed_survive_a_reopen_until_done(tmp_path: Path) -> None:
     async def go() -> None:
         s = SqliteKeyStore(tmp_path / "v.sqlite")
         await s.open()
         ids = tuple(str(uuid.uuid4()) for _ in range(3))
-        v1 = await s.add_void(PendingVoid("vendorx", ids, "sae-a", ("sae-b", "sae-c"), 1e10))
-        v2 = await s.add_void(PendingVoid("vendory", ids[:1], "sae-a", (), 2e10))
+        ext = PendingVoid("external", "vendorx", ids, "sae-a", ("sae-b", "sae-c"), 1e10)
+        relay = PendingVoid("relay", Q, ids[:1], "sae-a", (), 2e10, '{"path": ["n1", "n2"]}')
+        v1, v2 = await s.add_void(ext), await s.add_void(relay)
         await s.close()
         s = SqliteKeyStore(tmp_path / "v.sqlite")
         await s.open()
-        assert await s.pending_voids() == [PendingVoid("vendorx", ids, "sae-a", ("sae-b", "sae-c"), 1e10, v1),
-                                           PendingVoid("vendory", ids[:1], "sae-a", (), 2e10, v2)]
+        assert await s.pending_voids("external") == [dataclasses.replace(ext, vid=v1)]
+        assert await s.pending_voids("relay") == [dataclasses.replace(relay, vid=v2)]
         await s.voids_done([v1])
         await s.voids_done([])
-        assert [v.vid for v in await s.pending_voids()] == [v2]
+        assert await s.pending_voids("external") == [] and [v.vid for v in await s.pending_voids("relay")] == [v2]
         await s.close()
 
     asyncio.run(go())
