@@ -17,6 +17,7 @@ from sdqkd import pki
 from sdqkd.node.channel import (
     BIG_FRAME,
     HEADER,
+    WRITE_CHUNK,
     WRITE_HIGH,
     Frame,
     FrameConnection,
@@ -55,7 +56,10 @@ async def _tls_pair(tmp: Path) -> tuple[FrameConnection, FrameConnection]:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_big_and_small_frames_arrive_whole_and_in_order(tmp_path: Path, tls: bool) -> None:
-    sizes = [0, 7, BIG_FRAME - 1, BIG_FRAME, 3, 5 * BIG_FRAME + 11, 1, 2_000_000, BIG_FRAME + 1, 40]
+    # big payloads leave WRITE_CHUNK at a time: whole chunks, a rest that is big, a rest that is
+    # small and goes out with the small frames after it
+    sizes = [0, 7, BIG_FRAME - 1, BIG_FRAME, 3, 5 * BIG_FRAME + 11, 1, 2_000_000, BIG_FRAME + 1, 40,
+             3 * WRITE_CHUNK, WRITE_CHUNK + 100, 2, WRITE_CHUNK + BIG_FRAME, 9]
 
     async def main() -> None:
         tx, rx = await (_tls_pair(tmp_path) if tls else _pair())
