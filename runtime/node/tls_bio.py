@@ -32,22 +32,27 @@ class TlsPipe:
         self._sock, self._obj, self._in, self._out = sock, obj, incoming, outgoing
         self._raw = bytearray(RAW_CHUNK)
         self._drained = False  # the last recv was short: the socket is most likely empty
+        self._eof = False  # the peer's close_notify was read behind records returned: 0 next
 
     def getpeercert(self) -> dict[str, object] | None:
         return self._obj.getpeercert()  # type: ignore[return-value]
 
     def recv_into(self, buffer: memoryview) -> int:
-        """Plaintext into `buffer` (at most one record's worth per call); 0 at the peer's EOF; -1
-        once both the BIO and the socket are empty (no exception: this ends every read callback),
-        found without a system call when the last recv was short (the event loop wakes us when
-        more comes)."""
+        """Plaintext into `buffer`: the records already taken from the socket, as many as fit, else
+        one `recv` more; 0 at the peer's EOF; -1 once both the BIO and the socket are empty (no
+        exception: this ends every read callback), found without a system call when the last recv
+        was short (the event loop wakes us when more comes)."""
         obj, incoming = self._obj, self._in
+        if self._eof:
+            return 0
         while True:
             if incoming.pending or obj.pending():  # else OpenSSL would only say it wants more
                 try:
-                    return cast(int, obj.read(len(buffer), buffer))
+                    n = cast(int, obj.read(len(buffer), buffer))
                 except ssl.SSLWantReadError:
                     pass  # a record not whole yet
+                else:
+                    return self._more(buffer, n) if n else 0
             if self._drained:
                 self._drained = False
                 return -1
@@ -59,6 +64,21 @@ class TlsPipe:
                 return 0
             incoming.write(memoryview(self._raw)[:n])
             self._drained = n < RAW_CHUNK
+
+    def _more(self, buffer: memoryview, n: int) -> int:
+        """After a record's `n` bytes, the next whole records in the BIO too, while they fit: one
+        call per recv'd chunk (~16 records of a big frame), not one per record."""
+        obj, incoming, size = self._obj, self._in, len(buffer)
+        while n < size and incoming.pending:
+            try:
+                m = cast(int, obj.read(size - n, buffer[n:]))
+            except ssl.SSLWantReadError:
+                break  # a record not whole yet
+            if m == 0:
+                self._eof = True  # the peer's close_notify: the next call says 0
+                break
+            n += m
+        return n
 
     def encrypt(self, data: bytes | memoryview) -> bytes:
         self._obj.write(data)

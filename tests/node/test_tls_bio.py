@@ -78,3 +78,29 @@ def test_a_peer_of_another_ca_fails_the_handshake_at_both_ends(tmp_path: Path) -
         b.close()
 
     asyncio.run(main())
+
+
+def test_the_records_in_memory_are_read_together_then_the_peers_close(tmp_path: Path) -> None:
+    """One recv_into call returns every whole record the BIO holds that fits (not one record per
+    call), and the peer's close_notify behind them reads as EOF (0) on the next call."""
+    srv, cli = _files(tmp_path)
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        for s in (a, b):
+            s.setblocking(False)
+        ta, tb = await asyncio.gather(handshake(a, server_context(srv), server_side=True),
+                                      handshake(b, client_context(cli), server_side=False))
+        records = [bytes([i]) * 1000 for i in range(3)]
+        wire = b"".join(tb.encrypt(r) for r in records)  # a record per write
+        with pytest.raises(ssl.SSLWantReadError):
+            tb._obj.unwrap()  # close_notify out; it would wait for ours
+        b.sendall(wire + tb.outgoing())
+        await asyncio.sleep(0.05)
+        buf = memoryview(bytearray(10_000))
+        assert ta.recv_into(buf) == 3000 and bytes(buf[:3000]) == b"".join(records)
+        assert ta.recv_into(buf) == 0
+        a.close()
+        b.close()
+
+    asyncio.run(main())
