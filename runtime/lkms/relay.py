@@ -421,7 +421,7 @@ class Relay:
                 owed = dataclasses.replace(owed, vid=await self.core.store.add_void(owed))
             except StoreError as e:
                 log.error("void along %s not recorded (%s): a restart would forget it", owed.to, e)
-            self._background(self._void_again(owed, resumed=False))
+            self._background(self._void_again(owed, src.first))
             return set()
         return used & set(ids)
 
@@ -429,7 +429,7 @@ class Relay:
         """At start: send again the voids along virtual links that the store recorded and no hop
         answered before this process stopped."""
         for owed in await self.core.store.pending_voids(VIA):
-            self._background(self._void_again(owed, resumed=True))
+            self._background(self._void_again(owed, None))
 
     async def _post_void(self, qkdl_id: str, first: Link, body: JsonObj, level: int = logging.WARNING
                          ) -> set[str] | None:
@@ -448,20 +448,21 @@ class Relay:
             return set()
         return acked_ids(resp.get("ack_containers"), "failed")
 
-    async def _void_again(self, owed: PendingVoid, resumed: bool) -> None:
-        """Send an undelivered void again, backing off, until it expires. One recorded before a
-        restart (`resumed`) waits for its path to be provisioned again; one of this process is
-        dropped once its virtual link is deleted (its pools go with it)."""
+    async def _void_again(self, owed: PendingVoid, first: Link | None) -> None:
+        """Send an undelivered void again, backing off, until it expires, to `first` (the path's
+        first hop when it first went out), and is dropped once its virtual link is deleted (its
+        pools go with it). One recorded before a restart (`first` None) waits for its path to be
+        provisioned again, then goes to the first hop its recorded path names."""
         path = json.loads(owed.hop)["path"]
         async for _ in retry.backoff(owed.expires - time.time()):
-            if owed.to not in self.core.registry.links and not resumed:
+            if owed.to not in self.core.registry.links and first is not None:
                 log.info("void along %s dropped: the virtual link is gone", owed.to)
                 await self._void_settled(owed)
                 return
-            first = self.core.registry.phys_link_to(path[1])
-            if owed.to not in self.core.registry.links or first is None:
+            hop = first or self.core.registry.phys_link_to(path[1])
+            if owed.to not in self.core.registry.links or hop is None:
                 continue  # not provisioned (yet) since the restart
-            used = await self._post_void(owed.to, first, _void_body(owed), logging.INFO)  # the first try warned
+            used = await self._post_void(owed.to, hop, _void_body(owed), logging.INFO)  # the first try warned
             if used is not None:
                 log.info("void along %s delivered on a later attempt", owed.to)
                 if used:

@@ -62,8 +62,8 @@ READ_CHUNK = 256 * 1024  # bytes per read call (a TLS record is at most 16 KiB)
 # buffer was reallocated ~50 times per frame, copying ~9x its size.
 BIG_FRAME = 64 * 1024
 # A big payload is encrypted and written WRITE_CHUNK at a time: its records then go from TLS to the
-# socket while still in cache (10 MiB through TLS and loopback TCP: 10.3 ms of CPU in 256 KiB
-# pieces against 11.8 ms whole, medians of 10 here), and no ciphertext copy of it all is made.
+# socket while still in cache, and no ciphertext copy of it all is made (10 MiB each way through
+# the channel: 27.0-29.6 ms of CPU against 31.3-32.5 whole; docs/channel.md).
 WRITE_CHUNK = 256 * 1024
 
 
