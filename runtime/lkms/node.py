@@ -199,12 +199,12 @@ class Lkms:
         # the limit is what bounds an unauthorised caller (key blocks travel on the engine channel)
         self._gsync = grpc.aio.server(options=[("grpc.max_receive_message_length", KEYSYNC_MAX_MESSAGE),
                                                ("grpc.max_send_message_length", KEYSYNC_MAX_MESSAGE)])
+        up["gsync"] = functools.partial(self._gsync.stop, 0.5)  # even if never started: see _start_004
         kms_pb2_grpc.add_KeySyncServicer_to_server(KeySyncService(core, self.streams, self.reconciler), self._gsync)
         for add in self._peer_servicers:
             add(self._gsync)
         self.addresses["keysync"] = self._add_port(self._gsync, self._listen["keysync"])
         await self._gsync.start()
-        up["gsync"] = functools.partial(self._gsync.stop, 0.5)
 
         self.streams.start()
         self.outbox.start()
@@ -310,12 +310,14 @@ class Lkms:
             self._up["h004"] = functools.partial(self._h004.stop, 0.5)
         else:
             self._g004 = grpc.aio.server()
+            # stopped even if it never starts (its port taken): a grpc.aio server left to the garbage
+            # collector unstopped is torn down by grpc's C core on whatever thread collects it
+            self._up["g004"] = functools.partial(self._g004.stop, 0.5)
             etsi004_pb2_grpc.add_KeyDeliveryServicer_to_server(KeyDeliveryService(self.streams, self.core.tls),
                                                                self._g004)
             self.addresses["etsi004"] = self._add_port(self._g004, self._listen["etsi004"])
             # started at once: a grpcio server bound but never started keeps its port until collected
             await self._g004.start()
-            self._up["g004"] = functools.partial(self._g004.stop, 0.5)
 
     def _add_port(self, server: grpc.aio.Server, listen: str) -> str:
         host, port = _split(listen)
