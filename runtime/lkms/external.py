@@ -27,7 +27,6 @@ voided meanwhile (then `failed`: the key is gone).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -70,19 +69,8 @@ class _Received:
     voided: bool = False
 
 
-@dataclass(eq=False)
-class _Unvoided:
-    """Keys whose void the peer has not answered for certain yet (recorded in the store as `vid`,
-    0 if the store could not take it)."""
-    ids: list[str]
-    master: str
-    slaves: tuple[str, ...]
-    until: float  # time.monotonic() after which the void is given up
-    vid: int = 0
-
-
-def _by_saes(items: list[_Unvoided]) -> dict[tuple[str, tuple[str, ...]], list[_Unvoided]]:
-    out: dict[tuple[str, tuple[str, ...]], list[_Unvoided]] = {}
+def _by_saes(items: list[PendingVoid]) -> dict[tuple[str, tuple[str, ...]], list[PendingVoid]]:
+    out: dict[tuple[str, tuple[str, ...]], list[PendingVoid]] = {}
     for u in items:
         out.setdefault((u.master, u.slaves), []).append(u)
     return out
@@ -115,7 +103,7 @@ class ExternalPeers:
         self.core, self.kms = core, kms
         self.peers: dict[str, ExternalPeer] = {}
         self._received: OrderedDict[str, _Received] = OrderedDict()
-        self._unvoided: dict[str, list[_Unvoided]] = {}  # by peer name: voids to send again
+        self._unvoided: dict[str, list[PendingVoid]] = {}  # by peer name: voids to send again
         self._voiders: dict[str, asyncio.Task[None]] = {}  # by peer name: the task sending them
 
     # --- registry ------------------------------------------------------------------------
@@ -129,17 +117,15 @@ class ExternalPeers:
     async def resume(self) -> None:
         """At start: the voids the store recorded and no peer answered before this process
         stopped. Each is sent again once its peer is configured (`add`), until it expires."""
-        now, mono = time.time(), time.monotonic()
-        expired = []
+        now, expired = time.time(), []
         for v in await self.core.store.pending_voids(VIA):
             if v.expires <= now:
-                expired.append(v.vid)
+                expired.append(v)
                 log.error("void of %d keys at %s never delivered: they may still be usable there",
                           len(v.ids), v.to)
             else:
-                u = _Unvoided(list(v.ids), v.master, v.slaves, mono + v.expires - now, v.vid)
-                self._unvoided.setdefault(v.to, []).append(u)
-        await self.core.store.voids_done(expired)
+                self._unvoided.setdefault(v.to, []).append(v)
+        await retry.settle_voids(self.core.store, expired)
         if self._unvoided:
             log.info("%d voids from before the restart to send again", sum(map(len, self._unvoided.values())))
 
@@ -264,14 +250,10 @@ class ExternalPeers:
         certain (no answer, a time-out, a server error) is sent again in the background until it
         does: else the peer's SAE could fetch keys ours never got (`_void_again`)."""
         if not await self._post_void(peer, ids, master, slaves, logging.WARNING):
-            ttl, vid = self.core.limits.unconfirmed_ttl_s, 0
-            try:  # recorded first, so that a restart does not forget it
-                vid = await self.core.store.add_void(PendingVoid(VIA, peer.name, tuple(ids), master, tuple(slaves),
-                                                                 time.time() + ttl))
-            except StoreError as e:
-                log.error("void of %d keys at %s not recorded (%s): a restart would forget it", len(ids), peer.name, e)
-            self._unvoided.setdefault(peer.name, []).append(_Unvoided(ids, master, tuple(slaves),
-                                                                      time.monotonic() + ttl, vid))
+            owed = PendingVoid(VIA, peer.name, tuple(ids), master, tuple(slaves),
+                               time.time() + self.core.limits.unconfirmed_ttl_s)
+            owed = await retry.record_void(self.core.store, owed)  # first, so that a restart does not forget it
+            self._unvoided.setdefault(peer.name, []).append(owed)
             self._void_later(peer.name)
 
     def _void_later(self, name: str) -> None:
@@ -321,7 +303,7 @@ class ExternalPeers:
                              sum(len(u.ids) for u in live), name)
                     await self._done(live, list(live))
                     return
-                expired = [u for u in live if u.until <= time.monotonic()]
+                expired = [u for u in live if u.expires <= time.time()]
                 if expired:
                     log.error("voids of %d keys at %s never delivered: they may still be usable there",
                               sum(len(u.ids) for u in expired), name)
@@ -338,13 +320,11 @@ class ExternalPeers:
                 self._unvoided.pop(name, None)
             self._voiders.pop(name, None)
 
-    async def _done(self, live: list[_Unvoided], done: list[_Unvoided]) -> None:
-        """These voids are settled: out of `live`, then out of the store (a store failure leaves
-        the row, so a restart sends a settled void once more: a void is safe to repeat)."""
+    async def _done(self, live: list[PendingVoid], done: list[PendingVoid]) -> None:
+        """These voids are settled: out of `live`, then out of the store."""
         for u in done:
             live.remove(u)
-        with contextlib.suppress(StoreError):
-            await self.core.store.voids_done([u.vid for u in done if u.vid])
+        await retry.settle_voids(self.core.store, done)
 
     async def close(self) -> None:
         """Stop the voids still being sent again (the store keeps them for the next start)."""

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import dataclasses
 import hashlib
 import hmac
 import json
@@ -417,10 +415,7 @@ class Relay:
                            json.dumps({"virt_qkdl_id": src.link.qkdl_id, "path": src.path, "hop_index": 0}))
         used = await self._post_void(owed.to, src.first, _void_body(owed))
         if used is None:
-            try:  # recorded first, so that a restart does not forget it
-                owed = dataclasses.replace(owed, vid=await self.core.store.add_void(owed))
-            except StoreError as e:
-                log.error("void along %s not recorded (%s): a restart would forget it", owed.to, e)
+            owed = await retry.record_void(self.core.store, owed)  # first, so that a restart does not forget it
             self._background(self._void_again(owed, src.first))
             return set()
         return used & set(ids)
@@ -457,7 +452,7 @@ class Relay:
         async for _ in retry.backoff(owed.expires - time.time()):
             if owed.to not in self.core.registry.links and first is not None:
                 log.info("void along %s dropped: the virtual link is gone", owed.to)
-                await self._void_settled(owed)
+                await retry.settle_voids(self.core.store, [owed])
                 return
             hop = first or self.core.registry.phys_link_to(path[1])
             if owed.to not in self.core.registry.links or hop is None:
@@ -467,15 +462,10 @@ class Relay:
                 log.info("void along %s delivered on a later attempt", owed.to)
                 if used:
                     log.error("%d keys of %s were used at the far end before the void reached it", len(used), owed.to)
-                await self._void_settled(owed)
+                await retry.settle_voids(self.core.store, [owed])
                 return
         log.error("void along %s never delivered: its keys may still be usable at the far end", owed.to)
-        await self._void_settled(owed)
-
-    async def _void_settled(self, owed: PendingVoid) -> None:
-        """Out of the store (a store failure leaves the row: a void is safe to send again)."""
-        with contextlib.suppress(StoreError):
-            await self.core.store.voids_done([owed.vid] if owed.vid else [])
+        await retry.settle_voids(self.core.store, [owed])
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:
         """Relay until the VIRT pool holds `bits` available bits (or `timeout` passes)."""

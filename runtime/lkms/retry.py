@@ -1,13 +1,21 @@
 """Background retries towards another KMS (a relay hop, another vendor's KMS), at one pace: wait
 0.5 s, doubling up to 10 s, before each try, for as long as reservations live
-(`Limits.unconfirmed_ttl_s`); and which refused void is worth sending again."""
+(`Limits.unconfirmed_ttl_s`); which refused void is worth sending again; and the key store's
+record of the voids being sent again, so that a restart sends them too."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
+
+from sdqkd.lkms.store_api import KeyStore, PendingVoid, StoreError
+
+log = logging.getLogger(__name__)
 
 _NOT_READY = frozenset({"invalid_routing", "no_known_route"})  # a hop restarting, before its routes are back
 
@@ -31,3 +39,20 @@ def void_again_after(status: int, body: Any) -> bool:
     details = body.get("details") if isinstance(body, dict) else None
     return status == 400 and isinstance(details, list) and any(
         isinstance(d, dict) and _NOT_READY & set(d) for d in details)
+
+
+async def record_void(store: KeyStore, void: PendingVoid) -> PendingVoid:
+    """The void as recorded in the store (its `vid` set); as it is if the store fails (logged: a
+    restart would forget it, the retries in this process still go on)."""
+    try:
+        return dataclasses.replace(void, vid=await store.add_void(void))
+    except StoreError as e:
+        log.error("void of %d keys to %s not recorded (%s): a restart would forget it", len(void.ids), void.to, e)
+        return void
+
+
+async def settle_voids(store: KeyStore, voids: Sequence[PendingVoid]) -> None:
+    """These voids need no more tries: out of the store (a store failure leaves their rows, so a
+    restart sends them once more: a void is safe to repeat)."""
+    with contextlib.suppress(StoreError):
+        await store.voids_done([v.vid for v in voids if v.vid])
