@@ -9,7 +9,9 @@
  *  - Each party keeps, per pass, the permuted key plus a "parity pyramid" (level l+1 holds the parity
  *    of every word of level l): any range parity costs O(levels), a bit flip costs O(levels).
  *  - Bob batches every parity question of one round into one message; Alice answers statelessly
- *    apart from a round counter.
+ *    apart from a round counter, decoding QCHUNK questions and prefetching the words they read
+ *    before answering them (the words are scattered over megabytes: a link runs several blocks'
+ *    Cascade side by side, whose pyramids do not all fit in the cache).
  *
  * Wire format (varint = unsigned LEB128, every message ends with a 4-byte little-endian checksum):
  *   request: C5 51 varint(round) [round 0: u32 parameter digest] varint(#sections)
@@ -28,6 +30,7 @@
 #define T_REQ 0x51
 #define T_REP 0x52
 #define MAXLEV 8
+#define QCHUNK 32 /* Alice: range queries decoded (and their words prefetched) before they are answered */
 
 /* ------------------------------------------------------------------ small helpers */
 
@@ -422,6 +425,12 @@ static inline unsigned pyr_par(const pyr_t *Y, uint64_t s, uint64_t e) {
     return r;
 }
 
+/* Asks for the level-0 words that pyr_par(Y, s, e) reads first (e > s). */
+static inline void pyr_prefetch(const pyr_t *Y, uint64_t s, uint64_t e) {
+    __builtin_prefetch(&Y->w[0][s >> 6]);
+    __builtin_prefetch(&Y->w[0][(e - 1) >> 6]);
+}
+
 static inline void pyr_flip(pyr_t *Y, uint64_t i) {
     for (int l = 0; l < Y->nlev; l++) {
         Y->w[l][i >> 6] ^= 1ULL << (63 - (i & 63));
@@ -592,22 +601,33 @@ int cs_alice_handle(cs_alice *a, const uint8_t *req, size_t qlen, const uint8_t 
         free(bits.p);
         AFAIL("cascade request query count %llu inconsistent with its size", (unsigned long long)cnt);
     }
+    /* Queries are decoded QCHUNK at a time and the words they read prefetched, then answered: their
+     * words lie at random places of megabyte-sized pyramids, so answering them as decoded waits for
+     * one cache miss after another (several blocks side by side on a link overflow the cache). */
     uint64_t g = 0;
-    for (uint64_t i = 0; i < cnt; i++) {
-        uint64_t d, ln;
-        if (rd_varint(&r, &d) || rd_varint(&r, &ln)) {
-            free(bits.p);
-            AFAIL("malformed cascade request (query %llu)", (unsigned long long)i);
+    struct { const pyr_t *y; uint64_t s, e; } qb[QCHUNK];
+    for (uint64_t i = 0; i < cnt;) {
+        size_t m = 0;
+        for (; m < QCHUNK && i < cnt; m++, i++) {
+            uint64_t d, ln;
+            if (rd_varint(&r, &d) || rd_varint(&r, &ln)) {
+                free(bits.p);
+                AFAIL("malformed cascade request (query %llu)", (unsigned long long)i);
+            }
+            g += (d & 1) ? ~(d >> 1) : (d >> 1);
+            uint64_t p = g >> 32, s = g & 0xFFFFFFFFULL;
+            if (p >= (uint64_t)prm->npass || ln == 0 || s > prm->L[p] || ln > prm->L[p] - s) {
+                free(bits.p);
+                AFAIL("cascade query out of range (pass %llu, start %llu, length %llu)", (unsigned long long)p,
+                      (unsigned long long)s, (unsigned long long)ln);
+            }
+            if ((rc = alice_ready(a, (int)p))) { free(bits.p); return rc; }
+            qb[m].y = &a->pyr[p];
+            qb[m].s = s;
+            qb[m].e = s + ln;
+            pyr_prefetch(qb[m].y, s, s + ln);
         }
-        g += (d & 1) ? ~(d >> 1) : (d >> 1);
-        uint64_t p = g >> 32, s = g & 0xFFFFFFFFULL;
-        if (p >= (uint64_t)prm->npass || ln == 0 || s > prm->L[p] || ln > prm->L[p] - s) {
-            free(bits.p);
-            AFAIL("cascade query out of range (pass %llu, start %llu, length %llu)", (unsigned long long)p,
-                  (unsigned long long)s, (unsigned long long)ln);
-        }
-        if ((rc = alice_ready(a, (int)p))) { free(bits.p); return rc; }
-        bw_put(&w, pyr_par(&a->pyr[p], s, s + ln));
+        for (size_t j = 0; j < m; j++) bw_put(&w, pyr_par(qb[j].y, qb[j].s, qb[j].e));
     }
     if (r.pos != r.len) { free(bits.p); AFAIL("trailing bytes in cascade request"); }
     (void)v;
