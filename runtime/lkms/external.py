@@ -105,18 +105,23 @@ class ExternalPeers:
         self._received: OrderedDict[str, _Received] = OrderedDict()
         self._unvoided: dict[str, list[PendingVoid]] = {}  # by peer name: voids to send again
         self._voiders: dict[str, asyncio.Task[None]] = {}  # by peer name: the task sending them
+        self._expirers: dict[str, asyncio.Task[None]] = {}  # by peer name not configured since the restart
 
     # --- registry ------------------------------------------------------------------------
     async def add(self, peer: ExternalPeer) -> None:
         self.peers[peer.name] = peer
         self.core.registry.links[peer.qkdl_id] = Link(peer.qkdl_id, peer.name, peer.kms.url, EXT)
         await self.core.store.ensure_pool(peer.qkdl_id, EXT)
+        expirer = self._expirers.pop(peer.name, None)
+        if expirer is not None:
+            expirer.cancel()
         if self._unvoided.get(peer.name):  # voids recorded before a restart: this peer is back
             self._void_later(peer.name)
 
     async def resume(self) -> None:
         """At start: the voids the store recorded and no peer answered before this process
-        stopped. Each is sent again once its peer is configured (`add`), until it expires."""
+        stopped. Each is sent again once its peer is configured (`add`), until it expires; one
+        whose peer is not configured again by then leaves the store as it expires."""
         now, expired = time.time(), []
         for v in await self.core.store.pending_voids(VIA):
             if v.expires <= now:
@@ -128,6 +133,23 @@ class ExternalPeers:
         await retry.settle_voids(self.core.store, expired)
         if self._unvoided:
             log.info("%d voids from before the restart to send again", sum(map(len, self._unvoided.values())))
+        loop = asyncio.get_running_loop()
+        for name in self._unvoided:
+            self._expirers[name] = loop.create_task(self._expire_unconfigured(name))
+
+    async def _expire_unconfigured(self, name: str) -> None:
+        """Voids recorded before the restart for a peer not configured again (yet): each leaves
+        the store as it expires (`add` cancels this and sends them instead)."""
+        live = self._unvoided.get(name, [])
+        while live:
+            await asyncio.sleep(max(0.0, min(u.expires for u in live) - time.time()))
+            expired = [u for u in live if u.expires <= time.time()]
+            if expired:
+                log.error("voids of %d keys at %s never sent: the peer was not configured again after the "
+                          "restart; they may still be usable there", sum(len(u.ids) for u in expired), name)
+                await self._done(live, expired)
+        self._unvoided.pop(name, None)
+        self._expirers.pop(name, None)
 
     def peer_by_identity(self, identity: str) -> PeerKms | None:
         for p in self.peers.values():
@@ -328,7 +350,7 @@ class ExternalPeers:
 
     async def close(self) -> None:
         """Stop the voids still being sent again (the store keeps them for the next start)."""
-        tasks = list(self._voiders.values())
+        tasks = [*self._voiders.values(), *self._expirers.values()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -449,6 +449,7 @@ class Relay:
         pools go with it). One recorded before a restart (`first` None) waits for its path to be
         provisioned again, then goes to the first hop its recorded path names."""
         path = json.loads(owed.hop)["path"]
+        sent = first is not None
         async for _ in retry.backoff(owed.expires - time.time()):
             if owed.to not in self.core.registry.links and first is not None:
                 log.info("void along %s dropped: the virtual link is gone", owed.to)
@@ -457,6 +458,7 @@ class Relay:
             hop = first or self.core.registry.phys_link_to(path[1])
             if owed.to not in self.core.registry.links or hop is None:
                 continue  # not provisioned (yet) since the restart
+            sent = True
             used = await self._post_void(owed.to, hop, _void_body(owed), logging.INFO)  # the first try warned
             if used is not None:
                 log.info("void along %s delivered on a later attempt", owed.to)
@@ -464,7 +466,11 @@ class Relay:
                     log.error("%d keys of %s were used at the far end before the void reached it", len(used), owed.to)
                 await retry.settle_voids(self.core.store, [owed])
                 return
-        log.error("void along %s never delivered: its keys may still be usable at the far end", owed.to)
+        if sent:
+            log.error("void along %s never delivered: its keys may still be usable at the far end", owed.to)
+        else:
+            log.error("void along %s never sent: the virtual link or its first hop was not provisioned again "
+                      "after the restart; its keys may still be usable at the far end", owed.to)
         await retry.settle_voids(self.core.store, [owed])
 
     async def topup(self, link: Link, bits: int, timeout: float) -> None:

@@ -7,7 +7,9 @@ nothing for the refused request. Real servers, mutual TLS with two PKIs, real ET
 from __future__ import annotations
 
 import base64
+import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,6 +220,28 @@ def test_a_void_still_owed_when_the_source_restarts_is_sent_again(chain: Chain) 
     net.restart("B")
     wait_until(lambda: kid not in chain.vendor.keys, "the void delivered once B is back", limit=60)
     wait_until(lambda: not net.run(a.store.pending_voids("relay")), "the void settled in A's store")
+
+
+def test_a_void_whose_virtual_link_is_not_provisioned_again_says_so_as_it_expires(
+        chain: Chain, caplog: pytest.LogCaptureFixture) -> None:
+    """A void recorded before a restart along a virtual link that the restarted node is not given
+    again (deleted meanwhile): it is never sent, leaves the store as it expires, and the log says
+    why, not that a hop failed to take it."""
+    from sdqkd.lkms.store_api import PendingVoid
+
+    net = chain.net
+    gone = str(uuid.uuid4())  # a virtual link no one provisions
+    hop = json.dumps({"virt_qkdl_id": gone, "path": [net.nodes["A"].node_id, net.nodes["B"].node_id,
+                                                     net.nodes["G"].node_id], "hop_index": 0})
+    owed = PendingVoid("relay", gone, (str(uuid.uuid4()),), "a1", ("bx1",), expires=time.time() + 2.0, hop=hop)
+    net.run(net.nodes["A"].store.add_void(owed))
+    requests = chain.vendor.requests
+    with caplog.at_level("ERROR", logger="sdqkd.lkms.relay"):
+        a = net.restart("A")  # its links and apps provisioned again: not `gone`
+        wait_until(lambda: not net.run(a.store.pending_voids("relay")), "the void dropped as it expired", limit=15)
+    assert chain.vendor.requests == requests
+    said = [r.getMessage() for r in caplog.records if gone in r.getMessage()]
+    assert said and "never sent: the virtual link or its first hop was not provisioned again" in said[0], said
 
 
 def _a_void_that_meets_b_down(chain: Chain) -> str:
