@@ -17,6 +17,10 @@ from sdqkd.pki import TlsFiles
 # its caller cannot tell: every one would be a transaction with an uncertain outcome.
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "sdqkd.kms.v1.KeySync"}],
                                                 "waitForReady": True}]})
+# Keepalive pings go out only while a call is open (keepalive_permit_without_calls is off), and
+# every KeySync call is unary with a deadline of seconds (Limits.rpc_timeout_s): the KeySync
+# server's default ping policy (one per 5 min without data, GOAWAY "too_many_pings" at the second
+# strike; the agent's had to change, docs/gnmi.md) never sees one from us.
 _OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.http2.max_pings_without_data", 0),
             ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2_000),
             ("grpc.service_config", _SERVICE_CONFIG)]
