@@ -1,6 +1,8 @@
 """`sdqkd bench engine`: the QKD engine on this machine, one core, medians of repeated runs.
 
-Cascade Mbit/s at Q = 2 %, n = 1e6 per variant; Toeplitz PA Mbit/s of input for 1e6- and
+Cascade Mbit/s at Q = 2 %, n = 1e6 per variant, and each party's CPU per 4e6-bit block when 4
+blocks run one after another or side by side (as a link's batch: their state outgrows the cache);
+Toeplitz PA Mbit/s of input for 1e6- and
 1e7-bit blocks (out_bits = n/2); the GF(2^128) hash of the tags and the key verification, MB/s
 per kernel; link simulation speed as a multiple of real time for a 1 GHz
 link at 40 km (8 dB), Bob's view, Alice's view and both; the whole pipeline (both parties in one
@@ -102,6 +104,61 @@ def bench_cascade(repeat: int) -> dict[str, Any]:
             "frame_errors": int(res.corrected != alice),
         }
     return out
+
+
+SIDE_BY_SIDE = 4  # a link's batch: its blocks' Cascade rounds interleave (runtime/node/session.py)
+
+
+def bench_cascade_side_by_side(repeat: int) -> dict[str, Any]:
+    """CPU per block of each party's Cascade for SIDE_BY_SIDE blocks of the link's default size
+    (4e6 bits, Q = 2 %, balanced), one block after another as the pipeline runs them and
+    interleaved round by round as a link's batch does: the cost of their state not fitting in
+    the cache together (docs/link-cpu.md). Alternated, `repeat` times each; medians."""
+    cascade = _cascade()
+    if cascade is None or not hasattr(cascade, "CascadeBob"):
+        return {"available": False}
+    n, qber = 4_000_000, 0.02
+    runs: dict[str, list[tuple[float, float]]] = {"one_after_another": [], "side_by_side": []}
+    errors = 0
+    for r in range(repeat):
+        modes = ("one_after_another", "side_by_side") if r % 2 == 0 else ("side_by_side", "one_after_another")
+        for mode in modes:
+            pairs, keys = [], []
+            for b in range(SIDE_BY_SIDE):
+                seed = 1000 * r + b
+                alice = random.Random(seed).randbytes(n // 8)
+                noise = _sift.bernoulli(seed.to_bytes(16, "big"), n, qber)
+                bob = (int.from_bytes(alice, "big") ^ int.from_bytes(noise, "big")).to_bytes(n // 8, "big")
+                pairs.append((cascade.CascadeAlice(alice, n, qber, seed=seed),
+                              cascade.CascadeBob(bob, n, qber, seed=seed, schedule="balanced")))
+                keys.append(alice)
+            runs[mode].append(_cascade_cpu(pairs, mode == "side_by_side"))
+            errors += sum(bob.corrected != key for (_, bob), key in zip(pairs, keys, strict=True))
+    out: dict[str, Any] = {"available": True, "n_bits": n, "qber": qber, "blocks": SIDE_BY_SIDE, "schedule": "balanced",
+                           "frame_errors": errors}
+    for mode, cpu in runs.items():
+        out[f"{mode}_ms"] = {party: statistics.median(c[i] for c in cpu) * 1e3 / SIDE_BY_SIDE
+                             for i, party in enumerate(("alice", "bob"))}
+    return out
+
+
+def _cascade_cpu(pairs: list[tuple[Any, Any]], interleaved: bool) -> tuple[float, float]:
+    """Thread CPU of Alice's and Bob's steps over every pair's whole Cascade."""
+    clock = time.thread_time
+    cpu = [0.0, 0.0]
+    msgs = [bob.start() for _, bob in pairs]
+    live = list(range(len(pairs)))
+    while live:
+        for i in live if interleaved else live[:1]:
+            alice, bob = pairs[i]
+            t0 = clock()
+            reply = alice.handle(msgs[i])
+            t1 = clock()
+            msgs[i] = bob.handle(reply)
+            cpu[0] += t1 - t0
+            cpu[1] += clock() - t1
+        live = [i for i in live if msgs[i] is not None]
+    return cpu[0], cpu[1]
 
 
 def bench_pa(repeat: int) -> dict[str, Any]:
@@ -263,6 +320,14 @@ def _table(res: dict[str, Any]) -> str:
             lines.append(
                 f"  cascade {k:<15} {v['mbps']:8.1f} Mbit/s  f={v.get('efficiency', float('nan')):.3f}"
             )
+    sbs = res["cascade_side_by_side"]
+    if sbs.get("available"):
+        one, side = sbs["one_after_another_ms"], sbs["side_by_side_ms"]
+        lines.append(
+            f"  cascade {sbs['blocks']} side by side  Alice {one['alice']:.1f} -> {side['alice']:.1f}, "
+            f"Bob {one['bob']:.1f} -> {side['bob']:.1f} ms per {sbs['n_bits'] / 1e6:g}e6-bit block "
+            "(one after another -> interleaved, as a link's batch)"
+        )
     for k, v in res["pa"].items():
         lines.append(f"  toeplitz PA n={k:<9} {v['mbps']:8.1f} Mbit/s  ({v['ms']:.1f} ms, out n/2)")
     for k, v in res["hash"].items():
@@ -309,6 +374,7 @@ def main(argv: list[str]) -> int:
         return 0
     res: dict[str, Any] = {
         "cascade": bench_cascade(args.repeat),
+        "cascade_side_by_side": bench_cascade_side_by_side(args.repeat),
         "pa": bench_pa(args.repeat),
         "hash": bench_hash(args.repeat),
         "sim": bench_sim(args.repeat),

@@ -566,3 +566,14 @@ def test_balanced_schedule_leaves_the_original_variant_as_it_is() -> None:
 def test_unknown_schedule_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="unknown Cascade schedule 'fast'; valid: serial, balanced, parallel"):
         CascadeBob(b"\0" * 8, 64, 0.02, schedule="fast")
+
+
+def test_side_by_side_bench_runs_a_links_batch_both_ways_and_corrects_every_block() -> None:
+    """`sdqkd bench engine`'s Cascade side by side: four blocks, finishing at different rounds,
+    interleaved and one after another, each party's CPU measured and every block corrected."""
+    from sdqkd.bench.engine import bench_cascade_side_by_side
+
+    r = bench_cascade_side_by_side(1)
+    assert r["available"] and r["blocks"] == 4 and r["frame_errors"] == 0
+    for mode in ("one_after_another_ms", "side_by_side_ms"):
+        assert set(r[mode]) == {"alice", "bob"} and all(v > 0 for v in r[mode].values())
