@@ -1,14 +1,13 @@
 """`sdqkd bench engine`: the QKD engine on this machine, one core, medians of repeated runs.
 
 Cascade Mbit/s at Q = 2 %, n = 1e6 per variant, and each party's CPU per 4e6-bit block when 4
-blocks run one after another or side by side (as a link's batch: their state outgrows the cache);
-Toeplitz PA Mbit/s of input for 1e6- and
-1e7-bit blocks (out_bits = n/2); the GF(2^128) hash of the tags and the key verification, MB/s
-per kernel; link simulation speed as a multiple of real time for a 1 GHz
-link at 40 km (8 dB), Bob's view, Alice's view and both; the whole pipeline (both parties in one
-process) at 40 km with 5 s blocks (~1.4e7 sifted bits): final-key Mbit/s per second of link time
-and per second of CPU, and its multiple of real time; peak memory per block size (one subprocess
-per size) to show linearity.
+blocks run one after another or side by side (as a link's batch: their state outgrows the
+cache); Toeplitz PA Mbit/s of input for 1e6- and 1e7-bit blocks (out_bits = n/2); the
+GF(2^128) hash of the tags and the key verification, MB/s per kernel; link simulation speed as
+a multiple of real time for a 1 GHz link at 40 km (8 dB), Bob's view, Alice's view and both;
+the whole pipeline (both parties in one process) at 40 km with 5 s blocks (~1.4e7 sifted bits):
+final-key Mbit/s per second of link time and per second of CPU, and its multiple of real time;
+peak memory per block size (one subprocess per size) to show linearity.
 Targets: Cascade >= 50 Mbit/s; PA >= 200 Mbit/s; simulation >= 2x real time; pipeline keeps up
 in real time and delivers >= 1 Mbit/s of final key.
 """
