@@ -122,15 +122,12 @@ class ExternalPeers:
         """At start: the voids the store recorded and no peer answered before this process
         stopped. Each is sent again once its peer is configured (`add`), until it expires; one
         whose peer is not configured again by then leaves the store as it expires."""
-        now, expired = time.time(), []
         for v in await self.core.store.pending_voids(VIA):
-            if v.expires <= now:
-                expired.append(v)
-                log.error("void of %d keys at %s never delivered: they may still be usable there",
-                          len(v.ids), v.to)
-            else:
-                self._unvoided.setdefault(v.to, []).append(v)
-        await retry.settle_voids(self.core.store, expired)
+            self._unvoided.setdefault(v.to, []).append(v)
+        for name, live in list(self._unvoided.items()):
+            await self._drop_expired(name, live, "never delivered")  # expired while this node was down
+            if not live:
+                del self._unvoided[name]
         if self._unvoided:
             log.info("%d voids from before the restart to send again", sum(map(len, self._unvoided.values())))
         loop = asyncio.get_running_loop()
@@ -143,11 +140,7 @@ class ExternalPeers:
         live = self._unvoided.get(name, [])
         while live:
             await asyncio.sleep(max(0.0, min(u.expires for u in live) - time.time()))
-            expired = [u for u in live if u.expires <= time.time()]
-            if expired:
-                log.error("voids of %d keys at %s never sent: the peer was not configured again after the "
-                          "restart; they may still be usable there", sum(len(u.ids) for u in expired), name)
-                await self._done(live, expired)
+            await self._drop_expired(name, live, "never sent: the peer was not configured again after the restart")
         self._unvoided.pop(name, None)
         self._expirers.pop(name, None)
 
@@ -325,11 +318,7 @@ class ExternalPeers:
                              sum(len(u.ids) for u in live), name)
                     await self._done(live, list(live))
                     return
-                expired = [u for u in live if u.expires <= time.time()]
-                if expired:
-                    log.error("voids of %d keys at %s never delivered: they may still be usable there",
-                              sum(len(u.ids) for u in expired), name)
-                    await self._done(live, expired)
+                await self._drop_expired(name, live, "never delivered")
                 for (master, slaves), group in _by_saes(list(live)).items():
                     ids = [k for u in group for k in u.ids]
                     if await self._post_void(peer, ids, master, list(slaves), logging.INFO):  # the first try warned
@@ -341,6 +330,14 @@ class ExternalPeers:
             if not self._unvoided.get(name):
                 self._unvoided.pop(name, None)
             self._voiders.pop(name, None)
+
+    async def _drop_expired(self, name: str, live: list[PendingVoid], why: str) -> None:
+        """The voids of `live` past their expiry are given up: logged (`why`), then settled."""
+        expired = [u for u in live if u.expires <= time.time()]
+        if expired:
+            log.error("voids of %d keys at %s %s: they may still be usable there", sum(len(u.ids) for u in expired),
+                      name, why)
+            await self._done(live, expired)
 
     async def _done(self, live: list[PendingVoid], done: list[PendingVoid]) -> None:
         """These voids are settled: out of `live`, then out of the store."""
