@@ -53,6 +53,20 @@ async def record_void(store: KeyStore, void: PendingVoid) -> PendingVoid:
 
 async def settle_voids(store: KeyStore, voids: Sequence[PendingVoid]) -> None:
     """These voids need no more tries: out of the store (a store failure leaves their rows, so a
-    restart sends them once more: a void is safe to repeat)."""
-    with contextlib.suppress(StoreError):
-        await store.voids_done([v.vid for v in voids if v.vid])
+    restart sends them once more: a void is safe to repeat). The write is shielded: the caller
+    has already let go of them (`ExternalPeers` took them out of memory), so a task cancelled
+    meanwhile (a peer configured again, the node stopping) must not leave their rows behind."""
+    write = asyncio.ensure_future(store.voids_done([v.vid for v in voids if v.vid]))
+    try:
+        with contextlib.suppress(StoreError):
+            await asyncio.shield(write)
+    except asyncio.CancelledError:
+        write.add_done_callback(_failure_seen)
+        raise
+
+
+def _failure_seen(write: asyncio.Future[None]) -> None:
+    """A shielded write whose caller was cancelled: its StoreError, if any, is retrieved here
+    (its rows stay, as settle_voids says), not reported as never retrieved."""
+    if not write.cancelled():
+        write.exception()

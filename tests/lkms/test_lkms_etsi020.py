@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +283,35 @@ def test_a_void_for_a_peer_not_configured_again_leaves_the_store_as_it_expires(
             setup.reconfigure()  # for the tests after this one
     assert len(setup.vendor.void_ids) == voids  # never sent: the peer is not configured
     assert any("never sent: the peer was not configured again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_void_given_up_while_its_peer_is_configured_again_leaves_the_store(setup: Setup) -> None:
+    """The expirer gives up a void (out of memory, then out of the store) and the peer is
+    configured again while the store's write is still under way: `add` cancels the expirer,
+    and the write still completes, so no row is left that memory no longer holds (a later start
+    would report it as never delivered). The store is slowed so that the write is in progress."""
+    from sdqkd.lkms.store_api import PendingVoid
+
+    soon = PendingVoid("external", "vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=time.time() + 1.0)
+    setup.net.run(setup.a.store.add_void(soon))
+    setup.restart_a(configure=False)
+    store = setup.a.store
+    writes: list[int] = []
+    done_now = store.voids_done
+
+    async def slow_voids_done(vids: Sequence[int]) -> None:
+        writes.append(len(vids))
+        await asyncio.sleep(0.5)
+        await done_now(vids)
+
+    store.voids_done = slow_voids_done  # type: ignore[method-assign]
+    try:
+        setup.net.run(asyncio.wait_for(_until(lambda: bool(writes)), 10))
+        setup.reconfigure()  # cancels the expirer, whose write is in its 0.5 s
+        setup.net.run(asyncio.wait_for(_no_voids_owed(setup), 5))
+    finally:
+        store.voids_done = done_now  # type: ignore[method-assign]
+    assert writes == [1]
 
 
 async def _no_voids_owed(setup: Setup) -> None:
