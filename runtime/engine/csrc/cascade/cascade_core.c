@@ -282,6 +282,13 @@ static void perm_free(perm_t *P) {
     memset(P, 0, sizeof *P);
 }
 
+static int perm_invert(perm_t *P) {
+    P->sinv = malloc((size_t)P->R * sizeof(uint32_t));
+    if (!P->sinv) return CS_ENOMEM;
+    for (uint32_t i = 0; i < P->R; i++) P->sinv[P->sigma[i]] = i;
+    return CS_OK;
+}
+
 static int perm_gen(perm_t *P, const cs_params *prm, int p, int need_inv) {
     rng_t r;
     rng_seed(&r, prm->seed, (uint64_t)p);
@@ -309,12 +316,7 @@ static int perm_gen(perm_t *P, const cs_params *prm, int p, int need_inv) {
         }
         for (int i = 0; i < 64; i++) P->piinv[P->pi[i]] = (uint8_t)i;
     }
-    if (need_inv) {
-        P->sinv = malloc((size_t)m * sizeof(uint32_t));
-        if (!P->sinv) return CS_ENOMEM;
-        for (uint32_t i = 0; i < m; i++) P->sinv[P->sigma[i]] = i;
-    }
-    return CS_OK;
+    return need_inv ? perm_invert(P) : CS_OK;
 }
 
 /* original bit position -> permuted index */
@@ -465,6 +467,43 @@ static int pass_build(pyr_t *Y, const perm_t *P, const cs_params *prm, int p, co
     return pyr_build(Y, w, prm->L[p], 1); /* on failure Y still owns w: pyr_free releases it */
 }
 
+/* A pass of at most FEWBLK blocks (optimized Cascade's passes 3-13: two blocks of half the key each)
+ * needs its pyramid only if one of its blocks is ever bisected, which at Q <= 5 % almost never happens:
+ * its block parities are computed from the key without it (few_parities), and the pyramid is built
+ * on the first question that needs it. Block parities and answers are the same either way. */
+#define FEWBLK 8
+
+static int is_few(const cs_params *prm, int p) {
+    return p > 0 && prm->nb[p] <= FEWBLK && !(prm->flags & CS_FLAG_RANDPERM);
+}
+
+/* The block parities of a few-block pass (is_few) straight from a key in original order: permuted
+ * index ci * R + j (row j, column ci) lies in blocks >= t iff ci * R + j >= t * k = lo * R + rem, so
+ * row j's bits in block t are its columns [lo_t + (j < rem_t), lo_t+1 + (j < rem_t+1)). */
+static void few_parities(const perm_t *P, const cs_params *prm, int p, const uint64_t *key, uint8_t *par) {
+    uint32_t R = P->R, nb = prm->nb[p], lo[FEWBLK + 1], rem[FEWBLK + 1];
+    uint64_t below[65]; /* below[c]: the bits of the rotated row that go to columns < c */
+    below[0] = 0;
+    for (int c = 0; c < 64; c++) below[c + 1] = below[c] | 1ULL << (63 - P->pi[c]);
+    for (uint32_t t = 0; t <= nb; t++) {
+        uint64_t pos = (uint64_t)t * prm->k[p];
+        if (pos > prm->L[p]) pos = prm->L[p];
+        lo[t] = (uint32_t)(pos / R);
+        rem[t] = (uint32_t)(pos % R);
+    }
+    uint64_t acc[FEWBLK] = {0};
+    for (uint32_t j = 0; j < R; j++) {
+        uint64_t w = rotr64(key[P->sigma[j]], P->rho[j]);
+        uint32_t s = lo[0] + (j < rem[0]);
+        for (uint32_t t = 0; t < nb; t++) {
+            uint32_t e = lo[t + 1] + (j < rem[t + 1]);
+            acc[t] ^= w & below[e] & ~below[s];
+            s = e;
+        }
+    }
+    for (uint32_t t = 0; t < nb; t++) par[t] = (uint8_t)par64(acc[t]);
+}
+
 /* ------------------------------------------------------------------ Alice */
 
 struct cs_alice {
@@ -528,6 +567,15 @@ static int alice_ready(cs_alice *a, int p) {
     return CS_OK;
 }
 
+static int alice_few_parities(cs_alice *a, int p, uint8_t *par) {
+    perm_t P;
+    memset(&P, 0, sizeof P);
+    int rc = perm_gen(&P, &a->prm, p, 0);
+    if (!rc) few_parities(&P, &a->prm, p, a->key, par);
+    perm_free(&P);
+    return rc;
+}
+
 /* bit writer into out buffer */
 typedef struct { buf_t *b; size_t start; uint64_t nbits; uint8_t cur; } bw_t;
 static inline void bw_put(bw_t *w, unsigned bit) {
@@ -586,6 +634,12 @@ int cs_alice_handle(cs_alice *a, const uint8_t *req, size_t qlen, const uint8_t 
         if ((total += count) > budget) {
             free(bits.p);
             AFAIL("cascade request asks for too many parities");
+        }
+        if (!a->ready[p] && is_few(prm, (int)p)) { /* no pyramid unless a later query needs it */
+            uint8_t par[FEWBLK];
+            if ((rc = alice_few_parities(a, (int)p, par))) { free(bits.p); return rc; }
+            for (uint64_t b = first; b < first + count; b++) bw_put(&w, par[b]);
+            continue;
         }
         if ((rc = alice_ready(a, (int)p))) { free(bits.p); return rc; }
         const pyr_t *Y = &a->pyr[p];
@@ -819,6 +873,7 @@ static int bob_activate(cs_bob *b, int p, uint32_t blk) {
         if (b->root[p][blk] < 0 && (b->root[p][blk] = tn_new(b)) < 0) return CS_ENOMEM;
         tn = b->root[p][blk];
     }
+    if (!b->pyr[p].nlev && pass_build(&b->pyr[p], &b->perm[p], &b->prm, p, b->key)) return CS_ENOMEM;
     uint32_t k = b->prm.k[p], L = b->prm.L[p], s = blk * k;
     bis_t *x = &b->bis[b->nbis++];
     x->s = s;
@@ -868,8 +923,9 @@ static void bob_done(cs_bob *b, bis_t *x) {
 static int bob_correct(cs_bob *b, uint32_t x) {
     if (x >= b->prm.n || ++b->ncorr > b->prm.n) BFAIL("cascade reached an impossible state (inconsistent parities)");
     for (int p = 0; p <= b->cur_pass; p++) {
+        if (p > 0 && !b->perm[p].sinv && perm_invert(&b->perm[p])) return CS_ENOMEM; /* a few-block pass's */
         uint32_t idx = p == 0 ? x : perm_idx(&b->perm[p], x);
-        pyr_flip(&b->pyr[p], idx);
+        if (b->pyr[p].nlev) pyr_flip(&b->pyr[p], idx); /* a few-block pass's is built from the key when needed */
         uint32_t blk = blk_of(&b->prm, p, idx);
         uint8_t f = (b->flags[p][blk] ^= F_ODD);
         if ((f & (F_ODD | F_SCHED)) == F_ODD && bob_schedule(b, p, blk)) return CS_ENOMEM;
@@ -934,9 +990,13 @@ static int bob_advance(cs_bob *b, size_t i) {
 
 static int bob_start_pass(cs_bob *b, int p) {
     const cs_params *prm = &b->prm;
+    uint8_t few[FEWBLK] = {0};
     if (p > 0) {
-        int rc = perm_gen(&b->perm[p], prm, p, 1);
-        if (!rc) rc = pass_build(&b->pyr[p], &b->perm[p], prm, p, b->key);
+        int rc = perm_gen(&b->perm[p], prm, p, !is_few(prm, p)); /* a few-block pass's inverse: at its first correction */
+        if (!rc && is_few(prm, p))
+            few_parities(&b->perm[p], prm, p, b->key, few);
+        else if (!rc)
+            rc = pass_build(&b->pyr[p], &b->perm[p], prm, p, b->key);
         if (rc) return rc;
     }
     b->cur_pass = p;
@@ -944,7 +1004,8 @@ static int bob_start_pass(cs_bob *b, int p) {
     uint64_t k = prm->k[p], L = prm->L[p];
     for (uint32_t blk = 0; blk < prm->nb[p]; blk++) {
         uint64_t s = (uint64_t)blk * k, e = s + k < L ? s + k : L;
-        if (pyr_par(Y, s, e) ^ ((b->flags[p][blk] & F_APAR) ? 1 : 0)) {
+        unsigned par = Y->nlev ? pyr_par(Y, s, e) : few[blk];
+        if (par ^ ((b->flags[p][blk] & F_APAR) ? 1 : 0)) {
             b->flags[p][blk] |= F_ODD;
             if (bob_schedule(b, p, blk)) return CS_ENOMEM;
         }
