@@ -511,6 +511,7 @@ struct cs_alice {
     uint64_t *key;
     pyr_t pyr[CS_MAXPASS];
     int ready[CS_MAXPASS];
+    int8_t fewpar[CS_MAXPASS][FEWBLK]; /* a few-block pass's block parities (is_few), -1: not computed */
     uint64_t round, leaked, total_blocks;
     buf_t out;
     char err[160];
@@ -536,6 +537,7 @@ int cs_alice_new(cs_alice **out, const uint8_t *key, size_t keylen, uint32_t n, 
         return CS_ENOMEM;
     }
     a->ready[0] = 1;
+    memset(a->fewpar, -1, sizeof a->fewpar);
     for (int p = 0; p < a->prm.npass; p++) a->total_blocks += a->prm.nb[p];
     *out = a;
     return CS_OK;
@@ -567,13 +569,19 @@ static int alice_ready(cs_alice *a, int p) {
     return CS_OK;
 }
 
+/* A few-block pass's block parities, computed once (a request may ask for them again). */
 static int alice_few_parities(cs_alice *a, int p, uint8_t *par) {
-    perm_t P;
-    memset(&P, 0, sizeof P);
-    int rc = perm_gen(&P, &a->prm, p, 0);
-    if (!rc) few_parities(&P, &a->prm, p, a->key, par);
-    perm_free(&P);
-    return rc;
+    if (a->fewpar[p][0] < 0) {
+        perm_t P;
+        memset(&P, 0, sizeof P);
+        int rc = perm_gen(&P, &a->prm, p, 0);
+        if (!rc) few_parities(&P, &a->prm, p, a->key, par);
+        perm_free(&P);
+        if (rc) return rc;
+        for (uint32_t t = 0; t < a->prm.nb[p]; t++) a->fewpar[p][t] = (int8_t)par[t];
+    }
+    for (uint32_t t = 0; t < a->prm.nb[p]; t++) par[t] = (uint8_t)a->fewpar[p][t];
+    return CS_OK;
 }
 
 /* bit writer into out buffer */
