@@ -289,10 +289,11 @@ def test_a_void_given_up_while_its_peer_is_configured_again_leaves_the_store(set
     """The expirer gives up a void (out of memory, then out of the store) and the peer is
     configured again while the store's write is still under way: `add` cancels the expirer,
     and the write still completes, so no row is left that memory no longer holds (a later start
-    would report it as never delivered). The store is slowed so that the write is in progress."""
+    would report it as never delivered). The store is slowed so that the write is in progress.
+    The void expires 3 s on: after the restart (an expired one is dropped at start instead)."""
     from sdqkd.lkms.store_api import PendingVoid
 
-    soon = PendingVoid("external", "vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=time.time() + 1.0)
+    soon = PendingVoid("external", "vendorx", (str(uuid.uuid4()),), "a1", ("bx1",), expires=time.time() + 3.0)
     setup.net.run(setup.a.store.add_void(soon))
     setup.restart_a(configure=False)
     store = setup.a.store
@@ -301,13 +302,13 @@ def test_a_void_given_up_while_its_peer_is_configured_again_leaves_the_store(set
 
     async def slow_voids_done(vids: Sequence[int]) -> None:
         writes.append(len(vids))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         await done_now(vids)
 
     store.voids_done = slow_voids_done  # type: ignore[method-assign]
     try:
         setup.net.run(asyncio.wait_for(_until(lambda: bool(writes)), 10))
-        setup.reconfigure()  # cancels the expirer, whose write is in its 0.5 s
+        setup.reconfigure()  # cancels the expirer, whose write is in its 1 s
         setup.net.run(asyncio.wait_for(_no_voids_owed(setup), 5))
     finally:
         store.voids_done = done_now  # type: ignore[method-assign]
