@@ -76,14 +76,20 @@ class _PassThrough:
             return self.key
 
 
+def _noisy_keys(seed: int, noise_seed: bytes, n: int, qber: float) -> tuple[bytes, bytes]:
+    """Alice's random key of n bits (n a multiple of 8) and Bob's: hers with Bernoulli(qber) errors."""
+    alice = random.Random(seed).randbytes(n // 8)
+    noise = _sift.bernoulli(noise_seed, n, qber)
+    return alice, (int.from_bytes(alice, "big") ^ int.from_bytes(noise, "big")).to_bytes(n // 8, "big")
+
+
 def bench_cascade(repeat: int) -> dict[str, Any]:
     cascade = _cascade()
     if cascade is None:
         return {"available": False}
     n, qber = 1_000_000, 0.02
     out: dict[str, Any] = {"available": True, "n_bits": n, "qber": qber}
-    alice = random.Random(1).randbytes(n // 8)
-    bob = bytes(a ^ e for a, e in zip(alice, _sift.bernoulli(b"cascade-bench-01", n, qber), strict=True))
+    alice, bob = _noisy_keys(1, b"cascade-bench-01", n, qber)
     for variant in getattr(cascade, "VARIANTS", ("original", "optimized")):
         if hasattr(cascade, "bench"):  # the Cascade module's own timing loop
             d = cascade.bench(n_bits=n, qber=qber, variant=variant, runs=repeat)
@@ -125,9 +131,7 @@ def bench_cascade_side_by_side(repeat: int) -> dict[str, Any]:
             pairs, keys = [], []
             for b in range(SIDE_BY_SIDE):
                 seed = 1000 * r + b
-                alice = random.Random(seed).randbytes(n // 8)
-                noise = _sift.bernoulli(seed.to_bytes(16, "big"), n, qber)
-                bob = (int.from_bytes(alice, "big") ^ int.from_bytes(noise, "big")).to_bytes(n // 8, "big")
+                alice, bob = _noisy_keys(seed, seed.to_bytes(16, "big"), n, qber)
                 pairs.append((cascade.CascadeAlice(alice, n, qber, seed=seed),
                               cascade.CascadeBob(bob, n, qber, seed=seed, schedule="balanced")))
                 keys.append(alice)

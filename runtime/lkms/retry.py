@@ -56,7 +56,10 @@ async def settle_voids(store: KeyStore, voids: Sequence[PendingVoid]) -> None:
     restart sends them once more: a void is safe to repeat). The write is shielded: the caller
     has already let go of them (`ExternalPeers` took them out of memory), so a task cancelled
     meanwhile (a peer configured again, the node stopping) must not leave their rows behind."""
-    write = asyncio.ensure_future(store.voids_done([v.vid for v in voids if v.vid]))
+    vids = [v.vid for v in voids if v.vid]
+    if not vids:  # none was recorded (the store had failed): nothing to take out
+        return
+    write = asyncio.ensure_future(store.voids_done(vids))
     try:
         with contextlib.suppress(StoreError):
             await asyncio.shield(write)

@@ -1000,8 +1000,11 @@ static int bob_start_pass(cs_bob *b, int p) {
     const cs_params *prm = &b->prm;
     uint8_t few[FEWBLK] = {0};
     if (p > 0) {
-        int rc = perm_gen(&b->perm[p], prm, p, !is_few(prm, p)); /* a few-block pass's inverse: at its first correction */
-        if (!rc && is_few(prm, p))
+        /* a few-block pass: its inverse at its first correction (bob_correct), its pyramid at its
+         * first bisection (bob_activate) */
+        int lazy = is_few(prm, p);
+        int rc = perm_gen(&b->perm[p], prm, p, !lazy);
+        if (!rc && lazy)
             few_parities(&b->perm[p], prm, p, b->key, few);
         else if (!rc)
             rc = pass_build(&b->pyr[p], &b->perm[p], prm, p, b->key);
