@@ -108,7 +108,7 @@ def main(argv: list[str]) -> int:
     if not a.skip_scale:
         res["scale"] = asyncio.run(scale_up(a.nodes, a.links, a.clock_scale, a.block_bits, a.timeout,
                                             workers=a.workers, cascade=a.cascade))
-    ok = res["path_computation"]["median_ms"] <= 50 and (
+    ok = res["path_computation"]["max_ms"] <= 50 and (  # every pair, not only the median
         a.skip_scale or (res["scale"]["all_links_producing_s"] or 1e9) <= 30)
     res["ok"] = ok
     if a.json:
@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     else:
         pc = res["path_computation"]
         print(f"path computation, {pc['nodes']} nodes / {pc['edges']} links: median {pc['median_ms']} ms "
-              f"(max {pc['max_ms']} ms)   target <= 50 ms")
+              f"(max {pc['max_ms']} ms)   target: every pair <= 50 ms")
         if "scale" in res:
             print(f"scale: {json.dumps(res['scale'])}   target: all links producing within 30 s")
     return 0 if ok else 1
