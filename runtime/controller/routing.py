@@ -47,19 +47,20 @@ class Router:
         """Node names from src to dst, or None when no path can carry `demand_bps`.
 
         Dijkstra from both ends at once (links are undirected and their costs the same both
-        ways): each step settles the nearer of the two frontiers' next nodes, and the search stops
-        once those two distances add up to no less than the best meeting found. On a large network
-        it settles a fraction of the nodes a one-sided search does for a far pair."""
+        ways): each step settles the next node of the side whose frontier is smaller, and the
+        search stops once the two frontiers' nearest distances add up to no less than the best
+        meeting found. On a large network it settles a fraction of the nodes a one-sided search
+        does for a far pair."""
         if src not in self._adj or dst not in self._adj:
             return None
         if src == dst:
             return [src]
-        costs: dict[str, float | None] = {}  # this call's cost of each link met, None if unusable
+        costs: dict[int, float | None] = {}  # this call's cost of each link met (by object), None if unusable
         dist: tuple[dict[str, float], dict[str, float]] = ({src: 0.0}, {dst: 0.0})
         prev: tuple[dict[str, str], dict[str, str]] = ({}, {})
         settled: tuple[set[str], set[str]] = (set(), set())
         heaps: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([(0.0, src)], [(0.0, dst)])
-        best, meet = math.inf, ""
+        best, meet = math.inf, None
         while heaps[0] and heaps[1] and heaps[0][0][0] + heaps[1][0][0] < best:
             side = 0 if len(heaps[0]) <= len(heaps[1]) else 1
             d, u = heapq.heappop(heaps[side])
@@ -68,7 +69,7 @@ class Router:
             settled[side].add(u)
             mine, theirs = dist[side], dist[1 - side]
             for ls in self._adj[u]:
-                w = costs[ls.id] if ls.id in costs else self._cost(ls, demand_bps, costs)
+                w = costs[id(ls)] if id(ls) in costs else self._cost(ls, demand_bps, costs)
                 if w is None:
                     continue
                 v = ls.b if ls.a == u else ls.a
@@ -79,7 +80,7 @@ class Router:
                     heapq.heappush(heaps[side], (nd, v))
                     if v in theirs and nd + theirs[v] < best:
                         best, meet = nd + theirs[v], v
-        if not meet:
+        if meet is None:
             return None
         out = [meet]
         while out[-1] != src:
@@ -89,11 +90,11 @@ class Router:
             out.append(prev[1][out[-1]])
         return out
 
-    def _cost(self, ls: LinkState, demand_bps: float, costs: dict[str, float | None]) -> float | None:
+    def _cost(self, ls: LinkState, demand_bps: float, costs: dict[int, float | None]) -> float | None:
         """Seconds per bit over this link, or None when it is down or cannot carry the demand."""
         cap = ls.capacity(self.horizon_s) if ls.up else 0.0
         w = 1.0 / cap if cap > 0 and cap >= demand_bps else None
-        costs[ls.id] = w
+        costs[id(ls)] = w
         return w
 
     def links_on(self, path: list[str]) -> list[LinkState]:
