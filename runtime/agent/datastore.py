@@ -538,7 +538,8 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
     problems: list[str] = []
     stale: list[tuple[Elem, ...]] = []
 
-    def walk(spath: str, cur: dict[str, Any], elems: tuple[Elem, ...], stack: list[Any]) -> None:
+    def walk(spath: str, cur: dict[str, Any], elems: tuple[Elem, ...], stack: list[Any],
+             only: dict[str, set[tuple[Any, ...]]] | None = None) -> None:
         children = NODES[spath].get("children", []) if spath != "/" else ROOTS
         for cp in children:
             node = NODES[cp]
@@ -552,6 +553,8 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
                 continue
             v = cur[name]
             if node["kind"] == "list":
+                if only is not None and name in only:  # the entries changed; the others cannot see them
+                    v = {k: v[k] for k in only[name] if k in v}
                 where = [elems + ((name, tuple(zip(node["keys"], k))),) for k in v]
             else:
                 where = [elems + ((name, ()),)]
@@ -595,8 +598,26 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
                 cur = cur[k]
             stack.append(cur)
         if ok and isinstance(cur, dict):
-            walk(spath, cur, start, stack)
+            walk(spath, cur, start, stack, _entries_only(start, under))
     return problems, stale
+
+
+def _entries_only(start: tuple[Elem, ...], under: list[tuple[Elem, ...]]) -> dict[str, set[tuple[Any, ...]]] | None:
+    """Where every change below `start` is inside entries of its lists: those entries, by list.
+    A `when` reads leaves by name up and down from its node (`_leaf_at`) and cannot step into a
+    list entry, so an entry's checks cannot depend on another entry, and the other children's
+    cannot depend on any entry: the unchanged entries need no walk. That keeps a Set on one link
+    of a node with many from walking them all. None (walk everything) once a change touches
+    `start`'s own leaves or containers, or a whole list."""
+    only: dict[str, set[tuple[Any, ...]]] = {}
+    for u in under:
+        if len(u) <= len(start) or u[: len(start)] != start:
+            continue
+        name, keys = u[len(start)]
+        if not keys:
+            return None
+        only.setdefault(name, set()).add(tuple(v for _n, v in keys))
+    return only
 
 
 @lru_cache(maxsize=4096)

@@ -396,3 +396,43 @@ def test_a_replace_that_drops_what_a_link_needs_is_refused_and_unrelated_sets_go
             await _stop(node)
 
     asyncio.run(main())
+
+
+def test_a_change_to_one_link_checks_that_link_not_every_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model's checks (`when`, mandatory leaves) of a change to one link entry read that
+    entry, not the node's other links, whose checks cannot depend on it: as many `when`s are
+    judged next to 1 other link as next to 150, and a bad edit of that link is still refused.
+    A change of the node's own leaf, which a link's `when` could read, still judges every link."""
+    from sdqkd.agent import datastore as ds
+
+    def link(lid: str) -> list[tuple[str, dict[str, str]]]:
+        return [("qkd_node", {}), ("qkd_links", {}), ("qkd_link", {"qkdl_id": lid})]
+
+    def body(lid: str) -> dict[str, Any]:
+        return {"qkdl_id": lid, "qkdl_type": PHYS, "phys_qkd_role": "etsi-qkd-node-types:RECEIVER"}
+
+    async def whens_judged(others: int) -> tuple[int, int]:
+        store = Datastore.for_node(str(uuid.uuid4()))
+        for _ in range(others):
+            lid = str(uuid.uuid4())
+            await store.change([Edit("update", link(lid), body(lid))])
+        calls: list[int] = []
+        judge = ds.when_false
+        monkeypatch.setattr(ds, "when_false", lambda when, stack: calls.append(1) or judge(when, stack))
+        lid = str(uuid.uuid4())
+        await store.change([Edit("update", link(lid), body(lid))])
+        one_link = len(calls)
+        with pytest.raises(Rejected, match=r"virt_next_hop: present but its condition .* is false"):
+            await store.change([Edit("update", link(lid) + [("virt_next_hop", {})], [str(uuid.uuid4())])])
+        calls.clear()
+        await store.change([Edit("update", [("qkd_node", {}), ("qkdn_location_id", {})], "building 3")])
+        node_leaf = len(calls)
+        monkeypatch.setattr(ds, "when_false", judge)
+        return one_link, node_leaf
+
+    async def main() -> None:
+        few, many = await whens_judged(1), await whens_judged(150)
+        assert few[0] == many[0] > 0, (few, many)  # 8 here: one link's PHYS/VIRT conditions
+        assert many[1] > 10 * few[1], (few, many)  # every link's: 926 against 32 here
+
+    asyncio.run(main())
