@@ -552,24 +552,20 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
             if not present:
                 continue
             v = cur[name]
-            if node["kind"] == "list":
-                if only is not None and name in only:  # the entries changed; the others cannot see them
-                    v = {k: v[k] for k in only[name] if k in v}
-                where = [elems + ((name, tuple(zip(node["keys"], k))),) for k in v]
-            else:
-                where = [elems + ((name, ()),)]
+            is_list = node["kind"] == "list"
             if when_false(node.get("when"), stack):
                 if node["config"]:
                     problems.append(f"{elems_text(elems + ((name, ()),))}: present but its condition "
                                     f"`{node['when']['xpath']}` is false")
-                else:
-                    stale.extend(where)
+                else:  # all of it goes, every entry of a list
+                    stale.extend([_entry(elems, node, name, k) for k in v] if is_list else [elems + ((name, ()),)])
                     continue
             if node["kind"] == "container":
-                walk(cp, v, where[0], stack + [v])
-            elif node["kind"] == "list":
-                for e, entry in zip(where, v.values()):
-                    walk(cp, entry, e, stack + [entry])
+                walk(cp, v, elems + ((name, ()),), stack + [v])
+            elif is_list:
+                keys = v if only is None or name not in only else [k for k in only[name] if k in v]
+                for k in keys:  # only the entries changed, when `only` names them: the others cannot see them
+                    walk(cp, v[k], _entry(elems, node, name, k), stack + [v[k]])
 
     if under is None:
         walk("/", root, (), [root])
@@ -600,6 +596,10 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
         if ok and isinstance(cur, dict):
             walk(spath, cur, start, stack, _entries_only(start, under))
     return problems, stale
+
+
+def _entry(elems: tuple[Elem, ...], node: dict[str, Any], name: str, key: tuple[Any, ...]) -> tuple[Elem, ...]:
+    return elems + ((name, tuple(zip(node["keys"], key))),)
 
 
 def _entries_only(start: tuple[Elem, ...], under: list[tuple[Elem, ...]]) -> dict[str, set[tuple[Any, ...]]] | None:
