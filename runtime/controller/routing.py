@@ -55,21 +55,18 @@ class Router:
             return None
         if src == dst:
             return [src]
-        costs: dict[int, float | None] = {}  # this call's cost of each link met (by object), None if unusable
         dist: tuple[dict[str, float], dict[str, float]] = ({src: 0.0}, {dst: 0.0})
         prev: tuple[dict[str, str], dict[str, str]] = ({}, {})
-        settled: tuple[set[str], set[str]] = (set(), set())
         heaps: tuple[list[tuple[float, str]], list[tuple[float, str]]] = ([(0.0, src)], [(0.0, dst)])
         best, meet = math.inf, None
         while heaps[0] and heaps[1] and heaps[0][0][0] + heaps[1][0][0] < best:
             side = 0 if len(heaps[0]) <= len(heaps[1]) else 1
             d, u = heapq.heappop(heaps[side])
-            if u in settled[side]:
-                continue
-            settled[side].add(u)
             mine, theirs = dist[side], dist[1 - side]
+            if d > mine[u]:
+                continue  # a stale entry: u was reached more cheaply since
             for ls in self._adj[u]:
-                w = costs[id(ls)] if id(ls) in costs else self._cost(ls, demand_bps, costs)
+                w = self._cost(ls, demand_bps)
                 if w is None:
                     continue
                 v = ls.b if ls.a == u else ls.a
@@ -90,12 +87,10 @@ class Router:
             out.append(prev[1][out[-1]])
         return out
 
-    def _cost(self, ls: LinkState, demand_bps: float, costs: dict[int, float | None]) -> float | None:
+    def _cost(self, ls: LinkState, demand_bps: float) -> float | None:
         """Seconds per bit over this link, or None when it is down or cannot carry the demand."""
         cap = ls.capacity(self.horizon_s) if ls.up else 0.0
-        w = 1.0 / cap if cap > 0 and cap >= demand_bps else None
-        costs[id(ls)] = w
-        return w
+        return 1.0 / cap if cap > 0 and cap >= demand_bps else None
 
     def links_on(self, path: list[str]) -> list[LinkState]:
         """The physical links along a node path (the best one where several join two nodes)."""
