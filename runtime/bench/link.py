@@ -198,17 +198,17 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                 if alice.session is not None:
                     alice.session.conn.abort()
             await asyncio.sleep(warmup)
-            s0 = await _after_blocks_end(alice)
+            s0 = await _after_blocks_end(bob)
             t0, st0 = _breakdown([alice, bob])
             faults0 = _minor_faults()
             dropped0 = alice.stats.blocks_aborted + bob.stats.blocks_aborted
             in_flight = []
             end = s0[0] + seconds
             # until_blocks: measure until that many blocks ended (`seconds` is then the time limit)
-            while time.monotonic() < end and not (until_blocks and alice.stats.blocks_ok - s0[3] >= until_blocks):
+            while time.monotonic() < end and not (until_blocks and bob.stats.blocks_ok - s0[3] >= until_blocks):
                 await asyncio.sleep(0.1)
                 in_flight.append(bob.session.in_flight if bob.session else 0)
-            s1 = await _after_blocks_end(alice)
+            s1 = await _after_blocks_end(bob)
             t1, st1 = _breakdown([alice, bob])
             faults = _minor_faults() - faults0
             dropped = alice.stats.blocks_aborted + bob.stats.blocks_aborted - dropped0
@@ -236,18 +236,26 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
 
 
 async def _after_blocks_end(link: EngineLink) -> tuple[float, float, int, int]:
-    """(wall, CPU, secret bits, blocks) of the process just after some blocks ended. Blocks end
-    in batches: a window cut anywhere would count the CPU of a batch under way but not its key
-    (30 s holds 4 to 5 batches of 4e6-bit blocks: +-20 % between runs); cut after ends, each
-    window holds whole batches. A link that stops producing gives its figures after 120 s."""
+    """(wall, CPU, secret bits, blocks) of the process just after a batch of blocks ended, at the
+    receiving end (Bob), whose blocks end last (once Alice stored hers). Blocks end in batches
+    (session.py: BATCH_BLOCKS after a lone block 0): a window cut anywhere would count the CPU of a
+    batch under way but not its key (30 s holds 4 to 5 batches of 4e6-bit blocks: +-20 % between
+    runs); cut where the session's count of ended blocks completes a batch, each window holds
+    whole batches, however far apart a batch's blocks end (at RTT > 0: up to ~1 s). A link that
+    stops producing gives its figures after 120 s."""
+    from sdqkd.node.session import BATCH_BLOCKS
+
     deadline = time.monotonic() + 120
-    n = link.stats.blocks_ok
-    while link.stats.blocks_ok == n and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    while time.monotonic() < deadline:  # the rest of the batch ends within milliseconds
-        n = link.stats.blocks_ok
-        await asyncio.sleep(0.2)
-        if link.stats.blocks_ok == n:
+
+    def ended() -> tuple[str, int] | None:
+        s = link.session
+        return (s.sid, s.ended) if s is not None else None
+
+    first = ended()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+        now = ended()
+        if now is not None and now != first and now[1] >= 1 and (now[1] - 1) % BATCH_BLOCKS == 0:
             break
     return time.monotonic(), time.process_time(), link.stats.secret_bits, link.stats.blocks_ok
 

@@ -479,6 +479,11 @@ class Session:
         return len(self._blocks)
 
     @property
+    def ended(self) -> int:
+        """Blocks of this session that ended at this end (Bob: once acknowledged and stored)."""
+        return self._next - len(self._early) - len(self._blocks)
+
+    @property
     def round_trips(self) -> float:
         """Bob: request-reply exchanges per block (moving average; 0 before the first block)."""
         return self._trips

@@ -361,6 +361,9 @@ def test_cascade_schedule_reaches_the_links_which_store_equal_keys(tmp_path: Pat
             await n.keys_after(2)
             for end in (n.alice, n.bob):  # the blocks' stage CPU, summed per end (sdqkd bench link)
                 assert all(end.stats.stage_cpu_s.get(s, 0.0) > 0 for s in ("sim", "sift", "cascade", "pa"))
+            # the count the bench cuts its windows on: Bob's blocks of the session, each once it is reported
+            bob = n.bob.session
+            assert bob is not None and bob.ended == n.bob.stats.blocks_ok + n.bob.stats.blocks_aborted >= 2
         finally:
             await n.net.stop()
         assert same_stores(state) > 0
