@@ -480,7 +480,8 @@ class Session:
 
     @property
     def ended(self) -> int:
-        """Blocks of this session that ended at this end (Bob: once acknowledged and stored)."""
+        """Blocks of this session that ended at this end: Alice's once their exchange ended (her
+        store may still be under way), Bob's once acknowledged and stored."""
         return self._next - len(self._early) - len(self._blocks)
 
     @property
