@@ -241,7 +241,7 @@ async def _after_blocks_end(link: EngineLink) -> tuple[float, float, int, int]:
     (session.py: BATCH_BLOCKS after a lone block 0): a window cut anywhere would count the CPU of a
     batch under way but not its key (30 s holds 4 to 5 batches of 4e6-bit blocks: +-20 % between
     runs); cut where the session's count of ended blocks completes a batch, each window holds
-    whole batches, however far apart a batch's blocks end (at RTT > 0: up to ~1 s). A link that
+    whole batches, however far apart a batch's blocks end (at RTT 1 ms: over ~0.6 s). A link that
     stops producing gives its figures after 120 s."""
     from sdqkd.node.session import BATCH_BLOCKS
 
