@@ -16,9 +16,10 @@ from typing import Any
 # `sdqkd bench node` on the dev machine (2 cores, load average 1.2, 2026-12-05), default engine
 # settings (4e6 sifted bits per block): a node without links 81 MiB; one link 332-382 MiB
 # (peaks 406), two links 506 MiB (peak 600); CPU 0.19-0.28 cores for one link, 0.45 for two;
-# the controller 75 MiB, ~0.005 cores; one `sdqkd health` probe 0.28 CPU seconds (probes every
-# 15 s and 60 s: ~0.02 cores). The limit's 1.5x covers a link at RTT 20 ms (`sdqkd bench link`:
-# ~570 MiB per end with 41 blocks in flight).
+# the controller 75 MiB, ~0.005 cores; one `sdqkd health` probe 0.28 CPU seconds (0.36 on the
+# host of 2026-12-08; probes every 15 s and 60 s: ~0.03 cores). On 2026-12-08 one link took
+# 208-211 MiB: the figures below stay the larger, earlier ones. The limit's 1.5x covers a link
+# at RTT 20 ms (`sdqkd bench link`: ~570 MiB per end with 41 blocks in flight).
 BASE_RSS_MIB = 80.0  # a node with no links
 LINK_RSS_MIB_PER_MBIT = 65.0  # per link, per 1e6 sifted bits of block size (median)
 LINK_PEAK_FACTOR = 1.3  # peak / median of what the links add

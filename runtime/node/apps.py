@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from sdqkd.agent.server import NodeAgent
     from sdqkd.lkms.node import Lkms
 
+    from .config import Settings
+
 log = logging.getLogger("sdqkd.node.apps")
 WAITING = "DISCONNECTED"  # app_status of a pair with no key path (yet): the model's nearest state
 
@@ -70,34 +72,6 @@ IDLE_CHECK_S = 2.0  # idle pairs are looked for at least this often (and at idle
 REQUEST, CONTROLLER = "request", "controller"  # who created a registration (only the former idle out)
 CONFIG_LEAVES = ("app_id", "app_type", "server_app_id", "client_app_id", "app_priority", "app_qos",
                  "backing_qkdl_id", "local_qkdn_id", "remote_qkdn_id", "expiration_time")
-
-
-@dataclass
-class Settings:
-    first_request_wait_s: float = 3.0
-    idle_timeout_s: float = 900.0
-    sae_nodes: dict[str, str] | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str, problems: list[str]) -> Settings:
-        s = cls()
-        for k in sorted(set(d) - {"first_request_wait_s", "idle_timeout_s", "sae_nodes"}):
-            problems.append(f"{where}.{k}: unknown key (known: first_request_wait_s, idle_timeout_s, sae_nodes)")
-        for k in ("first_request_wait_s", "idle_timeout_s"):
-            if k in d:
-                v = d[k]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                    problems.append(f"{where}.{k}: expected a number of seconds > 0, got {v!r}")
-                else:
-                    setattr(s, k, float(v))
-        nodes = d.get("sae_nodes")
-        if nodes is not None:
-            if not isinstance(nodes, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                      for k, v in nodes.items()):
-                problems.append(f"{where}.sae_nodes: expected a mapping SAE ID: node ID")
-            else:
-                s.sae_nodes = dict(nodes)
-        return s
 
 
 @dataclass

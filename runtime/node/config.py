@@ -12,13 +12,23 @@ from typing import Any
 
 from sdqkd import schemas
 from sdqkd.errors import SdqkdError
-from sdqkd.node.apps import Settings
 from sdqkd.pki import TlsFiles
 from sdqkd.yamlfile import Lines, dotted, read_yaml_lines
 
 
 class ConfigError(SdqkdError, ValueError):
     pass
+
+
+@dataclass
+class Settings:
+    """`applications:` (runtime/node/apps.py): how long a first ETSI 014 request waits for its key
+    path, when an idle registration ends, and which node each SAE is at (validated in schemas.py).
+    Here, not in apps.py, so that reading a config (`sdqkd health`) does not import the LKMS."""
+
+    first_request_wait_s: float = 3.0
+    idle_timeout_s: float = 900.0
+    sae_nodes: dict[str, str] | None = None
 
 
 @dataclass
