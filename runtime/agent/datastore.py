@@ -539,7 +539,7 @@ def _check(root: dict[str, Any], under: list[tuple[Elem, ...]] | None) -> tuple[
     stale: list[tuple[Elem, ...]] = []
 
     def walk(spath: str, cur: dict[str, Any], elems: tuple[Elem, ...], stack: list[Any],
-             only: dict[str, set[tuple[Any, ...]]] | None = None) -> None:
+             only: dict[str, dict[tuple[Any, ...], None]] | None = None) -> None:
         children = NODES[spath].get("children", []) if spath != "/" else ROOTS
         for cp in children:
             node = NODES[cp]
@@ -602,21 +602,23 @@ def _entry(elems: tuple[Elem, ...], node: dict[str, Any], name: str, key: tuple[
     return elems + ((name, tuple(zip(node["keys"], key))),)
 
 
-def _entries_only(start: tuple[Elem, ...], under: list[tuple[Elem, ...]]) -> dict[str, set[tuple[Any, ...]]] | None:
+def _entries_only(start: tuple[Elem, ...], under: list[tuple[Elem, ...]]
+                  ) -> dict[str, dict[tuple[Any, ...], None]] | None:
     """Where every change below `start` is inside entries of its lists: those entries, by list.
     A `when` reads leaves by name up and down from its node (`_leaf_at`) and cannot step into a
     list entry, so an entry's checks cannot depend on another entry, and the other children's
     cannot depend on any entry: the unchanged entries need no walk. That keeps a Set on one link
     of a node with many from walking them all. None (walk everything) once a change touches
-    `start`'s own leaves or containers, or a whole list."""
-    only: dict[str, set[tuple[Any, ...]]] = {}
+    `start`'s own leaves or containers, or a whole list. Entries in the order the change names
+    them (a dict, not a set), so that problems are reported in the same order every run."""
+    only: dict[str, dict[tuple[Any, ...], None]] = {}
     for u in under:
         if len(u) <= len(start) or u[: len(start)] != start:
             continue
         name, keys = u[len(start)]
         if not keys:
             return None
-        only.setdefault(name, set()).add(tuple(v for _n, v in keys))
+        only.setdefault(name, {})[tuple(v for _n, v in keys)] = None
     return only
 
 
