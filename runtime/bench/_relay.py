@@ -17,6 +17,8 @@ import sys
 
 from sdqkd.argtypes import number
 
+PACE_S = 0.005  # with a rate: how far ahead of the line the relay reads (its queue: 62 kB at 100 Mbit/s)
+
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float,
                 rate_bps: float = 0.0) -> None:
@@ -28,8 +30,11 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
                 free_at = max(free_at, loop.time()) + len(data) * 8 / rate_bps
             # the same delay for every chunk keeps them in order; call_at never blocks the read side
             loop.call_at(max(free_at, loop.time()) + delay, writer.write, data)
-            if rate_bps and free_at > loop.time():
-                await asyncio.sleep(free_at - loop.time())  # read no faster than the line sends
+            # read no faster than the line sends, but sleep only once the line is PACE_S ahead:
+            # asyncio's timers wake at whole milliseconds, and a sleep after every 16 KiB (1.3 ms
+            # at 100 Mbit/s) then left the line idle ~40 % of the time (59 Mbit/s carried)
+            if rate_bps and free_at - loop.time() > PACE_S:
+                await asyncio.sleep(free_at - loop.time() - PACE_S)
         await asyncio.sleep(delay)
     finally:
         with contextlib.suppress(Exception):

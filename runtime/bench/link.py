@@ -215,6 +215,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
             cfg = alice.block_config("x", 1)  # a full-size block (a session starts with a small one)
             sess = bob.session
             rtt, trips = (sess.rtt_s, sess.round_trips) if sess else (0.0, 0.0)
+            held = sess.detects_held if sess else 0
         finally:
             await net.stop()
             if relay is not None:
@@ -231,7 +232,7 @@ async def link_case(km: float, block_bits: float, cascade: str, seconds: float, 
                                  "stages": {k: _ms(v - st0.get(k, 0.0), blocks) for k, v in st1.items()}},
             "page_faults_per_block": round(faults / blocks) if blocks else None,
             "max_in_flight": max(in_flight, default=0), "rtt_ms": round(rtt * 1e3, 2),
-            "round_trips_per_block": round(trips), "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "round_trips_per_block": round(trips), "detects_held": held, "stores_equal": equal, "peak_rss_mb": round(_peak_rss_mb(), 1),
             "blocks_without_key": dropped}
 
 

@@ -65,6 +65,7 @@ BIG_FRAME = 64 * 1024
 # socket while still in cache, and no ciphertext copy of it all is made (10 MiB each way through
 # the channel: 27.0-29.6 ms of CPU against 31.3-32.5 whole; docs/channel.md).
 WRITE_CHUNK = 256 * 1024
+RATE_FRAMES = 8  # big frames received whose arrival rate `line_rate` keeps (it gives the best)
 
 
 class Kind(enum.IntEnum):
@@ -141,6 +142,8 @@ class FrameConnection:
         self._big: bytearray | None = None  # the payload of a big frame being read (BIG_FRAME)
         self._big_fill = 0
         self._big_head: tuple[Kind, int] = (Kind.PING, 0)
+        self._big_since = 0.0  # when the big frame being read began to arrive
+        self._rates: deque[float] = deque(maxlen=RATE_FRAMES)
         self._frames: deque[Frame] = deque()
         self._queued = 0  # payload bytes received and not yet collected
         self._reading = False
@@ -400,15 +403,24 @@ class FrameConnection:
         self._big[:len(head)] = head
         self._big_fill = len(head)
         self._big_head = (kind, block)
+        self._big_since = self._loop.time()
 
     def _big_done(self) -> None:
         assert self._big is not None
         payload, self._big = self._big, None  # handed over as it is: the reader keeps no reference
         kind, block = self._big_head
+        self._rates.append(len(payload) / max(self._loop.time() - self._big_since, 1e-6))
         self._frames.append(Frame(kind, block, payload))
         self._queued += len(payload)
         self.frames_received += 1
         self.last_received = self._loop.time()
+
+    @property
+    def line_rate(self) -> float:
+        """Bytes per second at which the peer's big frames arrived here, the best of the last
+        RATE_FRAMES (0: none yet): the line's rate towards this end, or less when the peer sent
+        slowly or this end read late (hence the best of several, not the last)."""
+        return max(self._rates, default=0.0)
 
     # ------------------------------------------------------------ ending
 

@@ -12,7 +12,10 @@ number, so frames of independent blocks interleave on the one connection and tho
 the same event-loop turn leave together (their Cascade rounds batched into one TLS record).
 Cascade, DONE and ABORT messages are handled inline; the heavy steps go to the engine threads.
 Bob holds a block's first Cascade request until no other block is in its heavy steps, so the
-blocks of a batch run Cascade in step: each round's frames share one TLS record each way.
+blocks of a batch run Cascade in step: each round's frames share one TLS record each way. On a
+line so slow that DETECTs alone would keep it busy most of the clock's time, he also holds each
+new block's DETECT while blocks are in Cascade (the line's rate: how fast the peer's big frames
+arrive), so that Cascade's rounds do not queue behind megabytes on the line.
 
 Authentication keys. Block n is authenticated with 1 KiB set aside from the key of block
 n - W when that block succeeded, else with the next unused 1 KiB slice of the session key
@@ -82,6 +85,12 @@ CPU_BLOCKS = BATCH_BLOCKS  # blocks in flight beyond those the channel's latency
 # schedule (runtime/engine/cascade.py), "original" under any
 TYPICAL_ROUND_TRIPS = {"serial": 2400, "balanced": 700, "parallel": 1400}
 TYPICAL_ROUND_TRIPS_ORIGINAL = 100
+# Bob holds a new block's DETECT while blocks are in Cascade where DETECTs alone would keep the line
+# busy more than this share of the clock's time per block (Session._hold): measured with the link
+# through a relay of that rate (4e6-bit blocks, 1.45 s each, 9.8 MB DETECTs), at 100 Mbit/s
+# (0.54 of the time) 0.90x of the clock sent at once against 1.00x held, at 113 Mbit/s (0.48)
+# 0.99x either way.
+HOLD_LINE_SHARE = 0.5
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
 
 
@@ -149,6 +158,8 @@ class Session:
         self._stores: set[asyncio.Task[None]] = set()  # key stores under way: never cancelled
         self._bob_done: dict[int, tuple[pipeline.BlockResult, float]] = {}
         self._parked: dict[int, bytes] = {}  # Bob: first Cascade requests waiting for their batch
+        self._held: dict[int, bytes] = {}  # Bob: DETECTs held while blocks run Cascade on a slow line
+        self.detects_held = 0  # Bob: DETECTs held so far (_hold)
         self._kept: dict[int, int] = {}  # Bob: keys the blocks past CONFIRM keep, until stored here
         self._changed = asyncio.Event()  # a block ended or the peer said BYE
         self._failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -188,6 +199,7 @@ class Session:
         self.draining = True
         with contextlib.suppress(ChannelError):
             self._release_parked(force=True)
+            self._release_held(force=True)
             self.conn.send(Kind.BYE)
         deadline = time.monotonic() + timeout
         while (self._blocks or self._stores) and not self._failure.done():
@@ -223,6 +235,7 @@ class Session:
         elif f.kind == Kind.BYE:
             self.peer_bye = True
             self._release_parked(force=True)
+            self._release_held(force=True)
             self._changed.set()
         elif f.kind != Kind.PING:
             raise ChannelError(f"unexpected {f.kind.name} frame in a running session")
@@ -292,16 +305,21 @@ class Session:
             # stores nothing); only those already DONE wait for STORED, one round trip
             reply = block.party.abandon("link stopping")
         if reply is not None:
+            kind = reply[HEADER_BYTES] if len(reply) > HEADER_BYTES else -1
             # Cascade replies are answered inline: their delay is the channel's, not the CPU's
-            cascade = len(reply) > HEADER_BYTES and reply[HEADER_BYTES] == pipeline.CASCADE
+            cascade = kind == pipeline.CASCADE
             if cascade and not block.on_network and not self.alice:
                 self._parked[block.n] = reply  # Bob's first Cascade request waits for its batch
+            elif kind == pipeline.DETECT and not self.alice and self._hold(block, len(reply)):
+                self._held[block.n] = reply
+                self.detects_held += 1
             else:
                 self.conn.send(Kind.DATA, block.n, reply)
                 block.sent_at = time.monotonic() if cascade else 0.0
         if block.party.finished:
             self._ended(block)
         self._release_parked(force=stopping)
+        self._release_held(force=stopping)
 
     def _release_parked(self, force: bool = False) -> None:
         """Bob: send the held first Cascade requests once no other block is still in its heavy
@@ -310,7 +328,7 @@ class Session:
         if not self._parked:
             return
         if not force and any(not b.on_network and b.n not in self._bob_done and b.n not in self._parked
-                             for b in self._blocks.values()):
+                             and b.n not in self._held for b in self._blocks.values()):
             return
         now = time.monotonic()
         for n in sorted(self._parked):
@@ -321,6 +339,35 @@ class Session:
                 block.sent_at = block.net_since = now
                 block.on_network = True
         self._changed.set()
+
+    def _in_cascade(self) -> bool:
+        """Bob: a block is on the network and has not yet computed its key (Cascade, VERIFY, CONFIRM)."""
+        return any(b.on_network and b.n not in self._bob_done for b in self._blocks.values())
+
+    def _hold(self, block: _Block, detect_bytes: int) -> bool:
+        """Bob: hold this block's DETECT until no block is in Cascade? Yes once one is held (they
+        leave together, in order), and while blocks are in Cascade on a line so slow that DETECTs
+        alone would keep it busy more than HOLD_LINE_SHARE of the time the clock gives a block.
+        Sent beside Cascade, those megabytes would keep a queue on the line (the senders'
+        buffers, a router's) in front of every round's frames, and the window would read that
+        wait as latency and start still more blocks (docs/channel.md#bandwidth). On a faster
+        line the queue drains between DETECTs, and a DETECT sent at once overlaps Cascade's
+        rounds, as latency hiding needs where the round trip is long."""
+        if self._held:
+            return True
+        rate = self.conn.line_rate
+        if not rate or not self._in_cascade():
+            return False
+        return detect_bytes / rate > HOLD_LINE_SHARE * block.party.config.duration_s / self.link.p.clock_scale
+
+    def _release_held(self, force: bool = False) -> None:
+        """Bob: the held DETECTs leave, in block order, once no block is in Cascade (or the session stops)."""
+        if not self._held or (not force and self._in_cascade()):
+            return
+        held, self._held = self._held, {}
+        for n in sorted(held):
+            if n in self._blocks:
+                self.conn.send(Kind.DATA, n, held[n])
 
     def _keep(self, n: int, party: pipeline.BobBlock) -> None:
         """Bob, as a block's CONFIRM arrives: it keeps no more keys than its pool takes beyond

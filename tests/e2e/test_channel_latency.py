@@ -22,3 +22,12 @@ def test_blocks_overlap_on_a_delayed_channel():
     assert res["seconds"] <= 0.5 * BLOCKS * one_at_a_time, res
     assert res["max_in_flight"] >= 4, res
     assert res["stores_equal"], res
+
+
+def test_latency_hiding_sends_every_detect_at_once():
+    """On a fast line at a long round trip, no DETECT waits for Cascade (session.py: `_hold`)."""
+    args = link.parser().parse_args(["--block-bits", "5e5", "--cascade", "optimized", "--seconds", "400"])
+    res = link.delayed(args, "rtt20", 20.0, {"warmup": 0, "until_blocks": 4})
+    assert "error" not in res, res.get("error")
+    assert res["detects_held"] == 0, res
+    assert res["stores_equal"], res
