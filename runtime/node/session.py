@@ -86,10 +86,10 @@ CPU_BLOCKS = BATCH_BLOCKS  # blocks in flight beyond those the channel's latency
 TYPICAL_ROUND_TRIPS = {"serial": 2400, "balanced": 700, "parallel": 1400}
 TYPICAL_ROUND_TRIPS_ORIGINAL = 100
 # Bob holds a new block's DETECT while blocks are in Cascade where DETECTs alone would keep the line
-# busy more than this share of the clock's time per block (Session._hold): measured with the link
-# through a relay of that rate (4e6-bit blocks, 1.45 s each, 9.8 MB DETECTs), at 100 Mbit/s
-# (0.54 of the time) 0.90x of the clock sent at once against 1.00x held, at 113 Mbit/s (0.48)
-# 0.99x either way.
+# busy more than this share of the clock's time per block (Session._hold). The link through a relay
+# of that rate (4e6-bit blocks, 1.45 s each, 9.8 MB DETECTs; docs/channel.md#bandwidth): at 100
+# Mbit/s (0.54 of the time) 0.90-0.98x of the clock sent at once against 0.99-1.00x held; at 150
+# Mbit/s (0.36) 1.00x sent at once.
 HOLD_LINE_SHARE = 0.5
 _INLINE = frozenset({pipeline.CASCADE, pipeline.DONE, pipeline.ABORT})
 

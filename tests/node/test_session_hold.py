@@ -116,7 +116,8 @@ def test_once_one_is_held_the_next_waits_too_even_on_a_line_seen_fast_since() ->
 
 def test_a_held_block_does_not_keep_its_batch_from_cascade() -> None:
     """Bob sends a batch's first Cascade requests once no other block is in its heavy steps; a
-    block whose DETECT is held is past them (else: each batch waiting for the other)."""
+    block whose DETECT is held is past them (counted among them, it would keep this batch out of
+    Cascade until the batch before ended and the held block's own heavy steps ran)."""
     s, conn = bob_session(100 * MBIT)
     block(s, 0, on_network=True)  # the batch before, still in Cascade
     s._step(block(s, 5, on_network=False), frame(pipeline.DETECT))  # the batch after: held
