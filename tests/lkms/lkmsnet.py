@@ -4,6 +4,7 @@ background thread), a PKI, and real clients (httpx over mutual TLS, sync gRPC)."
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import sys
@@ -26,6 +27,37 @@ from sdqkd.lkms.tlsctx import grpc_channel_credentials, https_client_context
 
 # Anything in a log that looks like 16+ bytes of hex or base64 (UUIDs are split by dashes).
 LONG_BLOB = re.compile(r"[0-9a-fA-F]{32,}|[A-Za-z0-9+/]{40,}={0,2}")
+
+
+class RenderedLogs(logging.Handler):
+    """Every record at DEBUG and above, from every logger, rendered as it is emitted, in the
+    emitting thread (its message and the repr of its args), as a real handler renders it. Records
+    kept and rendered later, on the test's thread, can name objects the network's threads are
+    still using (a third-party logger's args): one such deferred render crashed the interpreter
+    once in CI (SIGSEGV in `LogRecord.getMessage`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.getMessage()} {record.args!r}")
+
+    def __enter__(self) -> RenderedLogs:
+        root = logging.getLogger()
+        self._level = root.level
+        root.setLevel(logging.DEBUG)
+        root.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        root.setLevel(self._level)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
 
 
 def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:

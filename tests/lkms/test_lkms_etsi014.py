@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import shutil
 import ssl
 import subprocess
@@ -13,7 +12,7 @@ import uuid
 
 import httpx
 import pytest
-from lkmsnet import LONG_BLOB, Net, Pki
+from lkmsnet import LONG_BLOB, Net, Pki, RenderedLogs
 
 from sdqkd import pki
 from sdqkd.lkms.tlsctx import https_client_context
@@ -256,20 +255,14 @@ def test_app_stats_count_consumption(net2: Net) -> None:
     assert ks["pool"][0]["delivered-keys"] > 0 and ks["stored-keys"] == ks["pool"][0]["stored-keys"]
 
 
-def test_no_key_bytes_in_logs(net2: Net, caplog: pytest.LogCaptureFixture) -> None:
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.DEBUG)
-    try:
-        with caplog.at_level(logging.DEBUG):
-            keys = enc(net2, number=4) + enc(net2, number=2, size=512, slave="b2", additional_slave_SAE_IDs=["b3"])
-            dec(net2, "b1", "a1", [k["key_ID"] for k in keys[:4]])
-            dec(net2, "b2", "a1", [k["key_ID"] for k in keys[4:]])
-            dec(net2, "b1", "a1", [keys[0]["key_ID"]])  # an error path too
-    finally:
-        root.setLevel(old)
-    text = "\n".join(r.getMessage() + " " + repr(r.args) for r in caplog.records)
-    assert caplog.records, "expected DEBUG records from the exchange"
+def test_no_key_bytes_in_logs(net2: Net) -> None:
+    with RenderedLogs() as logs:
+        keys = enc(net2, number=4) + enc(net2, number=2, size=512, slave="b2", additional_slave_SAE_IDs=["b3"])
+        dec(net2, "b1", "a1", [k["key_ID"] for k in keys[:4]])
+        dec(net2, "b2", "a1", [k["key_ID"] for k in keys[4:]])
+        dec(net2, "b1", "a1", [keys[0]["key_ID"]])  # an error path too
+    text = logs.text
+    assert logs.lines, "expected DEBUG records from the exchange"
     for k in keys:
         raw = base64.b64decode(k["key"])
         for needle in (k["key"], raw.hex(), raw.hex().upper(), base64.b64encode(raw[:12]).decode(), raw[:12].hex()):

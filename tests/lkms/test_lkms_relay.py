@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import uuid
 from typing import Any
 
 import pytest
-from lkmsnet import LONG_BLOB, Net
+from lkmsnet import LONG_BLOB, Net, RenderedLogs
 
 from sdqkd.generated.proto.sdqkd import etsi004_pb2 as pb
 from sdqkd.lkms.etsi020_client import Etsi020Client, PeerKms
@@ -34,17 +33,11 @@ def settle(net: Net) -> None:
     net.run(wait(), timeout=20)
 
 
-def test_relayed_keys_via_014_and_004(net3: Net, caplog: pytest.LogCaptureFixture) -> None:
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(logging.DEBUG)
-    try:
-        with caplog.at_level(logging.DEBUG):
-            delivered = _exchange(net3)
-    finally:
-        root.setLevel(old)
-    text = "\n".join(r.getMessage() + " " + repr(r.args) for r in caplog.records)
-    assert caplog.records and not LONG_BLOB.search(text)
+def test_relayed_keys_via_014_and_004(net3: Net) -> None:
+    with RenderedLogs() as logs:
+        delivered = _exchange(net3)
+    text = logs.text
+    assert logs.lines and not LONG_BLOB.search(text)
     for raw in delivered:
         assert raw.hex() not in text and base64.b64encode(raw).decode() not in text
 
